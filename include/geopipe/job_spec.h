@@ -1,0 +1,160 @@
+// Typed job spec: what a job YAML file says, with every default filled in.
+// Plain structs shared by the CLI, the scheduler and the runtime; parsing and
+// validation live in src/config/ (see docs/job-spec.md for every field).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "geopipe/topology.h"
+
+namespace geopipe {
+
+// The network to train. `kind: gpt` is the built-in GPT; `custom` is a model
+// registered through the C++ API under `name`.
+struct ModelSpec {
+  std::string kind = "gpt";     // gpt | custom
+  std::string preset = "tiny";  // tiny | gpt2-small | gpt3-xl | none
+  std::string name;             // registered model name when kind == custom
+  int layers = 4;               // transformer blocks (pipeline-cuttable units)
+  int hidden = 128;             // model width d
+  int heads = 4;                // attention heads; hidden % heads == 0
+  int seq_len = 128;            // tokens per sample
+  int vocab = 256;              // vocabulary size (256 for byte-level text)
+  int ffn_mult = 4;             // MLP width = ffn_mult * hidden
+  double dropout = 0.0;         // dropout probability (0 keeps runs exact)
+  std::string dtype = "fp32";   // compute dtype: fp32 | fp16 | bf16
+};
+
+// Where training samples come from.
+struct DataSpec {
+  std::string kind = "synthetic";  // text | tokens | fortunes | synthetic
+  std::string path;                // file for text | tokens
+  std::string token_dtype = "uint16";  // tokens: uint16 | uint32
+  int64_t num_samples = 0;         // 0 = as many as the data holds
+};
+
+struct OptimizerSpec {
+  std::string kind = "adamw";  // adamw | sgd
+  double lr = 3e-4;            // peak learning rate
+  double beta1 = 0.9;          // AdamW first-moment decay
+  double beta2 = 0.95;         // AdamW second-moment decay
+  double eps = 1e-8;           // AdamW denominator epsilon
+  double weight_decay = 0.0;   // decoupled weight decay
+  double momentum = 0.0;       // SGD momentum
+};
+
+struct LrScheduleSpec {
+  std::string kind = "constant";  // constant | cosine | linear
+  int warmup_steps = 0;           // linear warm-up from 0 to lr
+  double min_lr = 0.0;            // floor of cosine / linear decay
+};
+
+struct TrainingSpec {
+  int steps = 100;          // optimizer steps
+  int global_batch = 8;     // samples per step across all replicas
+  int micro_batch = 1;      // samples per micro-batch per replica
+  OptimizerSpec optimizer;
+  LrScheduleSpec lr_schedule;
+  double grad_clip = 0.0;   // global-norm clipping; 0 disables
+  uint64_t seed = 1234;     // model init, data order, stochastic rounding
+};
+
+// How tasklets are laid out: D_pp stages x D_dp replicas.
+struct ParallelismSpec {
+  int pipeline_stages = 1;         // D_pp
+  int data_parallel = 1;           // D_dp; 0 means `auto` (the scheduler picks)
+  std::string schedule = "1f1b";   // gpipe | 1f1b
+  bool dataParallelAuto() const { return data_parallel == 0; }
+};
+
+// Forward activations between stages.
+struct ActivationCompressionSpec {
+  std::string method = "none";         // none | fp16 | acsgd | direct
+  int bits = 4;                        // 1..8 for acsgd | direct
+  std::string granularity = "channel"; // tensor | channel | group
+  int group_size = 128;                // elements per group (granularity group)
+  std::string rounding = "nearest";    // nearest | stochastic
+  std::string buffer_store = "memory"; // memory | mmap (AC-SGD m(xi) buffers)
+  std::string buffer_dir;              // directory for mmap buffers
+  double buffer_budget_gb = 4.0;       // byte budget of the buffer store
+};
+
+// Backward activation gradients between stages.
+struct BackwardCompressionSpec {
+  std::string method = "none";         // none | fp16 | quantize
+  int bits = 8;                        // 1..8 for quantize
+  std::string granularity = "channel"; // tensor | channel | group
+  int group_size = 128;
+  std::string rounding = "nearest";    // nearest | stochastic
+};
+
+// Data-parallel gradient exchange.
+struct GradientCompressionSpec {
+  std::string method = "none";  // none | fp16 | quantize | topk | powersgd
+  int bits = 8;                 // quantize: 1..8
+  double ratio = 0.01;          // topk: fraction of entries kept, (0, 1]
+  int rank = 4;                 // powersgd: rank r >= 1
+  bool error_feedback = true;   // carry the residual into the next step
+};
+
+struct CompressionSpec {
+  ActivationCompressionSpec activations;
+  BackwardCompressionSpec backward;
+  GradientCompressionSpec gradients;
+};
+
+struct SchedulerSpec {
+  std::string algorithm = "evolutionary";  // evolutionary | in-order | random | exhaustive
+  std::string cost_model = "geopipe";      // geopipe | dtfm
+  int64_t budget_evaluations = 20000;      // candidate evaluations; 0 = unlimited
+  double budget_seconds = 2.0;             // wall-clock cap; 0 = unlimited
+  uint64_t seed = 1;                       // search seed (deterministic)
+  int threads = 1;                         // worker threads for the search
+  // Payload overrides for cost_model dtfm, in GB (the paper's c_grad and
+  // c_act); unset means derive them from the model profile.
+  std::optional<double> grad_payload_gb;
+  std::optional<double> act_payload_gb;
+};
+
+struct TransportSpec {
+  std::string kind = "inproc";   // inproc | grpc | nccl
+  bool emulate_links = true;     // shape each link to the topology
+  double bandwidth_scale = 1.0;  // multiply every bandwidth (CPU-sized runs)
+  double latency_scale = 1.0;    // multiply every latency
+};
+
+struct CheckpointSpec {
+  std::string dir;       // empty disables checkpoints
+  int every_steps = 0;   // 0 disables periodic checkpoints
+  int keep = 2;          // committed checkpoints to keep
+};
+
+struct LoggingSpec {
+  std::string level = "info";  // trace | debug | info | warn | error | off
+  std::string metrics_file;    // JSON lines, one per step; empty disables
+  int every_steps = 1;         // progress line period
+};
+
+struct JobSpec {
+  std::string name;
+  std::string source;  // path of the job file
+  ModelSpec model;
+  DataSpec data;
+  TrainingSpec training;
+  ParallelismSpec parallelism;
+  CompressionSpec compression;
+  SchedulerSpec scheduler;
+  TopologySpec topology;
+  TransportSpec transport;
+  CheckpointSpec checkpoint;
+  LoggingSpec logging;
+
+  // Micro-batches per step for one replica: global_batch / (D_dp * micro_batch).
+  int microBatchesPerReplica(int data_parallel) const {
+    return training.global_batch / (data_parallel * training.micro_batch);
+  }
+};
+
+}  // namespace geopipe
