@@ -1,0 +1,355 @@
+// Quantizer kernels. Hot loops are written as plain loops over contiguous
+// spans with no calls and no branches that the compiler cannot if-convert, so
+// GCC vectorises them under GEOPIPE_KERNEL_FLAGS (check: -fopt-info-vec).
+#include "compression/quantizer.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+#include "compression/bit_pack.h"
+#include "geopipe/error.h"
+
+namespace geopipe::compression {
+
+namespace {
+
+// Elements per chunk of the fused kernels: the codes of one chunk live in a
+// stack buffer (L1-resident) between quantisation and packing. A multiple of 8
+// (byte-aligned in the packed stream) that divides 2^32 (one RNG key per chunk).
+constexpr size_t kChunk = 4096;
+
+inline uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Key for elements [hi * 2^32, (hi+1) * 2^32) of stream (seed, counter).
+inline uint32_t streamKey(uint64_t seed, uint64_t counter, uint64_t hi) {
+  return static_cast<uint32_t>(
+      splitmix64(seed ^ splitmix64(counter ^ splitmix64(hi + 0x632BE59BD9B4E019ull))));
+}
+
+// murmur3's fmix32 over (i * golden ^ key): a bijection on 32 bits with full
+// avalanche; 32-bit multiplies vectorise (vpmulld). Top 24 bits -> [0, 1).
+inline float uniformOf(uint32_t i, uint32_t key) {
+  uint32_t h = (i * 0x9E3779B1u) ^ key;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
+}
+
+inline uint32_t absBits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u & 0x7FFFFFFFu;
+}
+
+inline float floatOfBits(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// For finite non-negative floats the IEEE bit patterns order like the values,
+// so max |x| is an unsigned integer max of the abs bits (vectorises without
+// -ffast-math), and any inf/NaN shows up as a result >= 0x7F800000.
+uint32_t maxAbsBits(const float* x, size_t n) {
+  uint32_t m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t a = absBits(x[i]);
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+void maxAbsBitsRows(const float* x, size_t rows, size_t channels, uint32_t* acc) {
+  for (size_t c = 0; c < channels; ++c) acc[c] = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* row = x + r * channels;
+    for (size_t c = 0; c < channels; ++c) {
+      const uint32_t a = absBits(row[c]);
+      acc[c] = a > acc[c] ? a : acc[c];
+    }
+  }
+}
+
+// t -> code: clamp to [0, L-1] then truncate (t >= 0, so truncation = floor).
+inline uint8_t toCode(float t, float max_code) {
+  t = t < 0.0f ? 0.0f : t;
+  t = t > max_code ? max_code : t;
+  return static_cast<uint8_t>(static_cast<int32_t>(t));
+}
+
+// One scale for the whole segment.
+void quantSegNearestScalar(const float* x, size_t len, float inv, float h,
+                           float max_code, uint8_t* q) {
+  const float off = h + 0.5f;
+  for (size_t j = 0; j < len; ++j) q[j] = toCode(x[j] * inv + off, max_code);
+}
+
+// One scale per element (per-channel: inv points at the row's channel scales).
+void quantSegNearestVec(const float* x, size_t len, const float* inv, float h,
+                        float max_code, uint8_t* q) {
+  const float off = h + 0.5f;
+  for (size_t j = 0; j < len; ++j) q[j] = toCode(x[j] * inv[j] + off, max_code);
+}
+
+void quantSegStochScalar(const float* x, size_t len, float inv, float h,
+                         float max_code, uint32_t base, uint32_t key, uint8_t* q) {
+  for (size_t j = 0; j < len; ++j) {
+    const float u = uniformOf(base + static_cast<uint32_t>(j), key);
+    q[j] = toCode(x[j] * inv + h + u, max_code);
+  }
+}
+
+void quantSegStochVec(const float* x, size_t len, const float* inv, float h,
+                      float max_code, uint32_t base, uint32_t key, uint8_t* q) {
+  for (size_t j = 0; j < len; ++j) {
+    const float u = uniformOf(base + static_cast<uint32_t>(j), key);
+    q[j] = toCode(x[j] * inv[j] + h + u, max_code);
+  }
+}
+
+void dequantSegScalar(const uint8_t* q, size_t len, float d, int32_t lm1, float* out) {
+  for (size_t j = 0; j < len; ++j) {
+    out[j] = static_cast<float>(2 * static_cast<int32_t>(q[j]) - lm1) * d;
+  }
+}
+
+void dequantSegVec(const uint8_t* q, size_t len, const float* d, int32_t lm1, float* out) {
+  for (size_t j = 0; j < len; ++j) {
+    out[j] = static_cast<float>(2 * static_cast<int32_t>(q[j]) - lm1) * d[j];
+  }
+}
+
+// Multipliers derived from the scales: inv = (L-1)/(2s) for encoding (capped
+// so a subnormal scale cannot make it inf), d = s/(L-1) for decoding.
+inline float invOf(float s, float h) {
+  if (!(s > 0.0f)) return 0.0f;
+  const float inv = h / s;
+  return std::isfinite(inv) ? inv : FLT_MAX;
+}
+
+// Walks [begin, end) in segments that share either one scale (tensor/group) or
+// one row of per-channel scales, calling fn(seg_begin, seg_len, unit, vec).
+// For CHANNEL, `unit` is the channel of seg_begin and vec == true.
+template <typename Fn>
+void forEachSegment(const QuantizerOptions& opt, size_t begin, size_t end,
+                    size_t channels, Fn&& fn) {
+  size_t i = begin;
+  while (i < end) {
+    switch (opt.granularity) {
+      case Granularity::TENSOR:
+        fn(i, end - i, size_t{0}, false);
+        i = end;
+        break;
+      case Granularity::GROUP: {
+        const size_t g = static_cast<size_t>(opt.group_size);
+        const size_t unit = i / g;
+        const size_t stop = std::min(end, (unit + 1) * g);
+        fn(i, stop - i, unit, false);
+        i = stop;
+        break;
+      }
+      case Granularity::CHANNEL: {
+        const size_t c0 = i % channels;
+        const size_t stop = std::min(end, i - c0 + channels);
+        fn(i, stop - i, c0, true);
+        i = stop;
+        break;
+      }
+    }
+  }
+}
+
+void checkShape(const QuantizerOptions& opt, size_t n, size_t channels) {
+  if (opt.granularity == Granularity::CHANNEL && n > 0) {
+    GEOPIPE_CHECK(channels > 0 && n % channels == 0, ConfigError,
+                  "per-channel quantisation needs numel (", n,
+                  ") to be a positive multiple of the channel count (", channels, ")");
+  }
+}
+
+// Quantises [0, n) chunk by chunk; sink(chunk_begin, chunk_len, codes).
+template <typename Sink>
+void quantizeChunks(const QuantizerOptions& opt, const float* x, size_t n,
+                    size_t channels, const float* scales, uint64_t counter,
+                    Sink&& sink) {
+  checkShape(opt, n, channels);
+  const int32_t levels = 1 << opt.bits;
+  const float h = static_cast<float>(levels - 1) * 0.5f;
+  const float max_code = static_cast<float>(levels - 1);
+  const size_t nscales = scaleCount(opt, n, channels);
+  std::vector<float> inv(nscales);
+  for (size_t k = 0; k < nscales; ++k) inv[k] = invOf(scales[k], h);
+  const bool stochastic = opt.rounding == Rounding::STOCHASTIC;
+
+  alignas(64) uint8_t codes[kChunk];
+  for (size_t cb = 0; cb < n; cb += kChunk) {
+    const size_t ce = std::min(n, cb + kChunk);
+    const uint32_t key = stochastic ? streamKey(opt.seed, counter, cb >> 32) : 0;
+    forEachSegment(opt, cb, ce, channels, [&](size_t s, size_t len, size_t unit, bool vec) {
+      uint8_t* q = codes + (s - cb);
+      const uint32_t base = static_cast<uint32_t>(s);  // low 32 bits of the index
+      if (!stochastic) {
+        if (vec) quantSegNearestVec(x + s, len, inv.data() + unit, h, max_code, q);
+        else quantSegNearestScalar(x + s, len, inv[unit], h, max_code, q);
+      } else {
+        if (vec) quantSegStochVec(x + s, len, inv.data() + unit, h, max_code, base, key, q);
+        else quantSegStochScalar(x + s, len, inv[unit], h, max_code, base, key, q);
+      }
+    });
+    sink(cb, ce - cb, codes);
+  }
+}
+
+}  // namespace
+
+const char* toString(Granularity g) {
+  switch (g) {
+    case Granularity::TENSOR: return "tensor";
+    case Granularity::CHANNEL: return "channel";
+    case Granularity::GROUP: return "group";
+  }
+  return "?";
+}
+
+const char* toString(Rounding r) {
+  return r == Rounding::NEAREST ? "nearest" : "stochastic";
+}
+
+void QuantizerOptions::validate() const {
+  GEOPIPE_CHECK(bits >= 1 && bits <= 8, ConfigError,
+                "quantizer bits must be in 1..8, got ", bits);
+  GEOPIPE_CHECK(granularity == Granularity::TENSOR ||
+                    granularity == Granularity::CHANNEL ||
+                    granularity == Granularity::GROUP,
+                ConfigError, "unknown quantizer granularity ",
+                static_cast<int>(granularity));
+  GEOPIPE_CHECK(granularity != Granularity::GROUP ||
+                    (group_size >= 1 && group_size <= (int64_t{1} << 31)),
+                ConfigError, "quantizer group_size must be in 1..2^31, got ", group_size);
+  GEOPIPE_CHECK(rounding == Rounding::NEAREST || rounding == Rounding::STOCHASTIC,
+                ConfigError, "unknown rounding mode ", static_cast<int>(rounding));
+}
+
+size_t scaleCount(const QuantizerOptions& opt, size_t n, size_t channels) {
+  if (n == 0) return 0;
+  switch (opt.granularity) {
+    case Granularity::TENSOR: return 1;
+    case Granularity::CHANNEL: return channels;
+    case Granularity::GROUP: {
+      const size_t g = static_cast<size_t>(opt.group_size);
+      return (n + g - 1) / g;
+    }
+  }
+  return 0;
+}
+
+void computeScales(const QuantizerOptions& opt, const float* x, size_t n,
+                   size_t channels, float* scales) {
+  checkShape(opt, n, channels);
+  if (n == 0) return;
+  const size_t ns = scaleCount(opt, n, channels);
+  std::vector<uint32_t> bits(ns);
+  switch (opt.granularity) {
+    case Granularity::TENSOR:
+      bits[0] = maxAbsBits(x, n);
+      break;
+    case Granularity::CHANNEL:
+      maxAbsBitsRows(x, n / channels, channels, bits.data());
+      break;
+    case Granularity::GROUP: {
+      const size_t g = static_cast<size_t>(opt.group_size);
+      for (size_t k = 0; k < ns; ++k) {
+        bits[k] = maxAbsBits(x + k * g, std::min(g, n - k * g));
+      }
+      break;
+    }
+  }
+  for (size_t k = 0; k < ns; ++k) {
+    GEOPIPE_CHECK(bits[k] < 0x7F800000u, ProtocolError,
+                  "cannot quantise non-finite input: ", toString(opt.granularity),
+                  " unit ", k, " contains inf or NaN");
+    scales[k] = floatOfBits(bits[k]);
+  }
+}
+
+void quantizePacked(const QuantizerOptions& opt, const float* x, size_t n,
+                    size_t channels, const float* scales, uint64_t counter,
+                    uint8_t* packed) {
+  const size_t out_bytes = packedBytes(n, opt.bits);
+  quantizeChunks(opt, x, n, channels, scales, counter,
+                 [&](size_t cb, size_t len, const uint8_t* codes) {
+                   packBitsAt(codes, cb, len, opt.bits, packed, out_bytes);
+                 });
+}
+
+void quantizeCodes(const QuantizerOptions& opt, const float* x, size_t n,
+                   size_t channels, const float* scales, uint64_t counter,
+                   uint8_t* out) {
+  quantizeChunks(opt, x, n, channels, scales, counter,
+                 [&](size_t cb, size_t len, const uint8_t* codes) {
+                   std::memcpy(out + cb, codes, len);
+                 });
+}
+
+void dequantizePacked(const QuantizerOptions& opt, const uint8_t* packed,
+                      size_t packed_bytes, size_t n, size_t channels,
+                      const float* scales, float* out) {
+  checkShape(opt, n, channels);
+  GEOPIPE_CHECK(packed_bytes >= packedBytes(n, opt.bits), ProtocolError,
+                "packed codes truncated: need ", packedBytes(n, opt.bits),
+                " bytes for ", n, " elements of ", opt.bits, " bits, got ", packed_bytes);
+  const int32_t lm1 = (1 << opt.bits) - 1;
+  const size_t ns = scaleCount(opt, n, channels);
+  std::vector<float> d(ns);
+  for (size_t k = 0; k < ns; ++k) d[k] = scales[k] / static_cast<float>(lm1);
+  alignas(64) uint8_t codes[kChunk];
+  for (size_t cb = 0; cb < n; cb += kChunk) {
+    const size_t ce = std::min(n, cb + kChunk);
+    unpackBitsAt(packed, packed_bytes, cb, ce - cb, opt.bits, codes);
+    forEachSegment(opt, cb, ce, channels, [&](size_t s, size_t len, size_t unit, bool vec) {
+      const uint8_t* q = codes + (s - cb);
+      if (vec) dequantSegVec(q, len, d.data() + unit, lm1, out + s);
+      else dequantSegScalar(q, len, d[unit], lm1, out + s);
+    });
+  }
+}
+
+float dequantizeCode(int bits, uint8_t q, float scale) {
+  const int32_t lm1 = (1 << bits) - 1;
+  return static_cast<float>(2 * static_cast<int32_t>(q) - lm1) *
+         (scale / static_cast<float>(lm1));
+}
+
+QuantizedTensor quantize(const QuantizerOptions& opt, const float* x, size_t n,
+                         size_t channels, uint64_t counter) {
+  opt.validate();
+  QuantizedTensor q;
+  q.numel = n;
+  q.channels = channels;
+  q.scales.resize(scaleCount(opt, n, channels));
+  computeScales(opt, x, n, channels, q.scales.data());
+  q.packed.resize(packedBytes(n, opt.bits));
+  quantizePacked(opt, x, n, channels, q.scales.data(), counter, q.packed.data());
+  return q;
+}
+
+void dequantize(const QuantizerOptions& opt, const QuantizedTensor& q, float* out) {
+  dequantizePacked(opt, q.packed.data(), q.packed.size(), q.numel, q.channels,
+                   q.scales.data(), out);
+}
+
+float stochasticUniform(uint64_t seed, uint64_t counter, uint64_t i) {
+  return uniformOf(static_cast<uint32_t>(i), streamKey(seed, counter, i >> 32));
+}
+
+}  // namespace geopipe::compression
