@@ -7,7 +7,8 @@
 
 namespace geopipe::common {
 
-// Levenshtein distance between a and b (insert, delete, substitute cost 1).
+// Edit distance between a and b: insert, delete, substitute and adjacent
+// transposition each cost 1 (optimal string alignment).
 int editDistance(const std::string& a, const std::string& b);
 
 // The candidate closest to `word` if it is close enough to be a plausible

@@ -1,0 +1,52 @@
+// The `geopipe` subcommands as functions (main.cc only parses and dispatches),
+// so tests can run them without a process.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace geopipe::cli {
+
+// Process exit codes (docs/cli.md#exit-codes).
+enum class ExitCode : int {
+  OK = 0,
+  INVALID_SPEC = 1,    // a job/topology/argument value is wrong
+  USAGE = 2,           // the command line itself is wrong
+  INFEASIBLE = 3,      // valid spec, but no plan can satisfy it
+  IO_ERROR = 4,        // a file could not be read or written
+  RUNTIME_ERROR = 5,   // a peer, timeout or protocol failure at run time
+  INTERNAL_ERROR = 70, // a bug: an exception geopipe did not expect
+};
+
+// `geopipe validate JOB...`: prints a summary per valid job and every
+// problem of each invalid one. Returns INVALID_SPEC if any job is invalid.
+int runValidate(const std::vector<std::string>& files, bool quiet,
+                std::ostream& out, std::ostream& err);
+
+struct PlanArgs {
+  std::string job;                         // job YAML file
+  bool json = false;                       // machine-readable output
+  std::optional<std::string> algorithm;    // overrides scheduler.algorithm
+  std::optional<std::string> cost_model;   // overrides scheduler.cost_model
+  std::optional<uint64_t> seed;            // overrides scheduler.seed
+  std::optional<double> budget_seconds;    // overrides scheduler.budget.seconds
+  std::optional<int64_t> budget_evaluations;  // overrides scheduler.budget.evaluations
+};
+void addPlanOptions(CLI::App& plan, PlanArgs& args);
+int runPlanCommand(const PlanArgs& args, std::ostream& out);
+
+struct BenchArgs {
+  std::string examples_dir = "examples";  // where the paper's topologies live
+  double seconds = 2.0;                   // search budget per scenario
+  bool quick = false;                     // skip the 1024-device case
+  std::string json_out;                   // also write results as JSON here
+};
+void addBenchSubcommands(CLI::App& bench, BenchArgs& args);
+int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out);
+
+}  // namespace geopipe::cli

@@ -1,0 +1,118 @@
+// The `geopipe` command: validate, plan and benchmark jobs. Turns every
+// geopipe::Error into one readable message and a documented exit code.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "geopipe/error.h"
+#include "geopipe/version.h"
+#include "src/cli/commands.h"
+#include "src/common/blas_check.h"
+#include "src/common/logging.h"
+#include "src/config/diagnostics.h"
+
+namespace {
+
+using geopipe::cli::ExitCode;
+
+// Runs fn, mapping exceptions to exit codes (docs/cli.md#exit-codes).
+template <typename Fn>
+int guarded(Fn fn) {
+  try {
+    return fn();
+  } catch (const geopipe::config::SpecError& e) {
+    std::cerr << e.what() << "\n";
+    return static_cast<int>(ExitCode::INVALID_SPEC);
+  } catch (const geopipe::ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return static_cast<int>(ExitCode::INVALID_SPEC);
+  } catch (const geopipe::InfeasibleError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return static_cast<int>(ExitCode::INFEASIBLE);
+  } catch (const geopipe::IoError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return static_cast<int>(ExitCode::IO_ERROR);
+  } catch (const geopipe::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    spdlog::debug("raised at {}", e.location());
+    return static_cast<int>(ExitCode::RUNTIME_ERROR);
+  } catch (const std::exception& e) {
+    std::cerr << "internal error: " << e.what()
+              << "\nThis is a bug in geopipe; please report it with the command line.\n";
+    return static_cast<int>(ExitCode::INTERNAL_ERROR);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"geopipe: pipeline-parallel LLM training over slow, uneven networks"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+  app.set_version_flag("--version", std::string("geopipe ") + GEOPIPE_VERSION_STRING);
+
+  // validate
+  std::vector<std::string> validate_files;
+  bool validate_quiet = false;
+  auto* validate = app.add_subcommand(
+      "validate", "Check job specs and their topologies; list every problem");
+  validate->add_option("JOB", validate_files, "job YAML file(s)")->required();
+  validate->add_flag("-q,--quiet", validate_quiet, "print only problems");
+
+  // plan
+  geopipe::cli::PlanArgs plan_args;
+  auto* plan = app.add_subcommand(
+      "plan", "Run the scheduler: allocation, predicted step time, gain over baselines");
+  geopipe::cli::addPlanOptions(*plan, plan_args);
+
+  // bench
+  geopipe::cli::BenchArgs bench_args;
+  auto* bench = app.add_subcommand("bench", "Reproducible benchmarks");
+  bench->require_subcommand(1);
+  geopipe::cli::addBenchSubcommands(*bench, bench_args);
+
+  // version details
+  auto* version = app.add_subcommand("version", "Print version, protocol and BLAS in use");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : static_cast<int>(ExitCode::USAGE);
+  }
+
+  int rc = guarded([&] {
+    geopipe::common::setLogLevel(log_level);
+    return 0;
+  });
+  if (rc != 0) return static_cast<int>(ExitCode::USAGE);
+
+  if (*validate) {
+    return guarded([&] {
+      return geopipe::cli::runValidate(validate_files, validate_quiet, std::cout,
+                                       std::cerr);
+    });
+  }
+  if (*plan) {
+    return guarded([&] { return geopipe::cli::runPlanCommand(plan_args, std::cout); });
+  }
+  if (*bench) {
+    return guarded([&] { return geopipe::cli::runBenchCommand(*bench, bench_args, std::cout); });
+  }
+  if (*version) {
+    auto blas = geopipe::common::detectBlas();
+    std::cout << "geopipe " << GEOPIPE_VERSION_STRING << "\n"
+              << "wire protocol: geopipe.v1 (version " << GEOPIPE_PROTOCOL_VERSION
+              << ")\n"
+              << "BLAS: " << blas.detail << " [" << blas.library << "]"
+              << (blas.optimized ? "" : "  <-- SLOW") << "\n";
+    return 0;
+  }
+  return 0;
+}

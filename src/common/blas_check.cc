@@ -1,0 +1,55 @@
+// Detects the BLAS behind libblas.so.3 (see blas_check.h).
+#include "src/common/blas_check.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <spdlog/spdlog.h>
+
+#include <mutex>
+
+namespace geopipe::common {
+
+BlasInfo detectBlas() {
+  BlasInfo info;
+  void* handle = dlopen("libblas.so.3", RTLD_LAZY | RTLD_LOCAL);
+  if (handle == nullptr) {
+    info.detail = "libblas.so.3 not found (install libopenblas-dev)";
+    return info;
+  }
+  struct link_map* map = nullptr;
+  if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map != nullptr && map->l_name) {
+    info.library = map->l_name;
+  }
+  using ConfigFn = const char* (*)();
+  auto config = reinterpret_cast<ConfigFn>(dlsym(handle, "openblas_get_config"));
+  if (config != nullptr) {
+    info.optimized = true;
+    info.detail = std::string("OpenBLAS ") + config();
+  } else if (dlsym(handle, "mkl_get_version") != nullptr ||
+             dlsym(handle, "bli_info_get_version_str") != nullptr) {
+    info.optimized = true;
+    info.detail = "optimized BLAS (MKL or BLIS)";
+  } else {
+    info.detail = "reference BLAS: LibTorch matrix products run ~20x slower; "
+                  "install libopenblas-dev (scripts/install-deps does) or "
+                  "select it with update-alternatives --config libblas.so.3-x86_64-linux-gnu";
+  }
+  dlclose(handle);
+  return info;
+}
+
+BlasInfo warnIfSlowBlas() {
+  static std::once_flag once;
+  static BlasInfo info;
+  std::call_once(once, [] {
+    info = detectBlas();
+    if (!info.optimized) {
+      spdlog::warn("**************************************************************");
+      spdlog::warn("SLOW BLAS: {} ({})", info.detail, info.library);
+      spdlog::warn("**************************************************************");
+    }
+  });
+  return info;
+}
+
+}  // namespace geopipe::common

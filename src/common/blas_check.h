@@ -1,0 +1,22 @@
+// Which BLAS the dynamic loader gives LibTorch. Debian's LibTorch calls the
+// system libblas.so.3; unless OpenBLAS provides it, training runs ~20x slower.
+#pragma once
+
+#include <string>
+
+namespace geopipe::common {
+
+struct BlasInfo {
+  bool optimized = false;  // OpenBLAS (or another tuned BLAS) is what loads
+  std::string library;     // the file libblas.so.3 resolves to
+  std::string detail;      // OpenBLAS config string, or why it is slow
+};
+
+// Resolves libblas.so.3 as the loader would and checks for OpenBLAS.
+BlasInfo detectBlas();
+
+// Logs a loud warning (once per process) when the BLAS is the reference one.
+// Returns the detected info.
+BlasInfo warnIfSlowBlas();
+
+}  // namespace geopipe::common

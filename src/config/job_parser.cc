@@ -1,0 +1,429 @@
+// Reads job YAML into a JobSpec (every field: docs/job-spec.md).
+#include "src/config/job_parser.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <limits>
+
+#include "src/config/topology_parser.h"
+#include "src/config/yaml_fields.h"
+
+namespace geopipe::config {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int kBig = 1 << 30;
+
+const char* const kPresets[] = {"tiny", "gpt2-small", "gpt3-xl", "none", nullptr};
+
+void applyPreset(const std::string& preset, ModelSpec& m) {
+  if (preset == "tiny") {
+    m.layers = 4, m.hidden = 128, m.heads = 4, m.seq_len = 128, m.vocab = 256;
+  } else if (preset == "gpt2-small") {
+    m.layers = 12, m.hidden = 768, m.heads = 12, m.seq_len = 1024, m.vocab = 50257;
+  } else if (preset == "gpt3-xl") {
+    m.layers = 24, m.hidden = 2048, m.heads = 16, m.seq_len = 2048, m.vocab = 50257;
+  }
+}
+
+std::string resolvePath(const std::string& base_dir, const std::string& p) {
+  if (p.empty() || fs::path(p).is_absolute() || base_dir.empty()) return p;
+  return (fs::path(base_dir) / p).lexically_normal().string();
+}
+
+// The node at a dotted path below root (for positioning cross-field errors);
+// an undefined node if any part is absent.
+YAML::Node nodeAt(const YAML::Node& root, const std::string& dotted) {
+  YAML::Node cur = root;
+  size_t start = 0;
+  while (cur.IsDefined() && cur.IsMap()) {
+    size_t dot = dotted.find('.', start);
+    std::string key = dotted.substr(start, dot == std::string::npos ? dot : dot - start);
+    const YAML::Node& ccur = cur;
+    YAML::Node next = ccur[key];
+    if (!next.IsDefined()) return next;
+    cur.reset(next);
+    if (dot == std::string::npos) return cur;
+    start = dot + 1;
+  }
+  return YAML::Node(YAML::NodeType::Undefined);
+}
+
+class JobReader {
+ public:
+  JobReader(const YAML::Node& root, const ReadContext& ctx, std::string base_dir)
+      : root_(root), ctx_(ctx), base_dir_(std::move(base_dir)) {}
+
+  JobSpec read() {
+    MapReader r(root_, "", ctx_);
+    if (!r.ok()) return job_;
+    r.getString("name", job_.name);
+    readModel(r.child("model"));
+    readData(r.child("data"));
+    readTraining(r.child("training"));
+    readParallelism(r.child("parallelism"));
+    readCompression(r.child("compression"));
+    readScheduler(r.child("scheduler"));
+    readTopologyField(r);
+    readTransport(r.child("transport"));
+    readCheckpoint(r.child("checkpoint"));
+    readLogging(r.child("logging"));
+    r.finish();
+    if (job_.name.empty()) {
+      job_.name = fs::path(ctx_.file).stem().string();
+    }
+    if (ctx_.diagnostics->empty()) crossCheck();
+    return job_;
+  }
+
+ private:
+  // Calls fn(reader) on a section when present; a section may be omitted.
+  template <typename Fn>
+  void section(const YAML::Node& node, const std::string& path, Fn fn) {
+    if (!node.IsDefined() || node.IsNull()) return;
+    MapReader r(node, path, ctx_);
+    if (!r.ok()) return;
+    fn(r);
+    r.finish();
+  }
+
+  void readModel(const YAML::Node& node) {
+    section(node, "model", [&](MapReader& r) {
+      ModelSpec& m = job_.model;
+      r.getEnum("kind", m.kind, {"gpt", "custom"});
+      r.getEnum("preset", m.preset, {"tiny", "gpt2-small", "gpt3-xl", "none"});
+      applyPreset(m.preset, m);
+      r.getString("name", m.name);
+      r.getInt("layers", m.layers, 1, 4096);
+      r.getInt("hidden", m.hidden, 1, 1 << 20);
+      r.getInt("heads", m.heads, 1, 4096);
+      r.getInt("seq_len", m.seq_len, 1, 1 << 24);
+      r.getInt("vocab", m.vocab, 2, 1 << 26);
+      r.getInt("ffn_mult", m.ffn_mult, 1, 64);
+      r.getDouble("dropout", m.dropout, 0.0, 0.99);
+      r.getEnum("dtype", m.dtype, {"fp32", "fp16", "bf16"});
+      if (m.kind == "custom" && m.name.empty()) {
+        r.error("kind is 'custom' but 'name' is missing: set model.name to the "
+                "name the model was registered under with the C++ API");
+      }
+    });
+  }
+
+  void readData(const YAML::Node& node) {
+    section(node, "data", [&](MapReader& r) {
+      DataSpec& d = job_.data;
+      r.getEnum("kind", d.kind, {"synthetic", "text", "tokens", "fortunes"});
+      r.getString("path", d.path);
+      r.getEnum("token_dtype", d.token_dtype, {"uint16", "uint32"});
+      r.getInt64("num_samples", d.num_samples, 0, INT64_MAX);
+      d.path = resolvePath(base_dir_, d.path);
+    });
+  }
+
+  void readTraining(const YAML::Node& node) {
+    section(node, "training", [&](MapReader& r) {
+      TrainingSpec& t = job_.training;
+      r.getInt("steps", t.steps, 1, kBig);
+      r.getInt("global_batch", t.global_batch, 1, kBig);
+      r.getInt("micro_batch", t.micro_batch, 1, kBig);
+      r.getDouble("grad_clip", t.grad_clip, 0.0, kInf);
+      r.getUint64("seed", t.seed);
+      section(r.child("optimizer"), "training.optimizer", [&](MapReader& o) {
+        OptimizerSpec& opt = t.optimizer;
+        o.getEnum("kind", opt.kind, {"adamw", "sgd"});
+        o.getDouble("lr", opt.lr, 0.0, 10.0, /*lo_exclusive=*/true);
+        o.getDouble("beta1", opt.beta1, 0.0, 1.0);
+        o.getDouble("beta2", opt.beta2, 0.0, 1.0);
+        o.getDouble("eps", opt.eps, 0.0, 1.0, /*lo_exclusive=*/true);
+        o.getDouble("weight_decay", opt.weight_decay, 0.0, 10.0);
+        o.getDouble("momentum", opt.momentum, 0.0, 1.0);
+        if (opt.beta1 >= 1.0 || opt.beta2 >= 1.0) {
+          o.error("beta1 and beta2 must be below 1 (typical: 0.9 and 0.95)");
+        }
+      });
+      section(r.child("lr_schedule"), "training.lr_schedule", [&](MapReader& s) {
+        LrScheduleSpec& ls = t.lr_schedule;
+        s.getEnum("kind", ls.kind, {"constant", "cosine", "linear"});
+        s.getInt("warmup_steps", ls.warmup_steps, 0, kBig);
+        s.getDouble("min_lr", ls.min_lr, 0.0, 10.0);
+      });
+    });
+  }
+
+  void readParallelism(const YAML::Node& node) {
+    section(node, "parallelism", [&](MapReader& r) {
+      ParallelismSpec& p = job_.parallelism;
+      r.getInt("pipeline_stages", p.pipeline_stages, 1, 4096);
+      YAML::Node dp = r.child("data_parallel");
+      if (dp.IsDefined() && dp.IsScalar() && dp.Scalar() == "auto") {
+        p.data_parallel = 0;
+      } else if (dp.IsDefined() && !dp.IsNull()) {
+        int64_t v = 0;
+        bool is_int = dp.IsScalar() && !dp.Scalar().empty() &&
+                      dp.Scalar().find_first_not_of("0123456789") == std::string::npos;
+        if (is_int) v = std::stoll(dp.Scalar().substr(0, 9));
+        if (!is_int || v < 1 || v > 65536) {
+          r.error("data_parallel", dp,
+                  "expected an integer in 1..65536 or 'auto', found " +
+                      describeNode(dp));
+        } else {
+          p.data_parallel = static_cast<int>(v);
+        }
+      }
+      r.getEnum("schedule", p.schedule, {"gpipe", "1f1b"});
+    });
+  }
+
+  void readQuantFields(MapReader& r, int& bits, std::string& granularity,
+                       int& group_size, std::string& rounding) {
+    r.getInt("bits", bits, 1, 8);
+    r.getEnum("granularity", granularity, {"tensor", "channel", "group"});
+    r.getInt("group_size", group_size, 1, 1 << 24);
+    r.getEnum("rounding", rounding, {"nearest", "stochastic"});
+  }
+
+  void readCompression(const YAML::Node& node) {
+    section(node, "compression", [&](MapReader& r) {
+      CompressionSpec& c = job_.compression;
+      section(r.child("activations"), "compression.activations", [&](MapReader& a) {
+        auto& s = c.activations;
+        a.getEnum("method", s.method, {"none", "fp16", "acsgd", "direct"});
+        readQuantFields(a, s.bits, s.granularity, s.group_size, s.rounding);
+        a.getEnum("buffer_store", s.buffer_store, {"memory", "mmap"});
+        a.getString("buffer_dir", s.buffer_dir);
+        a.getDouble("buffer_budget_gb", s.buffer_budget_gb, 0.0, kInf, true);
+        s.buffer_dir = resolvePath(base_dir_, s.buffer_dir);
+        if (s.method == "acsgd" && s.buffer_store == "mmap" && s.buffer_dir.empty()) {
+          a.error("buffer_store is 'mmap' but 'buffer_dir' is missing: name a "
+                  "directory for the memory-mapped AC-SGD buffers");
+        }
+      });
+      section(r.child("backward"), "compression.backward", [&](MapReader& b) {
+        auto& s = c.backward;
+        b.getEnum("method", s.method, {"none", "fp16", "quantize"});
+        readQuantFields(b, s.bits, s.granularity, s.group_size, s.rounding);
+      });
+      section(r.child("gradients"), "compression.gradients", [&](MapReader& g) {
+        auto& s = c.gradients;
+        g.getEnum("method", s.method, {"none", "fp16", "quantize", "topk", "powersgd"});
+        g.getInt("bits", s.bits, 1, 8);
+        g.getDouble("ratio", s.ratio, 0.0, 1.0, /*lo_exclusive=*/true);
+        g.getInt("rank", s.rank, 1, 4096);
+        g.getBool("error_feedback", s.error_feedback);
+      });
+    });
+  }
+
+  void readScheduler(const YAML::Node& node) {
+    section(node, "scheduler", [&](MapReader& r) {
+      SchedulerSpec& s = job_.scheduler;
+      r.getEnum("algorithm", s.algorithm,
+                {"evolutionary", "in-order", "random", "exhaustive"});
+      r.getEnum("cost_model", s.cost_model, {"geopipe", "dtfm"});
+      section(r.child("budget"), "scheduler.budget", [&](MapReader& b) {
+        b.getInt64("evaluations", s.budget_evaluations, 0, INT64_MAX);
+        b.getDouble("seconds", s.budget_seconds, 0.0, 86400.0);
+        if (s.budget_evaluations == 0 && s.budget_seconds == 0.0) {
+          b.error("evaluations and seconds are both 0 (unlimited): the search "
+                  "would never stop; set at least one of them");
+        }
+      });
+      r.getUint64("seed", s.seed);
+      r.getInt("threads", s.threads, 1, 256);
+      section(r.child("payloads"), "scheduler.payloads", [&](MapReader& p) {
+        p.getOptionalDouble("grad_gb", s.grad_payload_gb, 0.0, kInf, true);
+        p.getOptionalDouble("act_gb", s.act_payload_gb, 0.0, kInf, true);
+      });
+    });
+  }
+
+  void readTopologyField(MapReader& r) {
+    YAML::Node t = r.child("topology");
+    if (!t.IsDefined() || t.IsNull()) {
+      r.error("missing required key 'topology': a path to a topology file "
+              "(e.g. topology: ../topologies/local-4.yaml) or an inline mapping");
+      return;
+    }
+    if (t.IsScalar()) {
+      std::string path = resolvePath(base_dir_, t.Scalar());
+      std::string text;
+      try {
+        text = readTextFile(path, "topology file");
+      } catch (const IoError& e) {
+        r.error("topology", t,
+                "cannot read topology file '" + path + "' (" + e.what() +
+                    "); paths are relative to the job file's directory");
+        return;
+      }
+      ReadContext tctx{path, ctx_.diagnostics};
+      YAML::Node troot = parseYamlDocument(text, tctx);
+      if (troot.IsDefined()) job_.topology = readTopology(troot, "", tctx);
+      job_.topology.source = path;
+    } else {
+      job_.topology = readTopology(t, "topology", ctx_);
+      job_.topology.source = ctx_.file + " (inline)";
+    }
+  }
+
+  void readTransport(const YAML::Node& node) {
+    section(node, "transport", [&](MapReader& r) {
+      TransportSpec& t = job_.transport;
+      r.getEnum("kind", t.kind, {"inproc", "grpc", "nccl"});
+      r.getBool("emulate_links", t.emulate_links);
+      r.getDouble("bandwidth_scale", t.bandwidth_scale, 0.0, 1e9, true);
+      r.getDouble("latency_scale", t.latency_scale, 0.0, 1e9);
+    });
+  }
+
+  void readCheckpoint(const YAML::Node& node) {
+    section(node, "checkpoint", [&](MapReader& r) {
+      CheckpointSpec& c = job_.checkpoint;
+      r.getString("dir", c.dir);
+      r.getInt("every_steps", c.every_steps, 0, kBig);
+      r.getInt("keep", c.keep, 1, 1000);
+      c.dir = resolvePath(base_dir_, c.dir);
+      if (c.every_steps > 0 && c.dir.empty()) {
+        r.error("every_steps is " + std::to_string(c.every_steps) +
+                " but 'dir' is missing: name a directory for checkpoints");
+      }
+    });
+  }
+
+  void readLogging(const YAML::Node& node) {
+    section(node, "logging", [&](MapReader& r) {
+      LoggingSpec& l = job_.logging;
+      r.getEnum("level", l.level, {"trace", "debug", "info", "warn", "error", "off"});
+      r.getString("metrics_file", l.metrics_file);
+      r.getInt("every_steps", l.every_steps, 1, kBig);
+      l.metrics_file = resolvePath(base_dir_, l.metrics_file);
+    });
+  }
+
+  void fail(const std::string& field, const std::string& message) {
+    YAML::Node n = nodeAt(root_, field);
+    ctx_.diagnostics->add(diagnosticAt(ctx_, n, field, message));
+  }
+
+  // Checks that relate several fields; run only on a spec without field
+  // errors so the messages are about the user's real numbers.
+  void crossCheck() {
+    const ModelSpec& m = job_.model;
+    const TrainingSpec& t = job_.training;
+    const ParallelismSpec& p = job_.parallelism;
+    if (m.hidden % m.heads != 0) {
+      fail("model.heads", "hidden (" + std::to_string(m.hidden) +
+                              ") must be divisible by heads (" +
+                              std::to_string(m.heads) + ")");
+    }
+    if (m.layers < p.pipeline_stages) {
+      fail("parallelism.pipeline_stages",
+           std::to_string(p.pipeline_stages) + " stages but the model has only " +
+               std::to_string(m.layers) +
+               " layers; each stage needs at least one layer: lower "
+               "pipeline_stages or raise model.layers");
+    }
+    const int devices = job_.topology.numDevices();
+    if (p.dataParallelAuto()) {
+      if (t.global_batch % t.micro_batch != 0) {
+        fail("training.global_batch",
+             "global_batch (" + std::to_string(t.global_batch) +
+                 ") must be a multiple of micro_batch (" +
+                 std::to_string(t.micro_batch) + ")");
+      }
+      if (devices > 0 && p.pipeline_stages > devices) {
+        fail("parallelism.pipeline_stages",
+             std::to_string(p.pipeline_stages) + " stages need at least as many "
+             "devices, but topology '" + job_.topology.source + "' has " +
+             std::to_string(devices));
+      }
+    } else {
+      const int per_step = p.data_parallel * t.micro_batch;
+      if (t.global_batch % per_step != 0) {
+        fail("training.global_batch",
+             "global_batch (" + std::to_string(t.global_batch) +
+                 ") must be a multiple of data_parallel x micro_batch (" +
+                 std::to_string(p.data_parallel) + " x " +
+                 std::to_string(t.micro_batch) + " = " + std::to_string(per_step) +
+                 ")");
+      }
+      const int64_t needed = int64_t{p.pipeline_stages} * p.data_parallel;
+      if (devices > 0 && needed > devices) {
+        fail("parallelism",
+             "pipeline_stages x data_parallel = " + std::to_string(needed) +
+                 " tasklets need as many devices, but topology '" +
+                 job_.topology.source + "' has " + std::to_string(devices) +
+                 ": lower data_parallel (or set it to auto) or add devices");
+      }
+    }
+    if (job_.scheduler.algorithm == "exhaustive" && devices > 12) {
+      fail("scheduler.algorithm",
+           "exhaustive search enumerates every allocation and is limited to 12 "
+           "devices; this topology has " + std::to_string(devices) +
+               ": use evolutionary");
+    }
+    checkData();
+  }
+
+  void checkData() {
+    const DataSpec& d = job_.data;
+    if (d.kind == "text" || d.kind == "tokens") {
+      if (d.path.empty()) {
+        fail("data.kind", "kind '" + d.kind + "' needs data.path (a " +
+                              (d.kind == "text" ? "text file" : "token file") + ")");
+        return;
+      }
+      std::error_code ec;
+      if (!fs::is_regular_file(d.path, ec)) {
+        fail("data.path", "no such file '" + d.path +
+                              "'; paths are relative to the job file's directory");
+        return;
+      }
+      const uint64_t bytes = fs::file_size(d.path, ec);
+      const uint64_t width = d.kind == "text" ? 1 : (d.token_dtype == "uint16" ? 2 : 4);
+      if (d.kind == "tokens" && bytes % width != 0) {
+        fail("data.path", "'" + d.path + "' has " + std::to_string(bytes) +
+                              " bytes, not a multiple of " + std::to_string(width) +
+                              " (token_dtype " + d.token_dtype +
+                              "); is token_dtype right?");
+        return;
+      }
+      const uint64_t need = uint64_t(job_.model.seq_len + 1) * width;
+      if (bytes < need) {
+        fail("data.path", "'" + d.path + "' holds " + std::to_string(bytes / width) +
+                              " tokens, fewer than one sample needs (seq_len + 1 = " +
+                              std::to_string(job_.model.seq_len + 1) + ")");
+      }
+    }
+  }
+
+  YAML::Node root_;
+  ReadContext ctx_;
+  std::string base_dir_;
+  JobSpec job_;
+};
+
+}  // namespace
+
+const char* const* modelPresetNames() { return kPresets; }
+
+JobSpec parseJobString(const std::string& yaml, const std::string& source,
+                       const std::string& base_dir) {
+  Diagnostics diags;
+  ReadContext ctx{source, &diags};
+  YAML::Node root = parseYamlDocument(yaml, ctx);
+  JobSpec job;
+  if (root.IsDefined()) job = JobReader(root, ctx, base_dir).read();
+  diags.throwIfAny();
+  job.source = source;
+  return job;
+}
+
+JobSpec loadJobFile(const std::string& path) {
+  std::string text = readTextFile(path, "job file");
+  std::string base = fs::path(path).parent_path().string();
+  return parseJobString(text, path, base);
+}
+
+}  // namespace geopipe::config

@@ -1,0 +1,63 @@
+// Human-readable summary of a job spec.
+#include "src/config/summary.h"
+
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+namespace geopipe::config {
+namespace {
+
+std::string describeActivations(const ActivationCompressionSpec& a) {
+  if (a.method == "none" || a.method == "fp16") return a.method;
+  std::ostringstream os;
+  os << a.method << " " << a.bits << "-bit, per-" << a.granularity
+     << (a.granularity == "group" ? " (" + std::to_string(a.group_size) + ")" : "")
+     << ", " << a.rounding;
+  return os.str();
+}
+
+}  // namespace
+
+std::string formatJobSummary(const JobSpec& job) {
+  std::ostringstream os;
+  const ModelSpec& m = job.model;
+  const TopologySpec& t = job.topology;
+  const ParallelismSpec& p = job.parallelism;
+  os << "job '" << job.name << "' (" << job.source << ")\n";
+  os << "  model:        " << m.kind << (m.kind == "custom" ? " " + m.name : "")
+     << ", " << m.layers << " layers, hidden " << m.hidden << ", " << m.heads
+     << " heads, seq " << m.seq_len << ", vocab " << m.vocab << "\n";
+  os << "  data:         " << job.data.kind
+     << (job.data.path.empty() ? "" : " " + job.data.path) << "\n";
+  os << "  training:     " << job.training.steps << " steps, global batch "
+     << job.training.global_batch << ", micro-batch " << job.training.micro_batch
+     << ", " << job.training.optimizer.kind << " lr "
+     << job.training.optimizer.lr << " (" << job.training.lr_schedule.kind
+     << "), seed " << job.training.seed << "\n";
+  os << "  parallelism:  " << p.pipeline_stages << " stages x "
+     << (p.dataParallelAuto() ? std::string("auto") : std::to_string(p.data_parallel))
+     << " replicas, " << p.schedule << "\n";
+  os << "  compression:  activations " << describeActivations(job.compression.activations)
+     << "; backward " << job.compression.backward.method
+     << (job.compression.backward.method == "quantize"
+             ? " " + std::to_string(job.compression.backward.bits) + "-bit" : "")
+     << "; gradients " << job.compression.gradients.method << "\n";
+  os << "  scheduler:    " << job.scheduler.algorithm << ", cost model "
+     << job.scheduler.cost_model << ", seed " << job.scheduler.seed << "\n";
+  std::map<std::string, int> gpus;
+  for (const auto& d : t.devices) gpus[d.gpu]++;
+  os << "  topology:     '" << t.name << "' (" << t.source << "): " << t.numDevices()
+     << " devices in " << t.numSites() << " sites (";
+  bool first = true;
+  for (const auto& [gpu, count] : gpus) {
+    os << (first ? "" : ", ") << count << "x " << gpu;
+    first = false;
+  }
+  os << ")\n";
+  os << "  transport:    " << job.transport.kind
+     << (job.transport.emulate_links ? ", links emulated" : "") << "\n";
+  return os.str();
+}
+
+}  // namespace geopipe::config

@@ -1,0 +1,156 @@
+// Job and topology parsing: defaults, presets, topology resolution (repeat,
+// defaults, asymmetric links) and the paper's scenarios as shipped.
+#include <gtest/gtest.h>
+
+#include "src/common/strings.h"
+#include "src/config/diagnostics.h"
+#include "src/config/job_parser.h"
+#include "src/config/topology_parser.h"
+
+using namespace geopipe;
+using config::parseJobString;
+using config::parseTopologyString;
+
+namespace {
+
+const char* kTwoSites = R"(
+topology:
+  sites:
+    - {name: a, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: 10}, gpu: A100, tflops: 312, memory_gb: 80}
+    - name: b
+      intra: {latency_ms: 2, bandwidth_gbps: 5}
+      devices:
+        - {gpu: T4, tflops: 65, memory_gb: 16}
+        - {name: big-one}
+  inter_site_default: {latency_ms: 20, bandwidth_gbps: 1}
+  links:
+    - {from: b, to: a, latency_ms: 25, bandwidth_gbps: 0.5}
+)";
+
+TEST(JobParser, DefaultsFillAnOmittedSection) {
+  JobSpec job = parseJobString(kTwoSites, "inline.yaml", "");
+  EXPECT_EQ(job.name, "inline");
+  EXPECT_EQ(job.training.steps, TrainingSpec{}.steps);
+  EXPECT_EQ(job.parallelism.schedule, "1f1b");
+  EXPECT_EQ(job.compression.activations.method, "none");
+  EXPECT_EQ(job.scheduler.cost_model, "geopipe");
+}
+
+TEST(JobParser, PresetThenExplicitFieldsOverride) {
+  std::string yaml = std::string(kTwoSites) + "model: {preset: gpt3-xl, layers: 12}\n";
+  JobSpec job = parseJobString(yaml, "j.yaml", "");
+  EXPECT_EQ(job.model.layers, 12);
+  EXPECT_EQ(job.model.hidden, 2048);
+  EXPECT_EQ(job.model.heads, 16);
+  EXPECT_EQ(job.model.seq_len, 2048);
+}
+
+TEST(JobParser, DataParallelAuto) {
+  std::string yaml = std::string(kTwoSites) +
+                     "parallelism: {pipeline_stages: 2, data_parallel: auto}\n";
+  JobSpec job = parseJobString(yaml, "j.yaml", "");
+  EXPECT_TRUE(job.parallelism.dataParallelAuto());
+}
+
+TEST(JobParser, ScientificNotationAndPayloads) {
+  std::string yaml = std::string(kTwoSites) +
+                     "training: {optimizer: {lr: 3e-4}}\n"
+                     "scheduler: {payloads: {grad_gb: 0.65}}\n";
+  JobSpec job = parseJobString(yaml, "j.yaml", "");
+  EXPECT_DOUBLE_EQ(job.training.optimizer.lr, 3e-4);
+  ASSERT_TRUE(job.scheduler.grad_payload_gb.has_value());
+  EXPECT_DOUBLE_EQ(*job.scheduler.grad_payload_gb, 0.65);
+  EXPECT_FALSE(job.scheduler.act_payload_gb.has_value());
+}
+
+TEST(JobParser, RelativePathsResolveAgainstTheJobDirectory) {
+  std::string yaml = std::string(kTwoSites) +
+                     "checkpoint: {dir: ckpt, every_steps: 5}\n";
+  JobSpec job = parseJobString(yaml, "/jobs/j.yaml", "/jobs");
+  EXPECT_EQ(job.checkpoint.dir, "/jobs/ckpt");
+}
+
+TEST(TopologyParser, DevicesSitesAndDirectedLinks) {
+  JobSpec job = parseJobString(kTwoSites, "j.yaml", "");
+  const TopologySpec& t = job.topology;
+  ASSERT_EQ(t.numDevices(), 4);
+  ASSERT_EQ(t.numSites(), 2);
+  EXPECT_EQ(t.devices[0].name, "a/0");
+  EXPECT_EQ(t.devices[1].gpu, "A100");
+  EXPECT_DOUBLE_EQ(t.devices[1].tflops, 312);
+  EXPECT_EQ(t.devices[2].gpu, "T4");
+  EXPECT_EQ(t.devices[3].name, "big-one");
+  EXPECT_EQ(t.devices[3].site, 1);
+  // Intra-site link.
+  EXPECT_DOUBLE_EQ(t.link(0, 1).bandwidth_gbps, 10);
+  // a -> b uses the default; b -> a was overridden in one direction only.
+  EXPECT_DOUBLE_EQ(t.link(0, 2).bandwidth_gbps, 1);
+  EXPECT_DOUBLE_EQ(t.link(2, 0).bandwidth_gbps, 0.5);
+  EXPECT_DOUBLE_EQ(t.link(2, 0).latency_ms, 25);
+}
+
+TEST(TopologyParser, DirectedEntryWinsOverSymmetricWhateverTheOrder) {
+  TopologySpec t = parseTopologyString(R"(
+sites: [{name: a, devices: 1}, {name: b, devices: 1}]
+links:
+  - {from: a, to: b, latency_ms: 5, bandwidth_gbps: 0.1}
+  - {sites: [a, b], latency_ms: 1, bandwidth_gbps: 2}
+)", "t.yaml");
+  EXPECT_DOUBLE_EQ(t.link(0, 1).bandwidth_gbps, 0.1);
+  EXPECT_DOUBLE_EQ(t.link(1, 0).bandwidth_gbps, 2);
+}
+
+TEST(TopologyParser, RepeatExpandsSites) {
+  TopologySpec t = parseTopologyString(R"(
+sites:
+  - {name: m, repeat: 3, devices: 2, intra: {latency_ms: 0, bandwidth_gbps: 100}}
+inter_site_default: {latency_ms: 0, bandwidth_gbps: 3.125}
+)", "t.yaml");
+  ASSERT_EQ(t.numSites(), 3);
+  EXPECT_EQ(t.sites[2].name, "m-2");
+  EXPECT_EQ(t.numDevices(), 6);
+  EXPECT_EQ(t.devices[5].site, 2);
+  EXPECT_DOUBLE_EQ(t.link(0, 1).bandwidth_gbps, 100);
+  EXPECT_DOUBLE_EQ(t.link(1, 2).bandwidth_gbps, 3.125);
+}
+
+TEST(TopologyParser, PaperScenariosHave64Devices) {
+  for (const char* name : {"datacenter", "spot", "multi-university", "regional",
+                           "worldwide"}) {
+    TopologySpec t = config::loadTopologyFile(
+        std::string("examples/topologies/dtfm-") + name + ".yaml");
+    EXPECT_EQ(t.numDevices(), 64) << name;
+  }
+  TopologySpec spot = config::loadTopologyFile("examples/topologies/dtfm-spot.yaml");
+  EXPECT_EQ(spot.numSites(), 40);
+  EXPECT_EQ(spot.devices[31].site, 7);   // last device of the 4-GPU machines
+  EXPECT_EQ(spot.devices[32].site, 8);   // first single-GPU machine
+  TopologySpec ww = config::loadTopologyFile("examples/topologies/dtfm-worldwide.yaml");
+  // Tokyo (site 3) to Frankfurt (site 6): 223 ms / 0.36 Gbps, both directions.
+  EXPECT_DOUBLE_EQ(ww.link(3 * 8, 6 * 8 + 1).latency_ms, 223);
+  EXPECT_DOUBLE_EQ(ww.link(6 * 8 + 1, 3 * 8).bandwidth_gbps, 0.36);
+}
+
+TEST(TopologyParser, ErrorsNameTheSourceAndPosition) {
+  try {
+    parseTopologyString("sites:\n  - {name: a, devices: x}\n", "my-topo.yaml");
+    FAIL();
+  } catch (const config::SpecError& e) {
+    ASSERT_EQ(e.diagnostics().size(), 1u);
+    const auto& d = e.diagnostics()[0];
+    EXPECT_EQ(d.file, "my-topo.yaml");
+    EXPECT_EQ(d.line, 2);
+    EXPECT_EQ(d.field, "sites[0].devices");
+  }
+}
+
+TEST(Strings, ClosestMatchSuggestsOnlyPlausibleTypos) {
+  std::vector<std::string> keys = {"training", "model", "topology"};
+  EXPECT_EQ(common::closestMatch("trainig", keys), "training");
+  EXPECT_EQ(common::closestMatch("modle", keys), "model");
+  EXPECT_EQ(common::closestMatch("zzzzzz", keys), "");
+  EXPECT_EQ(common::editDistance("kitten", "sitting"), 3);
+  EXPECT_EQ(common::joinOr({"a", "b", "c"}), "a, b or c");
+}
+
+}  // namespace
