@@ -1,0 +1,44 @@
+# Thin wrapper over CMake: the two commands of README.md and their parts.
+#   make demo   install missing Debian packages, build, run the main job
+#   make test   install missing Debian packages, build, run every test (ctest)
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+BUILD_TYPE ?= Release
+CMAKE_FLAGS ?=
+GEOPIPE = $(BUILD)/src/cli/geopipe
+
+.PHONY: all deps configure build demo test test-fast bench format clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+configure: deps
+	@if [ ! -f $(BUILD)/build.ninja ]; then \
+	  cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS); \
+	fi
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	$(GEOPIPE) validate examples/jobs/dtfm-worldwide.yaml
+	$(GEOPIPE) plan examples/jobs/dtfm-worldwide.yaml
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# Everything but the slow end-to-end tests (ctest label e2e).
+test-fast: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) -LE e2e
+
+bench: build
+	$(GEOPIPE) bench scheduler
+
+format:
+	find include src scheduler compression tests benchmarks examples \
+	  \( -name '*.h' -o -name '*.cc' \) -print0 | xargs -0 clang-format -i
+
+clean:
+	rm -rf $(BUILD)
