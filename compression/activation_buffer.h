@@ -1,0 +1,70 @@
+// Per-sample byte store for AC-SGD's activation buffers m(xi), keyed by sample
+// id: in memory, or in a memory-mapped file for datasets larger than RAM,
+// within a byte budget; save/load so a resumed job keeps its AC-SGD state.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace geopipe::compression {
+
+enum class StoreKind : uint8_t {
+  MEMORY = 0,  // heap, one allocation per sample
+  MMAP = 1,    // one sparse file mapped MAP_SHARED; the kernel pages it to disk
+};
+
+struct BufferStoreOptions {
+  StoreKind kind = StoreKind::MEMORY;      // where buffers live
+  std::string path;                        // MMAP: backing file (created, truncated)
+  uint64_t budget_bytes = uint64_t{4} << 30;  // most bytes of entries (MMAP: file size)
+};
+
+// Holds one opaque byte entry per sample id. Not thread-safe: one pipeline
+// boundary's sender (or receiver) owns it and calls it from its own thread.
+// Pointers returned by find()/allocate() stay valid until the next
+// allocate(), clear() or load().
+class ActivationBufferStore {
+ public:
+  explicit ActivationBufferStore(uint64_t budget_bytes) : budget_(budget_bytes) {}
+  virtual ~ActivationBufferStore() = default;
+  ActivationBufferStore(const ActivationBufferStore&) = delete;
+  ActivationBufferStore& operator=(const ActivationBufferStore&) = delete;
+
+  struct Entry {
+    uint8_t* data = nullptr;  // nullptr when absent
+    size_t size = 0;
+  };
+  // The entry of sample `id`, or {nullptr, 0}.
+  virtual Entry find(int64_t id) = 0;
+  // Creates or resizes the entry of `id` to `bytes` bytes and returns it. The
+  // old content is kept when the size is unchanged, unspecified otherwise.
+  // Throws InfeasibleError when the budget would be exceeded.
+  virtual uint8_t* allocate(int64_t id, size_t bytes) = 0;
+  virtual void clear() = 0;
+  virtual size_t entryCount() const = 0;
+  // Bytes charged against the budget (MMAP: the file's high-water mark).
+  virtual uint64_t bytesUsed() const = 0;
+  virtual std::vector<int64_t> ids() const = 0;  // ascending
+  uint64_t budgetBytes() const { return budget_; }
+
+  // Writes every entry to `path` (via path + ".tmp" and rename, so a crash
+  // never leaves a half-written file). Format: "GPAB", u32 version, u64 count,
+  // count x {i64 id, u64 size, bytes}, u32 CRC-32C of everything before.
+  // Throws IoError.
+  void save(const std::string& path) const;
+  // Replaces the contents with the file's; IoError if it is missing,
+  // truncated, corrupt or of another version (the store is then empty);
+  // InfeasibleError if it does not fit the budget.
+  void load(const std::string& path);
+
+ protected:
+  [[noreturn]] void throwBudget(size_t need) const;
+  uint64_t budget_;
+};
+
+std::unique_ptr<ActivationBufferStore> makeBufferStore(const BufferStoreOptions& opt);
+
+}  // namespace geopipe::compression
