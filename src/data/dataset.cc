@@ -1,0 +1,179 @@
+// Token datasets: text, token files, fortunes, synthetic.
+#include "src/data/dataset.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "geopipe/error.h"
+
+namespace geopipe::data {
+namespace {
+
+std::string readAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    GEOPIPE_THROW(IoError, "cannot read data file '", path, "': ", std::strerror(errno),
+                  " (data.path in the job; relative paths start at the job file's directory)");
+  }
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+// splitmix64: a tiny, well-mixed hash for deterministic generators.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+TokenDataset::TokenDataset(std::vector<int32_t> tokens, int seq_len, int vocab,
+                           std::string source)
+    : tokens_(std::move(tokens)), seq_len_(seq_len), vocab_(vocab), source_(std::move(source)) {
+  GEOPIPE_CHECK(seq_len_ >= 1, ConfigError, "model.seq_len must be >= 1");
+  if (tokens_.size() < static_cast<size_t>(seq_len_) + 1) {
+    GEOPIPE_THROW(ConfigError, "data '", source_, "' holds ", tokens_.size(),
+                  " tokens, fewer than one sample needs (model.seq_len + 1 = ", seq_len_ + 1,
+                  "): use more data or a shorter seq_len");
+  }
+  num_samples_ = static_cast<int64_t>((tokens_.size() - 1) / seq_len_);
+}
+
+void TokenDataset::sample(int64_t id, int32_t* inputs, int32_t* targets) const {
+  GEOPIPE_CHECK(id >= 0 && id < num_samples_, ConfigError, "sample id ", id,
+                " outside the dataset's ", num_samples_, " samples");
+  const int32_t* base = tokens_.data() + id * seq_len_;
+  std::memcpy(inputs, base, sizeof(int32_t) * seq_len_);
+  std::memcpy(targets, base + 1, sizeof(int32_t) * seq_len_);
+}
+
+std::string readFortunes(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) {
+    GEOPIPE_THROW(IoError, "data.kind is 'fortunes' but '", dir,
+                  "' cannot be read: install the Debian packages fortunes-min and "
+                  "fortunes (scripts/install-deps does)");
+  }
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.empty() || name[0] == '.') continue;
+    if (name.size() > 4 && (name.substr(name.size() - 4) == ".dat" ||
+                            name.substr(name.size() - 3) == ".u8")) {
+      continue;
+    }
+    std::string path = dir + "/" + name;
+    struct stat st;
+    if (lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) names.push_back(name);
+  }
+  closedir(d);
+  std::sort(names.begin(), names.end());  // directory order is not stable
+  std::string text;
+  for (const auto& name : names) {
+    std::string body = readAll(dir + "/" + name);
+    // Fortunes are separated by lines holding a single '%'.
+    std::string cleaned;
+    std::istringstream lines(body);
+    std::string line;
+    while (std::getline(lines, line)) {
+      cleaned += line == "%" ? std::string() : line;
+      cleaned += '\n';
+    }
+    text += cleaned;
+  }
+  if (text.empty()) {
+    GEOPIPE_THROW(IoError, "no fortune texts found in '", dir,
+                  "': install the Debian packages fortunes-min and fortunes");
+  }
+  return text;
+}
+
+std::vector<int32_t> syntheticTokens(int64_t num_tokens, int vocab, uint64_t seed) {
+  // Order-2 Markov chain: after (a, b) comes one of 4 successors picked by a
+  // hash of (a, b, k), with probabilities 1/2, 1/4, 1/8, 1/8. Entropy is 1.75
+  // bits per token, far below log2(vocab): a model that learns it shows it.
+  std::vector<int32_t> out(static_cast<size_t>(num_tokens));
+  uint64_t state = mix(seed ^ 0xD1B54A32D192ED03ull);
+  int32_t a = 0, b = 1 % vocab;
+  for (int64_t i = 0; i < num_tokens; ++i) {
+    state = mix(state);
+    int r = static_cast<int>(state & 7);
+    int k = r < 4 ? 0 : r < 6 ? 1 : r < 7 ? 2 : 3;
+    uint64_t h = mix((static_cast<uint64_t>(a) << 32) ^ static_cast<uint64_t>(b) ^
+                     (static_cast<uint64_t>(k) << 58) ^ seed);
+    int32_t next = static_cast<int32_t>(h % static_cast<uint64_t>(vocab));
+    out[static_cast<size_t>(i)] = next;
+    a = b;
+    b = next;
+  }
+  return out;
+}
+
+TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t seed) {
+  std::vector<int32_t> tokens;
+  std::string source;
+  auto bytesToTokens = [&](const std::string& bytes, const std::string& what) {
+    if (model.vocab < 256) {
+      GEOPIPE_THROW(ConfigError, what, " is read as bytes (256 symbols) but model.vocab is ",
+                    model.vocab, ": set model.vocab to 256 or more");
+    }
+    tokens.assign(bytes.size(), 0);
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      tokens[i] = static_cast<unsigned char>(bytes[i]);
+    }
+  };
+  if (data.kind == "text") {
+    source = data.path;
+    std::string bytes = readAll(data.path);
+    if (bytes.empty()) GEOPIPE_THROW(ConfigError, "data file '", data.path, "' is empty");
+    bytesToTokens(bytes, "text data '" + data.path + "'");
+  } else if (data.kind == "fortunes") {
+    source = "fortunes";
+    bytesToTokens(readFortunes(), "fortunes data");
+  } else if (data.kind == "tokens") {
+    source = data.path;
+    std::string bytes = readAll(data.path);
+    const size_t width = data.token_dtype == "uint32" ? 4 : 2;
+    if (bytes.empty()) GEOPIPE_THROW(ConfigError, "token file '", data.path, "' is empty");
+    if (bytes.size() % width != 0) {
+      GEOPIPE_THROW(ConfigError, "token file '", data.path, "' has ", bytes.size(),
+                    " bytes, not a multiple of ", width, " (data.token_dtype ",
+                    data.token_dtype, "): is token_dtype right?");
+    }
+    tokens.resize(bytes.size() / width);
+    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      uint64_t v = 0;
+      for (size_t k = 0; k < width; ++k) v |= static_cast<uint64_t>(p[i * width + k]) << (8 * k);
+      if (v >= static_cast<uint64_t>(model.vocab)) {
+        GEOPIPE_THROW(ConfigError, "token file '", data.path, "': token ", v, " at index ", i,
+                      " (byte offset ", i * width, ") is >= model.vocab (", model.vocab,
+                      "): raise model.vocab or check data.token_dtype");
+      }
+      tokens[i] = static_cast<int32_t>(v);
+    }
+  } else if (data.kind == "synthetic") {
+    source = "synthetic";
+    int64_t samples = data.num_samples > 0 ? data.num_samples : 4096;
+    tokens = syntheticTokens(samples * model.seq_len + 1, model.vocab, seed);
+  } else {
+    GEOPIPE_THROW(ConfigError, "unknown data.kind '", data.kind,
+                  "': expected synthetic, text, tokens or fortunes");
+  }
+  if (data.num_samples > 0) {
+    size_t keep = static_cast<size_t>(data.num_samples) * model.seq_len + 1;
+    if (keep < tokens.size()) tokens.resize(keep);
+  }
+  return TokenDataset(std::move(tokens), model.seq_len, model.vocab, source);
+}
+
+}  // namespace geopipe::data

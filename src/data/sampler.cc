@@ -1,0 +1,69 @@
+// Deterministic sample order for every step, replica and micro-batch.
+#include "src/data/sampler.h"
+
+#include "geopipe/error.h"
+
+namespace geopipe::data {
+namespace {
+
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+Sampler::Sampler(int64_t num_samples, int global_batch, int data_parallel, int micro_batch,
+                 uint64_t seed)
+    : num_samples_(num_samples),
+      global_batch_(global_batch),
+      data_parallel_(data_parallel),
+      micro_batch_(micro_batch),
+      seed_(seed) {
+  GEOPIPE_CHECK(data_parallel >= 1 && micro_batch >= 1 &&
+                    global_batch % (data_parallel * micro_batch) == 0,
+                ConfigError, "training.global_batch (", global_batch,
+                ") must be a multiple of data_parallel x micro_batch (", data_parallel, " x ",
+                micro_batch, ")");
+  if (num_samples < global_batch) {
+    GEOPIPE_THROW(ConfigError, "the data holds ", num_samples,
+                  " samples, fewer than one global batch (training.global_batch = ", global_batch,
+                  "): use more data or a smaller batch");
+  }
+  micro_batches_ = global_batch / (data_parallel * micro_batch);
+  steps_per_epoch_ = num_samples / global_batch;
+}
+
+std::vector<int64_t> Sampler::epochOrder(int64_t epoch) const {
+  // Fisher-Yates with our own generator, so the order is the same on every
+  // platform and standard library.
+  std::vector<int64_t> order(static_cast<size_t>(num_samples_));
+  for (int64_t i = 0; i < num_samples_; ++i) order[static_cast<size_t>(i)] = i;
+  uint64_t state = mix(seed_ ^ mix(static_cast<uint64_t>(epoch) + 0x51ED27ull));
+  for (int64_t i = num_samples_ - 1; i > 0; --i) {
+    state = mix(state);
+    int64_t j = static_cast<int64_t>(state % static_cast<uint64_t>(i + 1));
+    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
+  }
+  return order;
+}
+
+std::vector<int64_t> Sampler::globalBatch(int64_t step) const {
+  const int64_t epoch = step / steps_per_epoch_;
+  const int64_t offset = (step % steps_per_epoch_) * global_batch_;
+  std::vector<int64_t> order = epochOrder(epoch);
+  return std::vector<int64_t>(order.begin() + offset, order.begin() + offset + global_batch_);
+}
+
+std::vector<int64_t> Sampler::microBatch(int64_t step, int replica, int m) const {
+  GEOPIPE_CHECK(replica >= 0 && replica < data_parallel_ && m >= 0 && m < micro_batches_,
+                ConfigError, "micro-batch ", m, " of replica ", replica, " out of range");
+  std::vector<int64_t> batch = globalBatch(step);
+  const int64_t per_replica = global_batch_ / data_parallel_;
+  const int64_t start = replica * per_replica + static_cast<int64_t>(m) * micro_batch_;
+  return std::vector<int64_t>(batch.begin() + start, batch.begin() + start + micro_batch_);
+}
+
+}  // namespace geopipe::data

@@ -1,0 +1,40 @@
+// Deterministic sample order: which sample ids make up every micro-batch of
+// every replica at every step, the same in every process that asks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace geopipe::data {
+
+// Epoch e visits every sample once in a permutation fixed by (seed, e).
+// Step k's global batch is the next global_batch ids of that order (a batch
+// never straddles epochs: the tail of an epoch that cannot fill a batch is
+// skipped). Replica r of R gets the r-th contiguous slice of the batch and
+// cuts it into micro-batches of micro_batch samples. Thread-safe (const).
+class Sampler {
+ public:
+  Sampler(int64_t num_samples, int global_batch, int data_parallel, int micro_batch,
+          uint64_t seed);
+
+  int microBatchesPerReplica() const { return micro_batches_; }
+  int64_t stepsPerEpoch() const { return steps_per_epoch_; }
+
+  // The whole global batch of `step`, in order (replica 0's samples first).
+  std::vector<int64_t> globalBatch(int64_t step) const;
+  // The sample ids of micro-batch m of replica r at `step`.
+  std::vector<int64_t> microBatch(int64_t step, int replica, int m) const;
+
+ private:
+  std::vector<int64_t> epochOrder(int64_t epoch) const;
+
+  int64_t num_samples_;
+  int global_batch_;
+  int data_parallel_;
+  int micro_batch_;
+  int micro_batches_;
+  int64_t steps_per_epoch_;
+  uint64_t seed_;
+};
+
+}  // namespace geopipe::data

@@ -1,0 +1,142 @@
+// Datasets (text, token files, fortunes, synthetic) and the sampler.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "geopipe/error.h"
+#include "src/data/dataset.h"
+#include "src/data/sampler.h"
+
+using namespace geopipe;
+using namespace geopipe::data;
+
+namespace {
+
+std::string writeTemp(const std::string& name, const std::string& bytes) {
+  std::string path = ::testing::TempDir() + name;
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
+ModelSpec model(int seq_len, int vocab) {
+  ModelSpec m;
+  m.seq_len = seq_len;
+  m.vocab = vocab;
+  return m;
+}
+
+TEST(Dataset, TextIsBytesCutIntoOverlappingSamples) {
+  DataSpec d;
+  d.kind = "text";
+  d.path = writeTemp("t.txt", "abcdefghij");
+  TokenDataset ds = loadDataset(d, model(3, 256), 1);
+  EXPECT_EQ(ds.numSamples(), 3);  // (10 - 1) / 3
+  int32_t in[3], tgt[3];
+  ds.sample(1, in, tgt);
+  EXPECT_EQ(in[0], 'd');
+  EXPECT_EQ(tgt[2], 'g');
+  EXPECT_THROW(ds.sample(3, in, tgt), ConfigError);
+}
+
+TEST(Dataset, TokenFilesBothWidths) {
+  std::string u16("\x01\x00\x02\x00\xff\x00\x03\x00", 8);
+  DataSpec d;
+  d.kind = "tokens";
+  d.path = writeTemp("t16.bin", u16);
+  TokenDataset ds = loadDataset(d, model(2, 256), 1);
+  EXPECT_EQ(ds.tokens(), (std::vector<int32_t>{1, 2, 255, 3}));
+  std::string u32("\x05\x00\x01\x00\x06\x00\x00\x00\x07\x00\x00\x00", 12);
+  d.path = writeTemp("t32.bin", u32);
+  d.token_dtype = "uint32";
+  ds = loadDataset(d, model(2, 70000), 1);
+  EXPECT_EQ(ds.tokens(), (std::vector<int32_t>{65541, 6, 7}));
+}
+
+TEST(Dataset, TokenAtOrAboveVocabNamesItsIndex) {
+  DataSpec d;
+  d.kind = "tokens";
+  d.path = writeTemp("big.bin", std::string("\x01\x00\x00\x01\x02\x00", 6));
+  try {
+    loadDataset(d, model(1, 200), 1);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("token 256 at index 1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.vocab (200)"), std::string::npos);
+  }
+}
+
+TEST(Dataset, BadFilesGetClearErrors) {
+  DataSpec d;
+  d.kind = "text";
+  d.path = writeTemp("empty.txt", "");
+  EXPECT_THROW(loadDataset(d, model(4, 256), 1), ConfigError);
+  d.path = writeTemp("short.txt", "abc");
+  try {
+    loadDataset(d, model(4, 256), 1);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("fewer than one sample"), std::string::npos);
+  }
+  d.path = "/nonexistent/file.txt";
+  EXPECT_THROW(loadDataset(d, model(4, 256), 1), IoError);
+  d.path = writeTemp("ok.txt", "abcdefgh");
+  EXPECT_THROW(loadDataset(d, model(4, 100), 1), ConfigError);  // bytes need vocab 256
+  d.kind = "tokens";
+  d.path = writeTemp("odd.bin", "abc");
+  EXPECT_THROW(loadDataset(d, model(1, 256), 1), ConfigError);
+}
+
+TEST(Dataset, FortunesFromTheDebianPackage) {
+  DataSpec d;
+  d.kind = "fortunes";
+  TokenDataset ds = loadDataset(d, model(64, 256), 1);
+  EXPECT_GT(ds.numSamples(), 1000);
+  EXPECT_THROW(readFortunes("/nonexistent"), IoError);
+}
+
+TEST(Dataset, SyntheticIsDeterministicAndLowEntropy) {
+  auto a = syntheticTokens(5000, 256, 7), b = syntheticTokens(5000, 256, 7);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, syntheticTokens(5000, 256, 8));
+  // Given the previous two tokens, at most 4 successors appear.
+  std::map<std::pair<int, int>, std::set<int>> next;
+  for (size_t i = 2; i < a.size(); ++i) next[{a[i - 2], a[i - 1]}].insert(a[i]);
+  for (const auto& [ctx, succ] : next) EXPECT_LE(succ.size(), 4u);
+}
+
+TEST(Sampler, MicroBatchesPartitionTheGlobalBatch) {
+  Sampler s(100, 12, 2, 3, 42);
+  EXPECT_EQ(s.microBatchesPerReplica(), 2);
+  EXPECT_EQ(s.stepsPerEpoch(), 8);
+  for (int step : {0, 5, 8, 17}) {
+    std::vector<int64_t> joined;
+    for (int r = 0; r < 2; ++r)
+      for (int m = 0; m < 2; ++m) {
+        auto mb = s.microBatch(step, r, m);
+        ASSERT_EQ(mb.size(), 3u);
+        joined.insert(joined.end(), mb.begin(), mb.end());
+      }
+    EXPECT_EQ(joined, s.globalBatch(step));
+  }
+}
+
+TEST(Sampler, EpochVisitsEachSampleOnceAndOrdersDiffer) {
+  Sampler s(48, 8, 1, 1, 3);
+  std::set<int64_t> seen;
+  for (int step = 0; step < 6; ++step) {
+    for (int64_t id : s.globalBatch(step)) EXPECT_TRUE(seen.insert(id).second);
+  }
+  EXPECT_EQ(seen.size(), 48u);
+  EXPECT_NE(s.globalBatch(0), s.globalBatch(6));           // next epoch reshuffles
+  EXPECT_EQ(s.globalBatch(3), Sampler(48, 8, 1, 1, 3).globalBatch(3));  // deterministic
+}
+
+TEST(Sampler, RejectsImpossibleBatches) {
+  EXPECT_THROW(Sampler(100, 10, 3, 1, 1), ConfigError);
+  EXPECT_THROW(Sampler(5, 8, 1, 1, 1), ConfigError);
+}
+
+}  // namespace
