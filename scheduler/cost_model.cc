@@ -1,0 +1,307 @@
+// dtfm and geopipe cost models.
+#include "scheduler/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "src/common/strings.h"
+#include "geopipe/error.h"
+
+namespace geopipe::scheduler {
+
+namespace {
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// Even split of L layers into p stages, the remainder to the first stages.
+std::vector<std::pair<int, int>> evenLayers(int layers, int p) {
+  std::vector<std::pair<int, int>> out;
+  int first = 0;
+  for (int s = 0; s < p; ++s) {
+    const int n = layers / p + (s < layers % p ? 1 : 0);
+    out.emplace_back(first, first + n);
+    first += n;
+  }
+  return out;
+}
+}  // namespace
+
+CostModel::CostModel(std::shared_ptr<const Network> network,
+                     ModelProfile profile, int d_pp, int d_dp)
+    : network_(std::move(network)),
+      profile_(std::move(profile)),
+      d_pp_(d_pp),
+      d_dp_(d_dp) {
+  GEOPIPE_CHECK(d_pp_ >= 1 && d_dp_ >= 1, ConfigError,
+                "pipeline_stages and data_parallel must be >= 1, got ", d_pp_,
+                " x ", d_dp_);
+}
+
+double CostModel::pairCost(const std::vector<int>& a,
+                           const std::vector<int>& b) const {
+  Eigen::MatrixXd c(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (size_t j = 0; j < b.size(); ++j) c(i, j) = edge_(a[i], b[j]);
+  return bottleneckValue(c);
+}
+
+BottleneckMatching CostModel::pairMatching(const std::vector<int>& a,
+                                           const std::vector<int>& b) const {
+  Eigen::MatrixXd c(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (size_t j = 0; j < b.size(); ++j) c(i, j) = edge_(a[i], b[j]);
+  return bottleneckMatching(c);
+}
+
+PathEval CostModel::evaluateAllocation(const Allocation& allocation) const {
+  const int p = static_cast<int>(allocation.stages.size());
+  std::vector<GroupStats> stats;
+  std::vector<double> edges;
+  for (int s = 0; s < p; ++s) {
+    std::vector<int> devs = allocation.stages[s];
+    std::sort(devs.begin(), devs.end());
+    stats.push_back(groupStats(devs));
+    if (s + 1 < p) {
+      double e = 0;
+      for (size_t r = 0; r < allocation.stages[s].size(); ++r)
+        e = std::max(e, edge_(allocation.stages[s][r],
+                              allocation.stages[s + 1][r]));
+      edges.push_back(e);
+    }
+  }
+  return evaluatePath(stats, edges);
+}
+
+// ---------------------------------------------------------------- dtfm ----
+
+DtfmCostModel::DtfmCostModel(std::shared_ptr<const Network> network,
+                             ModelProfile profile, int d_pp, int d_dp,
+                             double c_grad_gb, double c_act_gb)
+    : CostModel(std::move(network), std::move(profile), d_pp, d_dp),
+      c_grad_gb_(c_grad_gb),
+      c_act_gb_(c_act_gb) {
+  GEOPIPE_CHECK(c_grad_gb_ >= 0 && c_act_gb_ >= 0, ConfigError,
+                "scheduler payloads must be >= 0 GB, got c_grad = ", c_grad_gb_,
+                ", c_act = ", c_act_gb_);
+  const int n = network_->size();
+  edge_.setZero(n, n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j)
+      if (i != j) edge_(i, j) = network_->transferS(i, j, c_act_gb_);
+}
+
+GroupStats DtfmCostModel::groupStats(const std::vector<int>& devices) const {
+  // max_{i∈P_k} Σ_{j∈P_k, j≠i} 2·(α_ij + 8·c_grad/(β_ij·D_dp))
+  GroupStats g;
+  const double per_peer_gb = c_grad_gb_ / d_dp_;
+  for (int i : devices) {
+    double sum = 0;
+    for (int j : devices)
+      if (j != i) sum += 2.0 * network_->transferS(i, j, per_peer_gb);
+    g.dp_s = std::max(g.dp_s, sum);
+  }
+  g.min_tflops = kInf;
+  g.min_memory_gb = kInf;
+  for (int i : devices) {
+    g.min_tflops = std::min(g.min_tflops, network_->tflops(i));
+    g.min_memory_gb = std::min(g.min_memory_gb, network_->memoryGb(i));
+  }
+  return g;
+}
+
+PathEval DtfmCostModel::evaluatePath(const std::vector<GroupStats>& stats,
+                                     const std::vector<double>& edges) const {
+  PathEval e;
+  double dp = 0, pp = 0;
+  for (const GroupStats& g : stats) dp = std::max(dp, g.dp_s);
+  for (double c : edges) pp += c;
+  e.breakdown.dp_comm_s = dp;
+  e.breakdown.pipeline_comm_s = 2.0 * pp;
+  e.total_s = e.breakdown.total();
+  e.layers = evenLayers(profile_.numLayers(), static_cast<int>(stats.size()));
+  return e;
+}
+
+// ------------------------------------------------------------- geopipe ----
+
+GeopipeCostModel::GeopipeCostModel(std::shared_ptr<const Network> network,
+                                   ModelProfile profile, int d_pp, int d_dp,
+                                   std::string schedule)
+    : CostModel(std::move(network), std::move(profile), d_pp, d_dp),
+      schedule_(std::move(schedule)) {
+  GEOPIPE_CHECK(schedule_ == "gpipe" || schedule_ == "1f1b", ConfigError,
+                "parallelism.schedule '", schedule_,
+                "' is not one of gpipe, 1f1b");
+  const int per_step = d_dp_ * profile_.micro_batch;
+  GEOPIPE_CHECK(profile_.global_batch >= per_step &&
+                    profile_.global_batch % per_step == 0,
+                ConfigError, "training.global_batch = ", profile_.global_batch,
+                " is not a positive multiple of data_parallel (", d_dp_,
+                ") x micro_batch (", profile_.micro_batch,
+                "); change global_batch or micro_batch");
+  micro_batches_ = profile_.global_batch / per_step;
+  const int n = network_->size();
+  const double mb = profile_.micro_batch;
+  const double fwd_gb = mb * profile_.act_fwd_wire_bytes / 1e9;
+  const double bwd_gb = mb * profile_.act_bwd_wire_bytes / 1e9;
+  edge_.setZero(n, n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j)
+      if (i != j)
+        edge_(i, j) = network_->transferS(i, j, fwd_gb) +
+                      network_->transferS(j, i, bwd_gb);
+}
+
+GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
+  // Ring all-reduce over the group in listing order (devices of one site are
+  // adjacent, so the ring crosses each site boundary once): 2(D−1) steps,
+  // each moving G/D bytes over every ring hop at once, so each step costs the
+  // slowest hop: 2(D−1)·(α_max + 8·(G/D)/β_min).
+  GroupStats g;
+  const int d = static_cast<int>(devices.size());
+  g.min_tflops = kInf;
+  g.min_memory_gb = kInf;
+  for (int i : devices) {
+    g.min_tflops = std::min(g.min_tflops, network_->tflops(i));
+    g.min_memory_gb = std::min(g.min_memory_gb, network_->memoryGb(i));
+  }
+  if (d < 2) return g;
+  double lat = 0, per_gb = 0;
+  for (int k = 0; k < d; ++k) {
+    const int i = devices[k], j = devices[(k + 1) % d];
+    lat = std::max(lat, network_->latencyS(i, j));
+    per_gb = std::max(per_gb, network_->transferS(i, j, 1.0) -
+                                  network_->latencyS(i, j));
+  }
+  g.dp_lat_s = 2.0 * (d - 1) * lat;
+  g.dp_s_per_gb = 2.0 * (d - 1) / d * per_gb;
+  return g;
+}
+
+Eigen::MatrixXd GeopipeCostModel::pathWeights(
+    const std::vector<GroupStats>& stats, const Eigen::MatrixXd& w) const {
+  // The step time is not additive over edges because of its (M−1)·max term.
+  // We price each edge by c + (M−1)·max(0, c − t_bal), where t_bal is the
+  // per-micro-batch stage time of a perfectly balanced pipeline
+  // (total FLOPs / Σ group speed): an edge slower than compute stalls every
+  // micro-batch. evaluatePath then prices the chosen order exactly.
+  double speed = 0;
+  for (const GroupStats& g : stats) speed += g.min_tflops * 1e12;
+  const double flops =
+      profile_.micro_batch *
+      (profile_.flopsPerSample(0, profile_.numLayers()) + profile_.head_flops);
+  const double t_bal = flops / speed;
+  Eigen::MatrixXd out = w;
+  for (int a = 0; a < out.rows(); ++a)
+    for (int b = 0; b < out.cols(); ++b)
+      out(a, b) += (micro_batches_ - 1) * std::max(0.0, w(a, b) - t_bal);
+  return out;
+}
+
+PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
+                                        const std::vector<double>& edges) const {
+  PathEval e;
+  const int p = static_cast<int>(stats.size());
+  const int L = profile_.numLayers();
+  const double mb = profile_.micro_batch;
+  const int M = micro_batches_;
+  GEOPIPE_CHECK(p <= L, InfeasibleError, "pipeline_stages = ", p,
+                " exceeds model.layers = ", L,
+                "; every stage needs at least one layer");
+  // Uneven layers: start with one layer per stage, then give each further
+  // layer to the stage whose time after taking it is smallest. Stage time is
+  // convex in its layer count, so this greedy minimises max_s t_s.
+  const double layer_flops = profile_.flopsPerSample(0, 1);  // uniform blocks
+  std::vector<int> count(p, 1);
+  auto stageTime = [&](int s, int layers) {
+    double f = layers * layer_flops;
+    if (s == p - 1) f += profile_.head_flops;
+    return mb * f / (stats[s].min_tflops * 1e12);
+  };
+  for (int l = p; l < L; ++l) {
+    int best = 0;
+    double best_t = kInf;
+    for (int s = 0; s < p; ++s) {
+      const double t = stageTime(s, count[s] + 1);
+      if (t < best_t) {
+        best_t = t;
+        best = s;
+      }
+    }
+    ++count[best];
+  }
+  int first = 0;
+  double t_sum = 0, t_max = 0, c_sum = 0, c_max = 0, dp = 0;
+  for (int s = 0; s < p; ++s) {
+    e.layers.emplace_back(first, first + count[s]);
+    const double t = stageTime(s, count[s]);
+    t_sum += t;
+    t_max = std::max(t_max, t);
+    // Memory: weights + grads + optimizer state of the stage's parameters
+    // (embedding on the first stage, head on the last), plus activations of
+    // the micro-batches in flight: GPipe keeps all M, 1F1B at most p − s.
+    double params = profile_.params(first, first + count[s]);
+    if (s == 0) params += profile_.embed_params;
+    if (s == p - 1) params += profile_.head_params;
+    const int in_flight = schedule_ == "gpipe" ? M : std::min(M, p - s);
+    const double mem = params * profile_.state_bytes_per_param +
+                       in_flight * mb *
+                           profile_.actMemPerSample(first, first + count[s]);
+    if (mem > stats[s].min_memory_gb * kGiB && e.feasible) {
+      e.feasible = false;
+      e.infeasible_reason = detail::concat(
+          "stage ", s, " (layers ", first, "-", first + count[s] - 1,
+          ") needs ", mem / kGiB, " GiB per device but its smallest device has ",
+          stats[s].min_memory_gb, " GiB");
+    }
+    // Data-parallel all-reduce of the stage's gradients (after the last
+    // backward; not overlapped), priced on the wire after compression.
+    const double gb = params * profile_.grad_wire_bytes_per_param / 1e9;
+    dp = std::max(dp, stats[s].dp_lat_s + gb * stats[s].dp_s_per_gb);
+    first += count[s];
+  }
+  for (double c : edges) {
+    c_sum += c;
+    c_max = std::max(c_max, c);
+  }
+  // step = (M−1)·max(t_max, c_max) + Σ t_s + Σ c_b + DP, split as:
+  e.breakdown.compute_s = M * t_max;
+  e.breakdown.bubble_s = t_sum - t_max;
+  e.breakdown.pipeline_comm_s = c_sum + (M - 1) * std::max(0.0, c_max - t_max);
+  e.breakdown.dp_comm_s = dp;
+  e.total_s = e.feasible ? e.breakdown.total() : kInf;
+  return e;
+}
+
+// ------------------------------------------------------------- factory ----
+
+std::vector<std::string> costModelNames() { return {"geopipe", "dtfm"}; }
+
+std::unique_ptr<CostModel> makeCostModel(
+    const std::string& name, std::shared_ptr<const Network> network,
+    const ModelProfile& profile, const JobSpec& job, int d_pp, int d_dp) {
+  if (name == "dtfm") {
+    const double c_grad =
+        job.scheduler.grad_payload_gb.value_or(
+            profile.params(0, profile.numLayers()) / d_pp *
+            profile.grad_wire_bytes_per_param / 1e9);
+    const double samples =
+        static_cast<double>(profile.global_batch) / std::max(1, d_dp);
+    const double c_act = job.scheduler.act_payload_gb.value_or(
+        samples * 0.5 * (profile.act_fwd_wire_bytes + profile.act_bwd_wire_bytes) /
+        1e9);
+    return std::make_unique<DtfmCostModel>(std::move(network), profile, d_pp,
+                                           d_dp, c_grad, c_act);
+  }
+  if (name == "geopipe") {
+    return std::make_unique<GeopipeCostModel>(std::move(network), profile, d_pp,
+                                              d_dp, job.parallelism.schedule);
+  }
+  const std::string hint = common::closestMatch(name, costModelNames());
+  GEOPIPE_THROW(ConfigError, "scheduler.cost_model '", name, "' is not one of ",
+                common::joinOr(costModelNames()),
+                hint.empty() ? std::string() : "; did you mean '" + hint + "'?");
+}
+
+}  // namespace geopipe::scheduler

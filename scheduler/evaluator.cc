@@ -1,0 +1,140 @@
+// Candidate evaluation with cached group stats and pair costs.
+#include "scheduler/evaluator.h"
+
+#include <algorithm>
+#include <random>
+
+#include "geopipe/error.h"
+#include "scheduler/tsp.h"
+
+namespace geopipe::scheduler {
+
+namespace {
+constexpr size_t kMaxCacheEntries = 2'000'000;
+}
+
+uint64_t Candidate::fingerprint() const {
+  // Sum of per-group hashes mixed so that relabelling groups does not change
+  // it (the idle group is distinguished by its position).
+  uint64_t f = 0;
+  const size_t way = hash.empty() ? 0 : hash.size() - 1;
+  for (size_t g = 0; g < way; ++g) f += hash[g] * 0xff51afd7ed558ccdULL;
+  if (!hash.empty()) f ^= hash.back();
+  return f;
+}
+
+Evaluator::Evaluator(const CostModel& model, uint64_t zobrist_seed)
+    : model_(model), n_(model.network().size()) {
+  std::mt19937_64 rng(zobrist_seed);
+  zobrist_.resize(n_);
+  for (auto& z : zobrist_) z = rng();
+}
+
+const GroupStats& Evaluator::statsOf(const std::vector<int>& g, uint64_t h) {
+  auto it = stats_cache_.find(h);
+  if (it != stats_cache_.end()) return it->second;
+  if (stats_cache_.size() > kMaxCacheEntries) stats_cache_.clear();
+  return stats_cache_.emplace(h, model_.groupStats(g)).first->second;
+}
+
+double Evaluator::pairOf(int a, int b, const Candidate& c) {
+  const auto key = std::make_pair(c.hash[a], c.hash[b]);
+  auto it = pair_cache_.find(key);
+  if (it != pair_cache_.end()) return it->second;
+  if (pair_cache_.size() > kMaxCacheEntries) pair_cache_.clear();
+  const double v = model_.pairCost(c.groups[a], c.groups[b]);
+  pair_cache_.emplace(key, v);
+  return v;
+}
+
+Candidate Evaluator::make(std::vector<int> label) {
+  const int way = this->way();
+  GEOPIPE_CHECK_EQ(static_cast<int>(label.size()), n_, Error,
+                   "candidate label size");
+  Candidate c;
+  c.label = std::move(label);
+  c.groups.assign(way + 1, {});
+  c.hash.assign(way + 1, 0);
+  for (int d = 0; d < n_; ++d) {
+    const int g = c.label[d];
+    GEOPIPE_CHECK(g >= 0 && g <= way, Error, "device ", d, " has group ", g);
+    c.groups[g].push_back(d);
+    c.hash[g] ^= zobrist_[d];
+  }
+  for (int g = 0; g < way; ++g)
+    GEOPIPE_CHECK_EQ(static_cast<int>(c.groups[g].size()), model_.dDp(), Error,
+                     "group ", g, " size");
+  c.stats.resize(way);
+  for (int g = 0; g < way; ++g) c.stats[g] = statsOf(c.groups[g], c.hash[g]);
+  c.w.setZero(way, way);
+  for (int a = 0; a < way; ++a)
+    for (int b = 0; b < way; ++b)
+      if (a != b) c.w(a, b) = pairOf(a, b, c);
+  finish(c);
+  return c;
+}
+
+void Evaluator::applyMoves(Candidate& c,
+                           const std::vector<std::pair<int, int>>& moves) {
+  const int way = this->way();
+  std::vector<char> changed(way + 1, 0);
+  for (const auto& [d, to] : moves) {
+    const int from = c.label[d];
+    if (from == to) continue;
+    auto& src = c.groups[from];
+    src.erase(std::lower_bound(src.begin(), src.end(), d));
+    auto& dst = c.groups[to];
+    dst.insert(std::lower_bound(dst.begin(), dst.end(), d), d);
+    c.hash[from] ^= zobrist_[d];
+    c.hash[to] ^= zobrist_[d];
+    c.label[d] = to;
+    changed[from] = changed[to] = 1;
+  }
+  for (int g = 0; g < way; ++g) {
+    if (!changed[g]) continue;
+    c.stats[g] = statsOf(c.groups[g], c.hash[g]);
+    for (int o = 0; o < way; ++o) {
+      if (o == g) continue;
+      c.w(g, o) = pairOf(g, o, c);
+      c.w(o, g) = pairOf(o, g, c);
+    }
+  }
+  finish(c);
+}
+
+void Evaluator::finish(Candidate& c) {
+  ++evaluations_;
+  const OpenPath path = openTsp(model_.pathWeights(c.stats, c.w));
+  c.order = path.order;
+  std::vector<GroupStats> stats;
+  std::vector<double> edges;
+  for (size_t s = 0; s < c.order.size(); ++s) {
+    stats.push_back(c.stats[c.order[s]]);
+    if (s + 1 < c.order.size()) edges.push_back(c.w(c.order[s], c.order[s + 1]));
+  }
+  c.eval = model_.evaluatePath(stats, edges);
+  c.cost = c.eval.total_s;
+}
+
+Allocation Evaluator::allocation(const Candidate& c) const {
+  Allocation a;
+  a.d_pp = way();
+  a.d_dp = model_.dDp();
+  a.layers = c.eval.layers;
+  a.idle = c.groups[way()];
+  for (size_t s = 0; s < c.order.size(); ++s) {
+    const std::vector<int>& g = c.groups[c.order[s]];
+    if (s == 0) {
+      a.stages.push_back(g);
+      continue;
+    }
+    // Pair replica r of stage s-1 with its bottleneck-matched device.
+    const BottleneckMatching m = model_.pairMatching(a.stages[s - 1], g);
+    std::vector<int> row(g.size());
+    for (size_t r = 0; r < g.size(); ++r) row[r] = g[m.match[r]];
+    a.stages.push_back(row);
+  }
+  return a;
+}
+
+}  // namespace geopipe::scheduler

@@ -1,0 +1,75 @@
+// Incremental evaluation of candidates (a group label per device) with caches
+// of per-group statistics and group-pair matching costs w(a,b).
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Dense>
+
+#include "scheduler/cost_model.h"
+
+namespace geopipe::scheduler {
+
+// A candidate partition: label[d] in [0, way) is device d's stage group,
+// label[d] == way marks an idle device. Every group holds exactly D_dp
+// devices. The rest is derived state that the Evaluator keeps in sync.
+struct Candidate {
+  std::vector<int> label;
+  std::vector<std::vector<int>> groups;  // way + 1 sorted lists (last: idle)
+  std::vector<uint64_t> hash;            // Zobrist hash per group
+  std::vector<GroupStats> stats;         // per stage group
+  Eigen::MatrixXd w;                     // w(a -> b), way x way
+  std::vector<int> order;                // order[s] = group at stage s
+  PathEval eval;
+  double cost = 0;                       // eval.total_s
+  // Order-independent fingerprint of the partition (for duplicate checks).
+  uint64_t fingerprint() const;
+};
+
+// Evaluates candidates for one CostModel. Not thread-safe: each search
+// thread owns one Evaluator (its caches are private; they never change a
+// value, so results do not depend on the thread count).
+class Evaluator {
+ public:
+  // zobrist_seed only keys the caches.
+  explicit Evaluator(const CostModel& model, uint64_t zobrist_seed = 0x9e3779b9);
+
+  const CostModel& model() const { return model_; }
+  int way() const { return model_.dPp(); }
+  int numDevices() const { return n_; }
+
+  // Full evaluation of a label vector (one evaluation).
+  Candidate make(std::vector<int> label);
+
+  // Moves each (device, to_group) and re-evaluates: only the groups that
+  // changed get new stats and new rows / columns of w (one evaluation).
+  void applyMoves(Candidate& c, const std::vector<std::pair<int, int>>& moves);
+
+  // The allocation a candidate stands for: groups in TSP order, replicas of
+  // consecutive stages paired by their bottleneck matching.
+  Allocation allocation(const Candidate& c) const;
+
+  int64_t evaluations() const { return evaluations_; }
+
+ private:
+  struct PairHash {
+    size_t operator()(const std::pair<uint64_t, uint64_t>& k) const {
+      return k.first * 0x9e3779b97f4a7c15ULL ^ (k.second + 0x7f4a7c15);
+    }
+  };
+  const GroupStats& statsOf(const std::vector<int>& g, uint64_t h);
+  double pairOf(int a, int b, const Candidate& c);
+  void finish(Candidate& c);
+
+  const CostModel& model_;
+  int n_;
+  std::vector<uint64_t> zobrist_;
+  std::unordered_map<uint64_t, GroupStats> stats_cache_;
+  std::unordered_map<std::pair<uint64_t, uint64_t>, double, PairHash> pair_cache_;
+  int64_t evaluations_ = 0;
+};
+
+}  // namespace geopipe::scheduler

@@ -1,0 +1,152 @@
+// Bottleneck matching by threshold binary search and Hopcroft–Karp.
+#include "scheduler/matching.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "geopipe/error.h"
+
+namespace geopipe::scheduler {
+namespace {
+
+// Hopcroft–Karp on the dense bipartite graph {(i,j) : cost(i,j) <= t}.
+// Returns the size of a maximum matching; fills match_row.
+class HopcroftKarp {
+ public:
+  HopcroftKarp(const Eigen::MatrixXd& cost, double t)
+      : c_(cost), t_(t), n_(static_cast<int>(cost.rows())) {}
+
+  int run(std::vector<int>& match_row) {
+    match_row.assign(n_, -1);
+    match_col_.assign(n_, -1);
+    dist_.assign(n_, 0);
+    int size = 0;
+    // Greedy start: most rows find a free column immediately.
+    for (int i = 0; i < n_; ++i) {
+      for (int j = 0; j < n_; ++j) {
+        if (c_(i, j) <= t_ && match_col_[j] < 0) {
+          match_row[i] = j;
+          match_col_[j] = i;
+          ++size;
+          break;
+        }
+      }
+    }
+    row_ = &match_row;
+    while (bfs()) {
+      for (int i = 0; i < n_; ++i) {
+        if (match_row[i] < 0 && dfs(i)) ++size;
+      }
+    }
+    return size;
+  }
+
+ private:
+  static constexpr int kInf = std::numeric_limits<int>::max();
+
+  bool bfs() {
+    std::vector<int> queue;
+    queue.reserve(n_);
+    for (int i = 0; i < n_; ++i) {
+      if ((*row_)[i] < 0) {
+        dist_[i] = 0;
+        queue.push_back(i);
+      } else {
+        dist_[i] = kInf;
+      }
+    }
+    bool found = false;
+    for (size_t q = 0; q < queue.size(); ++q) {
+      const int i = queue[q];
+      for (int j = 0; j < n_; ++j) {
+        if (c_(i, j) > t_) continue;
+        const int k = match_col_[j];
+        if (k < 0) {
+          found = true;
+        } else if (dist_[k] == kInf) {
+          dist_[k] = dist_[i] + 1;
+          queue.push_back(k);
+        }
+      }
+    }
+    return found;
+  }
+
+  bool dfs(int i) {
+    for (int j = 0; j < n_; ++j) {
+      if (c_(i, j) > t_) continue;
+      const int k = match_col_[j];
+      if (k < 0 || (dist_[k] == dist_[i] + 1 && dfs(k))) {
+        (*row_)[i] = j;
+        match_col_[j] = i;
+        return true;
+      }
+    }
+    dist_[i] = kInf;
+    return false;
+  }
+
+  const Eigen::MatrixXd& c_;
+  double t_;
+  int n_;
+  std::vector<int>* row_ = nullptr;
+  std::vector<int> match_col_;
+  std::vector<int> dist_;
+};
+
+BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match) {
+  GEOPIPE_CHECK(cost.rows() == cost.cols(), Error,
+                "bottleneck matching needs a square matrix, got ", cost.rows(),
+                "x", cost.cols());
+  BottleneckMatching out;
+  const int n = static_cast<int>(cost.rows());
+  if (n == 0) return out;
+  // Lower bound: every row and every column must use one of its edges.
+  double lb = 0;
+  for (int i = 0; i < n; ++i) {
+    lb = std::max(lb, cost.row(i).minCoeff());
+    lb = std::max(lb, cost.col(i).minCoeff());
+  }
+  std::vector<int> match;
+  if (HopcroftKarp(cost, lb).run(match) == n) {
+    out.bottleneck = lb;
+    if (want_match) out.match = std::move(match);
+    return out;
+  }
+  std::vector<double> values;
+  values.reserve(static_cast<size_t>(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j)
+      if (cost(i, j) > lb) values.push_back(cost(i, j));
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  // Invariant: threshold values[hi] admits a perfect matching (the largest
+  // value always does: the graph is then complete).
+  int lo = -1, hi = static_cast<int>(values.size()) - 1;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (HopcroftKarp(cost, values[mid]).run(match) == n) {
+      hi = mid;
+    } else {
+      lo = mid;
+    }
+  }
+  out.bottleneck = values[hi];
+  if (want_match) {
+    HopcroftKarp(cost, values[hi]).run(match);
+    out.match = std::move(match);
+  }
+  return out;
+}
+
+}  // namespace
+
+BottleneckMatching bottleneckMatching(const Eigen::MatrixXd& cost) {
+  return solve(cost, true);
+}
+
+double bottleneckValue(const Eigen::MatrixXd& cost) {
+  return solve(cost, false).bottleneck;
+}
+
+}  // namespace geopipe::scheduler

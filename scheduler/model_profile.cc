@@ -1,0 +1,134 @@
+// GPT profile: parameter and FLOP counts per block, activation memory after
+// Korthikanti et al., and wire bytes after the configured compression.
+#include "scheduler/model_profile.h"
+
+#include <algorithm>
+
+#include "geopipe/error.h"
+
+namespace geopipe::scheduler {
+
+double ModelProfile::params(int first, int last) const {
+  double s = 0;
+  for (int l = first; l < last; ++l) s += layers[l].params;
+  return s;
+}
+
+double ModelProfile::flopsPerSample(int first, int last) const {
+  double s = 0;
+  for (int l = first; l < last; ++l) s += layers[l].fwd_flops + layers[l].bwd_flops;
+  return s;
+}
+
+double ModelProfile::actMemPerSample(int first, int last) const {
+  double s = 0;
+  for (int l = first; l < last; ++l) s += layers[l].act_mem_bytes;
+  return s;
+}
+
+namespace {
+
+int dtypeBits(const std::string& dtype) {
+  if (dtype == "fp16" || dtype == "bf16") return 16;
+  if (dtype == "fp32") return 32;
+  GEOPIPE_THROW(ConfigError, "model.dtype '", dtype,
+                "' is not one of fp32, fp16, bf16");
+}
+
+// Scale overhead in bytes of one quantized tensor of `elems` elements whose
+// last dimension is `channels`: one fp32 max-abs scale per tensor, channel or
+// group.
+double scaleBytes(const std::string& granularity, double elems, int channels,
+                  int group_size) {
+  if (granularity == "tensor") return 4;
+  if (granularity == "group") return 4 * elems / std::max(1, group_size);
+  return 4.0 * channels;  // channel
+}
+
+}  // namespace
+
+ModelProfile ModelProfile::fromJob(const JobSpec& job) {
+  const ModelSpec& m = job.model;
+  GEOPIPE_CHECK(m.layers >= 1, ConfigError, "model.layers = ", m.layers,
+                "; expected >= 1");
+  GEOPIPE_CHECK(m.hidden >= 1 && m.seq_len >= 1 && m.vocab >= 1, ConfigError,
+                "model.hidden, seq_len and vocab must be >= 1");
+  GEOPIPE_CHECK(job.training.micro_batch >= 1, ConfigError,
+                "training.micro_batch = ", job.training.micro_batch,
+                "; expected >= 1");
+  const double h = m.hidden, s = m.seq_len, v = m.vocab;
+  const double f = std::max(1, m.ffn_mult);
+  const double heads = std::max(1, m.heads);
+  const int bits = dtypeBits(m.dtype);
+  ModelProfile p;
+  p.micro_batch = job.training.micro_batch;
+  p.global_batch = job.training.global_batch;
+  // Block: QKV + projection 4h^2+4h, MLP 2fh^2+fh+h, two layer norms 4h.
+  LayerProfile layer;
+  const double matmul_params = (4 + 2 * f) * h * h;
+  layer.params = matmul_params + (9 + f) * h;
+  // Forward FLOPs per sample: 2 FLOPs per weight per token, plus attention
+  // scores and weighted values 2 * 2 * s^2 * h. Backward is twice forward.
+  layer.fwd_flops = 2 * s * matmul_params + 4 * s * s * h;
+  layer.bwd_flops = 2 * layer.fwd_flops;
+  // Stored activations per sample (Korthikanti et al. 2022, 16-bit):
+  // s*h*(34 + 5*a*s/h) bytes; scaled by the dtype's width.
+  layer.act_mem_bytes = s * h * (34 + 5 * heads * s / h) * (bits / 16.0);
+  p.layers.assign(m.layers, layer);
+  p.embed_params = v * h + s * h;
+  p.head_params = v * h + 2 * h;  // untied head + final norm
+  p.head_flops = 3 * 2 * s * h * v;
+
+  // Wire bytes per sample at a stage boundary: s*h elements.
+  const double elems = s * h;
+  const auto& fa = job.compression.activations;
+  if (fa.method == "acsgd" || fa.method == "direct") {
+    p.act_fwd_wire_bytes =
+        elems * fa.bits / 8.0 +
+        scaleBytes(fa.granularity, elems, m.hidden, fa.group_size) /
+            p.micro_batch;
+  } else if (fa.method == "fp16") {
+    p.act_fwd_wire_bytes = elems * 2;
+  } else {
+    p.act_fwd_wire_bytes = elems * bits / 8.0;
+  }
+  const auto& ba = job.compression.backward;
+  if (ba.method == "quantize") {
+    p.act_bwd_wire_bytes =
+        elems * ba.bits / 8.0 +
+        scaleBytes(ba.granularity, elems, m.hidden, ba.group_size) /
+            p.micro_batch;
+  } else if (ba.method == "fp16") {
+    p.act_bwd_wire_bytes = elems * 2;
+  } else {
+    p.act_bwd_wire_bytes = elems * bits / 8.0;
+  }
+  const auto& g = job.compression.gradients;
+  if (g.method == "fp16") {
+    p.grad_wire_bytes_per_param = 2;
+  } else if (g.method == "quantize") {
+    p.grad_wire_bytes_per_param = g.bits / 8.0;
+  } else if (g.method == "topk") {
+    // value (fp32) + index (int32) per kept entry.
+    p.grad_wire_bytes_per_param = g.ratio * 8.0;
+  } else if (g.method == "powersgd") {
+    // Rank-r factors P (m x r) and Q (n x r) of an m x n block matrix
+    // (h x f*h): 4*r*(m+n)/(m*n) bytes per parameter.
+    p.grad_wire_bytes_per_param =
+        std::min(4.0, 4.0 * g.rank * (h + f * h) / (f * h * h));
+  } else {
+    p.grad_wire_bytes_per_param = 4;  // fp32 gradients
+  }
+  // Weights + gradients + optimizer state. AdamW keeps fp32 master weights
+  // and two moments: 16 bytes/param in mixed precision (2+2+12) and in fp32
+  // (4+4+8). SGD: weights + grads (+ momentum).
+  if (job.training.optimizer.kind == "sgd") {
+    p.state_bytes_per_param =
+        2.0 * bits / 8.0 + (job.training.optimizer.momentum != 0 ? 4 : 0);
+  } else {
+    p.state_bytes_per_param = 16;
+  }
+  return p;
+}
+
+}  // namespace geopipe::scheduler

@@ -1,0 +1,170 @@
+// The geopipe cost model: compute, bubble, uneven layers, overlap, memory,
+// asymmetric links and the shape search.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "geopipe/error.h"
+#include "scheduler/evaluator.h"
+#include "scheduler/planner.h"
+#include "test_util.h"
+
+namespace geopipe::scheduler {
+namespace {
+
+// One site of n identical devices on a fast link.
+TopologySpec fastSite(int n, double tflops = 100, double gbps = 1000) {
+  TopologySpec t;
+  t.name = "fast";
+  SiteSpec s;
+  s.name = "dc";
+  s.intra = {0, gbps};
+  t.sites.push_back(s);
+  for (int d = 0; d < n; ++d) {
+    DeviceSpec dev;
+    dev.name = "dc/" + std::to_string(d);
+    dev.tflops = tflops;
+    dev.memory_gb = 80;
+    t.sites[0].devices.push_back(d);
+    t.devices.push_back(dev);
+  }
+  t.site_links = {{s.intra}};
+  return t;
+}
+
+JobSpec gptJob(const TopologySpec& t, int pp, int dp) {
+  JobSpec job = testing::smallJob(t, pp, dp, "geopipe");
+  job.scheduler.grad_payload_gb.reset();
+  job.scheduler.act_payload_gb.reset();
+  return job;
+}
+
+TEST(GeopipeModel, HomogeneousPipelineHasTheTextbookBubble) {
+  const JobSpec job = gptJob(fastSite(4), 4, 1);  // 12 layers, 3 per stage
+  auto net = std::make_shared<const Network>(job.topology);
+  const ModelProfile prof = ModelProfile::fromJob(job);
+  GeopipeCostModel model(net, prof, 4, 1, "1f1b");
+  Evaluator ev(model);
+  const Candidate c = ev.make({0, 1, 2, 3});
+  const int M = job.training.global_batch;  // dp = 1, micro_batch = 1
+  ASSERT_EQ(model.microBatches(), M);
+  // Middle stages have 3 layers; the last carries the LM head, so the greedy
+  // may move a layer off it. The compute term is M x the slowest stage.
+  const double t_layer = prof.flopsPerSample(0, 1) / 100e12;
+  const auto& b = c.eval.breakdown;
+  EXPECT_GE(b.compute_s, M * 3 * t_layer * 0.999);
+  EXPECT_NEAR(b.bubble_s / (b.compute_s / M), 3.0, 0.6);  // ~ (p-1) stage times
+  EXPECT_EQ(b.dp_comm_s, 0.0);
+  int layers = 0;
+  for (auto [f, l] : c.eval.layers) layers += l - f;
+  EXPECT_EQ(layers, 12);
+}
+
+TEST(GeopipeModel, SlowGpusGetFewerLayers) {
+  TopologySpec t = fastSite(2);
+  t.devices[1].tflops = 25;  // 4x slower
+  const JobSpec job = gptJob(t, 2, 1);
+  auto net = std::make_shared<const Network>(job.topology);
+  GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 1, "1f1b");
+  Evaluator ev(model);
+  const Candidate c = ev.make({0, 1});
+  const int fast = c.order[0] == 0 ? 0 : 1;
+  const auto& layers = c.eval.layers;
+  const int n_fast = layers[fast].second - layers[fast].first;
+  const int n_slow = 12 - n_fast;
+  EXPECT_GT(n_fast, 2 * n_slow) << n_fast << " vs " << n_slow;
+}
+
+TEST(GeopipeModel, CommunicationHidesBehindComputeUntilItDominates) {
+  const JobSpec job = gptJob(fastSite(2), 2, 1);
+  auto prof = ModelProfile::fromJob(job);
+  auto fast = std::make_shared<const Network>(job.topology);
+  GeopipeCostModel m1(fast, prof, 2, 1, "1f1b");
+  Evaluator e1(m1);
+  const auto c1 = e1.make({0, 1});
+  // Fast link: only fill/drain latency of the two transfers is exposed.
+  EXPECT_LT(c1.eval.breakdown.pipeline_comm_s, 0.01 * c1.cost);
+  TopologySpec slow_t = job.topology;
+  slow_t.site_links[0][0].bandwidth_gbps = 0.01;
+  auto slow = std::make_shared<const Network>(slow_t);
+  GeopipeCostModel m2(slow, prof, 2, 1, "1f1b");
+  Evaluator e2(m2);
+  const auto c2 = e2.make({0, 1});
+  EXPECT_GT(c2.eval.breakdown.pipeline_comm_s, c2.eval.breakdown.compute_s);
+  EXPECT_NEAR(c2.cost, c2.eval.breakdown.total(), 1e-12);
+}
+
+TEST(GeopipeModel, AsymmetricLinksPriceEachDirection) {
+  TopologySpec t = testing::randomTopology(2, 3, /*symmetric=*/false);
+  t.site_links[0][1] = {10, 10};  // forward fast
+  t.site_links[1][0] = {10, 0.01};  // backward slow
+  JobSpec job = gptJob(t, 2, 1);
+  job.compression.backward.method = "quantize";
+  job.compression.backward.bits = 2;
+  auto net = std::make_shared<const Network>(t);
+  GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 1, "1f1b");
+  // edge(0,1) = fwd on 0->1 + bwd on 1->0 differs from edge(1,0).
+  EXPECT_NE(model.edge(0, 1), model.edge(1, 0));
+  const auto& p = model.profile();
+  EXPECT_NEAR(model.edge(0, 1),
+              net->transferS(0, 1, p.act_fwd_wire_bytes / 1e9) +
+                  net->transferS(1, 0, p.act_bwd_wire_bytes / 1e9),
+              1e-12);
+}
+
+TEST(GeopipeModel, MemoryInfeasibleIsReported) {
+  TopologySpec t = fastSite(4);
+  for (auto& d : t.devices) d.memory_gb = 0.001;
+  JobSpec job = gptJob(t, 2, 2);
+  try {
+    plan(job, searchOptionsFromJob(job));
+    FAIL() << "expected InfeasibleError";
+  } catch (const InfeasibleError& e) {
+    EXPECT_NE(std::string(e.what()).find("GiB"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GeopipeModel, GpipeNeedsMoreMemoryThan1f1b) {
+  TopologySpec t = fastSite(4);
+  JobSpec job = gptJob(t, 4, 1);
+  job.training.global_batch = 64;
+  auto net = std::make_shared<const Network>(t);
+  const ModelProfile prof = ModelProfile::fromJob(job);
+  // Find a memory size where 1F1B (<= 4 micro-batches in flight) fits and
+  // GPipe (64 in flight) does not.
+  const double act = prof.actMemPerSample(0, 3);
+  const double weights = (prof.params(0, 3) + prof.embed_params) * prof.state_bytes_per_param;
+  const double gib = (weights + 8 * act) / (1024.0 * 1024 * 1024);
+  for (auto& d : t.devices) d.memory_gb = gib;
+  auto net2 = std::make_shared<const Network>(t);
+  GeopipeCostModel g(net2, prof, 4, 1, "gpipe"), f(net2, prof, 4, 1, "1f1b");
+  Evaluator eg(g), ef(f);
+  EXPECT_FALSE(eg.make({0, 1, 2, 3}).eval.feasible);
+  EXPECT_TRUE(ef.make({0, 1, 2, 3}).eval.feasible);
+}
+
+TEST(GeopipeModel, ShapeSearchLeavesASlowOutlierIdle) {
+  // 5 devices: four fast ones in one site and one behind a terrible link.
+  TopologySpec t = fastSite(4, 100, 100);
+  SiteSpec far;
+  far.name = "far";
+  far.intra = {0, 100};
+  far.devices = {4};
+  t.sites.push_back(far);
+  DeviceSpec dev;
+  dev.name = "far/0";
+  dev.site = 1;
+  t.devices.push_back(dev);
+  t.site_links = {{t.sites[0].intra, {300, 0.001}}, {{300, 0.001}, far.intra}};
+  JobSpec job = gptJob(t, 1, 0);  // data_parallel: auto
+  job.training.global_batch = 16;
+  job.scheduler.budget_seconds = 0;
+  job.scheduler.budget_evaluations = 2000;
+  const PlanResult p = plan(job, searchOptionsFromJob(job));
+  ASSERT_EQ(p.ours.allocation.idle.size(), 1u) << p.d_pp << "x" << p.d_dp;
+  EXPECT_EQ(p.ours.allocation.idle[0], 4);
+  EXPECT_GT(p.shapes.size(), 3u);
+}
+
+}  // namespace
+}  // namespace geopipe::scheduler
