@@ -115,7 +115,9 @@ TEST_P(DeltaInvariant, SenderAndReceiverBuffersStayBitIdentical) {
   // The receiver tracks the activations: the error stays bounded and small.
   // Not for 1 bit: Q(delta) = +-s per channel does not contract |a - m| (the
   // residual can be as large as s itself), so 1-bit AC-SGD is not stable.
-  if (c.bits >= 2) EXPECT_LT(last_err, 1.0) << "first-delta-epoch error " << first_err;
+  if (c.bits >= 2) {
+    EXPECT_LT(last_err, 1.0) << "first-delta-epoch error " << first_err;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
