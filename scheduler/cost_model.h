@@ -72,6 +72,10 @@ class CostModel {
     return w;
   }
 
+  // True when evaluatePath's total is a max of group terms plus the sum of
+  // pathWeights along the order, so the TSP optimum is the best order.
+  virtual bool pathIsAdditive() const { return true; }
+
   // Prices a pipeline: stats[s] of the group at stage s, edges[s] the
   // bottleneck edge between stages s and s+1.
   virtual PathEval evaluatePath(const std::vector<GroupStats>& stats,
@@ -127,6 +131,7 @@ class GeopipeCostModel : public CostModel {
   GroupStats groupStats(const std::vector<int>& devices) const override;
   Eigen::MatrixXd pathWeights(const std::vector<GroupStats>& stats,
                               const Eigen::MatrixXd& w) const override;
+  bool pathIsAdditive() const override { return false; }
   PathEval evaluatePath(const std::vector<GroupStats>& stats,
                         const std::vector<double>& edges) const override;
   int microBatches() const { return micro_batches_; }

@@ -102,18 +102,51 @@ void Evaluator::applyMoves(Candidate& c,
   finish(c);
 }
 
-void Evaluator::finish(Candidate& c) {
-  ++evaluations_;
-  const OpenPath path = openTsp(model_.pathWeights(c.stats, c.w));
-  c.order = path.order;
+PathEval Evaluator::priceOrder(const Candidate& c,
+                               const std::vector<int>& order) const {
   std::vector<GroupStats> stats;
   std::vector<double> edges;
-  for (size_t s = 0; s < c.order.size(); ++s) {
-    stats.push_back(c.stats[c.order[s]]);
-    if (s + 1 < c.order.size()) edges.push_back(c.w(c.order[s], c.order[s + 1]));
+  for (size_t s = 0; s < order.size(); ++s) {
+    stats.push_back(c.stats[order[s]]);
+    if (s + 1 < order.size()) edges.push_back(c.w(order[s], order[s + 1]));
   }
-  c.eval = model_.evaluatePath(stats, edges);
+  return model_.evaluatePath(stats, edges);
+}
+
+void Evaluator::finish(Candidate& c) {
+  ++evaluations_;
+  const int way = this->way();
+  if (!model_.pathIsAdditive() && way <= kBruteForceOrders) {
+    // Small pipelines: price every order exactly, so the cost is a function
+    // of the partition alone (not of how its groups happen to be labelled).
+    std::vector<int> order(way);
+    for (int g = 0; g < way; ++g) order[g] = g;
+    bool first = true;
+    do {
+      PathEval e = priceOrder(c, order);
+      if (first || e.total_s < c.eval.total_s) {
+        c.eval = std::move(e);
+        c.order = order;
+        first = false;
+      }
+    } while (std::next_permutation(order.begin(), order.end()));
+  } else {
+    c.order = openTsp(model_.pathWeights(c.stats, c.w)).order;
+    c.eval = priceOrder(c, c.order);
+    if (!model_.pathIsAdditive()) {
+      // The TSP ran on a surrogate; the reversed order may price better.
+      std::vector<int> rev(c.order.rbegin(), c.order.rend());
+      PathEval e = priceOrder(c, rev);
+      if (e.total_s < c.eval.total_s) {
+        c.eval = std::move(e);
+        c.order = std::move(rev);
+      }
+    }
+  }
   c.cost = c.eval.total_s;
+  double sur = 0;
+  for (const GroupStats& g : c.stats) sur += g.dp_s + g.dp_lat_s + g.dp_s_per_gb;
+  c.surrogate = sur + c.w.sum() / std::max(1, way);
 }
 
 Allocation Evaluator::allocation(const Candidate& c) const {

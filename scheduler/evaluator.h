@@ -25,6 +25,9 @@ struct Candidate {
   std::vector<int> order;                // order[s] = group at stage s
   PathEval eval;
   double cost = 0;                       // eval.total_s
+  // Smooth tie-breaker for local search on the plateaus of the max terms:
+  // Σ_k group comm terms + mean w(a,b).
+  double surrogate = 0;
   // Order-independent fingerprint of the partition (for duplicate checks).
   uint64_t fingerprint() const;
 };
@@ -63,6 +66,10 @@ class Evaluator {
   const GroupStats& statsOf(const std::vector<int>& g, uint64_t h);
   double pairOf(int a, int b, const Candidate& c);
   void finish(Candidate& c);
+  PathEval priceOrder(const Candidate& c, const std::vector<int>& order) const;
+  // Pipelines up to this many stages get every order priced exactly when
+  // the model's path cost is not additive.
+  static constexpr int kBruteForceOrders = 6;
 
   const CostModel& model_;
   int n_;

@@ -75,6 +75,12 @@ std::vector<int> inOrderLabel(int n, int way, int d_dp) {
   return label;
 }
 
+std::vector<int> roundRobinLabel(int n, int way, int d_dp) {
+  std::vector<int> label(n, way);
+  for (int d = 0; d < way * d_dp; ++d) label[d] = d % way;
+  return label;
+}
+
 int uniformInt(std::mt19937_64& rng, int lo, int hi) {  // [lo, hi]
   return std::uniform_int_distribution<int>(lo, hi)(rng);
 }
@@ -144,9 +150,15 @@ void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle,
     }
     Candidate next = c;
     ev.applyMoves(next, moves);
-    if (next.cost < c.cost - 1e-12 ||
-        (std::isinf(c.cost) && !std::isinf(next.cost)))
-      c = std::move(next);
+    // Keep strict improvements; on a plateau of the max terms (equal cost)
+    // keep moves that lower the smooth surrogate, so the search can drift
+    // towards a move that finally lowers the bottleneck.
+    const double tol = 1e-12 * std::max(1.0, std::abs(c.cost));
+    const bool better =
+        next.cost < c.cost - tol ||
+        (std::isinf(c.cost) && !std::isinf(next.cost)) ||
+        (std::abs(next.cost - c.cost) <= tol && next.surrogate < c.surrogate);
+    if (better) c = std::move(next);
   }
 }
 
@@ -287,14 +299,19 @@ SearchResult evolutionarySearch(const CostModel& model,
   };
   const int trials = options.local_search_trials > 0
                          ? options.local_search_trials
-                         : std::max(16, 2 * way * d_dp);
+                         : std::max(64, 2 * way * d_dp);
 
-  // Initial population: the in-order partition plus random ones.
+  // Initial population: the two structured partitions (in-order: stage
+  // groups of consecutive devices, i.e. by site; round-robin: device t of
+  // the listing joins group t mod D_pp, i.e. one device per site in each
+  // group, the paper's "trans") plus random ones.
   std::vector<Candidate> pop;
   std::unordered_set<uint64_t> seen;
-  pop.push_back(evs[0]->make(inOrderLabel(n, way, d_dp)));
-  tr.offer(pop.back(), totalEvals());
-  seen.insert(pop.back().fingerprint());
+  for (const auto& label : {inOrderLabel(n, way, d_dp), roundRobinLabel(n, way, d_dp)}) {
+    Candidate c = evs[0]->make(label);
+    tr.offer(c, totalEvals());
+    if (seen.insert(c.fingerprint()).second) pop.push_back(std::move(c));
+  }
   while (static_cast<int>(pop.size()) < options.population &&
          !tr.exhausted(totalEvals())) {
     Candidate c = evs[0]->make(randomLabel(n, way, d_dp, rng));
