@@ -1,6 +1,7 @@
 // AC-SGD delta sender/receiver and the buffer-entry layout they share.
 #include "compression/delta_compressor.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "compression/bit_pack.h"
@@ -81,6 +82,40 @@ void storeM(const DeltaCompressorOptions& opt, ActivationBufferStore& store, int
 // Identical code on both sides on identical inputs -> identical m(xi).
 void applyDelta(float* m, const float* deq, size_t n) {
   for (size_t i = 0; i < n; ++i) m[i] = m[i] + deq[i];
+}
+
+// Fused fp16-buffer kernels (the steady state of the paper's setup). Both
+// sides call fp16Update with the same inputs; it performs exactly the
+// arithmetic of the generic path (h2f(m) + deq, then f2h), chunk by chunk.
+constexpr size_t kFuse = 4096;  // multiple of 8: chunks start byte-aligned
+
+// delta = a - h2f(m), and the per-unit max |delta| scales, in one pass.
+void fp16Delta(const QuantizerOptions& q, const float* a, const Half* m, size_t n,
+               size_t channels, float* delta, float* scales) {
+  alignas(64) float tmp[kFuse];
+  for (size_t b = 0; b < n; b += kFuse) {
+    const size_t len = std::min(kFuse, n - b);
+    halfToFloat(m + b, tmp, len);
+    float* d = delta + b;
+    const float* ab = a + b;
+    for (size_t i = 0; i < len; ++i) d[i] = ab[i] - tmp[i];
+  }
+  computeScales(q, delta, n, channels, scales);
+}
+
+// m <- f2h(h2f(m) + deq(codes)); writes h2f(new m) to out when given.
+void fp16Update(const QuantizerOptions& q, Half* m, const uint8_t* packed, size_t packed_bytes,
+                size_t n, size_t channels, const float* scales, float* out) {
+  alignas(64) float mf[kFuse];
+  alignas(64) float deq[kFuse];
+  for (size_t b = 0; b < n; b += kFuse) {
+    const size_t len = std::min(kFuse, n - b);
+    halfToFloat(m + b, mf, len);
+    dequantizePackedRange(q, packed, packed_bytes, n, channels, scales, b, b + len, deq);
+    for (size_t i = 0; i < len; ++i) mf[i] = mf[i] + deq[i];
+    floatToHalf(mf, m + b, len);
+    if (out) halfToFloat(m + b, out + b, len);
+  }
 }
 
 struct Geometry {
@@ -172,9 +207,21 @@ CompressedMessage DeltaSender::encode(const int64_t* ids, const float* a,
       continue;
     }
     const uint8_t* data = entryData(opt_, *store_, ids[s], g.sample_dims.data(), ndim, data_bytes);
+    std::vector<float> scales(ns);
+    if (opt_.buffer_format == BufferFormat::FP16) {
+      // Fused path: updates the fp16 entry in place (same size, same slot).
+      Half* mh = reinterpret_cast<Half*>(const_cast<uint8_t*>(data));
+      fp16Delta(q, as, mh, g.per, g.channels, delta_.data(), scales.data());
+      std::memcpy(out, scales.data(), 4 * ns);
+      quantizePacked(q, delta_.data(), g.per, g.channels, scales.data(),
+                     counter * 1315423911u + s, out + 4 * ns);
+      fp16Update(q, mh, out + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels,
+                 scales.data(), nullptr);
+      pos += delta_bytes;
+      continue;
+    }
     loadM(opt_, data, g.per, g.channels, m_.data());
     for (size_t i = 0; i < g.per; ++i) delta_[i] = as[i] - m_[i];
-    std::vector<float> scales(ns);
     computeScales(q, delta_.data(), g.per, g.channels, scales.data());
     std::memcpy(out, scales.data(), 4 * ns);
     // Stochastic streams differ per sample within a message.
@@ -254,8 +301,15 @@ WireHeader DeltaReceiver::decode(const int64_t* ids, size_t num_ids, const Compr
       GEOPIPE_CHECK(data != nullptr, ProtocolError, "AC-SGD delta for sample ", ids[s],
                     " but this receiver holds no buffer of that shape for it (lost message, ",
                     "or sender and receiver stores out of sync after a restore)");
-      loadM(opt_, data, g.per, g.channels, m_.data());
       readScales(in, ns, scales.data());
+      if (opt_.buffer_format == BufferFormat::FP16) {
+        Half* mh = reinterpret_cast<Half*>(const_cast<uint8_t*>(data));
+        fp16Update(q, mh, in + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels,
+                   scales.data(), os);
+        pos += delta_bytes;
+        continue;
+      }
+      loadM(opt_, data, g.per, g.channels, m_.data());
       dequantizePacked(q, in + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels,
                        scales.data(), deq_.data());
       applyDelta(m_.data(), deq_.data(), g.per);

@@ -11,6 +11,10 @@
 #include "compression/bit_pack.h"
 #include "geopipe/error.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace geopipe::compression {
 
 namespace {
@@ -71,7 +75,23 @@ uint32_t maxAbsBits(const float* x, size_t n) {
 
 void maxAbsBitsRows(const float* x, size_t rows, size_t channels, uint32_t* acc) {
   for (size_t c = 0; c < channels; ++c) acc[c] = 0;
-  for (size_t r = 0; r < rows; ++r) {
+  size_t r = 0;
+  // Four rows per sweep: one load/store of acc per four input vectors.
+  for (; r + 4 <= rows; r += 4) {
+    const float* r0 = x + r * channels;
+    const float* r1 = r0 + channels;
+    const float* r2 = r1 + channels;
+    const float* r3 = r2 + channels;
+    for (size_t c = 0; c < channels; ++c) {
+      uint32_t a = absBits(r0[c]);
+      const uint32_t b = absBits(r1[c]), d = absBits(r2[c]), e = absBits(r3[c]);
+      a = b > a ? b : a;
+      a = d > a ? d : a;
+      a = e > a ? e : a;
+      acc[c] = a > acc[c] ? a : acc[c];
+    }
+  }
+  for (; r < rows; ++r) {
     const float* row = x + r * channels;
     for (size_t c = 0; c < channels; ++c) {
       const uint32_t a = absBits(row[c]);
@@ -87,18 +107,57 @@ inline uint8_t toCode(float t, float max_code) {
   return static_cast<uint8_t>(static_cast<int32_t>(t));
 }
 
+#if defined(__AVX2__)
+// 32 elements: t = x*inv + off, truncate to int32, then saturating packs do
+// the lower clamp (negative -> 0) and a byte min the upper one (L-1). Same
+// result as toCode(): for t in (-1, 0) truncation already gives 0. Element
+// order is restored by the final cross-lane permute.
+template <bool kVec>
+inline size_t quantNearestAvx2(const float* x, size_t len, const float* inv, float inv0,
+                               float off, uint8_t max_code, uint8_t* q) {
+  const __m256 voff = _mm256_set1_ps(off);
+  const __m256 vinv0 = _mm256_set1_ps(inv0);
+  const __m256i vmax = _mm256_set1_epi8(static_cast<char>(max_code));
+  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  size_t j = 0;
+  for (; j + 32 <= len; j += 32) {
+    __m256i i[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256 m = kVec ? _mm256_loadu_ps(inv + j + 8 * k) : vinv0;
+      const __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8 * k), m), voff);
+      i[k] = _mm256_cvttps_epi32(t);
+    }
+    const __m256i a = _mm256_packs_epi32(i[0], i[1]);  // int16, lanes interleaved
+    const __m256i b = _mm256_packs_epi32(i[2], i[3]);
+    __m256i c = _mm256_packus_epi16(a, b);              // uint8, clamps < 0 to 0
+    c = _mm256_permutevar8x32_epi32(c, perm);
+    c = _mm256_min_epu8(c, vmax);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), c);
+  }
+  return j;
+}
+#endif
+
 // One scale for the whole segment.
 void quantSegNearestScalar(const float* x, size_t len, float inv, float h,
                            float max_code, uint8_t* q) {
   const float off = h + 0.5f;
-  for (size_t j = 0; j < len; ++j) q[j] = toCode(x[j] * inv + off, max_code);
+  size_t j0 = 0;
+#if defined(__AVX2__)
+  j0 = quantNearestAvx2<false>(x, len, nullptr, inv, off, static_cast<uint8_t>(max_code), q);
+#endif
+  for (size_t j = j0; j < len; ++j) q[j] = toCode(x[j] * inv + off, max_code);
 }
 
 // One scale per element (per-channel: inv points at the row's channel scales).
 void quantSegNearestVec(const float* x, size_t len, const float* inv, float h,
                         float max_code, uint8_t* q) {
   const float off = h + 0.5f;
-  for (size_t j = 0; j < len; ++j) q[j] = toCode(x[j] * inv[j] + off, max_code);
+  size_t j0 = 0;
+#if defined(__AVX2__)
+  j0 = quantNearestAvx2<true>(x, len, inv, 0.0f, off, static_cast<uint8_t>(max_code), q);
+#endif
+  for (size_t j = j0; j < len; ++j) q[j] = toCode(x[j] * inv[j] + off, max_code);
 }
 
 void quantSegStochScalar(const float* x, size_t len, float inv, float h,
@@ -304,7 +363,15 @@ void quantizeCodes(const QuantizerOptions& opt, const float* x, size_t n,
 void dequantizePacked(const QuantizerOptions& opt, const uint8_t* packed,
                       size_t packed_bytes, size_t n, size_t channels,
                       const float* scales, float* out) {
+  dequantizePackedRange(opt, packed, packed_bytes, n, channels, scales, 0, n, out);
+}
+
+void dequantizePackedRange(const QuantizerOptions& opt, const uint8_t* packed,
+                           size_t packed_bytes, size_t n, size_t channels,
+                           const float* scales, size_t begin, size_t end, float* out) {
   checkShape(opt, n, channels);
+  GEOPIPE_CHECK(begin % 8 == 0 && begin <= end && end <= n, ConfigError,
+                "bad dequantise range [", begin, ", ", end, ") of ", n);
   GEOPIPE_CHECK(packed_bytes >= packedBytes(n, opt.bits), ProtocolError,
                 "packed codes truncated: need ", packedBytes(n, opt.bits),
                 " bytes for ", n, " elements of ", opt.bits, " bits, got ", packed_bytes);
@@ -313,13 +380,13 @@ void dequantizePacked(const QuantizerOptions& opt, const uint8_t* packed,
   std::vector<float> d(ns);
   for (size_t k = 0; k < ns; ++k) d[k] = scales[k] / static_cast<float>(lm1);
   alignas(64) uint8_t codes[kChunk];
-  for (size_t cb = 0; cb < n; cb += kChunk) {
-    const size_t ce = std::min(n, cb + kChunk);
+  for (size_t cb = begin; cb < end; cb += kChunk) {
+    const size_t ce = std::min(end, cb + kChunk);
     unpackBitsAt(packed, packed_bytes, cb, ce - cb, opt.bits, codes);
     forEachSegment(opt, cb, ce, channels, [&](size_t s, size_t len, size_t unit, bool vec) {
       const uint8_t* q = codes + (s - cb);
-      if (vec) dequantSegVec(q, len, d.data() + unit, lm1, out + s);
-      else dequantSegScalar(q, len, d[unit], lm1, out + s);
+      if (vec) dequantSegVec(q, len, d.data() + unit, lm1, out + (s - begin));
+      else dequantSegScalar(q, len, d[unit], lm1, out + (s - begin));
     });
   }
 }

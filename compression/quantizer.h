@@ -76,6 +76,12 @@ void dequantizePacked(const QuantizerOptions& opt, const uint8_t* packed,
                       size_t packed_bytes, size_t n, size_t channels,
                       const float* scales, float* out);
 
+// Dequantises elements [begin, end) only (begin a multiple of 8) into
+// out[0 .. end-begin): lets callers fuse decoding with their own pass.
+void dequantizePackedRange(const QuantizerOptions& opt, const uint8_t* packed,
+                           size_t packed_bytes, size_t n, size_t channels,
+                           const float* scales, size_t begin, size_t end, float* out);
+
 // Codes without packing (one byte per element), for tests and reference.
 void quantizeCodes(const QuantizerOptions& opt, const float* x, size_t n,
                    size_t channels, const float* scales, uint64_t counter,

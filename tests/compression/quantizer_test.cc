@@ -189,7 +189,9 @@ TEST(Quantizer, ZeroChannelsDecodeToZero) {
   dequantize(o, q, y.data());
   for (size_t r = 0; r < 4; ++r) {
     for (size_t c = 0; c < 5; ++c) {
-      if (c != 2) EXPECT_EQ(y[r * 5 + c], 0.0f);
+      if (c != 2) {
+        EXPECT_EQ(y[r * 5 + c], 0.0f);
+      }
     }
   }
 }
@@ -262,7 +264,6 @@ TEST(Quantizer, StochasticIsUnbiasedAndReproducible) {
     total_bias += mean[i] - x[i];
   }
   EXPECT_LT(std::fabs(total_bias / n), 6.0 * step / (2.0 * std::sqrt(double(draws) * n)));
-  // Nearest rounding on the same data is biased (sanity check of the test).
   // Reproducible: same (seed, counter) -> same bytes; other counter -> other bytes.
   std::vector<uint8_t> a(packed.size()), b(packed.size()), c(packed.size());
   quantizePacked(o, x.data(), n, n, scales.data(), 77, a.data());
