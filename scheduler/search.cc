@@ -130,7 +130,7 @@ std::vector<int> crossover(const std::vector<int>& a, const std::vector<int>& b,
 // gk's to g1), which keeps every group's size. A move is kept when it lowers
 // the cost. Each trial is one (incremental) evaluation.
 void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle,
-                 std::mt19937_64& rng) {
+                 std::mt19937_64& rng, const Clock::time_point* deadline) {
   const int way = ev.way();
   std::vector<int> parts;
   for (int g = 0; g < way; ++g) parts.push_back(g);
@@ -139,6 +139,7 @@ void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle,
   if (np < 2) return;
   std::vector<std::pair<int, int>> moves;
   for (int t = 0; t < trials; ++t) {
+    if (deadline && (t & 15) == 15 && Clock::now() >= *deadline) return;
     const int k = uniformInt(rng, 2, std::min(max_cycle, np));
     // k distinct groups by partial Fisher–Yates.
     for (int i = 0; i < k; ++i) std::swap(parts[i], parts[uniformInt(rng, i, np - 1)]);
@@ -327,6 +328,9 @@ SearchResult evolutionarySearch(const CostModel& model,
     return a.cost <= b.cost ? a : b;
   };
 
+  const Clock::time_point deadline =
+      tr.t0 + std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::duration<double>(options.budget_seconds));
   std::vector<Candidate> children(threads);
   std::vector<uint64_t> seeds(threads);
   std::vector<std::vector<int>> labels(threads);
@@ -345,7 +349,8 @@ SearchResult evolutionarySearch(const CostModel& model,
     auto breed = [&](int t) {
       std::mt19937_64 child_rng(seeds[t]);
       children[t] = evs[t]->make(labels[t]);
-      localSearch(*evs[t], children[t], my_trials, options.max_cycle, child_rng);
+      localSearch(*evs[t], children[t], my_trials, options.max_cycle, child_rng,
+                  options.budget_seconds > 0 ? &deadline : nullptr);
     };
     if (batch == 1) {
       breed(0);

@@ -63,3 +63,23 @@ TEST(PlanCommand, TextAndOverrides) {
 
 }  // namespace
 }  // namespace geopipe::cli
+
+#include "src/cli/bench_scheduler.h"
+
+namespace geopipe::cli {
+namespace {
+
+TEST(SchedulerBench, PrintsOneRowPerScenarioAndBeatsBaselines) {
+  SchedulerBenchOptions o;
+  o.scenarios = {scheduler::paperJob(1), scheduler::paperJob(5)};
+  o.scenario_budget_seconds = 0;
+  o.scenario_budget_evaluations = 1500;
+  o.synthetic_devices = {};
+  std::ostringstream out;
+  EXPECT_EQ(runSchedulerBench(o, out), 0) << out.str();
+  EXPECT_NE(out.str().find("dtfm-world-wide"), std::string::npos) << out.str();
+  EXPECT_EQ(out.str().find("!worse"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace geopipe::cli

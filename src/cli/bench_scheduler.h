@@ -1,0 +1,33 @@
+// `geopipe bench scheduler`: the search on the paper's five scenarios and on
+// synthetic world-wide topologies, against in-order and random placements.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <vector>
+
+#include "geopipe/job_spec.h"
+
+namespace geopipe::cli {
+
+struct SchedulerBenchOptions {
+  // Jobs for the paper scenarios; empty = the built-in five
+  // (scheduler::paperJob(1..5): cost_model dtfm, 8 x 8, paper payloads).
+  std::vector<JobSpec> scenarios;
+  // Search budget per paper scenario (the target: best plan within 2 s).
+  double scenario_budget_seconds = 2.0;
+  int64_t scenario_budget_evaluations = 0;  // 0 = only the time limit
+  // Synthetic world-wide topologies (devices); dtfm, D_pp = 8,
+  // D_dp = devices / 8. Empty skips them.
+  std::vector<int> synthetic_devices = {256, 1024};
+  double synthetic_budget_seconds = 60.0;  // the target: a plan within 60 s
+  uint64_t seed = 1;
+  int threads = 1;
+};
+
+// Runs the benchmark, prints one table to `out` and returns 0 when every
+// plan is at least as good as in-order and random at the same budget, 1
+// otherwise (the table marks the offending rows).
+int runSchedulerBench(const SchedulerBenchOptions& options, std::ostream& out);
+
+}  // namespace geopipe::cli
