@@ -16,6 +16,19 @@ using Bytes = std::vector<uint8_t>;
 using Clock = std::chrono::steady_clock;
 using Duration = std::chrono::milliseconds;
 
+// Pass to Work::wait() to wait without a deadline.
+inline constexpr Duration kWaitForever = Duration::max();
+
+// The deadline `timeout` from now, saturating instead of overflowing (so
+// kWaitForever works with condition_variable::wait_until).
+inline Clock::time_point deadlineAfter(Duration timeout) {
+  const auto now = Clock::now();
+  if (timeout >= std::chrono::duration_cast<Duration>(Clock::time_point::max() - now)) {
+    return Clock::time_point::max();
+  }
+  return now + timeout;
+}
+
 // What a message is, for matching and for accounting; part of the tag.
 enum class Channel : uint8_t {
   ACTIVATION = 1,       // forward, stage s -> s+1
@@ -24,24 +37,42 @@ enum class Channel : uint8_t {
   CONTROL = 4,          // barriers, metrics
 };
 
+// "ACTIVATION", "GRADIENT", ...
+const char* channelName(Channel channel);
+
 // A message tag: a receive matches the send with the same (peer, tag).
 // Messages with the same (peer, tag) are delivered in send order.
 struct Tag {
   Channel channel = Channel::CONTROL;
   int64_t step = 0;
-  int32_t micro_batch = 0;
-  int32_t index = 0;  // free for the caller (bucket, chunk, round)
+  int32_t micro_batch = 0;  // collectives use it as the collective's id
+  int32_t index = 0;        // free for the caller (bucket, chunk, round)
   bool operator==(const Tag& o) const {
     return channel == o.channel && step == o.step && micro_batch == o.micro_batch &&
            index == o.index;
   }
+  bool operator!=(const Tag& o) const { return !(*this == o); }
+  // Lexicographic on (channel, step, micro_batch, index); for ordered maps.
   bool operator<(const Tag& o) const;
+  // "GRADIENT/step=3/mb=0/idx=2", for error messages and logs.
   std::string str() const;
 };
 
-// A pending operation. wait() blocks until it completes, rethrowing the
-// failure it stored (TimeoutError when the timeout passes first, or the
-// transport's ProtocolError/IoError). Safe to call wait() from one thread.
+// A pending operation (c10d's Work). wait() blocks the calling thread until
+// the operation completes and rethrows the failure it stored: TimeoutError
+// when `timeout` passes first, IoError when the peer failed or the
+// transport was shut down, ProtocolError for malformed traffic. The message
+// names the ranks, the tag and the operation. done() never blocks and is
+// true once the operation has finished, successfully or not.
+//
+// Timeouts: a receive whose wait() times out is withdrawn (a later message
+// with that tag goes to the next receive posted for it) and every further
+// wait() rethrows the same TimeoutError. A send that times out is not
+// withdrawn: its bytes are already committed to the link; wait() may be
+// called again.
+//
+// Thread-safety: wait() and done() may be called from any thread, but the
+// intended use is one waiter per handle.
 class Work {
  public:
   virtual ~Work() = default;
@@ -50,14 +81,16 @@ class Work {
   virtual bool done() const = 0;
 };
 
-// A pending receive; wait() then payload() gives the bytes (moved out once).
+// A pending receive; after a successful wait(), takePayload() moves the
+// bytes out (once: a second call throws).
 class RecvWork : public Work {
  public:
   virtual Bytes takePayload() = 0;
 };
 
 // Per-transport traffic counters (bytes as handed to send(), i.e. after
-// compression: the bytes on the wire).
+// compression: the bytes on the wire). Sent counts at send(); received
+// counts when a message is matched to a receive.
 struct TransportStats {
   uint64_t messages_sent = 0;
   uint64_t bytes_sent = 0;
@@ -67,11 +100,18 @@ struct TransportStats {
 
 // One rank's view of the job's network. All methods are thread-safe: the
 // executor sends from a background thread while posting receives from
-// another. send() copies or takes the payload and returns at once; the send
-// completes when the transport has handed the bytes off (inproc: delivered;
-// emulated: after the link's serialization and latency). recv() posts a
-// receive; its payload arrives through the returned handle. A transport
-// that lacks a capability throws "X does not support Y".
+// another. send() takes the payload and returns at once; the send completes
+// when the transport has handed the bytes off (inproc: delivered; emulated:
+// when the link has finished serializing them, i.e. the sender's NIC is
+// free again). recv() posts a receive and returns at once; its payload
+// arrives through the returned handle. A receive may be posted before or
+// after the matching send. Sending to oneself is allowed. A transport that
+// lacks a capability throws "X does not support Y"; errors in arguments
+// (a peer outside [0, worldSize())) throw geopipe::Error at the call.
+//
+// Ownership: the caller owns the transport (usually through a shared_ptr,
+// so decorators can wrap it); handles may outlive the call but not the
+// transport's backing resources (the inproc hub, the emulator's thread).
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -80,6 +120,7 @@ class Transport {
   virtual std::shared_ptr<Work> send(int peer, const Tag& tag, Bytes payload) = 0;
   virtual std::shared_ptr<RecvWork> recv(int peer, const Tag& tag) = 0;
   virtual TransportStats stats() const = 0;
+  // "inproc", "emulated(inproc)", ...
   virtual std::string name() const = 0;
 };
 
