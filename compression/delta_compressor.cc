@@ -87,12 +87,47 @@ void applyDelta(float* m, const float* deq, size_t n) {
 // Fused fp16-buffer kernels (the steady state of the paper's setup). Both
 // sides call fp16Update with the same inputs; it performs exactly the
 // arithmetic of the generic path (h2f(m) + deq, then f2h), chunk by chunk.
-constexpr size_t kFuse = 4096;  // multiple of 8: chunks start byte-aligned
+// Chunk of 32K elements: the two fp32 temporaries (256 KB) stay in L2, and
+// the per-call set-up of dequantizePackedRange (one division per scale) is
+// amortised over many rows. A multiple of 8: chunks start byte-aligned.
+constexpr size_t kFuse = 32768;
 
-// delta = a - h2f(m), and the per-unit max |delta| scales, in one pass.
+float* scratch(int which) {
+  thread_local std::vector<float> buf[2];
+  if (buf[which].size() < kFuse) buf[which].resize(kFuse);
+  return buf[which].data();
+}
+
+// delta = a - h2f(m), then the per-unit max |delta| scales.
 void fp16Delta(const QuantizerOptions& q, const float* a, const Half* m, size_t n,
                size_t channels, float* delta, float* scales) {
-  alignas(64) float tmp[kFuse];
+  float* tmp = scratch(0);
+  if (q.granularity == Granularity::CHANNEL && n > 0 && channels <= kFuse) {
+    // One pass: the per-channel max |delta| (as abs bit patterns, exactly
+    // what computeScales does) is taken while delta is written.
+    std::vector<uint32_t> acc(channels, 0);
+    for (size_t off = 0; off < n; off += channels) {
+      halfToFloat(m + off, tmp, channels);
+      float* d = delta + off;
+      const float* ar = a + off;
+      uint32_t* ac = acc.data();
+      for (size_t c = 0; c < channels; ++c) {
+        const float v = ar[c] - tmp[c];
+        d[c] = v;
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        u &= 0x7FFFFFFFu;
+        ac[c] = u > ac[c] ? u : ac[c];
+      }
+    }
+    for (size_t c = 0; c < channels; ++c) {
+      GEOPIPE_CHECK(acc[c] < 0x7F800000u, ProtocolError,
+                    "cannot quantise non-finite AC-SGD delta in channel ", c,
+                    " (activation or buffer has inf/NaN)");
+      std::memcpy(&scales[c], &acc[c], 4);
+    }
+    return;
+  }
   for (size_t b = 0; b < n; b += kFuse) {
     const size_t len = std::min(kFuse, n - b);
     halfToFloat(m + b, tmp, len);
@@ -106,8 +141,8 @@ void fp16Delta(const QuantizerOptions& q, const float* a, const Half* m, size_t 
 // m <- f2h(h2f(m) + deq(codes)); writes h2f(new m) to out when given.
 void fp16Update(const QuantizerOptions& q, Half* m, const uint8_t* packed, size_t packed_bytes,
                 size_t n, size_t channels, const float* scales, float* out) {
-  alignas(64) float mf[kFuse];
-  alignas(64) float deq[kFuse];
+  float* mf = scratch(0);
+  float* deq = scratch(1);
   for (size_t b = 0; b < n; b += kFuse) {
     const size_t len = std::min(kFuse, n - b);
     halfToFloat(m + b, mf, len);
