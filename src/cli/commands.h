@@ -41,10 +41,11 @@ void addPlanOptions(CLI::App& plan, PlanArgs& args);
 int runPlanCommand(const PlanArgs& args, std::ostream& out);
 
 struct BenchArgs {
-  std::string examples_dir = "examples";  // where the paper's topologies live
-  double seconds = 2.0;                   // search budget per scenario
-  bool quick = false;                     // skip the 1024-device case
-  std::string json_out;                   // also write results as JSON here
+  double seconds = 2.0;            // scheduler: search budget per paper scenario
+  double synthetic_seconds = 60.0; // scheduler: budget per synthetic topology
+  bool quick = false;              // scheduler: skip the 1024-device topology
+  uint64_t seed = 1;               // scheduler: search seed
+  int threads = 1;                 // scheduler: search threads
 };
 void addBenchSubcommands(CLI::App& bench, BenchArgs& args);
 int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out);

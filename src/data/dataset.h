@@ -48,7 +48,7 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
 std::string readFortunes(const std::string& dir = "/usr/share/games/fortunes");
 
 // A learnable synthetic corpus: `num_tokens` tokens from a fixed random
-// order-2 Markov chain over `vocab` symbols (so loss falls well below
+// first-order Markov chain over `vocab` symbols (so loss falls well below
 // log(vocab) as a model learns it).
 std::vector<int32_t> syntheticTokens(int64_t num_tokens, int vocab, uint64_t seed);
 

@@ -1,0 +1,94 @@
+// geopipe::Trainer: trains a ModelDef under a JobSpec with pipeline and data
+// parallelism. In this build every tasklet (stage s of replica r) runs as a
+// thread of this process over the in-process transport, with each link shaped
+// to the topology by the link emulator when the job asks for it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "geopipe/job_spec.h"
+#include "geopipe/model.h"
+
+namespace geopipe {
+
+// What one optimizer step did, across all tasklets.
+struct StepMetrics {
+  int64_t step = 0;
+  double loss = 0;            // mean training loss of the global batch
+  double lr = 0;              // learning rate used for this step
+  double seconds = 0;         // wall-clock of the step (slowest tasklet)
+  double tokens_per_second = 0;
+  uint64_t activation_raw_bytes = 0;   // fp32 size of activations sent this step
+  uint64_t activation_wire_bytes = 0;  // bytes actually sent for them
+  uint64_t gradient_raw_bytes = 0;     // same for backward activation gradients
+  uint64_t gradient_wire_bytes = 0;
+  uint64_t dp_raw_bytes = 0;           // data-parallel gradient exchange, fp32 size
+  uint64_t dp_wire_bytes = 0;          // and on the wire
+  double compute_seconds = 0;  // busiest tasklet's compute time
+  double comm_wait_seconds = 0;  // that tasklet's time blocked on communication
+};
+
+struct TrainResult {
+  std::vector<double> losses;   // per step
+  double seconds = 0;           // whole run
+  double tokens_per_second = 0; // all steps
+  uint64_t wire_bytes = 0;      // all pipeline + data-parallel traffic
+  uint64_t raw_bytes = 0;       // the same traffic in fp32
+  std::vector<int> device_of_rank;  // placement used: rank = replica * stages + stage
+  std::vector<std::pair<int, int>> layers_of_stage;  // [first, last) model layers
+};
+
+struct TrainerOptions {
+  // Called after every step from the thread that called train().
+  std::function<void(const StepMetrics&)> on_step;
+  // LibTorch intra-op threads per tasklet; 0 = max(1, cores / tasklets).
+  int threads_per_tasklet = 0;
+  // Device of each rank (replica * stages + stage); empty = ask the
+  // scheduler (job.scheduler) when the topology has enough devices, else
+  // in-order.
+  std::vector<int> device_of_rank;
+  // Body layers per stage (model.layers split); empty = the plan's layers,
+  // or an even split.
+  std::vector<int> layers_per_stage;
+  // Longest wait for a peer's message before the step fails.
+  int timeout_seconds = 300;
+};
+
+// Trains `model` as `job` describes (training, parallelism, compression,
+// topology, transport). Throws ConfigError for settings it cannot run,
+// TimeoutError / ProtocolError when a tasklet fails (naming it).
+class Trainer {
+ public:
+  Trainer(ModelDef model, JobSpec job, TrainerOptions options = {});
+  TrainResult train();
+
+ private:
+  ModelDef model_;
+  JobSpec job_;
+  TrainerOptions options_;
+};
+
+// How the single-process reference forms a step's gradient.
+enum class ReferenceMode {
+  // One forward/backward over the whole global batch: plain training.
+  FULL_BATCH,
+  // The job's micro-batches, accumulated per replica in the same order as
+  // the pipeline, then averaged over replicas: the same arithmetic as the
+  // staged engine, so the two agree to rounding (Adam amplifies any
+  // reordering of float sums, which is why the exactness test uses this).
+  ACCUMULATE_LIKE_JOB,
+};
+
+// The same model, data, seed and global batch trained in one process without
+// pipelining or compression: the reference the staged engine must match.
+TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job,
+                               ReferenceMode mode = ReferenceMode::FULL_BATCH,
+                               const std::function<void(const StepMetrics&)>& on_step = {});
+
+// Learning rate of `step` (0-based) under job.training's optimizer and schedule.
+double learningRateAt(const TrainingSpec& training, int64_t step);
+
+}  // namespace geopipe

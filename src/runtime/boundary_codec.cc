@@ -1,0 +1,201 @@
+// Framing and compression of pipeline-boundary messages.
+#include "src/runtime/boundary_codec.h"
+
+#include <cstring>
+
+#include "compression/options.h"
+#include "geopipe/error.h"
+
+namespace geopipe::runtime {
+namespace {
+
+constexpr uint32_t kFrameMagic = 0x4D425047;  // "GPBM" little-endian
+constexpr uint8_t kFrameVersion = 1;
+constexpr uint32_t kMaxSamples = 1u << 20;
+
+template <typename T>
+void put(transport::Bytes& out, T v) {
+  const auto* p = reinterpret_cast<const uint8_t*>(&v);
+  out.insert(out.end(), p, p + sizeof(T));
+}
+
+class Reader {
+ public:
+  explicit Reader(const transport::Bytes& b) : b_(b) {}
+  template <typename T>
+  T get(const char* field) {
+    need(sizeof(T), field);
+    T v;
+    std::memcpy(&v, b_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  void need(size_t n, const char* field) {
+    if (b_.size() - pos_ < n) {
+      GEOPIPE_THROW(ProtocolError, "pipeline frame truncated at ", field, ": needs ", n,
+                    " more bytes at offset ", pos_, " of ", b_.size());
+    }
+  }
+  size_t pos_ = 0;
+  const transport::Bytes& b_;
+};
+
+std::string idsToString(const std::vector<int64_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size() && i < 8; ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  return s + (ids.size() > 8 ? ",..." : "");
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+}  // namespace
+
+transport::Bytes encodeFrame(const Frame& f) {
+  transport::Bytes out;
+  out.reserve(32 + 8 * f.sample_ids.size() + f.message.wireBytes());
+  put<uint32_t>(out, kFrameMagic);
+  put<uint8_t>(out, kFrameVersion);
+  put<uint8_t>(out, f.direction);
+  put<uint16_t>(out, 0);
+  put<int64_t>(out, f.step);
+  put<int32_t>(out, f.micro_batch);
+  put<uint32_t>(out, static_cast<uint32_t>(f.sample_ids.size()));
+  for (int64_t id : f.sample_ids) put<int64_t>(out, id);
+  put<uint32_t>(out, static_cast<uint32_t>(f.message.header.size()));
+  out.insert(out.end(), f.message.header.begin(), f.message.header.end());
+  out.insert(out.end(), f.message.payload.begin(), f.message.payload.end());
+  return out;
+}
+
+Frame decodeFrame(const transport::Bytes& bytes) {
+  Reader r(bytes);
+  Frame f;
+  uint32_t magic = r.get<uint32_t>("magic");
+  if (magic != kFrameMagic) {
+    GEOPIPE_THROW(ProtocolError, "not a geopipe pipeline frame (magic 0x", std::hex, magic,
+                  "): is the peer a geopipe worker of this job?");
+  }
+  uint8_t version = r.get<uint8_t>("version");
+  if (version != kFrameVersion) {
+    GEOPIPE_THROW(ProtocolError, "pipeline frame version ", int(version), ", this build speaks ",
+                  int(kFrameVersion), ": run the same geopipe version on every worker");
+  }
+  f.direction = r.get<uint8_t>("direction");
+  if (f.direction > 1) GEOPIPE_THROW(ProtocolError, "pipeline frame direction ", int(f.direction));
+  if (r.get<uint16_t>("reserved") != 0) GEOPIPE_THROW(ProtocolError, "pipeline frame reserved bits set");
+  f.step = r.get<int64_t>("step");
+  f.micro_batch = r.get<int32_t>("micro_batch");
+  uint32_t n = r.get<uint32_t>("sample count");
+  if (n > kMaxSamples) GEOPIPE_THROW(ProtocolError, "pipeline frame claims ", n, " samples");
+  r.need(size_t{8} * n, "sample ids");
+  f.sample_ids.resize(n);
+  for (uint32_t i = 0; i < n; ++i) f.sample_ids[i] = r.get<int64_t>("sample id");
+  uint32_t header_bytes = r.get<uint32_t>("header size");
+  r.need(header_bytes, "compressed-tensor header");
+  f.message.header.assign(bytes.begin() + r.pos_, bytes.begin() + r.pos_ + header_bytes);
+  f.message.payload.assign(bytes.begin() + r.pos_ + header_bytes, bytes.end());
+  return f;
+}
+
+std::unique_ptr<BoundaryEncoder> BoundaryEncoder::forActivations(
+    const ActivationCompressionSpec& spec, uint64_t seed, const std::string& store_name) {
+  auto e = std::make_unique<BoundaryEncoder>();
+  e->direction_ = 0;
+  auto opt = compression::activationOptionsFromSpec(spec, seed, store_name + ".send");
+  if (opt.acsgd) {
+    e->delta_ = std::make_unique<compression::DeltaSender>(
+        opt.delta, compression::makeBufferStore(opt.store));
+  } else {
+    e->codec_ = opt.codec;
+  }
+  return e;
+}
+
+std::unique_ptr<BoundaryEncoder> BoundaryEncoder::forGradients(const BackwardCompressionSpec& spec,
+                                                               uint64_t seed) {
+  auto e = std::make_unique<BoundaryEncoder>();
+  e->direction_ = 1;
+  e->codec_ = compression::backwardOptionsFromSpec(spec, seed);
+  return e;
+}
+
+transport::Bytes BoundaryEncoder::encode(int64_t step, int m, int num_micro_batches,
+                                         const std::vector<int64_t>& sample_ids,
+                                         const float* data, const std::vector<int64_t>& shape) {
+  Frame f;
+  f.direction = direction_;
+  f.step = step;
+  f.micro_batch = m;
+  f.sample_ids = sample_ids;
+  // Stochastic rounding stream: unique per (step, micro-batch).
+  const uint64_t counter = static_cast<uint64_t>(step) * num_micro_batches + m;
+  if (delta_) {
+    f.message = delta_->encode(sample_ids.data(), data, shape, counter);
+  } else {
+    f.message = compression::encodeTensor(codec_, data, shape, compression::DType::FLOAT32, counter);
+  }
+  transport::Bytes out = encodeFrame(f);
+  stats_.raw_bytes += static_cast<uint64_t>(numel(shape)) * 4;
+  stats_.wire_bytes += out.size();
+  stats_.messages += 1;
+  return out;
+}
+
+std::unique_ptr<BoundaryDecoder> BoundaryDecoder::forActivations(
+    const ActivationCompressionSpec& spec, uint64_t seed, const std::string& store_name) {
+  auto d = std::make_unique<BoundaryDecoder>();
+  d->direction_ = 0;
+  auto opt = compression::activationOptionsFromSpec(spec, seed, store_name + ".recv");
+  if (opt.acsgd) {
+    d->delta_ = std::make_unique<compression::DeltaReceiver>(
+        opt.delta, compression::makeBufferStore(opt.store));
+  }
+  return d;
+}
+
+std::unique_ptr<BoundaryDecoder> BoundaryDecoder::forGradients(const BackwardCompressionSpec&,
+                                                               uint64_t) {
+  auto d = std::make_unique<BoundaryDecoder>();
+  d->direction_ = 1;
+  return d;
+}
+
+void BoundaryDecoder::decode(const transport::Bytes& bytes, int64_t step, int m,
+                             const std::vector<int64_t>& sample_ids,
+                             const std::vector<int64_t>& expected_shape,
+                             std::vector<float>& out) {
+  Frame f = decodeFrame(bytes);
+  const char* what = direction_ == 0 ? "activation" : "activation gradient";
+  if (f.direction != direction_ || f.step != step || f.micro_batch != m) {
+    GEOPIPE_THROW(ProtocolError, "expected the ", what, " of step ", step, " micro-batch ", m,
+                  ", got direction ", int(f.direction), " step ", f.step, " micro-batch ",
+                  f.micro_batch);
+  }
+  if (f.sample_ids != sample_ids) {
+    GEOPIPE_THROW(ProtocolError, "the ", what, " of step ", step, " micro-batch ", m,
+                  " carries samples [", idsToString(f.sample_ids), "], expected [",
+                  idsToString(sample_ids),
+                  "]: sender and receiver disagree on the data order (same seed and data?)");
+  }
+  compression::WireHeader header;
+  if (delta_) {
+    header = delta_->decode(sample_ids.data(), sample_ids.size(), f.message, out);
+  } else {
+    compression::DecodedTensor t = compression::decodeTensor(f.message);
+    header = t.header;
+    out = std::move(t.values);
+  }
+  if (header.shape != expected_shape) {
+    std::string got, want;
+    for (auto d : header.shape) got += std::to_string(d) + " ";
+    for (auto d : expected_shape) want += std::to_string(d) + " ";
+    GEOPIPE_THROW(ProtocolError, "the ", what, " of step ", step, " micro-batch ", m,
+                  " has shape [ ", got, "], the model declares [ ", want, "]");
+  }
+}
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,225 @@
+// Data-parallel gradient averaging over the transport's collectives.
+#include "src/runtime/gradient_sync.h"
+
+#include <cstring>
+
+#include "compression/options.h"
+#include "geopipe/error.h"
+#include "src/transport/collectives.h"
+
+namespace geopipe::runtime {
+namespace {
+
+// Several compressed messages in one blob, so a step needs one all-gather:
+// u32 count, then per message u32 header bytes, u64 payload bytes, header,
+// payload.
+transport::Bytes pack(const std::vector<compression::CompressedMessage>& msgs) {
+  transport::Bytes out;
+  auto put = [&](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    out.insert(out.end(), b, b + n);
+  };
+  uint32_t count = static_cast<uint32_t>(msgs.size());
+  put(&count, 4);
+  for (const auto& m : msgs) {
+    uint32_t h = static_cast<uint32_t>(m.header.size());
+    uint64_t p = m.payload.size();
+    put(&h, 4);
+    put(&p, 8);
+    put(m.header.data(), h);
+    put(m.payload.data(), p);
+  }
+  return out;
+}
+
+std::vector<compression::CompressedMessage> unpack(const transport::Bytes& blob, size_t expected) {
+  size_t pos = 0;
+  auto get = [&](void* dst, size_t n, const char* what) {
+    if (blob.size() - pos < n) {
+      GEOPIPE_THROW(ProtocolError, "gradient blob truncated reading ", what, " at offset ", pos);
+    }
+    std::memcpy(dst, blob.data() + pos, n);
+    pos += n;
+  };
+  uint32_t count = 0;
+  get(&count, 4, "count");
+  if (count != expected) {
+    GEOPIPE_THROW(ProtocolError, "gradient blob holds ", count, " tensors, this stage has ",
+                  expected, ": do all replicas run the same model slice?");
+  }
+  std::vector<compression::CompressedMessage> out(count);
+  for (auto& m : out) {
+    uint32_t h = 0;
+    uint64_t p = 0;
+    get(&h, 4, "header size");
+    get(&p, 8, "payload size");
+    if (h > blob.size() - pos || p > blob.size() - pos - h) {
+      GEOPIPE_THROW(ProtocolError, "gradient blob: message sizes exceed the blob");
+    }
+    m.header.assign(blob.begin() + pos, blob.begin() + pos + h);
+    m.payload.assign(blob.begin() + pos + h, blob.begin() + pos + h + p);
+    pos += h + p;
+  }
+  if (pos != blob.size()) GEOPIPE_THROW(ProtocolError, "gradient blob has trailing bytes");
+  return out;
+}
+
+std::vector<int64_t> shapeOf(const torch::Tensor& t) {
+  return std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
+}
+
+torch::Tensor gradOf(const torch::Tensor& p) {
+  // A parameter unused in this step has no gradient: exchange zeros so
+  // every replica makes the same calls.
+  if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+  return p.grad();
+}
+
+}  // namespace
+
+GradientSync::GradientSync(transport::Transport& transport, std::vector<int> group,
+                           const GradientCompressionSpec& spec, uint64_t seed,
+                           std::chrono::milliseconds timeout)
+    : transport_(transport), group_(std::move(group)), spec_(spec), timeout_(timeout) {
+  if (spec_.method != "none") options_ = compression::gradientOptionsFromSpec(spec_, seed);
+}
+
+void GradientSync::average(const std::vector<torch::Tensor>& params, int64_t step) {
+  if (group_.size() <= 1) return;
+  if (spec_.method == "none") {
+    averageDense(params, step);
+  } else {
+    averageCompressed(params, step);
+  }
+}
+
+void GradientSync::averageDense(const std::vector<torch::Tensor>& params, int64_t step) {
+  size_t total = 0;
+  for (const auto& p : params) total += static_cast<size_t>(p.numel());
+  flat_.resize(total);
+  size_t off = 0;
+  for (const auto& p : params) {
+    auto g = gradOf(p).contiguous();
+    std::memcpy(flat_.data() + off, g.data_ptr<float>(), sizeof(float) * g.numel());
+    off += static_cast<size_t>(g.numel());
+  }
+  transport::CollectiveOptions opt;
+  opt.step = step;
+  opt.id = 0;
+  opt.timeout = timeout_;
+  transport::allReduceAverage(transport_, group_, flat_.data(), flat_.size(), opt);
+  off = 0;
+  torch::NoGradGuard guard;
+  for (const auto& p : params) {
+    auto g = p.grad();
+    g.copy_(torch::from_blob(flat_.data() + off, g.sizes(), torch::kFloat32));
+    off += static_cast<size_t>(g.numel());
+  }
+  raw_bytes_ += total * 4;
+  wire_bytes_ += total * 4;
+}
+
+void GradientSync::averageCompressed(const std::vector<torch::Tensor>& params, int64_t step) {
+  transport::CollectiveOptions opt;
+  opt.step = step;
+  opt.timeout = timeout_;
+  torch::NoGradGuard guard;
+  const bool power = options_.method == compression::GradientMethod::POWERSGD;
+  // PowerSGD compresses matrices; vectors (biases, norms) are tiny and go
+  // through the dense all-reduce, as in the PowerSGD paper.
+  std::vector<torch::Tensor> matrices, vectors;
+  for (const auto& p : params) (power && p.dim() < 2 ? vectors : matrices).push_back(p);
+  if (!vectors.empty()) {
+    averageDense(vectors, step);
+  }
+  uint64_t raw = 0;
+  for (const auto& p : matrices) raw += static_cast<uint64_t>(p.numel()) * 4;
+  raw_bytes_ += raw;
+  if (!power) {
+    if (compressors_.empty()) {
+      for (size_t i = 0; i < matrices.size(); ++i) {
+        compressors_.push_back(std::make_unique<compression::GradientCompressor>(options_));
+      }
+    }
+    std::vector<compression::CompressedMessage> mine;
+    for (size_t i = 0; i < matrices.size(); ++i) {
+      auto g = gradOf(matrices[i]).contiguous();
+      mine.push_back(compressors_[i]->compress(g.data_ptr<float>(), shapeOf(g),
+                                               static_cast<uint64_t>(step)));
+    }
+    transport::Bytes blob = pack(mine);
+    wire_bytes_ += blob.size();
+    opt.id = 1;
+    auto all = transport::allGatherBytes(transport_, group_, blob, opt);
+    std::vector<std::vector<compression::CompressedMessage>> per_rank;
+    for (const auto& b : all) per_rank.push_back(unpack(b, matrices.size()));
+    for (size_t i = 0; i < matrices.size(); ++i) {
+      std::vector<compression::CompressedMessage> contributions;
+      for (auto& r : per_rank) contributions.push_back(std::move(r[i]));
+      std::vector<float> mean = compression::combineMean(contributions);
+      auto g = matrices[i].grad();
+      GEOPIPE_CHECK_EQ(static_cast<int64_t>(mean.size()), g.numel(), ProtocolError,
+                       "combined gradient size");
+      g.copy_(torch::from_blob(mean.data(), g.sizes(), torch::kFloat32));
+    }
+    return;
+  }
+  if (power_.empty()) {
+    for (size_t i = 0; i < matrices.size(); ++i) {
+      power_.push_back(std::make_unique<compression::PowerSgdCompressor>(options_));
+    }
+  }
+  auto exchange = [&](std::vector<compression::CompressedMessage> mine, int id) {
+    transport::Bytes blob = pack(mine);
+    wire_bytes_ += blob.size();
+    opt.id = id;
+    auto all = transport::allGatherBytes(transport_, group_, blob, opt);
+    std::vector<std::vector<compression::CompressedMessage>> by_tensor(matrices.size());
+    for (const auto& b : all) {
+      auto msgs = unpack(b, matrices.size());
+      for (size_t i = 0; i < msgs.size(); ++i) by_tensor[i].push_back(std::move(msgs[i]));
+    }
+    return by_tensor;
+  };
+  std::vector<compression::CompressedMessage> ps;
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    auto g = gradOf(matrices[i]).contiguous();
+    ps.push_back(power_[i]->computeP(g.data_ptr<float>(), shapeOf(g)));
+  }
+  auto all_p = exchange(std::move(ps), 2);
+  std::vector<compression::CompressedMessage> qs;
+  for (size_t i = 0; i < matrices.size(); ++i) qs.push_back(power_[i]->computeQ(all_p[i]));
+  auto all_q = exchange(std::move(qs), 3);
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    std::vector<float> g = power_[i]->finish(all_q[i]);
+    auto grad = matrices[i].grad();
+    GEOPIPE_CHECK_EQ(static_cast<int64_t>(g.size()), grad.numel(), ProtocolError,
+                     "PowerSGD gradient size");
+    grad.copy_(torch::from_blob(g.data(), grad.sizes(), torch::kFloat32));
+  }
+}
+
+double allReduceScalarSum(transport::Transport& transport, const std::vector<int>& group,
+                          double value, int64_t step, int index,
+                          std::chrono::milliseconds timeout) {
+  if (group.size() <= 1) return value;
+  // Gather every member's double and add in group order: the same sum,
+  // bit for bit, on every member.
+  transport::Bytes mine(sizeof(double));
+  std::memcpy(mine.data(), &value, sizeof(double));
+  transport::CollectiveOptions opt;
+  opt.step = step;
+  opt.id = 1000 + index;
+  opt.timeout = timeout;
+  auto all = transport::allGatherBytes(transport, group, mine, opt);
+  double sum = 0;
+  for (const auto& b : all) {
+    GEOPIPE_CHECK_EQ(b.size(), sizeof(double), ProtocolError, "scalar all-reduce message size");
+    double v;
+    std::memcpy(&v, b.data(), sizeof(double));
+    sum += v;
+  }
+  return sum;
+}
+
+}  // namespace geopipe::runtime

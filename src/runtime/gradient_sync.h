@@ -1,0 +1,51 @@
+// Data-parallel gradient exchange of one stage group: average the replicas'
+// gradients in place, uncompressed (deterministic all-reduce) or through the
+// compression library's compressors with error feedback.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <vector>
+
+#include "compression/gradient_compressor.h"
+#include "geopipe/job_spec.h"
+#include "src/transport/transport.h"
+
+namespace geopipe::runtime {
+
+// One per tasklet. `group` lists the transport ranks of every replica of
+// this stage (this rank included) in replica order; all members call
+// average() for the same step with parameters of the same shapes. Every
+// member ends with bit-identical gradients.
+class GradientSync {
+ public:
+  GradientSync(transport::Transport& transport, std::vector<int> group,
+               const GradientCompressionSpec& spec, uint64_t seed,
+               std::chrono::milliseconds timeout);
+  void average(const std::vector<torch::Tensor>& params, int64_t step);
+  uint64_t rawBytes() const { return raw_bytes_; }
+  uint64_t wireBytes() const { return wire_bytes_; }
+
+ private:
+  void averageDense(const std::vector<torch::Tensor>& params, int64_t step);
+  void averageCompressed(const std::vector<torch::Tensor>& params, int64_t step);
+
+  transport::Transport& transport_;
+  std::vector<int> group_;
+  GradientCompressionSpec spec_;
+  compression::GradientCompressorOptions options_;
+  std::chrono::milliseconds timeout_;
+  std::vector<std::unique_ptr<compression::GradientCompressor>> compressors_;
+  std::vector<std::unique_ptr<compression::PowerSgdCompressor>> power_;
+  std::vector<float> flat_;
+  uint64_t raw_bytes_ = 0, wire_bytes_ = 0;
+};
+
+// Sum of `value` over `group` (same order on every member, so the same
+// result everywhere); used for the global gradient norm across stages.
+double allReduceScalarSum(transport::Transport& transport, const std::vector<int>& group,
+                          double value, int64_t step, int index,
+                          std::chrono::milliseconds timeout);
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,125 @@
+// One tasklet's LibTorch compute for the stage executor.
+#include "src/runtime/torch_stage.h"
+
+#include "geopipe/error.h"
+
+namespace geopipe::runtime {
+namespace {
+
+std::vector<int64_t> shapeOf(const torch::Tensor& t) {
+  return std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
+}
+
+std::string shapeString(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> tokenBatch(const data::TokenDataset& dataset,
+                                                   const std::vector<int64_t>& ids) {
+  const int64_t n = static_cast<int64_t>(ids.size()), t = dataset.seqLen();
+  std::vector<int32_t> in(static_cast<size_t>(n * t)), tgt(static_cast<size_t>(n * t));
+  for (int64_t i = 0; i < n; ++i) dataset.sample(ids[i], in.data() + i * t, tgt.data() + i * t);
+  auto inputs = torch::from_blob(in.data(), {n, t}, torch::kInt32).to(torch::kLong);
+  auto targets = torch::from_blob(tgt.data(), {n, t}, torch::kInt32).to(torch::kLong);
+  return {inputs, targets};
+}
+
+TorchStage::TorchStage(const ModelDef& model, TorchStageOptions options,
+                       const data::TokenDataset& dataset, const data::Sampler& sampler,
+                       const CompressionSpec& compression)
+    : model_(model), options_(options), dataset_(dataset), sampler_(sampler) {
+  module_ = buildSlice(model, options.first_layer, options.last_layer, options.seed);
+  const bool first = options.stage == 0, last = options.stage == options.num_stages - 1;
+  // Boundary b sits between stages b and b+1; each side names its buffer
+  // store after the boundary and replica so mmap files never collide.
+  auto name = [&](int boundary) {
+    return "r" + std::to_string(options.replica) + "-b" + std::to_string(boundary);
+  };
+  if (!last) {
+    send_act_ = BoundaryEncoder::forActivations(compression.activations, options.seed,
+                                                name(options.stage));
+    recv_grad_ = BoundaryDecoder::forGradients(compression.backward, options.seed);
+  }
+  if (!first) {
+    recv_act_ = BoundaryDecoder::forActivations(compression.activations, options.seed,
+                                                name(options.stage - 1));
+    send_grad_ = BoundaryEncoder::forGradients(compression.backward, options.seed);
+  }
+}
+
+std::vector<int64_t> TorchStage::sampleIds(int64_t step, int m) const {
+  return sampler_.microBatch(step, options_.replica, m);
+}
+
+double TorchStage::takeLossSum() {
+  double s = loss_sum_;
+  loss_sum_ = 0;
+  return s;
+}
+
+transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input) {
+  const auto ids = sampleIds(step, m);
+  const int64_t batch = static_cast<int64_t>(ids.size());
+  Stash stash;
+  torch::Tensor targets;
+  if (options_.stage == 0) {
+    auto [inputs, tgts] = tokenBatch(dataset_, ids);
+    stash.input = inputs;
+    targets = tgts;
+  } else {
+    const auto in_shape = model_.output_shape(options_.first_layer - 1, batch);
+    recv_act_->decode(input, step, m, ids, in_shape, scratch_);
+    stash.input = torch::from_blob(scratch_.data(), in_shape, torch::kFloat32).clone();
+    stash.input.set_requires_grad(true);
+  }
+  torch::Tensor out = module_->forward(stash.input);
+  const auto declared = model_.output_shape(options_.last_layer - 1, batch);
+  if (shapeOf(out) != declared) {
+    GEOPIPE_THROW(ConfigError, "model '", model_.name, "' layer ", options_.last_layer - 1,
+                  " returned shape ", shapeString(shapeOf(out)), " but output_shape declares ",
+                  shapeString(declared));
+  }
+  transport::Bytes message;
+  if (options_.stage == options_.num_stages - 1) {
+    if (!targets.defined()) targets = tokenBatch(dataset_, ids).second;
+    // Mean over this replica's micro-batches; replicas average their
+    // gradients, so the step's gradient is that of the global-batch mean.
+    auto loss = model_.loss(out, targets);
+    loss_sum_ += loss.item<double>();
+    stash.output = loss / options_.num_micro_batches;
+  } else {
+    auto detached = out.detach().contiguous();
+    message = send_act_->encode(step, m, options_.num_micro_batches, ids,
+                                detached.data_ptr<float>(), shapeOf(detached));
+    stash.output = out;
+  }
+  stash_[m] = std::move(stash);
+  return message;
+}
+
+transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad) {
+  auto it = stash_.find(m);
+  GEOPIPE_CHECK(it != stash_.end(), ConfigError, "stage ", options_.stage, " backward of micro-batch ",
+                m, " without its forward");
+  Stash stash = std::move(it->second);
+  stash_.erase(it);
+  if (options_.stage == options_.num_stages - 1) {
+    stash.output.backward();
+  } else {
+    const auto ids = sampleIds(step, m);
+    const auto shape = shapeOf(stash.output);
+    recv_grad_->decode(grad, step, m, ids, shape, scratch_);
+    auto g = torch::from_blob(scratch_.data(), shape, torch::kFloat32);
+    stash.output.backward(g);
+  }
+  if (options_.stage == 0) return {};
+  auto g_in = stash.input.grad().contiguous();
+  return send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
+                            g_in.data_ptr<float>(), shapeOf(g_in));
+}
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,74 @@
+// One tasklet's compute in LibTorch: a slice of the model's layers, run
+// forward and backward micro-batch by micro-batch for the stage executor,
+// with activations and gradients crossing the boundaries through the codecs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "geopipe/model.h"
+#include "src/data/dataset.h"
+#include "src/data/sampler.h"
+#include "src/pipeline/executor.h"
+#include "src/runtime/boundary_codec.h"
+
+namespace geopipe::runtime {
+
+struct TorchStageOptions {
+  int stage = 0;
+  int num_stages = 1;
+  int replica = 0;
+  int first_layer = 0;   // model layers [first_layer, last_layer)
+  int last_layer = 0;
+  int micro_batch = 1;   // samples per micro-batch
+  int num_micro_batches = 1;
+  uint64_t seed = 0;     // model init seed
+};
+
+// The StageCompute of one tasklet. Owns its layers and its boundary codecs;
+// the executor's thread is the only caller. Keeps each micro-batch's input
+// and output between forward and backward (1F1B bounds how many).
+class TorchStage : public pipeline::StageCompute {
+ public:
+  TorchStage(const ModelDef& model, TorchStageOptions options, const data::TokenDataset& dataset,
+             const data::Sampler& sampler, const CompressionSpec& compression);
+
+  transport::Bytes forward(int64_t step, int m, transport::Bytes input) override;
+  transport::Bytes backward(int64_t step, int m, transport::Bytes grad) override;
+
+  torch::nn::Sequential& module() { return module_; }
+  std::vector<torch::Tensor> parameters() { return module_->parameters(); }
+  // Sum over this step's micro-batches of the micro-batch mean loss (last
+  // stage only); reset by takeLossSum().
+  double takeLossSum();
+  // Encoders of this stage, for byte accounting (may be null).
+  const BoundaryEncoder* activationEncoder() const { return send_act_.get(); }
+  const BoundaryEncoder* gradientEncoder() const { return send_grad_.get(); }
+
+ private:
+  struct Stash {
+    torch::Tensor input;   // received activation (requires grad) or token ids
+    torch::Tensor output;  // this stage's output, or the scaled loss
+  };
+  std::vector<int64_t> sampleIds(int64_t step, int m) const;
+
+  const ModelDef& model_;
+  TorchStageOptions options_;
+  const data::TokenDataset& dataset_;
+  const data::Sampler& sampler_;
+  torch::nn::Sequential module_;
+  std::unique_ptr<BoundaryEncoder> send_act_, send_grad_;
+  std::unique_ptr<BoundaryDecoder> recv_act_, recv_grad_;
+  std::map<int, Stash> stash_;
+  double loss_sum_ = 0;
+  std::vector<float> scratch_;
+};
+
+// Token ids and targets of `ids` as int64 [n, seq_len] tensors.
+std::pair<torch::Tensor, torch::Tensor> tokenBatch(const data::TokenDataset& dataset,
+                                                   const std::vector<int64_t>& ids);
+
+}  // namespace geopipe::runtime
