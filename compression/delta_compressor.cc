@@ -2,6 +2,7 @@
 #include "compression/delta_compressor.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "compression/bit_pack.h"
@@ -138,13 +139,16 @@ void fp16Delta(const QuantizerOptions& q, const float* a, const Half* m, size_t 
   computeScales(q, delta, n, channels, scales);
 }
 
-// m <- f2h(h2f(m) + deq(codes)); writes h2f(new m) to out when given.
+// m <- f2h(h2f(m) + deq(codes)) over elements [b0, b1); writes h2f(new m)
+// to out when given.
 void fp16Update(const QuantizerOptions& q, Half* m, const uint8_t* packed, size_t packed_bytes,
-                size_t n, size_t channels, const float* scales, float* out) {
+                size_t n, size_t channels, const float* scales, float* out, size_t b0 = 0,
+                size_t b1 = SIZE_MAX) {
   float* mf = scratch(0);
   float* deq = scratch(1);
-  for (size_t b = 0; b < n; b += kFuse) {
-    const size_t len = std::min(kFuse, n - b);
+  b1 = std::min(b1, n);
+  for (size_t b = b0; b < b1; b += kFuse) {
+    const size_t len = std::min(kFuse, b1 - b);
     halfToFloat(m + b, mf, len);
     dequantizePackedRange(q, packed, packed_bytes, n, channels, scales, b, b + len, deq);
     for (size_t i = 0; i < len; ++i) mf[i] = mf[i] + deq[i];
@@ -248,10 +252,15 @@ CompressedMessage DeltaSender::encode(const int64_t* ids, const float* a,
       Half* mh = reinterpret_cast<Half*>(const_cast<uint8_t*>(data));
       fp16Delta(q, as, mh, g.per, g.channels, delta_.data(), scales.data());
       std::memcpy(out, scales.data(), 4 * ns);
-      quantizePacked(q, delta_.data(), g.per, g.channels, scales.data(),
-                     counter * 1315423911u + s, out + 4 * ns);
-      fp16Update(q, mh, out + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels,
-                 scales.data(), nullptr);
+      // Quantise a chunk, then at once apply the receiver's update to the
+      // same chunk from the bytes just packed (still in L1/L2).
+      const size_t pb = packedBytes(g.per, q.bits);
+      for (size_t b = 0; b < g.per; b += kFuse) {
+        const size_t e = std::min(g.per, b + kFuse);
+        quantizePackedRange(q, delta_.data(), g.per, g.channels, scales.data(),
+                            counter * 1315423911u + s, b, e, out + 4 * ns);
+        fp16Update(q, mh, out + 4 * ns, pb, g.per, g.channels, scales.data(), nullptr, b, e);
+      }
       pos += delta_bytes;
       continue;
     }

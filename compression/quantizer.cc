@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "compression/bit_pack.h"
@@ -240,8 +241,11 @@ void checkShape(const QuantizerOptions& opt, size_t n, size_t channels) {
 template <typename Sink>
 void quantizeChunks(const QuantizerOptions& opt, const float* x, size_t n,
                     size_t channels, const float* scales, uint64_t counter,
-                    Sink&& sink) {
+                    Sink&& sink, size_t begin = 0, size_t end = SIZE_MAX) {
   checkShape(opt, n, channels);
+  end = std::min(end, n);
+  GEOPIPE_CHECK(begin % 8 == 0 && begin <= end, ConfigError, "bad quantise range [", begin,
+                ", ", end, ") of ", n);
   const int32_t levels = 1 << opt.bits;
   const float h = static_cast<float>(levels - 1) * 0.5f;
   const float max_code = static_cast<float>(levels - 1);
@@ -251,8 +255,10 @@ void quantizeChunks(const QuantizerOptions& opt, const float* x, size_t n,
   const bool stochastic = opt.rounding == Rounding::STOCHASTIC;
 
   alignas(64) uint8_t codes[kChunk];
-  for (size_t cb = 0; cb < n; cb += kChunk) {
-    const size_t ce = std::min(n, cb + kChunk);
+  for (size_t cb = begin, ce = 0; cb < end; cb = ce) {
+    // Chunks end on multiples of kChunk, so none straddles a 2^32 boundary
+    // (one RNG key per chunk) whatever `begin` is.
+    ce = std::min(end, (cb / kChunk + 1) * kChunk);
     const uint32_t key = stochastic ? streamKey(opt.seed, counter, cb >> 32) : 0;
     forEachSegment(opt, cb, ce, channels, [&](size_t s, size_t len, size_t unit, bool vec) {
       uint8_t* q = codes + (s - cb);
@@ -349,6 +355,18 @@ void quantizePacked(const QuantizerOptions& opt, const float* x, size_t n,
                  [&](size_t cb, size_t len, const uint8_t* codes) {
                    packBitsAt(codes, cb, len, opt.bits, packed, out_bytes);
                  });
+}
+
+void quantizePackedRange(const QuantizerOptions& opt, const float* x, size_t n,
+                         size_t channels, const float* scales, uint64_t counter,
+                         size_t begin, size_t end, uint8_t* packed) {
+  const size_t out_bytes = packedBytes(n, opt.bits);
+  quantizeChunks(
+      opt, x, n, channels, scales, counter,
+      [&](size_t cb, size_t len, const uint8_t* codes) {
+        packBitsAt(codes, cb, len, opt.bits, packed, out_bytes);
+      },
+      begin, end);
 }
 
 void quantizeCodes(const QuantizerOptions& opt, const float* x, size_t n,

@@ -70,6 +70,14 @@ void quantizePacked(const QuantizerOptions& opt, const float* x, size_t n,
                     size_t channels, const float* scales, uint64_t counter,
                     uint8_t* packed);
 
+// Quantises elements [begin, end) only (begin a multiple of 8) into their
+// place in the packed stream of all n elements; calls for consecutive ranges
+// must be made in increasing order (a range's last 8-byte store may touch the
+// next range's first bytes). Same codes as one quantizePacked call.
+void quantizePackedRange(const QuantizerOptions& opt, const float* x, size_t n,
+                         size_t channels, const float* scales, uint64_t counter,
+                         size_t begin, size_t end, uint8_t* packed);
+
 // Unpacks and dequantises n elements: out[i] = (2 q_i - (L-1)) * d(unit of i).
 // `packed_bytes` bounds every read.
 void dequantizePacked(const QuantizerOptions& opt, const uint8_t* packed,

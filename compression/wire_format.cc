@@ -258,6 +258,7 @@ CompressedMessage seal(WireHeader h, std::vector<uint8_t> payload) {
 }
 
 void readScales(const uint8_t* p, size_t count, float* out) {
+  if (count == 0) return;
   std::memcpy(out, p, 4 * count);
   for (size_t k = 0; k < count; ++k) {
     GEOPIPE_CHECK(std::isfinite(out[k]) && out[k] >= 0.0f, ProtocolError, "scale ", k,
