@@ -266,6 +266,15 @@ TEST(InprocTransport, WaitForeverReturnsWhenTheMessageArrives) {
   sender.join();
 }
 
+TEST(InprocTransport, ReceivesPendingWhenTheHubIsDestroyedFail) {
+  std::shared_ptr<RecvWork> r;
+  {
+    World world = makeWorld(Kind::INPROC, 2);
+    r = world.ranks[0]->recv(1, Tag{});
+  }
+  EXPECT_THROW(r->wait(kWaitForever), IoError);
+}
+
 TEST(TransportFactory, BuildsInprocAndRefusesKindsThatAreNotBuilt) {
   auto hub = std::make_shared<InprocHub>(2);
   TransportOptions options;

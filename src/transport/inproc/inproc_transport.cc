@@ -10,17 +10,23 @@ namespace geopipe::transport {
 
 // A receive posted on the hub. Completed (with its payload) or failed by
 // the hub under the destination shard's mutex; withdrawn by wait() on
-// timeout.
+// timeout. It holds the hub weakly: the hub's mailboxes hold pending
+// receives, so a strong pointer would make a cycle and leak every hub that
+// still has an abandoned receive.
 class InprocRecvWork : public RecvWork {
  public:
-  InprocRecvWork(std::shared_ptr<InprocHub> hub, int dst, int src, const Tag& tag)
+  InprocRecvWork(std::weak_ptr<InprocHub> hub, int dst, int src, const Tag& tag)
       : hub_(std::move(hub)), dst_(dst), src_(src), tag_(tag) {}
 
   void wait(Duration timeout) override {
     if (!completion_.waitUntil(deadlineAfter(timeout))) {
-      hub_->withdraw(*this, GEOPIPE_ERROR_PTR(TimeoutError, describe(),
-                                              ": timed out after ", timeout.count(),
-                                              " ms (no matching send arrived)"));
+      auto error = GEOPIPE_ERROR_PTR(TimeoutError, describe(), ": timed out after ",
+                                     timeout.count(), " ms (no matching send arrived)");
+      if (auto hub = hub_.lock()) {
+        hub->withdraw(*this, error);
+      } else {
+        completion_.fail(error);  // the hub is gone: nothing can match it any more
+      }
     }
     completion_.rethrowIfFailed();
   }
@@ -51,7 +57,7 @@ class InprocRecvWork : public RecvWork {
   const Tag& tag() const { return tag_; }
 
  private:
-  std::shared_ptr<InprocHub> hub_;
+  std::weak_ptr<InprocHub> hub_;
   const int dst_;
   const int src_;
   const Tag tag_;
@@ -68,6 +74,18 @@ InprocHub::InprocHub(int world_size)
       failed_(new std::atomic<bool>[static_cast<size_t>(std::max(world_size, 0))]) {
   GEOPIPE_CHECK(world_size >= 1, Error, "InprocHub: world size must be >= 1, got ", world_size);
   for (int r = 0; r < world_size; ++r) failed_[r] = false;
+}
+
+InprocHub::~InprocHub() {
+  for (Shard& shard : shards_) {
+    std::lock_guard<std::mutex> lock(shard.mu);
+    for (auto& [key, box] : shard.boxes) {
+      for (auto& waiter : box.waiters) {
+        waiter->fail(GEOPIPE_ERROR_PTR(IoError, waiter->describe(),
+                                       " failed: the hub was destroyed"));
+      }
+    }
+  }
 }
 
 void InprocHub::checkRank(int rank, const char* what) const {
@@ -169,7 +187,7 @@ void InprocHub::deliver(int src, int dst, const Tag& tag, Bytes payload) {
 std::shared_ptr<RecvWork> InprocHub::post(int dst, int src, const Tag& tag) {
   checkRank(dst, "recv on");
   checkRank(src, "recv from");
-  auto work = std::make_shared<InprocRecvWork>(shared_from_this(), dst, src, tag);
+  auto work = std::make_shared<InprocRecvWork>(weak_from_this(), dst, src, tag);
   Shard& shard = shards_[dst];
   std::lock_guard<std::mutex> lock(shard.mu);
   auto it = shard.boxes.find(Key(src, tag));

@@ -24,7 +24,10 @@ class InprocRecvWork;
 // nothing but the allocation the sender already made.
 //
 // Ownership: create one hub per process with std::make_shared (it must be
-// owned by a shared_ptr) for the job's world size and give it to every InprocTransport; handles keep it alive.
+// owned by a shared_ptr) for the job's world size and give it to every
+// InprocTransport, which keeps it alive. Receive handles hold it weakly
+// (the hub holds pending receives); receives still pending when the hub is
+// destroyed fail with IoError.
 // Thread-safety: every method may be called from any thread; the mailboxes
 // are sharded by destination rank, each shard behind its own mutex. No
 // method blocks except on those short critical sections.
@@ -38,6 +41,7 @@ class InprocRecvWork;
 class InprocHub : public std::enable_shared_from_this<InprocHub> {
  public:
   explicit InprocHub(int world_size);
+  ~InprocHub();
   InprocHub(const InprocHub&) = delete;
   InprocHub& operator=(const InprocHub&) = delete;
 
@@ -97,8 +101,7 @@ class InprocHub : public std::enable_shared_from_this<InprocHub> {
 
 // One rank's endpoint on an InprocHub. send() completes inside the call
 // (the message is in the destination's mailbox or handed to its receive);
-// recv() completes when the matching message is there. Thread-safe; the
-// hub must outlive nothing more than the handles, which share it.
+// recv() completes when the matching message is there. Thread-safe.
 class InprocTransport : public Transport {
  public:
   InprocTransport(std::shared_ptr<InprocHub> hub, int rank);
