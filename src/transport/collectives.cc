@@ -94,7 +94,9 @@ Bytes toBytes(const float* data, size_t count) {
   return bytes;
 }
 
-int mod(int a, int n) { return ((a % n) + n) % n; }
+int mod(int a, int n) {
+  return ((a % n) + n) % n;
+}
 
 }  // namespace
 
@@ -121,13 +123,14 @@ void allReduceSum(Transport& transport, const std::vector<int>& group, float* da
     for (int t = 0; t < rounds; ++t) {
       const size_t chunks = numChunks(segmentOfRound(t).size, chunk_floats);
       for (size_t c = 0; c < chunks; ++c) {
-        recvs[t].push_back(transport.recv(left, makeTag(Channel::GRADIENT, options,
-                                                        Kind::ALL_REDUCE, t)));
+        recvs[t].push_back(
+            transport.recv(left, makeTag(Channel::GRADIENT, options, Kind::ALL_REDUCE, t)));
       }
     }
     std::vector<std::shared_ptr<Work>> sends;
     auto sendChunk = [&](int t, const Range& part) {
-      sends.push_back(transport.send(right, makeTag(Channel::GRADIENT, options, Kind::ALL_REDUCE, t),
+      sends.push_back(transport.send(right,
+                                     makeTag(Channel::GRADIENT, options, Kind::ALL_REDUCE, t),
                                      toBytes(data + part.begin, part.size)));
     };
     // Round 0: this member's own segment `me`, unreduced.
@@ -237,7 +240,8 @@ void barrier(Transport& transport, const std::vector<int>& group,
     std::vector<std::shared_ptr<RecvWork>> recvs;
     std::vector<std::shared_ptr<Work>> sends;
     for (int k = 1; k < n; ++k) recvs.push_back(transport.recv(group[mod(me - k, n)], tag));
-    for (int k = 1; k < n; ++k) sends.push_back(transport.send(group[mod(me + k, n)], tag, Bytes()));
+    for (int k = 1; k < n; ++k)
+      sends.push_back(transport.send(group[mod(me + k, n)], tag, Bytes()));
     for (auto& r : recvs) r->wait(options.timeout);
     for (auto& s : sends) s->wait(options.timeout);
   });

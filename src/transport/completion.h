@@ -11,9 +11,9 @@
 
 // An exception_ptr holding ErrorType with the streamed message and this
 // file:line, for failures that are stored in a Work rather than thrown.
-#define GEOPIPE_ERROR_PTR(ErrorType, ...)                                  \
-  std::make_exception_ptr(ErrorType(::geopipe::detail::concat(__VA_ARGS__), \
-                                    __FILE__ ":" GEOPIPE_STRINGIFY(__LINE__)))
+#define GEOPIPE_ERROR_PTR(ErrorType, ...) \
+  std::make_exception_ptr(                \
+      ErrorType(::geopipe::detail::concat(__VA_ARGS__), __FILE__ ":" GEOPIPE_STRINGIFY(__LINE__)))
 
 namespace geopipe::transport {
 

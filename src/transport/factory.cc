@@ -17,12 +17,10 @@ std::shared_ptr<Transport> makeTransport(const std::string& kind, const Transpor
     GEOPIPE_THROW(InfeasibleError, "transport ", kind,
                   " is not built yet; use transport.kind: inproc");
   }
-  GEOPIPE_THROW(ConfigError, "unknown transport kind '", kind,
-                "'; expected inproc, grpc or nccl");
+  GEOPIPE_THROW(ConfigError, "unknown transport kind '", kind, "'; expected inproc, grpc or nccl");
 }
 
-std::shared_ptr<Transport> makeTransportForJob(const JobSpec& spec,
-                                               const TransportOptions& options,
+std::shared_ptr<Transport> makeTransportForJob(const JobSpec& spec, const TransportOptions& options,
                                                const std::vector<int>& rank_to_device) {
   auto inner = makeTransport(spec.transport.kind, options);
   if (!spec.transport.emulate_links) return inner;

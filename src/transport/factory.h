@@ -30,8 +30,7 @@ std::shared_ptr<Transport> makeTransport(const std::string& kind, const Transpor
 // makeTransport for spec.transport.kind, wrapped in a LinkEmulatingTransport
 // with the topology's links (rank r on device rank_to_device[r], or device
 // r when empty) and the spec's scales when spec.transport.emulate_links.
-std::shared_ptr<Transport> makeTransportForJob(const JobSpec& spec,
-                                               const TransportOptions& options,
+std::shared_ptr<Transport> makeTransportForJob(const JobSpec& spec, const TransportOptions& options,
                                                const std::vector<int>& rank_to_device = {});
 
 }  // namespace geopipe::transport

@@ -50,8 +50,8 @@ LinkFunction linksFromTopology(const TopologySpec& topology, std::vector<int> ra
   };
 }
 
-LinkEmulatingTransport::LinkEmulatingTransport(std::shared_ptr<Transport> inner,
-                                               LinkFunction links, LinkEmulatorOptions options)
+LinkEmulatingTransport::LinkEmulatingTransport(std::shared_ptr<Transport> inner, LinkFunction links,
+                                               LinkEmulatorOptions options)
     : inner_(std::move(inner)), options_(options) {
   GEOPIPE_CHECK(inner_ != nullptr, Error, "link emulator: inner transport is null");
   GEOPIPE_CHECK(links != nullptr, Error, "link emulator: link function is empty");
@@ -125,14 +125,15 @@ std::shared_ptr<Work> LinkEmulatingTransport::send(int peer, const Tag& tag, Byt
       std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   const auto latency = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double, std::milli>(links_[peer].latency_ms));
-  auto work = std::make_shared<PendingWork>(detail::concat(
-      "emulated: send from rank ", me, " to rank ", peer, ", tag ", tag.str(), " (", size,
-      " bytes, ", seconds * 1e3, " ms on the link)"));
+  auto work = std::make_shared<PendingWork>(
+      detail::concat("emulated: send from rank ", me, " to rank ", peer, ", tag ", tag.str(), " (",
+                     size, " bytes, ", seconds * 1e3, " ms on the link)"));
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto broken = broken_.find(peer);
     if (broken != broken_.end()) std::rethrow_exception(broken->second);
-    GEOPIPE_CHECK(!stopping_, Error, "emulated: send from rank ", me, " after the transport began closing");
+    GEOPIPE_CHECK(!stopping_, Error, "emulated: send from rank ", me,
+                  " after the transport began closing");
     Clock::time_point& free = options_.shared_nic ? nic_free_ : link_free_[peer];
     const Clock::time_point start = std::max(Clock::now(), free);
     const Clock::time_point end = start + serialization;
@@ -255,7 +256,8 @@ std::vector<std::shared_ptr<Transport>> emulateLinks(
     const LinkEmulatorOptions& options) {
   std::vector<std::shared_ptr<Transport>> out;
   out.reserve(world.size());
-  for (const auto& t : world) out.push_back(std::make_shared<LinkEmulatingTransport>(t, links, options));
+  for (const auto& t : world)
+    out.push_back(std::make_shared<LinkEmulatingTransport>(t, links, options));
   return out;
 }
 

@@ -124,9 +124,9 @@ class LinkEmulatingTransport : public Transport {
   std::priority_queue<std::shared_ptr<Event>, std::vector<std::shared_ptr<Event>>, EventLater>
       events_;
   uint64_t next_seq_ = 0;
-  std::vector<Clock::time_point> link_free_;  // per destination
-  Clock::time_point nic_free_;                // shared_nic
-  std::map<int, std::exception_ptr> broken_;  // peer -> inner send failure
+  std::vector<Clock::time_point> link_free_;                          // per destination
+  Clock::time_point nic_free_;                                        // shared_nic
+  std::map<int, std::exception_ptr> broken_;                          // peer -> inner send failure
   std::vector<std::pair<int, std::shared_ptr<Work>>> inner_pending_;  // (peer, inner send) not done
   uint64_t messages_sent_ = 0;
   uint64_t bytes_sent_ = 0;

@@ -62,7 +62,8 @@ TEST_P(CollectivesTest, AllReduceOfArbitraryFloatsIsBitIdenticalAndClose) {
     std::mt19937 rng(r + 1);
     std::normal_distribution<float> normal;
     inputs[r].resize(kCount);
-    for (size_t i = 0; i < kCount; ++i) inputs[r][i] = normal(rng) * std::pow(10.0f, (i % 7) - 3.0f);
+    for (size_t i = 0; i < kCount; ++i)
+      inputs[r][i] = normal(rng) * std::pow(10.0f, (i % 7) - 3.0f);
   }
   CollectiveOptions options;
   options.chunk_bytes = 16384;
@@ -156,14 +157,13 @@ TEST_P(CollectivesTest, ConcurrentCollectivesWithDistinctIdsStayApart) {
   });
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Worlds, CollectivesTest,
-    ::testing::Combine(::testing::Values(Kind::INPROC, Kind::EMULATED),
-                       ::testing::Values(1, 2, 3, 4, 5, 6, 7, 8)),
-    [](const ::testing::TestParamInfo<CollectivesTest::ParamType>& info) {
-      return std::string(kindName(std::get<0>(info.param))) + "_world" +
-             std::to_string(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Worlds, CollectivesTest,
+                         ::testing::Combine(::testing::Values(Kind::INPROC, Kind::EMULATED),
+                                            ::testing::Values(1, 2, 3, 4, 5, 6, 7, 8)),
+                         [](const ::testing::TestParamInfo<CollectivesTest::ParamType>& info) {
+                           return std::string(kindName(std::get<0>(info.param))) + "_world" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 TEST(Collectives, DisjointSubgroupsRunSideBySide) {
   World world = makeWorld(Kind::EMULATED, 8);
@@ -177,7 +177,8 @@ TEST(Collectives, DisjointSubgroupsRunSideBySide) {
     const float expected = in_odd ? 9.0f : 19.0f;
     for (float v : x) ASSERT_EQ(v, expected);
     std::vector<Bytes> all = allGatherBytes(t, group, Bytes{static_cast<uint8_t>(t.rank())});
-    for (size_t i = 0; i < group.size(); ++i) EXPECT_EQ(all[i], Bytes{static_cast<uint8_t>(group[i])});
+    for (size_t i = 0; i < group.size(); ++i)
+      EXPECT_EQ(all[i], Bytes{static_cast<uint8_t>(group[i])});
   });
 }
 

@@ -175,8 +175,7 @@ TEST_P(P2PTest, ShutdownFailsEveryPendingReceive) {
       r->wait(milliseconds(1000));
       FAIL() << "receive completed after shutdown";
     } catch (const IoError& e) {
-      EXPECT_NE(std::string(e.what()).find("shut down (test over)"), std::string::npos)
-          << e.what();
+      EXPECT_NE(std::string(e.what()).find("shut down (test over)"), std::string::npos) << e.what();
     }
   }
 }
@@ -200,14 +199,13 @@ TEST_P(P2PTest, StatsCountMessagesAndBytes) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Worlds, P2PTest,
-    ::testing::Combine(::testing::Values(Kind::INPROC, Kind::EMULATED),
-                       ::testing::Values(1, 2, 3, 4, 8)),
-    [](const ::testing::TestParamInfo<P2PTest::ParamType>& info) {
-      return std::string(kindName(std::get<0>(info.param))) + "_world" +
-             std::to_string(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Worlds, P2PTest,
+                         ::testing::Combine(::testing::Values(Kind::INPROC, Kind::EMULATED),
+                                            ::testing::Values(1, 2, 3, 4, 8)),
+                         [](const ::testing::TestParamInfo<P2PTest::ParamType>& info) {
+                           return std::string(kindName(std::get<0>(info.param))) + "_world" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 class LargePayloadTest : public ::testing::TestWithParam<Kind> {};
 
@@ -230,8 +228,7 @@ TEST_P(LargePayloadTest, SixtyFourMegabytesBothWays) {
   });
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, LargePayloadTest,
-                         ::testing::Values(Kind::INPROC, Kind::EMULATED),
+INSTANTIATE_TEST_SUITE_P(Kinds, LargePayloadTest, ::testing::Values(Kind::INPROC, Kind::EMULATED),
                          [](const ::testing::TestParamInfo<Kind>& info) {
                            return std::string(kindName(info.param));
                          });

@@ -161,9 +161,10 @@ TEST(LinkEmulator, QueuedMessagesSerializeOneAfterAnotherInFifoOrder) {
     EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
     std::vector<Timing> timings;
     for (int i = 0; i < 3; ++i) {
-      timings.push_back({"send " + std::to_string(i) + " completes", completions[i], 0.040 * (i + 1)});
-      timings.push_back({"message " + std::to_string(i) + " arrives", arrivals[i],
-                         0.040 * (i + 1) + 0.010});
+      timings.push_back(
+          {"send " + std::to_string(i) + " completes", completions[i], 0.040 * (i + 1)});
+      timings.push_back(
+          {"message " + std::to_string(i) + " arrives", arrivals[i], 0.040 * (i + 1) + 0.010});
     }
     return timings;
   });

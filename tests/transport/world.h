@@ -22,11 +22,15 @@ namespace geopipe::transport::testing {
 
 enum class Kind { INPROC, EMULATED };
 
-inline const char* kindName(Kind kind) { return kind == Kind::INPROC ? "inproc" : "emulated"; }
+inline const char* kindName(Kind kind) {
+  return kind == Kind::INPROC ? "inproc" : "emulated";
+}
 
 // Fast links for functional tests over the emulator: the code paths of the
 // emulator, without making the tests slow.
-inline LinkSpec fastLink(int, int) { return LinkSpec{0.2, 20.0}; }
+inline LinkSpec fastLink(int, int) {
+  return LinkSpec{0.2, 20.0};
+}
 
 struct World {
   std::shared_ptr<InprocHub> hub;

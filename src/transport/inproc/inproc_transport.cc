@@ -49,8 +49,7 @@ class InprocRecvWork : public RecvWork {
   void fail(std::exception_ptr error) { completion_.fail(std::move(error)); }
 
   std::string describe() const {
-    return detail::concat("inproc: recv on rank ", dst_, " from rank ", src_, ", tag ",
-                          tag_.str());
+    return detail::concat("inproc: recv on rank ", dst_, " from rank ", src_, ", tag ", tag_.str());
   }
   int dst() const { return dst_; }
   int src() const { return src_; }
@@ -81,8 +80,8 @@ InprocHub::~InprocHub() {
     std::lock_guard<std::mutex> lock(shard.mu);
     for (auto& [key, box] : shard.boxes) {
       for (auto& waiter : box.waiters) {
-        waiter->fail(GEOPIPE_ERROR_PTR(IoError, waiter->describe(),
-                                       " failed: the hub was destroyed"));
+        waiter->fail(
+            GEOPIPE_ERROR_PTR(IoError, waiter->describe(), " failed: the hub was destroyed"));
       }
     }
   }
@@ -137,7 +136,7 @@ void InprocHub::markFailed(int rank, const std::string& reason) {
         it->second.waiters.clear();
       }
       it = it->second.messages.empty() && it->second.waiters.empty() ? shard.boxes.erase(it)
-                                                                      : std::next(it);
+                                                                     : std::next(it);
     }
   }
 }
@@ -212,8 +211,9 @@ bool InprocHub::withdraw(const InprocRecvWork& work, std::exception_ptr error) {
   auto it = shard.boxes.find(Key(work.src(), work.tag()));
   if (it == shard.boxes.end()) return false;
   auto& waiters = it->second.waiters;
-  auto pos = std::find_if(waiters.begin(), waiters.end(),
-                          [&](const std::shared_ptr<InprocRecvWork>& w) { return w.get() == &work; });
+  auto pos =
+      std::find_if(waiters.begin(), waiters.end(),
+                   [&](const std::shared_ptr<InprocRecvWork>& w) { return w.get() == &work; });
   if (pos == waiters.end()) return false;
   (*pos)->fail(std::move(error));
   waiters.erase(pos);
@@ -250,7 +250,8 @@ std::shared_ptr<Work> InprocTransport::send(int peer, const Tag& tag, Bytes payl
   };
   if (hub_->isShutDown()) return failed("the hub was shut down");
   if (hub_->isFailed(peer)) return failed(detail::concat("peer rank ", peer, " has failed"));
-  if (hub_->isFailed(rank_)) return failed(detail::concat("this rank ", rank_, " is marked failed"));
+  if (hub_->isFailed(rank_))
+    return failed(detail::concat("this rank ", rank_, " is marked failed"));
   hub_->deliver(rank_, peer, tag, std::move(payload));
   return std::make_shared<FinishedWork>();
 }

@@ -70,7 +70,7 @@ class InprocHub : public std::enable_shared_from_this<InprocHub> {
   // (source, tag) within a destination's shard.
   using Key = std::tuple<int, Tag>;
   struct Mailbox {
-    std::deque<Bytes> messages;                         // arrived, not yet received
+    std::deque<Bytes> messages;                           // arrived, not yet received
     std::deque<std::shared_ptr<InprocRecvWork>> waiters;  // posted, not yet matched
   };
   struct Shard {
@@ -90,10 +90,10 @@ class InprocHub : public std::enable_shared_from_this<InprocHub> {
   std::exception_ptr failureLocked(int dst, int src, const Tag& tag) const;
 
   const int world_size_;
-  std::vector<Shard> shards_;      // one per destination rank
+  std::vector<Shard> shards_;       // one per destination rank
   std::vector<Counters> counters_;  // one per rank
   std::atomic<bool> shut_down_{false};
-  mutable std::mutex failure_mu_;   // guards the reasons below
+  mutable std::mutex failure_mu_;  // guards the reasons below
   std::string shutdown_reason_;
   std::vector<std::string> failed_reason_;  // empty: alive
   std::unique_ptr<std::atomic<bool>[]> failed_;
@@ -122,7 +122,7 @@ class InprocTransport : public Transport {
 
 // Convenience for tests and single-process runs: a hub for `world_size`
 // ranks and one InprocTransport per rank, in rank order.
-std::vector<std::shared_ptr<Transport>> makeInprocWorld(int world_size,
-                                                        std::shared_ptr<InprocHub>* hub_out = nullptr);
+std::vector<std::shared_ptr<Transport>> makeInprocWorld(
+    int world_size, std::shared_ptr<InprocHub>* hub_out = nullptr);
 
 }  // namespace geopipe::transport
