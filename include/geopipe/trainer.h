@@ -39,6 +39,8 @@ struct TrainResult {
   uint64_t raw_bytes = 0;       // the same traffic in fp32
   std::vector<int> device_of_rank;  // placement used: rank = replica * stages + stage
   std::vector<std::pair<int, int>> layers_of_stage;  // [first, last) model layers
+  std::string placement_source;  // "caller", "scheduler" or "in-order"
+  bool interrupted = false;      // should_stop ended the run early
 };
 
 struct TrainerOptions {
@@ -55,6 +57,10 @@ struct TrainerOptions {
   std::vector<int> layers_per_stage;
   // Longest wait for a peer's message before the step fails.
   int timeout_seconds = 300;
+  // Polled after every step from the thread that called train(); when it
+  // returns true every tasklet is stopped and train() returns the steps done
+  // so far with TrainResult::interrupted set (Ctrl-C in the CLI).
+  std::function<bool()> should_stop;
 };
 
 // Trains `model` as `job` describes (training, parallelism, compression,

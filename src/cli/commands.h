@@ -40,14 +40,32 @@ struct PlanArgs {
 void addPlanOptions(CLI::App& plan, PlanArgs& args);
 int runPlanCommand(const PlanArgs& args, std::ostream& out);
 
+struct TrainArgs {
+  std::string job;                 // job YAML file
+  std::optional<int> steps;        // overrides training.steps
+  std::string metrics_file;        // overrides logging.metrics_file
+};
+void addTrainOptions(CLI::App& train, TrainArgs& args);
+// Exit code 130 when interrupted by Ctrl-C (the steps done are reported).
+int runTrainCommand(const TrainArgs& args, std::ostream& out);
+
+struct PipelineBenchArgs {
+  std::string job;                 // job YAML; empty = the built-in tiny GPT job
+  int steps = 20;                  // timed steps per run (after 2 warm-up steps)
+  int stages = 2;                  // pipeline stages of the staged run
+  int replicas = 1;                // data-parallel replicas of the staged run
+};
+
 struct BenchArgs {
   double seconds = 2.0;            // scheduler: search budget per paper scenario
   double synthetic_seconds = 60.0; // scheduler: budget per synthetic topology
   bool quick = false;              // scheduler: skip the 1024-device topology
   uint64_t seed = 1;               // scheduler: search seed
   int threads = 1;                 // scheduler: search threads
+  PipelineBenchArgs pipeline;      // pipeline: the staged engine vs one process
 };
 void addBenchSubcommands(CLI::App& bench, BenchArgs& args);
+int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out);
 int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out);
 
 }  // namespace geopipe::cli

@@ -71,6 +71,12 @@ int main(int argc, char** argv) {
       "plan", "Run the scheduler: allocation, predicted step time, gain over baselines");
   geopipe::cli::addPlanOptions(*plan, plan_args);
 
+  // train
+  geopipe::cli::TrainArgs train_args;
+  auto* train = app.add_subcommand(
+      "train", "Train in this process: tasklets as threads, links emulated per the topology");
+  geopipe::cli::addTrainOptions(*train, train_args);
+
   // bench
   geopipe::cli::BenchArgs bench_args;
   auto* bench = app.add_subcommand("bench", "Reproducible benchmarks");
@@ -101,6 +107,9 @@ int main(int argc, char** argv) {
   }
   if (*plan) {
     return guarded([&] { return geopipe::cli::runPlanCommand(plan_args, std::cout); });
+  }
+  if (*train) {
+    return guarded([&] { return geopipe::cli::runTrainCommand(train_args, std::cout); });
   }
   if (*bench) {
     return guarded([&] { return geopipe::cli::runBenchCommand(*bench, bench_args, std::cout); });

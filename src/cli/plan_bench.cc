@@ -48,6 +48,14 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
   sched->add_flag("--quick", args.quick, "skip the 1024-device topology");
   sched->add_option("--seed", args.seed, "search seed")->capture_default_str();
   sched->add_option("--threads", args.threads, "search threads")->capture_default_str();
+
+  auto* pipe = bench.add_subcommand(
+      "pipeline", "Tokens/s of the staged engine vs single-process training, same run");
+  pipe->add_option("--job", args.pipeline.job, "job YAML (default: built-in tiny GPT)");
+  pipe->add_option("--steps", args.pipeline.steps, "timed steps per run")->capture_default_str();
+  pipe->add_option("--stages", args.pipeline.stages, "pipeline stages")->capture_default_str();
+  pipe->add_option("--replicas", args.pipeline.replicas, "data-parallel replicas")
+      ->capture_default_str();
 }
 
 int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out) {
@@ -60,6 +68,7 @@ int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& 
     o.threads = args.threads;
     return runSchedulerBench(o, out);
   }
+  if (bench.got_subcommand("pipeline")) return runPipelineBench(args.pipeline, out);
   return static_cast<int>(ExitCode::USAGE);
 }
 

@@ -185,6 +185,7 @@ TrainResult Trainer::train() {
   TrainResult result;
   result.device_of_rank = placement.device_of_rank;
   result.layers_of_stage = placement.layers_of_stage;
+  result.placement_source = placement.source;
 
   // Transport: one in-process hub; each rank's view optionally wrapped by
   // the link emulator with the topology's link between the ranks' devices.
@@ -296,6 +297,11 @@ TrainResult Trainer::train() {
       result.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
       result.raw_bytes += m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
       if (options_.on_step) options_.on_step(m);
+      if (options_.should_stop && options_.should_stop() && step + 1 < steps) {
+        result.interrupted = true;
+        hub->shutdown("training stopped at step " + std::to_string(step + 1));
+        break;
+      }
     }
   } catch (...) {
     error = std::current_exception();
@@ -304,7 +310,8 @@ TrainResult Trainer::train() {
   for (auto& w : workers) w.join();
   if (error) std::rethrow_exception(error);
   result.seconds = seconds(t_start, Clock::now());
-  result.tokens_per_second = result.seconds > 0 ? double(tokensPerStep(job_)) * steps / result.seconds : 0;
+  const double done = static_cast<double>(result.losses.size());
+  result.tokens_per_second = result.seconds > 0 ? tokensPerStep(job_) * done / result.seconds : 0;
   return result;
 }
 

@@ -1,0 +1,113 @@
+// `geopipe bench pipeline`: tokens/s of the staged engine against plain
+// single-process training of the same model on the same cores, measured in
+// one run, and the share of step time spent outside compute.
+#include <algorithm>
+#include <cstdio>
+#include <thread>
+
+#include "geopipe/trainer.h"
+#include "src/cli/commands.h"
+#include "src/config/job_parser.h"
+
+namespace geopipe::cli {
+namespace {
+
+constexpr int kWarmupSteps = 2;
+
+struct Row {
+  std::string name;
+  std::vector<double> step_s;     // timed steps only
+  std::vector<double> outside_s;  // step time not spent computing (busiest tasklet)
+  double final_loss = 0;
+};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+JobSpec builtinJob() {
+  return config::parseJobString(R"(
+name: bench-pipeline-tiny
+model: {preset: tiny}
+data: {kind: synthetic, num_samples: 1024}
+training:
+  global_batch: 16
+  micro_batch: 2
+  optimizer: {kind: adamw, lr: 1.0e-3}
+topology:
+  sites: [{name: local, devices: 8, intra: {latency_ms: 0, bandwidth_gbps: 100}}]
+transport: {emulate_links: false}
+)", "<bench pipeline>", "");
+}
+
+}  // namespace
+
+int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out) {
+  JobSpec job = args.job.empty() ? builtinJob() : config::loadJobFile(args.job);
+  job.training.steps = args.steps + kWarmupSteps;
+  job.parallelism.pipeline_stages = args.stages;
+  job.parallelism.data_parallel = args.replicas;
+  ModelDef model = makeModel(job.model);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const double tokens = double(job.training.global_batch) * job.model.seq_len;
+
+  std::vector<Row> rows;
+  {
+    Row row{"single process (" + std::to_string(cores) + " threads)", {}, {}, 0};
+    torch::set_num_threads(cores);
+    auto r = trainSingleProcess(model, job, ReferenceMode::FULL_BATCH, [&](const StepMetrics& m) {
+      if (m.step >= kWarmupSteps) {
+        row.step_s.push_back(m.seconds);
+        row.outside_s.push_back(0);
+      }
+    });
+    row.final_loss = r.losses.back();
+    rows.push_back(row);
+  }
+  for (const char* method : {"none", "acsgd"}) {
+    JobSpec staged = job;
+    staged.compression.activations.method = method;
+    staged.compression.activations.bits = 4;
+    Row row{std::string("staged ") + std::to_string(args.stages) + "x" +
+                std::to_string(args.replicas) + (std::string(method) == "none" ? " fp32" : " acsgd-4"),
+            {}, {}, 0};
+    TrainerOptions opt;
+    opt.on_step = [&](const StepMetrics& m) {
+      if (m.step >= kWarmupSteps) {
+        row.step_s.push_back(m.seconds);
+        row.outside_s.push_back(std::max(0.0, m.seconds - m.compute_seconds));
+      }
+    };
+    auto r = Trainer(model, staged, opt).train();
+    row.final_loss = r.losses.back();
+    rows.push_back(row);
+  }
+
+  const double ref = median(rows[0].step_s);
+  char line[256];
+  out << "pipeline bench: " << job.name << " (" << job.model.layers << " layers, hidden "
+      << job.model.hidden << ", seq " << job.model.seq_len << "), global batch "
+      << job.training.global_batch << ", micro-batch " << job.training.micro_batch << ", "
+      << args.steps << " timed steps after " << kWarmupSteps << " warm-up, " << cores
+      << " cores\n\n";
+  std::snprintf(line, sizeof(line), "%-28s %9s %9s %9s %10s %9s %10s %9s\n", "run", "min s",
+                "median s", "max s", "tokens/s", "vs single", "outside", "loss");
+  out << line;
+  for (const Row& row : rows) {
+    const double med = median(row.step_s);
+    const double outside = med > 0 ? median(row.outside_s) / med : 0;
+    std::snprintf(line, sizeof(line), "%-28s %9.4f %9.4f %9.4f %10.0f %8.2fx %9.1f%% %9.4f\n",
+                  row.name.c_str(), *std::min_element(row.step_s.begin(), row.step_s.end()), med,
+                  *std::max_element(row.step_s.begin(), row.step_s.end()), tokens / med,
+                  ref / med, 100.0 * outside, row.final_loss);
+    out << line;
+  }
+  out << "\n'vs single' = single-process median step time / this run's (higher is better);\n"
+         "'outside' = median share of the step the busiest tasklet spent not computing\n"
+         "(waiting for peers, gradient exchange, optimizer).\n";
+  return 0;
+}
+
+}  // namespace geopipe::cli

@@ -1,0 +1,131 @@
+// `geopipe train JOB.yaml`: train in this process (tasklets as threads over
+// the in-process transport, links emulated per the topology), with a
+// progress line per step, JSON-lines metrics and a final summary.
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+
+#include "geopipe/error.h"
+#include "geopipe/trainer.h"
+#include "scheduler/planner.h"
+#include "src/cli/commands.h"
+#include "src/config/job_parser.h"
+
+namespace geopipe::cli {
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+
+void onSignal(int) { g_interrupted = true; }
+
+std::string humanBytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) b /= 1000, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f %s", b, units[u]);
+  return buf;
+}
+
+}  // namespace
+
+void addTrainOptions(CLI::App& train, TrainArgs& args) {
+  train.add_option("JOB", args.job, "job YAML file")->required();
+  train.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
+  train.add_option("--metrics", args.metrics_file, "write JSON lines here (overrides logging.metrics_file)");
+}
+
+int runTrainCommand(const TrainArgs& args, std::ostream& out) {
+  JobSpec job = config::loadJobFile(args.job);
+  if (args.steps) job.training.steps = *args.steps;
+  if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
+  if (job.parallelism.dataParallelAuto()) {
+    // Let the scheduler pick the shape, then train that shape.
+    auto plan = scheduler::plan(job, scheduler::searchOptionsFromJob(job), false);
+    job.parallelism.pipeline_stages = plan.d_pp;
+    job.parallelism.data_parallel = plan.d_dp;
+    out << "data_parallel: auto -> the scheduler chose " << plan.d_pp << " stages x " << plan.d_dp
+        << " replicas\n";
+  }
+  ModelDef model = makeModel(job.model);
+  std::ofstream metrics;
+  if (!job.logging.metrics_file.empty()) {
+    metrics.open(job.logging.metrics_file, std::ios::trunc);
+    if (!metrics) {
+      GEOPIPE_THROW(IoError, "cannot write metrics file '", job.logging.metrics_file,
+                    "' (logging.metrics_file)");
+    }
+  }
+  const int steps = job.training.steps;
+  out << "training '" << job.name << "': " << job.parallelism.pipeline_stages << " stages x "
+      << job.parallelism.data_parallel << " replicas, " << steps << " steps, activations "
+      << job.compression.activations.method << ", topology '" << job.topology.name << "'"
+      << (job.transport.emulate_links ? " (links emulated, bandwidth x" +
+                                            std::to_string(job.transport.bandwidth_scale) + ")"
+                                      : "")
+      << "\n";
+  g_interrupted = false;
+  auto previous = std::signal(SIGINT, onSignal);
+  TrainerOptions opt;
+  opt.should_stop = [] { return g_interrupted.load(); };
+  double elapsed = 0;
+  uint64_t raw = 0, wire = 0;
+  opt.on_step = [&](const StepMetrics& m) {
+    elapsed += m.seconds;
+    const uint64_t step_raw = m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
+    const uint64_t step_wire = m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
+    raw += step_raw;
+    wire += step_wire;
+    if (metrics) {
+      nlohmann::json j = {{"step", m.step},
+                          {"loss", m.loss},
+                          {"lr", m.lr},
+                          {"seconds", m.seconds},
+                          {"tokens_per_second", m.tokens_per_second},
+                          {"activation_raw_bytes", m.activation_raw_bytes},
+                          {"activation_wire_bytes", m.activation_wire_bytes},
+                          {"gradient_raw_bytes", m.gradient_raw_bytes},
+                          {"gradient_wire_bytes", m.gradient_wire_bytes},
+                          {"dp_raw_bytes", m.dp_raw_bytes},
+                          {"dp_wire_bytes", m.dp_wire_bytes},
+                          {"compute_seconds", m.compute_seconds},
+                          {"comm_wait_seconds", m.comm_wait_seconds}};
+      metrics << j.dump() << "\n" << std::flush;
+    }
+    const int64_t done = m.step + 1;
+    if (done % job.logging.every_steps == 0 || done == steps) {
+      const double eta = elapsed / done * (steps - done);
+      out << "step " << std::setw(5) << done << "/" << steps << "  loss " << std::fixed
+          << std::setprecision(4) << m.loss << "  " << std::setprecision(0)
+          << m.tokens_per_second << " tok/s  wire " << humanBytes(double(step_wire)) << " (raw "
+          << humanBytes(double(step_raw)) << ")  ETA " << std::setprecision(0) << eta << " s\n"
+          << std::flush;
+      out.unsetf(std::ios::fixed);
+      out << std::setprecision(6);
+    }
+  };
+  TrainResult r;
+  try {
+    r = Trainer(model, job, opt).train();
+  } catch (...) {
+    std::signal(SIGINT, previous);
+    throw;
+  }
+  std::signal(SIGINT, previous);
+  out << (r.interrupted ? "interrupted" : "done") << " after " << r.losses.size() << " steps in "
+      << std::fixed << std::setprecision(1) << r.seconds << " s: final loss "
+      << std::setprecision(4) << (r.losses.empty() ? 0.0 : r.losses.back()) << ", "
+      << std::setprecision(0) << r.tokens_per_second << " tokens/s, wire "
+      << humanBytes(double(wire)) << " of " << humanBytes(double(raw)) << " raw ("
+      << std::setprecision(1) << (wire ? double(raw) / double(wire) : 1.0) << "x less), placement "
+      << r.placement_source << "\n";
+  out.unsetf(std::ios::fixed);
+  return r.interrupted ? 130 : 0;
+}
+
+}  // namespace geopipe::cli
