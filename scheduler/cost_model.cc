@@ -40,10 +40,38 @@ CostModel::CostModel(std::shared_ptr<const Network> network,
 
 double CostModel::pairCost(const std::vector<int>& a,
                            const std::vector<int>& b) const {
+  return pairCost(a, b, -1.0);
+}
+
+double CostModel::pairCost(const std::vector<int>& a, const std::vector<int>& b,
+                           double hint) const {
+  return pairBottleneck(a, b, hint).bottleneck;
+}
+
+BottleneckMatching CostModel::pairBottleneck(const std::vector<int>& a,
+                                             const std::vector<int>& b,
+                                             double hint) const {
   Eigen::MatrixXd c(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)
     for (size_t j = 0; j < b.size(); ++j) c(i, j) = edge_(a[i], b[j]);
-  return bottleneckValue(c);
+  return bottleneckValueAndDeficiency(c, hint);
+}
+
+double CostModel::pairLowerBound(const std::vector<int>& a,
+                                 const std::vector<int>& b) const {
+  // max(max_i min_j e_ij, max_j min_i e_ij) without building the matrix.
+  double lb = 0;
+  for (int i : a) {
+    double m = std::numeric_limits<double>::infinity();
+    for (int j : b) m = std::min(m, edge_(i, j));
+    lb = std::max(lb, m);
+  }
+  for (int j : b) {
+    double m = std::numeric_limits<double>::infinity();
+    for (int i : a) m = std::min(m, edge_(i, j));
+    lb = std::max(lb, m);
+  }
+  return lb;
 }
 
 BottleneckMatching CostModel::pairMatching(const std::vector<int>& a,
@@ -99,7 +127,10 @@ GroupStats DtfmCostModel::groupStats(const std::vector<int>& devices) const {
     double sum = 0;
     for (int j : devices)
       if (j != i) sum += 2.0 * network_->transferS(i, j, per_peer_gb);
-    g.dp_s = std::max(g.dp_s, sum);
+    if (sum > g.dp_s || g.worst_device < 0) {
+      g.dp_s = std::max(g.dp_s, sum);
+      g.worst_device = i;
+    }
   }
   g.min_tflops = kInf;
   g.min_memory_gb = kInf;
@@ -167,12 +198,16 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
     g.min_memory_gb = std::min(g.min_memory_gb, network_->memoryGb(i));
   }
   if (d < 2) return g;
-  double lat = 0, per_gb = 0;
+  double lat = 0, per_gb = 0, worst_hop = -1;
   for (int k = 0; k < d; ++k) {
     const int i = devices[k], j = devices[(k + 1) % d];
     lat = std::max(lat, network_->latencyS(i, j));
     per_gb = std::max(per_gb, network_->transferS(i, j, 1.0) -
                                   network_->latencyS(i, j));
+    if (network_->transferS(i, j, 1.0) > worst_hop) {
+      worst_hop = network_->transferS(i, j, 1.0);
+      g.worst_device = (k & 1) ? i : j;  // either end; alternate
+    }
   }
   g.dp_lat_s = 2.0 * (d - 1) * lat;
   g.dp_s_per_gb = 2.0 * (d - 1) / d * per_gb;

@@ -25,6 +25,12 @@ struct GroupStats {
   double dp_s_per_gb = 0;   // geopipe: ring all-reduce seconds per GB
   double min_tflops = 0;    // slowest device of the group
   double min_memory_gb = 0; // smallest device memory of the group (GiB)
+  // The device that sets the group's data-parallel cost (dtfm: the i of the
+  // max in DataPCost; geopipe: an end of the slowest ring hop); -1 if none.
+  // Local search moves it first (a targeted move on the bottleneck group).
+  int worst_device = -1;
+  // The scalar the search compares groups by: dp_s + dp_lat_s + dp_s_per_gb.
+  double dpKey() const { return dp_s + dp_lat_s + dp_s_per_gb; }
 };
 
 // The price of one pipeline: a fixed order of groups and their pairing.
@@ -63,6 +69,17 @@ class CostModel {
 
   // w(a -> b): bottleneck perfect matching of edge() between the groups.
   double pairCost(const std::vector<int>& a, const std::vector<int>& b) const;
+  // The same, warm-started from `hint` (the pair's value before a move; see
+  // bottleneckValue). Exact for any hint.
+  double pairCost(const std::vector<int>& a, const std::vector<int>& b,
+                  double hint) const;
+  // Value and deficiency (BottleneckMatching::deficiency), no assignment.
+  BottleneckMatching pairBottleneck(const std::vector<int>& a,
+                                    const std::vector<int>& b,
+                                    double hint = -1.0) const;
+  // O(D_dp^2) lower bound of pairCost (bottleneckLowerBound).
+  double pairLowerBound(const std::vector<int>& a,
+                        const std::vector<int>& b) const;
   BottleneckMatching pairMatching(const std::vector<int>& a,
                                   const std::vector<int>& b) const;
 

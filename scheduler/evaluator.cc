@@ -2,6 +2,8 @@
 #include "scheduler/evaluator.h"
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <random>
 
 #include "geopipe/error.h"
@@ -37,12 +39,14 @@ const GroupStats& Evaluator::statsOf(const std::vector<int>& g, uint64_t h) {
   return stats_cache_.emplace(h, model_.groupStats(g)).first->second;
 }
 
-double Evaluator::pairOf(int a, int b, const Candidate& c) {
+Evaluator::PairValue Evaluator::pairOf(int a, int b, const Candidate& c,
+                                      double hint) {
   const auto key = std::make_pair(c.hash[a], c.hash[b]);
   auto it = pair_cache_.find(key);
   if (it != pair_cache_.end()) return it->second;
   if (pair_cache_.size() > kMaxCacheEntries) pair_cache_.clear();
-  const double v = model_.pairCost(c.groups[a], c.groups[b]);
+  const BottleneckMatching m = model_.pairBottleneck(c.groups[a], c.groups[b], hint);
+  const PairValue v{m.bottleneck, m.deficiency};
   pair_cache_.emplace(key, v);
   return v;
 }
@@ -67,15 +71,21 @@ Candidate Evaluator::make(std::vector<int> label) {
   c.stats.resize(way);
   for (int g = 0; g < way; ++g) c.stats[g] = statsOf(c.groups[g], c.hash[g]);
   c.w.setZero(way, way);
+  c.def.setZero(way, way);
   for (int a = 0; a < way; ++a)
     for (int b = 0; b < way; ++b)
-      if (a != b) c.w(a, b) = pairOf(a, b, c);
+      if (a != b) {
+        const PairValue v = pairOf(a, b, c);
+        c.w(a, b) = v.w;
+        c.def(a, b) = v.deficiency;
+      }
   finish(c);
   return c;
 }
 
-void Evaluator::applyMoves(Candidate& c,
-                           const std::vector<std::pair<int, int>>& moves) {
+bool Evaluator::applyMoves(Candidate& c,
+                           const std::vector<std::pair<int, int>>& moves,
+                           double prune_above) {
   const int way = this->way();
   std::vector<char> changed(way + 1, 0);
   for (const auto& [d, to] : moves) {
@@ -90,16 +100,59 @@ void Evaluator::applyMoves(Candidate& c,
     c.label[d] = to;
     changed[from] = changed[to] = 1;
   }
+  for (int g = 0; g < way; ++g)
+    if (changed[g]) c.stats[g] = statsOf(c.groups[g], c.hash[g]);
+
+  // Pairs touching a changed group: cached ones are exact at once; the rest
+  // need a bottleneck matching (the expensive part at large D_dp).
+  std::vector<std::pair<int, int>> todo;
   for (int g = 0; g < way; ++g) {
     if (!changed[g]) continue;
-    c.stats[g] = statsOf(c.groups[g], c.hash[g]);
     for (int o = 0; o < way; ++o) {
-      if (o == g) continue;
-      c.w(g, o) = pairOf(g, o, c);
-      c.w(o, g) = pairOf(o, g, c);
+      if (o == g || (changed[o] && o < g)) continue;  // each pair once
+      for (const auto& [a, b] : {std::make_pair(g, o), std::make_pair(o, g)}) {
+        auto it = pair_cache_.find(std::make_pair(c.hash[a], c.hash[b]));
+        if (it != pair_cache_.end()) {
+          c.w(a, b) = it->second.w;
+          c.def(a, b) = it->second.deficiency;
+        } else {
+          todo.emplace_back(a, b);
+        }
+      }
     }
   }
+
+  if (std::isfinite(prune_above) && model_.pathIsAdditive() &&
+      way <= kPruneMaxGroups) {
+    // Lower bound: the cost is monotone in every w(a,b) (a max of group
+    // terms plus 2·Σ w along the best order), so pricing the best order
+    // under w_lb <= w gives a bound. First the group terms alone (free).
+    auto reject = [&] {
+      ++evaluations_;
+      ++pruned_;
+      c.cost = std::numeric_limits<double>::infinity();
+      return false;
+    };
+    if (model_.evaluatePath(c.stats, {}).total_s > prune_above) return reject();
+    if (!todo.empty()) {
+      Eigen::MatrixXd lb = c.w;
+      for (const auto& [a, b] : todo)
+        lb(a, b) = model_.pairLowerBound(c.groups[a], c.groups[b]);
+      const OpenPath p = openTsp(model_.pathWeights(c.stats, lb));
+      std::vector<double> edges;
+      for (size_t s = 0; s + 1 < p.order.size(); ++s)
+        edges.push_back(lb(p.order[s], p.order[s + 1]));
+      if (model_.evaluatePath(c.stats, edges).total_s > prune_above)
+        return reject();
+    }
+  }
+  for (const auto& [a, b] : todo) {
+    const PairValue v = pairOf(a, b, c, c.w(a, b));
+    c.w(a, b) = v.w;
+    c.def(a, b) = v.deficiency;
+  }
   finish(c);
+  return true;
 }
 
 PathEval Evaluator::priceOrder(const Candidate& c,
@@ -145,8 +198,32 @@ void Evaluator::finish(Candidate& c) {
   }
   c.cost = c.eval.total_s;
   double sur = 0;
-  for (const GroupStats& g : c.stats) sur += g.dp_s + g.dp_lat_s + g.dp_s_per_gb;
+  for (const GroupStats& g : c.stats) sur += g.dpKey();
   c.surrogate = sur + c.w.sum() / std::max(1, way);
+  c.ties.clear();
+  for (const GroupStats& g : c.stats) c.ties.push_back(g.dpKey());
+  const double dp_max = c.ties.empty() ? 0 : *std::max_element(c.ties.begin(), c.ties.end());
+  c.dp_at_max = 0;
+  for (double v : c.ties)
+    if (v >= dp_max - 1e-12 * std::max(1.0, dp_max)) ++c.dp_at_max;
+  // Squared, so that progress concentrated on one pair (which can then
+  // reach a cheaper matching) beats the same progress spread thinly.
+  c.def_sum = static_cast<double>(c.def.cast<double>().array().square().sum()) /
+              std::max(1, model_.dDp() * model_.dDp());
+  std::sort(c.ties.begin(), c.ties.end(), std::greater<double>());
+  const size_t k = c.ties.size();
+  for (int s = 0; s + 1 < way; ++s) c.ties.push_back(c.w(c.order[s], c.order[s + 1]));
+  std::sort(c.ties.begin() + k, c.ties.end(), std::greater<double>());
+}
+
+bool tieBreakLess(const Candidate& a, const Candidate& b) {
+  const size_t n = std::min(a.ties.size(), b.ties.size());
+  for (size_t i = 0; i < n; ++i) {
+    const double tol = 1e-12 * std::max(1.0, std::abs(b.ties[i]));
+    if (a.ties[i] < b.ties[i] - tol) return true;
+    if (a.ties[i] > b.ties[i] + tol) return false;
+  }
+  return false;
 }
 
 Allocation Evaluator::allocation(const Candidate& c) const {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -28,6 +29,21 @@ struct Candidate {
   // Smooth tie-breaker for local search on the plateaus of the max terms:
   // Σ_k group comm terms + mean w(a,b).
   double surrogate = 0;
+  // Lexicographic tie-breaker (see tieBreakLess): the groups' data-parallel
+  // terms sorted descending, then the pipeline path's edges w sorted
+  // descending. On a plateau of the cost (the max terms did not move) a move
+  // that lowers the second-largest group term, or the number of groups at
+  // the max, is progress towards lowering the max itself.
+  std::vector<double> ties;
+  // deficiency(a -> b) of each pair's matching (BottleneckMatching), way x way.
+  Eigen::MatrixXi def;
+  // Groups whose DP term ties the max, and Σ_{a≠b} deficiency(a,b)/D_dp: the
+  // plateau measures of local search. On equal cost, a move that lowers one
+  // without raising the other is progress: the first towards lowering the
+  // DP max, the second towards a pair whose matching avoids its slowest
+  // links (compositions that match site by site, as in "trans").
+  int dp_at_max = 0;
+  double def_sum = 0;
   // Order-independent fingerprint of the partition (for duplicate checks).
   uint64_t fingerprint() const;
 };
@@ -49,13 +65,28 @@ class Evaluator {
 
   // Moves each (device, to_group) and re-evaluates: only the groups that
   // changed get new stats and new rows / columns of w (one evaluation).
-  void applyMoves(Candidate& c, const std::vector<std::pair<int, int>>& moves);
+  // Pairs not in the cache are warm-started from their old value.
+  //
+  // prune_above: when the model is additive (dtfm) and has at most
+  // kPruneMaxGroups groups, a lower bound of the new cost is computed first
+  // from exact group stats and O(D_dp^2) lower bounds of the uncached pairs
+  // (bottleneckLowerBound), with an exact Held–Karp over them (a TSP on
+  // smaller weights is no dearer). If that bound exceeds prune_above the
+  // exact matchings are skipped and false is returned; `c` is then left
+  // half-updated (cost = +inf) and must be discarded. Returns true when `c`
+  // holds the exact new cost.
+  bool applyMoves(Candidate& c, const std::vector<std::pair<int, int>>& moves,
+                  double prune_above = std::numeric_limits<double>::infinity());
 
   // The allocation a candidate stands for: groups in TSP order, replicas of
   // consecutive stages paired by their bottleneck matching.
   Allocation allocation(const Candidate& c) const;
 
   int64_t evaluations() const { return evaluations_; }
+  // Of those, applyMoves calls settled by the lower bound alone.
+  int64_t pruned() const { return pruned_; }
+
+  static constexpr int kPruneMaxGroups = 10;
 
  private:
   struct PairHash {
@@ -64,7 +95,11 @@ class Evaluator {
     }
   };
   const GroupStats& statsOf(const std::vector<int>& g, uint64_t h);
-  double pairOf(int a, int b, const Candidate& c);
+  struct PairValue {
+    double w;
+    int deficiency;
+  };
+  PairValue pairOf(int a, int b, const Candidate& c, double hint = -1.0);
   void finish(Candidate& c);
   PathEval priceOrder(const Candidate& c, const std::vector<int>& order) const;
   // Pipelines up to this many stages get every order priced exactly when
@@ -75,8 +110,14 @@ class Evaluator {
   int n_;
   std::vector<uint64_t> zobrist_;
   std::unordered_map<uint64_t, GroupStats> stats_cache_;
-  std::unordered_map<std::pair<uint64_t, uint64_t>, double, PairHash> pair_cache_;
+  std::unordered_map<std::pair<uint64_t, uint64_t>, PairValue, PairHash>
+      pair_cache_;
   int64_t evaluations_ = 0;
+  int64_t pruned_ = 0;
 };
+
+// True when a's tie-breaker vector is lexicographically smaller than b's
+// (entries within a relative 1e-12 count as equal).
+bool tieBreakLess(const Candidate& a, const Candidate& b);
 
 }  // namespace geopipe::scheduler

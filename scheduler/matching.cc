@@ -94,7 +94,9 @@ class HopcroftKarp {
   std::vector<int> dist_;
 };
 
-BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match) {
+// hint < 0: no hint (plain binary search).
+BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match,
+                         double hint) {
   GEOPIPE_CHECK(cost.rows() == cost.cols(), Error,
                 "bottleneck matching needs a square matrix, got ", cost.rows(),
                 "x", cost.cols());
@@ -102,14 +104,20 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match) {
   const int n = static_cast<int>(cost.rows());
   if (n == 0) return out;
   // Lower bound: every row and every column must use one of its edges.
-  double lb = 0;
-  for (int i = 0; i < n; ++i) {
-    lb = std::max(lb, cost.row(i).minCoeff());
-    lb = std::max(lb, cost.col(i).minCoeff());
-  }
+  const double lb = bottleneckLowerBound(cost);
   std::vector<int> match;
-  if (HopcroftKarp(cost, lb).run(match) == n) {
+  const int at_lb = HopcroftKarp(cost, lb).run(match);
+  if (at_lb == n) {
     out.bottleneck = lb;
+    // Rows and columns whose cheapest edge is lb cannot be matched below it
+    // (a lower bound of the deficiency; an exact one would cost one more
+    // Hopcroft–Karp per pair).
+    int rows = 0, cols = 0;
+    for (int i = 0; i < n; ++i) {
+      if (cost.row(i).minCoeff() >= lb) ++rows;
+      if (cost.col(i).minCoeff() >= lb) ++cols;
+    }
+    out.deficiency = std::max(rows, cols);
     if (want_match) out.match = std::move(match);
     return out;
   }
@@ -123,15 +131,45 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match) {
   // Invariant: threshold values[hi] admits a perfect matching (the largest
   // value always does: the graph is then complete).
   int lo = -1, hi = static_cast<int>(values.size()) - 1;
+  // Matching size at the largest infeasible threshold probed (lo; lo = -1
+  // stands for lb, probed above): n − it is the deficiency at the end.
+  int size_at_lo = at_lb;
+  auto feasible = [&](int k) {
+    const int size = HopcroftKarp(cost, values[k]).run(match);
+    if (size == n) return true;
+    if (k > lo) size_at_lo = size;
+    return false;
+  };
+  if (hint > lb && hi > 0) {
+    // Warm start: k = the largest value <= hint. Probe k, then its
+    // neighbour on the side the answer must lie; each probe keeps the
+    // invariant lo infeasible < answer <= hi feasible.
+    const int k = static_cast<int>(
+        std::upper_bound(values.begin(), values.end(), hint) - values.begin()) - 1;
+    if (k >= 0 && k < hi) {
+      if (feasible(k)) {
+        hi = k;
+        if (k - 1 > lo) {
+          if (feasible(k - 1)) hi = k - 1; else lo = k - 1;
+        }
+      } else {
+        lo = k;
+        if (k + 1 < hi) {
+          if (feasible(k + 1)) hi = k + 1; else lo = k + 1;
+        }
+      }
+    }
+  }
   while (hi - lo > 1) {
     const int mid = (lo + hi) / 2;
-    if (HopcroftKarp(cost, values[mid]).run(match) == n) {
+    if (feasible(mid)) {
       hi = mid;
     } else {
       lo = mid;
     }
   }
   out.bottleneck = values[hi];
+  out.deficiency = n - size_at_lo;
   if (want_match) {
     HopcroftKarp(cost, values[hi]).run(match);
     out.match = std::move(match);
@@ -142,11 +180,27 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match) {
 }  // namespace
 
 BottleneckMatching bottleneckMatching(const Eigen::MatrixXd& cost) {
-  return solve(cost, true);
+  return solve(cost, true, -1.0);
 }
 
 double bottleneckValue(const Eigen::MatrixXd& cost) {
-  return solve(cost, false).bottleneck;
+  return solve(cost, false, -1.0).bottleneck;
+}
+
+double bottleneckValue(const Eigen::MatrixXd& cost, double hint) {
+  return solve(cost, false, hint).bottleneck;
+}
+
+BottleneckMatching bottleneckValueAndDeficiency(const Eigen::MatrixXd& cost,
+                                                double hint) {
+  return solve(cost, false, hint);
+}
+
+double bottleneckLowerBound(const Eigen::MatrixXd& cost) {
+  double lb = 0;
+  for (int i = 0; i < cost.rows(); ++i) lb = std::max(lb, cost.row(i).minCoeff());
+  for (int j = 0; j < cost.cols(); ++j) lb = std::max(lb, cost.col(j).minCoeff());
+  return lb;
 }
 
 }  // namespace geopipe::scheduler

@@ -125,10 +125,121 @@ std::vector<int> crossover(const std::vector<int>& a, const std::vector<int>& b,
   return child;
 }
 
+// Picks the first (group, device) of a targeted cyclic move: a device that
+// realises one of the max terms of the cost, so moving it can lower the max.
+//  * data-parallel: a group with the largest DP term (a random one among
+//    ties: round-robin partitions have all groups equal) and its worst
+//    device (GroupStats::worst_device, the i of max_i Σ_j in DataPCost);
+//  * pipeline: the dearest edge (a,b) of the chosen path, and a device of a
+//    (or b) whose cheapest edge into the other group is already >= w(a,b),
+//    i.e. a row (column) that sets the bottleneck matching's lower bound.
+// Returns {-1, -1} when there is nothing to target.
+std::pair<int, int> targetedStart(const Evaluator& ev, const Candidate& c,
+                                  std::mt19937_64& rng) {
+  const int way = ev.way();
+  const CostModel& model = ev.model();
+  const bool pipeline = false;
+  auto pickTied = [&](const std::vector<double>& v) {
+    const double m = *std::max_element(v.begin(), v.end());
+    const double tol = 1e-12 * std::max(1.0, std::abs(m));
+    std::vector<int> at;
+    for (size_t i = 0; i < v.size(); ++i)
+      if (v[i] >= m - tol) at.push_back(static_cast<int>(i));
+    return at[uniformInt(rng, 0, static_cast<int>(at.size()) - 1)];
+  };
+  if (!pipeline) {
+    std::vector<double> dp(way);
+    for (int g = 0; g < way; ++g) dp[g] = c.stats[g].dpKey();
+    const int g = pickTied(dp);
+    const int d = c.stats[g].worst_device;
+    if (d < 0 || c.label[d] != g) return {-1, -1};
+    return {g, d};
+  }
+  return {-1, -1};
+}
+
+// A repair move on the dearest edge (a,b) of the chosen path: take a row
+// i ∈ a whose cheapest edge into b is already >= w(a,b) (it cannot avoid
+// the bottleneck), bring into b the device j* ∉ b with the cheapest edge
+// i -> j* (a device of i's own site, typically), and send a device x of b
+// (one that is itself stuck at the bottleneck, if any) to j*'s group. The
+// mirror move starts from a stuck column of b. One move rarely lowers w(a,b)
+// by itself (every stuck row must be fixed), which is why ties are judged
+// by the deficiency (Candidate::def_sum). Returns false if nothing applies.
+bool alignMove(const Evaluator& ev, const Candidate& c, std::mt19937_64& rng,
+               std::vector<std::pair<int, int>>& moves) {
+  const int way = ev.way();
+  const CostModel& model = ev.model();
+  if (way < 2) return false;
+  double worst = -1;
+  std::vector<int> at;
+  for (int s = 0; s + 1 < way; ++s) {
+    const double e = c.w(c.order[s], c.order[s + 1]);
+    if (e > worst + 1e-12 * std::max(1.0, worst)) {
+      worst = e;
+      at.assign(1, s);
+    } else if (e >= worst - 1e-12 * std::max(1.0, worst)) {
+      at.push_back(s);
+    }
+  }
+  const int s = at[uniformInt(rng, 0, static_cast<int>(at.size()) - 1)];
+  const bool forward = rng() & 1;  // fix a row of a, or a column of b
+  const int a = forward ? c.order[s] : c.order[s + 1];  // the stuck side
+  const int b = forward ? c.order[s + 1] : c.order[s];
+  auto e = [&](int from_a, int to_b) {
+    return forward ? model.edge(from_a, to_b) : model.edge(to_b, from_a);
+  };
+  const double w = worst, tol = 1e-12 * std::max(1.0, w);
+  auto stuck = [&](int i, int g_other) {
+    double m = std::numeric_limits<double>::infinity();
+    for (int j : c.groups[g_other]) m = std::min(m, forward ? e(i, j) : e(i, j));
+    return m >= w - tol;
+  };
+  std::vector<int> rows, cols;
+  for (int i : c.groups[a])
+    if (stuck(i, b)) rows.push_back(i);
+  if (rows.empty()) return false;
+  const int i = rows[uniformInt(rng, 0, static_cast<int>(rows.size()) - 1)];
+  // j*: the cheapest partner of i outside b (random among ties).
+  double best = std::numeric_limits<double>::infinity();
+  std::vector<int> partners;
+  for (int j = 0; j < ev.numDevices(); ++j) {
+    if (j == i || c.label[j] == b) continue;
+    const double v = e(i, j);
+    if (v < best - 1e-12 * std::max(1.0, best)) {
+      best = v;
+      partners.assign(1, j);
+    } else if (v <= best + 1e-12 * std::max(1.0, best)) {
+      partners.push_back(j);
+    }
+  }
+  if (partners.empty() || best >= w - tol) return false;
+  const int j = partners[uniformInt(rng, 0, static_cast<int>(partners.size()) - 1)];
+  // x: a device of b that nothing in a reaches below w, else any.
+  for (int x : c.groups[b]) {
+    double m = std::numeric_limits<double>::infinity();
+    for (int y : c.groups[a]) m = std::min(m, e(y, x));
+    if (m >= w - tol) cols.push_back(x);
+  }
+  const std::vector<int>& pool = cols.empty() ? c.groups[b] : cols;
+  const int x = pool[uniformInt(rng, 0, static_cast<int>(pool.size()) - 1)];
+  moves.clear();
+  moves.emplace_back(j, b);
+  moves.emplace_back(x, c.label[j]);
+  return true;
+}
+
 // Kernighan–Lin style local search by cyclic moves: choose k groups
 // g1..gk and one device in each; the device of g_t moves to g_{t+1} (and
-// gk's to g1), which keeps every group's size. A move is kept when it lowers
-// the cost. Each trial is one (incremental) evaluation.
+// gk's to g1), which keeps every group's size. Half of the moves are
+// targeted: g1 and its device come from targetedStart (the group or path
+// edge that realises a max term); the rest are uniform. A move is kept when
+// it lowers the cost, or ties it and lowers the sorted vector of group DP
+// terms and path edges lexicographically (tieBreakLess), or ties both and
+// lowers the smooth surrogate: that walks the plateaus of the max terms
+// (e.g. the round-robin partition, whose eight groups all cost the same).
+// Each trial is one evaluation; moves whose lower bound already exceeds the
+// current cost are rejected without exact matchings (Evaluator::applyMoves).
 void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle,
                  std::mt19937_64& rng, const Clock::time_point* deadline) {
   const int way = ev.way();
@@ -139,26 +250,52 @@ void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle,
   if (np < 2) return;
   std::vector<std::pair<int, int>> moves;
   for (int t = 0; t < trials; ++t) {
-    if (deadline && (t & 15) == 15 && Clock::now() >= *deadline) return;
-    const int k = uniformInt(rng, 2, std::min(max_cycle, np));
-    // k distinct groups by partial Fisher–Yates.
-    for (int i = 0; i < k; ++i) std::swap(parts[i], parts[uniformInt(rng, i, np - 1)]);
-    moves.clear();
-    for (int i = 0; i < k; ++i) {
-      const auto& g = c.groups[parts[i]];
-      const int d = g[uniformInt(rng, 0, static_cast<int>(g.size()) - 1)];
-      moves.emplace_back(d, parts[(i + 1) % k]);
+    // A trial costs up to ~2·way bottleneck matchings of D_dp x D_dp
+    // (milliseconds at D_dp = 128), so look at the clock every 4.
+    if (deadline && (t & 3) == 3 && Clock::now() >= *deadline) return;
+    // A third of the moves are uniform cycles, a third start at the
+    // group with the largest DP term, a third repair the dearest path edge.
+    const int kind = uniformInt(rng, 0, 2);
+    if (kind == 2 && alignMove(ev, c, rng, moves)) {
+      // moves filled
+    } else {
+      const int k = uniformInt(rng, 2, std::min(max_cycle, np));
+      moves.clear();
+      std::pair<int, int> start{-1, -1};
+      if (kind == 1) start = targetedStart(ev, c, rng);
+      // k distinct groups by partial Fisher–Yates (the targeted one first).
+      int first = 0;
+      if (start.first >= 0) {
+        const int at = static_cast<int>(
+            std::find(parts.begin(), parts.end(), start.first) - parts.begin());
+        std::swap(parts[0], parts[at]);
+        first = 1;
+      }
+      for (int i = first; i < k; ++i)
+        std::swap(parts[i], parts[uniformInt(rng, i, np - 1)]);
+      for (int i = 0; i < k; ++i) {
+        const auto& g = c.groups[parts[i]];
+        const int d = (i == 0 && start.first >= 0)
+                          ? start.second
+                          : g[uniformInt(rng, 0, static_cast<int>(g.size()) - 1)];
+        moves.emplace_back(d, parts[(i + 1) % k]);
+      }
     }
     Candidate next = c;
-    ev.applyMoves(next, moves);
-    // Keep strict improvements; on a plateau of the max terms (equal cost)
-    // keep moves that lower the smooth surrogate, so the search can drift
-    // towards a move that finally lowers the bottleneck.
     const double tol = 1e-12 * std::max(1.0, std::abs(c.cost));
-    const bool better =
-        next.cost < c.cost - tol ||
-        (std::isinf(c.cost) && !std::isinf(next.cost)) ||
-        (std::abs(next.cost - c.cost) <= tol && next.surrogate < c.surrogate);
+    if (!ev.applyMoves(next, moves, c.cost + tol)) continue;
+    bool better = next.cost < c.cost - tol ||
+                  (std::isinf(c.cost) && !std::isinf(next.cost));
+    if (!better && std::abs(next.cost - c.cost) <= tol) {
+      // Plateau (same cost): fewer groups at the DP max, then the sorted
+      // term vector (tieBreakLess), then the smooth surrogate.
+      if (next.dp_at_max != c.dp_at_max) {
+        better = next.dp_at_max < c.dp_at_max;
+      } else {
+        better = tieBreakLess(next, c) ||
+                 (!tieBreakLess(c, next) && next.surrogate < c.surrogate);
+      }
+    }
     if (better) c = std::move(next);
   }
 }
@@ -298,26 +435,44 @@ SearchResult evolutionarySearch(const CostModel& model,
     for (const auto& e : evs) s += e->evaluations();
     return s;
   };
+  // Trials per child: 2 per device in use, at least 64; capped at 256 so
+  // that at D_dp = 128 a child costs well under a second and the GA still
+  // breeds tens of generations in a minute.
   const int trials = options.local_search_trials > 0
                          ? options.local_search_trials
-                         : std::max(64, 2 * way * d_dp);
+                         : std::clamp(2 * way * d_dp, 64, 256);
+  const Clock::time_point deadline =
+      tr.t0 + std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::duration<double>(options.budget_seconds));
+  const Clock::time_point* dl = options.budget_seconds > 0 ? &deadline : nullptr;
 
   // Initial population: the two structured partitions (in-order: stage
   // groups of consecutive devices, i.e. by site; round-robin: device t of
   // the listing joins group t mod D_pp, i.e. one device per site in each
-  // group, the paper's "trans") plus random ones.
+  // group, the paper's "trans"), each also polished by a local search of
+  // 4 x trials, then random ones. Every step checks the budget: at 1024
+  // devices one full evaluation of a random partition costs ~0.1 s.
   std::vector<Candidate> pop;
   std::unordered_set<uint64_t> seen;
-  for (const auto& label : {inOrderLabel(n, way, d_dp), roundRobinLabel(n, way, d_dp)}) {
-    Candidate c = evs[0]->make(label);
+  auto admit = [&](Candidate c) {
     tr.offer(c, totalEvals());
     if (seen.insert(c.fingerprint()).second) pop.push_back(std::move(c));
+  };
+  std::vector<Candidate> polished;
+  for (const auto& label : {inOrderLabel(n, way, d_dp), roundRobinLabel(n, way, d_dp)}) {
+    polished.push_back(evs[0]->make(label));
+    admit(polished.back());
+  }
+  for (Candidate& c : polished) {
+    if (tr.exhausted(totalEvals())) break;
+    const int64_t left = tr.remaining(totalEvals());
+    localSearch(*evs[0], c, static_cast<int>(std::min<int64_t>(4 * trials, left)),
+                options.max_cycle, rng, dl);
+    admit(std::move(c));
   }
   while (static_cast<int>(pop.size()) < options.population &&
          !tr.exhausted(totalEvals())) {
-    Candidate c = evs[0]->make(randomLabel(n, way, d_dp, rng));
-    tr.offer(c, totalEvals());
-    if (seen.insert(c.fingerprint()).second) pop.push_back(std::move(c));
+    admit(evs[0]->make(randomLabel(n, way, d_dp, rng)));
   }
   // A few hundred random labels cannot be duplicates in practice; a tiny
   // instance may have fewer partitions than the population, which is fine.
@@ -328,9 +483,6 @@ SearchResult evolutionarySearch(const CostModel& model,
     return a.cost <= b.cost ? a : b;
   };
 
-  const Clock::time_point deadline =
-      tr.t0 + std::chrono::duration_cast<Clock::duration>(
-                  std::chrono::duration<double>(options.budget_seconds));
   std::vector<Candidate> children(threads);
   std::vector<uint64_t> seeds(threads);
   std::vector<std::vector<int>> labels(threads);
@@ -349,8 +501,7 @@ SearchResult evolutionarySearch(const CostModel& model,
     auto breed = [&](int t) {
       std::mt19937_64 child_rng(seeds[t]);
       children[t] = evs[t]->make(labels[t]);
-      localSearch(*evs[t], children[t], my_trials, options.max_cycle, child_rng,
-                  options.budget_seconds > 0 ? &deadline : nullptr);
+      localSearch(*evs[t], children[t], my_trials, options.max_cycle, child_rng, dl);
     };
     if (batch == 1) {
       breed(0);

@@ -2,6 +2,7 @@
 // and the ratios of the in-order and random placements to ours.
 #include "src/cli/bench_scheduler.h"
 
+#include <chrono>
 #include <iomanip>
 #include <sstream>
 #include <string>
@@ -59,7 +60,8 @@ int runSchedulerBench(const SchedulerBenchOptions& options, std::ostream& out) {
       << std::setw(9) << "best@s" << std::setw(9) << "plan_s"
       << std::setw(11) << "inorder_s" << std::setw(10) << "random_s"
       << std::setw(9) << "in/ours" << std::setw(9) << "rnd/ours"
-      << "\n";
+      << std::setw(10) << "rnd_evals" << std::setw(8) << "rnd_s"
+      << std::setw(8) << "row_s" << "\n";
   int rc = 0;
   for (Row& row : rows) {
     JobSpec& job = row.job;
@@ -68,8 +70,11 @@ int runSchedulerBench(const SchedulerBenchOptions& options, std::ostream& out) {
     job.scheduler.threads = options.threads;
     job.scheduler.budget_seconds = row.budget_s;
     job.scheduler.budget_evaluations = row.budget_evals;
+    const auto t0 = std::chrono::steady_clock::now();
     const scheduler::PlanResult p =
         scheduler::plan(job, scheduler::searchOptionsFromJob(job), true);
+    const double row_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double ours = p.ours.best.cost;
     const bool ok = ours <= p.in_order.best.cost * (1 + 1e-9) &&
                     ours <= p.random.best.cost * (1 + 1e-9);
@@ -83,13 +88,16 @@ int runSchedulerBench(const SchedulerBenchOptions& options, std::ostream& out) {
         << fmt(p.in_order.best.cost, 3) << std::setw(10)
         << fmt(p.random.best.cost, 3) << std::setw(9)
         << fmt(p.in_order.best.cost / ours, 2) << std::setw(9)
-        << fmt(p.random.best.cost / ours, 2) << (ok ? "" : "  !worse")
-        << "\n";
+        << fmt(p.random.best.cost / ours, 2) << std::setw(10)
+        << p.random.evaluations << std::setw(8) << fmt(p.random.seconds, 2)
+        << std::setw(8) << fmt(row_s, 2) << (ok ? "" : "  !worse") << "\n";
     out.flush();
   }
-  out << "\nrandom = best of as many random partitions as ours evaluated "
-         "(capped at the same wall-clock budget); in-order = Megatron's "
-         "rank = device index.\n";
+  out << "\nrandom = best of random partitions, stopped at as many evaluations "
+         "as ours or the same wall-clock budget, whichever comes first (a "
+         "random partition is a full evaluation, ours are mostly incremental); "
+         "in-order = Megatron's rank = device index. plan_s = our search; "
+         "row_s = search + baselines.\n";
   return rc;
 }
 

@@ -12,6 +12,33 @@
 namespace geopipe::scheduler {
 namespace {
 
+// The warm-started threshold search gives the exact value for any hint
+// (right, too low, too high, between values, off the matrix), and the
+// deficiency is a true count: n − max matching below the bottleneck.
+TEST(BottleneckMatching, WarmStartIsExactForAnyHint) {
+  std::mt19937_64 rng(42);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int n = 1 + static_cast<int>(rng() % 7);
+    Eigen::MatrixXd c(n, n);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j)
+        c(i, j) = trial % 2 ? static_cast<double>(rng() % 5)
+                            : std::uniform_real_distribution<double>(0, 1)(rng);
+    const BottleneckMatching exact = bottleneckMatching(c);
+    for (double hint : {exact.bottleneck, exact.bottleneck * 0.5,
+                        exact.bottleneck * 1.5 + 0.1, c.maxCoeff(), 0.0,
+                        c(0, 0), c(n - 1, 0) + 1e-3}) {
+      const BottleneckMatching w = bottleneckValueAndDeficiency(c, hint);
+      EXPECT_DOUBLE_EQ(w.bottleneck, exact.bottleneck)
+          << "trial " << trial << " hint " << hint;
+      EXPECT_DOUBLE_EQ(bottleneckValue(c, hint), exact.bottleneck);
+      EXPECT_GE(w.deficiency, 1);
+      EXPECT_LE(w.deficiency, n);
+    }
+    EXPECT_LE(bottleneckLowerBound(c), exact.bottleneck);
+  }
+}
+
 double bruteBottleneck(const Eigen::MatrixXd& c) {
   std::vector<int> p(c.rows());
   std::iota(p.begin(), p.end(), 0);

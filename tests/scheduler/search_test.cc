@@ -2,6 +2,9 @@
 // baselines and error paths.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <random>
+
 #include "geopipe/error.h"
 #include "scheduler/planner.h"
 #include "scheduler/scenarios.h"
@@ -95,6 +98,80 @@ TEST(Search, BeatsInOrderAndRandomOnWorldWide) {
   std::vector<int> seen(64, 0);
   for (const auto& t : ga.allocation.tasklets(job.topology)) ++seen[t.device];
   for (int d = 0; d < 64; ++d) EXPECT_EQ(seen[d], 1);
+}
+
+// Every phase of the search (seeds, initial population, children, local
+// search) and of the random baseline looks at the clock: on 1024 devices,
+// where one full evaluation costs tens of milliseconds and a child's local
+// search used to take minutes, a 1 s budget ends within 3 s (loose: the
+// machine may be shared). Before the deadline checks and warm-started
+// matchings this took over five minutes at a 60 s budget.
+TEST(Search, RespectsATinyTimeBudgetOn1024Devices) {
+  JobSpec job = paperJob(5);
+  job.topology = syntheticWorldwide(1024, 7);
+  job.parallelism.data_parallel = 128;
+  job.training.global_batch = 1024;
+  auto model = modelFor(job, 8, 128);
+  SearchOptions opt;
+  opt.budget_evaluations = 0;
+  opt.budget_seconds = 1.0;
+  const auto t0 = std::chrono::steady_clock::now();
+  const SearchResult ga = evolutionarySearch(*model, opt);
+  const double ga_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(ga_s, 3.0);
+  EXPECT_GT(ga.evaluations, 2);
+  const auto t1 = std::chrono::steady_clock::now();
+  const SearchResult rnd = randomSearch(*model, opt);
+  const double rnd_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  EXPECT_LT(rnd_s, 3.0);
+  // Same budget: the GA (seeded with round-robin) beats random placement.
+  EXPECT_LT(ga.best.cost, rnd.best.cost);
+  // The whole plan with its baselines: search + random, each within budget.
+  job.scheduler.budget_seconds = 1.0;
+  job.scheduler.budget_evaluations = 0;
+  const auto t2 = std::chrono::steady_clock::now();
+  const PlanResult p = plan(job, searchOptionsFromJob(job), true);
+  const double plan_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
+  EXPECT_LT(plan_s, 6.0);
+  EXPECT_LE(p.ours.best.cost, p.random.best.cost);
+}
+
+// The lower-bound pruning in applyMoves never rejects a move whose exact
+// cost is within the bound, and when it accepts it yields the exact cost
+// (the same as a full evaluation of the moved labels).
+TEST(Search, PruningIsSoundAndIncrementalIsExact) {
+  const JobSpec job = smallJob(randomTopology(24, 11), 4, 6);
+  auto model = modelFor(job, 4, 6);
+  Evaluator ev(*model), reference(*model);  // separate caches
+  std::mt19937_64 rng(3);
+  std::vector<int> label(24);
+  for (int d = 0; d < 24; ++d) label[d] = d % 4;
+  Candidate c = ev.make(label);
+  int pruned = 0;
+  for (int t = 0; t < 400; ++t) {
+    const int a = static_cast<int>(rng() % 4), b = (a + 1 + rng() % 3) % 4;
+    const int da = c.groups[a][rng() % 6], db = c.groups[b][rng() % 6];
+    const std::vector<std::pair<int, int>> moves = {{da, b}, {db, a}};
+    Candidate full_labels = c;
+    full_labels.label[da] = b;
+    full_labels.label[db] = a;
+    Candidate next = c;
+    const double bound = c.cost;
+    const bool exact = ev.applyMoves(next, moves, bound);
+    const Candidate full = reference.make(full_labels.label);
+    if (exact) {
+      EXPECT_NEAR(next.cost, full.cost, 1e-9 * full.cost);
+    } else {
+      ++pruned;
+      EXPECT_GT(full.cost, bound);
+    }
+    if (full.cost < c.cost || t % 7 == 0) c = ev.make(full.label);  // wander
+  }
+  EXPECT_GT(pruned, 0);
+  EXPECT_EQ(ev.pruned(), pruned);
 }
 
 TEST(Search, IdleDevicesAreAllowed) {
