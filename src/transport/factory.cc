@@ -1,21 +1,61 @@
-// makeTransport: transport kinds by name; only inproc is built today.
+// makeTransport: transport kinds by name, from a registry that inproc is
+// built into and that optional targets (geopipe_transport_grpc) add to.
 #include "src/transport/factory.h"
+
+#include <map>
+#include <mutex>
 
 #include "geopipe/error.h"
 #include "src/transport/inproc/inproc_transport.h"
 
 namespace geopipe::transport {
 
+namespace {
+
+std::shared_ptr<Transport> makeInproc(const TransportOptions& options) {
+  GEOPIPE_CHECK(options.hub != nullptr, Error,
+                "makeTransport(\"inproc\"): TransportOptions::hub is required (one InprocHub "
+                "shared by every rank of the process)");
+  return std::make_shared<InprocTransport>(options.hub, options.rank);
+}
+
+// The registry; a function-local static so that registrations from static
+// initializers of other translation units find it constructed.
+struct Registry {
+  std::mutex mu;
+  std::map<std::string, TransportMaker> makers{{"inproc", makeInproc}};
+};
+Registry& registry() {
+  static Registry instance;
+  return instance;
+}
+
+}  // namespace
+
+void registerTransportKind(const std::string& kind, TransportMaker maker) {
+  GEOPIPE_CHECK(!kind.empty() && maker, Error, "registerTransportKind: empty kind or maker");
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.makers[kind] = std::move(maker);
+}
+
 std::shared_ptr<Transport> makeTransport(const std::string& kind, const TransportOptions& options) {
-  if (kind == "inproc") {
-    GEOPIPE_CHECK(options.hub != nullptr, Error,
-                  "makeTransport(\"inproc\"): TransportOptions::hub is required (one InprocHub "
-                  "shared by every rank of the process)");
-    return std::make_shared<InprocTransport>(options.hub, options.rank);
+  TransportMaker maker;
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.makers.find(kind);
+    if (it != r.makers.end()) maker = it->second;
   }
-  if (kind == "grpc" || kind == "nccl") {
+  if (maker) return maker(options);
+  if (kind == "grpc") {
+    GEOPIPE_THROW(InfeasibleError,
+                  "transport grpc is not linked into this binary; link the CMake target "
+                  "geopipe_transport_grpc (src/transport/grpc/) or use transport.kind: inproc");
+  }
+  if (kind == "nccl") {
     GEOPIPE_THROW(InfeasibleError, "transport ", kind,
-                  " is not built yet; use transport.kind: inproc");
+                  " is not built yet; use transport.kind: inproc or grpc");
   }
   GEOPIPE_THROW(ConfigError, "unknown transport kind '", kind, "'; expected inproc, grpc or nccl");
 }

@@ -2,8 +2,11 @@
 // it in the link emulator when the job asks for it.
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "geopipe/job_spec.h"
 #include "src/transport/link_emulator.h"
@@ -13,18 +16,39 @@ namespace geopipe::transport {
 
 class InprocHub;
 
-// What makeTransport needs to build one rank's endpoint.
+// What makeTransport needs to build one rank's endpoint. Each kind reads
+// the fields marked with its name and ignores the rest.
 struct TransportOptions {
   // The rank this endpoint belongs to.
   int rank = 0;
   // inproc: the hub shared by the process's ranks (required).
   std::shared_ptr<InprocHub> hub;
+  // grpc: every rank's peer-service address ("host:port"), indexed by rank;
+  // its size is the world size (required). An empty entry is a peer whose
+  // address is not known yet (GrpcTransport::setPeerAddress).
+  std::vector<std::string> addresses;
+  // grpc: where this rank's peer service listens ("host:port"; port 0 picks
+  // a free port); empty: addresses[rank].
+  std::string listen_address;
+  // grpc: the job's token; a peer with a different one is refused ("peer X
+  // belongs to job Y"). Empty is a valid token, shared by every empty one.
+  std::string job_token;
 };
 
+// Builds one rank's endpoint of a registered transport kind.
+using TransportMaker = std::function<std::shared_ptr<Transport>(const TransportOptions&)>;
+
+// Registers (or replaces) transport kind `kind`. "inproc" is built in; the
+// geopipe_transport_grpc target registers "grpc" from a static initializer
+// compiled into every binary that links it (see src/transport/CMakeLists.txt),
+// so code that only links geopipe_transport never pulls in gRPC. Thread-safe.
+void registerTransportKind(const std::string& kind, TransportMaker maker);
+
 // The transport kind `kind` ("inproc" | "grpc" | "nccl") for one rank.
-// Only inproc is built today: "grpc" and "nccl" throw InfeasibleError
-// "transport X is not built yet"; any other name throws ConfigError listing
-// the known kinds.
+// "grpc" works when geopipe_transport_grpc is linked into the binary, else
+// it throws InfeasibleError "transport grpc is not linked into this
+// binary"; "nccl" throws InfeasibleError "transport nccl is not built
+// yet"; any other name throws ConfigError listing the known kinds.
 std::shared_ptr<Transport> makeTransport(const std::string& kind, const TransportOptions& options);
 
 // makeTransport for spec.transport.kind, wrapped in a LinkEmulatingTransport

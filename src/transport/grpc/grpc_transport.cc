@@ -1,0 +1,812 @@
+// GrpcTransport: the peer service (receiving side), one writer per peer
+// (sending side), and the single conversion of grpc::Status to geopipe
+// errors. The only translation unit of the transport that sees gRPC.
+#include "src/transport/grpc/grpc_transport.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "geopipe/error.h"
+#include "proto/peer.grpc.pb.h"
+#include "src/transport/completion.h"
+#include "src/transport/factory.h"
+#include "src/transport/grpc/peer_inbox.h"
+
+namespace geopipe::transport {
+
+namespace {
+
+using geopipe::v1::PeerAck;
+using geopipe::v1::PeerChunk;
+using geopipe::v1::PeerService;
+
+constexpr uint32_t kProtocolVersion = geopipe::v1::PEER_PROTOCOL_CURRENT;
+constexpr size_t kMaxChunkBytes = size_t{16} << 20;
+// Room for a chunk's header fields on top of its data.
+constexpr int kMaxFrameBytes = static_cast<int>(kMaxChunkBytes + (64 << 10));
+
+// A failure as a type and a message, so that one link failure can be
+// reported to every later send with that send's own context.
+enum class ErrorKind { IO, PROTOCOL, TIMEOUT };
+struct Failure {
+  ErrorKind kind = ErrorKind::IO;
+  std::string message;
+};
+
+std::exception_ptr toException(const Failure& f) {
+  switch (f.kind) {
+    case ErrorKind::PROTOCOL:
+      return GEOPIPE_ERROR_PTR(ProtocolError, f.message);
+    case ErrorKind::TIMEOUT:
+      return GEOPIPE_ERROR_PTR(TimeoutError, f.message);
+    case ErrorKind::IO:
+      break;
+  }
+  return GEOPIPE_ERROR_PTR(IoError, f.message);
+}
+
+const char* statusCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    default: return "UNRECOGNIZED";
+  }
+}
+
+// The one place a grpc::Status becomes a geopipe error. `what` names the
+// operation, both ranks, the peer's address and the tag. Refusals by the
+// peer's service (and gRPC's own framing errors) are ProtocolError, an
+// expired deadline TimeoutError, everything else (unreachable, reset,
+// cancelled, shut down) IoError.
+Failure failureFromStatus(const grpc::Status& status, const std::string& what) {
+  Failure f;
+  switch (status.error_code()) {
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      f.kind = ErrorKind::TIMEOUT;
+      break;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::OUT_OF_RANGE:
+    case grpc::StatusCode::UNIMPLEMENTED:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::DATA_LOSS:
+      f.kind = ErrorKind::PROTOCOL;
+      break;
+    default:
+      f.kind = ErrorKind::IO;
+  }
+  f.message = detail::concat(what, " failed: grpc status ", statusCodeName(status.error_code()),
+                             " (", static_cast<int>(status.error_code()), ")",
+                             status.error_message().empty() ? "" : ": ", status.error_message());
+  return f;
+}
+
+bool validChannel(uint32_t channel) {
+  return channel >= static_cast<uint32_t>(Channel::ACTIVATION) &&
+         channel <= static_cast<uint32_t>(Channel::CONTROL);
+}
+
+Tag tagFromWire(const geopipe::v1::PeerTag& t) {
+  Tag tag;
+  tag.channel = static_cast<Channel>(t.channel());
+  tag.step = t.step();
+  tag.micro_batch = t.micro_batch();
+  tag.index = t.index();
+  return tag;
+}
+
+void tagToWire(const Tag& tag, geopipe::v1::PeerTag* t) {
+  t->set_channel(static_cast<uint32_t>(tag.channel));
+  t->set_step(tag.step);
+  t->set_micro_batch(tag.micro_batch);
+  t->set_index(tag.index);
+}
+
+// "host" of "host:port" (IPv6 "[::1]:port" keeps its brackets).
+std::string hostOf(const std::string& address) {
+  const auto colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// The receiving side: one handler call per incoming stream, on a thread of
+// the gRPC server. It validates every chunk, reassembles messages and hands
+// them to the inbox; admit() blocking here is the backpressure.
+
+class PeerServiceImpl final : public PeerService::Service {
+ public:
+  struct Config {
+    int rank = 0;
+    int world_size = 0;
+    std::string job_token;
+    uint64_t max_message_bytes = 0;
+  };
+  PeerServiceImpl(Config config, std::shared_ptr<PeerInbox> inbox,
+                  std::function<std::string(int)> describe_peer)
+      : config_(std::move(config)),
+        inbox_(std::move(inbox)),
+        describe_peer_(std::move(describe_peer)) {}
+
+  grpc::Status Stream(grpc::ServerContext* context,
+                      grpc::ServerReaderWriter<PeerAck, PeerChunk>* stream) override {
+    try {
+      return serve(context, stream);
+    } catch (const std::exception& e) {
+      // Nothing a peer sends may take the server down.
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          detail::concat("rank ", config_.rank, " failed on a stream: ", e.what()));
+    }
+  }
+
+ private:
+  grpc::Status serve(grpc::ServerContext* context,
+                     grpc::ServerReaderWriter<PeerAck, PeerChunk>* stream) {
+    PeerChunk chunk;
+    int src = -1;              // established by the first valid chunk
+    uint64_t expected_seq = 0;  // sequence of the next message
+    bool in_message = false;
+    Tag tag;
+    uint64_t total = 0;
+    uint64_t received = 0;
+    Bytes buffer;
+    auto abandon = [context] { return context->IsCancelled(); };
+    const std::string self = detail::concat("rank ", config_.rank, " (job '", config_.job_token,
+                                            "')");
+    // Ends the stream with `code`; when the sender's identity was already
+    // established, its receives fail with ProtocolError too.
+    auto refuse = [&](grpc::StatusCode code, const std::string& why) {
+      if (in_message) inbox_->release(total);
+      if (src >= 0) {
+        inbox_->streamEnded(src, true,
+                            detail::concat(describe_peer_(src), " sent a chunk that was refused: ",
+                                           why));
+      }
+      return grpc::Status(code, detail::concat(self, " refused the stream: ", why));
+    };
+
+    bool said_goodbye = false;  // the sender's end_of_stream frame arrived
+    while (stream->Read(&chunk)) {
+      // Identity: version, job, ranks. Nothing is attributed to a source
+      // rank before these pass.
+      if (chunk.protocol_version() != kProtocolVersion) {
+        return refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                      detail::concat("peer speaks peer protocol version ",
+                                     chunk.protocol_version(), ", this build speaks ",
+                                     kProtocolVersion));
+      }
+      const int claimed = chunk.source_rank();
+      if (chunk.job_token() != config_.job_token) {
+        return refuse(grpc::StatusCode::PERMISSION_DENIED,
+                      detail::concat("peer ", claimed, " belongs to job '", chunk.job_token(),
+                                     "', this rank belongs to job '", config_.job_token, "'"));
+      }
+      if (claimed < 0 || claimed >= config_.world_size) {
+        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                      detail::concat("source rank ", claimed, " is outside the world [0, ",
+                                     config_.world_size, ")"));
+      }
+      if (chunk.destination_rank() != config_.rank) {
+        return refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                      detail::concat("rank ", claimed, " addressed its chunks to rank ",
+                                     chunk.destination_rank(),
+                                     " (do the ranks' address tables agree?)"));
+      }
+      if (src < 0) {
+        src = claimed;
+        inbox_->streamOpened(src);
+      } else if (claimed != src) {
+        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                      detail::concat("source rank changed from ", src, " to ", claimed,
+                                     " within one stream"));
+      }
+      if (said_goodbye) {
+        return refuse(grpc::StatusCode::INVALID_ARGUMENT, "frame after end_of_stream");
+      }
+      if (chunk.end_of_stream()) {
+        if (in_message) {
+          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                        detail::concat("end_of_stream in the middle of message ", expected_seq,
+                                       " (", received, " of ", total, " bytes)"));
+        }
+        said_goodbye = true;
+        continue;
+      }
+      if (!validChannel(chunk.tag().channel())) {
+        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                      detail::concat("unknown channel ", chunk.tag().channel(), " in message ",
+                                     chunk.sequence()));
+      }
+
+      // Chunk sequence: contiguous, in order, within the announced size.
+      if (!in_message) {
+        if (chunk.sequence() != expected_seq) {
+          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                        detail::concat("message sequence ", chunk.sequence(), ", expected ",
+                                       expected_seq));
+        }
+        if (chunk.offset() != 0) {
+          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                        detail::concat("first chunk of message ", chunk.sequence(),
+                                       " has offset ", chunk.offset(), ", expected 0"));
+        }
+        if (chunk.total_size() > config_.max_message_bytes) {
+          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                        detail::concat("message ", chunk.sequence(), " announces ",
+                                       chunk.total_size(), " bytes, over this rank's limit of ",
+                                       config_.max_message_bytes, " (max_message_bytes)"));
+        }
+        tag = tagFromWire(chunk.tag());
+        total = chunk.total_size();
+        if (!inbox_->admit(src, tag, total, abandon)) {
+          const bool cancelled = context->IsCancelled();
+          inbox_->streamEnded(src, false,
+                              detail::concat(describe_peer_(src), "'s stream ended while waiting "
+                                             "for buffer space"));
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              detail::concat(self, cancelled ? ": stream cancelled"
+                                                             : " is shutting down"));
+        }
+        in_message = true;
+        received = 0;
+        try {
+          buffer.resize(total);
+        } catch (const std::bad_alloc&) {
+          return refuse(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        detail::concat("cannot allocate ", total, " bytes for message ",
+                                       chunk.sequence()));
+        }
+      } else if (chunk.sequence() != expected_seq || chunk.total_size() != total ||
+                 tagFromWire(chunk.tag()) != tag) {
+        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                      detail::concat("chunk of message ", chunk.sequence(), " (tag ",
+                                     tagFromWire(chunk.tag()).str(), ", total ",
+                                     chunk.total_size(), ") interleaved with unfinished message ",
+                                     expected_seq, " (tag ", tag.str(), ", total ", total, ")"));
+      }
+      const uint64_t size = chunk.data().size();
+      if (chunk.offset() != received) {
+        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                      detail::concat("chunk of message ", expected_seq, " at offset ",
+                                     chunk.offset(), ", expected ", received, " (of ", total,
+                                     " bytes; chunks must be contiguous and in order)"));
+      }
+      if (size > total - received) {
+        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                      detail::concat("chunk of message ", expected_seq, " at offset ",
+                                     chunk.offset(), " with ", size,
+                                     " bytes overruns the announced total of ", total));
+      }
+      if (size > 0) std::memcpy(buffer.data() + received, chunk.data().data(), size);
+      received += size;
+      if (received == total) {
+        inbox_->deliver(src, tag, std::move(buffer));
+        buffer = Bytes();
+        in_message = false;
+        ++expected_seq;
+      }
+    }
+
+    // The stream ended: after the sender's goodbye (a clean close), or
+    // broken (cancelled, connection lost), or on a frame gRPC could not
+    // parse — the last two look the same here.
+    if (in_message) inbox_->release(total);
+    if (said_goodbye) {
+      if (src >= 0) {
+        inbox_->streamEnded(src, false,
+                            detail::concat(describe_peer_(src), " closed its stream (it shut down)"));
+      }
+      return grpc::Status::OK;
+    }
+    const std::string where = src >= 0 ? describe_peer_(src) : std::string("an unidentified peer");
+    const std::string why =
+        context->IsCancelled()
+            ? detail::concat("the stream from ", where,
+                             " broke (the peer died, or this rank is shutting down)")
+            : detail::concat("the stream from ", where,
+                             " ended without end_of_stream (an unparsable frame, or the "
+                             "connection was lost)");
+    if (src >= 0) inbox_->streamEnded(src, false, why);
+    return grpc::Status(grpc::StatusCode::DATA_LOSS, detail::concat(self, ": ", why));
+  }
+
+  const Config config_;
+  const std::shared_ptr<PeerInbox> inbox_;
+  const std::function<std::string(int)> describe_peer_;
+};
+
+// ---------------------------------------------------------------------------
+// The sending side towards one peer: a queue of messages and the thread
+// that connects, opens the stream and writes them, in order, in chunks.
+
+class PeerLink {
+ public:
+  struct Config {
+    int rank = 0;
+    int peer = 0;
+    std::string address;
+    std::string job_token;
+    size_t chunk_bytes = 0;
+    Duration connect_timeout{0};
+    Duration keepalive{0};
+  };
+  explicit PeerLink(Config config) : config_(std::move(config)) {}
+  ~PeerLink() {
+    cancel();
+    join();
+  }
+
+  std::string describeSend(const Tag& tag) const {
+    return detail::concat("grpc: send from rank ", config_.rank, " to rank ", config_.peer, " (",
+                          config_.address, "), tag ", tag.str());
+  }
+
+  std::shared_ptr<Work> enqueue(const Tag& tag, Bytes payload) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failure_) {
+      return std::make_shared<FinishedWork>(toException(
+          Failure{failure_->kind, detail::concat(describeSend(tag), " failed: the stream to rank ",
+                                                 config_.peer, " broke earlier: ",
+                                                 failure_->message)}));
+    }
+    if (closing_) {
+      return std::make_shared<FinishedWork>(GEOPIPE_ERROR_PTR(
+          IoError, describeSend(tag), " failed: the transport is closing"));
+    }
+    auto work = std::make_shared<PendingWork>(describeSend(tag));
+    queue_.push_back(Outgoing{tag, std::move(payload), work});
+    if (!started_) {
+      started_ = true;
+      writer_ = std::thread([this] { run(); });
+    }
+    cv_.notify_all();
+    return work;
+  }
+
+  // No more sends; the writer drains the queue, then closes the stream.
+  void beginClose() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_ = true;
+    cv_.notify_all();
+  }
+  // Waits until the writer has finished, or `deadline`; true when finished.
+  bool waitFinished(Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_until(lock, deadline, [&] { return !started_ || finished_; });
+  }
+  // Cancels the stream: blocked writes and the final Finish return, queued
+  // sends fail with IoError.
+  void cancel() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_ = true;
+    cancelled_ = true;
+    if (context_) context_->TryCancel();
+    cv_.notify_all();
+  }
+  void join() {
+    if (writer_.joinable()) writer_.join();
+  }
+
+ private:
+  struct Outgoing {
+    Tag tag;
+    Bytes payload;
+    std::shared_ptr<PendingWork> work;
+  };
+
+  std::shared_ptr<grpc::Channel> makeChannel() const {
+    grpc::ChannelArguments args;
+    // Own connection per link, so one stalled peer's stream never shares an
+    // HTTP/2 connection (and its window) with another's.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetMaxSendMessageSize(-1);
+    if (config_.keepalive.count() > 0) {
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(config_.keepalive.count()));
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(config_.keepalive.count()));
+      args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+      args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    }
+    return grpc::CreateCustomChannel(config_.address, grpc::InsecureChannelCredentials(), args);
+  }
+
+  // Fails the message being written (if any) and every queued one; later
+  // sends fail in enqueue().
+  void failAll(const Failure& failure, Outgoing* current) {
+    std::deque<Outgoing> queued;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      failure_ = failure;
+      queued.swap(queue_);
+    }
+    if (current) current->work->completion().fail(toException(failure));
+    for (auto& m : queued) {
+      m.work->completion().fail(toException(Failure{
+          failure.kind, detail::concat(describeSend(m.tag), " failed: ", failure.message)}));
+    }
+  }
+
+  void finish() {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;
+    cv_.notify_all();
+  }
+
+  bool writeMessage(grpc::ClientReaderWriter<PeerChunk, PeerAck>* stream, const Outgoing& m,
+                    uint64_t sequence) {
+    PeerChunk chunk;
+    chunk.set_protocol_version(kProtocolVersion);
+    chunk.set_source_rank(config_.rank);
+    chunk.set_destination_rank(config_.peer);
+    chunk.set_job_token(config_.job_token);
+    tagToWire(m.tag, chunk.mutable_tag());
+    chunk.set_sequence(sequence);
+    const uint64_t total = m.payload.size();
+    chunk.set_total_size(total);
+    uint64_t offset = 0;
+    do {
+      const uint64_t n = std::min<uint64_t>(config_.chunk_bytes, total - offset);
+      chunk.set_offset(offset);
+      chunk.set_data(reinterpret_cast<const char*>(m.payload.data()) + offset, n);
+      if (!stream->Write(chunk)) return false;
+      offset += n;
+    } while (offset < total);
+    return true;
+  }
+
+  void run() {
+    auto channel = makeChannel();
+    // Connect, retrying until connect_timeout (the peer may not be up yet).
+    const auto deadline = deadlineAfter(config_.connect_timeout);
+    while (!channel->WaitForConnected(std::chrono::system_clock::now() +
+                                      std::chrono::milliseconds(100))) {
+      bool cancelled;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        cancelled = cancelled_;
+      }
+      if (cancelled || Clock::now() >= deadline) {
+        const std::string why =
+            cancelled ? "the transport was closed before the peer accepted a connection"
+                      : detail::concat("no connection within ", config_.connect_timeout.count(),
+                                       " ms (connect_timeout); is the peer running?");
+        failAll(failureFromStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, why),
+                                  detail::concat("grpc: connect from rank ", config_.rank,
+                                                 " to rank ", config_.peer, " (",
+                                                 config_.address, ")")),
+                nullptr);
+        finish();
+        return;
+      }
+    }
+    auto stub = PeerService::NewStub(channel);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      context_ = std::make_unique<grpc::ClientContext>();
+      if (cancelled_) context_->TryCancel();
+    }
+    auto stream = stub->Stream(context_.get());
+    // The server sends no acks in protocol v1, so Read() returns only when
+    // the server ends the call (a refusal, its shutdown, a broken
+    // connection): that wakes the writer, which then reports the status
+    // even while it has nothing to write.
+    std::thread reader([this, &stream] {
+      PeerAck ack;
+      while (stream->Read(&ack)) {
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      server_ended_ = true;
+      cv_.notify_all();
+    });
+    // Finish() may run only after the reader has seen the end of the call.
+    auto finishCall = [&]() {
+      reader.join();
+      return stream->Finish();
+    };
+    uint64_t sequence = 0;
+    while (true) {
+      Outgoing m;
+      bool ended = false;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty() || closing_ || server_ended_; });
+        if (server_ended_) {
+          ended = true;
+        } else if (queue_.empty()) {
+          break;  // closing, drained
+        } else {
+          m = std::move(queue_.front());
+          queue_.pop_front();
+        }
+      }
+      if (ended || !writeMessage(stream.get(), m, sequence)) {
+        const grpc::Status status = finishCall();
+        const std::string what =
+            ended ? detail::concat("grpc: stream from rank ", config_.rank, " to rank ",
+                                   config_.peer, " (", config_.address, ")")
+                  : describeSend(m.tag);
+        failAll(failureFromStatus(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                             "the peer ended the stream")
+                                              : status,
+                                  what),
+                ended ? nullptr : &m);
+        finish();
+        return;
+      }
+      ++sequence;
+      m.payload = Bytes();
+      m.work->completion().succeed();
+    }
+    // Drained: half-close and wait until the peer has read everything (or
+    // close() cancels us after close_timeout).
+    PeerChunk goodbye;
+    goodbye.set_protocol_version(kProtocolVersion);
+    goodbye.set_source_rank(config_.rank);
+    goodbye.set_destination_rank(config_.peer);
+    goodbye.set_job_token(config_.job_token);
+    goodbye.set_end_of_stream(true);
+    if (stream->Write(goodbye)) stream->WritesDone();
+    const grpc::Status status = finishCall();
+    if (!status.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      failure_ = failureFromStatus(status, detail::concat("grpc: closing the stream from rank ",
+                                                          config_.rank, " to rank ",
+                                                          config_.peer, " (", config_.address,
+                                                          ")"));
+    }
+    finish();
+  }
+
+  const Config config_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Outgoing> queue_;
+  bool started_ = false;
+  bool closing_ = false;
+  bool cancelled_ = false;
+  bool finished_ = false;
+  bool server_ended_ = false;  // the reader saw the call end
+  std::optional<Failure> failure_;
+  std::unique_ptr<grpc::ClientContext> context_;  // set by the writer
+  std::thread writer_;
+};
+
+// ---------------------------------------------------------------------------
+
+class GrpcTransport::Impl {
+ public:
+  explicit Impl(GrpcTransportOptions options)
+      : options_(std::move(options)),
+        world_size_(static_cast<int>(options_.addresses.size())),
+        addresses_(options_.addresses),
+        links_(options_.addresses.size()) {
+    GEOPIPE_CHECK(world_size_ >= 1, Error,
+                  "GrpcTransport: GrpcTransportOptions::addresses is empty; give every rank's "
+                  "host:port (its size is the world size)");
+    GEOPIPE_CHECK(options_.rank >= 0 && options_.rank < world_size_, Error,
+                  "GrpcTransport: rank ", options_.rank, " is outside the world [0, ",
+                  world_size_, ")");
+    GEOPIPE_CHECK(options_.chunk_bytes > 0 && options_.chunk_bytes <= kMaxChunkBytes, Error,
+                  "GrpcTransport: chunk_bytes ", options_.chunk_bytes, " must be in (0, ",
+                  kMaxChunkBytes, "]");
+    GEOPIPE_CHECK(options_.max_buffered_bytes > 0 && options_.max_message_bytes > 0, Error,
+                  "GrpcTransport: max_buffered_bytes and max_message_bytes must be positive");
+    std::string listen = options_.listen_address.empty() ? addresses_[options_.rank]
+                                                         : options_.listen_address;
+    GEOPIPE_CHECK(!listen.empty(), Error, "GrpcTransport: rank ", options_.rank,
+                  " has no listen address (set listen_address or addresses[rank])");
+
+    inbox_ = std::make_shared<PeerInbox>(options_.rank, world_size_, options_.max_buffered_bytes,
+                                         [this](int src) { return describePeer(src); });
+    PeerServiceImpl::Config config;
+    config.rank = options_.rank;
+    config.world_size = world_size_;
+    config.job_token = options_.job_token;
+    config.max_message_bytes = options_.max_message_bytes;
+    service_ = std::make_unique<PeerServiceImpl>(config, inbox_,
+                                                 [this](int src) { return describePeer(src); });
+
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service_.get());
+    builder.SetMaxReceiveMessageSize(kMaxFrameBytes);
+    // Never share a port with another process (SO_REUSEPORT would split
+    // connections between two jobs' ranks).
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    if (options_.keepalive.count() > 0) {
+      builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                                 static_cast<int>(options_.keepalive.count() / 2));
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+    }
+    server_ = builder.BuildAndStart();
+    if (!server_ || port == 0) {
+      GEOPIPE_THROW(IoError, "grpc: rank ", options_.rank, " cannot listen on ", listen,
+                    " (address in use or not local?)");
+    }
+    listening_address_ = detail::concat(hostOf(listen), ":", port);
+    if (addresses_[options_.rank].empty()) addresses_[options_.rank] = listening_address_;
+  }
+
+  ~Impl() { close(); }
+
+  std::string describePeer(int peer) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::string& a = addresses_[peer];
+    return detail::concat("rank ", peer, " (", a.empty() ? "address unknown" : a, ")");
+  }
+
+  std::shared_ptr<Work> send(int peer, const Tag& tag, Bytes payload) {
+    GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: send from rank ", options_.rank,
+                  " to rank ", peer, " (tag ", tag.str(), "): peer is outside the world [0, ",
+                  world_size_, ")");
+    GEOPIPE_CHECK(payload.size() <= options_.max_message_bytes, Error, "grpc: send from rank ",
+                  options_.rank, " to rank ", peer, " (tag ", tag.str(), "): ", payload.size(),
+                  " bytes is over max_message_bytes ", options_.max_message_bytes);
+    if (closed_.load()) {
+      return std::make_shared<FinishedWork>(
+          GEOPIPE_ERROR_PTR(IoError, "grpc: send from rank ", options_.rank, " to ",
+                            describePeer(peer), ", tag ", tag.str(),
+                            " failed: the transport was closed"));
+    }
+    messages_sent_ += 1;
+    bytes_sent_ += payload.size();
+    if (peer == options_.rank) {
+      inbox_->deliverLocal(tag, std::move(payload));
+      return std::make_shared<FinishedWork>();
+    }
+    PeerLink* link = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!links_[peer]) {
+        if (addresses_[peer].empty()) {
+          return std::make_shared<FinishedWork>(GEOPIPE_ERROR_PTR(
+              IoError, "grpc: send from rank ", options_.rank, " to rank ", peer, ", tag ",
+              tag.str(), " failed: no address is known for rank ", peer,
+              " (GrpcTransportOptions::addresses / setPeerAddress)"));
+        }
+        PeerLink::Config config;
+        config.rank = options_.rank;
+        config.peer = peer;
+        config.address = addresses_[peer];
+        config.job_token = options_.job_token;
+        config.chunk_bytes = options_.chunk_bytes;
+        config.connect_timeout = options_.connect_timeout;
+        config.keepalive = options_.keepalive;
+        links_[peer] = std::make_unique<PeerLink>(std::move(config));
+      }
+      link = links_[peer].get();
+    }
+    return link->enqueue(tag, std::move(payload));
+  }
+
+  std::shared_ptr<RecvWork> recv(int peer, const Tag& tag) {
+    GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: recv on rank ", options_.rank,
+                  " from rank ", peer, " (tag ", tag.str(), "): peer is outside the world [0, ",
+                  world_size_, ")");
+    return inbox_->post(peer, tag);
+  }
+
+  TransportStats stats() const {
+    TransportStats s;
+    s.messages_sent = messages_sent_.load();
+    s.bytes_sent = bytes_sent_.load();
+    s.messages_received = inbox_->messagesReceived();
+    s.bytes_received = inbox_->bytesReceived();
+    return s;
+  }
+
+  void setPeerAddress(int peer, const std::string& address) {
+    GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: setPeerAddress: rank ", peer,
+                  " is outside the world [0, ", world_size_, ")");
+    std::lock_guard<std::mutex> lock(mu_);
+    GEOPIPE_CHECK(!links_[peer], Error, "grpc: setPeerAddress(", peer, ", ", address,
+                  ") after rank ", options_.rank, " already connected to it at ",
+                  addresses_[peer]);
+    addresses_[peer] = address;
+  }
+
+  void close() {
+    std::lock_guard<std::mutex> close_lock(close_mu_);
+    if (closed_.exchange(true)) return;
+    std::vector<PeerLink*> links;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& l : links_) {
+        if (l) links.push_back(l.get());
+      }
+    }
+    // 1. Drain our outgoing streams while our own service still reads, so
+    //    ranks that close at the same time drain into each other.
+    for (PeerLink* l : links) l->beginClose();
+    const auto deadline = deadlineAfter(options_.close_timeout);
+    for (PeerLink* l : links) {
+      if (!l->waitFinished(deadline)) l->cancel();
+    }
+    for (PeerLink* l : links) l->join();
+    // 2. Stop receiving: release handlers blocked on the budget, fail the
+    //    pending receives, cancel the incoming streams.
+    inbox_->close(detail::concat("rank ", options_.rank, " closed its transport"));
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    server_->Wait();
+  }
+
+  std::string listeningAddress() const { return listening_address_; }
+  uint64_t bufferedBytes() const { return inbox_->bufferedBytes(); }
+  int rank() const { return options_.rank; }
+  int worldSize() const { return world_size_; }
+
+ private:
+  const GrpcTransportOptions options_;
+  const int world_size_;
+  mutable std::mutex mu_;  // guards addresses_ and links_
+  std::vector<std::string> addresses_;
+  std::vector<std::unique_ptr<PeerLink>> links_;  // by peer rank; created on first send
+  std::atomic<uint64_t> messages_sent_{0};
+  std::atomic<uint64_t> bytes_sent_{0};
+  std::mutex close_mu_;
+  std::atomic<bool> closed_{false};
+  std::string listening_address_;
+  std::shared_ptr<PeerInbox> inbox_;
+  std::unique_ptr<PeerServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;  // destroyed first: stops the handlers
+};
+
+GrpcTransport::GrpcTransport(GrpcTransportOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+GrpcTransport::~GrpcTransport() = default;
+
+int GrpcTransport::rank() const { return impl_->rank(); }
+int GrpcTransport::worldSize() const { return impl_->worldSize(); }
+std::shared_ptr<Work> GrpcTransport::send(int peer, const Tag& tag, Bytes payload) {
+  return impl_->send(peer, tag, std::move(payload));
+}
+std::shared_ptr<RecvWork> GrpcTransport::recv(int peer, const Tag& tag) {
+  return impl_->recv(peer, tag);
+}
+TransportStats GrpcTransport::stats() const { return impl_->stats(); }
+std::string GrpcTransport::listeningAddress() const { return impl_->listeningAddress(); }
+void GrpcTransport::setPeerAddress(int peer, const std::string& address) {
+  impl_->setPeerAddress(peer, address);
+}
+uint64_t GrpcTransport::bufferedBytes() const { return impl_->bufferedBytes(); }
+void GrpcTransport::close() { impl_->close(); }
+
+void registerGrpcTransport() {
+  registerTransportKind("grpc", [](const TransportOptions& options) {
+    GrpcTransportOptions grpc_options;
+    grpc_options.rank = options.rank;
+    grpc_options.addresses = options.addresses;
+    grpc_options.listen_address = options.listen_address;
+    grpc_options.job_token = options.job_token;
+    return std::make_shared<GrpcTransport>(std::move(grpc_options));
+  });
+}
+
+}  // namespace geopipe::transport

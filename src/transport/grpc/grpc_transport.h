@@ -1,0 +1,124 @@
+// The gRPC transport: ranks in different processes (or threads) exchange
+// tagged messages over one long-lived gRPC stream per (sender, receiver)
+// pair, chunked and flow-controlled. The wire schema is proto/peer.proto.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "src/transport/transport.h"
+
+namespace geopipe::transport {
+
+// Everything a GrpcTransport is configured with. Only `addresses` is
+// required; the limits have defaults sized for activations of a few
+// hundred MB on networks of 100 Mbps and up.
+struct GrpcTransportOptions {
+  // The rank of this endpoint, in [0, addresses.size()).
+  int rank = 0;
+  // Every rank's peer-service address ("host:port"), indexed by rank; its
+  // size is the world size. An entry may be empty when the peer's address
+  // is learned later (setPeerAddress) — sending to it before then fails.
+  std::vector<std::string> addresses;
+  // Where this rank's peer service listens; empty: addresses[rank]. Port 0
+  // binds a free port (listeningAddress() tells which).
+  std::string listen_address;
+  // The job's token. Every chunk carries it and the receiver refuses a
+  // stream whose token differs ("peer X belongs to job Y"), so two jobs on
+  // the same hosts cannot mix their traffic.
+  std::string job_token;
+  // Messages are cut into chunks of at most this many bytes, in (0, 16 MiB]
+  // (gRPC refuses single messages over 4 MB by default; chunks keep far
+  // below it and let the receiver apply backpressure mid-message).
+  size_t chunk_bytes = size_t{1} << 20;
+  // Bytes this rank buffers for messages that no receive has claimed yet,
+  // summed over all senders. When a new message would go over it, the
+  // peer service stops reading that sender's stream until the application
+  // receives enough (HTTP/2 flow control then stalls the sender). A message
+  // is always admitted when nothing is buffered or a receive is already
+  // waiting for it, so one message larger than the bound still passes.
+  uint64_t max_buffered_bytes = uint64_t{256} << 20;
+  // Largest single message accepted from a peer; a chunk announcing a larger
+  // total is refused (ProtocolError on both sides) before anything is
+  // allocated. Also the largest message send() accepts.
+  uint64_t max_message_bytes = uint64_t{4} << 30;
+  // How long the first send to a peer waits for the peer's server to accept
+  // a connection (peers start at different times); IoError naming the peer
+  // after it.
+  Duration connect_timeout = std::chrono::seconds(30);
+  // close() (and the destructor) wait this long for queued sends to be
+  // written and read by their receivers, then cancel the streams and fail
+  // what is left with IoError. Bounds the destructor.
+  Duration close_timeout = std::chrono::seconds(10);
+  // HTTP/2 keepalive ping interval on idle connections, so a peer whose host
+  // vanished (no FIN/RST) is detected; zero disables.
+  Duration keepalive = std::chrono::seconds(10);
+};
+
+// One rank's endpoint of the gRPC transport. The constructor starts this
+// rank's peer service (a gRPC server with its own threads) on the listen
+// address; the first send to a peer connects to it (waiting up to
+// connect_timeout) and opens one stream that every later send to that
+// peer reuses. A writer thread per peer writes that peer's messages in
+// send order, in chunks of chunk_bytes. send() returns at once; its Work
+// completes when the last chunk has been written to the stream (handed to
+// gRPC within the HTTP/2 flow-control window), not when the receiver has it.
+// Received chunks are reassembled and delivered to per-(source, tag) FIFO
+// mailboxes with the same matching semantics as inproc; see
+// GrpcTransportOptions::max_buffered_bytes for the backpressure.
+//
+// Errors: a stream that breaks (peer died, refused a chunk, shut down)
+// fails the send being written and every later send to that peer (the link
+// is not reopened, so per-tag FIFO order can never silently skip a
+// message); receives waiting on a sender whose stream ended fail, as do
+// later ones that find no queued message. Failures are IoError (connection,
+// peer gone) or ProtocolError (refused traffic) naming both ranks, the
+// peer's address, the operation, the tag and the gRPC status code.
+//
+// Thread-safety: every method may be called from any thread. Ownership: the
+// caller owns the transport; close() (or the destructor, which calls it)
+// stops the threads; handles outlive it and report IoError.
+class GrpcTransport : public Transport {
+ public:
+  explicit GrpcTransport(GrpcTransportOptions options);
+  ~GrpcTransport() override;
+  GrpcTransport(const GrpcTransport&) = delete;
+  GrpcTransport& operator=(const GrpcTransport&) = delete;
+
+  int rank() const override;
+  int worldSize() const override;
+  std::shared_ptr<Work> send(int peer, const Tag& tag, Bytes payload) override;
+  std::shared_ptr<RecvWork> recv(int peer, const Tag& tag) override;
+  TransportStats stats() const override;
+  std::string name() const override { return "grpc"; }
+
+  // "host:port" the peer service is bound to (the chosen port when the
+  // listen address had port 0).
+  std::string listeningAddress() const;
+  // Sets peer's address (a launcher that learns ports after binding). Only
+  // before the first send to `peer`; throws Error afterwards.
+  void setPeerAddress(int peer, const std::string& address);
+  // Bytes held for messages no receive has claimed yet (for tests and
+  // metrics); see max_buffered_bytes.
+  uint64_t bufferedBytes() const;
+
+  // Drains queued sends (up to close_timeout), then stops the peer service
+  // and fails every pending and later operation with IoError. Idempotent;
+  // the destructor calls it. Blocks at most about close_timeout + 1 s.
+  void close();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Registers "grpc" with makeTransport (done automatically by a static
+// initializer in every binary linking geopipe_transport_grpc; calling it
+// again is harmless).
+void registerGrpcTransport();
+
+}  // namespace geopipe::transport

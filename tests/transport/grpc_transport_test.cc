@@ -1,0 +1,451 @@
+// GrpcTransport over loopback: ranks as threads, each with its own peer
+// service on a free 127.0.0.1 port; matching, chunking, backpressure,
+// collectives against inproc, and the failure paths (timeouts, a peer that
+// shuts down, a foreign job, garbage from a raw client).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "geopipe/error.h"
+#include "src/transport/collectives.h"
+#include "src/transport/factory.h"
+#include "src/transport/grpc/grpc_transport.h"
+#include "src/transport/grpc/peer_test_client.h"
+#include "tests/transport/world.h"
+
+namespace geopipe::transport::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// Options small enough to exercise multi-chunk messages and quick failure
+// detection without slowing the suite.
+GrpcTransportOptions testOptions() {
+  GrpcTransportOptions o;
+  o.chunk_bytes = 64 << 10;
+  o.connect_timeout = seconds(2);
+  o.close_timeout = seconds(2);
+  return o;
+}
+
+// n ranks, each listening on a free port; the address tables are filled in
+// after every server is up. `tokens[r]` overrides rank r's job token.
+std::vector<std::shared_ptr<GrpcTransport>> makeGrpcWorld(
+    int n, GrpcTransportOptions base = testOptions(), std::vector<std::string> tokens = {}) {
+  std::vector<std::shared_ptr<GrpcTransport>> ranks;
+  for (int r = 0; r < n; ++r) {
+    GrpcTransportOptions o = base;
+    o.rank = r;
+    o.addresses.assign(static_cast<size_t>(n), "");
+    o.listen_address = "127.0.0.1:0";
+    o.job_token = r < static_cast<int>(tokens.size()) ? tokens[r] : "test-job";
+    ranks.push_back(std::make_shared<GrpcTransport>(o));
+  }
+  for (int r = 0; r < n; ++r) {
+    for (int p = 0; p < n; ++p) {
+      if (p != r) ranks[r]->setPeerAddress(p, ranks[p]->listeningAddress());
+    }
+  }
+  return ranks;
+}
+
+World asWorld(const std::vector<std::shared_ptr<GrpcTransport>>& ranks) {
+  World world;
+  for (auto& r : ranks) world.ranks.push_back(r);
+  return world;
+}
+
+std::string messageOf(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+Bytes pattern(size_t n, uint32_t seed) {
+  Bytes b(n);
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    b[i] = static_cast<uint8_t>(x >> 24);
+  }
+  return b;
+}
+
+class GrpcWorldTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(GrpcWorldTest, DeliversInSendOrderPerPeerAndTag) {
+  auto ranks = makeGrpcWorld(GetParam());
+  World world = asWorld(ranks);
+  const int kMessages = 12;
+  const Tag tag = tagOf(Channel::ACTIVATION, 1);
+  spawn(world, [&](Transport& t) {
+    std::vector<std::shared_ptr<Work>> sends;
+    for (int p = 0; p < t.worldSize(); ++p) {
+      if (p == t.rank()) continue;
+      // Sizes cross the 64 KiB chunk boundary: 8 B .. ~220 KiB.
+      for (int i = 0; i < kMessages; ++i) sends.push_back(t.send(p, tag, stamp(t.rank(), i, i * 18000)));
+    }
+    for (int p = 0; p < t.worldSize(); ++p) {
+      if (p == t.rank()) continue;
+      for (int i = 0; i < kMessages; ++i) {
+        Bytes b = recvNow(t, p, tag);
+        EXPECT_EQ(unstamp(b), std::make_pair(p, i));
+        ASSERT_EQ(b.size(), 8u + static_cast<size_t>(i) * 18000);
+        if (i > 0) EXPECT_EQ(b.back(), static_cast<uint8_t>(i * 7 + p));
+      }
+    }
+    for (auto& s : sends) s->wait(seconds(10));
+  });
+  for (auto& r : ranks) {
+    const TransportStats s = r->stats();
+    EXPECT_EQ(s.messages_sent, static_cast<uint64_t>((GetParam() - 1) * kMessages));
+    EXPECT_EQ(s.messages_received, s.messages_sent);
+  }
+}
+
+TEST_P(GrpcWorldTest, ReceivesPostedBeforeTheSend) {
+  auto ranks = makeGrpcWorld(GetParam());
+  World world = asWorld(ranks);
+  ThreadBarrier posted(GetParam());
+  spawn(world, [&](Transport& t) {
+    std::vector<std::shared_ptr<RecvWork>> recvs;
+    for (int p = 0; p < t.worldSize(); ++p) recvs.push_back(t.recv(p, tagOf(Channel::CONTROL, 7)));
+    posted.arriveAndWait();
+    for (int p = 0; p < t.worldSize(); ++p) t.send(p, tagOf(Channel::CONTROL, 7), stamp(t.rank(), 0));
+    for (int p = 0; p < t.worldSize(); ++p) {
+      recvs[p]->wait(seconds(10));
+      EXPECT_EQ(unstamp(recvs[p]->takePayload()), std::make_pair(p, 0));
+    }
+  });
+}
+
+TEST_P(GrpcWorldTest, MatchesManyTagsInAnyOrder) {
+  auto ranks = makeGrpcWorld(GetParam());
+  World world = asWorld(ranks);
+  const int kTags = 40;
+  spawn(world, [&](Transport& t) {
+    const int next = (t.rank() + 1) % t.worldSize();
+    const int prev = (t.rank() + t.worldSize() - 1) % t.worldSize();
+    for (int i = 0; i < kTags; ++i) {
+      Tag tag = tagOf(i % 2 ? Channel::GRADIENT : Channel::ACTIVATION_GRAD, i / 3, i);
+      tag.micro_batch = i % 5;
+      t.send(next, tag, stamp(t.rank(), i, i));
+    }
+    for (int i = kTags - 1; i >= 0; --i) {  // reverse order: all but the last are queued
+      Tag tag = tagOf(i % 2 ? Channel::GRADIENT : Channel::ACTIVATION_GRAD, i / 3, i);
+      tag.micro_batch = i % 5;
+      EXPECT_EQ(unstamp(recvNow(t, prev, tag)), std::make_pair(prev, i));
+    }
+  });
+}
+
+TEST_P(GrpcWorldTest, CollectivesAreBitIdenticalToInproc) {
+  const int n = GetParam();
+  const size_t count = 100003;  // not a multiple of n or of the chunk
+  std::vector<std::vector<float>> inputs(n, std::vector<float>(count));
+  for (int r = 0; r < n; ++r) {
+    std::mt19937 gen(1234 + r);
+    std::normal_distribution<float> dist(0.f, 3.f);
+    for (auto& x : inputs[r]) x = dist(gen);
+  }
+  std::vector<int> group(n);
+  for (int r = 0; r < n; ++r) group[r] = r;
+  auto run = [&](World& world, std::vector<std::vector<float>>& sums,
+                 std::vector<std::vector<Bytes>>& gathers) {
+    sums = inputs;
+    gathers.assign(n, {});
+    spawn(world, [&](Transport& t) {
+      CollectiveOptions options;
+      options.step = 3;
+      options.chunk_bytes = 48 << 10;
+      options.timeout = seconds(20);
+      allReduceSum(t, group, sums[t.rank()].data(), count, options);
+      gathers[t.rank()] = allGatherBytes(t, group, pattern(1000 + 70000 * t.rank(), t.rank()),
+                                         options);
+    });
+  };
+  std::vector<std::vector<float>> grpc_sums, inproc_sums;
+  std::vector<std::vector<Bytes>> grpc_gathers, inproc_gathers;
+  auto ranks = makeGrpcWorld(n);
+  World grpc_world = asWorld(ranks);
+  run(grpc_world, grpc_sums, grpc_gathers);
+  World inproc_world = makeWorld(Kind::INPROC, n);
+  run(inproc_world, inproc_sums, inproc_gathers);
+  for (int r = 0; r < n; ++r) {
+    ASSERT_EQ(grpc_sums[r].size(), count);
+    EXPECT_EQ(std::memcmp(grpc_sums[r].data(), inproc_sums[r].data(), count * sizeof(float)), 0)
+        << "rank " << r;
+    EXPECT_EQ(std::memcmp(grpc_sums[r].data(), grpc_sums[0].data(), count * sizeof(float)), 0);
+    EXPECT_EQ(grpc_gathers[r], inproc_gathers[r]) << "rank " << r;
+    ASSERT_EQ(grpc_gathers[r].size(), static_cast<size_t>(n));
+    for (int p = 0; p < n; ++p) EXPECT_EQ(grpc_gathers[r][p], pattern(1000 + 70000 * p, p));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, GrpcWorldTest, ::testing::Values(2, 3, 4),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return "n" + std::to_string(info.param);
+                         });
+
+TEST(GrpcTransport, ChunksA64MBPayload) {
+  GrpcTransportOptions o = testOptions();
+  o.chunk_bytes = 1 << 20;
+  auto ranks = makeGrpcWorld(2, o);
+  const size_t size = size_t{64} << 20;
+  Bytes payload = pattern(size, 9);
+  const Bytes expected = payload;
+  auto s = ranks[0]->send(1, tagOf(Channel::ACTIVATION, 0), std::move(payload));
+  Bytes got = recvNow(*ranks[1], 0, tagOf(Channel::ACTIVATION, 0), seconds(30));
+  s->wait(seconds(30));
+  EXPECT_TRUE(got == expected);
+  EXPECT_EQ(ranks[1]->stats().bytes_received, size);
+  EXPECT_EQ(ranks[0]->stats().bytes_sent, size);
+  EXPECT_EQ(ranks[1]->bufferedBytes(), 0u);
+}
+
+TEST(GrpcTransport, SendsToItselfAndEmptyMessages) {
+  auto ranks = makeGrpcWorld(2);
+  ranks[0]->send(0, tagOf(Channel::CONTROL, 1), stamp(0, 5))->wait(seconds(1));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 0, tagOf(Channel::CONTROL, 1))), std::make_pair(0, 5));
+  ranks[0]->send(1, tagOf(Channel::CONTROL, 2), Bytes{})->wait(seconds(10));
+  EXPECT_TRUE(recvNow(*ranks[1], 0, tagOf(Channel::CONTROL, 2)).empty());
+}
+
+TEST(GrpcTransport, ReceiveTimeoutNamesPeerTagAndOperation) {
+  auto ranks = makeGrpcWorld(2);
+  auto r = ranks[0]->recv(1, tagOf(Channel::GRADIENT, 4, 2));
+  const auto start = Clock::now();
+  std::string what;
+  try {
+    r->wait(milliseconds(150));
+    FAIL() << "no timeout";
+  } catch (const TimeoutError& e) {
+    what = e.what();
+  }
+  EXPECT_GE(Clock::now() - start, milliseconds(150));
+  EXPECT_TRUE(contains(what, "recv on rank 0 from rank 1 (127.0.0.1:")) << what;
+  EXPECT_TRUE(contains(what, "GRADIENT/step=4/mb=0/idx=2")) << what;
+  // Withdrawn: the next message goes to the next receive.
+  ranks[1]->send(0, tagOf(Channel::GRADIENT, 4, 2), stamp(1, 1))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::GRADIENT, 4, 2))), std::make_pair(1, 1));
+  EXPECT_THROW(r->wait(milliseconds(1)), TimeoutError);
+}
+
+TEST(GrpcTransport, BackpressureBoundsTheReceiversBuffer) {
+  GrpcTransportOptions o = testOptions();
+  o.chunk_bytes = 1 << 20;
+  o.max_buffered_bytes = 4 << 20;
+  auto ranks = makeGrpcWorld(2, o);
+  const Tag tag = tagOf(Channel::ACTIVATION, 0);
+  // The first message is admitted (nothing buffered), the second (64 MB,
+  // far more than HTTP/2 windows and socket buffers hold) must stall.
+  auto first = ranks[0]->send(1, tag, pattern(3 << 20, 1));
+  auto second = ranks[0]->send(1, tag, pattern(64 << 20, 2));
+  first->wait(seconds(10));
+  const std::string what = messageOf([&] { second->wait(milliseconds(500)); });
+  EXPECT_TRUE(contains(what, "send from rank 0 to rank 1")) << what;
+  EXPECT_TRUE(contains(what, "timed out")) << what;
+  EXPECT_LE(ranks[1]->bufferedBytes(), uint64_t{3} << 20);
+  EXPECT_FALSE(second->done());
+  // Consuming the first message lets the second through.
+  EXPECT_EQ(recvNow(*ranks[1], 0, tag), pattern(3 << 20, 1));
+  EXPECT_EQ(recvNow(*ranks[1], 0, tag, seconds(30)), pattern(64 << 20, 2));
+  second->wait(seconds(10));
+}
+
+TEST(GrpcTransport, AwaitedMessagePassesAStalledBuffer) {
+  GrpcTransportOptions o = testOptions();
+  o.max_buffered_bytes = 1 << 20;
+  auto ranks = makeGrpcWorld(3, o);
+  // Rank 1 fills rank 0's budget with a message nobody receives yet; rank
+  // 2's message is awaited, so it is admitted anyway.
+  ranks[1]->send(0, tagOf(Channel::ACTIVATION, 0), pattern(2 << 20, 1))->wait(seconds(10));
+  auto r = ranks[0]->recv(2, tagOf(Channel::ACTIVATION, 1));
+  ranks[2]->send(0, tagOf(Channel::ACTIVATION, 1), pattern(2 << 20, 3));
+  r->wait(seconds(10));
+  EXPECT_EQ(r->takePayload(), pattern(2 << 20, 3));
+  EXPECT_EQ(recvNow(*ranks[0], 1, tagOf(Channel::ACTIVATION, 0)), pattern(2 << 20, 1));
+}
+
+TEST(GrpcTransport, PeerThatShutsDownFailsReceivesAndSendsNamingIt) {
+  auto ranks = makeGrpcWorld(3);
+  const std::string addr1 = ranks[1]->listeningAddress();
+  // Streams 1->0 and 2->1 exist before rank 1 goes away.
+  ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10));
+  ranks[2]->send(1, tagOf(Channel::CONTROL, 0), stamp(2, 0))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 0))), std::make_pair(1, 0));
+  auto pending = ranks[0]->recv(1, tagOf(Channel::CONTROL, 1));
+  ranks[1]->close();
+
+  std::string what = messageOf([&] { pending->wait(seconds(10)); });
+  EXPECT_TRUE(contains(what, "rank 1 (" + addr1 + ") closed its stream")) << what;
+  EXPECT_THROW(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 2)), IoError);
+
+  // No stream yet (0 -> 1): the connection is refused until connect_timeout.
+  try {
+    ranks[0]->send(1, tagOf(Channel::CONTROL, 3), stamp(0, 0))->wait(seconds(10));
+    FAIL() << "send to a closed peer succeeded";
+  } catch (const IoError& e) {
+    what = e.what();
+  }
+  EXPECT_TRUE(contains(what, "rank 1 (" + addr1 + ")")) << what;
+  EXPECT_TRUE(contains(what, "UNAVAILABLE")) << what;
+
+  // An open stream (2 -> 1): the next send after the peer went away fails.
+  std::string broken;
+  const auto deadline = Clock::now() + seconds(10);
+  while (broken.empty() && Clock::now() < deadline) {
+    try {
+      ranks[2]->send(1, tagOf(Channel::CONTROL, 4), stamp(2, 1))->wait(seconds(10));
+      std::this_thread::sleep_for(milliseconds(20));
+    } catch (const IoError& e) {
+      broken = e.what();
+    }
+  }
+  EXPECT_TRUE(contains(broken, "to rank 1 (" + addr1 + ")")) << broken;
+  EXPECT_TRUE(contains(broken, "grpc status")) << broken;
+}
+
+TEST(GrpcTransport, RefusesAPeerOfAnotherJob) {
+  auto ranks = makeGrpcWorld(2, testOptions(), {"job-A", "job-B"});
+  std::string what;
+  const auto deadline = Clock::now() + seconds(10);
+  while (what.empty() && Clock::now() < deadline) {
+    try {
+      ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10));
+    } catch (const ProtocolError& e) {
+      what = e.what();
+    }
+  }
+  EXPECT_TRUE(contains(what, "peer 1 belongs to job 'job-B'")) << what;
+  EXPECT_TRUE(contains(what, "PERMISSION_DENIED")) << what;
+  EXPECT_TRUE(contains(what, "send from rank 1 to rank 0")) << what;
+}
+
+TEST(GrpcTransport, ServerSurvivesGarbageAndInvalidChunkSequences) {
+  GrpcTransportOptions o = testOptions();
+  o.max_message_bytes = 1 << 20;
+  auto ranks = makeGrpcWorld(3, o);
+  const std::string addr0 = ranks[0]->listeningAddress();
+  auto chunk = [](uint64_t seq, uint64_t offset, uint64_t total, size_t n) {
+    geopipe::v1::PeerChunk c;
+    c.set_protocol_version(1);
+    c.set_source_rank(2);
+    c.set_destination_rank(0);
+    c.set_job_token("test-job");
+    c.mutable_tag()->set_channel(1);
+    c.set_sequence(seq);
+    c.set_offset(offset);
+    c.set_total_size(total);
+    c.set_data(std::string(n, 'x'));
+    return c;
+  };
+  struct Case {
+    const char* name;
+    std::vector<geopipe::v1::PeerChunk> chunks;
+    int code;
+    const char* expect;
+  };
+  auto wrong_version = chunk(0, 0, 10, 10);
+  wrong_version.set_protocol_version(7);
+  auto wrong_dest = chunk(0, 0, 10, 10);
+  wrong_dest.set_destination_rank(1);
+  auto bad_rank = chunk(0, 0, 10, 10);
+  bad_rank.set_source_rank(9);
+  auto bad_channel = chunk(0, 0, 10, 10);
+  bad_channel.mutable_tag()->set_channel(99);
+  const std::vector<Case> cases = {
+      {"offset beyond total", {chunk(0, 0, 100, 10), chunk(0, 500, 100, 10)}, 3, "offset 500"},
+      {"overrun", {chunk(0, 0, 100, 60), chunk(0, 60, 100, 60)}, 3, "overruns"},
+      {"oversize total", {chunk(0, 0, uint64_t{1} << 40, 10)}, 3, "over this rank's limit"},
+      {"first chunk not at 0", {chunk(0, 5, 100, 10)}, 3, "expected 0"},
+      {"skipped sequence", {chunk(0, 0, 10, 10), chunk(2, 0, 10, 10)}, 3, "expected 1"},
+      {"interleaved", {chunk(0, 0, 100, 10), chunk(1, 0, 100, 10)}, 3, "interleaved"},
+      {"wrong version", {wrong_version}, 9, "protocol version 7"},
+      {"wrong destination", {wrong_dest}, 9, "addressed its chunks to rank 1"},
+      {"source outside world", {bad_rank}, 3, "outside the world"},
+      {"unknown channel", {bad_channel}, 3, "unknown channel 99"},
+  };
+  for (const Case& c : cases) {
+    const RawStreamResult result = sendRawChunks(addr0, c.chunks, seconds(5));
+    EXPECT_EQ(result.code, c.code) << c.name << ": " << result.message;
+    EXPECT_TRUE(contains(result.message, c.expect)) << c.name << ": " << result.message;
+  }
+  // Bytes that are not a PeerChunk at all: a length-delimited field that
+  // runs past the end of the frame.
+  const RawStreamResult garbage =
+      sendRawFrames(addr0, {std::string("\x4a\x64\x01\x02\x03", 5)}, seconds(5));
+  EXPECT_NE(garbage.code, 0) << garbage.message;
+  EXPECT_TRUE(contains(garbage.message, "without end_of_stream")) << garbage.message;
+  // A well-formed raw stream ending in a goodbye is accepted; its message
+  // queues behind the one complete message of the "skipped sequence" case.
+  auto goodbye = chunk(1, 0, 0, 0);
+  goodbye.set_end_of_stream(true);
+  const RawStreamResult ok = sendRawChunks(addr0, {chunk(0, 0, 3, 3), goodbye}, seconds(5));
+  EXPECT_EQ(ok.code, 0) << ok.message;
+  Tag tag;
+  tag.channel = Channel::ACTIVATION;
+  EXPECT_EQ(recvNow(*ranks[0], 2, tag), Bytes(10, 'x'));
+  EXPECT_EQ(recvNow(*ranks[0], 2, tag), Bytes(3, 'x'));
+  // The server still serves the real ranks.
+  ranks[1]->send(0, tagOf(Channel::CONTROL, 9), stamp(1, 9))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 9))), std::make_pair(1, 9));
+  EXPECT_EQ(ranks[0]->bufferedBytes(), 0u);
+}
+
+TEST(GrpcTransport, CloseDrainsQueuedSends) {
+  auto ranks = makeGrpcWorld(2);
+  std::vector<std::shared_ptr<Work>> sends;
+  for (int i = 0; i < 5; ++i) sends.push_back(ranks[0]->send(1, Tag{}, stamp(0, i, 300000)));
+  ranks[0]->close();
+  for (auto& s : sends) s->wait(milliseconds(1));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(unstamp(recvNow(*ranks[1], 0, Tag{})), std::make_pair(0, i));
+  EXPECT_THROW(ranks[0]->send(1, Tag{}, Bytes{})->wait(seconds(1)), IoError);
+  EXPECT_THROW(ranks[0]->recv(1, Tag{})->wait(seconds(1)), IoError);
+}
+
+TEST(GrpcTransport, DestructorIsBoundedWhenThePeerNeverReads) {
+  GrpcTransportOptions o = testOptions();
+  o.max_buffered_bytes = 1 << 20;
+  o.close_timeout = milliseconds(300);
+  auto ranks = makeGrpcWorld(2, o);
+  auto first = ranks[0]->send(1, Tag{}, pattern(2 << 20, 1));
+  auto stuck = ranks[0]->send(1, Tag{}, pattern(32 << 20, 2));
+  first->wait(seconds(10));
+  const auto start = Clock::now();
+  ranks[0].reset();
+  EXPECT_LT(Clock::now() - start, seconds(3));
+  EXPECT_THROW(stuck->wait(seconds(1)), IoError);
+}
+
+TEST(GrpcTransport, FactoryBuildsGrpc) {
+  TransportOptions options;
+  options.rank = 0;
+  options.addresses = {"127.0.0.1:0", ""};
+  options.job_token = "factory-job";
+  auto t = makeTransport("grpc", options);
+  EXPECT_EQ(t->name(), "grpc");
+  EXPECT_EQ(t->worldSize(), 2);
+  auto* g = dynamic_cast<GrpcTransport*>(t.get());
+  ASSERT_NE(g, nullptr);
+  EXPECT_TRUE(contains(g->listeningAddress(), "127.0.0.1:"));
+  EXPECT_NE(g->listeningAddress(), "127.0.0.1:0");
+  const std::string what = messageOf([&] { t->send(1, Tag{}, Bytes{})->wait(seconds(1)); });
+  EXPECT_TRUE(contains(what, "no address is known for rank 1")) << what;
+  EXPECT_THROW(t->send(2, Tag{}, Bytes{}), Error);
+}
+
+}  // namespace
+}  // namespace geopipe::transport::testing
