@@ -254,6 +254,37 @@ CompressedMessage PowerSgdCompressor::computeP(const float* grad, const std::vec
   return rawFactor(Method::POWERSGD_P, p_, rows_, r_);
 }
 
+PowerSgdCompressor::State PowerSgdCompressor::state() const {
+  State st;
+  st.shape = shape_;
+  st.residual = residual_;
+  if (have_q_) st.q = q_;
+  return st;
+}
+
+void PowerSgdCompressor::restore(const State& st) {
+  if (st.shape.empty()) {
+    shape_.clear();
+    residual_.clear();
+    q_.clear();
+    have_q_ = false;
+    return;
+  }
+  const int64_t rows = st.shape[0];
+  const int64_t cols = static_cast<int64_t>(numelOf(st.shape)) / std::max<int64_t>(rows, 1);
+  const int64_t r = std::max<int64_t>(std::min<int64_t>(opt_.rank, std::min(rows, cols)), 1);
+  GEOPIPE_CHECK(st.residual.size() == static_cast<size_t>(rows * cols) &&
+                    (st.q.empty() || st.q.size() == static_cast<size_t>(cols * r)),
+                ProtocolError, "PowerSGD state does not match its shape (corrupt checkpoint?)");
+  shape_ = st.shape;
+  rows_ = rows;
+  cols_ = cols;
+  r_ = r;
+  residual_ = st.residual;
+  q_ = st.q;
+  have_q_ = !st.q.empty();
+}
+
 CompressedMessage PowerSgdCompressor::computeQ(const std::vector<CompressedMessage>& all_p) {
   GEOPIPE_CHECK(!m_.empty() || rows_ * cols_ == 0, ConfigError, "computeQ before computeP");
   p_ = combineMean(all_p);

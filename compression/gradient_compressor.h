@@ -64,6 +64,9 @@ class GradientCompressor {
                              uint64_t step = 0);
   const std::vector<float>& residual() const { return residual_; }
   void resetResidual() { residual_.clear(); }
+  // Restores a residual saved with residual() (checkpoint resume); empty
+  // means none yet.
+  void setResidual(std::vector<float> residual) { residual_ = std::move(residual); }
 
  private:
   GradientCompressorOptions opt_;
@@ -96,6 +99,16 @@ class PowerSgdCompressor {
   // identical on every rank, and updates the residual M - P Q_i^T.
   std::vector<float> finish(const std::vector<CompressedMessage>& all_q);
   const std::vector<float>& residual() const { return residual_; }
+
+  // Everything a resumed run needs to continue bit-identically: the shape,
+  // the error-feedback residual and the warm-started Q.
+  struct State {
+    std::vector<int64_t> shape;
+    std::vector<float> residual;
+    std::vector<float> q;  // empty until the first computeP
+  };
+  State state() const;
+  void restore(const State& state);  // ProtocolError if inconsistent
 
  private:
   GradientCompressorOptions opt_;

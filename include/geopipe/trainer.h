@@ -32,7 +32,8 @@ struct StepMetrics {
 };
 
 struct TrainResult {
-  std::vector<double> losses;   // per step
+  int64_t first_step = 0;       // > 0 when resumed from a checkpoint
+  std::vector<double> losses;   // per step run, from first_step
   double seconds = 0;           // whole run
   double tokens_per_second = 0; // all steps
   uint64_t wire_bytes = 0;      // all pipeline + data-parallel traffic
@@ -61,6 +62,10 @@ struct TrainerOptions {
   // returns true every tasklet is stopped and train() returns the steps done
   // so far with TrainResult::interrupted set (Ctrl-C in the CLI).
   std::function<bool()> should_stop;
+  // Continue from the newest committed checkpoint in job.checkpoint.dir
+  // (corrupt or partial ones are skipped); ConfigError if there is none or it
+  // was written by another stages x replicas layout.
+  bool resume = false;
 };
 
 // Trains `model` as `job` describes (training, parallelism, compression,

@@ -44,6 +44,7 @@ struct TrainArgs {
   std::string job;                 // job YAML file
   std::optional<int> steps;        // overrides training.steps
   std::string metrics_file;        // overrides logging.metrics_file
+  bool resume = false;             // continue from the newest committed checkpoint
 };
 void addTrainOptions(CLI::App& train, TrainArgs& args);
 // Exit code 130 when interrupted by Ctrl-C (the steps done are reported).

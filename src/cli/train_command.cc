@@ -38,6 +38,8 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
   train.add_option("JOB", args.job, "job YAML file")->required();
   train.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
   train.add_option("--metrics", args.metrics_file, "write JSON lines here (overrides logging.metrics_file)");
+  train.add_flag("--resume", args.resume,
+                 "continue from the newest committed checkpoint in checkpoint.dir");
 }
 
 int runTrainCommand(const TrainArgs& args, std::ostream& out) {
@@ -55,7 +57,8 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   ModelDef model = makeModel(job.model);
   std::ofstream metrics;
   if (!job.logging.metrics_file.empty()) {
-    metrics.open(job.logging.metrics_file, std::ios::trunc);
+    // A resumed run appends to the metrics of the run it continues.
+    metrics.open(job.logging.metrics_file, args.resume ? std::ios::app : std::ios::trunc);
     if (!metrics) {
       GEOPIPE_THROW(IoError, "cannot write metrics file '", job.logging.metrics_file,
                     "' (logging.metrics_file)");
@@ -73,7 +76,9 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   auto previous = std::signal(SIGINT, onSignal);
   TrainerOptions opt;
   opt.should_stop = [] { return g_interrupted.load(); };
+  opt.resume = args.resume;
   double elapsed = 0;
+  int64_t first_step = -1;
   uint64_t raw = 0, wire = 0;
   opt.on_step = [&](const StepMetrics& m) {
     elapsed += m.seconds;
@@ -98,8 +103,9 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
       metrics << j.dump() << "\n" << std::flush;
     }
     const int64_t done = m.step + 1;
+    if (first_step < 0) first_step = m.step;
     if (done % job.logging.every_steps == 0 || done == steps) {
-      const double eta = elapsed / done * (steps - done);
+      const double eta = elapsed / double(done - first_step) * double(steps - done);
       out << "step " << std::setw(5) << done << "/" << steps << "  loss " << std::fixed
           << std::setprecision(4) << m.loss << "  " << std::setprecision(0)
           << m.tokens_per_second << " tok/s  wire " << humanBytes(double(step_wire)) << " (raw "

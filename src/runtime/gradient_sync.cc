@@ -2,6 +2,8 @@
 #include "src/runtime/gradient_sync.h"
 
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include "compression/options.h"
 #include "geopipe/error.h"
@@ -220,6 +222,118 @@ double allReduceScalarSum(transport::Transport& transport, const std::vector<int
     sum += v;
   }
   return sum;
+}
+
+}  // namespace geopipe::runtime
+
+namespace geopipe::runtime {
+namespace {
+
+constexpr uint32_t kStateMagic = 0x53475047;  // "GPGS"
+constexpr uint32_t kStateVersion = 1;
+
+class StateWriter {
+ public:
+  template <typename T>
+  void put(T v) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    bytes.insert(bytes.end(), p, p + sizeof(T));
+  }
+  void floats(const std::vector<float>& v) {
+    put<uint64_t>(v.size());
+    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+    bytes.insert(bytes.end(), p, p + v.size() * sizeof(float));
+  }
+  std::string bytes;
+};
+
+class StateReader {
+ public:
+  StateReader(std::string bytes, std::string path) : bytes_(std::move(bytes)), path_(std::move(path)) {}
+  template <typename T>
+  T get() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, bytes_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  std::vector<float> floats() {
+    const uint64_t n = get<uint64_t>();
+    if (n > (bytes_.size() - pos_) / sizeof(float)) need(n * sizeof(float));
+    std::vector<float> v(n);
+    std::memcpy(v.data(), bytes_.data() + pos_, n * sizeof(float));
+    pos_ += n * sizeof(float);
+    return v;
+  }
+  void need(uint64_t n) {
+    if (bytes_.size() - pos_ < n) {
+      GEOPIPE_THROW(ProtocolError, "gradient-sync state '", path_, "' is truncated");
+    }
+  }
+  bool atEnd() const { return pos_ == bytes_.size(); }
+
+ private:
+  std::string bytes_, path_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+void GradientSync::saveState(const std::string& path) const {
+  StateWriter w;
+  w.put<uint32_t>(kStateMagic);
+  w.put<uint32_t>(kStateVersion);
+  w.put<uint8_t>(static_cast<uint8_t>(spec_.method == "none" ? 0 : 1 + int(options_.method)));
+  w.put<uint32_t>(static_cast<uint32_t>(compressors_.size()));
+  for (const auto& c : compressors_) w.floats(c->residual());
+  w.put<uint32_t>(static_cast<uint32_t>(power_.size()));
+  for (const auto& p : power_) {
+    auto st = p->state();
+    w.put<uint32_t>(static_cast<uint32_t>(st.shape.size()));
+    for (int64_t d : st.shape) w.put<int64_t>(d);
+    w.floats(st.residual);
+    w.floats(st.q);
+  }
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(w.bytes.data(), static_cast<std::streamsize>(w.bytes.size()));
+  if (!out) GEOPIPE_THROW(IoError, "cannot write gradient-sync state '", path, "'");
+}
+
+void GradientSync::loadState(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) GEOPIPE_THROW(IoError, "cannot read gradient-sync state '", path, "'");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  StateReader r(std::move(bytes), path);
+  if (r.get<uint32_t>() != kStateMagic || r.get<uint32_t>() != kStateVersion) {
+    GEOPIPE_THROW(ProtocolError, "'", path, "' is not a gradient-sync state of this version");
+  }
+  const uint8_t method = r.get<uint8_t>();
+  const uint8_t expected = static_cast<uint8_t>(spec_.method == "none" ? 0 : 1 + int(options_.method));
+  if (method != expected) {
+    GEOPIPE_THROW(ProtocolError, "'", path, "' was written with another gradient compression "
+                  "method than compression.gradients.method '", spec_.method,
+                  "': resume with the job's original compression settings");
+  }
+  compressors_.clear();
+  const uint32_t n = r.get<uint32_t>();
+  for (uint32_t i = 0; i < n; ++i) {
+    compressors_.push_back(std::make_unique<compression::GradientCompressor>(options_));
+    compressors_.back()->setResidual(r.floats());
+  }
+  power_.clear();
+  const uint32_t np = r.get<uint32_t>();
+  for (uint32_t i = 0; i < np; ++i) {
+    compression::PowerSgdCompressor::State st;
+    const uint32_t ndim = r.get<uint32_t>();
+    if (ndim > 8) GEOPIPE_THROW(ProtocolError, "'", path, "': bad PowerSGD shape");
+    for (uint32_t d = 0; d < ndim; ++d) st.shape.push_back(r.get<int64_t>());
+    st.residual = r.floats();
+    st.q = r.floats();
+    power_.push_back(std::make_unique<compression::PowerSgdCompressor>(options_));
+    power_.back()->restore(st);
+  }
+  if (!r.atEnd()) GEOPIPE_THROW(ProtocolError, "'", path, "' has trailing bytes");
 }
 
 }  // namespace geopipe::runtime

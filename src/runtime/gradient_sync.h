@@ -24,6 +24,11 @@ class GradientSync {
                const GradientCompressionSpec& spec, uint64_t seed,
                std::chrono::milliseconds timeout);
   void average(const std::vector<torch::Tensor>& params, int64_t step);
+  // Error-feedback residuals and PowerSGD state, for exact resume. The file
+  // starts with a magic and the method; loadState refuses a file written for
+  // another method or tensor count (ProtocolError) or unreadable (IoError).
+  void saveState(const std::string& path) const;
+  void loadState(const std::string& path);
   uint64_t rawBytes() const { return raw_bytes_; }
   uint64_t wireBytes() const { return wire_bytes_; }
 

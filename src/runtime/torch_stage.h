@@ -47,6 +47,9 @@ class TorchStage : public pipeline::StageCompute {
   // Encoders of this stage, for byte accounting (may be null).
   const BoundaryEncoder* activationEncoder() const { return send_act_.get(); }
   const BoundaryEncoder* gradientEncoder() const { return send_grad_.get(); }
+  // Mutable access for checkpoints (AC-SGD buffer stores).
+  BoundaryEncoder* activationEncoderMut() { return send_act_.get(); }
+  BoundaryDecoder* activationDecoderMut() { return recv_act_.get(); }
 
  private:
   struct Stash {

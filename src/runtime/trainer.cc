@@ -15,8 +15,10 @@
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
 #include "src/pipeline/executor.h"
+#include "src/runtime/checkpoint.h"
 #include "src/runtime/gradient_sync.h"
 #include "src/runtime/placement.h"
+#include "src/runtime/tasklet.h"
 #include "src/runtime/torch_stage.h"
 #include "src/transport/inproc/inproc_transport.h"
 #include "src/transport/link_emulator.h"
@@ -30,54 +32,6 @@ double seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-std::unique_ptr<torch::optim::Optimizer> makeOptimizer(const OptimizerSpec& spec,
-                                                       std::vector<torch::Tensor> params) {
-  if (spec.kind == "sgd") {
-    return std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(spec.lr).momentum(spec.momentum).weight_decay(
-                    spec.weight_decay));
-  }
-  if (spec.kind != "adamw") {
-    GEOPIPE_THROW(ConfigError, "training.optimizer.kind '", spec.kind,
-                  "' is not supported: expected adamw or sgd");
-  }
-  return std::make_unique<torch::optim::AdamW>(
-      params, torch::optim::AdamWOptions(spec.lr)
-                  .betas({spec.beta1, spec.beta2})
-                  .eps(spec.eps)
-                  .weight_decay(spec.weight_decay));
-}
-
-void setLearningRate(torch::optim::Optimizer& opt, double lr) {
-  for (auto& group : opt.param_groups()) {
-    if (auto* adamw = dynamic_cast<torch::optim::AdamWOptions*>(&group.options())) {
-      adamw->lr(lr);
-    } else if (auto* sgd = dynamic_cast<torch::optim::SGDOptions*>(&group.options())) {
-      sgd->lr(lr);
-    }
-  }
-}
-
-double squaredGradNorm(const std::vector<torch::Tensor>& params) {
-  double sum = 0;
-  for (const auto& p : params) {
-    if (p.grad().defined()) sum += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
-  }
-  return sum;
-}
-
-// Scales gradients so their global norm is at most max_norm (the formula of
-// torch.nn.utils.clip_grad_norm_, applied with the norm of all stages).
-void clipTo(const std::vector<torch::Tensor>& params, double total_sq, double max_norm) {
-  const double norm = std::sqrt(total_sq);
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef >= 1.0) return;
-  torch::NoGradGuard guard;
-  for (const auto& p : params) {
-    if (p.grad().defined()) p.grad().mul_(coef);
-  }
-}
-
 int tokensPerStep(const JobSpec& job) { return job.training.global_batch * job.model.seq_len; }
 
 // Collects every tasklet's share of a step and hands the finished step to
@@ -86,9 +40,11 @@ class StepBoard {
  public:
   StepBoard(int tasklets, int steps) : tasklets_(tasklets), rows_(steps) {}
 
-  void report(int64_t step, const StepMetrics& part, double loss_sum, bool has_loss) {
+  void report(int64_t step, const StepMetrics& part, double loss_sum, bool has_loss,
+              const std::vector<std::string>& files) {
     std::lock_guard<std::mutex> lock(mu_);
     Row& row = rows_[static_cast<size_t>(step)];
+    row.files.insert(row.files.end(), files.begin(), files.end());
     StepMetrics& m = row.metrics;
     m.activation_raw_bytes += part.activation_raw_bytes;
     m.activation_wire_bytes += part.activation_wire_bytes;
@@ -116,11 +72,12 @@ class StepBoard {
   }
 
   // Blocks until every tasklet reported `step` (or one failed: rethrows).
-  StepMetrics wait(int64_t step) {
+  StepMetrics wait(int64_t step, std::vector<std::string>* files = nullptr) {
     std::unique_lock<std::mutex> lock(mu_);
     Row& row = rows_[static_cast<size_t>(step)];
     cv_.wait(lock, [&] { return error_ || row.arrived == tasklets_; });
     if (error_) std::rethrow_exception(error_);
+    if (files) *files = row.files;
     StepMetrics m = row.metrics;
     m.step = step;
     m.loss = row.loss_parts ? row.loss_sum / row.loss_parts : 0;
@@ -133,6 +90,7 @@ class StepBoard {
     double loss_sum = 0;
     int loss_parts = 0;
     int arrived = 0;
+    std::vector<std::string> files;  // checkpoint files written after this step
   };
   std::mutex mu_;
   std::condition_variable cv_;
@@ -178,7 +136,6 @@ TrainResult Trainer::train() {
   const data::TokenDataset dataset = data::loadDataset(job_.data, job_.model, job_.training.seed);
   const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
                               job_.training.micro_batch, job_.training.seed);
-  const int micro_batches = sampler.microBatchesPerReplica();
 
   runtime::Placement placement = runtime::choosePlacement(model_, job_, options_.device_of_rank,
                                                           options_.layers_per_stage);
@@ -209,75 +166,47 @@ TrainResult Trainer::train() {
   const int steps = job_.training.steps;
   StepBoard board(world, steps);
   const auto timeout = std::chrono::milliseconds(int64_t{options_.timeout_seconds} * 1000);
+  // Checkpoints: written after step k when (k + 1) is a multiple of
+  // checkpoint.every_steps (and after the last step); committed by this
+  // thread once every tasklet has written its files.
+  const std::string& ckpt_dir = job_.checkpoint.dir;
+  const int every = job_.checkpoint.every_steps;
+  auto checkpointAfter = [&](int64_t step) {
+    return !ckpt_dir.empty() && every > 0 && ((step + 1) % every == 0 || step + 1 == steps);
+  };
+  int64_t first_step = 0;
+  std::string resume_from;
+  if (options_.resume) {
+    GEOPIPE_CHECK(!ckpt_dir.empty(), ConfigError,
+                  "resume needs checkpoint.dir in the job, where the checkpoints are");
+    auto manifest = runtime::findLatestCheckpoint(ckpt_dir);
+    if (!manifest) {
+      GEOPIPE_THROW(ConfigError, "no committed checkpoint in '", ckpt_dir,
+                    "' (checkpoint.dir): nothing to resume; run without --resume to start over");
+    }
+    if (manifest->stages != stages || manifest->replicas != replicas) {
+      GEOPIPE_THROW(ConfigError, "the checkpoint in '", ckpt_dir, "' was written by ",
+                    manifest->stages, " stages x ", manifest->replicas,
+                    " replicas, the job has ", stages, " x ", replicas,
+                    ": resume with the original parallelism settings");
+    }
+    first_step = manifest->next_step;
+    resume_from = runtime::stepDirectory(ckpt_dir, first_step);
+    spdlog::info("resuming from '{}' at step {}", resume_from, first_step);
+  }
+  result.first_step = first_step;
+
   auto tasklet = [&](int rank) {
     try {
       torch::set_num_threads(threads);
-      const int s = rank % stages, r = rank / stages;
-      runtime::TorchStageOptions so;
-      so.stage = s;
-      so.num_stages = stages;
-      so.replica = r;
-      so.first_layer = placement.layers_of_stage[s].first;
-      so.last_layer = placement.layers_of_stage[s].second;
-      so.micro_batch = job_.training.micro_batch;
-      so.num_micro_batches = micro_batches;
-      so.seed = job_.training.seed;
-      runtime::TorchStage stage(model_, so, dataset, sampler, job_.compression);
-      auto params = stage.parameters();
-      auto optimizer = makeOptimizer(job_.training.optimizer, params);
-
-      pipeline::ExecutorOptions eo;
-      eo.stage = s;
-      eo.num_stages = stages;
-      eo.prev_rank = s > 0 ? rank - 1 : -1;
-      eo.next_rank = s < stages - 1 ? rank + 1 : -1;
-      eo.schedule = pipeline::scheduleKindFromName(job_.parallelism.schedule);
-      eo.timeout = timeout;
-      transport::Transport& tr = *transports[static_cast<size_t>(rank)];
-      pipeline::StageExecutor executor(tr, eo, micro_batches);
-
-      std::vector<int> dp_group, pp_group;
-      for (int rr = 0; rr < replicas; ++rr) dp_group.push_back(rr * stages + s);
-      for (int ss = 0; ss < stages; ++ss) pp_group.push_back(r * stages + ss);
-      runtime::GradientSync sync(tr, dp_group, job_.compression.gradients, job_.training.seed,
-                                 timeout);
-      uint64_t act_raw = 0, act_wire = 0, grad_raw = 0, grad_wire = 0, dp_raw = 0, dp_wire = 0;
-      for (int step = 0; step < steps; ++step) {
-        const auto t0 = Clock::now();
-        optimizer->zero_grad();
-        pipeline::StepTiming timing = executor.runStep(step, stage);
-        const auto t_sync = Clock::now();
-        sync.average(params, step);
-        if (job_.training.grad_clip > 0) {
-          double sq = runtime::allReduceScalarSum(tr, pp_group, squaredGradNorm(params), step, 0,
-                                                  timeout);
-          clipTo(params, sq, job_.training.grad_clip);
-        }
-        const double lr = learningRateAt(job_.training, step);
-        setLearningRate(*optimizer, lr);
-        optimizer->step();
-        StepMetrics part;
-        part.lr = lr;
-        part.seconds = seconds(t0, Clock::now());
-        part.compute_seconds = timing.compute_s;
-        part.comm_wait_seconds = timing.wait_recv_s + timing.wait_send_s + seconds(t_sync, Clock::now());
-        auto delta = [](uint64_t now, uint64_t& last) {
-          uint64_t d = now - last;
-          last = now;
-          return d;
-        };
-        if (auto* e = stage.activationEncoder()) {
-          part.activation_raw_bytes = delta(e->stats().raw_bytes, act_raw);
-          part.activation_wire_bytes = delta(e->stats().wire_bytes, act_wire);
-        }
-        if (auto* e = stage.gradientEncoder()) {
-          part.gradient_raw_bytes = delta(e->stats().raw_bytes, grad_raw);
-          part.gradient_wire_bytes = delta(e->stats().wire_bytes, grad_wire);
-        }
-        part.dp_raw_bytes = delta(sync.rawBytes(), dp_raw);
-        part.dp_wire_bytes = delta(sync.wireBytes(), dp_wire);
-        const bool last = s == stages - 1;
-        board.report(step, part, last ? stage.takeLossSum() / micro_batches : 0, last);
+      runtime::Tasklet t(model_, job_, placement, rank, *transports[static_cast<size_t>(rank)],
+                         dataset, sampler, timeout);
+      if (!resume_from.empty()) t.loadCheckpoint(resume_from);
+      for (int64_t step = first_step; step < steps; ++step) {
+        runtime::TaskletStep ts = t.runStep(step);
+        std::vector<std::string> files;
+        if (checkpointAfter(step)) files = t.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
+        board.report(step, ts.part, ts.loss, ts.has_loss, files);
       }
     } catch (...) {
       board.fail(std::current_exception());
@@ -290,8 +219,18 @@ TrainResult Trainer::train() {
   for (int rank = 0; rank < world; ++rank) workers.emplace_back(tasklet, rank);
   std::exception_ptr error;
   try {
-    for (int step = 0; step < steps; ++step) {
-      StepMetrics m = board.wait(step);
+    for (int64_t step = first_step; step < steps; ++step) {
+      std::vector<std::string> files;
+      StepMetrics m = board.wait(step, &files);
+      if (checkpointAfter(step)) {
+        runtime::CheckpointManifest manifest;
+        manifest.job = job_.name;
+        manifest.next_step = step + 1;
+        manifest.stages = stages;
+        manifest.replicas = replicas;
+        for (const auto& f : files) manifest.files.push_back({f, 0, 0});
+        runtime::commitCheckpoint(ckpt_dir, manifest, job_.checkpoint.keep);
+      }
       m.tokens_per_second = m.seconds > 0 ? tokensPerStep(job_) / m.seconds : 0;
       result.losses.push_back(m.loss);
       result.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
@@ -310,7 +249,7 @@ TrainResult Trainer::train() {
   for (auto& w : workers) w.join();
   if (error) std::rethrow_exception(error);
   result.seconds = seconds(t_start, Clock::now());
-  const double done = static_cast<double>(result.losses.size());
+  const double done = static_cast<double>(result.losses.size());  // this run's steps
   result.tokens_per_second = result.seconds > 0 ? tokensPerStep(job_) * done / result.seconds : 0;
   return result;
 }
@@ -325,7 +264,7 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
   const int micro_batches = sampler.microBatchesPerReplica();
   auto module = buildSlice(model, 0, model.num_layers, job.training.seed);
   auto params = module->parameters();
-  auto optimizer = makeOptimizer(job.training.optimizer, params);
+  auto optimizer = runtime::makeOptimizer(job.training.optimizer, params);
   std::vector<std::vector<torch::Tensor>> per_replica(static_cast<size_t>(replicas));
   TrainResult result;
   const auto t_start = Clock::now();
@@ -360,9 +299,11 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
         params[i].mutable_grad() = replicas > 1 ? sum / static_cast<float>(replicas) : sum;
       }
     }
-    if (job.training.grad_clip > 0) clipTo(params, squaredGradNorm(params), job.training.grad_clip);
+    if (job.training.grad_clip > 0) {
+      runtime::clipTo(params, runtime::squaredGradNorm(params), job.training.grad_clip);
+    }
     const double lr = learningRateAt(job.training, step);
-    setLearningRate(*optimizer, lr);
+    runtime::setLearningRate(*optimizer, lr);
     optimizer->step();
     StepMetrics m;
     m.step = step;

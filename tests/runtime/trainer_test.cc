@@ -9,6 +9,10 @@
 #include "geopipe/error.h"
 #include "geopipe/trainer.h"
 #include "src/config/job_parser.h"
+#include "src/runtime/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
 
 using namespace geopipe;
 
@@ -165,6 +169,105 @@ TEST(LearningRate, WarmupThenCosineToMin) {
   EXPECT_NEAR(learningRateAt(t, 110), 0.1, 1e-12);
   t.lr_schedule.kind = "linear";
   EXPECT_NEAR(learningRateAt(t, 60), 0.55, 1e-12);
+}
+
+}  // namespace
+
+namespace {
+
+JobSpec checkpointJob(const std::string& dir) {
+  JobSpec job = tinyJob(2, 2, "1f1b");
+  job.training.steps = 12;
+  job.compression.activations.method = "acsgd";
+  job.compression.activations.bits = 3;
+  job.compression.backward.method = "quantize";
+  job.compression.backward.bits = 6;
+  job.compression.gradients.method = "topk";  // error feedback carries state
+  job.compression.gradients.ratio = 0.1;
+  job.checkpoint.dir = dir;
+  job.checkpoint.every_steps = 4;
+  job.checkpoint.keep = 3;
+  return job;
+}
+
+std::string freshDir(const std::string& name) {
+  std::string dir = ::testing::TempDir() + "geopipe-ckpt-" + name;
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+TEST(Checkpoint, ResumeContinuesExactlyLikeAnUninterruptedRun) {
+  JobSpec full = checkpointJob(freshDir("full"));
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  TrainResult uninterrupted = Trainer(makeModel(full.model), full, opt).train();
+
+  JobSpec job = checkpointJob(freshDir("resumed"));
+  TrainerOptions stop = opt;
+  int done = 0;
+  stop.on_step = [&](const StepMetrics&) { ++done; };
+  stop.should_stop = [&] { return done == 6; };  // killed after step 6; last commit: step 4
+  TrainResult first = Trainer(makeModel(job.model), job, stop).train();
+  EXPECT_TRUE(first.interrupted);
+  ASSERT_EQ(first.losses.size(), 6u);
+
+  TrainerOptions resume = opt;
+  resume.resume = true;
+  TrainResult second = Trainer(makeModel(job.model), job, resume).train();
+  EXPECT_EQ(second.first_step, 4);
+  ASSERT_EQ(second.losses.size(), 8u);
+  for (size_t i = 0; i < second.losses.size(); ++i) {
+    EXPECT_EQ(second.losses[i], uninterrupted.losses[4 + i]) << "step " << 4 + i;
+  }
+}
+
+TEST(Checkpoint, CorruptLatestFallsBackToThePreviousOne) {
+  JobSpec job = checkpointJob(freshDir("corrupt"));
+  job.training.steps = 8;  // commits after steps 4 and 8
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  Trainer(makeModel(job.model), job, opt).train();
+  // Flip a byte in a weights file of the newest checkpoint.
+  const std::string victim = job.checkpoint.dir + "/step-00000008/tasklet-1.pt";
+  {
+    std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.good());
+    f.seekp(100);
+    f.put('\x42');
+  }
+  auto found = runtime::findLatestCheckpoint(job.checkpoint.dir);
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->next_step, 4);
+  try {
+    runtime::readAndVerify(job.checkpoint.dir + "/step-00000008");
+    FAIL();
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("tasklet-1.pt' is corrupt"), std::string::npos) << e.what();
+  }
+  job.training.steps = 10;
+  TrainerOptions resume = opt;
+  resume.resume = true;
+  TrainResult r = Trainer(makeModel(job.model), job, resume).train();
+  EXPECT_EQ(r.first_step, 4);
+}
+
+TEST(Checkpoint, ResumeRefusesAnotherLayoutOrNothing) {
+  JobSpec job = checkpointJob(freshDir("layout"));
+  job.training.steps = 4;
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  opt.resume = true;
+  EXPECT_THROW(Trainer(makeModel(job.model), job, opt).train(), ConfigError);  // nothing yet
+  opt.resume = false;
+  Trainer(makeModel(job.model), job, opt).train();
+  job.parallelism.data_parallel = 1;
+  opt.resume = true;
+  try {
+    Trainer(makeModel(job.model), job, opt).train();
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("written by 2 stages x 2 replicas"), std::string::npos);
+  }
 }
 
 }  // namespace

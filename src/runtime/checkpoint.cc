@@ -1,0 +1,185 @@
+// Checkpoint manifests: commit, verify, find the newest good one.
+#include "src/runtime/checkpoint.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "compression/wire_format.h"
+#include "geopipe/error.h"
+
+namespace geopipe::runtime {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kLatest = "LATEST";
+constexpr const char* kStepPrefix = "step-";
+
+std::string readAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) GEOPIPE_THROW(IoError, "cannot read '", path, "': ", std::strerror(errno));
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+std::vector<std::string> stepDirectories(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind(kStepPrefix, 0) == 0) out.push_back(name);
+  }
+  std::sort(out.rbegin(), out.rend());  // newest first (zero-padded names)
+  return out;
+}
+
+}  // namespace
+
+std::string stepDirectory(const std::string& dir, int64_t next_step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%s%08lld", kStepPrefix, static_cast<long long>(next_step));
+  return (fs::path(dir) / buf).string();
+}
+
+CheckpointFile describeFile(const std::string& step_dir, const std::string& name) {
+  std::string bytes = readAll((fs::path(step_dir) / name).string());
+  CheckpointFile f;
+  f.name = name;
+  f.bytes = bytes.size();
+  f.crc32c = compression::crc32c(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  return f;
+}
+
+void writeFileAtomic(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) GEOPIPE_THROW(IoError, "cannot write '", tmp, "': ", std::strerror(errno));
+  size_t off = 0;
+  while (off < content.size()) {
+    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      GEOPIPE_THROW(IoError, "cannot write '", tmp, "': ", std::strerror(err));
+    }
+    off += static_cast<size_t>(n);
+  }
+  ::fsync(fd);
+  ::close(fd);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    GEOPIPE_THROW(IoError, "cannot rename '", tmp, "' to '", path, "': ", std::strerror(errno));
+  }
+}
+
+void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int keep) {
+  const std::string step_dir = stepDirectory(dir, manifest.next_step);
+  nlohmann::json j;
+  j["version"] = manifest.version;
+  j["job"] = manifest.job;
+  j["next_step"] = manifest.next_step;
+  j["stages"] = manifest.stages;
+  j["replicas"] = manifest.replicas;
+  j["files"] = nlohmann::json::array();
+  for (auto& f : manifest.files) {
+    f = describeFile(step_dir, f.name);
+    j["files"].push_back({{"name", f.name}, {"bytes", f.bytes}, {"crc32c", f.crc32c}});
+  }
+  writeFileAtomic((fs::path(step_dir) / kManifest).string(), j.dump(2) + "\n");
+  writeFileAtomic((fs::path(dir) / kLatest).string(),
+                  fs::path(step_dir).filename().string() + "\n");
+  // Keep the newest `keep` committed checkpoints; uncommitted (no manifest)
+  // directories older than this one are leftovers of a crash.
+  int kept = 0;
+  for (const auto& name : stepDirectories(dir)) {
+    const fs::path p = fs::path(dir) / name;
+    const bool committed = fs::exists(p / kManifest);
+    if (committed && kept < keep) {
+      ++kept;
+      continue;
+    }
+    if (name > fs::path(step_dir).filename().string()) continue;  // newer, being written
+    std::error_code ec;
+    fs::remove_all(p, ec);
+  }
+}
+
+CheckpointManifest readAndVerify(const std::string& step_dir) {
+  const std::string path = (fs::path(step_dir) / kManifest).string();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(readAll(path));
+  } catch (const nlohmann::json::exception& e) {
+    GEOPIPE_THROW(IoError, "checkpoint manifest '", path, "' is not valid JSON: ", e.what());
+  }
+  CheckpointManifest m;
+  try {
+    m.version = j.at("version").get<int>();
+    m.job = j.at("job").get<std::string>();
+    m.next_step = j.at("next_step").get<int64_t>();
+    m.stages = j.at("stages").get<int>();
+    m.replicas = j.at("replicas").get<int>();
+    for (const auto& f : j.at("files")) {
+      m.files.push_back({f.at("name").get<std::string>(), f.at("bytes").get<uint64_t>(),
+                         f.at("crc32c").get<uint32_t>()});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    GEOPIPE_THROW(IoError, "checkpoint manifest '", path, "' lacks a field: ", e.what());
+  }
+  if (m.version != 1) {
+    GEOPIPE_THROW(IoError, "checkpoint manifest '", path, "' has version ", m.version,
+                  "; this build reads version 1");
+  }
+  for (const auto& f : m.files) {
+    CheckpointFile actual;
+    try {
+      actual = describeFile(step_dir, f.name);
+    } catch (const IoError& e) {
+      GEOPIPE_THROW(IoError, "checkpoint '", step_dir, "' is missing '", f.name, "'");
+    }
+    if (actual.bytes != f.bytes || actual.crc32c != f.crc32c) {
+      GEOPIPE_THROW(IoError, "checkpoint '", step_dir, "': '", f.name, "' is corrupt (",
+                    actual.bytes, " bytes, crc ", actual.crc32c, "; manifest says ", f.bytes,
+                    " bytes, crc ", f.crc32c, ")");
+    }
+  }
+  return m;
+}
+
+std::optional<CheckpointManifest> findLatestCheckpoint(const std::string& dir) {
+  std::vector<std::string> candidates;
+  try {
+    std::string latest = readAll((fs::path(dir) / kLatest).string());
+    latest.erase(latest.find_last_not_of(" \n\r\t") + 1);
+    if (!latest.empty()) candidates.push_back(latest);
+  } catch (const IoError&) {
+  }
+  for (const auto& name : stepDirectories(dir)) {
+    if (std::find(candidates.begin(), candidates.end(), name) == candidates.end()) {
+      candidates.push_back(name);
+    }
+  }
+  for (const auto& name : candidates) {
+    const std::string step_dir = (fs::path(dir) / name).string();
+    if (!fs::exists(fs::path(step_dir) / kManifest)) continue;  // never committed
+    try {
+      return readAndVerify(step_dir);
+    } catch (const IoError& e) {
+      spdlog::warn("skipping checkpoint: {}", e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace geopipe::runtime

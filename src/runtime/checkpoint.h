@@ -1,0 +1,53 @@
+// Checkpoint layout and commit protocol. Every tasklet writes its files into
+// <dir>/step-NNNNNNNN/; once all have written, one committer (the coordinator,
+// or the in-process Trainer) writes manifest.json listing every file with its
+// size and CRC-32C, then points <dir>/LATEST at the step directory. Both are
+// written to a temporary name and renamed, so a crash leaves either the old
+// or the new checkpoint committed, never half of one. Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace geopipe::runtime {
+
+struct CheckpointFile {
+  std::string name;  // relative to the step directory
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+
+struct CheckpointManifest {
+  int version = 1;
+  std::string job;
+  int64_t next_step = 0;  // the first step a resumed run executes
+  int stages = 0;
+  int replicas = 0;
+  std::vector<CheckpointFile> files;
+};
+
+// "<dir>/step-00000042".
+std::string stepDirectory(const std::string& dir, int64_t next_step);
+
+// Size and CRC-32C of a file; IoError if unreadable.
+CheckpointFile describeFile(const std::string& step_dir, const std::string& name);
+
+// Writes manifest.json into the step directory (every file of every tasklet
+// listed, checksummed now), then atomically updates <dir>/LATEST, then removes
+// committed checkpoints beyond the newest `keep`.
+void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int keep);
+
+// The newest committed checkpoint whose files all match their manifest,
+// trying LATEST first and then older step directories; corrupt or partial
+// ones are skipped with a warning naming what is wrong. nullopt when none.
+std::optional<CheckpointManifest> findLatestCheckpoint(const std::string& dir);
+
+// Checks one committed checkpoint; throws IoError naming the bad file.
+CheckpointManifest readAndVerify(const std::string& step_dir);
+
+// Atomic small-file write: path + ".tmp", fsync, rename.
+void writeFileAtomic(const std::string& path, const std::string& content);
+
+}  // namespace geopipe::runtime

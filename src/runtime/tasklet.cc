@@ -1,0 +1,220 @@
+// One tasklet: step execution and checkpoint state.
+#include "src/runtime/tasklet.h"
+
+#include <filesystem>
+
+#include "compression/delta_compressor.h"
+#include "geopipe/error.h"
+
+namespace geopipe::runtime {
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+uint64_t takeDelta(uint64_t now, uint64_t& last) {
+  uint64_t d = now - last;
+  last = now;
+  return d;
+}
+
+}  // namespace
+
+std::unique_ptr<torch::optim::Optimizer> makeOptimizer(const OptimizerSpec& spec,
+                                                       std::vector<torch::Tensor> params) {
+  if (spec.kind == "sgd") {
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(spec.lr).momentum(spec.momentum).weight_decay(
+                    spec.weight_decay));
+  }
+  if (spec.kind != "adamw") {
+    GEOPIPE_THROW(ConfigError, "training.optimizer.kind '", spec.kind,
+                  "' is not supported: expected adamw or sgd");
+  }
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(spec.lr)
+                  .betas({spec.beta1, spec.beta2})
+                  .eps(spec.eps)
+                  .weight_decay(spec.weight_decay));
+}
+
+void setLearningRate(torch::optim::Optimizer& opt, double lr) {
+  for (auto& group : opt.param_groups()) {
+    if (auto* adamw = dynamic_cast<torch::optim::AdamWOptions*>(&group.options())) {
+      adamw->lr(lr);
+    } else if (auto* sgd = dynamic_cast<torch::optim::SGDOptions*>(&group.options())) {
+      sgd->lr(lr);
+    }
+  }
+}
+
+double squaredGradNorm(const std::vector<torch::Tensor>& params) {
+  double sum = 0;
+  for (const auto& p : params) {
+    if (p.grad().defined()) sum += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  return sum;
+}
+
+// Scales gradients so their global norm is at most max_norm (the formula of
+// torch.nn.utils.clip_grad_norm_, applied with the norm of all stages).
+void clipTo(const std::vector<torch::Tensor>& params, double total_sq, double max_norm) {
+  const double coef = max_norm / (std::sqrt(total_sq) + 1e-6);
+  if (coef >= 1.0) return;
+  torch::NoGradGuard guard;
+  for (const auto& p : params) {
+    if (p.grad().defined()) p.grad().mul_(coef);
+  }
+}
+
+Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,
+                 transport::Transport& transport, const data::TokenDataset& dataset,
+                 const data::Sampler& sampler, std::chrono::milliseconds timeout)
+    : job_(job),
+      rank_(rank),
+      stages_(job.parallelism.pipeline_stages),
+      micro_batches_(sampler.microBatchesPerReplica()),
+      transport_(transport),
+      timeout_(timeout) {
+  const int replicas = job.parallelism.data_parallel;
+  stage_ = rank % stages_;
+  replica_ = rank / stages_;
+  TorchStageOptions so;
+  so.stage = stage_;
+  so.num_stages = stages_;
+  so.replica = replica_;
+  so.first_layer = placement.layers_of_stage[stage_].first;
+  so.last_layer = placement.layers_of_stage[stage_].second;
+  so.micro_batch = job.training.micro_batch;
+  so.num_micro_batches = micro_batches_;
+  so.seed = job.training.seed;
+  compute_ = std::make_unique<TorchStage>(model, so, dataset, sampler, job.compression);
+  params_ = compute_->parameters();
+  optimizer_ = makeOptimizer(job.training.optimizer, params_);
+
+  pipeline::ExecutorOptions eo;
+  eo.stage = stage_;
+  eo.num_stages = stages_;
+  eo.prev_rank = stage_ > 0 ? rank - 1 : -1;
+  eo.next_rank = stage_ < stages_ - 1 ? rank + 1 : -1;
+  eo.schedule = pipeline::scheduleKindFromName(job.parallelism.schedule);
+  eo.timeout = timeout;
+  executor_ = std::make_unique<pipeline::StageExecutor>(transport, eo, micro_batches_);
+
+  std::vector<int> dp_group;
+  for (int r = 0; r < replicas; ++r) dp_group.push_back(r * stages_ + stage_);
+  for (int s = 0; s < stages_; ++s) pp_group_.push_back(replica_ * stages_ + s);
+  sync_ = std::make_unique<GradientSync>(transport, dp_group, job.compression.gradients,
+                                         job.training.seed, timeout);
+}
+
+TaskletStep Tasklet::runStep(int64_t step) {
+  const auto t0 = Clock::now();
+  optimizer_->zero_grad();
+  pipeline::StepTiming timing = executor_->runStep(step, *compute_);
+  const auto t_sync = Clock::now();
+  sync_->average(params_, step);
+  if (job_.training.grad_clip > 0) {
+    const double sq =
+        allReduceScalarSum(transport_, pp_group_, squaredGradNorm(params_), step, 0, timeout_);
+    clipTo(params_, sq, job_.training.grad_clip);
+  }
+  const double lr = learningRateAt(job_.training, step);
+  setLearningRate(*optimizer_, lr);
+  optimizer_->step();
+
+  TaskletStep out;
+  StepMetrics& part = out.part;
+  part.step = step;
+  part.lr = lr;
+  part.seconds = seconds(t0, Clock::now());
+  part.compute_seconds = timing.compute_s;
+  part.comm_wait_seconds = timing.wait_recv_s + timing.wait_send_s + seconds(t_sync, Clock::now());
+  if (const auto* e = compute_->activationEncoder()) {
+    part.activation_raw_bytes = takeDelta(e->stats().raw_bytes, act_raw_);
+    part.activation_wire_bytes = takeDelta(e->stats().wire_bytes, act_wire_);
+  }
+  if (const auto* e = compute_->gradientEncoder()) {
+    part.gradient_raw_bytes = takeDelta(e->stats().raw_bytes, grad_raw_);
+    part.gradient_wire_bytes = takeDelta(e->stats().wire_bytes, grad_wire_);
+  }
+  part.dp_raw_bytes = takeDelta(sync_->rawBytes(), dp_raw_);
+  part.dp_wire_bytes = takeDelta(sync_->wireBytes(), dp_wire_);
+  if (stage_ == stages_ - 1) {
+    out.has_loss = true;
+    out.loss = compute_->takeLossSum() / micro_batches_;
+  }
+  return out;
+}
+
+std::string Tasklet::fileName(const std::string& suffix) const {
+  return "tasklet-" + std::to_string(rank_) + "." + suffix;
+}
+
+std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) const {
+  std::error_code ec;
+  fs::create_directories(step_dir, ec);
+  if (ec) GEOPIPE_THROW(IoError, "cannot create checkpoint directory '", step_dir, "': ", ec.message());
+  std::vector<std::string> files;
+  {
+    torch::serialize::OutputArchive archive, model_archive, optim_archive;
+    compute_->module()->save(model_archive);
+    optimizer_->save(optim_archive);
+    archive.write("model", model_archive);
+    archive.write("optimizer", optim_archive);
+    const std::string name = fileName("pt");
+    const std::string path = (fs::path(step_dir) / name).string();
+    try {
+      archive.save_to(path);
+    } catch (const c10::Error& e) {
+      GEOPIPE_THROW(IoError, "cannot write checkpoint '", path, "': ", e.what_without_backtrace());
+    }
+    files.push_back(name);
+  }
+  {
+    const std::string name = fileName("gradsync");
+    sync_->saveState((fs::path(step_dir) / name).string());
+    files.push_back(name);
+  }
+  auto* self = const_cast<Tasklet*>(this);
+  if (auto* enc = self->compute_->activationEncoderMut(); enc && enc->deltaSender()) {
+    const std::string name = fileName("acsgd-send");
+    enc->deltaSender()->store().save((fs::path(step_dir) / name).string());
+    files.push_back(name);
+  }
+  if (auto* dec = self->compute_->activationDecoderMut(); dec && dec->deltaReceiver()) {
+    const std::string name = fileName("acsgd-recv");
+    dec->deltaReceiver()->store().save((fs::path(step_dir) / name).string());
+    files.push_back(name);
+  }
+  return files;
+}
+
+void Tasklet::loadCheckpoint(const std::string& step_dir) {
+  const std::string path = (fs::path(step_dir) / fileName("pt")).string();
+  try {
+    torch::serialize::InputArchive archive, model_archive, optim_archive;
+    archive.load_from(path);
+    archive.read("model", model_archive);
+    archive.read("optimizer", optim_archive);
+    compute_->module()->load(model_archive);
+    optimizer_->load(optim_archive);
+  } catch (const c10::Error& e) {
+    GEOPIPE_THROW(IoError, "checkpoint '", path, "' does not fit tasklet ", rank_, " (stage ",
+                  stage_, ", replica ", replica_, "): ", e.what_without_backtrace());
+  }
+  sync_->loadState((fs::path(step_dir) / fileName("gradsync")).string());
+  if (auto* enc = compute_->activationEncoderMut(); enc && enc->deltaSender()) {
+    enc->deltaSender()->store().load((fs::path(step_dir) / fileName("acsgd-send")).string());
+  }
+  if (auto* dec = compute_->activationDecoderMut(); dec && dec->deltaReceiver()) {
+    dec->deltaReceiver()->store().load((fs::path(step_dir) / fileName("acsgd-recv")).string());
+  }
+}
+
+}  // namespace geopipe::runtime

@@ -1,0 +1,81 @@
+// One tasklet (stage s of replica r) as a unit the runtime can run anywhere:
+// a thread of the in-process Trainer, or a worker process over gRPC. It owns
+// its layers, optimizer, boundary codecs, executor and gradient sync, runs
+// whole steps, and saves or restores everything a resumed run needs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "geopipe/model.h"
+#include "geopipe/trainer.h"
+#include "src/data/dataset.h"
+#include "src/data/sampler.h"
+#include "src/pipeline/executor.h"
+#include "src/runtime/gradient_sync.h"
+#include "src/runtime/placement.h"
+#include "src/runtime/torch_stage.h"
+
+namespace geopipe::runtime {
+
+// What one step of one tasklet contributes to the step's metrics.
+struct TaskletStep {
+  StepMetrics part;       // bytes, times and lr of this tasklet
+  bool has_loss = false;  // last stage: loss is the replica's mean loss
+  double loss = 0;
+};
+
+// Not thread-safe: one thread drives a tasklet. The transport, dataset and
+// sampler must outlive it. Ranks: rank = replica * stages + stage.
+class Tasklet {
+ public:
+  Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,
+          transport::Transport& transport, const data::TokenDataset& dataset,
+          const data::Sampler& sampler, std::chrono::milliseconds timeout);
+
+  // Forward and backward of every micro-batch, gradient exchange with the
+  // other replicas, global-norm clipping across the stages, optimizer step.
+  TaskletStep runStep(int64_t step);
+
+  // Writes this tasklet's files into step_dir (created if needed) and
+  // returns their names: weights and optimizer state (LibTorch archive),
+  // error-feedback state, AC-SGD buffer stores.
+  std::vector<std::string> saveCheckpoint(const std::string& step_dir) const;
+  // Restores what saveCheckpoint wrote. IoError / ProtocolError naming the
+  // file when something does not match this tasklet.
+  void loadCheckpoint(const std::string& step_dir);
+
+  int rank() const { return rank_; }
+  int stage() const { return stage_; }
+  int replica() const { return replica_; }
+
+ private:
+  std::string fileName(const std::string& suffix) const;
+
+  const JobSpec& job_;
+  int rank_, stage_, replica_, stages_;
+  int micro_batches_;
+  transport::Transport& transport_;
+  std::chrono::milliseconds timeout_;
+  std::unique_ptr<TorchStage> compute_;
+  std::vector<torch::Tensor> params_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<pipeline::StageExecutor> executor_;
+  std::unique_ptr<GradientSync> sync_;
+  std::vector<int> pp_group_;
+  uint64_t act_raw_ = 0, act_wire_ = 0, grad_raw_ = 0, grad_wire_ = 0, dp_raw_ = 0, dp_wire_ = 0;
+};
+
+// Optimizer, learning rate and clipping helpers shared with the
+// single-process reference, so both do the same arithmetic.
+std::unique_ptr<torch::optim::Optimizer> makeOptimizer(const OptimizerSpec& spec,
+                                                       std::vector<torch::Tensor> params);
+void setLearningRate(torch::optim::Optimizer& opt, double lr);
+double squaredGradNorm(const std::vector<torch::Tensor>& params);
+void clipTo(const std::vector<torch::Tensor>& params, double total_sq, double max_norm);
+
+}  // namespace geopipe::runtime
