@@ -96,8 +96,9 @@ int main(int argc, char** argv) {
   grpc[1]->setPeerAddress(0, grpc[0]->listeningAddress());
   auto inproc = gt::makeInprocWorld(2);
 
-  std::printf("one-way throughput of single messages, rank 0 -> rank 1, %d reps (MB/s, MB = 1e6 B)\n",
-              reps);
+  std::printf(
+      "one-way throughput of single messages, rank 0 -> rank 1, %d reps (MB/s, MB = 1e6 B)\n",
+      reps);
   std::printf("%-8s | %-30s | %-30s | %-30s | %s\n", "size", "grpc (loopback) min/med/max",
               "inproc min/med/max", "memcpy min/med/max", "grpc/memcpy");
   for (size_t mb : {1, 16, 64}) {
@@ -107,14 +108,14 @@ int main(int argc, char** argv) {
     const Summary m = timeMemcpy(bytes, reps);
     auto cell = [](const Summary& s) {
       char buf[64];
-      std::snprintf(buf, sizeof(buf), "%.0f / %.0f / %.0f", s.min_mbps, s.median_mbps,
-                    s.max_mbps);
+      std::snprintf(buf, sizeof(buf), "%.0f / %.0f / %.0f", s.min_mbps, s.median_mbps, s.max_mbps);
       return std::string(buf);
     };
-    std::printf("%3zu MiB  | %-30s | %-30s | %-30s | %.3f\n", mb, cell(g).c_str(),
-                cell(i).c_str(), cell(m).c_str(), g.median_mbps / m.median_mbps);
+    std::printf("%3zu MiB  | %-30s | %-30s | %-30s | %.3f\n", mb, cell(g).c_str(), cell(i).c_str(),
+                cell(m).c_str(), g.median_mbps / m.median_mbps);
   }
-  std::printf("(inproc moves the payload's buffer, so its figure is per-message overhead, not a"
-              " copy rate)\n");
+  std::printf(
+      "(inproc moves the payload's buffer, so its figure is per-message overhead, not a"
+      " copy rate)\n");
   return 0;
 }

@@ -35,8 +35,9 @@ GrpcTransportOptions testOptions() {
 
 // n ranks, each listening on a free port; the address tables are filled in
 // after every server is up. `tokens[r]` overrides rank r's job token.
-std::vector<std::shared_ptr<GrpcTransport>> makeGrpcWorld(
-    int n, GrpcTransportOptions base = testOptions(), std::vector<std::string> tokens = {}) {
+std::vector<std::shared_ptr<GrpcTransport>> makeGrpcWorld(int n,
+                                                          GrpcTransportOptions base = testOptions(),
+                                                          std::vector<std::string> tokens = {}) {
   std::vector<std::shared_ptr<GrpcTransport>> ranks;
   for (int r = 0; r < n; ++r) {
     GrpcTransportOptions o = base;
@@ -95,7 +96,8 @@ TEST_P(GrpcWorldTest, DeliversInSendOrderPerPeerAndTag) {
     for (int p = 0; p < t.worldSize(); ++p) {
       if (p == t.rank()) continue;
       // Sizes cross the 64 KiB chunk boundary: 8 B .. ~220 KiB.
-      for (int i = 0; i < kMessages; ++i) sends.push_back(t.send(p, tag, stamp(t.rank(), i, i * 18000)));
+      for (int i = 0; i < kMessages; ++i)
+        sends.push_back(t.send(p, tag, stamp(t.rank(), i, i * 18000)));
     }
     for (int p = 0; p < t.worldSize(); ++p) {
       if (p == t.rank()) continue;
@@ -123,7 +125,8 @@ TEST_P(GrpcWorldTest, ReceivesPostedBeforeTheSend) {
     std::vector<std::shared_ptr<RecvWork>> recvs;
     for (int p = 0; p < t.worldSize(); ++p) recvs.push_back(t.recv(p, tagOf(Channel::CONTROL, 7)));
     posted.arriveAndWait();
-    for (int p = 0; p < t.worldSize(); ++p) t.send(p, tagOf(Channel::CONTROL, 7), stamp(t.rank(), 0));
+    for (int p = 0; p < t.worldSize(); ++p)
+      t.send(p, tagOf(Channel::CONTROL, 7), stamp(t.rank(), 0));
     for (int p = 0; p < t.worldSize(); ++p) {
       recvs[p]->wait(seconds(10));
       EXPECT_EQ(unstamp(recvs[p]->takePayload()), std::make_pair(p, 0));
@@ -172,8 +175,8 @@ TEST_P(GrpcWorldTest, CollectivesAreBitIdenticalToInproc) {
       options.chunk_bytes = 48 << 10;
       options.timeout = seconds(20);
       allReduceSum(t, group, sums[t.rank()].data(), count, options);
-      gathers[t.rank()] = allGatherBytes(t, group, pattern(1000 + 70000 * t.rank(), t.rank()),
-                                         options);
+      gathers[t.rank()] =
+          allGatherBytes(t, group, pattern(1000 + 70000 * t.rank(), t.rank()), options);
     });
   };
   std::vector<std::vector<float>> grpc_sums, inproc_sums;
@@ -411,7 +414,8 @@ TEST(GrpcTransport, CloseDrainsQueuedSends) {
   for (int i = 0; i < 5; ++i) sends.push_back(ranks[0]->send(1, Tag{}, stamp(0, i, 300000)));
   ranks[0]->close();
   for (auto& s : sends) s->wait(milliseconds(1));
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(unstamp(recvNow(*ranks[1], 0, Tag{})), std::make_pair(0, i));
+  for (int i = 0; i < 5; ++i)
+    EXPECT_EQ(unstamp(recvNow(*ranks[1], 0, Tag{})), std::make_pair(0, i));
   EXPECT_THROW(ranks[0]->send(1, Tag{}, Bytes{})->wait(seconds(1)), IoError);
   EXPECT_THROW(ranks[0]->recv(1, Tag{})->wait(seconds(1)), IoError);
 }

@@ -55,24 +55,42 @@ std::exception_ptr toException(const Failure& f) {
 
 const char* statusCodeName(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    default: return "UNRECOGNIZED";
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    default:
+      return "UNRECOGNIZED";
   }
 }
 
@@ -169,7 +187,7 @@ class PeerServiceImpl final : public PeerService::Service {
   grpc::Status serve(grpc::ServerContext* context,
                      grpc::ServerReaderWriter<PeerAck, PeerChunk>* stream) {
     PeerChunk chunk;
-    int src = -1;              // established by the first valid chunk
+    int src = -1;               // established by the first valid chunk
     uint64_t expected_seq = 0;  // sequence of the next message
     bool in_message = false;
     Tag tag;
@@ -177,16 +195,16 @@ class PeerServiceImpl final : public PeerService::Service {
     uint64_t received = 0;
     Bytes buffer;
     auto abandon = [context] { return context->IsCancelled(); };
-    const std::string self = detail::concat("rank ", config_.rank, " (job '", config_.job_token,
-                                            "')");
+    const std::string self =
+        detail::concat("rank ", config_.rank, " (job '", config_.job_token, "')");
     // Ends the stream with `code`; when the sender's identity was already
     // established, its receives fail with ProtocolError too.
     auto refuse = [&](grpc::StatusCode code, const std::string& why) {
       if (in_message) inbox_->release(total);
       if (src >= 0) {
-        inbox_->streamEnded(src, true,
-                            detail::concat(describe_peer_(src), " sent a chunk that was refused: ",
-                                           why));
+        inbox_->streamEnded(
+            src, true,
+            detail::concat(describe_peer_(src), " sent a chunk that was refused: ", why));
       }
       return grpc::Status(code, detail::concat(self, " refused the stream: ", why));
     };
@@ -197,9 +215,8 @@ class PeerServiceImpl final : public PeerService::Service {
       // rank before these pass.
       if (chunk.protocol_version() != kProtocolVersion) {
         return refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                      detail::concat("peer speaks peer protocol version ",
-                                     chunk.protocol_version(), ", this build speaks ",
-                                     kProtocolVersion));
+                      detail::concat("peer speaks peer protocol version ", chunk.protocol_version(),
+                                     ", this build speaks ", kProtocolVersion));
       }
       const int claimed = chunk.source_rank();
       if (chunk.job_token() != config_.job_token) {
@@ -213,10 +230,10 @@ class PeerServiceImpl final : public PeerService::Service {
                                      config_.world_size, ")"));
       }
       if (chunk.destination_rank() != config_.rank) {
-        return refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                      detail::concat("rank ", claimed, " addressed its chunks to rank ",
-                                     chunk.destination_rank(),
-                                     " (do the ranks' address tables agree?)"));
+        return refuse(
+            grpc::StatusCode::FAILED_PRECONDITION,
+            detail::concat("rank ", claimed, " addressed its chunks to rank ",
+                           chunk.destination_rank(), " (do the ranks' address tables agree?)"));
       }
       if (src < 0) {
         src = claimed;
@@ -247,14 +264,14 @@ class PeerServiceImpl final : public PeerService::Service {
       // Chunk sequence: contiguous, in order, within the announced size.
       if (!in_message) {
         if (chunk.sequence() != expected_seq) {
-          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                        detail::concat("message sequence ", chunk.sequence(), ", expected ",
-                                       expected_seq));
+          return refuse(
+              grpc::StatusCode::INVALID_ARGUMENT,
+              detail::concat("message sequence ", chunk.sequence(), ", expected ", expected_seq));
         }
         if (chunk.offset() != 0) {
           return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                        detail::concat("first chunk of message ", chunk.sequence(),
-                                       " has offset ", chunk.offset(), ", expected 0"));
+                        detail::concat("first chunk of message ", chunk.sequence(), " has offset ",
+                                       chunk.offset(), ", expected 0"));
         }
         if (chunk.total_size() > config_.max_message_bytes) {
           return refuse(grpc::StatusCode::INVALID_ARGUMENT,
@@ -267,28 +284,29 @@ class PeerServiceImpl final : public PeerService::Service {
         if (!inbox_->admit(src, tag, total, abandon)) {
           const bool cancelled = context->IsCancelled();
           inbox_->streamEnded(src, false,
-                              detail::concat(describe_peer_(src), "'s stream ended while waiting "
+                              detail::concat(describe_peer_(src),
+                                             "'s stream ended while waiting "
                                              "for buffer space"));
-          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                              detail::concat(self, cancelled ? ": stream cancelled"
-                                                             : " is shutting down"));
+          return grpc::Status(
+              grpc::StatusCode::UNAVAILABLE,
+              detail::concat(self, cancelled ? ": stream cancelled" : " is shutting down"));
         }
         in_message = true;
         received = 0;
         try {
           buffer.resize(total);
         } catch (const std::bad_alloc&) {
-          return refuse(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        detail::concat("cannot allocate ", total, " bytes for message ",
-                                       chunk.sequence()));
+          return refuse(
+              grpc::StatusCode::RESOURCE_EXHAUSTED,
+              detail::concat("cannot allocate ", total, " bytes for message ", chunk.sequence()));
         }
       } else if (chunk.sequence() != expected_seq || chunk.total_size() != total ||
                  tagFromWire(chunk.tag()) != tag) {
         return refuse(grpc::StatusCode::INVALID_ARGUMENT,
                       detail::concat("chunk of message ", chunk.sequence(), " (tag ",
-                                     tagFromWire(chunk.tag()).str(), ", total ",
-                                     chunk.total_size(), ") interleaved with unfinished message ",
-                                     expected_seq, " (tag ", tag.str(), ", total ", total, ")"));
+                                     tagFromWire(chunk.tag()).str(), ", total ", chunk.total_size(),
+                                     ") interleaved with unfinished message ", expected_seq,
+                                     " (tag ", tag.str(), ", total ", total, ")"));
       }
       const uint64_t size = chunk.data().size();
       if (chunk.offset() != received) {
@@ -298,10 +316,10 @@ class PeerServiceImpl final : public PeerService::Service {
                                      " bytes; chunks must be contiguous and in order)"));
       }
       if (size > total - received) {
-        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                      detail::concat("chunk of message ", expected_seq, " at offset ",
-                                     chunk.offset(), " with ", size,
-                                     " bytes overruns the announced total of ", total));
+        return refuse(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            detail::concat("chunk of message ", expected_seq, " at offset ", chunk.offset(),
+                           " with ", size, " bytes overruns the announced total of ", total));
       }
       if (size > 0) std::memcpy(buffer.data() + received, chunk.data().data(), size);
       received += size;
@@ -319,8 +337,8 @@ class PeerServiceImpl final : public PeerService::Service {
     if (in_message) inbox_->release(total);
     if (said_goodbye) {
       if (src >= 0) {
-        inbox_->streamEnded(src, false,
-                            detail::concat(describe_peer_(src), " closed its stream (it shut down)"));
+        inbox_->streamEnded(
+            src, false, detail::concat(describe_peer_(src), " closed its stream (it shut down)"));
       }
       return grpc::Status::OK;
     }
@@ -370,14 +388,13 @@ class PeerLink {
   std::shared_ptr<Work> enqueue(const Tag& tag, Bytes payload) {
     std::lock_guard<std::mutex> lock(mu_);
     if (failure_) {
-      return std::make_shared<FinishedWork>(toException(
-          Failure{failure_->kind, detail::concat(describeSend(tag), " failed: the stream to rank ",
-                                                 config_.peer, " broke earlier: ",
-                                                 failure_->message)}));
+      return std::make_shared<FinishedWork>(toException(Failure{
+          failure_->kind, detail::concat(describeSend(tag), " failed: the stream to rank ",
+                                         config_.peer, " broke earlier: ", failure_->message)}));
     }
     if (closing_) {
-      return std::make_shared<FinishedWork>(GEOPIPE_ERROR_PTR(
-          IoError, describeSend(tag), " failed: the transport is closing"));
+      return std::make_shared<FinishedWork>(
+          GEOPIPE_ERROR_PTR(IoError, describeSend(tag), " failed: the transport is closing"));
     }
     auto work = std::make_shared<PendingWork>(describeSend(tag));
     queue_.push_back(Outgoing{tag, std::move(payload), work});
@@ -495,11 +512,11 @@ class PeerLink {
             cancelled ? "the transport was closed before the peer accepted a connection"
                       : detail::concat("no connection within ", config_.connect_timeout.count(),
                                        " ms (connect_timeout); is the peer running?");
-        failAll(failureFromStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, why),
-                                  detail::concat("grpc: connect from rank ", config_.rank,
-                                                 " to rank ", config_.peer, " (",
-                                                 config_.address, ")")),
-                nullptr);
+        failAll(
+            failureFromStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, why),
+                              detail::concat("grpc: connect from rank ", config_.rank, " to rank ",
+                                             config_.peer, " (", config_.address, ")")),
+            nullptr);
         finish();
         return;
       }
@@ -574,10 +591,9 @@ class PeerLink {
     const grpc::Status status = finishCall();
     if (!status.ok()) {
       std::lock_guard<std::mutex> lock(mu_);
-      failure_ = failureFromStatus(status, detail::concat("grpc: closing the stream from rank ",
-                                                          config_.rank, " to rank ",
-                                                          config_.peer, " (", config_.address,
-                                                          ")"));
+      failure_ = failureFromStatus(
+          status, detail::concat("grpc: closing the stream from rank ", config_.rank, " to rank ",
+                                 config_.peer, " (", config_.address, ")"));
     }
     finish();
   }
@@ -608,16 +624,15 @@ class GrpcTransport::Impl {
     GEOPIPE_CHECK(world_size_ >= 1, Error,
                   "GrpcTransport: GrpcTransportOptions::addresses is empty; give every rank's "
                   "host:port (its size is the world size)");
-    GEOPIPE_CHECK(options_.rank >= 0 && options_.rank < world_size_, Error,
-                  "GrpcTransport: rank ", options_.rank, " is outside the world [0, ",
-                  world_size_, ")");
+    GEOPIPE_CHECK(options_.rank >= 0 && options_.rank < world_size_, Error, "GrpcTransport: rank ",
+                  options_.rank, " is outside the world [0, ", world_size_, ")");
     GEOPIPE_CHECK(options_.chunk_bytes > 0 && options_.chunk_bytes <= kMaxChunkBytes, Error,
                   "GrpcTransport: chunk_bytes ", options_.chunk_bytes, " must be in (0, ",
                   kMaxChunkBytes, "]");
     GEOPIPE_CHECK(options_.max_buffered_bytes > 0 && options_.max_message_bytes > 0, Error,
                   "GrpcTransport: max_buffered_bytes and max_message_bytes must be positive");
-    std::string listen = options_.listen_address.empty() ? addresses_[options_.rank]
-                                                         : options_.listen_address;
+    std::string listen =
+        options_.listen_address.empty() ? addresses_[options_.rank] : options_.listen_address;
     GEOPIPE_CHECK(!listen.empty(), Error, "GrpcTransport: rank ", options_.rank,
                   " has no listen address (set listen_address or addresses[rank])");
 
@@ -670,10 +685,9 @@ class GrpcTransport::Impl {
                   options_.rank, " to rank ", peer, " (tag ", tag.str(), "): ", payload.size(),
                   " bytes is over max_message_bytes ", options_.max_message_bytes);
     if (closed_.load()) {
-      return std::make_shared<FinishedWork>(
-          GEOPIPE_ERROR_PTR(IoError, "grpc: send from rank ", options_.rank, " to ",
-                            describePeer(peer), ", tag ", tag.str(),
-                            " failed: the transport was closed"));
+      return std::make_shared<FinishedWork>(GEOPIPE_ERROR_PTR(
+          IoError, "grpc: send from rank ", options_.rank, " to ", describePeer(peer), ", tag ",
+          tag.str(), " failed: the transport was closed"));
     }
     messages_sent_ += 1;
     bytes_sent_ += payload.size();
@@ -686,10 +700,10 @@ class GrpcTransport::Impl {
       std::lock_guard<std::mutex> lock(mu_);
       if (!links_[peer]) {
         if (addresses_[peer].empty()) {
-          return std::make_shared<FinishedWork>(GEOPIPE_ERROR_PTR(
-              IoError, "grpc: send from rank ", options_.rank, " to rank ", peer, ", tag ",
-              tag.str(), " failed: no address is known for rank ", peer,
-              " (GrpcTransportOptions::addresses / setPeerAddress)"));
+          return std::make_shared<FinishedWork>(
+              GEOPIPE_ERROR_PTR(IoError, "grpc: send from rank ", options_.rank, " to rank ", peer,
+                                ", tag ", tag.str(), " failed: no address is known for rank ", peer,
+                                " (GrpcTransportOptions::addresses / setPeerAddress)"));
         }
         PeerLink::Config config;
         config.rank = options_.rank;
@@ -727,8 +741,7 @@ class GrpcTransport::Impl {
                   " is outside the world [0, ", world_size_, ")");
     std::lock_guard<std::mutex> lock(mu_);
     GEOPIPE_CHECK(!links_[peer], Error, "grpc: setPeerAddress(", peer, ", ", address,
-                  ") after rank ", options_.rank, " already connected to it at ",
-                  addresses_[peer]);
+                  ") after rank ", options_.rank, " already connected to it at ", addresses_[peer]);
     addresses_[peer] = address;
   }
 
@@ -782,21 +795,33 @@ GrpcTransport::GrpcTransport(GrpcTransportOptions options)
     : impl_(std::make_unique<Impl>(std::move(options))) {}
 GrpcTransport::~GrpcTransport() = default;
 
-int GrpcTransport::rank() const { return impl_->rank(); }
-int GrpcTransport::worldSize() const { return impl_->worldSize(); }
+int GrpcTransport::rank() const {
+  return impl_->rank();
+}
+int GrpcTransport::worldSize() const {
+  return impl_->worldSize();
+}
 std::shared_ptr<Work> GrpcTransport::send(int peer, const Tag& tag, Bytes payload) {
   return impl_->send(peer, tag, std::move(payload));
 }
 std::shared_ptr<RecvWork> GrpcTransport::recv(int peer, const Tag& tag) {
   return impl_->recv(peer, tag);
 }
-TransportStats GrpcTransport::stats() const { return impl_->stats(); }
-std::string GrpcTransport::listeningAddress() const { return impl_->listeningAddress(); }
+TransportStats GrpcTransport::stats() const {
+  return impl_->stats();
+}
+std::string GrpcTransport::listeningAddress() const {
+  return impl_->listeningAddress();
+}
 void GrpcTransport::setPeerAddress(int peer, const std::string& address) {
   impl_->setPeerAddress(peer, address);
 }
-uint64_t GrpcTransport::bufferedBytes() const { return impl_->bufferedBytes(); }
-void GrpcTransport::close() { impl_->close(); }
+uint64_t GrpcTransport::bufferedBytes() const {
+  return impl_->bufferedBytes();
+}
+void GrpcTransport::close() {
+  impl_->close();
+}
 
 void registerGrpcTransport() {
   registerTransportKind("grpc", [](const TransportOptions& options) {

@@ -65,7 +65,9 @@ PeerInbox::PeerInbox(int rank, int world_size, uint64_t max_buffered_bytes,
       describe_peer_(std::move(describe_peer)),
       ended_(static_cast<size_t>(std::max(world_size, 0))) {}
 
-PeerInbox::~PeerInbox() { close("the transport was destroyed"); }
+PeerInbox::~PeerInbox() {
+  close("the transport was destroyed");
+}
 
 std::string PeerInbox::describeRecv(int src, const Tag& tag) const {
   return detail::concat("grpc: recv on rank ", rank_, " from ", describe_peer_(src), ", tag ",
@@ -74,8 +76,8 @@ std::string PeerInbox::describeRecv(int src, const Tag& tag) const {
 
 std::exception_ptr PeerInbox::failureLocked(int src, const Tag& tag) const {
   if (closed_) {
-    return GEOPIPE_ERROR_PTR(IoError, describeRecv(src, tag),
-                             " failed: the transport was closed (", close_reason_, ")");
+    return GEOPIPE_ERROR_PTR(IoError, describeRecv(src, tag), " failed: the transport was closed (",
+                             close_reason_, ")");
   }
   const Ended& e = ended_[src];
   if (!e.ended) return nullptr;
@@ -183,7 +185,8 @@ void PeerInbox::close(const std::string& reason) {
   closed_ = true;
   close_reason_ = reason;
   for (auto& [key, box] : boxes_) {
-    for (auto& waiter : box.waiters) waiter->fail(failureLocked(std::get<0>(key), std::get<1>(key)));
+    for (auto& waiter : box.waiters)
+      waiter->fail(failureLocked(std::get<0>(key), std::get<1>(key)));
     box.waiters.clear();
   }
   budget_cv_.notify_all();

@@ -82,7 +82,7 @@ class PeerInbox : public std::enable_shared_from_this<PeerInbox> {
  private:
   using Key = std::tuple<int, Tag>;
   struct Mailbox {
-    std::deque<Bytes> messages;                           // arrived, not yet received
+    std::deque<Bytes> messages;                          // arrived, not yet received
     std::deque<std::shared_ptr<InboxRecvWork>> waiters;  // posted, not yet matched
   };
   struct Ended {

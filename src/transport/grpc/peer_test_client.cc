@@ -17,8 +17,7 @@ std::chrono::system_clock::time_point systemDeadline(Duration timeout) {
 }  // namespace
 
 RawStreamResult sendRawChunks(const std::string& address,
-                              const std::vector<geopipe::v1::PeerChunk>& chunks,
-                              Duration timeout) {
+                              const std::vector<geopipe::v1::PeerChunk>& chunks, Duration timeout) {
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   auto stub = geopipe::v1::PeerService::NewStub(channel);
   grpc::ClientContext context;

@@ -22,8 +22,7 @@ struct RawStreamResult {
 // (stopping at the first failed write), half-closes and returns the
 // server's status. Waits at most `timeout` in all.
 RawStreamResult sendRawChunks(const std::string& address,
-                              const std::vector<geopipe::v1::PeerChunk>& chunks,
-                              Duration timeout);
+                              const std::vector<geopipe::v1::PeerChunk>& chunks, Duration timeout);
 
 // The same with each frame's bytes sent as they are (no serialization):
 // garbage the server cannot even parse.
