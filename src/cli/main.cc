@@ -10,6 +10,7 @@
 #include "geopipe/error.h"
 #include "geopipe/version.h"
 #include "src/cli/commands.h"
+#include "src/cli/distributed_commands.h"
 #include "src/common/blas_check.h"
 #include "src/common/logging.h"
 #include "src/config/diagnostics.h"
@@ -77,11 +78,26 @@ int main(int argc, char** argv) {
       "train", "Train in this process: tasklets as threads, links emulated per the topology");
   geopipe::cli::addTrainOptions(*train, train_args);
 
+  // launch, coordinator, worker: tasklets as processes (src/distributed/)
+  geopipe::cli::LaunchArgs launch_args;
+  auto* launch = app.add_subcommand(
+      "launch", "Train with one worker process per tasklet on this machine (gRPC on 127.0.0.1)");
+  geopipe::cli::addLaunchOptions(*launch, launch_args);
+  geopipe::cli::CoordinatorArgs coordinator_args;
+  auto* coordinator = app.add_subcommand(
+      "coordinator", "Coordinate a multi-host job: workers join, the job is planned and run");
+  geopipe::cli::addCoordinatorOptions(*coordinator, coordinator_args);
+  geopipe::cli::WorkerArgs worker_args;
+  auto* worker = app.add_subcommand("worker", "Join a coordinator and run one tasklet");
+  geopipe::cli::addWorkerOptions(*worker, worker_args);
+
   // bench
   geopipe::cli::BenchArgs bench_args;
   auto* bench = app.add_subcommand("bench", "Reproducible benchmarks");
   bench->require_subcommand(1);
   geopipe::cli::addBenchSubcommands(*bench, bench_args);
+  geopipe::cli::GrpcBenchArgs grpc_bench_args;
+  geopipe::cli::addGrpcBenchOptions(*bench, grpc_bench_args);
 
   // version details
   auto* version = app.add_subcommand("version", "Print version, protocol and BLAS in use");
@@ -110,6 +126,19 @@ int main(int argc, char** argv) {
   }
   if (*train) {
     return guarded([&] { return geopipe::cli::runTrainCommand(train_args, std::cout); });
+  }
+  if (*launch) {
+    return guarded([&] { return geopipe::cli::runLaunchCommand(launch_args, std::cout); });
+  }
+  if (*coordinator) {
+    return guarded(
+        [&] { return geopipe::cli::runCoordinatorCommand(coordinator_args, std::cout); });
+  }
+  if (*worker) {
+    return guarded([&] { return geopipe::cli::runWorkerCommand(worker_args, std::cout); });
+  }
+  if (*bench && bench->got_subcommand("grpc")) {
+    return guarded([&] { return geopipe::cli::runGrpcBench(grpc_bench_args, std::cout); });
   }
   if (*bench) {
     return guarded([&] { return geopipe::cli::runBenchCommand(*bench, bench_args, std::cout); });

@@ -1,0 +1,180 @@
+// `geopipe bench grpc`: tokens/s of one job run as worker processes over the
+// gRPC transport on loopback against the in-process Trainer (threads over
+// the in-process transport), measured in the same run, after checking that
+// both produce the same losses.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include "geopipe/error.h"
+#include "geopipe/trainer.h"
+#include "src/cli/distributed_commands.h"
+#include "src/config/job_parser.h"
+#include "src/distributed/launcher.h"
+#include <yaml-cpp/yaml.h>
+
+namespace geopipe::cli {
+namespace {
+
+constexpr int kWarmupSteps = 2;
+namespace fs = std::filesystem;
+
+const char* kBuiltinJob = R"(name: bench-grpc-tiny
+model: {preset: tiny}
+data: {kind: synthetic, num_samples: 1024}
+training:
+  global_batch: 16
+  micro_batch: 2
+  optimizer: {kind: adamw, lr: 1.0e-3}
+topology:
+  sites: [{name: local, devices: 8, intra: {latency_ms: 0, bandwidth_gbps: 100}}]
+transport: {emulate_links: false}
+)";
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Row {
+  std::string name;
+  std::vector<double> step_s;  // timed steps
+  std::vector<double> losses;  // every step
+  double run_tokens_per_s = 0; // timed steps' tokens / their wall-clock
+};
+
+}  // namespace
+
+void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args) {
+  auto* g = bench.add_subcommand(
+      "grpc", "Tokens/s of a job as gRPC worker processes on loopback vs the in-process "
+              "Trainer, same run");
+  g->add_option("--job", args.job, "job YAML (default: built-in tiny GPT)");
+  g->add_option("--steps", args.steps, "timed steps per run")->capture_default_str();
+  g->add_option("--stages", args.stages, "pipeline stages")->capture_default_str();
+  g->add_option("--replicas", args.replicas, "data-parallel replicas")->capture_default_str();
+}
+
+int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
+  // The launcher reads a job file: write the job with the bench's settings
+  // into the original's directory (so its relative paths still resolve).
+  std::string text = kBuiltinJob;
+  std::string dir = fs::temp_directory_path().string();
+  if (!args.job.empty()) {
+    std::ifstream in(args.job);
+    if (!in) GEOPIPE_THROW(IoError, "cannot read job file '", args.job, "'");
+    text.assign(std::istreambuf_iterator<char>(in), {});
+    dir = fs::absolute(args.job).parent_path().string();
+  }
+  const int steps = args.steps + kWarmupSteps;
+  YAML::Node root = YAML::Load(text);
+  root["training"]["steps"] = steps;
+  root["parallelism"]["pipeline_stages"] = args.stages;
+  root["parallelism"]["data_parallel"] = args.replicas;
+  root["checkpoint"] = YAML::Node(YAML::NodeType::Map);
+  root["logging"] = YAML::Node(YAML::NodeType::Map);
+  YAML::Emitter emit;
+  emit << root;
+  const std::string job_path =
+      (fs::path(dir) / (".bench-grpc-" + std::to_string(::getpid()) + ".yaml")).string();
+  {
+    std::ofstream f(job_path);
+    if (!f) GEOPIPE_THROW(IoError, "cannot write '", job_path, "'");
+    f << emit.c_str() << "\n";
+  }
+  struct Cleanup {
+    std::string path;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove(path, ec);
+    }
+  } cleanup{job_path};
+
+  JobSpec job = config::loadJobFile(job_path);
+  job.transport.kind = "inproc";
+  ModelDef model = makeModel(job.model);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int world = args.stages * args.replicas;
+  const double tokens = double(job.training.global_batch) * job.model.seq_len;
+
+  std::vector<Row> rows;
+  using Clock = std::chrono::steady_clock;
+  auto timedRow = [&](Row& row) {
+    // Wall-clock from the end of the last warm-up step to the last step.
+    auto t0 = std::make_shared<Clock::time_point>();
+    auto t1 = std::make_shared<Clock::time_point>();
+    auto on_step = [&row, t0, t1](const StepMetrics& m) {
+      row.losses.push_back(m.loss);
+      if (m.step == kWarmupSteps - 1) *t0 = Clock::now();
+      if (m.step >= kWarmupSteps) {
+        row.step_s.push_back(m.seconds);
+        *t1 = Clock::now();
+      }
+    };
+    auto finish = [&row, t0, t1, tokens] {
+      const double s = std::chrono::duration<double>(*t1 - *t0).count();
+      row.run_tokens_per_s = s > 0 ? tokens * double(row.step_s.size()) / s : 0;
+    };
+    return std::make_pair(on_step, finish);
+  };
+  {
+    Row row{"in-process Trainer (threads)", {}, {}, 0};
+    auto [on_step, finish] = timedRow(row);
+    TrainerOptions opt;
+    opt.on_step = on_step;
+    Trainer(model, job, opt).train();
+    finish();
+    rows.push_back(row);
+  }
+  {
+    Row row{"gRPC worker processes", {}, {}, 0};
+    auto [on_step, finish] = timedRow(row);
+    distributed::LaunchOptions opt;
+    opt.job_path = job_path;
+    opt.on_step = on_step;
+    opt.worker_log_level = "warn";
+    distributed::LaunchResult r = distributed::launchJob(opt);
+    if (!r.job.ok) GEOPIPE_THROW(IoError, "the gRPC run failed: ", r.job.failure);
+    finish();
+    rows.push_back(row);
+  }
+  // Verify before timing matters: the same job must give the same losses.
+  double worst = 0;
+  for (size_t i = 0; i < rows[0].losses.size() && i < rows[1].losses.size(); ++i) {
+    worst = std::max(worst, std::abs(rows[0].losses[i] - rows[1].losses[i]) /
+                                std::max(1e-12, std::abs(rows[0].losses[i])));
+  }
+
+  const double ref = median(rows[0].step_s);
+  char line[256];
+  out << "grpc bench: " << job.name << " (" << job.model.layers << " layers, hidden "
+      << job.model.hidden << ", seq " << job.model.seq_len << "), " << args.stages
+      << " stages x " << args.replicas << " replicas = " << world << " tasklets, global batch "
+      << job.training.global_batch << ", " << args.steps << " timed steps after "
+      << kWarmupSteps << " warm-up, " << cores << " cores, links "
+      << (job.transport.emulate_links ? "emulated" : "not emulated") << "\n";
+  out << "losses: max relative difference " << worst << " over " << rows[0].losses.size()
+      << " steps (" << (worst <= 1e-6 ? "identical" : "DIFFERENT") << ")\n\n";
+  std::snprintf(line, sizeof(line), "%-30s %9s %9s %9s %12s %12s %9s\n", "run", "min s",
+                "median s", "max s", "tokens/s", "run tok/s", "vs inproc");
+  out << line;
+  for (const Row& row : rows) {
+    const double med = median(row.step_s);
+    std::snprintf(line, sizeof(line), "%-30s %9.4f %9.4f %9.4f %12.0f %12.0f %8.2fx\n",
+                  row.name.c_str(), *std::min_element(row.step_s.begin(), row.step_s.end()),
+                  med, *std::max_element(row.step_s.begin(), row.step_s.end()), tokens / med,
+                  row.run_tokens_per_s, ref / med);
+    out << line;
+  }
+  out << "\n'tokens/s' from the median step time (slowest tasklet); 'run tok/s' from the "
+         "wall-clock of the timed steps as the coordinator saw them; 'vs inproc' = in-process "
+         "median step time / this run's (target >= 0.8x).\n";
+  return worst <= 1e-6 ? 0 : static_cast<int>(5);
+}
+
+}  // namespace geopipe::cli

@@ -1,0 +1,90 @@
+// `geopipe coordinator JOB.yaml --listen HOST:PORT`: the coordinator of a
+// multi-host job; `geopipe worker` processes join it (docs/multi-host.md).
+#include <atomic>
+#include <csignal>
+#include <iostream>
+
+#include "geopipe/error.h"
+#include "src/cli/commands.h"
+#include "src/cli/distributed_commands.h"
+#include "src/cli/progress_display.h"
+#include "src/distributed/coordinator.h"
+
+namespace geopipe::cli {
+
+int exitCodeForFailure(const distributed::CoordinatorResult& r);
+
+namespace {
+
+std::atomic<int> g_signals{0};
+void onSignal(int) { g_signals.fetch_add(1); }
+
+}  // namespace
+
+void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
+  app.add_option("JOB", args.job, "job YAML file")->required();
+  app.add_option("--listen", args.listen, "host:port workers connect to")->capture_default_str();
+  app.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
+  app.add_flag("--resume", args.resume,
+               "continue from the newest committed checkpoint in checkpoint.dir");
+  app.add_option("--metrics", args.metrics_file,
+                 "write JSON lines here (overrides logging.metrics_file)");
+  app.add_option("--token", args.token, "workers must present this token (--token)");
+  app.add_option("--heartbeat-timeout", args.heartbeat_timeout,
+                 "seconds without word from a worker before it counts as dead")
+      ->capture_default_str();
+}
+
+int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
+  distributed::CoordinatorOptions opt;
+  opt.job_path = args.job;
+  opt.listen_address = args.listen;
+  if (args.steps) opt.steps = *args.steps;
+  opt.resume = args.resume;
+  opt.join_token = args.token;
+  opt.heartbeat_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(args.heartbeat_timeout * 1000));
+  std::unique_ptr<ProgressDisplay> display;
+  opt.on_step = [&](const StepMetrics& m) {
+    if (display) display->onStep(m);
+  };
+  opt.on_event = [&](const std::string& line) { out << "[coordinator] " << line << "\n" << std::flush; };
+  distributed::Coordinator coordinator(opt);
+  JobSpec job = coordinator.job();
+  if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
+  display = std::make_unique<ProgressDisplay>(job, out, args.resume);
+  out << "coordinator of '" << job.name << "' listening on " << coordinator.listeningAddress()
+      << ": waiting for " << coordinator.worldSize() << " workers ("
+      << job.parallelism.pipeline_stages << " stages x " << job.parallelism.data_parallel
+      << " replicas); start each with\n  geopipe worker --coordinator HOST:"
+      << coordinator.listeningAddress().substr(coordinator.listeningAddress().rfind(':') + 1)
+      << (args.token.empty() ? "" : " --token TOKEN") << " [--device NAME|INDEX]\n"
+      << std::flush;
+
+  g_signals = 0;
+  auto prev_int = std::signal(SIGINT, onSignal);
+  auto prev_term = std::signal(SIGTERM, onSignal);
+  std::optional<distributed::CoordinatorResult> r;
+  bool aborted = false;
+  while (!r) {
+    const int signals = g_signals.load();
+    if (signals >= 1) coordinator.requestStop(true);
+    if (signals >= 2 && !aborted) {
+      aborted = true;
+      coordinator.reportFailure(0, -1, "the coordinator was interrupted twice", "Interrupted");
+    }
+    r = coordinator.waitFor(std::chrono::milliseconds(100));
+  }
+  // Give the workers a moment to hear the verdict and leave.
+  coordinator.waitForWorkersGone(std::chrono::seconds(r->ok ? 10 : 3));
+  std::signal(SIGINT, prev_int);
+  std::signal(SIGTERM, prev_term);
+  if (!r->ok) {
+    std::cerr << "error: " << r->failure << "\n";
+    return exitCodeForFailure(*r);
+  }
+  display->summary(r->train, r->interrupted);
+  return r->interrupted ? 130 : 0;
+}
+
+}  // namespace geopipe::cli

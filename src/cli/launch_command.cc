@@ -1,0 +1,99 @@
+// `geopipe launch JOB.yaml`: coordinator in this process, one worker process
+// per tasklet on 127.0.0.1, progress and metrics like `train`, Ctrl-C stops
+// every process cleanly; a failed worker is named with its cause.
+#include <atomic>
+#include <csignal>
+#include <iostream>
+
+#include "geopipe/error.h"
+#include "src/cli/commands.h"
+#include "src/cli/distributed_commands.h"
+#include "src/cli/progress_display.h"
+#include "src/distributed/launcher.h"
+
+namespace geopipe::cli {
+namespace {
+
+std::atomic<int> g_signals{0};
+void onSignal(int) { g_signals.fetch_add(1); }
+
+}  // namespace
+
+// Exit code for a job that ended badly: what the root cause says.
+int exitCodeForFailure(const distributed::CoordinatorResult& r) {
+  if (r.failure_type == "ConfigError") return static_cast<int>(ExitCode::INVALID_SPEC);
+  if (r.failure_type == "InfeasibleError") return static_cast<int>(ExitCode::INFEASIBLE);
+  if (r.failure_type == "Interrupted") return 130;
+  return static_cast<int>(ExitCode::RUNTIME_ERROR);
+}
+
+void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
+  app.add_option("JOB", args.job, "job YAML file")->required();
+  app.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
+  app.add_flag("--resume", args.resume,
+               "continue from the newest committed checkpoint in checkpoint.dir");
+  app.add_option("--metrics", args.metrics_file,
+                 "write JSON lines here (overrides logging.metrics_file)");
+  app.add_option("--log-dir", args.log_dir, "workers' logs (default: a new temp directory)");
+  app.add_option("--threads", args.threads, "LibTorch threads per worker (0: cores / tasklets)")
+      ->capture_default_str();
+  app.add_option("--heartbeat-timeout", args.heartbeat_timeout,
+                 "seconds without word from a worker before it counts as dead")
+      ->capture_default_str();
+}
+
+int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
+  distributed::LaunchOptions opt;
+  opt.job_path = args.job;
+  if (args.steps) opt.steps = *args.steps;
+  opt.resume = args.resume;
+  opt.log_dir = args.log_dir;
+  opt.threads_per_worker = args.threads;
+  opt.heartbeat_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(args.heartbeat_timeout * 1000));
+  g_signals = 0;
+  opt.should_stop = [] { return g_signals.load() >= 1; };
+  opt.should_abort = [] { return g_signals.load() >= 2; };
+  std::unique_ptr<ProgressDisplay> display;
+  opt.on_start = [&](const JobSpec& resolved) {
+    JobSpec job = resolved;
+    if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
+    display = std::make_unique<ProgressDisplay>(job, out, args.resume);
+    out << "launching '" << job.name << "': " << job.parallelism.pipeline_stages
+        << " stages x " << job.parallelism.data_parallel << " replicas as "
+        << job.parallelism.pipeline_stages * job.parallelism.data_parallel
+        << " worker processes on 127.0.0.1, " << job.training.steps << " steps\n"
+        << std::flush;
+  };
+  opt.on_event = [&](const std::string& line) {
+    out << "[coordinator] " << line << "\n" << std::flush;
+  };
+  opt.on_step = [&](const StepMetrics& m) {
+    if (display) display->onStep(m);
+  };
+  auto prev_int = std::signal(SIGINT, onSignal);
+  auto prev_term = std::signal(SIGTERM, onSignal);
+  distributed::LaunchResult r;
+  try {
+    r = distributed::launchJob(opt);
+  } catch (...) {
+    std::signal(SIGINT, prev_int);
+    std::signal(SIGTERM, prev_term);
+    throw;
+  }
+  std::signal(SIGINT, prev_int);
+  std::signal(SIGTERM, prev_term);
+  if (!r.job.ok) {
+    std::cerr << "error: " << r.job.failure << "\n";
+    if (!r.failed_log_tail.empty()) {
+      std::cerr << "last lines of its log:\n" << r.failed_log_tail;
+    }
+    std::cerr << "worker logs: " << r.log_dir << "\n";
+    return exitCodeForFailure(r.job);
+  }
+  if (display) display->summary(r.job.train, r.job.interrupted);
+  out << "worker logs: " << r.log_dir << "\n";
+  return r.job.interrupted ? 130 : 0;
+}
+
+}  // namespace geopipe::cli

@@ -1,0 +1,81 @@
+// Progress lines and JSON-lines metrics for multi-process runs.
+#include "src/cli/progress_display.h"
+
+#include <cstdio>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+
+#include "geopipe/error.h"
+
+namespace geopipe::cli {
+
+std::string humanBytesDecimal(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) b /= 1000, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f %s", b, units[u]);
+  return buf;
+}
+
+ProgressDisplay::ProgressDisplay(const JobSpec& job, std::ostream& out, bool append)
+    : job_(job), out_(out) {
+  if (!job.logging.metrics_file.empty()) {
+    metrics_.open(job.logging.metrics_file, append ? std::ios::app : std::ios::trunc);
+    if (!metrics_) {
+      GEOPIPE_THROW(IoError, "cannot write metrics file '", job.logging.metrics_file,
+                    "' (logging.metrics_file)");
+    }
+  }
+}
+
+void ProgressDisplay::onStep(const StepMetrics& m) {
+  elapsed_ += m.seconds;
+  const uint64_t step_raw = m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
+  const uint64_t step_wire = m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
+  raw_ += step_raw;
+  wire_ += step_wire;
+  if (metrics_) {
+    nlohmann::json j = {{"step", m.step},
+                        {"loss", m.loss},
+                        {"lr", m.lr},
+                        {"seconds", m.seconds},
+                        {"tokens_per_second", m.tokens_per_second},
+                        {"activation_raw_bytes", m.activation_raw_bytes},
+                        {"activation_wire_bytes", m.activation_wire_bytes},
+                        {"gradient_raw_bytes", m.gradient_raw_bytes},
+                        {"gradient_wire_bytes", m.gradient_wire_bytes},
+                        {"dp_raw_bytes", m.dp_raw_bytes},
+                        {"dp_wire_bytes", m.dp_wire_bytes},
+                        {"compute_seconds", m.compute_seconds},
+                        {"comm_wait_seconds", m.comm_wait_seconds}};
+    metrics_ << j.dump() << "\n" << std::flush;
+  }
+  const int steps = job_.training.steps;
+  const int64_t done = m.step + 1;
+  if (first_step_ < 0) first_step_ = m.step;
+  if (done % job_.logging.every_steps == 0 || done == steps) {
+    const double eta = elapsed_ / double(done - first_step_) * double(steps - done);
+    out_ << "step " << std::setw(5) << done << "/" << steps << "  loss " << std::fixed
+         << std::setprecision(4) << m.loss << "  " << std::setprecision(0) << m.tokens_per_second
+         << " tok/s  wire " << humanBytesDecimal(double(step_wire)) << " (raw "
+         << humanBytesDecimal(double(step_raw)) << ")  ETA " << std::setprecision(0) << eta
+         << " s\n"
+         << std::flush;
+    out_.unsetf(std::ios::fixed);
+    out_ << std::setprecision(6);
+  }
+}
+
+void ProgressDisplay::summary(const TrainResult& r, bool interrupted) {
+  out_ << (interrupted ? "interrupted" : "done") << " after " << r.losses.size()
+       << " steps in " << std::fixed << std::setprecision(1) << r.seconds << " s: final loss "
+       << std::setprecision(4) << (r.losses.empty() ? 0.0 : r.losses.back()) << ", "
+       << std::setprecision(0) << r.tokens_per_second << " tokens/s, wire "
+       << humanBytesDecimal(double(wire_)) << " of " << humanBytesDecimal(double(raw_))
+       << " raw (" << std::setprecision(1) << (wire_ ? double(raw_) / double(wire_) : 1.0)
+       << "x less), placement " << r.placement_source << "\n";
+  out_.unsetf(std::ios::fixed);
+}
+
+}  // namespace geopipe::cli

@@ -1,0 +1,36 @@
+// The progress line, JSON-lines metrics and the final summary shared by
+// `geopipe launch` and `geopipe coordinator` (same fields as `train`).
+#pragma once
+
+#include <fstream>
+#include <ostream>
+#include <string>
+
+#include "geopipe/job_spec.h"
+#include "geopipe/trainer.h"
+
+namespace geopipe::cli {
+
+class ProgressDisplay {
+ public:
+  // Keeps a copy of job. Opens job.logging.metrics_file (appending when `append`, for a resumed
+  // run); IoError if it cannot be written.
+  ProgressDisplay(const JobSpec& job, std::ostream& out, bool append);
+  // One step: a JSON line, and a progress line every logging.every_steps.
+  void onStep(const StepMetrics& m);
+  // "done after N steps in S s: final loss, tokens/s, wire vs raw".
+  void summary(const TrainResult& r, bool interrupted);
+
+ private:
+  JobSpec job_;
+  std::ostream& out_;
+  std::ofstream metrics_;
+  double elapsed_ = 0;
+  int64_t first_step_ = -1;
+  uint64_t raw_ = 0, wire_ = 0;
+};
+
+// "12.3 MB".
+std::string humanBytesDecimal(double bytes);
+
+}  // namespace geopipe::cli

@@ -1,0 +1,775 @@
+// The Coordinator service: join, plan, address exchange, step metrics,
+// checkpoint commits, heartbeats and the stop / abort directives.
+#include "src/distributed/coordinator.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "geopipe/error.h"
+#include "geopipe/model.h"
+#include "proto/coordinator.grpc.pb.h"
+#include "scheduler/planner.h"
+#include "src/common/strings.h"
+#include "src/distributed/job_bundle.h"
+#include "src/runtime/checkpoint.h"
+#include "src/runtime/placement.h"
+
+namespace geopipe::distributed {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace pb = geopipe::v1;
+
+constexpr uint32_t kProtocol = pb::COORDINATOR_PROTOCOL_CURRENT;
+constexpr auto kPoll = std::chrono::milliseconds(100);
+
+double secondsBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+bool isWildcardHost(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]";
+}
+
+// "ipv4:127.0.0.1:5555" / "ipv6:[::1]:5555" -> "127.0.0.1" / "[::1]".
+std::string hostOfPeer(const std::string& peer) {
+  std::string s = peer;
+  const auto colon = s.find(':');
+  if (colon != std::string::npos && (s.rfind("ipv4", 0) == 0 || s.rfind("ipv6", 0) == 0)) {
+    s = s.substr(colon + 1);
+  }
+  const auto last = s.rfind(':');
+  if (last != std::string::npos) s = s.substr(0, last);
+  return s.empty() ? "127.0.0.1" : s;
+}
+
+// The topology restricted to `keep` (global device indices, sorted): sites
+// without a kept device are dropped; device k of the result is keep[k].
+TopologySpec subTopology(const TopologySpec& t, const std::vector<int>& keep) {
+  TopologySpec s;
+  s.name = t.name;
+  s.description = t.description;
+  s.source = t.source;
+  std::vector<int> new_site(static_cast<size_t>(t.numSites()), -1);
+  std::vector<int> old_site;
+  for (int d : keep) {
+    const int site = t.devices[static_cast<size_t>(d)].site;
+    if (new_site[static_cast<size_t>(site)] < 0) {
+      new_site[static_cast<size_t>(site)] = static_cast<int>(old_site.size());
+      old_site.push_back(site);
+      SiteSpec ss = t.sites[static_cast<size_t>(site)];
+      ss.devices.clear();
+      s.sites.push_back(ss);
+    }
+  }
+  for (size_t k = 0; k < keep.size(); ++k) {
+    DeviceSpec dev = t.devices[static_cast<size_t>(keep[k])];
+    dev.site = new_site[static_cast<size_t>(dev.site)];
+    s.sites[static_cast<size_t>(dev.site)].devices.push_back(static_cast<int>(k));
+    s.devices.push_back(dev);
+  }
+  s.site_links.assign(old_site.size(), std::vector<LinkSpec>(old_site.size()));
+  for (size_t a = 0; a < old_site.size(); ++a)
+    for (size_t b = 0; b < old_site.size(); ++b)
+      s.site_links[a][b] = t.site_links[static_cast<size_t>(old_site[a])]
+                                       [static_cast<size_t>(old_site[b])];
+  return s;
+}
+
+int tokensPerStep(const JobSpec& job) { return job.training.global_batch * job.model.seq_len; }
+
+}  // namespace
+
+class Coordinator::Impl final : public pb::Coordinator::Service {
+ public:
+  explicit Impl(CoordinatorOptions options) : opt_(std::move(options)) {
+    bundle_ = bundleJobFile(opt_.job_path);
+    job_ = parseBundle(bundle_);
+    if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
+    if (job_.parallelism.dataParallelAuto()) {
+      auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false);
+      job_.parallelism.pipeline_stages = plan.d_pp;
+      job_.parallelism.data_parallel = plan.d_dp;
+      event(detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp,
+                           " stages x ", plan.d_dp, " replicas"));
+    }
+    stages_ = job_.parallelism.pipeline_stages;
+    replicas_ = job_.parallelism.data_parallel;
+    world_ = stages_ * replicas_;
+    model_ = makeModel(job_.model);
+    GEOPIPE_CHECK(model_.bodyLayers() >= stages_, ConfigError, "model '", model_.name, "' has ",
+                  model_.bodyLayers(), " layers to split but parallelism.pipeline_stages is ",
+                  stages_);
+    GEOPIPE_CHECK(job_.transport.kind != "nccl", InfeasibleError,
+                  "transport.kind nccl is not built yet; worker processes talk over grpc "
+                  "(transport.kind inproc or grpc)");
+    if (opt_.resume) findResumePoint();
+    next_emit_ = first_step_;
+    max_reported_ = first_step_ - 1;
+
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(opt_.listen_address, grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+    if (!server_ || port_ == 0) {
+      GEOPIPE_THROW(IoError, "coordinator cannot listen on '", opt_.listen_address,
+                    "' (address in use or not local?); choose another --listen address");
+    }
+    const auto colon = opt_.listen_address.rfind(':');
+    std::string host = opt_.listen_address.substr(0, colon);
+    if (isWildcardHost(host)) host = "0.0.0.0";
+    address_ = host + ":" + std::to_string(port_);
+    monitor_ = std::thread([this] { monitorLoop(); });
+  }
+
+  ~Impl() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      shutting_down_ = true;
+    }
+    cv_.notify_all();
+    if (monitor_.joinable()) monitor_.join();
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+
+  // --- public API ---------------------------------------------------------
+
+  std::string listeningAddress() const { return address_; }
+  const JobSpec& job() const { return job_; }
+  int worldSize() const { return world_; }
+
+  void requestStop(bool checkpoint) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ended_ || stop_after_ >= 0) return;
+    interrupted_ = true;
+    if (!placed_) {
+      finalFailureLocked(-1, "the job was stopped before every worker joined", "Interrupted");
+      return;
+    }
+    stop_after_ = std::min<int64_t>(max_reported_ + 1, job_.training.steps - 1);
+    checkpoint_at_stop_ = checkpoint && !job_.checkpoint.dir.empty();
+    eventLocked(detail::concat("stopping after step ", stop_after_ + 1,
+                               checkpoint_at_stop_ ? " (with a checkpoint)" : ""));
+    cv_.notify_all();
+  }
+
+  void reportFailure(int64_t pid, int rank, const std::string& cause, const std::string& type) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (rank < 0) {
+      for (const auto& s : slots_)
+        if (s.info.pid == pid && !s.gone) rank = s.info.rank;
+    }
+    std::string who = rank >= 0 ? describeLocked(rank)
+                                : detail::concat("worker process ", pid, " (not placed yet)");
+    recordFailureLocked(rank, detail::concat(who, " failed: ", cause), type, /*primary=*/true);
+  }
+
+  std::vector<TaskletInfo> tasklets() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<TaskletInfo> out;
+    for (int r = 0; r < static_cast<int>(slot_of_rank_.size()); ++r)
+      out.push_back(slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(r)])].info);
+    return out;
+  }
+
+  std::optional<CoordinatorResult> waitFor(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return ended_; })) return std::nullopt;
+    // Deliver every finished step before returning.
+    lock.unlock();
+    flushSteps();
+    lock.lock();
+    CoordinatorResult r;
+    r.ok = !failure_;
+    r.interrupted = interrupted_;
+    if (failure_) {
+      r.failure = failure_->message;
+      r.failure_type = failure_->type;
+      r.failed_rank = failure_->rank;
+    }
+    r.train = result_;
+    r.train.first_step = first_step_;
+    r.train.interrupted = interrupted_;
+    const double done = static_cast<double>(result_.losses.size());
+    if (train_started_ && last_step_at_ > start_at_) {
+      r.train.seconds = secondsBetween(start_at_, last_step_at_);
+      r.train.tokens_per_second = tokensPerStep(job_) * done / r.train.seconds;
+    }
+    return r;
+  }
+
+  bool waitForWorkersGone(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] {
+      for (int s : slot_of_rank_)
+        if (!slots_[static_cast<size_t>(s)].info.finished) return false;
+      return true;
+    });
+  }
+
+  // --- the service --------------------------------------------------------
+
+  grpc::Status Register(grpc::ServerContext* ctx, const pb::RegisterRequest* req,
+                        pb::Assignment* out) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (req->protocol_version() != kProtocol) {
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              detail::concat("worker ", req->hostname(), ":", req->pid(),
+                             " speaks coordinator protocol version ", req->protocol_version(),
+                             " but this coordinator speaks version ", kProtocol,
+                             " (geopipe.v1); run the same geopipe release on every host")};
+    }
+    if (!opt_.join_token.empty() && req->join_token() != opt_.join_token) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              "wrong join token: start the worker with the coordinator's --token"};
+    }
+    if (ended_) return {grpc::StatusCode::ABORTED, "the job has already ended"};
+    if (placed_) {
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              detail::concat("job '", job_.name, "' already has all ", world_,
+                             " workers; this worker is not needed")};
+    }
+    int device = -1;
+    if (grpc::Status st = resolveDeviceLocked(req->device(), &device); !st.ok()) return st;
+    Slot slot;
+    slot.device = device;
+    slot.info.hostname = req->hostname();
+    slot.info.pid = req->pid();
+    slot.listen_host =
+        isWildcardHost(req->listen_host()) ? hostOfPeer(ctx->peer()) : req->listen_host();
+    slot.last_seen = Clock::now();
+    slots_.push_back(slot);
+    const size_t id = slots_.size() - 1;
+    eventLocked(detail::concat("worker joined: ", req->hostname(), " pid ", req->pid(),
+                               ", device ", req->device().empty() ? "any" : req->device(), " (",
+                               activeSlotsLocked(), "/", world_, ")"));
+    if (activeSlotsLocked() == world_) {
+      try {
+        placeLocked();
+      } catch (const Error& e) {
+        finalFailureLocked(-1, detail::concat("cannot place the job: ", e.what()), "ConfigError");
+      }
+      cv_.notify_all();
+    }
+    while (!placed_ && !ended_ && !shutting_down_) {
+      if (ctx->IsCancelled()) {
+        slots_[id].gone = true;
+        eventLocked(detail::concat("worker ", req->hostname(), " pid ", req->pid(),
+                                   " left before the job was placed"));
+        return {grpc::StatusCode::CANCELLED, "worker left"};
+      }
+      cv_.wait_for(lock, kPoll);
+    }
+    if (!placed_ || ended_) {
+      return {grpc::StatusCode::ABORTED,
+              failure_ ? failure_->message : std::string("the coordinator is shutting down")};
+    }
+    const Slot& s = slots_[id];
+    out->set_protocol_version(kProtocol);
+    out->set_rank(s.info.rank);
+    out->set_stages(stages_);
+    out->set_replicas(replicas_);
+    for (int d : placement_.device_of_rank) out->add_device_of_rank(d);
+    for (const auto& [first, last] : placement_.layers_of_stage) {
+      out->add_first_layer(first);
+      out->add_last_layer(last);
+    }
+    out->set_placement_source(placement_.source);
+    out->set_job_yaml(bundle_.yaml);
+    out->set_job_source(bundle_.source);
+    out->set_base_dir(bundle_.base_dir);
+    out->set_steps(job_.training.steps);
+    out->set_first_step(first_step_);
+    out->set_resume_dir(resume_dir_);
+    out->set_job_token(job_token_);
+    out->set_listen_host(s.listen_host);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportAddress(grpc::ServerContext* ctx, const pb::AddressRequest* req,
+                             pb::AddressTable* out) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    Slot* s = slotOfRankLocked(req->rank());
+    if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
+    s->info.address = req->address();
+    s->last_seen = Clock::now();
+    ++addresses_;
+    cv_.notify_all();
+    while (addresses_ < world_ && !ended_ && !shutting_down_) {
+      if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "worker left"};
+      cv_.wait_for(lock, kPoll);
+    }
+    if (ended_ || shutting_down_) {
+      return {grpc::StatusCode::ABORTED,
+              failure_ ? failure_->message : std::string("the coordinator is shutting down")};
+    }
+    if (!train_started_) {
+      train_started_ = true;
+      start_at_ = Clock::now();
+      eventLocked("every worker is connected; training");
+    }
+    for (int r = 0; r < world_; ++r) out->add_addresses(slotOfRankLocked(r)->info.address);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportStep(grpc::ServerContext*, const pb::StepReport* req,
+                          pb::Directive* out) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot* s = slotOfRankLocked(req->rank());
+    if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
+    const auto now = Clock::now();
+    s->last_seen = now;
+    s->last_step = req->step();
+    Row& row = rows_[req->step()];
+    if (row.arrived == 0) {
+      row.first_at = now;
+      row.seen.assign(static_cast<size_t>(world_), false);
+    }
+    if (!row.seen[static_cast<size_t>(req->rank())]) {
+      row.seen[static_cast<size_t>(req->rank())] = true;
+      StepMetrics& m = row.metrics;
+      m.activation_raw_bytes += req->activation_raw_bytes();
+      m.activation_wire_bytes += req->activation_wire_bytes();
+      m.gradient_raw_bytes += req->gradient_raw_bytes();
+      m.gradient_wire_bytes += req->gradient_wire_bytes();
+      m.dp_raw_bytes += req->dp_raw_bytes();
+      m.dp_wire_bytes += req->dp_wire_bytes();
+      m.seconds = std::max(m.seconds, req->seconds());
+      if (req->compute_seconds() > m.compute_seconds) {
+        m.compute_seconds = req->compute_seconds();
+        m.comm_wait_seconds = req->comm_wait_seconds();
+      }
+      if (req->has_loss()) {
+        row.loss_sum += req->loss();
+        row.loss_parts += 1;
+      }
+      m.lr = req->lr();
+      ++row.arrived;
+    }
+    max_reported_ = std::max(max_reported_, req->step());
+    if (row.arrived == world_) cv_.notify_all();
+    fillDirectiveLocked(out);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportCheckpoint(grpc::ServerContext*, const pb::CheckpointReport* req,
+                                pb::Directive* out) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    Slot* s = slotOfRankLocked(req->rank());
+    if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
+    s->last_seen = Clock::now();
+    auto& pending = checkpoints_[req->next_step()];
+    pending.arrived += 1;
+    for (const auto& f : req->files()) pending.files.push_back(f);
+    if (pending.arrived == world_) {
+      runtime::CheckpointManifest manifest;
+      manifest.job = job_.name;
+      manifest.next_step = req->next_step();
+      manifest.stages = stages_;
+      manifest.replicas = replicas_;
+      for (const auto& f : pending.files) manifest.files.push_back({f, 0, 0});
+      checkpoints_.erase(req->next_step());
+      ++commits_in_flight_;
+      lock.unlock();
+      std::string error;
+      try {
+        runtime::commitCheckpoint(job_.checkpoint.dir, manifest, job_.checkpoint.keep);
+      } catch (const Error& e) {
+        error = e.what();
+      }
+      lock.lock();
+      --commits_in_flight_;
+      if (error.empty()) {
+        eventLocked(detail::concat("checkpoint committed: ",
+                                   runtime::stepDirectory(job_.checkpoint.dir, req->next_step())));
+      } else {
+        finalFailureLocked(-1, "cannot commit the checkpoint: " + error, "IoError");
+      }
+      cv_.notify_all();
+    }
+    fillDirectiveLocked(out);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SendHeartbeat(grpc::ServerContext*, const pb::Heartbeat* req,
+                             pb::Directive* out) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot* s = slotOfRankLocked(req->rank());
+    if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
+    s->last_seen = Clock::now();
+    fillDirectiveLocked(out);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Finish(grpc::ServerContext*, const pb::FinishRequest* req,
+                      pb::FinishReply*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot* s = slotOfRankLocked(req->rank());
+    if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
+    s->info.finished = true;
+    s->last_seen = Clock::now();
+    if (!req->ok()) {
+      const std::string& type = req->error_type();
+      // A broken link or a timeout is often the consequence of another
+      // tasklet's death: hold it for failure_grace in case the root cause
+      // arrives.
+      const bool primary = type != "IoError" && type != "TimeoutError";
+      recordFailureLocked(req->rank(),
+                          detail::concat(describeLocked(req->rank()), " failed: ",
+                                         type.empty() ? "" : type + ": ", req->error()),
+                          type, primary);
+    }
+    cv_.notify_all();
+    return grpc::Status::OK;
+  }
+
+ private:
+  struct Slot {
+    TaskletInfo info;
+    int device = -1;          // requested device, -1 = any
+    std::string listen_host;  // what peers use to reach it
+    Clock::time_point last_seen;
+    int64_t last_step = -1;
+    bool gone = false;        // left before placement
+  };
+  struct Row {
+    StepMetrics metrics;
+    double loss_sum = 0;
+    int loss_parts = 0;
+    int arrived = 0;
+    std::vector<bool> seen;
+    Clock::time_point first_at;
+  };
+  struct PendingCheckpoint {
+    int arrived = 0;
+    std::vector<std::string> files;
+  };
+  struct Failure {
+    std::string message;
+    std::string type;
+    int rank = -1;
+    bool primary = true;
+    Clock::time_point at;
+  };
+
+  void event(const std::string& line) {
+    if (opt_.on_event) {
+      opt_.on_event(line);
+    } else {
+      spdlog::info("{}", line);
+    }
+  }
+  void eventLocked(const std::string& line) { event(line); }
+
+  void findResumePoint() {
+    const std::string& dir = job_.checkpoint.dir;
+    GEOPIPE_CHECK(!dir.empty(), ConfigError,
+                  "resume needs checkpoint.dir in the job, where the checkpoints are");
+    auto manifest = runtime::findLatestCheckpoint(dir);
+    if (!manifest) {
+      GEOPIPE_THROW(ConfigError, "no committed checkpoint in '", dir,
+                    "' (checkpoint.dir): nothing to resume; run without --resume to start over");
+    }
+    if (manifest->stages != stages_ || manifest->replicas != replicas_) {
+      GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' was written by ",
+                    manifest->stages, " stages x ", manifest->replicas, " replicas, the job has ",
+                    stages_, " x ", replicas_, ": resume with the original parallelism settings");
+    }
+    first_step_ = manifest->next_step;
+    resume_dir_ = runtime::stepDirectory(dir, first_step_);
+    GEOPIPE_CHECK(first_step_ < job_.training.steps, ConfigError, "the checkpoint in '", dir,
+                  "' is at step ", first_step_, " but the job has only ", job_.training.steps,
+                  " steps: nothing left to train");
+    event(detail::concat("resuming from '", resume_dir_, "' at step ", first_step_));
+  }
+
+  int activeSlotsLocked() const {
+    int n = 0;
+    for (const auto& s : slots_) n += s.gone ? 0 : 1;
+    return n;
+  }
+
+  grpc::Status resolveDeviceLocked(const std::string& name, int* device) {
+    *device = -1;
+    if (name.empty() || name == "any") return grpc::Status::OK;
+    const TopologySpec& t = job_.topology;
+    std::vector<std::string> names;
+    for (const auto& d : t.devices) names.push_back(d.name);
+    bool numeric = !name.empty() && std::all_of(name.begin(), name.end(), ::isdigit);
+    if (numeric) {
+      const long idx = std::stol(name);
+      if (idx < t.numDevices()) *device = static_cast<int>(idx);
+    } else {
+      for (int i = 0; i < t.numDevices(); ++i)
+        if (names[static_cast<size_t>(i)] == name) *device = i;
+    }
+    if (*device < 0) {
+      std::string hint = numeric ? "" : common::closestMatch(name, names);
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              detail::concat("device '", name, "' is not in topology '", t.name, "' (",
+                             t.numDevices(), " devices: indices 0..", t.numDevices() - 1,
+                             names.empty() ? "" : ", names " + names.front() + " .. " + names.back(),
+                             ")", hint.empty() ? "" : "; did you mean '" + hint + "'?",
+                             " Use --device any to let the coordinator choose.")};
+    }
+    for (const auto& s : slots_) {
+      if (!s.gone && s.device == *device) {
+        return {grpc::StatusCode::INVALID_ARGUMENT,
+                detail::concat("device ", *device, " ('", names[static_cast<size_t>(*device)],
+                               "') is already taken by the worker on ", s.info.hostname, " pid ",
+                               s.info.pid)};
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+  // Plans the job over the devices the workers asked for (all of them when
+  // every worker said "any") and gives every worker a rank.
+  void placeLocked() {
+    std::vector<size_t> active;
+    std::set<int> named;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i].gone) continue;
+      active.push_back(i);
+      if (slots_[i].device >= 0) named.insert(slots_[i].device);
+    }
+    const int n_devices = job_.topology.numDevices();
+    if (named.empty() || n_devices == 0) {
+      placement_ = runtime::choosePlacement(model_, job_, {}, {});
+    } else {
+      std::vector<int> keep(named.begin(), named.end());
+      for (int d = 0; d < n_devices && static_cast<int>(keep.size()) < world_; ++d)
+        if (!named.count(d)) keep.push_back(d);
+      std::sort(keep.begin(), keep.end());
+      JobSpec sub = job_;
+      sub.topology = subTopology(job_.topology, keep);
+      placement_ = runtime::choosePlacement(model_, sub, {}, {});
+      for (int& d : placement_.device_of_rank) d = keep[static_cast<size_t>(d)];
+    }
+    slot_of_rank_.assign(static_cast<size_t>(world_), -1);
+    for (size_t i : active) {
+      if (slots_[i].device < 0) continue;
+      for (int r = 0; r < world_; ++r)
+        if (placement_.device_of_rank[static_cast<size_t>(r)] == slots_[i].device)
+          slot_of_rank_[static_cast<size_t>(r)] = static_cast<int>(i);
+    }
+    size_t next = 0;
+    for (size_t i : active) {
+      if (slots_[i].device >= 0) continue;
+      while (slot_of_rank_[next] >= 0) ++next;
+      slot_of_rank_[next] = static_cast<int>(i);
+    }
+    for (int r = 0; r < world_; ++r) {
+      Slot& s = slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(r)])];
+      GEOPIPE_CHECK(s.info.rank < 0, Error, "rank assigned twice");
+      s.info.rank = r;
+      s.info.stage = r % stages_;
+      s.info.replica = r / stages_;
+      s.info.device = placement_.device_of_rank[static_cast<size_t>(r)];
+      s.info.device_name = n_devices > 0 ? job_.topology.devices[static_cast<size_t>(s.info.device)].name
+                                         : std::to_string(s.info.device);
+      s.last_seen = Clock::now();
+    }
+    uint64_t seed = std::chrono::steady_clock::now().time_since_epoch().count();
+    job_token_ = detail::concat(job_.name, "-", std::hex, seed);
+    result_.device_of_rank = placement_.device_of_rank;
+    result_.layers_of_stage = placement_.layers_of_stage;
+    result_.placement_source = placement_.source;
+    placed_ = true;
+    std::string line = detail::concat("placement (", placement_.source, "):");
+    for (int r = 0; r < world_; ++r) {
+      const auto& l = placement_.layers_of_stage[static_cast<size_t>(r % stages_)];
+      line += detail::concat(" rank ", r, "->device ", placement_.device_of_rank[static_cast<size_t>(r)],
+                             " [", l.first, ",", l.second, ")");
+    }
+    eventLocked(line);
+  }
+
+  Slot* slotOfRankLocked(int rank) {
+    if (!placed_ || rank < 0 || rank >= world_) return nullptr;
+    return &slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(rank)])];
+  }
+
+  std::string describeLocked(int rank) {
+    const Slot* s = slotOfRankLocked(rank);
+    if (!s) return detail::concat("tasklet ", rank);
+    return detail::concat("tasklet rank ", rank, " (stage ", s->info.stage, ", replica ",
+                          s->info.replica, ", device '", s->info.device_name, "', host ",
+                          s->info.hostname, " pid ", s->info.pid, ")");
+  }
+
+  void fillDirectiveLocked(pb::Directive* d) {
+    d->set_stop_after_step(stop_after_);
+    d->set_checkpoint_at_stop(checkpoint_at_stop_);
+    d->set_abort(abort_);
+    d->set_abort_reason(abort_reason_);
+  }
+
+  void recordFailureLocked(int rank, const std::string& message, const std::string& type,
+                           bool primary) {
+    if (ended_ && failure_) return;
+    if (abort_) return;  // later failures are consequences of the abort
+    if (!pending_ || (primary && !pending_->primary)) {
+      pending_ = Failure{message, type, rank, primary, Clock::now()};
+      spdlog::debug("failure candidate: {}", message);
+    }
+    cv_.notify_all();
+  }
+
+  void finalFailureLocked(int rank, const std::string& message, const std::string& type) {
+    if (abort_) return;
+    failure_ = Failure{message, type, rank, true, Clock::now()};
+    abort_ = true;
+    abort_reason_ = message;
+    ended_ = true;
+    eventLocked("job failed: " + message);
+    cv_.notify_all();
+  }
+
+  void monitorLoop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!shutting_down_) {
+      cv_.wait_for(lock, std::chrono::milliseconds(50));
+      if (shutting_down_) break;
+      const auto now = Clock::now();
+      if (placed_ && !ended_) {
+        for (int r = 0; r < world_; ++r) {
+          const Slot& s = *slotOfRankLocked(r);
+          if (s.info.finished) continue;
+          const double silent = secondsBetween(s.last_seen, now);
+          if (silent * 1000 > opt_.heartbeat_timeout.count()) {
+            recordFailureLocked(
+                r, detail::concat(describeLocked(r), " failed: no heartbeat for ",
+                                  static_cast<int>(silent), " s (last step done: ",
+                                  s.last_step + 1, "); the process died or its host is gone"),
+                "TimeoutError", true);
+          }
+        }
+        // The step barrier's deadline: the oldest incomplete step.
+        for (auto& [step, row] : rows_) {
+          if (row.arrived == world_) continue;
+          if (secondsBetween(row.first_at, now) * 1000 > opt_.step_deadline.count()) {
+            for (int r = 0; r < world_; ++r) {
+              if (row.seen[static_cast<size_t>(r)]) continue;
+              recordFailureLocked(r, detail::concat(describeLocked(r), " failed: step ", step + 1,
+                                                    " not reported within ",
+                                                    opt_.step_deadline.count() / 1000,
+                                                    " s of the first tasklet's report"),
+                                  "TimeoutError", true);
+              break;
+            }
+          }
+          break;
+        }
+        // Done: every tasklet finished cleanly and every checkpoint committed.
+        bool all_finished = true;
+        for (int r = 0; r < world_; ++r) all_finished &= slotOfRankLocked(r)->info.finished;
+        if (all_finished && !pending_ && commits_in_flight_ == 0 && !ended_) {
+          ended_ = true;
+          cv_.notify_all();
+        }
+      }
+      if (pending_ && !abort_ &&
+          (pending_->primary || now - pending_->at >= opt_.failure_grace)) {
+        const Failure f = *pending_;
+        finalFailureLocked(f.rank, f.message, f.type);
+      }
+      lock.unlock();
+      flushSteps();
+      lock.lock();
+    }
+  }
+
+  // Hands finished steps to on_step in order (outside the lock).
+  void flushSteps() {
+    std::lock_guard<std::mutex> flush(flush_mu_);
+    std::vector<StepMetrics> ready;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (true) {
+        auto it = rows_.find(next_emit_);
+        if (it == rows_.end() || it->second.arrived < world_) break;
+        StepMetrics m = it->second.metrics;
+        m.step = next_emit_;
+        m.loss = it->second.loss_parts ? it->second.loss_sum / it->second.loss_parts : 0;
+        m.tokens_per_second = m.seconds > 0 ? tokensPerStep(job_) / m.seconds : 0;
+        result_.losses.push_back(m.loss);
+        result_.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
+        result_.raw_bytes += m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
+        last_step_at_ = Clock::now();
+        rows_.erase(it);
+        ++next_emit_;
+        ready.push_back(m);
+      }
+    }
+    if (opt_.on_step)
+      for (const auto& m : ready) opt_.on_step(m);
+  }
+
+  CoordinatorOptions opt_;
+  JobBundle bundle_;
+  JobSpec job_;
+  ModelDef model_;
+  int stages_ = 1, replicas_ = 1, world_ = 1;
+  int64_t first_step_ = 0;
+  std::string resume_dir_;
+  std::string job_token_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::string address_;
+  std::thread monitor_;
+
+  mutable std::mutex mu_;
+  std::mutex flush_mu_;
+  std::condition_variable cv_;
+  bool shutting_down_ = false;
+  std::vector<Slot> slots_;
+  std::vector<int> slot_of_rank_;
+  runtime::Placement placement_;
+  bool placed_ = false;
+  int addresses_ = 0;
+  bool train_started_ = false;
+  Clock::time_point start_at_, last_step_at_;
+  std::map<int64_t, Row> rows_;
+  std::map<int64_t, PendingCheckpoint> checkpoints_;
+  int commits_in_flight_ = 0;
+  int64_t next_emit_ = 0;
+  int64_t max_reported_ = -1;
+  int64_t stop_after_ = -1;
+  bool checkpoint_at_stop_ = false;
+  bool abort_ = false;
+  std::string abort_reason_;
+  bool interrupted_ = false;
+  bool ended_ = false;
+  std::optional<Failure> pending_;
+  std::optional<Failure> failure_;
+  TrainResult result_;
+};
+
+Coordinator::Coordinator(CoordinatorOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+Coordinator::~Coordinator() = default;
+std::string Coordinator::listeningAddress() const { return impl_->listeningAddress(); }
+const JobSpec& Coordinator::job() const { return impl_->job(); }
+int Coordinator::worldSize() const { return impl_->worldSize(); }
+void Coordinator::requestStop(bool checkpoint) { impl_->requestStop(checkpoint); }
+void Coordinator::reportFailure(int64_t pid, int rank, const std::string& cause,
+                                const std::string& type) {
+  impl_->reportFailure(pid, rank, cause, type);
+}
+std::vector<TaskletInfo> Coordinator::tasklets() const { return impl_->tasklets(); }
+std::optional<CoordinatorResult> Coordinator::waitFor(std::chrono::milliseconds timeout) {
+  return impl_->waitFor(timeout);
+}
+bool Coordinator::waitForWorkersGone(std::chrono::milliseconds timeout) {
+  return impl_->waitForWorkersGone(timeout);
+}
+
+}  // namespace geopipe::distributed

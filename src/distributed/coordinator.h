@@ -1,0 +1,115 @@
+// The coordinator of a multi-process job: a gRPC service (proto/
+// coordinator.proto) that workers join, that plans the job once every
+// tasklet has a worker, hands out ranks, layers and the peer address table,
+// collects every step's metrics, commits checkpoints, notices workers that
+// vanish, and tells everyone when to stop. Torch-free header.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "geopipe/trainer.h"
+
+namespace geopipe::distributed {
+
+struct CoordinatorOptions {
+  // The job YAML file (read on this host; its topology is inlined and sent
+  // to the workers, relative paths resolve against its directory).
+  std::string job_path;
+  // Where the Coordinator service listens ("host:port"; port 0 picks one).
+  std::string listen_address = "0.0.0.0:7420";
+  // Overrides training.steps when set.
+  std::optional<int64_t> steps;
+  // Continue from the newest committed checkpoint in checkpoint.dir.
+  bool resume = false;
+  // Workers must present this token; empty accepts any worker.
+  std::string join_token;
+  // A placed worker that sends nothing (heartbeat or report) for this long
+  // has failed; the job is stopped naming its tasklet.
+  std::chrono::milliseconds heartbeat_timeout{15000};
+  // A tasklet whose step report is this much later than the first report of
+  // the same step has failed (the step barrier's deadline).
+  std::chrono::milliseconds step_deadline{300000};
+  // Failures a worker reports that may be the consequence of another's
+  // death (IoError, TimeoutError) are held this long, so that the root
+  // cause (a process that died, reported by the launcher) is the one named.
+  std::chrono::milliseconds failure_grace{2000};
+  // Called with each finished step, in step order, from the coordinator's
+  // monitor thread.
+  std::function<void(const StepMetrics&)> on_step;
+  // Called with one-line events (placement, checkpoints, failures), from
+  // the coordinator's threads.
+  std::function<void(const std::string&)> on_event;
+};
+
+// One tasklet as the coordinator sees it (after placement).
+struct TaskletInfo {
+  int rank = -1;
+  int stage = -1;
+  int replica = -1;
+  int device = -1;          // topology device index
+  std::string device_name;  // topology device name
+  std::string hostname;     // the worker's host
+  int64_t pid = 0;          // the worker's process id on its host
+  std::string address;      // its peer service, once reported
+  bool finished = false;    // sent Finish
+};
+
+struct CoordinatorResult {
+  bool ok = false;           // every tasklet finished every step it was asked to
+  bool interrupted = false;  // requestStop ended the run early
+  std::string failure;       // what failed, naming the tasklet; empty when ok
+  std::string failure_type;  // the error type of the root cause ("IoError", ...)
+  int failed_rank = -1;      // the tasklet named by `failure`, -1 if none
+  TrainResult train;         // losses, throughput, bytes, placement
+};
+
+// Thread-safety: every method may be called from any thread.
+class Coordinator {
+ public:
+  // Reads and checks the job, plans the data-parallel shape if it is
+  // `auto`, finds the checkpoint to resume from, and starts the service.
+  // Throws SpecError / ConfigError / IoError for a bad job.
+  explicit Coordinator(CoordinatorOptions options);
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // "host:port" the service is bound to.
+  std::string listeningAddress() const;
+  // The job as the coordinator runs it (stages and replicas resolved).
+  const JobSpec& job() const;
+  int worldSize() const;
+
+  // Asks every worker to stop after the same step (past every step any
+  // worker has reported), writing a checkpoint there when the job has a
+  // checkpoint.dir and `checkpoint` is true. Idempotent.
+  void requestStop(bool checkpoint);
+  // Ends the job as failed (the launcher reports a worker process that
+  // died). `pid` finds the tasklet; `rank` >= 0 names it directly. The first
+  // root cause wins.
+  void reportFailure(int64_t pid, int rank, const std::string& cause,
+                     const std::string& type = "ProcessError");
+
+  // Every joined worker, by rank once placed (empty before placement).
+  std::vector<TaskletInfo> tasklets() const;
+
+  // Waits up to `timeout` for the job to end: every worker finished, or a
+  // failure is final (and the workers have been told to abort). nullopt if
+  // still running.
+  std::optional<CoordinatorResult> waitFor(std::chrono::milliseconds timeout);
+  // Waits for every worker to have sent Finish after the job ended (up to
+  // `timeout`); true if all did.
+  bool waitForWorkersGone(std::chrono::milliseconds timeout);
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace geopipe::distributed

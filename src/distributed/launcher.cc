@@ -1,0 +1,151 @@
+// The launcher: coordinator in-process, workers as child processes.
+#include "src/distributed/launcher.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "geopipe/error.h"
+#include "src/distributed/process.h"
+
+namespace geopipe::distributed {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string selfExecutable() {
+  char buf[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) GEOPIPE_THROW(IoError, "cannot resolve /proc/self/exe to start the workers");
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::string makeLogDir(const std::string& requested) {
+  std::string dir = requested;
+  if (dir.empty()) {
+    std::string tmpl = (fs::temp_directory_path() / "geopipe-launch-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) {
+      GEOPIPE_THROW(IoError, "cannot create a log directory under ", fs::temp_directory_path());
+    }
+    dir = tmpl;
+  }
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) GEOPIPE_THROW(IoError, "cannot create log directory '", dir, "': ", ec.message());
+  return dir;
+}
+
+}  // namespace
+
+LaunchResult launchJob(const LaunchOptions& opt) {
+  LaunchResult out;
+  out.log_dir = makeLogDir(opt.log_dir);
+  const std::string exe = opt.executable.empty() ? selfExecutable() : opt.executable;
+
+  CoordinatorOptions co;
+  co.job_path = opt.job_path;
+  co.listen_address = "127.0.0.1:0";
+  co.steps = opt.steps;
+  co.resume = opt.resume;
+  co.heartbeat_timeout = opt.heartbeat_timeout;
+  co.on_step = opt.on_step;
+  co.on_event = opt.on_event;
+  Coordinator coordinator(co);
+  const int world = coordinator.worldSize();
+  out.workers = world;
+  if (opt.on_start) opt.on_start(coordinator.job());
+  int threads = opt.threads_per_worker;
+  if (threads <= 0) {
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world);
+  }
+
+  std::vector<ChildProcess> children;
+  std::map<pid_t, std::string> log_of;
+  pid_t group = 0;
+  auto killEverything = [&] { stopAll(children, std::chrono::milliseconds(0)); };
+  try {
+    for (int i = 0; i < world; ++i) {
+      SpawnOptions so;
+      so.program = exe;
+      so.argv = {exe,
+                 "--log-level",
+                 opt.worker_log_level,
+                 "worker",
+                 "--coordinator",
+                 coordinator.listeningAddress(),
+                 "--device",
+                 "any",
+                 "--listen",
+                 "127.0.0.1:0",
+                 "--threads",
+                 std::to_string(threads),
+                 "--timeout",
+                 std::to_string(opt.timeout_seconds)};
+      so.log_file = (fs::path(out.log_dir) / ("worker-" + std::to_string(i) + ".log")).string();
+      so.process_group = group;
+      children.push_back(ChildProcess::spawn(so));
+      if (group == 0) group = children.back().pid();
+      log_of[children.back().pid()] = so.log_file;
+    }
+  } catch (...) {
+    killEverything();
+    throw;
+  }
+
+  // Watch: children that exit, Ctrl-C, and the coordinator's verdict.
+  std::optional<CoordinatorResult> result;
+  bool aborted = false;
+  pid_t failed_pid = 0;
+  while (!result) {
+    for (auto& c : children) {
+      if (!c.running()) continue;
+      if (auto st = c.poll()) {
+        if (!st->ok()) {
+          if (!failed_pid) failed_pid = c.pid();
+          std::string cause = st->str();
+          coordinator.reportFailure(c.pid(), -1, cause,
+                                    st->signaled ? "ProcessKilled" : "ProcessFailed");
+        }
+      }
+    }
+    if (opt.should_abort && opt.should_abort() && !aborted) {
+      aborted = true;
+      coordinator.requestStop(false);
+      killEverything();
+      coordinator.reportFailure(0, -1, "stopped by a second interrupt", "Interrupted");
+    }
+    if (opt.should_stop && opt.should_stop()) coordinator.requestStop(true);
+    result = coordinator.waitFor(std::chrono::milliseconds(50));
+  }
+
+  // The job is over: let the workers leave on their own, then make sure.
+  const auto deadline = std::chrono::steady_clock::now() + opt.shutdown_grace;
+  for (auto& c : children) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    c.waitFor(std::max(left, std::chrono::milliseconds(0)));
+  }
+  stopAll(children, opt.shutdown_grace);
+
+  out.job = *result;
+  if (!out.job.ok) {
+    // The log of the tasklet the coordinator names, else of the first
+    // process that failed.
+    int64_t pid = failed_pid;
+    if (out.job.failed_rank >= 0) {
+      for (const auto& t : coordinator.tasklets())
+        if (t.rank == out.job.failed_rank) pid = t.pid;
+    }
+    if (log_of.count(static_cast<pid_t>(pid))) {
+      out.failed_log_tail = tailOfFile(log_of[static_cast<pid_t>(pid)], 8);
+    }
+  }
+  return out;
+}
+
+}  // namespace geopipe::distributed

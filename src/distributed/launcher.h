@@ -1,0 +1,70 @@
+// `geopipe launch` as a library: one coordinator in this process and one
+// worker process per tasklet (fork/exec of the geopipe binary) on
+// 127.0.0.1, watched until the job ends. A worker that dies ends the job
+// with its tasklet named; every child is reaped before launchJob returns.
+// Torch-free header.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "src/distributed/coordinator.h"
+
+namespace geopipe::distributed {
+
+struct LaunchOptions {
+  // The job YAML file.
+  std::string job_path;
+  // Overrides training.steps when set.
+  std::optional<int64_t> steps;
+  // Continue from the newest committed checkpoint in checkpoint.dir.
+  bool resume = false;
+  // The geopipe binary run as `geopipe worker`; empty: this process's own
+  // executable (/proc/self/exe).
+  std::string executable;
+  // Where each worker's stdout/stderr go (worker-<i>.log); empty: a new
+  // directory under the system temp dir (kept; its path is in the result).
+  std::string log_dir;
+  // --log-level given to the workers.
+  std::string worker_log_level = "info";
+  // LibTorch threads per worker; 0 = max(1, cores / tasklets).
+  int threads_per_worker = 0;
+  // Longest wait for a peer's message inside a worker.
+  int timeout_seconds = 300;
+  // A worker silent this long has failed (see CoordinatorOptions).
+  std::chrono::milliseconds heartbeat_timeout{15000};
+  // After the job ends, how long workers get to exit before SIGTERM, and
+  // then SIGKILL after as long again.
+  std::chrono::milliseconds shutdown_grace{10000};
+  // Polled every 50 ms: true asks the coordinator to stop every worker
+  // after the same step and checkpoint there (the first Ctrl-C).
+  std::function<bool()> should_stop;
+  // Polled every 50 ms: true kills every worker now (the second Ctrl-C).
+  std::function<bool()> should_abort;
+  // Called once the coordinator has read and resolved the job (stages and
+  // replicas decided), before any worker starts: open metrics files here.
+  // The display's job must outlive the run (ProgressDisplay keeps a
+  // reference), so it is copied by the callee.
+  std::function<void(const JobSpec&)> on_start;
+  // Called with each finished step, in order (coordinator's thread).
+  std::function<void(const StepMetrics&)> on_step;
+  // One-line events: placement, checkpoints, failures.
+  std::function<void(const std::string&)> on_event;
+};
+
+struct LaunchResult {
+  CoordinatorResult job;  // ok / interrupted / failure naming the tasklet
+  std::string log_dir;    // the workers' logs
+  int workers = 0;        // processes started
+  std::string failed_log_tail;  // last lines of the failed worker's log
+};
+
+// Runs the job to its end (or failure / stop). Throws for a bad job before
+// anything is started (SpecError, ConfigError, IoError); failures of the
+// workers are in the result, not thrown.
+LaunchResult launchJob(const LaunchOptions& options);
+
+}  // namespace geopipe::distributed

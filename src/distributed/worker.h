@@ -1,0 +1,58 @@
+// A worker process's life: join the coordinator, learn its tasklet, build
+// it over the gRPC transport (behind the link emulator when the job asks),
+// train, report every step and checkpoint, stop when told or at the end.
+// Torch-free header.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace geopipe::distributed {
+
+struct WorkerOptions {
+  // The coordinator's address ("host:port").
+  std::string coordinator;
+  // The topology device this worker is: a name, an index, or "any" (the
+  // coordinator picks).
+  std::string device = "any";
+  // Where this worker's peer service listens ("host:port"; port 0 picks a
+  // free one). A specific host is what peers connect to; with 0.0.0.0 peers
+  // use the address the coordinator sees this worker connect from.
+  std::string listen = "0.0.0.0:0";
+  // The coordinator's join token (its --token), if it has one.
+  std::string join_token;
+  // LibTorch intra-op threads; 0 = every core of this host.
+  int threads = 0;
+  // How often the worker tells the coordinator it is alive.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // The coordinator unreachable for this long (no reply to a heartbeat or
+  // report) ends the worker with IoError: the job is gone.
+  std::chrono::milliseconds coordinator_timeout{30000};
+  // Longest wait to be placed after joining; 0 waits as long as it takes
+  // for every worker to join.
+  std::chrono::milliseconds join_timeout{0};
+  // Longest wait for a peer's message before the step fails.
+  int timeout_seconds = 300;
+  // One-line progress events (joined, placed, connected, checkpoint, done).
+  std::function<void(const std::string&)> on_event;
+};
+
+struct WorkerResult {
+  int rank = -1;
+  int stage = -1;
+  int replica = -1;
+  int64_t first_step = 0;     // > 0 when resumed
+  int64_t steps_done = 0;     // steps this run executed
+  bool stopped_early = false; // the coordinator stopped the job before its end
+};
+
+// Runs one worker to the end. Throws the tasklet's failure (after telling
+// the coordinator): ConfigError for a wrong device / job, ProtocolError for
+// a coordinator of another version, IoError / TimeoutError for peers and
+// the coordinator, and IoError "aborted by the coordinator: ..." when
+// another tasklet failed.
+WorkerResult runWorker(const WorkerOptions& options);
+
+}  // namespace geopipe::distributed
