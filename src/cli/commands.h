@@ -57,6 +57,17 @@ struct PipelineBenchArgs {
   int replicas = 1;                // data-parallel replicas of the staged run
 };
 
+struct E2eBenchArgs {
+  bool quick = false;                   // 2 bandwidths, 100-step quality runs, 4 timed steps
+  std::string out_dir = "bench-out/e2e";  // results.md, results.json, *.svg
+  int quality_steps = 300;              // steps of each loss-quality run
+  int timed_steps = 8;                  // timed steps per step-time run
+  std::vector<double> mbps = {5, 20, 100};  // emulated WAN bandwidths
+  std::string worldwide_topology = "examples/topologies/dtfm-worldwide.yaml";
+  double placement_scale = 0.02;        // bandwidth scale of the placement runs
+};
+int runE2eBench(const E2eBenchArgs& args, std::ostream& out);
+
 struct BenchArgs {
   double seconds = 2.0;            // scheduler: search budget per paper scenario
   double synthetic_seconds = 60.0; // scheduler: budget per synthetic topology
@@ -64,6 +75,7 @@ struct BenchArgs {
   uint64_t seed = 1;               // scheduler: search seed
   int threads = 1;                 // scheduler: search threads
   PipelineBenchArgs pipeline;      // pipeline: the staged engine vs one process
+  E2eBenchArgs e2e;                // e2e: emulated-network grid
 };
 void addBenchSubcommands(CLI::App& bench, BenchArgs& args);
 int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out);

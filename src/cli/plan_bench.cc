@@ -56,6 +56,20 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
   pipe->add_option("--stages", args.pipeline.stages, "pipeline stages")->capture_default_str();
   pipe->add_option("--replicas", args.pipeline.replicas, "data-parallel replicas")
       ->capture_default_str();
+
+  auto* e2e = bench.add_subcommand(
+      "e2e", "Training over emulated links: compression x bandwidth, placement, predicted vs "
+             "measured step time; writes a markdown table, JSON and SVG plots");
+  e2e->add_flag("--quick", args.e2e.quick, "a smaller grid (about a third of the time)");
+  e2e->add_option("--out", args.e2e.out_dir, "output directory")->capture_default_str();
+  e2e->add_option("--quality-steps", args.e2e.quality_steps, "steps of each loss run")
+      ->capture_default_str();
+  e2e->add_option("--timed-steps", args.e2e.timed_steps, "timed steps per step-time run")
+      ->capture_default_str();
+  e2e->add_option("--mbps", args.e2e.mbps, "emulated WAN bandwidths (Mbps)")->capture_default_str();
+  e2e->add_option("--worldwide", args.e2e.worldwide_topology,
+                  "topology whose links the placement runs use")
+      ->capture_default_str();
 }
 
 int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out) {
@@ -69,6 +83,7 @@ int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& 
     return runSchedulerBench(o, out);
   }
   if (bench.got_subcommand("pipeline")) return runPipelineBench(args.pipeline, out);
+  if (bench.got_subcommand("e2e")) return runE2eBench(args.e2e, out);
   return static_cast<int>(ExitCode::USAGE);
 }
 

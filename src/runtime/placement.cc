@@ -36,6 +36,24 @@ std::vector<std::pair<int, int>> stageLayerRanges(const ModelDef& model,
   return out;
 }
 
+JobSpec effectiveNetworkJob(const JobSpec& job) {
+  JobSpec out = job;
+  if (!job.transport.emulate_links) return out;
+  for (auto& row : out.topology.site_links) {
+    for (auto& link : row) {
+      link.bandwidth_gbps *= job.transport.bandwidth_scale;
+      link.latency_ms *= job.transport.latency_scale;
+    }
+  }
+  for (auto& site : out.topology.sites) {
+    site.intra.bandwidth_gbps *= job.transport.bandwidth_scale;
+    site.intra.latency_ms *= job.transport.latency_scale;
+  }
+  out.transport.bandwidth_scale = 1.0;
+  out.transport.latency_scale = 1.0;
+  return out;
+}
+
 Placement choosePlacement(const ModelDef& model, const JobSpec& job,
                           const std::vector<int>& devices, const std::vector<int>& body_per_stage) {
   const int stages = job.parallelism.pipeline_stages;
@@ -56,8 +74,9 @@ Placement choosePlacement(const ModelDef& model, const JobSpec& job,
     p.device_of_rank = devices;
     p.source = "caller";
   } else if (n_devices >= world && job.model.layers == model.bodyLayers()) {
+    const JobSpec priced = effectiveNetworkJob(job);
     scheduler::PlanResult plan =
-        scheduler::plan(job, scheduler::searchOptionsFromJob(job), /*with_baselines=*/false);
+        scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), /*with_baselines=*/false);
     const auto& alloc = plan.ours.allocation;
     if (alloc.d_pp == stages && alloc.d_dp == replicas) {
       p.device_of_rank.assign(static_cast<size_t>(world), 0);

@@ -27,6 +27,12 @@ std::vector<int> evenSplit(int layers, int stages);
 std::vector<std::pair<int, int>> stageLayerRanges(const ModelDef& model,
                                                   const std::vector<int>& body_per_stage);
 
+// The job as its tasklets will experience the network: when links are
+// emulated, every topology bandwidth is multiplied by
+// transport.bandwidth_scale and every latency by latency_scale (and the
+// scales reset to 1), so the scheduler prices the links the run will have.
+JobSpec effectiveNetworkJob(const JobSpec& job);
+
 // Chooses the placement: `devices` / `body_per_stage` when given (checked),
 // otherwise the scheduler's plan for job (when the topology has enough
 // devices and the model's body matches job.model.layers), else in-order.
