@@ -623,6 +623,33 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     cv_.notify_all();
   }
 
+  // A worker's broken link or timeout is usually a peer that died: when
+  // the grace period ends, a tasklet that has been silent for most of it
+  // (heartbeats come every second) is the root cause, not the reporter.
+  void blameSilentTaskletLocked(Failure& f, Clock::time_point now) {
+    if (!placed_) return;
+    int suspect = -1;
+    double longest = 0;
+    for (int r = 0; r < world_; ++r) {
+      const Slot& s = *slotOfRankLocked(r);
+      if (s.info.finished || r == f.rank) continue;
+      const double silent = secondsBetween(s.last_seen, now);
+      if (silent > longest) {
+        longest = silent;
+        suspect = r;
+      }
+    }
+    const double threshold =
+        std::max(1.5, 0.75 * std::chrono::duration<double>(opt_.failure_grace).count());
+    if (suspect < 0 || longest < threshold) return;
+    f.message = detail::concat(describeLocked(suspect), " failed: no heartbeat for ",
+                               static_cast<int>(longest),
+                               " s, the process died or its host is gone (first noticed as: ",
+                               f.message, ")");
+    f.rank = suspect;
+    f.type = "TimeoutError";
+  }
+
   void finalFailureLocked(int rank, const std::string& message, const std::string& type) {
     if (abort_) return;
     failure_ = Failure{message, type, rank, true, Clock::now()};
@@ -678,7 +705,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       }
       if (pending_ && !abort_ &&
           (pending_->primary || now - pending_->at >= opt_.failure_grace)) {
-        const Failure f = *pending_;
+        Failure f = *pending_;
+        if (!f.primary) blameSilentTaskletLocked(f, now);
         finalFailureLocked(f.rank, f.message, f.type);
       }
       lock.unlock();

@@ -11,11 +11,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
 #include "geopipe/trainer.h"
 #include "src/config/job_parser.h"
+#include "src/distributed/coordinator.h"
 #include "src/distributed/launcher.h"
 #include "src/distributed/process.h"
 #include "tests/distributed/test_jobs.h"
@@ -184,6 +186,53 @@ TEST(Launch, KilledWorkerEndsTheJobNamingItsTaskletWithoutOrphans) {
     ::waitpid(p, nullptr, 0);
   }
   EXPECT_TRUE(left.empty()) << left.size() << " orphaned worker process(es)";
+}
+
+TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
+  // Multi-host style: a standalone coordinator and `geopipe worker`
+  // processes; nobody watches the processes, so the coordinator must work
+  // out from the heartbeats which tasklet died (its peers only see broken
+  // links).
+  TempDir dir;
+  CoordinatorOptions co;
+  co.job_path = writeJob(dir, "job.yaml",
+                         tinyJobYaml(100000, "transport: {emulate_links: false}\n"));
+  co.listen_address = "127.0.0.1:0";
+  co.heartbeat_timeout = std::chrono::seconds(20);
+  std::atomic<int64_t> done{0};
+  co.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  Coordinator coordinator(co);
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 4; ++i) {
+    SpawnOptions so;
+    so.program = GEOPIPE_BINARY;
+    so.argv = {GEOPIPE_BINARY, "worker", "--coordinator", coordinator.listeningAddress(),
+               "--device", std::to_string(i), "--listen", "127.0.0.1:0", "--threads", "1"};
+    so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
+    workers.push_back(ChildProcess::spawn(so));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (done.load() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(done.load(), 3);
+  const auto tasklets = coordinator.tasklets();
+  ASSERT_EQ(tasklets.size(), 4u);
+  const int victim = 3;  // stage 1 of replica 1
+  for (auto& w : workers)
+    if (w.pid() == tasklets[victim].pid) w.signal(SIGKILL);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = coordinator.waitFor(std::chrono::seconds(30));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10))
+      << "the failure should be attributed long before the heartbeat timeout";
+  EXPECT_FALSE(r->ok);
+  EXPECT_EQ(r->failed_rank, victim) << r->failure;
+  std::cout << "failure: " << r->failure << "\n";
+  EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos)
+      << r->failure;
+  stopAll(workers, std::chrono::seconds(10));
+  for (auto& w : workers) EXPECT_FALSE(w.running());
 }
 
 }  // namespace
