@@ -2,20 +2,20 @@
 // gRPC transport on loopback against the in-process Trainer (threads over
 // the in-process transport), measured in the same run, after checking that
 // both produce the same losses.
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
-#include <unistd.h>
 
+#include <yaml-cpp/yaml.h>
 #include "geopipe/error.h"
 #include "geopipe/trainer.h"
 #include "src/cli/distributed_commands.h"
 #include "src/config/job_parser.h"
 #include "src/distributed/launcher.h"
-#include <yaml-cpp/yaml.h>
 
 namespace geopipe::cli {
 namespace {
@@ -43,17 +43,18 @@ double median(std::vector<double> v) {
 
 struct Row {
   std::string name;
-  std::vector<double> step_s;  // timed steps
-  std::vector<double> losses;  // every step
-  double run_tokens_per_s = 0; // timed steps' tokens / their wall-clock
+  std::vector<double> step_s;   // timed steps
+  std::vector<double> losses;   // every step
+  double run_tokens_per_s = 0;  // timed steps' tokens / their wall-clock
 };
 
 }  // namespace
 
 void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args) {
   auto* g = bench.add_subcommand(
-      "grpc", "Tokens/s of a job as gRPC worker processes on loopback vs the in-process "
-              "Trainer, same run");
+      "grpc",
+      "Tokens/s of a job as gRPC worker processes on loopback vs the in-process "
+      "Trainer, same run");
   g->add_option("--job", args.job, "job YAML (default: built-in tiny GPT)");
   g->add_option("--steps", args.steps, "timed steps per run")->capture_default_str();
   g->add_option("--stages", args.stages, "pipeline stages")->capture_default_str();
@@ -153,21 +154,21 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   const double ref = median(rows[0].step_s);
   char line[256];
   out << "grpc bench: " << job.name << " (" << job.model.layers << " layers, hidden "
-      << job.model.hidden << ", seq " << job.model.seq_len << "), " << args.stages
-      << " stages x " << args.replicas << " replicas = " << world << " tasklets, global batch "
-      << job.training.global_batch << ", " << args.steps << " timed steps after "
-      << kWarmupSteps << " warm-up, " << cores << " cores, links "
+      << job.model.hidden << ", seq " << job.model.seq_len << "), " << args.stages << " stages x "
+      << args.replicas << " replicas = " << world << " tasklets, global batch "
+      << job.training.global_batch << ", " << args.steps << " timed steps after " << kWarmupSteps
+      << " warm-up, " << cores << " cores, links "
       << (job.transport.emulate_links ? "emulated" : "not emulated") << "\n";
   out << "losses: max relative difference " << worst << " over " << rows[0].losses.size()
       << " steps (" << (worst <= 1e-6 ? "identical" : "DIFFERENT") << ")\n\n";
-  std::snprintf(line, sizeof(line), "%-30s %9s %9s %9s %12s %12s %9s\n", "run", "min s",
-                "median s", "max s", "tokens/s", "run tok/s", "vs inproc");
+  std::snprintf(line, sizeof(line), "%-30s %9s %9s %9s %12s %12s %9s\n", "run", "min s", "median s",
+                "max s", "tokens/s", "run tok/s", "vs inproc");
   out << line;
   for (const Row& row : rows) {
     const double med = median(row.step_s);
     std::snprintf(line, sizeof(line), "%-30s %9.4f %9.4f %9.4f %12.0f %12.0f %8.2fx\n",
-                  row.name.c_str(), *std::min_element(row.step_s.begin(), row.step_s.end()),
-                  med, *std::max_element(row.step_s.begin(), row.step_s.end()), tokens / med,
+                  row.name.c_str(), *std::min_element(row.step_s.begin(), row.step_s.end()), med,
+                  *std::max_element(row.step_s.begin(), row.step_s.end()), tokens / med,
                   row.run_tokens_per_s, ref / med);
     out << line;
   }

@@ -17,7 +17,9 @@ int exitCodeForFailure(const distributed::CoordinatorResult& r);
 namespace {
 
 std::atomic<int> g_signals{0};
-void onSignal(int) { g_signals.fetch_add(1); }
+void onSignal(int) {
+  g_signals.fetch_add(1);
+}
 
 }  // namespace
 
@@ -48,7 +50,9 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   opt.on_step = [&](const StepMetrics& m) {
     if (display) display->onStep(m);
   };
-  opt.on_event = [&](const std::string& line) { out << "[coordinator] " << line << "\n" << std::flush; };
+  opt.on_event = [&](const std::string& line) {
+    out << "[coordinator] " << line << "\n" << std::flush;
+  };
   distributed::Coordinator coordinator(opt);
   JobSpec job = coordinator.job();
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;

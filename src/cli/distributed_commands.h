@@ -13,26 +13,26 @@
 namespace geopipe::cli {
 
 struct LaunchArgs {
-  std::string job;                   // job YAML file
-  std::optional<int> steps;          // overrides training.steps
-  bool resume = false;               // continue from the newest committed checkpoint
-  std::string metrics_file;          // overrides logging.metrics_file
-  std::string log_dir;               // workers' logs; empty = a temp directory
-  int threads = 0;                   // LibTorch threads per worker; 0 = cores / tasklets
-  double heartbeat_timeout = 15;     // seconds of silence before a worker counts as dead
+  std::string job;                // job YAML file
+  std::optional<int> steps;       // overrides training.steps
+  bool resume = false;            // continue from the newest committed checkpoint
+  std::string metrics_file;       // overrides logging.metrics_file
+  std::string log_dir;            // workers' logs; empty = a temp directory
+  int threads = 0;                // LibTorch threads per worker; 0 = cores / tasklets
+  double heartbeat_timeout = 15;  // seconds of silence before a worker counts as dead
 };
 void addLaunchOptions(CLI::App& app, LaunchArgs& args);
 // 0 done, 130 interrupted (Ctrl-C), 5 a worker or the coordinator failed.
 int runLaunchCommand(const LaunchArgs& args, std::ostream& out);
 
 struct CoordinatorArgs {
-  std::string job;                   // job YAML file
+  std::string job;                      // job YAML file
   std::string listen = "0.0.0.0:7420";  // where workers reach the coordinator
-  std::optional<int> steps;          // overrides training.steps
-  bool resume = false;               // continue from the newest committed checkpoint
-  std::string metrics_file;          // overrides logging.metrics_file
-  std::string token;                 // workers must present it; empty accepts any
-  double heartbeat_timeout = 15;     // seconds of silence before a worker counts as dead
+  std::optional<int> steps;             // overrides training.steps
+  bool resume = false;                  // continue from the newest committed checkpoint
+  std::string metrics_file;             // overrides logging.metrics_file
+  std::string token;                    // workers must present it; empty accepts any
+  double heartbeat_timeout = 15;        // seconds of silence before a worker counts as dead
 };
 void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args);
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out);
@@ -49,10 +49,10 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args);
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out);
 
 struct GrpcBenchArgs {
-  std::string job;                   // job YAML; empty = a built-in tiny GPT job
-  int steps = 20;                    // timed steps per run (after 2 warm-up steps)
-  int stages = 2;                    // pipeline stages
-  int replicas = 2;                  // data-parallel replicas
+  std::string job;   // job YAML; empty = a built-in tiny GPT job
+  int steps = 20;    // timed steps per run (after 2 warm-up steps)
+  int stages = 2;    // pipeline stages
+  int replicas = 2;  // data-parallel replicas
 };
 void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args);
 int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out);

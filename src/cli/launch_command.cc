@@ -15,7 +15,9 @@ namespace geopipe::cli {
 namespace {
 
 std::atomic<int> g_signals{0};
-void onSignal(int) { g_signals.fetch_add(1); }
+void onSignal(int) {
+  g_signals.fetch_add(1);
+}
 
 }  // namespace
 
@@ -59,8 +61,8 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
     JobSpec job = resolved;
     if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
     display = std::make_unique<ProgressDisplay>(job, out, args.resume);
-    out << "launching '" << job.name << "': " << job.parallelism.pipeline_stages
-        << " stages x " << job.parallelism.data_parallel << " replicas as "
+    out << "launching '" << job.name << "': " << job.parallelism.pipeline_stages << " stages x "
+        << job.parallelism.data_parallel << " replicas as "
         << job.parallelism.pipeline_stages * job.parallelism.data_parallel
         << " worker processes on 127.0.0.1, " << job.training.steps << " steps\n"
         << std::flush;

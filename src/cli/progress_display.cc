@@ -68,12 +68,12 @@ void ProgressDisplay::onStep(const StepMetrics& m) {
 }
 
 void ProgressDisplay::summary(const TrainResult& r, bool interrupted) {
-  out_ << (interrupted ? "interrupted" : "done") << " after " << r.losses.size()
-       << " steps in " << std::fixed << std::setprecision(1) << r.seconds << " s: final loss "
+  out_ << (interrupted ? "interrupted" : "done") << " after " << r.losses.size() << " steps in "
+       << std::fixed << std::setprecision(1) << r.seconds << " s: final loss "
        << std::setprecision(4) << (r.losses.empty() ? 0.0 : r.losses.back()) << ", "
        << std::setprecision(0) << r.tokens_per_second << " tokens/s, wire "
-       << humanBytesDecimal(double(wire_)) << " of " << humanBytesDecimal(double(raw_))
-       << " raw (" << std::setprecision(1) << (wire_ ? double(raw_) / double(wire_) : 1.0)
+       << humanBytesDecimal(double(wire_)) << " of " << humanBytesDecimal(double(raw_)) << " raw ("
+       << std::setprecision(1) << (wire_ ? double(raw_) / double(wire_) : 1.0)
        << "x less), placement " << r.placement_source << "\n";
   out_.unsetf(std::ios::fixed);
 }

@@ -78,12 +78,14 @@ TopologySpec subTopology(const TopologySpec& t, const std::vector<int>& keep) {
   s.site_links.assign(old_site.size(), std::vector<LinkSpec>(old_site.size()));
   for (size_t a = 0; a < old_site.size(); ++a)
     for (size_t b = 0; b < old_site.size(); ++b)
-      s.site_links[a][b] = t.site_links[static_cast<size_t>(old_site[a])]
-                                       [static_cast<size_t>(old_site[b])];
+      s.site_links[a][b] =
+          t.site_links[static_cast<size_t>(old_site[a])][static_cast<size_t>(old_site[b])];
   return s;
 }
 
-int tokensPerStep(const JobSpec& job) { return job.training.global_batch * job.model.seq_len; }
+int tokensPerStep(const JobSpec& job) {
+  return job.training.global_batch * job.model.seq_len;
+}
 
 }  // namespace
 
@@ -97,8 +99,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false);
       job_.parallelism.pipeline_stages = plan.d_pp;
       job_.parallelism.data_parallel = plan.d_dp;
-      event(detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp,
-                           " stages x ", plan.d_dp, " replicas"));
+      event(detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp, " stages x ",
+                           plan.d_dp, " replicas"));
     }
     stages_ = job_.parallelism.pipeline_stages;
     replicas_ = job_.parallelism.data_parallel;
@@ -247,8 +249,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     slot.last_seen = Clock::now();
     slots_.push_back(slot);
     const size_t id = slots_.size() - 1;
-    eventLocked(detail::concat("worker joined: ", req->hostname(), " pid ", req->pid(),
-                               ", device ", req->device().empty() ? "any" : req->device(), " (",
+    eventLocked(detail::concat("worker joined: ", req->hostname(), " pid ", req->pid(), ", device ",
+                               req->device().empty() ? "any" : req->device(), " (",
                                activeSlotsLocked(), "/", world_, ")"));
     if (activeSlotsLocked() == world_) {
       try {
@@ -437,7 +439,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::string listen_host;  // what peers use to reach it
     Clock::time_point last_seen;
     int64_t last_step = -1;
-    bool gone = false;        // left before placement
+    bool gone = false;  // left before placement
   };
   struct Row {
     StepMetrics metrics;
@@ -478,9 +480,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                     "' (checkpoint.dir): nothing to resume; run without --resume to start over");
     }
     if (manifest->stages != stages_ || manifest->replicas != replicas_) {
-      GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' was written by ",
-                    manifest->stages, " stages x ", manifest->replicas, " replicas, the job has ",
-                    stages_, " x ", replicas_, ": resume with the original parallelism settings");
+      GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' was written by ", manifest->stages,
+                    " stages x ", manifest->replicas, " replicas, the job has ", stages_, " x ",
+                    replicas_, ": resume with the original parallelism settings");
     }
     first_step_ = manifest->next_step;
     resume_dir_ = runtime::stepDirectory(dir, first_step_);
@@ -512,12 +514,13 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     if (*device < 0) {
       std::string hint = numeric ? "" : common::closestMatch(name, names);
-      return {grpc::StatusCode::INVALID_ARGUMENT,
-              detail::concat("device '", name, "' is not in topology '", t.name, "' (",
-                             t.numDevices(), " devices: indices 0..", t.numDevices() - 1,
-                             names.empty() ? "" : ", names " + names.front() + " .. " + names.back(),
-                             ")", hint.empty() ? "" : "; did you mean '" + hint + "'?",
-                             " Use --device any to let the coordinator choose.")};
+      return {
+          grpc::StatusCode::INVALID_ARGUMENT,
+          detail::concat("device '", name, "' is not in topology '", t.name, "' (", t.numDevices(),
+                         " devices: indices 0..", t.numDevices() - 1,
+                         names.empty() ? "" : ", names " + names.front() + " .. " + names.back(),
+                         ")", hint.empty() ? "" : "; did you mean '" + hint + "'?",
+                         " Use --device any to let the coordinator choose.")};
     }
     for (const auto& s : slots_) {
       if (!s.gone && s.device == *device) {
@@ -573,8 +576,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       s.info.stage = r % stages_;
       s.info.replica = r / stages_;
       s.info.device = placement_.device_of_rank[static_cast<size_t>(r)];
-      s.info.device_name = n_devices > 0 ? job_.topology.devices[static_cast<size_t>(s.info.device)].name
-                                         : std::to_string(s.info.device);
+      s.info.device_name = n_devices > 0
+                               ? job_.topology.devices[static_cast<size_t>(s.info.device)].name
+                               : std::to_string(s.info.device);
       s.last_seen = Clock::now();
     }
     uint64_t seed = std::chrono::steady_clock::now().time_since_epoch().count();
@@ -586,8 +590,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::string line = detail::concat("placement (", placement_.source, "):");
     for (int r = 0; r < world_; ++r) {
       const auto& l = placement_.layers_of_stage[static_cast<size_t>(r % stages_)];
-      line += detail::concat(" rank ", r, "->device ", placement_.device_of_rank[static_cast<size_t>(r)],
-                             " [", l.first, ",", l.second, ")");
+      line += detail::concat(" rank ", r, "->device ",
+                             placement_.device_of_rank[static_cast<size_t>(r)], " [", l.first, ",",
+                             l.second, ")");
     }
     eventLocked(line);
   }
@@ -642,10 +647,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     const double threshold =
         std::max(1.5, 0.75 * std::chrono::duration<double>(opt_.failure_grace).count());
     if (suspect < 0 || longest < threshold) return;
-    f.message = detail::concat(describeLocked(suspect), " failed: no heartbeat for ",
-                               static_cast<int>(longest),
-                               " s, the process died or its host is gone (first noticed as: ",
-                               f.message, ")");
+    f.message = detail::concat(
+        describeLocked(suspect), " failed: no heartbeat for ", static_cast<int>(longest),
+        " s, the process died or its host is gone (first noticed as: ", f.message, ")");
     f.rank = suspect;
     f.type = "TimeoutError";
   }
@@ -673,9 +677,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           const double silent = secondsBetween(s.last_seen, now);
           if (silent * 1000 > opt_.heartbeat_timeout.count()) {
             recordFailureLocked(
-                r, detail::concat(describeLocked(r), " failed: no heartbeat for ",
-                                  static_cast<int>(silent), " s (last step done: ",
-                                  s.last_step + 1, "); the process died or its host is gone"),
+                r,
+                detail::concat(describeLocked(r), " failed: no heartbeat for ",
+                               static_cast<int>(silent), " s (last step done: ", s.last_step + 1,
+                               "); the process died or its host is gone"),
                 "TimeoutError", true);
           }
         }
@@ -685,11 +690,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           if (secondsBetween(row.first_at, now) * 1000 > opt_.step_deadline.count()) {
             for (int r = 0; r < world_; ++r) {
               if (row.seen[static_cast<size_t>(r)]) continue;
-              recordFailureLocked(r, detail::concat(describeLocked(r), " failed: step ", step + 1,
-                                                    " not reported within ",
-                                                    opt_.step_deadline.count() / 1000,
-                                                    " s of the first tasklet's report"),
-                                  "TimeoutError", true);
+              recordFailureLocked(
+                  r,
+                  detail::concat(describeLocked(r), " failed: step ", step + 1,
+                                 " not reported within ", opt_.step_deadline.count() / 1000,
+                                 " s of the first tasklet's report"),
+                  "TimeoutError", true);
               break;
             }
           }
@@ -703,8 +709,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           cv_.notify_all();
         }
       }
-      if (pending_ && !abort_ &&
-          (pending_->primary || now - pending_->at >= opt_.failure_grace)) {
+      if (pending_ && !abort_ && (pending_->primary || now - pending_->at >= opt_.failure_grace)) {
         Failure f = *pending_;
         if (!f.primary) blameSilentTaskletLocked(f, now);
         finalFailureLocked(f.rank, f.message, f.type);
@@ -784,15 +789,25 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 Coordinator::Coordinator(CoordinatorOptions options)
     : impl_(std::make_unique<Impl>(std::move(options))) {}
 Coordinator::~Coordinator() = default;
-std::string Coordinator::listeningAddress() const { return impl_->listeningAddress(); }
-const JobSpec& Coordinator::job() const { return impl_->job(); }
-int Coordinator::worldSize() const { return impl_->worldSize(); }
-void Coordinator::requestStop(bool checkpoint) { impl_->requestStop(checkpoint); }
+std::string Coordinator::listeningAddress() const {
+  return impl_->listeningAddress();
+}
+const JobSpec& Coordinator::job() const {
+  return impl_->job();
+}
+int Coordinator::worldSize() const {
+  return impl_->worldSize();
+}
+void Coordinator::requestStop(bool checkpoint) {
+  impl_->requestStop(checkpoint);
+}
 void Coordinator::reportFailure(int64_t pid, int rank, const std::string& cause,
                                 const std::string& type) {
   impl_->reportFailure(pid, rank, cause, type);
 }
-std::vector<TaskletInfo> Coordinator::tasklets() const { return impl_->tasklets(); }
+std::vector<TaskletInfo> Coordinator::tasklets() const {
+  return impl_->tasklets();
+}
 std::optional<CoordinatorResult> Coordinator::waitFor(std::chrono::milliseconds timeout) {
   return impl_->waitFor(timeout);
 }

@@ -56,9 +56,9 @@ struct LaunchOptions {
 };
 
 struct LaunchResult {
-  CoordinatorResult job;  // ok / interrupted / failure naming the tasklet
-  std::string log_dir;    // the workers' logs
-  int workers = 0;        // processes started
+  CoordinatorResult job;        // ok / interrupted / failure naming the tasklet
+  std::string log_dir;          // the workers' logs
+  int workers = 0;              // processes started
   std::string failed_log_tail;  // last lines of the failed worker's log
 };
 

@@ -87,10 +87,10 @@ class CoordinatorClient {
   }
 
   template <typename Req>
-  pb::Directive directiveCall(
-      grpc::Status (pb::Coordinator::Stub::*method)(grpc::ClientContext*, const Req&,
-                                                    pb::Directive*),
-      const Req& req, const char* what) {
+  pb::Directive directiveCall(grpc::Status (pb::Coordinator::Stub::*method)(grpc::ClientContext*,
+                                                                            const Req&,
+                                                                            pb::Directive*),
+                              const Req& req, const char* what) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
     pb::Directive out;
@@ -254,7 +254,8 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     to.listen_address = opt.listen;
     to.job_token = a.job_token();
     grpc_transport = std::make_shared<transport::GrpcTransport>(to);
-    const std::string advertised = a.listen_host() + ":" + portPart(grpc_transport->listeningAddress());
+    const std::string advertised =
+        a.listen_host() + ":" + portPart(grpc_transport->listeningAddress());
     pb::AddressRequest ar;
     ar.set_rank(rank);
     ar.set_address(advertised);
@@ -268,7 +269,8 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     heartbeat = std::make_unique<HeartbeatThread>(client, rank, opt, *grpc_transport, last_step);
 
     torch::set_num_threads(
-        opt.threads > 0 ? opt.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+        opt.threads > 0 ? opt.threads
+                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
     const data::TokenDataset dataset = data::loadDataset(job.data, job.model, job.training.seed);
     const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, a.replicas(),
                                 job.training.micro_batch, job.training.seed);

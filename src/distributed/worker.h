@@ -43,9 +43,9 @@ struct WorkerResult {
   int rank = -1;
   int stage = -1;
   int replica = -1;
-  int64_t first_step = 0;     // > 0 when resumed
-  int64_t steps_done = 0;     // steps this run executed
-  bool stopped_early = false; // the coordinator stopped the job before its end
+  int64_t first_step = 0;      // > 0 when resumed
+  int64_t steps_done = 0;      // steps this run executed
+  bool stopped_early = false;  // the coordinator stopped the job before its end
 };
 
 // Runs one worker to the end. Throws the tasklet's failure (after telling

@@ -27,8 +27,8 @@ struct Fixture {
     opt.listen_address = "127.0.0.1:0";
     opt.join_token = token;
     coordinator = std::make_unique<Coordinator>(opt);
-    stub = pb::Coordinator::NewStub(grpc::CreateChannel(coordinator->listeningAddress(),
-                                                        grpc::InsecureChannelCredentials()));
+    stub = pb::Coordinator::NewStub(
+        grpc::CreateChannel(coordinator->listeningAddress(), grpc::InsecureChannelCredentials()));
   }
   grpc::Status registerAs(uint32_t version, const std::string& device,
                           const std::string& token = "") {
@@ -97,8 +97,9 @@ TEST(Coordinator, StopBeforeAnyWorkerEndsTheJob) {
 
 TEST(JobBundle, InlinesTheTopologyFile) {
   TempDir dir;
-  writeJob(dir, "topo.yaml",
-           "name: two\nsites: [{name: s, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: 5}}]\n");
+  writeJob(
+      dir, "topo.yaml",
+      "name: two\nsites: [{name: s, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: 5}}]\n");
   std::string job = tinyJobYaml(3);
   job = job.substr(0, job.find("topology:")) + "topology: topo.yaml\n" +
         "parallelism: {pipeline_stages: 2, data_parallel: 1}\n";

@@ -57,7 +57,8 @@ void expectSameLosses(const std::vector<double>& want, const std::vector<double>
 
 TEST(Launch, TwoStagesTwoReplicasMatchTheInProcessTrainer) {
   TempDir dir;
-  const std::string job = writeJob(dir, "job.yaml", tinyJobYaml(30, "transport: {emulate_links: false}\n"));
+  const std::string job =
+      writeJob(dir, "job.yaml", tinyJobYaml(30, "transport: {emulate_links: false}\n"));
   const std::vector<double> want = inProcessLosses(job);
   LaunchResult r = launchJob(launchOptions(job, dir));
   ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
@@ -69,13 +70,13 @@ TEST(Launch, TwoStagesTwoReplicasMatchTheInProcessTrainer) {
 
 TEST(Launch, AcsgdWithEmulatedLinksMatchesTheInProcessTrainer) {
   TempDir dir;
-  const std::string job = writeJob(
-      dir, "job.yaml",
-      tinyJobYaml(20,
-                  "compression:\n"
-                  "  activations: {method: acsgd, bits: 4}\n"
-                  "  backward: {method: quantize, bits: 8}\n"
-                  "transport: {emulate_links: true, bandwidth_scale: 1.0}\n"));
+  const std::string job =
+      writeJob(dir, "job.yaml",
+               tinyJobYaml(20,
+                           "compression:\n"
+                           "  activations: {method: acsgd, bits: 4}\n"
+                           "  backward: {method: quantize, bits: 8}\n"
+                           "transport: {emulate_links: true, bandwidth_scale: 1.0}\n"));
   const std::vector<double> want = inProcessLosses(job);
   LaunchResult r = launchJob(launchOptions(job, dir));
   ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
@@ -139,10 +140,10 @@ std::vector<pid_t> childrenOf(pid_t pid) {
 
 TEST(Launch, KilledWorkerEndsTheJobNamingItsTaskletWithoutOrphans) {
   TempDir dir;
-  const std::string job = writeJob(
-      dir, "job.yaml",
-      tinyJobYaml(100000, "transport: {emulate_links: false}\n"
-                          "logging: {metrics_file: metrics.jsonl}\n"));
+  const std::string job = writeJob(dir, "job.yaml",
+                                   tinyJobYaml(100000,
+                                               "transport: {emulate_links: false}\n"
+                                               "logging: {metrics_file: metrics.jsonl}\n"));
   // Orphans of the launcher would be re-parented to this process.
   ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
   SpawnOptions so;
@@ -195,8 +196,8 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   // links).
   TempDir dir;
   CoordinatorOptions co;
-  co.job_path = writeJob(dir, "job.yaml",
-                         tinyJobYaml(100000, "transport: {emulate_links: false}\n"));
+  co.job_path =
+      writeJob(dir, "job.yaml", tinyJobYaml(100000, "transport: {emulate_links: false}\n"));
   co.listen_address = "127.0.0.1:0";
   co.heartbeat_timeout = std::chrono::seconds(20);
   std::atomic<int64_t> done{0};
@@ -206,8 +207,11 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   for (int i = 0; i < 4; ++i) {
     SpawnOptions so;
     so.program = GEOPIPE_BINARY;
-    so.argv = {GEOPIPE_BINARY, "worker", "--coordinator", coordinator.listeningAddress(),
-               "--device", std::to_string(i), "--listen", "127.0.0.1:0", "--threads", "1"};
+    so.argv = {GEOPIPE_BINARY,  "worker",
+               "--coordinator", coordinator.listeningAddress(),
+               "--device",      std::to_string(i),
+               "--listen",      "127.0.0.1:0",
+               "--threads",     "1"};
     so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
     workers.push_back(ChildProcess::spawn(so));
   }
@@ -229,8 +233,7 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   EXPECT_FALSE(r->ok);
   EXPECT_EQ(r->failed_rank, victim) << r->failure;
   std::cout << "failure: " << r->failure << "\n";
-  EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos)
-      << r->failure;
+  EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos) << r->failure;
   stopAll(workers, std::chrono::seconds(10));
   for (auto& w : workers) EXPECT_FALSE(w.running());
 }

@@ -31,7 +31,9 @@ inline std::string tinyJobYaml(int steps, const std::string& extra = "") {
          "model: {preset: none, layers: 4, hidden: 32, heads: 2, seq_len: 16, vocab: 16}\n"
          "data: {kind: synthetic, num_samples: 256}\n"
          "training:\n"
-         "  steps: " + std::to_string(steps) + "\n"
+         "  steps: " +
+         std::to_string(steps) +
+         "\n"
          "  global_batch: 8\n"
          "  micro_batch: 2\n"
          "  optimizer: {kind: adamw, lr: 1.0e-2}\n"
