@@ -22,9 +22,13 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# The main job: a tiny GPT trained over an emulated four-region network with
+# the scheduler's placement and AC-SGD (about two minutes), after a look at
+# the scheduler's plan for the paper's world-wide scenario.
 demo: build
-	$(GEOPIPE) validate examples/jobs/dtfm-worldwide.yaml
-	$(GEOPIPE) plan examples/jobs/dtfm-worldwide.yaml
+	@mkdir -p bench-out/demo
+	$(GEOPIPE) plan examples/jobs/dtfm-worldwide.yaml --cost-model dtfm | tail -n 6
+	$(GEOPIPE) train examples/jobs/demo.yaml --plot bench-out/demo/loss.svg
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
@@ -35,6 +39,8 @@ test-fast: build
 
 bench: build
 	$(GEOPIPE) bench scheduler
+	$(GEOPIPE) bench pipeline
+	$(GEOPIPE) bench e2e
 
 format:
 	find include src scheduler compression tests benchmarks examples \

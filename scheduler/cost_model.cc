@@ -300,10 +300,27 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     c_sum += c;
     c_max = std::max(c_max, c);
   }
-  // step = (M−1)·max(t_max, c_max) + Σ t_s + Σ c_b + DP, split as:
+  // Per micro-batch the pipeline advances at the pace of its slowest
+  // resource (measured against the link emulator and tuned, see
+  // docs/scheduler.md "Step time"):
+  //  - the slowest stage's compute t_max;
+  //  - the busiest link direction: links are full duplex, so activations
+  //    (s -> s+1) and gradients (s+1 -> s) of different micro-batches cross
+  //    at once; that direction carries the share rho of c_max's bytes;
+  //  - the schedule's window: 1F1B keeps at most W = min(D_pp, M)
+  //    micro-batches in flight on stage 0, so one micro-batch's round trip
+  //    through every stage and link (t_sum + c_sum) is spread over W.
+  //    GPipe keeps all M in flight.
+  const double fwd = profile_.act_fwd_wire_bytes, bwd = profile_.act_bwd_wire_bytes;
+  const double rho = fwd + bwd > 0 ? std::max(fwd, bwd) / (fwd + bwd) : 0.5;
+  const int window = schedule_ == "gpipe" ? M : std::min(p, M);
+  const double period =
+      std::max({t_max, rho * c_max, (t_sum + c_sum) / std::max(1, window)});
+  // step = Σ t_s + Σ c_b (one micro-batch's trip there and back)
+  //      + (M − 1)·period + DP, split as:
   e.breakdown.compute_s = M * t_max;
   e.breakdown.bubble_s = t_sum - t_max;
-  e.breakdown.pipeline_comm_s = c_sum + (M - 1) * std::max(0.0, c_max - t_max);
+  e.breakdown.pipeline_comm_s = c_sum + (M - 1) * std::max(0.0, period - t_max);
   e.breakdown.dp_comm_s = dp;
   e.total_s = e.feasible ? e.breakdown.total() : kInf;
   return e;

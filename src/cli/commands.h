@@ -45,6 +45,7 @@ struct TrainArgs {
   std::optional<int> steps;        // overrides training.steps
   std::string metrics_file;        // overrides logging.metrics_file
   bool resume = false;             // continue from the newest committed checkpoint
+  std::string plot_file;           // loss curve as SVG; empty = none
 };
 void addTrainOptions(CLI::App& train, TrainArgs& args);
 // Exit code 130 when interrupted by Ctrl-C (the steps done are reported).

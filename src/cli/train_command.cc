@@ -14,7 +14,11 @@
 #include "geopipe/trainer.h"
 #include "scheduler/planner.h"
 #include "src/cli/commands.h"
+#include "src/common/svg_plot.h"
 #include "src/config/job_parser.h"
+#include "src/runtime/placement.h"
+
+#include <sstream>
 
 namespace geopipe::cli {
 namespace {
@@ -38,6 +42,7 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
   train.add_option("JOB", args.job, "job YAML file")->required();
   train.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
   train.add_option("--metrics", args.metrics_file, "write JSON lines here (overrides logging.metrics_file)");
+  train.add_option("--plot", args.plot_file, "write the loss curve as SVG here");
   train.add_flag("--resume", args.resume,
                  "continue from the newest committed checkpoint in checkpoint.dir");
 }
@@ -55,6 +60,30 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
         << " replicas\n";
   }
   ModelDef model = makeModel(job.model);
+  // Place the tasklets with the scheduler here (rather than inside the
+  // Trainer) so the summary can say what the placement gains over Megatron's
+  // in-order one on the links this run has.
+  TrainerOptions opt;
+  std::string placement_note;
+  const int world = job.parallelism.pipeline_stages * job.parallelism.data_parallel;
+  if (job.topology.numDevices() >= world && job.model.layers == model.bodyLayers()) {
+    const JobSpec priced = runtime::effectiveNetworkJob(job);
+    auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), true);
+    if (plan.d_pp == job.parallelism.pipeline_stages && plan.d_dp == job.parallelism.data_parallel) {
+      const auto& a = plan.ours.allocation;
+      opt.device_of_rank.assign(static_cast<size_t>(world), 0);
+      for (int s = 0; s < a.d_pp; ++s)
+        for (int r = 0; r < a.d_dp; ++r) opt.device_of_rank[r * a.d_pp + s] = a.stages[s][r];
+      for (const auto& [first, last] : a.layers) opt.layers_per_stage.push_back(last - first);
+      std::ostringstream note;
+      note << std::fixed << std::setprecision(3) << "scheduler (" << plan.cost_model
+           << " cost model): predicted step " << plan.ours.best.cost << " s with this placement, "
+           << plan.in_order.best.cost << " s in-order (" << std::setprecision(2)
+           << (plan.ours.best.cost > 0 ? plan.in_order.best.cost / plan.ours.best.cost : 1.0)
+           << "x gain), " << plan.random.best.cost << " s best random";
+      placement_note = note.str();
+    }
+  }
   std::ofstream metrics;
   if (!job.logging.metrics_file.empty()) {
     // A resumed run appends to the metrics of the run it continues.
@@ -74,11 +103,11 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
       << "\n";
   g_interrupted = false;
   auto previous = std::signal(SIGINT, onSignal);
-  TrainerOptions opt;
   opt.should_stop = [] { return g_interrupted.load(); };
   opt.resume = args.resume;
   double elapsed = 0;
   int64_t first_step = -1;
+  std::vector<std::pair<int64_t, double>> losses;
   uint64_t raw = 0, wire = 0;
   opt.on_step = [&](const StepMetrics& m) {
     elapsed += m.seconds;
@@ -86,6 +115,7 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
     const uint64_t step_wire = m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
     raw += step_raw;
     wire += step_wire;
+    losses.emplace_back(m.step + 1, m.loss);
     if (metrics) {
       nlohmann::json j = {{"step", m.step},
                           {"loss", m.loss},
@@ -123,13 +153,21 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
     throw;
   }
   std::signal(SIGINT, previous);
+  if (!placement_note.empty()) out << placement_note << "\n";
+  if (!args.plot_file.empty() && !losses.empty()) {
+    common::Series series{job.name, {}};
+    for (const auto& [step, loss] : losses) series.points.emplace_back(double(step), loss);
+    common::writeTextFile(args.plot_file,
+                          common::lineChartSvg({series}, {"Training loss: " + job.name, "step", "loss"}));
+    out << "loss curve: " << args.plot_file << "\n";
+  }
   out << (r.interrupted ? "interrupted" : "done") << " after " << r.losses.size() << " steps in "
       << std::fixed << std::setprecision(1) << r.seconds << " s: final loss "
       << std::setprecision(4) << (r.losses.empty() ? 0.0 : r.losses.back()) << ", "
       << std::setprecision(0) << r.tokens_per_second << " tokens/s, wire "
       << humanBytes(double(wire)) << " of " << humanBytes(double(raw)) << " raw ("
       << std::setprecision(1) << (wire ? double(raw) / double(wire) : 1.0) << "x less), placement "
-      << r.placement_source << "\n";
+      << (opt.device_of_rank.empty() ? r.placement_source : std::string("scheduler")) << "\n";
   out.unsetf(std::ios::fixed);
   return r.interrupted ? 130 : 0;
 }

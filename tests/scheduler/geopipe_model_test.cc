@@ -79,11 +79,18 @@ TEST(GeopipeModel, CommunicationHidesBehindComputeUntilItDominates) {
   const JobSpec job = gptJob(fastSite(2), 2, 1);
   auto prof = ModelProfile::fromJob(job);
   auto fast = std::make_shared<const Network>(job.topology);
-  GeopipeCostModel m1(fast, prof, 2, 1, "1f1b");
+  // Fast link under GPipe (all micro-batches in flight): only the fill and
+  // drain transfers are exposed.
+  GeopipeCostModel m1(fast, prof, 2, 1, "gpipe");
   Evaluator e1(m1);
   const auto c1 = e1.make({0, 1});
-  // Fast link: only fill/drain latency of the two transfers is exposed.
   EXPECT_LT(c1.eval.breakdown.pipeline_comm_s, 0.01 * c1.cost);
+  // 1F1B keeps only D_pp micro-batches in flight, so each round trip's
+  // transfers also stretch the steady state: more exposed comm than GPipe.
+  GeopipeCostModel m1f(fast, prof, 2, 1, "1f1b");
+  Evaluator e1f(m1f);
+  const auto c1f = e1f.make({0, 1});
+  EXPECT_GT(c1f.eval.breakdown.pipeline_comm_s, c1.eval.breakdown.pipeline_comm_s);
   TopologySpec slow_t = job.topology;
   slow_t.site_links[0][0].bandwidth_gbps = 0.01;
   auto slow = std::make_shared<const Network>(slow_t);
