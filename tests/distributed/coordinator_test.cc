@@ -2,6 +2,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "geopipe/error.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/distributed/coordinator.h"
@@ -79,10 +81,14 @@ TEST(Coordinator, RefusesAWrongToken) {
 
 TEST(Coordinator, NamedDeviceCannotBeTakenTwice) {
   Fixture f;
-  // The first registration blocks until the job is full: it times out
-  // (500 ms) but holds device 1 until the coordinator sees it leave.
-  grpc::Status first = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "1");
-  EXPECT_EQ(first.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The first registration blocks until the job is full (it times out
+  // after 500 ms); while it waits, device 1 is taken.
+  std::thread first([&] { f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "1"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  grpc::Status st = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "local/1");
+  first.join();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("already taken"), std::string::npos) << st.error_message();
   EXPECT_TRUE(f.coordinator->tasklets().empty());
 }
 
