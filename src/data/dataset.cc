@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "geopipe/error.h"
+#include "src/common/hash.h"
 
 namespace geopipe::data {
 namespace {
@@ -26,13 +27,6 @@ std::string readAll(const std::string& path) {
   return os.str();
 }
 
-// splitmix64: a tiny, well-mixed hash for deterministic generators.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 }  // namespace
 
@@ -103,13 +97,13 @@ std::vector<int32_t> syntheticTokens(int64_t num_tokens, int vocab, uint64_t see
   // 1.75 bits per token, far below log2(vocab), and a model starts learning
   // it within a few steps (a bigram table), so short tests see progress.
   std::vector<int32_t> out(static_cast<size_t>(num_tokens));
-  uint64_t state = mix(seed ^ 0xD1B54A32D192ED03ull);
+  uint64_t state = common::mix64(seed ^ 0xD1B54A32D192ED03ull);
   int32_t b = 1 % vocab;
   for (int64_t i = 0; i < num_tokens; ++i) {
-    state = mix(state);
+    state = common::mix64(state);
     int r = static_cast<int>(state & 7);
     int k = r < 4 ? 0 : r < 6 ? 1 : r < 7 ? 2 : 3;
-    uint64_t h = mix(static_cast<uint64_t>(b) ^ (static_cast<uint64_t>(k) << 58) ^ seed);
+    uint64_t h = common::mix64(static_cast<uint64_t>(b) ^ (static_cast<uint64_t>(k) << 58) ^ seed);
     int32_t next = static_cast<int32_t>(h % static_cast<uint64_t>(vocab));
     out[static_cast<size_t>(i)] = next;
     b = next;

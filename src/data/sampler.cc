@@ -2,18 +2,9 @@
 #include "src/data/sampler.h"
 
 #include "geopipe/error.h"
+#include "src/common/hash.h"
 
 namespace geopipe::data {
-namespace {
-
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 Sampler::Sampler(int64_t num_samples, int global_batch, int data_parallel, int micro_batch,
                  uint64_t seed)
@@ -41,9 +32,9 @@ std::vector<int64_t> Sampler::epochOrder(int64_t epoch) const {
   // platform and standard library.
   std::vector<int64_t> order(static_cast<size_t>(num_samples_));
   for (int64_t i = 0; i < num_samples_; ++i) order[static_cast<size_t>(i)] = i;
-  uint64_t state = mix(seed_ ^ mix(static_cast<uint64_t>(epoch) + 0x51ED27ull));
+  uint64_t state = common::mix64(seed_ ^ common::mix64(static_cast<uint64_t>(epoch) + 0x51ED27ull));
   for (int64_t i = num_samples_ - 1; i > 0; --i) {
-    state = mix(state);
+    state = common::mix64(state);
     int64_t j = static_cast<int64_t>(state % static_cast<uint64_t>(i + 1));
     std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
   }
