@@ -38,6 +38,21 @@ BlasInfo detectBlas() {
   return info;
 }
 
+bool setBlasThreads(int threads) {
+  using SetFn = void (*)(int);
+  auto set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set == nullptr) {
+    // Not in the global scope: ask the libblas.so.3 LibTorch loaded, if any.
+    if (void* handle = dlopen("libblas.so.3", RTLD_LAZY | RTLD_NOLOAD)) {
+      set = reinterpret_cast<SetFn>(dlsym(handle, "openblas_set_num_threads"));
+      dlclose(handle);
+    }
+  }
+  if (set == nullptr) return false;
+  set(threads);
+  return true;
+}
+
 BlasInfo warnIfSlowBlas() {
   static std::once_flag once;
   static BlasInfo info;

@@ -15,6 +15,13 @@ struct BlasInfo {
 // Resolves libblas.so.3 as the loader would and checks for OpenBLAS.
 BlasInfo detectBlas();
 
+// Sets the BLAS library's own thread pool size (OpenBLAS keeps one apart
+// from LibTorch's intra-op threads). Several tasklet threads that each call
+// a multi-threaded OpenBLAS on the same cores oversubscribe them and run
+// several times slower, so the Trainer sets this to its threads per
+// tasklet. Returns false when the BLAS has no such control.
+bool setBlasThreads(int threads);
+
 // Logs a loud warning (once per process) when the BLAS is the reference one.
 // Returns the detected info.
 BlasInfo warnIfSlowBlas();

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "geopipe/error.h"
+#include "src/common/blas_check.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/data/dataset.h"
@@ -268,9 +269,11 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     }
     heartbeat = std::make_unique<HeartbeatThread>(client, rank, opt, *grpc_transport, last_step);
 
-    torch::set_num_threads(
-        opt.threads > 0 ? opt.threads
-                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+    const int threads = opt.threads > 0
+                            ? opt.threads
+                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    torch::set_num_threads(threads);
+    common::setBlasThreads(threads);  // OpenBLAS's own pool, see blas_check.h
     const data::TokenDataset dataset = data::loadDataset(job.data, job.model, job.training.seed);
     const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, a.replicas(),
                                 job.training.micro_batch, job.training.seed);
