@@ -14,6 +14,7 @@
 #include "geopipe/trainer.h"
 #include "scheduler/planner.h"
 #include "src/cli/commands.h"
+#include "src/cli/progress_display.h"
 #include "src/common/svg_plot.h"
 #include "src/config/job_parser.h"
 #include "src/runtime/placement.h"
@@ -27,14 +28,6 @@ std::atomic<bool> g_interrupted{false};
 
 void onSignal(int) { g_interrupted = true; }
 
-std::string humanBytes(double b) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (b >= 1000 && u < 4) b /= 1000, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.1f %s", b, units[u]);
-  return buf;
-}
 
 }  // namespace
 
@@ -84,15 +77,9 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
       placement_note = note.str();
     }
   }
-  std::ofstream metrics;
-  if (!job.logging.metrics_file.empty()) {
-    // A resumed run appends to the metrics of the run it continues.
-    metrics.open(job.logging.metrics_file, args.resume ? std::ios::app : std::ios::trunc);
-    if (!metrics) {
-      GEOPIPE_THROW(IoError, "cannot write metrics file '", job.logging.metrics_file,
-                    "' (logging.metrics_file)");
-    }
-  }
+  // The same progress line, JSON-lines metrics and summary as `launch`;
+  // a resumed run appends to the metrics of the run it continues.
+  ProgressDisplay progress(job, out, args.resume);
   const int steps = job.training.steps;
   out << "training '" << job.name << "': " << job.parallelism.pipeline_stages << " stages x "
       << job.parallelism.data_parallel << " replicas, " << steps << " steps, activations "
@@ -105,45 +92,10 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   auto previous = std::signal(SIGINT, onSignal);
   opt.should_stop = [] { return g_interrupted.load(); };
   opt.resume = args.resume;
-  double elapsed = 0;
-  int64_t first_step = -1;
   std::vector<std::pair<int64_t, double>> losses;
-  uint64_t raw = 0, wire = 0;
   opt.on_step = [&](const StepMetrics& m) {
-    elapsed += m.seconds;
-    const uint64_t step_raw = m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
-    const uint64_t step_wire = m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
-    raw += step_raw;
-    wire += step_wire;
+    progress.onStep(m);
     losses.emplace_back(m.step + 1, m.loss);
-    if (metrics) {
-      nlohmann::json j = {{"step", m.step},
-                          {"loss", m.loss},
-                          {"lr", m.lr},
-                          {"seconds", m.seconds},
-                          {"tokens_per_second", m.tokens_per_second},
-                          {"activation_raw_bytes", m.activation_raw_bytes},
-                          {"activation_wire_bytes", m.activation_wire_bytes},
-                          {"gradient_raw_bytes", m.gradient_raw_bytes},
-                          {"gradient_wire_bytes", m.gradient_wire_bytes},
-                          {"dp_raw_bytes", m.dp_raw_bytes},
-                          {"dp_wire_bytes", m.dp_wire_bytes},
-                          {"compute_seconds", m.compute_seconds},
-                          {"comm_wait_seconds", m.comm_wait_seconds}};
-      metrics << j.dump() << "\n" << std::flush;
-    }
-    const int64_t done = m.step + 1;
-    if (first_step < 0) first_step = m.step;
-    if (done % job.logging.every_steps == 0 || done == steps) {
-      const double eta = elapsed / double(done - first_step) * double(steps - done);
-      out << "step " << std::setw(5) << done << "/" << steps << "  loss " << std::fixed
-          << std::setprecision(4) << m.loss << "  " << std::setprecision(0)
-          << m.tokens_per_second << " tok/s  wire " << humanBytes(double(step_wire)) << " (raw "
-          << humanBytes(double(step_raw)) << ")  ETA " << std::setprecision(0) << eta << " s\n"
-          << std::flush;
-      out.unsetf(std::ios::fixed);
-      out << std::setprecision(6);
-    }
   };
   TrainResult r;
   try {
@@ -161,14 +113,8 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
                           common::lineChartSvg({series}, {"Training loss: " + job.name, "step", "loss"}));
     out << "loss curve: " << args.plot_file << "\n";
   }
-  out << (r.interrupted ? "interrupted" : "done") << " after " << r.losses.size() << " steps in "
-      << std::fixed << std::setprecision(1) << r.seconds << " s: final loss "
-      << std::setprecision(4) << (r.losses.empty() ? 0.0 : r.losses.back()) << ", "
-      << std::setprecision(0) << r.tokens_per_second << " tokens/s, wire "
-      << humanBytes(double(wire)) << " of " << humanBytes(double(raw)) << " raw ("
-      << std::setprecision(1) << (wire ? double(raw) / double(wire) : 1.0) << "x less), placement "
-      << (opt.device_of_rank.empty() ? r.placement_source : std::string("scheduler")) << "\n";
-  out.unsetf(std::ios::fixed);
+  if (!opt.device_of_rank.empty()) r.placement_source = "scheduler";
+  progress.summary(r, r.interrupted);
   return r.interrupted ? 130 : 0;
 }
 

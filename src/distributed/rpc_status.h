@@ -18,7 +18,4 @@ namespace geopipe::distributed {
 void throwIfFailed(const grpc::Status& status, const std::string& peer,
                    const std::string& operation);
 
-// "UNAVAILABLE", "DEADLINE_EXCEEDED", ...
-const char* statusCodeName(grpc::StatusCode code);
-
 }  // namespace geopipe::distributed
