@@ -136,9 +136,11 @@ class DtfmCostModel : public CostModel {
 // geopipe's model (docs/scheduler.md derives every term). Per micro-batch:
 // stage compute t_s = mb·FLOPs(layers_s)/TFLOPS_min(group); boundary cost
 // c_b = bottleneck pair of (α_ij + fwd bytes/β_ij) + (α_ji + bwd bytes/β_ji);
-// step = Σ t_s + Σ c_b + (M−1)·max(t_max, ρ·c_max, (Σ t_s + Σ c_b)/W)
-//        + max_k AllReduce_k, with ρ the busier link direction's share of the
-// boundary bytes and W the schedule's in-flight window (1F1B: min(D_pp, M)).
+// step = Σ t_s + Σ c_b + (min(M,W)−1)·pace + (M−W)⁺·max(pace, (Σ t_s + Σ c_b)/W)
+//        + exposed DP, with pace = max(t_max, ρ·c_max), ρ the busier link
+// direction's share of the boundary bytes and W the schedule's in-flight
+// window (1F1B: D_pp, GPipe: M); each stage's all-reduce overlaps the
+// backward drain below it.
 // Layers are split unevenly to balance the stages' speeds; memory per device
 // (weights + optimizer state + in-flight activations of the schedule) must
 // fit or the candidate is infeasible.

@@ -216,13 +216,17 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
       {"direct-4", "direct", 4, true},  {"direct-2", "direct", 2, true}};
   std::vector<Run> runs;
   nlohmann::json json;
+  const bool do_compression = args.parts.find("compression") != std::string::npos;
+  const bool do_placement = args.parts.find("placement") != std::string::npos;
+  GEOPIPE_CHECK(do_compression || do_placement, ConfigError, "--parts '", args.parts,
+                "': expected compression, placement or both");
 
   // 1. Quality: the same runs without link emulation (the arithmetic does not
   //    depend on link speed), long enough to compare final losses.
   out << "[1/3] quality: " << methods.size() << " settings x " << quality_steps << " steps\n"
       << std::flush;
   std::map<std::string, std::vector<double>> losses;
-  for (const Method& m : methods) {
+  for (const Method& m : do_compression ? methods : std::vector<Method>{}) {
     JobSpec job = compressionJob(1000);
     applyMethod(job, m);
     job.transport.emulate_links = false;
@@ -237,8 +241,8 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
       << " bandwidths\n"
       << std::flush;
   const std::vector<int> pair = {0, 1}, even = {2, 2};
-  double compute_2x1 = measuredCompute(compressionJob(1000), pair, even, timed);
-  for (double mbps : bandwidths) {
+  double compute_2x1 = do_compression ? measuredCompute(compressionJob(1000), pair, even, timed) : 0;
+  for (double mbps : do_compression ? bandwidths : std::vector<double>{}) {
     for (const Method& m : methods) {
       JobSpec job = compressionJob(mbps);
       applyMethod(job, m);
@@ -260,7 +264,7 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
   out << "[3/3] placement: 8 regions, 4 stages x 2 replicas\n" << std::flush;
   JobSpec pj = placementJob(args.worldwide_topology, args.placement_scale);
   const std::vector<int> one_each = {1, 1, 1, 1};
-  {
+  if (do_placement) {
     JobSpec priced = runtime::effectiveNetworkJob(pj);
     scheduler::SearchOptions so = scheduler::searchOptionsFromJob(priced);
     scheduler::PlanResult plan = scheduler::plan(priced, so, /*with_baselines=*/true);
@@ -332,6 +336,10 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
   for (const auto& [name, l] : losses) json["losses"][name] = l;
   common::writeTextFile((fs::path(args.out_dir) / "results.json").string(), json.dump(2));
 
+  if (!do_compression) {
+    out << "\nwrote " << args.out_dir << "/{results.md,results.json}\n";
+    return 0;
+  }
   std::vector<common::Series> by_step, by_time;
   const double slow = bandwidths.front();
   for (const Method& m : methods) {

@@ -66,6 +66,7 @@ struct E2eBenchArgs {
   std::vector<double> mbps = {5, 20, 100};  // emulated WAN bandwidths
   std::string worldwide_topology = "examples/topologies/dtfm-worldwide.yaml";
   double placement_scale = 0.02;        // bandwidth scale of the placement runs
+  std::string parts = "compression,placement";  // which grids to run
 };
 int runE2eBench(const E2eBenchArgs& args, std::ostream& out);
 

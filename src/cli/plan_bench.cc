@@ -67,6 +67,8 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
   e2e->add_option("--timed-steps", args.e2e.timed_steps, "timed steps per step-time run")
       ->capture_default_str();
   e2e->add_option("--mbps", args.e2e.mbps, "emulated WAN bandwidths (Mbps)")->capture_default_str();
+  e2e->add_option("--parts", args.e2e.parts, "compression, placement or both (comma-separated)")
+      ->capture_default_str();
   e2e->add_option("--worldwide", args.e2e.worldwide_topology,
                   "topology whose links the placement runs use")
       ->capture_default_str();
