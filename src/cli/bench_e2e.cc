@@ -16,6 +16,7 @@
 #include "geopipe/trainer.h"
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
+#include "src/cli/bench_common.h"
 #include "src/cli/commands.h"
 #include "src/common/svg_plot.h"
 #include "src/config/job_parser.h"
@@ -27,12 +28,6 @@ namespace {
 
 namespace fs = std::filesystem;
 constexpr int kWarmup = 2;  // steps before timing (the first is slow)
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 double tailMean(const std::vector<double>& v, size_t n) {
   n = std::min(n, v.size());

@@ -13,6 +13,7 @@
 #include <yaml-cpp/yaml.h>
 #include "geopipe/error.h"
 #include "geopipe/trainer.h"
+#include "src/cli/bench_common.h"
 #include "src/cli/distributed_commands.h"
 #include "src/config/job_parser.h"
 #include "src/distributed/launcher.h"
@@ -22,24 +23,6 @@ namespace {
 
 constexpr int kWarmupSteps = 2;
 namespace fs = std::filesystem;
-
-const char* kBuiltinJob = R"(name: bench-grpc-tiny
-model: {preset: tiny}
-data: {kind: synthetic, num_samples: 1024}
-training:
-  global_batch: 16
-  micro_batch: 2
-  optimizer: {kind: adamw, lr: 1.0e-3}
-topology:
-  sites: [{name: local, devices: 8, intra: {latency_ms: 0, bandwidth_gbps: 100}}]
-transport: {emulate_links: false}
-)";
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 struct Row {
   std::string name;
@@ -64,7 +47,7 @@ void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args) {
 int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   // The launcher reads a job file: write the job with the bench's settings
   // into the original's directory (so its relative paths still resolve).
-  std::string text = kBuiltinJob;
+  std::string text = benchTinyJobYaml("bench-grpc-tiny");
   std::string dir = fs::temp_directory_path().string();
   if (!args.job.empty()) {
     std::ifstream in(args.job);

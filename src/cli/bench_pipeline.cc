@@ -7,6 +7,7 @@
 
 #include "geopipe/trainer.h"
 #include "src/common/blas_check.h"
+#include "src/cli/bench_common.h"
 #include "src/cli/commands.h"
 #include "src/config/job_parser.h"
 
@@ -22,31 +23,12 @@ struct Row {
   double final_loss = 0;
 };
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-JobSpec builtinJob() {
-  return config::parseJobString(R"(
-name: bench-pipeline-tiny
-model: {preset: tiny}
-data: {kind: synthetic, num_samples: 1024}
-training:
-  global_batch: 16
-  micro_batch: 2
-  optimizer: {kind: adamw, lr: 1.0e-3}
-topology:
-  sites: [{name: local, devices: 8, intra: {latency_ms: 0, bandwidth_gbps: 100}}]
-transport: {emulate_links: false}
-)", "<bench pipeline>", "");
-}
-
 }  // namespace
 
 int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out) {
-  JobSpec job = args.job.empty() ? builtinJob() : config::loadJobFile(args.job);
+  JobSpec job = args.job.empty() ? config::parseJobString(benchTinyJobYaml("bench-pipeline-tiny"),
+                                                          "<bench pipeline>", "")
+                                 : config::loadJobFile(args.job);
   job.training.steps = args.steps + kWarmupSteps;
   job.parallelism.pipeline_stages = args.stages;
   job.parallelism.data_parallel = args.replicas;
