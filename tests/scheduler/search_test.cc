@@ -100,6 +100,22 @@ TEST(Search, BeatsInOrderAndRandomOnWorldWide) {
   for (int d = 0; d < 64; ++d) EXPECT_EQ(seen[d], 1);
 }
 
+// The spot scenario: GPU k of every 4-GPU machine in group k, the single
+// GPUs in groups 4..7, costs 31.63 s; in-order and the global round-robin
+// both cost 49.50 s and no path of local moves between them improves the
+// cost, so the search seeds a site-by-site spread as well.
+TEST(Search, FindsTheSpotScenarioPlanNeitherClassicSeedReaches) {
+  const JobSpec job = paperJob(2);
+  auto model = modelFor(job, 8, 8);
+  SearchOptions opt;
+  opt.budget_seconds = 0;
+  opt.budget_evaluations = 2000;
+  const SearchResult ga = evolutionarySearch(*model, opt);
+  const SearchResult io = inOrderPlacement(*model);
+  EXPECT_NEAR(io.best.cost, 49.50, 0.01);
+  EXPECT_LE(ga.best.cost, 31.64);
+}
+
 // Every phase of the search (seeds, initial population, children, local
 // search) and of the random baseline looks at the clock: on 1024 devices,
 // where one full evaluation costs tens of milliseconds and a child's local
