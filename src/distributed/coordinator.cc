@@ -20,6 +20,7 @@
 #include "src/distributed/job_bundle.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
+#include "src/runtime/tasklet.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -336,23 +337,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     if (!row.seen[static_cast<size_t>(req->rank())]) {
       row.seen[static_cast<size_t>(req->rank())] = true;
-      StepMetrics& m = row.metrics;
-      m.activation_raw_bytes += req->activation_raw_bytes();
-      m.activation_wire_bytes += req->activation_wire_bytes();
-      m.gradient_raw_bytes += req->gradient_raw_bytes();
-      m.gradient_wire_bytes += req->gradient_wire_bytes();
-      m.dp_raw_bytes += req->dp_raw_bytes();
-      m.dp_wire_bytes += req->dp_wire_bytes();
-      m.seconds = std::max(m.seconds, req->seconds());
-      if (req->compute_seconds() > m.compute_seconds) {
-        m.compute_seconds = req->compute_seconds();
-        m.comm_wait_seconds = req->comm_wait_seconds();
-      }
+      StepMetrics part;
+      part.activation_raw_bytes = req->activation_raw_bytes();
+      part.activation_wire_bytes = req->activation_wire_bytes();
+      part.gradient_raw_bytes = req->gradient_raw_bytes();
+      part.gradient_wire_bytes = req->gradient_wire_bytes();
+      part.dp_raw_bytes = req->dp_raw_bytes();
+      part.dp_wire_bytes = req->dp_wire_bytes();
+      part.seconds = req->seconds();
+      part.compute_seconds = req->compute_seconds();
+      part.comm_wait_seconds = req->comm_wait_seconds();
+      part.lr = req->lr();
+      runtime::mergeTaskletStep(row.metrics, part);
       if (req->has_loss()) {
         row.loss_sum += req->loss();
         row.loss_parts += 1;
       }
-      m.lr = req->lr();
       ++row.arrived;
     }
     max_reported_ = std::max(max_reported_, req->step());

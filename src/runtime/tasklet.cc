@@ -1,6 +1,7 @@
 // One tasklet: step execution and checkpoint state.
 #include "src/runtime/tasklet.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "compression/delta_compressor.h"
@@ -70,6 +71,21 @@ void clipTo(const std::vector<torch::Tensor>& params, double total_sq, double ma
   for (const auto& p : params) {
     if (p.grad().defined()) p.grad().mul_(coef);
   }
+}
+
+void mergeTaskletStep(StepMetrics& m, const StepMetrics& part) {
+  m.activation_raw_bytes += part.activation_raw_bytes;
+  m.activation_wire_bytes += part.activation_wire_bytes;
+  m.gradient_raw_bytes += part.gradient_raw_bytes;
+  m.gradient_wire_bytes += part.gradient_wire_bytes;
+  m.dp_raw_bytes += part.dp_raw_bytes;
+  m.dp_wire_bytes += part.dp_wire_bytes;
+  m.seconds = std::max(m.seconds, part.seconds);
+  if (part.compute_seconds > m.compute_seconds) {
+    m.compute_seconds = part.compute_seconds;
+    m.comm_wait_seconds = part.comm_wait_seconds;
+  }
+  m.lr = part.lr;
 }
 
 Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,

@@ -29,6 +29,13 @@ struct TaskletStep {
   double loss = 0;
 };
 
+// Adds one tasklet's share of a step into the step's totals: bytes add up,
+// the step takes as long as its slowest tasklet, and the compute/wait split
+// is that of the busiest tasklet. The loss is averaged by the caller over
+// the tasklets that report one. Used by the in-process Trainer and by the
+// coordinator, so both report the same numbers.
+void mergeTaskletStep(StepMetrics& step, const StepMetrics& part);
+
 // Not thread-safe: one thread drives a tasklet. The transport, dataset and
 // sampler must outlive it. Ranks: rank = replica * stages + stage.
 class Tasklet {

@@ -45,23 +45,11 @@ class StepBoard {
     std::lock_guard<std::mutex> lock(mu_);
     Row& row = rows_[static_cast<size_t>(step)];
     row.files.insert(row.files.end(), files.begin(), files.end());
-    StepMetrics& m = row.metrics;
-    m.activation_raw_bytes += part.activation_raw_bytes;
-    m.activation_wire_bytes += part.activation_wire_bytes;
-    m.gradient_raw_bytes += part.gradient_raw_bytes;
-    m.gradient_wire_bytes += part.gradient_wire_bytes;
-    m.dp_raw_bytes += part.dp_raw_bytes;
-    m.dp_wire_bytes += part.dp_wire_bytes;
-    if (part.seconds > m.seconds) m.seconds = part.seconds;
-    if (part.compute_seconds > m.compute_seconds) {
-      m.compute_seconds = part.compute_seconds;
-      m.comm_wait_seconds = part.comm_wait_seconds;
-    }
+    runtime::mergeTaskletStep(row.metrics, part);
     if (has_loss) {
       row.loss_sum += loss_sum;
       row.loss_parts += 1;
     }
-    m.lr = part.lr;
     if (++row.arrived == tasklets_) cv_.notify_all();
   }
 
