@@ -54,15 +54,25 @@ std::shared_ptr<Transport> makeTransport(const std::string& kind, const Transpor
                   "geopipe_transport_grpc (src/transport/grpc/) or use transport.kind: inproc");
   }
   if (kind == "nccl") {
-    GEOPIPE_THROW(InfeasibleError, "transport ", kind,
-                  " is not built yet; use transport.kind: inproc or grpc");
+    GEOPIPE_THROW(InfeasibleError,
+                  "transport nccl is not built into this binary: configure with CUDA and NCCL "
+                  "(cmake -DGEOPIPE_WITH_CUDA=ON, see docs/gpu.md) or use transport.kind: grpc");
   }
   GEOPIPE_THROW(ConfigError, "unknown transport kind '", kind, "'; expected inproc, grpc or nccl");
 }
 
 std::shared_ptr<Transport> makeTransportForJob(const JobSpec& spec, const TransportOptions& options,
                                                const std::vector<int>& rank_to_device) {
-  auto inner = makeTransport(spec.transport.kind, options);
+  TransportOptions opts = options;
+  if (opts.site_of_rank.empty() && spec.transport.kind == "nccl") {
+    const int world = static_cast<int>(rank_to_device.empty() ? spec.topology.devices.size()
+                                                              : rank_to_device.size());
+    for (int r = 0; r < world; ++r) {
+      const int d = rank_to_device.empty() ? r : rank_to_device[static_cast<size_t>(r)];
+      opts.site_of_rank.push_back(spec.topology.devices.at(static_cast<size_t>(d)).site);
+    }
+  }
+  auto inner = makeTransport(spec.transport.kind, opts);
   if (!spec.transport.emulate_links) return inner;
   LinkEmulatorOptions emulator;
   emulator.bandwidth_scale = spec.transport.bandwidth_scale;

@@ -33,6 +33,11 @@ struct TransportOptions {
   // grpc: the job's token; a peer with a different one is refused ("peer X
   // belongs to job Y"). Empty is a valid token, shared by every empty one.
   std::string job_token;
+  // nccl: this rank's CUDA device (-1: rank % visible devices) and every
+  // rank's site (ranks of one site talk NCCL; empty: one site).
+  // makeTransportForJob fills site_of_rank from the topology.
+  int cuda_device = -1;
+  std::vector<int> site_of_rank;
 };
 
 // Builds one rank's endpoint of a registered transport kind.

@@ -1,0 +1,431 @@
+// NCCL transport: per-ordered-pair communicators, sender and receiver threads,
+// the PeerInbox for tag matching, and NCCL all-reduce on device memory.
+#include "src/transport/nccl/nccl_transport.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "geopipe/error.h"
+#include "src/transport/completion.h"
+#include "src/transport/factory.h"
+#include "src/transport/grpc/peer_inbox.h"
+
+namespace geopipe::transport {
+namespace {
+
+constexpr uint32_t kMagic = 0x4C43434Eu;  // "NCCL" little-endian
+constexpr int64_t kPairBootstrapStep = -1;
+constexpr int64_t kGroupBootstrapStep = -2;
+// Inbox budget: bytes of messages that arrived before their receive.
+constexpr uint64_t kMaxBufferedBytes = uint64_t{1} << 30;
+
+struct Header {
+  uint32_t magic = kMagic;
+  uint8_t channel = 0;
+  uint8_t reserved0[3] = {0, 0, 0};
+  int64_t step = 0;
+  int32_t micro_batch = 0;
+  int32_t index = 0;
+  uint64_t size = 0;
+  uint8_t reserved1[32] = {};
+};
+static_assert(sizeof(Header) == 64, "the NCCL message header is 64 bytes");
+
+void cudaCheck(cudaError_t e, const std::string& what) {
+  if (e != cudaSuccess) {
+    GEOPIPE_THROW(IoError, "nccl transport: CUDA error in ", what, ": ", cudaGetErrorName(e), " (",
+                  cudaGetErrorString(e), ")");
+  }
+}
+
+void ncclCheck(ncclResult_t r, const std::string& what) {
+  if (r != ncclSuccess && r != ncclInProgress) {
+    GEOPIPE_THROW(IoError, "nccl transport: ", what, " failed: ", ncclGetErrorString(r),
+                  " (NCCL_DEBUG=WARN shows NCCL's reason)");
+  }
+}
+
+Bytes idBytes(const ncclUniqueId& id) {
+  Bytes b(sizeof(id));
+  std::memcpy(b.data(), &id, sizeof(id));
+  return b;
+}
+
+ncclUniqueId idOf(const Bytes& b, const std::string& from) {
+  GEOPIPE_CHECK(b.size() == sizeof(ncclUniqueId), ProtocolError, "nccl transport: bootstrap from ",
+                from, " carried ", b.size(), " bytes, expected a ", sizeof(ncclUniqueId),
+                "-byte NCCL unique id");
+  ncclUniqueId id;
+  std::memcpy(&id, b.data(), sizeof(id));
+  return id;
+}
+
+// Device and pinned host staging, grown on demand.
+struct Staging {
+  void* dev = nullptr;
+  void* host = nullptr;
+  size_t bytes = 0;
+  void reserve(size_t n) {
+    if (n <= bytes) return;
+    release();
+    const size_t cap = std::max<size_t>(n, 1 << 20);
+    cudaCheck(cudaMalloc(&dev, cap), "cudaMalloc of the staging buffer");
+    cudaCheck(cudaHostAlloc(&host, cap, cudaHostAllocDefault), "cudaHostAlloc of the staging buffer");
+    bytes = cap;
+  }
+  void release() {
+    if (dev) cudaFree(dev);
+    if (host) cudaFreeHost(host);
+    dev = host = nullptr;
+    bytes = 0;
+  }
+  ~Staging() { release(); }
+};
+
+struct Item {
+  Tag tag;
+  Bytes payload;
+  std::shared_ptr<PendingWork> work;
+};
+
+struct Link {
+  int peer = -1;
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  std::thread thread;
+  Staging staging;
+  // Sender side only.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Item> queue;
+  std::exception_ptr broken;
+};
+
+}  // namespace
+
+struct NcclTransport::Impl {
+  std::shared_ptr<Transport> inner;
+  NcclTransportOptions opt;
+  int rank = 0, world = 0, device = 0;
+  std::shared_ptr<PeerInbox> inbox;
+  std::map<int, std::unique_ptr<Link>> out, in;
+  std::mutex group_mu;
+  std::map<std::vector<int>, ncclComm_t> groups;
+  std::atomic<bool> stopping{false};
+  std::atomic<uint64_t> messages_sent{0}, bytes_sent{0};
+
+  bool sameSite(int a, int b) const {
+    if (opt.site_of_rank.empty()) return true;
+    return opt.site_of_rank[static_cast<size_t>(a)] == opt.site_of_rank[static_cast<size_t>(b)];
+  }
+
+  // Waits for `stream` while watching for shutdown and NCCL's async errors.
+  void waitStream(cudaStream_t stream, ncclComm_t comm, const std::string& what) {
+    int spins = 0;
+    for (;;) {
+      const cudaError_t e = cudaStreamQuery(stream);
+      if (e == cudaSuccess) return;
+      if (e != cudaErrorNotReady) cudaCheck(e, what);
+      if (stopping.load()) GEOPIPE_THROW(IoError, "nccl transport: shut down during ", what);
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm, &async);
+      ncclCheck(async, what);
+      if (++spins < 2000) std::this_thread::yield();
+      else std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  Bytes bootstrapRecv(int peer, const Tag& tag) {
+    auto work = inner->recv(peer, tag);
+    work->wait(opt.init_timeout);
+    return work->takePayload();
+  }
+
+  ncclComm_t initComm(int nranks, const ncclUniqueId& id, int r, const std::string& what) {
+    ncclComm_t comm = nullptr;
+    ncclCheck(ncclCommInitRank(&comm, nranks, id, r), "ncclCommInitRank (" + what + ")");
+    return comm;
+  }
+
+  void makeChannels() {
+    // One global order of the ordered pairs: the smallest pending pair always
+    // has both ranks ready, so the blocking inits cannot deadlock.
+    for (int i = 0; i < world; ++i) {
+      for (int j = 0; j < world; ++j) {
+        if (i == j || (rank != i && rank != j) || !sameSite(i, j)) continue;
+        const Tag tag{Channel::CONTROL, kPairBootstrapStep, i, j};
+        auto ch = std::make_unique<Link>();
+        if (rank == i) {
+          ncclUniqueId id;
+          ncclCheck(ncclGetUniqueId(&id), "ncclGetUniqueId");
+          inner->send(j, tag, idBytes(id))->wait(opt.init_timeout);
+          ch->peer = j;
+          ch->comm = initComm(2, id, 0, "link to rank " + std::to_string(j));
+        } else {
+          const ncclUniqueId id = idOf(bootstrapRecv(i, tag), "rank " + std::to_string(i));
+          ch->peer = i;
+          ch->comm = initComm(2, id, 1, "link from rank " + std::to_string(i));
+        }
+        cudaCheck(cudaStreamCreateWithFlags(&ch->stream, cudaStreamNonBlocking), "stream create");
+        (rank == i ? out : in)[ch->peer] = std::move(ch);
+      }
+    }
+    for (auto& [peer, ch] : out) {
+      Link* c = ch.get();
+      c->thread = std::thread([this, c] { senderLoop(*c); });
+    }
+    for (auto& [peer, ch] : in) {
+      Link* c = ch.get();
+      c->thread = std::thread([this, c] { receiverLoop(*c); });
+    }
+  }
+
+  void senderLoop(Link& c) {
+    cudaSetDevice(device);
+    for (;;) {
+      Item item;
+      {
+        std::unique_lock<std::mutex> lock(c.mu);
+        c.cv.wait(lock, [&] { return !c.queue.empty() || stopping.load(); });
+        if (c.queue.empty()) return;
+        item = std::move(c.queue.front());
+        c.queue.pop_front();
+        if (c.broken) {
+          item.work->completion().fail(c.broken);
+          continue;
+        }
+      }
+      try {
+        Header h;
+        h.channel = static_cast<uint8_t>(item.tag.channel);
+        h.step = item.tag.step;
+        h.micro_batch = item.tag.micro_batch;
+        h.index = item.tag.index;
+        h.size = item.payload.size();
+        const size_t total = sizeof(Header) + item.payload.size();
+        c.staging.reserve(total);
+        auto* host = static_cast<uint8_t*>(c.staging.host);
+        auto* dev = static_cast<uint8_t*>(c.staging.dev);
+        std::memcpy(host, &h, sizeof(h));
+        if (!item.payload.empty()) {
+          std::memcpy(host + sizeof(h), item.payload.data(), item.payload.size());
+        }
+        cudaCheck(cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, c.stream), "upload");
+        ncclCheck(ncclSend(dev, sizeof(Header), ncclUint8, 1, c.comm, c.stream), "ncclSend header");
+        if (h.size) {
+          ncclCheck(ncclSend(dev + sizeof(Header), h.size, ncclUint8, 1, c.comm, c.stream),
+                    "ncclSend payload");
+        }
+        waitStream(c.stream, c.comm, "send to rank " + std::to_string(c.peer));
+        item.work->completion().succeed();
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(c.mu);
+        c.broken = std::current_exception();
+        item.work->completion().fail(c.broken);
+      }
+    }
+  }
+
+  void receiverLoop(Link& c) {
+    cudaSetDevice(device);
+    const std::string from = "rank " + std::to_string(c.peer);
+    inbox->streamOpened(c.peer);
+    try {
+      for (;;) {
+        c.staging.reserve(sizeof(Header));
+        ncclCheck(ncclRecv(c.staging.dev, sizeof(Header), ncclUint8, 0, c.comm, c.stream),
+                  "ncclRecv header");
+        waitStream(c.stream, c.comm, "receive from " + from);
+        Header h;
+        cudaCheck(cudaMemcpy(&h, c.staging.dev, sizeof(h), cudaMemcpyDeviceToHost), "download");
+        GEOPIPE_CHECK(h.magic == kMagic, ProtocolError, "nccl transport: ", from,
+                      " sent a message without the NCCL header magic");
+        GEOPIPE_CHECK(h.channel >= 1 && h.channel <= 4, ProtocolError, "nccl transport: ", from,
+                      " sent unknown channel ", int(h.channel));
+        GEOPIPE_CHECK(h.size <= opt.max_message_bytes, ProtocolError, "nccl transport: ", from,
+                      " announced a ", h.size, "-byte message, over the ", opt.max_message_bytes,
+                      "-byte limit");
+        const Tag tag{static_cast<Channel>(h.channel), h.step, h.micro_batch, h.index};
+        if (!inbox->admit(c.peer, tag, h.size, [this] { return stopping.load(); })) return;
+        Bytes payload(h.size);
+        if (h.size) {
+          c.staging.reserve(h.size);
+          ncclCheck(ncclRecv(c.staging.dev, h.size, ncclUint8, 0, c.comm, c.stream),
+                    "ncclRecv payload");
+          waitStream(c.stream, c.comm, "receive from " + from);
+          cudaCheck(cudaMemcpy(payload.data(), c.staging.dev, h.size, cudaMemcpyDeviceToHost),
+                    "download");
+        }
+        inbox->deliver(c.peer, tag, std::move(payload));
+      }
+    } catch (const ProtocolError& e) {
+      inbox->streamEnded(c.peer, true, e.what());
+    } catch (const std::exception& e) {
+      if (!stopping.load()) inbox->streamEnded(c.peer, false, e.what());
+    }
+  }
+};
+
+NcclTransport::NcclTransport(std::shared_ptr<Transport> inner, NcclTransportOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  GEOPIPE_CHECK(inner != nullptr, ConfigError, "NcclTransport needs an inner transport");
+  Impl& m = *impl_;
+  m.inner = std::move(inner);
+  m.opt = std::move(options);
+  m.rank = m.inner->rank();
+  m.world = m.inner->worldSize();
+  GEOPIPE_CHECK(m.opt.site_of_rank.empty() ||
+                    m.opt.site_of_rank.size() == static_cast<size_t>(m.world),
+                ConfigError, "nccl transport: site_of_rank has ", m.opt.site_of_rank.size(),
+                " entries for ", m.world, " ranks");
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0) {
+    cudaGetLastError();
+    GEOPIPE_THROW(InfeasibleError, "transport nccl needs a CUDA device, but ",
+                  e != cudaSuccess ? cudaGetErrorString(e) : "none is visible",
+                  "; use transport.kind: grpc or inproc on machines without GPUs");
+  }
+  m.device = m.opt.cuda_device >= 0 ? m.opt.cuda_device : m.rank % devices;
+  GEOPIPE_CHECK(m.device < devices, ConfigError, "nccl transport: CUDA device ", m.device,
+                " requested, ", devices, " visible");
+  cudaCheck(cudaSetDevice(m.device), "cudaSetDevice");
+  m.inbox = std::make_shared<PeerInbox>(m.rank, m.world, kMaxBufferedBytes,
+                                        [](int r) { return "rank " + std::to_string(r); });
+  m.makeChannels();
+  spdlog::debug("nccl transport: rank {} on cuda:{}, {} NCCL links out, {} in", m.rank, m.device,
+                m.out.size(), m.in.size());
+}
+
+NcclTransport::~NcclTransport() {
+  Impl& m = *impl_;
+  m.stopping = true;
+  for (auto& [peer, ch] : m.out) {
+    std::lock_guard<std::mutex> lock(ch->mu);
+    ch->cv.notify_all();
+  }
+  m.inbox->close("nccl transport shut down");
+  for (auto* side : {&m.out, &m.in}) {
+    for (auto& [peer, ch] : *side) {
+      if (ch->thread.joinable()) ch->thread.join();
+    }
+  }
+  cudaSetDevice(m.device);
+  for (auto* side : {&m.out, &m.in}) {
+    for (auto& [peer, ch] : *side) {
+      if (ch->comm) ncclCommAbort(ch->comm);
+      if (ch->stream) cudaStreamDestroy(ch->stream);
+    }
+  }
+  for (auto& [group, comm] : m.groups) ncclCommDestroy(comm);
+}
+
+int NcclTransport::rank() const { return impl_->rank; }
+int NcclTransport::worldSize() const { return impl_->world; }
+int NcclTransport::cudaDevice() const { return impl_->device; }
+
+bool NcclTransport::ncclPeer(int peer) const {
+  return peer != impl_->rank && impl_->out.count(peer) > 0;
+}
+
+std::shared_ptr<Work> NcclTransport::send(int peer, const Tag& tag, Bytes payload) {
+  Impl& m = *impl_;
+  GEOPIPE_CHECK(peer >= 0 && peer < m.world, Error, "nccl transport: send to rank ", peer,
+                " outside [0, ", m.world, ")");
+  if (!ncclPeer(peer)) return m.inner->send(peer, tag, std::move(payload));
+  Link& c = *m.out.at(peer);
+  auto work = std::make_shared<PendingWork>(detail::concat(
+      "nccl: send from rank ", m.rank, " to rank ", peer, ", tag ", tag.str()));
+  m.messages_sent++;
+  m.bytes_sent += payload.size();
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (m.stopping.load()) {
+      work->completion().fail(GEOPIPE_ERROR_PTR(IoError, "nccl transport is shut down"));
+      return work;
+    }
+    c.queue.push_back(Item{tag, std::move(payload), work});
+  }
+  c.cv.notify_one();
+  return work;
+}
+
+std::shared_ptr<RecvWork> NcclTransport::recv(int peer, const Tag& tag) {
+  Impl& m = *impl_;
+  GEOPIPE_CHECK(peer >= 0 && peer < m.world, Error, "nccl transport: recv from rank ", peer,
+                " outside [0, ", m.world, ")");
+  if (peer == m.rank || m.in.count(peer) == 0) return m.inner->recv(peer, tag);
+  return m.inbox->post(peer, tag);
+}
+
+TransportStats NcclTransport::stats() const {
+  TransportStats s = impl_->inner->stats();
+  s.messages_sent += impl_->messages_sent.load();
+  s.bytes_sent += impl_->bytes_sent.load();
+  s.messages_received += impl_->inbox->messagesReceived();
+  s.bytes_received += impl_->inbox->bytesReceived();
+  return s;
+}
+
+std::string NcclTransport::name() const { return "nccl+" + impl_->inner->name(); }
+
+void NcclTransport::allReduceSumDevice(float* data, size_t n, const std::vector<int>& group,
+                                       void* stream) {
+  Impl& m = *impl_;
+  const auto me = std::find(group.begin(), group.end(), m.rank);
+  GEOPIPE_CHECK(me != group.end(), Error, "nccl all-reduce: rank ", m.rank, " is not in its group");
+  for (int r : group) {
+    GEOPIPE_CHECK(r == m.rank || ncclPeer(r), InfeasibleError, "nccl all-reduce: rank ", r,
+                  " is not in rank ", m.rank, "'s site; NCCL collectives stay inside a site");
+  }
+  const int pos = static_cast<int>(me - group.begin());
+  ncclComm_t comm = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(m.group_mu);
+    auto it = m.groups.find(group);
+    if (it != m.groups.end()) {
+      comm = it->second;
+    } else {
+      uint32_t h = 2166136261u;  // FNV-1a of the members: the same tag on each
+      for (int r : group) h = (h ^ static_cast<uint32_t>(r)) * 16777619u;
+      const Tag tag{Channel::CONTROL, kGroupBootstrapStep, group.front(),
+                    static_cast<int32_t>(h & 0x7FFFFFFFu)};
+      ncclUniqueId id;
+      if (pos == 0) {
+        ncclCheck(ncclGetUniqueId(&id), "ncclGetUniqueId");
+        for (size_t k = 1; k < group.size(); ++k) {
+          m.inner->send(group[k], tag, idBytes(id))->wait(m.opt.init_timeout);
+        }
+      } else {
+        id = idOf(m.bootstrapRecv(group.front(), tag), "rank " + std::to_string(group.front()));
+      }
+      comm = m.initComm(static_cast<int>(group.size()), id, pos, "data-parallel group");
+      m.groups[group] = comm;
+    }
+  }
+  auto s = static_cast<cudaStream_t>(stream);
+  ncclCheck(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm, s), "ncclAllReduce");
+  m.waitStream(s, comm, "data-parallel all-reduce");
+}
+
+void registerNcclTransport() {
+  registerTransportKind("nccl", [](const TransportOptions& o) -> std::shared_ptr<Transport> {
+    auto inner = makeTransport(o.addresses.empty() ? "inproc" : "grpc", o);
+    NcclTransportOptions n;
+    n.cuda_device = o.cuda_device;
+    n.site_of_rank = o.site_of_rank;
+    return std::make_shared<NcclTransport>(std::move(inner), std::move(n));
+  });
+}
+
+}  // namespace geopipe::transport
