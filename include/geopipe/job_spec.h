@@ -59,6 +59,9 @@ struct TrainingSpec {
   LrScheduleSpec lr_schedule;
   double grad_clip = 0.0;   // global-norm clipping; 0 disables
   uint64_t seed = 1234;     // model init, data order, stochastic rounding
+  // Where tasklets compute: "cpu", "cuda" (tasklet rank r on cuda:(r % the
+  // visible devices)) or "cuda:N". CUDA needs a CUDA-enabled LibTorch.
+  std::string device = "cpu";
 };
 
 // How tasklets are laid out: D_pp stages x D_dp replicas.

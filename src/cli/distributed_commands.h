@@ -53,6 +53,7 @@ struct GrpcBenchArgs {
   int steps = 20;    // timed steps per run (after 2 warm-up steps)
   int stages = 2;    // pipeline stages
   int replicas = 2;  // data-parallel replicas
+  std::string device = "cpu";  // training.device; cuda adds an NCCL row
 };
 void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args);
 int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out);

@@ -122,6 +122,12 @@ class JobReader {
     });
   }
 
+  static bool validDevice(const std::string& d) {
+    if (d == "cpu" || d == "cuda") return true;
+    if (d.rfind("cuda:", 0) != 0 || d.size() == 5 || d.size() > 8) return false;
+    return d.find_first_not_of("0123456789", 5) == std::string::npos;
+  }
+
   void readTraining(const YAML::Node& node) {
     section(node, "training", [&](MapReader& r) {
       TrainingSpec& t = job_.training;
@@ -130,6 +136,7 @@ class JobReader {
       r.getInt("micro_batch", t.micro_batch, 1, kBig);
       r.getDouble("grad_clip", t.grad_clip, 0.0, kInf);
       r.getUint64("seed", t.seed);
+      r.getString("device", t.device);
       section(r.child("optimizer"), "training.optimizer", [&](MapReader& o) {
         OptimizerSpec& opt = t.optimizer;
         o.getEnum("kind", opt.kind, {"adamw", "sgd"});
@@ -323,6 +330,11 @@ class JobReader {
                std::to_string(m.layers) +
                " layers; each stage needs at least one layer: lower "
                "pipeline_stages or raise model.layers");
+    }
+    if (!validDevice(t.device)) {
+      fail("training.device", "'" + t.device +
+                                  "' is not a device: use cpu, cuda (one GPU per tasklet, "
+                                  "round robin) or cuda:N");
     }
     const int devices = job_.topology.numDevices();
     if (p.dataParallelAuto()) {

@@ -110,9 +110,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     GEOPIPE_CHECK(model_.bodyLayers() >= stages_, ConfigError, "model '", model_.name, "' has ",
                   model_.bodyLayers(), " layers to split but parallelism.pipeline_stages is ",
                   stages_);
-    GEOPIPE_CHECK(job_.transport.kind != "nccl", InfeasibleError,
-                  "transport.kind nccl is not built yet; worker processes talk over grpc "
-                  "(transport.kind inproc or grpc)");
     if (opt_.resume) findResumePoint();
     next_emit_ = first_step_;
     max_reported_ = first_step_ - 1;

@@ -21,6 +21,7 @@
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
+#include "src/transport/factory.h"
 #include "src/transport/grpc/grpc_transport.h"
 
 namespace geopipe::distributed {
@@ -264,6 +265,15 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     for (int r = 0; r < world; ++r)
       if (r != rank) grpc_transport->setPeerAddress(r, table.addresses(r));
     std::shared_ptr<transport::Transport> net = grpc_transport;
+    if (job.transport.kind == "nccl") {
+      // NCCL between the ranks of a site, this gRPC endpoint across sites.
+      transport::TransportOptions no;
+      no.rank = rank;
+      for (int d : placement.device_of_rank) {
+        no.site_of_rank.push_back(job.topology.devices.at(static_cast<size_t>(d)).site);
+      }
+      net = transport::wrapTransport("nccl", net, no);
+    }
     if (job.transport.emulate_links && job.topology.numDevices() > 0) {
       net = runtime::emulateLinks(net, job, placement);
     }

@@ -88,11 +88,52 @@ GradientSync::GradientSync(transport::Transport& transport, std::vector<int> gro
 
 void GradientSync::average(const std::vector<torch::Tensor>& params, int64_t step) {
   if (group_.size() <= 1) return;
+  if (!params.empty() && !params.front().is_cpu()) {
+    averageOnDevice(params, step);
+    return;
+  }
   if (spec_.method == "none") {
     averageDense(params, step);
   } else {
     averageCompressed(params, step);
   }
+}
+
+void GradientSync::averageOnDevice(const std::vector<torch::Tensor>& params, int64_t step) {
+  torch::NoGradGuard guard;
+  auto* device = dynamic_cast<transport::DeviceAllReduce*>(&transport_);
+  if (spec_.method == "none" && device && device->canAllReduceDevice(group_)) {
+    // NCCL's own all-reduce on one flat device buffer.
+    std::vector<torch::Tensor> flat_parts;
+    for (const auto& p : params) flat_parts.push_back(gradOf(p).reshape(-1));
+    auto flat = torch::cat(flat_parts);
+    device->allReduceSumDevice(flat.data_ptr<float>(), static_cast<size_t>(flat.numel()), group_,
+                               nullptr);
+    flat.div_(static_cast<double>(group_.size()));
+    int64_t off = 0;
+    for (const auto& p : params) {
+      p.grad().copy_(flat.narrow(0, off, p.numel()).view_as(p));
+      off += p.numel();
+    }
+    raw_bytes_ += static_cast<uint64_t>(flat.numel()) * 4;
+    wire_bytes_ += static_cast<uint64_t>(flat.numel()) * 4;
+    return;
+  }
+  // Otherwise stage through host copies: the collectives and compressors
+  // work on host memory.
+  std::vector<torch::Tensor> host;
+  host.reserve(params.size());
+  for (const auto& p : params) {
+    auto h = torch::zeros(p.sizes(), torch::kFloat32).set_requires_grad(true);
+    h.mutable_grad() = gradOf(p).to(torch::kCPU);
+    host.push_back(h);
+  }
+  if (spec_.method == "none") {
+    averageDense(host, step);
+  } else {
+    averageCompressed(host, step);
+  }
+  for (size_t i = 0; i < params.size(); ++i) params[i].grad().copy_(host[i].grad());
 }
 
 void GradientSync::averageDense(const std::vector<torch::Tensor>& params, int64_t step) {

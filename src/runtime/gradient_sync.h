@@ -33,6 +33,9 @@ class GradientSync {
   uint64_t wireBytes() const { return wire_bytes_; }
 
  private:
+  // Gradients on a GPU: NCCL's all-reduce when the transport offers it and
+  // the exchange is uncompressed, else the host paths on host copies.
+  void averageOnDevice(const std::vector<torch::Tensor>& params, int64_t step);
   void averageDense(const std::vector<torch::Tensor>& params, int64_t step);
   void averageCompressed(const std::vector<torch::Tensor>& params, int64_t step);
 

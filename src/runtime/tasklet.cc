@@ -109,6 +109,7 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   so.micro_batch = job.training.micro_batch;
   so.num_micro_batches = micro_batches_;
   so.seed = job.training.seed;
+  so.device = taskletDevice(job.training.device, rank);
   compute_ = std::make_unique<TorchStage>(model, so, dataset, sampler, job.compression);
   params_ = compute_->parameters();
   optimizer_ = makeOptimizer(job.training.optimizer, params_);

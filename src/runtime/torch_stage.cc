@@ -28,11 +28,25 @@ std::pair<torch::Tensor, torch::Tensor> tokenBatch(const data::TokenDataset& dat
   return {inputs, targets};
 }
 
+torch::Device taskletDevice(const std::string& device, int rank) {
+  if (device == "cpu") return torch::kCPU;
+  GEOPIPE_CHECK(torch::cuda::is_available(), InfeasibleError, "training.device is '", device,
+                "' but LibTorch sees no CUDA device (a CPU-only LibTorch, or no GPU visible); "
+                "use training.device: cpu, or build with a CUDA LibTorch (docs/gpu.md)");
+  const int count = static_cast<int>(torch::cuda::device_count());
+  if (device == "cuda") return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(rank % count));
+  const int index = std::stoi(device.substr(5));
+  GEOPIPE_CHECK(index < count, InfeasibleError, "training.device is '", device, "' but only ",
+                count, " CUDA devices are visible");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
 TorchStage::TorchStage(const ModelDef& model, TorchStageOptions options,
                        const data::TokenDataset& dataset, const data::Sampler& sampler,
                        const CompressionSpec& compression)
     : model_(model), options_(options), dataset_(dataset), sampler_(sampler) {
   module_ = buildSlice(model, options.first_layer, options.last_layer, options.seed);
+  module_->to(options.device);
   const bool first = options.stage == 0, last = options.stage == options.num_stages - 1;
   // Boundary b sits between stages b and b+1; each side names its buffer
   // store after the boundary and replica so mmap files never collide.
@@ -68,12 +82,13 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
   torch::Tensor targets;
   if (options_.stage == 0) {
     auto [inputs, tgts] = tokenBatch(dataset_, ids);
-    stash.input = inputs;
+    stash.input = inputs.to(options_.device);
     targets = tgts;
   } else {
     const auto in_shape = model_.output_shape(options_.first_layer - 1, batch);
     recv_act_->decode(input, step, m, ids, in_shape, scratch_);
-    stash.input = torch::from_blob(scratch_.data(), in_shape, torch::kFloat32).clone();
+    auto in = torch::from_blob(scratch_.data(), in_shape, torch::kFloat32);
+    stash.input = options_.device.is_cpu() ? in.clone() : in.to(options_.device);
     stash.input.set_requires_grad(true);
   }
   torch::Tensor out = module_->forward(stash.input);
@@ -88,11 +103,11 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     if (!targets.defined()) targets = tokenBatch(dataset_, ids).second;
     // Mean over this replica's micro-batches; replicas average their
     // gradients, so the step's gradient is that of the global-batch mean.
-    auto loss = model_.loss(out, targets);
+    auto loss = model_.loss(out, targets.to(options_.device));
     loss_sum_ += loss.item<double>();
     stash.output = loss / options_.num_micro_batches;
   } else {
-    auto detached = out.detach().contiguous();
+    auto detached = out.detach().to(torch::kCPU).contiguous();
     message = send_act_->encode(step, m, options_.num_micro_batches, ids,
                                 detached.data_ptr<float>(), shapeOf(detached));
     stash.output = out;
@@ -114,10 +129,10 @@ transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad
     const auto shape = shapeOf(stash.output);
     recv_grad_->decode(grad, step, m, ids, shape, scratch_);
     auto g = torch::from_blob(scratch_.data(), shape, torch::kFloat32);
-    stash.output.backward(g);
+    stash.output.backward(g.to(options_.device));
   }
   if (options_.stage == 0) return {};
-  auto g_in = stash.input.grad().contiguous();
+  auto g_in = stash.input.grad().to(torch::kCPU).contiguous();
   return send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
                             g_in.data_ptr<float>(), shapeOf(g_in));
 }

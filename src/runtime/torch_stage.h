@@ -26,7 +26,13 @@ struct TorchStageOptions {
   int micro_batch = 1;   // samples per micro-batch
   int num_micro_batches = 1;
   uint64_t seed = 0;     // model init seed
+  torch::Device device = torch::kCPU;  // where the layers compute
 };
+
+// The device of tasklet `rank` for job.training.device ("cpu", "cuda" =
+// cuda:(rank % visible GPUs), "cuda:N"). InfeasibleError when CUDA is asked
+// for and LibTorch sees no CUDA device (a CPU-only LibTorch, or no GPU).
+torch::Device taskletDevice(const std::string& device, int rank);
 
 // The StageCompute of one tasklet. Owns its layers and its boundary codecs;
 // the executor's thread is the only caller. Keeps each micro-batch's input

@@ -24,6 +24,7 @@ std::shared_ptr<Transport> makeInproc(const TransportOptions& options) {
 struct Registry {
   std::mutex mu;
   std::map<std::string, TransportMaker> makers{{"inproc", makeInproc}};
+  std::map<std::string, TransportWrapper> wrappers;
 };
 Registry& registry() {
   static Registry instance;
@@ -59,6 +60,27 @@ std::shared_ptr<Transport> makeTransport(const std::string& kind, const Transpor
                   "(cmake -DGEOPIPE_WITH_CUDA=ON, see docs/gpu.md) or use transport.kind: grpc");
   }
   GEOPIPE_THROW(ConfigError, "unknown transport kind '", kind, "'; expected inproc, grpc or nccl");
+}
+
+void registerTransportWrapper(const std::string& kind, TransportWrapper wrapper) {
+  GEOPIPE_CHECK(!kind.empty() && wrapper, Error, "registerTransportWrapper: empty kind or wrapper");
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.wrappers[kind] = std::move(wrapper);
+}
+
+std::shared_ptr<Transport> wrapTransport(const std::string& kind, std::shared_ptr<Transport> inner,
+                                         const TransportOptions& options) {
+  TransportWrapper wrapper;
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.wrappers.find(kind);
+    if (it != r.wrappers.end()) wrapper = it->second;
+  }
+  if (wrapper) return wrapper(std::move(inner), options);
+  if (kind == "nccl") makeTransport(kind, options);  // throws: how to build it
+  return inner;
 }
 
 std::shared_ptr<Transport> makeTransportForJob(const JobSpec& spec, const TransportOptions& options,

@@ -56,6 +56,18 @@ void registerTransportKind(const std::string& kind, TransportMaker maker);
 // yet"; any other name throws ConfigError listing the known kinds.
 std::shared_ptr<Transport> makeTransport(const std::string& kind, const TransportOptions& options);
 
+// Kinds that layer over a rank's cross-site transport (nccl: NCCL inside a
+// site, `inner` across sites) register a wrapper; worker processes build
+// their gRPC endpoint and hand it to wrapTransport(job.transport.kind, ...).
+using TransportWrapper = std::function<std::shared_ptr<Transport>(std::shared_ptr<Transport> inner,
+                                                                  const TransportOptions&)>;
+void registerTransportWrapper(const std::string& kind, TransportWrapper wrapper);
+// `inner` wrapped for `kind`; `inner` itself for kinds without a wrapper
+// (grpc, inproc). "nccl" without the NCCL transport linked in throws
+// InfeasibleError saying how to build it.
+std::shared_ptr<Transport> wrapTransport(const std::string& kind, std::shared_ptr<Transport> inner,
+                                         const TransportOptions& options);
+
 // makeTransport for spec.transport.kind, wrapped in a LinkEmulatingTransport
 // with the topology's links (rank r on device rank_to_device[r], or device
 // r when empty) and the spec's scales when spec.transport.emulate_links.

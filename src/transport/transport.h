@@ -124,4 +124,19 @@ class Transport {
   virtual std::string name() const = 0;
 };
 
+// An optional capability of a transport (the NCCL one): an in-place sum
+// all-reduce of float32 device memory with the library's own collective.
+// The data-parallel gradient exchange uses it, when every member of the
+// group is reachable, for uncompressed gradients that live on a GPU.
+class DeviceAllReduce {
+ public:
+  virtual ~DeviceAllReduce() = default;
+  // True when every rank of `group` can take part.
+  virtual bool canAllReduceDevice(const std::vector<int>& group) const = 0;
+  // Collective over `group` (same order on every member); `stream` is a
+  // cudaStream_t (nullptr: the legacy default stream). Returns when done.
+  virtual void allReduceSumDevice(float* data, size_t n, const std::vector<int>& group,
+                                  void* stream) = 0;
+};
+
 }  // namespace geopipe::transport

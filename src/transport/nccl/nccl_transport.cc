@@ -5,7 +5,11 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -297,6 +301,20 @@ NcclTransport::NcclTransport(std::shared_ptr<Transport> inner, NcclTransportOpti
                   "; use transport.kind: grpc or inproc on machines without GPUs");
   }
   m.device = m.opt.cuda_device >= 0 ? m.opt.cuda_device : m.rank % devices;
+  // More ranks of this site than GPUs: processes share a device, which NCCL
+  // refuses within one host. A distinct NCCL_HOSTID per rank makes NCCL
+  // treat them as hosts of their own (its socket transport, over loopback).
+  int site_ranks = 0;
+  for (int r = 0; r < m.world; ++r) site_ranks += m.sameSite(r, m.rank) ? 1 : 0;
+  if (site_ranks > devices && std::getenv("NCCL_HOSTID") == nullptr) {
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    const std::string id = std::string(host) + "-geopipe-rank-" + std::to_string(m.rank);
+    ::setenv("NCCL_HOSTID", id.c_str(), 1);
+    spdlog::warn("nccl transport: {} ranks of this site share {} GPU(s); NCCL_HOSTID={} makes "
+                 "NCCL move their data through its socket transport",
+                 site_ranks, devices, id);
+  }
   GEOPIPE_CHECK(m.device < devices, ConfigError, "nccl transport: CUDA device ", m.device,
                 " requested, ", devices, " visible");
   cudaCheck(cudaSetDevice(m.device), "cudaSetDevice");
@@ -379,6 +397,15 @@ TransportStats NcclTransport::stats() const {
 
 std::string NcclTransport::name() const { return "nccl+" + impl_->inner->name(); }
 
+bool NcclTransport::canAllReduceDevice(const std::vector<int>& group) const {
+  bool me = false;
+  for (int r : group) {
+    if (r == impl_->rank) me = true;
+    else if (!ncclPeer(r)) return false;
+  }
+  return me;
+}
+
 void NcclTransport::allReduceSumDevice(float* data, size_t n, const std::vector<int>& group,
                                        void* stream) {
   Impl& m = *impl_;
@@ -419,6 +446,12 @@ void NcclTransport::allReduceSumDevice(float* data, size_t n, const std::vector<
 }
 
 void registerNcclTransport() {
+  registerTransportWrapper("nccl", [](std::shared_ptr<Transport> inner, const TransportOptions& o) {
+    NcclTransportOptions n;
+    n.cuda_device = o.cuda_device;
+    n.site_of_rank = o.site_of_rank;
+    return std::make_shared<NcclTransport>(std::move(inner), std::move(n));
+  });
   registerTransportKind("nccl", [](const TransportOptions& o) -> std::shared_ptr<Transport> {
     auto inner = makeTransport(o.addresses.empty() ? "inproc" : "grpc", o);
     NcclTransportOptions n;

@@ -44,7 +44,7 @@ struct NcclTransportOptions {
   uint64_t max_message_bytes = uint64_t{1} << 31;
 };
 
-class NcclTransport : public Transport {
+class NcclTransport : public Transport, public DeviceAllReduce {
  public:
   // Creates the communicators with every NCCL peer (blocking). Throws
   // InfeasibleError when no CUDA device answers, IoError on NCCL errors.
@@ -68,7 +68,9 @@ class NcclTransport : public Transport {
   // returns. Collective: every member calls it with the same group and n.
   // The group's communicator is made on first use (bootstrap over the
   // inner transport, tag CONTROL / step -2).
-  void allReduceSumDevice(float* data, size_t n, const std::vector<int>& group, void* stream);
+  void allReduceSumDevice(float* data, size_t n, const std::vector<int>& group,
+                          void* stream) override;
+  bool canAllReduceDevice(const std::vector<int>& group) const override;
 
  private:
   struct Impl;
