@@ -304,7 +304,7 @@ __global__ void quantizeKernel(Params p, Load ld, uint32_t n, const float* inv, 
 }
 
 __global__ void dequantizeKernel(Params p, const uint8_t* packed, uint32_t packed_bytes,
-                                 uint32_t n, const float* d, float* out) {
+                                 uint32_t n, const float* d, float* out, bool vec_ok) {
   const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
   const uint32_t i0 = t * 8;
   if (i0 >= n) return;
@@ -316,13 +316,20 @@ __global__ void dequantizeKernel(Params p, const uint8_t* packed, uint32_t packe
   const uint64_t mask = (uint64_t{1} << p.bits) - 1;
   const bool channel = p.granularity == static_cast<int>(Granularity::CHANNEL);
   uint32_t unit = unitOf(p, i0);
+  float v[8];
   for (uint32_t k = 0; k < cnt; ++k) {
     if (k > 0) {
       if (channel) unit = unit + 1 == p.channels ? 0 : unit + 1;
       else unit = unitOf(p, i0 + k);
     }
     const int q = static_cast<int>((word >> (k * p.bits)) & mask);
-    out[i0 + k] = __fmul_rn(static_cast<float>(2 * q - p.lm1), d[unit]);
+    v[k] = __fmul_rn(static_cast<float>(2 * q - p.lm1), d[unit]);
+  }
+  if (cnt == 8 && vec_ok) {  // two 16-byte stores: the warp writes whole lines
+    reinterpret_cast<float4*>(out + i0)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(out + i0)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    for (uint32_t k = 0; k < cnt; ++k) out[i0 + k] = v[k];
   }
 }
 
@@ -472,7 +479,8 @@ void dequantizePacked(const QuantizerOptions& opt, const uint8_t* packed, size_t
                                                      p.lm1, nullptr, w.d.as<float>());
   const size_t pb = (n * static_cast<size_t>(p.bits) + 7) / 8;
   dequantizeKernel<<<blocksFor((n + 7) / 8), kThreads, 0, s>>>(
-      p, packed, static_cast<uint32_t>(pb), static_cast<uint32_t>(n), w.d.as<float>(), out);
+      p, packed, static_cast<uint32_t>(pb), static_cast<uint32_t>(n), w.d.as<float>(), out,
+      aligned16(out));
   check(cudaGetLastError(), "dequantise kernel launch");
 }
 

@@ -30,6 +30,10 @@ namespace {
 constexpr uint32_t kMagic = 0x4C43434Eu;  // "NCCL" little-endian
 constexpr int64_t kPairBootstrapStep = -1;
 constexpr int64_t kGroupBootstrapStep = -2;
+constexpr int64_t kAnnounceStep = -3;
+
+// The inner transport's tag for rank `sender`'s announcements (FIFO).
+Tag announceTag(int sender) { return Tag{Channel::CONTROL, kAnnounceStep, sender, 0}; }
 // Inbox budget: bytes of messages that arrived before their receive.
 constexpr uint64_t kMaxBufferedBytes = uint64_t{1} << 30;
 
@@ -74,26 +78,25 @@ ncclUniqueId idOf(const Bytes& b, const std::string& from) {
   return id;
 }
 
-// Device and pinned host staging, grown on demand.
+// Device staging, grown on demand with the stream-ordered allocator: plain
+// cudaMalloc/cudaFree synchronise the whole device, which would wait for a
+// peer's NCCL kernel that in turn waits for this process.
 struct Staging {
   void* dev = nullptr;
-  void* host = nullptr;
   size_t bytes = 0;
+  cudaStream_t stream = nullptr;
   void reserve(size_t n) {
     if (n <= bytes) return;
     release();
     const size_t cap = std::max<size_t>(n, 1 << 20);
-    cudaCheck(cudaMalloc(&dev, cap), "cudaMalloc of the staging buffer");
-    cudaCheck(cudaHostAlloc(&host, cap, cudaHostAllocDefault), "cudaHostAlloc of the staging buffer");
+    cudaCheck(cudaMallocAsync(&dev, cap, stream), "cudaMallocAsync of the staging buffer");
     bytes = cap;
   }
   void release() {
-    if (dev) cudaFree(dev);
-    if (host) cudaFreeHost(host);
-    dev = host = nullptr;
+    if (dev) cudaFreeAsync(dev, stream);
+    dev = nullptr;
     bytes = 0;
   }
-  ~Staging() { release(); }
 };
 
 struct Item {
@@ -181,6 +184,7 @@ struct NcclTransport::Impl {
           ch->comm = initComm(2, id, 1, "link from rank " + std::to_string(i));
         }
         cudaCheck(cudaStreamCreateWithFlags(&ch->stream, cudaStreamNonBlocking), "stream create");
+        ch->staging.stream = ch->stream;
         (rank == i ? out : in)[ch->peer] = std::move(ch);
       }
     }
@@ -210,27 +214,27 @@ struct NcclTransport::Impl {
         }
       }
       try {
+        // The announcement (tag, size) over the inner transport, then the
+        // payload over NCCL: the peer posts its receive only for a message
+        // that is on its way, so no NCCL kernel waits idle on the GPU.
         Header h;
         h.channel = static_cast<uint8_t>(item.tag.channel);
         h.step = item.tag.step;
         h.micro_batch = item.tag.micro_batch;
         h.index = item.tag.index;
         h.size = item.payload.size();
-        const size_t total = sizeof(Header) + item.payload.size();
-        c.staging.reserve(total);
-        auto* host = static_cast<uint8_t*>(c.staging.host);
-        auto* dev = static_cast<uint8_t*>(c.staging.dev);
-        std::memcpy(host, &h, sizeof(h));
-        if (!item.payload.empty()) {
-          std::memcpy(host + sizeof(h), item.payload.data(), item.payload.size());
-        }
-        cudaCheck(cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, c.stream), "upload");
-        ncclCheck(ncclSend(dev, sizeof(Header), ncclUint8, 1, c.comm, c.stream), "ncclSend header");
+        Bytes announce(sizeof(h));
+        std::memcpy(announce.data(), &h, sizeof(h));
+        auto control = inner->send(c.peer, announceTag(rank), std::move(announce));
         if (h.size) {
-          ncclCheck(ncclSend(dev + sizeof(Header), h.size, ncclUint8, 1, c.comm, c.stream),
-                    "ncclSend payload");
+          c.staging.reserve(h.size);
+          cudaCheck(cudaMemcpyAsync(c.staging.dev, item.payload.data(), h.size,
+                                    cudaMemcpyHostToDevice, c.stream),
+                    "upload");
+          ncclCheck(ncclSend(c.staging.dev, h.size, ncclUint8, 1, c.comm, c.stream), "ncclSend");
+          waitStream(c.stream, c.comm, "send to rank " + std::to_string(c.peer));
         }
-        waitStream(c.stream, c.comm, "send to rank " + std::to_string(c.peer));
+        control->wait(kWaitForever);
         item.work->completion().succeed();
       } catch (...) {
         std::lock_guard<std::mutex> lock(c.mu);
@@ -246,14 +250,25 @@ struct NcclTransport::Impl {
     inbox->streamOpened(c.peer);
     try {
       for (;;) {
-        c.staging.reserve(sizeof(Header));
-        ncclCheck(ncclRecv(c.staging.dev, sizeof(Header), ncclUint8, 0, c.comm, c.stream),
-                  "ncclRecv header");
-        waitStream(c.stream, c.comm, "receive from " + from);
+        Bytes announce;
+        for (;;) {  // wait for the next announcement, watching for shutdown
+          if (stopping.load()) return;
+          auto work = inner->recv(c.peer, announceTag(c.peer));
+          try {
+            work->wait(std::chrono::milliseconds(200));
+          } catch (const TimeoutError&) {
+            continue;  // withdrawn; post again
+          }
+          announce = work->takePayload();
+          break;
+        }
+        GEOPIPE_CHECK(announce.size() == sizeof(Header), ProtocolError, "nccl transport: ", from,
+                      " announced a message with a ", announce.size(),
+                      "-byte header, expected ", sizeof(Header));
         Header h;
-        cudaCheck(cudaMemcpy(&h, c.staging.dev, sizeof(h), cudaMemcpyDeviceToHost), "download");
+        std::memcpy(&h, announce.data(), sizeof(h));
         GEOPIPE_CHECK(h.magic == kMagic, ProtocolError, "nccl transport: ", from,
-                      " sent a message without the NCCL header magic");
+                      " sent an announcement without the NCCL header magic");
         GEOPIPE_CHECK(h.channel >= 1 && h.channel <= 4, ProtocolError, "nccl transport: ", from,
                       " sent unknown channel ", int(h.channel));
         GEOPIPE_CHECK(h.size <= opt.max_message_bytes, ProtocolError, "nccl transport: ", from,
@@ -264,11 +279,11 @@ struct NcclTransport::Impl {
         Bytes payload(h.size);
         if (h.size) {
           c.staging.reserve(h.size);
-          ncclCheck(ncclRecv(c.staging.dev, h.size, ncclUint8, 0, c.comm, c.stream),
-                    "ncclRecv payload");
-          waitStream(c.stream, c.comm, "receive from " + from);
-          cudaCheck(cudaMemcpy(payload.data(), c.staging.dev, h.size, cudaMemcpyDeviceToHost),
+          ncclCheck(ncclRecv(c.staging.dev, h.size, ncclUint8, 0, c.comm, c.stream), "ncclRecv");
+          cudaCheck(cudaMemcpyAsync(payload.data(), c.staging.dev, h.size, cudaMemcpyDeviceToHost,
+                                    c.stream),
                     "download");
+          waitStream(c.stream, c.comm, "receive from " + from);
         }
         inbox->deliver(c.peer, tag, std::move(payload));
       }
@@ -342,6 +357,7 @@ NcclTransport::~NcclTransport() {
   for (auto* side : {&m.out, &m.in}) {
     for (auto& [peer, ch] : *side) {
       if (ch->comm) ncclCommAbort(ch->comm);
+      ch->staging.release();
       if (ch->stream) cudaStreamDestroy(ch->stream);
     }
   }

@@ -6,13 +6,17 @@
 //
 // Each ordered pair (i -> j) of NCCL ranks has its own two-rank communicator
 // and CUDA stream: rank i's sender thread is its only user on i, rank j's
-// receiver thread the only one on j, so NCCL's per-peer ordering is the
-// send order and no communicator is touched by two threads. A message is a
-// 64-byte header (magic, tag, size) and the payload, staged through device
-// memory (payloads are the engine's bytes: compressed activations and
-// gradients). Communicators are created at construction, pair by pair in one
-// global order, so the blocking ncclCommInitRank calls cannot deadlock; every
-// rank of the job must construct its transport at about the same time.
+// receiver thread the only one on j, so no communicator is touched by two
+// threads. A message is announced over the inner transport (tag, size: the
+// control plane, FIFO per pair) and its payload follows over NCCL (the data
+// plane), so a receiver posts ncclRecv only for a message on its way and no
+// NCCL kernel spins idle on a GPU that other processes share. Payloads are
+// the engine's bytes (compressed activations and gradients), staged through
+// device memory from the stream-ordered allocator (cudaFree would
+// synchronise the device and could wait on a peer's kernel). Communicators
+// are created at construction, pair by pair in one global order, so the
+// blocking ncclCommInitRank calls cannot deadlock; every rank of the job
+// must construct its transport at about the same time.
 //
 // allReduceSumDevice() runs NCCL's own all-reduce on device memory for the
 // uncompressed data-parallel gradient exchange.
