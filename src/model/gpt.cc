@@ -18,7 +18,7 @@ struct EmbeddingImpl : torch::nn::Module {
     torch::nn::init::normal_(pos->weight, 0.0, 0.02);
   }
   torch::Tensor forward(const torch::Tensor& ids) {
-    auto positions = torch::arange(ids.size(1), torch::kLong);
+    auto positions = torch::arange(ids.size(1), ids.options().dtype(torch::kLong));
     return tok->forward(ids) + pos->forward(positions).unsqueeze(0);
   }
   torch::nn::Embedding tok, pos;
@@ -53,7 +53,7 @@ struct BlockImpl : torch::nn::Module {
     auto q_k_v = qkv->forward(ln1->forward(x)).view({b, t, 3, heads_, d}).permute({2, 0, 3, 1, 4});
     auto q = q_k_v[0], k = q_k_v[1], v = q_k_v[2];  // [B, heads, T, d]
     auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(d));
-    auto mask = torch::ones({t, t}, torch::kBool).triu(1);
+    auto mask = torch::ones({t, t}, x.options().dtype(torch::kBool)).triu(1);
     scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
     auto attn = drop->forward(torch::softmax(scores, -1));
     auto y = torch::matmul(attn, v).transpose(1, 2).reshape({b, t, h});
