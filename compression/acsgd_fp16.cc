@@ -127,6 +127,49 @@ inline void storeCodes8(__m256i code, uint8_t* q) {
 }
 #endif
 
+#if GEOPIPE_ACSGD_AVX2
+// The grid's constants in registers (read once per segment: the byte stores
+// to the codes may alias a Grid in memory, so the compiler would reload it).
+struct GridVec {
+  __m256i lm1, zero, key, lane;
+  __m256 h, off, max_code, zerof;
+  GridVec(const Grid& g, uint32_t k)
+      : lm1(_mm256_set1_epi32(g.lm1)),
+        zero(_mm256_setzero_si256()),
+        key(_mm256_set1_epi32(static_cast<int32_t>(k))),
+        lane(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+        h(_mm256_set1_ps(g.h)),
+        off(_mm256_set1_ps(g.off)),
+        max_code(_mm256_set1_ps(g.max_code)),
+        zerof(_mm256_setzero_ps()) {}
+};
+
+// Eight elements of the sender's step: returns their codes (int32, already
+// in 0..L-1) and stores the updated halves to m.
+template <bool kStochastic>
+inline __m256i encode8(const float* a, Half* m, const float* inv, const float* d,
+                       const GridVec& v, uint32_t index) {
+  const __m256 mf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
+  const __m256 xs = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(a), mf), _mm256_loadu_ps(inv));
+  __m256i code;
+  if (kStochastic) {
+    // toCode(x*inv + h + u): clamp to [0, L-1] in float, then truncate.
+    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(index)), v.lane);
+    __m256 t = _mm256_add_ps(_mm256_add_ps(xs, v.h), uniform8(idx, v.key));
+    t = _mm256_min_ps(_mm256_max_ps(t, v.zerof), v.max_code);
+    code = _mm256_cvttps_epi32(t);
+  } else {
+    // As quantizer.cc's AVX2 body: truncate x*inv + off, clamp as integers.
+    code = _mm256_cvttps_epi32(_mm256_add_ps(xs, v.off));
+    code = _mm256_min_epi32(_mm256_max_epi32(code, v.zero), v.lm1);
+  }
+  const __m256 level = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_slli_epi32(code, 1), v.lm1));
+  const __m256 mn = _mm256_add_ps(mf, _mm256_mul_ps(level, _mm256_loadu_ps(d)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(m), _mm256_cvtps_ph(mn, _MM_FROUND_TO_NEAREST_INT));
+  return code;
+}
+#endif
+
 // One row segment of the sender's second pass: delta, code, update of m.
 // inv/d point at the segment's per-channel multipliers; `base` is the low 32
 // bits of the segment's first element index (the stochastic stream position).
@@ -135,36 +178,25 @@ void encodeSegment(const float* a, Half* m, size_t len, const float* inv, const 
                    const Grid& g, uint32_t base, uint32_t key, uint8_t* q) {
   size_t j = 0;
 #if GEOPIPE_ACSGD_AVX2
-  const __m256i vlm1 = _mm256_set1_epi32(g.lm1);
-  const __m256i vzero = _mm256_setzero_si256();
-  const __m256i vkey = _mm256_set1_epi32(static_cast<int32_t>(key));
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  // Constants in registers: the byte stores to q may alias g, so reading
-  // g's fields inside the loop would reload them every step.
-  const __m256 vh = _mm256_set1_ps(g.h), voff = _mm256_set1_ps(g.off);
-  const __m256 vmax = _mm256_set1_ps(g.max_code), vzerof = _mm256_setzero_ps();
+  const GridVec v(g, key);
+  // 32 codes at a time leave as bytes with three packs and one permute
+  // (saturation cannot bite: the codes are in 0..255 already).
+  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (; j + 32 <= len; j += 32) {
+    const uint32_t idx = base + static_cast<uint32_t>(j);
+    const __m256i c0 = encode8<kStochastic>(a + j, m + j, inv + j, d + j, v, idx);
+    const __m256i c1 = encode8<kStochastic>(a + j + 8, m + j + 8, inv + j + 8, d + j + 8, v, idx + 8);
+    const __m256i c2 =
+        encode8<kStochastic>(a + j + 16, m + j + 16, inv + j + 16, d + j + 16, v, idx + 16);
+    const __m256i c3 =
+        encode8<kStochastic>(a + j + 24, m + j + 24, inv + j + 24, d + j + 24, v, idx + 24);
+    const __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), _mm256_permutevar8x32_epi32(b, perm));
+  }
   for (; j + 8 <= len; j += 8) {
-    const __m256 mf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + j)));
-    const __m256 x = _mm256_sub_ps(_mm256_loadu_ps(a + j), mf);
-    const __m256 xs = _mm256_mul_ps(x, _mm256_loadu_ps(inv + j));
-    __m256i code;
-    if (kStochastic) {
-      // toCode(x*inv + h + u): clamp to [0, L-1] in float, then truncate.
-      const __m256i idx =
-          _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(base + j)), lane);
-      __m256 t = _mm256_add_ps(_mm256_add_ps(xs, vh), uniform8(idx, vkey));
-      t = _mm256_min_ps(_mm256_max_ps(t, vzerof), vmax);
-      code = _mm256_cvttps_epi32(t);
-    } else {
-      // As quantizer.cc's AVX2 body: truncate x*inv + off, clamp as integers.
-      code = _mm256_cvttps_epi32(_mm256_add_ps(xs, voff));
-      code = _mm256_min_epi32(_mm256_max_epi32(code, vzero), vlm1);
-    }
-    storeCodes8(code, q + j);
-    const __m256 level = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_slli_epi32(code, 1), vlm1));
-    const __m256 mn = _mm256_add_ps(mf, _mm256_mul_ps(level, _mm256_loadu_ps(d + j)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(m + j),
-                     _mm256_cvtps_ph(mn, _MM_FROUND_TO_NEAREST_INT));
+    storeCodes8(encode8<kStochastic>(a + j, m + j, inv + j, d + j, v,
+                                     base + static_cast<uint32_t>(j)),
+                q + j);
   }
 #endif
   for (; j < len; ++j) {
