@@ -59,8 +59,7 @@ inline __m256i deltaAbsBits8(const float* a, const Half* m) {
 // address order: a single forward stream is what the hardware prefetchers
 // follow best (measured faster than four-row sweeps or a reverse pass meant
 // to leave the first rows in L2 for the second pass).
-void deltaMaxAbsBits(const float* a, const Half* m, size_t rows, size_t channels,
-                     uint32_t* acc) {
+void deltaMaxAbsBits(const float* a, const Half* m, size_t rows, size_t channels, uint32_t* acc) {
   std::fill(acc, acc + channels, 0u);
   for (size_t r = 0; r < rows; ++r) {
     const float* ar = a + r * channels;
@@ -69,8 +68,8 @@ void deltaMaxAbsBits(const float* a, const Half* m, size_t rows, size_t channels
 #if GEOPIPE_ACSGD_AVX2
     for (; c + 8 <= channels; c += 8) {
       __m256i* pa = reinterpret_cast<__m256i*>(acc + c);
-      _mm256_storeu_si256(pa, _mm256_max_epu32(deltaAbsBits8(ar + c, mr + c),
-                                               _mm256_loadu_si256(pa)));
+      _mm256_storeu_si256(pa,
+                          _mm256_max_epu32(deltaAbsBits8(ar + c, mr + c), _mm256_loadu_si256(pa)));
     }
 #endif
     for (; c < channels; ++c) {
@@ -95,8 +94,8 @@ inline __m256 uniform8(__m256i idx, __m256i key) {
 
 // The low byte of each of 8 int32 codes (all in 0..255) to q[0..8).
 inline void storeCodes8(__m256i code, uint8_t* q) {
-  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(code),
-                                    _mm256_extracti128_si256(code, 1));
+  const __m128i w =
+      _mm_packs_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_packus_epi16(w, w));
 }
 #endif
@@ -121,8 +120,8 @@ struct GridVec {
 // Eight elements of the sender's step: returns their codes (int32, already
 // in 0..L-1) and stores the updated halves to m.
 template <bool kStochastic>
-inline __m256i encode8(const float* a, Half* m, const float* inv, const float* d,
-                       const GridVec& v, uint32_t index) {
+inline __m256i encode8(const float* a, Half* m, const float* inv, const float* d, const GridVec& v,
+                       uint32_t index) {
   const __m256 mf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
   const __m256 xs = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(a), mf), _mm256_loadu_ps(inv));
   __m256i code;
@@ -159,7 +158,8 @@ void encodeSegment(const float* a, Half* m, size_t len, const float* inv, const 
   for (; j + 32 <= len; j += 32) {
     const uint32_t idx = base + static_cast<uint32_t>(j);
     const __m256i c0 = encode8<kStochastic>(a + j, m + j, inv + j, d + j, v, idx);
-    const __m256i c1 = encode8<kStochastic>(a + j + 8, m + j + 8, inv + j + 8, d + j + 8, v, idx + 8);
+    const __m256i c1 =
+        encode8<kStochastic>(a + j + 8, m + j + 8, inv + j + 8, d + j + 8, v, idx + 8);
     const __m256i c2 =
         encode8<kStochastic>(a + j + 16, m + j + 16, inv + j + 16, d + j + 16, v, idx + 16);
     const __m256i c3 =
@@ -168,9 +168,9 @@ void encodeSegment(const float* a, Half* m, size_t len, const float* inv, const 
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), _mm256_permutevar8x32_epi32(b, perm));
   }
   for (; j + 8 <= len; j += 8) {
-    storeCodes8(encode8<kStochastic>(a + j, m + j, inv + j, d + j, v,
-                                     base + static_cast<uint32_t>(j)),
-                q + j);
+    storeCodes8(
+        encode8<kStochastic>(a + j, m + j, inv + j, d + j, v, base + static_cast<uint32_t>(j)),
+        q + j);
   }
 #endif
   for (; j < len; ++j) {
@@ -192,8 +192,7 @@ void encodeSegment(const float* a, Half* m, size_t len, const float* inv, const 
 // One segment of the update: d is the segment's multipliers, one per element
 // (kVec, per-channel) or one for all (tensor/group).
 template <bool kVec>
-void applySegment(const uint8_t* q, size_t len, const float* d, int32_t lm1, Half* m,
-                  float* out) {
+void applySegment(const uint8_t* q, size_t len, const float* d, int32_t lm1, Half* m, float* out) {
   size_t j = 0;
 #if GEOPIPE_ACSGD_AVX2
   const __m256i vlm1 = _mm256_set1_epi32(lm1);
@@ -222,8 +221,8 @@ bool acsgdFp16EncodeSupports(const QuantizerOptions& q) {
   return q.granularity == Granularity::CHANNEL;
 }
 
-void acsgdFp16Encode(const QuantizerOptions& q, const float* a, Half* m, size_t n,
-                     size_t channels, uint64_t counter, float* scales, uint8_t* packed) {
+void acsgdFp16Encode(const QuantizerOptions& q, const float* a, Half* m, size_t n, size_t channels,
+                     uint64_t counter, float* scales, uint8_t* packed) {
   GEOPIPE_CHECK(acsgdFp16EncodeSupports(q), ConfigError,
                 "fused AC-SGD encode needs per-channel scales, got ", toString(q.granularity));
   detail::checkShape(q, n, channels);
@@ -266,13 +265,13 @@ void acsgdFp16Encode(const QuantizerOptions& q, const float* a, Half* m, size_t 
   }
 }
 
-void acsgdFp16Apply(const QuantizerOptions& q, const uint8_t* packed, size_t packed_bytes,
-                    size_t n, size_t channels, const float* scales, Half* m, float* out,
-                    size_t begin, size_t end) {
+void acsgdFp16Apply(const QuantizerOptions& q, const uint8_t* packed, size_t packed_bytes, size_t n,
+                    size_t channels, const float* scales, Half* m, float* out, size_t begin,
+                    size_t end) {
   detail::checkShape(q, n, channels);
   end = std::min(end, n);
-  GEOPIPE_CHECK(begin % 8 == 0 && begin <= end, ConfigError, "bad AC-SGD update range [",
-                begin, ", ", end, ") of ", n);
+  GEOPIPE_CHECK(begin % 8 == 0 && begin <= end, ConfigError, "bad AC-SGD update range [", begin,
+                ", ", end, ") of ", n);
   GEOPIPE_CHECK(packed_bytes >= packedBytes(n, q.bits), ProtocolError,
                 "packed codes truncated: need ", packedBytes(n, q.bits), " bytes for ", n,
                 " elements of ", q.bits, " bits, got ", packed_bytes);
@@ -287,8 +286,10 @@ void acsgdFp16Apply(const QuantizerOptions& q, const uint8_t* packed, size_t pac
     detail::forEachSegment(q, cb, ce, channels, [&](size_t s, size_t len, size_t unit, bool vec) {
       const uint8_t* qs = codes + (s - cb);
       float* os = out ? out + (s - begin) : nullptr;
-      if (vec) applySegment<true>(qs, len, d.data() + unit, lm1, m + s, os);
-      else applySegment<false>(qs, len, d.data() + unit, lm1, m + s, os);
+      if (vec)
+        applySegment<true>(qs, len, d.data() + unit, lm1, m + s, os);
+      else
+        applySegment<false>(qs, len, d.data() + unit, lm1, m + s, os);
     });
   }
 }

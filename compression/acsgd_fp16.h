@@ -29,15 +29,15 @@ bool acsgdFp16EncodeSupports(const QuantizerOptions& q);
 // max |delta| without storing delta; the second recomputes delta row by row,
 // quantises, packs, and applies the update from the integer codes still in
 // registers. Throws ProtocolError, with m untouched, if delta has inf/NaN.
-void acsgdFp16Encode(const QuantizerOptions& q, const float* a, Half* m, size_t n,
-                     size_t channels, uint64_t counter, float* scales, uint8_t* packed);
+void acsgdFp16Encode(const QuantizerOptions& q, const float* a, Half* m, size_t n, size_t channels,
+                     uint64_t counter, float* scales, uint8_t* packed);
 
 // The shared update for any granularity, over elements [begin, end) (begin a
 // multiple of 8): m <- f2h(h2f(m) + deq(code)) from the packed stream of all
 // n elements; out (when not null) gets h2f(new m) at out[i - begin].
 // `packed_bytes` bounds every read (ProtocolError if too short).
-void acsgdFp16Apply(const QuantizerOptions& q, const uint8_t* packed, size_t packed_bytes,
-                    size_t n, size_t channels, const float* scales, Half* m, float* out,
-                    size_t begin = 0, size_t end = SIZE_MAX);
+void acsgdFp16Apply(const QuantizerOptions& q, const uint8_t* packed, size_t packed_bytes, size_t n,
+                    size_t channels, const float* scales, Half* m, float* out, size_t begin = 0,
+                    size_t end = SIZE_MAX);
 
 }  // namespace geopipe::compression

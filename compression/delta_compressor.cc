@@ -305,8 +305,8 @@ WireHeader DeltaReceiver::decode(const int64_t* ids, size_t num_ids, const Compr
       readScales(in, ns, scales.data());
       if (opt_.buffer_format == BufferFormat::FP16) {
         Half* mh = reinterpret_cast<Half*>(const_cast<uint8_t*>(data));
-        acsgdFp16Apply(q, in + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels,
-                       scales.data(), mh, os);
+        acsgdFp16Apply(q, in + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels, scales.data(),
+                       mh, os);
         pos += delta_bytes;
         continue;
       }

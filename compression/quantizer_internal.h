@@ -64,8 +64,8 @@ inline float invOf(float s, float h) {
 // one row of per-channel scales, calling fn(seg_begin, seg_len, unit, vec).
 // For CHANNEL, `unit` is the channel of seg_begin and vec == true.
 template <typename Fn>
-inline void forEachSegment(const QuantizerOptions& opt, size_t begin, size_t end,
-                    size_t channels, Fn&& fn) {
+inline void forEachSegment(const QuantizerOptions& opt, size_t begin, size_t end, size_t channels,
+                           Fn&& fn) {
   size_t i = begin;
   while (i < end) {
     switch (opt.granularity) {

@@ -41,8 +41,7 @@ Step referenceStep(const QuantizerOptions& q, const float* a, const std::vector<
   computeScales(q, delta.data(), n, channels, r.scales.data());
   r.packed.resize(packedBytes(n, q.bits));
   quantizePacked(q, delta.data(), n, channels, r.scales.data(), counter, r.packed.data());
-  dequantizePacked(q, r.packed.data(), r.packed.size(), n, channels, r.scales.data(),
-                   deq.data());
+  dequantizePacked(q, r.packed.data(), r.packed.size(), n, channels, r.scales.data(), deq.data());
   r.m.resize(n);
   for (size_t i = 0; i < n; ++i) r.m[i] = floatToHalf(mf[i] + deq[i]);
   return r;
@@ -78,7 +77,7 @@ struct Shape {
 
 // Odd and even channel counts, a row longer than a 4096-element chunk, and
 // rows that straddle chunk boundaries (37 x 333 = 12321 elements).
-const Shape kShapes[] = {{1, 1},  {3, 7},    {5, 8},    {2, 9},    {9, 17},
+const Shape kShapes[] = {{1, 1},   {3, 7},    {5, 8},    {2, 9},    {9, 17},
                          {13, 64}, {4, 1024}, {37, 333}, {1, 5000}, {6, 4100}};
 
 TEST(AcsgdFp16, FusedEncodeMatchesUnfusedReference) {
@@ -136,8 +135,8 @@ TEST(AcsgdFp16, ApplyMatchesReferenceForEveryGranularityAndRange) {
         std::vector<Half> want(n);
         for (size_t i = 0; i < n; ++i) want[i] = floatToHalf(mf[i] + deq[i]);
 
-        SCOPED_TRACE(::testing::Message() << sh.rows << "x" << sh.channels << " "
-                                          << toString(gran) << " group " << group);
+        SCOPED_TRACE(::testing::Message() << sh.rows << "x" << sh.channels << " " << toString(gran)
+                                          << " group " << group);
         // Whole tensor with out.
         std::vector<Half> m1 = m;
         std::vector<float> out(n, -1.0f);
@@ -172,20 +171,20 @@ TEST(AcsgdFp16, NonFiniteDeltaThrowsAndLeavesBufferUntouched) {
     std::vector<float> a2 = a;
     a2[5 * 40 + 33] = bad;
     const std::vector<Half> before = m;
-    EXPECT_THROW(acsgdFp16Encode(q, a2.data(), m.data(), m.size(), 40, 0, scales.data(),
-                                 packed.data()),
-                 ProtocolError);
+    EXPECT_THROW(
+        acsgdFp16Encode(q, a2.data(), m.data(), m.size(), 40, 0, scales.data(), packed.data()),
+        ProtocolError);
     EXPECT_EQ(m, before);
   }
   std::vector<Half> m_inf = m;
   m_inf[7] = 0x7C00;  // +inf in the buffer
-  EXPECT_THROW(acsgdFp16Encode(q, a.data(), m_inf.data(), m.size(), 40, 0, scales.data(),
-                               packed.data()),
-               ProtocolError);
+  EXPECT_THROW(
+      acsgdFp16Encode(q, a.data(), m_inf.data(), m.size(), 40, 0, scales.data(), packed.data()),
+      ProtocolError);
   q.granularity = Granularity::GROUP;
-  EXPECT_THROW(acsgdFp16Encode(q, a.data(), m.data(), m.size(), 40, 0, scales.data(),
-                               packed.data()),
-               ConfigError);
+  EXPECT_THROW(
+      acsgdFp16Encode(q, a.data(), m.data(), m.size(), 40, 0, scales.data(), packed.data()),
+      ConfigError);
   EXPECT_THROW(acsgdFp16Apply(q, packed.data(), packed.size() - 1, m.size(), 40, scales.data(),
                               m.data(), nullptr),
                ProtocolError);
@@ -237,8 +236,8 @@ TEST_P(AcsgdFp16Sender, WireBytesAndBuffersMatchReference) {
       const auto msg = tx.encode(ids.data(), acts.data(), shape, counter);
       size_t pos = 3;
       for (size_t s = 0; s < 3; ++s) {
-        SCOPED_TRACE(::testing::Message() << sh.rows << "x" << sh.channels << " epoch " << epoch
-                                          << " sample " << s);
+        SCOPED_TRACE(::testing::Message()
+                     << sh.rows << "x" << sh.channels << " epoch " << epoch << " sample " << s);
         if (epoch == 0) {
           ASSERT_EQ(msg.payload[s], static_cast<uint8_t>(SampleKind::FULL_FP16));
           pos += 2 * per;
@@ -261,19 +260,20 @@ TEST_P(AcsgdFp16Sender, WireBytesAndBuffersMatchReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, AcsgdFp16Sender,
-    ::testing::Values(SenderCase{Granularity::CHANNEL, Rounding::NEAREST, 4},
-                      SenderCase{Granularity::CHANNEL, Rounding::STOCHASTIC, 3},
-                      SenderCase{Granularity::CHANNEL, Rounding::NEAREST, 8},
-                      SenderCase{Granularity::TENSOR, Rounding::NEAREST, 2},
-                      SenderCase{Granularity::TENSOR, Rounding::STOCHASTIC, 4},
-                      SenderCase{Granularity::GROUP, Rounding::NEAREST, 4},
-                      SenderCase{Granularity::GROUP, Rounding::STOCHASTIC, 6}),
-    [](const ::testing::TestParamInfo<SenderCase>& i) {
-      return std::string(toString(i.param.granularity)) + "_" + toString(i.param.rounding) +
-             "_" + std::to_string(i.param.bits) + "bit";
-    });
+INSTANTIATE_TEST_SUITE_P(Cases, AcsgdFp16Sender,
+                         ::testing::Values(SenderCase{Granularity::CHANNEL, Rounding::NEAREST, 4},
+                                           SenderCase{Granularity::CHANNEL, Rounding::STOCHASTIC,
+                                                      3},
+                                           SenderCase{Granularity::CHANNEL, Rounding::NEAREST, 8},
+                                           SenderCase{Granularity::TENSOR, Rounding::NEAREST, 2},
+                                           SenderCase{Granularity::TENSOR, Rounding::STOCHASTIC, 4},
+                                           SenderCase{Granularity::GROUP, Rounding::NEAREST, 4},
+                                           SenderCase{Granularity::GROUP, Rounding::STOCHASTIC, 6}),
+                         [](const ::testing::TestParamInfo<SenderCase>& i) {
+                           return std::string(toString(i.param.granularity)) + "_" +
+                                  toString(i.param.rounding) + "_" + std::to_string(i.param.bits) +
+                                  "bit";
+                         });
 
 }  // namespace
 }  // namespace geopipe::compression
