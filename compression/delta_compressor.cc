@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "compression/acsgd_fp16.h"
 #include "compression/bit_pack.h"
 #include "compression/half.h"
 #include "geopipe/error.h"
@@ -85,76 +86,26 @@ void applyDelta(float* m, const float* deq, size_t n) {
   for (size_t i = 0; i < n; ++i) m[i] = m[i] + deq[i];
 }
 
-// Fused fp16-buffer kernels (the steady state of the paper's setup). Both
-// sides call fp16Update with the same inputs; it performs exactly the
-// arithmetic of the generic path (h2f(m) + deq, then f2h), chunk by chunk.
-// Chunk of 32K elements: the two fp32 temporaries (256 KB) stay in L2, and
-// the per-call set-up of dequantizePackedRange (one division per scale) is
-// amortised over many rows. A multiple of 8: chunks start byte-aligned.
+// fp16-buffer path for tensor/group granularity (per-channel scales take the
+// fused acsgdFp16Encode): delta is staged in fp32 because its scales must be
+// known before any element is quantised, then quantised and applied chunk by
+// chunk. Chunk of 32K elements: the fp16->fp32 temporary (128 KB) stays in
+// L2. A multiple of 8, so chunks start byte-aligned in the packed stream.
 constexpr size_t kFuse = 32768;
-
-float* scratch(int which) {
-  thread_local std::vector<float> buf[2];
-  if (buf[which].size() < kFuse) buf[which].resize(kFuse);
-  return buf[which].data();
-}
 
 // delta = a - h2f(m), then the per-unit max |delta| scales.
 void fp16Delta(const QuantizerOptions& q, const float* a, const Half* m, size_t n,
                size_t channels, float* delta, float* scales) {
-  float* tmp = scratch(0);
-  if (q.granularity == Granularity::CHANNEL && n > 0 && channels <= kFuse) {
-    // One pass: the per-channel max |delta| (as abs bit patterns, exactly
-    // what computeScales does) is taken while delta is written.
-    std::vector<uint32_t> acc(channels, 0);
-    for (size_t off = 0; off < n; off += channels) {
-      halfToFloat(m + off, tmp, channels);
-      float* d = delta + off;
-      const float* ar = a + off;
-      uint32_t* ac = acc.data();
-      for (size_t c = 0; c < channels; ++c) {
-        const float v = ar[c] - tmp[c];
-        d[c] = v;
-        uint32_t u;
-        std::memcpy(&u, &v, 4);
-        u &= 0x7FFFFFFFu;
-        ac[c] = u > ac[c] ? u : ac[c];
-      }
-    }
-    for (size_t c = 0; c < channels; ++c) {
-      GEOPIPE_CHECK(acc[c] < 0x7F800000u, ProtocolError,
-                    "cannot quantise non-finite AC-SGD delta in channel ", c,
-                    " (activation or buffer has inf/NaN)");
-      std::memcpy(&scales[c], &acc[c], 4);
-    }
-    return;
-  }
+  thread_local std::vector<float> tmp;
+  if (tmp.size() < kFuse) tmp.resize(kFuse);
   for (size_t b = 0; b < n; b += kFuse) {
     const size_t len = std::min(kFuse, n - b);
-    halfToFloat(m + b, tmp, len);
+    halfToFloat(m + b, tmp.data(), len);
     float* d = delta + b;
     const float* ab = a + b;
     for (size_t i = 0; i < len; ++i) d[i] = ab[i] - tmp[i];
   }
   computeScales(q, delta, n, channels, scales);
-}
-
-// m <- f2h(h2f(m) + deq(codes)) over elements [b0, b1); writes h2f(new m)
-// to out when given.
-void fp16Update(const QuantizerOptions& q, Half* m, const uint8_t* packed, size_t packed_bytes,
-                size_t n, size_t channels, const float* scales, float* out, size_t b0 = 0,
-                size_t b1 = SIZE_MAX) {
-  float* mf = scratch(0);
-  float* deq = scratch(1);
-  b1 = std::min(b1, n);
-  for (size_t b = b0; b < b1; b += kFuse) {
-    const size_t len = std::min(kFuse, b1 - b);
-    halfToFloat(m + b, mf, len);
-    dequantizePackedRange(q, packed, packed_bytes, n, channels, scales, b, b + len, deq);
-    for (size_t i = 0; i < len; ++i) mf[i] = mf[i] + deq[i];
-    floatToHalf(mf, m + b, len);
-    if (out) halfToFloat(m + b, out + b, len);
-  }
 }
 
 struct Geometry {
@@ -247,9 +198,17 @@ CompressedMessage DeltaSender::encode(const int64_t* ids, const float* a,
     }
     const uint8_t* data = entryData(opt_, *store_, ids[s], g.sample_dims.data(), ndim, data_bytes);
     std::vector<float> scales(ns);
+    // Stochastic streams differ per sample within a message.
+    const uint64_t stream = counter * 1315423911u + s;
     if (opt_.buffer_format == BufferFormat::FP16) {
-      // Fused path: updates the fp16 entry in place (same size, same slot).
+      // Fused paths: update the fp16 entry in place (same size, same slot).
       Half* mh = reinterpret_cast<Half*>(const_cast<uint8_t*>(data));
+      if (acsgdFp16EncodeSupports(q)) {
+        acsgdFp16Encode(q, as, mh, g.per, g.channels, stream, scales.data(), out + 4 * ns);
+        std::memcpy(out, scales.data(), 4 * ns);
+        pos += delta_bytes;
+        continue;
+      }
       fp16Delta(q, as, mh, g.per, g.channels, delta_.data(), scales.data());
       std::memcpy(out, scales.data(), 4 * ns);
       // Quantise a chunk, then at once apply the receiver's update to the
@@ -257,9 +216,9 @@ CompressedMessage DeltaSender::encode(const int64_t* ids, const float* a,
       const size_t pb = packedBytes(g.per, q.bits);
       for (size_t b = 0; b < g.per; b += kFuse) {
         const size_t e = std::min(g.per, b + kFuse);
-        quantizePackedRange(q, delta_.data(), g.per, g.channels, scales.data(),
-                            counter * 1315423911u + s, b, e, out + 4 * ns);
-        fp16Update(q, mh, out + 4 * ns, pb, g.per, g.channels, scales.data(), nullptr, b, e);
+        quantizePackedRange(q, delta_.data(), g.per, g.channels, scales.data(), stream, b, e,
+                            out + 4 * ns);
+        acsgdFp16Apply(q, out + 4 * ns, pb, g.per, g.channels, scales.data(), mh, nullptr, b, e);
       }
       pos += delta_bytes;
       continue;
@@ -268,9 +227,7 @@ CompressedMessage DeltaSender::encode(const int64_t* ids, const float* a,
     for (size_t i = 0; i < g.per; ++i) delta_[i] = as[i] - m_[i];
     computeScales(q, delta_.data(), g.per, g.channels, scales.data());
     std::memcpy(out, scales.data(), 4 * ns);
-    // Stochastic streams differ per sample within a message.
-    quantizePacked(q, delta_.data(), g.per, g.channels, scales.data(), counter * 1315423911u + s,
-                   out + 4 * ns);
+    quantizePacked(q, delta_.data(), g.per, g.channels, scales.data(), stream, out + 4 * ns);
     // The receiver's view: dequantise exactly the bytes on the wire.
     dequantizePacked(q, out + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels,
                      scales.data(), deq_.data());
@@ -348,8 +305,8 @@ WireHeader DeltaReceiver::decode(const int64_t* ids, size_t num_ids, const Compr
       readScales(in, ns, scales.data());
       if (opt_.buffer_format == BufferFormat::FP16) {
         Half* mh = reinterpret_cast<Half*>(const_cast<uint8_t*>(data));
-        fp16Update(q, mh, in + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels,
-                   scales.data(), os);
+        acsgdFp16Apply(q, in + 4 * ns, packedBytes(g.per, q.bits), g.per, g.channels, scales.data(),
+                       mh, os);
         pos += delta_bytes;
         continue;
       }

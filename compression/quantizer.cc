@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "compression/bit_pack.h"
+#include "compression/quantizer_internal.h"
 #include "geopipe/error.h"
 
 #if defined(__AVX2__)
@@ -20,35 +21,7 @@ namespace geopipe::compression {
 
 namespace {
 
-// Elements per chunk of the fused kernels: the codes of one chunk live in a
-// stack buffer (L1-resident) between quantisation and packing. A multiple of 8
-// (byte-aligned in the packed stream) that divides 2^32 (one RNG key per chunk).
-constexpr size_t kChunk = 4096;
-
-inline uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// Key for elements [hi * 2^32, (hi+1) * 2^32) of stream (seed, counter).
-inline uint32_t streamKey(uint64_t seed, uint64_t counter, uint64_t hi) {
-  return static_cast<uint32_t>(
-      splitmix64(seed ^ splitmix64(counter ^ splitmix64(hi + 0x632BE59BD9B4E019ull))));
-}
-
-// murmur3's fmix32 over (i * golden ^ key): a bijection on 32 bits with full
-// avalanche; 32-bit multiplies vectorise (vpmulld). Top 24 bits -> [0, 1).
-inline float uniformOf(uint32_t i, uint32_t key) {
-  uint32_t h = (i * 0x9E3779B1u) ^ key;
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  h ^= h >> 16;
-  return static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
-}
+using namespace detail;
 
 inline uint32_t absBits(float x) {
   uint32_t u;
@@ -99,13 +72,6 @@ void maxAbsBitsRows(const float* x, size_t rows, size_t channels, uint32_t* acc)
       acc[c] = a > acc[c] ? a : acc[c];
     }
   }
-}
-
-// t -> code: clamp to [0, L-1] then truncate (t >= 0, so truncation = floor).
-inline uint8_t toCode(float t, float max_code) {
-  t = t < 0.0f ? 0.0f : t;
-  t = t > max_code ? max_code : t;
-  return static_cast<uint8_t>(static_cast<int32_t>(t));
 }
 
 #if defined(__AVX2__)
@@ -186,54 +152,6 @@ void dequantSegScalar(const uint8_t* q, size_t len, float d, int32_t lm1, float*
 void dequantSegVec(const uint8_t* q, size_t len, const float* d, int32_t lm1, float* out) {
   for (size_t j = 0; j < len; ++j) {
     out[j] = static_cast<float>(2 * static_cast<int32_t>(q[j]) - lm1) * d[j];
-  }
-}
-
-// Multipliers derived from the scales: inv = (L-1)/(2s) for encoding (capped
-// so a subnormal scale cannot make it inf), d = s/(L-1) for decoding.
-inline float invOf(float s, float h) {
-  if (!(s > 0.0f)) return 0.0f;
-  const float inv = h / s;
-  return std::isfinite(inv) ? inv : FLT_MAX;
-}
-
-// Walks [begin, end) in segments that share either one scale (tensor/group) or
-// one row of per-channel scales, calling fn(seg_begin, seg_len, unit, vec).
-// For CHANNEL, `unit` is the channel of seg_begin and vec == true.
-template <typename Fn>
-void forEachSegment(const QuantizerOptions& opt, size_t begin, size_t end,
-                    size_t channels, Fn&& fn) {
-  size_t i = begin;
-  while (i < end) {
-    switch (opt.granularity) {
-      case Granularity::TENSOR:
-        fn(i, end - i, size_t{0}, false);
-        i = end;
-        break;
-      case Granularity::GROUP: {
-        const size_t g = static_cast<size_t>(opt.group_size);
-        const size_t unit = i / g;
-        const size_t stop = std::min(end, (unit + 1) * g);
-        fn(i, stop - i, unit, false);
-        i = stop;
-        break;
-      }
-      case Granularity::CHANNEL: {
-        const size_t c0 = i % channels;
-        const size_t stop = std::min(end, i - c0 + channels);
-        fn(i, stop - i, c0, true);
-        i = stop;
-        break;
-      }
-    }
-  }
-}
-
-void checkShape(const QuantizerOptions& opt, size_t n, size_t channels) {
-  if (opt.granularity == Granularity::CHANNEL && n > 0) {
-    GEOPIPE_CHECK(channels > 0 && n % channels == 0, ConfigError,
-                  "per-channel quantisation needs numel (", n,
-                  ") to be a positive multiple of the channel count (", channels, ")");
   }
 }
 

@@ -252,5 +252,30 @@ TEST(WireFormat, Crc32cKnownValue) {
   EXPECT_EQ(crc32c(reinterpret_cast<const uint8_t*>(s), 9), 0xE3069283u);
 }
 
+// The multi-stream path (inputs of 12 KiB and more) against the bitwise
+// definition, at unaligned starts, and chained through the crc argument.
+TEST(WireFormat, Crc32cMatchesBitwiseDefinitionOnLongUnalignedInputs) {
+  auto bitwise = [](const uint8_t* p, size_t n, uint32_t crc) {
+    crc = ~crc;
+    for (size_t i = 0; i < n; ++i) {
+      crc ^= p[i];
+      for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+  };
+  std::mt19937 rng(5);
+  std::vector<uint8_t> buf(40003);
+  for (auto& b : buf) b = static_cast<uint8_t>(rng());
+  for (size_t n : {size_t{0}, size_t{7}, size_t{12287}, size_t{12288}, size_t{12289},
+                   size_t{2 * 12288 + 13}, size_t{40000}}) {
+    for (size_t off : {0, 1, 3}) {
+      EXPECT_EQ(crc32c(buf.data() + off, n), bitwise(buf.data() + off, n, 0))
+          << "n " << n << " offset " << off;
+    }
+  }
+  const uint32_t head = crc32c(buf.data(), 5000);
+  EXPECT_EQ(crc32c(buf.data() + 5000, 30000, head), crc32c(buf.data(), 35000));
+}
+
 }  // namespace
 }  // namespace geopipe::compression
