@@ -91,6 +91,7 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
     return exitCodeForFailure(*r);
   }
   display->summary(r->train, r->interrupted);
+  if (r->recoveries > 0) out << "recovered from " << r->recoveries << " failure(s)\n";
   return r->interrupted ? 130 : 0;
 }
 

@@ -97,6 +97,10 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
     return exitCodeForFailure(r.job);
   }
   if (display) display->summary(r.job.train, r.job.interrupted);
+  if (r.job.recoveries > 0) {
+    out << "recovered from " << r.job.recoveries << " failure(s), " << r.restarts
+        << " worker process(es) restarted\n";
+  }
   out << "worker logs: " << r.log_dir << "\n";
   return r.job.interrupted ? 130 : 0;
 }

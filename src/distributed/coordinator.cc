@@ -820,7 +820,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     placed_ = false;
     slot_of_rank_.clear();
     addresses_ = 0;
-    rows_.clear();
+    // Steps past the last commit are recomputed; earlier ones are complete
+    // (a commit needs every tasklet's report) and still to be emitted.
+    rows_.erase(rows_.lower_bound(committed_next_step_), rows_.end());
     checkpoints_.clear();
     eventLocked(detail::concat(
         "recovering (restart ", generation_ - 1, " of ", job_.fault_tolerance.max_restarts,
@@ -840,8 +842,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     first_step_ = committed_next_step_;
     resume_dir_ =
         first_step_ > 0 ? runtime::stepDirectory(job_.checkpoint.dir, first_step_) : std::string();
-    next_emit_ = first_step_;
-    result_.losses.resize(static_cast<size_t>(first_step_ - initial_first_step_));
+    if (next_emit_ > first_step_) {
+      next_emit_ = first_step_;
+      result_.losses.resize(static_cast<size_t>(first_step_ - initial_first_step_));
+    }
     for (auto& s : slots_) s.steps_done = false;
   }
 

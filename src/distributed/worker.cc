@@ -423,7 +423,9 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       fr.set_error(e.what());
       fr.set_error_type(type);
       try {
-        client.directiveCall(&pb::Coordinator::Stub::ReportFailure, fr, "ReportFailure");
+        const pb::Directive d =
+            client.directiveCall(&pb::Coordinator::Stub::ReportFailure, fr, "ReportFailure");
+        if (d.regroup() && !d.abort()) return leave(d.abort_reason());
       } catch (const Error&) {
         // The heartbeat thread tells whether the coordinator is gone.
       }

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "geopipe/error.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/distributed/coordinator.h"
 #include "src/distributed/recovery.h"
