@@ -875,7 +875,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                 r,
                 detail::concat(describeLocked(r), " failed: no heartbeat for ",
                                static_cast<int>(silent), " s (last step done: ", s.last_step + 1,
-                               "); the process died or its host is gone"),
+                               "); the process died or hangs, or its host is gone or cut off"),
                 "TimeoutError", true);
           }
         }

@@ -315,10 +315,16 @@ TEST(Recovery, KilledRandomWorkerIsReplacedAndTheLossesEqualAnUninterruptedRun) 
 }
 
 TEST(Recovery, HungWorkerIsNamedWithinTheHeartbeatTimeoutAndReplaced) {
+  // With every kind of state a tasklet carries across steps: AC-SGD
+  // buffers, quantized backward, top-k error-feedback residuals.
   TempDir dir;
-  const std::string job =
-      writeJob(dir, "job.yaml",
-               tinyJobYaml(40, std::string(kRecoveryJob) + "fault_tolerance: {heartbeat_timeout: 3}\n"));
+  const std::string job = writeJob(dir, "job.yaml",
+                                   tinyJobYaml(40, std::string(kRecoveryJob) +
+                                                       "fault_tolerance: {heartbeat_timeout: 3}\n"
+                                                       "compression:\n"
+                                                       "  activations: {method: acsgd, bits: 4}\n"
+                                                       "  backward: {method: quantize, bits: 8}\n"
+                                                       "  gradients: {method: topk, ratio: 0.1}\n"));
   const std::vector<double> want = inProcessLosses(job);
   std::filesystem::remove_all(dir.file("ckpt"));
 
