@@ -780,6 +780,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // job placed) ends only this generation.
   void decideFailureLocked(const Failure& f) {
     pending_.reset();
+    if (completeLocked()) {
+      // Every step is done and committed; the others may have left already.
+      eventLocked("after the job completed: " + f.message);
+      if (f.rank >= 0) slotOfRankLocked(f.rank)->info.finished = true;
+      return;
+    }
     const int max_restarts = job_.fault_tolerance.max_restarts;
     if (!isRecoverableFailure(f.type) || (!placed_ && !regrouping_)) {
       finalFailureLocked(f.rank, f.message, f.type);

@@ -143,11 +143,12 @@ struct FakeJob {
     return d;
   }
 
-  pb::Directive heartbeat(int rank, int64_t generation) {
+  pb::Directive heartbeat(int rank, int64_t generation, bool steps_done = false) {
     grpc::ClientContext ctx;
     pb::Heartbeat req;
     req.set_rank(rank);
     req.set_generation(generation);
+    req.set_steps_done(steps_done);
     pb::Directive d;
     EXPECT_TRUE(stub->SendHeartbeat(&ctx, req, &d).ok());
     return d;
@@ -246,6 +247,29 @@ TEST(Recovery, AKilledWorkerStartsANewGenerationFromTheLastCommit) {
   EXPECT_FALSE(job.heartbeat(0, 2).regroup());
   EXPECT_TRUE(job.heartbeat(0, 1).regroup()) << "a stale generation stays stale";
   EXPECT_FALSE(job.coordinator->waitFor(10ms).has_value());
+}
+
+TEST(Recovery, AWorkerLostAfterTheJobCompletedIsNoFailure) {
+  FakeJob job("{max_restarts: 2}");
+  job.runFirstGeneration();
+  for (int r = 0; r < 4; ++r) EXPECT_FALSE(job.heartbeat(r, 1, true).regroup());
+  EXPECT_TRUE(job.heartbeat(0, 1, true).complete());
+  for (int r = 0; r < 3; ++r) {
+    grpc::ClientContext ctx;
+    pb::FinishRequest req;
+    req.set_rank(r);
+    req.set_ok(true);
+    req.set_generation(1);
+    pb::FinishReply reply;
+    ASSERT_TRUE(job.stub->Finish(&ctx, req, &reply).ok());
+  }
+  job.coordinator->reportFailure(job.pid_of_rank[3], -1, "killed by signal 9 (SIGKILL)",
+                                 "ProcessKilled");
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->ok) << r->failure;
+  EXPECT_EQ(job.coordinator->generation(), 1);
+  EXPECT_TRUE(job.sawEvent("after the job completed: tasklet rank 3"));
 }
 
 TEST(Recovery, WithoutRestartsTheFailureEndsTheJobNamingTheTasklet) {
