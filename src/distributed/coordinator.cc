@@ -281,10 +281,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
     slots_.push_back(slot);
     const size_t id = slots_.size() - 1;
-    eventLocked(detail::concat(req->has_previous_rank() ? "worker rejoined: " : "worker joined: ",
-                               req->hostname(), " pid ", req->pid(), ", device ",
-                               req->device().empty() ? "any" : req->device(), " (",
-                               activeSlotsLocked(), "/", world_, ")"));
+    eventLocked(detail::concat(
+        req->has_previous_rank() ? "worker rejoined: " : "worker joined: ", req->hostname(),
+        " pid ", req->pid(), ", device ", req->device().empty() ? "any" : req->device(), " (",
+        activeSlotsLocked(), "/", world_, ")"));
     maybePlaceLocked();
     while (!placed_ && !ended_ && !shutting_down_) {
       if (ctx->IsCancelled()) {
@@ -669,11 +669,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     result_.layers_of_stage = placement_.layers_of_stage;
     result_.placement_source = placement_.source;
     placed_ = true;
-    std::string line = detail::concat(generation_ > 1 ? detail::concat("generation ", generation_,
-                                                                       " ")
-                                                      : std::string(),
-                                      "placement (", placement_.source,
-                                      reuse ? ", unchanged" : "", "):");
+    std::string line = detail::concat(
+        generation_ > 1 ? detail::concat("generation ", generation_, " ") : std::string(),
+        "placement (", placement_.source, reuse ? ", unchanged" : "", "):");
     for (int r = 0; r < world_; ++r) {
       const auto& l = placement_.layers_of_stage[static_cast<size_t>(r % stages_)];
       line += detail::concat(" rank ", r, "->device ",
@@ -921,8 +919,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           const Failure& f = regroup_failure_;
           finalFailureLocked(
               f.rank,
-              detail::concat(f.message, "; recovery gave up: ", activeSlotsLocked(), " of ",
-                             world_, " workers rejoined within ", rejoin_timeout_.count() / 1000,
+              detail::concat(f.message, "; recovery gave up: ", activeSlotsLocked(), " of ", world_,
+                             " workers rejoined within ", rejoin_timeout_.count() / 1000,
                              " s (fault_tolerance.rejoin_timeout). Start a worker for the lost "
                              "tasklet sooner, or restart the job with --resume"),
               f.type);
@@ -1006,16 +1004,16 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // Failure handling.
   std::chrono::milliseconds heartbeat_timeout_{10000};
   std::chrono::milliseconds rejoin_timeout_{60000};
-  int64_t generation_ = 1;              // +1 per recovery
-  int64_t announced_generation_ = 0;    // generation whose start was logged
-  int64_t initial_first_step_ = 0;      // first step of generation 1
-  int64_t committed_next_step_ = 0;     // the newest committed checkpoint's step
-  int64_t emitted_upto_ = 0;            // steps before this went to on_step
-  bool regrouping_ = false;             // waiting for workers to rejoin
+  int64_t generation_ = 1;            // +1 per recovery
+  int64_t announced_generation_ = 0;  // generation whose start was logged
+  int64_t initial_first_step_ = 0;    // first step of generation 1
+  int64_t committed_next_step_ = 0;   // the newest committed checkpoint's step
+  int64_t emitted_upto_ = 0;          // steps before this went to on_step
+  bool regrouping_ = false;           // waiting for workers to rejoin
   Clock::time_point regroup_since_;
-  Failure regroup_failure_;             // what ended the last generation
-  std::string regroup_reason_;          // told to the workers
-  std::set<int64_t> lost_pids_;         // declared dead, left out
+  Failure regroup_failure_;      // what ended the last generation
+  std::string regroup_reason_;   // told to the workers
+  std::set<int64_t> lost_pids_;  // declared dead, left out
 };
 
 Coordinator::Coordinator(CoordinatorOptions options)

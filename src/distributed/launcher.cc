@@ -130,12 +130,12 @@ LaunchResult launchJob(const LaunchOptions& opt) {
             SpawnOptions so = spawn_of[i];
             so.process_group = group;  // the first worker's group outlives it
             so.log_file = (fs::path(out.log_dir) / ("worker-" + std::to_string(i) + ".restart-" +
-                                                     std::to_string(restarts) + ".log"))
+                                                    std::to_string(restarts) + ".log"))
                               .string();
             if (opt.on_event) {
-              opt.on_event(detail::concat("restarting worker ", i, " (pid ", c.pid(), " ",
-                                          cause, "), restart ", restarts, " of ", max_restarts,
-                                          "; log ", so.log_file));
+              opt.on_event(detail::concat("restarting worker ", i, " (pid ", c.pid(), " ", cause,
+                                          "), restart ", restarts, " of ", max_restarts, "; log ",
+                                          so.log_file));
             }
             ChildProcess fresh = ChildProcess::spawn(so);
             log_of[fresh.pid()] = so.log_file;

@@ -8,8 +8,8 @@
 namespace geopipe::distributed {
 
 bool isRecoverableFailure(const std::string& error_type) {
-  return error_type == "ProcessKilled" || error_type == "TimeoutError" ||
-         error_type == "IoError" || error_type == "ProtocolError";
+  return error_type == "ProcessKilled" || error_type == "TimeoutError" || error_type == "IoError" ||
+         error_type == "ProtocolError";
 }
 
 std::chrono::milliseconds heartbeatInterval(std::chrono::milliseconds timeout) {

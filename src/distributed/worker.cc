@@ -285,8 +285,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
   auto leave = [&](const std::string& reason) {
     heartbeat.reset();
     if (grpc_transport) grpc_transport->close();
-    event(detail::concat("tasklet rank ", rank, " leaves generation ", a.generation(), " (",
-                         reason, "); rejoining"));
+    event(detail::concat("tasklet rank ", rank, " leaves generation ", a.generation(), " (", reason,
+                         "); rejoining"));
     return GenerationEnd::REGROUP;
   };
   try {
@@ -300,14 +300,13 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     for (int s = 0; s < a.first_layer_size(); ++s)
       placement.layers_of_stage.emplace_back(a.first_layer(s), a.last_layer(s));
     placement.source = a.placement_source();
-    event(detail::concat("tasklet rank ", rank, " (stage ", result.stage, ", replica ",
-                         result.replica, ") on device ", placement.device_of_rank[rank],
-                         ", layers [", placement.layers_of_stage[result.stage].first, ", ",
-                         placement.layers_of_stage[result.stage].second, ")",
-                         a.generation() > 1 ? detail::concat(", generation ", a.generation())
-                                            : std::string(),
-                         a.resume_dir().empty() ? std::string()
-                                                : ", restoring " + a.resume_dir()));
+    event(detail::concat(
+        "tasklet rank ", rank, " (stage ", result.stage, ", replica ", result.replica,
+        ") on device ", placement.device_of_rank[rank], ", layers [",
+        placement.layers_of_stage[result.stage].first, ", ",
+        placement.layers_of_stage[result.stage].second, ")",
+        a.generation() > 1 ? detail::concat(", generation ", a.generation()) : std::string(),
+        a.resume_dir().empty() ? std::string() : ", restoring " + a.resume_dir()));
 
     // The peer service: bind first, then tell the coordinator the port.
     transport::GrpcTransportOptions to;
@@ -384,8 +383,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
         cr.set_next_step(step + 1);
         cr.set_generation(a.generation());
         for (const auto& f : files) cr.add_files(f);
-        const pb::Directive dc = client.directiveCall(&pb::Coordinator::Stub::ReportCheckpoint,
-                                                      cr, "ReportCheckpoint");
+        const pb::Directive dc =
+            client.directiveCall(&pb::Coordinator::Stub::ReportCheckpoint, cr, "ReportCheckpoint");
         if (dc.regroup() && !dc.abort()) return leave(dc.abort_reason());
       }
       if (stop) {
@@ -415,8 +414,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
         isRecoverableFailure(type)) {
       // Maybe a peer died: say what happened here and wait for the
       // coordinator's verdict (regroup, or the end of the job).
-      spdlog::warn("tasklet rank {} step failed ({}); waiting for the coordinator", rank,
-                   e.what());
+      spdlog::warn("tasklet rank {} step failed ({}); waiting for the coordinator", rank, e.what());
       pb::FailureReport fr;
       fr.set_rank(rank);
       fr.set_generation(a.generation());

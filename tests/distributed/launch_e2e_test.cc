@@ -11,11 +11,11 @@
 
 #include <atomic>
 #include <cmath>
-#include <mutex>
-#include <random>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -318,13 +318,13 @@ TEST(Recovery, HungWorkerIsNamedWithinTheHeartbeatTimeoutAndReplaced) {
   // With every kind of state a tasklet carries across steps: AC-SGD
   // buffers, quantized backward, top-k error-feedback residuals.
   TempDir dir;
-  const std::string job = writeJob(dir, "job.yaml",
-                                   tinyJobYaml(40, std::string(kRecoveryJob) +
-                                                       "fault_tolerance: {heartbeat_timeout: 3}\n"
-                                                       "compression:\n"
-                                                       "  activations: {method: acsgd, bits: 4}\n"
-                                                       "  backward: {method: quantize, bits: 8}\n"
-                                                       "  gradients: {method: topk, ratio: 0.1}\n"));
+  const std::string job = writeJob(
+      dir, "job.yaml",
+      tinyJobYaml(40, std::string(kRecoveryJob) + "fault_tolerance: {heartbeat_timeout: 3}\n"
+                                                  "compression:\n"
+                                                  "  activations: {method: acsgd, bits: 4}\n"
+                                                  "  backward: {method: quantize, bits: 8}\n"
+                                                  "  gradients: {method: topk, ratio: 0.1}\n"));
   const std::vector<double> want = inProcessLosses(job);
   std::filesystem::remove_all(dir.file("ckpt"));
 
@@ -422,8 +422,8 @@ TEST(Recovery, WorkersOfAVanishedCoordinatorStopWithinTheTimeout) {
   for (int i = 0; i < 4; ++i) {
     SpawnOptions so;
     so.program = GEOPIPE_BINARY;
-    so.argv = {GEOPIPE_BINARY,  "worker",      "--coordinator", coordinator->listeningAddress(),
-               "--listen",      "127.0.0.1:0", "--threads",     "1"};
+    so.argv = {GEOPIPE_BINARY, "worker",      "--coordinator", coordinator->listeningAddress(),
+               "--listen",     "127.0.0.1:0", "--threads",     "1"};
     so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
     workers.push_back(ChildProcess::spawn(so));
   }

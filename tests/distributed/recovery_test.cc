@@ -191,7 +191,8 @@ struct FakeJob {
   }
 
   bool waitForGeneration(int64_t g) {
-    for (int i = 0; i < 100 && coordinator->generation() < g; ++i) std::this_thread::sleep_for(20ms);
+    for (int i = 0; i < 100 && coordinator->generation() < g; ++i)
+      std::this_thread::sleep_for(20ms);
     return coordinator->generation() >= g;
   }
 };
@@ -238,8 +239,7 @@ TEST(Recovery, AKilledWorkerStartsANewGenerationFromTheLastCommit) {
     EXPECT_EQ(a.heartbeat_interval_ms(), 1000);
     // The same devices came back: the same plan and layers.
     EXPECT_EQ(std::vector<int>(a.device_of_rank().begin(), a.device_of_rank().end()),
-              std::vector<int>(first[0].device_of_rank().begin(),
-                               first[0].device_of_rank().end()));
+              std::vector<int>(first[0].device_of_rank().begin(), first[0].device_of_rank().end()));
   }
   EXPECT_TRUE(job.sawEvent("generation 2 placement"));
   EXPECT_TRUE(job.sawEvent("unchanged"));
@@ -275,7 +275,8 @@ TEST(Recovery, AWorkerLostAfterTheJobCompletedIsNoFailure) {
 TEST(Recovery, WithoutRestartsTheFailureEndsTheJobNamingTheTasklet) {
   FakeJob job("{max_restarts: 0}");
   job.runFirstGeneration();
-  job.coordinator->reportFailure(job.pid_of_rank[1], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  job.coordinator->reportFailure(job.pid_of_rank[1], -1, "killed by signal 9 (SIGKILL)",
+                                 "ProcessKilled");
   auto r = job.coordinator->waitFor(5s);
   ASSERT_TRUE(r.has_value());
   EXPECT_FALSE(r->ok);
@@ -330,8 +331,7 @@ TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
   ASSERT_TRUE(r.has_value());
   EXPECT_FALSE(r->ok);
   EXPECT_EQ(r->failed_rank, 3);
-  EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos)
-      << r->failure;
+  EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos) << r->failure;
   EXPECT_NE(r->failure.find("recovery gave up: 3 of 4 workers rejoined within 1 s"),
             std::string::npos)
       << r->failure;
