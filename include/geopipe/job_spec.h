@@ -134,6 +134,14 @@ struct CheckpointSpec {
   int keep = 2;          // committed checkpoints to keep
 };
 
+// What the coordinator does when a worker dies, hangs or is cut off
+// (docs/operations.md, "Failure handling").
+struct FaultToleranceSpec {
+  double heartbeat_timeout = 10.0;  // seconds of silence before a worker counts as dead
+  int max_restarts = 3;             // automatic recoveries per run; 0: a failure ends the job
+  double rejoin_timeout = 60.0;     // seconds to wait for every tasklet's worker after a failure
+};
+
 struct LoggingSpec {
   std::string level = "info";  // trace | debug | info | warn | error | off
   std::string metrics_file;    // JSON lines, one per step; empty disables
@@ -153,6 +161,7 @@ struct JobSpec {
   TransportSpec transport;
   CheckpointSpec checkpoint;
   LoggingSpec logging;
+  FaultToleranceSpec fault_tolerance;
 
   // Micro-batches per step for one replica: global_batch / (D_dp * micro_batch).
   int microBatchesPerReplica(int data_parallel) const {

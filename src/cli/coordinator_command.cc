@@ -33,8 +33,9 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
                  "write JSON lines here (overrides logging.metrics_file)");
   app.add_option("--token", args.token, "workers must present this token (--token)");
   app.add_option("--heartbeat-timeout", args.heartbeat_timeout,
-                 "seconds without word from a worker before it counts as dead")
-      ->capture_default_str();
+                 "seconds without word from a worker before it counts as dead (default: "
+                 "fault_tolerance.heartbeat_timeout of the job, 10)")
+      ->check(CLI::Range(1.0, 3600.0));
 }
 
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
@@ -44,8 +45,10 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   if (args.steps) opt.steps = *args.steps;
   opt.resume = args.resume;
   opt.join_token = args.token;
-  opt.heartbeat_timeout =
-      std::chrono::milliseconds(static_cast<int64_t>(args.heartbeat_timeout * 1000));
+  if (args.heartbeat_timeout) {
+    opt.heartbeat_timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(*args.heartbeat_timeout * 1000));
+  }
   std::unique_ptr<ProgressDisplay> display;
   opt.on_step = [&](const StepMetrics& m) {
     if (display) display->onStep(m);
@@ -88,6 +91,7 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
     return exitCodeForFailure(*r);
   }
   display->summary(r->train, r->interrupted);
+  if (r->recoveries > 0) out << "recovered from " << r->recoveries << " failure(s)\n";
   return r->interrupted ? 130 : 0;
 }
 

@@ -19,7 +19,8 @@ struct LaunchArgs {
   std::string metrics_file;       // overrides logging.metrics_file
   std::string log_dir;            // workers' logs; empty = a temp directory
   int threads = 0;                // LibTorch threads per worker; 0 = cores / tasklets
-  double heartbeat_timeout = 15;  // seconds of silence before a worker counts as dead
+  // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
+  std::optional<double> heartbeat_timeout;
 };
 void addLaunchOptions(CLI::App& app, LaunchArgs& args);
 // 0 done, 130 interrupted (Ctrl-C), 5 a worker or the coordinator failed.
@@ -32,7 +33,8 @@ struct CoordinatorArgs {
   bool resume = false;                  // continue from the newest committed checkpoint
   std::string metrics_file;             // overrides logging.metrics_file
   std::string token;                    // workers must present it; empty accepts any
-  double heartbeat_timeout = 15;        // seconds of silence before a worker counts as dead
+  // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
+  std::optional<double> heartbeat_timeout;
 };
 void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args);
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out);

@@ -40,8 +40,9 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   app.add_option("--threads", args.threads, "LibTorch threads per worker (0: cores / tasklets)")
       ->capture_default_str();
   app.add_option("--heartbeat-timeout", args.heartbeat_timeout,
-                 "seconds without word from a worker before it counts as dead")
-      ->capture_default_str();
+                 "seconds without word from a worker before it counts as dead (default: "
+                 "fault_tolerance.heartbeat_timeout of the job, 10)")
+      ->check(CLI::Range(1.0, 3600.0));
 }
 
 int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
@@ -51,8 +52,10 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   opt.resume = args.resume;
   opt.log_dir = args.log_dir;
   opt.threads_per_worker = args.threads;
-  opt.heartbeat_timeout =
-      std::chrono::milliseconds(static_cast<int64_t>(args.heartbeat_timeout * 1000));
+  if (args.heartbeat_timeout) {
+    opt.heartbeat_timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(*args.heartbeat_timeout * 1000));
+  }
   g_signals = 0;
   opt.should_stop = [] { return g_signals.load() >= 1; };
   opt.should_abort = [] { return g_signals.load() >= 2; };
@@ -94,6 +97,10 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
     return exitCodeForFailure(r.job);
   }
   if (display) display->summary(r.job.train, r.job.interrupted);
+  if (r.job.recoveries > 0) {
+    out << "recovered from " << r.job.recoveries << " failure(s), " << r.restarts
+        << " worker process(es) restarted\n";
+  }
   out << "worker logs: " << r.log_dir << "\n";
   return r.job.interrupted ? 130 : 0;
 }

@@ -70,6 +70,7 @@ class JobReader {
     readTransport(r.child("transport"));
     readCheckpoint(r.child("checkpoint"));
     readLogging(r.child("logging"));
+    readFaultTolerance(r.child("fault_tolerance"));
     r.finish();
     if (job_.name.empty()) {
       job_.name = fs::path(ctx_.file).stem().string();
@@ -305,6 +306,17 @@ class JobReader {
       r.getString("metrics_file", l.metrics_file);
       r.getInt("every_steps", l.every_steps, 1, kBig);
       l.metrics_file = resolvePath(base_dir_, l.metrics_file);
+    });
+  }
+
+  void readFaultTolerance(const YAML::Node& node) {
+    section(node, "fault_tolerance", [&](MapReader& r) {
+      FaultToleranceSpec& f = job_.fault_tolerance;
+      // Heartbeats go out every second at most, so a shorter timeout would
+      // declare healthy workers dead.
+      r.getDouble("heartbeat_timeout", f.heartbeat_timeout, 1.0, 3600.0);
+      r.getInt("max_restarts", f.max_restarts, 0, 1000);
+      r.getDouble("rejoin_timeout", f.rejoin_timeout, 1.0, 86400.0);
     });
   }
 

@@ -1,5 +1,6 @@
 // The Coordinator service: join, plan, address exchange, step metrics,
-// checkpoint commits, heartbeats and the stop / abort directives.
+// checkpoint commits, heartbeats, the stop / abort directives, and recovery:
+// generations that regroup the surviving workers after a failure.
 #include "src/distributed/coordinator.h"
 
 #include <grpcpp/grpcpp.h>
@@ -18,6 +19,7 @@
 #include "scheduler/planner.h"
 #include "src/common/strings.h"
 #include "src/distributed/job_bundle.h"
+#include "src/distributed/recovery.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
@@ -113,6 +115,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (opt_.resume) findResumePoint();
     next_emit_ = first_step_;
     max_reported_ = first_step_ - 1;
+    initial_first_step_ = first_step_;
+    committed_next_step_ = first_step_;
+    const FaultToleranceSpec& ft = job_.fault_tolerance;
+    heartbeat_timeout_ = opt_.heartbeat_timeout.value_or(
+        std::chrono::milliseconds(static_cast<int64_t>(ft.heartbeat_timeout * 1000)));
+    rejoin_timeout_ = std::chrono::milliseconds(static_cast<int64_t>(ft.rejoin_timeout * 1000));
 
     grpc::ServerBuilder builder;
     builder.AddListeningPort(opt_.listen_address, grpc::InsecureServerCredentials(), &port_);
@@ -150,7 +158,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (ended_ || stop_after_ >= 0) return;
     interrupted_ = true;
     if (!placed_) {
-      finalFailureLocked(-1, "the job was stopped before every worker joined", "Interrupted");
+      finalFailureLocked(-1,
+                         regrouping_ ? "the job was stopped while it regrouped after a failure; "
+                                       "restart it with --resume from the last checkpoint"
+                                     : "the job was stopped before every worker joined",
+                         "Interrupted");
       return;
     }
     stop_after_ = std::min<int64_t>(max_reported_ + 1, job_.training.steps - 1);
@@ -162,6 +174,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   void reportFailure(int64_t pid, int rank, const std::string& cause, const std::string& type) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (pid > 0 && rank < 0 && lost_pids_.count(pid)) {
+      // Already declared dead and left out of the job: its end is no news.
+      eventLocked(detail::concat("lost worker pid ", pid, " is gone: ", cause));
+      return;
+    }
     if (rank < 0) {
       for (const auto& s : slots_)
         if (s.info.pid == pid && !s.gone) rank = s.info.rank;
@@ -174,9 +191,20 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::vector<TaskletInfo> tasklets() const {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<TaskletInfo> out;
+    if (!placed_) return out;
     for (int r = 0; r < static_cast<int>(slot_of_rank_.size()); ++r)
       out.push_back(slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(r)])].info);
     return out;
+  }
+
+  std::vector<int64_t> lostWorkers() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::vector<int64_t>(lost_pids_.begin(), lost_pids_.end());
+  }
+
+  int64_t generation() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return generation_;
   }
 
   std::optional<CoordinatorResult> waitFor(std::chrono::milliseconds timeout) {
@@ -189,6 +217,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     CoordinatorResult r;
     r.ok = !failure_;
     r.interrupted = interrupted_;
+    r.recoveries = static_cast<int>(generation_ - 1);
     if (failure_) {
       r.failure = failure_->message;
       r.failure_type = failure_->type;
@@ -208,6 +237,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   bool waitForWorkersGone(std::chrono::milliseconds timeout) {
     std::unique_lock<std::mutex> lock(mu_);
     return cv_.wait_for(lock, timeout, [&] {
+      if (!placed_) return true;
       for (int s : slot_of_rank_)
         if (!slots_[static_cast<size_t>(s)].info.finished) return false;
       return true;
@@ -245,19 +275,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     slot.listen_host =
         isWildcardHost(req->listen_host()) ? hostOfPeer(ctx->peer()) : req->listen_host();
     slot.last_seen = Clock::now();
+    slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
     slots_.push_back(slot);
     const size_t id = slots_.size() - 1;
-    eventLocked(detail::concat("worker joined: ", req->hostname(), " pid ", req->pid(), ", device ",
-                               req->device().empty() ? "any" : req->device(), " (",
-                               activeSlotsLocked(), "/", world_, ")"));
-    if (activeSlotsLocked() == world_) {
-      try {
-        placeLocked();
-      } catch (const Error& e) {
-        finalFailureLocked(-1, detail::concat("cannot place the job: ", e.what()), "ConfigError");
-      }
-      cv_.notify_all();
-    }
+    eventLocked(detail::concat(
+        req->has_previous_rank() ? "worker rejoined: " : "worker joined: ", req->hostname(),
+        " pid ", req->pid(), ", device ", req->device().empty() ? "any" : req->device(), " (",
+        activeSlotsLocked(), "/", world_, ")"));
+    maybePlaceLocked();
     while (!placed_ && !ended_ && !shutting_down_) {
       if (ctx->IsCancelled()) {
         slots_[id].gone = true;
@@ -267,11 +292,16 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       }
       cv_.wait_for(lock, kPoll);
     }
-    if (!placed_ || ended_) {
+    if (!placed_ || ended_ || slots_[id].info.rank < 0) {
       return {grpc::StatusCode::ABORTED,
               failure_ ? failure_->message : std::string("the coordinator is shutting down")};
     }
     const Slot& s = slots_[id];
+    out->set_generation(s.generation);
+    out->set_heartbeat_interval_ms(heartbeatInterval(heartbeat_timeout_).count());
+    out->set_heartbeat_timeout_ms(heartbeat_timeout_.count());
+    out->set_recoverable(job_.fault_tolerance.max_restarts > 0);
+    out->set_rejoin_timeout_ms(rejoin_timeout_.count());
     out->set_protocol_version(kProtocol);
     out->set_rank(s.info.rank);
     out->set_stages(stages_);
@@ -296,15 +326,24 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status ReportAddress(grpc::ServerContext* ctx, const pb::AddressRequest* req,
                              pb::AddressTable* out) override {
     std::unique_lock<std::mutex> lock(mu_);
+    const auto stale = [&] { return req->generation() != generation_ || !placed_; };
+    if (stale() && !ended_) {
+      out->set_regroup(true);
+      return grpc::Status::OK;
+    }
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     s->info.address = req->address();
     s->last_seen = Clock::now();
     ++addresses_;
     cv_.notify_all();
-    while (addresses_ < world_ && !ended_ && !shutting_down_) {
+    while (addresses_ < world_ && !ended_ && !shutting_down_ && !stale()) {
       if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "worker left"};
       cv_.wait_for(lock, kPoll);
+    }
+    if (stale() && !ended_) {
+      out->set_regroup(true);
+      return grpc::Status::OK;
     }
     if (ended_ || shutting_down_) {
       return {grpc::StatusCode::ABORTED,
@@ -314,7 +353,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       train_started_ = true;
       start_at_ = Clock::now();
       eventLocked("every worker is connected; training");
+    } else if (announced_generation_ != generation_) {
+      eventLocked(detail::concat("generation ", generation_,
+                                 ": every worker is connected; training from step ",
+                                 first_step_ + 1));
     }
+    announced_generation_ = generation_;
     for (int r = 0; r < world_; ++r) out->add_addresses(slotOfRankLocked(r)->info.address);
     return grpc::Status::OK;
   }
@@ -322,6 +366,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status ReportStep(grpc::ServerContext*, const pb::StepReport* req,
                           pb::Directive* out) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     const auto now = Clock::now();
@@ -354,13 +399,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     max_reported_ = std::max(max_reported_, req->step());
     if (row.arrived == world_) cv_.notify_all();
-    fillDirectiveLocked(out);
+    fillDirectiveLocked(out, req->generation());
     return grpc::Status::OK;
   }
 
   grpc::Status ReportCheckpoint(grpc::ServerContext*, const pb::CheckpointReport* req,
                                 pb::Directive* out) override {
     std::unique_lock<std::mutex> lock(mu_);
+    if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     s->last_seen = Clock::now();
@@ -386,6 +432,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       lock.lock();
       --commits_in_flight_;
       if (error.empty()) {
+        committed_next_step_ = std::max(committed_next_step_, req->next_step());
         eventLocked(detail::concat("checkpoint committed: ",
                                    runtime::stepDirectory(job_.checkpoint.dir, req->next_step())));
       } else {
@@ -393,38 +440,48 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       }
       cv_.notify_all();
     }
-    fillDirectiveLocked(out);
+    fillDirectiveLocked(out, req->generation());
     return grpc::Status::OK;
   }
 
   grpc::Status SendHeartbeat(grpc::ServerContext*, const pb::Heartbeat* req,
                              pb::Directive* out) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     s->last_seen = Clock::now();
-    fillDirectiveLocked(out);
+    if (req->steps_done() && !s->steps_done) {
+      s->steps_done = true;
+      cv_.notify_all();
+    }
+    fillDirectiveLocked(out, req->generation());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReportFailure(grpc::ServerContext*, const pb::FailureReport* req,
+                             pb::Directive* out) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (staleLocked(req->generation(), out)) return grpc::Status::OK;
+    Slot* s = slotOfRankLocked(req->rank());
+    if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
+    s->last_seen = Clock::now();
+    recordWorkerFailureLocked(req->rank(), req->error(), req->error_type());
+    fillDirectiveLocked(out, req->generation());
     return grpc::Status::OK;
   }
 
   grpc::Status Finish(grpc::ServerContext*, const pb::FinishRequest* req,
                       pb::FinishReply*) override {
     std::lock_guard<std::mutex> lock(mu_);
+    // A worker of an ended generation leaving is no news: the failure that
+    // ended it is already handled.
+    if (req->generation() != generation_ || !placed_) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     s->info.finished = true;
     s->last_seen = Clock::now();
-    if (!req->ok()) {
-      const std::string& type = req->error_type();
-      // A broken link or a timeout is often the consequence of another
-      // tasklet's death: hold it for failure_grace in case the root cause
-      // arrives.
-      const bool primary = type != "IoError" && type != "TimeoutError";
-      recordFailureLocked(req->rank(),
-                          detail::concat(describeLocked(req->rank()), " failed: ",
-                                         type.empty() ? "" : type + ": ", req->error()),
-                          type, primary);
-    }
+    if (!req->ok()) recordWorkerFailureLocked(req->rank(), req->error(), req->error_type());
     cv_.notify_all();
     return grpc::Status::OK;
   }
@@ -436,7 +493,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::string listen_host;  // what peers use to reach it
     Clock::time_point last_seen;
     int64_t last_step = -1;
-    bool gone = false;  // left before placement
+    bool gone = false;        // left before placement, or its generation ended
+    int previous_rank = -1;   // its rank in the previous generation, if any
+    int64_t generation = 0;   // the generation it was placed in
+    bool steps_done = false;  // ran its last step and reported its checkpoint
   };
   struct Row {
     StepMetrics metrics;
@@ -530,8 +590,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     return grpc::Status::OK;
   }
 
+  // Places the job once every tasklet has a worker and no checkpoint is
+  // being committed (a new generation resumes from the newest commit).
+  void maybePlaceLocked() {
+    if (placed_ || ended_ || activeSlotsLocked() != world_ || commits_in_flight_ > 0) return;
+    try {
+      placeLocked();
+    } catch (const Error& e) {
+      finalFailureLocked(-1, detail::concat("cannot place the job: ", e.what()), "ConfigError");
+    }
+    cv_.notify_all();
+  }
+
   // Plans the job over the devices the workers asked for (all of them when
-  // every worker said "any") and gives every worker a rank.
+  // every worker said "any") and gives every worker a rank. A new
+  // generation over the same devices reuses the previous plan, so the
+  // recovered run computes exactly what the uninterrupted one would.
   void placeLocked() {
     std::vector<size_t> active;
     std::set<int> named;
@@ -541,7 +615,15 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       if (slots_[i].device >= 0) named.insert(slots_[i].device);
     }
     const int n_devices = job_.topology.numDevices();
-    if (named.empty() || n_devices == 0) {
+    const auto previous_layers = placement_.layers_of_stage;
+    const bool reuse = generation_ > 1 && !placement_.device_of_rank.empty() &&
+                       std::all_of(named.begin(), named.end(), [&](int d) {
+                         return std::count(placement_.device_of_rank.begin(),
+                                           placement_.device_of_rank.end(), d) > 0;
+                       });
+    if (reuse) {
+      // The same plan: every named device is one the previous plan used.
+    } else if (named.empty() || n_devices == 0) {
       placement_ = runtime::choosePlacement(model_, job_, {}, {});
     } else {
       std::vector<int> keep(named.begin(), named.end());
@@ -553,22 +635,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       placement_ = runtime::choosePlacement(model_, sub, {}, {});
       for (int& d : placement_.device_of_rank) d = keep[static_cast<size_t>(d)];
     }
+    if (generation_ > 1 && placement_.layers_of_stage != previous_layers) {
+      // The checkpoint holds each stage's layers: a new generation keeps the cut.
+      placement_.layers_of_stage = previous_layers;
+    }
+    std::vector<RankClaim> claims;
+    for (size_t i : active) claims.push_back({slots_[i].device, slots_[i].previous_rank});
+    const std::vector<int> worker_of_rank = assignRanks(placement_.device_of_rank, claims);
     slot_of_rank_.assign(static_cast<size_t>(world_), -1);
-    for (size_t i : active) {
-      if (slots_[i].device < 0) continue;
-      for (int r = 0; r < world_; ++r)
-        if (placement_.device_of_rank[static_cast<size_t>(r)] == slots_[i].device)
-          slot_of_rank_[static_cast<size_t>(r)] = static_cast<int>(i);
-    }
-    size_t next = 0;
-    for (size_t i : active) {
-      if (slots_[i].device >= 0) continue;
-      while (slot_of_rank_[next] >= 0) ++next;
-      slot_of_rank_[next] = static_cast<int>(i);
-    }
+    for (int r = 0; r < world_; ++r)
+      slot_of_rank_[static_cast<size_t>(r)] =
+          static_cast<int>(active[static_cast<size_t>(worker_of_rank[static_cast<size_t>(r)])]);
+    startGenerationLocked();
     for (int r = 0; r < world_; ++r) {
       Slot& s = slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(r)])];
       GEOPIPE_CHECK(s.info.rank < 0, Error, "rank assigned twice");
+      s.generation = generation_;
       s.info.rank = r;
       s.info.stage = r % stages_;
       s.info.replica = r / stages_;
@@ -584,7 +666,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     result_.layers_of_stage = placement_.layers_of_stage;
     result_.placement_source = placement_.source;
     placed_ = true;
-    std::string line = detail::concat("placement (", placement_.source, "):");
+    std::string line = detail::concat(
+        generation_ > 1 ? detail::concat("generation ", generation_, " ") : std::string(),
+        "placement (", placement_.source, reuse ? ", unchanged" : "", "):");
     for (int r = 0; r < world_; ++r) {
       const auto& l = placement_.layers_of_stage[static_cast<size_t>(r % stages_)];
       line += detail::concat(" rank ", r, "->device ",
@@ -607,11 +691,47 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                           s->info.hostname, " pid ", s->info.pid, ")");
   }
 
-  void fillDirectiveLocked(pb::Directive* d) {
+  // The standing instructions for a worker of `generation`: regroup when
+  // its generation has ended (and the job goes on).
+  void fillDirectiveLocked(pb::Directive* d, int64_t generation) {
     d->set_stop_after_step(stop_after_);
     d->set_checkpoint_at_stop(checkpoint_at_stop_);
     d->set_abort(abort_);
     d->set_abort_reason(abort_reason_);
+    d->set_generation(generation_);
+    if (!abort_ && (generation != generation_ || !placed_)) {
+      d->set_regroup(true);
+      d->set_abort_reason(regroup_reason_);
+    }
+    d->set_complete(completeLocked());
+  }
+
+  // A call from a worker of an ended generation: answered with regroup.
+  bool staleLocked(int64_t generation, pb::Directive* out) {
+    if (generation == generation_ && placed_) return false;
+    fillDirectiveLocked(out, generation);
+    return true;
+  }
+
+  // Every tasklet ran its last step and reported its checkpoint (whose
+  // commit ran inside the last report): workers may leave.
+  bool completeLocked() const {
+    if (!placed_ || abort_ || commits_in_flight_ > 0) return false;
+    for (int s : slot_of_rank_)
+      if (!slots_[static_cast<size_t>(s)].steps_done) return false;
+    return true;
+  }
+
+  // A worker's own report that its step failed.
+  void recordWorkerFailureLocked(int rank, const std::string& error, const std::string& type) {
+    // A broken link or a timeout is often the consequence of another
+    // tasklet's death: hold it for failure_grace in case the root cause
+    // arrives.
+    const bool primary = type != "IoError" && type != "TimeoutError";
+    recordFailureLocked(
+        rank,
+        detail::concat(describeLocked(rank), " failed: ", type.empty() ? "" : type + ": ", error),
+        type, primary);
   }
 
   void recordFailureLocked(int rank, const std::string& message, const std::string& type,
@@ -651,6 +771,85 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     f.type = "TimeoutError";
   }
 
+  // A failure is final: ends the job, or (recoverable, restarts left, the
+  // job placed) ends only this generation.
+  void decideFailureLocked(const Failure& f) {
+    pending_.reset();
+    if (completeLocked()) {
+      // Every step is done and committed; the others may have left already.
+      eventLocked("after the job completed: " + f.message);
+      if (f.rank >= 0) slotOfRankLocked(f.rank)->info.finished = true;
+      return;
+    }
+    const int max_restarts = job_.fault_tolerance.max_restarts;
+    if (!isRecoverableFailure(f.type) || (!placed_ && !regrouping_)) {
+      finalFailureLocked(f.rank, f.message, f.type);
+      return;
+    }
+    if (!placed_) {
+      // A worker died while the others rejoin: rejoin_timeout bounds the
+      // wait for its replacement.
+      eventLocked(detail::concat("while regrouping: ", f.message));
+      return;
+    }
+    if (generation_ - 1 >= max_restarts) {
+      finalFailureLocked(f.rank,
+                         max_restarts == 0
+                             ? f.message
+                             : detail::concat(f.message, "; no restart left (", max_restarts,
+                                              " done, fault_tolerance.max_restarts)"),
+                         f.type);
+      return;
+    }
+    regroupLocked(f);
+  }
+
+  // Ends the current generation: the failed worker is left out (a launcher
+  // replaces it), every other worker is told to regroup on its next call
+  // and Registers again; the next generation is placed once every tasklet
+  // has a worker, within rejoin_timeout.
+  void regroupLocked(const Failure& f) {
+    eventLocked("failure detected: " + f.message);
+    if (f.rank >= 0) lost_pids_.insert(slotOfRankLocked(f.rank)->info.pid);
+    const int64_t redo = max_reported_ + 1 - committed_next_step_;
+    ++generation_;
+    regrouping_ = true;
+    regroup_since_ = Clock::now();
+    regroup_failure_ = f;
+    regroup_reason_ = detail::concat("generation ", generation_ - 1, " ended: ", f.message);
+    for (auto& s : slots_) s.gone = true;
+    placed_ = false;
+    slot_of_rank_.clear();
+    addresses_ = 0;
+    // Steps past the last commit are recomputed; earlier ones are complete
+    // (a commit needs every tasklet's report) and still to be emitted.
+    rows_.erase(rows_.lower_bound(committed_next_step_), rows_.end());
+    checkpoints_.clear();
+    eventLocked(detail::concat(
+        "recovering (restart ", generation_ - 1, " of ", job_.fault_tolerance.max_restarts,
+        "): generation ", generation_, " resumes from ",
+        committed_next_step_ > 0 ? detail::concat("the checkpoint at step ", committed_next_step_)
+                                 : std::string("step 0 (no checkpoint committed yet)"),
+        redo > 0 ? detail::concat(", recomputing ", redo, " step(s) done since") : std::string(),
+        "; waiting up to ", rejoin_timeout_.count() / 1000, " s for ", world_, " workers"));
+    cv_.notify_all();
+  }
+
+  // At placement: where this generation starts. The first starts where
+  // --resume said (or at step 0), a later one at the newest commit.
+  void startGenerationLocked() {
+    if (generation_ == 1) return;
+    regrouping_ = false;
+    first_step_ = committed_next_step_;
+    resume_dir_ =
+        first_step_ > 0 ? runtime::stepDirectory(job_.checkpoint.dir, first_step_) : std::string();
+    if (next_emit_ > first_step_) {
+      next_emit_ = first_step_;
+      result_.losses.resize(static_cast<size_t>(first_step_ - initial_first_step_));
+    }
+    for (auto& s : slots_) s.steps_done = false;
+  }
+
   void finalFailureLocked(int rank, const std::string& message, const std::string& type) {
     if (abort_) return;
     failure_ = Failure{message, type, rank, true, Clock::now()};
@@ -672,12 +871,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           const Slot& s = *slotOfRankLocked(r);
           if (s.info.finished) continue;
           const double silent = secondsBetween(s.last_seen, now);
-          if (silent * 1000 > opt_.heartbeat_timeout.count()) {
+          if (silent * 1000 > heartbeat_timeout_.count()) {
             recordFailureLocked(
                 r,
                 detail::concat(describeLocked(r), " failed: no heartbeat for ",
                                static_cast<int>(silent), " s (last step done: ", s.last_step + 1,
-                               "); the process died or its host is gone"),
+                               "); the process died or hangs, or its host is gone or cut off"),
                 "TimeoutError", true);
           }
         }
@@ -709,7 +908,20 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       if (pending_ && !abort_ && (pending_->primary || now - pending_->at >= opt_.failure_grace)) {
         Failure f = *pending_;
         if (!f.primary) blameSilentTaskletLocked(f, now);
-        finalFailureLocked(f.rank, f.message, f.type);
+        decideFailureLocked(f);
+      }
+      if (regrouping_ && !placed_ && !ended_) {
+        maybePlaceLocked();  // waits for commits that were in flight
+        if (!placed_ && now - regroup_since_ > rejoin_timeout_) {
+          const Failure& f = regroup_failure_;
+          finalFailureLocked(
+              f.rank,
+              detail::concat(f.message, "; recovery gave up: ", activeSlotsLocked(), " of ", world_,
+                             " workers rejoined within ", rejoin_timeout_.count() / 1000,
+                             " s (fault_tolerance.rejoin_timeout). Start a worker for the lost "
+                             "tasklet sooner, or restart the job with --resume"),
+              f.type);
+        }
       }
       lock.unlock();
       flushSteps();
@@ -736,6 +948,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         last_step_at_ = Clock::now();
         rows_.erase(it);
         ++next_emit_;
+        // A step recomputed after a recovery is reported once, the first
+        // time (with the same devices its numbers are the same).
+        if (m.step < emitted_upto_) continue;
+        emitted_upto_ = m.step + 1;
         ready.push_back(m);
       }
     }
@@ -781,6 +997,20 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::optional<Failure> pending_;
   std::optional<Failure> failure_;
   TrainResult result_;
+
+  // Failure handling.
+  std::chrono::milliseconds heartbeat_timeout_{10000};
+  std::chrono::milliseconds rejoin_timeout_{60000};
+  int64_t generation_ = 1;            // +1 per recovery
+  int64_t announced_generation_ = 0;  // generation whose start was logged
+  int64_t initial_first_step_ = 0;    // first step of generation 1
+  int64_t committed_next_step_ = 0;   // the newest committed checkpoint's step
+  int64_t emitted_upto_ = 0;          // steps before this went to on_step
+  bool regrouping_ = false;           // waiting for workers to rejoin
+  Clock::time_point regroup_since_;
+  Failure regroup_failure_;      // what ended the last generation
+  std::string regroup_reason_;   // told to the workers
+  std::set<int64_t> lost_pids_;  // declared dead, left out
 };
 
 Coordinator::Coordinator(CoordinatorOptions options)
@@ -804,6 +1034,12 @@ void Coordinator::reportFailure(int64_t pid, int rank, const std::string& cause,
 }
 std::vector<TaskletInfo> Coordinator::tasklets() const {
   return impl_->tasklets();
+}
+std::vector<int64_t> Coordinator::lostWorkers() const {
+  return impl_->lostWorkers();
+}
+int64_t Coordinator::generation() const {
+  return impl_->generation();
 }
 std::optional<CoordinatorResult> Coordinator::waitFor(std::chrono::milliseconds timeout) {
   return impl_->waitFor(timeout);

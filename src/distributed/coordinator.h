@@ -2,7 +2,9 @@
 // coordinator.proto) that workers join, that plans the job once every
 // tasklet has a worker, hands out ranks, layers and the peer address table,
 // collects every step's metrics, commits checkpoints, notices workers that
-// vanish, and tells everyone when to stop. Torch-free header.
+// vanish or hang, recovers from such failures (a new generation over the
+// workers that rejoin, resumed from the last committed checkpoint), and
+// tells everyone when to stop. Torch-free header.
 #pragma once
 
 #include <chrono>
@@ -30,8 +32,10 @@ struct CoordinatorOptions {
   // Workers must present this token; empty accepts any worker.
   std::string join_token;
   // A placed worker that sends nothing (heartbeat or report) for this long
-  // has failed; the job is stopped naming its tasklet.
-  std::chrono::milliseconds heartbeat_timeout{15000};
+  // has failed and is named. Unset: the job's
+  // fault_tolerance.heartbeat_timeout (10 s by default). Workers stop on
+  // their own when the coordinator is silent as long.
+  std::optional<std::chrono::milliseconds> heartbeat_timeout;
   // A tasklet whose step report is this much later than the first report of
   // the same step has failed (the step barrier's deadline).
   std::chrono::milliseconds step_deadline{300000};
@@ -63,6 +67,7 @@ struct TaskletInfo {
 struct CoordinatorResult {
   bool ok = false;           // every tasklet finished every step it was asked to
   bool interrupted = false;  // requestStop ended the run early
+  int recoveries = 0;        // failures recovered from (generations - 1)
   std::string failure;       // what failed, naming the tasklet; empty when ok
   std::string failure_type;  // the error type of the root cause ("IoError", ...)
   int failed_rank = -1;      // the tasklet named by `failure`, -1 if none
@@ -96,8 +101,15 @@ class Coordinator {
   void reportFailure(int64_t pid, int rank, const std::string& cause,
                      const std::string& type = "ProcessError");
 
-  // Every joined worker, by rank once placed (empty before placement).
+  // Every joined worker, by rank once placed (empty before placement and
+  // while the job regroups after a failure).
   std::vector<TaskletInfo> tasklets() const;
+  // Processes the coordinator has declared dead (silent, hung, or named by a
+  // failure) and left out of the next generation: a launcher kills any of
+  // these that still run (a hung process) so it can start a replacement.
+  std::vector<int64_t> lostWorkers() const;
+  // The current generation: 1 for the first attempt, +1 per recovery.
+  int64_t generation() const;
 
   // Waits up to `timeout` for the job to end: every worker finished, or a
   // failure is final (and the workers have been told to abort). nullopt if

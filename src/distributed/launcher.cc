@@ -66,6 +66,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
 
   std::vector<ChildProcess> children;
   std::map<pid_t, std::string> log_of;
+  std::vector<SpawnOptions> spawn_of;  // by child index, to start a replacement
   pid_t group = 0;
   auto killEverything = [&] { stopAll(children, std::chrono::milliseconds(0)); };
   try {
@@ -91,18 +92,32 @@ LaunchResult launchJob(const LaunchOptions& opt) {
       children.push_back(ChildProcess::spawn(so));
       if (group == 0) group = children.back().pid();
       log_of[children.back().pid()] = so.log_file;
+      spawn_of.push_back(so);
     }
   } catch (...) {
     killEverything();
     throw;
   }
+  // A worker killed by a signal (kill -9, OOM killer, a crash) is started
+  // again, up to fault_tolerance.max_restarts times; the coordinator has
+  // the survivors regroup with it. One that exits with an error code is
+  // not: it would fail the same way.
+  const int max_restarts = coordinator.job().fault_tolerance.max_restarts;
+  int restarts = 0;
 
   // Watch: children that exit, Ctrl-C, and the coordinator's verdict.
   std::optional<CoordinatorResult> result;
   bool aborted = false;
   pid_t failed_pid = 0;
   while (!result) {
-    for (auto& c : children) {
+    // Processes the coordinator declared dead but that still run (hung,
+    // stopped): kill them, so they are replaced below.
+    for (int64_t pid : coordinator.lostWorkers()) {
+      for (auto& c : children)
+        if (c.pid() == pid && c.running()) c.signal(SIGKILL);
+    }
+    for (size_t i = 0; i < children.size(); ++i) {
+      ChildProcess& c = children[i];
       if (!c.running()) continue;
       if (auto st = c.poll()) {
         if (!st->ok()) {
@@ -110,6 +125,23 @@ LaunchResult launchJob(const LaunchOptions& opt) {
           std::string cause = st->str();
           coordinator.reportFailure(c.pid(), -1, cause,
                                     st->signaled ? "ProcessKilled" : "ProcessFailed");
+          if (st->signaled && restarts < max_restarts) {
+            ++restarts;
+            SpawnOptions so = spawn_of[i];
+            so.process_group = group;  // the first worker's group outlives it
+            so.log_file = (fs::path(out.log_dir) / ("worker-" + std::to_string(i) + ".restart-" +
+                                                    std::to_string(restarts) + ".log"))
+                              .string();
+            if (opt.on_event) {
+              opt.on_event(detail::concat("restarting worker ", i, " (pid ", c.pid(), " ", cause,
+                                          "), restart ", restarts, " of ", max_restarts, "; log ",
+                                          so.log_file));
+            }
+            ChildProcess fresh = ChildProcess::spawn(so);
+            log_of[fresh.pid()] = so.log_file;
+            children[i] = std::move(fresh);
+            // The dead one's exit code is reaped; its slot now runs the new one.
+          }
         }
       }
     }
@@ -133,6 +165,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   stopAll(children, opt.shutdown_grace);
 
   out.job = *result;
+  out.restarts = restarts;
   if (!out.job.ok) {
     // The log of the tasklet the coordinator names, else of the first
     // process that failed.

@@ -1,7 +1,9 @@
 // `geopipe launch` as a library: one coordinator in this process and one
 // worker process per tasklet (fork/exec of the geopipe binary) on
-// 127.0.0.1, watched until the job ends. A worker that dies ends the job
-// with its tasklet named; every child is reaped before launchJob returns.
+// 127.0.0.1, watched until the job ends. A worker killed by a signal is
+// started again (fault_tolerance.max_restarts) and the job recovers; a
+// failure it cannot recover from ends the job with its tasklet named.
+// Every child is reaped before launchJob returns.
 // Torch-free header.
 #pragma once
 
@@ -34,8 +36,9 @@ struct LaunchOptions {
   int threads_per_worker = 0;
   // Longest wait for a peer's message inside a worker.
   int timeout_seconds = 300;
-  // A worker silent this long has failed (see CoordinatorOptions).
-  std::chrono::milliseconds heartbeat_timeout{15000};
+  // A worker silent this long has failed (see CoordinatorOptions); unset:
+  // the job's fault_tolerance.heartbeat_timeout.
+  std::optional<std::chrono::milliseconds> heartbeat_timeout;
   // After the job ends, how long workers get to exit before SIGTERM, and
   // then SIGKILL after as long again.
   std::chrono::milliseconds shutdown_grace{10000};
@@ -59,6 +62,7 @@ struct LaunchResult {
   CoordinatorResult job;        // ok / interrupted / failure naming the tasklet
   std::string log_dir;          // the workers' logs
   int workers = 0;              // processes started
+  int restarts = 0;             // workers started again after being killed
   std::string failed_log_tail;  // last lines of the failed worker's log
 };
 

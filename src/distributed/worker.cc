@@ -17,6 +17,7 @@
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
 #include "src/distributed/job_bundle.h"
+#include "src/distributed/recovery.h"
 #include "src/distributed/rpc_status.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
@@ -68,11 +69,13 @@ class CoordinatorClient {
     stub_ = pb::Coordinator::NewStub(channel_);
   }
 
-  pb::Assignment registerWorker(const pb::RegisterRequest& req, std::chrono::milliseconds wait) {
+  // `first`: wait for the coordinator to come up (it may start after us);
+  // a worker rejoining after a failure fails at once if it is gone.
+  pb::Assignment registerWorker(const pb::RegisterRequest& req, std::chrono::milliseconds wait,
+                                bool first = true) {
     grpc::ClientContext ctx;
-    // Wait for the coordinator to come up (it may start after us), and for
-    // every other worker to join.
-    ctx.set_wait_for_ready(true);
+    // Wait for every other worker to join.
+    ctx.set_wait_for_ready(first);
     ctx.set_deadline(std::chrono::system_clock::now() +
                      (wait.count() > 0 ? wait : std::chrono::hours(24 * 365)));
     pb::Assignment out;
@@ -92,9 +95,11 @@ class CoordinatorClient {
   pb::Directive directiveCall(grpc::Status (pb::Coordinator::Stub::*method)(grpc::ClientContext*,
                                                                             const Req&,
                                                                             pb::Directive*),
-                              const Req& req, const char* what) {
+                              const Req& req, const char* what,
+                              std::chrono::milliseconds deadline = {}) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     (deadline.count() > 0 ? deadline : timeout_));
     pb::Directive out;
     throwIfFailed(((*stub_).*method)(&ctx, req, &out), peer_, what);
     return out;
@@ -108,6 +113,9 @@ class CoordinatorClient {
   }
 
   const std::string& peer() const { return peer_; }
+  // The coordinator's silence that ends the worker (from the Assignment).
+  void setTimeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
 
  private:
   std::string peer_;
@@ -116,14 +124,26 @@ class CoordinatorClient {
   std::unique_ptr<pb::Coordinator::Stub> stub_;
 };
 
-// Sends heartbeats from its own thread and watches the directive for an
-// abort; on abort (or a coordinator that stopped answering) it closes the
-// transport so a tasklet blocked on a peer fails at once.
+// Sends heartbeats from its own thread and watches the directive. On an
+// abort, a regroup (this generation ended) or a coordinator that stopped
+// answering it closes the transport, so a tasklet blocked on a peer fails
+// at once; the main thread then asks verdict() what happened. Once the
+// tasklet has run its last step (steps_done) it polls fast until the
+// coordinator says the job is complete.
 class HeartbeatThread {
  public:
-  HeartbeatThread(CoordinatorClient& client, int rank, const WorkerOptions& opt,
+  enum class Verdict { NONE, COMPLETE, REGROUP, ABORT, LOST };
+
+  HeartbeatThread(CoordinatorClient& client, const pb::Assignment& a,
                   transport::GrpcTransport& transport, std::atomic<int64_t>& last_step)
-      : client_(client), rank_(rank), opt_(opt), transport_(transport), last_step_(last_step) {
+      : client_(client),
+        rank_(a.rank()),
+        generation_(a.generation()),
+        interval_(a.heartbeat_interval_ms()),
+        timeout_(client.timeout()),
+        transport_(transport),
+        last_step_(last_step) {
+    if (interval_.count() <= 0) interval_ = heartbeatInterval(timeout_);
     thread_ = std::thread([this] { loop(); });
   }
   ~HeartbeatThread() {
@@ -134,10 +154,27 @@ class HeartbeatThread {
     cv_.notify_all();
     thread_.join();
   }
-  // Why the worker must stop now; empty while all is well.
-  std::string abortReason() {
+  // What ended this generation (NONE while all is well); `reason` says why.
+  Verdict verdict(std::string* reason = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
-    return abort_reason_;
+    if (reason) *reason = reason_;
+    return verdict_;
+  }
+  // The tasklet ran its last step: say so and poll fast from now on.
+  void stepsDone() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      steps_done_ = true;
+    }
+    cv_.notify_all();
+  }
+  // Blocks until there is a verdict (COMPLETE counts only after
+  // stepsDone()). LOST at the latest after the coordinator timeout.
+  Verdict waitForVerdict(std::string* reason) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return verdict_ != Verdict::NONE; });
+    *reason = reason_;
+    return verdict_;
   }
 
  private:
@@ -145,76 +182,86 @@ class HeartbeatThread {
     auto last_ok = Clock::now();
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
-      cv_.wait_for(lock, opt_.heartbeat_interval);
+      cv_.wait_for(lock, steps_done_ ? std::chrono::milliseconds(50) : interval_);
       if (stop_) break;
+      const bool done = steps_done_;
       lock.unlock();
+      Verdict v = Verdict::NONE;
       std::string reason;
       try {
         pb::Heartbeat hb;
         hb.set_rank(rank_);
         hb.set_step(last_step_.load());
-        pb::Directive d =
-            client_.directiveCall(&pb::Coordinator::Stub::SendHeartbeat, hb, "SendHeartbeat");
+        hb.set_generation(generation_);
+        hb.set_steps_done(done);
+        // A short deadline, so a coordinator that hangs is noticed as soon
+        // as one that is gone.
+        pb::Directive d = client_.directiveCall(&pb::Coordinator::Stub::SendHeartbeat, hb,
+                                                "SendHeartbeat", std::max(interval_, timeout_ / 4));
         last_ok = Clock::now();
-        if (d.abort()) reason = "aborted by the coordinator: " + d.abort_reason();
+        if (d.abort()) {
+          v = Verdict::ABORT;
+          reason = "aborted by the coordinator: " + d.abort_reason();
+        } else if (d.regroup()) {
+          v = Verdict::REGROUP;
+          reason = d.abort_reason();
+        } else if (done && d.complete()) {
+          v = Verdict::COMPLETE;
+        }
       } catch (const Error& e) {
-        if (Clock::now() - last_ok > opt_.coordinator_timeout) {
-          reason = std::string("lost the coordinator: ") + e.what();
+        if (Clock::now() - last_ok > timeout_) {
+          v = Verdict::LOST;
+          reason = detail::concat("lost the coordinator: no answer for ", timeout_.count() / 1000,
+                                  " s (", e.what(), "); stopping this worker");
         }
       }
       lock.lock();
-      if (!reason.empty() && abort_reason_.empty()) {
-        abort_reason_ = reason;
-        spdlog::warn("{}", reason);
-        lock.unlock();
-        transport_.close();
-        lock.lock();
+      if (v != Verdict::NONE && verdict_ == Verdict::NONE) {
+        verdict_ = v;
+        reason_ = reason;
+        if (v != Verdict::COMPLETE) {
+          spdlog::warn("{}", reason);
+          lock.unlock();
+          transport_.close();
+          lock.lock();
+        }
+        cv_.notify_all();
       }
+      if (verdict_ != Verdict::NONE) break;
     }
   }
 
   CoordinatorClient& client_;
-  int rank_;
-  const WorkerOptions& opt_;
+  const int rank_;
+  const int64_t generation_;
+  std::chrono::milliseconds interval_;
+  const std::chrono::milliseconds timeout_;
   transport::GrpcTransport& transport_;
   std::atomic<int64_t>& last_step_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
-  std::string abort_reason_;
+  bool steps_done_ = false;
+  Verdict verdict_ = Verdict::NONE;
+  std::string reason_;
   std::thread thread_;
 };
 
-}  // namespace
+enum class GenerationEnd { DONE, REGROUP };
 
-WorkerResult runWorker(const WorkerOptions& opt) {
-  auto event = [&](const std::string& line) {
-    spdlog::info("{}", line);
-    if (opt.on_event) opt.on_event(line);
-  };
-  CoordinatorClient client(opt.coordinator, opt.coordinator_timeout);
-  pb::RegisterRequest reg;
-  reg.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
-  reg.set_device(opt.device.empty() ? "any" : opt.device);
-  reg.set_join_token(opt.join_token);
-  reg.set_hostname(hostName());
-  reg.set_pid(::getpid());
-  reg.set_listen_host(hostPart(opt.listen));
-  event("joining " + client.peer() + " as device " + reg.device());
-  const pb::Assignment a = client.registerWorker(reg, opt.join_timeout);
-  if (a.protocol_version() != pb::COORDINATOR_PROTOCOL_CURRENT) {
-    GEOPIPE_THROW(ProtocolError, client.peer(), " speaks coordinator protocol version ",
-                  a.protocol_version(), " but this worker speaks version ",
-                  static_cast<int>(pb::COORDINATOR_PROTOCOL_CURRENT),
-                  "; run the same geopipe release on every host");
-  }
-  WorkerResult result;
-  result.rank = a.rank();
-  result.stage = a.rank() % a.stages();
-  result.replica = a.rank() / a.stages();
-  result.first_step = a.first_step();
+// One generation of this worker: build the tasklet the Assignment
+// describes (restoring its checkpoint), train until the end, a stop, or
+// the generation's end. Returns REGROUP when the coordinator regroups the
+// job after a failure; throws (after telling the coordinator) when the job
+// ends with a failure.
+GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
+                            const pb::Assignment& a, WorkerResult& result,
+                            const std::function<void(const std::string&)>& event) {
   const int rank = a.rank();
   const int world = a.stages() * a.replicas();
+  result.rank = rank;
+  result.stage = rank % a.stages();
+  result.replica = rank / a.stages();
 
   // From here on every failure is reported to the coordinator before it is
   // rethrown, so the launcher can name this tasklet and its cause.
@@ -227,11 +274,21 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     f.set_ok(ok);
     f.set_error(error);
     f.set_error_type(type);
+    f.set_generation(a.generation());
     try {
       client.finish(f);
     } catch (const Error& e) {
       spdlog::warn("could not tell the coordinator that tasklet {} finished: {}", rank, e.what());
     }
+  };
+  // Drops this generation: heartbeats, peer streams (the tasklet goes with
+  // the scope that throws or returns).
+  auto leave = [&](const std::string& reason) {
+    heartbeat.reset();
+    if (grpc_transport) grpc_transport->close();
+    event(detail::concat("tasklet rank ", rank, " leaves generation ", a.generation(), " (", reason,
+                         "); rejoining"));
+    return GenerationEnd::REGROUP;
   };
   try {
     JobSpec job = parseBundle({a.job_yaml(), a.job_source(), a.base_dir()});
@@ -244,10 +301,13 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     for (int s = 0; s < a.first_layer_size(); ++s)
       placement.layers_of_stage.emplace_back(a.first_layer(s), a.last_layer(s));
     placement.source = a.placement_source();
-    event(detail::concat("tasklet rank ", rank, " (stage ", result.stage, ", replica ",
-                         result.replica, ") on device ", placement.device_of_rank[rank],
-                         ", layers [", placement.layers_of_stage[result.stage].first, ", ",
-                         placement.layers_of_stage[result.stage].second, ")"));
+    event(detail::concat(
+        "tasklet rank ", rank, " (stage ", result.stage, ", replica ", result.replica,
+        ") on device ", placement.device_of_rank[rank], ", layers [",
+        placement.layers_of_stage[result.stage].first, ", ",
+        placement.layers_of_stage[result.stage].second, ")",
+        a.generation() > 1 ? detail::concat(", generation ", a.generation()) : std::string(),
+        a.resume_dir().empty() ? std::string() : ", restoring " + a.resume_dir()));
 
     // The peer service: bind first, then tell the coordinator the port.
     transport::GrpcTransportOptions to;
@@ -261,7 +321,9 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     pb::AddressRequest ar;
     ar.set_rank(rank);
     ar.set_address(advertised);
+    ar.set_generation(a.generation());
     const pb::AddressTable table = client.reportAddress(ar);
+    if (table.regroup()) return leave("the generation ended before training started");
     for (int r = 0; r < world; ++r)
       if (r != rank) grpc_transport->setPeerAddress(r, table.addresses(r));
     std::shared_ptr<transport::Transport> net = grpc_transport;
@@ -277,7 +339,7 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     if (job.transport.emulate_links && job.topology.numDevices() > 0) {
       net = runtime::emulateLinks(net, job, placement);
     }
-    heartbeat = std::make_unique<HeartbeatThread>(client, rank, opt, *grpc_transport, last_step);
+    heartbeat = std::make_unique<HeartbeatThread>(client, a, *grpc_transport, last_step);
 
     const int threads = opt.threads > 0
                             ? opt.threads
@@ -295,19 +357,13 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     const std::string& ckpt_dir = job.checkpoint.dir;
     const int every = job.checkpoint.every_steps;
     for (int64_t step = a.first_step(); step < steps; ++step) {
-      runtime::TaskletStep ts;
-      try {
-        ts = tasklet.runStep(step);
-      } catch (const Error&) {
-        const std::string reason = heartbeat->abortReason();
-        if (!reason.empty()) GEOPIPE_THROW(IoError, reason);
-        throw;
-      }
+      const runtime::TaskletStep ts = tasklet.runStep(step);
       last_step = step;
       ++result.steps_done;
       pb::StepReport rep;
       rep.set_rank(rank);
       rep.set_step(step);
+      rep.set_generation(a.generation());
       rep.set_has_loss(ts.has_loss);
       rep.set_loss(ts.loss);
       rep.set_lr(ts.part.lr);
@@ -323,6 +379,7 @@ WorkerResult runWorker(const WorkerOptions& opt) {
       const pb::Directive d =
           client.directiveCall(&pb::Coordinator::Stub::ReportStep, rep, "ReportStep");
       if (d.abort()) GEOPIPE_THROW(IoError, "aborted by the coordinator: ", d.abort_reason());
+      if (d.regroup()) return leave(d.abort_reason());
       const bool stop = d.stop_after_step() >= 0 && step >= d.stop_after_step();
       // Checkpoints: the job's schedule (the Trainer's rule: every
       // `every_steps` and after the last step), or where the coordinator
@@ -334,29 +391,115 @@ WorkerResult runWorker(const WorkerOptions& opt) {
         pb::CheckpointReport cr;
         cr.set_rank(rank);
         cr.set_next_step(step + 1);
+        cr.set_generation(a.generation());
         for (const auto& f : files) cr.add_files(f);
-        client.directiveCall(&pb::Coordinator::Stub::ReportCheckpoint, cr, "ReportCheckpoint");
+        const pb::Directive dc =
+            client.directiveCall(&pb::Coordinator::Stub::ReportCheckpoint, cr, "ReportCheckpoint");
+        if (dc.regroup() && !dc.abort()) return leave(dc.abort_reason());
       }
       if (stop) {
         result.stopped_early = step + 1 < steps;
         break;
       }
     }
+    // Leave only once every tasklet is done: until then a failure of
+    // another one may still need this worker in a new generation.
+    heartbeat->stepsDone();
+    std::string reason;
+    switch (heartbeat->waitForVerdict(&reason)) {
+      case HeartbeatThread::Verdict::COMPLETE:
+        break;
+      case HeartbeatThread::Verdict::REGROUP:
+        return leave(reason);
+      default:
+        GEOPIPE_THROW(IoError, reason);
+    }
     heartbeat.reset();
     finish(true, "", "");
   } catch (const std::exception& e) {
-    std::string reason = heartbeat ? heartbeat->abortReason() : "";
+    std::string reason;
+    auto verdict = heartbeat ? heartbeat->verdict(&reason) : HeartbeatThread::Verdict::NONE;
+    const std::string type = errorTypeName(e);
+    if (verdict == HeartbeatThread::Verdict::NONE && heartbeat && a.recoverable() &&
+        isRecoverableFailure(type)) {
+      // Maybe a peer died: say what happened here and wait for the
+      // coordinator's verdict (regroup, or the end of the job).
+      spdlog::warn("tasklet rank {} step failed ({}); waiting for the coordinator", rank, e.what());
+      pb::FailureReport fr;
+      fr.set_rank(rank);
+      fr.set_generation(a.generation());
+      fr.set_error(e.what());
+      fr.set_error_type(type);
+      try {
+        const pb::Directive d =
+            client.directiveCall(&pb::Coordinator::Stub::ReportFailure, fr, "ReportFailure");
+        if (d.regroup() && !d.abort()) return leave(d.abort_reason());
+      } catch (const Error&) {
+        // The heartbeat thread tells whether the coordinator is gone.
+      }
+      verdict = heartbeat->waitForVerdict(&reason);
+    }
+    if (verdict == HeartbeatThread::Verdict::REGROUP) return leave(reason);
     heartbeat.reset();
-    if (!reason.empty() && reason.rfind("aborted", 0) == 0) {
+    if (verdict == HeartbeatThread::Verdict::ABORT) {
       // Another tasklet failed; this one is collateral.
       finish(false, reason, "Aborted");
-    } else {
-      finish(false, e.what(), errorTypeName(e));
+    } else if (verdict != HeartbeatThread::Verdict::LOST) {
+      finish(false, e.what(), type);
     }
     if (grpc_transport) grpc_transport->close();
+    if (verdict == HeartbeatThread::Verdict::ABORT || verdict == HeartbeatThread::Verdict::LOST) {
+      GEOPIPE_THROW(IoError, reason);
+    }
     throw;
   }
-  event(detail::concat("tasklet rank ", rank, " done: ", result.steps_done, " steps",
+  return GenerationEnd::DONE;
+}
+
+}  // namespace
+
+WorkerResult runWorker(const WorkerOptions& opt) {
+  auto event = [&](const std::string& line) {
+    spdlog::info("{}", line);
+    if (opt.on_event) opt.on_event(line);
+  };
+  CoordinatorClient client(opt.coordinator, opt.coordinator_timeout);
+  pb::RegisterRequest reg;
+  reg.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+  reg.set_device(opt.device.empty() ? "any" : opt.device);
+  reg.set_join_token(opt.join_token);
+  reg.set_hostname(hostName());
+  reg.set_pid(::getpid());
+  reg.set_listen_host(hostPart(opt.listen));
+  event("joining " + client.peer() + " as device " + reg.device());
+  WorkerResult result;
+  std::chrono::milliseconds rejoin_wait{0};
+  for (int64_t attempt = 0;; ++attempt) {
+    const pb::Assignment a = attempt == 0
+                                 ? client.registerWorker(reg, opt.join_timeout)
+                                 : client.registerWorker(reg, rejoin_wait, /*first=*/false);
+    if (a.protocol_version() != pb::COORDINATOR_PROTOCOL_CURRENT) {
+      GEOPIPE_THROW(ProtocolError, client.peer(), " speaks coordinator protocol version ",
+                    a.protocol_version(), " but this worker speaks version ",
+                    static_cast<int>(pb::COORDINATOR_PROTOCOL_CURRENT),
+                    "; run the same geopipe release on every host");
+    }
+    if (attempt == 0) result.first_step = a.first_step();
+    if (a.heartbeat_timeout_ms() > 0) {
+      client.setTimeout(std::chrono::milliseconds(a.heartbeat_timeout_ms()));
+    }
+    // A rejoin waits for the other workers at most as long as the
+    // coordinator does, plus its failure-detection time.
+    rejoin_wait = std::chrono::milliseconds(a.rejoin_timeout_ms()) + client.timeout() +
+                  std::chrono::seconds(5);
+    if (runGeneration(client, opt, a, result, event) == GenerationEnd::DONE) break;
+    ++result.recoveries;
+    reg.set_previous_rank(a.rank());
+  }
+  event(detail::concat("tasklet rank ", result.rank, " done: ", result.steps_done, " steps",
+                       result.recoveries > 0
+                           ? detail::concat(" in ", result.recoveries + 1, " generations")
+                           : std::string(),
                        result.stopped_early ? " (stopped early by the coordinator)" : ""));
   return result;
 }

@@ -25,10 +25,11 @@ struct WorkerOptions {
   std::string join_token;
   // LibTorch intra-op threads; 0 = every core of this host.
   int threads = 0;
-  // How often the worker tells the coordinator it is alive.
-  std::chrono::milliseconds heartbeat_interval{1000};
   // The coordinator unreachable for this long (no reply to a heartbeat or
-  // report) ends the worker with IoError: the job is gone.
+  // report) ends the worker with IoError: the job is gone. Once placed, the
+  // coordinator's heartbeat timeout (fault_tolerance.heartbeat_timeout)
+  // replaces it, and heartbeats go out five times per timeout (at most 1 s
+  // apart).
   std::chrono::milliseconds coordinator_timeout{30000};
   // Longest wait to be placed after joining; 0 waits as long as it takes
   // for every worker to join.
@@ -44,15 +45,19 @@ struct WorkerResult {
   int stage = -1;
   int replica = -1;
   int64_t first_step = 0;      // > 0 when resumed
-  int64_t steps_done = 0;      // steps this run executed
+  int64_t steps_done = 0;      // steps this run executed (recomputed ones included)
   bool stopped_early = false;  // the coordinator stopped the job before its end
+  int recoveries = 0;          // generations this worker left to regroup
 };
 
-// Runs one worker to the end. Throws the tasklet's failure (after telling
-// the coordinator): ConfigError for a wrong device / job, ProtocolError for
-// a coordinator of another version, IoError / TimeoutError for peers and
-// the coordinator, and IoError "aborted by the coordinator: ..." when
-// another tasklet failed.
+// Runs one worker to the end. When another tasklet fails and the job
+// recovers, the worker drops its tasklet, registers again and continues in
+// the next generation from the last committed checkpoint. Throws the
+// tasklet's failure (after telling the coordinator): ConfigError for a
+// wrong device / job, ProtocolError for a coordinator of another version,
+// IoError / TimeoutError for peers, IoError "lost the coordinator: ..."
+// when it stops answering, and IoError "aborted by the coordinator: ..."
+// when another tasklet failed and the job ends.
 WorkerResult runWorker(const WorkerOptions& options);
 
 }  // namespace geopipe::distributed

@@ -1,6 +1,8 @@
 // Jobs launched as worker processes of the real geopipe binary on loopback:
-// the same losses as the in-process Trainer, AC-SGD, stop + resume, and a
-// killed worker that ends the job naming its tasklet without orphans.
+// the same losses as the in-process Trainer, AC-SGD, stop + resume, a
+// killed worker that ends the job naming its tasklet without orphans (no
+// restarts allowed), and recovery: a killed or hung worker replaced with
+// the losses of an uninterrupted run, a killed coordinator resumed.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -12,6 +14,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -143,7 +147,8 @@ TEST(Launch, KilledWorkerEndsTheJobNamingItsTaskletWithoutOrphans) {
   const std::string job = writeJob(dir, "job.yaml",
                                    tinyJobYaml(100000,
                                                "transport: {emulate_links: false}\n"
-                                               "logging: {metrics_file: metrics.jsonl}\n"));
+                                               "logging: {metrics_file: metrics.jsonl}\n"
+                                               "fault_tolerance: {max_restarts: 0}\n"));
   // Orphans of the launcher would be re-parented to this process.
   ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
   SpawnOptions so;
@@ -196,8 +201,10 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   // links).
   TempDir dir;
   CoordinatorOptions co;
-  co.job_path =
-      writeJob(dir, "job.yaml", tinyJobYaml(100000, "transport: {emulate_links: false}\n"));
+  co.job_path = writeJob(dir, "job.yaml",
+                         tinyJobYaml(100000,
+                                     "transport: {emulate_links: false}\n"
+                                     "fault_tolerance: {max_restarts: 0}\n"));
   co.listen_address = "127.0.0.1:0";
   co.heartbeat_timeout = std::chrono::seconds(20);
   std::atomic<int64_t> done{0};
@@ -236,6 +243,208 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos) << r->failure;
   stopAll(workers, std::chrono::seconds(10));
   for (auto& w : workers) EXPECT_FALSE(w.running());
+}
+
+// --- recovery ---------------------------------------------------------------
+
+// One-line events with the time they arrived.
+struct EventLog {
+  std::mutex mu;
+  std::vector<std::pair<std::chrono::steady_clock::time_point, std::string>> lines;
+  std::function<void(const std::string&)> sink() {
+    return [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(mu);
+      lines.emplace_back(std::chrono::steady_clock::now(), line);
+      std::cout << "[event] " << line << "\n";
+    };
+  }
+  // The first line containing `part`, if any.
+  std::optional<std::pair<std::chrono::steady_clock::time_point, std::string>> find(
+      const std::string& part) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& l : lines)
+      if (l.second.find(part) != std::string::npos) return l;
+    return std::nullopt;
+  }
+};
+
+// Waits (up to 60 s) until `done` reaches `steps`; then `act` on one
+// worker process chosen at random among this process's children.
+std::thread actOnARandomWorkerAfter(std::atomic<int64_t>& done, int64_t steps,
+                                    std::function<void(pid_t)> act) {
+  return std::thread([&done, steps, act] {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (done.load() < steps && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::vector<pid_t> workers = childrenOf(::getpid());
+    if (workers.empty()) return;
+    std::random_device rd;
+    const pid_t victim = workers[rd() % workers.size()];
+    std::cout << "after step " << done.load() << ": worker pid " << victim << " of "
+              << workers.size() << "\n";
+    act(victim);
+  });
+}
+
+const char* const kRecoveryJob =
+    "transport: {emulate_links: false}\n"
+    "checkpoint: {dir: ckpt, every_steps: 5}\n";
+
+TEST(Recovery, KilledRandomWorkerIsReplacedAndTheLossesEqualAnUninterruptedRun) {
+  TempDir dir;
+  const std::string job = writeJob(dir, "job.yaml", tinyJobYaml(40, kRecoveryJob));
+  const std::vector<double> want = inProcessLosses(job);
+  std::filesystem::remove_all(dir.file("ckpt"));
+
+  LaunchOptions o = launchOptions(job, dir);
+  std::atomic<int64_t> done{0};
+  EventLog events;
+  o.on_event = events.sink();
+  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  std::thread killer = actOnARandomWorkerAfter(done, 12, [](pid_t p) { ::kill(p, SIGKILL); });
+  LaunchResult r = launchJob(o);
+  killer.join();
+  ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
+  EXPECT_EQ(r.restarts, 1);
+  EXPECT_EQ(r.job.recoveries, 1);
+  EXPECT_TRUE(events.find("failure detected: tasklet rank")) << "the dead worker is named";
+  EXPECT_TRUE(events.find("killed by signal 9"));
+  EXPECT_TRUE(events.find("generation 2 placement (") && events.find("unchanged"));
+  // Every configured step, and the trajectory of an uninterrupted run.
+  expectSameLosses(want, r.job.train.losses);
+}
+
+TEST(Recovery, HungWorkerIsNamedWithinTheHeartbeatTimeoutAndReplaced) {
+  // With every kind of state a tasklet carries across steps: AC-SGD
+  // buffers, quantized backward, top-k error-feedback residuals.
+  TempDir dir;
+  const std::string job = writeJob(
+      dir, "job.yaml",
+      tinyJobYaml(40, std::string(kRecoveryJob) + "fault_tolerance: {heartbeat_timeout: 3}\n"
+                                                  "compression:\n"
+                                                  "  activations: {method: acsgd, bits: 4}\n"
+                                                  "  backward: {method: quantize, bits: 8}\n"
+                                                  "  gradients: {method: topk, ratio: 0.1}\n"));
+  const std::vector<double> want = inProcessLosses(job);
+  std::filesystem::remove_all(dir.file("ckpt"));
+
+  LaunchOptions o = launchOptions(job, dir);
+  std::atomic<int64_t> done{0};
+  EventLog events;
+  o.on_event = events.sink();
+  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  std::atomic<int64_t> stopped_at{0};
+  std::thread hang = actOnARandomWorkerAfter(done, 12, [&](pid_t p) {
+    stopped_at = std::chrono::steady_clock::now().time_since_epoch().count();
+    ::kill(p, SIGSTOP);
+  });
+  LaunchResult r = launchJob(o);
+  hang.join();
+  ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
+  auto detected = events.find("failure detected: tasklet rank");
+  ASSERT_TRUE(detected);
+  EXPECT_NE(detected->second.find("no heartbeat for 3 s"), std::string::npos) << detected->second;
+  const std::chrono::steady_clock::time_point t_stop{
+      std::chrono::steady_clock::duration(stopped_at.load())};
+  const double after = std::chrono::duration<double>(detected->first - t_stop).count();
+  std::cout << "hung worker named " << after << " s after SIGSTOP\n";
+  EXPECT_GE(after, 2.5);
+  EXPECT_LT(after, 3.0 + 2.0) << "heartbeat_timeout 3 s (+ heartbeat period and polling)";
+  EXPECT_EQ(r.restarts, 1) << "the hung process is killed and replaced";
+  expectSameLosses(want, r.job.train.losses);
+}
+
+TEST(Recovery, KilledCoordinatorLeavesNoWorkerAndTheJobResumesFromItsManifest) {
+  TempDir dir;
+  const std::string job = writeJob(
+      dir, "job.yaml",
+      tinyJobYaml(40, std::string(kRecoveryJob) + "logging: {metrics_file: metrics.jsonl}\n"));
+  const std::vector<double> want = inProcessLosses(job);
+  std::filesystem::remove_all(dir.file("ckpt"));
+  std::filesystem::remove(dir.file("metrics.jsonl"));
+
+  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  SpawnOptions so;
+  so.program = GEOPIPE_BINARY;
+  so.argv = {GEOPIPE_BINARY, "launch", job, "--threads", "1", "--log-dir", dir.file("logs")};
+  so.log_file = dir.file("launch.out");
+  ChildProcess launcher = ChildProcess::spawn(so);
+  auto stepsLogged = [&] {
+    std::ifstream in(dir.file("metrics.jsonl"));
+    int n = 0;
+    std::string line;
+    while (std::getline(in, line)) ++n;
+    return n;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (stepsLogged() < 12 && std::chrono::steady_clock::now() < deadline && launcher.running()) {
+    launcher.poll();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(stepsLogged(), 12) << tailOfFile(dir.file("launch.out"), 20);
+  launcher.signal(SIGKILL);  // the coordinator lives in the launcher
+  ASSERT_TRUE(launcher.waitFor(std::chrono::seconds(10)));
+
+  // Its workers die with it (no orphan is re-parented to this process).
+  std::vector<pid_t> left = childrenOf(::getpid());
+  for (int i = 0; i < 50 && !left.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    left = childrenOf(::getpid());
+  }
+  for (pid_t p : left) {
+    ::kill(p, SIGKILL);
+    ::waitpid(p, nullptr, 0);
+  }
+  EXPECT_TRUE(left.empty()) << left.size() << " orphaned worker process(es)";
+
+  LaunchOptions again = launchOptions(job, dir);
+  again.resume = true;
+  LaunchResult b = launchJob(again);
+  ASSERT_TRUE(b.job.ok) << b.job.failure << "\n" << b.failed_log_tail;
+  const int64_t from = b.job.train.first_step;
+  EXPECT_GE(from, 10);
+  EXPECT_EQ(from % 5, 0);
+  expectSameLosses(want, b.job.train.losses, static_cast<size_t>(from));
+}
+
+TEST(Recovery, WorkersOfAVanishedCoordinatorStopWithinTheTimeout) {
+  TempDir dir;
+  CoordinatorOptions co;
+  co.job_path = writeJob(dir, "job.yaml",
+                         tinyJobYaml(100000,
+                                     "transport: {emulate_links: false}\n"
+                                     "fault_tolerance: {heartbeat_timeout: 3}\n"));
+  co.listen_address = "127.0.0.1:0";
+  std::atomic<int64_t> done{0};
+  co.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  auto coordinator = std::make_unique<Coordinator>(co);
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 4; ++i) {
+    SpawnOptions so;
+    so.program = GEOPIPE_BINARY;
+    so.argv = {GEOPIPE_BINARY, "worker",      "--coordinator", coordinator->listeningAddress(),
+               "--listen",     "127.0.0.1:0", "--threads",     "1"};
+    so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
+    workers.push_back(ChildProcess::spawn(so));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (done.load() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(done.load(), 3);
+  coordinator.reset();  // gone, as if its host died
+  const auto t0 = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < workers.size(); ++i) {
+    auto st = workers[i].waitFor(std::chrono::seconds(15));
+    ASSERT_TRUE(st) << "worker " << i << " still runs without its coordinator";
+    EXPECT_FALSE(st->ok());
+    const std::string log = tailOfFile(dir.file("worker-" + std::to_string(i) + ".log"), 5);
+    EXPECT_NE(log.find("lost the coordinator"), std::string::npos) << log;
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cout << "workers stopped " << took << " s after the coordinator vanished\n";
+  EXPECT_LT(took, 3.0 + 3.0);
+  stopAll(workers, std::chrono::seconds(1));
 }
 
 }  // namespace

@@ -1,0 +1,54 @@
+// Failure-handling rules: recoverable failures, heartbeat period, ranks.
+#include "src/distributed/recovery.h"
+
+#include <algorithm>
+
+#include "geopipe/error.h"
+
+namespace geopipe::distributed {
+
+bool isRecoverableFailure(const std::string& error_type) {
+  return error_type == "ProcessKilled" || error_type == "TimeoutError" || error_type == "IoError" ||
+         error_type == "ProtocolError";
+}
+
+std::chrono::milliseconds heartbeatInterval(std::chrono::milliseconds timeout) {
+  return std::clamp(timeout / 5, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
+}
+
+std::vector<int> assignRanks(const std::vector<int>& device_of_rank,
+                             const std::vector<RankClaim>& claims) {
+  const int world = static_cast<int>(device_of_rank.size());
+  GEOPIPE_CHECK(static_cast<int>(claims.size()) == world, Error, "assignRanks: ", claims.size(),
+                " workers for ", world, " ranks");
+  std::vector<int> worker_of_rank(static_cast<size_t>(world), -1);
+  std::vector<bool> placed(claims.size(), false);
+  // Named devices first: their rank is fixed by the placement.
+  for (size_t i = 0; i < claims.size(); ++i) {
+    if (claims[i].device < 0) continue;
+    const auto it = std::find(device_of_rank.begin(), device_of_rank.end(), claims[i].device);
+    GEOPIPE_CHECK(it != device_of_rank.end(), Error, "device ", claims[i].device,
+                  " is not in the placement");
+    const size_t r = static_cast<size_t>(it - device_of_rank.begin());
+    GEOPIPE_CHECK(worker_of_rank[r] < 0, Error, "device ", claims[i].device, " claimed twice");
+    worker_of_rank[r] = static_cast<int>(i);
+    placed[i] = true;
+  }
+  // Survivors keep their rank when it is free.
+  for (size_t i = 0; i < claims.size(); ++i) {
+    const int prev = claims[i].previous_rank;
+    if (placed[i] || prev < 0 || prev >= world) continue;
+    if (worker_of_rank[static_cast<size_t>(prev)] >= 0) continue;
+    worker_of_rank[static_cast<size_t>(prev)] = static_cast<int>(i);
+    placed[i] = true;
+  }
+  size_t next = 0;
+  for (size_t i = 0; i < claims.size(); ++i) {
+    if (placed[i]) continue;
+    while (worker_of_rank[next] >= 0) ++next;
+    worker_of_rank[next] = static_cast<int>(i);
+  }
+  return worker_of_rank;
+}
+
+}  // namespace geopipe::distributed

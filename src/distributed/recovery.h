@@ -1,0 +1,40 @@
+// The pure rules of failure handling, apart from the coordinator's threads
+// and RPCs so they can be unit-tested: which failures a job recovers from,
+// how often workers send heartbeats, and how the workers of a new
+// generation get their ranks. Torch-free, gRPC-free.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace geopipe::distributed {
+
+// Failures that a new generation can fix: a process killed or crashed by a
+// signal ("ProcessKilled"), a worker silent past its deadline
+// ("TimeoutError"), broken or garbled links ("IoError", "ProtocolError").
+// Everything else (a bad job "ConfigError", "InfeasibleError", a worker
+// that exited with an error code "ProcessFailed", an interrupt) would fail
+// the same way again, so it ends the job.
+bool isRecoverableFailure(const std::string& error_type);
+
+// Workers send a heartbeat five times per timeout, at most once a second
+// and at least every 100 ms, so one late heartbeat is never a death.
+std::chrono::milliseconds heartbeatInterval(std::chrono::milliseconds timeout);
+
+// What a worker asked for when it joined a generation.
+struct RankClaim {
+  int device = -1;         // the topology device it named; -1: any
+  int previous_rank = -1;  // its rank in the previous generation; -1: none
+};
+
+// Gives every worker of a generation a rank (returns rank -> index into
+// `claims`; claims.size() == device_of_rank.size()). A worker that named a
+// device gets the rank placed on that device; a worker that said "any"
+// keeps its previous rank when that rank is still free (so survivors keep
+// their tasklets when the plan is reused); the others take the free ranks
+// in order. Throws Error if a named device is not in the placement.
+std::vector<int> assignRanks(const std::vector<int>& device_of_rank,
+                             const std::vector<RankClaim>& claims);
+
+}  // namespace geopipe::distributed

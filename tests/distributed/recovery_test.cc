@@ -1,0 +1,341 @@
+// Failure handling without training: the pure rules (recoverable failures,
+// heartbeat period, ranks of a new generation) and the coordinator's
+// generations driven by fake workers over a real gRPC channel.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "geopipe/error.h"
+#include "proto/coordinator.grpc.pb.h"
+#include "src/distributed/coordinator.h"
+#include "src/distributed/recovery.h"
+#include "tests/distributed/test_jobs.h"
+
+namespace geopipe::distributed {
+namespace {
+
+namespace pb = geopipe::v1;
+using namespace std::chrono_literals;
+using testing::TempDir;
+using testing::tinyJobYaml;
+using testing::writeJob;
+
+TEST(RecoveryRules, OnlyFailuresANewGenerationCanFixAreRecoverable) {
+  for (const char* t : {"ProcessKilled", "TimeoutError", "IoError", "ProtocolError"})
+    EXPECT_TRUE(isRecoverableFailure(t)) << t;
+  for (const char* t : {"ConfigError", "InfeasibleError", "ProcessFailed", "Interrupted",
+                        "InternalError", "Aborted", ""})
+    EXPECT_FALSE(isRecoverableFailure(t)) << t;
+}
+
+TEST(RecoveryRules, HeartbeatsComeFiveTimesPerTimeoutBetween100msAnd1s) {
+  EXPECT_EQ(heartbeatInterval(10s), 1000ms);
+  EXPECT_EQ(heartbeatInterval(3s), 600ms);
+  EXPECT_EQ(heartbeatInterval(200ms), 100ms);
+}
+
+TEST(RecoveryRules, NamedDevicesFixRanksSurvivorsKeepTheirsOthersFillTheGaps) {
+  // rank -> device
+  const std::vector<int> device_of_rank = {4, 5, 6, 7};
+  // A worker for device 6, two survivors (ranks 3 and 0), a newcomer.
+  const std::vector<RankClaim> claims = {{6, -1}, {-1, 3}, {-1, -1}, {-1, 0}};
+  EXPECT_EQ(assignRanks(device_of_rank, claims), (std::vector<int>{3, 2, 0, 1}));
+  // A survivor whose rank a named device took gets a free one.
+  EXPECT_EQ(assignRanks({0, 1}, {{-1, 1}, {1, -1}}), (std::vector<int>{0, 1}));
+  EXPECT_THROW(assignRanks({0, 1}, {{3, -1}, {-1, -1}}), Error);
+  EXPECT_THROW(assignRanks({0, 1}, {{1, -1}, {1, -1}}), Error);
+  EXPECT_THROW(assignRanks({0, 1}, {{-1, -1}}), Error);
+}
+
+// A coordinator of a 2 x 2 job (checkpoints every 5 steps) and fake
+// workers that speak its protocol.
+struct FakeJob {
+  TempDir dir;
+  std::unique_ptr<Coordinator> coordinator;
+  std::unique_ptr<pb::Coordinator::Stub> stub;
+  std::mutex mu;
+  std::vector<std::string> events;
+
+  explicit FakeJob(const std::string& fault_tolerance) {
+    CoordinatorOptions opt;
+    opt.job_path = writeJob(dir, "job.yaml",
+                            tinyJobYaml(20,
+                                        "transport: {emulate_links: false}\n"
+                                        "checkpoint: {dir: ckpt, every_steps: 5}\n"
+                                        "fault_tolerance: " +
+                                            fault_tolerance + "\n"));
+    opt.listen_address = "127.0.0.1:0";
+    opt.heartbeat_timeout = 30s;  // the fake workers send no heartbeats
+    opt.on_event = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(mu);
+      events.push_back(line);
+    };
+    coordinator = std::make_unique<Coordinator>(opt);
+    stub = pb::Coordinator::NewStub(
+        grpc::CreateChannel(coordinator->listeningAddress(), grpc::InsecureChannelCredentials()));
+  }
+
+  bool sawEvent(const std::string& part) {
+    std::lock_guard<std::mutex> lock(mu);
+    return std::any_of(events.begin(), events.end(),
+                       [&](const std::string& e) { return e.find(part) != std::string::npos; });
+  }
+
+  // Registers one worker per pid at once (Register blocks until the job is
+  // full); previous[i] >= 0 rejoins with that rank.
+  std::vector<grpc::Status> registerAll(const std::vector<int64_t>& pids,
+                                        const std::vector<int>& previous,
+                                        std::vector<pb::Assignment>* out) {
+    out->assign(pids.size(), {});
+    std::vector<grpc::Status> st(pids.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < pids.size(); ++i) {
+      threads.emplace_back([&, i] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+        pb::RegisterRequest req;
+        req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+        req.set_device("any");
+        req.set_hostname("fake");
+        req.set_pid(pids[i]);
+        if (previous[i] >= 0) req.set_previous_rank(previous[i]);
+        st[i] = stub->Register(&ctx, req, &(*out)[i]);
+      });
+    }
+    for (auto& t : threads) t.join();
+    return st;
+  }
+
+  void exchangeAddresses(const std::vector<pb::Assignment>& as) {
+    std::vector<std::thread> threads;
+    for (const auto& a : as) {
+      threads.emplace_back([&, a] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+        pb::AddressRequest req;
+        req.set_rank(a.rank());
+        req.set_generation(a.generation());
+        req.set_address("127.0.0.1:1");
+        pb::AddressTable table;
+        ASSERT_TRUE(stub->ReportAddress(&ctx, req, &table).ok());
+        EXPECT_FALSE(table.regroup());
+      });
+    }
+    for (auto& t : threads) t.join();
+  }
+
+  pb::Directive reportStep(int rank, int64_t generation, int64_t step) {
+    grpc::ClientContext ctx;
+    pb::StepReport req;
+    req.set_rank(rank);
+    req.set_generation(generation);
+    req.set_step(step);
+    req.set_has_loss(rank % 2 == 1);
+    req.set_loss(1.0);
+    pb::Directive d;
+    EXPECT_TRUE(stub->ReportStep(&ctx, req, &d).ok());
+    return d;
+  }
+
+  pb::Directive heartbeat(int rank, int64_t generation, bool steps_done = false) {
+    grpc::ClientContext ctx;
+    pb::Heartbeat req;
+    req.set_rank(rank);
+    req.set_generation(generation);
+    req.set_steps_done(steps_done);
+    pb::Directive d;
+    EXPECT_TRUE(stub->SendHeartbeat(&ctx, req, &d).ok());
+    return d;
+  }
+
+  // Every rank writes a file into step-<next_step> and reports it.
+  void checkpoint(int64_t generation, int64_t next_step) {
+    const auto step_dir = dir.path / "ckpt" / ("step-0000000" + std::to_string(next_step));
+    std::filesystem::create_directories(step_dir);
+    for (int r = 0; r < 4; ++r) {
+      const std::string name = "tasklet-" + std::to_string(r) + ".pt";
+      std::ofstream(step_dir / name) << "weights of rank " << r;
+      grpc::ClientContext ctx;
+      pb::CheckpointReport req;
+      req.set_rank(r);
+      req.set_generation(generation);
+      req.set_next_step(next_step);
+      req.add_files(name);
+      pb::Directive d;
+      ASSERT_TRUE(stub->ReportCheckpoint(&ctx, req, &d).ok());
+    }
+  }
+
+  // Generation 1: four workers (pids 1000..1003) run steps 0..6 and
+  // commit the checkpoint at step 5. Returns their assignments by rank;
+  // pid_of_rank says which fake process got which rank.
+  std::vector<int64_t> pid_of_rank;
+  std::vector<pb::Assignment> runFirstGeneration() {
+    std::vector<pb::Assignment> as;
+    for (const auto& st : registerAll({1000, 1001, 1002, 1003}, {-1, -1, -1, -1}, &as))
+      EXPECT_TRUE(st.ok()) << st.error_message();
+    for (const auto& a : as) EXPECT_EQ(a.generation(), 1);
+    exchangeAddresses(as);
+    for (int64_t step = 0; step < 7; ++step)
+      for (int r = 0; r < 4; ++r) reportStep(r, 1, step);
+    checkpoint(1, 5);
+    std::sort(as.begin(), as.end(), [](auto& a, auto& b) { return a.rank() < b.rank(); });
+    for (const auto& t : coordinator->tasklets()) pid_of_rank.push_back(t.pid);
+    return as;
+  }
+
+  bool waitForGeneration(int64_t g) {
+    for (int i = 0; i < 100 && coordinator->generation() < g; ++i)
+      std::this_thread::sleep_for(20ms);
+    return coordinator->generation() >= g;
+  }
+};
+
+TEST(Recovery, AKilledWorkerStartsANewGenerationFromTheLastCommit) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 10}");
+  const auto first = job.runFirstGeneration();
+  ASSERT_TRUE(job.sawEvent("checkpoint committed"));
+  const auto& pid = job.pid_of_rank;
+  ASSERT_EQ(pid.size(), 4u);
+
+  job.coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  EXPECT_TRUE(job.sawEvent("failure detected: tasklet rank 2 (stage 0, replica 1"));
+  EXPECT_TRUE(job.sawEvent("resumes from the checkpoint at step 5, recomputing 2 step(s)"));
+  EXPECT_EQ(job.coordinator->lostWorkers(), std::vector<int64_t>{pid[2]});
+  EXPECT_TRUE(job.coordinator->tasklets().empty());
+
+  // Survivors hear it on their next call; calls of generation 1 are refused.
+  pb::Directive d = job.heartbeat(0, 1);
+  EXPECT_TRUE(d.regroup());
+  EXPECT_FALSE(d.abort());
+  EXPECT_EQ(d.generation(), 2);
+  EXPECT_NE(d.abort_reason().find("generation 1 ended: tasklet rank 2"), std::string::npos)
+      << d.abort_reason();
+  EXPECT_TRUE(job.reportStep(1, 1, 7).regroup());
+  // The dead worker's process exit, reported again, is no new failure.
+  job.coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+
+  // Three survivors keep their ranks; a replacement takes rank 2.
+  std::vector<pb::Assignment> as;
+  for (const auto& st : job.registerAll({pid[3], 2000, pid[0], pid[1]}, {3, -1, 0, 1}, &as))
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(as[0].rank(), 3);
+  EXPECT_EQ(as[1].rank(), 2);
+  EXPECT_EQ(as[2].rank(), 0);
+  EXPECT_EQ(as[3].rank(), 1);
+  for (const auto& a : as) {
+    EXPECT_EQ(a.generation(), 2);
+    EXPECT_EQ(a.first_step(), 5);
+    EXPECT_EQ(std::filesystem::path(a.resume_dir()).filename(), "step-00000005");
+    EXPECT_TRUE(a.recoverable());
+    EXPECT_EQ(a.heartbeat_timeout_ms(), 30000);
+    EXPECT_EQ(a.heartbeat_interval_ms(), 1000);
+    // The same devices came back: the same plan and layers.
+    EXPECT_EQ(std::vector<int>(a.device_of_rank().begin(), a.device_of_rank().end()),
+              std::vector<int>(first[0].device_of_rank().begin(), first[0].device_of_rank().end()));
+  }
+  EXPECT_TRUE(job.sawEvent("generation 2 placement"));
+  EXPECT_TRUE(job.sawEvent("unchanged"));
+  job.exchangeAddresses(as);
+  EXPECT_FALSE(job.heartbeat(0, 2).regroup());
+  EXPECT_TRUE(job.heartbeat(0, 1).regroup()) << "a stale generation stays stale";
+  EXPECT_FALSE(job.coordinator->waitFor(10ms).has_value());
+}
+
+TEST(Recovery, AWorkerLostAfterTheJobCompletedIsNoFailure) {
+  FakeJob job("{max_restarts: 2}");
+  job.runFirstGeneration();
+  for (int r = 0; r < 4; ++r) EXPECT_FALSE(job.heartbeat(r, 1, true).regroup());
+  EXPECT_TRUE(job.heartbeat(0, 1, true).complete());
+  for (int r = 0; r < 3; ++r) {
+    grpc::ClientContext ctx;
+    pb::FinishRequest req;
+    req.set_rank(r);
+    req.set_ok(true);
+    req.set_generation(1);
+    pb::FinishReply reply;
+    ASSERT_TRUE(job.stub->Finish(&ctx, req, &reply).ok());
+  }
+  job.coordinator->reportFailure(job.pid_of_rank[3], -1, "killed by signal 9 (SIGKILL)",
+                                 "ProcessKilled");
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->ok) << r->failure;
+  EXPECT_EQ(job.coordinator->generation(), 1);
+  EXPECT_TRUE(job.sawEvent("after the job completed: tasklet rank 3"));
+}
+
+TEST(Recovery, WithoutRestartsTheFailureEndsTheJobNamingTheTasklet) {
+  FakeJob job("{max_restarts: 0}");
+  job.runFirstGeneration();
+  job.coordinator->reportFailure(job.pid_of_rank[1], -1, "killed by signal 9 (SIGKILL)",
+                                 "ProcessKilled");
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_FALSE(r->ok);
+  EXPECT_EQ(r->failed_rank, 1);
+  EXPECT_NE(r->failure.find("tasklet rank 1 (stage 1, replica 0"), std::string::npos) << r->failure;
+  EXPECT_TRUE(job.heartbeat(0, 1).abort());
+}
+
+TEST(Recovery, AnUnrecoverableFailureEndsTheJobEvenWithRestartsLeft) {
+  FakeJob job("{max_restarts: 3}");
+  job.runFirstGeneration();
+  job.coordinator->reportFailure(job.pid_of_rank[1], -1, "exited with code 3", "ProcessFailed");
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_FALSE(r->ok);
+  EXPECT_EQ(r->recoveries, 0);
+  EXPECT_EQ(job.coordinator->generation(), 1);
+}
+
+TEST(Recovery, RestartsRunOutAfterMaxRestarts) {
+  FakeJob job("{max_restarts: 1, rejoin_timeout: 10}");
+  job.runFirstGeneration();
+  const auto pid = job.pid_of_rank;
+  job.coordinator->reportFailure(pid[0], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  std::vector<pb::Assignment> as;
+  for (const auto& st : job.registerAll({2000, pid[1], pid[2], pid[3]}, {-1, 1, 2, 3}, &as))
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  job.exchangeAddresses(as);
+  job.coordinator->reportFailure(pid[3], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_FALSE(r->ok);
+  EXPECT_EQ(r->failed_rank, 3);
+  EXPECT_NE(r->failure.find("no restart left (1 done, fault_tolerance.max_restarts)"),
+            std::string::npos)
+      << r->failure;
+}
+
+TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 1}");
+  job.runFirstGeneration();
+  const auto pid = job.pid_of_rank;
+  job.coordinator->reportFailure(pid[3], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  std::vector<pb::Assignment> as;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto st = job.registerAll({pid[0], pid[1], pid[2]}, {0, 1, 2}, &as);
+  for (const auto& s : st) EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_FALSE(r->ok);
+  EXPECT_EQ(r->failed_rank, 3);
+  EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos) << r->failure;
+  EXPECT_NE(r->failure.find("recovery gave up: 3 of 4 workers rejoined within 1 s"),
+            std::string::npos)
+      << r->failure;
+}
+
+}  // namespace
+}  // namespace geopipe::distributed
