@@ -103,6 +103,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   explicit Impl(CoordinatorOptions options) : opt_(std::move(options)) {
     bundle_ = bundleJobFile(opt_.job_path);
     job_ = parseBundle(bundle_);
+    job_.security = bundle_.security;
     if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
     if (job_.parallelism.dataParallelAuto()) {
       auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false);

@@ -36,7 +36,7 @@ JobBundle bundleJobFile(const std::string& path) {
   const std::string text = readText(path, "job file");
   // Check the job as loadJobFile would (every problem at once, with lines
   // and columns of the original file) before rewriting it.
-  (void)config::loadJobFile(path);
+  b.security = config::loadJobFile(path).security;
   YAML::Node root = YAML::Load(text);
   YAML::Node topo = root["topology"];
   if (topo && topo.IsScalar()) {
