@@ -20,6 +20,7 @@
 #include "src/distributed/coordinator.h"
 #include "src/distributed/launcher.h"
 #include "src/distributed/process.h"
+#include "src/distributed/security.h"
 #include "tests/distributed/test_jobs.h"
 
 namespace geopipe::distributed {
@@ -200,6 +201,10 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
       writeJob(dir, "job.yaml", tinyJobYaml(100000, "transport: {emulate_links: false}\n"));
   co.listen_address = "127.0.0.1:0";
   co.heartbeat_timeout = std::chrono::seconds(20);
+  // Mutual TLS and a join token, as a multi-host job has; the workers get
+  // the files on their command line.
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  co.security = creds.security;
   std::atomic<int64_t> done{0};
   co.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
   Coordinator coordinator(co);
@@ -211,7 +216,11 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
                "--coordinator", coordinator.listeningAddress(),
                "--device",      std::to_string(i),
                "--listen",      "127.0.0.1:0",
-               "--threads",     "1"};
+               "--threads",     "1",
+               "--ca",          creds.worker_args.ca,
+               "--cert",        creds.worker_args.cert,
+               "--key",         creds.worker_args.key,
+               "--token-file",  creds.worker_args.token_file};
     so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
     workers.push_back(ChildProcess::spawn(so));
   }
