@@ -57,8 +57,8 @@ int runCertsCommand(const CertsArgs& args, std::ostream& out) {
   if (ec) GEOPIPE_THROW(IoError, "cannot create '", dir.string(), "': ", ec.message());
   const fs::path ca_pem = dir / "ca.pem", ca_key = dir / "ca-key.pem", token = dir / "token";
   std::vector<std::vector<std::string>> hosts;
-  for (const auto& h : args.hosts.empty() ? std::vector<std::string>{"localhost,127.0.0.1,::1"}
-                                          : args.hosts) {
+  for (const auto& h :
+       args.hosts.empty() ? std::vector<std::string>{"localhost,127.0.0.1,::1"} : args.hosts) {
     hosts.push_back(splitNames(h));
     GEOPIPE_CHECK(!hosts.back().empty(), ConfigError, "--host '", h,
                   "' names no host: give NAME[,ALT...]");
@@ -117,9 +117,9 @@ int runCertsCommand(const CertsArgs& args, std::ostream& out) {
       << "  key: " << (dir / (first + "-key.pem")).string() << "\n"
       << "  token_file: " << token.string() << "\n"
       << "Each worker host gets ca.pem, token and its own pair (never ca-key.pem):\n"
-      << "  geopipe worker --coordinator COORDINATOR:7420 --ca " << ca_pem.string()
-      << " --cert " << (dir / "HOST.pem").string() << " --key "
-      << (dir / "HOST-key.pem").string() << " --token-file " << token.string() << "\n";
+      << "  geopipe worker --coordinator COORDINATOR:7420 --ca " << ca_pem.string() << " --cert "
+      << (dir / "HOST.pem").string() << " --key " << (dir / "HOST-key.pem").string()
+      << " --token-file " << token.string() << "\n";
   return 0;
 }
 

@@ -75,9 +75,11 @@ JobSecurity workerSecurity(const WorkerSecurityArgs& a) {
   files.key_field = "--key";
   out.link.tls = std::make_shared<security::TlsIdentity>(security::loadTlsIdentity(files));
   if (out.token.empty()) {
-    GEOPIPE_THROW(ConfigError, "this worker has no join token: give --token-file FILE (the "
+    GEOPIPE_THROW(ConfigError,
+                  "this worker has no join token: give --token-file FILE (the "
                   "job's security.token_file) or export ",
-                  security::kTokenEnvVar, " (a token on the command line would show in "
+                  security::kTokenEnvVar,
+                  " (a token on the command line would show in "
                   "process listings)");
   }
   return out;

@@ -28,9 +28,9 @@ JobSecurity jobSecurity(const JobSpec& job, bool allow_insecure_remote);
 
 // What a worker was given on its command line.
 struct WorkerSecurityArgs {
-  std::string ca, cert, key;  // PEM files (--ca, --cert, --key)
-  std::string token_file;     // --token-file; empty: GEOPIPE_JOB_TOKEN
-  bool insecure = false;      // --insecure: plaintext (loopback only)
+  std::string ca, cert, key;           // PEM files (--ca, --cert, --key)
+  std::string token_file;              // --token-file; empty: GEOPIPE_JOB_TOKEN
+  bool insecure = false;               // --insecure: plaintext (loopback only)
   bool allow_insecure_remote = false;  // --allow-insecure-remote
 };
 // The worker's credentials; ConfigError naming the flag and the fix.

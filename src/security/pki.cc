@@ -65,10 +65,9 @@ bool readFile(const std::string& path, std::string* text, std::string* problem) 
   }
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
-    *problem = errno == ENOENT
-                   ? detail::concat("no such file '", path,
-                                    "'; paths are relative to the job file's directory")
-                   : detail::concat("cannot read '", path, "': ", std::strerror(errno));
+    *problem = errno == ENOENT ? detail::concat("no such file '", path,
+                                                "'; paths are relative to the job file's directory")
+                               : detail::concat("cannot read '", path, "': ", std::strerror(errno));
     return false;
   }
   if (!S_ISREG(st.st_mode)) {
@@ -169,7 +168,8 @@ void addExtension(X509* cert, X509* issuer, int nid, const std::string& value) {
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
   X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
-  if (!ext) GEOPIPE_THROW(Error, "cannot build certificate extension ", value, ": ", opensslError());
+  if (!ext)
+    GEOPIPE_THROW(Error, "cannot build certificate extension ", value, ": ", opensslError());
   X509_add_ext(cert, ext, -1);
   X509_EXTENSION_free(ext);
 }
@@ -219,24 +219,26 @@ std::vector<TlsProblem> checkTlsFiles(const TlsFiles& f) {
   if (!readFile(f.ca, &ca_text, &why)) {
     problem(f.ca_field, why);
   } else if ((roots = parseCertificates(ca_text)).empty()) {
-    problem(f.ca_field, detail::concat("'", f.ca, "' holds no PEM certificate (expected a "
-                                                  "'-----BEGIN CERTIFICATE-----' block)"));
+    problem(f.ca_field, detail::concat("'", f.ca,
+                                       "' holds no PEM certificate (expected a "
+                                       "'-----BEGIN CERTIFICATE-----' block)"));
   }
   if (!readFile(f.cert, &cert_text, &why)) {
     problem(f.cert_field, why);
   } else if ((chain = parseCertificates(cert_text)).empty()) {
-    problem(f.cert_field, detail::concat("'", f.cert, "' holds no PEM certificate (expected a "
-                                                      "'-----BEGIN CERTIFICATE-----' block)"));
+    problem(f.cert_field, detail::concat("'", f.cert,
+                                         "' holds no PEM certificate (expected a "
+                                         "'-----BEGIN CERTIFICATE-----' block)"));
   }
   if (!readFile(f.key, &key_text, &why)) {
     problem(f.key_field, why);
   } else {
     struct stat st {};
     if (::stat(f.key.c_str(), &st) == 0 && (st.st_mode & 0077) != 0) {
-      problem(f.key_field, detail::concat("'", f.key, "' can be read or written by other users (mode ",
-                                          std::oct, (st.st_mode & 0777), std::dec,
-                                          "); a private key is a secret: chmod 600 '", f.key,
-                                          "'"));
+      problem(f.key_field,
+              detail::concat("'", f.key, "' can be read or written by other users (mode ", std::oct,
+                             (st.st_mode & 0777), std::dec,
+                             "); a private key is a secret: chmod 600 '", f.key, "'"));
     }
     key = parseKey(key_text);
     if (!key) {
@@ -269,11 +271,11 @@ std::vector<TlsProblem> checkTlsFiles(const TlsFiles& f) {
   }
   if (!chain.empty() && key && X509_check_private_key(chain.front().get(), key.get()) != 1) {
     ERR_clear_error();
-    problem(f.key_field, detail::concat("the key in '", f.key,
-                                        "' does not belong to the certificate in '", f.cert,
-                                        "' (", f.cert_field,
-                                        "): give the key file written together with that "
-                                        "certificate"));
+    problem(f.key_field,
+            detail::concat("the key in '", f.key, "' does not belong to the certificate in '",
+                           f.cert, "' (", f.cert_field,
+                           "): give the key file written together with that "
+                           "certificate"));
   }
   if (!roots.empty() && !chain.empty()) {
     const int err = verifyFor(roots, chain.front().get(), chain, X509_PURPOSE_SSL_SERVER);
@@ -287,11 +289,11 @@ std::vector<TlsProblem> checkTlsFiles(const TlsFiles& f) {
                reported_validity) {
       // Reported above.
     } else if (err != X509_V_OK) {
-      problem(f.cert_field, detail::concat("the certificate in '", f.cert,
-                                           "' is not trusted by the CA in '", f.ca, "' (",
-                                           f.ca_field, "): ", X509_verify_cert_error_string(err),
-                                           "; issue it from that CA (geopipe certs DIR --host "
-                                           "NAME) or name the CA that signed it"));
+      problem(f.cert_field,
+              detail::concat("the certificate in '", f.cert, "' is not trusted by the CA in '",
+                             f.ca, "' (", f.ca_field, "): ", X509_verify_cert_error_string(err),
+                             "; issue it from that CA (geopipe certs DIR --host "
+                             "NAME) or name the CA that signed it"));
     } else if (verifyFor(roots, chain.front().get(), chain, X509_PURPOSE_SSL_CLIENT) ==
                X509_V_ERR_INVALID_PURPOSE) {
       problem(f.cert_field,
@@ -344,8 +346,9 @@ CertificateAuthority loadCertificateAuthority(const std::string& cert_path,
   if (!key) GEOPIPE_THROW(ConfigError, "'", key_path, "' holds no (unencrypted) PEM private key");
   if (X509_check_private_key(certs.front().get(), key.get()) != 1) {
     ERR_clear_error();
-    GEOPIPE_THROW(ConfigError, "the CA key '", key_path, "' does not belong to the CA certificate '",
-                  cert_path, "'; restore the pair or start a new directory");
+    GEOPIPE_THROW(ConfigError, "the CA key '", key_path,
+                  "' does not belong to the CA certificate '", cert_path,
+                  "'; restore the pair or start a new directory");
   }
   return CertificateAuthority{cert_text, key_text};
 }

@@ -36,8 +36,8 @@ std::string randomToken(size_t bytes) {
     const ssize_t n = ::getrandom(raw.data() + got, bytes - got, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
-      GEOPIPE_THROW(IoError, "cannot read random bytes for a token (getrandom): ",
-                    std::strerror(errno));
+      GEOPIPE_THROW(IoError,
+                    "cannot read random bytes for a token (getrandom): ", std::strerror(errno));
     }
     got += static_cast<size_t>(n);
   }
@@ -74,8 +74,8 @@ std::string tokenProblem(const std::string& secret) {
 namespace {
 
 std::string trimTrailingSpace(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' ||
-                        s.back() == '\t')) {
+  while (!s.empty() &&
+         (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) {
     s.pop_back();
   }
   return s;
@@ -85,10 +85,9 @@ std::string trimTrailingSpace(std::string s) {
 std::string readTokenText(const std::string& path, std::string* problem) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
-    *problem = errno == ENOENT
-                   ? detail::concat("no such file '", path,
-                                    "'; paths are relative to the job file's directory")
-                   : detail::concat("cannot read '", path, "': ", std::strerror(errno));
+    *problem = errno == ENOENT ? detail::concat("no such file '", path,
+                                                "'; paths are relative to the job file's directory")
+                               : detail::concat("cannot read '", path, "': ", std::strerror(errno));
     return "";
   }
   if (!S_ISREG(st.st_mode)) {
@@ -96,8 +95,8 @@ std::string readTokenText(const std::string& path, std::string* problem) {
     return "";
   }
   if ((st.st_mode & 0077) != 0) {
-    *problem = detail::concat("'", path, "' can be read or written by other users (mode ",
-                              std::oct, (st.st_mode & 0777), std::dec,
+    *problem = detail::concat("'", path, "' can be read or written by other users (mode ", std::oct,
+                              (st.st_mode & 0777), std::dec,
                               "); a join token is a secret: chmod 600 '", path, "'");
     return "";
   }

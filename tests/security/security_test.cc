@@ -252,13 +252,12 @@ TEST(JobSecurity, BadFilesAreDiagnosedWithLineAndField) {
   writeIdentity(dir, createCertificateAuthority("test CA", 2), "");
   writeIdentity(dir, createCertificateAuthority("other CA", 2), "other-");
   writePrivateFile(dir.file("token"), "too-short\n");
-  const std::string p = parseProblems(
-      dir,
-      "security:\n"
-      "  ca: ca.pem\n"
-      "  cert: other-host.pem\n"
-      "  key: host-key.pem\n"
-      "  token_file: token\n");
+  const std::string p = parseProblems(dir,
+                                      "security:\n"
+                                      "  ca: ca.pem\n"
+                                      "  cert: other-host.pem\n"
+                                      "  key: host-key.pem\n"
+                                      "  token_file: token\n");
   EXPECT_TRUE(contains(p, "job.yaml:6:")) << p;
   EXPECT_TRUE(contains(p, "security.cert: the certificate in")) << p;
   EXPECT_TRUE(contains(p, "is not trusted by the CA")) << p;

@@ -35,8 +35,10 @@ void checkPlaintextAllowed(const LinkSecurity& security, const std::string& addr
                            const std::string& what) {
   if (!security.plaintext() || security.allow_insecure_remote) return;
   if (security::isLoopbackAddress(address)) return;
-  GEOPIPE_THROW(ConfigError, "plaintext gRPC (security.insecure: true) is allowed on loopback "
-                "addresses only, but ", what, " '", address,
+  GEOPIPE_THROW(ConfigError,
+                "plaintext gRPC (security.insecure: true) is allowed on loopback "
+                "addresses only, but ",
+                what, " '", address,
                 "' is not one: use TLS (a security section with ca, cert and key; "
                 "`geopipe certs DIR --host NAME` makes them), a 127.0.0.1 address, or "
                 "insecure: force (--allow-insecure-remote) to send plaintext across the network "
@@ -53,12 +55,10 @@ bool contains(const std::string& haystack, const char* needle) {
 
 std::string explainHandshakeFailure(const std::string& message, const LinkSecurity& security,
                                     const std::string& peer) {
-  const bool refused = contains(message, "Connection refused") ||
-                       contains(message, "connection refused") ||
-                       contains(message, "DNS resolution failed") ||
-                       contains(message, "No route to host") ||
-                       contains(message, "Network is unreachable") ||
-                       contains(message, "Deadline Exceeded");
+  const bool refused =
+      contains(message, "Connection refused") || contains(message, "connection refused") ||
+      contains(message, "DNS resolution failed") || contains(message, "No route to host") ||
+      contains(message, "Network is unreachable") || contains(message, "Deadline Exceeded");
   if (refused) return "";
   if (security.plaintext()) {
     // A TLS server hangs up on the plaintext HTTP/2 preface.
