@@ -141,12 +141,12 @@ struct LoggingSpec {
 // docs/operations.md#security-model. Paths are resolved against the job
 // file's directory. The token itself never appears here, only its file.
 struct SecuritySpec {
-  bool configured = false;   // the job has a `security:` section
-  std::string ca;            // PEM CA certificate(s) every host's certificate is signed by
-  std::string cert;          // the coordinator host's certificate, PEM
-  std::string key;           // its private key, PEM, mode 600
-  std::string token_file;    // the join token; empty: the GEOPIPE_JOB_TOKEN variable
-  bool insecure = false;     // plaintext gRPC (`insecure: true`), loopback addresses only
+  bool configured = false;       // the job has a `security:` section
+  std::string ca;                // PEM CA certificate(s) every host's certificate is signed by
+  std::string cert;              // the coordinator host's certificate, PEM
+  std::string key;               // its private key, PEM, mode 600
+  std::string token_file;        // the join token; empty: the GEOPIPE_JOB_TOKEN variable
+  bool insecure = false;         // plaintext gRPC (`insecure: true`), loopback addresses only
   bool insecure_remote = false;  // `insecure: force`: plaintext on any address
 };
 

@@ -327,7 +327,8 @@ class JobReader {
         } else if (v != "false" && v != "no" && v != "off") {
           r.error("insecure", ins,
                   "expected true (plaintext on loopback addresses only), false (TLS) or force "
-                  "(plaintext on any address), found " + describeNode(ins));
+                  "(plaintext on any address), found " +
+                      describeNode(ins));
         }
       }
       s.ca = resolvePath(base_dir_, s.ca);

@@ -63,8 +63,8 @@ std::string formatJobSummary(const JobSpec& job) {
     os << "none (launch: ephemeral TLS certificates and token; coordinator: refused)\n";
   } else if (sec.insecure) {
     os << "plaintext" << (sec.insecure_remote ? " on any address (forced)" : " on loopback only")
-       << ", join token " << (sec.token_file.empty() ? "from $GEOPIPE_JOB_TOKEN if set"
-                                                      : "in " + sec.token_file)
+       << ", join token "
+       << (sec.token_file.empty() ? "from $GEOPIPE_JOB_TOKEN if set" : "in " + sec.token_file)
        << "\n";
   } else {
     os << "mutual TLS (ca " << sec.ca << ", cert " << sec.cert << "), join token "

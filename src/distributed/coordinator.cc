@@ -18,11 +18,11 @@
 #include "scheduler/planner.h"
 #include "src/common/strings.h"
 #include "src/distributed/job_bundle.h"
-#include "src/security/token.h"
-#include "src/transport/grpc/credentials.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
+#include "src/security/token.h"
+#include "src/transport/grpc/credentials.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -129,7 +129,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (opt_.allow_insecure_remote) security_.link.allow_insecure_remote = true;
     transport::checkPlaintextAllowed(security_.link, opt_.listen_address,
                                      "the coordinator's --listen address");
-    max_registrations_ = world_ + (opt_.spare_registrations < 0 ? world_ : opt_.spare_registrations);
+    max_registrations_ =
+        world_ + (opt_.spare_registrations < 0 ? world_ : opt_.spare_registrations);
 
     grpc::ServerBuilder builder;
     builder.AddListeningPort(opt_.listen_address, transport::serverCredentials(security_.link),
@@ -254,8 +255,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                              " workers; this worker is not needed")};
     }
     if (registrations_ >= max_registrations_) {
-      eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ",
-                                 registrations_, " registrations accepted already"));
+      eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ", registrations_,
+                                 " registrations accepted already"));
       return {grpc::StatusCode::RESOURCE_EXHAUSTED,
               detail::concat("job '", job_.name, "' has accepted ", registrations_,
                              " registrations already (", world_, " tasklets plus ",

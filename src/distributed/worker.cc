@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "geopipe/error.h"
-#include "src/common/blas_check.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
+#include "src/common/blas_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
 #include "src/distributed/job_bundle.h"
@@ -80,8 +80,8 @@ class CoordinatorClient {
   // refuses the connection (TLS) or this worker (token) ends the wait with
   // a ConfigError saying which and what to change.
   pb::Assignment registerWorker(const pb::RegisterRequest& req, std::chrono::milliseconds wait) {
-    const auto deadline = std::chrono::system_clock::now() +
-                          (wait.count() > 0 ? wait : std::chrono::hours(24 * 365));
+    const auto deadline =
+        std::chrono::system_clock::now() + (wait.count() > 0 ? wait : std::chrono::hours(24 * 365));
     int closed_in_setup = 0;  // connections the coordinator closed during set-up
     while (true) {
       grpc::ClientContext ctx;
@@ -116,7 +116,8 @@ class CoordinatorClient {
         advice = detail::concat(
             "the ", peer_,
             " closes every connection during set-up: it most likely does not trust this "
-            "worker's certificate (", security_.link.tls->origin,
+            "worker's certificate (",
+            security_.link.tls->origin,
             " must be signed by the CA of the job's security.ca), or it speaks plaintext");
       }
       if (!advice.empty()) {

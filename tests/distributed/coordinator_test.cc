@@ -31,9 +31,8 @@ using testing::writeJob;
 constexpr const char* kToken = "the-right-join-token-0123456789";
 
 // A loopback identity (127.0.0.1 certificate) signed by `ca`.
-std::shared_ptr<const security::TlsIdentity> identityFrom(const security::CertificateAuthority& ca,
-                                                         const security::CertificateAuthority&
-                                                             signer) {
+std::shared_ptr<const security::TlsIdentity> identityFrom(
+    const security::CertificateAuthority& ca, const security::CertificateAuthority& signer) {
   const auto host = security::issueHostCertificate(signer, {"localhost", "127.0.0.1"}, 1);
   auto id = std::make_shared<security::TlsIdentity>();
   id->ca_pem = ca.cert_pem;
@@ -156,8 +155,9 @@ TEST(Coordinator, RefusesAWrongTokenAndLogsItOnceWithoutTheToken) {
 TEST(Coordinator, ThrottlesAHostThatKeepsSendingWrongTokens) {
   Fixture f;
   for (int i = 0; i < 5; ++i) {
-    EXPECT_EQ(f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any", "x-wrong-token-0123456").error_code(),
-              grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(
+        f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any", "x-wrong-token-0123456").error_code(),
+        grpc::StatusCode::PERMISSION_DENIED);
   }
   // Refused from now on, even with the right token, and logged once.
   for (int i = 0; i < 3; ++i) {
@@ -179,7 +179,8 @@ TEST(Coordinator, CapsRegistrations) {
   // ... and the job's 4 tasklets + 0 spares are used up.
   grpc::Status st = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_TRUE(contains(st.error_message(), "accepted 4 registrations already")) << st.error_message();
+  EXPECT_TRUE(contains(st.error_message(), "accepted 4 registrations already"))
+      << st.error_message();
 }
 
 // runWorker against the fixture's coordinator with `security`; the message
@@ -202,8 +203,7 @@ std::string joinWith(Fixture& f, const JobSecurity& security, const std::string&
 
 TEST(Coordinator, WorkerWithAWrongTokenExitsSayingSo) {
   Fixture f;
-  const std::string what =
-      joinWith(f, tlsSecurity("the-wrong-join-token-000000"), "127.0.0.1:0");
+  const std::string what = joinWith(f, tlsSecurity("the-wrong-join-token-000000"), "127.0.0.1:0");
   EXPECT_TRUE(contains(what, "the coordinator at 127.0.0.1:")) << what;
   EXPECT_TRUE(contains(what, "refused this worker: wrong join token (test token)")) << what;
   EXPECT_FALSE(contains(what, "the-wrong-join-token")) << what;
@@ -279,8 +279,9 @@ TEST(Coordinator, ATlsJobNeedsAJoinToken) {
   security::writePublicFile(dir.file("host.pem"), host.cert_pem);
   security::writePrivateFile(dir.file("host-key.pem"), host.key_pem);
   CoordinatorOptions opt;
-  opt.job_path = writeJob(dir, "job.yaml",
-                          tinyJobYaml(5, "security: {ca: ca.pem, cert: host.pem, key: host-key.pem}\n"));
+  opt.job_path =
+      writeJob(dir, "job.yaml",
+               tinyJobYaml(5, "security: {ca: ca.pem, cert: host.pem, key: host-key.pem}\n"));
   opt.listen_address = "127.0.0.1:0";
   ::unsetenv(security::kTokenEnvVar);
   EXPECT_THROW(Coordinator{opt}, ConfigError);

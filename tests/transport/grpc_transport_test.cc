@@ -11,11 +11,11 @@
 #include <thread>
 
 #include "geopipe/error.h"
+#include "src/security/pki.h"
 #include "src/transport/collectives.h"
 #include "src/transport/factory.h"
 #include "src/transport/grpc/grpc_transport.h"
 #include "src/transport/grpc/peer_test_client.h"
-#include "src/security/pki.h"
 #include "tests/transport/world.h"
 
 namespace geopipe::transport::testing {
@@ -397,7 +397,8 @@ TEST(GrpcTransportTls, RefusesACertificateOfAnotherCa) {
   const std::string what = sendBetween(server, client);
   EXPECT_TRUE(contains(what, "TLS handshake")) << what;
   EXPECT_TRUE(contains(what, "do not trust each other's certificate")) << what;
-  EXPECT_LT(Clock::now() - start, seconds(8)) << "a handshake failure must not wait out connect_timeout";
+  EXPECT_LT(Clock::now() - start, seconds(8))
+      << "a handshake failure must not wait out connect_timeout";
 }
 
 TEST(GrpcTransportTls, PlaintextSenderToATlsPeerIsRefused) {

@@ -17,10 +17,10 @@
 
 #include "geopipe/error.h"
 #include "proto/peer.grpc.pb.h"
+#include "src/security/token.h"
 #include "src/transport/completion.h"
 #include "src/transport/factory.h"
 #include "src/transport/grpc/peer_inbox.h"
-#include "src/security/token.h"
 
 namespace geopipe::transport {
 
@@ -502,13 +502,12 @@ class PeerLink {
           Clock::now() >= next_probe) {
         next_probe = Clock::now() + std::chrono::seconds(1);
         last_error = probeConnectError(channel);
-        const std::string advice =
-            explainHandshakeFailure(last_error, config_.security, peer_name);
+        const std::string advice = explainHandshakeFailure(last_error, config_.security, peer_name);
         if (!advice.empty()) {
           failAll(Failure{ErrorKind::PROTOCOL,
                           detail::concat("grpc: connect from rank ", config_.rank, " to rank ",
-                                         config_.peer, " (", config_.address, ") failed: ",
-                                         advice, " [", last_error, "]")},
+                                         config_.peer, " (", config_.address, ") failed: ", advice,
+                                         " [", last_error, "]")},
                   nullptr);
           finish();
           return;
