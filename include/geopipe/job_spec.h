@@ -148,6 +148,19 @@ struct LoggingSpec {
   int every_steps = 1;         // progress line period
 };
 
+// How the job's gRPC links (coordinator and peers) are secured; see
+// docs/operations.md#security-model. Paths are resolved against the job
+// file's directory. The token itself never appears here, only its file.
+struct SecuritySpec {
+  bool configured = false;       // the job has a `security:` section
+  std::string ca;                // PEM CA certificate(s) every host's certificate is signed by
+  std::string cert;              // the coordinator host's certificate, PEM
+  std::string key;               // its private key, PEM, mode 600
+  std::string token_file;        // the join token; empty: the GEOPIPE_JOB_TOKEN variable
+  bool insecure = false;         // plaintext gRPC (`insecure: true`), loopback addresses only
+  bool insecure_remote = false;  // `insecure: force`: plaintext on any address
+};
+
 struct JobSpec {
   std::string name;
   std::string source;  // path of the job file
@@ -162,6 +175,7 @@ struct JobSpec {
   CheckpointSpec checkpoint;
   LoggingSpec logging;
   FaultToleranceSpec fault_tolerance;
+  SecuritySpec security;
 
   // Micro-batches per step for one replica: global_batch / (D_dp * micro_batch).
   int microBatchesPerReplica(int data_parallel) const {

@@ -83,4 +83,15 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args);
 int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out);
 int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out);
 
+struct CertsArgs {
+  std::string dir;                 // where ca.pem, ca-key.pem, token and host files go
+  std::vector<std::string> hosts;  // NAME[,ALT...]: one certificate per entry
+  int days = 365;                  // validity of the host certificates
+  bool force = false;              // overwrite existing host files
+};
+void addCertsOptions(CLI::App& app, CertsArgs& args);
+// `geopipe certs DIR --host NAME...`: a CA (made once, reused after), a
+// certificate per host and a join token; prints the job's security section.
+int runCertsCommand(const CertsArgs& args, std::ostream& out);
+
 }  // namespace geopipe::cli

@@ -31,7 +31,9 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
                "continue from the newest committed checkpoint in checkpoint.dir");
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
-  app.add_option("--token", args.token, "workers must present this token (--token)");
+  app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
+               "with security.insecure: allow plaintext on a --listen address that is not "
+               "loopback (like insecure: force)");
   app.add_option("--heartbeat-timeout", args.heartbeat_timeout,
                  "seconds without word from a worker before it counts as dead (default: "
                  "fault_tolerance.heartbeat_timeout of the job, 10)")
@@ -44,7 +46,7 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   opt.listen_address = args.listen;
   if (args.steps) opt.steps = *args.steps;
   opt.resume = args.resume;
-  opt.join_token = args.token;
+  opt.allow_insecure_remote = args.allow_insecure_remote;
   if (args.heartbeat_timeout) {
     opt.heartbeat_timeout =
         std::chrono::milliseconds(static_cast<int64_t>(*args.heartbeat_timeout * 1000));
@@ -65,7 +67,9 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
       << job.parallelism.pipeline_stages << " stages x " << job.parallelism.data_parallel
       << " replicas); start each with\n  geopipe worker --coordinator HOST:"
       << coordinator.listeningAddress().substr(coordinator.listeningAddress().rfind(':') + 1)
-      << (args.token.empty() ? "" : " --token TOKEN") << " [--device NAME|INDEX]\n"
+      << (job.security.insecure ? " --insecure" : " --ca CA.pem --cert HOST.pem --key HOST-key.pem")
+      << (job.security.token_file.empty() ? "" : " --token-file TOKEN_FILE")
+      << " [--device NAME|INDEX]\n"
       << std::flush;
 
   g_signals = 0;

@@ -32,7 +32,7 @@ struct CoordinatorArgs {
   std::optional<int> steps;             // overrides training.steps
   bool resume = false;                  // continue from the newest committed checkpoint
   std::string metrics_file;             // overrides logging.metrics_file
-  std::string token;                    // workers must present it; empty accepts any
+  bool allow_insecure_remote = false;   // plaintext (insecure: true) off loopback
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
   std::optional<double> heartbeat_timeout;
 };
@@ -43,7 +43,12 @@ struct WorkerArgs {
   std::string coordinator;           // "host:port" of the coordinator
   std::string device = "any";        // topology device name or index, or any
   std::string listen = "0.0.0.0:0";  // peer service address; port 0 = a free port
-  std::string token;                 // the coordinator's --token
+  std::string ca;                    // PEM CA certificate (the job's security.ca)
+  std::string cert;                  // this host's certificate, PEM
+  std::string key;                   // its private key, PEM, mode 600
+  std::string token_file;            // the join token; empty: GEOPIPE_JOB_TOKEN
+  bool insecure = false;             // plaintext, loopback only
+  bool allow_insecure_remote = false;  // plaintext on any address
   int threads = 0;                   // LibTorch threads; 0 = every core
   int timeout = 300;                 // seconds to wait for a peer's message
 };

@@ -91,6 +91,12 @@ int main(int argc, char** argv) {
   auto* worker = app.add_subcommand("worker", "Join a coordinator and run one tasklet");
   geopipe::cli::addWorkerOptions(*worker, worker_args);
 
+  // certs
+  geopipe::cli::CertsArgs certs_args;
+  auto* certs = app.add_subcommand(
+      "certs", "Create a CA, per-host TLS certificates and a join token for multi-host jobs");
+  geopipe::cli::addCertsOptions(*certs, certs_args);
+
   // bench
   geopipe::cli::BenchArgs bench_args;
   auto* bench = app.add_subcommand("bench", "Reproducible benchmarks");
@@ -136,6 +142,9 @@ int main(int argc, char** argv) {
   }
   if (*worker) {
     return guarded([&] { return geopipe::cli::runWorkerCommand(worker_args, std::cout); });
+  }
+  if (*certs) {
+    return guarded([&] { return geopipe::cli::runCertsCommand(certs_args, std::cout); });
   }
   if (*bench && bench->got_subcommand("grpc")) {
     return guarded([&] { return geopipe::cli::runGrpcBench(grpc_bench_args, std::cout); });

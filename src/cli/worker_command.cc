@@ -15,7 +15,15 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
                  "host:port of this worker's peer service (port 0: a free port; host 0.0.0.0: "
                  "peers use the address the coordinator sees)")
       ->capture_default_str();
-  app.add_option("--token", args.token, "the coordinator's --token");
+  app.add_option("--ca", args.ca, "PEM CA certificate the job's hosts are signed by (security.ca)");
+  app.add_option("--cert", args.cert, "this host's PEM certificate (from geopipe certs)");
+  app.add_option("--key", args.key, "its PEM private key (mode 600)");
+  app.add_option("--token-file", args.token_file,
+                 "file holding the job's join token (default: $GEOPIPE_JOB_TOKEN)");
+  app.add_flag("--insecure", args.insecure,
+               "plaintext gRPC, for a job with security.insecure (loopback addresses only)");
+  app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
+               "with --insecure: allow plaintext on addresses that are not loopback");
   app.add_option("--threads", args.threads, "LibTorch threads (0: every core)")
       ->capture_default_str();
   app.add_option("--timeout", args.timeout, "seconds to wait for a peer's message")
@@ -27,7 +35,14 @@ int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
   opt.coordinator = args.coordinator;
   opt.device = args.device;
   opt.listen = args.listen;
-  opt.join_token = args.token;
+  distributed::WorkerSecurityArgs sec;
+  sec.ca = args.ca;
+  sec.cert = args.cert;
+  sec.key = args.key;
+  sec.token_file = args.token_file;
+  sec.insecure = args.insecure || args.allow_insecure_remote;
+  sec.allow_insecure_remote = args.allow_insecure_remote;
+  opt.security = distributed::workerSecurity(sec);
   opt.threads = args.threads;
   opt.timeout_seconds = args.timeout;
   const distributed::WorkerResult r = distributed::runWorker(opt);

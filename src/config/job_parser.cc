@@ -8,6 +8,8 @@
 
 #include "src/config/topology_parser.h"
 #include "src/config/yaml_fields.h"
+#include "src/security/pki.h"
+#include "src/security/token.h"
 
 namespace geopipe::config {
 namespace {
@@ -71,6 +73,7 @@ class JobReader {
     readCheckpoint(r.child("checkpoint"));
     readLogging(r.child("logging"));
     readFaultTolerance(r.child("fault_tolerance"));
+    readSecurity(r.child("security"));
     r.finish();
     if (job_.name.empty()) {
       job_.name = fs::path(ctx_.file).stem().string();
@@ -318,6 +321,70 @@ class JobReader {
       r.getInt("max_restarts", f.max_restarts, 0, 1000);
       r.getDouble("rejoin_timeout", f.rejoin_timeout, 1.0, 86400.0);
     });
+  }
+
+  // The security section: TLS files (or plaintext) and the join token's
+  // file. The files are checked here, so a bad one is reported by
+  // `geopipe validate` with its field rather than as a failed handshake.
+  void readSecurity(const YAML::Node& node) {
+    if (!node.IsDefined()) return;
+    const size_t errors_before = ctx_.diagnostics->size();
+    SecuritySpec& s = job_.security;
+    s.configured = true;
+    section(node, "security", [&](MapReader& r) {
+      r.getString("ca", s.ca);
+      r.getString("cert", s.cert);
+      r.getString("key", s.key);
+      r.getString("token_file", s.token_file);
+      YAML::Node ins = r.child("insecure");
+      if (ins.IsDefined() && !ins.IsNull()) {
+        const std::string v = ins.IsScalar() ? ins.Scalar() : "";
+        if (v == "force") {
+          s.insecure = s.insecure_remote = true;
+        } else if (v == "true" || v == "yes" || v == "on") {
+          s.insecure = true;
+        } else if (v != "false" && v != "no" && v != "off") {
+          r.error("insecure", ins,
+                  "expected true (plaintext on loopback addresses only), false (TLS) or force "
+                  "(plaintext on any address), found " +
+                      describeNode(ins));
+        }
+      }
+      s.ca = resolvePath(base_dir_, s.ca);
+      s.cert = resolvePath(base_dir_, s.cert);
+      s.key = resolvePath(base_dir_, s.key);
+      s.token_file = resolvePath(base_dir_, s.token_file);
+      if (s.insecure) {
+        if (!s.ca.empty() || !s.cert.empty() || !s.key.empty()) {
+          r.error("insecure", ins,
+                  "insecure is set but so are TLS files (ca, cert, key): plaintext uses no "
+                  "certificates; remove `insecure` to use TLS, or the file fields for plaintext");
+        }
+        return;
+      }
+      const std::pair<const char*, const std::string*> files[] = {
+          {"ca", &s.ca}, {"cert", &s.cert}, {"key", &s.key}};
+      for (const auto& [key, value] : files) {
+        if (value->empty()) {
+          r.error(key, YAML::Node(YAML::NodeType::Undefined),
+                  std::string("missing: TLS needs ca, cert and key (PEM files; create them with "
+                              "`geopipe certs DIR --host NAME`), or set insecure: true for "
+                              "plaintext on loopback addresses"));
+        }
+      }
+    });
+    if (ctx_.diagnostics->size() != errors_before) return;
+    if (!s.insecure) {
+      security::TlsFiles files;
+      files.ca = s.ca;
+      files.cert = s.cert;
+      files.key = s.key;
+      for (const auto& p : security::checkTlsFiles(files)) fail(p.field, p.message);
+    }
+    if (!s.token_file.empty()) {
+      const std::string problem = security::tokenFileProblem(s.token_file);
+      if (!problem.empty()) fail("security.token_file", problem);
+    }
   }
 
   void fail(const std::string& field, const std::string& message) {

@@ -57,6 +57,19 @@ std::string formatJobSummary(const JobSpec& job) {
   os << ")\n";
   os << "  transport:    " << job.transport.kind
      << (job.transport.emulate_links ? ", links emulated" : "") << "\n";
+  const SecuritySpec& sec = job.security;
+  os << "  security:     ";
+  if (!sec.configured) {
+    os << "none (launch: ephemeral TLS certificates and token; coordinator: refused)\n";
+  } else if (sec.insecure) {
+    os << "plaintext" << (sec.insecure_remote ? " on any address (forced)" : " on loopback only")
+       << ", join token "
+       << (sec.token_file.empty() ? "from $GEOPIPE_JOB_TOKEN if set" : "in " + sec.token_file)
+       << "\n";
+  } else {
+    os << "mutual TLS (ca " << sec.ca << ", cert " << sec.cert << "), join token "
+       << (sec.token_file.empty() ? "from $GEOPIPE_JOB_TOKEN" : "in " + sec.token_file) << "\n";
+  }
   return os.str();
 }
 

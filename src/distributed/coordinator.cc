@@ -23,6 +23,8 @@
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
+#include "src/security/token.h"
+#include "src/transport/grpc/credentials.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -32,6 +34,12 @@ namespace pb = geopipe::v1;
 
 constexpr uint32_t kProtocol = pb::COORDINATOR_PROTOCOL_CURRENT;
 constexpr auto kPoll = std::chrono::milliseconds(100);
+// Wrong join tokens from one host: more than kMaxBadTokens within
+// kBadTokenWindow and that host is refused without a check until the
+// window has passed again. At most kMaxTrackedHosts hosts are remembered.
+constexpr int kMaxBadTokens = 5;
+constexpr auto kBadTokenWindow = std::chrono::seconds(60);
+constexpr size_t kMaxTrackedHosts = 4096;
 
 double secondsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -97,6 +105,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   explicit Impl(CoordinatorOptions options) : opt_(std::move(options)) {
     bundle_ = bundleJobFile(opt_.job_path);
     job_ = parseBundle(bundle_);
+    job_.security = bundle_.security;
     if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
     if (job_.parallelism.dataParallelAuto()) {
       auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false);
@@ -121,10 +130,19 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     heartbeat_timeout_ = opt_.heartbeat_timeout.value_or(
         std::chrono::milliseconds(static_cast<int64_t>(ft.heartbeat_timeout * 1000)));
     rejoin_timeout_ = std::chrono::milliseconds(static_cast<int64_t>(ft.rejoin_timeout * 1000));
+    security_ = opt_.security ? *opt_.security : jobSecurity(job_, opt_.allow_insecure_remote);
+    if (opt_.allow_insecure_remote) security_.link.allow_insecure_remote = true;
+    transport::checkPlaintextAllowed(security_.link, opt_.listen_address,
+                                     "the coordinator's --listen address");
+    max_registrations_ =
+        world_ + (opt_.spare_registrations < 0 ? world_ : opt_.spare_registrations);
 
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(opt_.listen_address, grpc::InsecureServerCredentials(), &port_);
+    builder.AddListeningPort(opt_.listen_address, transport::serverCredentials(security_.link),
+                             &port_);
     builder.RegisterService(this);
+    builder.SetMaxReceiveMessageSize(transport::kMaxCoordinatorRequestBytes);
+    builder.SetMaxSendMessageSize(transport::kMaxCoordinatorReplyBytes);
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0) {
       GEOPIPE_THROW(IoError, "coordinator cannot listen on '", opt_.listen_address,
@@ -256,18 +274,26 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                              " but this coordinator speaks version ", kProtocol,
                              " (geopipe.v1); run the same geopipe release on every host")};
     }
-    if (!opt_.join_token.empty() && req->join_token() != opt_.join_token) {
-      return {grpc::StatusCode::INVALID_ARGUMENT,
-              "wrong join token: start the worker with the coordinator's --token"};
-    }
+    if (grpc::Status st = checkJoinTokenLocked(ctx, *req); !st.ok()) return st;
     if (ended_) return {grpc::StatusCode::ABORTED, "the job has already ended"};
     if (placed_) {
       return {grpc::StatusCode::FAILED_PRECONDITION,
               detail::concat("job '", job_.name, "' already has all ", world_,
                              " workers; this worker is not needed")};
     }
+    if (registrations_ >= max_registrations_) {
+      eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ", registrations_,
+                                 " registrations accepted already"));
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              detail::concat("job '", job_.name, "' has accepted ", registrations_,
+                             " registrations already (", world_, " tasklets plus ",
+                             max_registrations_ - world_,
+                             " for workers that left before placement); restart the "
+                             "coordinator")};
+    }
     int device = -1;
     if (grpc::Status st = resolveDeviceLocked(req->device(), &device); !st.ok()) return st;
+    ++registrations_;
     Slot slot;
     slot.device = device;
     slot.info.hostname = req->hostname();
@@ -510,6 +536,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     int arrived = 0;
     std::vector<std::string> files;
   };
+  struct BadTokens {
+    int count = 0;
+    Clock::time_point window_start;
+  };
   struct Failure {
     std::string message;
     std::string type;
@@ -517,6 +547,43 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     bool primary = true;
     Clock::time_point at;
   };
+
+  // The join token check of Register: constant-time, never logged; a host
+  // that keeps sending wrong tokens is throttled, and each host's first
+  // refusal and each throttling are logged once with its address.
+  grpc::Status checkJoinTokenLocked(grpc::ServerContext* ctx, const pb::RegisterRequest& req) {
+    if (security_.token.empty()) return grpc::Status::OK;
+    const std::string host = hostOfPeer(ctx->peer());
+    const auto now = Clock::now();
+    auto it = bad_tokens_.find(host);
+    if (it != bad_tokens_.end() && now - it->second.window_start > kBadTokenWindow) {
+      bad_tokens_.erase(it);
+      it = bad_tokens_.end();
+    }
+    if (it != bad_tokens_.end() && it->second.count >= kMaxBadTokens) {
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              detail::concat("too many wrong join tokens from ", host,
+                             "; this host is refused for up to ", kBadTokenWindow.count(), " s")};
+    }
+    if (security::constantTimeEquals(req.join_token(), security_.token.secret)) {
+      return grpc::Status::OK;
+    }
+    if (it == bad_tokens_.end()) {
+      if (bad_tokens_.size() >= kMaxTrackedHosts) bad_tokens_.clear();
+      it = bad_tokens_.emplace(host, BadTokens{0, now}).first;
+      eventLocked(detail::concat("refused a worker from ", ctx->peer(), " (host '",
+                                 req.hostname().substr(0, 64), "', pid ", req.pid(), "): ",
+                                 req.join_token().empty() ? "no join token" : "wrong join token"));
+    }
+    if (++it->second.count == kMaxBadTokens) {
+      eventLocked(detail::concat("throttling ", host, ": ", kMaxBadTokens,
+                                 " wrong join tokens within ", kBadTokenWindow.count(),
+                                 " s; its registrations are refused for the rest of that time"));
+    }
+    return {grpc::StatusCode::PERMISSION_DENIED,
+            req.join_token().empty() ? "no join token: this coordinator requires one"
+                                     : "wrong join token"};
+  }
 
   void event(const std::string& line) {
     if (opt_.on_event) {
@@ -660,8 +727,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                : std::to_string(s.info.device);
       s.last_seen = Clock::now();
     }
-    uint64_t seed = std::chrono::steady_clock::now().time_since_epoch().count();
-    job_token_ = detail::concat(job_.name, "-", std::hex, seed);
+    // The peers' job token: a secret only the workers placed here learn
+    // (over the coordinator's TLS link), checked on every peer stream.
+    job_token_ = security::randomToken();
     result_.device_of_rank = placement_.device_of_rank;
     result_.layers_of_stage = placement_.layers_of_stage;
     result_.placement_source = placement_.source;
@@ -967,6 +1035,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int64_t first_step_ = 0;
   std::string resume_dir_;
   std::string job_token_;
+  JobSecurity security_;
+  int registrations_ = 0;  // accepted Register calls (right token, known device)
+  int max_registrations_ = 0;
+  std::map<std::string, BadTokens> bad_tokens_;  // by host
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string address_;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "geopipe/trainer.h"
+#include "src/distributed/security.h"
 
 namespace geopipe::distributed {
 
@@ -29,8 +30,20 @@ struct CoordinatorOptions {
   std::optional<int64_t> steps;
   // Continue from the newest committed checkpoint in checkpoint.dir.
   bool resume = false;
-  // Workers must present this token; empty accepts any worker.
-  std::string join_token;
+  // How the service is secured (mutual TLS or loopback plaintext) and the
+  // join token every worker must present. Unset: the job's security section
+  // (jobSecurity; ConfigError when it has none). The token is compared in
+  // constant time and never logged.
+  std::optional<JobSecurity> security;
+  // Plaintext even when listen_address is not loopback (`insecure: force`
+  // in the job does the same).
+  bool allow_insecure_remote = false;
+  // Registrations with the right token accepted before the job is placed:
+  // at most stages x replicas plus this many (workers that left before
+  // placement and were started again); -1: as many as the job has tasklets.
+  // Further ones are refused (RESOURCE_EXHAUSTED), so a client cannot grow
+  // the coordinator's memory without bound.
+  int spare_registrations = -1;
   // A placed worker that sends nothing (heartbeat or report) for this long
   // has failed and is named. Unset: the job's
   // fault_tolerance.heartbeat_timeout (10 s by default). Workers stop on

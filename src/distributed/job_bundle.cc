@@ -36,7 +36,7 @@ JobBundle bundleJobFile(const std::string& path) {
   const std::string text = readText(path, "job file");
   // Check the job as loadJobFile would (every problem at once, with lines
   // and columns of the original file) before rewriting it.
-  (void)config::loadJobFile(path);
+  b.security = config::loadJobFile(path).security;
   YAML::Node root = YAML::Load(text);
   YAML::Node topo = root["topology"];
   if (topo && topo.IsScalar()) {
@@ -44,6 +44,9 @@ JobBundle bundleJobFile(const std::string& path) {
     if (tpath.is_relative()) tpath = fs::path(b.base_dir) / tpath;
     root["topology"] = YAML::Load(readText(tpath.string(), "topology file"));
   }
+  // Credentials are each host's own business: the coordinator's file paths
+  // mean nothing on a worker's host (its flags name its own files).
+  root.remove("security");
   YAML::Emitter out;
   out << root;
   b.yaml = out.c_str();

@@ -15,6 +15,10 @@ struct JobBundle {
   std::string yaml;      // the job file's text, `topology:` replaced by the mapping
   std::string source;    // the job file's path on the coordinator (for messages)
   std::string base_dir;  // absolute directory of the job file
+  // The job file's security section, for the coordinator's own use: it is
+  // not in `yaml`, since paths of this host's TLS files mean nothing on a
+  // worker's host (each worker names its own).
+  SecuritySpec security;
 };
 
 // Reads the job file; IoError if unreadable, SpecError if its YAML or its

@@ -11,7 +11,9 @@
 #include <thread>
 
 #include "geopipe/error.h"
+#include "src/config/job_parser.h"
 #include "src/distributed/process.h"
+#include "src/distributed/security.h"
 
 namespace geopipe::distributed {
 namespace fs = std::filesystem;
@@ -47,8 +49,29 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   out.log_dir = makeLogDir(opt.log_dir);
   const std::string exe = opt.executable.empty() ? selfExecutable() : opt.executable;
 
+  // TLS for every link even here: the job's own files, or (the zero-set-up
+  // default) a CA, certificate and token made for this run in its log
+  // directory. Workers get file paths, never the token itself, on argv.
+  const JobSpec spec = config::loadJobFile(opt.job_path);
+  JobSecurity security;
+  WorkerSecurityArgs worker_security;
+  if (!spec.security.configured) {
+    EphemeralSecurity e = makeEphemeralSecurity((fs::path(out.log_dir) / "tls").string());
+    security = e.security;
+    worker_security = e.worker_args;
+  } else {
+    security = jobSecurity(spec, false);
+    worker_security.ca = spec.security.ca;
+    worker_security.cert = spec.security.cert;
+    worker_security.key = spec.security.key;
+    worker_security.token_file = spec.security.token_file;  // empty: inherited environment
+    worker_security.insecure = spec.security.insecure;
+    worker_security.allow_insecure_remote = spec.security.insecure_remote;
+  }
+
   CoordinatorOptions co;
   co.job_path = opt.job_path;
+  co.security = security;
   co.listen_address = "127.0.0.1:0";
   co.steps = opt.steps;
   co.resume = opt.resume;
@@ -87,6 +110,17 @@ LaunchResult launchJob(const LaunchOptions& opt) {
                  std::to_string(threads),
                  "--timeout",
                  std::to_string(opt.timeout_seconds)};
+      const WorkerSecurityArgs& ws = worker_security;
+      if (ws.insecure) so.argv.push_back("--insecure");
+      if (ws.allow_insecure_remote) so.argv.push_back("--allow-insecure-remote");
+      for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--ca", &ws.ca},
+                                        {"--cert", &ws.cert},
+                                        {"--key", &ws.key},
+                                        {"--token-file", &ws.token_file}}) {
+        if (value->empty()) continue;
+        so.argv.push_back(flag);
+        so.argv.push_back(*value);
+      }
       so.log_file = (fs::path(out.log_dir) / ("worker-" + std::to_string(i) + ".log")).string();
       so.process_group = group;
       children.push_back(ChildProcess::spawn(so));

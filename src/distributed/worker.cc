@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "geopipe/error.h"
-#include "src/common/blas_check.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
+#include "src/common/blas_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
 #include "src/distributed/job_bundle.h"
@@ -23,6 +23,7 @@
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
 #include "src/transport/factory.h"
+#include "src/transport/grpc/credentials.h"
 #include "src/transport/grpc/grpc_transport.h"
 
 namespace geopipe::distributed {
@@ -61,26 +62,73 @@ std::string errorTypeName(const std::exception& e) {
 // with a deadline, every failure converted once.
 class CoordinatorClient {
  public:
-  CoordinatorClient(const std::string& address, std::chrono::milliseconds timeout)
-      : peer_("coordinator at " + address), timeout_(timeout) {
+  CoordinatorClient(const std::string& address, std::chrono::milliseconds timeout,
+                    const JobSecurity& security)
+      : peer_("coordinator at " + address), timeout_(timeout), security_(security) {
+    transport::checkPlaintextAllowed(security.link, address, "the --coordinator address");
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-    channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    // A coordinator that starts after this worker is found within 2 s.
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    args.SetMaxSendMessageSize(transport::kMaxCoordinatorRequestBytes);
+    args.SetMaxReceiveMessageSize(transport::kMaxCoordinatorReplyBytes);
+    channel_ =
+        grpc::CreateCustomChannel(address, transport::channelCredentials(security.link), args);
     stub_ = pb::Coordinator::NewStub(channel_);
   }
 
-  // `first`: wait for the coordinator to come up (it may start after us);
-  // a worker rejoining after a failure fails at once if it is gone.
+  // Joins the job: waits for the coordinator to come up (it may start after
+  // us; `first` only: a worker rejoining after a failure fails at once if it
+  // is gone) and for every other worker to join. A coordinator that is up
+  // but refuses the connection (TLS) or this worker (token) ends the wait
+  // with a ConfigError saying which and what to change.
   pb::Assignment registerWorker(const pb::RegisterRequest& req, std::chrono::milliseconds wait,
                                 bool first = true) {
-    grpc::ClientContext ctx;
-    // Wait for every other worker to join.
-    ctx.set_wait_for_ready(first);
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     (wait.count() > 0 ? wait : std::chrono::hours(24 * 365)));
-    pb::Assignment out;
-    throwIfFailed(stub_->Register(&ctx, req, &out), peer_, "Register");
-    return out;
+    const auto deadline =
+        std::chrono::system_clock::now() + (wait.count() > 0 ? wait : std::chrono::hours(24 * 365));
+    int closed_in_setup = 0;  // connections the coordinator closed during set-up
+    while (true) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(deadline);
+      pb::Assignment out;
+      const grpc::Status st = stub_->Register(&ctx, req, &out);
+      if (st.ok()) return out;
+      const std::string& msg = st.error_message();
+      if (st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+        GEOPIPE_THROW(ConfigError, "the ", peer_, " refused this worker: ", msg, " (",
+                      security_.token.empty() ? "this worker has none: give --token-file FILE "
+                                                "or export GEOPIPE_JOB_TOKEN"
+                                              : security_.token.origin,
+                      "); the token must equal the coordinator's security.token_file");
+      }
+      if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        GEOPIPE_THROW(ConfigError, "the ", peer_, " refused this worker: ", msg);
+      }
+      if (st.error_code() != grpc::StatusCode::UNAVAILABLE || !first ||
+          std::chrono::system_clock::now() >= deadline) {
+        throwIfFailed(st, peer_, "Register");
+      }
+      // UNAVAILABLE: not up yet (retry), or up but the connection fails.
+      std::string advice = transport::explainHandshakeFailure(msg, security_.link, peer_);
+      // With TLS 1.3 a server that rejects the client's certificate says so
+      // after the client's side of the handshake is done: the client only
+      // sees the connection close, every time.
+      const bool closed = msg.find("Socket closed") != std::string::npos ||
+                          msg.find("Connection reset") != std::string::npos;
+      closed_in_setup = closed ? closed_in_setup + 1 : 0;
+      if (advice.empty() && closed_in_setup >= 3 && !security_.link.plaintext()) {
+        advice = detail::concat(
+            "the ", peer_,
+            " closes every connection during set-up: it most likely does not trust this "
+            "worker's certificate (",
+            security_.link.tls->origin,
+            " must be signed by the CA of the job's security.ca), or it speaks plaintext");
+      }
+      if (!advice.empty()) {
+        GEOPIPE_THROW(ConfigError, "cannot join: ", advice, " [gRPC: ", msg, "]");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
   }
 
   pb::AddressTable reportAddress(const pb::AddressRequest& req) {
@@ -120,6 +168,7 @@ class CoordinatorClient {
  private:
   std::string peer_;
   std::chrono::milliseconds timeout_;
+  const JobSecurity& security_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::Coordinator::Stub> stub_;
 };
@@ -315,6 +364,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     to.addresses.assign(static_cast<size_t>(world), "");
     to.listen_address = opt.listen;
     to.job_token = a.job_token();
+    to.security = opt.security.link;
     grpc_transport = std::make_shared<transport::GrpcTransport>(to);
     const std::string advertised =
         a.listen_host() + ":" + portPart(grpc_transport->listeningAddress());
@@ -463,11 +513,13 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     spdlog::info("{}", line);
     if (opt.on_event) opt.on_event(line);
   };
-  CoordinatorClient client(opt.coordinator, opt.coordinator_timeout);
+  // Plaintext peers must be on loopback too: refuse before joining.
+  transport::checkPlaintextAllowed(opt.security.link, opt.listen, "this worker's --listen address");
+  CoordinatorClient client(opt.coordinator, opt.coordinator_timeout, opt.security);
   pb::RegisterRequest reg;
   reg.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
   reg.set_device(opt.device.empty() ? "any" : opt.device);
-  reg.set_join_token(opt.join_token);
+  reg.set_join_token(opt.security.token.secret);
   reg.set_hostname(hostName());
   reg.set_pid(::getpid());
   reg.set_listen_host(hostPart(opt.listen));

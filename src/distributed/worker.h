@@ -9,6 +9,8 @@
 #include <functional>
 #include <string>
 
+#include "src/distributed/security.h"
+
 namespace geopipe::distributed {
 
 struct WorkerOptions {
@@ -21,8 +23,10 @@ struct WorkerOptions {
   // free one). A specific host is what peers connect to; with 0.0.0.0 peers
   // use the address the coordinator sees this worker connect from.
   std::string listen = "0.0.0.0:0";
-  // The coordinator's join token (its --token), if it has one.
-  std::string join_token;
+  // How the links to the coordinator and the peers are secured (mutual TLS
+  // with this host's certificate, or loopback plaintext) and the job's join
+  // token (workerSecurity reads both from the worker's flags).
+  JobSecurity security;
   // LibTorch intra-op threads; 0 = every core of this host.
   int threads = 0;
   // The coordinator unreachable for this long (no reply to a heartbeat or

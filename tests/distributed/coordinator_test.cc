@@ -2,13 +2,22 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "geopipe/error.h"
 #include "proto/coordinator.grpc.pb.h"
+#include "src/cli/commands.h"
 #include "src/distributed/coordinator.h"
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/rpc_status.h"
+#include "src/distributed/security.h"
+#include "src/distributed/worker.h"
+#include "src/security/pki.h"
+#include "src/security/token.h"
+#include "src/transport/grpc/credentials.h"
 #include "tests/distributed/test_jobs.h"
 
 namespace geopipe::distributed {
@@ -19,23 +28,71 @@ using testing::TempDir;
 using testing::tinyJobYaml;
 using testing::writeJob;
 
+constexpr const char* kToken = "the-right-join-token-0123456789";
+
+// A loopback identity (127.0.0.1 certificate) signed by `ca`.
+std::shared_ptr<const security::TlsIdentity> identityFrom(
+    const security::CertificateAuthority& ca, const security::CertificateAuthority& signer) {
+  const auto host = security::issueHostCertificate(signer, {"localhost", "127.0.0.1"}, 1);
+  auto id = std::make_shared<security::TlsIdentity>();
+  id->ca_pem = ca.cert_pem;
+  id->cert_pem = host.cert_pem;
+  id->key_pem = host.key_pem;
+  id->origin = "test certificate";
+  return id;
+}
+
+const security::CertificateAuthority& testCa() {
+  static const security::CertificateAuthority ca =
+      security::createCertificateAuthority("test CA", 1);
+  return ca;
+}
+
+JobSecurity tlsSecurity(const std::string& token = kToken) {
+  JobSecurity s;
+  s.link.tls = identityFrom(testCa(), testCa());
+  s.token = security::JoinToken{token, "test token"};
+  return s;
+}
+
+// A coordinator of the tiny 2 x 2 job over mutual TLS with the join token
+// kToken, and a raw TLS client of its service.
 struct Fixture {
   TempDir dir;
+  std::vector<std::string> events;
+  std::mutex events_mu;
   std::unique_ptr<Coordinator> coordinator;
   std::unique_ptr<pb::Coordinator::Stub> stub;
-  explicit Fixture(const std::string& token = "") {
+  explicit Fixture(int spare_registrations = -1) {
     CoordinatorOptions opt;
     opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5, "transport: {emulate_links: false}\n"));
     opt.listen_address = "127.0.0.1:0";
-    opt.join_token = token;
+    opt.security = tlsSecurity();
+    opt.spare_registrations = spare_registrations;
+    opt.on_event = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(events_mu);
+      events.push_back(line);
+    };
     coordinator = std::make_unique<Coordinator>(opt);
-    stub = pb::Coordinator::NewStub(
-        grpc::CreateChannel(coordinator->listeningAddress(), grpc::InsecureChannelCredentials()));
+    stub = pb::Coordinator::NewStub(grpc::CreateChannel(
+        coordinator->listeningAddress(), transport::channelCredentials(tlsSecurity().link)));
+  }
+  int eventsContaining(const std::string& part) {
+    std::lock_guard<std::mutex> lock(events_mu);
+    int n = 0;
+    for (const auto& e : events) n += e.find(part) != std::string::npos ? 1 : 0;
+    return n;
+  }
+  std::string allEvents() {
+    std::lock_guard<std::mutex> lock(events_mu);
+    std::string all;
+    for (const auto& e : events) all += e + "\n";
+    return all;
   }
   grpc::Status registerAs(uint32_t version, const std::string& device,
-                          const std::string& token = "") {
+                          const std::string& token = kToken, int deadline_ms = 500) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
     pb::RegisterRequest req;
     req.set_protocol_version(version);
     req.set_device(device);
@@ -72,11 +129,165 @@ TEST(Coordinator, UnknownDeviceIsAConfigErrorListingTheTopology) {
   }
 }
 
-TEST(Coordinator, RefusesAWrongToken) {
-  Fixture f("s3cret");
-  grpc::Status st = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any", "nope");
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("token"), std::string::npos);
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+TEST(Coordinator, RefusesAWrongTokenAndLogsItOnceWithoutTheToken) {
+  Fixture f;
+  const std::string wrong = "a-wrong-join-token-9876543210";
+  for (int i = 0; i < 3; ++i) {
+    grpc::Status st = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any", wrong);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(st.error_message(), "wrong join token");
+  }
+  grpc::Status st = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any", "");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(contains(st.error_message(), "no join token")) << st.error_message();
+  const std::string log = f.allEvents();
+  EXPECT_EQ(f.eventsContaining("refused a worker from ipv4:127.0.0.1:"), 1) << log;
+  EXPECT_TRUE(contains(log, "(host 'test', pid 42): wrong join token")) << log;
+  EXPECT_FALSE(contains(log, wrong)) << log;
+  EXPECT_FALSE(contains(log, kToken)) << log;
+  EXPECT_TRUE(f.coordinator->tasklets().empty());
+}
+
+TEST(Coordinator, ThrottlesAHostThatKeepsSendingWrongTokens) {
+  Fixture f;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(
+        f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any", "x-wrong-token-0123456").error_code(),
+        grpc::StatusCode::PERMISSION_DENIED);
+  }
+  // Refused from now on, even with the right token, and logged once.
+  for (int i = 0; i < 3; ++i) {
+    grpc::Status st = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any");
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_TRUE(contains(st.error_message(), "too many wrong join tokens from 127.0.0.1"))
+        << st.error_message();
+  }
+  EXPECT_EQ(f.eventsContaining("throttling 127.0.0.1"), 1) << f.allEvents();
+}
+
+TEST(Coordinator, CapsRegistrations) {
+  Fixture f(/*spare_registrations=*/0);
+  // Four workers join and leave before placement (their calls time out)...
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any", kToken, 100).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // ... and the job's 4 tasklets + 0 spares are used up.
+  grpc::Status st = f.registerAs(pb::COORDINATOR_PROTOCOL_CURRENT, "any");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(contains(st.error_message(), "accepted 4 registrations already"))
+      << st.error_message();
+}
+
+// runWorker against the fixture's coordinator with `security`; the message
+// of what it threw.
+std::string joinWith(Fixture& f, const JobSecurity& security, const std::string& listen) {
+  WorkerOptions w;
+  w.coordinator = f.coordinator->listeningAddress();
+  w.listen = listen;
+  w.security = security;
+  w.join_timeout = std::chrono::seconds(20);
+  try {
+    runWorker(w);
+  } catch (const ConfigError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("not a ConfigError: ") + e.what();
+  }
+  return "joined";
+}
+
+TEST(Coordinator, WorkerWithAWrongTokenExitsSayingSo) {
+  Fixture f;
+  const std::string what = joinWith(f, tlsSecurity("the-wrong-join-token-000000"), "127.0.0.1:0");
+  EXPECT_TRUE(contains(what, "the coordinator at 127.0.0.1:")) << what;
+  EXPECT_TRUE(contains(what, "refused this worker: wrong join token (test token)")) << what;
+  EXPECT_FALSE(contains(what, "the-wrong-join-token")) << what;
+}
+
+TEST(Coordinator, WorkerWithACertificateOfAnotherCaIsRefused) {
+  Fixture f;
+  // The worker trusts the coordinator's CA but its own certificate was
+  // signed by another one: the coordinator refuses the handshake.
+  JobSecurity s = tlsSecurity();
+  s.link.tls = identityFrom(testCa(), security::createCertificateAuthority("rogue CA", 1));
+  const auto start = std::chrono::steady_clock::now();
+  const std::string what = joinWith(f, s, "127.0.0.1:0");
+  EXPECT_TRUE(contains(what, "cannot join:")) << what;
+  EXPECT_TRUE(contains(what, "trust")) << what;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(15));
+  EXPECT_TRUE(f.coordinator->tasklets().empty());
+}
+
+TEST(Coordinator, PlaintextWorkerAgainstATlsCoordinatorIsRefused) {
+  Fixture f;
+  JobSecurity plain;
+  plain.token = security::JoinToken{kToken, "test token"};
+  const std::string what = joinWith(f, plain, "127.0.0.1:0");
+  EXPECT_TRUE(contains(what, "cannot join:")) << what;
+  EXPECT_TRUE(contains(what, "expects TLS")) << what;
+}
+
+TEST(Coordinator, PlaintextOnlyOnLoopback) {
+  TempDir dir;
+  CoordinatorOptions opt;
+  opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5, "security: {insecure: true}\n"));
+  opt.listen_address = "0.0.0.0:0";
+  try {
+    Coordinator c(opt);
+    FAIL() << "plaintext on 0.0.0.0 was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(contains(e.what(), "the coordinator's --listen address '0.0.0.0:0'")) << e.what();
+    EXPECT_TRUE(contains(e.what(), "loopback addresses only")) << e.what();
+  }
+  opt.listen_address = "127.0.0.1:0";
+  EXPECT_NO_THROW(Coordinator{opt});
+  opt.listen_address = "0.0.0.0:0";
+  opt.allow_insecure_remote = true;
+  EXPECT_NO_THROW(Coordinator{opt});
+  // A worker too: plaintext towards a remote coordinator is refused before
+  // it connects.
+  WorkerOptions w;
+  w.coordinator = "10.1.2.3:7420";
+  w.listen = "127.0.0.1:0";
+  EXPECT_THROW(runWorker(w), ConfigError);
+}
+
+TEST(Coordinator, AJobWithoutASecuritySectionMustChoose) {
+  TempDir dir;
+  CoordinatorOptions opt;
+  opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5));
+  opt.listen_address = "127.0.0.1:0";
+  try {
+    Coordinator c(opt);
+    FAIL() << "a job without a security section was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(contains(e.what(), "no security section")) << e.what();
+    EXPECT_TRUE(contains(e.what(), "geopipe certs")) << e.what();
+  }
+}
+
+TEST(Coordinator, ATlsJobNeedsAJoinToken) {
+  TempDir dir;
+  const auto ca = security::createCertificateAuthority("test CA", 1);
+  const auto host = security::issueHostCertificate(ca, {"localhost", "127.0.0.1"}, 1);
+  security::writePublicFile(dir.file("ca.pem"), ca.cert_pem);
+  security::writePublicFile(dir.file("host.pem"), host.cert_pem);
+  security::writePrivateFile(dir.file("host-key.pem"), host.key_pem);
+  CoordinatorOptions opt;
+  opt.job_path =
+      writeJob(dir, "job.yaml",
+               tinyJobYaml(5, "security: {ca: ca.pem, cert: host.pem, key: host-key.pem}\n"));
+  opt.listen_address = "127.0.0.1:0";
+  ::unsetenv(security::kTokenEnvVar);
+  EXPECT_THROW(Coordinator{opt}, ConfigError);
+  ::setenv(security::kTokenEnvVar, kToken, 1);
+  EXPECT_NO_THROW(Coordinator{opt});
+  ::unsetenv(security::kTokenEnvVar);
 }
 
 TEST(Coordinator, NamedDeviceCannotBeTakenTwice) {
@@ -99,6 +310,60 @@ TEST(Coordinator, StopBeforeAnyWorkerEndsTheJob) {
   ASSERT_TRUE(r.has_value());
   EXPECT_FALSE(r->ok);
   EXPECT_TRUE(r->interrupted);
+}
+
+TEST(Certs, OutputValidatesAndCarriesATlsRegistration) {
+  TempDir dir;
+  std::ostringstream out;
+  cli::CertsArgs args;
+  args.dir = dir.file("certs");
+  args.hosts = {"localhost,127.0.0.1"};
+  ASSERT_EQ(cli::runCertsCommand(args, out), 0);
+  EXPECT_TRUE(contains(out.str(), "token_file:")) << out.str();
+  // Again with another host: the CA and token are reused, not replaced.
+  args.hosts = {"node2,10.0.0.2"};
+  std::ostringstream again;
+  ASSERT_EQ(cli::runCertsCommand(args, again), 0);
+  EXPECT_TRUE(contains(again.str(), "using the CA in")) << again.str();
+  EXPECT_THROW(cli::runCertsCommand(args, again), ConfigError);  // node2 exists now
+
+  const std::string job = writeJob(
+      dir, "job.yaml",
+      "name: one\n"
+      "model: {preset: none, layers: 2, hidden: 16, heads: 2, seq_len: 8, vocab: 16}\n"
+      "data: {kind: synthetic, num_samples: 16}\n"
+      "training: {steps: 1, global_batch: 2, micro_batch: 1}\n"
+      "topology: {name: one, sites: [{name: s, devices: 1, intra: {latency_ms: 0, "
+      "bandwidth_gbps: 1}}]}\n"
+      "security: {ca: certs/ca.pem, cert: certs/localhost.pem, key: certs/localhost-key.pem, "
+      "token_file: certs/token}\n");
+  CoordinatorOptions opt;
+  opt.job_path = job;  // security from the job file
+  opt.listen_address = "127.0.0.1:0";
+  opt.on_event = [](const std::string&) {};
+  Coordinator coordinator(opt);
+
+  WorkerSecurityArgs w;
+  w.ca = dir.file("certs/ca.pem");
+  w.cert = dir.file("certs/localhost.pem");
+  w.key = dir.file("certs/localhost-key.pem");
+  w.token_file = dir.file("certs/token");
+  const JobSecurity sec = workerSecurity(w);
+  auto stub = pb::Coordinator::NewStub(
+      grpc::CreateChannel(coordinator.listeningAddress(), transport::channelCredentials(sec.link)));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  pb::RegisterRequest req;
+  req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+  req.set_join_token(sec.token.secret);
+  req.set_hostname("test");
+  pb::Assignment a;
+  const grpc::Status st = stub->Register(&ctx, req, &a);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(a.rank(), 0);
+  EXPECT_EQ(a.job_token().size(), 64u);  // a random secret for the peers
+  // The bundle sent to the worker carries no security section.
+  EXPECT_FALSE(contains(a.job_yaml(), "security")) << a.job_yaml();
 }
 
 TEST(JobBundle, InlinesTheTopologyFile) {

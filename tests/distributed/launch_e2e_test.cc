@@ -24,6 +24,7 @@
 #include "src/distributed/coordinator.h"
 #include "src/distributed/launcher.h"
 #include "src/distributed/process.h"
+#include "src/distributed/security.h"
 #include "tests/distributed/test_jobs.h"
 
 namespace geopipe::distributed {
@@ -207,6 +208,10 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
                                      "fault_tolerance: {max_restarts: 0}\n"));
   co.listen_address = "127.0.0.1:0";
   co.heartbeat_timeout = std::chrono::seconds(20);
+  // Mutual TLS and a join token, as a multi-host job has; the workers get
+  // the files on their command line.
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  co.security = creds.security;
   std::atomic<int64_t> done{0};
   co.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
   Coordinator coordinator(co);
@@ -218,7 +223,11 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
                "--coordinator", coordinator.listeningAddress(),
                "--device",      std::to_string(i),
                "--listen",      "127.0.0.1:0",
-               "--threads",     "1"};
+               "--threads",     "1",
+               "--ca",          creds.worker_args.ca,
+               "--cert",        creds.worker_args.cert,
+               "--key",         creds.worker_args.key,
+               "--token-file",  creds.worker_args.token_file};
     so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
     workers.push_back(ChildProcess::spawn(so));
   }

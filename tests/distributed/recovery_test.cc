@@ -67,6 +67,7 @@ struct FakeJob {
     opt.job_path = writeJob(dir, "job.yaml",
                             tinyJobYaml(20,
                                         "transport: {emulate_links: false}\n"
+                                        "security: {insecure: true}\n"
                                         "checkpoint: {dir: ckpt, every_steps: 5}\n"
                                         "fault_tolerance: " +
                                             fault_tolerance + "\n"));

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "geopipe/error.h"
+#include "src/security/pki.h"
 #include "src/transport/collectives.h"
 #include "src/transport/factory.h"
 #include "src/transport/grpc/grpc_transport.h"
@@ -332,9 +333,106 @@ TEST(GrpcTransport, RefusesAPeerOfAnotherJob) {
       what = e.what();
     }
   }
-  EXPECT_TRUE(contains(what, "peer 1 belongs to job 'job-B'")) << what;
+  EXPECT_TRUE(contains(what, "peer claiming rank 1")) << what;
+  EXPECT_TRUE(contains(what, "wrong job token")) << what;
   EXPECT_TRUE(contains(what, "PERMISSION_DENIED")) << what;
   EXPECT_TRUE(contains(what, "send from rank 1 to rank 0")) << what;
+  // The tokens are secrets: neither side's appears in the message.
+  EXPECT_FALSE(contains(what, "job-A")) << what;
+  EXPECT_FALSE(contains(what, "job-B")) << what;
+}
+
+// --- TLS ---------------------------------------------------------------------
+
+// A CA and a 127.0.0.1 certificate it signed, as one rank's identity.
+std::shared_ptr<const security::TlsIdentity> loopbackIdentity(
+    const security::CertificateAuthority& ca) {
+  const security::HostCertificate host =
+      security::issueHostCertificate(ca, {"localhost", "127.0.0.1"}, 1);
+  auto id = std::make_shared<security::TlsIdentity>();
+  id->ca_pem = ca.cert_pem;
+  id->cert_pem = host.cert_pem;
+  id->key_pem = host.key_pem;
+  id->origin = "test";
+  return id;
+}
+
+// Two ranks whose links are secured by `a` and `b`; rank 1 sends to rank 0
+// and the first failure's message is returned ("" when the message arrived).
+std::string sendBetween(const LinkSecurity& a, const LinkSecurity& b) {
+  std::vector<std::shared_ptr<GrpcTransport>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    GrpcTransportOptions o = testOptions();
+    o.rank = r;
+    o.addresses = {"", ""};
+    o.listen_address = "127.0.0.1:0";
+    o.job_token = "tls-test-job";
+    o.security = r == 0 ? a : b;
+    o.connect_timeout = seconds(10);
+    ranks.push_back(std::make_shared<GrpcTransport>(o));
+  }
+  ranks[1]->setPeerAddress(0, ranks[0]->listeningAddress());
+  return messageOf([&] {
+    ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(15));
+    auto work = ranks[0]->recv(1, tagOf(Channel::CONTROL, 0));
+    work->wait(seconds(5));
+    EXPECT_EQ(work->takePayload(), stamp(1, 0));
+  });
+}
+
+TEST(GrpcTransportTls, MutualTlsCarriesMessages) {
+  const auto ca = security::createCertificateAuthority("test CA", 1);
+  LinkSecurity tls;
+  tls.tls = loopbackIdentity(ca);
+  EXPECT_EQ(sendBetween(tls, tls), "");
+}
+
+TEST(GrpcTransportTls, RefusesACertificateOfAnotherCa) {
+  const auto ca = security::createCertificateAuthority("test CA", 1);
+  const auto other = security::createCertificateAuthority("another CA", 1);
+  LinkSecurity server, client;
+  server.tls = loopbackIdentity(ca);
+  client.tls = loopbackIdentity(other);
+  const auto start = Clock::now();
+  const std::string what = sendBetween(server, client);
+  EXPECT_TRUE(contains(what, "TLS handshake")) << what;
+  EXPECT_TRUE(contains(what, "do not trust each other's certificate")) << what;
+  EXPECT_LT(Clock::now() - start, seconds(8))
+      << "a handshake failure must not wait out connect_timeout";
+}
+
+TEST(GrpcTransportTls, PlaintextSenderToATlsPeerIsRefused) {
+  const auto ca = security::createCertificateAuthority("test CA", 1);
+  LinkSecurity server, plain;
+  server.tls = loopbackIdentity(ca);
+  const std::string what = sendBetween(server, plain);
+  EXPECT_TRUE(contains(what, "expects TLS")) << what;
+}
+
+TEST(GrpcTransportTls, TlsSenderToAPlaintextPeerIsRefused) {
+  const auto ca = security::createCertificateAuthority("test CA", 1);
+  LinkSecurity plain, client;
+  client.tls = loopbackIdentity(ca);
+  const std::string what = sendBetween(plain, client);
+  EXPECT_TRUE(contains(what, "does not speak TLS")) << what;
+}
+
+TEST(GrpcTransportTls, PlaintextOnlyOnLoopbackUnlessForced) {
+  GrpcTransportOptions o = testOptions();
+  o.addresses = {"", ""};
+  o.listen_address = "0.0.0.0:0";
+  const std::string what = messageOf([&] { GrpcTransport t(o); });
+  EXPECT_TRUE(contains(what, "loopback addresses only")) << what;
+  EXPECT_TRUE(contains(what, "'0.0.0.0:0'")) << what;
+  EXPECT_THROW(GrpcTransport{o}, ConfigError);
+  o.listen_address = "127.0.0.1:0";
+  GrpcTransport loopback(o);
+  EXPECT_THROW(loopback.setPeerAddress(1, "10.1.2.3:5000"), ConfigError);
+  loopback.setPeerAddress(1, "[::1]:5000");
+  o.listen_address = "0.0.0.0:0";
+  o.security.allow_insecure_remote = true;
+  GrpcTransport forced(o);
+  forced.setPeerAddress(1, "10.1.2.3:5000");
 }
 
 TEST(GrpcTransport, ServerSurvivesGarbageAndInvalidChunkSequences) {

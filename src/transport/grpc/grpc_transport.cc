@@ -17,6 +17,7 @@
 
 #include "geopipe/error.h"
 #include "proto/peer.grpc.pb.h"
+#include "src/security/token.h"
 #include "src/transport/completion.h"
 #include "src/transport/factory.h"
 #include "src/transport/grpc/peer_inbox.h"
@@ -33,6 +34,9 @@ constexpr uint32_t kProtocolVersion = geopipe::v1::PEER_PROTOCOL_CURRENT;
 constexpr size_t kMaxChunkBytes = size_t{16} << 20;
 // Room for a chunk's header fields on top of its data.
 constexpr int kMaxFrameBytes = static_cast<int>(kMaxChunkBytes + (64 << 10));
+// Peer streams carry no acknowledgements in protocol v1 (PeerAck is tiny);
+// replies larger than this are refused.
+constexpr int kMaxAckBytes = 64 << 10;
 
 // A failure as a type and a message, so that one link failure can be
 // reported to every later send with that send's own context.
@@ -156,8 +160,8 @@ class PeerServiceImpl final : public PeerService::Service {
     uint64_t received = 0;
     Bytes buffer;
     auto abandon = [context] { return context->IsCancelled(); };
-    const std::string self =
-        detail::concat("rank ", config_.rank, " (job '", config_.job_token, "')");
+    // The job token is a secret: never part of a message.
+    const std::string self = detail::concat("rank ", config_.rank);
     // Ends the stream with `code`; when the sender's identity was already
     // established, its receives fail with ProtocolError too.
     auto refuse = [&](grpc::StatusCode code, const std::string& why) {
@@ -180,10 +184,12 @@ class PeerServiceImpl final : public PeerService::Service {
                                      ", this build speaks ", kProtocolVersion));
       }
       const int claimed = chunk.source_rank();
-      if (chunk.job_token() != config_.job_token) {
+      if (!security::constantTimeEquals(chunk.job_token(), config_.job_token)) {
         return refuse(grpc::StatusCode::PERMISSION_DENIED,
-                      detail::concat("peer ", claimed, " belongs to job '", chunk.job_token(),
-                                     "', this rank belongs to job '", config_.job_token, "'"));
+                      detail::concat("peer claiming rank ", claimed, " (", context->peer(),
+                                     ") presented a wrong job token: it is not a worker of this "
+                                     "job run (another job on the same hosts, or a client that "
+                                     "never joined the coordinator)"));
       }
       if (claimed < 0 || claimed >= config_.world_size) {
         return refuse(grpc::StatusCode::INVALID_ARGUMENT,
@@ -334,6 +340,7 @@ class PeerLink {
     size_t chunk_bytes = 0;
     Duration connect_timeout{0};
     Duration keepalive{0};
+    LinkSecurity security;
   };
   explicit PeerLink(Config config) : config_(std::move(config)) {}
   ~PeerLink() {
@@ -403,14 +410,31 @@ class PeerLink {
     // Own connection per link, so one stalled peer's stream never shares an
     // HTTP/2 connection (and its window) with another's.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    args.SetMaxSendMessageSize(-1);
+    args.SetMaxSendMessageSize(kMaxFrameBytes);
+    args.SetMaxReceiveMessageSize(kMaxAckBytes);
     if (config_.keepalive.count() > 0) {
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(config_.keepalive.count()));
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(config_.keepalive.count()));
       args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
       args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
-    return grpc::CreateCustomChannel(config_.address, grpc::InsecureChannelCredentials(), args);
+    return grpc::CreateCustomChannel(config_.address, channelCredentials(config_.security), args);
+  }
+
+  // gRPC's reason why the channel cannot connect: a fail-fast call on a
+  // channel in TRANSIENT_FAILURE ends at once with the last attempt's error.
+  static std::string probeConnectError(const std::shared_ptr<grpc::Channel>& channel) {
+    auto stub = PeerService::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    auto stream = stub->Stream(&context);
+    // Should the channel have connected meanwhile, the stream ends without
+    // a chunk, which the server treats as an unidentified peer leaving.
+    stream->WritesDone();
+    PeerAck ack;
+    while (stream->Read(&ack)) {
+    }
+    return stream->Finish().error_message();
   }
 
   // Fails the message being written (if any) and every queued one; later
@@ -461,6 +485,10 @@ class PeerLink {
     auto channel = makeChannel();
     // Connect, retrying until connect_timeout (the peer may not be up yet).
     const auto deadline = deadlineAfter(config_.connect_timeout);
+    const std::string peer_name =
+        detail::concat("rank ", config_.peer, "'s peer service at ", config_.address);
+    std::string last_error;  // gRPC's reason for the last failed attempt
+    auto next_probe = Clock::now();
     while (!channel->WaitForConnected(std::chrono::system_clock::now() +
                                       std::chrono::milliseconds(100))) {
       bool cancelled;
@@ -468,11 +496,29 @@ class PeerLink {
         std::lock_guard<std::mutex> lock(mu_);
         cancelled = cancelled_;
       }
+      // A peer that is not up yet is waited for; one that is up but fails
+      // the TLS handshake never will be, so that ends the wait at once.
+      if (!cancelled && channel->GetState(false) == GRPC_CHANNEL_TRANSIENT_FAILURE &&
+          Clock::now() >= next_probe) {
+        next_probe = Clock::now() + std::chrono::seconds(1);
+        last_error = probeConnectError(channel);
+        const std::string advice = explainHandshakeFailure(last_error, config_.security, peer_name);
+        if (!advice.empty()) {
+          failAll(Failure{ErrorKind::PROTOCOL,
+                          detail::concat("grpc: connect from rank ", config_.rank, " to rank ",
+                                         config_.peer, " (", config_.address, ") failed: ", advice,
+                                         " [", last_error, "]")},
+                  nullptr);
+          finish();
+          return;
+        }
+      }
       if (cancelled || Clock::now() >= deadline) {
         const std::string why =
             cancelled ? "the transport was closed before the peer accepted a connection"
                       : detail::concat("no connection within ", config_.connect_timeout.count(),
-                                       " ms (connect_timeout); is the peer running?");
+                                       " ms (connect_timeout); is the peer running?",
+                                       last_error.empty() ? "" : " Last error: " + last_error);
         failAll(
             failureFromStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, why),
                               detail::concat("grpc: connect from rank ", config_.rank, " to rank ",
@@ -596,6 +642,14 @@ class GrpcTransport::Impl {
         options_.listen_address.empty() ? addresses_[options_.rank] : options_.listen_address;
     GEOPIPE_CHECK(!listen.empty(), Error, "GrpcTransport: rank ", options_.rank,
                   " has no listen address (set listen_address or addresses[rank])");
+    checkPlaintextAllowed(options_.security, listen,
+                          detail::concat("rank ", options_.rank, "'s peer service address"));
+    for (int r = 0; r < world_size_; ++r) {
+      if (!addresses_[r].empty() && r != options_.rank) {
+        checkPlaintextAllowed(options_.security, addresses_[r],
+                              detail::concat("rank ", r, "'s address"));
+      }
+    }
 
     inbox_ = std::make_shared<PeerInbox>(options_.rank, world_size_, options_.max_buffered_bytes,
                                          [this](int src) { return describePeer(src); });
@@ -609,9 +663,10 @@ class GrpcTransport::Impl {
 
     grpc::ServerBuilder builder;
     int port = 0;
-    builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+    builder.AddListeningPort(listen, serverCredentials(options_.security), &port);
     builder.RegisterService(service_.get());
     builder.SetMaxReceiveMessageSize(kMaxFrameBytes);
+    builder.SetMaxSendMessageSize(kMaxAckBytes);
     // Never share a port with another process (SO_REUSEPORT would split
     // connections between two jobs' ranks).
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -674,6 +729,7 @@ class GrpcTransport::Impl {
         config.chunk_bytes = options_.chunk_bytes;
         config.connect_timeout = options_.connect_timeout;
         config.keepalive = options_.keepalive;
+        config.security = options_.security;
         links_[peer] = std::make_unique<PeerLink>(std::move(config));
       }
       link = links_[peer].get();
@@ -700,6 +756,7 @@ class GrpcTransport::Impl {
   void setPeerAddress(int peer, const std::string& address) {
     GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: setPeerAddress: rank ", peer,
                   " is outside the world [0, ", world_size_, ")");
+    checkPlaintextAllowed(options_.security, address, detail::concat("rank ", peer, "'s address"));
     std::lock_guard<std::mutex> lock(mu_);
     GEOPIPE_CHECK(!links_[peer], Error, "grpc: setPeerAddress(", peer, ", ", address,
                   ") after rank ", options_.rank, " already connected to it at ", addresses_[peer]);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "src/transport/grpc/credentials.h"
 #include "src/transport/transport.h"
 
 namespace geopipe::transport {
@@ -27,10 +28,17 @@ struct GrpcTransportOptions {
   // Where this rank's peer service listens; empty: addresses[rank]. Port 0
   // binds a free port (listeningAddress() tells which).
   std::string listen_address;
-  // The job's token. Every chunk carries it and the receiver refuses a
-  // stream whose token differs ("peer X belongs to job Y"), so two jobs on
-  // the same hosts cannot mix their traffic.
+  // The job's token, a secret the coordinator hands only to workers that
+  // presented the join token. Every chunk carries it and the receiver
+  // compares it in constant time, refusing a stream whose token differs (a
+  // client that is not a worker of this job, or one of another job on the
+  // same hosts). It never appears in a message.
   std::string job_token;
+  // Mutual TLS (the identity's CA, certificate and key) for the peer service
+  // and every link, or plaintext, which is refused unless every address is
+  // loopback or plaintext is forced (ConfigError from the constructor and
+  // setPeerAddress).
+  LinkSecurity security;
   // Messages are cut into chunks of at most this many bytes, in (0, 16 MiB]
   // (gRPC refuses single messages over 4 MB by default; chunks keep far
   // below it and let the receiver apply backpressure mid-message).
