@@ -422,6 +422,7 @@ TEST(Recovery, WorkersOfAVanishedCoordinatorStopWithinTheTimeout) {
   co.job_path = writeJob(dir, "job.yaml",
                          tinyJobYaml(100000,
                                      "transport: {emulate_links: false}\n"
+                                     "security: {insecure: true}\n"
                                      "fault_tolerance: {heartbeat_timeout: 3}\n"));
   co.listen_address = "127.0.0.1:0";
   std::atomic<int64_t> done{0};
@@ -432,7 +433,8 @@ TEST(Recovery, WorkersOfAVanishedCoordinatorStopWithinTheTimeout) {
     SpawnOptions so;
     so.program = GEOPIPE_BINARY;
     so.argv = {GEOPIPE_BINARY, "worker",      "--coordinator", coordinator->listeningAddress(),
-               "--listen",     "127.0.0.1:0", "--threads",     "1"};
+               "--listen",     "127.0.0.1:0", "--threads",     "1",
+               "--insecure"};
     so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
     workers.push_back(ChildProcess::spawn(so));
   }
