@@ -346,8 +346,12 @@ WorkerResult runWorker(const WorkerOptions& opt) {
     if (grpc_transport) grpc_transport->close();
     throw;
   }
+  const transport::TransportStats ts = grpc_transport->stats();
   event(detail::concat("tasklet rank ", rank, " done: ", result.steps_done, " steps",
-                       result.stopped_early ? " (stopped early by the coordinator)" : ""));
+                       result.stopped_early ? " (stopped early by the coordinator)" : "",
+                       "; transport: ", ts.messages_sent, " messages sent, ",
+                       ts.messages_received, " received, ", ts.connect_retries,
+                       " connect retries, ", ts.sends_failed, " failed sends"));
   return result;
 }
 
