@@ -1,15 +1,16 @@
 // `geopipe bench soak`: one job run for many steps as gRPC worker processes
 // on loopback, sampling the resident memory (VmRSS) of the coordinator (this
-// process) and of every worker process over time. After a warm-up (at least
-// one epoch of the data, so that AC-SGD's per-sample buffers are full) the
-// memory must stay flat: growth < 5% per process from the start to the end
-// of the measured part. Also counts the transport's connect retries and
-// failed sends from the workers' logs.
+// process) and of every worker process over time. After a warm-up (until
+// AC-SGD's per-sample buffers are full, see below) the memory must stay
+// flat: growth < 5% per process from the start to the end of the measured
+// part. Also counts the transport's messages, connect retries and failed
+// sends from the workers' logs.
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -118,7 +119,8 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
                 "): the run needs a warm-up and a measured part");
 
   // The job: the tiny GPT with AC-SGD activations and quantised gradients,
-  // so that every buffer the runtime keeps across steps is exercised.
+  // so that every buffer the runtime keeps across steps is exercised, on 256
+  // samples so that the AC-SGD buffers fill early in the run.
   std::string text = benchTinyJobYaml("bench-soak-tiny") +
                      "compression:\n"
                      "  activations: {method: acsgd, bits: 4, granularity: channel}\n"
@@ -132,6 +134,7 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
     dir = fs::absolute(args.job).parent_path().string();
   }
   YAML::Node root = YAML::Load(text);
+  if (args.job.empty()) root["data"]["num_samples"] = 256;
   root["training"]["steps"] = steps;
   root["parallelism"]["pipeline_stages"] = args.stages;
   root["parallelism"]["data_parallel"] = args.replicas;
@@ -154,15 +157,23 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
     }
   } cleanup{job_path};
 
-  // Warm-up: a quarter of the run, and at least one epoch plus a few steps
-  // (AC-SGD keeps one buffer per sample: they fill during the first epoch).
+  // Warm-up: a quarter of the run, and until the AC-SGD buffers are full.
+  // Each replica keeps one buffer per sample it has met, and every epoch
+  // deals it a fresh random 1/R of the samples, so after e epochs it holds
+  // a share 1 - (1 - 1/R)^e of them: e epochs for 99%.
   const int64_t batch = root["training"]["global_batch"].as<int64_t>(16);
   const int64_t samples = root["data"]["num_samples"].as<int64_t>(1024);
-  const int64_t epoch_steps = std::max<int64_t>(1, (samples + batch - 1) / batch);
-  const int64_t warmup = std::max<int64_t>(steps / 4, epoch_steps + 5);
-  GEOPIPE_CHECK(warmup < steps - 10, ConfigError, "bench soak: ", steps,
-                " steps leave no measured part after the warm-up of ", warmup,
-                " steps (one epoch is ", epoch_steps, "); use more --steps");
+  const int64_t epoch_steps = std::max<int64_t>(1, samples / batch);
+  int64_t fill_epochs = 1;
+  if (args.replicas > 1) {
+    fill_epochs = static_cast<int64_t>(
+        std::ceil(std::log(0.01) / std::log(1.0 - 1.0 / static_cast<double>(args.replicas))));
+  }
+  const int64_t warmup = std::max<int64_t>(steps / 4, fill_epochs * epoch_steps + 5);
+  GEOPIPE_CHECK(warmup < steps - 20, ConfigError, "bench soak: ", steps,
+                " steps leave no measured part after the warm-up of ", warmup, " steps (",
+                fill_epochs, " epochs of ", epoch_steps,
+                " steps fill 99% of the AC-SGD buffers); use more --steps");
 
   std::atomic<int64_t> step{-1};
   std::atomic<bool> done{false};
@@ -229,8 +240,9 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
   char line[512];
   out << "soak bench: " << root["name"].as<std::string>() << ", " << args.stages << " stages x "
       << args.replicas << " replicas (" << procs.size() - 1 << " worker processes over gRPC on "
-      << "loopback), " << steps << " steps, warm-up " << warmup << " steps (one epoch = "
-      << epoch_steps << "), RSS sampled every " << args.sample_ms << " ms\n\n";
+      << "loopback), " << steps << " steps, warm-up " << warmup << " steps (" << fill_epochs
+      << " epochs of " << epoch_steps << " fill 99% of the AC-SGD buffers), RSS sampled every "
+      << args.sample_ms << " ms\n\n";
   std::string head = "  time s    step";
   for (size_t i = 0; i < procs.size(); ++i) {
     std::snprintf(line, sizeof(line), " %12s", label(i).c_str());
