@@ -65,8 +65,7 @@ void run(uint8_t which, const std::string& bytes) {
       pb::AddressRequest req;
       if (!req.ParseFromString(bytes)) return;
       if (checkAddressRequest(req, bounds).ok()) {
-        require(req.rank() >= 0 && req.rank() < kWorld &&
-                req.address().size() <= kMaxAddressBytes);
+        require(req.rank() >= 0 && req.rank() < kWorld && req.address().size() <= kMaxAddressBytes);
       }
       break;
     }
@@ -74,8 +73,7 @@ void run(uint8_t which, const std::string& bytes) {
       pb::StepReport req;
       if (!req.ParseFromString(bytes)) return;
       if (checkStepReport(req, bounds).ok()) {
-        require(req.rank() >= 0 && req.rank() < kWorld && req.step() >= 0 &&
-                req.step() < kSteps);
+        require(req.rank() >= 0 && req.rank() < kWorld && req.step() >= 0 && req.step() < kSteps);
       }
       break;
     }

@@ -30,7 +30,9 @@ void writeSeed(const fs::path& dir, const std::string& name, const std::string& 
   std::ofstream(dir / name, std::ios::binary) << bytes;
 }
 
-std::string str(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
+std::string str(const std::vector<uint8_t>& v) {
+  return std::string(v.begin(), v.end());
+}
 
 std::string readFile(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -141,8 +143,9 @@ void peerSeeds(const fs::path& out) {
   writeSeed(out, "two-chunks-two-messages",
             limits + post + frame(chunk(0, 0, 8, "abcd")) + frame(chunk(0, 4, 8, "efgh")) +
                 frame(chunk(1, 0, 0, "")) + frame(goodbye) + poll + post + poll);
-  writeSeed(out, "new-stream", limits + frame(chunk(0, 0, 3, "abc")) + std::string(1, 1) +
-                                   frame(chunk(0, 0, 2, "de")) + post + poll + post + poll);
+  writeSeed(out, "new-stream",
+            limits + frame(chunk(0, 0, 3, "abc")) + std::string(1, 1) +
+                frame(chunk(0, 0, 2, "de")) + post + poll + post + poll);
   writeSeed(out, "small-budget",
             std::string(1, 0x0c) + frame(chunk(0, 0, 100, std::string(100, 'x'))) +
                 frame(chunk(1, 0, 100, std::string(100, 'y'))) + post + poll);

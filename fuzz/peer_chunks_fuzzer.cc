@@ -29,7 +29,9 @@ namespace {
 constexpr int kWorld = 3;
 constexpr int kRank = 0;
 
-std::string describe(int src) { return "rank " + std::to_string(src); }
+std::string describe(int src) {
+  return "rank " + std::to_string(src);
+}
 
 void run(fuzz::FuzzInput& in) {
   const uint8_t limits = in.byte();
@@ -42,8 +44,8 @@ void run(fuzz::FuzzInput& in) {
   // never blocks); a large one lets messages queue.
   const uint64_t budget = (limits & 0x80) ? uint64_t{1} << 30 : 64;
   auto inbox = std::make_shared<PeerInbox>(kRank, kWorld, budget, describe);
-  auto assembler = std::make_unique<PeerStreamAssembler>(config, inbox, describe,
-                                                         [] { return true; });
+  auto assembler =
+      std::make_unique<PeerStreamAssembler>(config, inbox, describe, [] { return true; });
   bool open = true;
   std::deque<std::shared_ptr<RecvWork>> posted;
   geopipe::v1::PeerChunk chunk;
@@ -62,8 +64,8 @@ void run(fuzz::FuzzInput& in) {
       }
       case 1:
         if (open) assembler->onEnd();
-        assembler = std::make_unique<PeerStreamAssembler>(config, inbox, describe,
-                                                          [] { return true; });
+        assembler =
+            std::make_unique<PeerStreamAssembler>(config, inbox, describe, [] { return true; });
         open = true;
         break;
       case 2: {

@@ -72,12 +72,14 @@ std::vector<pid_t> childProcesses() {
 }
 
 struct Sample {
-  double t = 0;                     // seconds since the launch
-  int64_t step = -1;                // last finished step
-  std::map<pid_t, uint64_t> rss;    // KiB by process (this one included)
+  double t = 0;                   // seconds since the launch
+  int64_t step = -1;              // last finished step
+  std::map<pid_t, uint64_t> rss;  // KiB by process (this one included)
 };
 
-double mib(uint64_t kib) { return static_cast<double>(kib) / 1024.0; }
+double mib(uint64_t kib) {
+  return static_cast<double>(kib) / 1024.0;
+}
 
 // Mean RSS of `pid` over samples [from, to).
 double meanRss(const std::vector<Sample>& s, size_t from, size_t to, pid_t pid) {
@@ -112,8 +114,8 @@ void addSoakBenchOptions(CLI::App& bench, SoakBenchArgs& args) {
 int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
   GEOPIPE_CHECK(args.stages >= 1 && args.replicas >= 1, ConfigError,
                 "bench soak: --stages and --replicas must be >= 1");
-  GEOPIPE_CHECK(args.sample_ms >= 50, ConfigError,
-                "bench soak: --sample-ms must be >= 50 (got ", args.sample_ms, ")");
+  GEOPIPE_CHECK(args.sample_ms >= 50, ConfigError, "bench soak: --sample-ms must be >= 50 (got ",
+                args.sample_ms, ")");
   const int steps = args.steps > 0 ? args.steps : args.quick ? kQuickSteps : kDefaultSteps;
   GEOPIPE_CHECK(steps >= 40, ConfigError, "bench soak: --steps must be >= 40 (got ", steps,
                 "): the run needs a warm-up and a measured part");
@@ -277,8 +279,8 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
   }
 
   out << "\n";
-  std::snprintf(line, sizeof(line), "%-12s %8s %14s %14s %10s\n", "process", "pid",
-                "after warm-up", "at the end", "growth");
+  std::snprintf(line, sizeof(line), "%-12s %8s %14s %14s %10s\n", "process", "pid", "after warm-up",
+                "at the end", "growth");
   out << line;
   bool flat = true;
   for (size_t p = 0; p < procs.size(); ++p) {
@@ -314,10 +316,9 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
          "later send); "
       << retries << " connect retries (100 ms waits for a peer not up yet); " << failed
       << " failed sends\n";
-  out << "verdict: "
-      << (flat ? "flat" : "GROWING") << " (every process's RSS grew "
-      << (flat ? "less than" : "by more than") << " 5% from the first to the last "
-      << window << " samples after warm-up)\n";
+  out << "verdict: " << (flat ? "flat" : "GROWING") << " (every process's RSS grew "
+      << (flat ? "less than" : "by more than") << " 5% from the first to the last " << window
+      << " samples after warm-up)\n";
   if (!args.csv.empty()) {
     std::ofstream csv(args.csv);
     if (!csv) GEOPIPE_THROW(IoError, "cannot write '", args.csv, "' (--csv)");

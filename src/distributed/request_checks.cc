@@ -62,8 +62,8 @@ grpc::Status checkRank(const char* what, int32_t rank, const RequestBounds& b) {
 
 grpc::Status checkSeconds(const char* field, double v) {
   if (!std::isfinite(v) || v < 0) {
-    return invalid(detail::concat("StepReport.", field, " is ", v,
-                                  "; a duration must be finite and >= 0"));
+    return invalid(
+        detail::concat("StepReport.", field, " is ", v, "; a duration must be finite and >= 0"));
   }
   return grpc::Status::OK;
 }
@@ -103,8 +103,9 @@ grpc::Status checkAddressRequest(const pb::AddressRequest& req, const RequestBou
   // "host:port" (IPv6 as "[::1]:port"): a non-empty host and a port 1..65535.
   const auto colon = a.rfind(':');
   const std::string port = colon == std::string::npos ? "" : a.substr(colon + 1);
-  const bool digits = !port.empty() && port.size() <= 5 &&
-                      std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
+  const bool digits =
+      !port.empty() && port.size() <= 5 &&
+      std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
   if (colon == std::string::npos || colon == 0 || !digits || std::stoi(port) < 1 ||
       std::stoi(port) > 65535 || a.find(' ') != std::string::npos) {
     return invalid(detail::concat("AddressRequest.address '", shown(a),
@@ -144,8 +145,7 @@ grpc::Status checkCheckpointReport(const pb::CheckpointReport& req, const Reques
     // The coordinator joins these to the step directory and checksums them:
     // a path could make it read (and list in the manifest) any file.
     if (!isPlainFileName(f)) {
-      return invalid(detail::concat("CheckpointReport of rank ", req.rank(), " lists '",
-                                    shown(f),
+      return invalid(detail::concat("CheckpointReport of rank ", req.rank(), " lists '", shown(f),
                                     "', which is not a plain file name in the step directory "
                                     "(no '/', '.', '..' or control characters)"));
     }
@@ -190,21 +190,20 @@ grpc::Status resolveDevice(const std::string& name, const TopologySpec& t,
       if (names[static_cast<size_t>(i)] == name) *device = i;
   }
   if (*device < 0) {
-    std::string hint = numeric || name.size() > kMaxNameBytes
-                           ? ""
-                           : common::closestMatch(name, names);
+    std::string hint =
+        numeric || name.size() > kMaxNameBytes ? "" : common::closestMatch(name, names);
     return invalid(
         detail::concat("device '", shown(name), "' is not in topology '", t.name, "' (",
                        t.numDevices(), " devices: indices 0..", t.numDevices() - 1,
-                       names.empty() ? "" : ", names " + names.front() + " .. " + names.back(),
-                       ")", hint.empty() ? "" : "; did you mean '" + hint + "'?",
+                       names.empty() ? "" : ", names " + names.front() + " .. " + names.back(), ")",
+                       hint.empty() ? "" : "; did you mean '" + hint + "'?",
                        " Use --device any to let the coordinator choose."));
   }
   for (const auto& claim : taken) {
     if (claim.device == *device) {
       return invalid(detail::concat("device ", *device, " ('", names[static_cast<size_t>(*device)],
-                                    "') is already taken by the worker on ",
-                                    shown(claim.hostname), " pid ", claim.pid));
+                                    "') is already taken by the worker on ", shown(claim.hostname),
+                                    " pid ", claim.pid));
     }
   }
   return grpc::Status::OK;

@@ -21,11 +21,11 @@ namespace geopipe::distributed {
 // are at most 253 bytes, a tasklet writes a handful of checkpoint files), and
 // small enough that a hostile client cannot make the coordinator hold or log
 // megabytes per call.
-constexpr size_t kMaxNameBytes = 255;       // hostname, device, listen_host
-constexpr size_t kMaxAddressBytes = 300;    // "host:port"
-constexpr size_t kMaxErrorBytes = 64 << 10; // FinishRequest.error (what())
-constexpr size_t kMaxErrorTypeBytes = 64;   // FinishRequest.error_type
-constexpr int kMaxCheckpointFiles = 1024;   // files of one tasklet per checkpoint
+constexpr size_t kMaxNameBytes = 255;        // hostname, device, listen_host
+constexpr size_t kMaxAddressBytes = 300;     // "host:port"
+constexpr size_t kMaxErrorBytes = 64 << 10;  // FinishRequest.error (what())
+constexpr size_t kMaxErrorTypeBytes = 64;    // FinishRequest.error_type
+constexpr int kMaxCheckpointFiles = 1024;    // files of one tasklet per checkpoint
 
 // What the checks know of the job the coordinator runs.
 struct RequestBounds {
@@ -51,8 +51,7 @@ grpc::Status checkStepReport(const geopipe::v1::StepReport& req, const RequestBo
 grpc::Status checkCheckpointReport(const geopipe::v1::CheckpointReport& req,
                                    const RequestBounds& bounds);
 grpc::Status checkHeartbeat(const geopipe::v1::Heartbeat& req, const RequestBounds& bounds);
-grpc::Status checkFinishRequest(const geopipe::v1::FinishRequest& req,
-                                const RequestBounds& bounds);
+grpc::Status checkFinishRequest(const geopipe::v1::FinishRequest& req, const RequestBounds& bounds);
 
 // A RegisterRequest's device: "" or "any" (*device = -1), a topology device
 // index ("3") or name ("virginia/0"). INVALID_ARGUMENT when it is not in the

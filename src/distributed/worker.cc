@@ -349,9 +349,9 @@ WorkerResult runWorker(const WorkerOptions& opt) {
   const transport::TransportStats ts = grpc_transport->stats();
   event(detail::concat("tasklet rank ", rank, " done: ", result.steps_done, " steps",
                        result.stopped_early ? " (stopped early by the coordinator)" : "",
-                       "; transport: ", ts.messages_sent, " messages sent, ",
-                       ts.messages_received, " received, ", ts.connect_retries,
-                       " connect retries, ", ts.sends_failed, " failed sends"));
+                       "; transport: ", ts.messages_sent, " messages sent, ", ts.messages_received,
+                       " received, ", ts.connect_retries, " connect retries, ", ts.sends_failed,
+                       " failed sends"));
   return result;
 }
 

@@ -62,8 +62,7 @@ inline std::string randomBytes(size_t n, uint32_t seed) {
 }
 
 // An HTTP/2 frame header (RFC 7540 4.1): 24-bit length, type, flags, stream.
-inline std::string http2FrameHeader(uint32_t length, uint8_t type, uint8_t flags,
-                                    uint32_t stream) {
+inline std::string http2FrameHeader(uint32_t length, uint8_t type, uint8_t flags, uint32_t stream) {
   std::string h;
   h += static_cast<char>((length >> 16) & 0xff);
   h += static_cast<char>((length >> 8) & 0xff);
@@ -88,8 +87,7 @@ inline void sendEveryKindOfGarbage(const std::string& address) {
   sendRawTcp(address, kHttp2Preface + http2FrameHeader(0, 4, 0, 0) +
                           http2FrameHeader(64, 1, 0x4, 1) + randomBytes(64, 5));
   // Half a frame header, then silence until the linger passes.
-  sendRawTcp(address, kHttp2Preface + std::string("\x00\x00", 2),
-             std::chrono::milliseconds(300));
+  sendRawTcp(address, kHttp2Preface + std::string("\x00\x00", 2), std::chrono::milliseconds(300));
 }
 
 }  // namespace geopipe::testing

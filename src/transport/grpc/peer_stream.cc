@@ -78,18 +78,18 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
                                  config_.world_size, ")"));
   }
   if (chunk.destination_rank() != config_.rank) {
-    return refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                  detail::concat("rank ", claimed, " addressed its chunks to rank ",
-                                 chunk.destination_rank(),
-                                 " (do the ranks' address tables agree?)"));
+    return refuse(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        detail::concat("rank ", claimed, " addressed its chunks to rank ", chunk.destination_rank(),
+                       " (do the ranks' address tables agree?)"));
   }
   if (src_ < 0) {
     src_ = claimed;
     inbox_->streamOpened(src_);
   } else if (claimed != src_) {
-    return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                  detail::concat("source rank changed from ", src_, " to ", claimed,
-                                 " within one stream"));
+    return refuse(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        detail::concat("source rank changed from ", src_, " to ", claimed, " within one stream"));
   }
   if (said_goodbye_) {
     return refuse(grpc::StatusCode::INVALID_ARGUMENT, "frame after end_of_stream");
@@ -112,9 +112,9 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
   // Chunk sequence: contiguous, in order, within the announced size.
   if (!in_message_) {
     if (chunk.sequence() != expected_seq_) {
-      return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    detail::concat("message sequence ", chunk.sequence(), ", expected ",
-                                   expected_seq_));
+      return refuse(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          detail::concat("message sequence ", chunk.sequence(), ", expected ", expected_seq_));
     }
     if (chunk.offset() != 0) {
       return refuse(grpc::StatusCode::INVALID_ARGUMENT,
@@ -123,18 +123,18 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
     }
     if (chunk.total_size() > config_.max_message_bytes) {
       return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    detail::concat("message ", chunk.sequence(), " announces ",
-                                   chunk.total_size(), " bytes, over this rank's limit of ",
-                                   config_.max_message_bytes, " (max_message_bytes)"));
+                    detail::concat("message ", chunk.sequence(), " announces ", chunk.total_size(),
+                                   " bytes, over this rank's limit of ", config_.max_message_bytes,
+                                   " (max_message_bytes)"));
     }
     tag_ = tagFromWire(chunk.tag());
     total_ = chunk.total_size();
     if (!inbox_->admit(src_, tag_, total_, cancelled_)) {
       const bool cancelled = cancelled_ && cancelled_();
       finished_ = true;
-      inbox_->streamEnded(src_, false,
-                          detail::concat(describe_peer_(src_),
-                                         "'s stream ended while waiting for buffer space"));
+      inbox_->streamEnded(
+          src_, false,
+          detail::concat(describe_peer_(src_), "'s stream ended while waiting for buffer space"));
       return grpc::Status(
           grpc::StatusCode::UNAVAILABLE,
           detail::concat(self_, cancelled ? ": stream cancelled" : " is shutting down"));
@@ -144,17 +144,17 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
     try {
       buffer_.reserve(std::min(total_, kMaxPreallocatedBytes));
     } catch (const std::bad_alloc&) {
-      return refuse(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                    detail::concat("cannot allocate ", total_, " bytes for message ",
-                                   chunk.sequence()));
+      return refuse(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          detail::concat("cannot allocate ", total_, " bytes for message ", chunk.sequence()));
     }
   } else if (chunk.sequence() != expected_seq_ || chunk.total_size() != total_ ||
              tagFromWire(chunk.tag()) != tag_) {
     return refuse(grpc::StatusCode::INVALID_ARGUMENT,
                   detail::concat("chunk of message ", chunk.sequence(), " (tag ",
                                  tagFromWire(chunk.tag()).str(), ", total ", chunk.total_size(),
-                                 ") interleaved with unfinished message ", expected_seq_,
-                                 " (tag ", tag_.str(), ", total ", total_, ")"));
+                                 ") interleaved with unfinished message ", expected_seq_, " (tag ",
+                                 tag_.str(), ", total ", total_, ")"));
   }
   const uint64_t received = buffer_.size();
   const uint64_t size = chunk.data().size();
@@ -165,23 +165,23 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
                                  " bytes; chunks must be contiguous and in order)"));
   }
   if (size > total_ - received) {
-    return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                  detail::concat("chunk of message ", expected_seq_, " at offset ", chunk.offset(),
-                                 " with ", size, " bytes overruns the announced total of ",
-                                 total_));
+    return refuse(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        detail::concat("chunk of message ", expected_seq_, " at offset ", chunk.offset(), " with ",
+                       size, " bytes overruns the announced total of ", total_));
   }
   if (size > 0) {
     try {
       // Grow by at least kMaxPreallocatedBytes at a time past the reserve,
       // so that a large message is copied a few times at most.
       if (buffer_.capacity() < received + size) {
-        buffer_.reserve(std::min(total_, std::max(received + size,
-                                                  buffer_.capacity() + kMaxPreallocatedBytes)));
+        buffer_.reserve(std::min(
+            total_, std::max(received + size, buffer_.capacity() + kMaxPreallocatedBytes)));
       }
     } catch (const std::bad_alloc&) {
-      return refuse(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                    detail::concat("cannot allocate ", total_, " bytes for message ",
-                                   expected_seq_));
+      return refuse(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          detail::concat("cannot allocate ", total_, " bytes for message ", expected_seq_));
     }
     const auto* data = reinterpret_cast<const uint8_t*>(chunk.data().data());
     buffer_.insert(buffer_.end(), data, data + size);
@@ -210,8 +210,7 @@ grpc::Status PeerStreamAssembler::onEnd() {
     }
     return grpc::Status::OK;
   }
-  const std::string where =
-      src_ >= 0 ? describe_peer_(src_) : std::string("an unidentified peer");
+  const std::string where = src_ >= 0 ? describe_peer_(src_) : std::string("an unidentified peer");
   const bool cancelled = cancelled_ && cancelled_();
   const std::string why =
       cancelled ? detail::concat("the stream from ", where,

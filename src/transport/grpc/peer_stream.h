@@ -62,15 +62,15 @@ class PeerStreamAssembler {
   const std::shared_ptr<PeerInbox> inbox_;
   const std::function<std::string(int)> describe_peer_;
   const std::function<bool()> cancelled_;
-  const std::string self_;    // "rank R (job 'J')"
-  int src_ = -1;              // established by the first valid chunk
-  uint64_t expected_seq_ = 0; // sequence of the next message
+  const std::string self_;     // "rank R (job 'J')"
+  int src_ = -1;               // established by the first valid chunk
+  uint64_t expected_seq_ = 0;  // sequence of the next message
   bool in_message_ = false;
   Tag tag_;
   uint64_t total_ = 0;
-  Bytes buffer_;              // buffer_.size() bytes of the message received
-  bool said_goodbye_ = false; // the sender's end_of_stream frame arrived
-  bool finished_ = false;     // a refusal or onEnd() ended the stream
+  Bytes buffer_;               // buffer_.size() bytes of the message received
+  bool said_goodbye_ = false;  // the sender's end_of_stream frame arrived
+  bool finished_ = false;      // a refusal or onEnd() ended the stream
 };
 
 }  // namespace geopipe::transport
