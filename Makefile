@@ -1,13 +1,17 @@
 # Thin wrapper over CMake: the two commands of README.md and their parts.
 #   make demo   install missing Debian packages, build, run the main job
-#   make test   install missing Debian packages, build, run every test (ctest)
+#   make test   install missing Debian packages, build, run every test (ctest),
+#               then the hostile-input build: fuzzers + malformed-input tests
+#               under ASan/UBSan (clang, build-fuzz/; FUZZ=0 skips it)
 BUILD ?= build
+FUZZ_BUILD ?= build-fuzz
+FUZZ ?= 1
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD_TYPE ?= Release
 CMAKE_FLAGS ?=
 GEOPIPE = $(BUILD)/src/cli/geopipe
 
-.PHONY: all deps configure build demo test test-fast bench format clean
+.PHONY: all deps configure build demo test test-fast fuzz-build fuzz-test bench format clean
 
 all: build
 
@@ -32,6 +36,25 @@ demo: build
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+ifeq ($(FUZZ),0)
+	@echo "make test: FUZZ=0: the fuzz step (fuzzers, ASan malformed-input tests) was SKIPPED"
+else
+	@$(MAKE) --no-print-directory fuzz-test
+endif
+
+# The hostile-input build (docs/operations.md): clang, ASan + UBSan, the
+# libFuzzer targets in fuzz/ and the malformed-input tests; no LibTorch.
+# Each fuzzer runs GEOPIPE_FUZZ_SECONDS (25) from its seed corpus.
+fuzz-build: deps
+	@scripts/check-fuzz-toolchain
+	@if [ ! -f $(FUZZ_BUILD)/build.ninja ]; then \
+	  CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DCMAKE_CXX_COMPILER=clang++ -DGEOPIPE_FUZZ=ON; \
+	fi
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
+fuzz-test: fuzz-build
+	ctest --test-dir $(FUZZ_BUILD) --output-on-failure -j $(JOBS)
 
 # Everything but the slow end-to-end tests (ctest label e2e).
 test-fast: build
@@ -47,4 +70,4 @@ format:
 	  \( -name '*.h' -o -name '*.cc' \) -print0 | xargs -0 clang-format -i
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)

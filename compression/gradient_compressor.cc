@@ -141,13 +141,18 @@ std::vector<float> decodeDense(const CompressedMessage& msg, WireHeader* header)
 
 std::vector<float> combineMean(const std::vector<CompressedMessage>& per_rank) {
   GEOPIPE_CHECK(!per_rank.empty(), ConfigError, "combineMean needs at least one rank's message");
-  WireHeader first;
-  std::vector<float> acc = decodeDense(per_rank[0], &first);
+  // Shapes first: a sparse (top-k) header can describe a huge dense tensor
+  // in a few bytes, so nothing is expanded until every rank (this one
+  // included) agrees on the shape.
+  const WireHeader first = decodeHeader(per_rank[0].header.data(), per_rank[0].header.size());
   for (size_t r = 1; r < per_rank.size(); ++r) {
-    WireHeader h;
-    const std::vector<float> v = decodeDense(per_rank[r], &h);
+    const WireHeader h = decodeHeader(per_rank[r].header.data(), per_rank[r].header.size());
     GEOPIPE_CHECK(h.shape == first.shape, ProtocolError, "rank ", r,
                   " sent a tensor of another shape than rank 0");
+  }
+  std::vector<float> acc = decodeDense(per_rank[0]);
+  for (size_t r = 1; r < per_rank.size(); ++r) {
+    const std::vector<float> v = decodeDense(per_rank[r]);
     for (size_t i = 0; i < acc.size(); ++i) acc[i] = acc[i] + v[i];
   }
   const float w = static_cast<float>(per_rank.size());

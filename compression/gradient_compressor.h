@@ -74,7 +74,9 @@ class GradientCompressor {
 };
 
 // Decodes a RAW / FP16 / QUANTIZED / TOPK / POWERSGD_* message to dense fp32
-// (ProtocolError on bad bytes). Fills *header when given.
+// (ProtocolError on bad bytes). Fills *header when given. Allocates the
+// header's numel floats, which for TOPK a few bytes can make huge: check the
+// shape against the expected one first (decodeHeader; combineMean does).
 std::vector<float> decodeDense(const CompressedMessage& msg, WireHeader* header = nullptr);
 
 // The all-reduce combine: mean of the decoded messages, summed in the given

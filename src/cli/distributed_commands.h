@@ -65,4 +65,17 @@ struct GrpcBenchArgs {
 void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args);
 int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out);
 
+struct SoakBenchArgs {
+  std::string job;       // job YAML; empty = the built-in tiny GPT with AC-SGD
+  int steps = 0;         // 0: 1200 (240 with --quick)
+  bool quick = false;    // a short run
+  int stages = 2;        // pipeline stages
+  int replicas = 2;      // data-parallel replicas
+  int sample_ms = 1000;  // RSS sampling interval
+  std::string csv;       // also write every sample here
+};
+void addSoakBenchOptions(CLI::App& bench, SoakBenchArgs& args);
+// Exit code 0 when every process's memory is flat and no send failed, 6 if not.
+int runSoakBench(const SoakBenchArgs& args, std::ostream& out);
+
 }  // namespace geopipe::cli

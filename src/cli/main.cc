@@ -104,6 +104,8 @@ int main(int argc, char** argv) {
   geopipe::cli::addBenchSubcommands(*bench, bench_args);
   geopipe::cli::GrpcBenchArgs grpc_bench_args;
   geopipe::cli::addGrpcBenchOptions(*bench, grpc_bench_args);
+  geopipe::cli::SoakBenchArgs soak_bench_args;
+  geopipe::cli::addSoakBenchOptions(*bench, soak_bench_args);
 
   // version details
   auto* version = app.add_subcommand("version", "Print version, protocol and BLAS in use");
@@ -148,6 +150,9 @@ int main(int argc, char** argv) {
   }
   if (*bench && bench->got_subcommand("grpc")) {
     return guarded([&] { return geopipe::cli::runGrpcBench(grpc_bench_args, std::cout); });
+  }
+  if (*bench && bench->got_subcommand("soak")) {
+    return guarded([&] { return geopipe::cli::runSoakBench(soak_bench_args, std::cout); });
   }
   if (*bench) {
     return guarded([&] { return geopipe::cli::runBenchCommand(*bench, bench_args, std::cout); });

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -16,6 +17,10 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kMaxDevices = 1 << 16;
+// Site pairs cost a link each (sites^2), so sites are capped well below
+// devices; the DT-FM spot scenario has 40.
+constexpr int kMaxSites = 1024;
+constexpr uintmax_t kMaxTextFileBytes = uintmax_t{64} << 20;
 
 // Reads {latency_ms, bandwidth_gbps}: latency >= 0, bandwidth > 0. Both keys
 // are required when `required`.
@@ -59,6 +64,18 @@ struct SiteDraft {
 }  // namespace
 
 std::string readTextFile(const std::string& path, const std::string& what) {
+  // A device or a FIFO (topology: /dev/zero) would be read forever.
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (!ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path,
+                  "': not a regular file (name a YAML file)");
+  }
+  if (!ec && std::filesystem::is_regular_file(status) &&
+      std::filesystem::file_size(path, ec) > kMaxTextFileBytes) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path, "': larger than ",
+                  kMaxTextFileBytes >> 20, " MiB; a job or topology file is a few KiB");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     GEOPIPE_THROW(IoError, "cannot read ", what, " '", path,
@@ -111,6 +128,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
 
   // Sites, expanded by `repeat`.
   std::vector<SiteDraft> drafts;
+  size_t draft_devices = 0;
   YAML::Node sites = root.child("sites");
   if (!sites.IsDefined()) {
     root.error("missing required key 'sites' (a list of sites, each with a "
@@ -165,6 +183,15 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
         r.error("missing required key 'intra' ({latency_ms, bandwidth_gbps} "
                 "between two devices of this site, which has " +
                 std::to_string(draft.devices.size()) + " devices)");
+      }
+      // Stop expanding at the limits: a few bytes of YAML (repeat: 4096,
+      // devices: 65536) must not allocate billions of devices.
+      draft_devices += static_cast<size_t>(repeat) * draft.devices.size();
+      if (drafts.size() + static_cast<size_t>(repeat) > static_cast<size_t>(kMaxSites) ||
+          draft_devices > static_cast<size_t>(kMaxDevices)) {
+        r.error("this site takes the topology past " + std::to_string(kMaxSites) + " sites or " +
+                std::to_string(kMaxDevices) + " devices (with its repeat), the most supported");
+        break;
       }
       if (repeat == 1) {
         drafts.push_back(draft);

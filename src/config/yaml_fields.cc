@@ -212,7 +212,9 @@ void MapReader::getOptionalDouble(const std::string& key,
 void MapReader::finish() {
   if (!ok_) return;
   for (auto it = node_.begin(); it != node_.end(); ++it) {
-    const YAML::Node& k = it->first;
+    // A copy: yaml-cpp's iterator returns its pair through a temporary
+    // proxy, so a reference to it->first dangles (ASan: stack-use-after-scope).
+    const YAML::Node k = it->first;
     std::string key = k.IsScalar() ? k.Scalar() : describeNode(k);
     if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
     std::string msg = "unknown key '" + key + "'";

@@ -20,6 +20,7 @@
 #include "src/common/strings.h"
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/recovery.h"
+#include "src/distributed/request_checks.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
@@ -267,13 +268,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status Register(grpc::ServerContext* ctx, const pb::RegisterRequest* req,
                         pb::Assignment* out) override {
     std::unique_lock<std::mutex> lock(mu_);
-    if (req->protocol_version() != kProtocol) {
-      return {grpc::StatusCode::FAILED_PRECONDITION,
-              detail::concat("worker ", req->hostname(), ":", req->pid(),
-                             " speaks coordinator protocol version ", req->protocol_version(),
-                             " but this coordinator speaks version ", kProtocol,
-                             " (geopipe.v1); run the same geopipe release on every host")};
-    }
+    if (grpc::Status st = checkRegisterRequest(*req); !st.ok()) return st;
     if (grpc::Status st = checkJoinTokenLocked(ctx, *req); !st.ok()) return st;
     if (ended_) return {grpc::StatusCode::ABORTED, "the job has already ended"};
     if (placed_) {
@@ -352,6 +347,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status ReportAddress(grpc::ServerContext* ctx, const pb::AddressRequest* req,
                              pb::AddressTable* out) override {
     std::unique_lock<std::mutex> lock(mu_);
+    if (grpc::Status st = checkAddressRequest(*req, boundsLocked()); !st.ok()) return st;
     const auto stale = [&] { return req->generation() != generation_ || !placed_; };
     if (stale() && !ended_) {
       out->set_regroup(true);
@@ -392,6 +388,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status ReportStep(grpc::ServerContext*, const pb::StepReport* req,
                           pb::Directive* out) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (grpc::Status st = checkStepReport(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
@@ -432,6 +429,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status ReportCheckpoint(grpc::ServerContext*, const pb::CheckpointReport* req,
                                 pb::Directive* out) override {
     std::unique_lock<std::mutex> lock(mu_);
+    if (grpc::Status st = checkCheckpointReport(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
@@ -473,6 +471,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status SendHeartbeat(grpc::ServerContext*, const pb::Heartbeat* req,
                              pb::Directive* out) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (grpc::Status st = checkHeartbeat(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
@@ -500,6 +499,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   grpc::Status Finish(grpc::ServerContext*, const pb::FinishRequest* req,
                       pb::FinishReply*) override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (grpc::Status st = checkFinishRequest(*req, boundsLocked()); !st.ok()) return st;
     // A worker of an ended generation leaving is no news: the failure that
     // ended it is already handled.
     if (req->generation() != generation_ || !placed_) return grpc::Status::OK;
@@ -623,38 +623,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   grpc::Status resolveDeviceLocked(const std::string& name, int* device) {
-    *device = -1;
-    if (name.empty() || name == "any") return grpc::Status::OK;
-    const TopologySpec& t = job_.topology;
-    std::vector<std::string> names;
-    for (const auto& d : t.devices) names.push_back(d.name);
-    bool numeric = !name.empty() && std::all_of(name.begin(), name.end(), ::isdigit);
-    if (numeric) {
-      const long idx = std::stol(name);
-      if (idx < t.numDevices()) *device = static_cast<int>(idx);
-    } else {
-      for (int i = 0; i < t.numDevices(); ++i)
-        if (names[static_cast<size_t>(i)] == name) *device = i;
-    }
-    if (*device < 0) {
-      std::string hint = numeric ? "" : common::closestMatch(name, names);
-      return {
-          grpc::StatusCode::INVALID_ARGUMENT,
-          detail::concat("device '", name, "' is not in topology '", t.name, "' (", t.numDevices(),
-                         " devices: indices 0..", t.numDevices() - 1,
-                         names.empty() ? "" : ", names " + names.front() + " .. " + names.back(),
-                         ")", hint.empty() ? "" : "; did you mean '" + hint + "'?",
-                         " Use --device any to let the coordinator choose.")};
-    }
-    for (const auto& s : slots_) {
-      if (!s.gone && s.device == *device) {
-        return {grpc::StatusCode::INVALID_ARGUMENT,
-                detail::concat("device ", *device, " ('", names[static_cast<size_t>(*device)],
-                               "') is already taken by the worker on ", s.info.hostname, " pid ",
-                               s.info.pid)};
-      }
-    }
-    return grpc::Status::OK;
+    std::vector<DeviceClaim> taken;
+    for (const auto& s : slots_)
+      if (!s.gone && s.device >= 0) taken.push_back({s.device, s.info.hostname, s.info.pid});
+    return resolveDevice(name, job_.topology, taken, device);
   }
 
   // Places the job once every tasklet has a worker and no checkpoint is
@@ -668,6 +640,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     cv_.notify_all();
   }
+
+  // What the request checks know of the job.
+  RequestBounds boundsLocked() const { return {world_, job_.training.steps}; }
 
   // Plans the job over the devices the workers asked for (all of them when
   // every worker said "any") and gives every worker a rank. A new

@@ -465,6 +465,11 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
         GEOPIPE_THROW(IoError, reason);
     }
     heartbeat.reset();
+    const transport::TransportStats ts = grpc_transport->stats();
+    event(detail::concat("tasklet rank ", rank, " transport: ", ts.messages_sent,
+                         " messages sent, ", ts.messages_received, " received, ",
+                         ts.connect_retries, " connect retries, ", ts.sends_failed,
+                         " failed sends"));
     finish(true, "", "");
   } catch (const std::exception& e) {
     std::string reason;

@@ -145,6 +145,28 @@ TEST(AllReduce, ShapeMismatchAndEmpty) {
   EXPECT_THROW(combineMean({}), ConfigError);
 }
 
+// A top-k message of 8 bytes that describes a 2^32-element tensor: refused
+// for its shape before anything is expanded (it once allocated 16 GiB).
+TEST(AllReduce, HugeSparseShapeIsRefusedBeforeDecoding) {
+  GradientCompressorOptions o;
+  GradientCompressor own(o);
+  auto g = randn(8, 2);
+  std::vector<float> one = {1.0f};
+  CompressedMessage huge = encodeTopK(one.data(), {1}, 1.0);
+  WireHeader h = decodeHeader(huge.header.data(), huge.header.size());
+  h.shape = {int64_t{1} << 32};
+  huge.header = encodeHeader(h);
+  std::vector<CompressedMessage> msgs = {own.compress(g.data(), {8}), huge};
+  try {
+    combineMean(msgs);
+    FAIL() << "accepted";
+  } catch (const ProtocolError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 1 sent a tensor of another shape"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(PowerSgd, ExactOnMatricesOfRankAtMostR) {
   const int64_t rows = 60, cols = 40;
   for (int true_rank : {1, 2, 4}) {

@@ -2,6 +2,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -19,6 +20,7 @@
 #include "src/security/token.h"
 #include "src/transport/grpc/credentials.h"
 #include "tests/distributed/test_jobs.h"
+#include "tests/support/raw_tcp.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -301,6 +303,64 @@ TEST(Coordinator, NamedDeviceCannotBeTakenTwice) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("already taken"), std::string::npos) << st.error_message();
   EXPECT_TRUE(f.coordinator->tasklets().empty());
+}
+
+// A live coordinator port, attacked below gRPC (raw TCP garbage, a
+// truncated HTTP/2 preface, lying frame headers) and with oversized
+// requests: it refuses each and then serves a whole job's workers.
+TEST(Coordinator, LivePortSurvivesGarbageAndOversizedRequests) {
+  Fixture f;
+  geopipe::testing::sendEveryKindOfGarbage(f.coordinator->listeningAddress());
+  auto registerWith = [&](const std::string& hostname) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    pb::RegisterRequest req;
+    req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+    req.set_device("any");
+    req.set_hostname(hostname);
+    pb::Assignment out;
+    return f.stub->Register(&ctx, req, &out);
+  };
+  // Over gRPC's 4 MB receive limit: refused before the handler runs.
+  grpc::Status st = registerWith(std::string(size_t{8} << 20, 'h'));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  // Under it, but no host name is 1 MB: refused by the request checks.
+  st = registerWith(std::string(size_t{1} << 20, 'h'));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("at most 255"), std::string::npos) << st.error_message();
+  // A step report for a step far outside the job: refused, not stored.
+  {
+    grpc::ClientContext ctx;
+    pb::StepReport rep;
+    rep.set_rank(0);
+    rep.set_step(int64_t{1} << 50);
+    pb::Directive d;
+    st = f.stub->ReportStep(&ctx, rep, &d);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  }
+  EXPECT_TRUE(f.coordinator->tasklets().empty());
+
+  // Four well-formed workers still join and are placed.
+  std::vector<std::thread> workers;
+  std::vector<int> ranks(4, -1);
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      pb::RegisterRequest req;
+      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+      req.set_device("any");
+      req.set_join_token(kToken);
+      req.set_hostname("worker-" + std::to_string(w));
+      req.set_pid(1000 + w);
+      pb::Assignment out;
+      if (f.stub->Register(&ctx, req, &out).ok()) ranks[static_cast<size_t>(w)] = out.rank();
+    });
+  }
+  for (auto& t : workers) t.join();
+  std::sort(ranks.begin(), ranks.end());
+  EXPECT_EQ(ranks, (std::vector<int>{0, 1, 2, 3}));
+  f.coordinator->requestStop(false);
 }
 
 TEST(Coordinator, StopBeforeAnyWorkerEndsTheJob) {

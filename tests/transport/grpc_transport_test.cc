@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -16,6 +17,7 @@
 #include "src/transport/factory.h"
 #include "src/transport/grpc/grpc_transport.h"
 #include "src/transport/grpc/peer_test_client.h"
+#include "tests/support/raw_tcp.h"
 #include "tests/transport/world.h"
 
 namespace geopipe::transport::testing {
@@ -503,6 +505,51 @@ TEST(GrpcTransport, ServerSurvivesGarbageAndInvalidChunkSequences) {
   // The server still serves the real ranks.
   ranks[1]->send(0, tagOf(Channel::CONTROL, 9), stamp(1, 9))->wait(seconds(10));
   EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 9))), std::make_pair(1, 9));
+  EXPECT_EQ(ranks[0]->bufferedBytes(), 0u);
+}
+
+// A live worker's peer port, attacked below gRPC (raw TCP: random bytes, a
+// truncated HTTP/2 preface, lying frame headers) and with a gRPC message
+// over the frame limit: the server refuses each and keeps serving.
+TEST(GrpcTransport, LivePortSurvivesRawGarbageAndOversizedMessages) {
+  auto ranks = makeGrpcWorld(2);
+  const std::string addr0 = ranks[0]->listeningAddress();
+  geopipe::testing::sendEveryKindOfGarbage(addr0);
+  // 24 MiB in one gRPC message: over the 16 MiB + 64 KiB frame limit.
+  const RawStreamResult big =
+      sendRawFrames(addr0, {std::string(size_t{24} << 20, 'x')}, seconds(10));
+  EXPECT_EQ(big.code, 8) << big.message;  // RESOURCE_EXHAUSTED
+  ranks[1]->send(0, tagOf(Channel::CONTROL, 1), stamp(1, 1))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 1))), std::make_pair(1, 1));
+  ranks[0]->send(1, tagOf(Channel::CONTROL, 2), stamp(0, 2))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[1], 0, tagOf(Channel::CONTROL, 2))), std::make_pair(0, 2));
+  EXPECT_EQ(ranks[0]->bufferedBytes(), 0u);
+}
+
+// VmRSS of this process in MiB.
+double rssMib() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+// A chunk that announces a 3 GiB message (under the 4 GiB default limit)
+// and sends 10 bytes costs the receiver about what arrived, not 3 GiB.
+TEST(GrpcTransport, AnnouncedSizeIsNotAllocatedUpFront) {
+  auto ranks = makeGrpcWorld(2);
+  geopipe::v1::PeerChunk c;
+  c.set_protocol_version(1);
+  c.set_source_rank(1);
+  c.set_destination_rank(0);
+  c.set_job_token("test-job");
+  c.mutable_tag()->set_channel(1);
+  c.set_total_size(uint64_t{3} << 30);
+  c.set_data(std::string(10, 'x'));
+  const double before = rssMib();
+  const RawStreamResult r = sendRawChunks(ranks[0]->listeningAddress(), {c, c}, seconds(10));
+  EXPECT_EQ(r.code, 3) << r.message;  // the second chunk's offset is wrong
+  EXPECT_LT(rssMib() - before, 256.0);
   EXPECT_EQ(ranks[0]->bufferedBytes(), 0u);
 }
 

@@ -21,6 +21,7 @@
 #include "src/transport/completion.h"
 #include "src/transport/factory.h"
 #include "src/transport/grpc/peer_inbox.h"
+#include "src/transport/grpc/peer_stream.h"
 
 namespace geopipe::transport {
 
@@ -89,20 +90,6 @@ Failure failureFromStatus(const grpc::Status& status, const std::string& what) {
   return f;
 }
 
-bool validChannel(uint32_t channel) {
-  return channel >= static_cast<uint32_t>(Channel::ACTIVATION) &&
-         channel <= static_cast<uint32_t>(Channel::CONTROL);
-}
-
-Tag tagFromWire(const geopipe::v1::PeerTag& t) {
-  Tag tag;
-  tag.channel = static_cast<Channel>(t.channel());
-  tag.step = t.step();
-  tag.micro_batch = t.micro_batch();
-  tag.index = t.index();
-  return tag;
-}
-
 void tagToWire(const Tag& tag, geopipe::v1::PeerTag* t) {
   t->set_channel(static_cast<uint32_t>(tag.channel));
   t->set_step(tag.step);
@@ -149,176 +136,23 @@ class PeerServiceImpl final : public PeerService::Service {
   }
 
  private:
+  // Reads the stream's chunks into a PeerStreamAssembler (peer_stream.h),
+  // which checks them, reassembles messages and tells how the stream ends.
   grpc::Status serve(grpc::ServerContext* context,
                      grpc::ServerReaderWriter<PeerAck, PeerChunk>* stream) {
+    PeerStreamAssembler::Config config;
+    config.rank = config_.rank;
+    config.world_size = config_.world_size;
+    config.job_token = config_.job_token;
+    config.max_message_bytes = config_.max_message_bytes;
+    PeerStreamAssembler assembler(config, inbox_, describe_peer_,
+                                  [context] { return context->IsCancelled(); });
     PeerChunk chunk;
-    int src = -1;               // established by the first valid chunk
-    uint64_t expected_seq = 0;  // sequence of the next message
-    bool in_message = false;
-    Tag tag;
-    uint64_t total = 0;
-    uint64_t received = 0;
-    Bytes buffer;
-    auto abandon = [context] { return context->IsCancelled(); };
-    // The job token is a secret: never part of a message.
-    const std::string self = detail::concat("rank ", config_.rank);
-    // Ends the stream with `code`; when the sender's identity was already
-    // established, its receives fail with ProtocolError too.
-    auto refuse = [&](grpc::StatusCode code, const std::string& why) {
-      if (in_message) inbox_->release(total);
-      if (src >= 0) {
-        inbox_->streamEnded(
-            src, true,
-            detail::concat(describe_peer_(src), " sent a chunk that was refused: ", why));
-      }
-      return grpc::Status(code, detail::concat(self, " refused the stream: ", why));
-    };
-
-    bool said_goodbye = false;  // the sender's end_of_stream frame arrived
     while (stream->Read(&chunk)) {
-      // Identity: version, job, ranks. Nothing is attributed to a source
-      // rank before these pass.
-      if (chunk.protocol_version() != kProtocolVersion) {
-        return refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                      detail::concat("peer speaks peer protocol version ", chunk.protocol_version(),
-                                     ", this build speaks ", kProtocolVersion));
-      }
-      const int claimed = chunk.source_rank();
-      if (!security::constantTimeEquals(chunk.job_token(), config_.job_token)) {
-        return refuse(grpc::StatusCode::PERMISSION_DENIED,
-                      detail::concat("peer claiming rank ", claimed, " (", context->peer(),
-                                     ") presented a wrong job token: it is not a worker of this "
-                                     "job run (another job on the same hosts, or a client that "
-                                     "never joined the coordinator)"));
-      }
-      if (claimed < 0 || claimed >= config_.world_size) {
-        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                      detail::concat("source rank ", claimed, " is outside the world [0, ",
-                                     config_.world_size, ")"));
-      }
-      if (chunk.destination_rank() != config_.rank) {
-        return refuse(
-            grpc::StatusCode::FAILED_PRECONDITION,
-            detail::concat("rank ", claimed, " addressed its chunks to rank ",
-                           chunk.destination_rank(), " (do the ranks' address tables agree?)"));
-      }
-      if (src < 0) {
-        src = claimed;
-        inbox_->streamOpened(src);
-      } else if (claimed != src) {
-        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                      detail::concat("source rank changed from ", src, " to ", claimed,
-                                     " within one stream"));
-      }
-      if (said_goodbye) {
-        return refuse(grpc::StatusCode::INVALID_ARGUMENT, "frame after end_of_stream");
-      }
-      if (chunk.end_of_stream()) {
-        if (in_message) {
-          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                        detail::concat("end_of_stream in the middle of message ", expected_seq,
-                                       " (", received, " of ", total, " bytes)"));
-        }
-        said_goodbye = true;
-        continue;
-      }
-      if (!validChannel(chunk.tag().channel())) {
-        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                      detail::concat("unknown channel ", chunk.tag().channel(), " in message ",
-                                     chunk.sequence()));
-      }
-
-      // Chunk sequence: contiguous, in order, within the announced size.
-      if (!in_message) {
-        if (chunk.sequence() != expected_seq) {
-          return refuse(
-              grpc::StatusCode::INVALID_ARGUMENT,
-              detail::concat("message sequence ", chunk.sequence(), ", expected ", expected_seq));
-        }
-        if (chunk.offset() != 0) {
-          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                        detail::concat("first chunk of message ", chunk.sequence(), " has offset ",
-                                       chunk.offset(), ", expected 0"));
-        }
-        if (chunk.total_size() > config_.max_message_bytes) {
-          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                        detail::concat("message ", chunk.sequence(), " announces ",
-                                       chunk.total_size(), " bytes, over this rank's limit of ",
-                                       config_.max_message_bytes, " (max_message_bytes)"));
-        }
-        tag = tagFromWire(chunk.tag());
-        total = chunk.total_size();
-        if (!inbox_->admit(src, tag, total, abandon)) {
-          const bool cancelled = context->IsCancelled();
-          inbox_->streamEnded(src, false,
-                              detail::concat(describe_peer_(src),
-                                             "'s stream ended while waiting "
-                                             "for buffer space"));
-          return grpc::Status(
-              grpc::StatusCode::UNAVAILABLE,
-              detail::concat(self, cancelled ? ": stream cancelled" : " is shutting down"));
-        }
-        in_message = true;
-        received = 0;
-        try {
-          buffer.resize(total);
-        } catch (const std::bad_alloc&) {
-          return refuse(
-              grpc::StatusCode::RESOURCE_EXHAUSTED,
-              detail::concat("cannot allocate ", total, " bytes for message ", chunk.sequence()));
-        }
-      } else if (chunk.sequence() != expected_seq || chunk.total_size() != total ||
-                 tagFromWire(chunk.tag()) != tag) {
-        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                      detail::concat("chunk of message ", chunk.sequence(), " (tag ",
-                                     tagFromWire(chunk.tag()).str(), ", total ", chunk.total_size(),
-                                     ") interleaved with unfinished message ", expected_seq,
-                                     " (tag ", tag.str(), ", total ", total, ")"));
-      }
-      const uint64_t size = chunk.data().size();
-      if (chunk.offset() != received) {
-        return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                      detail::concat("chunk of message ", expected_seq, " at offset ",
-                                     chunk.offset(), ", expected ", received, " (of ", total,
-                                     " bytes; chunks must be contiguous and in order)"));
-      }
-      if (size > total - received) {
-        return refuse(
-            grpc::StatusCode::INVALID_ARGUMENT,
-            detail::concat("chunk of message ", expected_seq, " at offset ", chunk.offset(),
-                           " with ", size, " bytes overruns the announced total of ", total));
-      }
-      if (size > 0) std::memcpy(buffer.data() + received, chunk.data().data(), size);
-      received += size;
-      if (received == total) {
-        inbox_->deliver(src, tag, std::move(buffer));
-        buffer = Bytes();
-        in_message = false;
-        ++expected_seq;
-      }
+      grpc::Status status = assembler.onChunk(chunk);
+      if (!status.ok()) return status;
     }
-
-    // The stream ended: after the sender's goodbye (a clean close), or
-    // broken (cancelled, connection lost), or on a frame gRPC could not
-    // parse — the last two look the same here.
-    if (in_message) inbox_->release(total);
-    if (said_goodbye) {
-      if (src >= 0) {
-        inbox_->streamEnded(
-            src, false, detail::concat(describe_peer_(src), " closed its stream (it shut down)"));
-      }
-      return grpc::Status::OK;
-    }
-    const std::string where = src >= 0 ? describe_peer_(src) : std::string("an unidentified peer");
-    const std::string why =
-        context->IsCancelled()
-            ? detail::concat("the stream from ", where,
-                             " broke (the peer died, or this rank is shutting down)")
-            : detail::concat("the stream from ", where,
-                             " ended without end_of_stream (an unparsable frame, or the "
-                             "connection was lost)");
-    if (src >= 0) inbox_->streamEnded(src, false, why);
-    return grpc::Status(grpc::StatusCode::DATA_LOSS, detail::concat(self, ": ", why));
+    return assembler.onEnd();
   }
 
   const Config config_;
@@ -356,11 +190,13 @@ class PeerLink {
   std::shared_ptr<Work> enqueue(const Tag& tag, Bytes payload) {
     std::lock_guard<std::mutex> lock(mu_);
     if (failure_) {
+      sends_failed_ += 1;
       return std::make_shared<FinishedWork>(toException(Failure{
           failure_->kind, detail::concat(describeSend(tag), " failed: the stream to rank ",
                                          config_.peer, " broke earlier: ", failure_->message)}));
     }
     if (closing_) {
+      sends_failed_ += 1;
       return std::make_shared<FinishedWork>(
           GEOPIPE_ERROR_PTR(IoError, describeSend(tag), " failed: the transport is closing"));
     }
@@ -446,6 +282,7 @@ class PeerLink {
       failure_ = failure;
       queued.swap(queue_);
     }
+    sends_failed_ += queued.size() + (current ? 1 : 0);
     if (current) current->work->completion().fail(toException(failure));
     for (auto& m : queued) {
       m.work->completion().fail(toException(Failure{
@@ -491,6 +328,7 @@ class PeerLink {
     auto next_probe = Clock::now();
     while (!channel->WaitForConnected(std::chrono::system_clock::now() +
                                       std::chrono::milliseconds(100))) {
+      connect_retries_ += 1;
       bool cancelled;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -617,6 +455,11 @@ class PeerLink {
   std::optional<Failure> failure_;
   std::unique_ptr<grpc::ClientContext> context_;  // set by the writer
   std::thread writer_;
+
+ public:
+  // For TransportStats.
+  std::atomic<uint64_t> connect_retries_{0};
+  std::atomic<uint64_t> sends_failed_{0};
 };
 
 // ---------------------------------------------------------------------------
@@ -750,6 +593,12 @@ class GrpcTransport::Impl {
     s.bytes_sent = bytes_sent_.load();
     s.messages_received = inbox_->messagesReceived();
     s.bytes_received = inbox_->bytesReceived();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& link : links_) {
+      if (!link) continue;
+      s.connect_retries += link->connect_retries_.load();
+      s.sends_failed += link->sends_failed_.load();
+    }
     return s;
   }
 

@@ -95,6 +95,8 @@ void PeerInbox::claimLocked(uint64_t bytes) {
 }
 
 std::shared_ptr<RecvWork> PeerInbox::post(int src, const Tag& tag) {
+  GEOPIPE_CHECK(src >= 0 && src < world_size_, Error, "grpc: recv on rank ", rank_, " from rank ",
+                src, ": source is outside the world [0, ", world_size_, ")");
   auto work = std::make_shared<InboxRecvWork>(weak_from_this(), describeRecv(src, tag), src, tag);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = boxes_.find(Key(src, tag));

@@ -1,0 +1,229 @@
+// PeerStreamAssembler: the checks and reassembly of one incoming peer
+// stream (moved out of the gRPC service so that it can be fuzzed).
+#include "src/transport/grpc/peer_stream.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "geopipe/error.h"
+#include "src/security/token.h"
+
+namespace geopipe::transport {
+namespace {
+
+constexpr uint32_t kProtocolVersion = geopipe::v1::PEER_PROTOCOL_CURRENT;
+
+bool validChannel(uint32_t channel) {
+  return channel >= static_cast<uint32_t>(Channel::ACTIVATION) &&
+         channel <= static_cast<uint32_t>(Channel::CONTROL);
+}
+
+Tag tagFromWire(const geopipe::v1::PeerTag& t) {
+  Tag tag;
+  tag.channel = static_cast<Channel>(t.channel());
+  tag.step = t.step();
+  tag.micro_batch = t.micro_batch();
+  tag.index = t.index();
+  return tag;
+}
+
+}  // namespace
+
+PeerStreamAssembler::PeerStreamAssembler(Config config, std::shared_ptr<PeerInbox> inbox,
+                                         std::function<std::string(int)> describe_peer,
+                                         std::function<bool()> cancelled)
+    : config_(std::move(config)),
+      inbox_(std::move(inbox)),
+      describe_peer_(std::move(describe_peer)),
+      cancelled_(std::move(cancelled)),
+      // The job token is a secret: never part of a message.
+      self_(detail::concat("rank ", config_.rank)) {}
+
+PeerStreamAssembler::~PeerStreamAssembler() {
+  // A stream abandoned mid-message (an exception in the handler) gives its
+  // admitted bytes back.
+  if (in_message_) inbox_->release(total_);
+}
+
+// Ends the stream with `code`; when the sender's identity was already
+// established, its receives fail with ProtocolError too.
+grpc::Status PeerStreamAssembler::refuse(grpc::StatusCode code, const std::string& why) {
+  if (in_message_) inbox_->release(total_);
+  in_message_ = false;
+  finished_ = true;
+  if (src_ >= 0) {
+    inbox_->streamEnded(
+        src_, true, detail::concat(describe_peer_(src_), " sent a chunk that was refused: ", why));
+  }
+  return grpc::Status(code, detail::concat(self_, " refused the stream: ", why));
+}
+
+grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
+  GEOPIPE_CHECK(!finished_, Error, self_, ": a chunk after the stream was ended");
+  // Identity: version, job, ranks. Nothing is attributed to a source rank
+  // before these pass.
+  if (chunk.protocol_version() != kProtocolVersion) {
+    return refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                  detail::concat("peer speaks peer protocol version ", chunk.protocol_version(),
+                                 ", this build speaks ", kProtocolVersion));
+  }
+  const int claimed = chunk.source_rank();
+  if (!security::constantTimeEquals(chunk.job_token(), config_.job_token)) {
+    return refuse(grpc::StatusCode::PERMISSION_DENIED,
+                  detail::concat("peer claiming rank ", claimed,
+                                 " presented a wrong job token: it is not a worker of this job "
+                                 "run (another job on the same hosts, or a client that never "
+                                 "joined the coordinator)"));
+  }
+  if (claimed < 0 || claimed >= config_.world_size) {
+    return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                  detail::concat("source rank ", claimed, " is outside the world [0, ",
+                                 config_.world_size, ")"));
+  }
+  if (chunk.destination_rank() != config_.rank) {
+    return refuse(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        detail::concat("rank ", claimed, " addressed its chunks to rank ", chunk.destination_rank(),
+                       " (do the ranks' address tables agree?)"));
+  }
+  if (src_ < 0) {
+    src_ = claimed;
+    inbox_->streamOpened(src_);
+  } else if (claimed != src_) {
+    return refuse(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        detail::concat("source rank changed from ", src_, " to ", claimed, " within one stream"));
+  }
+  if (said_goodbye_) {
+    return refuse(grpc::StatusCode::INVALID_ARGUMENT, "frame after end_of_stream");
+  }
+  if (chunk.end_of_stream()) {
+    if (in_message_) {
+      return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    detail::concat("end_of_stream in the middle of message ", expected_seq_, " (",
+                                   buffer_.size(), " of ", total_, " bytes)"));
+    }
+    said_goodbye_ = true;
+    return grpc::Status::OK;
+  }
+  if (!validChannel(chunk.tag().channel())) {
+    return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                  detail::concat("unknown channel ", chunk.tag().channel(), " in message ",
+                                 chunk.sequence()));
+  }
+
+  // Chunk sequence: contiguous, in order, within the announced size.
+  if (!in_message_) {
+    if (chunk.sequence() != expected_seq_) {
+      return refuse(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          detail::concat("message sequence ", chunk.sequence(), ", expected ", expected_seq_));
+    }
+    if (chunk.offset() != 0) {
+      return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    detail::concat("first chunk of message ", chunk.sequence(), " has offset ",
+                                   chunk.offset(), ", expected 0"));
+    }
+    if (chunk.total_size() > config_.max_message_bytes) {
+      return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                    detail::concat("message ", chunk.sequence(), " announces ", chunk.total_size(),
+                                   " bytes, over this rank's limit of ", config_.max_message_bytes,
+                                   " (max_message_bytes)"));
+    }
+    tag_ = tagFromWire(chunk.tag());
+    total_ = chunk.total_size();
+    if (!inbox_->admit(src_, tag_, total_, cancelled_)) {
+      const bool cancelled = cancelled_ && cancelled_();
+      finished_ = true;
+      inbox_->streamEnded(
+          src_, false,
+          detail::concat(describe_peer_(src_), "'s stream ended while waiting for buffer space"));
+      return grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          detail::concat(self_, cancelled ? ": stream cancelled" : " is shutting down"));
+    }
+    in_message_ = true;
+    buffer_ = Bytes();
+    try {
+      buffer_.reserve(std::min(total_, kMaxPreallocatedBytes));
+    } catch (const std::bad_alloc&) {
+      return refuse(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          detail::concat("cannot allocate ", total_, " bytes for message ", chunk.sequence()));
+    }
+  } else if (chunk.sequence() != expected_seq_ || chunk.total_size() != total_ ||
+             tagFromWire(chunk.tag()) != tag_) {
+    return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                  detail::concat("chunk of message ", chunk.sequence(), " (tag ",
+                                 tagFromWire(chunk.tag()).str(), ", total ", chunk.total_size(),
+                                 ") interleaved with unfinished message ", expected_seq_, " (tag ",
+                                 tag_.str(), ", total ", total_, ")"));
+  }
+  const uint64_t received = buffer_.size();
+  const uint64_t size = chunk.data().size();
+  if (chunk.offset() != received) {
+    return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                  detail::concat("chunk of message ", expected_seq_, " at offset ", chunk.offset(),
+                                 ", expected ", received, " (of ", total_,
+                                 " bytes; chunks must be contiguous and in order)"));
+  }
+  if (size > total_ - received) {
+    return refuse(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        detail::concat("chunk of message ", expected_seq_, " at offset ", chunk.offset(), " with ",
+                       size, " bytes overruns the announced total of ", total_));
+  }
+  if (size > 0) {
+    try {
+      // Grow by at least kMaxPreallocatedBytes at a time past the reserve,
+      // so that a large message is copied a few times at most.
+      if (buffer_.capacity() < received + size) {
+        buffer_.reserve(std::min(
+            total_, std::max(received + size, buffer_.capacity() + kMaxPreallocatedBytes)));
+      }
+    } catch (const std::bad_alloc&) {
+      return refuse(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          detail::concat("cannot allocate ", total_, " bytes for message ", expected_seq_));
+    }
+    const auto* data = reinterpret_cast<const uint8_t*>(chunk.data().data());
+    buffer_.insert(buffer_.end(), data, data + size);
+  }
+  if (buffer_.size() == total_) {
+    in_message_ = false;
+    inbox_->deliver(src_, tag_, std::move(buffer_));
+    buffer_ = Bytes();
+    ++expected_seq_;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status PeerStreamAssembler::onEnd() {
+  GEOPIPE_CHECK(!finished_, Error, self_, ": onEnd() after the stream was ended");
+  finished_ = true;
+  // The stream ended: after the sender's goodbye (a clean close), or broken
+  // (cancelled, connection lost), or on a frame gRPC could not parse — the
+  // last two look the same here.
+  if (in_message_) inbox_->release(total_);
+  in_message_ = false;
+  if (said_goodbye_) {
+    if (src_ >= 0) {
+      inbox_->streamEnded(
+          src_, false, detail::concat(describe_peer_(src_), " closed its stream (it shut down)"));
+    }
+    return grpc::Status::OK;
+  }
+  const std::string where = src_ >= 0 ? describe_peer_(src_) : std::string("an unidentified peer");
+  const bool cancelled = cancelled_ && cancelled_();
+  const std::string why =
+      cancelled ? detail::concat("the stream from ", where,
+                                 " broke (the peer died, or this rank is shutting down)")
+                : detail::concat("the stream from ", where,
+                                 " ended without end_of_stream (an unparsable frame, or the "
+                                 "connection was lost)");
+  if (src_ >= 0) inbox_->streamEnded(src_, false, why);
+  return grpc::Status(grpc::StatusCode::DATA_LOSS, detail::concat(self_, ": ", why));
+}
+
+}  // namespace geopipe::transport
