@@ -159,7 +159,6 @@ std::vector<int> crossover(const std::vector<int>& a, const std::vector<int>& b,
 std::pair<int, int> targetedStart(const Evaluator& ev, const Candidate& c,
                                   std::mt19937_64& rng) {
   const int way = ev.way();
-  const CostModel& model = ev.model();
   const bool pipeline = false;
   auto pickTied = [&](const std::vector<double>& v) {
     const double m = *std::max_element(v.begin(), v.end());
