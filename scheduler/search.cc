@@ -148,18 +148,15 @@ std::vector<int> crossover(const std::vector<int>& a, const std::vector<int>& b,
 }
 
 // Picks the first (group, device) of a targeted cyclic move: a device that
-// realises one of the max terms of the cost, so moving it can lower the max.
-//  * data-parallel: a group with the largest DP term (a random one among
-//    ties: round-robin partitions have all groups equal) and its worst
-//    device (GroupStats::worst_device, the i of max_i Σ_j in DataPCost);
-//  * pipeline: the dearest edge (a,b) of the chosen path, and a device of a
-//    (or b) whose cheapest edge into the other group is already >= w(a,b),
-//    i.e. a row (column) that sets the bottleneck matching's lower bound.
-// Returns {-1, -1} when there is nothing to target.
+// realises the max data-parallel term of the cost, so moving it can lower
+// the max: a group with the largest DP term (a random one among ties:
+// round-robin partitions have all groups equal) and its worst device
+// (GroupStats::worst_device, the i of max_i Σ_j in DataPCost). The pipeline
+// term has its own move, alignMove. Returns {-1, -1} when there is nothing
+// to target.
 std::pair<int, int> targetedStart(const Evaluator& ev, const Candidate& c,
                                   std::mt19937_64& rng) {
   const int way = ev.way();
-  const bool pipeline = false;
   auto pickTied = [&](const std::vector<double>& v) {
     const double m = *std::max_element(v.begin(), v.end());
     const double tol = 1e-12 * std::max(1.0, std::abs(m));
@@ -168,15 +165,12 @@ std::pair<int, int> targetedStart(const Evaluator& ev, const Candidate& c,
       if (v[i] >= m - tol) at.push_back(static_cast<int>(i));
     return at[uniformInt(rng, 0, static_cast<int>(at.size()) - 1)];
   };
-  if (!pipeline) {
-    std::vector<double> dp(way);
-    for (int g = 0; g < way; ++g) dp[g] = c.stats[g].dpKey();
-    const int g = pickTied(dp);
-    const int d = c.stats[g].worst_device;
-    if (d < 0 || c.label[d] != g) return {-1, -1};
-    return {g, d};
-  }
-  return {-1, -1};
+  std::vector<double> dp(way);
+  for (int g = 0; g < way; ++g) dp[g] = c.stats[g].dpKey();
+  const int g = pickTied(dp);
+  const int d = c.stats[g].worst_device;
+  if (d < 0 || c.label[d] != g) return {-1, -1};
+  return {g, d};
 }
 
 // A repair move on the dearest edge (a,b) of the chosen path: take a row
