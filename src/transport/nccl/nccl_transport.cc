@@ -311,9 +311,9 @@ NcclTransport::NcclTransport(std::shared_ptr<Transport> inner, NcclTransportOpti
   const cudaError_t e = cudaGetDeviceCount(&devices);
   if (e != cudaSuccess || devices == 0) {
     cudaGetLastError();
-    GEOPIPE_THROW(InfeasibleError, "transport nccl needs a CUDA device, but ",
-                  e != cudaSuccess ? cudaGetErrorString(e) : "none is visible",
-                  "; use transport.kind: grpc or inproc on machines without GPUs");
+    GEOPIPE_THROW(InfeasibleError, "transport nccl needs a CUDA device and none is usable here (",
+                  e != cudaSuccess ? cudaGetErrorString(e) : "no device visible",
+                  "); use transport.kind: grpc or inproc on machines without GPUs");
   }
   m.device = m.opt.cuda_device >= 0 ? m.opt.cuda_device : m.rank % devices;
   // More ranks of this site than GPUs: processes share a device, which NCCL
