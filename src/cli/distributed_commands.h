@@ -21,6 +21,8 @@ struct LaunchArgs {
   int threads = 0;                // LibTorch threads per worker; 0 = cores / tasklets
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
   std::optional<double> heartbeat_timeout;
+  int spares = 0;           // idle spare workers started besides one per tasklet
+  bool no_respawn = false;  // a worker killed by a signal is not started again
 };
 void addLaunchOptions(CLI::App& app, LaunchArgs& args);
 // 0 done, 130 interrupted (Ctrl-C), 5 a worker or the coordinator failed.

@@ -39,6 +39,14 @@ struct LaunchOptions {
   // A worker silent this long has failed (see CoordinatorOptions); unset:
   // the job's fault_tolerance.heartbeat_timeout.
   std::optional<std::chrono::milliseconds> heartbeat_timeout;
+  // Idle spare workers started besides one per tasklet (worker-<i>.log
+  // for i >= tasklets): the coordinator holds them and gives a failed
+  // tasklet's rank to one in the next generation.
+  int spares = 0;
+  // Start a worker killed by a signal again (up to
+  // fault_tolerance.max_restarts). false: recovery needs a spare (or a
+  // worker started by hand within rejoin_timeout).
+  bool respawn = true;
   // After the job ends, how long workers get to exit before SIGTERM, and
   // then SIGKILL after as long again.
   std::chrono::milliseconds shutdown_grace{10000};
@@ -61,7 +69,7 @@ struct LaunchOptions {
 struct LaunchResult {
   CoordinatorResult job;        // ok / interrupted / failure naming the tasklet
   std::string log_dir;          // the workers' logs
-  int workers = 0;              // processes started
+  int workers = 0;              // processes started (tasklets + spares)
   int restarts = 0;             // workers started again after being killed
   std::string failed_log_tail;  // last lines of the failed worker's log
 };

@@ -53,6 +53,34 @@ TEST(RecoveryRules, NamedDevicesFixRanksSurvivorsKeepTheirsOthersFillTheGaps) {
   EXPECT_THROW(assignRanks({0, 1}, {{-1, -1}}), Error);
 }
 
+TEST(RecoveryRules, AWorkerBeyondTheTaskletsOrJoiningAPlacedJobIsASpare) {
+  // Before placement: the fifth worker of a 4-tasklet job waits as a spare.
+  EXPECT_FALSE(joinsAsSpare(false, 3, 0, 4, false));
+  EXPECT_TRUE(joinsAsSpare(false, 4, 0, 4, false));
+  // A running job needs nobody.
+  EXPECT_TRUE(joinsAsSpare(true, 0, 0, 4, false));
+  // Regrouping: 2 survivors rejoined, 1 awaited, 1 tasklet lost: a
+  // newcomer takes the lost place; with it filled, the next is a spare.
+  EXPECT_FALSE(joinsAsSpare(false, 2, 1, 4, false));
+  EXPECT_TRUE(joinsAsSpare(false, 3, 1, 4, false));
+  // An awaited survivor always gets its place back.
+  EXPECT_FALSE(joinsAsSpare(false, 4, 1, 4, true));
+}
+
+TEST(RecoveryRules, SparesFillOnlyThePlacesNoSurvivorWillTake) {
+  // 4 tasklets, 1 lost: 3 survivors awaited, 2 spares idle: one promoted.
+  EXPECT_EQ(sparesToPromote(0, 3, 4, 2), 1);
+  // Two lost (or a promoted spare died), only one spare.
+  EXPECT_EQ(sparesToPromote(1, 1, 4, 1), 1);
+  EXPECT_EQ(sparesToPromote(1, 1, 4, 5), 2);
+  // Every place is filled or awaited: none.
+  EXPECT_EQ(sparesToPromote(4, 0, 4, 3), 0);
+  EXPECT_EQ(sparesToPromote(2, 2, 4, 3), 0);
+  // No spares: none, never negative.
+  EXPECT_EQ(sparesToPromote(0, 0, 4, 0), 0);
+  EXPECT_EQ(sparesToPromote(5, 0, 4, 1), 0);
+}
+
 // A coordinator of a 2 x 2 job (checkpoints every 5 steps) and fake
 // workers that speak its protocol.
 struct FakeJob {
