@@ -547,19 +547,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // A new worker's registration (token checked): a slot, as a worker the
   // job waits for or as an idle spare.
   grpc::Status registerNewLocked(grpc::ServerContext* ctx, const pb::RegisterRequest* req) {
-    if (registrations_ >= max_registrations_) {
+    // A survivor rejoining its place after a failure is not counted: the
+    // cap is on newcomers (replacements, spares).
+    const bool awaited = awaited_pids_.count(req->pid()) > 0;
+    if (!awaited && registrations_ >= max_registrations_) {
       eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ", registrations_,
                                  " registrations accepted already"));
       return {grpc::StatusCode::RESOURCE_EXHAUSTED,
               detail::concat("job '", job_.name, "' has accepted ", registrations_,
                              " registrations already (", world_, " tasklets plus ",
                              max_registrations_ - world_,
-                             " for spares and workers that left before placement); restart the "
+                             " for spares and replacements); restart the "
                              "coordinator")};
     }
     int device = -1;
     if (grpc::Status st = resolveDeviceLocked(req->device(), &device); !st.ok()) return st;
-    ++registrations_;
+    if (!awaited) ++registrations_;
     Slot slot;
     slot.device = device;
     slot.info.hostname = req->hostname();
@@ -568,7 +571,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         isWildcardHost(req->listen_host()) ? hostOfPeer(ctx->peer()) : req->listen_host();
     slot.last_seen = Clock::now();
     slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
-    const bool awaited = awaited_pids_.erase(req->pid()) > 0;
+    awaited_pids_.erase(req->pid());
     slot.spare = joinsAsSpare(placed_, activeSlotsLocked(), static_cast<int>(awaited_pids_.size()),
                               world_, awaited);
     slot.ticket = ++last_ticket_;
