@@ -282,7 +282,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::unique_lock<std::mutex> lock(mu_);
     if (grpc::Status st = checkRegisterRequest(*req); !st.ok()) return st;
     if (grpc::Status st = checkJoinTokenLocked(ctx, *req); !st.ok()) return st;
-    if (ended_) return {grpc::StatusCode::ABORTED, "the job has already ended"};
     // An idle spare calling again (it proves it lives once per heartbeat
     // interval): its slot, not a new registration.
     size_t id = slots_.size();
@@ -291,6 +290,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         if (slots_[i].ticket == req->spare_ticket() && slots_[i].info.pid == req->pid() &&
             !slots_[i].gone)
           id = i;
+    }
+    if (ended_) {
+      if (id == slots_.size() || !slots_[id].spare)
+        return {grpc::StatusCode::ABORTED, "the job has already ended"};
+      slots_[id].gone = true;
+      out->set_protocol_version(kProtocol);
+      out->set_job_over(true);
+      return grpc::Status::OK;
     }
     if (id == slots_.size()) {
       if (grpc::Status st = registerNewLocked(ctx, req); !st.ok()) return st;

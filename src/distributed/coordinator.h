@@ -3,8 +3,9 @@
 // tasklet has a worker, hands out ranks, layers and the peer address table,
 // collects every step's metrics, commits checkpoints, notices workers that
 // vanish or hang, recovers from such failures (a new generation over the
-// workers that rejoin, resumed from the last committed checkpoint), and
-// tells everyone when to stop. Torch-free header.
+// workers that rejoin and idle spares that take lost places, resumed from
+// the last committed checkpoint), and tells everyone when to stop.
+// Torch-free header.
 #pragma once
 
 #include <chrono>

@@ -1,7 +1,8 @@
 // `geopipe launch` as a library: one coordinator in this process and one
 // worker process per tasklet (fork/exec of the geopipe binary) on
-// 127.0.0.1, watched until the job ends. A worker killed by a signal is
-// started again (fault_tolerance.max_restarts) and the job recovers; a
+// 127.0.0.1 (plus any idle spares), watched until the job ends. A worker
+// killed by a signal is started again (fault_tolerance.max_restarts) and
+// the job recovers; a
 // failure it cannot recover from ends the job with its tasklet named.
 // Every child is reaped before launchJob returns.
 // Torch-free header.

@@ -374,6 +374,30 @@ TEST(Recovery, AnIdleSpareSilentForTheHeartbeatTimeoutIsDropped) {
   EXPECT_NE(again.spare_ticket(), a.spare_ticket());
 }
 
+TEST(Recovery, AnIdleSpareIsToldWhenTheJobEndedWithoutIt) {
+  FakeJob job("{max_restarts: 2}");
+  job.runFirstGeneration();
+  pb::Assignment a;
+  ASSERT_TRUE(job.registerOne(80, 0, &a).ok());
+  ASSERT_TRUE(a.spare());
+  for (int r = 0; r < 4; ++r) {
+    job.heartbeat(r, 1, true);
+    grpc::ClientContext ctx;
+    pb::FinishRequest req;
+    req.set_rank(r);
+    req.set_ok(true);
+    req.set_generation(1);
+    pb::FinishReply reply;
+    ASSERT_TRUE(job.stub->Finish(&ctx, req, &reply).ok());
+  }
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->ok) << r->failure;
+  ASSERT_TRUE(job.registerOne(80, a.spare_ticket(), &a).ok());
+  EXPECT_TRUE(a.job_over());
+  EXPECT_EQ(a.rank(), 0);
+}
+
 TEST(Recovery, AWorkerLostAfterTheJobCompletedIsNoFailure) {
   FakeJob job("{max_restarts: 2}");
   job.runFirstGeneration();
