@@ -1060,9 +1060,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         decideFailureLocked(f);
       }
       // An idle spare calls again once per heartbeat interval: one silent
-      // for heartbeat_timeout (dead, hung, cut off) is dropped.
+      // for heartbeat_timeout (dead, hung, cut off) is dropped. So is a
+      // spare promoted for a lost place that did not call again (another
+      // spare is promoted in its stead).
       for (auto& s : slots_) {
-        if (s.gone || !s.spare || s.waiting) continue;
+        if (s.gone || s.waiting || s.info.rank >= 0) continue;
         const double silent = secondsBetween(s.last_seen, now);
         if (silent * 1000 > heartbeat_timeout_.count()) {
           s.gone = true;
