@@ -1175,9 +1175,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int64_t emitted_upto_ = 0;          // steps before this went to on_step
   bool regrouping_ = false;           // waiting for workers to rejoin
   Clock::time_point regroup_since_;
-  Failure regroup_failure_;      // what ended the last generation
-  std::string regroup_reason_;   // told to the workers
-  std::set<int64_t> lost_pids_;  // declared dead, left out
+  Failure regroup_failure_;         // what ended the last generation
+  std::string regroup_reason_;      // told to the workers
+  std::set<int64_t> lost_pids_;     // declared dead, left out
   std::set<int64_t> awaited_pids_;  // survivors of the ended generation not yet rejoined
   uint64_t last_ticket_ = 0;        // spare tickets handed out
 };

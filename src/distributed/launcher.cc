@@ -81,9 +81,9 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   GEOPIPE_CHECK(opt.spares >= 0, ConfigError, "--spares is ", opt.spares, "; give 0 or more");
   if (opt.spares > 0) {
     // Every spare registers once, besides the tasklets and the restarts.
-    co.spare_registrations = opt.spares + std::max(0, spec.fault_tolerance.max_restarts) +
-                             spec.parallelism.pipeline_stages *
-                                 std::max(1, spec.parallelism.data_parallel);
+    co.spare_registrations =
+        opt.spares + std::max(0, spec.fault_tolerance.max_restarts) +
+        spec.parallelism.pipeline_stages * std::max(1, spec.parallelism.data_parallel);
   }
   Coordinator coordinator(co);
   const int world = coordinator.worldSize();

@@ -329,8 +329,7 @@ TEST(Recovery, AnIdleSpareTakesTheLostRankAndADeadSpareIsNotUsed) {
   // The spare calls again while the survivors rejoin: it gets rank 1.
   pb::Assignment promoted;
   grpc::Status spare_status;
-  std::thread spare(
-      [&] { spare_status = job.registerOne(50, a50.spare_ticket(), &promoted); });
+  std::thread spare([&] { spare_status = job.registerOne(50, a50.spare_ticket(), &promoted); });
   std::vector<pb::Assignment> as;
   const auto rejoined = job.registerAll({pid[0], pid[2], pid[3]}, {0, 2, 3}, &as);
   spare.join();
