@@ -13,14 +13,16 @@
 namespace geopipe::cli {
 
 struct LaunchArgs {
-  std::string job;                // job YAML file
-  std::optional<int> steps;       // overrides training.steps
-  bool resume = false;            // continue from the newest committed checkpoint
-  std::string metrics_file;       // overrides logging.metrics_file
-  std::string log_dir;            // workers' logs; empty = a temp directory
-  int threads = 0;                // LibTorch threads per worker; 0 = cores / tasklets
+  std::string job;           // job YAML file
+  std::optional<int> steps;  // overrides training.steps
+  bool resume = false;       // continue from the newest committed checkpoint
+  std::string metrics_file;  // overrides logging.metrics_file
+  std::string log_dir;       // workers' logs; empty = a temp directory
+  int threads = 0;           // LibTorch threads per worker; 0 = cores / tasklets
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
   std::optional<double> heartbeat_timeout;
+  int spares = 0;           // idle spare workers started besides one per tasklet
+  bool no_respawn = false;  // a worker killed by a signal is not started again
 };
 void addLaunchOptions(CLI::App& app, LaunchArgs& args);
 // 0 done, 130 interrupted (Ctrl-C), 5 a worker or the coordinator failed.
@@ -40,26 +42,26 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args);
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out);
 
 struct WorkerArgs {
-  std::string coordinator;           // "host:port" of the coordinator
-  std::string device = "any";        // topology device name or index, or any
-  std::string listen = "0.0.0.0:0";  // peer service address; port 0 = a free port
-  std::string ca;                    // PEM CA certificate (the job's security.ca)
-  std::string cert;                  // this host's certificate, PEM
-  std::string key;                   // its private key, PEM, mode 600
-  std::string token_file;            // the join token; empty: GEOPIPE_JOB_TOKEN
-  bool insecure = false;             // plaintext, loopback only
+  std::string coordinator;             // "host:port" of the coordinator
+  std::string device = "any";          // topology device name or index, or any
+  std::string listen = "0.0.0.0:0";    // peer service address; port 0 = a free port
+  std::string ca;                      // PEM CA certificate (the job's security.ca)
+  std::string cert;                    // this host's certificate, PEM
+  std::string key;                     // its private key, PEM, mode 600
+  std::string token_file;              // the join token; empty: GEOPIPE_JOB_TOKEN
+  bool insecure = false;               // plaintext, loopback only
   bool allow_insecure_remote = false;  // plaintext on any address
-  int threads = 0;                   // LibTorch threads; 0 = every core
-  int timeout = 300;                 // seconds to wait for a peer's message
+  int threads = 0;                     // LibTorch threads; 0 = every core
+  int timeout = 300;                   // seconds to wait for a peer's message
 };
 void addWorkerOptions(CLI::App& app, WorkerArgs& args);
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out);
 
 struct GrpcBenchArgs {
-  std::string job;   // job YAML; empty = a built-in tiny GPT job
-  int steps = 20;    // timed steps per run (after 2 warm-up steps)
-  int stages = 2;    // pipeline stages
-  int replicas = 2;  // data-parallel replicas
+  std::string job;             // job YAML; empty = a built-in tiny GPT job
+  int steps = 20;              // timed steps per run (after 2 warm-up steps)
+  int stages = 2;              // pipeline stages
+  int replicas = 2;            // data-parallel replicas
   std::string device = "cpu";  // training.device; cuda adds an NCCL row
 };
 void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args);

@@ -43,6 +43,14 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
                  "seconds without word from a worker before it counts as dead (default: "
                  "fault_tolerance.heartbeat_timeout of the job, 10)")
       ->check(CLI::Range(1.0, 3600.0));
+  app.add_option("--spares", args.spares,
+                 "idle spare worker processes to start besides one per tasklet; a spare "
+                 "takes a failed tasklet's place in the next generation")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  app.add_flag("--no-respawn", args.no_respawn,
+               "do not start a worker killed by a signal again (recovery then needs a spare "
+               "or a worker started by hand)");
 }
 
 int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
@@ -52,6 +60,8 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   opt.resume = args.resume;
   opt.log_dir = args.log_dir;
   opt.threads_per_worker = args.threads;
+  opt.spares = args.spares;
+  opt.respawn = !args.no_respawn;
   if (args.heartbeat_timeout) {
     opt.heartbeat_timeout =
         std::chrono::milliseconds(static_cast<int64_t>(*args.heartbeat_timeout * 1000));

@@ -46,6 +46,10 @@ int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
   opt.threads = args.threads;
   opt.timeout_seconds = args.timeout;
   const distributed::WorkerResult r = distributed::runWorker(opt);
+  if (r.spare_unused) {
+    out << "idle spare: the job ended without needing this worker\n";
+    return 0;
+  }
   out << "tasklet rank " << r.rank << " (stage " << r.stage << ", replica " << r.replica
       << "): " << r.steps_done << " steps done" << (r.stopped_early ? ", stopped early" : "")
       << "\n";

@@ -198,9 +198,21 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       eventLocked(detail::concat("lost worker pid ", pid, " is gone: ", cause));
       return;
     }
+    awaited_pids_.erase(pid);  // a survivor that died while the others rejoin
     if (rank < 0) {
-      for (const auto& s : slots_)
-        if (s.info.pid == pid && !s.gone) rank = s.info.rank;
+      for (auto& s : slots_) {
+        if (s.info.pid != pid || s.gone) continue;
+        if (s.spare) {
+          // An idle spare that died is dropped; the job never used it.
+          s.gone = true;
+          eventLocked(detail::concat("spare ", s.info.hostname, " pid ", pid,
+                                     " is gone and no longer a spare: ", cause));
+          cv_.notify_all();
+          return;
+        }
+        rank = s.info.rank;
+        if (!placed_ && rank < 0) s.gone = true;  // joined, not placed: its place is free again
+      }
     }
     std::string who = rank >= 0 ? describeLocked(rank)
                                 : detail::concat("worker process ", pid, " (not placed yet)");
@@ -270,77 +282,65 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::unique_lock<std::mutex> lock(mu_);
     if (grpc::Status st = checkRegisterRequest(*req); !st.ok()) return st;
     if (grpc::Status st = checkJoinTokenLocked(ctx, *req); !st.ok()) return st;
-    if (ended_) return {grpc::StatusCode::ABORTED, "the job has already ended"};
-    if (placed_) {
-      return {grpc::StatusCode::FAILED_PRECONDITION,
-              detail::concat("job '", job_.name, "' already has all ", world_,
-                             " workers; this worker is not needed")};
+    // An idle spare calling again (it proves it lives once per heartbeat
+    // interval): its slot, not a new registration.
+    size_t id = slots_.size();
+    if (req->spare_ticket() != 0) {
+      for (size_t i = 0; i < slots_.size(); ++i)
+        if (slots_[i].ticket == req->spare_ticket() && slots_[i].info.pid == req->pid() &&
+            !slots_[i].gone)
+          id = i;
     }
-    if (registrations_ >= max_registrations_) {
-      eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ", registrations_,
-                                 " registrations accepted already"));
-      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
-              detail::concat("job '", job_.name, "' has accepted ", registrations_,
-                             " registrations already (", world_, " tasklets plus ",
-                             max_registrations_ - world_,
-                             " for workers that left before placement); restart the "
-                             "coordinator")};
+    if (ended_) {
+      if (id == slots_.size() || !slots_[id].spare)
+        return {grpc::StatusCode::ABORTED, "the job has already ended"};
+      slots_[id].gone = true;
+      out->set_protocol_version(kProtocol);
+      out->set_job_over(true);
+      return grpc::Status::OK;
     }
-    int device = -1;
-    if (grpc::Status st = resolveDeviceLocked(req->device(), &device); !st.ok()) return st;
-    ++registrations_;
-    Slot slot;
-    slot.device = device;
-    slot.info.hostname = req->hostname();
-    slot.info.pid = req->pid();
-    slot.listen_host =
-        isWildcardHost(req->listen_host()) ? hostOfPeer(ctx->peer()) : req->listen_host();
-    slot.last_seen = Clock::now();
-    slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
-    slots_.push_back(slot);
-    const size_t id = slots_.size() - 1;
-    eventLocked(detail::concat(
-        req->has_previous_rank() ? "worker rejoined: " : "worker joined: ", req->hostname(),
-        " pid ", req->pid(), ", device ", req->device().empty() ? "any" : req->device(), " (",
-        activeSlotsLocked(), "/", world_, ")"));
+    if (id == slots_.size()) {
+      if (grpc::Status st = registerNewLocked(ctx, req); !st.ok()) return st;
+      id = slots_.size() - 1;
+    }
+    slots_[id].last_seen = Clock::now();
+    slots_[id].waiting = true;
     maybePlaceLocked();
-    while (!placed_ && !ended_ && !shutting_down_) {
+    const auto call_start = Clock::now();
+    const auto spare_poll = heartbeatInterval(heartbeat_timeout_);
+    while (!(placed_ && slots_[id].info.rank >= 0) && !ended_ && !shutting_down_) {
       if (ctx->IsCancelled()) {
         slots_[id].gone = true;
-        eventLocked(detail::concat("worker ", req->hostname(), " pid ", req->pid(),
-                                   " left before the job was placed"));
+        slots_[id].waiting = false;
+        eventLocked(detail::concat(slots_[id].spare ? "spare " : "worker ", req->hostname(),
+                                   " pid ", req->pid(), " left before it was placed"));
+        cv_.notify_all();
         return {grpc::StatusCode::CANCELLED, "worker left"};
       }
+      if (slots_[id].spare && Clock::now() - call_start >= spare_poll) {
+        // Still idle: the spare calls again with its ticket.
+        slots_[id].waiting = false;
+        slots_[id].last_seen = Clock::now();
+        out->set_protocol_version(kProtocol);
+        out->set_spare(true);
+        out->set_spare_ticket(slots_[id].ticket);
+        return grpc::Status::OK;
+      }
       cv_.wait_for(lock, kPoll);
+    }
+    slots_[id].waiting = false;
+    if (slots_[id].spare && ended_) {
+      slots_[id].gone = true;
+      out->set_protocol_version(kProtocol);
+      out->set_job_over(true);
+      return grpc::Status::OK;
     }
     if (!placed_ || ended_ || slots_[id].info.rank < 0) {
       return {grpc::StatusCode::ABORTED,
               failure_ ? failure_->message : std::string("the coordinator is shutting down")};
     }
     const Slot& s = slots_[id];
-    out->set_generation(s.generation);
-    out->set_heartbeat_interval_ms(heartbeatInterval(heartbeat_timeout_).count());
-    out->set_heartbeat_timeout_ms(heartbeat_timeout_.count());
-    out->set_recoverable(job_.fault_tolerance.max_restarts > 0);
-    out->set_rejoin_timeout_ms(rejoin_timeout_.count());
-    out->set_protocol_version(kProtocol);
-    out->set_rank(s.info.rank);
-    out->set_stages(stages_);
-    out->set_replicas(replicas_);
-    for (int d : placement_.device_of_rank) out->add_device_of_rank(d);
-    for (const auto& [first, last] : placement_.layers_of_stage) {
-      out->add_first_layer(first);
-      out->add_last_layer(last);
-    }
-    out->set_placement_source(placement_.source);
-    out->set_job_yaml(bundle_.yaml);
-    out->set_job_source(bundle_.source);
-    out->set_base_dir(bundle_.base_dir);
-    out->set_steps(job_.training.steps);
-    out->set_first_step(first_step_);
-    out->set_resume_dir(resume_dir_);
-    out->set_job_token(job_token_);
-    out->set_listen_host(s.listen_host);
+    fillAssignmentLocked(s, out);
     return grpc::Status::OK;
   }
 
@@ -523,6 +523,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     int previous_rank = -1;   // its rank in the previous generation, if any
     int64_t generation = 0;   // the generation it was placed in
     bool steps_done = false;  // ran its last step and reported its checkpoint
+    bool spare = false;       // an idle spare: not placed until promoted
+    bool waiting = false;     // inside its Register call (alive while it lasts)
+    uint64_t ticket = 0;      // a spare's proof of identity when it calls again
   };
   struct Row {
     StepMetrics metrics;
@@ -547,6 +550,77 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     bool primary = true;
     Clock::time_point at;
   };
+
+  // A new worker's registration (token checked): a slot, as a worker the
+  // job waits for or as an idle spare.
+  grpc::Status registerNewLocked(grpc::ServerContext* ctx, const pb::RegisterRequest* req) {
+    // A survivor rejoining its place after a failure is not counted: the
+    // cap is on newcomers (replacements, spares).
+    const bool awaited = awaited_pids_.count(req->pid()) > 0;
+    if (!awaited && registrations_ >= max_registrations_) {
+      eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ", registrations_,
+                                 " registrations accepted already"));
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              detail::concat("job '", job_.name, "' has accepted ", registrations_,
+                             " registrations already (", world_, " tasklets plus ",
+                             max_registrations_ - world_,
+                             " for spares and replacements); restart the "
+                             "coordinator")};
+    }
+    int device = -1;
+    if (grpc::Status st = resolveDeviceLocked(req->device(), &device); !st.ok()) return st;
+    if (!awaited) ++registrations_;
+    Slot slot;
+    slot.device = device;
+    slot.info.hostname = req->hostname();
+    slot.info.pid = req->pid();
+    slot.listen_host =
+        isWildcardHost(req->listen_host()) ? hostOfPeer(ctx->peer()) : req->listen_host();
+    slot.last_seen = Clock::now();
+    slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
+    awaited_pids_.erase(req->pid());
+    slot.spare = joinsAsSpare(placed_, activeSlotsLocked(), static_cast<int>(awaited_pids_.size()),
+                              world_, awaited);
+    slot.ticket = ++last_ticket_;
+    slots_.push_back(slot);
+    if (slot.spare) {
+      eventLocked(detail::concat("spare joined: ", req->hostname(), " pid ", req->pid(),
+                                 ", device ", req->device().empty() ? "any" : req->device(),
+                                 " (idle; ", idleSparesLocked(), " spare(s))"));
+    } else {
+      eventLocked(detail::concat(
+          req->has_previous_rank() ? "worker rejoined: " : "worker joined: ", req->hostname(),
+          " pid ", req->pid(), ", device ", req->device().empty() ? "any" : req->device(), " (",
+          activeSlotsLocked(), "/", world_, ")"));
+    }
+    return grpc::Status::OK;
+  }
+
+  void fillAssignmentLocked(const Slot& s, pb::Assignment* out) {
+    out->set_generation(s.generation);
+    out->set_heartbeat_interval_ms(heartbeatInterval(heartbeat_timeout_).count());
+    out->set_heartbeat_timeout_ms(heartbeat_timeout_.count());
+    out->set_recoverable(job_.fault_tolerance.max_restarts > 0);
+    out->set_rejoin_timeout_ms(rejoin_timeout_.count());
+    out->set_protocol_version(kProtocol);
+    out->set_rank(s.info.rank);
+    out->set_stages(stages_);
+    out->set_replicas(replicas_);
+    for (int d : placement_.device_of_rank) out->add_device_of_rank(d);
+    for (const auto& [first, last] : placement_.layers_of_stage) {
+      out->add_first_layer(first);
+      out->add_last_layer(last);
+    }
+    out->set_placement_source(placement_.source);
+    out->set_job_yaml(bundle_.yaml);
+    out->set_job_source(bundle_.source);
+    out->set_base_dir(bundle_.base_dir);
+    out->set_steps(job_.training.steps);
+    out->set_first_step(first_step_);
+    out->set_resume_dir(resume_dir_);
+    out->set_job_token(job_token_);
+    out->set_listen_host(s.listen_host);
+  }
 
   // The join token check of Register: constant-time, never logged; a host
   // that keeps sending wrong tokens is throttled, and each host's first
@@ -616,10 +690,33 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     event(detail::concat("resuming from '", resume_dir_, "' at step ", first_step_));
   }
 
+  // Workers the next placement uses: joined, not gone, not spares.
   int activeSlotsLocked() const {
     int n = 0;
-    for (const auto& s : slots_) n += s.gone ? 0 : 1;
+    for (const auto& s : slots_) n += s.gone || s.spare ? 0 : 1;
     return n;
+  }
+  int idleSparesLocked() const {
+    int n = 0;
+    for (const auto& s : slots_) n += !s.gone && s.spare ? 1 : 0;
+    return n;
+  }
+
+  // While the job waits for placement: idle spares (the longest waiting
+  // first) take the places no joined worker or awaited survivor fills.
+  void promoteSparesLocked() {
+    int n = sparesToPromote(activeSlotsLocked(), static_cast<int>(awaited_pids_.size()), world_,
+                            idleSparesLocked());
+    for (auto& s : slots_) {
+      if (n == 0) break;
+      if (s.gone || !s.spare) continue;
+      s.spare = false;
+      s.previous_rank = -1;
+      --n;
+      eventLocked(detail::concat("spare ", s.info.hostname, " pid ", s.info.pid,
+                                 " takes a lost tasklet's place (", activeSlotsLocked(), "/",
+                                 world_, ")"));
+    }
   }
 
   grpc::Status resolveDeviceLocked(const std::string& name, int* device) {
@@ -632,6 +729,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // Places the job once every tasklet has a worker and no checkpoint is
   // being committed (a new generation resumes from the newest commit).
   void maybePlaceLocked() {
+    if (!placed_ && !ended_) promoteSparesLocked();
     if (placed_ || ended_ || activeSlotsLocked() != world_ || commits_in_flight_ > 0) return;
     try {
       placeLocked();
@@ -652,7 +750,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::vector<size_t> active;
     std::set<int> named;
     for (size_t i = 0; i < slots_.size(); ++i) {
-      if (slots_[i].gone) continue;
+      if (slots_[i].gone || slots_[i].spare) continue;
       active.push_back(i);
       if (slots_[i].device >= 0) named.insert(slots_[i].device);
     }
@@ -854,13 +952,20 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   void regroupLocked(const Failure& f) {
     eventLocked("failure detected: " + f.message);
     if (f.rank >= 0) lost_pids_.insert(slotOfRankLocked(f.rank)->info.pid);
+    // The survivors' places are kept for them; a spare takes the others.
+    awaited_pids_.clear();
+    for (int r = 0; r < world_; ++r) {
+      const int64_t pid = slotOfRankLocked(r)->info.pid;
+      if (!lost_pids_.count(pid)) awaited_pids_.insert(pid);
+    }
     const int64_t redo = max_reported_ + 1 - committed_next_step_;
     ++generation_;
     regrouping_ = true;
     regroup_since_ = Clock::now();
     regroup_failure_ = f;
     regroup_reason_ = detail::concat("generation ", generation_ - 1, " ended: ", f.message);
-    for (auto& s : slots_) s.gone = true;
+    for (auto& s : slots_)
+      if (!s.spare) s.gone = true;
     placed_ = false;
     slot_of_rank_.clear();
     addresses_ = 0;
@@ -881,6 +986,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // At placement: where this generation starts. The first starts where
   // --resume said (or at step 0), a later one at the newest commit.
   void startGenerationLocked() {
+    awaited_pids_.clear();
     if (generation_ == 1) return;
     regrouping_ = false;
     first_step_ = committed_next_step_;
@@ -952,6 +1058,20 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         Failure f = *pending_;
         if (!f.primary) blameSilentTaskletLocked(f, now);
         decideFailureLocked(f);
+      }
+      // An idle spare calls again once per heartbeat interval: one silent
+      // for heartbeat_timeout (dead, hung, cut off) is dropped. So is a
+      // spare promoted for a lost place that did not call again (another
+      // spare is promoted in its stead).
+      for (auto& s : slots_) {
+        if (s.gone || s.waiting || s.info.rank >= 0) continue;
+        const double silent = secondsBetween(s.last_seen, now);
+        if (silent * 1000 > heartbeat_timeout_.count()) {
+          s.gone = true;
+          eventLocked(detail::concat("spare ", s.info.hostname, " pid ", s.info.pid,
+                                     " is silent for ", static_cast<int>(silent),
+                                     " s and no longer a spare"));
+        }
       }
       if (regrouping_ && !placed_ && !ended_) {
         maybePlaceLocked();  // waits for commits that were in flight
@@ -1055,9 +1175,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int64_t emitted_upto_ = 0;          // steps before this went to on_step
   bool regrouping_ = false;           // waiting for workers to rejoin
   Clock::time_point regroup_since_;
-  Failure regroup_failure_;      // what ended the last generation
-  std::string regroup_reason_;   // told to the workers
-  std::set<int64_t> lost_pids_;  // declared dead, left out
+  Failure regroup_failure_;         // what ended the last generation
+  std::string regroup_reason_;      // told to the workers
+  std::set<int64_t> lost_pids_;     // declared dead, left out
+  std::set<int64_t> awaited_pids_;  // survivors of the ended generation not yet rejoined
+  uint64_t last_ticket_ = 0;        // spare tickets handed out
 };
 
 Coordinator::Coordinator(CoordinatorOptions options)

@@ -3,8 +3,9 @@
 // tasklet has a worker, hands out ranks, layers and the peer address table,
 // collects every step's metrics, commits checkpoints, notices workers that
 // vanish or hang, recovers from such failures (a new generation over the
-// workers that rejoin, resumed from the last committed checkpoint), and
-// tells everyone when to stop. Torch-free header.
+// workers that rejoin and idle spares that take lost places, resumed from
+// the last committed checkpoint), and tells everyone when to stop.
+// Torch-free header.
 #pragma once
 
 #include <chrono>
@@ -38,11 +39,12 @@ struct CoordinatorOptions {
   // Plaintext even when listen_address is not loopback (`insecure: force`
   // in the job does the same).
   bool allow_insecure_remote = false;
-  // Registrations with the right token accepted before the job is placed:
-  // at most stages x replicas plus this many (workers that left before
-  // placement and were started again); -1: as many as the job has tasklets.
-  // Further ones are refused (RESOURCE_EXHAUSTED), so a client cannot grow
-  // the coordinator's memory without bound.
+  // Registrations with the right token accepted: at most stages x replicas
+  // plus this many (idle spares, replacements of lost workers, workers
+  // that left before placement and were started again; a survivor
+  // rejoining after a failure is not counted); -1: as many as the job has
+  // tasklets. Further ones are refused (RESOURCE_EXHAUSTED), so a client
+  // cannot grow the coordinator's memory without bound.
   int spare_registrations = -1;
   // A placed worker that sends nothing (heartbeat or report) for this long
   // has failed and is named. Unset: the job's

@@ -78,14 +78,24 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   co.heartbeat_timeout = opt.heartbeat_timeout;
   co.on_step = opt.on_step;
   co.on_event = opt.on_event;
+  GEOPIPE_CHECK(opt.spares >= 0, ConfigError, "--spares is ", opt.spares, "; give 0 or more");
+  if (opt.spares > 0) {
+    // Every spare registers once, besides the tasklets and the restarts.
+    co.spare_registrations =
+        opt.spares + std::max(0, spec.fault_tolerance.max_restarts) +
+        spec.parallelism.pipeline_stages * std::max(1, spec.parallelism.data_parallel);
+  }
   Coordinator coordinator(co);
   const int world = coordinator.worldSize();
-  out.workers = world;
+  out.workers = world + opt.spares;
   if (opt.on_start) opt.on_start(coordinator.job());
   int threads = opt.threads_per_worker;
   if (threads <= 0) {
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world);
   }
+  // Spares are ordinary workers: every one says "any", the first `world`
+  // to join are placed and the others wait as idle spares.
+  const int processes = world + opt.spares;
 
   std::vector<ChildProcess> children;
   std::map<pid_t, std::string> log_of;
@@ -93,7 +103,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   pid_t group = 0;
   auto killEverything = [&] { stopAll(children, std::chrono::milliseconds(0)); };
   try {
-    for (int i = 0; i < world; ++i) {
+    for (int i = 0; i < processes; ++i) {
       SpawnOptions so;
       so.program = exe;
       so.argv = {exe,
@@ -159,7 +169,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
           std::string cause = st->str();
           coordinator.reportFailure(c.pid(), -1, cause,
                                     st->signaled ? "ProcessKilled" : "ProcessFailed");
-          if (st->signaled && restarts < max_restarts) {
+          if (opt.respawn && st->signaled && restarts < max_restarts) {
             ++restarts;
             SpawnOptions so = spawn_of[i];
             so.process_group = group;  // the first worker's group outlives it

@@ -1,7 +1,8 @@
 // `geopipe launch` as a library: one coordinator in this process and one
 // worker process per tasklet (fork/exec of the geopipe binary) on
-// 127.0.0.1, watched until the job ends. A worker killed by a signal is
-// started again (fault_tolerance.max_restarts) and the job recovers; a
+// 127.0.0.1 (plus any idle spares), watched until the job ends. A worker
+// killed by a signal is started again (fault_tolerance.max_restarts) and
+// the job recovers; a
 // failure it cannot recover from ends the job with its tasklet named.
 // Every child is reaped before launchJob returns.
 // Torch-free header.
@@ -39,6 +40,14 @@ struct LaunchOptions {
   // A worker silent this long has failed (see CoordinatorOptions); unset:
   // the job's fault_tolerance.heartbeat_timeout.
   std::optional<std::chrono::milliseconds> heartbeat_timeout;
+  // Idle spare workers started besides one per tasklet (worker-<i>.log
+  // for i >= tasklets): the coordinator holds them and gives a failed
+  // tasklet's rank to one in the next generation.
+  int spares = 0;
+  // Start a worker killed by a signal again (up to
+  // fault_tolerance.max_restarts). false: recovery needs a spare (or a
+  // worker started by hand within rejoin_timeout).
+  bool respawn = true;
   // After the job ends, how long workers get to exit before SIGTERM, and
   // then SIGKILL after as long again.
   std::chrono::milliseconds shutdown_grace{10000};
@@ -61,7 +70,7 @@ struct LaunchOptions {
 struct LaunchResult {
   CoordinatorResult job;        // ok / interrupted / failure naming the tasklet
   std::string log_dir;          // the workers' logs
-  int workers = 0;              // processes started
+  int workers = 0;              // processes started (tasklets + spares)
   int restarts = 0;             // workers started again after being killed
   std::string failed_log_tail;  // last lines of the failed worker's log
 };

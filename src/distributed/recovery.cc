@@ -51,4 +51,13 @@ std::vector<int> assignRanks(const std::vector<int>& device_of_rank,
   return worker_of_rank;
 }
 
+bool joinsAsSpare(bool placed, int active, int awaited, int world, bool is_awaited_survivor) {
+  if (is_awaited_survivor) return false;
+  return placed || active + awaited >= world;
+}
+
+int sparesToPromote(int active, int awaited, int world, int idle_spares) {
+  return std::clamp(world - active - awaited, 0, std::max(idle_spares, 0));
+}
+
 }  // namespace geopipe::distributed

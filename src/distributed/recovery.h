@@ -37,4 +37,18 @@ struct RankClaim {
 std::vector<int> assignRanks(const std::vector<int>& device_of_rank,
                              const std::vector<RankClaim>& claims);
 
+// Idle spares. `active`: workers that will be placed (joined and not
+// spares), `awaited`: survivors of the ended generation that have not
+// rejoined yet (their place is kept for them), `world`: tasklets.
+//
+// A worker joins as a spare when it is not an awaited survivor and the job
+// is placed, or every tasklet already has a worker or an awaited survivor.
+bool joinsAsSpare(bool placed, int active, int awaited, int world, bool is_awaited_survivor);
+
+// How many idle spares to promote while the job waits for placement: the
+// places neither a joined worker nor an awaited survivor fills (a lost
+// tasklet's), at most `idle_spares`. A worker that comes back after a spare
+// took its place joins as a spare itself.
+int sparesToPromote(int active, int awaited, int world, int idle_spares);
+
 }  // namespace geopipe::distributed

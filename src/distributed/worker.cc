@@ -82,16 +82,29 @@ class CoordinatorClient {
   // is gone) and for every other worker to join. A coordinator that is up
   // but refuses the connection (TLS) or this worker (token) ends the wait
   // with a ConfigError saying which and what to change.
-  pb::Assignment registerWorker(const pb::RegisterRequest& req, std::chrono::milliseconds wait,
+  // A worker the job does not need now is held as an idle spare: it calls
+  // again about once per heartbeat interval (its wait starts over each
+  // time, so an idle spare never times out) until it gets a tasklet or the
+  // job ends (Assignment.job_over).
+  pb::Assignment registerWorker(const pb::RegisterRequest& request, std::chrono::milliseconds wait,
                                 bool first = true) {
-    const auto deadline =
-        std::chrono::system_clock::now() + (wait.count() > 0 ? wait : std::chrono::hours(24 * 365));
+    pb::RegisterRequest req = request;
+    const auto wait_for = wait.count() > 0 ? wait : std::chrono::hours(24 * 365);
+    auto deadline = std::chrono::system_clock::now() + wait_for;
     int closed_in_setup = 0;  // connections the coordinator closed during set-up
+    bool said_spare = false;
     while (true) {
       grpc::ClientContext ctx;
       ctx.set_deadline(deadline);
       pb::Assignment out;
       const grpc::Status st = stub_->Register(&ctx, req, &out);
+      if (st.ok() && out.spare() && !out.job_over()) {
+        if (!said_spare) spdlog::info("held as an idle spare by the {}", peer_);
+        said_spare = true;
+        req.set_spare_ticket(out.spare_ticket());
+        deadline = std::chrono::system_clock::now() + wait_for;
+        continue;
+      }
       if (st.ok()) return out;
       const std::string& msg = st.error_message();
       if (st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
@@ -540,6 +553,11 @@ WorkerResult runWorker(const WorkerOptions& opt) {
                     a.protocol_version(), " but this worker speaks version ",
                     static_cast<int>(pb::COORDINATOR_PROTOCOL_CURRENT),
                     "; run the same geopipe release on every host");
+    }
+    if (a.job_over()) {
+      event("the job ended without needing this spare");
+      result.spare_unused = true;
+      return result;
     }
     if (attempt == 0) result.first_step = a.first_step();
     if (a.heartbeat_timeout_ms() > 0) {

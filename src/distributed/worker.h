@@ -52,6 +52,7 @@ struct WorkerResult {
   int64_t steps_done = 0;      // steps this run executed (recomputed ones included)
   bool stopped_early = false;  // the coordinator stopped the job before its end
   int recoveries = 0;          // generations this worker left to regroup
+  bool spare_unused = false;   // an idle spare the job ended without needing
 };
 
 // Runs one worker to the end. When another tasklet fails and the job

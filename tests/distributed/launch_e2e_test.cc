@@ -323,6 +323,52 @@ TEST(Recovery, KilledRandomWorkerIsReplacedAndTheLossesEqualAnUninterruptedRun) 
   expectSameLosses(want, r.job.train.losses);
 }
 
+TEST(Recovery, AnIdleSpareTakesAKilledWorkersPlaceWithTheLossesOfAnUninterruptedRun) {
+  TempDir dir;
+  const std::string job = writeJob(dir, "job.yaml", tinyJobYaml(40, kRecoveryJob));
+  const std::vector<double> want = inProcessLosses(job);
+  std::filesystem::remove_all(dir.file("ckpt"));
+
+  LaunchOptions o = launchOptions(job, dir);
+  o.spares = 1;
+  o.respawn = false;  // the killed worker does not come back: only the spare can help
+  std::atomic<int64_t> done{0};
+  EventLog events;
+  o.on_event = events.sink();
+  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  // Kill a placed worker, never the spare: the launcher's coordinator is
+  // not reachable from here, so tell them apart by their logs.
+  std::thread killer([&] {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (done.load() < 12 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::vector<pid_t> placed;
+    for (pid_t p : childrenOf(::getpid())) {
+      const std::string mark = "pid " + std::to_string(p);
+      auto spare = events.find("spare joined: ");
+      if (!(spare && spare->second.find(mark + ",") != std::string::npos)) placed.push_back(p);
+    }
+    if (placed.empty()) return;
+    std::random_device rd;
+    const pid_t victim = placed[rd() % placed.size()];
+    std::cout << "after step " << done.load() << ": killing worker pid " << victim << "\n";
+    ::kill(victim, SIGKILL);
+  });
+  LaunchResult r = launchJob(o);
+  killer.join();
+  ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
+  EXPECT_EQ(r.workers, 5);
+  EXPECT_EQ(r.restarts, 0) << "respawn is off";
+  EXPECT_EQ(r.job.recoveries, 1);
+  EXPECT_TRUE(events.find("spare joined: "));
+  EXPECT_TRUE(events.find("failure detected: tasklet rank")) << "the dead worker is named";
+  EXPECT_TRUE(events.find("takes a lost tasklet's place"));
+  EXPECT_TRUE(events.find("generation 2 placement ("));
+  // Every configured step, and the trajectory of an uninterrupted run: the
+  // spare restored the lost tasklet's files from the last commit.
+  expectSameLosses(want, r.job.train.losses);
+}
+
 TEST(Recovery, HungWorkerIsNamedWithinTheHeartbeatTimeoutAndReplaced) {
   // With every kind of state a tasklet carries across steps: AC-SGD
   // buffers, quantized backward, top-k error-feedback residuals.

@@ -53,6 +53,34 @@ TEST(RecoveryRules, NamedDevicesFixRanksSurvivorsKeepTheirsOthersFillTheGaps) {
   EXPECT_THROW(assignRanks({0, 1}, {{-1, -1}}), Error);
 }
 
+TEST(RecoveryRules, AWorkerBeyondTheTaskletsOrJoiningAPlacedJobIsASpare) {
+  // Before placement: the fifth worker of a 4-tasklet job waits as a spare.
+  EXPECT_FALSE(joinsAsSpare(false, 3, 0, 4, false));
+  EXPECT_TRUE(joinsAsSpare(false, 4, 0, 4, false));
+  // A running job needs nobody.
+  EXPECT_TRUE(joinsAsSpare(true, 0, 0, 4, false));
+  // Regrouping: 2 survivors rejoined, 1 awaited, 1 tasklet lost: a
+  // newcomer takes the lost place; with it filled, the next is a spare.
+  EXPECT_FALSE(joinsAsSpare(false, 2, 1, 4, false));
+  EXPECT_TRUE(joinsAsSpare(false, 3, 1, 4, false));
+  // An awaited survivor always gets its place back.
+  EXPECT_FALSE(joinsAsSpare(false, 4, 1, 4, true));
+}
+
+TEST(RecoveryRules, SparesFillOnlyThePlacesNoSurvivorWillTake) {
+  // 4 tasklets, 1 lost: 3 survivors awaited, 2 spares idle: one promoted.
+  EXPECT_EQ(sparesToPromote(0, 3, 4, 2), 1);
+  // Two lost (or a promoted spare died), only one spare.
+  EXPECT_EQ(sparesToPromote(1, 1, 4, 1), 1);
+  EXPECT_EQ(sparesToPromote(1, 1, 4, 5), 2);
+  // Every place is filled or awaited: none.
+  EXPECT_EQ(sparesToPromote(4, 0, 4, 3), 0);
+  EXPECT_EQ(sparesToPromote(2, 2, 4, 3), 0);
+  // No spares: none, never negative.
+  EXPECT_EQ(sparesToPromote(0, 0, 4, 0), 0);
+  EXPECT_EQ(sparesToPromote(5, 0, 4, 1), 0);
+}
+
 // A coordinator of a 2 x 2 job (checkpoints every 5 steps) and fake
 // workers that speak its protocol.
 struct FakeJob {
@@ -62,7 +90,8 @@ struct FakeJob {
   std::mutex mu;
   std::vector<std::string> events;
 
-  explicit FakeJob(const std::string& fault_tolerance) {
+  explicit FakeJob(const std::string& fault_tolerance,
+                   std::chrono::milliseconds heartbeat_timeout = 30s) {
     CoordinatorOptions opt;
     opt.job_path = writeJob(dir, "job.yaml",
                             tinyJobYaml(20,
@@ -72,10 +101,11 @@ struct FakeJob {
                                         "fault_tolerance: " +
                                             fault_tolerance + "\n"));
     opt.listen_address = "127.0.0.1:0";
-    opt.heartbeat_timeout = 30s;  // the fake workers send no heartbeats
+    opt.heartbeat_timeout = heartbeat_timeout;  // the fake workers send none unless told
     opt.on_event = [this](const std::string& line) {
       std::lock_guard<std::mutex> lock(mu);
       events.push_back(line);
+      if (std::getenv("GEOPIPE_TEST_EVENTS")) std::cout << "[event] " << line << "\n";
     };
     coordinator = std::make_unique<Coordinator>(opt);
     stub = pb::Coordinator::NewStub(
@@ -111,6 +141,20 @@ struct FakeJob {
     }
     for (auto& t : threads) t.join();
     return st;
+  }
+
+  // One Register call as worker `pid` (an idle spare calling again gives
+  // its ticket).
+  grpc::Status registerOne(int64_t pid, uint64_t ticket, pb::Assignment* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+    pb::RegisterRequest req;
+    req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+    req.set_device("any");
+    req.set_hostname("fake");
+    req.set_pid(pid);
+    req.set_spare_ticket(ticket);
+    return stub->Register(&ctx, req, out);
   }
 
   void exchangeAddresses(const std::vector<pb::Assignment>& as) {
@@ -248,6 +292,109 @@ TEST(Recovery, AKilledWorkerStartsANewGenerationFromTheLastCommit) {
   EXPECT_FALSE(job.heartbeat(0, 2).regroup());
   EXPECT_TRUE(job.heartbeat(0, 1).regroup()) << "a stale generation stays stale";
   EXPECT_FALSE(job.coordinator->waitFor(10ms).has_value());
+}
+
+TEST(Recovery, AnIdleSpareTakesTheLostRankAndADeadSpareIsNotUsed) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 10}");
+  job.runFirstGeneration();
+  const auto& pid = job.pid_of_rank;
+  // Two workers join the running job: both are held as idle spares, and
+  // their Register returns within a heartbeat interval (1 s here) so that
+  // they prove they live by calling again.
+  pb::Assignment a50, a60;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(job.registerOne(50, 0, &a50).ok());
+  ASSERT_TRUE(job.registerOne(60, 0, &a60).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s);
+  EXPECT_TRUE(a50.spare());
+  EXPECT_FALSE(a50.job_over());
+  EXPECT_NE(a50.spare_ticket(), 0u);
+  EXPECT_NE(a50.spare_ticket(), a60.spare_ticket());
+  EXPECT_TRUE(job.sawEvent("spare joined: fake pid 50"));
+  // Calling again with its ticket is the same spare, not a new one.
+  ASSERT_TRUE(job.registerOne(50, a50.spare_ticket(), &a50).ok());
+  EXPECT_TRUE(a50.spare());
+  // A spare that dies is dropped, and is no failure of the job.
+  job.coordinator->reportFailure(60, -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  EXPECT_TRUE(job.sawEvent("spare fake pid 60 is gone"));
+  EXPECT_EQ(job.coordinator->generation(), 1);
+
+  // A tasklet dies: the live spare is promoted at once for its place.
+  job.coordinator->reportFailure(pid[1], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  for (int i = 0; i < 100 && !job.sawEvent("takes a lost tasklet's place"); ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(job.sawEvent("spare fake pid 50 takes a lost tasklet's place"));
+  EXPECT_FALSE(job.sawEvent("spare fake pid 60 takes"));
+  // The spare calls again while the survivors rejoin: it gets rank 1.
+  pb::Assignment promoted;
+  grpc::Status spare_status;
+  std::thread spare([&] { spare_status = job.registerOne(50, a50.spare_ticket(), &promoted); });
+  std::vector<pb::Assignment> as;
+  const auto rejoined = job.registerAll({pid[0], pid[2], pid[3]}, {0, 2, 3}, &as);
+  spare.join();
+  ASSERT_TRUE(spare_status.ok()) << spare_status.error_message();
+  for (const auto& st : rejoined) ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(promoted.spare());
+  EXPECT_EQ(promoted.rank(), 1);
+  EXPECT_EQ(promoted.generation(), 2);
+  EXPECT_EQ(promoted.first_step(), 5);
+  EXPECT_EQ(std::filesystem::path(promoted.resume_dir()).filename(), "step-00000005");
+  EXPECT_EQ(as[0].rank(), 0);
+  EXPECT_EQ(as[1].rank(), 2);
+  EXPECT_EQ(as[2].rank(), 3);
+  EXPECT_TRUE(job.sawEvent("generation 2 placement"));
+  // The lost worker coming back now is a spare, not a second rank 1.
+  pb::Assignment late;
+  ASSERT_TRUE(job.registerOne(pid[1], 0, &late).ok());
+  EXPECT_TRUE(late.spare());
+}
+
+TEST(Recovery, AnIdleSpareSilentForTheHeartbeatTimeoutIsDropped) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 10}", 1500ms);
+  job.runFirstGeneration();
+  pb::Assignment a;
+  ASSERT_TRUE(job.registerOne(70, 0, &a).ok());
+  ASSERT_TRUE(a.spare());
+  EXPECT_NE(a.spare_ticket(), 0u);
+  // The placed workers keep beating; the spare does not call again (a
+  // hung or cut-off process).
+  const auto deadline = std::chrono::steady_clock::now() + 4s;
+  while (!job.sawEvent("no longer a spare") && std::chrono::steady_clock::now() < deadline) {
+    for (int r = 0; r < 4; ++r) job.heartbeat(r, 1);
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_TRUE(job.sawEvent("spare fake pid 70 is silent for 1 s and no longer a spare"));
+  EXPECT_EQ(job.coordinator->generation(), 1) << "a lost spare is no failure";
+  // Its ticket is void: calling again is a new registration, a new spare.
+  pb::Assignment again;
+  ASSERT_TRUE(job.registerOne(70, a.spare_ticket(), &again).ok());
+  EXPECT_TRUE(again.spare());
+  EXPECT_NE(again.spare_ticket(), a.spare_ticket());
+}
+
+TEST(Recovery, AnIdleSpareIsToldWhenTheJobEndedWithoutIt) {
+  FakeJob job("{max_restarts: 2}");
+  job.runFirstGeneration();
+  pb::Assignment a;
+  ASSERT_TRUE(job.registerOne(80, 0, &a).ok());
+  ASSERT_TRUE(a.spare());
+  for (int r = 0; r < 4; ++r) {
+    job.heartbeat(r, 1, true);
+    grpc::ClientContext ctx;
+    pb::FinishRequest req;
+    req.set_rank(r);
+    req.set_ok(true);
+    req.set_generation(1);
+    pb::FinishReply reply;
+    ASSERT_TRUE(job.stub->Finish(&ctx, req, &reply).ok());
+  }
+  auto r = job.coordinator->waitFor(5s);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->ok) << r->failure;
+  ASSERT_TRUE(job.registerOne(80, a.spare_ticket(), &a).ok());
+  EXPECT_TRUE(a.job_over());
+  EXPECT_EQ(a.rank(), 0);
 }
 
 TEST(Recovery, AWorkerLostAfterTheJobCompletedIsNoFailure) {
