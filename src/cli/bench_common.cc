@@ -1,7 +1,13 @@
 // Shared pieces of the benchmark commands.
 #include "src/cli/bench_common.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "geopipe/error.h"
 
 namespace geopipe::cli {
 
@@ -23,6 +29,44 @@ double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+BenchJob loadBenchJob(const std::string& job_file, const std::string& builtin, int steps,
+                      int stages, int replicas) {
+  namespace fs = std::filesystem;
+  std::string text = builtin;
+  BenchJob job;
+  job.dir = fs::temp_directory_path().string();
+  if (!job_file.empty()) {
+    std::ifstream in(job_file);
+    if (!in) GEOPIPE_THROW(IoError, "cannot read job file '", job_file, "'");
+    text.assign(std::istreambuf_iterator<char>(in), {});
+    job.dir = fs::absolute(job_file).parent_path().string();
+  }
+  job.root = YAML::Load(text);
+  job.root["training"]["steps"] = steps;
+  job.root["parallelism"]["pipeline_stages"] = stages;
+  job.root["parallelism"]["data_parallel"] = replicas;
+  job.root["checkpoint"] = YAML::Node(YAML::NodeType::Map);
+  job.root["logging"] = YAML::Node(YAML::NodeType::Map);
+  return job;
+}
+
+TempJobFile::TempJobFile(const std::string& dir, const std::string& name,
+                         const YAML::Node& root)
+    : path_((std::filesystem::path(dir) /
+             ("." + name + "-" + std::to_string(::getpid()) + ".yaml"))
+                .string()) {
+  YAML::Emitter emit;
+  emit << root;
+  std::ofstream f(path_);
+  if (!f) GEOPIPE_THROW(IoError, "cannot write '", path_, "'");
+  f << emit.c_str() << "\n";
+}
+
+TempJobFile::~TempJobFile() {
+  std::error_code ec;
+  std::filesystem::remove(path_, ec);
 }
 
 }  // namespace geopipe::cli

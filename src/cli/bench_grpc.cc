@@ -2,12 +2,10 @@
 // gRPC transport on loopback against the in-process Trainer (threads over
 // the in-process transport), measured in the same run, after checking that
 // both produce the same losses.
-#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
+#include <memory>
 #include <thread>
 
 #include <yaml-cpp/yaml.h>
@@ -22,7 +20,6 @@ namespace geopipe::cli {
 namespace {
 
 constexpr int kWarmupSteps = 2;
-namespace fs = std::filesystem;
 
 struct Row {
   std::string name;
@@ -51,51 +48,24 @@ void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args) {
 int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   // The launcher reads a job file: write the job with the bench's settings
   // into the original's directory (so its relative paths still resolve).
-  std::string text = benchTinyJobYaml("bench-grpc-tiny");
-  std::string dir = fs::temp_directory_path().string();
-  if (!args.job.empty()) {
-    std::ifstream in(args.job);
-    if (!in) GEOPIPE_THROW(IoError, "cannot read job file '", args.job, "'");
-    text.assign(std::istreambuf_iterator<char>(in), {});
-    dir = fs::absolute(args.job).parent_path().string();
-  }
   const int steps = args.steps + kWarmupSteps;
-  YAML::Node root = YAML::Load(text);
-  root["training"]["steps"] = steps;
-  root["parallelism"]["pipeline_stages"] = args.stages;
-  root["parallelism"]["data_parallel"] = args.replicas;
-  root["checkpoint"] = YAML::Node(YAML::NodeType::Map);
-  root["logging"] = YAML::Node(YAML::NodeType::Map);
+  BenchJob bench = loadBenchJob(args.job, benchTinyJobYaml("bench-grpc-tiny"), steps, args.stages,
+                                args.replicas);
+  YAML::Node& root = bench.root;
   const bool gpu = args.device != "cpu";
   if (gpu) {
     // Transports side by side: no link emulation on any row.
     root["training"]["device"] = args.device;
     root["transport"]["emulate_links"] = false;
   }
-  struct Cleanup {
-    std::vector<std::string> paths;
-    ~Cleanup() {
-      for (const auto& p : paths) {
-        std::error_code ec;
-        fs::remove(p, ec);
-      }
-    }
-  } cleanup;
-  auto writeJob = [&](const std::string& kind) {
-    root["transport"]["kind"] = kind;
-    YAML::Emitter emit;
-    emit << root;
-    const std::string path = (fs::path(dir) / (".bench-grpc-" + std::to_string(::getpid()) + "-" +
-                                               kind + ".yaml"))
-                                 .string();
-    std::ofstream f(path);
-    if (!f) GEOPIPE_THROW(IoError, "cannot write '", path, "'");
-    f << emit.c_str() << "\n";
-    cleanup.paths.push_back(path);
-    return path;
-  };
-  const std::string job_path = writeJob("grpc");
-  const std::string nccl_job_path = gpu ? writeJob("nccl") : std::string();
+  root["transport"]["kind"] = "grpc";
+  const TempJobFile grpc_job(bench.dir, "bench-grpc", root);
+  const std::string& job_path = grpc_job.path();
+  std::unique_ptr<TempJobFile> nccl_job;
+  if (gpu) {
+    root["transport"]["kind"] = "nccl";
+    nccl_job = std::make_unique<TempJobFile>(bench.dir, "bench-nccl", root);
+  }
 
   JobSpec job = config::loadJobFile(job_path);
   job.transport.kind = "inproc";
@@ -146,7 +116,7 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
     rows.push_back(row);
   };
   launched("gRPC worker processes", job_path);
-  if (gpu) launched("NCCL worker processes", nccl_job_path);
+  if (gpu) launched("NCCL worker processes", nccl_job->path());
   // Verify before timing matters: the same job must give the same losses
   // (on a GPU, to 1e-4: kernels may sum in another order across processes).
   const double tolerance = gpu ? 1e-4 : 1e-6;

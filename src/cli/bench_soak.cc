@@ -123,41 +123,18 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
   // The job: the tiny GPT with AC-SGD activations and quantised gradients,
   // so that every buffer the runtime keeps across steps is exercised, on 256
   // samples so that the AC-SGD buffers fill early in the run.
-  std::string text = benchTinyJobYaml("bench-soak-tiny") +
-                     "compression:\n"
-                     "  activations: {method: acsgd, bits: 4, granularity: channel}\n"
-                     "  backward: {method: quantize, bits: 8}\n"
-                     "  gradients: {method: quantize, bits: 8, error_feedback: true}\n";
-  std::string dir = fs::temp_directory_path().string();
-  if (!args.job.empty()) {
-    std::ifstream in(args.job);
-    if (!in) GEOPIPE_THROW(IoError, "cannot read job file '", args.job, "'");
-    text.assign(std::istreambuf_iterator<char>(in), {});
-    dir = fs::absolute(args.job).parent_path().string();
-  }
-  YAML::Node root = YAML::Load(text);
+  BenchJob bench =
+      loadBenchJob(args.job,
+                   benchTinyJobYaml("bench-soak-tiny") +
+                       "compression:\n"
+                       "  activations: {method: acsgd, bits: 4, granularity: channel}\n"
+                       "  backward: {method: quantize, bits: 8}\n"
+                       "  gradients: {method: quantize, bits: 8, error_feedback: true}\n",
+                   steps, args.stages, args.replicas);
+  YAML::Node& root = bench.root;
   if (args.job.empty()) root["data"]["num_samples"] = 256;
-  root["training"]["steps"] = steps;
-  root["parallelism"]["pipeline_stages"] = args.stages;
-  root["parallelism"]["data_parallel"] = args.replicas;
-  root["checkpoint"] = YAML::Node(YAML::NodeType::Map);
-  root["logging"] = YAML::Node(YAML::NodeType::Map);
-  YAML::Emitter emit;
-  emit << root;
-  const std::string job_path =
-      (fs::path(dir) / (".bench-soak-" + std::to_string(::getpid()) + ".yaml")).string();
-  {
-    std::ofstream f(job_path);
-    if (!f) GEOPIPE_THROW(IoError, "cannot write '", job_path, "'");
-    f << emit.c_str() << "\n";
-  }
-  struct Cleanup {
-    std::string path;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove(path, ec);
-    }
-  } cleanup{job_path};
+  const TempJobFile job_file(bench.dir, "bench-soak", root);
+  const std::string& job_path = job_file.path();
 
   // Warm-up: a quarter of the run, and until the AC-SGD buffers are full.
   // Each replica keeps one buffer per sample it has met, and every epoch
