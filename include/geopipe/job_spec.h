@@ -140,6 +140,11 @@ struct FaultToleranceSpec {
   double heartbeat_timeout = 10.0;  // seconds of silence before a worker counts as dead
   int max_restarts = 3;             // automatic recoveries per run; 0: a failure ends the job
   double rejoin_timeout = 60.0;     // seconds to wait for every tasklet's worker after a failure
+  // Fewest data-parallel replicas the job may continue with when a lost
+  // worker is not replaced within rejoin_timeout (the global batch stays
+  // the same, split over fewer replicas). 0: as many as data_parallel,
+  // i.e. never shrink.
+  int min_replicas = 0;
 };
 
 struct LoggingSpec {

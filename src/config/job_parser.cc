@@ -320,6 +320,7 @@ class JobReader {
       r.getDouble("heartbeat_timeout", f.heartbeat_timeout, 1.0, 3600.0);
       r.getInt("max_restarts", f.max_restarts, 0, 1000);
       r.getDouble("rejoin_timeout", f.rejoin_timeout, 1.0, 86400.0);
+      r.getInt("min_replicas", f.min_replicas, 1, kBig);
     });
   }
 
@@ -446,6 +447,21 @@ class JobReader {
                  " tasklets need as many devices, but topology '" +
                  job_.topology.source + "' has " + std::to_string(devices) +
                  ": lower data_parallel (or set it to auto) or add devices");
+      }
+    }
+    if (const int min_dp = job_.fault_tolerance.min_replicas; min_dp > 0) {
+      if (!p.dataParallelAuto() && min_dp > p.data_parallel) {
+        fail("fault_tolerance.min_replicas",
+             "min_replicas (" + std::to_string(min_dp) + ") exceeds data_parallel (" +
+                 std::to_string(p.data_parallel) +
+                 "): a job cannot shrink to more replicas than it has; lower min_replicas");
+      } else if (t.global_batch % (min_dp * t.micro_batch) != 0) {
+        fail("fault_tolerance.min_replicas",
+             "global_batch (" + std::to_string(t.global_batch) + ") cannot be split over " +
+                 std::to_string(min_dp) + " replicas of micro-batches of " +
+                 std::to_string(t.micro_batch) +
+                 ": choose a min_replicas that divides global_batch / micro_batch (" +
+                 std::to_string(t.global_batch / t.micro_batch) + ")");
       }
     }
     if (job_.scheduler.algorithm == "exhaustive" && devices > 12) {

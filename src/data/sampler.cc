@@ -1,6 +1,8 @@
 // Deterministic sample order for every step, replica and micro-batch.
 #include "src/data/sampler.h"
 
+#include <unordered_map>
+
 #include "geopipe/error.h"
 #include "src/common/hash.h"
 
@@ -55,6 +57,29 @@ std::vector<int64_t> Sampler::microBatch(int64_t step, int replica, int m) const
   const int64_t per_replica = global_batch_ / data_parallel_;
   const int64_t start = replica * per_replica + static_cast<int64_t>(m) * micro_batch_;
   return std::vector<int64_t>(batch.begin() + start, batch.begin() + start + micro_batch_);
+}
+
+std::vector<int> Sampler::lastReplicaOf(const std::vector<int64_t>& ids,
+                                       int64_t next_step) const {
+  std::vector<int> out(ids.size(), -1);
+  std::unordered_map<int64_t, std::vector<size_t>> wanted;  // id -> its positions in `ids`
+  for (size_t i = 0; i < ids.size(); ++i) wanted[ids[i]].push_back(i);
+  const int64_t per_replica = global_batch_ / data_parallel_;
+  int64_t step = next_step - 1;
+  while (step >= 0 && !wanted.empty()) {
+    const int64_t epoch = step / steps_per_epoch_;
+    const std::vector<int64_t> order = epochOrder(epoch);
+    for (; step >= epoch * steps_per_epoch_ && !wanted.empty(); --step) {
+      const int64_t offset = (step % steps_per_epoch_) * global_batch_;
+      for (int64_t k = 0; k < global_batch_; ++k) {
+        auto it = wanted.find(order[static_cast<size_t>(offset + k)]);
+        if (it == wanted.end()) continue;
+        for (size_t pos : it->second) out[pos] = static_cast<int>(k / per_replica);
+        wanted.erase(it);
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace geopipe::data

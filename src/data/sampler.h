@@ -19,11 +19,17 @@ class Sampler {
 
   int microBatchesPerReplica() const { return micro_batches_; }
   int64_t stepsPerEpoch() const { return steps_per_epoch_; }
+  int64_t numSamples() const { return num_samples_; }
+  int dataParallel() const { return data_parallel_; }
 
   // The whole global batch of `step`, in order (replica 0's samples first).
   std::vector<int64_t> globalBatch(int64_t step) const;
   // The sample ids of micro-batch m of replica r at `step`.
   std::vector<int64_t> microBatch(int64_t step, int replica, int m) const;
+  // For each of `ids`: the replica that processed it last in steps
+  // [0, next_step), or -1 when none did. Walks back one epoch order at a
+  // time and stops once every id is found.
+  std::vector<int> lastReplicaOf(const std::vector<int64_t>& ids, int64_t next_step) const;
 
  private:
   std::vector<int64_t> epochOrder(int64_t epoch) const;

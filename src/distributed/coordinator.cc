@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
@@ -122,7 +123,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     GEOPIPE_CHECK(model_.bodyLayers() >= stages_, ConfigError, "model '", model_.name, "' has ",
                   model_.bodyLayers(), " layers to split but parallelism.pipeline_stages is ",
                   stages_);
+    resume_replicas_ = replicas_;
+    const FaultToleranceSpec& ft0 = job_.fault_tolerance;
+    min_replicas_ = ft0.min_replicas > 0 ? std::min(ft0.min_replicas, replicas_) : replicas_;
     if (opt_.resume) findResumePoint();
+    committed_replicas_ = resume_replicas_;
     next_emit_ = first_step_;
     max_reported_ = first_step_ - 1;
     initial_first_step_ = first_step_;
@@ -249,6 +254,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     r.ok = !failure_;
     r.interrupted = interrupted_;
     r.recoveries = static_cast<int>(generation_ - 1);
+    r.replicas = replicas_;
     if (failure_) {
       r.failure = failure_->message;
       r.failure_type = failure_->type;
@@ -398,6 +404,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     Row& row = rows_[req->step()];
     if (row.arrived == 0) {
       row.first_at = now;
+      row.expected = world_;
       row.seen.assign(static_cast<size_t>(world_), false);
     }
     if (!row.seen[static_cast<size_t>(req->rank())]) {
@@ -421,7 +428,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       ++row.arrived;
     }
     max_reported_ = std::max(max_reported_, req->step());
-    if (row.arrived == world_) cv_.notify_all();
+    if (row.arrived == row.expected) cv_.notify_all();
     fillDirectiveLocked(out, req->generation());
     return grpc::Status::OK;
   }
@@ -456,7 +463,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       lock.lock();
       --commits_in_flight_;
       if (error.empty()) {
-        committed_next_step_ = std::max(committed_next_step_, req->next_step());
+        if (req->next_step() >= committed_next_step_) {
+          committed_next_step_ = req->next_step();
+          committed_replicas_ = manifest.replicas;
+        }
         eventLocked(detail::concat("checkpoint committed: ",
                                    runtime::stepDirectory(job_.checkpoint.dir, req->next_step())));
       } else {
@@ -532,6 +542,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     double loss_sum = 0;
     int loss_parts = 0;
     int arrived = 0;
+    int expected = 0;  // tasklets of the generation that ran the step
     std::vector<bool> seen;
     Clock::time_point first_at;
   };
@@ -618,6 +629,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     out->set_steps(job_.training.steps);
     out->set_first_step(first_step_);
     out->set_resume_dir(resume_dir_);
+    out->set_resume_replicas(resume_replicas_);
     out->set_job_token(job_token_);
     out->set_listen_host(s.listen_host);
   }
@@ -677,11 +689,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       GEOPIPE_THROW(ConfigError, "no committed checkpoint in '", dir,
                     "' (checkpoint.dir): nothing to resume; run without --resume to start over");
     }
-    if (manifest->stages != stages_ || manifest->replicas != replicas_) {
-      GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' was written by ", manifest->stages,
-                    " stages x ", manifest->replicas, " replicas, the job has ", stages_, " x ",
-                    replicas_, ": resume with the original parallelism settings");
-    }
+    runtime::checkResumable(*manifest, dir, stages_, replicas_);
+    resume_replicas_ = manifest->replicas;
     first_step_ = manifest->next_step;
     resume_dir_ = runtime::stepDirectory(dir, first_step_);
     GEOPIPE_CHECK(first_step_ < job_.training.steps, ConfigError, "the checkpoint in '", dir,
@@ -756,7 +765,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     const int n_devices = job_.topology.numDevices();
     const auto previous_layers = placement_.layers_of_stage;
-    const bool reuse = generation_ > 1 && !placement_.device_of_rank.empty() &&
+    const bool reuse = generation_ > 1 &&
+                       static_cast<int>(placement_.device_of_rank.size()) == world_ &&
                        std::all_of(named.begin(), named.end(), [&](int d) {
                          return std::count(placement_.device_of_rank.begin(),
                                            placement_.device_of_rank.end(), d) > 0;
@@ -766,6 +776,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     } else if (named.empty() || n_devices == 0) {
       placement_ = runtime::choosePlacement(model_, job_, {}, {});
     } else {
+      // Named devices (fewer than the topology's when the job shrank).
       std::vector<int> keep(named.begin(), named.end());
       for (int d = 0; d < n_devices && static_cast<int>(keep.size()) < world_; ++d)
         if (!named.count(d)) keep.push_back(d);
@@ -979,8 +990,61 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         committed_next_step_ > 0 ? detail::concat("the checkpoint at step ", committed_next_step_)
                                  : std::string("step 0 (no checkpoint committed yet)"),
         redo > 0 ? detail::concat(", recomputing ", redo, " step(s) done since") : std::string(),
-        "; waiting up to ", rejoin_timeout_.count() / 1000, " s for ", world_, " workers"));
+        "; waiting up to ", rejoin_timeout_.count() / 1000, " s for ", world_, " workers",
+        min_replicas_ < replicas_
+            ? detail::concat(" (then going on with fewer replicas, down to ", min_replicas_, ")")
+            : std::string()));
     cv_.notify_all();
+  }
+
+  // Recovery with fewer replicas: rejoin_timeout has passed without a
+  // worker for every tasklet. When the workers at hand fill at least
+  // fault_tolerance.min_replicas whole replicas, the job goes on with as
+  // many (the global batch split over fewer replicas, each new tasklet
+  // resharding the checkpoint); workers beyond them wait as idle spares.
+  // False when it cannot.
+  bool shrinkLocked() {
+    if (commits_in_flight_ > 0) return false;
+    const int active = activeSlotsLocked();
+    const int r = shrunkReplicas(active, stages_, replicas_, min_replicas_,
+                                 job_.training.global_batch, job_.training.micro_batch);
+    if (r == 0) return false;
+    const int old_replicas = replicas_;
+    replicas_ = r;
+    world_ = stages_ * r;
+    job_.parallelism.data_parallel = r;
+    // Keep the workers with the lowest previous ranks (whole replicas that
+    // survived stay together); the rest become idle spares.
+    std::vector<size_t> order;
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (!slots_[i].gone && !slots_[i].spare) order.push_back(i);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      const int pa = slots_[a].previous_rank, pb = slots_[b].previous_rank;
+      constexpr int kLast = std::numeric_limits<int>::max();
+      return (pa < 0 ? kLast : pa) < (pb < 0 ? kLast : pb);
+    });
+    for (size_t k = static_cast<size_t>(world_); k < order.size(); ++k) {
+      Slot& s = slots_[order[k]];
+      s.spare = true;
+      s.previous_rank = -1;
+      eventLocked(detail::concat("worker ", s.info.hostname, " pid ", s.info.pid,
+                                 " waits as an idle spare: the job continues with fewer replicas"));
+    }
+    eventLocked(detail::concat(
+        "no replacement within ", rejoin_timeout_.count() / 1000,
+        " s (fault_tolerance.rejoin_timeout): continuing with ", r, " of ", old_replicas,
+        " replicas (fault_tolerance.min_replicas ", min_replicas_, "), ",
+        job_.training.global_batch / r, " samples each",
+        committed_next_step_ > 0
+            ? detail::concat(", resharded from the checkpoint at step ", committed_next_step_)
+            : std::string(", from step 0")));
+    try {
+      placeLocked();
+    } catch (const Error& e) {
+      finalFailureLocked(-1, detail::concat("cannot place the job: ", e.what()), "ConfigError");
+    }
+    cv_.notify_all();
+    return true;
   }
 
   // At placement: where this generation starts. The first starts where
@@ -990,6 +1054,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (generation_ == 1) return;
     regrouping_ = false;
     first_step_ = committed_next_step_;
+    resume_replicas_ = committed_replicas_;
     resume_dir_ =
         first_step_ > 0 ? runtime::stepDirectory(job_.checkpoint.dir, first_step_) : std::string();
     if (next_emit_ > first_step_) {
@@ -1031,7 +1096,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         }
         // The step barrier's deadline: the oldest incomplete step.
         for (auto& [step, row] : rows_) {
-          if (row.arrived == world_) continue;
+          if (row.arrived == row.expected) continue;
           if (secondsBetween(row.first_at, now) * 1000 > opt_.step_deadline.count()) {
             for (int r = 0; r < world_; ++r) {
               if (row.seen[static_cast<size_t>(r)]) continue;
@@ -1075,14 +1140,19 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       }
       if (regrouping_ && !placed_ && !ended_) {
         maybePlaceLocked();  // waits for commits that were in flight
-        if (!placed_ && now - regroup_since_ > rejoin_timeout_) {
+        if (!placed_ && now - regroup_since_ > rejoin_timeout_ && !shrinkLocked()) {
           const Failure& f = regroup_failure_;
           finalFailureLocked(
               f.rank,
               detail::concat(f.message, "; recovery gave up: ", activeSlotsLocked(), " of ", world_,
                              " workers rejoined within ", rejoin_timeout_.count() / 1000,
-                             " s (fault_tolerance.rejoin_timeout). Start a worker for the lost "
-                             "tasklet sooner, or restart the job with --resume"),
+                             " s (fault_tolerance.rejoin_timeout)",
+                             min_replicas_ < replicas_
+                                 ? detail::concat(", too few for ", min_replicas_,
+                                                  " replica(s) (fault_tolerance.min_replicas)")
+                                 : std::string(),
+                             ". Start a worker for the lost tasklet sooner, lower "
+                             "fault_tolerance.min_replicas, or restart the job with --resume"),
               f.type);
         }
       }
@@ -1100,7 +1170,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       std::lock_guard<std::mutex> lock(mu_);
       while (true) {
         auto it = rows_.find(next_emit_);
-        if (it == rows_.end() || it->second.arrived < world_) break;
+        if (it == rows_.end() || it->second.arrived < it->second.expected) break;
         StepMetrics m = it->second.metrics;
         m.step = next_emit_;
         m.loss = it->second.loss_parts ? it->second.loss_sum / it->second.loss_parts : 0;
@@ -1172,6 +1242,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int64_t announced_generation_ = 0;  // generation whose start was logged
   int64_t initial_first_step_ = 0;    // first step of generation 1
   int64_t committed_next_step_ = 0;   // the newest committed checkpoint's step
+  int committed_replicas_ = 1;        // replicas that wrote it
+  int resume_replicas_ = 1;           // replicas that wrote the one this generation loads
+  int min_replicas_ = 1;              // fault_tolerance.min_replicas, resolved
   int64_t emitted_upto_ = 0;          // steps before this went to on_step
   bool regrouping_ = false;           // waiting for workers to rejoin
   Clock::time_point regroup_since_;

@@ -60,4 +60,12 @@ int sparesToPromote(int active, int awaited, int world, int idle_spares) {
   return std::clamp(world - active - awaited, 0, std::max(idle_spares, 0));
 }
 
+int shrunkReplicas(int workers, int stages, int replicas, int min_replicas, int global_batch,
+                   int micro_batch) {
+  if (stages < 1 || micro_batch < 1) return 0;
+  int r = std::min(replicas - 1, workers / stages);
+  while (r >= std::max(min_replicas, 1) && global_batch % (r * micro_batch) != 0) --r;
+  return r >= std::max(min_replicas, 1) ? r : 0;
+}
+
 }  // namespace geopipe::distributed

@@ -51,4 +51,12 @@ bool joinsAsSpare(bool placed, int active, int awaited, int world, bool is_await
 // took its place joins as a spare itself.
 int sparesToPromote(int active, int awaited, int world, int idle_spares);
 
+// Recovery with fewer replicas. After rejoin_timeout, with `workers`
+// workers at hand for `stages` x `replicas` tasklets: the most whole
+// replicas they fill (fewer than `replicas`) whose share of the global
+// batch is a whole number of micro-batches, when that is at least
+// `min_replicas`; 0 when the job cannot go on with fewer.
+int shrunkReplicas(int workers, int stages, int replicas, int min_replicas, int global_batch,
+                   int micro_batch);
+
 }  // namespace geopipe::distributed

@@ -369,7 +369,11 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
         placement.layers_of_stage[result.stage].first, ", ",
         placement.layers_of_stage[result.stage].second, ")",
         a.generation() > 1 ? detail::concat(", generation ", a.generation()) : std::string(),
-        a.resume_dir().empty() ? std::string() : ", restoring " + a.resume_dir()));
+        a.resume_dir().empty() ? std::string() : ", restoring " + a.resume_dir(),
+        a.resume_replicas() > 0 && a.resume_replicas() != a.replicas()
+            ? detail::concat(" (written by ", a.resume_replicas(), " replicas, resharded to ",
+                             a.replicas(), ")")
+            : std::string()));
 
     // The peer service: bind first, then tell the coordinator the port.
     transport::GrpcTransportOptions to;
@@ -414,7 +418,9 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
                                 job.training.micro_batch, job.training.seed);
     runtime::Tasklet tasklet(model, job, placement, rank, *net, dataset, sampler,
                              std::chrono::milliseconds(int64_t{opt.timeout_seconds} * 1000));
-    if (!a.resume_dir().empty()) tasklet.loadCheckpoint(a.resume_dir());
+    if (!a.resume_dir().empty()) {
+      tasklet.loadCheckpoint(a.resume_dir(), a.resume_replicas(), a.first_step());
+    }
 
     const int64_t steps = a.steps();
     const std::string& ckpt_dir = job.checkpoint.dir;

@@ -182,4 +182,19 @@ std::optional<CheckpointManifest> findLatestCheckpoint(const std::string& dir) {
   return std::nullopt;
 }
 
+void checkResumable(const CheckpointManifest& manifest, const std::string& dir, int stages,
+                    int replicas) {
+  if (manifest.stages != stages) {
+    GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' was written by ", manifest.stages,
+                  " pipeline stages x ", manifest.replicas, " replicas, the job has ", stages,
+                  " stages: resume with parallelism.pipeline_stages: ", manifest.stages,
+                  " (the replica count may differ)");
+  }
+  if (manifest.replicas != replicas) {
+    spdlog::info("the checkpoint in '{}' was written by {} replicas, the job has {}: resharding "
+                 "(weights of one replica, error-feedback residuals summed, AC-SGD buffers merged)",
+                 dir, manifest.replicas, replicas);
+  }
+}
+
 }  // namespace geopipe::runtime

@@ -1,6 +1,7 @@
 // Data-parallel gradient averaging over the transport's collectives.
 #include "src/runtime/gradient_sync.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -341,7 +342,13 @@ void GradientSync::saveState(const std::string& path) const {
   if (!out) GEOPIPE_THROW(IoError, "cannot write gradient-sync state '", path, "'");
 }
 
-void GradientSync::loadState(const std::string& path) {
+// What saveState wrote, read back and checked against the job's method.
+struct GradientSync::SavedState {
+  std::vector<std::vector<float>> residuals;               // per compressed tensor
+  std::vector<compression::PowerSgdCompressor::State> power;  // per PowerSGD matrix
+};
+
+GradientSync::SavedState GradientSync::readState(const std::string& path) const {
   std::ifstream in(path, std::ios::binary);
   if (!in) GEOPIPE_THROW(IoError, "cannot read gradient-sync state '", path, "'");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -356,25 +363,72 @@ void GradientSync::loadState(const std::string& path) {
                   "method than compression.gradients.method '", spec_.method,
                   "': resume with the job's original compression settings");
   }
-  compressors_.clear();
+  SavedState st;
   const uint32_t n = r.get<uint32_t>();
-  for (uint32_t i = 0; i < n; ++i) {
-    compressors_.push_back(std::make_unique<compression::GradientCompressor>(options_));
-    compressors_.back()->setResidual(r.floats());
-  }
-  power_.clear();
+  for (uint32_t i = 0; i < n; ++i) st.residuals.push_back(r.floats());
   const uint32_t np = r.get<uint32_t>();
   for (uint32_t i = 0; i < np; ++i) {
-    compression::PowerSgdCompressor::State st;
+    compression::PowerSgdCompressor::State p;
     const uint32_t ndim = r.get<uint32_t>();
     if (ndim > 8) GEOPIPE_THROW(ProtocolError, "'", path, "': bad PowerSGD shape");
-    for (uint32_t d = 0; d < ndim; ++d) st.shape.push_back(r.get<int64_t>());
-    st.residual = r.floats();
-    st.q = r.floats();
-    power_.push_back(std::make_unique<compression::PowerSgdCompressor>(options_));
-    power_.back()->restore(st);
+    for (uint32_t d = 0; d < ndim; ++d) p.shape.push_back(r.get<int64_t>());
+    p.residual = r.floats();
+    p.q = r.floats();
+    st.power.push_back(std::move(p));
   }
   if (!r.atEnd()) GEOPIPE_THROW(ProtocolError, "'", path, "' has trailing bytes");
+  return st;
+}
+
+void GradientSync::applyState(const SavedState& st) {
+  compressors_.clear();
+  for (const auto& residual : st.residuals) {
+    compressors_.push_back(std::make_unique<compression::GradientCompressor>(options_));
+    compressors_.back()->setResidual(residual);
+  }
+  power_.clear();
+  for (const auto& p : st.power) {
+    power_.push_back(std::make_unique<compression::PowerSgdCompressor>(options_));
+    power_.back()->restore(p);
+  }
+}
+
+void GradientSync::loadState(const std::string& path) {
+  applyState(readState(path));
+}
+
+namespace {
+
+// acc += scale * v, where an empty vector stands for zeros (a compressor
+// that has not run yet).
+void addScaled(std::vector<float>& acc, const std::vector<float>& v, float scale,
+               const std::string& path) {
+  if (v.empty()) return;
+  if (acc.empty()) acc.assign(v.size(), 0.0f);
+  GEOPIPE_CHECK(acc.size() == v.size(), ProtocolError, "'", path,
+                "' holds a residual of another size than the other replicas' states");
+  for (size_t i = 0; i < v.size(); ++i) acc[i] += scale * v[i];
+}
+
+}  // namespace
+
+void GradientSync::loadMergedState(const std::string& base_path,
+                                   const std::vector<std::string>& residual_paths, float scale) {
+  SavedState st = readState(base_path);
+  for (auto& r : st.residuals) r.clear();
+  for (auto& p : st.power) std::fill(p.residual.begin(), p.residual.end(), 0.0f);
+  for (const std::string& path : residual_paths) {
+    const SavedState other = readState(path);
+    GEOPIPE_CHECK(other.residuals.size() == st.residuals.size() &&
+                      other.power.size() == st.power.size(),
+                  ProtocolError, "'", path, "' holds state for another number of tensors than '",
+                  base_path, "'");
+    for (size_t i = 0; i < st.residuals.size(); ++i)
+      addScaled(st.residuals[i], other.residuals[i], scale, path);
+    for (size_t i = 0; i < st.power.size(); ++i)
+      addScaled(st.power[i].residual, other.power[i].residual, scale, path);
+  }
+  applyState(st);
 }
 
 }  // namespace geopipe::runtime

@@ -29,6 +29,15 @@ class GradientSync {
   // another method or tensor count (ProtocolError) or unreadable (IoError).
   void saveState(const std::string& path) const;
   void loadState(const std::string& path);
+  // Restores a replica of a job that resumes with another number of
+  // replicas: PowerSGD's shared Q (the same on every replica) from
+  // `base_path`, and as error-feedback residuals `scale` times the sum of
+  // the residuals in `residual_paths` (zero when there are none). With
+  // scale = new replicas / saved replicas and every saved replica's state
+  // given to exactly one new replica, the gradient mass the residuals still
+  // owe the average is kept.
+  void loadMergedState(const std::string& base_path,
+                       const std::vector<std::string>& residual_paths, float scale);
   uint64_t rawBytes() const { return raw_bytes_; }
   uint64_t wireBytes() const { return wire_bytes_; }
 
@@ -38,6 +47,9 @@ class GradientSync {
   void averageOnDevice(const std::vector<torch::Tensor>& params, int64_t step);
   void averageDense(const std::vector<torch::Tensor>& params, int64_t step);
   void averageCompressed(const std::vector<torch::Tensor>& params, int64_t step);
+  struct SavedState;
+  SavedState readState(const std::string& path) const;
+  void applyState(const SavedState& state);
 
   transport::Transport& transport_;
   std::vector<int> group_;

@@ -6,6 +6,7 @@
 
 #include "compression/delta_compressor.h"
 #include "geopipe/error.h"
+#include "src/runtime/reshard.h"
 
 namespace geopipe::runtime {
 namespace fs = std::filesystem;
@@ -92,6 +93,7 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
                  transport::Transport& transport, const data::TokenDataset& dataset,
                  const data::Sampler& sampler, std::chrono::milliseconds timeout)
     : job_(job),
+      sampler_(sampler),
       rank_(rank),
       stages_(job.parallelism.pipeline_stages),
       micro_batches_(sampler.microBatchesPerReplica()),
@@ -170,7 +172,11 @@ TaskletStep Tasklet::runStep(int64_t step) {
 }
 
 std::string Tasklet::fileName(const std::string& suffix) const {
-  return "tasklet-" + std::to_string(rank_) + "." + suffix;
+  return fileNameOf(rank_, suffix);
+}
+
+std::string Tasklet::fileNameOf(int rank, const std::string& suffix) const {
+  return "tasklet-" + std::to_string(rank) + "." + suffix;
 }
 
 std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) const {
@@ -212,8 +218,17 @@ std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) co
   return files;
 }
 
-void Tasklet::loadCheckpoint(const std::string& step_dir) {
-  const std::string path = (fs::path(step_dir) / fileName("pt")).string();
+void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
+                             int64_t next_step) {
+  const int replicas = job_.parallelism.data_parallel;
+  if (saved_replicas <= 0) saved_replicas = replicas;
+  const ReshardSources src = saved_replicas == replicas
+                                 ? ReshardSources{replica_, {replica_}, 1.0f}
+                                 : reshardSources(replica_, replicas, saved_replicas);
+  auto fileOfReplica = [&](int replica, const std::string& suffix) {
+    return (fs::path(step_dir) / fileNameOf(replica * stages_ + stage_, suffix)).string();
+  };
+  const std::string path = fileOfReplica(src.model_replica, "pt");
   try {
     torch::serialize::InputArchive archive, model_archive, optim_archive;
     archive.load_from(path);
@@ -225,12 +240,32 @@ void Tasklet::loadCheckpoint(const std::string& step_dir) {
     GEOPIPE_THROW(IoError, "checkpoint '", path, "' does not fit tasklet ", rank_, " (stage ",
                   stage_, ", replica ", replica_, "): ", e.what_without_backtrace());
   }
-  sync_->loadState((fs::path(step_dir) / fileName("gradsync")).string());
+  if (saved_replicas == replicas) {
+    sync_->loadState(fileOfReplica(replica_, "gradsync"));
+  } else {
+    std::vector<std::string> residuals;
+    for (int r : src.residual_replicas) residuals.push_back(fileOfReplica(r, "gradsync"));
+    sync_->loadMergedState(fileOfReplica(src.model_replica, "gradsync"), residuals,
+                           src.residual_scale);
+  }
+  auto restoreStore = [&](compression::ActivationBufferStore& store, const std::string& suffix) {
+    if (saved_replicas == replicas) {
+      store.load(fileOfReplica(replica_, suffix));
+      return;
+    }
+    std::vector<std::string> paths;
+    for (int r = 0; r < saved_replicas; ++r) paths.push_back(fileOfReplica(r, suffix));
+    const data::Sampler saved(sampler_.numSamples(), job_.training.global_batch, saved_replicas,
+                              job_.training.micro_batch, job_.training.seed);
+    mergeBufferStores(
+        paths, [&](const std::vector<int64_t>& ids) { return saved.lastReplicaOf(ids, next_step); },
+        store);
+  };
   if (auto* enc = compute_->activationEncoderMut(); enc && enc->deltaSender()) {
-    enc->deltaSender()->store().load((fs::path(step_dir) / fileName("acsgd-send")).string());
+    restoreStore(enc->deltaSender()->store(), "acsgd-send");
   }
   if (auto* dec = compute_->activationDecoderMut(); dec && dec->deltaReceiver()) {
-    dec->deltaReceiver()->store().load((fs::path(step_dir) / fileName("acsgd-recv")).string());
+    restoreStore(dec->deltaReceiver()->store(), "acsgd-recv");
   }
 }
 

@@ -53,8 +53,15 @@ class Tasklet {
   // error-feedback state, AC-SGD buffer stores.
   std::vector<std::string> saveCheckpoint(const std::string& step_dir) const;
   // Restores what saveCheckpoint wrote. IoError / ProtocolError naming the
-  // file when something does not match this tasklet.
-  void loadCheckpoint(const std::string& step_dir);
+  // file when something does not match this tasklet. `saved_replicas`: the
+  // replicas that wrote the checkpoint (its manifest's), when not this
+  // job's data_parallel: the state is resharded (reshard.h): weights and
+  // optimizer of one saved replica, error-feedback residuals of the saved
+  // replicas this one takes over, and the AC-SGD buffers of every saved
+  // replica of this stage merged (freshest entry per sample, found by
+  // replaying the sample order of the steps before `next_step`).
+  void loadCheckpoint(const std::string& step_dir, int saved_replicas = 0,
+                      int64_t next_step = 0);
 
   int rank() const { return rank_; }
   int stage() const { return stage_; }
@@ -62,8 +69,10 @@ class Tasklet {
 
  private:
   std::string fileName(const std::string& suffix) const;
+  std::string fileNameOf(int rank, const std::string& suffix) const;
 
   const JobSpec& job_;
+  const data::Sampler& sampler_;
   int rank_, stage_, replica_, stages_;
   int micro_batches_;
   transport::Transport& transport_;

@@ -167,6 +167,7 @@ TrainResult Trainer::train() {
     return !ckpt_dir.empty() && every > 0 && ((step + 1) % every == 0 || step + 1 == steps);
   };
   int64_t first_step = 0;
+  int saved_replicas = replicas;
   std::string resume_from;
   if (options_.resume) {
     GEOPIPE_CHECK(!ckpt_dir.empty(), ConfigError,
@@ -176,12 +177,8 @@ TrainResult Trainer::train() {
       GEOPIPE_THROW(ConfigError, "no committed checkpoint in '", ckpt_dir,
                     "' (checkpoint.dir): nothing to resume; run without --resume to start over");
     }
-    if (manifest->stages != stages || manifest->replicas != replicas) {
-      GEOPIPE_THROW(ConfigError, "the checkpoint in '", ckpt_dir, "' was written by ",
-                    manifest->stages, " stages x ", manifest->replicas,
-                    " replicas, the job has ", stages, " x ", replicas,
-                    ": resume with the original parallelism settings");
-    }
+    runtime::checkResumable(*manifest, ckpt_dir, stages, replicas);
+    saved_replicas = manifest->replicas;
     first_step = manifest->next_step;
     resume_from = runtime::stepDirectory(ckpt_dir, first_step);
     spdlog::info("resuming from '{}' at step {}", resume_from, first_step);
@@ -193,7 +190,7 @@ TrainResult Trainer::train() {
       torch::set_num_threads(threads);
       runtime::Tasklet t(model_, job_, placement, rank, *transports[static_cast<size_t>(rank)],
                          dataset, sampler, timeout);
-      if (!resume_from.empty()) t.loadCheckpoint(resume_from);
+      if (!resume_from.empty()) t.loadCheckpoint(resume_from, saved_replicas, first_step);
       for (int64_t step = first_step; step < steps; ++step) {
         runtime::TaskletStep ts = t.runStep(step);
         std::vector<std::string> files;

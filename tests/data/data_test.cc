@@ -134,6 +134,33 @@ TEST(Sampler, EpochVisitsEachSampleOnceAndOrdersDiffer) {
   EXPECT_EQ(s.globalBatch(3), Sampler(48, 8, 1, 1, 3).globalBatch(3));  // deterministic
 }
 
+// lastReplicaOf agrees with a brute-force walk over every step's
+// micro-batches (the newest visit wins), across epoch boundaries.
+TEST(Sampler, LastReplicaOfIsTheNewestVisit) {
+  Sampler s(50, 12, 3, 2, 7);  // 4 steps per epoch, 2 samples of each epoch skipped
+  const int64_t next_step = 10;
+  std::map<int64_t, int> newest;
+  for (int64_t step = 0; step < next_step; ++step)
+    for (int r = 0; r < 3; ++r)
+      for (int m = 0; m < s.microBatchesPerReplica(); ++m)
+        for (int64_t id : s.microBatch(step, r, m)) newest[id] = r;
+  std::vector<int64_t> ids;
+  for (int64_t id = 0; id < 50; ++id) ids.push_back(id);
+  ids.push_back(7);  // a repeated id gets the same answer
+  const std::vector<int> got = s.lastReplicaOf(ids, next_step);
+  ASSERT_EQ(got.size(), ids.size());
+  int unseen = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = newest.find(ids[i]);
+    EXPECT_EQ(got[i], it == newest.end() ? -1 : it->second) << "sample " << ids[i];
+    unseen += got[i] < 0;
+  }
+  EXPECT_EQ(got.back(), got[7]);
+  EXPECT_EQ(s.lastReplicaOf({3}, 0), std::vector<int>{-1});  // nothing ran yet
+  // 10 steps of 12 over 50 samples visit most but (with these seeds) not all.
+  EXPECT_LT(unseen, 50);
+}
+
 TEST(Sampler, RejectsImpossibleBatches) {
   EXPECT_THROW(Sampler(100, 10, 3, 1, 1), ConfigError);
   EXPECT_THROW(Sampler(5, 8, 1, 1, 1), ConfigError);
