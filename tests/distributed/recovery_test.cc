@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -15,6 +16,7 @@
 #include "proto/coordinator.grpc.pb.h"
 #include "src/distributed/coordinator.h"
 #include "src/distributed/recovery.h"
+#include "src/runtime/checkpoint.h"
 #include "tests/distributed/test_jobs.h"
 
 namespace geopipe::distributed {
@@ -65,6 +67,22 @@ TEST(RecoveryRules, AWorkerBeyondTheTaskletsOrJoiningAPlacedJobIsASpare) {
   EXPECT_TRUE(joinsAsSpare(false, 3, 1, 4, false));
   // An awaited survivor always gets its place back.
   EXPECT_FALSE(joinsAsSpare(false, 4, 1, 4, true));
+}
+
+TEST(RecoveryRules, AJobShrinksToTheWholeReplicasItsWorkersFill) {
+  // 2 stages x 2 replicas, 3 workers left: 1 replica, if min_replicas allows.
+  EXPECT_EQ(shrunkReplicas(3, 2, 2, 1, 8, 2), 1);
+  EXPECT_EQ(shrunkReplicas(3, 2, 2, 2, 8, 2), 0);
+  // Not even one whole replica.
+  EXPECT_EQ(shrunkReplicas(1, 2, 2, 1, 8, 2), 0);
+  // 2 x 4 with 7 workers: 3 replicas when the batch splits in 3 ...
+  EXPECT_EQ(shrunkReplicas(7, 2, 4, 1, 12, 1), 3);
+  // ... else the next count that splits it.
+  EXPECT_EQ(shrunkReplicas(7, 2, 4, 1, 8, 1), 2);
+  EXPECT_EQ(shrunkReplicas(7, 2, 4, 3, 8, 1), 0);
+  // Always fewer than before, even when every worker is there.
+  EXPECT_EQ(shrunkReplicas(8, 2, 4, 1, 8, 1), 2);
+  EXPECT_EQ(shrunkReplicas(4, 4, 1, 1, 8, 1), 0);
 }
 
 TEST(RecoveryRules, SparesFillOnlyThePlacesNoSurvivorWillTake) {
@@ -200,10 +218,12 @@ struct FakeJob {
   }
 
   // Every rank writes a file into step-<next_step> and reports it.
-  void checkpoint(int64_t generation, int64_t next_step) {
-    const auto step_dir = dir.path / "ckpt" / ("step-0000000" + std::to_string(next_step));
+  void checkpoint(int64_t generation, int64_t next_step, int ranks = 4) {
+    char name_buf[32];
+    std::snprintf(name_buf, sizeof name_buf, "step-%08lld", static_cast<long long>(next_step));
+    const auto step_dir = dir.path / "ckpt" / name_buf;
     std::filesystem::create_directories(step_dir);
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < ranks; ++r) {
       const std::string name = "tasklet-" + std::to_string(r) + ".pt";
       std::ofstream(step_dir / name) << "weights of rank " << r;
       grpc::ClientContext ctx;
@@ -462,6 +482,56 @@ TEST(Recovery, RestartsRunOutAfterMaxRestarts) {
   EXPECT_NE(r->failure.find("no restart left (1 done, fault_tolerance.max_restarts)"),
             std::string::npos)
       << r->failure;
+}
+
+TEST(Recovery, WithMinReplicasTheJobGoesOnWithTheWholeReplicasItHas) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 1, min_replicas: 1}");
+  job.runFirstGeneration();  // step 5 committed by 2 replicas
+  const auto pid = job.pid_of_rank;
+  job.coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  EXPECT_TRUE(job.sawEvent("then going on with fewer replicas, down to 1"));
+  // Nobody replaces rank 2: after rejoin_timeout the survivors of replica
+  // 0 run the job as one replica; rank 3's worker waits as a spare.
+  std::vector<pb::Assignment> as;
+  const auto st = job.registerAll({pid[0], pid[1], pid[3]}, {0, 1, 3}, &as);
+  for (const auto& s : st) ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(job.sawEvent("continuing with 1 of 2 replicas (fault_tolerance.min_replicas 1), "
+                           "8 samples each, resharded from the checkpoint at step 5"));
+  EXPECT_TRUE(as[2].spare());
+  as.pop_back();
+  for (int r = 0; r < 2; ++r) {
+    const pb::Assignment& a = as[static_cast<size_t>(r)];
+    EXPECT_EQ(a.rank(), r);
+    EXPECT_EQ(a.generation(), 2);
+    EXPECT_EQ(a.stages(), 2);
+    EXPECT_EQ(a.replicas(), 1);
+    EXPECT_EQ(a.resume_replicas(), 2);
+    EXPECT_EQ(a.first_step(), 5);
+    EXPECT_EQ(a.device_of_rank_size(), 2);
+  }
+  EXPECT_EQ(job.coordinator->tasklets().size(), 2u);
+  job.exchangeAddresses(as);
+  // Two tasklets make a step and a checkpoint now; the manifest says 1 replica.
+  for (int64_t step = 5; step < 10; ++step)
+    for (int r = 0; r < 2; ++r) EXPECT_FALSE(job.reportStep(r, 2, step).regroup());
+  job.checkpoint(2, 10, 2);
+  ASSERT_TRUE(job.sawEvent("checkpoint committed: " + (job.dir.path / "ckpt").string() +
+                           "/step-00000010"));
+  auto manifest = runtime::findLatestCheckpoint((job.dir.path / "ckpt").string());
+  ASSERT_TRUE(manifest.has_value());
+  EXPECT_EQ(manifest->next_step, 10);
+  EXPECT_EQ(manifest->replicas, 1);
+  EXPECT_EQ(manifest->files.size(), 2u);
+  // A later failure regroups the 1-replica job and reshards nothing.
+  job.coordinator->reportFailure(pid[1], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(3));
+  std::vector<pb::Assignment> again;
+  for (const auto& s : job.registerAll({pid[0]}, {0}, &again)) ASSERT_TRUE(s.ok());
+  EXPECT_EQ(again[0].generation(), 3);
+  EXPECT_EQ(again[0].replicas(), 1);
+  EXPECT_EQ(again[0].resume_replicas(), 1);
+  EXPECT_EQ(again[0].first_step(), 10);
 }
 
 TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
