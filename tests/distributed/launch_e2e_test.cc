@@ -52,10 +52,10 @@ std::vector<double> inProcessLosses(const std::string& job_path) {
 }
 
 void expectSameLosses(const std::vector<double>& want, const std::vector<double>& got,
-                      size_t offset = 0) {
+                      size_t offset = 0, double relative = 1e-6) {
   ASSERT_EQ(want.size(), got.size() + offset);
   for (size_t i = 0; i < got.size(); ++i) {
-    EXPECT_NEAR(got[i], want[i + offset], 1e-6 * std::abs(want[i + offset]))
+    EXPECT_NEAR(got[i], want[i + offset], relative * std::abs(want[i + offset]))
         << "step " << i + offset;
   }
 }
@@ -367,6 +367,40 @@ TEST(Recovery, AnIdleSpareTakesAKilledWorkersPlaceWithTheLossesOfAnUninterrupted
   // Every configured step, and the trajectory of an uninterrupted run: the
   // spare restored the lost tasklet's files from the last commit.
   expectSameLosses(want, r.job.train.losses);
+}
+
+TEST(Recovery, WithMinReplicasAKilledWorkerNobodyReplacesLeavesOneReplicaOnTrack) {
+  TempDir dir;
+  const std::string job =
+      writeJob(dir, "job.yaml",
+               tinyJobYaml(40, std::string(kRecoveryJob) +
+                                   "fault_tolerance: {rejoin_timeout: 4, min_replicas: 1}\n"));
+  const std::vector<double> want = inProcessLosses(job);
+  std::filesystem::remove_all(dir.file("ckpt"));
+
+  LaunchOptions o = launchOptions(job, dir);
+  o.respawn = false;  // nobody comes back: the job goes on with the whole replica left
+  std::atomic<int64_t> done{0};
+  EventLog events;
+  o.on_event = events.sink();
+  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  std::thread killer = actOnARandomWorkerAfter(done, 12, [](pid_t p) { ::kill(p, SIGKILL); });
+  LaunchResult r = launchJob(o);
+  killer.join();
+  ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
+  EXPECT_EQ(r.workers, 4);
+  EXPECT_EQ(r.restarts, 0) << "respawn is off";
+  EXPECT_EQ(r.job.recoveries, 1);
+  EXPECT_EQ(r.job.replicas, 1);
+  EXPECT_TRUE(events.find("failure detected: tasklet rank")) << "the dead worker is named";
+  EXPECT_TRUE(events.find("continuing with 1 of 2 replicas (fault_tolerance.min_replicas 1)"));
+  EXPECT_TRUE(events.find("waits as an idle spare"))
+      << "the survivor of the broken replica is kept for later";
+  // Every configured step. The global batch is the same, now on one
+  // replica: the trajectory of the uninterrupted 2-replica run up to the
+  // order of float sums (the steps before the failure exactly).
+  expectSameLosses(want, r.job.train.losses, 0, 1e-4);
+  for (size_t i = 0; i < 10; ++i) EXPECT_NEAR(r.job.train.losses[i], want[i], 1e-6 * want[i]);
 }
 
 TEST(Recovery, HungWorkerIsNamedWithinTheHeartbeatTimeoutAndReplaced) {
