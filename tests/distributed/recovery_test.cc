@@ -110,7 +110,16 @@ struct FakeJob {
 
   explicit FakeJob(const std::string& fault_tolerance,
                    std::chrono::milliseconds heartbeat_timeout = 30s) {
+    start(fault_tolerance, heartbeat_timeout, false);
+  }
+
+  // A new coordinator for the same job (the old one shut down first).
+  void start(const std::string& fault_tolerance, std::chrono::milliseconds heartbeat_timeout,
+             bool resume) {
+    stub.reset();
+    coordinator.reset();
     CoordinatorOptions opt;
+    opt.resume = resume;
     opt.job_path = writeJob(dir, "job.yaml",
                             tinyJobYaml(20,
                                         "transport: {emulate_links: false}\n"
@@ -532,6 +541,18 @@ TEST(Recovery, WithMinReplicasTheJobGoesOnWithTheWholeReplicasItHas) {
   EXPECT_EQ(again[0].replicas(), 1);
   EXPECT_EQ(again[0].resume_replicas(), 1);
   EXPECT_EQ(again[0].first_step(), 10);
+
+  // --resume of the job (data_parallel 2) from that 1-replica checkpoint:
+  // two replicas again, each tasklet told to reshard from 1.
+  job.start("{max_restarts: 2, rejoin_timeout: 1, min_replicas: 1}", 30s, true);
+  std::vector<pb::Assignment> grown;
+  for (const auto& s : job.registerAll({3000, 3001, 3002, 3003}, {-1, -1, -1, -1}, &grown))
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  for (const auto& a : grown) {
+    EXPECT_EQ(a.replicas(), 2);
+    EXPECT_EQ(a.resume_replicas(), 1);
+    EXPECT_EQ(a.first_step(), 10);
+  }
 }
 
 TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
