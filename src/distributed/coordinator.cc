@@ -442,6 +442,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     s->last_seen = Clock::now();
     auto& pending = checkpoints_[req->next_step()];
+    if (!pending.ranks.insert(req->rank()).second) {
+      // A repeated report (a retried call) counts once: the commit waits
+      // for every tasklet's files, not for world_ reports.
+      fillDirectiveLocked(out, req->generation());
+      return grpc::Status::OK;
+    }
     pending.arrived += 1;
     for (const auto& f : req->files()) pending.files.push_back(f);
     if (pending.arrived == world_) {
@@ -547,6 +553,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     Clock::time_point first_at;
   };
   struct PendingCheckpoint {
+    std::set<int> ranks;  // tasklets that reported
     int arrived = 0;
     std::vector<std::string> files;
   };

@@ -226,8 +226,9 @@ struct FakeJob {
     return d;
   }
 
-  // Every rank writes a file into step-<next_step> and reports it.
-  void checkpoint(int64_t generation, int64_t next_step, int ranks = 4) {
+  // Every rank writes a file into step-<next_step> and reports it (rank
+  // `twice` reports twice, as a retried call would).
+  void checkpoint(int64_t generation, int64_t next_step, int ranks = 4, int twice = -1) {
     char name_buf[32];
     std::snprintf(name_buf, sizeof name_buf, "step-%08lld", static_cast<long long>(next_step));
     const auto step_dir = dir.path / "ckpt" / name_buf;
@@ -235,14 +236,16 @@ struct FakeJob {
     for (int r = 0; r < ranks; ++r) {
       const std::string name = "tasklet-" + std::to_string(r) + ".pt";
       std::ofstream(step_dir / name) << "weights of rank " << r;
-      grpc::ClientContext ctx;
-      pb::CheckpointReport req;
-      req.set_rank(r);
-      req.set_generation(generation);
-      req.set_next_step(next_step);
-      req.add_files(name);
-      pb::Directive d;
-      ASSERT_TRUE(stub->ReportCheckpoint(&ctx, req, &d).ok());
+      for (int k = 0; k < (r == twice ? 2 : 1); ++k) {
+        grpc::ClientContext ctx;
+        pb::CheckpointReport req;
+        req.set_rank(r);
+        req.set_generation(generation);
+        req.set_next_step(next_step);
+        req.add_files(name);
+        pb::Directive d;
+        ASSERT_TRUE(stub->ReportCheckpoint(&ctx, req, &d).ok());
+      }
     }
   }
 
@@ -258,7 +261,9 @@ struct FakeJob {
     exchangeAddresses(as);
     for (int64_t step = 0; step < 7; ++step)
       for (int r = 0; r < 4; ++r) reportStep(r, 1, step);
-    checkpoint(1, 5);
+    checkpoint(1, 5, 4, /*twice=*/0);  // a repeated report counts once
+    auto manifest = runtime::findLatestCheckpoint((dir.path / "ckpt").string());
+    EXPECT_TRUE(manifest && manifest->files.size() == 4u) << "every tasklet's file, once";
     std::sort(as.begin(), as.end(), [](auto& a, auto& b) { return a.rank() < b.rank(); });
     for (const auto& t : coordinator->tasklets()) pid_of_rank.push_back(t.pid);
     return as;
