@@ -295,6 +295,18 @@ std::thread actOnARandomWorkerAfter(std::atomic<int64_t>& done, int64_t steps,
   });
 }
 
+// Runs the launch `o`, with kill -9 of a random worker once `after` steps
+// are done; `events` gets the coordinator's events.
+LaunchResult launchKillingARandomWorker(LaunchOptions o, EventLog& events, int64_t after) {
+  std::atomic<int64_t> done{0};
+  o.on_event = events.sink();
+  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  std::thread killer = actOnARandomWorkerAfter(done, after, [](pid_t p) { ::kill(p, SIGKILL); });
+  LaunchResult r = launchJob(o);
+  killer.join();
+  return r;
+}
+
 const char* const kRecoveryJob =
     "transport: {emulate_links: false}\n"
     "checkpoint: {dir: ckpt, every_steps: 5}\n";
@@ -305,14 +317,8 @@ TEST(Recovery, KilledRandomWorkerIsReplacedAndTheLossesEqualAnUninterruptedRun) 
   const std::vector<double> want = inProcessLosses(job);
   std::filesystem::remove_all(dir.file("ckpt"));
 
-  LaunchOptions o = launchOptions(job, dir);
-  std::atomic<int64_t> done{0};
   EventLog events;
-  o.on_event = events.sink();
-  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
-  std::thread killer = actOnARandomWorkerAfter(done, 12, [](pid_t p) { ::kill(p, SIGKILL); });
-  LaunchResult r = launchJob(o);
-  killer.join();
+  LaunchResult r = launchKillingARandomWorker(launchOptions(job, dir), events, 12);
   ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
   EXPECT_EQ(r.restarts, 1);
   EXPECT_EQ(r.job.recoveries, 1);
@@ -380,13 +386,8 @@ TEST(Recovery, WithMinReplicasAKilledWorkerNobodyReplacesLeavesOneReplicaOnTrack
 
   LaunchOptions o = launchOptions(job, dir);
   o.respawn = false;  // nobody comes back: the job goes on with the whole replica left
-  std::atomic<int64_t> done{0};
   EventLog events;
-  o.on_event = events.sink();
-  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
-  std::thread killer = actOnARandomWorkerAfter(done, 12, [](pid_t p) { ::kill(p, SIGKILL); });
-  LaunchResult r = launchJob(o);
-  killer.join();
+  LaunchResult r = launchKillingARandomWorker(o, events, 12);
   ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
   EXPECT_EQ(r.workers, 4);
   EXPECT_EQ(r.restarts, 0) << "respawn is off";
