@@ -142,8 +142,7 @@ struct FaultToleranceSpec {
   double rejoin_timeout = 60.0;     // seconds to wait for every tasklet's worker after a failure
   // Fewest data-parallel replicas the job may continue with when a lost
   // worker is not replaced within rejoin_timeout (the global batch stays
-  // the same, split over fewer replicas). 0: as many as data_parallel,
-  // i.e. never shrink.
+  // the same, split over fewer replicas). 0 (the default): never shrink.
   int min_replicas = 0;
 };
 

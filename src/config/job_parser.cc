@@ -320,7 +320,7 @@ class JobReader {
       r.getDouble("heartbeat_timeout", f.heartbeat_timeout, 1.0, 3600.0);
       r.getInt("max_restarts", f.max_restarts, 0, 1000);
       r.getDouble("rejoin_timeout", f.rejoin_timeout, 1.0, 86400.0);
-      r.getInt("min_replicas", f.min_replicas, 1, kBig);
+      r.getInt("min_replicas", f.min_replicas, 0, kBig);
     });
   }
 

@@ -119,6 +119,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     stages_ = job_.parallelism.pipeline_stages;
     replicas_ = job_.parallelism.data_parallel;
     world_ = stages_ * replicas_;
+    max_world_ = world_;
     model_ = makeModel(job_.model);
     GEOPIPE_CHECK(model_.bodyLayers() >= stages_, ConfigError, "model '", model_.name, "' has ",
                   model_.bodyLayers(), " layers to split but parallelism.pipeline_stages is ",
@@ -126,6 +127,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     resume_replicas_ = replicas_;
     const FaultToleranceSpec& ft0 = job_.fault_tolerance;
     min_replicas_ = ft0.min_replicas > 0 ? std::min(ft0.min_replicas, replicas_) : replicas_;
+    if (ft0.min_replicas > 0 && (ft0.max_restarts == 0 || ft0.min_replicas >= replicas_)) {
+      event(detail::concat("note: fault_tolerance.min_replicas ", ft0.min_replicas,
+                           " has no effect: ",
+                           ft0.max_restarts == 0
+                               ? std::string("max_restarts is 0, so a failure ends the job")
+                               : detail::concat("the job has ", replicas_,
+                                                " replica(s), it cannot shrink below that")));
+    }
     if (opt_.resume) findResumePoint();
     committed_replicas_ = resume_replicas_;
     next_emit_ = first_step_;
@@ -174,8 +183,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // --- public API ---------------------------------------------------------
 
   std::string listeningAddress() const { return address_; }
-  const JobSpec& job() const { return job_; }
-  int worldSize() const { return world_; }
+  JobSpec job() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return job_;
+  }
+  int worldSize() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return world_;
+  }
 
   void requestStop(bool checkpoint) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -441,6 +456,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     s->last_seen = Clock::now();
+    if (req->next_step() <= committed_next_step_) {
+      // A retried report of a checkpoint committed already.
+      fillDirectiveLocked(out, req->generation());
+      return grpc::Status::OK;
+    }
     auto& pending = checkpoints_[req->next_step()];
     if (!pending.ranks.insert(req->rank()).second) {
       // A repeated report (a retried call) counts once: the commit waits
@@ -756,7 +776,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   // What the request checks know of the job.
-  RequestBounds boundsLocked() const { return {world_, job_.training.steps}; }
+  // Ranks are bounded by the largest world the job has had: a worker of an
+  // older generation (before a shrink) must hear "regroup", not be refused.
+  RequestBounds boundsLocked() const { return {max_world_, job_.training.steps}; }
 
   // Plans the job over the devices the workers asked for (all of them when
   // every worker said "any") and gives every worker a rank. A new
@@ -1004,6 +1026,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     cv_.notify_all();
   }
 
+  // rejoin_timeout has passed (no commit in flight) without a worker for
+  // every tasklet. Survivors that have not rejoined by now are counted as
+  // lost, so idle spares may take their places too; then the job is placed
+  // if it can be, or shrinks (min_replicas). False: neither, the job fails.
+  bool giveUpWaitingLocked() {
+    if (!awaited_pids_.empty()) {
+      eventLocked(detail::concat(awaited_pids_.size(), " survivor(s) did not rejoin within ",
+                                 rejoin_timeout_.count() / 1000,
+                                 " s (fault_tolerance.rejoin_timeout): counted as lost"));
+      for (int64_t pid : awaited_pids_) lost_pids_.insert(pid);
+      awaited_pids_.clear();
+    }
+    maybePlaceLocked();
+    return placed_ || ended_ || shrinkLocked();
+  }
+
   // Recovery with fewer replicas: rejoin_timeout has passed without a
   // worker for every tasklet. When the workers at hand fill at least
   // fault_tolerance.min_replicas whole replicas, the job goes on with as
@@ -1011,7 +1049,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // resharding the checkpoint); workers beyond them wait as idle spares.
   // False when it cannot.
   bool shrinkLocked() {
-    if (commits_in_flight_ > 0) return false;
     const int active = activeSlotsLocked();
     const int r = shrunkReplicas(active, stages_, replicas_, min_replicas_,
                                  job_.training.global_batch, job_.training.micro_batch);
@@ -1020,16 +1057,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     replicas_ = r;
     world_ = stages_ * r;
     job_.parallelism.data_parallel = r;
-    // Keep the workers with the lowest previous ranks (whole replicas that
-    // survived stay together); the rest become idle spares.
+    // Keep the survivors of whole replicas first (in rank order), then the
+    // others by previous rank, newcomers last; the rest become idle spares.
     std::vector<size_t> order;
-    for (size_t i = 0; i < slots_.size(); ++i)
-      if (!slots_[i].gone && !slots_[i].spare) order.push_back(i);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      const int pa = slots_[a].previous_rank, pb = slots_[b].previous_rank;
-      constexpr int kLast = std::numeric_limits<int>::max();
-      return (pa < 0 ? kLast : pa) < (pb < 0 ? kLast : pb);
-    });
+    std::map<int, int> survivors_of_replica;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i].gone || slots_[i].spare) continue;
+      order.push_back(i);
+      if (slots_[i].previous_rank >= 0) ++survivors_of_replica[slots_[i].previous_rank / stages_];
+    }
+    auto key = [&](size_t i) {
+      const int prev = slots_[i].previous_rank;
+      if (prev < 0) return std::make_pair(2, 0);
+      return std::make_pair(survivors_of_replica[prev / stages_] == stages_ ? 0 : 1, prev);
+    };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return key(a) < key(b); });
     for (size_t k = static_cast<size_t>(world_); k < order.size(); ++k) {
       Slot& s = slots_[order[k]];
       s.spare = true;
@@ -1147,7 +1190,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       }
       if (regrouping_ && !placed_ && !ended_) {
         maybePlaceLocked();  // waits for commits that were in flight
-        if (!placed_ && now - regroup_since_ > rejoin_timeout_ && !shrinkLocked()) {
+        if (!placed_ && now - regroup_since_ > rejoin_timeout_ && commits_in_flight_ == 0 &&
+            !giveUpWaitingLocked()) {
           const Failure& f = regroup_failure_;
           finalFailureLocked(
               f.rank,
@@ -1158,8 +1202,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                  ? detail::concat(", too few for ", min_replicas_,
                                                   " replica(s) (fault_tolerance.min_replicas)")
                                  : std::string(),
-                             ". Start a worker for the lost tasklet sooner, lower "
-                             "fault_tolerance.min_replicas, or restart the job with --resume"),
+                             ". Start a worker for the lost tasklet sooner, ",
+                             min_replicas_ < replicas_ ? "lower" : "set",
+                             " fault_tolerance.min_replicas, or restart the job with --resume"),
               f.type);
         }
       }
@@ -1204,6 +1249,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   JobSpec job_;
   ModelDef model_;
   int stages_ = 1, replicas_ = 1, world_ = 1;
+  int max_world_ = 1;  // world_ before any shrink
   int64_t first_step_ = 0;
   std::string resume_dir_;
   std::string job_token_;
@@ -1268,7 +1314,7 @@ Coordinator::~Coordinator() = default;
 std::string Coordinator::listeningAddress() const {
   return impl_->listeningAddress();
 }
-const JobSpec& Coordinator::job() const {
+JobSpec Coordinator::job() const {
   return impl_->job();
 }
 int Coordinator::worldSize() const {

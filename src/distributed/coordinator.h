@@ -103,8 +103,9 @@ class Coordinator {
 
   // "host:port" the service is bound to.
   std::string listeningAddress() const;
-  // The job as the coordinator runs it (stages and replicas resolved).
-  const JobSpec& job() const;
+  // The job as the coordinator runs it now (stages and replicas resolved;
+  // data_parallel lower after a shrink), and its tasklet count.
+  JobSpec job() const;
   int worldSize() const;
 
   // Asks every worker to stop after the same step (past every step any

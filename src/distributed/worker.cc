@@ -561,8 +561,9 @@ WorkerResult runWorker(const WorkerOptions& opt) {
                     "; run the same geopipe release on every host");
     }
     if (a.job_over()) {
-      event("the job ended without needing this spare");
-      result.spare_unused = true;
+      event(result.steps_done > 0 ? "the job ended; this worker waited as a spare after it shrank"
+                                  : "the job ended without needing this spare");
+      result.spare_unused = result.steps_done == 0;
       return result;
     }
     if (attempt == 0) result.first_step = a.first_step();

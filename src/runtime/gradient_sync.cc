@@ -88,7 +88,10 @@ GradientSync::GradientSync(transport::Transport& transport, std::vector<int> gro
 }
 
 void GradientSync::average(const std::vector<torch::Tensor>& params, int64_t step) {
-  if (group_.size() <= 1) return;
+  if (group_.size() <= 1) {
+    applyOwedResiduals(params);
+    return;
+  }
   if (!params.empty() && !params.front().is_cpu()) {
     averageOnDevice(params, step);
     return;
@@ -97,6 +100,36 @@ void GradientSync::average(const std::vector<torch::Tensor>& params, int64_t ste
     averageDense(params, step);
   } else {
     averageCompressed(params, step);
+  }
+}
+
+// One replica exchanges nothing, so nothing is compressed and no residual
+// builds up. A residual restored from a checkpoint of more replicas (a job
+// that shrank to one) is gradient the average still owes: it is added to
+// this step's gradient once and cleared, so it is neither lost nor saved
+// again stale.
+void GradientSync::applyOwedResiduals(const std::vector<torch::Tensor>& params) {
+  if (compressors_.empty() && power_.empty()) return;
+  torch::NoGradGuard guard;
+  const bool power = options_.method == compression::GradientMethod::POWERSGD;
+  std::vector<torch::Tensor> matrices;  // in averageCompressed's order
+  for (const auto& p : params)
+    if (!(power && p.dim() < 2)) matrices.push_back(p);
+  auto addTo = [](const torch::Tensor& param, std::vector<float>& owed) {
+    auto g = param.mutable_grad();
+    if (owed.empty() || !g.defined() || static_cast<size_t>(g.numel()) != owed.size()) return;
+    g.add_(torch::from_blob(owed.data(), g.sizes(), torch::kFloat32).to(g.device()));
+  };
+  for (size_t i = 0; i < compressors_.size() && i < matrices.size(); ++i) {
+    std::vector<float> owed = compressors_[i]->residual();
+    addTo(matrices[i], owed);
+  }
+  compressors_.clear();
+  for (size_t i = 0; i < power_.size() && i < matrices.size(); ++i) {
+    compression::PowerSgdCompressor::State st = power_[i]->state();
+    addTo(matrices[i], st.residual);
+    std::fill(st.residual.begin(), st.residual.end(), 0.0f);
+    power_[i]->restore(st);  // keeps the warm-started Q for a later grow back
   }
 }
 

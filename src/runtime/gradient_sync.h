@@ -47,6 +47,7 @@ class GradientSync {
   void averageOnDevice(const std::vector<torch::Tensor>& params, int64_t step);
   void averageDense(const std::vector<torch::Tensor>& params, int64_t step);
   void averageCompressed(const std::vector<torch::Tensor>& params, int64_t step);
+  void applyOwedResiduals(const std::vector<torch::Tensor>& params);
   struct SavedState;
   SavedState readState(const std::string& path) const;
   void applyState(const SavedState& state);

@@ -222,6 +222,9 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
                              int64_t next_step) {
   const int replicas = job_.parallelism.data_parallel;
   if (saved_replicas <= 0) saved_replicas = replicas;
+  GEOPIPE_CHECK(saved_replicas == replicas || next_step > 0, Error,
+                "loadCheckpoint: resharding from ", saved_replicas,
+                " replicas needs the checkpoint's next_step");
   const ReshardSources src = saved_replicas == replicas
                                  ? ReshardSources{replica_, {replica_}, 1.0f}
                                  : reshardSources(replica_, replicas, saved_replicas);
