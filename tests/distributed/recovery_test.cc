@@ -529,6 +529,9 @@ TEST(Recovery, WithMinReplicasTheJobGoesOnWithTheWholeReplicasItHas) {
     EXPECT_EQ(a.device_of_rank_size(), 2);
   }
   EXPECT_EQ(job.coordinator->tasklets().size(), 2u);
+  // A worker of generation 1 whose rank the shrunk job no longer has
+  // hears "regroup" (it then waits as a spare), not "unknown rank".
+  EXPECT_TRUE(job.heartbeat(3, 1).regroup());
   job.exchangeAddresses(as);
   // Two tasklets make a step and a checkpoint now; the manifest says 1 replica.
   for (int64_t step = 5; step < 10; ++step)
@@ -562,6 +565,49 @@ TEST(Recovery, WithMinReplicasTheJobGoesOnWithTheWholeReplicasItHas) {
     EXPECT_EQ(a.resume_replicas(), 1);
     EXPECT_EQ(a.first_step(), 10);
   }
+}
+
+// A host with ranks 2 and 3 is gone, but only rank 3's death is noticed:
+// rank 2's worker is awaited as a survivor and never rejoins. At
+// rejoin_timeout it counts as lost and the second idle spare takes its
+// place, so the job keeps both replicas rather than shrinking.
+TEST(Recovery, SparesTakeThePlacesOfSurvivorsThatNeverRejoinBeforeTheJobShrinks) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 1, min_replicas: 1}");
+  job.runFirstGeneration();
+  const auto pid = job.pid_of_rank;
+  pb::Assignment s50, s60;
+  ASSERT_TRUE(job.registerOne(50, 0, &s50).ok());
+  ASSERT_TRUE(job.registerOne(60, 0, &s60).ok());
+  ASSERT_TRUE(s50.spare() && s60.spare());
+  job.coordinator->reportFailure(pid[3], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  // The spares keep calling with their tickets until they get a rank.
+  auto poll = [&](int64_t p, uint64_t ticket, pb::Assignment* out) {
+    for (int i = 0; i < 20; ++i) {
+      pb::Assignment a;
+      if (!job.registerOne(p, ticket, &a).ok()) return;
+      if (!a.spare()) {
+        *out = a;
+        return;
+      }
+    }
+  };
+  pb::Assignment p50, p60;
+  std::thread t50(poll, 50, s50.spare_ticket(), &p50);
+  std::thread t60(poll, 60, s60.spare_ticket(), &p60);
+  std::vector<pb::Assignment> as;
+  const auto st = job.registerAll({pid[0], pid[1]}, {0, 1}, &as);
+  t50.join();
+  t60.join();
+  for (const auto& s : st) ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(job.sawEvent("1 survivor(s) did not rejoin within 1 s"));
+  EXPECT_FALSE(job.sawEvent("continuing with"));
+  EXPECT_EQ(as[0].rank(), 0);
+  EXPECT_EQ(as[1].rank(), 1);
+  EXPECT_EQ(as[0].replicas(), 2);
+  EXPECT_EQ(std::set<int>({p50.rank(), p60.rank()}), std::set<int>({2, 3}));
+  EXPECT_EQ(p50.generation(), 2);
+  EXPECT_EQ(p60.resume_replicas(), 2);
 }
 
 TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
