@@ -404,6 +404,57 @@ TEST(Recovery, WithMinReplicasAKilledWorkerNobodyReplacesLeavesOneReplicaOnTrack
   for (size_t i = 0; i < 10; ++i) EXPECT_NEAR(r.job.train.losses[i], want[i], 1e-6 * want[i]);
 }
 
+// The in-process Trainer's losses for the job run with its replicas up to
+// the checkpoint at `commit` (stopped there), then resumed on one replica:
+// what a job that shrank after that checkpoint computes.
+std::vector<double> inProcessShrunkLosses(const std::string& job_path, int64_t commit,
+                                          const std::string& ckpt_dir) {
+  JobSpec job = config::loadJobFile(job_path);
+  job.checkpoint.dir = ckpt_dir;
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  TrainerOptions first = opt;
+  int64_t done = 0;
+  first.on_step = [&](const StepMetrics&) { ++done; };
+  first.should_stop = [&] { return done == commit; };
+  std::vector<double> losses = Trainer(makeModel(job.model), job, first).train().losses;
+  job.parallelism.data_parallel = 1;
+  TrainerOptions resume = opt;
+  resume.resume = true;
+  const std::vector<double> rest = Trainer(makeModel(job.model), job, resume).train().losses;
+  losses.insert(losses.end(), rest.begin(), rest.end());
+  return losses;
+}
+
+// The same with AC-SGD boundaries and top-k DP gradients with error
+// feedback: the shrunk workers reshard the checkpoint (merged AC-SGD
+// buffers, the dropped replica's residuals paid by the one left) exactly as
+// the in-process Trainer does on --resume with one replica.
+TEST(Recovery, WithMinReplicasCompressedShrinkEqualsTheInProcessReshardedRun) {
+  TempDir dir;
+  const std::string job = writeJob(
+      dir, "job.yaml",
+      tinyJobYaml(40, std::string(kRecoveryJob) +
+                          "compression:\n"
+                          "  activations: {method: acsgd, bits: 3}\n"
+                          "  backward: {method: quantize, bits: 6}\n"
+                          "  gradients: {method: topk, ratio: 0.1}\n"
+                          "fault_tolerance: {rejoin_timeout: 4, min_replicas: 1}\n"));
+  LaunchOptions o = launchOptions(job, dir);
+  o.respawn = false;
+  EventLog events;
+  LaunchResult r = launchKillingARandomWorker(o, events, 12);
+  ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
+  EXPECT_EQ(r.job.replicas, 1);
+  const auto resumed = events.find("resumes from the checkpoint at step ");
+  ASSERT_TRUE(resumed);
+  const std::string& line = resumed->second;
+  const int64_t commit = std::stoll(line.substr(line.find("at step ") + 8));
+  std::cout << "shrank after the commit at step " << commit << "\n";
+  const std::vector<double> want = inProcessShrunkLosses(job, commit, dir.file("reference"));
+  expectSameLosses(want, r.job.train.losses);
+}
+
 TEST(Recovery, HungWorkerIsNamedWithinTheHeartbeatTimeoutAndReplaced) {
   // With every kind of state a tasklet carries across steps: AC-SGD
   // buffers, quantized backward, top-k error-feedback residuals.
