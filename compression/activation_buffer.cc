@@ -172,15 +172,14 @@ void ActivationBufferStore::save(const std::string& path) const {
   }
 }
 
-void ActivationBufferStore::load(const std::string& path) {
-  clear();
+void ActivationBufferStore::readSaved(const std::string& path, uint64_t max_entry_bytes,
+                                      const EntrySink& sink) {
   std::ifstream in(path, std::ios::binary);
   if (!in) GEOPIPE_THROW(IoError, "cannot open buffer store ", path);
   uint32_t crc = 0;
   auto read = [&](void* p, size_t n, const char* what) {
     in.read(static_cast<char*>(p), static_cast<std::streamsize>(n));
     if (static_cast<size_t>(in.gcount()) != n) {
-      clear();
       GEOPIPE_THROW(IoError, "buffer store ", path, " truncated while reading ", what);
     }
     crc = crc32c(static_cast<const uint8_t*>(p), n, crc);
@@ -198,37 +197,76 @@ void ActivationBufferStore::load(const std::string& path) {
                   kStoreVersion);
   }
   read(&count, 8, "entry count");
-  std::vector<int64_t> seen;
+  std::vector<uint8_t> skipped;  // bytes of entries the sink does not keep
   for (uint64_t k = 0; k < count; ++k) {
     int64_t id = 0;
     uint64_t size = 0;
     read(&id, 8, "entry id");
     read(&size, 8, "entry size");
-    if (size > budget_) {
-      clear();
+    if (size > max_entry_bytes) {
       GEOPIPE_THROW(IoError, "buffer store ", path, " corrupt or over budget: entry ", k,
-                    " claims ", size, " bytes (budget ", budget_, ")");
+                    " claims ", size, " bytes (budget ", max_entry_bytes, ")");
     }
-    if (find(id).data != nullptr) {
-      clear();
-      GEOPIPE_THROW(IoError, "buffer store ", path, " corrupt: sample id ", id, " appears twice");
+    uint8_t* dst = sink(id, size);
+    if (!dst) {
+      skipped.resize(static_cast<size_t>(size));
+      dst = skipped.data();
     }
-    uint8_t* dst = allocate(id, size);
-    read(dst, size, "entry bytes");
+    read(dst, static_cast<size_t>(size), "entry bytes");
   }
   uint32_t want = 0;
   in.read(reinterpret_cast<char*>(&want), 4);
   if (in.gcount() != 4) {
-    clear();
     GEOPIPE_THROW(IoError, "buffer store ", path, " truncated while reading the checksum");
   }
-  if (want != crc) {
-    clear();
-    GEOPIPE_THROW(IoError, "buffer store ", path, " corrupt (CRC-32C mismatch)");
-  }
+  if (want != crc) GEOPIPE_THROW(IoError, "buffer store ", path, " corrupt (CRC-32C mismatch)");
   if (in.peek() != std::char_traits<char>::eof()) {
-    clear();
     GEOPIPE_THROW(IoError, "buffer store ", path, " has trailing bytes after the checksum");
+  }
+}
+
+std::vector<int64_t> ActivationBufferStore::savedIds(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) GEOPIPE_THROW(IoError, "cannot open buffer store ", path);
+  char magic[4];
+  uint32_t version = 0;
+  uint64_t count = 0;
+  in.read(magic, 4);
+  in.read(reinterpret_cast<char*>(&version), 4);
+  in.read(reinterpret_cast<char*>(&count), 8);
+  if (!in || std::memcmp(magic, kStoreMagic, 4) != 0 || version != kStoreVersion) {
+    GEOPIPE_THROW(IoError, path, " is not a geopipe activation buffer store of version ",
+                  kStoreVersion);
+  }
+  std::vector<int64_t> ids;
+  for (uint64_t k = 0; k < count; ++k) {
+    int64_t id = 0;
+    uint64_t size = 0;
+    in.read(reinterpret_cast<char*>(&id), 8);
+    in.read(reinterpret_cast<char*>(&size), 8);
+    if (!in || size > (uint64_t{1} << 40)) {
+      GEOPIPE_THROW(IoError, "buffer store ", path, " truncated or corrupt at entry ", k);
+    }
+    in.seekg(static_cast<std::streamoff>(size), std::ios::cur);
+    ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+void ActivationBufferStore::load(const std::string& path) {
+  clear();
+  try {
+    readSaved(path, budget_, [&](int64_t id, uint64_t size) {
+      if (find(id).data != nullptr) {
+        GEOPIPE_THROW(IoError, "buffer store ", path, " corrupt: sample id ", id,
+                      " appears twice");
+      }
+      return allocate(id, static_cast<size_t>(size));
+    });
+  } catch (...) {
+    clear();
+    throw;
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,6 +60,18 @@ class ActivationBufferStore {
   // truncated, corrupt or of another version (the store is then empty);
   // InfeasibleError if it does not fit the budget.
   void load(const std::string& path);
+
+  // Reading a saved store without holding all of it (merging the stores of
+  // several replicas into one, runtime/reshard.h). savedIds: the ids in the
+  // file, ascending (header and ids only: no checksum; IoError if it is not
+  // a store or is cut short). readSaved: every entry in file order;
+  // `sink(id, size)` returns where its bytes go, or nullptr to skip them.
+  // The checksum is checked at the end: IoError names the file if it is
+  // corrupt, truncated or has an entry over max_entry_bytes (then what the
+  // sink received is not to be used).
+  using EntrySink = std::function<uint8_t*(int64_t id, uint64_t size)>;
+  static std::vector<int64_t> savedIds(const std::string& path);
+  static void readSaved(const std::string& path, uint64_t max_entry_bytes, const EntrySink& sink);
 
  protected:
   [[noreturn]] void throwBudget(size_t need) const;

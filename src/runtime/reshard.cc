@@ -2,7 +2,6 @@
 #include "src/runtime/reshard.h"
 
 #include <algorithm>
-#include <cstring>
 #include <iterator>
 #include <memory>
 
@@ -23,30 +22,53 @@ ReshardSources reshardSources(int replica, int replicas, int saved_replicas) {
 
 void mergeBufferStores(const std::vector<std::string>& paths, const NewestOwner& newest_owner,
                        compression::ActivationBufferStore& into) {
-  compression::BufferStoreOptions temp;
-  temp.budget_bytes = into.budgetBytes();
-  std::vector<std::unique_ptr<compression::ActivationBufferStore>> saved;
-  std::vector<int64_t> ids;  // every id of any saved store, ascending, once
+  using Store = compression::ActivationBufferStore;
+  // Pass 1, headers only: which ids each saved store holds, and their union.
+  std::vector<std::vector<int64_t>> held;
+  std::vector<int64_t> ids;
   for (const std::string& path : paths) {
-    saved.push_back(compression::makeBufferStore(temp));
-    saved.back()->load(path);
-    const std::vector<int64_t> mine = saved.back()->ids();
+    held.push_back(Store::savedIds(path));
     std::vector<int64_t> merged;
-    merged.reserve(ids.size() + mine.size());
-    std::set_union(ids.begin(), ids.end(), mine.begin(), mine.end(), std::back_inserter(merged));
+    merged.reserve(ids.size() + held.back().size());
+    std::set_union(ids.begin(), ids.end(), held.back().begin(), held.back().end(),
+                   std::back_inserter(merged));
     ids.swap(merged);
   }
   const std::vector<int> owner = newest_owner(ids);
   GEOPIPE_CHECK(owner.size() == ids.size(), Error, "newest_owner answered ", owner.size(),
                 " ids of ", ids.size());
-  into.clear();
+  auto holds = [&](int r, int64_t id) {
+    const auto& h = held[static_cast<size_t>(r)];
+    return std::binary_search(h.begin(), h.end(), id);
+  };
+  std::vector<int> from(ids.size(), -1);  // the saved store each id is taken from
   for (size_t i = 0; i < ids.size(); ++i) {
-    compression::ActivationBufferStore::Entry e;
     const int o = owner[i];
-    if (o >= 0 && o < static_cast<int>(saved.size())) e = saved[static_cast<size_t>(o)]->find(ids[i]);
-    for (size_t r = 0; !e.data && r < saved.size(); ++r) e = saved[r]->find(ids[i]);
-    uint8_t* dst = into.allocate(ids[i], e.size);
-    std::memcpy(dst, e.data, e.size);
+    if (o >= 0 && o < static_cast<int>(held.size()) && holds(o, ids[i])) {
+      from[i] = o;
+      continue;
+    }
+    for (int r = 0; r < static_cast<int>(held.size()) && from[i] < 0; ++r)
+      if (holds(r, ids[i])) from[i] = r;
+  }
+  // Pass 2: each saved store streamed once, its chosen entries copied
+  // straight into `into` (only `into` is ever held, so an mmap store's
+  // budget, not RAM, bounds the merge).
+  into.clear();
+  try {
+    for (size_t r = 0; r < paths.size(); ++r) {
+      Store::readSaved(paths[r], into.budgetBytes(), [&](int64_t id, uint64_t size) -> uint8_t* {
+        const auto it = std::lower_bound(ids.begin(), ids.end(), id);
+        if (it == ids.end() || *it != id || from[static_cast<size_t>(it - ids.begin())] !=
+                                                static_cast<int>(r)) {
+          return nullptr;
+        }
+        return into.allocate(id, static_cast<size_t>(size));
+      });
+    }
+  } catch (...) {
+    into.clear();
+    throw;
   }
 }
 

@@ -35,7 +35,10 @@ ReshardSources reshardSources(int replica, int replicas, int saved_replicas);
 // so its buffer is the freshest), else of the lowest-numbered replica that
 // holds one. The sender's and the receiver's side of a boundary hold the
 // same ids per replica and are merged by the same rule, so they stay in
-// lock-step. IoError / InfeasibleError as ActivationBufferStore::load.
+// lock-step. Streams each saved file twice (ids, then the chosen entries):
+// only `into` is held, so it works within an mmap store's budget.
+// IoError / InfeasibleError as ActivationBufferStore::load (`into` is then
+// left empty).
 using NewestOwner = std::function<std::vector<int>(const std::vector<int64_t>& ids)>;
 void mergeBufferStores(const std::vector<std::string>& paths, const NewestOwner& newest_owner,
                        compression::ActivationBufferStore& into);

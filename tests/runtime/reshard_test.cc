@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -108,6 +109,32 @@ TEST(MergeBufferStores, NewestOwnerWinsAndBothSidesOfABoundaryAgree) {
   EXPECT_EQ(get(*sender, 3), "r1-s3");
   EXPECT_EQ(get(*sender, 99), "<none>");
   for (int64_t id : sender->ids()) EXPECT_EQ(get(*sender, id), get(*receiver, id)) << id;
+
+  // Into an mmap store (a dataset larger than RAM): the same entries.
+  BufferStoreOptions mm;
+  mm.kind = compression::StoreKind::MMAP;
+  mm.path = (dir / "mmap-store").string();
+  mm.budget_bytes = 1 << 20;
+  auto mapped = makeBufferStore(mm);
+  mergeBufferStores(send_paths, owner, *mapped);
+  EXPECT_EQ(mapped->ids(), sender->ids());
+  for (int64_t id : sender->ids()) EXPECT_EQ(get(*mapped, id), get(*sender, id)) << id;
+
+  // A corrupt saved store is an IoError naming it, and nothing is kept.
+  const std::string bad = (dir / "corrupt").string();
+  std::filesystem::copy_file(send_paths[1], bad);
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(40);
+    f.put('\x5a');
+  }
+  try {
+    mergeBufferStores({send_paths[0], bad}, owner, *mapped);
+    FAIL();
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("corrupt"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(mapped->entryCount(), 0u);
 
   // A missing saved store is an IoError naming it.
   try {
