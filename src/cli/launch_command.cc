@@ -70,8 +70,10 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   opt.should_stop = [] { return g_signals.load() >= 1; };
   opt.should_abort = [] { return g_signals.load() >= 2; };
   std::unique_ptr<ProgressDisplay> display;
+  int replicas_at_start = 0;
   opt.on_start = [&](const JobSpec& resolved) {
     JobSpec job = resolved;
+    replicas_at_start = job.parallelism.data_parallel;
     if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
     display = std::make_unique<ProgressDisplay>(job, out, args.resume);
     out << "launching '" << job.name << "': " << job.parallelism.pipeline_stages << " stages x "
@@ -110,6 +112,11 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   if (r.job.recoveries > 0) {
     out << "recovered from " << r.job.recoveries << " failure(s), " << r.restarts
         << " worker process(es) restarted\n";
+    if (r.job.replicas > 0 && r.job.replicas < replicas_at_start) {
+      out << "finished on " << r.job.replicas << " of " << replicas_at_start
+          << " data-parallel replicas (fault_tolerance.min_replicas); --resume restarts with "
+          << replicas_at_start << "\n";
+    }
   }
   out << "worker logs: " << r.log_dir << "\n";
   return r.job.interrupted ? 130 : 0;
