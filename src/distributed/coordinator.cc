@@ -268,7 +268,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     CoordinatorResult r;
     r.ok = !failure_;
     r.interrupted = interrupted_;
-    r.recoveries = static_cast<int>(generation_ - 1);
+    r.recoveries = static_cast<int>(restartsLocked());
+    r.grows = static_cast<int>(grows_);
     r.replicas = replicas_;
     if (failure_) {
       r.failure = failure_->message;
@@ -495,6 +496,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         }
         eventLocked(detail::concat("checkpoint committed: ",
                                    runtime::stepDirectory(job_.checkpoint.dir, req->next_step())));
+        if (req->generation() == generation_) maybeGrowLocked();
       } else {
         finalFailureLocked(-1, "cannot commit the checkpoint: " + error, "IoError");
       }
@@ -973,7 +975,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       eventLocked(detail::concat("while regrouping: ", f.message));
       return;
     }
-    if (generation_ - 1 >= max_restarts) {
+    if (restartsLocked() >= max_restarts) {
       finalFailureLocked(f.rank,
                          max_restarts == 0
                              ? f.message
@@ -992,9 +994,27 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   void regroupLocked(const Failure& f) {
     eventLocked("failure detected: " + f.message);
     if (f.rank >= 0) lost_pids_.insert(slotOfRankLocked(f.rank)->info.pid);
+    const int64_t redo = endGenerationLocked(f);
+    eventLocked(detail::concat(
+        "recovering (restart ", restartsLocked(), " of ", job_.fault_tolerance.max_restarts,
+        "): generation ", generation_, " resumes from ",
+        committed_next_step_ > 0 ? detail::concat("the checkpoint at step ", committed_next_step_)
+                                 : std::string("step 0 (no checkpoint committed yet)"),
+        redo > 0 ? detail::concat(", recomputing ", redo, " step(s) done since") : std::string(),
+        "; waiting up to ", rejoin_timeout_.count() / 1000, " s for ", world_, " workers",
+        min_replicas_ < replicas_
+            ? detail::concat(" (then going on with fewer replicas, down to ", min_replicas_, ")")
+            : std::string()));
+    cv_.notify_all();
+  }
+
+  // Ends the current generation for `why`: the placed workers not lost are
+  // awaited (their places kept), everyone hears "regroup", the steps past
+  // the last commit are dropped. Returns how many will be recomputed.
+  int64_t endGenerationLocked(const Failure& why) {
     // The survivors' places are kept for them; a spare takes the others.
     awaited_pids_.clear();
-    for (int r = 0; r < world_; ++r) {
+    for (int r = 0; r < static_cast<int>(slot_of_rank_.size()); ++r) {
       const int64_t pid = slotOfRankLocked(r)->info.pid;
       if (!lost_pids_.count(pid)) awaited_pids_.insert(pid);
     }
@@ -1002,8 +1022,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     ++generation_;
     regrouping_ = true;
     regroup_since_ = Clock::now();
-    regroup_failure_ = f;
-    regroup_reason_ = detail::concat("generation ", generation_ - 1, " ended: ", f.message);
+    regroup_failure_ = why;
+    regroup_reason_ = detail::concat("generation ", generation_ - 1, " ended: ", why.message);
     for (auto& s : slots_)
       if (!s.spare) s.gone = true;
     placed_ = false;
@@ -1013,16 +1033,39 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     // (a commit needs every tasklet's report) and still to be emitted.
     rows_.erase(rows_.lower_bound(committed_next_step_), rows_.end());
     checkpoints_.clear();
-    eventLocked(detail::concat(
-        "recovering (restart ", generation_ - 1, " of ", job_.fault_tolerance.max_restarts,
-        "): generation ", generation_, " resumes from ",
-        committed_next_step_ > 0 ? detail::concat("the checkpoint at step ", committed_next_step_)
-                                 : std::string("step 0 (no checkpoint committed yet)"),
-        redo > 0 ? detail::concat(", recomputing ", redo, " step(s) done since") : std::string(),
-        "; waiting up to ", rejoin_timeout_.count() / 1000, " s for ", world_, " workers",
-        min_replicas_ < replicas_
-            ? detail::concat(" (then going on with fewer replicas, down to ", min_replicas_, ")")
-            : std::string()));
+    return redo;
+  }
+
+  // Generations started by failures (a grow back is none).
+  int64_t restartsLocked() const { return generation_ - 1 - grows_; }
+
+  // A job that shrank grows back when a checkpoint has just been committed
+  // and the idle spares fill whole replicas again: the generation ends (no
+  // failure, no restart counted), the spares take the new places, and every
+  // tasklet reshards from that checkpoint.
+  void maybeGrowLocked() {
+    if (!placed_ || ended_ || abort_ || stop_after_ >= 0 || replicas_ >= max_world_ / stages_ ||
+        committed_next_step_ >= job_.training.steps) {
+      return;
+    }
+    const int r = grownReplicas(idleSparesLocked(), stages_, replicas_, max_world_ / stages_,
+                                job_.training.global_batch, job_.training.micro_batch);
+    if (r == 0) return;
+    const int old_replicas = replicas_;
+    const Failure why{detail::concat("growing back from ", old_replicas, " to ", r,
+                                     " replicas with idle spares"),
+                      "TimeoutError", -1, true, Clock::now()};
+    endGenerationLocked(why);
+    ++grows_;
+    replicas_ = r;
+    world_ = stages_ * r;
+    job_.parallelism.data_parallel = r;
+    eventLocked(detail::concat(why.message, ": generation ", generation_,
+                               " resumes from the checkpoint at step ", committed_next_step_,
+                               " with ", r, " of ", max_world_ / stages_,
+                               " replicas; waiting up to ", rejoin_timeout_.count() / 1000,
+                               " s for ", world_, " workers"));
+    maybePlaceLocked();
     cv_.notify_all();
   }
 
@@ -1298,6 +1341,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int committed_replicas_ = 1;        // replicas that wrote it
   int resume_replicas_ = 1;           // replicas that wrote the one this generation loads
   int min_replicas_ = 1;              // fault_tolerance.min_replicas, resolved
+  int64_t grows_ = 0;                 // generations started to grow back after a shrink
   int64_t emitted_upto_ = 0;          // steps before this went to on_step
   bool regrouping_ = false;           // waiting for workers to rejoin
   Clock::time_point regroup_since_;

@@ -82,7 +82,8 @@ struct TaskletInfo {
 struct CoordinatorResult {
   bool ok = false;           // every tasklet finished every step it was asked to
   bool interrupted = false;  // requestStop ended the run early
-  int recoveries = 0;        // failures recovered from (generations - 1)
+  int recoveries = 0;        // failures recovered from
+  int grows = 0;             // times a shrunk job grew back with idle spares
   int replicas = 0;          // data-parallel replicas at the end (fewer after a shrink)
   std::string failure;       // what failed, naming the tasklet; empty when ok
   std::string failure_type;  // the error type of the root cause ("IoError", ...)

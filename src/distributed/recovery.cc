@@ -68,4 +68,12 @@ int shrunkReplicas(int workers, int stages, int replicas, int min_replicas, int 
   return r >= std::max(min_replicas, 1) ? r : 0;
 }
 
+int grownReplicas(int spares, int stages, int replicas, int max_replicas, int global_batch,
+                  int micro_batch) {
+  if (stages < 1 || micro_batch < 1) return 0;
+  int r = std::min(max_replicas, replicas + std::max(spares, 0) / stages);
+  while (r > replicas && global_batch % (r * micro_batch) != 0) --r;
+  return r > replicas ? r : 0;
+}
+
 }  // namespace geopipe::distributed

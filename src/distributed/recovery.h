@@ -59,4 +59,12 @@ int sparesToPromote(int active, int awaited, int world, int idle_spares);
 int shrunkReplicas(int workers, int stages, int replicas, int min_replicas, int global_batch,
                    int micro_batch);
 
+// Growing back after a shrink. With `spares` idle spares next to the
+// `stages` x `replicas` tasklets of a job that started with `max_replicas`:
+// the most replicas (more than `replicas`, at most `max_replicas`) the
+// workers fill whose share of the global batch is a whole number of
+// micro-batches; 0 when the spares do not make a whole replica more.
+int grownReplicas(int spares, int stages, int replicas, int max_replicas, int global_batch,
+                  int micro_batch);
+
 }  // namespace geopipe::distributed

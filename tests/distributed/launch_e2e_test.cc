@@ -455,6 +455,70 @@ TEST(Recovery, WithMinReplicasCompressedShrinkEqualsTheInProcessReshardedRun) {
   expectSameLosses(want, r.job.train.losses);
 }
 
+// Multi-host style: a standalone coordinator and `geopipe worker`s. One is
+// killed and nobody replaces it: the job shrinks to one replica. Two new
+// workers join later as idle spares: at the next commit the job grows back
+// to two replicas (no restart counted). Uncompressed, with the same global
+// batch throughout, every step follows the uninterrupted run.
+TEST(Recovery, AShrunkJobGrowsBackWhenNewWorkersJoin) {
+  TempDir dir;
+  CoordinatorOptions co;
+  co.job_path = writeJob(dir, "job.yaml",
+                         tinyJobYaml(120, std::string(kRecoveryJob) +
+                                              "fault_tolerance: {rejoin_timeout: 3, "
+                                              "min_replicas: 1}\n"));
+  const std::vector<double> want = inProcessLosses(co.job_path);
+  std::filesystem::remove_all(dir.file("ckpt"));
+  co.listen_address = "127.0.0.1:0";
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  co.security = creds.security;
+  std::atomic<int64_t> done{0};
+  co.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  EventLog events;
+  co.on_event = events.sink();
+  Coordinator coordinator(co);
+  std::vector<ChildProcess> workers;
+  auto startWorker = [&] {
+    SpawnOptions so;
+    so.program = GEOPIPE_BINARY;
+    so.argv = {GEOPIPE_BINARY,  "worker",
+               "--coordinator", coordinator.listeningAddress(),
+               "--device",      "any",
+               "--listen",      "127.0.0.1:0",
+               "--threads",     "1",
+               "--ca",          creds.worker_args.ca,
+               "--cert",        creds.worker_args.cert,
+               "--key",         creds.worker_args.key,
+               "--token-file",  creds.worker_args.token_file};
+    so.log_file = dir.file("worker-" + std::to_string(workers.size()) + ".log");
+    workers.push_back(ChildProcess::spawn(so));
+  };
+  for (int i = 0; i < 4; ++i) startWorker();
+  auto waitUntil = [](const std::function<bool()>& what) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!what() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return what();
+  };
+  ASSERT_TRUE(waitUntil([&] { return done.load() >= 12; }));
+  const int64_t victim = coordinator.tasklets().at(3).pid;
+  for (auto& w : workers)
+    if (w.pid() == victim) w.signal(SIGKILL);
+  ASSERT_TRUE(waitUntil([&] { return events.find("continuing with 1 of 2 replicas").has_value(); }));
+  startWorker();
+  startWorker();
+  auto r = coordinator.waitFor(std::chrono::seconds(90));
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(r->ok) << r->failure;
+  EXPECT_EQ(r->recoveries, 1);
+  EXPECT_EQ(r->grows, 1);
+  EXPECT_EQ(r->replicas, 2);
+  EXPECT_TRUE(events.find("growing back from 1 to 2 replicas with idle spares"));
+  expectSameLosses(want, r->train.losses, 0, 1e-4);
+  EXPECT_TRUE(coordinator.waitForWorkersGone(std::chrono::seconds(20)));
+  stopAll(workers, std::chrono::seconds(10));
+}
+
 TEST(Recovery, HungWorkerIsNamedWithinTheHeartbeatTimeoutAndReplaced) {
   // With every kind of state a tasklet carries across steps: AC-SGD
   // buffers, quantized backward, top-k error-feedback residuals.

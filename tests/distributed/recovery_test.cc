@@ -86,6 +86,18 @@ TEST(RecoveryRules, AJobShrinksToTheWholeReplicasItsWorkersFill) {
   EXPECT_EQ(shrunkReplicas(4, 4, 1, 1, 8, 1), 0);
 }
 
+TEST(RecoveryRules, AShrunkJobGrowsBackByTheWholeReplicasItsSparesFill) {
+  // 2 x 1 of a job that started 2 x 2: two spares make the second replica.
+  EXPECT_EQ(grownReplicas(2, 2, 1, 2, 8, 2), 2);
+  EXPECT_EQ(grownReplicas(1, 2, 1, 2, 8, 2), 0);
+  // Never beyond the replicas it started with.
+  EXPECT_EQ(grownReplicas(6, 2, 1, 2, 8, 2), 2);
+  // 1 -> 3 does not split a batch of 8; 1 -> 2 does.
+  EXPECT_EQ(grownReplicas(4, 2, 1, 4, 8, 1), 2);
+  EXPECT_EQ(grownReplicas(4, 2, 2, 3, 8, 1), 0);
+  EXPECT_EQ(grownReplicas(0, 2, 2, 2, 8, 1), 0);
+}
+
 TEST(RecoveryRules, SparesFillOnlyThePlacesNoSurvivorWillTake) {
   // 4 tasklets, 1 lost: 3 survivors awaited, 2 spares idle: one promoted.
   EXPECT_EQ(sparesToPromote(0, 3, 4, 2), 1);
@@ -608,6 +620,67 @@ TEST(Recovery, SparesTakeThePlacesOfSurvivorsThatNeverRejoinBeforeTheJobShrinks)
   EXPECT_EQ(std::set<int>({p50.rank(), p60.rank()}), std::set<int>({2, 3}));
   EXPECT_EQ(p50.generation(), 2);
   EXPECT_EQ(p60.resume_replicas(), 2);
+}
+
+// After a shrink to one replica, a second idle spare joins: at the next
+// commit the job grows back to two replicas (a new generation that is no
+// restart), every tasklet resharding from that checkpoint.
+TEST(Recovery, AShrunkJobGrowsBackAtTheNextCommitWhenSparesFillAReplica) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 1, min_replicas: 1}");
+  job.runFirstGeneration();
+  const auto pid = job.pid_of_rank;
+  job.coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  std::vector<pb::Assignment> as;
+  for (const auto& s : job.registerAll({pid[0], pid[1], pid[3]}, {0, 1, 3}, &as))
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_TRUE(as[2].spare());
+  const uint64_t ticket3 = as[2].spare_ticket();
+  as.pop_back();
+  job.exchangeAddresses(as);
+  pb::Assignment s70;
+  ASSERT_TRUE(job.registerOne(70, 0, &s70).ok());
+  ASSERT_TRUE(s70.spare());
+  for (int64_t step = 5; step < 10; ++step)
+    for (int r = 0; r < 2; ++r) job.reportStep(r, 2, step);
+  job.checkpoint(2, 10, 2);
+  ASSERT_TRUE(job.waitForGeneration(3));
+  EXPECT_TRUE(job.sawEvent("growing back from 1 to 2 replicas with idle spares: generation 3 "
+                           "resumes from the checkpoint at step 10 with 2 of 2 replicas"));
+  EXPECT_TRUE(job.reportStep(0, 2, 10).regroup());
+  auto poll = [&](int64_t p, uint64_t ticket, pb::Assignment* out) {
+    for (int i = 0; i < 20; ++i) {
+      pb::Assignment a;
+      if (!job.registerOne(p, ticket, &a).ok()) return;
+      if (!a.spare()) {
+        *out = a;
+        return;
+      }
+    }
+  };
+  pb::Assignment p3, p70;
+  std::thread t3(poll, pid[3], ticket3, &p3);
+  std::thread t70(poll, 70, s70.spare_ticket(), &p70);
+  std::vector<pb::Assignment> again;
+  const auto st = job.registerAll({pid[0], pid[1]}, {0, 1}, &again);
+  t3.join();
+  t70.join();
+  for (const auto& s : st) ASSERT_TRUE(s.ok()) << s.error_message();
+  for (const pb::Assignment* a : {&again[0], &again[1], &p3, &p70}) {
+    EXPECT_EQ(a->generation(), 3);
+    EXPECT_EQ(a->replicas(), 2);
+    EXPECT_EQ(a->resume_replicas(), 1);
+    EXPECT_EQ(a->first_step(), 10);
+  }
+  EXPECT_EQ(again[0].rank(), 0);
+  EXPECT_EQ(again[1].rank(), 1);
+  EXPECT_EQ(std::set<int>({p3.rank(), p70.rank()}), std::set<int>({2, 3}));
+  // The grow was no restart: the next failure is restart 2 of 2.
+  job.exchangeAddresses({again[0], again[1], p3, p70});
+  job.coordinator->reportFailure(pid[0], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(4));
+  EXPECT_TRUE(job.sawEvent("recovering (restart 2 of 2): generation 4"));
+  EXPECT_FALSE(job.coordinator->waitFor(10ms).has_value()) << "the job goes on";
 }
 
 TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
