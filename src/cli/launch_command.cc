@@ -112,6 +112,7 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   if (r.job.recoveries > 0) {
     out << "recovered from " << r.job.recoveries << " failure(s), " << r.restarts
         << " worker process(es) restarted\n";
+    if (r.job.grows > 0) out << "grew back " << r.job.grows << " time(s) with idle spares\n";
     if (r.job.replicas > 0 && r.job.replicas < replicas_at_start) {
       out << "finished on " << r.job.replicas << " of " << replicas_at_start
           << " data-parallel replicas (fault_tolerance.min_replicas); --resume restarts with "
