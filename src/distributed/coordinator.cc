@@ -198,9 +198,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     interrupted_ = true;
     if (!placed_) {
       finalFailureLocked(-1,
-                         regrouping_ ? "the job was stopped while it regrouped after a failure; "
-                                       "restart it with --resume from the last checkpoint"
-                                     : "the job was stopped before every worker joined",
+                         regrouping_ ? detail::concat("the job was stopped while it regrouped (",
+                                                      regroup_reason_,
+                                                      "); restart it with --resume from the "
+                                                      "last checkpoint")
+                                     : std::string("the job was stopped before every worker joined"),
                          "Interrupted");
       return;
     }
@@ -269,7 +271,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     r.ok = !failure_;
     r.interrupted = interrupted_;
     r.recoveries = static_cast<int>(restartsLocked());
-    r.grows = static_cast<int>(grows_);
+    r.grows = static_cast<int>(grown_);
     r.replicas = replicas_;
     if (failure_) {
       r.failure = failure_->message;
@@ -589,6 +591,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     int rank = -1;
     bool primary = true;
     Clock::time_point at;
+    int64_t generation = 0;  // when it was reported (its rank is of that generation)
   };
 
   // A new worker's registration (token checked): a slot, as a worker the
@@ -739,6 +742,16 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     for (const auto& s : slots_) n += !s.gone && s.spare ? 1 : 0;
     return n;
   }
+  // Idle spares heard from within two of their calling intervals (a dead
+  // one is dropped only after heartbeat_timeout; a grow should not count it).
+  int liveSparesLocked() const {
+    const auto now = Clock::now();
+    const auto recent = 2 * heartbeatInterval(heartbeat_timeout_);
+    int n = 0;
+    for (const auto& s : slots_)
+      n += !s.gone && s.spare && (s.waiting || now - s.last_seen <= recent) ? 1 : 0;
+    return n;
+  }
 
   // While the job waits for placement: idle spares (the longest waiting
   // first) take the places no joined worker or awaited survivor fills.
@@ -752,8 +765,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       s.previous_rank = -1;
       --n;
       eventLocked(detail::concat("spare ", s.info.hostname, " pid ", s.info.pid,
-                                 " takes a lost tasklet's place (", activeSlotsLocked(), "/",
-                                 world_, ")"));
+                                 replicas_before_grow_ > 0 ? " takes a place of a new replica ("
+                                                           : " takes a lost tasklet's place (",
+                                 activeSlotsLocked(), "/", world_, ")"));
     }
   }
 
@@ -922,7 +936,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (ended_ && failure_) return;
     if (abort_) return;  // later failures are consequences of the abort
     if (!pending_ || (primary && !pending_->primary)) {
-      pending_ = Failure{message, type, rank, primary, Clock::now()};
+      pending_ = Failure{message, type, rank, primary, Clock::now(), generation_};
       spdlog::debug("failure candidate: {}", message);
     }
     cv_.notify_all();
@@ -958,6 +972,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // job placed) ends only this generation.
   void decideFailureLocked(const Failure& f) {
     pending_.reset();
+    if (f.rank >= 0 && f.generation != generation_) {
+      // Its generation ended meanwhile (a grow back): the rank names
+      // another worker now, and whoever is gone is missed at the rejoin.
+      eventLocked(detail::concat("after generation ", f.generation, " ended: ", f.message));
+      return;
+    }
     if (completeLocked()) {
       // Every step is done and committed; the others may have left already.
       eventLocked("after the job completed: " + f.message);
@@ -1044,11 +1064,13 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // failure, no restart counted), the spares take the new places, and every
   // tasklet reshards from that checkpoint.
   void maybeGrowLocked() {
-    if (!placed_ || ended_ || abort_ || stop_after_ >= 0 || replicas_ >= max_world_ / stages_ ||
-        committed_next_step_ >= job_.training.steps) {
+    // Not while a failure is being decided or another commit runs (the
+    // next commit tries again), nor at the end or a stop.
+    if (!placed_ || ended_ || abort_ || pending_ || commits_in_flight_ > 0 || stop_after_ >= 0 ||
+        replicas_ >= max_world_ / stages_ || committed_next_step_ >= job_.training.steps) {
       return;
     }
-    const int r = grownReplicas(idleSparesLocked(), stages_, replicas_, max_world_ / stages_,
+    const int r = grownReplicas(liveSparesLocked(), stages_, replicas_, max_world_ / stages_,
                                 job_.training.global_batch, job_.training.micro_batch);
     if (r == 0) return;
     const int old_replicas = replicas_;
@@ -1057,6 +1079,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                       "TimeoutError", -1, true, Clock::now()};
     endGenerationLocked(why);
     ++grows_;
+    replicas_before_grow_ = old_replicas;
     replicas_ = r;
     world_ = stages_ * r;
     job_.parallelism.data_parallel = r;
@@ -1145,6 +1168,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   void startGenerationLocked() {
     awaited_pids_.clear();
     if (generation_ == 1) return;
+    if (replicas_before_grow_ > 0) {
+      // A grow back that got its workers (not one that shrank again).
+      if (replicas_ > replicas_before_grow_) ++grown_;
+      replicas_before_grow_ = 0;
+    }
     regrouping_ = false;
     first_step_ = committed_next_step_;
     resume_replicas_ = committed_replicas_;
@@ -1334,7 +1362,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // Failure handling.
   std::chrono::milliseconds heartbeat_timeout_{10000};
   std::chrono::milliseconds rejoin_timeout_{60000};
-  int64_t generation_ = 1;            // +1 per recovery
+  int64_t generation_ = 1;            // +1 per recovery or grow back
   int64_t announced_generation_ = 0;  // generation whose start was logged
   int64_t initial_first_step_ = 0;    // first step of generation 1
   int64_t committed_next_step_ = 0;   // the newest committed checkpoint's step
@@ -1342,6 +1370,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int resume_replicas_ = 1;           // replicas that wrote the one this generation loads
   int min_replicas_ = 1;              // fault_tolerance.min_replicas, resolved
   int64_t grows_ = 0;                 // generations started to grow back after a shrink
+  int64_t grown_ = 0;                 // of those, placed with more replicas
+  int replicas_before_grow_ = 0;      // > 0 while a grow back waits for its workers
   int64_t emitted_upto_ = 0;          // steps before this went to on_step
   bool regrouping_ = false;           // waiting for workers to rejoin
   Clock::time_point regroup_since_;

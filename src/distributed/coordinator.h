@@ -126,7 +126,8 @@ class Coordinator {
   // failure) and left out of the next generation: a launcher kills any of
   // these that still run (a hung process) so it can start a replacement.
   std::vector<int64_t> lostWorkers() const;
-  // The current generation: 1 for the first attempt, +1 per recovery.
+  // The current generation: 1 for the first attempt, +1 per recovery or
+  // grow back.
   int64_t generation() const;
 
   // Waits up to `timeout` for the job to end: every worker finished, or a

@@ -683,6 +683,44 @@ TEST(Recovery, AShrunkJobGrowsBackAtTheNextCommitWhenSparesFillAReplica) {
   EXPECT_FALSE(job.coordinator->waitFor(10ms).has_value()) << "the job goes on";
 }
 
+// A worker's broken link reported just before the commit is held (it may
+// be the consequence of another's death): no grow back while it is being
+// decided; it then ends the generation as the failure it is.
+TEST(Recovery, NoGrowBackWhileAFailureIsBeingDecided) {
+  FakeJob job("{max_restarts: 2, rejoin_timeout: 1, min_replicas: 1}");
+  job.runFirstGeneration();
+  const auto pid = job.pid_of_rank;
+  job.coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+  ASSERT_TRUE(job.waitForGeneration(2));
+  std::vector<pb::Assignment> as;
+  for (const auto& s : job.registerAll({pid[0], pid[1], pid[3]}, {0, 1, 3}, &as))
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  as.pop_back();
+  job.exchangeAddresses(as);
+  pb::Assignment s70;
+  ASSERT_TRUE(job.registerOne(70, 0, &s70).ok());
+  for (int64_t step = 5; step < 10; ++step)
+    for (int r = 0; r < 2; ++r) job.reportStep(r, 2, step);
+  {
+    grpc::ClientContext ctx;
+    pb::FailureReport req;
+    req.set_rank(1);
+    req.set_generation(2);
+    req.set_error("the stream from rank 0 broke");
+    req.set_error_type("IoError");
+    pb::Directive d;
+    ASSERT_TRUE(job.stub->ReportFailure(&ctx, req, &d).ok());
+  }
+  job.checkpoint(2, 10, 2);
+  EXPECT_TRUE(job.sawEvent("checkpoint committed: " + (job.dir.path / "ckpt").string() +
+                           "/step-00000010"));
+  EXPECT_FALSE(job.sawEvent("growing back"));
+  ASSERT_TRUE(job.waitForGeneration(3));  // after failure_grace
+  EXPECT_TRUE(job.sawEvent("recovering (restart 2 of 2): generation 3 resumes from the "
+                           "checkpoint at step 10"));
+  EXPECT_FALSE(job.sawEvent("growing back"));
+}
+
 TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
   FakeJob job("{max_restarts: 2, rejoin_timeout: 1}");
   job.runFirstGeneration();
