@@ -195,6 +195,25 @@ TEST(Launch, KilledWorkerEndsTheJobNamingItsTaskletWithoutOrphans) {
   EXPECT_TRUE(left.empty()) << left.size() << " orphaned worker process(es)";
 }
 
+// A `geopipe worker` of a standalone coordinator, on loopback with the
+// coordinator's TLS files and join token.
+ChildProcess spawnWorker(const std::string& coordinator, const std::string& device,
+                         const EphemeralSecurity& creds, const std::string& log_file) {
+  SpawnOptions so;
+  so.program = GEOPIPE_BINARY;
+  so.argv = {GEOPIPE_BINARY,  "worker",
+             "--coordinator", coordinator,
+             "--device",      device,
+             "--listen",      "127.0.0.1:0",
+             "--threads",     "1",
+             "--ca",          creds.worker_args.ca,
+             "--cert",        creds.worker_args.cert,
+             "--key",         creds.worker_args.key,
+             "--token-file",  creds.worker_args.token_file};
+  so.log_file = log_file;
+  return ChildProcess::spawn(so);
+}
+
 TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   // Multi-host style: a standalone coordinator and `geopipe worker`
   // processes; nobody watches the processes, so the coordinator must work
@@ -217,19 +236,8 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   Coordinator coordinator(co);
   std::vector<ChildProcess> workers;
   for (int i = 0; i < 4; ++i) {
-    SpawnOptions so;
-    so.program = GEOPIPE_BINARY;
-    so.argv = {GEOPIPE_BINARY,  "worker",
-               "--coordinator", coordinator.listeningAddress(),
-               "--device",      std::to_string(i),
-               "--listen",      "127.0.0.1:0",
-               "--threads",     "1",
-               "--ca",          creds.worker_args.ca,
-               "--cert",        creds.worker_args.cert,
-               "--key",         creds.worker_args.key,
-               "--token-file",  creds.worker_args.token_file};
-    so.log_file = dir.file("worker-" + std::to_string(i) + ".log");
-    workers.push_back(ChildProcess::spawn(so));
+    workers.push_back(spawnWorker(coordinator.listeningAddress(), std::to_string(i), creds,
+                                  dir.file("worker-" + std::to_string(i) + ".log")));
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (done.load() < 3 && std::chrono::steady_clock::now() < deadline) {
@@ -479,19 +487,8 @@ TEST(Recovery, AShrunkJobGrowsBackWhenNewWorkersJoin) {
   Coordinator coordinator(co);
   std::vector<ChildProcess> workers;
   auto startWorker = [&] {
-    SpawnOptions so;
-    so.program = GEOPIPE_BINARY;
-    so.argv = {GEOPIPE_BINARY,  "worker",
-               "--coordinator", coordinator.listeningAddress(),
-               "--device",      "any",
-               "--listen",      "127.0.0.1:0",
-               "--threads",     "1",
-               "--ca",          creds.worker_args.ca,
-               "--cert",        creds.worker_args.cert,
-               "--key",         creds.worker_args.key,
-               "--token-file",  creds.worker_args.token_file};
-    so.log_file = dir.file("worker-" + std::to_string(workers.size()) + ".log");
-    workers.push_back(ChildProcess::spawn(so));
+    workers.push_back(spawnWorker(coordinator.listeningAddress(), "any", creds,
+                                  dir.file("worker-" + std::to_string(workers.size()) + ".log")));
   };
   for (int i = 0; i < 4; ++i) startWorker();
   auto waitUntil = [](const std::function<bool()>& what) {

@@ -290,6 +290,45 @@ struct FakeJob {
       std::this_thread::sleep_for(20ms);
     return coordinator->generation() >= g;
   }
+
+  // An idle spare calling again with its ticket until it is placed (at most
+  // 20 calls); `out` gets the assignment.
+  void pollAsSpare(int64_t pid, uint64_t ticket, pb::Assignment* out) {
+    for (int i = 0; i < 20; ++i) {
+      pb::Assignment a;
+      if (!registerOne(pid, ticket, &a).ok()) return;
+      if (!a.spare()) {
+        *out = a;
+        return;
+      }
+    }
+  }
+
+  // After runFirstGeneration (with min_replicas 1, rejoin_timeout 1): rank
+  // 2 is killed and nobody replaces it, so generation 2 runs ranks 0 and 1
+  // as one replica and rank 3's worker waits as a spare (its ticket is
+  // returned); then a new worker, pid 70, joins as a spare too.
+  struct Shrunk {
+    uint64_t ticket3 = 0, ticket70 = 0;
+  };
+  Shrunk shrinkToOneReplicaWithTwoSpares() {
+    Shrunk out;
+    const auto pid = pid_of_rank;
+    coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
+    EXPECT_TRUE(waitForGeneration(2));
+    std::vector<pb::Assignment> as;
+    for (const auto& s : registerAll({pid[0], pid[1], pid[3]}, {0, 1, 3}, &as))
+      EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_TRUE(as[2].spare());
+    out.ticket3 = as[2].spare_ticket();
+    as.pop_back();
+    exchangeAddresses(as);
+    pb::Assignment s70;
+    EXPECT_TRUE(registerOne(70, 0, &s70).ok());
+    EXPECT_TRUE(s70.spare());
+    out.ticket70 = s70.spare_ticket();
+    return out;
+  }
 };
 
 TEST(Recovery, AKilledWorkerStartsANewGenerationFromTheLastCommit) {
@@ -594,19 +633,9 @@ TEST(Recovery, SparesTakeThePlacesOfSurvivorsThatNeverRejoinBeforeTheJobShrinks)
   job.coordinator->reportFailure(pid[3], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
   ASSERT_TRUE(job.waitForGeneration(2));
   // The spares keep calling with their tickets until they get a rank.
-  auto poll = [&](int64_t p, uint64_t ticket, pb::Assignment* out) {
-    for (int i = 0; i < 20; ++i) {
-      pb::Assignment a;
-      if (!job.registerOne(p, ticket, &a).ok()) return;
-      if (!a.spare()) {
-        *out = a;
-        return;
-      }
-    }
-  };
   pb::Assignment p50, p60;
-  std::thread t50(poll, 50, s50.spare_ticket(), &p50);
-  std::thread t60(poll, 60, s60.spare_ticket(), &p60);
+  std::thread t50([&] { job.pollAsSpare(50, s50.spare_ticket(), &p50); });
+  std::thread t60([&] { job.pollAsSpare(60, s60.spare_ticket(), &p60); });
   std::vector<pb::Assignment> as;
   const auto st = job.registerAll({pid[0], pid[1]}, {0, 1}, &as);
   t50.join();
@@ -629,18 +658,7 @@ TEST(Recovery, AShrunkJobGrowsBackAtTheNextCommitWhenSparesFillAReplica) {
   FakeJob job("{max_restarts: 2, rejoin_timeout: 1, min_replicas: 1}");
   job.runFirstGeneration();
   const auto pid = job.pid_of_rank;
-  job.coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
-  ASSERT_TRUE(job.waitForGeneration(2));
-  std::vector<pb::Assignment> as;
-  for (const auto& s : job.registerAll({pid[0], pid[1], pid[3]}, {0, 1, 3}, &as))
-    ASSERT_TRUE(s.ok()) << s.error_message();
-  ASSERT_TRUE(as[2].spare());
-  const uint64_t ticket3 = as[2].spare_ticket();
-  as.pop_back();
-  job.exchangeAddresses(as);
-  pb::Assignment s70;
-  ASSERT_TRUE(job.registerOne(70, 0, &s70).ok());
-  ASSERT_TRUE(s70.spare());
+  const FakeJob::Shrunk shrunk = job.shrinkToOneReplicaWithTwoSpares();
   for (int64_t step = 5; step < 10; ++step)
     for (int r = 0; r < 2; ++r) job.reportStep(r, 2, step);
   job.checkpoint(2, 10, 2);
@@ -648,19 +666,9 @@ TEST(Recovery, AShrunkJobGrowsBackAtTheNextCommitWhenSparesFillAReplica) {
   EXPECT_TRUE(job.sawEvent("growing back from 1 to 2 replicas with idle spares: generation 3 "
                            "resumes from the checkpoint at step 10 with 2 of 2 replicas"));
   EXPECT_TRUE(job.reportStep(0, 2, 10).regroup());
-  auto poll = [&](int64_t p, uint64_t ticket, pb::Assignment* out) {
-    for (int i = 0; i < 20; ++i) {
-      pb::Assignment a;
-      if (!job.registerOne(p, ticket, &a).ok()) return;
-      if (!a.spare()) {
-        *out = a;
-        return;
-      }
-    }
-  };
   pb::Assignment p3, p70;
-  std::thread t3(poll, pid[3], ticket3, &p3);
-  std::thread t70(poll, 70, s70.spare_ticket(), &p70);
+  std::thread t3([&] { job.pollAsSpare(pid[3], shrunk.ticket3, &p3); });
+  std::thread t70([&] { job.pollAsSpare(70, shrunk.ticket70, &p70); });
   std::vector<pb::Assignment> again;
   const auto st = job.registerAll({pid[0], pid[1]}, {0, 1}, &again);
   t3.join();
@@ -689,16 +697,7 @@ TEST(Recovery, AShrunkJobGrowsBackAtTheNextCommitWhenSparesFillAReplica) {
 TEST(Recovery, NoGrowBackWhileAFailureIsBeingDecided) {
   FakeJob job("{max_restarts: 2, rejoin_timeout: 1, min_replicas: 1}");
   job.runFirstGeneration();
-  const auto pid = job.pid_of_rank;
-  job.coordinator->reportFailure(pid[2], -1, "killed by signal 9 (SIGKILL)", "ProcessKilled");
-  ASSERT_TRUE(job.waitForGeneration(2));
-  std::vector<pb::Assignment> as;
-  for (const auto& s : job.registerAll({pid[0], pid[1], pid[3]}, {0, 1, 3}, &as))
-    ASSERT_TRUE(s.ok()) << s.error_message();
-  as.pop_back();
-  job.exchangeAddresses(as);
-  pb::Assignment s70;
-  ASSERT_TRUE(job.registerOne(70, 0, &s70).ok());
+  job.shrinkToOneReplicaWithTwoSpares();
   for (int64_t step = 5; step < 10; ++step)
     for (int r = 0; r < 2; ++r) job.reportStep(r, 2, step);
   {
