@@ -172,8 +172,15 @@ void ActivationBufferStore::save(const std::string& path) const {
   }
 }
 
-void ActivationBufferStore::readSaved(const std::string& path, uint64_t max_entry_bytes,
-                                      const EntrySink& sink) {
+namespace {
+
+// Reads a saved store entry by entry (format: see save()). `sink(id, size)`
+// returns where an entry's bytes go, or nullptr to pass over them. With
+// `verify`, every byte is read and the CRC-32C and the end of the file are
+// checked; without, skipped bytes are seeked over and nothing is checked
+// beyond the framing (a scan of the ids).
+void scanStore(const std::string& path, uint64_t max_entry_bytes,
+               const ActivationBufferStore::EntrySink& sink, bool verify) {
   std::ifstream in(path, std::ios::binary);
   if (!in) GEOPIPE_THROW(IoError, "cannot open buffer store ", path);
   uint32_t crc = 0;
@@ -182,7 +189,7 @@ void ActivationBufferStore::readSaved(const std::string& path, uint64_t max_entr
     if (static_cast<size_t>(in.gcount()) != n) {
       GEOPIPE_THROW(IoError, "buffer store ", path, " truncated while reading ", what);
     }
-    crc = crc32c(static_cast<const uint8_t*>(p), n, crc);
+    if (verify) crc = crc32c(static_cast<const uint8_t*>(p), n, crc);
   };
   char magic[4];
   uint32_t version = 0;
@@ -197,7 +204,7 @@ void ActivationBufferStore::readSaved(const std::string& path, uint64_t max_entr
                   kStoreVersion);
   }
   read(&count, 8, "entry count");
-  std::vector<uint8_t> skipped;  // bytes of entries the sink does not keep
+  std::vector<uint8_t> skipped;  // bytes of entries the sink does not keep (verify only)
   for (uint64_t k = 0; k < count; ++k) {
     int64_t id = 0;
     uint64_t size = 0;
@@ -208,12 +215,17 @@ void ActivationBufferStore::readSaved(const std::string& path, uint64_t max_entr
                     " claims ", size, " bytes (budget ", max_entry_bytes, ")");
     }
     uint8_t* dst = sink(id, size);
+    if (!dst && !verify) {
+      in.seekg(static_cast<std::streamoff>(size), std::ios::cur);
+      continue;
+    }
     if (!dst) {
       skipped.resize(static_cast<size_t>(size));
       dst = skipped.data();
     }
     read(dst, static_cast<size_t>(size), "entry bytes");
   }
+  if (!verify) return;
   uint32_t want = 0;
   in.read(reinterpret_cast<char*>(&want), 4);
   if (in.gcount() != 4) {
@@ -225,31 +237,19 @@ void ActivationBufferStore::readSaved(const std::string& path, uint64_t max_entr
   }
 }
 
+}  // namespace
+
+void ActivationBufferStore::readSaved(const std::string& path, uint64_t max_entry_bytes,
+                                      const EntrySink& sink) {
+  scanStore(path, max_entry_bytes, sink, /*verify=*/true);
+}
+
 std::vector<int64_t> ActivationBufferStore::savedIds(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) GEOPIPE_THROW(IoError, "cannot open buffer store ", path);
-  char magic[4];
-  uint32_t version = 0;
-  uint64_t count = 0;
-  in.read(magic, 4);
-  in.read(reinterpret_cast<char*>(&version), 4);
-  in.read(reinterpret_cast<char*>(&count), 8);
-  if (!in || std::memcmp(magic, kStoreMagic, 4) != 0 || version != kStoreVersion) {
-    GEOPIPE_THROW(IoError, path, " is not a geopipe activation buffer store of version ",
-                  kStoreVersion);
-  }
   std::vector<int64_t> ids;
-  for (uint64_t k = 0; k < count; ++k) {
-    int64_t id = 0;
-    uint64_t size = 0;
-    in.read(reinterpret_cast<char*>(&id), 8);
-    in.read(reinterpret_cast<char*>(&size), 8);
-    if (!in || size > (uint64_t{1} << 40)) {
-      GEOPIPE_THROW(IoError, "buffer store ", path, " truncated or corrupt at entry ", k);
-    }
-    in.seekg(static_cast<std::streamoff>(size), std::ios::cur);
+  scanStore(path, uint64_t{1} << 40, [&](int64_t id, uint64_t) -> uint8_t* {
     ids.push_back(id);
-  }
+    return nullptr;
+  }, /*verify=*/false);
   std::sort(ids.begin(), ids.end());
   return ids;
 }
