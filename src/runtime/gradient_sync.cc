@@ -111,10 +111,8 @@ void GradientSync::average(const std::vector<torch::Tensor>& params, int64_t ste
 void GradientSync::applyOwedResiduals(const std::vector<torch::Tensor>& params) {
   if (compressors_.empty() && power_.empty()) return;
   torch::NoGradGuard guard;
-  const bool power = options_.method == compression::GradientMethod::POWERSGD;
-  std::vector<torch::Tensor> matrices;  // in averageCompressed's order
-  for (const auto& p : params)
-    if (!(power && p.dim() < 2)) matrices.push_back(p);
+  std::vector<torch::Tensor> matrices, vectors;  // the compressors' tensors, in their order
+  splitCompressed(params, &matrices, &vectors);
   auto addTo = [](const torch::Tensor& param, std::vector<float>& owed) {
     auto g = param.mutable_grad();
     if (owed.empty() || !g.defined() || static_cast<size_t>(g.numel()) != owed.size()) return;
@@ -131,6 +129,16 @@ void GradientSync::applyOwedResiduals(const std::vector<torch::Tensor>& params) 
     std::fill(st.residual.begin(), st.residual.end(), 0.0f);
     power_[i]->restore(st);  // keeps the warm-started Q for a later grow back
   }
+}
+
+// PowerSGD compresses matrices; vectors (biases, norms) are tiny and go
+// through the dense all-reduce, as in the PowerSGD paper. The other methods
+// compress every tensor. compressors_ / power_ follow `compressed`'s order.
+void GradientSync::splitCompressed(const std::vector<torch::Tensor>& params,
+                                   std::vector<torch::Tensor>* compressed,
+                                   std::vector<torch::Tensor>* dense) const {
+  const bool power = options_.method == compression::GradientMethod::POWERSGD;
+  for (const auto& p : params) (power && p.dim() < 2 ? dense : compressed)->push_back(p);
 }
 
 void GradientSync::averageOnDevice(const std::vector<torch::Tensor>& params, int64_t step) {
@@ -202,10 +210,8 @@ void GradientSync::averageCompressed(const std::vector<torch::Tensor>& params, i
   opt.timeout = timeout_;
   torch::NoGradGuard guard;
   const bool power = options_.method == compression::GradientMethod::POWERSGD;
-  // PowerSGD compresses matrices; vectors (biases, norms) are tiny and go
-  // through the dense all-reduce, as in the PowerSGD paper.
   std::vector<torch::Tensor> matrices, vectors;
-  for (const auto& p : params) (power && p.dim() < 2 ? vectors : matrices).push_back(p);
+  splitCompressed(params, &matrices, &vectors);
   if (!vectors.empty()) {
     averageDense(vectors, step);
   }

@@ -48,6 +48,9 @@ class GradientSync {
   void averageDense(const std::vector<torch::Tensor>& params, int64_t step);
   void averageCompressed(const std::vector<torch::Tensor>& params, int64_t step);
   void applyOwedResiduals(const std::vector<torch::Tensor>& params);
+  void splitCompressed(const std::vector<torch::Tensor>& params,
+                       std::vector<torch::Tensor>* compressed,
+                       std::vector<torch::Tensor>* dense) const;
   struct SavedState;
   SavedState readState(const std::string& path) const;
   void applyState(const SavedState& state);

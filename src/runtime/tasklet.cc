@@ -225,9 +225,7 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
   GEOPIPE_CHECK(saved_replicas == replicas || next_step > 0, Error,
                 "loadCheckpoint: resharding from ", saved_replicas,
                 " replicas needs the checkpoint's next_step");
-  const ReshardSources src = saved_replicas == replicas
-                                 ? ReshardSources{replica_, {replica_}, 1.0f}
-                                 : reshardSources(replica_, replicas, saved_replicas);
+  const ReshardSources src = reshardSources(replica_, replicas, saved_replicas);
   auto fileOfReplica = [&](int replica, const std::string& suffix) {
     return (fs::path(step_dir) / fileNameOf(replica * stages_ + stage_, suffix)).string();
   };
