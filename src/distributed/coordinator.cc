@@ -714,16 +714,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   void findResumePoint() {
     const std::string& dir = job_.checkpoint.dir;
-    GEOPIPE_CHECK(!dir.empty(), ConfigError,
-                  "resume needs checkpoint.dir in the job, where the checkpoints are");
-    auto manifest = runtime::findLatestCheckpoint(dir);
-    if (!manifest) {
-      GEOPIPE_THROW(ConfigError, "no committed checkpoint in '", dir,
-                    "' (checkpoint.dir): nothing to resume; run without --resume to start over");
-    }
-    runtime::checkResumable(*manifest, dir, stages_, replicas_);
-    resume_replicas_ = manifest->replicas;
-    first_step_ = manifest->next_step;
+    const runtime::CheckpointManifest manifest = runtime::resumePoint(dir, stages_, replicas_);
+    resume_replicas_ = manifest.replicas;
+    first_step_ = manifest.next_step;
     resume_dir_ = runtime::stepDirectory(dir, first_step_);
     GEOPIPE_CHECK(first_step_ < job_.training.steps, ConfigError, "the checkpoint in '", dir,
                   "' is at step ", first_step_, " but the job has only ", job_.training.steps,
@@ -1080,9 +1073,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     endGenerationLocked(why);
     ++grows_;
     replicas_before_grow_ = old_replicas;
-    replicas_ = r;
-    world_ = stages_ * r;
-    job_.parallelism.data_parallel = r;
+    setReplicasLocked(r);
     eventLocked(detail::concat(why.message, ": generation ", generation_,
                                " resumes from the checkpoint at step ", committed_next_step_,
                                " with ", r, " of ", max_world_ / stages_,
@@ -1108,6 +1099,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     return placed_ || ended_ || shrinkLocked();
   }
 
+  // The job runs `r` replicas from the next placement on (a shrink or a
+  // grow back; max_world_ keeps the largest world for the request bounds).
+  void setReplicasLocked(int r) {
+    replicas_ = r;
+    world_ = stages_ * r;
+    job_.parallelism.data_parallel = r;
+  }
+
   // Recovery with fewer replicas: rejoin_timeout has passed without a
   // worker for every tasklet. When the workers at hand fill at least
   // fault_tolerance.min_replicas whole replicas, the job goes on with as
@@ -1120,9 +1119,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                  job_.training.global_batch, job_.training.micro_batch);
     if (r == 0) return false;
     const int old_replicas = replicas_;
-    replicas_ = r;
-    world_ = stages_ * r;
-    job_.parallelism.data_parallel = r;
+    setReplicasLocked(r);
     // Keep the survivors of whole replicas first (in rank order), then the
     // others by previous rank, newcomers last; the rest become idle spares.
     std::vector<size_t> order;

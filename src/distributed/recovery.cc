@@ -60,20 +60,32 @@ int sparesToPromote(int active, int awaited, int world, int idle_spares) {
   return std::clamp(world - active - awaited, 0, std::max(idle_spares, 0));
 }
 
+namespace {
+
+// The most replicas in [lo, hi] whose share of the global batch is a whole
+// number of micro-batches; 0 when none.
+int mostReplicasSplittingTheBatch(int hi, int lo, int global_batch, int micro_batch) {
+  lo = std::max(lo, 1);
+  for (int r = hi; r >= lo; --r)
+    if (global_batch % (r * micro_batch) == 0) return r;
+  return 0;
+}
+
+}  // namespace
+
 int shrunkReplicas(int workers, int stages, int replicas, int min_replicas, int global_batch,
                    int micro_batch) {
   if (stages < 1 || micro_batch < 1) return 0;
-  int r = std::min(replicas - 1, workers / stages);
-  while (r >= std::max(min_replicas, 1) && global_batch % (r * micro_batch) != 0) --r;
-  return r >= std::max(min_replicas, 1) ? r : 0;
+  return mostReplicasSplittingTheBatch(std::min(replicas - 1, workers / stages), min_replicas,
+                                       global_batch, micro_batch);
 }
 
 int grownReplicas(int spares, int stages, int replicas, int max_replicas, int global_batch,
                   int micro_batch) {
   if (stages < 1 || micro_batch < 1) return 0;
-  int r = std::min(max_replicas, replicas + std::max(spares, 0) / stages);
-  while (r > replicas && global_batch % (r * micro_batch) != 0) --r;
-  return r > replicas ? r : 0;
+  return mostReplicasSplittingTheBatch(
+      std::min(max_replicas, replicas + std::max(spares, 0) / stages), replicas + 1, global_batch,
+      micro_batch);
 }
 
 }  // namespace geopipe::distributed

@@ -182,8 +182,15 @@ std::optional<CheckpointManifest> findLatestCheckpoint(const std::string& dir) {
   return std::nullopt;
 }
 
-void checkResumable(const CheckpointManifest& manifest, const std::string& dir, int stages,
-                    int replicas) {
+CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas) {
+  GEOPIPE_CHECK(!dir.empty(), ConfigError,
+                "resume needs checkpoint.dir in the job, where the checkpoints are");
+  std::optional<CheckpointManifest> found = findLatestCheckpoint(dir);
+  if (!found) {
+    GEOPIPE_THROW(ConfigError, "no committed checkpoint in '", dir,
+                  "' (checkpoint.dir): nothing to resume; run without --resume to start over");
+  }
+  const CheckpointManifest& manifest = *found;
   if (manifest.stages != stages) {
     GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' was written by ", manifest.stages,
                   " pipeline stages x ", manifest.replicas, " replicas, the job has ", stages,
@@ -195,6 +202,7 @@ void checkResumable(const CheckpointManifest& manifest, const std::string& dir, 
                  "(weights of one replica, error-feedback residuals summed, AC-SGD buffers merged)",
                  dir, manifest.replicas, replicas);
   }
+  return manifest;
 }
 
 }  // namespace geopipe::runtime

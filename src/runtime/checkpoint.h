@@ -47,14 +47,14 @@ std::optional<CheckpointManifest> findLatestCheckpoint(const std::string& dir);
 // Checks one committed checkpoint; throws IoError naming the bad file.
 CheckpointManifest readAndVerify(const std::string& step_dir);
 
-// Checks that a job of `stages` x `replicas` can resume from `manifest`
-// (found in checkpoint.dir `dir`): the stages must match (each stage's
-// files hold its layers); another replica count is resharded when the
-// tasklets load (Tasklet::loadCheckpoint), so it only needs the global
-// batch to split over the new replicas, which the job's own checks ensure.
-// ConfigError naming both shapes otherwise.
-void checkResumable(const CheckpointManifest& manifest, const std::string& dir, int stages,
-                    int replicas);
+// What `--resume` of a job of `stages` x `replicas` continues from: the
+// newest committed checkpoint in checkpoint.dir `dir`. The stages must
+// match (each stage's files hold its layers); another replica count is
+// resharded when the tasklets load (Tasklet::loadCheckpoint), so it only
+// needs the global batch to split over the new replicas, which the job's
+// own checks ensure. ConfigError when `dir` is empty, holds no committed
+// checkpoint, or the stages differ (naming both shapes).
+CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas);
 
 // Atomic small-file write: path + ".tmp", fsync, rename.
 void writeFileAtomic(const std::string& path, const std::string& content);

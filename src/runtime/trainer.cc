@@ -170,16 +170,9 @@ TrainResult Trainer::train() {
   int saved_replicas = replicas;
   std::string resume_from;
   if (options_.resume) {
-    GEOPIPE_CHECK(!ckpt_dir.empty(), ConfigError,
-                  "resume needs checkpoint.dir in the job, where the checkpoints are");
-    auto manifest = runtime::findLatestCheckpoint(ckpt_dir);
-    if (!manifest) {
-      GEOPIPE_THROW(ConfigError, "no committed checkpoint in '", ckpt_dir,
-                    "' (checkpoint.dir): nothing to resume; run without --resume to start over");
-    }
-    runtime::checkResumable(*manifest, ckpt_dir, stages, replicas);
-    saved_replicas = manifest->replicas;
-    first_step = manifest->next_step;
+    const runtime::CheckpointManifest manifest = runtime::resumePoint(ckpt_dir, stages, replicas);
+    saved_replicas = manifest.replicas;
+    first_step = manifest.next_step;
     resume_from = runtime::stepDirectory(ckpt_dir, first_step);
     spdlog::info("resuming from '{}' at step {}", resume_from, first_step);
   }
