@@ -13,6 +13,8 @@
 namespace geopipe::cli {
 
 int exitCodeForFailure(const distributed::CoordinatorResult& r);
+void printReplicaChanges(std::ostream& out, const distributed::CoordinatorResult& r,
+                         int replicas_at_start);
 
 namespace {
 
@@ -96,12 +98,7 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   }
   display->summary(r->train, r->interrupted);
   if (r->recoveries > 0) out << "recovered from " << r->recoveries << " failure(s)\n";
-  if (r->grows > 0) out << "grew back " << r->grows << " time(s) with idle spares\n";
-  if (r->replicas > 0 && r->replicas < job.parallelism.data_parallel) {
-    out << "finished on " << r->replicas << " of " << job.parallelism.data_parallel
-        << " data-parallel replicas (fault_tolerance.min_replicas); --resume restarts with "
-        << job.parallelism.data_parallel << "\n";
-  }
+  printReplicaChanges(out, *r, job.parallelism.data_parallel);
   return r->interrupted ? 130 : 0;
 }
 

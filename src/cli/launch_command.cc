@@ -29,6 +29,18 @@ int exitCodeForFailure(const distributed::CoordinatorResult& r) {
   return static_cast<int>(ExitCode::RUNTIME_ERROR);
 }
 
+// The summary lines of a job whose replica count changed on the way
+// (fault_tolerance.min_replicas): grown back, or finished on fewer.
+void printReplicaChanges(std::ostream& out, const distributed::CoordinatorResult& r,
+                         int replicas_at_start) {
+  if (r.grows > 0) out << "grew back " << r.grows << " time(s) with idle spares\n";
+  if (r.replicas > 0 && r.replicas < replicas_at_start) {
+    out << "finished on " << r.replicas << " of " << replicas_at_start
+        << " data-parallel replicas (fault_tolerance.min_replicas); --resume restarts with "
+        << replicas_at_start << "\n";
+  }
+}
+
 void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   app.add_option("JOB", args.job, "job YAML file")->required();
   app.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
@@ -112,12 +124,7 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   if (r.job.recoveries > 0) {
     out << "recovered from " << r.job.recoveries << " failure(s), " << r.restarts
         << " worker process(es) restarted\n";
-    if (r.job.grows > 0) out << "grew back " << r.job.grows << " time(s) with idle spares\n";
-    if (r.job.replicas > 0 && r.job.replicas < replicas_at_start) {
-      out << "finished on " << r.job.replicas << " of " << replicas_at_start
-          << " data-parallel replicas (fault_tolerance.min_replicas); --resume restarts with "
-          << replicas_at_start << "\n";
-    }
+    printReplicaChanges(out, r.job, replicas_at_start);
   }
   out << "worker logs: " << r.log_dir << "\n";
   return r.job.interrupted ? 130 : 0;
