@@ -63,20 +63,50 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
   ModelProfile p;
   p.micro_batch = job.training.micro_batch;
   p.global_batch = job.training.global_batch;
-  // Block: QKV + projection 4h^2+4h, MLP 2fh^2+fh+h, two layer norms 4h.
   LayerProfile layer;
-  const double matmul_params = (4 + 2 * f) * h * h;
-  layer.params = matmul_params + (9 + f) * h;
-  // Forward FLOPs per sample: 2 FLOPs per weight per token, plus attention
-  // scores and weighted values 2 * 2 * s^2 * h. Backward is twice forward.
-  layer.fwd_flops = 2 * s * matmul_params + 4 * s * s * h;
+  if (!m.isFamily()) {
+    // Block: QKV + projection 4h^2+4h, MLP 2fh^2+fh+h, two layer norms 4h.
+    const double matmul_params = (4 + 2 * f) * h * h;
+    layer.params = matmul_params + (9 + f) * h;
+    // Forward FLOPs per sample: 2 FLOPs per weight per token, plus attention
+    // scores and weighted values 2 * 2 * s^2 * h. Backward is twice forward.
+    layer.fwd_flops = 2 * s * matmul_params + 4 * s * s * h;
+    // Stored activations per sample (Korthikanti et al. 2022, 16-bit):
+    // s*h*(34 + 5*a*s/h) bytes; scaled by the dtype's width.
+    layer.act_mem_bytes = s * h * (34 + 5 * heads * s / h) * (bits / 16.0);
+    p.embed_params = v * h + s * h;
+    p.head_params = v * h + 2 * h;  // untied head + final norm
+  } else {
+    // The families' real blocks. F = MLP width, kv = key/value width
+    // (grouped-query attention: kv_heads x head_dim).
+    const double F = m.ffnWidth();
+    const double kv = static_cast<double>(m.kvHeads()) * (m.hidden / std::max(1, m.heads));
+    const bool llama = m.kind == "llama";
+    // gpt2: c_attn 3h^2 + c_proj h^2 and MLP 2hF, with biases and two
+    // LayerNorms; llama: q, o h^2 each, k, v h*kv each, SwiGLU 3hF, two
+    // RMSNorms, no biases.
+    const double matmul_params = llama ? 2 * h * h + 2 * h * kv + 3 * h * F : 4 * h * h + 2 * h * F;
+    layer.params = matmul_params + (llama ? 2 * h : 3 * h + h + F + h + 4 * h);
+    layer.fwd_flops = 2 * s * matmul_params + 4 * s * s * h;
+    // Stored activations per sample, 16-bit, in Korthikanti et al.'s terms
+    // generalised to the MLP width and the key/value width: attention 2sh
+    // (input) + 2s(h+kv) (q, k) + 2s kv (v) + 2sh (projection input)
+    // + 5as^2 (scores, softmax, dropout), + sh dropout mask in gpt2;
+    // norms 4sh; MLP gpt2: 3sh + 4sF (GELU input and output, mask),
+    // llama: 2sh + 8sF (gate, up, SiLU, product).
+    const double attn = s * (2 * h + 2 * (h + kv) + 2 * kv + 2 * h + (llama ? 0 : h)) +
+                        5 * heads * s * s;
+    const double mlp = llama ? s * (2 * h + 8 * F) : s * (3 * h + 4 * F);
+    layer.act_mem_bytes = (attn + 4 * s * h + mlp) * (bits / 16.0);
+    const double positions = llama ? 0 : m.maxPositions();
+    p.embed_params = v * h + positions * h;
+    // Final norm, and the head's weight: its own when untied; when tied the
+    // last stage still keeps a copy (summed with the embedding's gradient
+    // every step), so it costs the same memory and data-parallel bytes.
+    p.head_params = v * h + (llama ? h : 2 * h);
+  }
   layer.bwd_flops = 2 * layer.fwd_flops;
-  // Stored activations per sample (Korthikanti et al. 2022, 16-bit):
-  // s*h*(34 + 5*a*s/h) bytes; scaled by the dtype's width.
-  layer.act_mem_bytes = s * h * (34 + 5 * heads * s / h) * (bits / 16.0);
   p.layers.assign(m.layers, layer);
-  p.embed_params = v * h + s * h;
-  p.head_params = v * h + 2 * h;  // untied head + final norm
   p.head_flops = 3 * 2 * s * h * v;
 
   // Wire bytes per sample at a stage boundary: s*h elements.
@@ -114,8 +144,8 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
   } else if (g.method == "powersgd") {
     // Rank-r factors P (m x r) and Q (n x r) of an m x n block matrix
     // (h x f*h): 4*r*(m+n)/(m*n) bytes per parameter.
-    p.grad_wire_bytes_per_param =
-        std::min(4.0, 4.0 * g.rank * (h + f * h) / (f * h * h));
+    const double width = m.isFamily() ? m.ffnWidth() : f * h;
+    p.grad_wire_bytes_per_param = std::min(4.0, 4.0 * g.rank * (h + width) / (width * h));
   } else {
     p.grad_wire_bytes_per_param = 4;  // fp32 gradients
   }

@@ -61,9 +61,9 @@ geopipe::ModelDef makeShiftMlp(const geopipe::ModelSpec& spec) {
     if (i == spec.layers + 1) return torch::nn::AnyModule(Readout(spec.hidden, spec.vocab));
     return torch::nn::AnyModule(ShiftMlp(spec.hidden));
   };
-  m.output_shape = [spec](int i, int64_t batch) -> std::vector<int64_t> {
-    if (i == spec.layers + 1) return {batch, spec.seq_len, spec.vocab};
-    return {batch, spec.seq_len, spec.hidden};
+  m.output_shape = [spec](int i, int64_t batch, int64_t seq) -> std::vector<int64_t> {
+    if (i == spec.layers + 1) return {batch, seq, spec.vocab};
+    return {batch, seq, spec.hidden};
   };
   m.loss = [](const torch::Tensor& logits, const torch::Tensor& targets) {
     return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),

@@ -6,25 +6,53 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "geopipe/topology.h"
 
 namespace geopipe {
 
-// The network to train. `kind: gpt` is the built-in GPT; `custom` is a model
-// registered through the C++ API under `name`.
+// The network to train. `kind: gpt` is the built-in GPT (byte-level by
+// default, untied head, exact GELU, positions sized by seq_len); `gpt2` and
+// `llama` are the Hugging Face architectures of those names, built from these
+// fields or imported from a model folder (`from`); `custom` is a model
+// registered through the C++ API under `name`. docs/models.md.
 struct ModelSpec {
-  std::string kind = "gpt";     // gpt | custom
+  std::string kind = "gpt";     // gpt | gpt2 | llama | custom
   std::string preset = "tiny";  // tiny | gpt2-small | gpt3-xl | none
   std::string name;             // registered model name when kind == custom
+  // A Hugging Face model folder (config.json + model.safetensors, or shards
+  // and model.safetensors.index.json) whose shape and weights the job uses
+  // (gpt2 | llama). With it, config.json supplies the shape.
+  std::string from;
   int layers = 4;               // transformer blocks (pipeline-cuttable units)
   int hidden = 128;             // model width d
   int heads = 4;                // attention heads; hidden % heads == 0
-  int seq_len = 128;            // tokens per sample
+  int seq_len = 128;            // tokens per training sample
   int vocab = 256;              // vocabulary size (256 for byte-level text)
-  int ffn_mult = 4;             // MLP width = ffn_mult * hidden
+  int ffn_mult = 4;             // MLP width = ffn_mult * hidden (unless intermediate_size)
   double dropout = 0.0;         // dropout probability (0 keeps runs exact)
   std::string dtype = "fp32";   // compute dtype: fp32 | fp16 | bf16
+  // Family fields (gpt2 | llama); 0 / unset means the family's default.
+  int num_key_value_heads = 0;  // llama grouped-query attention; 0 = heads
+  double rope_theta = 10000.0;  // llama rotary base
+  double norm_eps = 0.0;        // 0 = 1e-5 (gpt2 LayerNorm) or 1e-6 (llama RMSNorm)
+  int intermediate_size = 0;    // MLP width; 0 = ffn_mult * hidden
+  int tie_embeddings = -1;      // -1 = family default (gpt2 tied, llama untied), 0, 1
+  int max_positions = 0;        // longest sequence; 0 = seq_len (gpt2 learned positions)
+  // From config.json or the job, for generation: the id that starts a
+  // text (-1 = none) and the ids that end one (config.json may list several).
+  int64_t bos_token_id = -1;
+  std::vector<int64_t> eos_token_ids;
+
+  bool isFamily() const { return kind == "gpt2" || kind == "llama"; }
+  int kvHeads() const { return num_key_value_heads > 0 ? num_key_value_heads : heads; }
+  int ffnWidth() const { return intermediate_size > 0 ? intermediate_size : ffn_mult * hidden; }
+  double normEps() const { return norm_eps > 0 ? norm_eps : (kind == "llama" ? 1e-6 : 1e-5); }
+  bool tiedEmbeddings() const {
+    return tie_embeddings >= 0 ? tie_embeddings == 1 : kind == "gpt2";
+  }
+  int maxPositions() const { return max_positions > 0 ? max_positions : seq_len; }
 };
 
 // Where training samples come from.

@@ -13,14 +13,33 @@
 
 namespace geopipe {
 
+// A weight used by two layers: the parameter `user_param` of layer
+// `user_layer` is the same weight as `owner_param` of layer `owner_layer`
+// (an LM head reusing the token embedding). Within one stage `bind` makes
+// the user layer hold the owner's tensor itself, so autograd sums both
+// gradients into it and the optimizer steps it once. When the two layers sit
+// on different stages each stage keeps a copy, initialised alike, and the
+// runtime sums the two gradients every step (as Megatron does), so the
+// copies stay bit-identical.
+struct TiedWeight {
+  int owner_layer = 0;
+  std::string owner_param;  // dotted name inside the owner layer ("wte.weight")
+  int user_layer = 0;
+  std::string user_param;   // dotted name inside the user layer ("lm_head.weight")
+  // Makes `user` (the module of user_layer) use `weight` for user_param.
+  std::function<void(torch::nn::Module& user, const torch::Tensor& weight)> bind;
+};
+
 // A model geopipe can cut into stages.
 //
-// Layer 0 takes the micro-batch's token ids (int64 [batch, seq_len]); layer i
+// Layer 0 takes the micro-batch's token ids (int64 [batch, seq]); layer i
 // takes layer i-1's output; `loss` maps the last layer's output and the target
-// token ids (int64 [batch, seq_len]) to a scalar mean loss. The first
-// `prologue_layers` and the last `epilogue_layers` (a GPT's embedding and its
-// LM head) always travel with the first and the last stage; the scheduler
-// balances the layers between them (model.layers in the job).
+// token ids (int64 [batch, seq]) to a scalar mean loss. Any seq from 1 to
+// max_positions is valid (training uses model.seq_len; evaluation and
+// generation other lengths). The first `prologue_layers` and the last
+// `epilogue_layers` (a GPT's embedding and its LM head) always travel with
+// the first and the last stage; the scheduler balances the layers between
+// them (model.layers in the job).
 //
 // make_layer(i) is called with LibTorch's RNG seeded from (seed, i), so a
 // layer gets the same initial weights whichever process builds it and
@@ -30,11 +49,14 @@ struct ModelDef {
   int num_layers = 0;       // all layers, prologue and epilogue included
   int prologue_layers = 0;  // pinned to the first stage
   int epilogue_layers = 0;  // pinned to the last stage
+  int max_positions = 0;    // longest sequence the layers accept; 0 = no limit
   std::function<torch::nn::AnyModule(int index)> make_layer;
-  // Declared output shape of layer `index` for `batch` samples; the runtime
-  // checks every output against it and every received tensor on the wire.
-  std::function<std::vector<int64_t>(int index, int64_t batch)> output_shape;
+  // Declared output shape of layer `index` for `batch` samples of `seq`
+  // tokens; the runtime checks every output against it and every received
+  // tensor on the wire.
+  std::function<std::vector<int64_t>(int index, int64_t batch, int64_t seq)> output_shape;
   std::function<torch::Tensor(const torch::Tensor& output, const torch::Tensor& targets)> loss;
+  std::vector<TiedWeight> tied;  // weights shared by two layers (may be empty)
 
   // Layers the scheduler balances across stages.
   int bodyLayers() const { return num_layers - prologue_layers - epilogue_layers; }
@@ -43,8 +65,25 @@ struct ModelDef {
 // Builds layer `index` of `model` with the deterministic per-layer seed.
 torch::nn::AnyModule buildLayer(const ModelDef& model, int index, uint64_t seed);
 
-// The layers [first, last) of `model` as one module, in order.
+// The layers [first, last) of `model` as one module, in order. Tied weights
+// with both layers inside the slice are bound (one tensor); a user layer
+// whose owner lies outside starts from a copy of the owner's initial weight
+// (built with the owner's seed), so every stage starts like the whole model.
 torch::nn::Sequential buildSlice(const ModelDef& model, int first, int last, uint64_t seed);
+
+// Binds again every tied weight of the slice [first, last): loading a
+// LibTorch archive gives each parameter its own storage, so call this after
+// Module::load.
+void bindTiedWeights(const ModelDef& model, torch::nn::Sequential& slice, int first, int last);
+
+// The parameter `dotted` ("attn.c_attn.weight") of `module`; ConfigError
+// naming the model, layer and the parameters it has when absent.
+torch::Tensor layerParameter(torch::nn::Module& module, const std::string& dotted,
+                             const std::string& model_name, int layer);
+
+// The slice's trainable parameters, each once (a bound tied weight appears
+// under two names but is one tensor), in the order of named_parameters.
+std::vector<torch::Tensor> uniqueParameters(torch::nn::Module& module);
 
 // Registers a model factory under `name`, so jobs can say
 // `model: {kind: custom, name: NAME}`. Thread-safe; a later registration of
@@ -52,12 +91,21 @@ torch::nn::Sequential buildSlice(const ModelDef& model, int first, int last, uin
 void registerModel(const std::string& name,
                    std::function<ModelDef(const ModelSpec&)> factory);
 
-// The model a job's ModelSpec names: the built-in GPT (kind gpt) or a
-// registered custom model. ConfigError naming the registered ones otherwise.
+// The model a job's ModelSpec names: the built-in GPT (kind gpt), the
+// Hugging Face families (gpt2, llama; random init from the seed, or the
+// weights of model.from when the runtime loads them), or a registered custom
+// model. ConfigError naming the registered ones otherwise.
 ModelDef makeModel(const ModelSpec& spec);
 
 // The built-in GPT: token + position embedding (layer 0), `spec.layers`
 // pre-LayerNorm transformer blocks, final LayerNorm + LM head (last layer).
 ModelDef makeGpt(const ModelSpec& spec);
+
+// Hugging Face GPT-2 (learned positions, pre-LayerNorm, tanh GELU, biases,
+// head tied to the token embedding unless tie_embeddings is false) and Llama
+// (RMSNorm, rotary positions, SwiGLU, grouped-query attention): layer 0 the
+// embedding, then `spec.layers` blocks, then final norm + LM head.
+ModelDef makeGpt2(const ModelSpec& spec);
+ModelDef makeLlama(const ModelSpec& spec);
 
 }  // namespace geopipe

@@ -5,7 +5,9 @@
 
 #include <filesystem>
 #include <limits>
+#include <sstream>
 
+#include "src/config/hf_config.h"
 #include "src/config/topology_parser.h"
 #include "src/config/yaml_fields.h"
 #include "src/security/pki.h"
@@ -96,9 +98,38 @@ class JobReader {
   void readModel(const YAML::Node& node) {
     section(node, "model", [&](MapReader& r) {
       ModelSpec& m = job_.model;
-      r.getEnum("kind", m.kind, {"gpt", "custom"});
+      r.getEnum("kind", m.kind, {"gpt", "gpt2", "llama", "custom"});
+      r.getString("from", m.from);
+      m.from = resolvePath(base_dir_, m.from);
+      const bool from = !m.from.empty();
+      if (from && !m.isFamily()) {
+        r.error("from", r.child("from"),
+                "model.from imports a Hugging Face folder of a gpt2 or llama model, but "
+                "model.kind is '" + m.kind + "': set kind: gpt2 or kind: llama");
+      }
+      if (from && r.has("preset")) {
+        r.error("preset", r.child("preset"),
+                "with model.from, config.json supplies the shape: remove model.preset");
+      }
       r.getEnum("preset", m.preset, {"tiny", "gpt2-small", "gpt3-xl", "none"});
-      applyPreset(m.preset, m);
+      if (from && m.isFamily()) {
+        try {
+          HfModelConfig cfg = readHfConfig(m.from, m.kind);
+          checkHfWeightsPresent(m.from);
+          const std::string dtype = m.dtype;
+          const double dropout = m.dropout;
+          const std::string dir = m.from;
+          m = cfg.shape;
+          m.from = dir;
+          m.dtype = dtype;
+          m.dropout = dropout;
+        } catch (const ConfigError& e) {
+          r.error("from", r.child("from"), e.what());
+        }
+      } else {
+        applyPreset(m.preset, m);
+      }
+      const ModelSpec base = m;
       r.getString("name", m.name);
       r.getInt("layers", m.layers, 1, 4096);
       r.getInt("hidden", m.hidden, 1, 1 << 20);
@@ -108,11 +139,144 @@ class JobReader {
       r.getInt("ffn_mult", m.ffn_mult, 1, 64);
       r.getDouble("dropout", m.dropout, 0.0, 0.99);
       r.getEnum("dtype", m.dtype, {"fp32", "fp16", "bf16"});
+      r.getInt("num_key_value_heads", m.num_key_value_heads, 1, 4096);
+      r.getDouble("rope_theta", m.rope_theta, 0.0, 1e12, /*lo_exclusive=*/true);
+      r.getDouble("norm_eps", m.norm_eps, 0.0, 1.0, /*lo_exclusive=*/true);
+      r.getInt("intermediate_size", m.intermediate_size, 1, 1 << 24);
+      r.getInt("max_positions", m.max_positions, 1, 1 << 24);
+      if (r.has("tie_embeddings")) {
+        bool tie = m.tiedEmbeddings();
+        r.getBool("tie_embeddings", tie);
+        m.tie_embeddings = tie ? 1 : 0;
+      } else {
+        r.child("tie_embeddings");
+      }
+      r.getInt64("bos_token_id", m.bos_token_id, 0, INT64_MAX);
+      readTokenIds(r, "eos_token_id", m.eos_token_ids);
       if (m.kind == "custom" && m.name.empty()) {
         r.error("kind is 'custom' but 'name' is missing: set model.name to the "
                 "name the model was registered under with the C++ API");
       }
+      refuseFieldsOfOtherKinds(r, m);
+      if (from && m.isFamily()) compareWithConfig(r, base, m);
     });
+  }
+
+  // An id or a list of ids (end-of-text ids).
+  void readTokenIds(MapReader& r, const std::string& key, std::vector<int64_t>& out) {
+    YAML::Node n = r.child(key);
+    if (!n.IsDefined() || n.IsNull()) return;
+    std::vector<int64_t> ids;
+    auto one = [&](const YAML::Node& e) {
+      const std::string s = e.IsScalar() ? e.Scalar() : "";
+      if (s.empty() || s.size() > 12 || s.find_first_not_of("0123456789") != std::string::npos) {
+        r.error(key, e, "expected a token id (a non-negative integer) or a list of them, found " +
+                            describeNode(e));
+        return false;
+      }
+      ids.push_back(std::stoll(s));
+      return true;
+    };
+    if (n.IsSequence()) {
+      for (const auto& e : n) {
+        if (!one(e)) return;
+      }
+    } else if (!one(n)) {
+      return;
+    }
+    out = ids;
+  }
+
+  // A field the chosen kind does not use is refused, never ignored.
+  void refuseFieldsOfOtherKinds(MapReader& r, const ModelSpec& m) {
+    auto refuse = [&](const char* key, const std::string& why) {
+      if (r.has(key)) r.error(key, r.child(key), "model.kind " + m.kind + " " + why);
+    };
+    if (m.kind == "gpt") {
+      const std::string why =
+          "does not use this field (the built-in GPT: learned positions sized by seq_len, "
+          "LayerNorm eps 1e-5, untied head); use kind: gpt2 or llama for it";
+      for (const char* k : {"num_key_value_heads", "rope_theta", "norm_eps", "intermediate_size",
+                            "tie_embeddings", "max_positions", "bos_token_id", "eos_token_id"}) {
+        refuse(k, why);
+      }
+    } else if (m.kind == "gpt2") {
+      refuse("num_key_value_heads", "has no grouped-query attention (that is kind: llama)");
+      refuse("rope_theta", "has learned positions, no rotary embeddings (that is kind: llama)");
+    }
+    if (m.kind != "custom") {
+      refuse("name", "takes no name (name selects a registered model with kind: custom)");
+    }
+    if (m.isFamily()) {
+      if (r.has("ffn_mult") && r.has("intermediate_size")) {
+        r.error("intermediate_size", r.child("intermediate_size"),
+                "give the MLP width once: intermediate_size or ffn_mult, not both");
+      }
+      if (m.seq_len > m.maxPositions()) {
+        r.error("seq_len", r.child("seq_len"),
+                "seq_len " + std::to_string(m.seq_len) + " exceeds the model's maximum positions (" +
+                    std::to_string(m.maxPositions()) + "): lower seq_len" +
+                    (m.from.empty() ? " or raise max_positions" : ""));
+      }
+      if (m.kind == "llama" && m.heads % m.kvHeads() != 0) {
+        r.error("num_key_value_heads", r.child("num_key_value_heads"),
+                "heads (" + std::to_string(m.heads) + ") must be a multiple of "
+                "num_key_value_heads (" + std::to_string(m.kvHeads()) + ")");
+      }
+      for (int64_t id : m.eos_token_ids) {
+        if (id >= m.vocab) {
+          r.error("eos_token_id", r.child("eos_token_id"),
+                  "token id " + std::to_string(id) + " is outside the vocabulary of " +
+                      std::to_string(m.vocab));
+        }
+      }
+      if (m.bos_token_id >= m.vocab) {
+        r.error("bos_token_id", r.child("bos_token_id"),
+                "token id " + std::to_string(m.bos_token_id) +
+                    " is outside the vocabulary of " + std::to_string(m.vocab));
+      }
+    }
+  }
+
+  // With model.from, every shape field the user wrote must agree with
+  // config.json (seq_len, dtype and dropout are the job's own).
+  void compareWithConfig(MapReader& r, const ModelSpec& cfg, const ModelSpec& m) {
+    auto check = [&](const char* key, const std::string& mine, const std::string& theirs) {
+      if (r.has(key) && mine != theirs) {
+        r.error(key, r.child(key),
+                std::string("model.") + key + " is " + mine + " but " + m.from +
+                    "/config.json says " + theirs + ": remove model." + key +
+                    " (config.json supplies the shape) or import another folder");
+      }
+    };
+    auto str = [](double v) {
+      std::ostringstream o;
+      o << v;
+      return o.str();
+    };
+    check("layers", std::to_string(m.layers), std::to_string(cfg.layers));
+    check("hidden", std::to_string(m.hidden), std::to_string(cfg.hidden));
+    check("heads", std::to_string(m.heads), std::to_string(cfg.heads));
+    check("vocab", std::to_string(m.vocab), std::to_string(cfg.vocab));
+    check("num_key_value_heads", std::to_string(m.kvHeads()), std::to_string(cfg.kvHeads()));
+    check("intermediate_size", std::to_string(m.ffnWidth()), std::to_string(cfg.ffnWidth()));
+    if (r.has("ffn_mult") && int64_t{m.ffn_mult} * m.hidden != cfg.ffnWidth()) {
+      check("ffn_mult", std::to_string(m.ffn_mult) + " (an MLP width of " +
+                            std::to_string(int64_t{m.ffn_mult} * m.hidden) + ")",
+            "an MLP width of " + std::to_string(cfg.ffnWidth()));
+    }
+    check("max_positions", std::to_string(m.maxPositions()), std::to_string(cfg.maxPositions()));
+    check("rope_theta", str(m.rope_theta), str(cfg.rope_theta));
+    check("norm_eps", str(m.normEps()), str(cfg.normEps()));
+    check("tie_embeddings", m.tiedEmbeddings() ? "true" : "false",
+          cfg.tiedEmbeddings() ? "true" : "false");
+    check("bos_token_id", std::to_string(m.bos_token_id), std::to_string(cfg.bos_token_id));
+    auto ids = [](const std::vector<int64_t>& v) {
+      std::string s;
+      for (int64_t x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+      return "[" + s + "]";
+    };
+    check("eos_token_id", ids(m.eos_token_ids), ids(cfg.eos_token_ids));
   }
 
   void readData(const YAML::Node& node) {

@@ -1,7 +1,6 @@
-// The built-in GPT, expressed through the model API, and the model registry.
+// The built-in GPT, expressed through the model API. Not HF GPT-2 (untied
+// head, exact GELU, positions sized by seq_len); kept bit-identical.
 #include <cmath>
-#include <map>
-#include <mutex>
 
 #include "geopipe/error.h"
 #include "geopipe/model.h"
@@ -84,41 +83,7 @@ struct HeadImpl : torch::nn::Module {
 };
 TORCH_MODULE(Head);
 
-std::mutex& registryMutex() {
-  static std::mutex m;
-  return m;
-}
-
-std::map<std::string, std::function<ModelDef(const ModelSpec&)>>& registry() {
-  static std::map<std::string, std::function<ModelDef(const ModelSpec&)>> r;
-  return r;
-}
-
-// LibTorch's default generator is process-global; layers are built under
-// this lock so concurrent stage threads cannot interleave their seeding.
-std::mutex& seedMutex() {
-  static std::mutex m;
-  return m;
-}
-
 }  // namespace
-
-torch::nn::AnyModule buildLayer(const ModelDef& model, int index, uint64_t seed) {
-  GEOPIPE_CHECK(index >= 0 && index < model.num_layers, ConfigError, "layer ", index,
-                " outside model '", model.name, "' of ", model.num_layers, " layers");
-  std::lock_guard<std::mutex> lock(seedMutex());
-  torch::manual_seed(seed * 1000003ull + static_cast<uint64_t>(index));
-  return model.make_layer(index);
-}
-
-torch::nn::Sequential buildSlice(const ModelDef& model, int first, int last, uint64_t seed) {
-  GEOPIPE_CHECK(0 <= first && first < last && last <= model.num_layers, ConfigError,
-                "layer slice [", first, ", ", last, ") outside model '", model.name, "' of ",
-                model.num_layers, " layers");
-  torch::nn::Sequential seq;
-  for (int i = first; i < last; ++i) seq->push_back(buildLayer(model, i, seed));
-  return seq;
-}
 
 ModelDef makeGpt(const ModelSpec& spec) {
   GEOPIPE_CHECK(spec.hidden % spec.heads == 0, ConfigError, "model.hidden (", spec.hidden,
@@ -134,40 +99,16 @@ ModelDef makeGpt(const ModelSpec& spec) {
     if (i == blocks + 1) return torch::nn::AnyModule(Head(spec.hidden, spec.vocab));
     return torch::nn::AnyModule(Block(spec.hidden, spec.heads, spec.ffn_mult, spec.dropout, blocks));
   };
-  m.output_shape = [spec, blocks](int i, int64_t batch) -> std::vector<int64_t> {
-    if (i == blocks + 1) return {batch, spec.seq_len, spec.vocab};
-    return {batch, spec.seq_len, spec.hidden};
+  m.max_positions = spec.seq_len;
+  m.output_shape = [spec, blocks](int i, int64_t batch, int64_t seq) -> std::vector<int64_t> {
+    if (i == blocks + 1) return {batch, seq, spec.vocab};
+    return {batch, seq, spec.hidden};
   };
   m.loss = [](const torch::Tensor& logits, const torch::Tensor& targets) {
     return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
                                                 targets.reshape({-1}));
   };
   return m;
-}
-
-void registerModel(const std::string& name,
-                   std::function<ModelDef(const ModelSpec&)> factory) {
-  std::lock_guard<std::mutex> lock(registryMutex());
-  registry()[name] = std::move(factory);
-}
-
-ModelDef makeModel(const ModelSpec& spec) {
-  if (spec.kind == "gpt") return makeGpt(spec);
-  std::lock_guard<std::mutex> lock(registryMutex());
-  auto it = registry().find(spec.name);
-  if (it == registry().end()) {
-    std::string known;
-    for (const auto& [name, f] : registry()) known += (known.empty() ? "" : ", ") + name;
-    GEOPIPE_THROW(ConfigError, "model.name '", spec.name,
-                  "' is not a registered model (registered: ",
-                  known.empty() ? "none" : known,
-                  "); call geopipe::registerModel before building the Trainer");
-  }
-  ModelDef def = it->second(spec);
-  GEOPIPE_CHECK(def.num_layers >= 1 && def.make_layer && def.output_shape && def.loss,
-                ConfigError, "custom model '", spec.name,
-                "' is incomplete: num_layers, make_layer, output_shape and loss are required");
-  return def;
 }
 
 }  // namespace geopipe

@@ -7,6 +7,7 @@
 #include "compression/delta_compressor.h"
 #include "geopipe/error.h"
 #include "src/runtime/reshard.h"
+#include "src/transport/collectives.h"
 
 namespace geopipe::runtime {
 namespace fs = std::filesystem;
@@ -130,6 +131,46 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   for (int s = 0; s < stages_; ++s) pp_group_.push_back(replica_ * stages_ + s);
   sync_ = std::make_unique<GradientSync>(transport, dp_group, job.compression.gradients,
                                          job.training.seed, timeout);
+
+  auto stageOfLayer = [&](int layer) {
+    for (int s = 0; s < stages_; ++s) {
+      const auto [first, last] = placement.layers_of_stage[s];
+      if (first <= layer && layer < last) return s;
+    }
+    GEOPIPE_THROW(Error, "layer ", layer, " is on no stage of the placement");
+  };
+  for (const TiedWeight& t : model.tied) {
+    const int owner = stageOfLayer(t.owner_layer), user = stageOfLayer(t.user_layer);
+    if (owner == user || (stage_ != owner && stage_ != user)) continue;
+    TiedCopy copy;
+    copy.is_user = stage_ == user;
+    const int layer = copy.is_user ? t.user_layer : t.owner_layer;
+    copy.param = layerParameter(*compute_->module()->ptr(layer - so.first_layer),
+                                copy.is_user ? t.user_param : t.owner_param, model.name, layer);
+    copy.peer_rank = replica_ * stages_ + (copy.is_user ? owner : user);
+    tied_.push_back(copy);
+  }
+}
+
+void Tasklet::sumTiedGradients(int64_t step) {
+  torch::NoGradGuard guard;
+  for (size_t i = 0; i < tied_.size(); ++i) {
+    const TiedCopy& c = tied_[i];
+    // Owner first in the group on both sides: the two-member ring adds the
+    // same two numbers on both, so the copies get bit-identical sums.
+    const std::vector<int> group =
+        c.is_user ? std::vector<int>{c.peer_rank, rank_} : std::vector<int>{rank_, c.peer_rank};
+    torch::Tensor grad = c.param.grad();
+    if (!grad.defined()) grad = c.param.mutable_grad() = torch::zeros_like(c.param);
+    torch::Tensor host = grad.to(torch::kCPU).contiguous();
+    transport::CollectiveOptions opt;
+    opt.step = step;
+    opt.id = 2000 + static_cast<int32_t>(i);
+    opt.timeout = timeout_;
+    transport::allReduceSum(transport_, group, host.data_ptr<float>(),
+                            static_cast<size_t>(host.numel()), opt);
+    grad.copy_(host);
+  }
 }
 
 TaskletStep Tasklet::runStep(int64_t step) {
@@ -138,9 +179,14 @@ TaskletStep Tasklet::runStep(int64_t step) {
   pipeline::StepTiming timing = executor_->runStep(step, *compute_);
   const auto t_sync = Clock::now();
   sync_->average(params_, step);
+  sumTiedGradients(step);
   if (job_.training.grad_clip > 0) {
-    const double sq =
-        allReduceScalarSum(transport_, pp_group_, squaredGradNorm(params_), step, 0, timeout_);
+    // A tied weight counts once in the global norm: its owner's copy.
+    double local = squaredGradNorm(params_);
+    for (const TiedCopy& c : tied_) {
+      if (c.is_user) local -= squaredGradNorm({c.param});
+    }
+    const double sq = allReduceScalarSum(transport_, pp_group_, local, step, 0, timeout_);
     clipTo(params_, sq, job_.training.grad_clip);
   }
   const double lr = learningRateAt(job_.training, step);
@@ -236,6 +282,7 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
     archive.read("model", model_archive);
     archive.read("optimizer", optim_archive);
     compute_->module()->load(model_archive);
+    compute_->bindTiedWeights();
     optimizer_->load(optim_archive);
   } catch (const c10::Error& e) {
     GEOPIPE_THROW(IoError, "checkpoint '", path, "' does not fit tasklet ", rank_, " (stage ",

@@ -83,6 +83,16 @@ class Tasklet {
   std::unique_ptr<pipeline::StageExecutor> executor_;
   std::unique_ptr<GradientSync> sync_;
   std::vector<int> pp_group_;
+  // This stage's copy of a weight tied to a layer on another stage of the
+  // replica (ModelDef::tied): the two copies' gradients are summed every
+  // step, so both stay equal to the whole model's weight.
+  struct TiedCopy {
+    torch::Tensor param;
+    int peer_rank = 0;     // the tasklet holding the other copy
+    bool is_user = false;  // this copy is the user's (left out of the norm)
+  };
+  std::vector<TiedCopy> tied_;
+  void sumTiedGradients(int64_t step);
   uint64_t act_raw_ = 0, act_wire_ = 0, grad_raw_ = 0, grad_wire_ = 0, dp_raw_ = 0, dp_wire_ = 0;
 };
 

@@ -85,14 +85,14 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     stash.input = inputs.to(options_.device);
     targets = tgts;
   } else {
-    const auto in_shape = model_.output_shape(options_.first_layer - 1, batch);
+    const auto in_shape = model_.output_shape(options_.first_layer - 1, batch, dataset_.seqLen());
     recv_act_->decode(input, step, m, ids, in_shape, scratch_);
     auto in = torch::from_blob(scratch_.data(), in_shape, torch::kFloat32);
     stash.input = options_.device.is_cpu() ? in.clone() : in.to(options_.device);
     stash.input.set_requires_grad(true);
   }
   torch::Tensor out = module_->forward(stash.input);
-  const auto declared = model_.output_shape(options_.last_layer - 1, batch);
+  const auto declared = model_.output_shape(options_.last_layer - 1, batch, dataset_.seqLen());
   if (shapeOf(out) != declared) {
     GEOPIPE_THROW(ConfigError, "model '", model_.name, "' layer ", options_.last_layer - 1,
                   " returned shape ", shapeString(shapeOf(out)), " but output_shape declares ",

@@ -46,7 +46,13 @@ class TorchStage : public pipeline::StageCompute {
   transport::Bytes backward(int64_t step, int m, transport::Bytes grad) override;
 
   torch::nn::Sequential& module() { return module_; }
-  std::vector<torch::Tensor> parameters() { return module_->parameters(); }
+  // Binds the stage's tied weights again (after Module::load).
+  void bindTiedWeights() {
+    geopipe::bindTiedWeights(model_, module_, options_.first_layer, options_.last_layer);
+  }
+  // Trainable parameters, each once (a tied weight bound inside this stage
+  // is one tensor).
+  std::vector<torch::Tensor> parameters() { return uniqueParameters(*module_); }
   // Sum over this step's micro-batches of the micro-batch mean loss (last
   // stage only); reset by takeLossSum().
   double takeLossSum();

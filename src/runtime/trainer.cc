@@ -245,7 +245,7 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
                               job.training.micro_batch, job.training.seed);
   const int micro_batches = sampler.microBatchesPerReplica();
   auto module = buildSlice(model, 0, model.num_layers, job.training.seed);
-  auto params = module->parameters();
+  auto params = uniqueParameters(*module);
   auto optimizer = runtime::makeOptimizer(job.training.optimizer, params);
   std::vector<std::vector<torch::Tensor>> per_replica(static_cast<size_t>(replicas));
   TrainResult result;

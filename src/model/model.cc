@@ -1,0 +1,150 @@
+// The model API's machinery: building layers and slices deterministically,
+// tied weights, and the registry of models jobs can name.
+#include <map>
+#include <mutex>
+#include <unordered_set>
+
+#include "geopipe/error.h"
+#include "geopipe/model.h"
+#include "src/model/layers.h"
+
+namespace geopipe {
+namespace {
+
+std::mutex& registryMutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::map<std::string, std::function<ModelDef(const ModelSpec&)>>& registry() {
+  static std::map<std::string, std::function<ModelDef(const ModelSpec&)>> r;
+  return r;
+}
+
+// LibTorch's default generator is process-global; layers are built under
+// this lock so concurrent stage threads cannot interleave their seeding.
+std::mutex& seedMutex() {
+  static std::mutex m;
+  return m;
+}
+
+}  // namespace
+
+namespace model {
+
+// The families' next-token loss and their head tied to the embedding.
+void addFamilyLossAndTie(ModelDef& m, const std::string& embedding_param, bool tied) {
+  m.loss = [](const torch::Tensor& logits, const torch::Tensor& targets) {
+    return torch::nn::functional::cross_entropy(
+        logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape({-1}));
+  };
+  if (!tied) return;
+  TiedWeight t;
+  t.owner_layer = 0;
+  t.owner_param = embedding_param;
+  t.user_layer = m.num_layers - 1;
+  t.user_param = "lm_head.weight";
+  t.bind = [](torch::nn::Module& user, const torch::Tensor& weight) {
+    LmHeadImpl* head = lmHeadOf(user);
+    GEOPIPE_CHECK(head != nullptr, Error, "tied weight: the last layer has no lm_head");
+    head->tieTo(weight);
+  };
+  m.tied.push_back(std::move(t));
+}
+
+}  // namespace model
+
+torch::nn::AnyModule buildLayer(const ModelDef& model, int index, uint64_t seed) {
+  GEOPIPE_CHECK(index >= 0 && index < model.num_layers, ConfigError, "layer ", index,
+                " outside model '", model.name, "' of ", model.num_layers, " layers");
+  std::lock_guard<std::mutex> lock(seedMutex());
+  torch::manual_seed(seed * 1000003ull + static_cast<uint64_t>(index));
+  return model.make_layer(index);
+}
+
+torch::Tensor layerParameter(torch::nn::Module& module, const std::string& dotted,
+                             const std::string& model_name, int layer) {
+  auto params = module.named_parameters();
+  if (const torch::Tensor* t = params.find(dotted)) return *t;
+  std::string known;
+  for (const auto& p : params) known += (known.empty() ? "" : ", ") + p.key();
+  GEOPIPE_THROW(ConfigError, "model '", model_name, "' layer ", layer, " has no parameter '",
+                dotted, "' (it has: ", known, ")");
+}
+
+void bindTiedWeights(const ModelDef& model, torch::nn::Sequential& slice, int first, int last) {
+  for (const TiedWeight& t : model.tied) {
+    const bool owner_in = first <= t.owner_layer && t.owner_layer < last;
+    const bool user_in = first <= t.user_layer && t.user_layer < last;
+    if (!owner_in || !user_in) continue;
+    torch::Tensor weight = layerParameter(*slice->ptr(t.owner_layer - first), t.owner_param,
+                                          model.name, t.owner_layer);
+    t.bind(*slice->ptr(t.user_layer - first), weight);
+  }
+}
+
+torch::nn::Sequential buildSlice(const ModelDef& model, int first, int last, uint64_t seed) {
+  GEOPIPE_CHECK(0 <= first && first < last && last <= model.num_layers, ConfigError,
+                "layer slice [", first, ", ", last, ") outside model '", model.name, "' of ",
+                model.num_layers, " layers");
+  torch::nn::Sequential seq;
+  for (int i = first; i < last; ++i) seq->push_back(buildLayer(model, i, seed));
+  bindTiedWeights(model, seq, first, last);
+  for (const TiedWeight& t : model.tied) {
+    const bool owner_in = first <= t.owner_layer && t.owner_layer < last;
+    const bool user_in = first <= t.user_layer && t.user_layer < last;
+    if (owner_in || !user_in) continue;
+    // The owner lives on another stage: start this copy from the owner's
+    // initial weight, built with the owner's seed.
+    torch::nn::AnyModule owner = buildLayer(model, t.owner_layer, seed);
+    torch::Tensor src = layerParameter(*owner.ptr(), t.owner_param, model.name, t.owner_layer);
+    torch::Tensor dst =
+        layerParameter(*seq->ptr(t.user_layer - first), t.user_param, model.name, t.user_layer);
+    torch::NoGradGuard guard;
+    dst.copy_(src);
+  }
+  return seq;
+}
+
+std::vector<torch::Tensor> uniqueParameters(torch::nn::Module& module) {
+  std::vector<torch::Tensor> out;
+  std::unordered_set<const void*> seen;
+  for (const auto& p : module.named_parameters()) {
+    if (seen.insert(p.value().unsafeGetTensorImpl()).second) out.push_back(p.value());
+  }
+  return out;
+}
+
+void registerModel(const std::string& name, std::function<ModelDef(const ModelSpec&)> factory) {
+  std::lock_guard<std::mutex> lock(registryMutex());
+  registry()[name] = std::move(factory);
+}
+
+ModelDef makeModel(const ModelSpec& spec) {
+  if (spec.kind == "gpt") return makeGpt(spec);
+  if (spec.kind == "gpt2") return makeGpt2(spec);
+  if (spec.kind == "llama") return makeLlama(spec);
+  std::lock_guard<std::mutex> lock(registryMutex());
+  auto it = registry().find(spec.name);
+  if (it == registry().end()) {
+    std::string known;
+    for (const auto& [name, f] : registry()) known += (known.empty() ? "" : ", ") + name;
+    GEOPIPE_THROW(ConfigError, "model.name '", spec.name,
+                  "' is not a registered model (registered: ", known.empty() ? "none" : known,
+                  "); call geopipe::registerModel before building the Trainer");
+  }
+  ModelDef def = it->second(spec);
+  GEOPIPE_CHECK(def.num_layers >= 1 && def.make_layer && def.output_shape && def.loss, ConfigError,
+                "custom model '", spec.name,
+                "' is incomplete: num_layers, make_layer, output_shape and loss are required");
+  for (const TiedWeight& t : def.tied) {
+    GEOPIPE_CHECK(t.bind && t.owner_layer >= 0 && t.owner_layer < def.num_layers &&
+                      t.user_layer >= 0 && t.user_layer < def.num_layers &&
+                      t.owner_layer != t.user_layer,
+                  ConfigError, "custom model '", spec.name,
+                  "' declares a tied weight with layers outside the model or without bind");
+  }
+  return def;
+}
+
+}  // namespace geopipe
