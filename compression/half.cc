@@ -1,4 +1,5 @@
-// fp16 <-> fp32 conversion: portable bit manipulation plus an F16C fast path.
+// fp16 <-> fp32 conversion: portable bit manipulation plus an F16C fast path;
+// bfloat16 <-> fp32 by rounding the low half of the binary32 bits.
 #include "compression/half.h"
 
 #include <cstring>
@@ -87,6 +88,28 @@ void halfToFloat(const Half* in, float* out, size_t n) {
   }
 #endif
   for (; i < n; ++i) out[i] = halfToFloat(in[i]);
+}
+
+BFloat16 floatToBFloat16(float x) {
+  const uint32_t u = bitsOf(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+    return static_cast<BFloat16>((u >> 16) | 0x0040u);  // NaN: quiet, sign kept
+  }
+  // Adding 0x7FFF plus the lowest kept bit rounds the dropped half to nearest,
+  // ties to even; a carry moves into the exponent, up to inf (0x7F80).
+  return static_cast<BFloat16>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+float bfloat16ToFloat(BFloat16 b) {
+  return floatOf(static_cast<uint32_t>(b) << 16);
+}
+
+void floatToBFloat16(const float* in, BFloat16* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = floatToBFloat16(in[i]);
+}
+
+void bfloat16ToFloat(const BFloat16* in, float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = bfloat16ToFloat(in[i]);
 }
 
 bool halfUsesF16C() {
