@@ -1,7 +1,8 @@
 // Writes the seed corpora of the fuzz targets into DIR/<target>/: the
 // example jobs and topologies, well-formed compressed tensors of every
-// method, valid peer-stream chunk sequences and one valid request of each
-// coordinator RPC. Usage: make_fuzz_seeds DIR (normally fuzz/corpus).
+// method, valid peer-stream chunk sequences, one valid request of each
+// coordinator RPC and safetensors files of each dtype, an index and a
+// folder. Usage: make_fuzz_seeds DIR (normally fuzz/corpus).
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "fuzz/fuzz_input.h"
 #include "proto/coordinator.pb.h"
 #include "proto/peer.pb.h"
+#include "src/formats/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace geopipe;
@@ -196,6 +198,52 @@ void coordinatorSeeds(const fs::path& out) {
   writeSeed(out, "finish", std::string(1, 5) + fin.SerializeAsString());
 }
 
+// Inputs of fuzz/safetensors_fuzzer.cc: a selector byte, then a file of
+// each dtype (0: in memory, 4: through the mmap path), an index (1), a
+// folder (2: length-prefixed index, then its first shard) and the writer's
+// tensors (3).
+void safetensorsSeeds(const fs::path& out) {
+  namespace st = geopipe::formats;
+  const fs::path tmp = fs::temp_directory_path() / "geopipe-seed.safetensors";
+  const std::vector<float> x = {1.0f, -2.5f, 0.1f, 65504.0f, 1e-6f, -0.0f};
+  auto file = [&](const std::vector<st::TensorToWrite>& t, st::DType dt) {
+    st::writeSafetensors(tmp.string(), t, dt, {{"format", "pt"}});
+    const std::string bytes = readFile(tmp);
+    fs::remove(tmp);
+    return bytes;
+  };
+  for (st::DType dt : {st::DType::F32, st::DType::F16, st::DType::BF16}) {
+    const std::string bytes = file({{"w", {2, 3}, x.data()}, {"b", {}, x.data()}}, dt);
+    writeSeed(out, std::string("file-") + st::toString(dt), std::string(1, 0) + bytes);
+    writeSeed(out, std::string("mapped-") + st::toString(dt), std::string(1, 4) + bytes);
+  }
+  const int64_t ids[2] = {3, -1};
+  const std::string mixed = file(
+      {st::TensorToWrite::rawBytes("ids", {2}, "I64", {reinterpret_cast<const uint8_t*>(ids), 16}),
+       {"w", {3}, x.data()},
+       st::TensorToWrite::rawBytes("mask", {2}, "BOOL",
+                                   {reinterpret_cast<const uint8_t*>("\1\0"), 2}),
+       {"empty", {0, 4}, nullptr}},
+      st::DType::BF16);
+  writeSeed(out, "file-mixed-dtypes", std::string(1, 0) + mixed);
+  const std::string index =
+      "{\"metadata\": {\"total_size\": 28}, \"weight_map\": {"
+      "\"w\": \"model-00001-of-00002.safetensors\", "
+      "\"b\": \"model-00001-of-00002.safetensors\", "
+      "\"head\": \"model-00002-of-00002.safetensors\"}}";
+  writeSeed(out, "index", std::string(1, 1) + index);
+  const std::string shard = file({{"w", {2, 3}, x.data()}, {"b", {}, x.data()}}, st::DType::F32);
+  // "head" lives in the second shard, which the target never writes.
+  writeSeed(out, "folder-missing-shard", std::string(1, 2) + lengthPrefixed(index) + shard);
+  const std::string one_shard = "{\"weight_map\": {\"w\": \"model-00001-of-00002.safetensors\"}}";
+  writeSeed(out, "folder", std::string(1, 2) + lengthPrefixed(one_shard) + shard);
+  // Writer: F16, two tensors "a" [2, 3] and "b" [], then float bytes.
+  std::string floats(reinterpret_cast<const char*>(x.data()), 4 * x.size());
+  writeSeed(out, "write-f16",
+            std::string("\3\1\1", 3) + lengthPrefixed("a") + std::string("\2\2\3", 3) +
+                lengthPrefixed("b") + std::string(1, 0) + floats);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,6 +256,7 @@ int main(int argc, char** argv) {
   wireSeeds(out / "wire_format");
   peerSeeds(out / "peer_chunks");
   coordinatorSeeds(out / "coordinator_requests");
+  safetensorsSeeds(out / "safetensors");
   std::cout << "seeds written under " << out << "\n";
   return 0;
 }
