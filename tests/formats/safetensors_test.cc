@@ -23,6 +23,7 @@
 
 #include "compression/half.h"
 #include "geopipe/error.h"
+#include "src/common/strings.h"
 #include "src/formats/safetensors.h"
 
 namespace geopipe::formats {
@@ -483,17 +484,15 @@ TEST(SafetensorsWriter, RefusesBadTensorsNamingTheFileAndTheTensor) {
 // ------------------------------------------ the independent Python reference
 
 // Runs make_reference_safetensors.py once into a temporary folder with the
-// first interpreter that imports torch (GEOPIPE_PYTHON, Debian's
-// /usr/bin/python3 with python3-torch, then python3 on PATH).
+// first interpreter that imports torch: GEOPIPE_PYTHON alone when it is set,
+// else Debian's /usr/bin/python3 (python3-torch), then python3 on PATH.
 struct Reference {
   TempDir dir;
   std::string skip;   // why the tests skip (no python3 + torch)
   std::string error;  // the script failed: the tests fail
   Reference() {
-    std::vector<std::string> pythons;
-    if (const char* env = std::getenv("GEOPIPE_PYTHON")) pythons.push_back(env);
-    pythons.push_back("/usr/bin/python3");
-    pythons.push_back("python3");
+    std::vector<std::string> pythons = {"/usr/bin/python3", "python3"};
+    if (const char* env = std::getenv("GEOPIPE_PYTHON")) pythons = {env};
     std::string python;
     for (const std::string& p : pythons) {
       if (std::system(("'" + p + "' -c 'import torch, numpy' >/dev/null 2>&1").c_str()) == 0) {
@@ -502,9 +501,8 @@ struct Reference {
       }
     }
     if (python.empty()) {
-      skip =
-          "no python3 that imports torch and numpy (set GEOPIPE_PYTHON, or install "
-          "python3-torch)";
+      skip = "no python3 that imports torch and numpy among " + common::join(pythons, ", ") +
+             " (set GEOPIPE_PYTHON, or install python3-torch)";
       return;
     }
     const std::string script =
