@@ -59,7 +59,8 @@ struct TensorInfo {
   uint64_t begin = 0;          // byte offsets in the data section
   uint64_t end = 0;
 
-  // Product of the shape (1 for a scalar, 0 when a dimension is 0).
+  // Product of the shape (1 for a scalar, 0 when a dimension is 0). The
+  // reader's tables never overflow it (checked when parsed).
   int64_t numel() const;
   // end - begin.
   uint64_t byteSize() const { return end - begin; }
@@ -145,7 +146,9 @@ class SafetensorsFile {
 //
 // The constructor reads the index and checks that every shard it names
 // exists, but opens a shard only when one of its tensors is looked up or read
-// (info, readFloat, readRaw, rawView); has() and names() never open one.
+// (info, readFloat, readRaw, rawView); has() and names() never open one. An
+// unsharded folder's one file is opened by the constructor (its header is the
+// list of names); its tensor data is still only touched when read.
 // Movable, not copyable; const methods may be called from several threads.
 class SafetensorsFolder {
  public:

@@ -63,9 +63,9 @@ uint32_t dtypeBits(const std::string& name) {
 }
 
 int64_t TensorInfo::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  uint64_t n = 1;  // unsigned: a hand-made shape that overflows wraps, no UB
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  return static_cast<int64_t>(n);
 }
 
 namespace detail {
