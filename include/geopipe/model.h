@@ -57,6 +57,10 @@ struct ModelDef {
   std::function<std::vector<int64_t>(int index, int64_t batch, int64_t seq)> output_shape;
   std::function<torch::Tensor(const torch::Tensor& output, const torch::Tensor& targets)> loss;
   std::vector<TiedWeight> tied;  // weights shared by two layers (may be empty)
+  // Fills the parameters of the slice [first, last) from pretrained weights
+  // (model.from); buildSlice calls it after the seeded initialisation.
+  // Empty: the seeded initialisation stands.
+  std::function<void(torch::nn::Sequential& slice, int first, int last)> load_weights;
 
   // Layers the scheduler balances across stages.
   int bodyLayers() const { return num_layers - prologue_layers - epilogue_layers; }
@@ -69,6 +73,7 @@ torch::nn::AnyModule buildLayer(const ModelDef& model, int index, uint64_t seed)
 // with both layers inside the slice are bound (one tensor); a user layer
 // whose owner lies outside starts from a copy of the owner's initial weight
 // (built with the owner's seed), so every stage starts like the whole model.
+// Then model.load_weights, when set, loads pretrained weights.
 torch::nn::Sequential buildSlice(const ModelDef& model, int first, int last, uint64_t seed);
 
 // Binds again every tied weight of the slice [first, last): loading a

@@ -11,6 +11,7 @@
 #include "geopipe/version.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
+#include "src/cli/model_commands.h"
 #include "src/common/blas_check.h"
 #include "src/common/logging.h"
 #include "src/config/diagnostics.h"
@@ -91,6 +92,20 @@ int main(int argc, char** argv) {
   auto* worker = app.add_subcommand("worker", "Join a coordinator and run one tasklet");
   geopipe::cli::addWorkerOptions(*worker, worker_args);
 
+  // model folders: eval, generate, export
+  geopipe::cli::EvalArgs eval_args;
+  auto* eval = app.add_subcommand(
+      "eval", "Mean cross-entropy and perplexity of a model folder on a token file");
+  geopipe::cli::addEvalOptions(*eval, eval_args);
+  geopipe::cli::GenerateArgs generate_args;
+  auto* generate = app.add_subcommand(
+      "generate", "Continue a prompt with a model folder (greedy or sampled, KV cache)");
+  geopipe::cli::addGenerateOptions(*generate, generate_args);
+  geopipe::cli::ExportArgs export_args;
+  auto* export_cmd = app.add_subcommand(
+      "export", "Merge a checkpoint's tasklets into a Hugging Face model folder");
+  geopipe::cli::addExportOptions(*export_cmd, export_args);
+
   // certs
   geopipe::cli::CertsArgs certs_args;
   auto* certs = app.add_subcommand(
@@ -144,6 +159,15 @@ int main(int argc, char** argv) {
   }
   if (*worker) {
     return guarded([&] { return geopipe::cli::runWorkerCommand(worker_args, std::cout); });
+  }
+  if (*eval) {
+    return guarded([&] { return geopipe::cli::runEvalCommand(eval_args, std::cout); });
+  }
+  if (*generate) {
+    return guarded([&] { return geopipe::cli::runGenerateCommand(generate_args, std::cout); });
+  }
+  if (*export_cmd) {
+    return guarded([&] { return geopipe::cli::runExportCommand(export_args, std::cout); });
   }
   if (*certs) {
     return guarded([&] { return geopipe::cli::runCertsCommand(certs_args, std::cout); });

@@ -1,6 +1,8 @@
 // Progress lines and JSON-lines metrics for multi-process runs.
 #include "src/cli/progress_display.h"
 
+#include "src/runtime/checkpoint.h"
+
 #include <cstdio>
 #include <iomanip>
 #include <nlohmann/json.hpp>
@@ -76,6 +78,26 @@ void ProgressDisplay::summary(const TrainResult& r, bool interrupted) {
        << std::setprecision(1) << (wire_ ? double(raw_) / double(wire_) : 1.0)
        << "x less), placement " << r.placement_source << "\n";
   out_.unsetf(std::ios::fixed);
+  printFinalWeights(out_, job_);
+}
+
+void printFinalWeights(std::ostream& out, const JobSpec& job) {
+  const std::string& dir = job.checkpoint.dir;
+  if (dir.empty()) {
+    out << "warning: the trained weights were not saved: the job has no checkpoint.dir "
+           "(set it to keep them and export them with `geopipe export`)\n";
+    return;
+  }
+  const auto latest = runtime::findLatestCheckpoint(dir);
+  if (!latest) {
+    out << "warning: no committed checkpoint in '" << dir << "': the trained weights were not "
+        << "saved\n";
+    return;
+  }
+  out << "weights after step " << latest->next_step << ": "
+      << runtime::stepDirectory(dir, latest->next_step);
+  if (job.model.isFamily()) out << " (geopipe export " << dir << " --out MODEL_DIR)";
+  out << "\n";
 }
 
 }  // namespace geopipe::cli

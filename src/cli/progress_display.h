@@ -30,6 +30,10 @@ class ProgressDisplay {
   uint64_t raw_ = 0, wire_ = 0;
 };
 
+// Where the final weights are (the newest committed checkpoint of
+// job.checkpoint.dir), or a warning that none were saved.
+void printFinalWeights(std::ostream& out, const JobSpec& job);
+
 // "12.3 MB".
 std::string humanBytesDecimal(double bytes);
 

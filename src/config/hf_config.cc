@@ -4,10 +4,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "geopipe/error.h"
+#include "src/formats/safetensors.h"
 
 namespace geopipe::config {
 namespace fs = std::filesystem;
@@ -153,15 +155,14 @@ std::string torchDtypeName(const std::string& dtype) {
 }
 
 HfModelConfig readHfConfig(const std::string& dir, const std::string& kind) {
-  HfModelConfig out;
-  out.path = (fs::path(dir) / "config.json").string();
+  const std::string path = (fs::path(dir) / "config.json").string();
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     GEOPIPE_THROW(ConfigError, "model.from '", dir,
                   "' is not a directory; give a Hugging Face model folder holding config.json "
                   "and model.safetensors (paths are relative to the job file's directory)");
   }
-  std::ifstream in(out.path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary);
   if (!in) {
     GEOPIPE_THROW(ConfigError, "model folder '", dir,
                   "' has no config.json; a Hugging Face model folder holds config.json and "
@@ -169,9 +170,16 @@ HfModelConfig readHfConfig(const std::string& dir, const std::string& kind) {
   }
   std::stringstream text;
   text << in.rdbuf();
+  return parseHfConfig(text.str(), path, kind);
+}
+
+HfModelConfig parseHfConfig(const std::string& text, const std::string& origin,
+                            const std::string& kind) {
+  HfModelConfig out;
+  out.path = origin;
   json j;
   try {
-    j = json::parse(text.str());
+    j = json::parse(text);
   } catch (const json::exception& e) {
     GEOPIPE_THROW(ConfigError, out.path, ": not valid JSON (", e.what(), ")");
   }
@@ -216,23 +224,27 @@ HfModelConfig readHfConfig(const std::string& dir, const std::string& kind) {
   return out;
 }
 
-void checkHfWeightsPresent(const std::string& dir) {
-  std::error_code ec;
-  const fs::path d(dir);
-  if (fs::is_regular_file(d / "model.safetensors", ec) ||
-      fs::is_regular_file(d / "model.safetensors.index.json", ec)) {
-    return;
+HfModelConfig readHfConfig(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  std::ifstream in(path, std::ios::binary);
+  std::string kind;
+  if (in) {
+    try {
+      const json j = json::parse(in);
+      if (j.is_object() && j.contains("model_type") && j["model_type"].is_string()) {
+        kind = j["model_type"].get<std::string>();
+      }
+    } catch (const json::exception&) {
+      // readHfConfig below reports it
+    }
   }
-  if (fs::exists(d / "pytorch_model.bin", ec) ||
-      fs::exists(d / "pytorch_model.bin.index.json", ec)) {
-    GEOPIPE_THROW(ConfigError, "model folder '", dir,
-                  "' holds pytorch_model.bin (a pickle) but no model.safetensors; geopipe reads "
-                  "only safetensors: convert to safetensors, e.g. in Python "
-                  "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, "
-                  "safe_serialization=True)");
+  if (!kind.empty() && kind != "gpt2" && kind != "llama") {
+    GEOPIPE_THROW(ConfigError, path, ": model_type is '", kind,
+                  "'; geopipe reads gpt2 and llama models");
   }
-  GEOPIPE_THROW(ConfigError, "model folder '", dir,
-                "' has neither model.safetensors nor model.safetensors.index.json");
+  HfModelConfig cfg = readHfConfig(dir, kind.empty() ? "gpt2" : kind);
+  cfg.shape.from = dir;
+  return cfg;
 }
 
 std::string hfConfigJson(const ModelSpec& m, const std::string& torch_dtype) {
@@ -359,6 +371,86 @@ std::optional<HfTensor> classifyHfName(const ModelSpec& m, const std::string& na
   unknown.name = name;
   unknown.layer = -1;
   return unknown;
+}
+
+std::vector<HfImportItem> planHfImport(const ModelSpec& m, const formats::SafetensorsFolder& folder,
+                                       int first_layer, int last_layer) {
+  const std::vector<std::string> names = folder.names();
+  std::map<std::string, std::string> file_name_of;  // canonical HF name -> name in the files
+  std::vector<std::string> unknown;
+  for (const std::string& name : names) {
+    const std::optional<HfTensor> t = classifyHfName(m, name);
+    if (!t) continue;
+    if (t->layer < 0) {
+      unknown.push_back(name);
+    } else {
+      file_name_of[t->name] = name;
+    }
+  }
+  auto list = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < 12; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 12) s += ", ... (" + std::to_string(v.size()) + " in all)";
+    return s;
+  };
+  if (!unknown.empty()) {
+    GEOPIPE_THROW(ConfigError, "model folder '", folder.dir(), "' holds ", unknown.size(),
+                  " tensor(s) that a ", m.kind, " model of this config.json (", m.layers,
+                  " layers) does not have: ", list(unknown),
+                  "; does config.json describe these weights?");
+  }
+  std::vector<HfImportItem> out;
+  std::vector<std::string> missing, problems;
+  const std::vector<HfTensor> all = hfTensors(m);
+  auto want = [&](const HfTensor& t) {
+    auto it = file_name_of.find(t.name);
+    if (it == file_name_of.end()) {
+      missing.push_back(t.name);
+      return;
+    }
+    const formats::TensorInfo info = folder.info(it->second);
+    if (info.shape != t.shape) {
+      auto shape = [](const std::vector<int64_t>& s) {
+        std::string o = "[";
+        for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+        return o + "]";
+      };
+      problems.push_back(it->second + " has shape " + shape(info.shape) + " but the model needs " +
+                         shape(t.shape));
+    } else if (info.dtype == formats::DType::OTHER) {
+      problems.push_back(it->second + " is stored as " + info.dtype_name +
+                         "; geopipe reads F32, F16 and BF16");
+    }
+    out.push_back({t, it->second});
+  };
+  const int head = m.layers + 1;
+  for (const HfTensor& t : all) {
+    if (t.layer >= first_layer && t.layer < last_layer) want(t);
+  }
+  // A tied head on this slice whose embedding is elsewhere reads the
+  // embedding's tensor into its own copy.
+  if (m.tiedEmbeddings() && first_layer <= head && head < last_layer && first_layer > 0) {
+    HfTensor emb = all.front();
+    emb.layer = head;
+    emb.param = "lm_head.weight";
+    want(emb);
+  }
+  if (!missing.empty() || !problems.empty()) {
+    std::string msg = "model folder '" + folder.dir() + "' does not fit model.kind " + m.kind +
+                      " as its config.json describes it:";
+    if (!missing.empty()) {
+      msg += " " + std::to_string(missing.size()) + " tensor(s) missing: " + list(missing) + ";";
+    }
+    for (const std::string& p : problems) msg += " " + p + ";";
+    msg.pop_back();
+    GEOPIPE_THROW(ConfigError, msg);
+  }
+  return out;
+}
+
+void checkHfTensors(const ModelSpec& m) {
+  const formats::SafetensorsFolder folder(m.from);
+  planHfImport(m, folder, 0, m.layers + 2);
 }
 
 }  // namespace geopipe::config

@@ -9,6 +9,10 @@
 
 #include "geopipe/job_spec.h"
 
+namespace geopipe::formats {
+class SafetensorsFolder;
+}
+
 namespace geopipe::config {
 
 // What a model folder's config.json says, in ModelSpec terms.
@@ -27,12 +31,12 @@ struct HfModelConfig {
 // feature geopipe does not implement (rope_scaling, attention biases in
 // llama, an activation other than the family's, cross-attention...).
 HfModelConfig readHfConfig(const std::string& dir, const std::string& kind);
-
-// The weight files of a model folder: "model.safetensors", or the shard
-// files named by model.safetensors.index.json. ConfigError when the folder
-// holds neither (naming pytorch_model.bin and how to convert it when that is
-// what it holds).
-void checkHfWeightsPresent(const std::string& dir);
+// The same from config.json's text; `origin` names it in messages.
+HfModelConfig parseHfConfig(const std::string& text, const std::string& origin,
+                            const std::string& kind);
+// The same, taking the kind from config.json's model_type (gpt2 | llama);
+// with model.from set to `dir`, for the commands that take a model folder.
+HfModelConfig readHfConfig(const std::string& dir);
 
 // config.json text for `model` (a gpt2 or llama ModelSpec) with the given
 // torch_dtype ("float32" | "float16" | "bfloat16"), loadable by
@@ -63,6 +67,27 @@ std::vector<HfTensor> hfTensors(const ModelSpec& model);
 // lm_head.weight of a tied model, which must then equal the embedding), or
 // an HfTensor with layer -1 for a name the layout does not have.
 std::optional<HfTensor> classifyHfName(const ModelSpec& model, const std::string& name);
+
+// One tensor to import: where it lives in our layers, and the name it has
+// in the folder's files (GPT-2 files may lack the `transformer.` prefix).
+struct HfImportItem {
+  HfTensor tensor;
+  std::string file_name;
+};
+
+// The tensors of layers [first_layer, last_layer) to read from `folder`
+// (a tied user layer whose owner is elsewhere reads the owner's tensor).
+// Reads headers only. ConfigError naming the folder when a name in its files
+// is not part of `model`'s layout (listing them: config.json does not
+// describe these weights), when tensors of the layers asked are missing
+// (listing every one), have another shape (both shapes) or a dtype other than
+// F32, F16 and BF16.
+std::vector<HfImportItem> planHfImport(const ModelSpec& model,
+                                       const formats::SafetensorsFolder& folder,
+                                       int first_layer, int last_layer);
+
+// planHfImport over every layer: what `validate` checks of model.from.
+void checkHfTensors(const ModelSpec& model);
 
 // "float32" etc. for a safetensors dtype name of ours ("fp32", "fp16",
 // "bf16"); ConfigError otherwise.

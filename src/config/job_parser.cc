@@ -115,7 +115,7 @@ class JobReader {
       if (from && m.isFamily()) {
         try {
           HfModelConfig cfg = readHfConfig(m.from, m.kind);
-          checkHfWeightsPresent(m.from);
+          checkHfTensors(withFrom(cfg.shape, m.from));
           const std::string dtype = m.dtype;
           const double dropout = m.dropout;
           const std::string dir = m.from;
@@ -123,7 +123,7 @@ class JobReader {
           m.from = dir;
           m.dtype = dtype;
           m.dropout = dropout;
-        } catch (const ConfigError& e) {
+        } catch (const Error& e) {
           r.error("from", r.child("from"), e.what());
         }
       } else {
@@ -160,6 +160,11 @@ class JobReader {
       refuseFieldsOfOtherKinds(r, m);
       if (from && m.isFamily()) compareWithConfig(r, base, m);
     });
+  }
+
+  static ModelSpec withFrom(ModelSpec m, const std::string& from) {
+    m.from = from;
+    return m;
   }
 
   // An id or a list of ids (end-of-text ids).

@@ -424,7 +424,6 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
 
     const int64_t steps = a.steps();
     const std::string& ckpt_dir = job.checkpoint.dir;
-    const int every = job.checkpoint.every_steps;
     for (int64_t step = a.first_step(); step < steps; ++step) {
       const runtime::TaskletStep ts = tasklet.runStep(step);
       last_step = step;
@@ -453,8 +452,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       // Checkpoints: the job's schedule (the Trainer's rule: every
       // `every_steps` and after the last step), or where the coordinator
       // stops the job early.
-      const bool scheduled =
-          !ckpt_dir.empty() && every > 0 && ((step + 1) % every == 0 || step + 1 == steps);
+      const bool scheduled = runtime::checkpointDue(job.checkpoint, step, steps);
       if (scheduled || (stop && d.checkpoint_at_stop() && !ckpt_dir.empty())) {
         const auto files = tasklet.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
         pb::CheckpointReport cr;

@@ -119,9 +119,9 @@ TORCH_MODULE(Gpt2Head);
 }  // namespace
 
 namespace model {
-// Shared by the families: the next-token cross-entropy and the tie of the
-// head to the embedding.
-void addFamilyLossAndTie(ModelDef& m, const std::string& embedding_param, bool tied);
+// Shared by the families (model.cc): the next-token cross-entropy, the tie
+// of the head to the embedding, and loading model.from.
+void finishFamily(ModelDef& m, const ModelSpec& spec, const std::string& embedding_param);
 }  // namespace model
 
 ModelDef makeGpt2(const ModelSpec& spec) {
@@ -143,7 +143,7 @@ ModelDef makeGpt2(const ModelSpec& spec) {
     if (i == blocks + 1) return {batch, seq, spec.vocab};
     return {batch, seq, spec.hidden};
   };
-  model::addFamilyLossAndTie(m, "wte.weight", spec.tiedEmbeddings());
+  model::finishFamily(m, spec, "wte.weight");
   return m;
 }
 

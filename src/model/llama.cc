@@ -134,7 +134,7 @@ TORCH_MODULE(LlamaHead);
 }  // namespace
 
 namespace model {
-void addFamilyLossAndTie(ModelDef& m, const std::string& embedding_param, bool tied);
+void finishFamily(ModelDef& m, const ModelSpec& spec, const std::string& embedding_param);
 }  // namespace model
 
 ModelDef makeLlama(const ModelSpec& spec) {
@@ -161,7 +161,7 @@ ModelDef makeLlama(const ModelSpec& spec) {
     if (i == blocks + 1) return {batch, seq, spec.vocab};
     return {batch, seq, spec.hidden};
   };
-  model::addFamilyLossAndTie(m, "embed_tokens.weight", spec.tiedEmbeddings());
+  model::finishFamily(m, spec, "embed_tokens.weight");
   return m;
 }
 

@@ -6,6 +6,7 @@
 
 #include "geopipe/error.h"
 #include "geopipe/model.h"
+#include "src/model/hf_import.h"
 #include "src/model/layers.h"
 
 namespace geopipe {
@@ -32,13 +33,19 @@ std::mutex& seedMutex() {
 
 namespace model {
 
-// The families' next-token loss and their head tied to the embedding.
-void addFamilyLossAndTie(ModelDef& m, const std::string& embedding_param, bool tied) {
+// The families' next-token loss, their head tied to the embedding, and
+// their pretrained weights.
+void finishFamily(ModelDef& m, const ModelSpec& spec, const std::string& embedding_param) {
+  if (!spec.from.empty()) {
+    m.load_weights = [spec](torch::nn::Sequential& slice, int first, int last) {
+      loadHfWeights(spec, slice, first, last);
+    };
+  }
   m.loss = [](const torch::Tensor& logits, const torch::Tensor& targets) {
     return torch::nn::functional::cross_entropy(
         logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape({-1}));
   };
-  if (!tied) return;
+  if (!spec.tiedEmbeddings()) return;
   TiedWeight t;
   t.owner_layer = 0;
   t.owner_param = embedding_param;
@@ -103,6 +110,7 @@ torch::nn::Sequential buildSlice(const ModelDef& model, int first, int last, uin
     torch::NoGradGuard guard;
     dst.copy_(src);
   }
+  if (model.load_weights) model.load_weights(seq, first, last);
   return seq;
 }
 

@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "src/config/hf_config.h"
 #include <sstream>
 
 #include "compression/wire_format.h"
@@ -96,6 +98,12 @@ void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int k
     f = describeFile(step_dir, f.name);
     j["files"].push_back({{"name", f.name}, {"bytes", f.bytes}, {"crc32c", f.crc32c}});
   }
+  if (manifest.version >= 2) {
+    j["model"] = manifest.model_json.empty() ? nlohmann::json::object()
+                                             : nlohmann::json::parse(manifest.model_json);
+    j["layers"] = nlohmann::json::array();
+    for (const auto& [first, last] : manifest.layers_of_stage) j["layers"].push_back({first, last});
+  }
   writeFileAtomic((fs::path(step_dir) / kManifest).string(), j.dump(2) + "\n");
   writeFileAtomic((fs::path(dir) / kLatest).string(),
                   fs::path(step_dir).filename().string() + "\n");
@@ -113,6 +121,27 @@ void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int k
     std::error_code ec;
     fs::remove_all(p, ec);
   }
+}
+
+std::string checkpointModelJson(const ModelSpec& m, const std::string& tokenizer_dir) {
+  nlohmann::json j;
+  j["kind"] = m.kind;
+  if (m.isFamily()) {
+    j["config"] = nlohmann::json::parse(config::hfConfigJson(m, config::torchDtypeName(m.dtype)));
+  } else {
+    j["shape"] = {{"layers", m.layers}, {"hidden", m.hidden}, {"heads", m.heads},
+                  {"vocab", m.vocab}, {"ffn_mult", m.ffn_mult}, {"name", m.name}};
+  }
+  j["seq_len"] = m.seq_len;
+  j["dtype"] = m.dtype;
+  j["tokenizer"] = tokenizer_dir;
+  j["from"] = m.from;
+  return j.dump();
+}
+
+bool checkpointDue(const CheckpointSpec& c, int64_t step, int64_t steps) {
+  if (c.dir.empty()) return false;
+  return step + 1 == steps || (c.every_steps > 0 && (step + 1) % c.every_steps == 0);
 }
 
 CheckpointManifest readAndVerify(const std::string& step_dir) {
@@ -134,12 +163,18 @@ CheckpointManifest readAndVerify(const std::string& step_dir) {
       m.files.push_back({f.at("name").get<std::string>(), f.at("bytes").get<uint64_t>(),
                          f.at("crc32c").get<uint32_t>()});
     }
+    if (m.version >= 2) {
+      m.model_json = j.at("model").dump();
+      for (const auto& l : j.at("layers")) {
+        m.layers_of_stage.emplace_back(l.at(0).get<int>(), l.at(1).get<int>());
+      }
+    }
   } catch (const nlohmann::json::exception& e) {
     GEOPIPE_THROW(IoError, "checkpoint manifest '", path, "' lacks a field: ", e.what());
   }
-  if (m.version != 1) {
+  if (m.version != 1 && m.version != 2) {
     GEOPIPE_THROW(IoError, "checkpoint manifest '", path, "' has version ", m.version,
-                  "; this build reads version 1");
+                  "; this build reads versions 1 and 2");
   }
   for (const auto& f : m.files) {
     CheckpointFile actual;

@@ -9,7 +9,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "geopipe/job_spec.h"
 
 namespace geopipe::runtime {
 
@@ -19,14 +22,33 @@ struct CheckpointFile {
   uint32_t crc32c = 0;
 };
 
+// Version 2 (written since the model families) adds the model and each
+// stage's global layer range, so `geopipe export` can merge the tasklets'
+// files into one model; version 1 checkpoints still resume.
 struct CheckpointManifest {
-  int version = 1;
+  int version = 2;
   std::string job;
   int64_t next_step = 0;  // the first step a resumed run executes
   int stages = 0;
   int replicas = 0;
   std::vector<CheckpointFile> files;
+  // Version 2: checkpointModelJson() of the job's model; layers [first,
+  // last) of each stage (tasklet-<r>.pt of stage s holds these layers as
+  // children 0.. of its module archive).
+  std::string model_json;
+  std::vector<std::pair<int, int>> layers_of_stage;
 };
+
+// The manifest's "model" object: kind, the Hugging Face config (gpt2 |
+// llama) or the shape (other kinds), seq_len, dtype, and the folders a
+// tokenizer can be copied from (data.tokenizer, model.from).
+std::string checkpointModelJson(const ModelSpec& model, const std::string& tokenizer_dir);
+
+// Whether tasklets write a checkpoint after step `step` (0-based) of a run
+// of `steps`: every checkpoint.every_steps, and after the last step of any
+// job with a checkpoint.dir (even with every_steps 0), so its final weights
+// can be exported.
+bool checkpointDue(const CheckpointSpec& checkpoint, int64_t step, int64_t steps);
 
 // "<dir>/step-00000042".
 std::string stepDirectory(const std::string& dir, int64_t next_step);

@@ -162,9 +162,8 @@ TrainResult Trainer::train() {
   // checkpoint.every_steps (and after the last step); committed by this
   // thread once every tasklet has written its files.
   const std::string& ckpt_dir = job_.checkpoint.dir;
-  const int every = job_.checkpoint.every_steps;
   auto checkpointAfter = [&](int64_t step) {
-    return !ckpt_dir.empty() && every > 0 && ((step + 1) % every == 0 || step + 1 == steps);
+    return runtime::checkpointDue(job_.checkpoint, step, steps);
   };
   int64_t first_step = 0;
   int saved_replicas = replicas;
@@ -210,6 +209,8 @@ TrainResult Trainer::train() {
         manifest.next_step = step + 1;
         manifest.stages = stages;
         manifest.replicas = replicas;
+        manifest.model_json = runtime::checkpointModelJson(job_.model, "");
+        manifest.layers_of_stage = placement.layers_of_stage;
         for (const auto& f : files) manifest.files.push_back({f, 0, 0});
         runtime::commitCheckpoint(ckpt_dir, manifest, job_.checkpoint.keep);
       }

@@ -5,10 +5,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "src/config/diagnostics.h"
 #include "src/config/hf_config.h"
 #include "src/config/job_parser.h"
+#include "src/formats/safetensors.h"
 
 using namespace geopipe;
 namespace fs = std::filesystem;
@@ -48,6 +50,25 @@ struct TempDir {
   }
   std::string path;
 };
+
+// Zero weights of every tensor the folder's config.json describes, with
+// `edit` applied to the list first (to drop, reshape or add tensors).
+void writeWeights(const std::string& dir, const std::string& kind,
+                  const std::function<void(std::vector<config::HfTensor>&)>& edit = {}) {
+  ModelSpec m = config::readHfConfig(dir, kind).shape;
+  std::vector<config::HfTensor> tensors = config::hfTensors(m);
+  if (edit) edit(tensors);
+  std::vector<std::vector<float>> data;
+  std::vector<formats::TensorToWrite> out;
+  for (const auto& t : tensors) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    data.emplace_back(static_cast<size_t>(n), 0.0f);
+  }
+  for (size_t i = 0; i < tensors.size(); ++i)
+    out.emplace_back(tensors[i].name, tensors[i].shape, data[i].data());
+  formats::writeSafetensors(dir + "/model.safetensors", out, formats::DType::BF16);
+}
 
 const char* kGpt2Config = R"({
   "model_type": "gpt2", "n_layer": 3, "n_embd": 48, "n_head": 4, "n_positions": 64,
@@ -121,7 +142,7 @@ TEST(ModelSpec, ShapeRulesOfTheFamilies) {
 TEST(ModelSpec, FromTakesTheShapeOfConfigJson) {
   TempDir d;
   d.write("m/config.json", kGpt2Config);
-  d.write("m/model.safetensors", "");
+  writeWeights(d.path + "/m", "gpt2");
   JobSpec job = parse("{kind: gpt2, from: m, seq_len: 32, dtype: bf16}", d.path);
   const ModelSpec& m = job.model;
   EXPECT_EQ(m.from, d.path + "/m");
@@ -142,7 +163,7 @@ TEST(ModelSpec, FromTakesTheShapeOfConfigJson) {
 TEST(ModelSpec, FromComparesOnlyTheFieldsTheUserWrote) {
   TempDir d;
   d.write("m/config.json", kLlamaConfig);
-  d.write("m/model.safetensors.index.json", "{}");
+  writeWeights(d.path + "/m", "llama");
   JobSpec ok = parse("{kind: llama, from: m, layers: 2, num_key_value_heads: 2}", d.path);
   EXPECT_EQ(ok.model.kvHeads(), 2);
   EXPECT_EQ(ok.model.eos_token_ids, (std::vector<int64_t>{2, 3}));
@@ -162,21 +183,68 @@ TEST(ModelSpec, FromRefusesWhatItCannotRead) {
   TempDir d;
   d.write("bin/config.json", kGpt2Config);
   d.write("bin/pytorch_model.bin", "pickle");
-  EXPECT_NE(errorOf("{kind: gpt2, from: bin}", d.path).find("convert to safetensors"),
-            std::string::npos);
+  const std::string pickle = errorOf("{kind: gpt2, from: bin}", d.path);
+  EXPECT_NE(pickle.find("pytorch_model.bin"), std::string::npos) << pickle;
+  EXPECT_NE(pickle.find("safe_serialization=True"), std::string::npos) << pickle;
   EXPECT_NE(errorOf("{kind: gpt2, from: nowhere}", d.path).find("not a directory"),
             std::string::npos);
   std::string scaled = kLlamaConfig;
   scaled.replace(scaled.find("\"rope_scaling\": null"), 20,
                  "\"rope_scaling\": {\"type\": \"linear\"}");
   d.write("scaled/config.json", scaled);
-  d.write("scaled/model.safetensors", "");
   EXPECT_NE(errorOf("{kind: llama, from: scaled}", d.path).find("rope_scaling"), std::string::npos);
   d.write("nolayers/config.json", R"({"model_type": "gpt2", "n_embd": 8})");
-  d.write("nolayers/model.safetensors", "");
   const std::string err = errorOf("{kind: gpt2, from: nolayers}", d.path);
   EXPECT_NE(err.find("required key 'n_layer' is missing"), std::string::npos) << err;
   EXPECT_NE(err.find("nolayers/config.json"), std::string::npos) << err;
+}
+
+TEST(ModelSpec, FromChecksTheTensorsBeforeTheRun) {
+  TempDir d;
+  auto errorWith = [&](const std::string& name,
+                       const std::function<void(std::vector<config::HfTensor>&)>& edit) {
+    d.write(name + "/config.json", kGpt2Config);
+    writeWeights(d.path + "/" + name, "gpt2", edit);
+    return errorOf("{kind: gpt2, from: " + name + "}", d.path);
+  };
+  std::string err = errorWith("missing", [](auto& t) {
+    t.erase(t.begin() + 3);  // transformer.h.0.ln_1.bias
+    t.pop_back();            // transformer.ln_f.bias
+  });
+  EXPECT_NE(err.find("2 tensor(s) missing: transformer.h.0.ln_1.bias, transformer.ln_f.bias"),
+            std::string::npos)
+      << err;
+  err = errorWith("shape", [](auto& t) { t[2].shape = {48, 100}; });
+  EXPECT_NE(err.find("transformer.h.0.ln_1.weight has shape [48, 100] but the model needs [48]"),
+            std::string::npos)
+      << err;
+  err = errorWith("extra", [](auto& t) {
+    t.push_back({"transformer.h.7.mlp.c_fc.weight", {2}, 0, ""});
+  });
+  EXPECT_NE(err.find("does not have: transformer.h.7.mlp.c_fc.weight"), std::string::npos) << err;
+  // Tensors stored as integers cannot be weights.
+  d.write("ints/config.json", kGpt2Config);
+  writeWeights(d.path + "/ints", "gpt2");
+  {
+    const formats::SafetensorsFile f(d.path + "/ints/model.safetensors");
+    std::vector<formats::TensorToWrite> out;
+    std::vector<int32_t> ints(48, 1);
+    for (const auto& t : f.tensors()) {
+      if (t.name == "transformer.ln_f.bias") {
+        out.push_back(formats::TensorToWrite::rawBytes(t.name, t.shape, "I32",
+                                                       {reinterpret_cast<const uint8_t*>(ints.data()), 48 * 4}));
+      } else {
+        out.push_back(formats::TensorToWrite::rawBytes(t.name, t.shape, t.dtype_name, f.rawView(t.name)));
+      }
+    }
+    formats::writeSafetensors(d.path + "/ints/copy.safetensors", out, formats::DType::F32);
+  }
+  fs::rename(d.path + "/ints/copy.safetensors", d.path + "/ints/model.safetensors");
+  err = errorOf("{kind: gpt2, from: ints}", d.path);
+  EXPECT_NE(err.find("transformer.ln_f.bias is stored as I32"), std::string::npos) << err;
+  d.write("noweights/config.json", kGpt2Config);
+  err = errorOf("{kind: gpt2, from: noweights}", d.path);
+  EXPECT_NE(err.find("model.safetensors"), std::string::npos) << err;
 }
 
 TEST(ModelSpec, ConfigJsonRoundTrips) {

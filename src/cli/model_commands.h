@@ -1,0 +1,49 @@
+// The commands that take a Hugging Face model folder: `geopipe eval`,
+// `geopipe generate` and `geopipe export` (a checkpoint into such a folder).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+
+namespace geopipe::cli {
+
+struct EvalArgs {
+  std::string model;            // model folder (config.json + safetensors)
+  std::string data;             // token file (the `tokens` format)
+  std::string dtype = "uint16"; // uint16 | uint32
+  int64_t seq_len = 0;          // 0 = the model's maximum positions
+  int64_t batch = 8;            // windows per forward
+};
+void addEvalOptions(CLI::App& app, EvalArgs& args);
+// Prints progress to stderr and, last, "loss X ppl Y" with six decimals.
+int runEvalCommand(const EvalArgs& args, std::ostream& out);
+
+struct GenerateArgs {
+  std::string model;             // model folder
+  std::string prompt;            // text (needs a tokenizer)
+  std::string prompt_ids;        // "1,2,3"
+  int64_t max_new_tokens = 0;
+  bool greedy = false;           // the default unless --temperature or --top-k
+  std::optional<double> temperature;
+  std::optional<int64_t> top_k;
+  uint64_t seed = 0;
+  bool print_ids = false;        // print only the new ids, comma-separated
+  std::string tokenizer;         // tokenizer folder; default: the model folder
+};
+void addGenerateOptions(CLI::App& app, GenerateArgs& args);
+int runGenerateCommand(const GenerateArgs& args, std::ostream& out);
+
+struct ExportArgs {
+  std::string checkpoint_dir;  // a job's checkpoint.dir
+  std::string out;             // the model folder to write
+  std::string dtype;           // fp32 | fp16 | bf16; empty = the job's model.dtype
+  bool force = false;          // replace a non-empty --out
+};
+void addExportOptions(CLI::App& app, ExportArgs& args);
+int runExportCommand(const ExportArgs& args, std::ostream& out);
+
+}  // namespace geopipe::cli
