@@ -61,6 +61,11 @@ struct DataSpec {
   std::string path;                // file for text | tokens
   std::string token_dtype = "uint16";  // tokens: uint16 | uint32
   int64_t num_samples = 0;         // 0 = as many as the data holds
+  // Validation set (training.eval_every): a file of the same kind as `path`
+  // (text | tokens), or the last whole samples of the data held out.
+  std::string val_path;
+  double val_fraction = 0.0;       // in [0, 1); 0 = none held out
+  bool hasValidation() const { return !val_path.empty() || val_fraction > 0; }
 };
 
 struct OptimizerSpec {
@@ -87,6 +92,9 @@ struct TrainingSpec {
   LrScheduleSpec lr_schedule;
   double grad_clip = 0.0;   // global-norm clipping; 0 disables
   uint64_t seed = 1234;     // model init, data order, stochastic rounding
+  // Validation loss every this many steps (and after the last step) when
+  // the data has a validation set; 0 = only after the last step.
+  int eval_every = 0;
   // Where tasklets compute: "cpu", "cuda" (tasklet rank r on cuda:(r % the
   // visible devices)) or "cuda:N". CUDA needs a CUDA-enabled LibTorch.
   std::string device = "cpu";

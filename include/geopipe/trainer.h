@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "geopipe/job_spec.h"
@@ -29,11 +30,20 @@ struct StepMetrics {
   uint64_t dp_wire_bytes = 0;          // and on the wire
   double compute_seconds = 0;  // busiest tasklet's compute time
   double comm_wait_seconds = 0;  // that tasklet's time blocked on communication
+  // Validation after this step (training.eval_every): summed next-token
+  // cross-entropy and predicted tokens over the whole validation set;
+  // val_tokens == 0 when no evaluation ran.
+  double val_loss_sum = 0;
+  uint64_t val_tokens = 0;
+  bool hasValLoss() const { return val_tokens > 0; }
+  double valLoss() const { return val_tokens ? val_loss_sum / static_cast<double>(val_tokens) : 0; }
 };
 
 struct TrainResult {
   int64_t first_step = 0;       // > 0 when resumed from a checkpoint
   std::vector<double> losses;   // per step run, from first_step
+  // (step, validation loss) of every evaluation, in order.
+  std::vector<std::pair<int64_t, double>> val_losses;
   double seconds = 0;           // whole run
   double tokens_per_second = 0; // all steps
   uint64_t wire_bytes = 0;      // all pipeline + data-parallel traffic

@@ -13,15 +13,15 @@
 namespace geopipe::cli {
 
 void addEvalOptions(CLI::App& app, EvalArgs& a) {
-  app.add_option("--model", a.model, "model folder (config.json + model.safetensors)")
-      ->required();
+  app.add_option("--model", a.model, "model folder (config.json + model.safetensors)")->required();
   app.add_option("--data", a.data, "token file (raw little-endian ids, the `tokens` format)")
       ->required();
   app.add_option("--dtype", a.dtype, "token width: uint16 or uint32")
       ->check(CLI::IsMember({"uint16", "uint32"}))
       ->capture_default_str();
-  app.add_option("--seq-len", a.seq_len, "tokens predicted per window (default: the model's "
-                                         "maximum positions)");
+  app.add_option("--seq-len", a.seq_len,
+                 "tokens predicted per window (default: the model's "
+                 "maximum positions)");
   app.add_option("--batch", a.batch, "windows per forward pass")->capture_default_str();
 }
 
@@ -39,14 +39,12 @@ int runEvalCommand(const EvalArgs& a, std::ostream& out) {
   if (tty) std::cerr << "\n";
   out << "windows " << r.windows << " tokens " << r.tokens << " (seq-len "
       << (a.seq_len > 0 ? a.seq_len : lm.maxPositions()) << ")\n";
-  out << std::fixed << std::setprecision(6) << "loss " << r.loss << " ppl " << r.perplexity
-      << "\n";
+  out << std::fixed << std::setprecision(6) << "loss " << r.loss << " ppl " << r.perplexity << "\n";
   return 0;
 }
 
 void addGenerateOptions(CLI::App& app, GenerateArgs& a) {
-  app.add_option("--model", a.model, "model folder (config.json + model.safetensors)")
-      ->required();
+  app.add_option("--model", a.model, "model folder (config.json + model.safetensors)")->required();
   auto* text = app.add_option("--prompt", a.prompt, "prompt text (needs a tokenizer)");
   auto* ids = app.add_option("--prompt-ids", a.prompt_ids, "prompt token ids, e.g. 1,2,3");
   text->excludes(ids);
@@ -98,7 +96,8 @@ int runGenerateCommand(const GenerateArgs& a, std::ostream& out) {
   if (!a.prompt_ids.empty()) {
     prompt = parseIds(a.prompt_ids);
   } else {
-    GEOPIPE_THROW(ConfigError, "--prompt needs a tokenizer, which this build does not have yet; "
+    GEOPIPE_THROW(ConfigError,
+                  "--prompt needs a tokenizer, which this build does not have yet; "
                   "use --prompt-ids");
   }
   const std::vector<int64_t> ids = model::generate(lm, prompt, o);

@@ -31,9 +31,9 @@ namespace {
 std::vector<fs::path> tokenizerFilesIn(const std::string& dir) {
   std::vector<fs::path> out;
   if (dir.empty()) return out;
-  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                           "tokenizer.model", "special_tokens_map.json", "LICENSE",
-                           "LICENSE.txt"}) {
+  for (const char* name :
+       {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+        "special_tokens_map.json", "LICENSE", "LICENSE.txt"}) {
     std::error_code ec;
     if (fs::is_regular_file(fs::path(dir) / name, ec)) out.push_back(fs::path(dir) / name);
   }
@@ -44,8 +44,8 @@ std::vector<fs::path> tokenizerFilesIn(const std::string& dir) {
 
 int runExportCommand(const ExportArgs& a, std::ostream& out) {
   const auto latest = runtime::findLatestCheckpoint(a.checkpoint_dir);
-  GEOPIPE_CHECK(latest.has_value(), ConfigError, "no committed checkpoint in '",
-                a.checkpoint_dir, "' (a job's checkpoint.dir; training writes one after its "
+  GEOPIPE_CHECK(latest.has_value(), ConfigError, "no committed checkpoint in '", a.checkpoint_dir,
+                "' (a job's checkpoint.dir; training writes one after its "
                 "last step)");
   const runtime::CheckpointManifest& m = *latest;
   const std::string step_dir = runtime::stepDirectory(a.checkpoint_dir, m.next_step);
@@ -75,7 +75,8 @@ int runExportCommand(const ExportArgs& a, std::ostream& out) {
   std::map<std::pair<int, std::string>, torch::Tensor> params;
   for (int s = 0; s < m.stages; ++s) {
     const auto [first, last] = m.layers_of_stage.at(static_cast<size_t>(s));
-    const std::string path = (fs::path(step_dir) / ("tasklet-" + std::to_string(s) + ".pt")).string();
+    const std::string path =
+        (fs::path(step_dir) / ("tasklet-" + std::to_string(s) + ".pt")).string();
     torch::serialize::InputArchive archive, model_archive;
     try {
       archive.load_from(path);
@@ -113,16 +114,17 @@ int runExportCommand(const ExportArgs& a, std::ostream& out) {
   std::vector<formats::TensorToWrite> write;
   for (const config::HfTensor& t : tensors) {
     auto it = params.find({t.layer, t.param});
-    GEOPIPE_CHECK(it != params.end(), IoError, "checkpoint '", step_dir, "' lacks layer ",
-                  t.layer, " parameter '", t.param, "' (", t.name, ")");
+    GEOPIPE_CHECK(it != params.end(), IoError, "checkpoint '", step_dir, "' lacks layer ", t.layer,
+                  " parameter '", t.param, "' (", t.name, ")");
     torch::Tensor f = it->second.to(torch::kCPU, torch::kFloat32).contiguous();
     GEOPIPE_CHECK(f.sizes().vec() == t.shape, IoError, "checkpoint '", step_dir, "': ", t.name,
                   " has shape ", f.sizes(), ", the model needs another");
     keep.push_back(f);
     write.emplace_back(t.name, t.shape, keep.back().data_ptr<float>());
   }
-  const formats::DType stored =
-      dtype == "fp32" ? formats::DType::F32 : dtype == "fp16" ? formats::DType::F16 : formats::DType::BF16;
+  const formats::DType stored = dtype == "fp32"   ? formats::DType::F32
+                                : dtype == "fp16" ? formats::DType::F16
+                                                  : formats::DType::BF16;
   formats::writeSafetensors((fs::path(a.out) / "model.safetensors").string(), write, stored,
                             {{"format", "pt"}});
   runtime::writeFileAtomic((fs::path(a.out) / "config.json").string(),
@@ -134,8 +136,8 @@ int runExportCommand(const ExportArgs& a, std::ostream& out) {
     fs::copy_file(p, fs::path(a.out) / p.filename(), fs::copy_options::overwrite_existing);
   }
   out << "exported step " << m.next_step << " of '" << a.checkpoint_dir << "' (" << kind << ", "
-      << spec.layers << " layers, " << tensors.size() << " tensors, " << dtype << ") to "
-      << a.out << "/";
+      << spec.layers << " layers, " << tensors.size() << " tensors, " << dtype << ") to " << a.out
+      << "/";
   if (!tok.empty()) out << " with " << tok.size() << " tokenizer file(s)";
   out << "\n";
   return 0;

@@ -51,15 +51,18 @@ void ProgressDisplay::onStep(const StepMetrics& m) {
                         {"dp_wire_bytes", m.dp_wire_bytes},
                         {"compute_seconds", m.compute_seconds},
                         {"comm_wait_seconds", m.comm_wait_seconds}};
+    if (m.hasValLoss()) j["val_loss"] = m.valLoss();
     metrics_ << j.dump() << "\n" << std::flush;
   }
   const int steps = job_.training.steps;
   const int64_t done = m.step + 1;
   if (first_step_ < 0) first_step_ = m.step;
-  if (done % job_.logging.every_steps == 0 || done == steps) {
+  if (done % job_.logging.every_steps == 0 || done == steps || m.hasValLoss()) {
     const double eta = elapsed_ / double(done - first_step_) * double(steps - done);
     out_ << "step " << std::setw(5) << done << "/" << steps << "  loss " << std::fixed
-         << std::setprecision(4) << m.loss << "  " << std::setprecision(0) << m.tokens_per_second
+         << std::setprecision(4) << m.loss << "  ";
+    if (m.hasValLoss()) out_ << "val " << m.valLoss() << "  ";
+    out_ << std::setprecision(0) << m.tokens_per_second
          << " tok/s  wire " << humanBytesDecimal(double(step_wire)) << " (raw "
          << humanBytesDecimal(double(step_raw)) << ")  ETA " << std::setprecision(0) << eta
          << " s\n"
@@ -77,6 +80,12 @@ void ProgressDisplay::summary(const TrainResult& r, bool interrupted) {
        << humanBytesDecimal(double(wire_)) << " of " << humanBytesDecimal(double(raw_)) << " raw ("
        << std::setprecision(1) << (wire_ ? double(raw_) / double(wire_) : 1.0)
        << "x less), placement " << r.placement_source << "\n";
+  if (!r.val_losses.empty()) {
+    out_ << "validation loss " << std::setprecision(4) << r.val_losses.front().second
+         << " after step " << r.val_losses.front().first + 1 << ", "
+         << r.val_losses.back().second << " after step " << r.val_losses.back().first + 1
+         << "\n";
+  }
   out_.unsetf(std::ios::fixed);
   printFinalWeights(out_, job_);
 }

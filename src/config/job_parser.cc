@@ -291,7 +291,14 @@ class JobReader {
       r.getString("path", d.path);
       r.getEnum("token_dtype", d.token_dtype, {"uint16", "uint32"});
       r.getInt64("num_samples", d.num_samples, 0, INT64_MAX);
+      r.getString("val_path", d.val_path);
+      r.getDouble("val_fraction", d.val_fraction, 0.0, 0.5);
       d.path = resolvePath(base_dir_, d.path);
+      d.val_path = resolvePath(base_dir_, d.val_path);
+      if (!d.val_path.empty() && d.val_fraction > 0) {
+        r.error("val_fraction", r.child("val_fraction"),
+                "give one validation set: data.val_path or data.val_fraction, not both");
+      }
     });
   }
 
@@ -309,6 +316,7 @@ class JobReader {
       r.getInt("micro_batch", t.micro_batch, 1, kBig);
       r.getDouble("grad_clip", t.grad_clip, 0.0, kInf);
       r.getUint64("seed", t.seed);
+      r.getInt("eval_every", t.eval_every, 0, kBig);
       r.getString("device", t.device);
       section(r.child("optimizer"), "training.optimizer", [&](MapReader& o) {
         OptimizerSpec& opt = t.optimizer;
@@ -644,33 +652,53 @@ class JobReader {
 
   void checkData() {
     const DataSpec& d = job_.data;
+    if (job_.training.eval_every > 0 && !d.hasValidation()) {
+      fail("training.eval_every",
+           "eval_every is " + std::to_string(job_.training.eval_every) +
+               " but the data has no validation set: set data.val_path (a file like "
+               "data.path) or data.val_fraction (the last whole samples held out)");
+    }
+    if (!d.val_path.empty()) {
+      if (d.kind != "text" && d.kind != "tokens") {
+        fail("data.val_path", "data.kind '" + d.kind +
+                                  "' has no file to pair a validation file with; use "
+                                  "data.val_fraction to hold out samples");
+      } else {
+        checkDataFile("data.val_path", d.val_path);
+      }
+    }
     if (d.kind == "text" || d.kind == "tokens") {
       if (d.path.empty()) {
         fail("data.kind", "kind '" + d.kind + "' needs data.path (a " +
                               (d.kind == "text" ? "text file" : "token file") + ")");
         return;
       }
-      std::error_code ec;
-      if (!fs::is_regular_file(d.path, ec)) {
-        fail("data.path", "no such file '" + d.path +
-                              "'; paths are relative to the job file's directory");
-        return;
-      }
-      const uint64_t bytes = fs::file_size(d.path, ec);
-      const uint64_t width = d.kind == "text" ? 1 : (d.token_dtype == "uint16" ? 2 : 4);
-      if (d.kind == "tokens" && bytes % width != 0) {
-        fail("data.path", "'" + d.path + "' has " + std::to_string(bytes) +
-                              " bytes, not a multiple of " + std::to_string(width) +
-                              " (token_dtype " + d.token_dtype +
-                              "); is token_dtype right?");
-        return;
-      }
-      const uint64_t need = uint64_t(job_.model.seq_len + 1) * width;
-      if (bytes < need) {
-        fail("data.path", "'" + d.path + "' holds " + std::to_string(bytes / width) +
-                              " tokens, fewer than one sample needs (seq_len + 1 = " +
-                              std::to_string(job_.model.seq_len + 1) + ")");
-      }
+      checkDataFile("data.path", d.path);
+    }
+  }
+
+  // A text or token file of data.kind: exists, a whole number of tokens,
+  // at least one sample.
+  void checkDataFile(const std::string& field, const std::string& path) {
+    const DataSpec& d = job_.data;
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) {
+      fail(field, "no such file '" + path + "'; paths are relative to the job file's directory");
+      return;
+    }
+    const uint64_t bytes = fs::file_size(path, ec);
+    const uint64_t width = d.kind == "text" ? 1 : (d.token_dtype == "uint16" ? 2 : 4);
+    if (d.kind == "tokens" && bytes % width != 0) {
+      fail(field, "'" + path + "' has " + std::to_string(bytes) + " bytes, not a multiple of " +
+                      std::to_string(width) + " (token_dtype " + d.token_dtype +
+                      "); is token_dtype right?");
+      return;
+    }
+    const uint64_t need = uint64_t(job_.model.seq_len + 1) * width;
+    if (bytes < need) {
+      fail(field, "'" + path + "' holds " + std::to_string(bytes / width) +
+                      " tokens, fewer than one sample needs (seq_len + 1 = " +
+                      std::to_string(job_.model.seq_len + 1) + ")");
     }
   }
 

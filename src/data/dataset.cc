@@ -169,4 +169,28 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
   return TokenDataset(std::move(tokens), model.seq_len, model.vocab, source);
 }
 
+JobData loadJobData(const DataSpec& data, const ModelSpec& model, uint64_t seed) {
+  TokenDataset all = loadDataset(data, model, seed);
+  if (!data.val_path.empty()) {
+    DataSpec v = data;
+    v.path = data.val_path;
+    v.num_samples = 0;
+    return {std::move(all), loadDataset(v, model, seed)};
+  }
+  if (data.val_fraction <= 0) return {std::move(all), std::nullopt};
+  const int64_t n = all.numSamples();
+  const int64_t held = std::max<int64_t>(1, static_cast<int64_t>(data.val_fraction * n));
+  if (held >= n) {
+    GEOPIPE_THROW(ConfigError, "data.val_fraction ", data.val_fraction, " of ", n,
+                  " samples leaves none to train on: lower val_fraction or add data");
+  }
+  const int t = model.seq_len;
+  const auto& tokens = all.tokens();
+  const size_t cut = static_cast<size_t>(n - held) * static_cast<size_t>(t);
+  std::vector<int32_t> train(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(cut) + 1);
+  std::vector<int32_t> val(tokens.begin() + static_cast<std::ptrdiff_t>(cut), tokens.end());
+  return {TokenDataset(std::move(train), t, model.vocab, all.source()),
+          TokenDataset(std::move(val), t, model.vocab, all.source() + " (validation)")};
+}
+
 }  // namespace geopipe::data

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,19 @@ class TokenDataset {
 // IoError naming the file and the fix: empty file, token >= vocab (with its
 // offset), fewer tokens than one sample, text data with vocab < 256.
 TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t seed);
+
+// A job's training data and, when it has one, its validation set.
+struct JobData {
+  TokenDataset train;
+  std::optional<TokenDataset> val;
+};
+
+// loadDataset, plus the validation set: data.val_path read like data.path
+// (the same kind and token dtype), or with data.val_fraction f the last
+// max(1, floor(f x samples)) whole samples held out (after num_samples) so
+// training sees only the samples before them. ConfigError when nothing
+// would be left to train on.
+JobData loadJobData(const DataSpec& data, const ModelSpec& model, uint64_t seed);
 
 // The English texts of Debian's fortunes packages as one byte stream, from
 // `dir` (default /usr/share/games/fortunes); IoError if none are installed.

@@ -47,7 +47,10 @@ TokenFile::~TokenFile() {
 }
 
 TokenFile::TokenFile(TokenFile&& o) noexcept
-    : path_(std::move(o.path_)), width_(o.width_), size_(o.size_), data_(o.data_),
+    : path_(std::move(o.path_)),
+      width_(o.width_),
+      size_(o.size_),
+      data_(o.data_),
       mapped_(o.mapped_) {
   o.data_ = nullptr;
   o.mapped_ = 0;

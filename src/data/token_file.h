@@ -22,7 +22,7 @@ class TokenFile {
   TokenFile& operator=(const TokenFile&) = delete;
 
   const std::string& path() const { return path_; }
-  int width() const { return width_; }  // bytes per token
+  int width() const { return width_; }    // bytes per token
   int64_t size() const { return size_; }  // tokens
 
   // Token i (0 <= i < size()), no bounds check.

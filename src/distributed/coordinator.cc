@@ -438,6 +438,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       part.compute_seconds = req->compute_seconds();
       part.comm_wait_seconds = req->comm_wait_seconds();
       part.lr = req->lr();
+      part.val_loss_sum = req->val_loss_sum();
+      part.val_tokens = req->val_tokens();
       runtime::mergeTaskletStep(row.metrics, part);
       if (req->has_loss()) {
         row.loss_sum += req->loss();
@@ -1298,6 +1300,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         m.loss = it->second.loss_parts ? it->second.loss_sum / it->second.loss_parts : 0;
         m.tokens_per_second = m.seconds > 0 ? tokensPerStep(job_) / m.seconds : 0;
         result_.losses.push_back(m.loss);
+        if (m.hasValLoss()) result_.val_losses.emplace_back(m.step, m.valLoss());
         result_.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
         result_.raw_bytes += m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
         last_step_at_ = Clock::now();

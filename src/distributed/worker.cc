@@ -413,11 +413,13 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
                             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     torch::set_num_threads(threads);
     common::setBlasThreads(threads);  // OpenBLAS's own pool, see blas_check.h
-    const data::TokenDataset dataset = data::loadDataset(job.data, job.model, job.training.seed);
+    const data::JobData job_data = data::loadJobData(job.data, job.model, job.training.seed);
+    const data::TokenDataset& dataset = job_data.train;
     const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, a.replicas(),
                                 job.training.micro_batch, job.training.seed);
     runtime::Tasklet tasklet(model, job, placement, rank, *net, dataset, sampler,
-                             std::chrono::milliseconds(int64_t{opt.timeout_seconds} * 1000));
+                             std::chrono::milliseconds(int64_t{opt.timeout_seconds} * 1000),
+                             job_data.val ? &*job_data.val : nullptr);
     if (!a.resume_dir().empty()) {
       tasklet.loadCheckpoint(a.resume_dir(), a.resume_replicas(), a.first_step());
     }
@@ -425,7 +427,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     const int64_t steps = a.steps();
     const std::string& ckpt_dir = job.checkpoint.dir;
     for (int64_t step = a.first_step(); step < steps; ++step) {
-      const runtime::TaskletStep ts = tasklet.runStep(step);
+      runtime::TaskletStep ts = tasklet.runStep(step);
+      if (runtime::evaluationDue(job, step, steps)) tasklet.evaluate(step, ts.part);
       last_step = step;
       ++result.steps_done;
       pb::StepReport rep;
@@ -444,6 +447,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       rep.set_gradient_wire_bytes(ts.part.gradient_wire_bytes);
       rep.set_dp_raw_bytes(ts.part.dp_raw_bytes);
       rep.set_dp_wire_bytes(ts.part.dp_wire_bytes);
+      rep.set_val_loss_sum(ts.part.val_loss_sum);
+      rep.set_val_tokens(ts.part.val_tokens);
       const pb::Directive d =
           client.directiveCall(&pb::Coordinator::Stub::ReportStep, rep, "ReportStep");
       if (d.abort()) GEOPIPE_THROW(IoError, "aborted by the coordinator: ", d.abort_reason());

@@ -47,8 +47,8 @@ EvalResult evaluate(CausalLm& lm, const data::TokenFile& tokens, const EvalOptio
                 " exceeds the model's maximum positions (", lm.maxPositions(), ")");
   GEOPIPE_CHECK(options.batch >= 1, ConfigError, "--batch must be at least 1");
   const int64_t windows = (tokens.size() - 1) / t;
-  GEOPIPE_CHECK(windows >= 1, ConfigError, "token file '", tokens.path(), "' holds ",
-                tokens.size(), " tokens, fewer than one window of seq-len + 1 = ", t + 1);
+  GEOPIPE_CHECK(windows >= 1, ConfigError, "token file '", tokens.path(), "' holds ", tokens.size(),
+                " tokens, fewer than one window of seq-len + 1 = ", t + 1);
   tokens.checkBelow(lm.spec().vocab);
   EvalResult r;
   r.windows = windows;

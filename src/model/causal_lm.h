@@ -65,10 +65,10 @@ EvalResult evaluate(CausalLm& lm, const data::TokenFile& tokens, const EvalOptio
 
 struct GenerateOptions {
   int64_t max_new_tokens = 16;
-  bool greedy = true;       // argmax, a tie to the lowest id
-  double temperature = 1.0; // sampling: softmax(logits / T)
-  int64_t top_k = 0;        // sampling: the k most likely ids; 0 = all
-  uint64_t seed = 0;        // sampling stream
+  bool greedy = true;        // argmax, a tie to the lowest id
+  double temperature = 1.0;  // sampling: softmax(logits / T)
+  int64_t top_k = 0;         // sampling: the k most likely ids; 0 = all
+  uint64_t seed = 0;         // sampling stream
 };
 
 // Continues `prompt` (ids) by up to max_new_tokens ids, stopping after an

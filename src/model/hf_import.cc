@@ -15,7 +15,8 @@ uint64_t loadHfWeights(const ModelSpec& spec, torch::nn::Sequential& slice, int 
   for (const config::HfImportItem& item : items) {
     const config::HfTensor& t = item.tensor;
     torch::Tensor param = layerParameter(*slice->ptr(t.layer - first), t.param, spec.kind, t.layer);
-    if (param.device().is_cpu() && param.is_contiguous() && param.scalar_type() == torch::kFloat32) {
+    if (param.device().is_cpu() && param.is_contiguous() &&
+        param.scalar_type() == torch::kFloat32) {
       folder.readFloat(item.file_name, param.data_ptr<float>(), param.numel());
     } else {
       torch::Tensor host = torch::empty(param.sizes(), torch::kFloat32);
@@ -31,7 +32,8 @@ uint64_t loadHfWeights(const ModelSpec& spec, torch::nn::Sequential& slice, int 
     torch::Tensor stored = torch::empty({info.numel()}, torch::kFloat32);
     folder.readFloat("lm_head.weight", stored.data_ptr<float>(), stored.numel());
     torch::Tensor used =
-        layerParameter(*slice->ptr(head - first), "lm_head.weight", spec.kind, head).to(torch::kCPU);
+        layerParameter(*slice->ptr(head - first), "lm_head.weight", spec.kind, head)
+            .to(torch::kCPU);
     GEOPIPE_CHECK(stored.numel() == used.numel() && torch::equal(stored, used.reshape({-1})),
                   ConfigError, "model folder '", spec.from,
                   "': lm_head.weight differs from the token embedding, but config.json ties "

@@ -88,13 +88,17 @@ void mergeTaskletStep(StepMetrics& m, const StepMetrics& part) {
     m.comm_wait_seconds = part.comm_wait_seconds;
   }
   m.lr = part.lr;
+  m.val_loss_sum += part.val_loss_sum;
+  m.val_tokens += part.val_tokens;
 }
 
 Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,
                  transport::Transport& transport, const data::TokenDataset& dataset,
-                 const data::Sampler& sampler, std::chrono::milliseconds timeout)
+                 const data::Sampler& sampler, std::chrono::milliseconds timeout,
+                 const data::TokenDataset* val)
     : job_(job),
       sampler_(sampler),
+      val_(val),
       rank_(rank),
       stages_(job.parallelism.pipeline_stages),
       micro_batches_(sampler.microBatchesPerReplica()),
@@ -215,6 +219,48 @@ TaskletStep Tasklet::runStep(int64_t step) {
     out.loss = compute_->takeLossSum() / micro_batches_;
   }
   return out;
+}
+
+bool evaluationDue(const JobSpec& job, int64_t step, int64_t steps) {
+  if (!job.data.hasValidation()) return false;
+  const int every = job.training.eval_every;
+  return step + 1 == steps || (every > 0 && (step + 1) % every == 0);
+}
+
+void Tasklet::evaluate(int64_t step, StepMetrics& into) {
+  if (!val_) return;
+  const int replicas = job_.parallelism.data_parallel;
+  const int mb = job_.training.micro_batch;
+  std::vector<int64_t> mine;
+  for (int64_t id = replica_; id < val_->numSamples(); id += replicas) mine.push_back(id);
+  const int micro_batches = static_cast<int>((static_cast<int64_t>(mine.size()) + mb - 1) / mb);
+  const int prev = stage_ > 0 ? rank_ - 1 : -1, next = stage_ < stages_ - 1 ? rank_ + 1 : -1;
+  // Training frames use index 0; evaluation frames 1, so they never meet.
+  constexpr int32_t kEvalIndex = 1;
+  const bool was_training = compute_->module()->is_training();
+  compute_->module()->eval();
+  std::vector<std::shared_ptr<transport::Work>> sends;
+  for (int m = 0; m < micro_batches; ++m) {
+    const size_t begin = static_cast<size_t>(m) * mb;
+    const std::vector<int64_t> ids(mine.begin() + begin,
+                                   mine.begin() + std::min(mine.size(), begin + mb));
+    transport::Bytes input;
+    if (prev >= 0) {
+      auto work = transport_.recv(prev, {transport::Channel::ACTIVATION, step, m, kEvalIndex});
+      work->wait(timeout_);
+      input = work->takePayload();
+    }
+    transport::Bytes output = compute_->evalForward(step, m, ids, *val_, std::move(input));
+    if (next >= 0) {
+      sends.push_back(transport_.send(next, {transport::Channel::ACTIVATION, step, m, kEvalIndex},
+                                      std::move(output)));
+    }
+  }
+  for (auto& s : sends) s->wait(timeout_);
+  if (was_training) compute_->module()->train();
+  const auto [sum, tokens] = compute_->takeValSums();
+  into.val_loss_sum += sum;
+  into.val_tokens += tokens;
 }
 
 std::string Tasklet::fileName(const std::string& suffix) const {

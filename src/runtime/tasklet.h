@@ -29,6 +29,11 @@ struct TaskletStep {
   double loss = 0;
 };
 
+// Whether the tasklets evaluate the validation set after step `step`
+// (0-based) of `steps`: every training.eval_every steps and after the last
+// step, when the data has a validation set.
+bool evaluationDue(const JobSpec& job, int64_t step, int64_t steps);
+
 // Adds one tasklet's share of a step into the step's totals: bytes add up,
 // the step takes as long as its slowest tasklet, and the compute/wait split
 // is that of the busiest tasklet. The loss is averaged by the caller over
@@ -40,13 +45,21 @@ void mergeTaskletStep(StepMetrics& step, const StepMetrics& part);
 // sampler must outlive it. Ranks: rank = replica * stages + stage.
 class Tasklet {
  public:
+  // `val`: the validation set (may be null: no evaluation).
   Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,
           transport::Transport& transport, const data::TokenDataset& dataset,
-          const data::Sampler& sampler, std::chrono::milliseconds timeout);
+          const data::Sampler& sampler, std::chrono::milliseconds timeout,
+          const data::TokenDataset* val = nullptr);
 
   // Forward and backward of every micro-batch, gradient exchange with the
   // other replicas, global-norm clipping across the stages, optimizer step.
   TaskletStep runStep(int64_t step);
+
+  // Forward-only pass of this replica's share of the validation set (samples
+  // r, r + R, ... in micro-batches of training.micro_batch), pipelined over
+  // the stages of the replica; every tasklet calls it after the same step.
+  // The last stage adds its summed loss and token count to `into`.
+  void evaluate(int64_t step, StepMetrics& into);
 
   // Writes this tasklet's files into step_dir (created if needed) and
   // returns their names: weights and optimizer state (LibTorch archive),
@@ -73,6 +86,7 @@ class Tasklet {
 
   const JobSpec& job_;
   const data::Sampler& sampler_;
+  const data::TokenDataset* val_ = nullptr;
   int rank_, stage_, replica_, stages_;
   int micro_batches_;
   transport::Transport& transport_;

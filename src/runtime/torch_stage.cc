@@ -63,6 +63,44 @@ TorchStage::TorchStage(const ModelDef& model, TorchStageOptions options,
                                                 name(options.stage - 1));
     send_grad_ = BoundaryEncoder::forGradients(compression.backward, options.seed);
   }
+  // Evaluation sends activations uncompressed.
+  const ActivationCompressionSpec plain;
+  if (!last) eval_send_ = BoundaryEncoder::forActivations(plain, options.seed, "eval");
+  if (!first) eval_recv_ = BoundaryDecoder::forActivations(plain, options.seed, "eval");
+}
+
+std::pair<double, uint64_t> TorchStage::takeValSums() {
+  std::pair<double, uint64_t> out{val_sum_, val_tokens_};
+  val_sum_ = 0;
+  val_tokens_ = 0;
+  return out;
+}
+
+transport::Bytes TorchStage::evalForward(int64_t step, int m, const std::vector<int64_t>& ids,
+                                         const data::TokenDataset& val, transport::Bytes input) {
+  torch::NoGradGuard guard;
+  const int64_t batch = static_cast<int64_t>(ids.size()), seq = val.seqLen();
+  torch::Tensor x, targets;
+  if (options_.stage == 0) {
+    auto [inputs, tgts] = tokenBatch(val, ids);
+    x = inputs.to(options_.device);
+    targets = tgts;
+  } else {
+    const auto in_shape = model_.output_shape(options_.first_layer - 1, batch, seq);
+    eval_recv_->decode(input, step, m, ids, in_shape, scratch_);
+    x = torch::from_blob(scratch_.data(), in_shape, torch::kFloat32).to(options_.device);
+  }
+  torch::Tensor out = module_->forward(x);
+  if (options_.stage == options_.num_stages - 1) {
+    if (!targets.defined()) targets = tokenBatch(val, ids).second;
+    // The model's loss is a mean over the predicted tokens.
+    val_sum_ += model_.loss(out, targets.to(options_.device)).item<double>() *
+                static_cast<double>(targets.numel());
+    val_tokens_ += static_cast<uint64_t>(targets.numel());
+    return {};
+  }
+  auto detached = out.to(torch::kCPU, torch::kFloat32).contiguous();
+  return eval_send_->encode(step, m, 1, ids, detached.data_ptr<float>(), shapeOf(detached));
 }
 
 std::vector<int64_t> TorchStage::sampleIds(int64_t step, int m) const {

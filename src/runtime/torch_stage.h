@@ -45,6 +45,16 @@ class TorchStage : public pipeline::StageCompute {
   transport::Bytes forward(int64_t step, int m, transport::Bytes input) override;
   transport::Bytes backward(int64_t step, int m, transport::Bytes grad) override;
 
+  // Forward of validation micro-batch `m` (samples `ids` of `val`) without
+  // autograd, through plain codecs of their own (never AC-SGD buffers: the
+  // validation ids would collide with training's). The last stage adds the
+  // summed cross-entropy and its token count to the validation totals and
+  // returns nothing; the others return the payload for the next stage.
+  transport::Bytes evalForward(int64_t step, int m, const std::vector<int64_t>& ids,
+                               const data::TokenDataset& val, transport::Bytes input);
+  // The validation totals since the last call (sum of cross-entropy, tokens).
+  std::pair<double, uint64_t> takeValSums();
+
   torch::nn::Sequential& module() { return module_; }
   // Binds the stage's tied weights again (after Module::load).
   void bindTiedWeights() {
@@ -77,6 +87,10 @@ class TorchStage : public pipeline::StageCompute {
   torch::nn::Sequential module_;
   std::unique_ptr<BoundaryEncoder> send_act_, send_grad_;
   std::unique_ptr<BoundaryDecoder> recv_act_, recv_grad_;
+  std::unique_ptr<BoundaryEncoder> eval_send_;
+  std::unique_ptr<BoundaryDecoder> eval_recv_;
+  double val_sum_ = 0;
+  uint64_t val_tokens_ = 0;
   std::map<int, Stash> stash_;
   double loss_sum_ = 0;
   std::vector<float> scratch_;

@@ -121,7 +121,9 @@ TrainResult Trainer::train() {
                 "': the in-process Trainer runs tasklets as threads and supports only "
                 "inproc; use geopipe launch for grpc");
 
-  const data::TokenDataset dataset = data::loadDataset(job_.data, job_.model, job_.training.seed);
+  const data::JobData job_data = data::loadJobData(job_.data, job_.model, job_.training.seed);
+  const data::TokenDataset& dataset = job_data.train;
+  const data::TokenDataset* val = job_data.val ? &*job_data.val : nullptr;
   const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
                               job_.training.micro_batch, job_.training.seed);
 
@@ -181,10 +183,11 @@ TrainResult Trainer::train() {
     try {
       torch::set_num_threads(threads);
       runtime::Tasklet t(model_, job_, placement, rank, *transports[static_cast<size_t>(rank)],
-                         dataset, sampler, timeout);
+                         dataset, sampler, timeout, val);
       if (!resume_from.empty()) t.loadCheckpoint(resume_from, saved_replicas, first_step);
       for (int64_t step = first_step; step < steps; ++step) {
         runtime::TaskletStep ts = t.runStep(step);
+        if (runtime::evaluationDue(job_, step, steps)) t.evaluate(step, ts.part);
         std::vector<std::string> files;
         if (checkpointAfter(step)) files = t.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
         board.report(step, ts.part, ts.loss, ts.has_loss, files);
@@ -216,6 +219,7 @@ TrainResult Trainer::train() {
       }
       m.tokens_per_second = m.seconds > 0 ? tokensPerStep(job_) / m.seconds : 0;
       result.losses.push_back(m.loss);
+      if (m.hasValLoss()) result.val_losses.emplace_back(step, m.valLoss());
       result.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
       result.raw_bytes += m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
       if (options_.on_step) options_.on_step(m);
@@ -241,7 +245,8 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
                                const std::function<void(const StepMetrics&)>& on_step) {
   common::warnIfSlowBlas();
   const int replicas = job.parallelism.dataParallelAuto() ? 1 : job.parallelism.data_parallel;
-  const data::TokenDataset dataset = data::loadDataset(job.data, job.model, job.training.seed);
+  const data::TokenDataset dataset =
+      data::loadJobData(job.data, job.model, job.training.seed).train;
   const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, replicas,
                               job.training.micro_batch, job.training.seed);
   const int micro_batches = sampler.microBatchesPerReplica();

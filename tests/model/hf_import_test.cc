@@ -28,7 +28,8 @@ using testing::python::TempDir;
 namespace {
 
 // The ModelSpec a job importing `dir` gets.
-ModelSpec importSpec(const std::string& kind, const std::string& dir, const std::string& extra = "") {
+ModelSpec importSpec(const std::string& kind, const std::string& dir,
+                     const std::string& extra = "") {
   const std::string yaml = "model: {kind: " + kind + ", from: " + dir + extra +
                            "}\ntopology:\n  sites: [{name: a, devices: 4, intra: {latency_ms: 0, "
                            "bandwidth_gbps: 10}}]\n";
@@ -62,9 +63,9 @@ void expectLogitsMatchReference(const std::string& kind, const std::string& make
   const std::string dir = d.path + "/model";
   testing::python::run("make " + dir + " " + make_args);
   const std::vector<std::vector<int64_t>> rows = {{1, 5, 9, 2, 7, 3, 3, 8, 0, 4},
-                                                   {6, 6, 2, 9, 1, 0, 5, 7, 2, 2}};
-  const auto ref = nlohmann::json::parse(testing::python::run("logits " + dir + " --ids " +
-                                                              "'1,5,9,2,7,3,3,8,0,4;6,6,2,9,1,0,5,7,2,2'"));
+                                                  {6, 6, 2, 9, 1, 0, 5, 7, 2, 2}};
+  const auto ref = nlohmann::json::parse(testing::python::run(
+      "logits " + dir + " --ids " + "'1,5,9,2,7,3,3,8,0,4;6,6,2,9,1,0,5,7,2,2'"));
   const ModelSpec spec = importSpec(kind, dir);
   for (int stages = 1; stages <= 4; ++stages) {
     const torch::Tensor ours = stagedLogits(spec, stages, idsTensor(rows));
@@ -73,8 +74,8 @@ void expectLogitsMatchReference(const std::string& kind, const std::string& make
     for (int64_t b = 0; b < ours.size(0); ++b)
       for (int64_t t = 0; t < ours.size(1); ++t)
         for (int64_t v = 0; v < ours.size(2); ++v)
-          worst = std::max(worst, std::abs(ours[b][t][v].item<double>() -
-                                           ref[b][t][v].get<double>()));
+          worst =
+              std::max(worst, std::abs(ours[b][t][v].item<double>() - ref[b][t][v].get<double>()));
     EXPECT_LT(worst, 1e-4) << kind << " " << make_args << ", " << stages << " stages";
     EXPECT_GT(std::abs(ref[0][0][0].get<double>()), 0.0);
   }
@@ -95,8 +96,9 @@ TEST(HfImport, Gpt2UntiedHead) {
 
 TEST(HfImport, LlamaGqaUntiedShardedLogitsEqualTheReference) {
   expectLogitsMatchReference(
-      "llama", "--family llama --layers 4 --hidden 64 --heads 8 --kv-heads 2 --inter 96 "
-               "--tied 0 --shards 3 --rope-theta 500000 --with-buffers");
+      "llama",
+      "--family llama --layers 4 --hidden 64 --heads 8 --kv-heads 2 --inter 96 "
+      "--tied 0 --shards 3 --rope-theta 500000 --with-buffers");
 }
 
 TEST(HfImport, LlamaTiedBf16) {

@@ -60,8 +60,8 @@ void expectEvalMatchesReference(const std::string& make_args) {
   const std::string dir = d.path + "/model", tokens = d.path + "/val.bin";
   testing::python::run("make " + dir + " " + make_args + " --vocab 64 --positions 32");
   writeTokens(tokens, 301, 64, 5);  // 18 windows of 17 tokens, 7 tokens left over
-  const auto ref = nlohmann::json::parse(testing::python::run(
-      "loss " + dir + " --tokens " + tokens + " --seq-len 16 --overlap-one"));
+  const auto ref = nlohmann::json::parse(
+      testing::python::run("loss " + dir + " --tokens " + tokens + " --seq-len 16 --overlap-one"));
   const CliRun r = geopipe("eval --model " + dir + " --data " + tokens + " --seq-len 16 --batch 5");
   ASSERT_EQ(r.rc, 0) << r.out;
   double loss = 0, ppl = 0;
@@ -83,14 +83,17 @@ TEST(EvalCommand, RefusesWindowsLongerThanTheModel) {
   TempDir d;
   testing::python::run("make " + d.path + "/m --family gpt2 --positions 32");
   writeTokens(d.path + "/t.bin", 100, 64, 1);
-  const CliRun r = geopipe("eval --model " + d.path + "/m --data " + d.path + "/t.bin --seq-len 33");
+  const CliRun r =
+      geopipe("eval --model " + d.path + "/m --data " + d.path + "/t.bin --seq-len 33");
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("--seq-len 33 exceeds the model's maximum positions (32)"),
             std::string::npos)
       << r.out;
 }
 
-std::string ids(const std::string& out) { return lastLine(out); }
+std::string ids(const std::string& out) {
+  return lastLine(out);
+}
 
 void expectGreedyMatchesReference(const std::string& make_args) {
   GEOPIPE_SKIP_WITHOUT_PYTHON_TORCH();
@@ -100,7 +103,7 @@ void expectGreedyMatchesReference(const std::string& make_args) {
   const std::string ref =
       lastLine(testing::python::run("greedy " + dir + " --prompt-ids 5,1,7 --max-new 20"));
   const CliRun r = geopipe("generate --model " + dir +
-                        " --prompt-ids 5,1,7 --max-new-tokens 20 --greedy --print-ids");
+                           " --prompt-ids 5,1,7 --max-new-tokens 20 --greedy --print-ids");
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_EQ(ids(r.out), ref);
 }
@@ -153,11 +156,13 @@ TEST(GenerateCommand, RefusesPromptsThatOutgrowTheModel) {
   GEOPIPE_SKIP_WITHOUT_PYTHON_TORCH();
   TempDir d;
   testing::python::run("make " + d.path + "/m --family llama --positions 16");
-  const CliRun r = geopipe("generate --model " + d.path + "/m --prompt-ids 1,2,3 --max-new-tokens 14");
+  const CliRun r =
+      geopipe("generate --model " + d.path + "/m --prompt-ids 1,2,3 --max-new-tokens 14");
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("is 17 positions, beyond the model's maximum of 16"), std::string::npos)
       << r.out;
-  const CliRun bad = geopipe("generate --model " + d.path + "/m --prompt-ids 1,x --max-new-tokens 2");
+  const CliRun bad =
+      geopipe("generate --model " + d.path + "/m --prompt-ids 1,x --max-new-tokens 2");
   EXPECT_EQ(bad.rc, 1) << bad.out;
   EXPECT_NE(bad.out.find("'x' is not a token id"), std::string::npos) << bad.out;
 }
@@ -167,7 +172,8 @@ TEST(GenerateCommand, RefusesPromptsThatOutgrowTheModel) {
 TEST(ExportCommand, ExportThenImportIsBitExactAndTheReferenceReadsIt) {
   GEOPIPE_SKIP_WITHOUT_PYTHON_TORCH();
   TempDir d;
-  testing::python::run("make " + d.path + "/base --family gpt2 --layers 4 --vocab 64 "
+  testing::python::run("make " + d.path +
+                       "/base --family gpt2 --layers 4 --vocab 64 "
                        "--positions 32");
   std::ofstream(d.path + "/job.yaml") << R"(
 model: {kind: gpt2, from: base, seq_len: 16}
@@ -196,9 +202,11 @@ transport: {emulate_links: false}
   ModelSpec scratch = job.model;
   scratch.from.clear();
   const ModelDef fresh = makeModel(scratch);
-  ModelSpec imported_spec = config::parseJobString(
-      "model: {kind: gpt2, from: " + d.path + "/out}\ntopology: {sites: [{name: a, devices: 1}]}\n",
-      "j.yaml", "").model;
+  ModelSpec imported_spec =
+      config::parseJobString("model: {kind: gpt2, from: " + d.path +
+                                 "/out}\ntopology: {sites: [{name: a, devices: 1}]}\n",
+                             "j.yaml", "")
+          .model;
   const ModelDef imported = makeModel(imported_spec);
   ASSERT_EQ(manifest->layers_of_stage.size(), 2u);
   int compared = 0;
@@ -230,7 +238,7 @@ transport: {emulate_links: false}
   EXPECT_EQ(out.metadata().at("format"), "pt");
   // The reference reads the exported folder and computes what geopipe does.
   const CliRun ours = geopipe("generate --model " + d.path +
-                           "/out --prompt-ids 3,1,4,1,5 --max-new-tokens 12 --print-ids");
+                              "/out --prompt-ids 3,1,4,1,5 --max-new-tokens 12 --print-ids");
   ASSERT_EQ(ours.rc, 0) << ours.out;
   EXPECT_EQ(ids(ours.out), lastLine(testing::python::run(
                                "greedy " + d.path + "/out --prompt-ids 3,1,4,1,5 --max-new 12")));

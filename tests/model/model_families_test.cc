@@ -11,7 +11,9 @@
 #include "geopipe/trainer.h"
 #include "scheduler/model_profile.h"
 #include "src/config/job_parser.h"
+#include "src/data/dataset.h"
 #include "src/model/layers.h"
+#include "src/runtime/torch_stage.h"
 
 using namespace geopipe;
 
@@ -171,6 +173,80 @@ TEST(Profile, Gpt2BlockParams) {
 }
 TEST(Profile, LlamaGqaBlockParams) {
   expectProfileMatches(kLlamaGqa);
+}
+
+}  // namespace
+
+namespace {
+
+// Evaluation runs its own forward passes through plain codecs: it must not
+// disturb training (AC-SGD buffers, RNG, optimizer), so the training losses
+// with and without evaluation are identical, and the validation loss falls.
+TEST(Evaluation, NeverTouchesTrainingAndItsLossFalls) {
+  auto job = [](int eval_every) {
+    JobSpec j = familyJob(kGpt2, 2, 2);
+    j.training.steps = 16;
+    j.data.val_fraction = 0.125;
+    j.training.eval_every = eval_every;
+    j.compression.activations.method = "acsgd";
+    j.compression.activations.bits = 2;
+    j.compression.backward.method = "quantize";
+    return j;
+  };
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  const JobSpec with = job(4);
+  TrainResult evaluated = Trainer(makeModel(with.model), with, opt).train();
+  JobSpec without = job(0);
+  without.data.val_fraction = 0;  // no validation set: the data splits the same below
+  without.data.num_samples = 0;
+  // Same training samples: hold out by hand what val_fraction held out.
+  const int64_t held = 256 / 8;
+  without.data.num_samples = 256 - held;
+  TrainResult plain = Trainer(makeModel(without.model), without, opt).train();
+  ASSERT_EQ(evaluated.losses.size(), plain.losses.size());
+  for (size_t i = 0; i < plain.losses.size(); ++i) {
+    EXPECT_EQ(evaluated.losses[i], plain.losses[i]) << "step " << i;
+  }
+  ASSERT_EQ(evaluated.val_losses.size(), 4u);  // after steps 4, 8, 12, 16
+  EXPECT_EQ(evaluated.val_losses.front().first, 3);
+  EXPECT_EQ(evaluated.val_losses.back().first, 15);
+  EXPECT_LT(evaluated.val_losses.back().second, evaluated.val_losses.front().second - 0.1);
+  EXPECT_TRUE(plain.val_losses.empty());
+}
+
+// The pipelined validation loss of 2 stages x 2 replicas equals one
+// process's mean cross-entropy over the same validation samples.
+TEST(Evaluation, StagedValidationLossEqualsOneProcess) {
+  JobSpec job = familyJob(kLlamaGqa, 3, 2);
+  job.training.steps = 2;
+  job.training.eval_every = 1;
+  job.data.val_fraction = 0.1;
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  TrainResult staged = Trainer(makeModel(job.model), job, opt).train();
+  ASSERT_EQ(staged.val_losses.size(), 2u);
+  // One process: the untrained model's mean cross-entropy over every
+  // validation sample.
+  const ModelDef m = makeModel(job.model);
+  auto data = data::loadJobData(job.data, job.model, job.training.seed);
+  auto whole = buildSlice(m, 0, m.num_layers, job.training.seed);
+  torch::NoGradGuard guard;
+  double sum = 0;
+  int64_t tokens = 0;
+  for (int64_t i = 0; i < data.val->numSamples(); ++i) {
+    auto [in, tgt] = runtime::tokenBatch(*data.val, {i});
+    sum += m.loss(whole->forward(in), tgt).item<double>() * tgt.numel();
+    tokens += tgt.numel();
+  }
+  // The staged run evaluates after its first step; a step with lr 1e-30
+  // changes no weight measurably.
+  JobSpec zero = job;
+  zero.training.steps = 1;
+  zero.training.optimizer.lr = 1e-30;
+  TrainResult untrained = Trainer(makeModel(zero.model), zero, opt).train();
+  ASSERT_EQ(untrained.val_losses.size(), 1u);
+  EXPECT_NEAR(untrained.val_losses[0].second, sum / tokens, 1e-5);
 }
 
 }  // namespace
