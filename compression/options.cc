@@ -35,15 +35,22 @@ QuantizerOptions quantizerOf(int bits, const std::string& gran, int group, const
 }
 }  // namespace
 
+Method uncompressedMethod(const std::string& compute_dtype) {
+  if (compute_dtype == "bf16") return Method::BF16;
+  if (compute_dtype == "fp16") return Method::FP16;
+  return Method::RAW;
+}
+
 ActivationCompressionOptions activationOptionsFromSpec(const ActivationCompressionSpec& spec,
                                                        uint64_t seed,
-                                                       const std::string& store_name) {
+                                                       const std::string& store_name,
+                                                       const std::string& compute_dtype) {
   const char* f = "compression.activations";
   ActivationCompressionOptions o;
   const QuantizerOptions q =
       quantizerOf(spec.bits, spec.granularity, spec.group_size, spec.rounding, seed, f);
   if (spec.method == "none") {
-    o.codec.method = Method::RAW;
+    o.codec.method = uncompressedMethod(compute_dtype);
   } else if (spec.method == "fp16") {
     o.codec.method = Method::FP16;
   } else if (spec.method == "direct") {
@@ -75,10 +82,11 @@ ActivationCompressionOptions activationOptionsFromSpec(const ActivationCompressi
   return o;
 }
 
-TensorCodecOptions backwardOptionsFromSpec(const BackwardCompressionSpec& spec, uint64_t seed) {
+TensorCodecOptions backwardOptionsFromSpec(const BackwardCompressionSpec& spec, uint64_t seed,
+                                           const std::string& compute_dtype) {
   TensorCodecOptions o;
   if (spec.method == "none") {
-    o.method = Method::RAW;
+    o.method = uncompressedMethod(compute_dtype);
   } else if (spec.method == "fp16") {
     o.method = Method::FP16;
   } else if (spec.method == "quantize") {

@@ -23,12 +23,18 @@ struct ActivationCompressionOptions {
 };
 
 // `seed` seeds stochastic rounding (the job's training seed); `store_name`
-// names this boundary/direction's mmap file inside buffer_dir.
+// names this boundary/direction's mmap file inside buffer_dir;
+// `compute_dtype` (model.dtype) is the wire dtype of method none: fp32 ->
+// RAW, bf16 -> BF16, fp16 -> FP16 (activations cross in the compute dtype).
 ActivationCompressionOptions activationOptionsFromSpec(const ActivationCompressionSpec& spec,
                                                        uint64_t seed = 0,
-                                                       const std::string& store_name = "boundary");
+                                                       const std::string& store_name = "boundary",
+                                                       const std::string& compute_dtype = "fp32");
 // Backward activation gradients: none | fp16 | quantize (direct quantisation).
-TensorCodecOptions backwardOptionsFromSpec(const BackwardCompressionSpec& spec, uint64_t seed = 0);
+TensorCodecOptions backwardOptionsFromSpec(const BackwardCompressionSpec& spec, uint64_t seed = 0,
+                                           const std::string& compute_dtype = "fp32");
+// The uncompressed wire method of a compute dtype (RAW, BF16 or FP16).
+Method uncompressedMethod(const std::string& compute_dtype);
 // Data-parallel gradients.
 GradientCompressorOptions gradientOptionsFromSpec(const GradientCompressionSpec& spec,
                                                   uint64_t seed = 0);

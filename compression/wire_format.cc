@@ -96,6 +96,7 @@ const char* toString(Method m) {
     case Method::TOPK: return "topk";
     case Method::POWERSGD_P: return "powersgd_p";
     case Method::POWERSGD_Q: return "powersgd_q";
+    case Method::BF16: return "bf16";
   }
   return "?";
 }
@@ -198,7 +199,7 @@ WireHeader decodeHeader(const uint8_t* p, size_t n) {
 
   WireHeader h;
   const uint8_t method = p[5];
-  GEOPIPE_CHECK(method <= static_cast<uint8_t>(Method::POWERSGD_Q), ProtocolError,
+  GEOPIPE_CHECK(method <= static_cast<uint8_t>(Method::BF16), ProtocolError,
                 "unknown compression method ", int(method));
   h.method = static_cast<Method>(method);
   h.bits = p[6];
@@ -255,7 +256,8 @@ WireHeader decodeHeader(const uint8_t* p, size_t n) {
       expect_payload = 4 * n_el;
       break;
     case Method::FP16:
-      GEOPIPE_CHECK(h.aux == 0, ProtocolError, "aux must be 0 for method fp16");
+    case Method::BF16:
+      GEOPIPE_CHECK(h.aux == 0, ProtocolError, "aux must be 0 for method ", toString(h.method));
       expect_payload = 2 * n_el;
       break;
     case Method::QUANTIZED: {
@@ -323,8 +325,9 @@ void readScales(const uint8_t* p, size_t count, float* out) {
 }
 
 void TensorCodecOptions::validate() const {
-  GEOPIPE_CHECK(method == Method::RAW || method == Method::FP16 || method == Method::QUANTIZED,
-                ConfigError, "tensor codec supports raw, fp16 and quantized, not ",
+  GEOPIPE_CHECK(method == Method::RAW || method == Method::FP16 || method == Method::BF16 ||
+                    method == Method::QUANTIZED,
+                ConfigError, "tensor codec supports raw, fp16, bf16 and quantized, not ",
                 toString(method));
   if (method == Method::QUANTIZED) quantizer.validate();
 }
@@ -353,6 +356,13 @@ CompressedMessage encodeTensor(const TensorCodecOptions& opt, const float* x,
       payload.resize(2 * n);
       if (n) floatToHalf(x, reinterpret_cast<Half*>(payload.data()), n);
       break;
+    case Method::BF16: {
+      std::vector<BFloat16> tmp(n);
+      if (n) floatToBFloat16(x, tmp.data(), n);
+      payload.resize(2 * n);
+      if (n) std::memcpy(payload.data(), tmp.data(), 2 * n);
+      break;
+    }
     default: {
       const QuantizerOptions& q = opt.quantizer;
       h.bits = static_cast<uint8_t>(q.bits);
@@ -378,10 +388,10 @@ DecodedTensor decodeTensor(const uint8_t* header, size_t header_bytes, const uin
   DecodedTensor out;
   out.header = decodeHeader(header, header_bytes);
   const WireHeader& h = out.header;
-  GEOPIPE_CHECK(h.method == Method::RAW || h.method == Method::FP16 ||
+  GEOPIPE_CHECK(h.method == Method::RAW || h.method == Method::FP16 || h.method == Method::BF16 ||
                     h.method == Method::QUANTIZED,
                 ProtocolError, "decodeTensor got a ", toString(h.method),
-                " message; it decodes raw, fp16 and quantized");
+                " message; it decodes raw, fp16, bf16 and quantized");
   checkPayload(h, payload, payload_bytes);
   const size_t n = h.numel();
   out.values.resize(n);
@@ -393,6 +403,12 @@ DecodedTensor decodeTensor(const uint8_t* header, size_t header_bytes, const uin
       std::vector<Half> tmp(n);
       if (n) std::memcpy(tmp.data(), payload, 2 * n);
       halfToFloat(tmp.data(), out.values.data(), n);
+      break;
+    }
+    case Method::BF16: {
+      std::vector<BFloat16> tmp(n);
+      if (n) std::memcpy(tmp.data(), payload, 2 * n);
+      bfloat16ToFloat(tmp.data(), out.values.data(), n);
       break;
     }
     default: {

@@ -23,6 +23,7 @@
 // Payload per method (n = numel, b = bits, S = scale_count):
 //   RAW        n x f32
 //   FP16       n x binary16
+//   BF16       n x bfloat16
 //   QUANTIZED  S x f32 scales, then ceil(n*b/8) bytes of packed codes
 //   ACSGD      shape[0] = B samples; B kind bytes (0 = full fp16, 1 = delta),
 //              then per sample in order: full -> (n/B) x binary16;
@@ -56,6 +57,7 @@ enum class Method : uint8_t {
   TOPK = 4,        // sparse: k largest-magnitude entries
   POWERSGD_P = 5,  // PowerSGD factor P = M Q, shape [rows, rank]
   POWERSGD_Q = 6,  // PowerSGD factor Q = M^T P, shape [cols, rank]
+  BF16 = 7,        // bfloat16, round to nearest even (bf16 compute's wire dtype)
 };
 const char* toString(Method m);
 
@@ -107,11 +109,11 @@ CompressedMessage seal(WireHeader h, std::vector<uint8_t> payload);
 // Scales must be finite and >= 0; reads them from unaligned bytes.
 void readScales(const uint8_t* p, size_t count, float* out);
 
-// ---- Dense tensor codec (RAW, FP16, QUANTIZED) ----------------------------
+// ---- Dense tensor codec (RAW, FP16, BF16, QUANTIZED) ----------------------
 // Used for backward activation gradients (direct quantisation), direct
-// activation quantisation and fp16 transfer.
+// activation quantisation and 16-bit transfer.
 struct TensorCodecOptions {
-  Method method = Method::QUANTIZED;  // RAW | FP16 | QUANTIZED
+  Method method = Method::QUANTIZED;  // RAW | FP16 | BF16 | QUANTIZED
   QuantizerOptions quantizer;         // used when method == QUANTIZED
   void validate() const;              // ConfigError
 };
@@ -126,7 +128,7 @@ struct DecodedTensor {
   WireHeader header;
   std::vector<float> values;  // numel values, row-major
 };
-// Decodes a RAW / FP16 / QUANTIZED message; ProtocolError on bad bytes.
+// Decodes a RAW / FP16 / BF16 / QUANTIZED message; ProtocolError on bad bytes.
 DecodedTensor decodeTensor(const uint8_t* header, size_t header_bytes,
                            const uint8_t* payload, size_t payload_bytes);
 DecodedTensor decodeTensor(const CompressedMessage& msg);

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "geopipe/error.h"
+#include "src/common/logging.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/progress_display.h"
@@ -62,6 +63,7 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   };
   distributed::Coordinator coordinator(opt);
   JobSpec job = coordinator.job();
+  common::applyJobLogLevel(job.logging.level);
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
   display = std::make_unique<ProgressDisplay>(job, out, args.resume);
   out << "coordinator of '" << job.name << "' listening on " << coordinator.listeningAddress()

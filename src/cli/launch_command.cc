@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "geopipe/error.h"
+#include "src/common/logging.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/progress_display.h"
@@ -74,6 +75,7 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   opt.threads_per_worker = args.threads;
   opt.spares = args.spares;
   opt.respawn = !args.no_respawn;
+  opt.worker_log_level = common::pinnedLogLevel();  // else the job's logging.level
   if (args.heartbeat_timeout) {
     opt.heartbeat_timeout =
         std::chrono::milliseconds(static_cast<int64_t>(*args.heartbeat_timeout * 1000));

@@ -54,9 +54,10 @@ int main(int argc, char** argv) {
   CLI::App app{"geopipe: pipeline-parallel LLM training over slow, uneven networks"};
   app.require_subcommand(1);
   std::string log_level = "info";
-  app.add_option("--log-level", log_level,
-                 "trace, debug, info, warn, error or off")
-      ->capture_default_str();
+  auto* log_level_option = app.add_option(
+      "--log-level", log_level, "trace, debug, info, warn, error or off (wins over the job's "
+      "logging.level)");
+  log_level_option->capture_default_str();
   app.set_version_flag("--version", std::string("geopipe ") + GEOPIPE_VERSION_STRING);
 
   // validate
@@ -134,6 +135,7 @@ int main(int argc, char** argv) {
 
   int rc = guarded([&] {
     geopipe::common::setLogLevel(log_level);
+    if (log_level_option->count() > 0) geopipe::common::pinLogLevel();
     return 0;
   });
   if (rc != 0) return static_cast<int>(ExitCode::USAGE);

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "geopipe/error.h"
+#include "src/common/logging.h"
 #include "geopipe/trainer.h"
 #include "scheduler/planner.h"
 #include "src/cli/commands.h"
@@ -42,6 +43,7 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
 
 int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   JobSpec job = config::loadJobFile(args.job);
+  common::applyJobLogLevel(job.logging.level);
   if (args.steps) job.training.steps = *args.steps;
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
   if (job.parallelism.dataParallelAuto()) {

@@ -18,4 +18,22 @@ void setLogLevel(const std::string& level) {
   spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
 }
 
+namespace {
+std::string& pinned() {
+  static std::string level;
+  return level;
+}
+}  // namespace
+
+void pinLogLevel() {
+  pinned() = spdlog::level::to_string_view(spdlog::get_level()).data();
+  if (pinned() == "warning") pinned() = "warn";
+}
+
+std::string pinnedLogLevel() { return pinned(); }
+
+void applyJobLogLevel(const std::string& level) {
+  if (pinned().empty()) setLogLevel(level);
+}
+
 }  // namespace geopipe::common

@@ -27,7 +27,12 @@ std::string formatJobSummary(const JobSpec& job) {
   os << "job '" << job.name << "' (" << job.source << ")\n";
   os << "  model:        " << m.kind << (m.kind == "custom" ? " " + m.name : "")
      << ", " << m.layers << " layers, hidden " << m.hidden << ", " << m.heads
-     << " heads, seq " << m.seq_len << ", vocab " << m.vocab << "\n";
+     << " heads, seq " << m.seq_len << ", vocab " << m.vocab << ", " << m.dtype
+     << (m.from.empty() ? "" : ", from " + m.from) << "\n";
+  if (m.dtype == "fp16" && job.training.device == "cpu") {
+    os << "  note:         model.dtype fp16 computes only on CUDA: this job is for `plan` "
+          "(train/launch need training.device: cuda, or dtype bf16)\n";
+  }
   os << "  data:         " << job.data.kind
      << (job.data.path.empty() ? "" : " " + job.data.path) << "\n";
   os << "  training:     " << job.training.steps << " steps, global batch "

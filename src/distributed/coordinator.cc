@@ -24,6 +24,7 @@
 #include "src/distributed/request_checks.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
+#include "src/runtime/precision.h"
 #include "src/runtime/tasklet.h"
 #include "src/security/token.h"
 #include "src/transport/grpc/credentials.h"
@@ -109,6 +110,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     job_ = parseBundle(bundle_);
     job_.security = bundle_.security;
     if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
+    runtime::checkComputeDtype(job_);
     if (job_.parallelism.dataParallelAuto()) {
       auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false);
       job_.parallelism.pipeline_stages = plan.d_pp;

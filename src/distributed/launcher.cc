@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "geopipe/error.h"
+#include "src/common/logging.h"
 #include "src/config/job_parser.h"
 #include "src/distributed/process.h"
 #include "src/distributed/security.h"
@@ -53,6 +54,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   // default) a CA, certificate and token made for this run in its log
   // directory. Workers get file paths, never the token itself, on argv.
   const JobSpec spec = config::loadJobFile(opt.job_path);
+  common::applyJobLogLevel(spec.logging.level);
   JobSecurity security;
   WorkerSecurityArgs worker_security;
   if (!spec.security.configured) {
@@ -106,10 +108,12 @@ LaunchResult launchJob(const LaunchOptions& opt) {
     for (int i = 0; i < processes; ++i) {
       SpawnOptions so;
       so.program = exe;
-      so.argv = {exe,
-                 "--log-level",
-                 opt.worker_log_level,
-                 "worker",
+      so.argv = {exe};
+      if (!opt.worker_log_level.empty()) {
+        so.argv.push_back("--log-level");
+        so.argv.push_back(opt.worker_log_level);
+      }
+      so.argv.insert(so.argv.end(), {"worker",
                  "--coordinator",
                  coordinator.listeningAddress(),
                  "--device",
@@ -119,7 +123,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
                  "--threads",
                  std::to_string(threads),
                  "--timeout",
-                 std::to_string(opt.timeout_seconds)};
+                 std::to_string(opt.timeout_seconds)});
       const WorkerSecurityArgs& ws = worker_security;
       if (ws.insecure) so.argv.push_back("--insecure");
       if (ws.allow_insecure_remote) so.argv.push_back("--allow-insecure-remote");

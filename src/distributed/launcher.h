@@ -32,7 +32,7 @@ struct LaunchOptions {
   // directory under the system temp dir (kept; its path is in the result).
   std::string log_dir;
   // --log-level given to the workers.
-  std::string worker_log_level = "info";
+  std::string worker_log_level;  // --log-level of the workers; empty: the job's logging.level
   // LibTorch threads per worker; 0 = max(1, cores / tasklets).
   int threads_per_worker = 0;
   // Longest wait for a peer's message inside a worker.

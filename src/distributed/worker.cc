@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "geopipe/error.h"
+#include "src/common/logging.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/common/blas_check.h"
@@ -354,6 +355,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
   };
   try {
     JobSpec job = parseBundle({a.job_yaml(), a.job_source(), a.base_dir()});
+    common::applyJobLogLevel(job.logging.level);
     job.training.steps = static_cast<int>(a.steps());
     job.parallelism.pipeline_stages = a.stages();
     job.parallelism.data_parallel = a.replicas();

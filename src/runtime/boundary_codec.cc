@@ -102,10 +102,12 @@ Frame decodeFrame(const transport::Bytes& bytes) {
 }
 
 std::unique_ptr<BoundaryEncoder> BoundaryEncoder::forActivations(
-    const ActivationCompressionSpec& spec, uint64_t seed, const std::string& store_name) {
+    const ActivationCompressionSpec& spec, uint64_t seed, const std::string& store_name,
+    const std::string& compute_dtype) {
   auto e = std::make_unique<BoundaryEncoder>();
   e->direction_ = 0;
-  auto opt = compression::activationOptionsFromSpec(spec, seed, store_name + ".send");
+  auto opt =
+      compression::activationOptionsFromSpec(spec, seed, store_name + ".send", compute_dtype);
   if (opt.acsgd) {
     e->delta_ = std::make_unique<compression::DeltaSender>(
         opt.delta, compression::makeBufferStore(opt.store));
@@ -116,10 +118,11 @@ std::unique_ptr<BoundaryEncoder> BoundaryEncoder::forActivations(
 }
 
 std::unique_ptr<BoundaryEncoder> BoundaryEncoder::forGradients(const BackwardCompressionSpec& spec,
-                                                               uint64_t seed) {
+                                                               uint64_t seed,
+                                                               const std::string& compute_dtype) {
   auto e = std::make_unique<BoundaryEncoder>();
   e->direction_ = 1;
-  e->codec_ = compression::backwardOptionsFromSpec(spec, seed);
+  e->codec_ = compression::backwardOptionsFromSpec(spec, seed, compute_dtype);
   return e;
 }
 

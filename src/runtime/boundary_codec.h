@@ -44,13 +44,16 @@ Frame decodeFrame(const transport::Bytes& bytes);
 // thread calls it). AC-SGD senders own their m(xi) store.
 class BoundaryEncoder {
  public:
-  // Forward activations of a boundary; `store_name` names its mmap file.
+  // Forward activations of a boundary; `store_name` names its mmap file;
+  // method none sends the compute dtype (model.dtype: fp32, bf16, fp16).
   static std::unique_ptr<BoundaryEncoder> forActivations(const ActivationCompressionSpec& spec,
                                                          uint64_t seed,
-                                                         const std::string& store_name);
-  // Backward activation gradients.
+                                                         const std::string& store_name,
+                                                         const std::string& compute_dtype = "fp32");
+  // Backward activation gradients (method none: the compute dtype).
   static std::unique_ptr<BoundaryEncoder> forGradients(const BackwardCompressionSpec& spec,
-                                                       uint64_t seed);
+                                                       uint64_t seed,
+                                                       const std::string& compute_dtype = "fp32");
 
   transport::Bytes encode(int64_t step, int m, int num_micro_batches,
                           const std::vector<int64_t>& sample_ids, const float* data,

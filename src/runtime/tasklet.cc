@@ -6,6 +6,7 @@
 
 #include "compression/delta_compressor.h"
 #include "geopipe/error.h"
+#include "src/runtime/precision.h"
 #include "src/runtime/reshard.h"
 #include "src/transport/collectives.h"
 
@@ -117,6 +118,8 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   so.num_micro_batches = micro_batches_;
   so.seed = job.training.seed;
   so.device = taskletDevice(job.training.device, rank);
+  so.dtype = job.model.dtype;
+  checkComputeDtype(job);
   compute_ = std::make_unique<TorchStage>(model, so, dataset, sampler, job.compression);
   params_ = compute_->parameters();
   optimizer_ = makeOptimizer(job.training.optimizer, params_);
@@ -130,11 +133,14 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   eo.timeout = timeout;
   executor_ = std::make_unique<pipeline::StageExecutor>(transport, eo, micro_batches_);
 
-  std::vector<int> dp_group;
-  for (int r = 0; r < replicas; ++r) dp_group.push_back(r * stages_ + stage_);
+  for (int r = 0; r < replicas; ++r) dp_group_.push_back(r * stages_ + stage_);
   for (int s = 0; s < stages_; ++s) pp_group_.push_back(replica_ * stages_ + s);
-  sync_ = std::make_unique<GradientSync>(transport, dp_group, job.compression.gradients,
+  sync_ = std::make_unique<GradientSync>(transport, dp_group_, job.compression.gradients,
                                          job.training.seed, timeout);
+  if (job.model.dtype == "fp16") {
+    scaler_ = std::make_unique<LossScaler>();
+    compute_->setLossScale(scaler_->scale());
+  }
 
   auto stageOfLayer = [&](int layer) {
     for (int s = 0; s < stages_; ++s) {
@@ -182,6 +188,18 @@ TaskletStep Tasklet::runStep(int64_t step) {
   optimizer_->zero_grad();
   pipeline::StepTiming timing = executor_->runStep(step, *compute_);
   const auto t_sync = Clock::now();
+  bool apply = true;
+  if (scaler_) {
+    // fp16: unscale, and skip the step everywhere when any tasklet of the
+    // job found a non-finite gradient (the flag crosses the replica's
+    // stages, then each stage's replicas, so every tasklet sees the same).
+    double flag = unscaleAndCheck(params_, scaler_->scale()) ? 1.0 : 0.0;
+    flag = allReduceScalarSum(transport_, pp_group_, flag, step, 1, timeout_);
+    flag = allReduceScalarSum(transport_, dp_group_, flag, step, 2, timeout_);
+    apply = scaler_->update(flag > 0);
+    compute_->setLossScale(scaler_->scale());
+  }
+  if (apply) {
   sync_->average(params_, step);
   sumTiedGradients(step);
   if (job_.training.grad_clip > 0) {
@@ -193,9 +211,10 @@ TaskletStep Tasklet::runStep(int64_t step) {
     const double sq = allReduceScalarSum(transport_, pp_group_, local, step, 0, timeout_);
     clipTo(params_, sq, job_.training.grad_clip);
   }
+  }
   const double lr = learningRateAt(job_.training, step);
   setLearningRate(*optimizer_, lr);
-  optimizer_->step();
+  if (apply) optimizer_->step();
 
   TaskletStep out;
   StepMetrics& part = out.part;
@@ -282,6 +301,10 @@ std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) co
     optimizer_->save(optim_archive);
     archive.write("model", model_archive);
     archive.write("optimizer", optim_archive);
+    if (scaler_) {
+      archive.write("loss_scale",
+                    torch::tensor({scaler_->scale(), double(scaler_->goodSteps())}, torch::kDouble));
+    }
     const std::string name = fileName("pt");
     const std::string path = (fs::path(step_dir) / name).string();
     try {
@@ -330,6 +353,11 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
     compute_->module()->load(model_archive);
     compute_->bindTiedWeights();
     optimizer_->load(optim_archive);
+    torch::Tensor scale;
+    if (scaler_ && archive.try_read("loss_scale", scale)) {
+      scaler_->restore(scale[0].item<double>(), static_cast<int>(scale[1].item<double>()));
+      compute_->setLossScale(scaler_->scale());
+    }
   } catch (const c10::Error& e) {
     GEOPIPE_THROW(IoError, "checkpoint '", path, "' does not fit tasklet ", rank_, " (stage ",
                   stage_, ", replica ", replica_, "): ", e.what_without_backtrace());

@@ -18,6 +18,7 @@
 #include "src/pipeline/executor.h"
 #include "src/runtime/gradient_sync.h"
 #include "src/runtime/placement.h"
+#include "src/runtime/precision.h"
 #include "src/runtime/torch_stage.h"
 
 namespace geopipe::runtime {
@@ -96,7 +97,8 @@ class Tasklet {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<pipeline::StageExecutor> executor_;
   std::unique_ptr<GradientSync> sync_;
-  std::vector<int> pp_group_;
+  std::vector<int> pp_group_, dp_group_;
+  std::unique_ptr<LossScaler> scaler_;  // fp16 only
   // This stage's copy of a weight tied to a layer on another stage of the
   // replica (ModelDef::tied): the two copies' gradients are summed every
   // step, so both stay equal to the whole model's weight.

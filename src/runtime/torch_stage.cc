@@ -2,6 +2,7 @@
 #include "src/runtime/torch_stage.h"
 
 #include "geopipe/error.h"
+#include "src/runtime/precision.h"
 
 namespace geopipe::runtime {
 namespace {
@@ -55,17 +56,17 @@ TorchStage::TorchStage(const ModelDef& model, TorchStageOptions options,
   };
   if (!last) {
     send_act_ = BoundaryEncoder::forActivations(compression.activations, options.seed,
-                                                name(options.stage));
+                                                name(options.stage), options.dtype);
     recv_grad_ = BoundaryDecoder::forGradients(compression.backward, options.seed);
   }
   if (!first) {
     recv_act_ = BoundaryDecoder::forActivations(compression.activations, options.seed,
                                                 name(options.stage - 1));
-    send_grad_ = BoundaryEncoder::forGradients(compression.backward, options.seed);
+    send_grad_ = BoundaryEncoder::forGradients(compression.backward, options.seed, options.dtype);
   }
   // Evaluation sends activations uncompressed.
   const ActivationCompressionSpec plain;
-  if (!last) eval_send_ = BoundaryEncoder::forActivations(plain, options.seed, "eval");
+  if (!last) eval_send_ = BoundaryEncoder::forActivations(plain, options.seed, "eval", options.dtype);
   if (!first) eval_recv_ = BoundaryDecoder::forActivations(plain, options.seed, "eval");
 }
 
@@ -90,7 +91,11 @@ transport::Bytes TorchStage::evalForward(int64_t step, int m, const std::vector<
     eval_recv_->decode(input, step, m, ids, in_shape, scratch_);
     x = torch::from_blob(scratch_.data(), in_shape, torch::kFloat32).to(options_.device);
   }
-  torch::Tensor out = module_->forward(x);
+  torch::Tensor out;
+  {
+    AutocastScope autocast(options_.dtype, options_.device);
+    out = module_->forward(x);
+  }
   if (options_.stage == options_.num_stages - 1) {
     if (!targets.defined()) targets = tokenBatch(val, ids).second;
     // The model's loss is a mean over the predicted tokens.
@@ -129,7 +134,11 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     stash.input = options_.device.is_cpu() ? in.clone() : in.to(options_.device);
     stash.input.set_requires_grad(true);
   }
-  torch::Tensor out = module_->forward(stash.input);
+  torch::Tensor out;
+  {
+    AutocastScope autocast(options_.dtype, options_.device);
+    out = module_->forward(stash.input);
+  }
   const auto declared = model_.output_shape(options_.last_layer - 1, batch, dataset_.seqLen());
   if (shapeOf(out) != declared) {
     GEOPIPE_THROW(ConfigError, "model '", model_.name, "' layer ", options_.last_layer - 1,
@@ -141,11 +150,12 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     if (!targets.defined()) targets = tokenBatch(dataset_, ids).second;
     // Mean over this replica's micro-batches; replicas average their
     // gradients, so the step's gradient is that of the global-batch mean.
-    auto loss = model_.loss(out, targets.to(options_.device));
+    auto loss = model_.loss(out, targets.to(options_.device)).to(torch::kFloat32);
     loss_sum_ += loss.item<double>();
-    stash.output = loss / options_.num_micro_batches;
+    stash.output = loss_scale_ == 1.0 ? loss / options_.num_micro_batches
+                                      : loss * (loss_scale_ / options_.num_micro_batches);
   } else {
-    auto detached = out.detach().to(torch::kCPU).contiguous();
+    auto detached = out.detach().to(torch::kCPU, torch::kFloat32).contiguous();
     message = send_act_->encode(step, m, options_.num_micro_batches, ids,
                                 detached.data_ptr<float>(), shapeOf(detached));
     stash.output = out;
@@ -167,10 +177,10 @@ transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad
     const auto shape = shapeOf(stash.output);
     recv_grad_->decode(grad, step, m, ids, shape, scratch_);
     auto g = torch::from_blob(scratch_.data(), shape, torch::kFloat32);
-    stash.output.backward(g.to(options_.device));
+    stash.output.backward(g.to(options_.device, stash.output.scalar_type()));
   }
   if (options_.stage == 0) return {};
-  auto g_in = stash.input.grad().to(torch::kCPU).contiguous();
+  auto g_in = stash.input.grad().to(torch::kCPU, torch::kFloat32).contiguous();
   return send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
                             g_in.data_ptr<float>(), shapeOf(g_in));
 }

@@ -27,6 +27,7 @@ struct TorchStageOptions {
   int num_micro_batches = 1;
   uint64_t seed = 0;     // model init seed
   torch::Device device = torch::kCPU;  // where the layers compute
+  std::string dtype = "fp32";          // model.dtype: fp32 | bf16 | fp16 (autocast)
 };
 
 // The device of tasklet `rank` for job.training.device ("cpu", "cuda" =
@@ -60,6 +61,9 @@ class TorchStage : public pipeline::StageCompute {
   void bindTiedWeights() {
     geopipe::bindTiedWeights(model_, module_, options_.first_layer, options_.last_layer);
   }
+  // fp16: the last stage multiplies the loss by this before backward.
+  void setLossScale(double scale) { loss_scale_ = scale; }
+
   // Trainable parameters, each once (a tied weight bound inside this stage
   // is one tensor).
   std::vector<torch::Tensor> parameters() { return uniqueParameters(*module_); }
@@ -89,6 +93,7 @@ class TorchStage : public pipeline::StageCompute {
   std::unique_ptr<BoundaryDecoder> recv_act_, recv_grad_;
   std::unique_ptr<BoundaryEncoder> eval_send_;
   std::unique_ptr<BoundaryDecoder> eval_recv_;
+  double loss_scale_ = 1.0;
   double val_sum_ = 0;
   uint64_t val_tokens_ = 0;
   std::map<int, Stash> stash_;

@@ -16,6 +16,7 @@
 #include "src/data/sampler.h"
 #include "src/pipeline/executor.h"
 #include "src/runtime/checkpoint.h"
+#include "src/runtime/precision.h"
 #include "src/runtime/gradient_sync.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
@@ -107,6 +108,7 @@ Trainer::Trainer(ModelDef model, JobSpec job, TrainerOptions options)
 
 TrainResult Trainer::train() {
   common::warnIfSlowBlas();
+  runtime::checkComputeDtype(job_);
   const int stages = job_.parallelism.pipeline_stages;
   GEOPIPE_CHECK(!job_.parallelism.dataParallelAuto(), ConfigError,
                 "parallelism.data_parallel: auto must be resolved by the scheduler before "
