@@ -65,9 +65,11 @@ const cases = [
   ["newline_run", "x" + "\n".repeat(7) + "y"],
   ["ws_before_word", "a  \tb"],
   ["unicode_spaces", "a\u00a0b\u2003c\u3000d\u2028e\u2029f\u0085g"],
+  // a space next to a non-ASCII space: \s must be Unicode-aware (PCRE2_UCP)
+  ["unicode_space_runs", "x \u00a0y a\u2003 b c \u3000\u3000 d\u00a0\u00a0e \u2028\n f"],
   ["vt_ff", "a\u000bb\u000cc"],
   ["separators_1c_1f", "a\u001cb\u001dc\u001ed\u001ff"],
-  ["mongolian_vowel_sep", "a\u180eb"],
+  ["mongolian_vowel_sep", "a\u180eb x \u180ea \u180e\u180e"],
   ["zero_width", "zero\u200bwidth\u200cjoin\u200dnon\ufeffbom"],
   // contractions
   ["contractions", "I'm sure we're fine, they've said I'll go and he'd know it's done; can't won't"],
