@@ -1,11 +1,14 @@
 // SentencePiece through libsentencepiece: the only file that includes it.
-#include "src/tokenizer/sentencepiece_tokenizer.h"
-
+// Built as the plugin libgeopipe_sentencepiece.so (sentencepiece_loader.cc
+// loads it) whose one exported symbol is geopipe_sentencepiece_load().
 #include <sentencepiece_processor.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 
 #include "geopipe/error.h"
+#include "src/tokenizer/tokenizer.h"
 
 namespace geopipe::tokenizer {
 namespace {
@@ -32,7 +35,23 @@ size_t incompleteUtf8Tail(const std::string& bytes) {
   return 0;
 }
 
-}  // namespace
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  explicit SentencePieceTokenizer(const std::string& model_path);
+
+  std::vector<int32_t> encode(std::string_view text) const override;
+  std::string decode(const std::vector<int32_t>& ids) const override;
+  int64_t vocabSize() const override { return vocab_size_; }
+  std::optional<int32_t> bosId() const override { return bos_; }
+  std::optional<int32_t> eosId() const override { return eos_; }
+  std::string kind() const override { return "sentencepiece"; }
+
+ private:
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  std::string path_;
+  int64_t vocab_size_ = 0;
+  std::optional<int32_t> bos_, eos_;
+};
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path)
     : processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()), path_(model_path) {
@@ -46,8 +65,6 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path)
   if (processor_->bos_id() >= 0) bos_ = processor_->bos_id();
   if (processor_->eos_id() >= 0) eos_ = processor_->eos_id();
 }
-
-SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
 std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text) const {
   std::vector<int> ids;
@@ -84,4 +101,18 @@ std::string SentencePieceTokenizer::decode(const std::vector<int32_t>& ids) cons
   return text + tail;
 }
 
+}  // namespace
 }  // namespace geopipe::tokenizer
+
+// The plugin's entry point: a new tokenizer for the model at `path`, or
+// nullptr with the reason in `error` (at most error_size bytes, NUL-ended).
+extern "C" __attribute__((visibility("default"))) geopipe::tokenizer::Tokenizer*
+geopipe_sentencepiece_load(const char* path, char* error, size_t error_size) {
+  try {
+    return new geopipe::tokenizer::SentencePieceTokenizer(path);
+  } catch (const std::exception& e) {
+    std::strncpy(error, e.what(), error_size - 1);
+    error[error_size - 1] = '\0';
+    return nullptr;
+  }
+}

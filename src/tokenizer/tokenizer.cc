@@ -91,7 +91,7 @@ std::unique_ptr<Tokenizer> loadTokenizer(const std::string& dir) {
     case Format::VOCAB_MERGES:
       return std::make_unique<ByteLevelBpe>(readVocabAndMerges(c.files[0], c.files[1]));
     case Format::SENTENCEPIECE:
-      return std::make_unique<SentencePieceTokenizer>(c.files[0]);
+      return loadSentencePiece(c.files[0]);
   }
   GEOPIPE_THROW(Error, "unknown tokenizer format");
 }
