@@ -6,8 +6,12 @@
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -15,6 +19,7 @@
 #include "geopipe/error.h"
 #include "src/tokenizer/byte_level_bpe.h"
 #include "src/tokenizer/gpt2_pretokenizer.h"
+#include "src/tokenizer/token_file.h"
 #include "src/tokenizer/tokenizer.h"
 
 using namespace geopipe;
@@ -472,5 +477,198 @@ TEST(Loader, CorruptSentencePieceModelNamesTheFile) {
   EXPECT_NE(msg.find((dir.path / "tokenizer.model").string()), std::string::npos) << msg;
   EXPECT_THROW(loadTokenizer(dir.str()), IoError);
 }
+
+// ---------------------------------------------------------------------------
+// Token files.
+
+namespace token_files {
+
+std::vector<uint32_t> readIds(const fs::path& path, size_t width) {
+  const std::string bytes = readAll(path.string());
+  EXPECT_EQ(bytes.size() % width, 0u) << path;
+  std::vector<uint32_t> ids(bytes.size() / width);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    uint32_t v = 0;
+    for (size_t k = 0; k < width; ++k) {
+      v |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[i * width + k])) << (8 * k);
+    }
+    ids[i] = v;
+  }
+  return ids;
+}
+
+std::vector<uint32_t> documents(const Tokenizer& t, const std::vector<std::string>& texts) {
+  std::vector<uint32_t> ids;
+  for (const auto& text : texts) {
+    for (int32_t id : t.encodeDocument(text)) ids.push_back(static_cast<uint32_t>(id));
+  }
+  return ids;
+}
+
+// Files left in a folder (to see that a failure leaves no temporary).
+std::vector<std::string> listing(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+TEST(TokenFile, TextFilesAndJsonLinesBecomeDocumentsEndedByEndOfText) {
+  TempDir dir;
+  writeFile(dir.path / "a.txt", "Hello world\n");
+  writeFile(
+      dir.path / "b.jsonl",
+      "{\"text\": \"first <|endoftext|> doc\"}\n\n  \n{\"text\": \"caf\\u00e9\", \"id\": 7}\n");
+  writeFile(dir.path / "c.md", "");
+  const fs::path out = dir.path / "train.bin";
+  std::vector<TokenizeProgress> seen;
+  const TokenizeResult r =
+      tokenizeFiles(gpt2(),
+                    {(dir.path / "a.txt").string(), (dir.path / "b.jsonl").string(),
+                     (dir.path / "c.md").string()},
+                    out.string(), {}, [&](const TokenizeProgress& p) { seen.push_back(p); });
+  const auto want =
+      documents(gpt2(), {"Hello world\n", "first <|endoftext|> doc", "caf\xC3\xA9", ""});
+  EXPECT_EQ(readIds(out, 2), want);
+  EXPECT_EQ(want.back(), 50256u);  // the last document is ended too
+  EXPECT_EQ(std::count(want.begin(), want.end(), 50256u), 4);
+  EXPECT_EQ(r.documents, 4);
+  EXPECT_EQ(r.tokens, static_cast<int64_t>(want.size()));
+  EXPECT_EQ(r.val_documents, 0);
+  EXPECT_TRUE(r.val_path.empty());
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen.back().input_bytes_done, seen.back().input_bytes_total);
+  EXPECT_EQ(listing(dir.path), (std::vector<std::string>{"a.txt", "b.jsonl", "c.md", "train.bin"}));
+}
+
+TEST(TokenFile, ValFractionHoldsOutTheLastWholeDocuments) {
+  TempDir dir;
+  std::string jsonl;
+  std::vector<std::string> texts;
+  for (int i = 0; i < 10; ++i) {
+    texts.push_back("document number " + std::to_string(i) + std::string(i, '!'));
+    jsonl += json({{"text", texts.back()}}).dump() + "\n";
+  }
+  writeFile(dir.path / "docs.jsonl", jsonl);
+  const fs::path out = dir.path / "out.bin";
+  writeFile(dir.path / "out.bin.val", "stale");
+  TokenizeOptions o;
+  o.val_fraction = 0.25;  // ceil(2.5) = 3 documents
+  const TokenizeResult r =
+      tokenizeFiles(gpt2(), {(dir.path / "docs.jsonl").string()}, out.string(), o);
+  EXPECT_EQ(r.val_documents, 3);
+  EXPECT_EQ(r.val_path, out.string() + ".val");
+  EXPECT_EQ(readIds(out, 2), documents(gpt2(), {texts.begin(), texts.begin() + 7}));
+  EXPECT_EQ(readIds(out.string() + ".val", 2), documents(gpt2(), {texts.begin() + 7, texts.end()}));
+  EXPECT_EQ(r.val_tokens, static_cast<int64_t>(readIds(out.string() + ".val", 2).size()));
+
+  o.val_fraction = 0.001;  // rounds up: one document
+  tokenizeFiles(gpt2(), {(dir.path / "docs.jsonl").string()}, out.string(), o);
+  EXPECT_EQ(readIds(out.string() + ".val", 2), documents(gpt2(), {texts.back()}));
+
+  // Without a split, a .val of an earlier run is removed: out and out.val
+  // always come from one run.
+  tokenizeFiles(gpt2(), {(dir.path / "docs.jsonl").string()}, out.string(), {});
+  EXPECT_FALSE(fs::exists(out.string() + ".val"));
+  EXPECT_EQ(readIds(out, 2), documents(gpt2(), texts));
+}
+
+TEST(TokenFile, ValFractionThatLeavesNoTrainingDocumentLeavesNoFiles) {
+  TempDir dir;
+  writeFile(dir.path / "one.txt", "only one document");
+  TokenizeOptions o;
+  o.val_fraction = 0.5;
+  const std::string msg = errorOf([&] {
+    tokenizeFiles(gpt2(), {(dir.path / "one.txt").string()}, (dir.path / "o.bin").string(), o);
+  });
+  EXPECT_NE(msg.find("holds out 1 of 1 document(s)"), std::string::npos) << msg;
+  EXPECT_EQ(listing(dir.path), std::vector<std::string>{"one.txt"});
+  for (double bad : {-0.1, 1.0, std::nan("")}) {
+    o.val_fraction = bad;
+    EXPECT_THROW(
+        tokenizeFiles(gpt2(), {(dir.path / "one.txt").string()}, (dir.path / "o.bin").string(), o),
+        ConfigError)
+        << bad;
+  }
+  EXPECT_EQ(listing(dir.path), std::vector<std::string>{"one.txt"});
+}
+
+TEST(TokenFile, SentencePieceDocumentsAreBosTextEosInUint32) {
+  TempDir dir;
+  writeFile(dir.path / "a.txt", "Hello world");
+  writeFile(dir.path / "b.txt", "second");
+  TokenizeOptions o;
+  o.dtype = "uint32";
+  tokenizeFiles(spm(), {(dir.path / "a.txt").string(), (dir.path / "b.txt").string()},
+                (dir.path / "o.bin").string(), o);
+  const auto ids = readIds(dir.path / "o.bin", 4);
+  EXPECT_EQ(ids, documents(spm(), {"Hello world", "second"}));
+  EXPECT_EQ(ids.front(), 1u);
+  EXPECT_EQ(ids.back(), 2u);
+}
+
+// A vocabulary too large for uint16, without loading one.
+class BigVocabulary final : public Tokenizer {
+ public:
+  std::vector<int32_t> encode(std::string_view) const override { return {70000}; }
+  std::string decode(const std::vector<int32_t>&) const override { return ""; }
+  int64_t vocabSize() const override { return 70001; }
+  std::optional<int32_t> bosId() const override { return std::nullopt; }
+  std::optional<int32_t> eosId() const override { return 70000; }
+  std::string kind() const override { return "gpt2-bpe"; }
+};
+
+TEST(TokenFile, Uint16IsRefusedForAVocabularyOver65536) {
+  TempDir dir;
+  writeFile(dir.path / "a.txt", "x");
+  const std::string in = (dir.path / "a.txt").string(), out = (dir.path / "o.bin").string();
+  const std::string msg = errorOf([&] { tokenizeFiles(BigVocabulary(), {in}, out, {}); });
+  EXPECT_NE(msg.find("70001 ids: use --dtype uint32"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(out));
+  TokenizeOptions o;
+  o.dtype = "uint32";
+  tokenizeFiles(BigVocabulary(), {in}, out, o);
+  EXPECT_EQ(readIds(out, 4), (std::vector<uint32_t>{70000, 70000}));
+  o.dtype = "int8";
+  EXPECT_THROW(tokenizeFiles(BigVocabulary(), {in}, out, o), ConfigError);
+}
+
+TEST(TokenFile, BadJsonLinesNameFileAndLineAndLeaveNoFiles) {
+  TempDir dir;
+  const std::string out = (dir.path / "o.bin").string();
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"{\"text\": \"ok\"}\nnot json\n", "bad.jsonl:2: not JSON"},
+      {"{\"text\": \"ok\"}\n{\"body\": \"x\"}\n", "bad.jsonl:2: no field \"text\""},
+      {"\n{\"text\": 5}\n", "bad.jsonl:2: field \"text\" is not a string"},
+      {"[\"text\"]\n", "bad.jsonl:1: not a JSON object"},
+      {"{\"text\": \"\xFF\"}\n", "bad.jsonl:1: not JSON"},
+  };
+  for (const auto& [body, want] : bad) {
+    writeFile(dir.path / "bad.jsonl", body);
+    const std::string msg =
+        errorOf([&] { tokenizeFiles(gpt2(), {(dir.path / "bad.jsonl").string()}, out, {}); });
+    EXPECT_NE(msg.find(want), std::string::npos) << msg;
+    EXPECT_EQ(listing(dir.path), std::vector<std::string>{"bad.jsonl"});
+  }
+  writeFile(dir.path / "bad.jsonl", "\n\n");
+  EXPECT_THROW(tokenizeFiles(gpt2(), {(dir.path / "bad.jsonl").string()}, out, {}), ConfigError);
+}
+
+TEST(TokenFile, MissingInputOrUnwritableOutputIsAnIoErrorNamingIt) {
+  TempDir dir;
+  writeFile(dir.path / "a.txt", "x");
+  const std::string missing = (dir.path / "missing.txt").string();
+  std::string msg = errorOf([&] {
+    tokenizeFiles(gpt2(), {(dir.path / "a.txt").string(), missing}, (dir.path / "o").string(), {});
+  });
+  EXPECT_NE(msg.find("input '" + missing + "' does not exist"), std::string::npos) << msg;
+  EXPECT_THROW(tokenizeFiles(gpt2(), {dir.str()}, (dir.path / "o").string(), {}), IoError);
+  const std::string unwritable = (dir.path / "no-such-folder" / "o.bin").string();
+  msg = errorOf([&] { tokenizeFiles(gpt2(), {(dir.path / "a.txt").string()}, unwritable, {}); });
+  EXPECT_NE(msg.find("cannot write '" + unwritable + "'"), std::string::npos) << msg;
+  EXPECT_EQ(listing(dir.path), std::vector<std::string>{"a.txt"});
+}
+
+}  // namespace token_files
 
 }  // namespace
