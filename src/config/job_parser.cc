@@ -5,11 +5,13 @@
 
 #include <filesystem>
 #include <limits>
+#include <memory>
 
 #include "src/config/topology_parser.h"
 #include "src/config/yaml_fields.h"
 #include "src/security/pki.h"
 #include "src/security/token.h"
+#include "src/tokenizer/tokenizer.h"
 
 namespace geopipe::config {
 namespace {
@@ -120,9 +122,11 @@ class JobReader {
       DataSpec& d = job_.data;
       r.getEnum("kind", d.kind, {"synthetic", "text", "tokens", "fortunes"});
       r.getString("path", d.path);
+      r.getString("tokenizer", d.tokenizer);
       r.getEnum("token_dtype", d.token_dtype, {"uint16", "uint32"});
       r.getInt64("num_samples", d.num_samples, 0, INT64_MAX);
       d.path = resolvePath(base_dir_, d.path);
+      d.tokenizer = resolvePath(base_dir_, d.tokenizer);
     });
   }
 
@@ -473,8 +477,50 @@ class JobReader {
     checkData();
   }
 
+  // data.tokenizer: only for text, a folder holding a tokenizer whose ids
+  // all fit model.vocab. False when it is wrong (then data.path is not
+  // checked: its messages would be about bytes the tokenizer changes).
+  bool checkTokenizer() {
+    const DataSpec& d = job_.data;
+    if (d.tokenizer.empty()) return true;
+    if (d.kind != "text") {
+      fail("data.tokenizer",
+           "kind '" + d.kind + "' does not tokenize; data.tokenizer is for kind text (the file "
+           "is tokenized as it loads). Remove data.tokenizer" +
+               (d.kind == "tokens" ? std::string(" (a token file is tokenized already: geopipe "
+                                                 "tokenize writes one)")
+                                   : std::string()) +
+               " or set data.kind: text");
+      return false;
+    }
+    std::unique_ptr<tokenizer::Tokenizer> tok;
+    try {
+      tok = tokenizer::loadTokenizer(d.tokenizer);
+    } catch (const Error& e) {
+      fail("data.tokenizer", std::string(e.what()) +
+                                 " (paths are relative to the job file's directory)");
+      return false;
+    }
+    if (!tok->eosId()) {
+      fail("data.tokenizer", "tokenizer '" + d.tokenizer + "' (" + tok->kind() +
+                                 ") has no end-of-text token to end the document with");
+      return false;
+    }
+    if (tok->vocabSize() > job_.model.vocab) {
+      fail("data.tokenizer",
+           "data.tokenizer '" + d.tokenizer + "' (" + tok->kind() + ") has " +
+               std::to_string(tok->vocabSize()) + " ids but model.vocab is " +
+               std::to_string(job_.model.vocab) + ": ids >= " +
+               std::to_string(job_.model.vocab) + " would have no embedding; set model.vocab: " +
+               std::to_string(tok->vocabSize()) + " or more (preset gpt2-small has 50257)");
+      return false;
+    }
+    return true;
+  }
+
   void checkData() {
     const DataSpec& d = job_.data;
+    if (!checkTokenizer()) return;
     if (d.kind == "text" || d.kind == "tokens") {
       if (d.path.empty()) {
         fail("data.kind", "kind '" + d.kind + "' needs data.path (a " +
@@ -496,8 +542,11 @@ class JobReader {
                               "); is token_dtype right?");
         return;
       }
+      // With a tokenizer, the tokens are counted when the data loads (a
+      // normalizer can make more tokens than bytes); TokenDataset refuses
+      // too few there.
       const uint64_t need = uint64_t(job_.model.seq_len + 1) * width;
-      if (bytes < need) {
+      if (d.tokenizer.empty() && bytes < need) {
         fail("data.path", "'" + d.path + "' holds " + std::to_string(bytes / width) +
                               " tokens, fewer than one sample needs (seq_len + 1 = " +
                               std::to_string(job_.model.seq_len + 1) + ")");

@@ -1,6 +1,6 @@
 // `geopipe tokenize` end to end: the built binary on temp files; the bytes
 // it writes, the .val split at whole documents, exit codes and messages of
-// its refusals.
+// its refusals; and a job training a step on text tokenized as it loads.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -243,6 +243,37 @@ TEST(TokenizeCommand, CtrlCStopsAfterTheCurrentDocumentAndLeavesNoFiles) {
   EXPECT_TRUE(contains(err, "nothing written")) << err;
   fs::remove(dir.file("stderr"));
   EXPECT_EQ(listing(dir), before);
+}
+
+TEST(TokenizeCommand, TextDataWithATokenizerTrainsAStep) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 20; ++i) text += "The fox " + std::to_string(i) + " jumps over the dog. ";
+  writeFile(dir.file("corpus.txt"), text);
+  fs::create_directory(dir.file("tok"));
+  for (const char* f : {"vocab.json", "merges.txt"}) {
+    fs::copy_file(kGpt2Dir + "/" + f, dir.file(std::string("tok/") + f));
+  }
+  // Relative paths: the tokenizer travels with the job like data.path.
+  writeFile(dir.file("job.yaml"),
+            "model: {preset: none, layers: 1, hidden: 32, heads: 2, seq_len: 16, vocab: 50257}\n"
+            "data: {kind: text, path: corpus.txt, tokenizer: tok}\n"
+            "training: {steps: 1, global_batch: 2, micro_batch: 1}\n"
+            "topology:\n"
+            "  sites: [{name: local, devices: 1}]\n");
+  CommandResult r = geopipe(dir, {"validate", dir.file("job.yaml")});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "tokenizer " + dir.file("tok"))) << r.out;
+  r = geopipe(dir, {"train", dir.file("job.yaml")});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out + r.err, "loss")) << r.out << r.err;
+
+  // The same corpus through `geopipe tokenize` and data.kind tokens: the
+  // same ids, so the two paths train on the same stream.
+  r = geopipe(dir, {"tokenize", "--tokenizer", dir.file("tok"), dir.file("corpus.txt"), "--out",
+                    dir.file("corpus.bin")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(readAll(dir.file("corpus.bin")), uint16le(gpt2().encodeDocument(text)));
 }
 
 }  // namespace
