@@ -17,14 +17,14 @@
 namespace {
 
 const geopipe::tokenizer::Tokenizer& gpt2() {
-  static const auto t = geopipe::tokenizer::loadTokenizer(GEOPIPE_SOURCE_DIR
-                                                          "/assets/tokenizers/gpt2");
+  static const auto t =
+      geopipe::tokenizer::loadTokenizer(GEOPIPE_SOURCE_DIR "/assets/tokenizers/gpt2");
   return *t;
 }
 
 const geopipe::tokenizer::Tokenizer& sentencePiece() {
-  static const auto t = geopipe::tokenizer::loadTokenizer(GEOPIPE_SOURCE_DIR
-                                                          "/tests/tokenizer/fixtures/spm");
+  static const auto t =
+      geopipe::tokenizer::loadTokenizer(GEOPIPE_SOURCE_DIR "/tests/tokenizer/fixtures/spm");
   return *t;
 }
 

@@ -485,8 +485,9 @@ class JobReader {
     if (d.tokenizer.empty()) return true;
     if (d.kind != "text") {
       fail("data.tokenizer",
-           "kind '" + d.kind + "' does not tokenize; data.tokenizer is for kind text (the file "
-           "is tokenized as it loads). Remove data.tokenizer" +
+           "kind '" + d.kind +
+               "' does not tokenize; data.tokenizer is for kind text (the file "
+               "is tokenized as it loads). Remove data.tokenizer" +
                (d.kind == "tokens" ? std::string(" (a token file is tokenized already: geopipe "
                                                  "tokenize writes one)")
                                    : std::string()) +
@@ -497,8 +498,8 @@ class JobReader {
     try {
       tok = tokenizer::loadTokenizer(d.tokenizer);
     } catch (const Error& e) {
-      fail("data.tokenizer", std::string(e.what()) +
-                                 " (paths are relative to the job file's directory)");
+      fail("data.tokenizer",
+           std::string(e.what()) + " (paths are relative to the job file's directory)");
       return false;
     }
     if (!tok->eosId()) {
@@ -510,9 +511,9 @@ class JobReader {
       fail("data.tokenizer",
            "data.tokenizer '" + d.tokenizer + "' (" + tok->kind() + ") has " +
                std::to_string(tok->vocabSize()) + " ids but model.vocab is " +
-               std::to_string(job_.model.vocab) + ": ids >= " +
-               std::to_string(job_.model.vocab) + " would have no embedding; set model.vocab: " +
-               std::to_string(tok->vocabSize()) + " or more (preset gpt2-small has 50257)");
+               std::to_string(job_.model.vocab) + ": ids >= " + std::to_string(job_.model.vocab) +
+               " would have no embedding; set model.vocab: " + std::to_string(tok->vocabSize()) +
+               " or more (preset gpt2-small has 50257)");
       return false;
     }
     return true;

@@ -28,8 +28,7 @@ std::string formatJobSummary(const JobSpec& job) {
   os << "  model:        " << m.kind << (m.kind == "custom" ? " " + m.name : "")
      << ", " << m.layers << " layers, hidden " << m.hidden << ", " << m.heads
      << " heads, seq " << m.seq_len << ", vocab " << m.vocab << "\n";
-  os << "  data:         " << job.data.kind
-     << (job.data.path.empty() ? "" : " " + job.data.path)
+  os << "  data:         " << job.data.kind << (job.data.path.empty() ? "" : " " + job.data.path)
      << (job.data.tokenizer.empty() ? "" : ", tokenizer " + job.data.tokenizer) << "\n";
   os << "  training:     " << job.training.steps << " steps, global batch "
      << job.training.global_batch << ", micro-batch " << job.training.micro_batch

@@ -135,9 +135,9 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
       // One file, one document: as `geopipe tokenize` writes it.
       const auto tok = tokenizer::loadTokenizer(data.tokenizer);
       if (tok->vocabSize() > model.vocab) {
-        GEOPIPE_THROW(ConfigError, "data.tokenizer '", data.tokenizer, "' has ",
-                      tok->vocabSize(), " ids but model.vocab is ", model.vocab,
-                      ": set model.vocab to ", tok->vocabSize(), " or more");
+        GEOPIPE_THROW(ConfigError, "data.tokenizer '", data.tokenizer, "' has ", tok->vocabSize(),
+                      " ids but model.vocab is ", model.vocab, ": set model.vocab to ",
+                      tok->vocabSize(), " or more");
       }
       tokens = tok->encodeDocument(bytes);
       source = data.path + " (" + tok->kind() + ")";

@@ -204,8 +204,8 @@ TEST(TokenizeCommand, SentencePieceRunsInTheProcessThatHasGrpcAndLibTorch) {
   TempDir dir;
   writeFile(dir.file("a.txt"), "Hello world");
   const std::string spm = fs::absolute("tests/tokenizer/fixtures/spm").string();
-  const CommandResult r = geopipe(dir, {"tokenize", "--tokenizer", spm, dir.file("a.txt"),
-                                        "--out", dir.file("o.bin")});
+  const CommandResult r =
+      geopipe(dir, {"tokenize", "--tokenizer", spm, dir.file("a.txt"), "--out", dir.file("o.bin")});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto tok = geopipe::tokenizer::loadTokenizer(spm);
   EXPECT_EQ(readAll(dir.file("o.bin")), uint16le(tok->encodeDocument("Hello world")));
