@@ -1,5 +1,6 @@
 // `geopipe tokenize`: text and JSON-lines files into a token file, with a
 // progress bar on stderr and the throughput at the end. Torch-free.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -68,8 +69,11 @@ class ProgressBar {
 
  private:
   void draw(const tokenizer::TokenizeProgress& p) {
+    // A .jsonl file's last line may lack its newline: never past 100%.
     const double frac =
-        p.input_bytes_total > 0 ? double(p.input_bytes_done) / double(p.input_bytes_total) : 1.0;
+        p.input_bytes_total > 0
+            ? std::min(1.0, double(p.input_bytes_done) / double(p.input_bytes_total))
+            : 1.0;
     std::ostringstream line;
     line << std::setw(3) << static_cast<int>(frac * 100) << "%  "
          << megabytes(double(p.input_bytes_done)) << " of "

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -357,6 +358,11 @@ void ByteLevelBpe::mergePiece(std::string_view piece, std::vector<int32_t>& out)
   };
   thread_local std::vector<int32_t> id, next, prev;
   thread_local std::vector<Candidate> heap;
+  if (piece.size() > static_cast<size_t>(INT32_MAX)) {
+    GEOPIPE_THROW(ConfigError, "a word of ", piece.size(),
+                  " bytes without a space or punctuation is longer than byte-level BPE "
+                  "handles (2 GiB)");
+  }
   const int32_t n = static_cast<int32_t>(piece.size());
   id.resize(n);
   next.resize(n);

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -195,7 +196,8 @@ TokenizeResult tokenizeFiles(const Tokenizer& tok, const std::vector<std::string
     int64_t line_no = 0;
     while (std::getline(lines, line)) {
       ++line_no;
-      p.input_bytes_done += static_cast<int64_t>(line.size()) + 1;
+      p.input_bytes_done =
+          std::min(p.input_bytes_total, p.input_bytes_done + static_cast<int64_t>(line.size()) + 1);
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       nlohmann::json doc;
       try {
