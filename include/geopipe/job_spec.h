@@ -59,6 +59,9 @@ struct ModelSpec {
 struct DataSpec {
   std::string kind = "synthetic";  // text | tokens | fortunes | synthetic
   std::string path;                // file for text | tokens
+  // text only: a tokenizer folder (docs/data.md); the file is one document,
+  // tokenized as it loads. Empty: the text's bytes are the tokens (vocab 256).
+  std::string tokenizer;
   std::string token_dtype = "uint16";  // tokens: uint16 | uint32
   int64_t num_samples = 0;         // 0 = as many as the data holds
   // Validation set (training.eval_every): a file of the same kind as `path`

@@ -94,4 +94,18 @@ void addCertsOptions(CLI::App& app, CertsArgs& args);
 // certificate per host and a join token; prints the job's security section.
 int runCertsCommand(const CertsArgs& args, std::ostream& out);
 
+struct TokenizeArgs {
+  std::string tokenizer;            // tokenizer folder (docs/data.md)
+  std::vector<std::string> inputs;  // text files (a document each) or .jsonl (one per line)
+  std::string out;                  // the token file; out + ".val" with val_fraction > 0
+  double val_fraction = 0.0;        // [0, 1): share of documents held out, the last ones
+  std::string dtype = "uint16";     // uint16 | uint32
+};
+void addTokenizeOptions(CLI::App& app, TokenizeArgs& args);
+// `geopipe tokenize`: writes the token file (docs/data.md, "Token files");
+// progress on `err` (a bar redrawn in place when err_is_tty, else a line
+// every 10 s), documents, tokens and MB/s on `out`.
+int runTokenizeCommand(const TokenizeArgs& args, std::ostream& out, std::ostream& err,
+                       bool err_is_tty);
+
 }  // namespace geopipe::cli

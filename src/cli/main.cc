@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <iostream>
 #include <string>
 #include <vector>
@@ -113,6 +115,12 @@ int main(int argc, char** argv) {
       "certs", "Create a CA, per-host TLS certificates and a join token for multi-host jobs");
   geopipe::cli::addCertsOptions(*certs, certs_args);
 
+  // tokenize
+  geopipe::cli::TokenizeArgs tokenize_args;
+  auto* tokenize = app.add_subcommand(
+      "tokenize", "Tokenize text or JSON-lines files into a token file (nanoGPT's train.bin)");
+  geopipe::cli::addTokenizeOptions(*tokenize, tokenize_args);
+
   // bench
   geopipe::cli::BenchArgs bench_args;
   auto* bench = app.add_subcommand("bench", "Reproducible benchmarks");
@@ -173,6 +181,12 @@ int main(int argc, char** argv) {
   }
   if (*certs) {
     return guarded([&] { return geopipe::cli::runCertsCommand(certs_args, std::cout); });
+  }
+  if (*tokenize) {
+    return guarded([&] {
+      return geopipe::cli::runTokenizeCommand(tokenize_args, std::cout, std::cerr,
+                                              ::isatty(STDERR_FILENO) == 1);
+    });
   }
   if (*bench && bench->got_subcommand("grpc")) {
     return guarded([&] { return geopipe::cli::runGrpcBench(grpc_bench_args, std::cout); });

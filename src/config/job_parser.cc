@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <sstream>
 
 #include "src/config/hf_config.h"
@@ -12,6 +13,7 @@
 #include "src/config/yaml_fields.h"
 #include "src/security/pki.h"
 #include "src/security/token.h"
+#include "src/tokenizer/tokenizer.h"
 
 namespace geopipe::config {
 namespace {
@@ -289,6 +291,7 @@ class JobReader {
       DataSpec& d = job_.data;
       r.getEnum("kind", d.kind, {"synthetic", "text", "tokens", "fortunes"});
       r.getString("path", d.path);
+      r.getString("tokenizer", d.tokenizer);
       r.getEnum("token_dtype", d.token_dtype, {"uint16", "uint32"});
       r.getInt64("num_samples", d.num_samples, 0, INT64_MAX);
       r.getString("val_path", d.val_path);
@@ -299,6 +302,7 @@ class JobReader {
         r.error("val_fraction", r.child("val_fraction"),
                 "give one validation set: data.val_path or data.val_fraction, not both");
       }
+      d.tokenizer = resolvePath(base_dir_, d.tokenizer);
     });
   }
 
@@ -650,8 +654,51 @@ class JobReader {
     checkData();
   }
 
+  // data.tokenizer: only for text, a folder holding a tokenizer whose ids
+  // all fit model.vocab. False when it is wrong (then data.path is not
+  // checked: its messages would be about bytes the tokenizer changes).
+  bool checkTokenizer() {
+    const DataSpec& d = job_.data;
+    if (d.tokenizer.empty()) return true;
+    if (d.kind != "text") {
+      fail("data.tokenizer",
+           "kind '" + d.kind +
+               "' does not tokenize; data.tokenizer is for kind text (the file "
+               "is tokenized as it loads). Remove data.tokenizer" +
+               (d.kind == "tokens" ? std::string(" (a token file is tokenized already: geopipe "
+                                                 "tokenize writes one)")
+                                   : std::string()) +
+               " or set data.kind: text");
+      return false;
+    }
+    std::unique_ptr<tokenizer::Tokenizer> tok;
+    try {
+      tok = tokenizer::loadTokenizer(d.tokenizer);
+    } catch (const Error& e) {
+      fail("data.tokenizer",
+           std::string(e.what()) + " (paths are relative to the job file's directory)");
+      return false;
+    }
+    if (!tok->eosId()) {
+      fail("data.tokenizer", "tokenizer '" + d.tokenizer + "' (" + tok->kind() +
+                                 ") has no end-of-text token to end the document with");
+      return false;
+    }
+    if (tok->vocabSize() > job_.model.vocab) {
+      fail("data.tokenizer",
+           "data.tokenizer '" + d.tokenizer + "' (" + tok->kind() + ") has " +
+               std::to_string(tok->vocabSize()) + " ids but model.vocab is " +
+               std::to_string(job_.model.vocab) + ": ids >= " + std::to_string(job_.model.vocab) +
+               " would have no embedding; set model.vocab: " + std::to_string(tok->vocabSize()) +
+               " or more (preset gpt2-small has 50257)");
+      return false;
+    }
+    return true;
+  }
+
   void checkData() {
     const DataSpec& d = job_.data;
+    if (!checkTokenizer()) return;
     if (job_.training.eval_every > 0 && !d.hasValidation()) {
       fail("training.eval_every",
            "eval_every is " + std::to_string(job_.training.eval_every) +
@@ -694,8 +741,11 @@ class JobReader {
                       "); is token_dtype right?");
       return;
     }
+    // With a tokenizer, the tokens are counted when the data loads (a
+    // normalizer can make more tokens than bytes); TokenDataset refuses
+    // too few there.
     const uint64_t need = uint64_t(job_.model.seq_len + 1) * width;
-    if (bytes < need) {
+    if (d.tokenizer.empty() && bytes < need) {
       fail(field, "'" + path + "' holds " + std::to_string(bytes / width) +
                       " tokens, fewer than one sample needs (seq_len + 1 = " +
                       std::to_string(job_.model.seq_len + 1) + ")");

@@ -33,8 +33,8 @@ std::string formatJobSummary(const JobSpec& job) {
     os << "  note:         model.dtype fp16 computes only on CUDA: this job is for `plan` "
           "(train/launch need training.device: cuda, or dtype bf16)\n";
   }
-  os << "  data:         " << job.data.kind
-     << (job.data.path.empty() ? "" : " " + job.data.path) << "\n";
+  os << "  data:         " << job.data.kind << (job.data.path.empty() ? "" : " " + job.data.path)
+     << (job.data.tokenizer.empty() ? "" : ", tokenizer " + job.data.tokenizer) << "\n";
   os << "  training:     " << job.training.steps << " steps, global batch "
      << job.training.global_batch << ", micro-batch " << job.training.micro_batch
      << ", " << job.training.optimizer.kind << " lr "

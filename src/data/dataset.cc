@@ -12,6 +12,7 @@
 
 #include "geopipe/error.h"
 #include "src/common/hash.h"
+#include "src/tokenizer/tokenizer.h"
 
 namespace geopipe::data {
 namespace {
@@ -128,7 +129,19 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
     source = data.path;
     std::string bytes = readAll(data.path);
     if (bytes.empty()) GEOPIPE_THROW(ConfigError, "data file '", data.path, "' is empty");
-    bytesToTokens(bytes, "text data '" + data.path + "'");
+    if (data.tokenizer.empty()) {
+      bytesToTokens(bytes, "text data '" + data.path + "'");
+    } else {
+      // One file, one document: as `geopipe tokenize` writes it.
+      const auto tok = tokenizer::loadTokenizer(data.tokenizer);
+      if (tok->vocabSize() > model.vocab) {
+        GEOPIPE_THROW(ConfigError, "data.tokenizer '", data.tokenizer, "' has ", tok->vocabSize(),
+                      " ids but model.vocab is ", model.vocab, ": set model.vocab to ",
+                      tok->vocabSize(), " or more");
+      }
+      tokens = tok->encodeDocument(bytes);
+      source = data.path + " (" + tok->kind() + ")";
+    }
   } else if (data.kind == "fortunes") {
     source = "fortunes";
     bytesToTokens(readFortunes(), "fortunes data");

@@ -38,10 +38,12 @@ class TokenDataset {
   std::string source_;
 };
 
-// Loads the dataset a job names (data.kind / path / token_dtype /
-// num_samples) for the model's seq_len and vocab. Throws ConfigError or
-// IoError naming the file and the fix: empty file, token >= vocab (with its
-// offset), fewer tokens than one sample, text data with vocab < 256.
+// Loads the dataset a job names (data.kind / path / tokenizer / token_dtype /
+// num_samples) for the model's seq_len and vocab. Text with a tokenizer is
+// one document: the tokenizer's encodeDocument of the whole file. Throws
+// ConfigError or IoError naming the file and the fix: empty file, token >=
+// vocab (with its offset), a tokenizer with more ids than vocab, fewer tokens
+// than one sample, byte-level text data with vocab < 256.
 TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t seed);
 
 // A job's training data and, when it has one, its validation set.

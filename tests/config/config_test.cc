@@ -2,6 +2,8 @@
 // defaults, asymmetric links) and the paper's scenarios as shipped.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "src/common/strings.h"
 #include "src/config/diagnostics.h"
 #include "src/config/job_parser.h"
@@ -68,6 +70,24 @@ TEST(JobParser, RelativePathsResolveAgainstTheJobDirectory) {
                      "checkpoint: {dir: ckpt, every_steps: 5}\n";
   JobSpec job = parseJobString(yaml, "/jobs/j.yaml", "/jobs");
   EXPECT_EQ(job.checkpoint.dir, "/jobs/ckpt");
+}
+
+TEST(JobParser, DataTokenizerResolvesAgainstTheJobDirectoryAndSkipsTheByteCount) {
+  // The repository root as the job's directory: the tokenizer and a text
+  // shorter in bytes than seq_len + 1 (the token count is checked on load).
+  const std::string yaml = std::string(kTwoSites) +
+                           "model: {preset: gpt2-small, seq_len: 4096}\n"
+                           "data: {kind: text, path: tests/config/fixtures/data/short.txt, "
+                           "tokenizer: assets/tokenizers/gpt2}\n";
+  const std::string root = std::filesystem::current_path().string();
+  JobSpec job = parseJobString(yaml, root + "/j.yaml", root);
+  EXPECT_EQ(job.data.tokenizer, root + "/assets/tokenizers/gpt2");
+  EXPECT_EQ(job.data.path, root + "/tests/config/fixtures/data/short.txt");
+  // Without a tokenizer the same file is too short.
+  const std::string bytes = std::string(kTwoSites) +
+                            "model: {preset: gpt2-small, seq_len: 4096}\n"
+                            "data: {kind: text, path: tests/config/fixtures/data/short.txt}\n";
+  EXPECT_THROW(parseJobString(bytes, root + "/j.yaml", root), config::SpecError);
 }
 
 TEST(TopologyParser, DevicesSitesAndDirectedLinks) {

@@ -9,6 +9,7 @@
 #include "geopipe/error.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
+#include "src/tokenizer/tokenizer.h"
 
 using namespace geopipe;
 using namespace geopipe::data;
@@ -39,6 +40,32 @@ TEST(Dataset, TextIsBytesCutIntoOverlappingSamples) {
   EXPECT_EQ(in[0], 'd');
   EXPECT_EQ(tgt[2], 'g');
   EXPECT_THROW(ds.sample(3, in, tgt), ConfigError);
+}
+
+TEST(Dataset, TextWithATokenizerIsOneDocumentOfItsIds) {
+  const std::string text = "Hello world. The quick brown fox jumps over the lazy dog.";
+  DataSpec d;
+  d.kind = "text";
+  d.path = writeTemp("tokenized.txt", text);
+  d.tokenizer = "assets/tokenizers/gpt2";  // tests run from the source tree
+  TokenDataset ds = loadDataset(d, model(4, 50257), 1);
+  const auto gpt2 = tokenizer::loadTokenizer(d.tokenizer);
+  EXPECT_EQ(ds.tokens(), gpt2->encodeDocument(text));
+  EXPECT_EQ(ds.tokens().front(), 15496);  // "Hello"
+  EXPECT_EQ(ds.tokens().back(), 50256);   // <|endoftext|> ends the document
+  EXPECT_EQ(ds.numSamples(), static_cast<int64_t>((ds.tokens().size() - 1) / 4));
+  int32_t in[4], tgt[4];
+  ds.sample(0, in, tgt);
+  EXPECT_EQ(in[1], tgt[0]);
+  // A vocabulary the model cannot embed, and too few tokens for a sample.
+  EXPECT_THROW(loadDataset(d, model(4, 256), 1), ConfigError);
+  EXPECT_THROW(loadDataset(d, model(64, 50257), 1), ConfigError);
+
+  d.tokenizer = "tests/tokenizer/fixtures/spm";  // Llama's convention: <s> text </s>
+  ds = loadDataset(d, model(4, 1000), 1);
+  EXPECT_EQ(ds.tokens().front(), 1);
+  EXPECT_EQ(ds.tokens().back(), 2);
+  EXPECT_EQ(ds.tokens(), tokenizer::loadTokenizer(d.tokenizer)->encodeDocument(text));
 }
 
 TEST(Dataset, TokenFilesBothWidths) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -11,6 +12,7 @@
 #include "geopipe/error.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/cli/commands.h"
+#include "src/config/diagnostics.h"
 #include "src/distributed/coordinator.h"
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/rpc_status.h"
@@ -451,6 +453,38 @@ TEST(JobBundle, InlinesTheTopologyFile) {
   EXPECT_EQ(spec.topology.name, "two");
   EXPECT_EQ(spec.topology.numDevices(), 2);
   EXPECT_DOUBLE_EQ(spec.topology.link(0, 1).latency_ms, 1.0);
+}
+
+TEST(JobBundle, TokenizerTravelsLikeDataPath) {
+  // data.tokenizer is resolved against the job's directory on every host,
+  // as data.path is: the worker parses the bundle with the coordinator's
+  // base_dir, so the folder must exist at that path on its host too.
+  TempDir dir;
+  writeJob(dir, "corpus.txt", "some text to train on");
+  std::filesystem::create_directory(dir.file("tok"));
+  for (const char* f : {"vocab.json", "merges.txt"}) {
+    std::filesystem::copy_file(std::string("assets/tokenizers/gpt2/") + f,
+                               dir.file(std::string("tok/") + f));
+  }
+  std::string job = tinyJobYaml(1);
+  job.replace(job.find("model: {"), job.find('\n', job.find("model: {")) - job.find("model: {"),
+              "model: {preset: none, layers: 4, hidden: 32, heads: 2, seq_len: 4, vocab: 50257}");
+  job.replace(job.find("data: {"), job.find('\n', job.find("data: {")) - job.find("data: {"),
+              "data: {kind: text, path: corpus.txt, tokenizer: tok}");
+  JobBundle b = bundleJobFile(writeJob(dir, "job.yaml", job));
+  EXPECT_NE(b.yaml.find("tokenizer: tok"), std::string::npos) << b.yaml;  // sent as written
+  JobSpec spec = parseBundle(b);
+  EXPECT_EQ(spec.data.tokenizer, dir.file("tok"));
+  EXPECT_EQ(spec.data.path, dir.file("corpus.txt"));
+  // A worker whose host lacks the folder refuses the job, naming it.
+  std::filesystem::remove_all(dir.file("tok"));
+  try {
+    parseBundle(b);
+    FAIL() << "expected a SpecError";
+  } catch (const config::SpecError& e) {
+    EXPECT_TRUE(contains(e.what(), "data.tokenizer")) << e.what();
+    EXPECT_TRUE(contains(e.what(), dir.file("tok"))) << e.what();
+  }
 }
 
 }  // namespace
