@@ -9,6 +9,7 @@
 #include "geopipe/error.h"
 #include "src/cli/model_commands.h"
 #include "src/model/causal_lm.h"
+#include "src/tokenizer/tokenizer.h"
 
 namespace geopipe::cli {
 
@@ -92,13 +93,25 @@ int runGenerateCommand(const GenerateArgs& a, std::ostream& out) {
   o.top_k = a.top_k.value_or(0);
   o.seed = a.seed;
   GEOPIPE_CHECK(o.top_k >= 0, ConfigError, "--top-k must be 0 (all ids) or more");
+  // Text in or out needs a tokenizer: --tokenizer, else the model folder's.
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (!a.prompt.empty() || !a.print_ids) {
+    const std::string dir = a.tokenizer.empty() ? a.model : a.tokenizer;
+    try {
+      tok = tokenizer::loadTokenizer(dir);
+    } catch (const Error& e) {
+      GEOPIPE_THROW(ConfigError, "text ", a.prompt.empty() ? "out" : "in",
+                    " needs a tokenizer, and none could be read from '", dir, "' (", e.what(),
+                    "): give --tokenizer DIR, or use --prompt-ids and --print-ids");
+    }
+  }
   std::vector<int64_t> prompt;
   if (!a.prompt_ids.empty()) {
     prompt = parseIds(a.prompt_ids);
   } else {
-    GEOPIPE_THROW(ConfigError,
-                  "--prompt needs a tokenizer, which this build does not have yet; "
-                  "use --prompt-ids");
+    // As Hugging Face's tokenizers do: Llama's starts a text with BOS.
+    if (tok->bosId()) prompt.push_back(*tok->bosId());
+    for (int32_t id : tok->encode(a.prompt)) prompt.push_back(id);
   }
   const std::vector<int64_t> ids = model::generate(lm, prompt, o);
   if (a.print_ids) {
@@ -106,7 +119,18 @@ int runGenerateCommand(const GenerateArgs& a, std::ostream& out) {
     out << "\n";
     return 0;
   }
-  GEOPIPE_THROW(ConfigError, "printing text needs a tokenizer; use --print-ids");
+  auto decode = [&](const std::vector<int64_t>& v) {
+    std::vector<int32_t> narrow;
+    for (int64_t id : v) {
+      // The model's vocabulary may be larger than the tokenizer's.
+      if (id < tok->vocabSize()) narrow.push_back(static_cast<int32_t>(id));
+    }
+    return tok->decode(narrow);
+  };
+  std::vector<int64_t> shown = prompt;
+  if (!shown.empty() && tok->bosId() && shown.front() == *tok->bosId()) shown.erase(shown.begin());
+  out << decode(shown) << decode(ids) << "\n";
+  return 0;
 }
 
 }  // namespace geopipe::cli

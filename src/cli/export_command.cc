@@ -12,6 +12,7 @@
 #include "src/config/hf_config.h"
 #include "src/formats/safetensors.h"
 #include "src/runtime/checkpoint.h"
+#include "src/tokenizer/tokenizer.h"
 
 namespace geopipe::cli {
 namespace fs = std::filesystem;
@@ -27,15 +28,21 @@ void addExportOptions(CLI::App& app, ExportArgs& a) {
 
 namespace {
 
-// The files a tokenizer folder holds that a model folder carries along.
+// The files of the tokenizer in `dir` (what loadTokenizer reads) and the
+// license files that travel with its vocabulary; none when `dir` holds no
+// tokenizer.
 std::vector<fs::path> tokenizerFilesIn(const std::string& dir) {
   std::vector<fs::path> out;
   if (dir.empty()) return out;
-  for (const char* name :
-       {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
-        "special_tokens_map.json", "LICENSE", "LICENSE.txt"}) {
-    std::error_code ec;
-    if (fs::is_regular_file(fs::path(dir) / name, ec)) out.push_back(fs::path(dir) / name);
+  try {
+    for (const std::string& f : tokenizer::tokenizerFiles(dir)) out.emplace_back(f);
+  } catch (const Error&) {
+    return out;  // no tokenizer there
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && name.rfind("LICENSE", 0) == 0) out.push_back(entry.path());
   }
   return out;
 }

@@ -483,7 +483,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       manifest.next_step = req->next_step();
       manifest.stages = stages_;
       manifest.replicas = replicas_;
-      manifest.model_json = runtime::checkpointModelJson(job_.model, "");
+      manifest.model_json = runtime::checkpointModelJson(job_.model, job_.data.tokenizer);
       manifest.layers_of_stage = placement_.layers_of_stage;
       for (const auto& f : pending.files) manifest.files.push_back({f, 0, 0});
       checkpoints_.erase(req->next_step());

@@ -214,7 +214,7 @@ TrainResult Trainer::train() {
         manifest.next_step = step + 1;
         manifest.stages = stages;
         manifest.replicas = replicas;
-        manifest.model_json = runtime::checkpointModelJson(job_.model, "");
+        manifest.model_json = runtime::checkpointModelJson(job_.model, job_.data.tokenizer);
         manifest.layers_of_stage = placement.layers_of_stage;
         for (const auto& f : files) manifest.files.push_back({f, 0, 0});
         runtime::commitCheckpoint(ckpt_dir, manifest, job_.checkpoint.keep);

@@ -274,3 +274,36 @@ topology: {sites: [{name: a, devices: 1}]}
 }
 
 }  // namespace
+
+namespace {
+
+// Text in and out through the model folder's GPT-2 tokenizer: "Hello world"
+// is GPT-2 ids 15496, 995; the continuation is the reference's greedy ids.
+TEST(GenerateCommand, TextThroughTheModelFoldersTokenizer) {
+  GEOPIPE_SKIP_WITHOUT_PYTHON_TORCH();
+  TempDir d;
+  const std::string dir = d.path + "/model";
+  testing::python::run("make " + dir +
+                       " --family gpt2 --layers 1 --hidden 16 --heads 2 --vocab 50257 "
+                       "--positions 32");
+  for (const char* f : {"vocab.json", "merges.txt"}) {
+    fs::copy_file(std::string("assets/tokenizers/gpt2/") + f, dir + "/" + f);
+  }
+  const std::string ref =
+      lastLine(testing::python::run("greedy " + dir + " --prompt-ids 15496,995 --max-new 6"));
+  const CliRun ids_run = geopipe("generate --model " + dir +
+                                 " --prompt 'Hello world' --max-new-tokens 6 --print-ids");
+  ASSERT_EQ(ids_run.rc, 0) << ids_run.out;
+  EXPECT_EQ(ids(ids_run.out), ref);
+  const CliRun text = geopipe("generate --model " + dir + " --prompt 'Hello world' --max-new-tokens 6");
+  ASSERT_EQ(text.rc, 0) << text.out;
+  EXPECT_EQ(text.out.rfind("Hello world", 0), 0u) << text.out;
+  EXPECT_GT(text.out.size(), std::string("Hello world\n").size());
+  // Without a tokenizer, text is refused with the way out.
+  const CliRun none = geopipe("generate --model " + dir + " --prompt hi --max-new-tokens 2 "
+                              "--tokenizer " + d.path);
+  EXPECT_EQ(none.rc, 1) << none.out;
+  EXPECT_NE(none.out.find("use --prompt-ids and --print-ids"), std::string::npos) << none.out;
+}
+
+}  // namespace
