@@ -128,6 +128,8 @@ int main(int argc, char** argv) {
   geopipe::cli::addBenchSubcommands(*bench, bench_args);
   geopipe::cli::GrpcBenchArgs grpc_bench_args;
   geopipe::cli::addGrpcBenchOptions(*bench, grpc_bench_args);
+  geopipe::cli::ModelBenchArgs model_bench_args;
+  geopipe::cli::addModelBenchOptions(*bench, model_bench_args);
   geopipe::cli::SoakBenchArgs soak_bench_args;
   geopipe::cli::addSoakBenchOptions(*bench, soak_bench_args);
 
@@ -190,6 +192,9 @@ int main(int argc, char** argv) {
   }
   if (*bench && bench->got_subcommand("grpc")) {
     return guarded([&] { return geopipe::cli::runGrpcBench(grpc_bench_args, std::cout); });
+  }
+  if (*bench && bench->got_subcommand("model")) {
+    return guarded([&] { return geopipe::cli::runModelBench(model_bench_args, std::cout); });
   }
   if (*bench && bench->got_subcommand("soak")) {
     return guarded([&] { return geopipe::cli::runSoakBench(soak_bench_args, std::cout); });

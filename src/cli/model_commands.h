@@ -8,6 +8,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace geopipe::cli {
 
@@ -45,5 +46,21 @@ struct ExportArgs {
 };
 void addExportOptions(CLI::App& app, ExportArgs& args);
 int runExportCommand(const ExportArgs& args, std::ostream& out);
+
+struct ModelBenchArgs {
+  int layers = 6;
+  int hidden = 384;
+  int heads = 6;
+  int vocab = 50257;
+  int seq_len = 256;
+  int batch = 4;
+  int steps = 8;
+  int threads = 0;                  // 0 = the cores
+  std::string python = "/usr/bin/python3";
+  std::vector<std::string> dtypes = {"fp32", "bf16"};
+};
+// `geopipe bench model` as a subcommand of `bench`.
+void addModelBenchOptions(CLI::App& bench, ModelBenchArgs& args);
+int runModelBench(const ModelBenchArgs& args, std::ostream& out);
 
 }  // namespace geopipe::cli
