@@ -225,6 +225,11 @@ class JobReader {
                     std::to_string(m.maxPositions()) + "): lower seq_len" +
                     (m.from.empty() ? " or raise max_positions" : ""));
       }
+      if (m.kind == "llama" && m.hidden % m.heads == 0 && (m.hidden / m.heads) % 2 != 0) {
+        r.error("heads", r.child("heads"),
+                "llama's rotary embeddings need an even head dimension, but hidden / heads = " +
+                    std::to_string(m.hidden / m.heads) + ": change hidden or heads");
+      }
       if (m.kind == "llama" && m.heads % m.kvHeads() != 0) {
         r.error("num_key_value_heads", r.child("num_key_value_heads"),
                 "heads (" + std::to_string(m.heads) + ") must be a multiple of "

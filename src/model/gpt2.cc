@@ -118,33 +118,12 @@ TORCH_MODULE(Gpt2Head);
 
 }  // namespace
 
-namespace model {
-// Shared by the families (model.cc): the next-token cross-entropy, the tie
-// of the head to the embedding, and loading model.from.
-void finishFamily(ModelDef& m, const ModelSpec& spec, const std::string& embedding_param);
-}  // namespace model
-
 ModelDef makeGpt2(const ModelSpec& spec) {
-  GEOPIPE_CHECK(spec.hidden % spec.heads == 0, ConfigError, "model.hidden (", spec.hidden,
-                ") must be divisible by model.heads (", spec.heads, ")");
-  ModelDef m;
-  m.name = "gpt2";
-  m.num_layers = spec.layers + 2;
-  m.prologue_layers = 1;
-  m.epilogue_layers = 1;
-  m.max_positions = spec.maxPositions();
-  const int blocks = spec.layers;
-  m.make_layer = [spec, blocks](int i) -> torch::nn::AnyModule {
-    if (i == 0) return torch::nn::AnyModule(Gpt2Embedding(spec));
-    if (i == blocks + 1) return torch::nn::AnyModule(Gpt2Head(spec));
+  return model::makeFamily(spec, "gpt2", "wte.weight", [spec](model::FamilyLayer l) {
+    if (l == model::FamilyLayer::EMBEDDING) return torch::nn::AnyModule(Gpt2Embedding(spec));
+    if (l == model::FamilyLayer::HEAD) return torch::nn::AnyModule(Gpt2Head(spec));
     return torch::nn::AnyModule(Gpt2Block(spec));
-  };
-  m.output_shape = [spec, blocks](int i, int64_t batch, int64_t seq) -> std::vector<int64_t> {
-    if (i == blocks + 1) return {batch, seq, spec.vocab};
-    return {batch, seq, spec.hidden};
-  };
-  model::finishFamily(m, spec, "wte.weight");
-  return m;
+  });
 }
 
 }  // namespace geopipe

@@ -6,6 +6,10 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
+#include <string>
+
+#include "geopipe/model.h"
 
 namespace geopipe::model {
 
@@ -64,6 +68,16 @@ torch::Tensor causalAttention(const torch::Tensor& q, const torch::Tensor& k,
 
 // Appends new keys/values along the position axis; returns the whole.
 void appendKv(LayerKv& kv, const torch::Tensor& k, const torch::Tensor& v);
+
+// Which of a family's layers to build.
+enum class FamilyLayer { EMBEDDING, BLOCK, HEAD };
+
+// The ModelDef of a Hugging Face family (model.cc): layer 0 the embedding,
+// spec.layers blocks, the head; the next-token loss; the head tied to
+// `embedding_param` when spec ties them; spec.from's weights when set.
+ModelDef makeFamily(const ModelSpec& spec, const std::string& name,
+                    const std::string& embedding_param,
+                    std::function<torch::nn::AnyModule(FamilyLayer)> make);
 
 // The LM head inside a family's last layer (its child "lm_head"); nullptr
 // when the module has none.

@@ -133,36 +133,18 @@ TORCH_MODULE(LlamaHead);
 
 }  // namespace
 
-namespace model {
-void finishFamily(ModelDef& m, const ModelSpec& spec, const std::string& embedding_param);
-}  // namespace model
-
 ModelDef makeLlama(const ModelSpec& spec) {
-  GEOPIPE_CHECK(spec.hidden % spec.heads == 0, ConfigError, "model.hidden (", spec.hidden,
-                ") must be divisible by model.heads (", spec.heads, ")");
-  GEOPIPE_CHECK(spec.heads % spec.kvHeads() == 0, ConfigError, "model.heads (", spec.heads,
-                ") must be a multiple of model.num_key_value_heads (", spec.kvHeads(), ")");
+  GEOPIPE_CHECK(spec.hidden % spec.heads == 0 && spec.heads % spec.kvHeads() == 0, ConfigError,
+                "model.heads (", spec.heads, ") must divide model.hidden (", spec.hidden,
+                ") and be a multiple of model.num_key_value_heads (", spec.kvHeads(), ")");
   GEOPIPE_CHECK((spec.hidden / spec.heads) % 2 == 0, ConfigError,
                 "llama: the head dimension hidden / heads = ", spec.hidden / spec.heads,
                 " must be even for rotary embeddings");
-  ModelDef m;
-  m.name = "llama";
-  m.num_layers = spec.layers + 2;
-  m.prologue_layers = 1;
-  m.epilogue_layers = 1;
-  m.max_positions = spec.maxPositions();
-  const int blocks = spec.layers;
-  m.make_layer = [spec, blocks](int i) -> torch::nn::AnyModule {
-    if (i == 0) return torch::nn::AnyModule(LlamaEmbedding(spec));
-    if (i == blocks + 1) return torch::nn::AnyModule(LlamaHead(spec));
+  return model::makeFamily(spec, "llama", "embed_tokens.weight", [spec](model::FamilyLayer l) {
+    if (l == model::FamilyLayer::EMBEDDING) return torch::nn::AnyModule(LlamaEmbedding(spec));
+    if (l == model::FamilyLayer::HEAD) return torch::nn::AnyModule(LlamaHead(spec));
     return torch::nn::AnyModule(LlamaBlock(spec));
-  };
-  m.output_shape = [spec, blocks](int i, int64_t batch, int64_t seq) -> std::vector<int64_t> {
-    if (i == blocks + 1) return {batch, seq, spec.vocab};
-    return {batch, seq, spec.hidden};
-  };
-  model::finishFamily(m, spec, "embed_tokens.weight");
-  return m;
+  });
 }
 
 }  // namespace geopipe

@@ -33,9 +33,30 @@ std::mutex& seedMutex() {
 
 namespace model {
 
-// The families' next-token loss, their head tied to the embedding, and
-// their pretrained weights.
-void finishFamily(ModelDef& m, const ModelSpec& spec, const std::string& embedding_param) {
+// A Hugging Face family's model: layer 0 the embedding, then spec.layers
+// blocks, then final norm + LM head (built by `make`), the next-token
+// cross-entropy, the head tied to the embedding's `embedding_param` when
+// the spec ties them, and model.from's weights.
+ModelDef makeFamily(const ModelSpec& spec, const std::string& name,
+                    const std::string& embedding_param,
+                    std::function<torch::nn::AnyModule(FamilyLayer)> make) {
+  GEOPIPE_CHECK(spec.hidden % spec.heads == 0, ConfigError, "model.hidden (", spec.hidden,
+                ") must be divisible by model.heads (", spec.heads, ")");
+  ModelDef m;
+  m.name = name;
+  m.num_layers = spec.layers + 2;
+  m.prologue_layers = 1;
+  m.epilogue_layers = 1;
+  m.max_positions = spec.maxPositions();
+  const int head = spec.layers + 1;
+  m.make_layer = [make, head](int i) {
+    return make(i == 0      ? FamilyLayer::EMBEDDING
+                : i == head ? FamilyLayer::HEAD
+                            : FamilyLayer::BLOCK);
+  };
+  m.output_shape = [spec, head](int i, int64_t batch, int64_t seq) -> std::vector<int64_t> {
+    return {batch, seq, i == head ? spec.vocab : spec.hidden};
+  };
   if (!spec.from.empty()) {
     m.load_weights = [spec](torch::nn::Sequential& slice, int first, int last) {
       loadHfWeights(spec, slice, first, last);
@@ -45,18 +66,19 @@ void finishFamily(ModelDef& m, const ModelSpec& spec, const std::string& embeddi
     return torch::nn::functional::cross_entropy(
         logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape({-1}));
   };
-  if (!spec.tiedEmbeddings()) return;
+  if (!spec.tiedEmbeddings()) return m;
   TiedWeight t;
   t.owner_layer = 0;
   t.owner_param = embedding_param;
-  t.user_layer = m.num_layers - 1;
+  t.user_layer = head;
   t.user_param = "lm_head.weight";
   t.bind = [](torch::nn::Module& user, const torch::Tensor& weight) {
-    LmHeadImpl* head = lmHeadOf(user);
-    GEOPIPE_CHECK(head != nullptr, Error, "tied weight: the last layer has no lm_head");
-    head->tieTo(weight);
+    LmHeadImpl* lm = lmHeadOf(user);
+    GEOPIPE_CHECK(lm != nullptr, Error, "tied weight: the last layer has no lm_head");
+    lm->tieTo(weight);
   };
   m.tied.push_back(std::move(t));
+  return m;
 }
 
 }  // namespace model
