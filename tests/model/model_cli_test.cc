@@ -157,12 +157,12 @@ TEST(GenerateCommand, RefusesPromptsThatOutgrowTheModel) {
   TempDir d;
   testing::python::run("make " + d.path + "/m --family llama --positions 16");
   const CliRun r =
-      geopipe("generate --model " + d.path + "/m --prompt-ids 1,2,3 --max-new-tokens 14");
+      geopipe("generate --model " + d.path + "/m --prompt-ids 1,2,3 --max-new-tokens 14 --print-ids");
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("is 17 positions, beyond the model's maximum of 16"), std::string::npos)
       << r.out;
   const CliRun bad =
-      geopipe("generate --model " + d.path + "/m --prompt-ids 1,x --max-new-tokens 2");
+      geopipe("generate --model " + d.path + "/m --prompt-ids 1,x --max-new-tokens 2 --print-ids");
   EXPECT_EQ(bad.rc, 1) << bad.out;
   EXPECT_NE(bad.out.find("'x' is not a token id"), std::string::npos) << bad.out;
 }
