@@ -153,8 +153,9 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
   // and two moments: 16 bytes/param in mixed precision (2+2+12) and in fp32
   // (4+4+8). SGD: weights + grads (+ momentum).
   if (job.training.optimizer.kind == "sgd") {
-    p.state_bytes_per_param =
-        2.0 * bits / 8.0 + (job.training.optimizer.momentum != 0 ? 4 : 0);
+    // fp32 master weights and fp32 gradients whatever the compute dtype
+    // (16-bit compute casts copies), plus the momentum buffer.
+    p.state_bytes_per_param = 8.0 + (job.training.optimizer.momentum != 0 ? 4 : 0);
   } else {
     p.state_bytes_per_param = 16;
   }

@@ -22,8 +22,11 @@ void addEvalOptions(CLI::App& app, EvalArgs& a) {
       ->capture_default_str();
   app.add_option("--seq-len", a.seq_len,
                  "tokens predicted per window (default: the model's "
-                 "maximum positions)");
-  app.add_option("--batch", a.batch, "windows per forward pass")->capture_default_str();
+                 "maximum positions)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--batch", a.batch, "windows per forward pass")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 }
 
 int runEvalCommand(const EvalArgs& a, std::ostream& out) {
@@ -56,7 +59,7 @@ void addGenerateOptions(CLI::App& app, GenerateArgs& a) {
   auto* temp = app.add_option("--temperature", a.temperature, "sampling temperature (> 0)");
   auto* topk = app.add_option("--top-k", a.top_k, "sample among the k most likely ids");
   greedy->excludes(temp)->excludes(topk);
-  app.add_option("--seed", a.seed, "sampling seed")->capture_default_str();
+  app.add_option("--seed", a.seed, "sampling seed (default 0)");
   app.add_flag("--print-ids", a.print_ids, "print only the new ids, comma-separated");
   app.add_option("--tokenizer", a.tokenizer, "tokenizer folder (default: the model folder)");
 }
@@ -91,8 +94,10 @@ int runGenerateCommand(const GenerateArgs& a, std::ostream& out) {
   o.greedy = !a.temperature && !a.top_k;
   o.temperature = a.temperature.value_or(1.0);
   o.top_k = a.top_k.value_or(0);
-  o.seed = a.seed;
+  o.seed = a.seed.value_or(0);
   GEOPIPE_CHECK(o.top_k >= 0, ConfigError, "--top-k must be 0 (all ids) or more");
+  GEOPIPE_CHECK(!o.greedy || !a.seed, ConfigError,
+                "--seed has no effect on greedy decoding: add --temperature or --top-k to sample");
   // Text in or out needs a tokenizer: --tokenizer, else the model folder's.
   std::unique_ptr<tokenizer::Tokenizer> tok;
   if (!a.prompt.empty() || !a.print_ids) {
@@ -127,9 +132,13 @@ int runGenerateCommand(const GenerateArgs& a, std::ostream& out) {
     }
     return tok->decode(narrow);
   };
+  // One decode of prompt and continuation: SentencePiece drops the space a
+  // piece starts with at the start of a text, so decoding the two apart
+  // would glue them together.
   std::vector<int64_t> shown = prompt;
   if (!shown.empty() && tok->bosId() && shown.front() == *tok->bosId()) shown.erase(shown.begin());
-  out << decode(shown) << decode(ids) << "\n";
+  shown.insert(shown.end(), ids.begin(), ids.end());
+  out << decode(shown) << "\n";
   return 0;
 }
 

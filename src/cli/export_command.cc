@@ -58,7 +58,8 @@ int runExportCommand(const ExportArgs& a, std::ostream& out) {
   const std::string step_dir = runtime::stepDirectory(a.checkpoint_dir, m.next_step);
   GEOPIPE_CHECK(m.version >= 2, ConfigError, "checkpoint '", step_dir,
                 "' has a version 1 manifest, which does not record the model; resume the job "
-                "for one step with this build (it writes version 2) and export that");
+                "with this build for at least one more step (`geopipe train JOB --resume --steps "
+                "N+1`, N its last step), which writes a version 2 checkpoint, and export that");
   const nlohmann::json model = nlohmann::json::parse(m.model_json);
   const std::string kind = model.at("kind").get<std::string>();
   GEOPIPE_CHECK(kind == "gpt2" || kind == "llama", ConfigError, "checkpoint '", step_dir,
@@ -134,11 +135,30 @@ int runExportCommand(const ExportArgs& a, std::ostream& out) {
                                                   : formats::DType::BF16;
   formats::writeSafetensors((fs::path(a.out) / "model.safetensors").string(), write, stored,
                             {{"format", "pt"}});
+  // The tokenizer the job trained with, or the one of the imported folder.
+  const std::string tok_dir = model.value("tokenizer", std::string());
+  std::vector<fs::path> tok = tokenizerFilesIn(tok_dir);
+  if (!tok_dir.empty() && tok.empty()) {
+    out << "warning: the job's tokenizer '" << tok_dir
+        << "' cannot be read any more; the export has no tokenizer files\n";
+  }
+  if (tok.empty()) tok = tokenizerFilesIn(model.value("from", std::string()));
+  // A job trained on a tokenizer's documents without ids of its own: the
+  // tokenizer's end-of-text (and beginning) ids, so generation stops there.
+  if (!tok.empty() && spec.eos_token_ids.empty()) {
+    try {
+      const auto t = tokenizer::loadTokenizer(tok.front().parent_path().string());
+      if (t->eosId() && *t->eosId() < spec.vocab)
+        spec.eos_token_ids = {static_cast<int64_t>(*t->eosId())};
+      if (spec.bos_token_id < 0 && t->bosId() && *t->bosId() < spec.vocab) {
+        spec.bos_token_id = *t->bosId();
+      }
+    } catch (const Error&) {
+      // no usable tokenizer: config.json goes without the ids
+    }
+  }
   runtime::writeFileAtomic((fs::path(a.out) / "config.json").string(),
                            config::hfConfigJson(spec, config::torchDtypeName(dtype)));
-  // The tokenizer the job trained with, or the one of the imported folder.
-  std::vector<fs::path> tok = tokenizerFilesIn(model.value("tokenizer", std::string()));
-  if (tok.empty()) tok = tokenizerFilesIn(model.value("from", std::string()));
   for (const fs::path& p : tok) {
     fs::copy_file(p, fs::path(a.out) / p.filename(), fs::copy_options::overwrite_existing);
   }

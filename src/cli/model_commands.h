@@ -31,7 +31,7 @@ struct GenerateArgs {
   bool greedy = false;           // the default unless --temperature or --top-k
   std::optional<double> temperature;
   std::optional<int64_t> top_k;
-  uint64_t seed = 0;
+  std::optional<uint64_t> seed;  // sampling only
   bool print_ids = false;        // print only the new ids, comma-separated
   std::string tokenizer;         // tokenizer folder; default: the model folder
 };

@@ -62,10 +62,9 @@ void ProgressDisplay::onStep(const StepMetrics& m) {
     out_ << "step " << std::setw(5) << done << "/" << steps << "  loss " << std::fixed
          << std::setprecision(4) << m.loss << "  ";
     if (m.hasValLoss()) out_ << "val " << m.valLoss() << "  ";
-    out_ << std::setprecision(0) << m.tokens_per_second
-         << " tok/s  wire " << humanBytesDecimal(double(step_wire)) << " (raw "
-         << humanBytesDecimal(double(step_raw)) << ")  ETA " << std::setprecision(0) << eta
-         << " s\n"
+    out_ << std::setprecision(0) << m.tokens_per_second << " tok/s  wire "
+         << humanBytesDecimal(double(step_wire)) << " (raw " << humanBytesDecimal(double(step_raw))
+         << ")  ETA " << std::setprecision(0) << eta << " s\n"
          << std::flush;
     out_.unsetf(std::ios::fixed);
     out_ << std::setprecision(6);
@@ -82,15 +81,14 @@ void ProgressDisplay::summary(const TrainResult& r, bool interrupted) {
        << "x less), placement " << r.placement_source << "\n";
   if (!r.val_losses.empty()) {
     out_ << "validation loss " << std::setprecision(4) << r.val_losses.front().second
-         << " after step " << r.val_losses.front().first + 1 << ", "
-         << r.val_losses.back().second << " after step " << r.val_losses.back().first + 1
-         << "\n";
+         << " after step " << r.val_losses.front().first + 1 << ", " << r.val_losses.back().second
+         << " after step " << r.val_losses.back().first + 1 << "\n";
   }
   out_.unsetf(std::ios::fixed);
-  printFinalWeights(out_, job_);
+  printFinalWeights(out_, job_, r.first_step + static_cast<int64_t>(r.losses.size()));
 }
 
-void printFinalWeights(std::ostream& out, const JobSpec& job) {
+void printFinalWeights(std::ostream& out, const JobSpec& job, int64_t last_step) {
   const std::string& dir = job.checkpoint.dir;
   if (dir.empty()) {
     out << "warning: the trained weights were not saved: the job has no checkpoint.dir "
@@ -102,6 +100,10 @@ void printFinalWeights(std::ostream& out, const JobSpec& job) {
     out << "warning: no committed checkpoint in '" << dir << "': the trained weights were not "
         << "saved\n";
     return;
+  }
+  if (latest->next_step != last_step) {
+    out << "warning: the run ended after step " << last_step
+        << " but the newest committed checkpoint is of step " << latest->next_step << ": ";
   }
   out << "weights after step " << latest->next_step << ": "
       << runtime::stepDirectory(dir, latest->next_step);

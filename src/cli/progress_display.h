@@ -31,8 +31,9 @@ class ProgressDisplay {
 };
 
 // Where the final weights are (the newest committed checkpoint of
-// job.checkpoint.dir), or a warning that none were saved.
-void printFinalWeights(std::ostream& out, const JobSpec& job);
+// job.checkpoint.dir), or a warning that none were saved; a warning too when
+// that checkpoint is not of `last_step` (the run's last step, 1-based).
+void printFinalWeights(std::ostream& out, const JobSpec& job, int64_t last_step);
 
 // "12.3 MB".
 std::string humanBytesDecimal(double bytes);

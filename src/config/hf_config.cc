@@ -23,6 +23,7 @@ class ConfigReader {
   ConfigReader(const json& j, std::string path) : j_(j), path_(std::move(path)) {}
 
   bool has(const std::string& key) const { return j_.contains(key) && !j_.at(key).is_null(); }
+  const std::string& path() const { return path_; }
 
   int64_t integer(const std::string& key, int64_t lo, int64_t hi) const {
     if (!has(key)) missing(key);
@@ -138,7 +139,7 @@ void readLlama(const ConfigReader& c, ModelSpec& m) {
   if (c.has("head_dim")) {
     const int64_t head_dim = c.integer("head_dim", 1, kMaxDim);
     if (m.hidden % m.heads != 0 || head_dim != m.hidden / m.heads) {
-      GEOPIPE_THROW(ConfigError, "key 'head_dim' is ", head_dim,
+      GEOPIPE_THROW(ConfigError, c.path(), ": key 'head_dim' is ", head_dim,
                     " but hidden_size / num_attention_heads is ", m.hidden, " / ", m.heads,
                     "; geopipe implements head_dim = hidden_size / num_attention_heads");
     }

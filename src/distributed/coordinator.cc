@@ -723,6 +723,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     const runtime::CheckpointManifest manifest = runtime::resumePoint(dir, stages_, replicas_);
     resume_replicas_ = manifest.replicas;
     first_step_ = manifest.next_step;
+    // Keep the layer split the checkpoint was written with (version 2).
+    resume_body_split_ =
+        runtime::savedBodySplit(manifest, model_.prologue_layers, model_.epilogue_layers);
     resume_dir_ = runtime::stepDirectory(dir, first_step_);
     GEOPIPE_CHECK(first_step_ < job_.training.steps, ConfigError, "the checkpoint in '", dir,
                   "' is at step ", first_step_, " but the job has only ", job_.training.steps,
@@ -818,7 +821,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (reuse) {
       // The same plan: every named device is one the previous plan used.
     } else if (named.empty() || n_devices == 0) {
-      placement_ = runtime::choosePlacement(model_, job_, {}, {});
+      placement_ = runtime::choosePlacement(model_, job_, {}, resume_body_split_);
     } else {
       // Named devices (fewer than the topology's when the job shrank).
       std::vector<int> keep(named.begin(), named.end());
@@ -827,7 +830,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       std::sort(keep.begin(), keep.end());
       JobSpec sub = job_;
       sub.topology = subTopology(job_.topology, keep);
-      placement_ = runtime::choosePlacement(model_, sub, {}, {});
+      placement_ = runtime::choosePlacement(model_, sub, {}, resume_body_split_);
       for (int& d : placement_.device_of_rank) d = keep[static_cast<size_t>(d)];
     }
     if (generation_ > 1 && placement_.layers_of_stage != previous_layers) {
@@ -1370,6 +1373,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int64_t announced_generation_ = 0;  // generation whose start was logged
   int64_t initial_first_step_ = 0;    // first step of generation 1
   int64_t committed_next_step_ = 0;   // the newest committed checkpoint's step
+  std::vector<int> resume_body_split_;  // --resume: the checkpoint's body layers per stage
   int committed_replicas_ = 1;        // replicas that wrote it
   int resume_replicas_ = 1;           // replicas that wrote the one this generation loads
   int min_replicas_ = 1;              // fault_tolerance.min_replicas, resolved

@@ -54,7 +54,9 @@ struct BlockImpl : torch::nn::Module {
     auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(d));
     auto mask = torch::ones({t, t}, x.options().dtype(torch::kBool)).triu(1);
     scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    auto attn = drop->forward(torch::softmax(scores, -1));
+    // The softmax in fp32 also under 16-bit autocast (the same kernel for
+    // fp32 scores, so fp32 runs are unchanged).
+    auto attn = drop->forward(torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type()));
     auto y = torch::matmul(attn, v).transpose(1, 2).reshape({b, t, h});
     auto x1 = x + drop->forward(proj->forward(y));
     auto m = out->forward(torch::gelu(fc->forward(ln2->forward(x1))));

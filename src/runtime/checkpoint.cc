@@ -134,9 +134,27 @@ std::string checkpointModelJson(const ModelSpec& m, const std::string& tokenizer
   }
   j["seq_len"] = m.seq_len;
   j["dtype"] = m.dtype;
-  j["tokenizer"] = tokenizer_dir;
-  j["from"] = m.from;
+  // Absolute, so `geopipe export` finds them from any working directory.
+  auto absolute = [](const std::string& p) {
+    return p.empty() ? p : fs::absolute(p).lexically_normal().string();
+  };
+  j["tokenizer"] = absolute(tokenizer_dir);
+  j["from"] = absolute(m.from);
   return j.dump();
+}
+
+std::vector<int> savedBodySplit(const CheckpointManifest& m, int prologue_layers,
+                                int epilogue_layers) {
+  std::vector<int> out;
+  const int n = static_cast<int>(m.layers_of_stage.size());
+  for (int s = 0; s < n; ++s) {
+    const auto [first, last] = m.layers_of_stage[static_cast<size_t>(s)];
+    int body = last - first;
+    if (s == 0) body -= prologue_layers;
+    if (s == n - 1) body -= epilogue_layers;
+    out.push_back(body);
+  }
+  return out;
 }
 
 bool checkpointDue(const CheckpointSpec& c, int64_t step, int64_t steps) {

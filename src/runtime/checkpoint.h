@@ -78,6 +78,13 @@ CheckpointManifest readAndVerify(const std::string& step_dir);
 // checkpoint, or the stages differ (naming both shapes).
 CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas);
 
+// The body layers per stage a version 2 checkpoint was written with (its
+// layer ranges less the prologue on the first stage and the epilogue on the
+// last), so a resumed run keeps the saved split even when the scheduler
+// would now cut the model elsewhere; empty for a version 1 manifest.
+std::vector<int> savedBodySplit(const CheckpointManifest& manifest, int prologue_layers,
+                                int epilogue_layers);
+
 // Atomic small-file write: path + ".tmp", fsync, rename.
 void writeFileAtomic(const std::string& path, const std::string& content);
 

@@ -3,6 +3,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <algorithm>
+
 #include "geopipe/error.h"
 
 namespace geopipe::runtime {
@@ -46,7 +48,11 @@ AutocastScope::~AutocastScope() {
 
 bool LossScaler::update(bool found_inf) {
   if (found_inf) {
-    scale_ *= 0.5;
+    GEOPIPE_CHECK(scale_ > kMinScale, InfeasibleError,
+                  "fp16: gradients overflow even with the loss scale at its floor (", kMinScale,
+                  "): the run diverged; lower the learning rate, clip gradients "
+                  "(training.grad_clip) or train in model.dtype bf16");
+    scale_ = std::max(kMinScale, scale_ * 0.5);
     good_steps_ = 0;
     return false;
   }

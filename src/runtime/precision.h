@@ -42,6 +42,9 @@ class AutocastScope {
 // scale because they all see the same agreed flag.
 class LossScaler {
  public:
+  // The scale never falls below this; an overflow there means the run
+  // diverged (InfeasibleError), not that the scale is too large.
+  static constexpr double kMinScale = 1.0;
   explicit LossScaler(double initial = 65536.0, int growth_interval = 2000)
       : scale_(initial), growth_interval_(growth_interval) {}
   double scale() const { return scale_; }

@@ -193,7 +193,8 @@ TaskletStep Tasklet::runStep(int64_t step) {
     // fp16: unscale, and skip the step everywhere when any tasklet of the
     // job found a non-finite gradient (the flag crosses the replica's
     // stages, then each stage's replicas, so every tasklet sees the same).
-    double flag = unscaleAndCheck(params_, scaler_->scale()) ? 1.0 : 0.0;
+    const bool sent_inf = compute_->takeFoundInf();
+    double flag = unscaleAndCheck(params_, scaler_->scale()) || sent_inf ? 1.0 : 0.0;
     flag = allReduceScalarSum(transport_, pp_group_, flag, step, 1, timeout_);
     flag = allReduceScalarSum(transport_, dp_group_, flag, step, 2, timeout_);
     apply = scaler_->update(flag > 0);

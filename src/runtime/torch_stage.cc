@@ -35,7 +35,8 @@ torch::Device taskletDevice(const std::string& device, int rank) {
                 "' but LibTorch sees no CUDA device (a CPU-only LibTorch, or no GPU visible); "
                 "use training.device: cpu, or build with a CUDA LibTorch (docs/gpu.md)");
   const int count = static_cast<int>(torch::cuda::device_count());
-  if (device == "cuda") return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(rank % count));
+  if (device == "cuda")
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(rank % count));
   const int index = std::stoi(device.substr(5));
   GEOPIPE_CHECK(index < count, InfeasibleError, "training.device is '", device, "' but only ",
                 count, " CUDA devices are visible");
@@ -46,6 +47,9 @@ TorchStage::TorchStage(const ModelDef& model, TorchStageOptions options,
                        const data::TokenDataset& dataset, const data::Sampler& sampler,
                        const CompressionSpec& compression)
     : model_(model), options_(options), dataset_(dataset), sampler_(sampler) {
+  GEOPIPE_CHECK(model.max_positions <= 0 || dataset.seqLen() <= model.max_positions, ConfigError,
+                "model.seq_len ", dataset.seqLen(), " exceeds model '", model.name, "''s ",
+                model.max_positions, " positions: lower model.seq_len");
   module_ = buildSlice(model, options.first_layer, options.last_layer, options.seed);
   module_->to(options.device);
   const bool first = options.stage == 0, last = options.stage == options.num_stages - 1;
@@ -66,7 +70,8 @@ TorchStage::TorchStage(const ModelDef& model, TorchStageOptions options,
   }
   // Evaluation sends activations uncompressed.
   const ActivationCompressionSpec plain;
-  if (!last) eval_send_ = BoundaryEncoder::forActivations(plain, options.seed, "eval", options.dtype);
+  if (!last)
+    eval_send_ = BoundaryEncoder::forActivations(plain, options.seed, "eval", options.dtype);
   if (!first) eval_recv_ = BoundaryDecoder::forActivations(plain, options.seed, "eval");
 }
 
@@ -99,7 +104,7 @@ transport::Bytes TorchStage::evalForward(int64_t step, int m, const std::vector<
   if (options_.stage == options_.num_stages - 1) {
     if (!targets.defined()) targets = tokenBatch(val, ids).second;
     // The model's loss is a mean over the predicted tokens.
-    val_sum_ += model_.loss(out, targets.to(options_.device)).item<double>() *
+    val_sum_ += model_.loss(out.to(torch::kFloat32), targets.to(options_.device)).item<double>() *
                 static_cast<double>(targets.numel());
     val_tokens_ += static_cast<uint64_t>(targets.numel());
     return {};
@@ -150,7 +155,9 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     if (!targets.defined()) targets = tokenBatch(dataset_, ids).second;
     // Mean over this replica's micro-batches; replicas average their
     // gradients, so the step's gradient is that of the global-batch mean.
-    auto loss = model_.loss(out, targets.to(options_.device)).to(torch::kFloat32);
+    // The loss in fp32 whatever the compute dtype (autocast leaves some
+    // models' logits in 16 bits).
+    auto loss = model_.loss(out.to(torch::kFloat32), targets.to(options_.device));
     loss_sum_ += loss.item<double>();
     stash.output = loss_scale_ == 1.0 ? loss / options_.num_micro_batches
                                       : loss * (loss_scale_ / options_.num_micro_batches);
@@ -166,8 +173,8 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
 
 transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad) {
   auto it = stash_.find(m);
-  GEOPIPE_CHECK(it != stash_.end(), ConfigError, "stage ", options_.stage, " backward of micro-batch ",
-                m, " without its forward");
+  GEOPIPE_CHECK(it != stash_.end(), ConfigError, "stage ", options_.stage,
+                " backward of micro-batch ", m, " without its forward");
   Stash stash = std::move(it->second);
   stash_.erase(it);
   if (options_.stage == options_.num_stages - 1) {
@@ -181,6 +188,13 @@ transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad
   }
   if (options_.stage == 0) return {};
   auto g_in = stash.input.grad().to(torch::kCPU, torch::kFloat32).contiguous();
+  if (loss_scale_ != 1.0 && !torch::isfinite(g_in).all().item<bool>()) {
+    // fp16: the scaled gradient overflowed. The step will be skipped by every
+    // tasklet (Tasklet::runStep agrees on it); send zeros, which every codec
+    // can encode, rather than inf, which a quantizer refuses.
+    found_inf_ = true;
+    g_in.zero_();
+  }
   return send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
                             g_in.data_ptr<float>(), shapeOf(g_in));
 }

@@ -63,6 +63,13 @@ class TorchStage : public pipeline::StageCompute {
   }
   // fp16: the last stage multiplies the loss by this before backward.
   void setLossScale(double scale) { loss_scale_ = scale; }
+  // fp16: whether a backward gradient this stage sent since the last call
+  // overflowed (it was sent as zeros).
+  bool takeFoundInf() {
+    const bool f = found_inf_;
+    found_inf_ = false;
+    return f;
+  }
 
   // Trainable parameters, each once (a tied weight bound inside this stage
   // is one tensor).
@@ -94,6 +101,7 @@ class TorchStage : public pipeline::StageCompute {
   std::unique_ptr<BoundaryEncoder> eval_send_;
   std::unique_ptr<BoundaryDecoder> eval_recv_;
   double loss_scale_ = 1.0;
+  bool found_inf_ = false;
   double val_sum_ = 0;
   uint64_t val_tokens_ = 0;
   std::map<int, Stash> stash_;

@@ -129,8 +129,29 @@ TrainResult Trainer::train() {
   const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
                               job_.training.micro_batch, job_.training.seed);
 
+  int64_t first_step = 0;
+  int saved_replicas = replicas;
+  std::string resume_from;
+  // A resumed run keeps the layer split its checkpoint was written with.
+  std::vector<int> layers_per_stage = options_.layers_per_stage;
+  if (options_.resume) {
+    const std::string& dir = job_.checkpoint.dir;
+    const runtime::CheckpointManifest manifest = runtime::resumePoint(dir, stages, replicas);
+    saved_replicas = manifest.replicas;
+    first_step = manifest.next_step;
+    resume_from = runtime::stepDirectory(dir, first_step);
+    spdlog::info("resuming from '{}' at step {}", resume_from, first_step);
+    const std::vector<int> saved =
+        runtime::savedBodySplit(manifest, model_.prologue_layers, model_.epilogue_layers);
+    if (!saved.empty() && !layers_per_stage.empty() && saved != layers_per_stage) {
+      GEOPIPE_THROW(ConfigError, "the checkpoint in '", resume_from,
+                    "' holds another split of the layers over the stages than "
+                    "TrainerOptions::layers_per_stage; resume without it, or with the saved one");
+    }
+    if (layers_per_stage.empty()) layers_per_stage = saved;
+  }
   runtime::Placement placement = runtime::choosePlacement(model_, job_, options_.device_of_rank,
-                                                          options_.layers_per_stage);
+                                                          layers_per_stage);
   TrainResult result;
   result.device_of_rank = placement.device_of_rank;
   result.layers_of_stage = placement.layers_of_stage;
@@ -169,16 +190,6 @@ TrainResult Trainer::train() {
   auto checkpointAfter = [&](int64_t step) {
     return runtime::checkpointDue(job_.checkpoint, step, steps);
   };
-  int64_t first_step = 0;
-  int saved_replicas = replicas;
-  std::string resume_from;
-  if (options_.resume) {
-    const runtime::CheckpointManifest manifest = runtime::resumePoint(ckpt_dir, stages, replicas);
-    saved_replicas = manifest.replicas;
-    first_step = manifest.next_step;
-    resume_from = runtime::stepDirectory(ckpt_dir, first_step);
-    spdlog::info("resuming from '{}' at step {}", resume_from, first_step);
-  }
   result.first_step = first_step;
 
   auto tasklet = [&](int rank) {

@@ -110,7 +110,8 @@ struct Fixture {
 
 TEST(Coordinator, RefusesAnotherProtocolVersionNamingBoth) {
   Fixture f;
-  grpc::Status st = f.registerAs(2, "any");
+  // A worker of the release before the model families speaks version 1.
+  grpc::Status st = f.registerAs(1, "any");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(st.error_message().find("version 2"), std::string::npos) << st.error_message();
   EXPECT_NE(st.error_message().find("version 1"), std::string::npos) << st.error_message();

@@ -46,11 +46,17 @@ transport: {emulate_links: false}
 TEST(Precision, Bf16TrainingStaysWithinABoundOfFp32) {
   TrainerOptions opt;
   opt.threads_per_tasklet = 1;
-  uint64_t fp32_bytes = 0, bf16_bytes = 0;
-  opt.on_step = [&](const StepMetrics& m) { fp32_bytes += m.activation_wire_bytes; };
+  uint64_t fp32_bytes = 0, bf16_bytes = 0, fp32_grad = 0, bf16_grad = 0;
+  opt.on_step = [&](const StepMetrics& m) {
+    fp32_bytes += m.activation_wire_bytes;
+    fp32_grad += m.gradient_wire_bytes;
+  };
   const JobSpec a = job("fp32");
   TrainResult full = Trainer(makeModel(a.model), a, opt).train();
-  opt.on_step = [&](const StepMetrics& m) { bf16_bytes += m.activation_wire_bytes; };
+  opt.on_step = [&](const StepMetrics& m) {
+    bf16_bytes += m.activation_wire_bytes;
+    bf16_grad += m.gradient_wire_bytes;
+  };
   const JobSpec b = job("bf16");
   TrainResult half = Trainer(makeModel(b.model), b, opt).train();
   ASSERT_EQ(full.losses.size(), half.losses.size());
@@ -66,6 +72,7 @@ TEST(Precision, Bf16TrainingStaysWithinABoundOfFp32) {
   EXPECT_LT(half.losses.back(), half.losses.front() - 1.0);
   // Frames carry sample ids and headers; the tensor part halves.
   EXPECT_LT(double(bf16_bytes), 0.52 * double(fp32_bytes));
+  EXPECT_LT(double(bf16_grad), 0.52 * double(fp32_grad));
 }
 
 // With one stage nothing crosses a wire: a difference is the compute's.

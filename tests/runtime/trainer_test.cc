@@ -277,6 +277,39 @@ TEST(Checkpoint, ResumeRefusesAnotherLayoutOrNothing) {
   }
 }
 
+// A resumed run keeps the layer split the checkpoint was written with, even
+// when the scheduler (here: the default even split) would cut elsewhere.
+TEST(Checkpoint, ResumeKeepsTheSavedLayerSplit) {
+  JobSpec job = checkpointJob(freshDir("split"));
+  job.parallelism.data_parallel = 1;
+  job.training.global_batch = 4;
+  job.training.steps = 8;
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  opt.layers_per_stage = {1, 3};  // the even split would be {2, 2}
+  const TrainResult full = Trainer(makeModel(job.model), job, opt).train();
+  std::filesystem::remove_all(job.checkpoint.dir);
+  job.training.steps = 4;
+  Trainer(makeModel(job.model), job, opt).train();
+  job.training.steps = 8;
+  TrainerOptions resume;
+  resume.threads_per_tasklet = 1;
+  resume.resume = true;
+  const TrainResult rest = Trainer(makeModel(job.model), job, resume).train();
+  ASSERT_EQ(rest.first_step, 4);
+  EXPECT_EQ(rest.layers_of_stage, full.layers_of_stage);
+  ASSERT_EQ(rest.losses.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(rest.losses[i], full.losses[4 + i]) << "step " << 4 + i;
+  // Asking for another split than the saved one is refused, naming it.
+  resume.layers_per_stage = {2, 2};
+  try {
+    Trainer(makeModel(job.model), job, resume).train();
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("another split of the layers"), std::string::npos);
+  }
+}
+
 // A checkpoint of 2 replicas resumed with 1 (what recovery with fewer
 // replicas does), then that one's resumed with 2 again. Uncompressed, the
 // global batch is the same, so the losses follow the uninterrupted 2-replica
