@@ -386,7 +386,10 @@ class JobReader {
         a.getEnum("buffer_store", s.buffer_store, {"memory", "mmap"});
         a.getString("buffer_dir", s.buffer_dir);
         a.getDouble("buffer_budget_gb", s.buffer_budget_gb, 0.0, kInf, true);
+        a.getEnum("buffer_format", s.buffer_format, {"fp16", "quantized"});
+        a.getInt("buffer_bits", s.buffer_bits, 1, 8);
         s.buffer_dir = resolvePath(base_dir_, s.buffer_dir);
+        refuseUnusedBufferFields(a, s);
         if (s.method == "acsgd" && s.buffer_store == "mmap" && s.buffer_dir.empty()) {
           a.error("buffer_store is 'mmap' but 'buffer_dir' is missing: name a "
                   "directory for the memory-mapped AC-SGD buffers");
@@ -406,6 +409,25 @@ class JobReader {
         g.getBool("error_feedback", s.error_feedback);
       });
     });
+  }
+
+  // buffer_format and buffer_bits shape AC-SGD's m(xi) stores; a value the
+  // runtime would not use is refused rather than ignored.
+  void refuseUnusedBufferFields(MapReader& a, const ActivationCompressionSpec& s) {
+    if (s.method != "acsgd") {
+      for (const char* key : {"buffer_format", "buffer_bits"}) {
+        if (a.has(key)) {
+          a.error(key, a.child(key),
+                  std::string(key) + " configures AC-SGD's buffers but method is '" + s.method +
+                      "': remove it or set method: acsgd");
+        }
+      }
+    } else if (a.has("buffer_bits") && s.buffer_format != "quantized") {
+      a.error("buffer_bits", a.child("buffer_bits"),
+              "buffer_bits sets the width of a quantized buffer but buffer_format is '" +
+                  s.buffer_format +
+                  "' (2 bytes per element): set buffer_format: quantized or remove buffer_bits");
+    }
   }
 
   void readScheduler(const YAML::Node& node) {

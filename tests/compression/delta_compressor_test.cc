@@ -33,6 +33,7 @@ struct InvariantCase {
   int bits;
   Granularity granularity;
   Rounding rounding;
+  int buffer_bits = 6;  // QUANTIZED buffers
 };
 
 class DeltaInvariant : public ::testing::TestWithParam<InvariantCase> {};
@@ -49,7 +50,7 @@ TEST_P(DeltaInvariant, SenderAndReceiverBuffersStayBitIdentical) {
   opt.quantizer.rounding = c.rounding;
   opt.quantizer.seed = 7;
   opt.buffer_format = c.format;
-  opt.buffer_bits = 6;
+  opt.buffer_bits = c.buffer_bits;
   DeltaSender tx(opt, makeBufferStore(storeOptions(c.kind, "tx")));
   DeltaReceiver rx(opt, makeBufferStore(storeOptions(c.kind, "rx")));
 
@@ -127,7 +128,10 @@ INSTANTIATE_TEST_SUITE_P(
         InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 3, Granularity::TENSOR, Rounding::STOCHASTIC},
         InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4, Granularity::GROUP, Rounding::NEAREST},
         InvariantCase{StoreKind::MMAP, BufferFormat::FP16, 1, Granularity::CHANNEL, Rounding::STOCHASTIC},
-        InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 8, Granularity::CHANNEL, Rounding::NEAREST}));
+        InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 8, Granularity::CHANNEL, Rounding::NEAREST},
+        // The buffer widths a job can choose (compression.activations.buffer_bits).
+        InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4, Granularity::CHANNEL, Rounding::STOCHASTIC, 8},
+        InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 2, Granularity::CHANNEL, Rounding::NEAREST, 4}));
 
 TEST(DeltaCompressor, FirstVisitIsFp16ThenDeltasAreSmall) {
   DeltaCompressorOptions opt;
