@@ -8,6 +8,7 @@
 #include <memory>
 #include <sstream>
 
+#include "src/config/buffer_check.h"
 #include "src/config/hf_config.h"
 #include "src/config/topology_parser.h"
 #include "src/config/yaml_fields.h"
@@ -674,6 +675,19 @@ class JobReader {
                ": use evolutionary");
     }
     checkData();
+    checkActivationBuffers();
+  }
+
+  // AC-SGD's m(xi) stores against buffer_budget_gb and the topology's
+  // memory, before the run (src/config/buffer_check.h). With data_parallel:
+  // auto the stores depend on the shape `plan` picks, and plan checks them.
+  void checkActivationBuffers() {
+    if (job_.parallelism.dataParallelAuto() || !ctx_.diagnostics->empty()) return;
+    const AcsgdBufferMemory m = acsgdBufferMemory(job_, job_.parallelism.data_parallel);
+    const std::string budget = budgetProblem(m);
+    if (!budget.empty()) fail("compression.activations.buffer_budget_gb", budget);
+    const std::string memory = deviceMemoryProblem(m, job_.topology);
+    if (!memory.empty()) fail("compression.activations.buffer_store", memory);
   }
 
   // data.tokenizer: only for text, a folder holding a tokenizer whose ids

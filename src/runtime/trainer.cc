@@ -12,6 +12,7 @@
 
 #include "geopipe/error.h"
 #include "src/common/blas_check.h"
+#include "src/config/buffer_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
 #include "src/pipeline/executor.h"
@@ -126,6 +127,7 @@ TrainResult Trainer::train() {
   const data::JobData job_data = data::loadJobData(job_.data, job_.model, job_.training.seed);
   const data::TokenDataset& dataset = job_data.train;
   const data::TokenDataset* val = job_data.val ? &*job_data.val : nullptr;
+  config::checkBufferBudget(job_, replicas, dataset.numSamples());
   const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
                               job_.training.micro_batch, job_.training.seed);
 
