@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <sstream>
 
 #include "compression/activation_buffer.h"
@@ -262,6 +263,24 @@ std::string deviceMemoryProblem(const AcsgdBufferMemory& m, const TopologySpec& 
     return os.str();
   }
   return "";
+}
+
+std::function<scheduler::AcsgdStores(int d_dp)> plannerStores(const JobSpec& job) {
+  if (job.compression.activations.method != "acsgd") return {};
+  const data::SampleCount count = data::countTrainSamples(job.data, job.model);
+  if (!count.known) return {};
+  JobSpec sized = job;
+  // The planner may try more stages than the job names (data_parallel:
+  // auto); a store's size does not depend on the stage count.
+  sized.parallelism.pipeline_stages = std::max(2, job.parallelism.pipeline_stages);
+  return [sized = std::move(sized), count](int d_dp) {
+    const AcsgdBufferMemory m = acsgdBufferMemory(sized, d_dp, count);
+    scheduler::AcsgdStores s;
+    s.store_bytes = double(m.store_bytes);
+    s.budget_bytes = double(m.budget_bytes);
+    s.in_memory = m.in_memory;
+    return s;
+  };
 }
 
 void checkBufferBudget(const JobSpec& job, int replicas, int64_t samples) {

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "geopipe/job_spec.h"
+#include "scheduler/model_profile.h"
 #include "src/data/dataset.h"
 
 namespace geopipe::config {
@@ -78,6 +80,11 @@ std::string memoryFixes(const AcsgdBufferMemory& m, int stage, double memory_byt
 // planner charges buffers with each stage's weights, optimizer state and
 // activations (`geopipe plan`).
 std::string deviceMemoryProblem(const AcsgdBufferMemory& m, const TopologySpec& topology);
+
+// What the scheduler charges per shape (scheduler::plan's acsgd_stores):
+// the job's stores at d_dp replicas, the data counted once. Empty when the
+// job has no AC-SGD stores or its samples cannot be counted before loading.
+std::function<scheduler::AcsgdStores(int d_dp)> plannerStores(const JobSpec& job);
 
 // Once the data is loaded (Trainer, worker): InfeasibleError with
 // budgetProblem's message when the stores of `samples` training samples over
