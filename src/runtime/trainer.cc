@@ -183,6 +183,8 @@ TrainResult Trainer::train() {
   }
   result.first_step = first_step;
 
+  const bool acsgd = job_.compression.activations.method == "acsgd" && stages > 1;
+  if (acsgd) result.acsgd_buffer_bytes.assign(static_cast<size_t>(world), 0);
   auto tasklet = [&](int rank) {
     try {
       torch::set_num_threads(threads);
@@ -196,6 +198,7 @@ TrainResult Trainer::train() {
         if (checkpointAfter(step)) files = t.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
         board.report(step, ts.part, ts.loss, ts.has_loss, files);
       }
+      if (acsgd) result.acsgd_buffer_bytes[static_cast<size_t>(rank)] = t.acsgdBufferBytes();
     } catch (...) {
       board.fail(std::current_exception());
       hub->shutdown("tasklet " + std::to_string(rank) + " failed");
