@@ -24,7 +24,9 @@ constexpr char kStoreMagic[4] = {'G', 'P', 'A', 'B'};
 constexpr uint32_t kStoreVersion = 1;
 constexpr uint64_t kMmapSlotAlign = 64;  // start of every mmap slot (a cache line)
 
-uint64_t alignSlot(uint64_t offset) { return (offset + kMmapSlotAlign - 1) & ~(kMmapSlotAlign - 1); }
+uint64_t alignSlot(uint64_t offset) {
+  return (offset + kMmapSlotAlign - 1) & ~(kMmapSlotAlign - 1);
+}
 
 class MemoryStore final : public ActivationBufferStore {
  public:

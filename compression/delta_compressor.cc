@@ -32,7 +32,9 @@ size_t entryDataBytes(const DeltaCompressorOptions& opt, size_t n, size_t channe
 }
 
 // The whole entry: header, dims, data (the layout above).
-size_t entryBytes(size_t ndim, size_t data_bytes) { return kEntryFixed + 8 * ndim + data_bytes; }
+size_t entryBytes(size_t ndim, size_t data_bytes) {
+  return kEntryFixed + 8 * ndim + data_bytes;
+}
 
 // Locates the data of a valid entry with this shape and format, or nullptr.
 const uint8_t* entryData(const DeltaCompressorOptions& opt, ActivationBufferStore& store,
@@ -141,7 +143,8 @@ void DeltaCompressorOptions::validate() const {
                 ConfigError, "AC-SGD buffer_bits must be in 1..8, got ", buffer_bits);
 }
 
-size_t bufferEntryBytes(const DeltaCompressorOptions& opt, const std::vector<int64_t>& sample_shape) {
+size_t bufferEntryBytes(const DeltaCompressorOptions& opt,
+                        const std::vector<int64_t>& sample_shape) {
   size_t n = 1;
   for (int64_t d : sample_shape) n *= static_cast<size_t>(d);
   const size_t channels = sample_shape.empty() ? 1 : static_cast<size_t>(sample_shape.back());

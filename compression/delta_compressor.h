@@ -83,7 +83,8 @@ class DeltaReceiver {
 // of packed codes. Exactly what the sender and the receiver allocate in
 // their store for that sample, so a budget computed with it before a run
 // (config::acsgdBufferMemory) agrees with the store.
-size_t bufferEntryBytes(const DeltaCompressorOptions& opt, const std::vector<int64_t>& sample_shape);
+size_t bufferEntryBytes(const DeltaCompressorOptions& opt,
+                        const std::vector<int64_t>& sample_shape);
 
 // Reads sample id's m(xi) (shape `sample_shape`) as floats into out; false if
 // absent or stored with another shape/format (a first visit). Exposed for

@@ -295,10 +295,10 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
           ") needs ", mem / kGiB, " GiB per device but its smallest device has ",
           stats[s].min_memory_gb, " GiB");
       if (buffers > 0) {
-        e.infeasible_reason += detail::concat(
-            " (weights and optimizer state ", state / kGiB, " GiB, activations ", acts / kGiB,
-            " GiB, AC-SGD buffers ", buffers / kGiB, " GiB in ", stores, " store",
-            stores > 1 ? "s" : "", ")");
+        e.infeasible_reason +=
+            detail::concat(" (weights and optimizer state ", state / kGiB, " GiB, activations ",
+                           acts / kGiB, " GiB, AC-SGD buffers ", buffers / kGiB, " GiB in ", stores,
+                           " store", stores > 1 ? "s" : "", ")");
       }
     }
     // Data-parallel all-reduce of the stage's gradients, priced on the wire

@@ -28,8 +28,8 @@ SearchOptions searchOptionsFromJob(const JobSpec& job) {
   return o;
 }
 
-PlanResult plan(const JobSpec& job, const SearchOptions& options,
-                bool with_baselines, const AcsgdStoresFn& acsgd_stores) {
+PlanResult plan(const JobSpec& job, const SearchOptions& options, bool with_baselines,
+                const AcsgdStoresFn& acsgd_stores) {
   const auto t0 = Clock::now();
   auto network = std::make_shared<const Network>(job.topology);
   const ModelProfile profile = ModelProfile::fromJob(job);
@@ -95,16 +95,14 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options,
     if (budget_reason.empty()) {
       budget_reason = detail::concat(
           "with ", d, " replicas each AC-SGD buffer store holds ", a.store_bytes / kGiB,
-          " GiB, over compression.activations.buffer_budget_gb (", a.budget_bytes / kGiB,
-          " GiB)");
+          " GiB, over compression.activations.buffer_budget_gb (", a.budget_bytes / kGiB, " GiB)");
     }
     return true;
   };
-  shapes.erase(std::remove_if(shapes.begin(), shapes.end(),
-                              [&](const std::pair<int, int>& s) {
-                                return overBudget(s.first, s.second);
-                              }),
-               shapes.end());
+  shapes.erase(
+      std::remove_if(shapes.begin(), shapes.end(),
+                     [&](const std::pair<int, int>& s) { return overBudget(s.first, s.second); }),
+      shapes.end());
   if (shapes.empty()) {
     GEOPIPE_THROW(InfeasibleError, "no shape of job '", job.name, "' fits: ", budget_reason,
                   "; store the buffers quantized (buffer_format: quantized), train on fewer "
@@ -144,8 +142,8 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options,
     if (scored.size() > kShapesSearched) scored.resize(kShapesSearched);
   } else {
     scored.push_back({shapes[0].first, shapes[0].second, 0,
-                      makeCostModel(cm, network, profileFor(shapes[0].first, shapes[0].second),
-                                    job, shapes[0].first, shapes[0].second)});
+                      makeCostModel(cm, network, profileFor(shapes[0].first, shapes[0].second), job,
+                                    shapes[0].first, shapes[0].second)});
   }
 
   SearchOptions per_shape = options;
@@ -185,14 +183,12 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options,
       std::chrono::duration<double>(Clock::now() - t0).count();
   if (!std::isfinite(best)) {
     GEOPIPE_THROW(InfeasibleError, "no placement of job '", job.name,
-                  "' fits: ", reason.empty() ? "every candidate is infeasible"
-                                             : reason,
+                  "' fits: ", reason.empty() ? "every candidate is infeasible" : reason,
                   "; use devices with more memory, more pipeline stages, a "
                   "smaller micro_batch or the 1f1b schedule",
-                  buffers_charged
-                      ? ", or keep fewer AC-SGD buffers in memory (buffer_store: mmap, "
-                        "buffer_format: quantized, fewer data.num_samples)"
-                      : "");
+                  buffers_charged ? ", or keep fewer AC-SGD buffers in memory (buffer_store: mmap, "
+                                    "buffer_format: quantized, fewer data.num_samples)"
+                                  : "");
   }
   if (with_baselines) {
     out.in_order = inOrderPlacement(*out.model);

@@ -50,7 +50,7 @@ SearchOptions searchOptionsFromJob(const JobSpec& job);
 // stores break buffer_budget_gb is not tried, and the geopipe model charges
 // in-memory stores to each stage's devices. Empty: not charged.
 using AcsgdStoresFn = std::function<AcsgdStores(int d_dp)>;
-PlanResult plan(const JobSpec& job, const SearchOptions& options,
-                bool with_baselines = true, const AcsgdStoresFn& acsgd_stores = {});
+PlanResult plan(const JobSpec& job, const SearchOptions& options, bool with_baselines = true,
+                const AcsgdStoresFn& acsgd_stores = {});
 
 }  // namespace geopipe::scheduler

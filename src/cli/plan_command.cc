@@ -140,8 +140,8 @@ void printBuffers(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemo
         const double gb = job.topology.devices[static_cast<size_t>(device)].memory_gb;
         smallest = smallest < 0 ? gb : std::min(smallest, gb);
       }
-      out << "  " << std::left << std::setw(20) << config::formatBytes(stageMemory(p, s))
-          << "  " << fmt(smallest, 1) << " GiB" << std::right;
+      out << "  " << std::left << std::setw(20) << config::formatBytes(stageMemory(p, s)) << "  "
+          << fmt(smallest, 1) << " GiB" << std::right;
     }
     out << "\n";
   }

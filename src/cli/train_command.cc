@@ -11,13 +11,13 @@
 #include <nlohmann/json.hpp>
 
 #include "geopipe/error.h"
-#include "src/common/logging.h"
 #include "geopipe/trainer.h"
 #include "scheduler/planner.h"
-#include "src/config/buffer_check.h"
 #include "src/cli/commands.h"
 #include "src/cli/progress_display.h"
+#include "src/common/logging.h"
 #include "src/common/svg_plot.h"
+#include "src/config/buffer_check.h"
 #include "src/config/job_parser.h"
 #include "src/runtime/placement.h"
 

@@ -26,7 +26,9 @@ std::string fmt(double v, int precision) {
 }
 
 // The smallest number of GiB, in steps of 0.01, that holds `bytes`.
-std::string gibAtLeast(double bytes) { return fmt(std::ceil(bytes / kGiB * 100.0) / 100.0, 2); }
+std::string gibAtLeast(double bytes) {
+  return fmt(std::ceil(bytes / kGiB * 100.0) / 100.0, 2);
+}
 
 // Most entries a store may hold within `limit` bytes (storeChargedBytes is
 // increasing in the count: bisect).
@@ -165,15 +167,15 @@ std::string describeStore(const AcsgdBufferMemory& m) {
   }
   os << ") x " << m.seq_len << " seq_len x " << m.hidden << " hidden x "
      << fmt(m.bytes_per_element, m.bytes_per_element == std::floor(m.bytes_per_element) ? 0 : 3)
-     << " B (" << m.format << ") + " << m.header_bytes << " B per entry = " << formatBytes(double(m.store_bytes)) << " per store";
+     << " B (" << m.format << ") + " << m.header_bytes
+     << " B per entry = " << formatBytes(double(m.store_bytes)) << " per store";
   return os.str();
 }
 
 std::string describeTasklets(const AcsgdBufferMemory& m) {
   const int stages = static_cast<int>(m.stores_per_stage.size());
   std::ostringstream os;
-  os << "1 store (" << formatBytes(double(m.taskletBytes(0))) << ") at stages 0 and "
-     << stages - 1;
+  os << "1 store (" << formatBytes(double(m.taskletBytes(0))) << ") at stages 0 and " << stages - 1;
   if (stages > 2) {
     os << ", 2 (" << formatBytes(double(m.taskletBytes(1))) << ") at stage"
        << (stages > 3 ? "s 1-" + std::to_string(stages - 2) : " 1");
@@ -205,8 +207,9 @@ std::string budgetProblem(const AcsgdBufferMemory& m) {
 std::string memoryFixes(const AcsgdBufferMemory& m, int stage, double memory_bytes,
                         double other_bytes) {
   std::vector<std::string> fixes;
-  fixes.push_back("buffer_store: mmap with a buffer_dir (the stores go to disk, each within "
-                  "buffer_budget_gb)");
+  fixes.push_back(
+      "buffer_store: mmap with a buffer_dir (the stores go to disk, each within "
+      "buffer_budget_gb)");
   const int stores = m.stores_per_stage[static_cast<size_t>(stage)];
   const double room = (memory_bytes - other_bytes) / stores;  // per store
   if (memory_bytes <= 0) {  // the room is unknown: name the fixes without numbers
@@ -248,9 +251,9 @@ std::string deviceMemoryProblem(const AcsgdBufferMemory& m, const TopologySpec& 
     const int stores = m.stores_per_stage[static_cast<size_t>(s)];
     std::ostringstream os;
     os << "AC-SGD buffers in memory (buffer_store: memory) do not fit topology '"
-       << (topology.name.empty() ? topology.source : topology.name) << "': a tasklet of stage " << s << " keeps " << stores << " store"
-       << (stores > 1 ? "s" : "") << " of " << describeStore(m) << ", "
-       << formatBytes(needs[k].bytes) << " per tasklet";
+       << (topology.name.empty() ? topology.source : topology.name) << "': a tasklet of stage " << s
+       << " keeps " << stores << " store" << (stores > 1 ? "s" : "") << " of " << describeStore(m)
+       << ", " << formatBytes(needs[k].bytes) << " per tasklet";
     if (k == 0) {
       os << ", more than its largest device has (" << formatBytes(memory[0]) << ")";
     } else {

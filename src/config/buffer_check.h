@@ -21,24 +21,24 @@ namespace geopipe::config {
 // one entry per sample its replica processes, of the same size (a boundary
 // carries [seq_len, hidden] per sample), so all stores of a job are alike.
 struct AcsgdBufferMemory {
-  bool enabled = false;          // method acsgd and >= 2 stages
-  bool counted = false;          // the sample count is known (else see `samples_note`)
-  bool exact = true;             // false: `samples` is an upper bound
-  std::string samples_note;      // where the sample count comes from, or why it is unknown
-  int64_t samples = 0;           // N: training samples of the job
-  int replicas = 0;              // R: replicas the stores are sized for
-  bool shrinkable = false;       // R is fault_tolerance.min_replicas (below data_parallel)
+  bool enabled = false;      // method acsgd and >= 2 stages
+  bool counted = false;      // the sample count is known (else see `samples_note`)
+  bool exact = true;         // false: `samples` is an upper bound
+  std::string samples_note;  // where the sample count comes from, or why it is unknown
+  int64_t samples = 0;       // N: training samples of the job
+  int replicas = 0;          // R: replicas the stores are sized for
+  bool shrinkable = false;   // R is fault_tolerance.min_replicas (below data_parallel)
   // Entries per store: min(ceil(N / R), steps x global_batch / R).
   int64_t samples_per_replica = 0;
-  bool bounded_by_steps = false;  // the run's steps, not N / R, set it
-  int seq_len = 0, hidden = 0;    // the per-sample boundary shape
-  std::string format;             // "fp16" or "quantized 8-bit"
-  double bytes_per_element = 0;   // stored bytes per element, scales included
-  uint64_t entry_bytes = 0;       // one sample's entry (compression::bufferEntryBytes)
-  uint64_t header_bytes = 0;      // of which the entry's header and dims
-  uint64_t store_bytes = 0;       // one store holds (compression::storeChargedBytes)
-  uint64_t budget_bytes = 0;      // buffer_budget_gb: every store's own limit
-  bool in_memory = true;          // buffer_store memory (else mmap: a file on disk)
+  bool bounded_by_steps = false;      // the run's steps, not N / R, set it
+  int seq_len = 0, hidden = 0;        // the per-sample boundary shape
+  std::string format;                 // "fp16" or "quantized 8-bit"
+  double bytes_per_element = 0;       // stored bytes per element, scales included
+  uint64_t entry_bytes = 0;           // one sample's entry (compression::bufferEntryBytes)
+  uint64_t header_bytes = 0;          // of which the entry's header and dims
+  uint64_t store_bytes = 0;           // one store holds (compression::storeChargedBytes)
+  uint64_t budget_bytes = 0;          // buffer_budget_gb: every store's own limit
+  bool in_memory = true;              // buffer_store memory (else mmap: a file on disk)
   std::vector<int> stores_per_stage;  // 1, 2, ..., 2, 1
 
   uint64_t taskletBytes(int stage) const {

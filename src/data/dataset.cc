@@ -126,7 +126,6 @@ std::vector<int32_t> syntheticTokens(int64_t num_tokens, int vocab, uint64_t see
   return out;
 }
 
-
 SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model) {
   SampleCount c;
   const int t = model.seq_len;

@@ -11,10 +11,10 @@
 #include <thread>
 
 #include "geopipe/error.h"
-#include "src/common/logging.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/common/blas_check.h"
+#include "src/common/logging.h"
 #include "src/config/buffer_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"

@@ -123,15 +123,21 @@ TEST_P(DeltaInvariant, SenderAndReceiverBuffersStayBitIdentical) {
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, DeltaInvariant,
-    ::testing::Values(
-        InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 2, Granularity::CHANNEL, Rounding::NEAREST},
-        InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 3, Granularity::TENSOR, Rounding::STOCHASTIC},
-        InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4, Granularity::GROUP, Rounding::NEAREST},
-        InvariantCase{StoreKind::MMAP, BufferFormat::FP16, 1, Granularity::CHANNEL, Rounding::STOCHASTIC},
-        InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 8, Granularity::CHANNEL, Rounding::NEAREST},
-        // The buffer widths a job can choose (compression.activations.buffer_bits).
-        InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4, Granularity::CHANNEL, Rounding::STOCHASTIC, 8},
-        InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 2, Granularity::CHANNEL, Rounding::NEAREST, 4}));
+    ::testing::Values(InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 2, Granularity::CHANNEL,
+                                    Rounding::NEAREST},
+                      InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 3, Granularity::TENSOR,
+                                    Rounding::STOCHASTIC},
+                      InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4,
+                                    Granularity::GROUP, Rounding::NEAREST},
+                      InvariantCase{StoreKind::MMAP, BufferFormat::FP16, 1, Granularity::CHANNEL,
+                                    Rounding::STOCHASTIC},
+                      InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 8,
+                                    Granularity::CHANNEL, Rounding::NEAREST},
+                      // The buffer widths a job can choose (compression.activations.buffer_bits).
+                      InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4,
+                                    Granularity::CHANNEL, Rounding::STOCHASTIC, 8},
+                      InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 2,
+                                    Granularity::CHANNEL, Rounding::NEAREST, 4}));
 
 TEST(DeltaCompressor, FirstVisitIsFp16ThenDeltasAreSmall) {
   DeltaCompressorOptions opt;
@@ -254,9 +260,8 @@ TEST(BufferStore, ChargedBytesMatchAStoreFilledBySenderAndReceiver) {
     EXPECT_EQ(rx.store().bytesUsed(), want) << "kind " << int(c.kind) << " bits " << c.buffer_bits;
     // The documented layout: 8-byte header + 8 per dim + data.
     const int64_t n = c.seq * c.hidden;
-    const int64_t data = c.format == BufferFormat::FP16
-                             ? 2 * n
-                             : 4 * c.hidden + (n * c.buffer_bits + 7) / 8;
+    const int64_t data =
+        c.format == BufferFormat::FP16 ? 2 * n : 4 * c.hidden + (n * c.buffer_bits + 7) / 8;
     EXPECT_EQ(entry, static_cast<size_t>(8 + 16 + data));
   }
   EXPECT_EQ(storeChargedBytes(StoreKind::MMAP, 100, 0), 0u);

@@ -60,10 +60,10 @@ TEST(BufferCheck, BytesEqualRealStoresFilledWithTheSameSamples) {
   const std::string dir = ::testing::TempDir();
   for (const std::string& activations : std::vector<std::string>{
            "buffer_store: memory", "buffer_store: mmap, buffer_dir: " + dir,
-        "buffer_format: quantized", "buffer_format: quantized, buffer_bits: 3",
-        "buffer_store: mmap, buffer_dir: " + dir + ", buffer_format: quantized, buffer_bits: 5"}) {
-    const JobSpec j =
-        parseJobString(job("buffer_budget_gb: 0.01, " + activations), "j.yaml", "");
+           "buffer_format: quantized", "buffer_format: quantized, buffer_bits: 3",
+           "buffer_store: mmap, buffer_dir: " + dir +
+               ", buffer_format: quantized, buffer_bits: 5"}) {
+    const JobSpec j = parseJobString(job("buffer_budget_gb: 0.01, " + activations), "j.yaml", "");
     const config::AcsgdBufferMemory m = config::acsgdBufferMemory(j, 2);
     ASSERT_TRUE(m.enabled && m.counted) << m.samples_note;
     EXPECT_EQ(m.samples, 75);
@@ -175,10 +175,10 @@ TEST(BufferCheck, InMemoryBuffersThatFitNoDeviceAreRefusedAtBufferStore) {
       job("buffer_store: mmap, buffer_dir: " + ::testing::TempDir(), "", tiny), "j.yaml", ""));
   // Two devices large enough for the two middle tasklets, the rest small:
   // the buffers alone can be placed, so validate leaves it to the planner.
-  std::string mixed = replaced(job("buffer_store: memory", "", tiny),
-                               "sites: [{name: a, devices: 6,",
-                               "sites: [{name: b, devices: 2, memory_gb: 1, intra: {latency_ms: "
-                               "1, bandwidth_gbps: 1}}, {name: a, devices: 4,");
+  std::string mixed =
+      replaced(job("buffer_store: memory", "", tiny), "sites: [{name: a, devices: 6,",
+               "sites: [{name: b, devices: 2, memory_gb: 1, intra: {latency_ms: "
+               "1, bandwidth_gbps: 1}}, {name: a, devices: 4,");
   mixed += "  inter_site_default: {latency_ms: 1, bandwidth_gbps: 1}\n";
   EXPECT_NO_THROW(parseJobString(mixed, "j.yaml", "")) << mixed;
   // Only one large device for two middle tasklets: refused.
@@ -189,8 +189,7 @@ TEST(BufferCheck, InMemoryBuffersThatFitNoDeviceAreRefusedAtBufferStore) {
 }
 
 TEST(BufferCheck, BufferFieldsParseAndTheSummaryShowsTheBuffers) {
-  const JobSpec j =
-      parseJobString(job("buffer_format: quantized, buffer_bits: 4"), "j.yaml", "");
+  const JobSpec j = parseJobString(job("buffer_format: quantized, buffer_bits: 4"), "j.yaml", "");
   EXPECT_EQ(j.compression.activations.buffer_format, "quantized");
   EXPECT_EQ(j.compression.activations.buffer_bits, 4);
   const std::string s = config::formatJobSummary(j);
@@ -213,8 +212,7 @@ TEST(BufferCheck, CheckBufferBudgetThrowsWithTheMessage) {
     config::checkBufferBudget(j, 2, 1000);
     FAIL();
   } catch (const InfeasibleError& e) {
-    EXPECT_NE(std::string(e.what()).find("500 samples per replica"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("500 samples per replica"), std::string::npos) << e.what();
   }
 }
 

@@ -38,7 +38,8 @@ parallelism: {pipeline_stages: 3, data_parallel: 1}
 topology:
   sites: [{name: a, devices: 3, intra: {latency_ms: 0, bandwidth_gbps: 10}}]
 transport: {emulate_links: false}
-)", "demo.yaml", "");
+)",
+                                "demo.yaml", "");
 }
 
 // Mean of the last 20 steps' losses: one step's loss is noisy.
@@ -56,10 +57,15 @@ struct FormatRun {
 };
 
 TEST(AcsgdBufferFormat, MemoryAndLossOfFp16AndQuantizedStores) {
-  std::vector<FormatRun> runs = {{"none (fp32 activations)", "", 0},
-                           {"acsgd-4, fp16 buffers", "fp16", 8},
-                           {"acsgd-4, quantized 8-bit", "quantized", 8},
-                           {"acsgd-4, quantized 4-bit", "quantized", 4}};
+  std::vector<FormatRun> runs(4);
+  runs[0].name = "none (fp32 activations)";
+  runs[1].name = "acsgd-4, fp16 buffers";
+  runs[1].format = "fp16";
+  runs[2].name = "acsgd-4, quantized 8-bit";
+  runs[2].format = "quantized";
+  runs[3].name = "acsgd-4, quantized 4-bit";
+  runs[3].format = "quantized";
+  runs[3].bits = 4;
   for (FormatRun& run : runs) {
     JobSpec job = demoJob();
     if (!run.format.empty()) {
@@ -77,9 +83,10 @@ TEST(AcsgdBufferFormat, MemoryAndLossOfFp16AndQuantizedStores) {
     run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   const double base = finalLoss(runs[1].result);
-  std::printf("\n| run | stores per tasklet (stage 0 / 1 / 2), measured | predicted "
-              "(validate) | bytes per element | final loss | vs fp16 buffers | seconds |\n"
-              "|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "\n| run | stores per tasklet (stage 0 / 1 / 2), measured | predicted "
+      "(validate) | bytes per element | final loss | vs fp16 buffers | seconds |\n"
+      "|---|---|---|---|---|---|---|\n");
   for (const FormatRun& run : runs) {
     const double loss = finalLoss(run.result);
     if (run.format.empty()) {
@@ -96,8 +103,7 @@ TEST(AcsgdBufferFormat, MemoryAndLossOfFp16AndQuantizedStores) {
                 config::formatBytes(double(run.predicted.taskletBytes(0))).c_str(),
                 config::formatBytes(double(run.predicted.taskletBytes(1))).c_str(),
                 config::formatBytes(double(run.predicted.taskletBytes(2))).c_str(),
-                run.predicted.bytes_per_element, loss, 100.0 * (loss - base) / base,
-                run.seconds);
+                run.predicted.bytes_per_element, loss, 100.0 * (loss - base) / base, run.seconds);
     // 512 samples, one replica: every store holds all of them, as predicted.
     EXPECT_EQ(run.predicted.samples_per_replica, 512);
     for (int s = 0; s < 3; ++s) EXPECT_EQ(b[static_cast<size_t>(s)], run.predicted.taskletBytes(s));

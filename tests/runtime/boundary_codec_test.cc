@@ -42,7 +42,9 @@ struct BufferCase {
   double tolerance;      // of the receiver's output
 };
 
-void PrintTo(const BufferCase& c, std::ostream* os) { *os << c.format << " " << c.bits << " bits"; }
+void PrintTo(const BufferCase& c, std::ostream* os) {
+  *os << c.format << " " << c.bits << " bits";
+}
 
 class AcsgdBoundary : public ::testing::TestWithParam<BufferCase> {};
 
@@ -67,7 +69,9 @@ TEST_P(AcsgdBoundary, KeepsBothSidesInStep) {
     if (epoch == 0) first_size = bytes.size();
     dec->decode(bytes, epoch, 0, {3, 4}, shape, out);
     for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(out[i], x[i], c.tolerance) << i;
-    if (epoch > 0) EXPECT_LT(bytes.size() * 4, first_size);  // 2-bit deltas vs fp16
+    if (epoch > 0) {
+      EXPECT_LT(bytes.size() * 4, first_size);  // 2-bit deltas vs fp16
+    }
     for (int64_t id : {3, 4}) {
       const auto a = tx.find(id), b = rx.find(id);
       ASSERT_NE(a.data, nullptr);
@@ -75,7 +79,9 @@ TEST_P(AcsgdBoundary, KeepsBothSidesInStep) {
       ASSERT_EQ(std::memcmp(a.data, b.data, a.size), 0) << "epoch " << epoch << " sample " << id;
       EXPECT_EQ(a.size, c.entry_bytes);
       EXPECT_EQ(a.data[0], c.format == "quantized" ? 1 : 0);  // the entry's BufferFormat
-      if (c.format == "quantized") EXPECT_EQ(a.data[1], c.bits);
+      if (c.format == "quantized") {
+        EXPECT_EQ(a.data[1], c.bits);
+      }
     }
   }
   EXPECT_EQ(tx.bytesUsed(), 2 * c.entry_bytes);

@@ -221,7 +221,9 @@ TEST(GeopipeModel, ShapesOverTheBufferBudgetAreNotTried) {
   };
   const PlanResult p = plan(job, searchOptionsFromJob(job), false, fn);
   for (const ShapeTrial& s : p.shapes) {
-    if (s.d_pp >= 2) EXPECT_GE(s.d_dp, 4) << s.d_pp << "x" << s.d_dp;
+    if (s.d_pp >= 2) {
+      EXPECT_GE(s.d_dp, 4) << s.d_pp << "x" << s.d_dp;
+    }
   }
   EXPECT_TRUE(p.d_pp == 1 || p.d_dp >= 4) << p.d_pp << "x" << p.d_dp;
   job.parallelism.data_parallel = 2;

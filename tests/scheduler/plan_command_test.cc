@@ -77,7 +77,8 @@ scheduler: {budget: {evaluations: 500, seconds: 0}}
 topology:
   device_defaults: {gpu: cpu, tflops: 1, memory_gb: 8}
   sites: [{name: a, devices: 4, intra: {latency_ms: 1, bandwidth_gbps: 1}}]
-)", "j.yaml", "");
+)",
+                                       "j.yaml", "");
   const config::AcsgdBufferMemory b = config::acsgdBufferMemory(job, 2);
   ASSERT_TRUE(b.counted);
   EXPECT_EQ(b.samples_per_replica, 500);
