@@ -22,6 +22,11 @@ namespace {
 
 constexpr char kStoreMagic[4] = {'G', 'P', 'A', 'B'};
 constexpr uint32_t kStoreVersion = 1;
+constexpr uint64_t kMmapSlotAlign = 64;  // start of every mmap slot (a cache line)
+
+uint64_t alignSlot(uint64_t offset) {
+  return (offset + kMmapSlotAlign - 1) & ~(kMmapSlotAlign - 1);
+}
 
 class MemoryStore final : public ActivationBufferStore {
  public:
@@ -101,7 +106,7 @@ class MmapStore final : public ActivationBufferStore {
       it->second.size = bytes;
       return base_ + it->second.offset;
     }
-    const uint64_t offset = (end_ + 63) & ~uint64_t{63};
+    const uint64_t offset = alignSlot(end_);
     if (offset + bytes > budget_) throwBudget(bytes);
     index_[id] = Slot{offset, bytes, bytes};
     end_ = offset + bytes;
@@ -268,6 +273,12 @@ void ActivationBufferStore::load(const std::string& path) {
     clear();
     throw;
   }
+}
+
+uint64_t storeChargedBytes(StoreKind kind, uint64_t entry_bytes, uint64_t entries) {
+  if (entries == 0) return 0;
+  if (kind == StoreKind::MEMORY) return entry_bytes * entries;
+  return alignSlot(entry_bytes) * (entries - 1) + entry_bytes;
 }
 
 std::unique_ptr<ActivationBufferStore> makeBufferStore(const BufferStoreOptions& opt) {

@@ -80,4 +80,11 @@ class ActivationBufferStore {
 
 std::unique_ptr<ActivationBufferStore> makeBufferStore(const BufferStoreOptions& opt);
 
+// Bytes a store of `kind` charges against its budget (its bytesUsed()) once
+// it holds `entries` entries of `entry_bytes` each: MEMORY the sum of the
+// entries; MMAP the end of its last slot (slots start 64-byte aligned, so
+// every entry but the last is padded to a multiple of 64). Checks made
+// before a run use this, so they and the store agree by construction.
+uint64_t storeChargedBytes(StoreKind kind, uint64_t entry_bytes, uint64_t entries);
+
 }  // namespace geopipe::compression

@@ -31,12 +31,17 @@ size_t entryDataBytes(const DeltaCompressorOptions& opt, size_t n, size_t channe
   return 4 * (n ? channels : 0) + packedBytes(n, opt.buffer_bits);
 }
 
+// The whole entry: header, dims, data (the layout above).
+size_t entryBytes(size_t ndim, size_t data_bytes) {
+  return kEntryFixed + 8 * ndim + data_bytes;
+}
+
 // Locates the data of a valid entry with this shape and format, or nullptr.
 const uint8_t* entryData(const DeltaCompressorOptions& opt, ActivationBufferStore& store,
                          int64_t id, const int64_t* dims, size_t ndim, size_t data_bytes) {
   const auto e = store.find(id);
   if (!e.data) return nullptr;
-  if (e.size != kEntryFixed + 8 * ndim + data_bytes) return nullptr;
+  if (e.size != entryBytes(ndim, data_bytes)) return nullptr;
   if (e.data[0] != static_cast<uint8_t>(opt.buffer_format) || e.data[2] != ndim) return nullptr;
   if (opt.buffer_format == BufferFormat::QUANTIZED && e.data[1] != opt.buffer_bits) return nullptr;
   if (std::memcmp(e.data + kEntryFixed, dims, 8 * ndim) != 0) return nullptr;
@@ -61,7 +66,7 @@ void loadM(const DeltaCompressorOptions& opt, const uint8_t* data, size_t n, siz
 void storeM(const DeltaCompressorOptions& opt, ActivationBufferStore& store, int64_t id,
             const int64_t* dims, size_t ndim, const float* m_new, size_t n, size_t channels) {
   const size_t data_bytes = entryDataBytes(opt, n, channels);
-  uint8_t* e = store.allocate(id, kEntryFixed + 8 * ndim + data_bytes);
+  uint8_t* e = store.allocate(id, entryBytes(ndim, data_bytes));
   std::memset(e, 0, kEntryFixed);
   e[0] = static_cast<uint8_t>(opt.buffer_format);
   e[1] = static_cast<uint8_t>(opt.buffer_format == BufferFormat::QUANTIZED ? opt.buffer_bits : 16);
@@ -136,6 +141,14 @@ void DeltaCompressorOptions::validate() const {
                 ConfigError, "unknown AC-SGD buffer format");
   GEOPIPE_CHECK(buffer_format != BufferFormat::QUANTIZED || (buffer_bits >= 1 && buffer_bits <= 8),
                 ConfigError, "AC-SGD buffer_bits must be in 1..8, got ", buffer_bits);
+}
+
+size_t bufferEntryBytes(const DeltaCompressorOptions& opt,
+                        const std::vector<int64_t>& sample_shape) {
+  size_t n = 1;
+  for (int64_t d : sample_shape) n *= static_cast<size_t>(d);
+  const size_t channels = sample_shape.empty() ? 1 : static_cast<size_t>(sample_shape.back());
+  return entryBytes(sample_shape.size(), entryDataBytes(opt, n, channels));
 }
 
 bool readBuffer(const DeltaCompressorOptions& opt, ActivationBufferStore& store, int64_t id,

@@ -76,6 +76,16 @@ class DeltaReceiver {
   std::vector<float> m_, deq_;
 };
 
+// Bytes of the buffer entry m(xi) of one sample of shape `sample_shape`
+// ([seq_len, hidden] at a transformer boundary): an 8-byte entry header,
+// 8 bytes per dimension, then FP16: 2 bytes per element; QUANTIZED: one fp32
+// scale per channel (the last dimension) and ceil(n * buffer_bits / 8) bytes
+// of packed codes. Exactly what the sender and the receiver allocate in
+// their store for that sample, so a budget computed with it before a run
+// (config::acsgdBufferMemory) agrees with the store.
+size_t bufferEntryBytes(const DeltaCompressorOptions& opt,
+                        const std::vector<int64_t>& sample_shape);
+
 // Reads sample id's m(xi) (shape `sample_shape`) as floats into out; false if
 // absent or stored with another shape/format (a first visit). Exposed for
 // tests and for checkpoint inspection.

@@ -59,7 +59,17 @@ ActivationCompressionOptions activationOptionsFromSpec(const ActivationCompressi
   } else if (spec.method == "acsgd") {
     o.acsgd = true;
     o.delta.quantizer = q;
-    o.delta.buffer_format = BufferFormat::FP16;
+    if (spec.buffer_format == "fp16") {
+      o.delta.buffer_format = BufferFormat::FP16;
+    } else if (spec.buffer_format == "quantized") {
+      o.delta.buffer_format = BufferFormat::QUANTIZED;
+      GEOPIPE_CHECK(spec.buffer_bits >= 1 && spec.buffer_bits <= 8, ConfigError,
+                    "compression.activations.buffer_bits must be in 1..8, got ", spec.buffer_bits);
+      o.delta.buffer_bits = spec.buffer_bits;
+    } else {
+      GEOPIPE_THROW(ConfigError, "compression.activations.buffer_format: unknown '",
+                    spec.buffer_format, "', expected fp16 | quantized");
+    }
     if (spec.buffer_store == "memory") {
       o.store.kind = StoreKind::MEMORY;
     } else if (spec.buffer_store == "mmap") {

@@ -280,16 +280,26 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     double params = profile_.params(first, first + count[s]);
     if (s == 0) params += profile_.embed_params;
     if (s == p - 1) params += profile_.head_params;
+    // AC-SGD stores kept in memory (buffer_store: memory) add theirs.
     const int in_flight = schedule_ == "gpipe" ? M : std::min(M, p - s);
-    const double mem = params * profile_.state_bytes_per_param +
-                       in_flight * mb *
-                           profile_.actMemPerSample(first, first + count[s]);
+    const double state = params * profile_.state_bytes_per_param;
+    const double acts = in_flight * mb * profile_.actMemPerSample(first, first + count[s]);
+    const int stores = profile_.acsgd.in_memory ? AcsgdStores::storesAt(s, p) : 0;
+    const double buffers = stores * profile_.acsgd.store_bytes;
+    const double mem = state + acts + buffers;
+    e.stage_memory_bytes.push_back(mem);
     if (mem > stats[s].min_memory_gb * kGiB && e.feasible) {
       e.feasible = false;
       e.infeasible_reason = detail::concat(
           "stage ", s, " (layers ", first, "-", first + count[s] - 1,
           ") needs ", mem / kGiB, " GiB per device but its smallest device has ",
           stats[s].min_memory_gb, " GiB");
+      if (buffers > 0) {
+        e.infeasible_reason +=
+            detail::concat(" (weights and optimizer state ", state / kGiB, " GiB, activations ",
+                           acts / kGiB, " GiB, AC-SGD buffers ", buffers / kGiB, " GiB in ", stores,
+                           " store", stores > 1 ? "s" : "", ")");
+      }
     }
     // Data-parallel all-reduce of the stage's gradients, priced on the wire
     // after compression. It starts when the stage's last backward is done.

@@ -40,6 +40,9 @@ struct PathEval {
   std::vector<std::pair<int, int>> layers;  // [first, last) per stage
   bool feasible = true;
   std::string infeasible_reason;  // why, when !feasible (memory)
+  // geopipe: bytes each device of stage s must hold (weights, optimizer
+  // state, in-flight activations, AC-SGD buffers in memory); empty for dtfm.
+  std::vector<double> stage_memory_bytes;
 };
 
 // A CostModel prices candidates for one shape (D_pp groups of D_dp devices).

@@ -17,6 +17,19 @@ struct LayerProfile {
   double act_mem_bytes = 0;  // activations kept for backward, per sample
 };
 
+// AC-SGD's m(xi) stores of one tasklet for the shape being priced
+// (compression.activations.method: acsgd; docs/compression.md): one at
+// either end of the pipeline, two in the middle, all alike. Their size comes
+// from the data (config::acsgdBufferMemory), so plan() takes them from its
+// caller, shape by shape; all zero: not charged.
+struct AcsgdStores {
+  double store_bytes = 0;   // bytes one store holds over the run
+  double budget_bytes = 0;  // buffer_budget_gb: every store's own limit; 0: none
+  bool in_memory = false;   // buffer_store: memory, charged with the stage's memory
+  // m(xi) stores of stage s of p (0 with one stage: no boundary).
+  static int storesAt(int s, int p) { return p < 2 ? 0 : (s == 0 || s == p - 1 ? 1 : 2); }
+};
+
 // Everything the cost models need to know about the model and the batch.
 // Built from a JobSpec by ModelProfile::fromJob; plain data afterwards.
 struct ModelProfile {
@@ -31,6 +44,7 @@ struct ModelProfile {
   double act_bwd_wire_bytes = 0;  // backward activation gradients
   double grad_wire_bytes_per_param = 4;  // data-parallel gradient exchange
   double state_bytes_per_param = 16;     // weights + grads + optimizer state
+  AcsgdStores acsgd;                     // AC-SGD buffers (set per shape by plan())
 
   // Sums over a half-open layer range [first, last).
   double params(int first, int last) const;

@@ -15,6 +15,7 @@ using Clock = std::chrono::steady_clock;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kMaxAutoStages = 16;
 constexpr int kShapesSearched = 3;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 }  // namespace
 
 SearchOptions searchOptionsFromJob(const JobSpec& job) {
@@ -27,8 +28,8 @@ SearchOptions searchOptionsFromJob(const JobSpec& job) {
   return o;
 }
 
-PlanResult plan(const JobSpec& job, const SearchOptions& options,
-                bool with_baselines) {
+PlanResult plan(const JobSpec& job, const SearchOptions& options, bool with_baselines,
+                const AcsgdStoresFn& acsgd_stores) {
   const auto t0 = Clock::now();
   auto network = std::make_shared<const Network>(job.topology);
   const ModelProfile profile = ModelProfile::fromJob(job);
@@ -77,6 +78,37 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options,
                   "micro_batch = ", mb, " on ", n, " devices");
   }
 
+  // AC-SGD stores per shape: a shape whose stores break the budget is not
+  // tried (the stores do not depend on the placement).
+  std::string budget_reason;
+  bool buffers_charged = false;  // some shape charged in-memory stores
+  auto profileFor = [&](int p, int d) {
+    ModelProfile shaped = profile;
+    if (acsgd_stores && p >= 2) shaped.acsgd = acsgd_stores(d);
+    buffers_charged |= shaped.acsgd.in_memory && shaped.acsgd.store_bytes > 0;
+    return shaped;
+  };
+  auto overBudget = [&](int p, int d) {
+    if (!acsgd_stores || p < 2) return false;
+    const AcsgdStores a = acsgd_stores(d);
+    if (a.budget_bytes <= 0 || a.store_bytes <= a.budget_bytes) return false;
+    if (budget_reason.empty()) {
+      budget_reason = detail::concat(
+          "with ", d, " replicas each AC-SGD buffer store holds ", a.store_bytes / kGiB,
+          " GiB, over compression.activations.buffer_budget_gb (", a.budget_bytes / kGiB, " GiB)");
+    }
+    return true;
+  };
+  shapes.erase(
+      std::remove_if(shapes.begin(), shapes.end(),
+                     [&](const std::pair<int, int>& s) { return overBudget(s.first, s.second); }),
+      shapes.end());
+  if (shapes.empty()) {
+    GEOPIPE_THROW(InfeasibleError, "no shape of job '", job.name, "' fits: ", budget_reason,
+                  "; store the buffers quantized (buffer_format: quantized), train on fewer "
+                  "samples (data.num_samples) or raise buffer_budget_gb");
+  }
+
   PlanResult out;
   out.cost_model = cm;
   out.algorithm = options.algorithm;
@@ -98,7 +130,7 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options,
             : 0;
     for (const auto& [p, d] : shapes) {
       std::shared_ptr<const CostModel> model =
-          makeCostModel(cm, network, profile, job, p, d);
+          makeCostModel(cm, network, profileFor(p, d), job, p, d);
       const SearchResult io = inOrderPlacement(*model);
       const SearchResult rs = randomSearch(*model, screen);
       screen_evals += io.evaluations + rs.evaluations;
@@ -110,8 +142,8 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options,
     if (scored.size() > kShapesSearched) scored.resize(kShapesSearched);
   } else {
     scored.push_back({shapes[0].first, shapes[0].second, 0,
-                      makeCostModel(cm, network, profile, job, shapes[0].first,
-                                    shapes[0].second)});
+                      makeCostModel(cm, network, profileFor(shapes[0].first, shapes[0].second), job,
+                                    shapes[0].first, shapes[0].second)});
   }
 
   SearchOptions per_shape = options;
@@ -151,10 +183,12 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options,
       std::chrono::duration<double>(Clock::now() - t0).count();
   if (!std::isfinite(best)) {
     GEOPIPE_THROW(InfeasibleError, "no placement of job '", job.name,
-                  "' fits: ", reason.empty() ? "every candidate is infeasible"
-                                             : reason,
+                  "' fits: ", reason.empty() ? "every candidate is infeasible" : reason,
                   "; use devices with more memory, more pipeline stages, a "
-                  "smaller micro_batch or the 1f1b schedule");
+                  "smaller micro_batch or the 1f1b schedule",
+                  buffers_charged ? ", or keep fewer AC-SGD buffers in memory (buffer_store: mmap, "
+                                    "buffer_format: quantized, fewer data.num_samples)"
+                                  : "");
   }
   if (with_baselines) {
     out.in_order = inOrderPlacement(*out.model);

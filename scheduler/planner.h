@@ -2,6 +2,7 @@
 // configured algorithm and cost model, and price the baselines beside it.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,7 +44,13 @@ SearchOptions searchOptionsFromJob(const JobSpec& job);
 // N / D_pp (idle devices allowed), screening every shape with a slice of the
 // budget and searching the best three. Throws InfeasibleError when no shape
 // fits (too few devices, memory) and ConfigError for bad settings.
-PlanResult plan(const JobSpec& job, const SearchOptions& options,
-                bool with_baselines = true);
+//
+// `acsgd_stores(d_dp)` sizes AC-SGD's m(xi) stores for a shape of d_dp
+// replicas (config::plannerStores(job) from the job's data); a shape whose
+// stores break buffer_budget_gb is not tried, and the geopipe model charges
+// in-memory stores to each stage's devices. Empty: not charged.
+using AcsgdStoresFn = std::function<AcsgdStores(int d_dp)>;
+PlanResult plan(const JobSpec& job, const SearchOptions& options, bool with_baselines = true,
+                const AcsgdStoresFn& acsgd_stores = {});
 
 }  // namespace geopipe::scheduler

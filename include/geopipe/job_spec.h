@@ -120,7 +120,9 @@ struct ActivationCompressionSpec {
   std::string rounding = "nearest";    // nearest | stochastic
   std::string buffer_store = "memory"; // memory | mmap (AC-SGD m(xi) buffers)
   std::string buffer_dir;              // directory for mmap buffers
-  double buffer_budget_gb = 4.0;       // byte budget of the buffer store
+  double buffer_budget_gb = 4.0;       // byte budget of each buffer store (GiB)
+  std::string buffer_format = "fp16";  // fp16 | quantized: how m(xi) is stored
+  int buffer_bits = 8;                 // quantized: bits per stored element, 1..8
 };
 
 // Backward activation gradients between stages.

@@ -52,6 +52,10 @@ struct TrainResult {
   std::vector<std::pair<int, int>> layers_of_stage;  // [first, last) model layers
   std::string placement_source;  // "caller", "scheduler" or "in-order"
   bool interrupted = false;      // should_stop ended the run early
+  // Bytes each rank's AC-SGD buffer stores hold at the end of the run (its
+  // sender's and receiver's together, as the stores charge them against
+  // buffer_budget_gb; rank = replica * stages + stage); empty without AC-SGD.
+  std::vector<uint64_t> acsgd_buffer_bytes;
 };
 
 struct TrainerOptions {

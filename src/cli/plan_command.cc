@@ -8,12 +8,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "geopipe/error.h"
 #include "scheduler/planner.h"
+#include "src/config/buffer_check.h"
 
 namespace geopipe::cli {
 
 namespace {
 
+using config::AcsgdBufferMemory;
 using scheduler::PlanResult;
 using scheduler::SearchResult;
 
@@ -38,7 +41,42 @@ nlohmann::json baselineJson(const SearchResult& r, double ours) {
           {"search_seconds", r.seconds}};
 }
 
-void printJson(const JobSpec& job, const PlanResult& p, std::ostream& out) {
+// Bytes each device of stage s needs in the plan's memory model (geopipe;
+// -1 for dtfm, which prices no memory).
+double stageMemory(const PlanResult& p, int s) {
+  const auto& m = p.ours.best.eval.stage_memory_bytes;
+  return s < static_cast<int>(m.size()) ? m[static_cast<size_t>(s)] : -1.0;
+}
+
+nlohmann::json buffersJson(const AcsgdBufferMemory& b, const PlanResult& p) {
+  if (!b.counted) return {{"counted", false}, {"note", b.samples_note}};
+  nlohmann::json stages = nlohmann::json::array();
+  for (int s = 0; s < static_cast<int>(b.stores_per_stage.size()); ++s) {
+    nlohmann::json st = {{"stage", s},
+                         {"stores", b.stores_per_stage[static_cast<size_t>(s)]},
+                         {"bytes", b.taskletBytes(s)}};
+    if (stageMemory(p, s) >= 0) st["device_memory_bytes"] = stageMemory(p, s);
+    stages.push_back(st);
+  }
+  return {{"counted", true},
+          {"exact", b.exact},
+          {"samples", b.samples},
+          {"replicas", b.replicas},
+          {"samples_per_replica", b.samples_per_replica},
+          {"bounded_by_steps", b.bounded_by_steps},
+          {"seq_len", b.seq_len},
+          {"hidden", b.hidden},
+          {"format", b.format},
+          {"bytes_per_element", b.bytes_per_element},
+          {"entry_bytes", b.entry_bytes},
+          {"store_bytes", b.store_bytes},
+          {"budget_bytes", b.budget_bytes},
+          {"store", b.in_memory ? "memory" : "mmap"},
+          {"stages", stages}};
+}
+
+void printJson(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory& buffers,
+               std::ostream& out) {
   const double ours = p.ours.best.cost;
   nlohmann::json j;
   j["job"] = job.name;
@@ -58,8 +96,12 @@ void printJson(const JobSpec& job, const PlanResult& p, std::ostream& out) {
                      {"site", job.topology.sites[t.site].name},
                      {"site_index", t.site},
                      {"layers", {t.first_layer, t.last_layer}}});
+    if (buffers.enabled && buffers.counted) {
+      alloc.back()["acsgd_buffer_bytes"] = buffers.taskletBytes(t.stage);
+    }
   }
   j["allocation"] = alloc;
+  if (buffers.enabled) j["acsgd_buffers"] = buffersJson(buffers, p);
   j["idle_devices"] = p.ours.allocation.idle;
   nlohmann::json base = nlohmann::json::object();
   if (p.has_baselines) {
@@ -74,7 +116,39 @@ void printJson(const JobSpec& job, const PlanResult& p, std::ostream& out) {
   out << j.dump(2) << "\n";
 }
 
-void printText(const JobSpec& job, const PlanResult& p, std::ostream& out) {
+void printBuffers(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory& b,
+                  std::ostream& out) {
+  out << "\nAC-SGD buffers (compression.activations, buffer_store "
+      << (b.in_memory ? "memory" : "mmap") << "):\n";
+  if (!b.counted) {
+    out << "  not counted before the data loads: " << b.samples_note
+        << "; the run checks the budget once it has\n";
+    return;
+  }
+  out << "  " << config::describeStore(b) << "\n  per tasklet: " << config::describeTasklets(b)
+      << "; budget " << config::formatBytes(double(b.budget_bytes)) << " per store\n";
+  const bool priced = stageMemory(p, 0) >= 0;
+  out << "  stage  stores  buffers     " << (priced ? "device memory needed  smallest device" : "")
+      << "\n";
+  for (int s = 0; s < static_cast<int>(b.stores_per_stage.size()); ++s) {
+    out << "  " << std::setw(5) << s << "  " << std::setw(6)
+        << b.stores_per_stage[static_cast<size_t>(s)] << "  " << std::left << std::setw(10)
+        << config::formatBytes(double(b.taskletBytes(s))) << std::right;
+    if (priced) {
+      double smallest = -1;
+      for (int device : p.ours.allocation.stages[static_cast<size_t>(s)]) {
+        const double gb = job.topology.devices[static_cast<size_t>(device)].memory_gb;
+        smallest = smallest < 0 ? gb : std::min(smallest, gb);
+      }
+      out << "  " << std::left << std::setw(20) << config::formatBytes(stageMemory(p, s)) << "  "
+          << fmt(smallest, 1) << " GiB" << std::right;
+    }
+    out << "\n";
+  }
+}
+
+void printText(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory& buffers,
+               std::ostream& out) {
   const auto& b = p.ours.best.eval.breakdown;
   const double total = p.ours.best.cost;
   const int idle = static_cast<int>(p.ours.allocation.idle.size());
@@ -115,6 +189,7 @@ void printText(const JobSpec& job, const PlanResult& p, std::ostream& out) {
     for (int d : p.ours.allocation.idle) out << " " << d;
     out << "\n";
   }
+  if (buffers.enabled) printBuffers(job, p, buffers, out);
   if (p.has_baselines) {
     out << "\ncomparison (same shape, ratio = placement / ours):\n";
     out << "  " << std::left << std::setw(22) << "placement" << std::right
@@ -142,12 +217,35 @@ int runPlan(const JobSpec& job_in, const PlanOverrides& o, std::ostream& out) {
   if (o.budget_seconds) job.scheduler.budget_seconds = *o.budget_seconds;
   if (o.budget_evaluations)
     job.scheduler.budget_evaluations = *o.budget_evaluations;
-  const PlanResult p =
-      scheduler::plan(job, scheduler::searchOptionsFromJob(job), true);
+  // AC-SGD's stores: sized from the data, charged by the planner shape by
+  // shape; refused here with their numbers and the fixes.
+  const auto stores = config::plannerStores(job);
+  PlanResult p;
+  try {
+    p = scheduler::plan(job, scheduler::searchOptionsFromJob(job), true, stores);
+  } catch (const InfeasibleError& e) {
+    const AcsgdBufferMemory b = config::acsgdBufferMemory(
+        job, job.parallelism.dataParallelAuto() ? 1 : job.parallelism.data_parallel);
+    if (!b.enabled || !b.counted || !stores) throw;
+    GEOPIPE_THROW(InfeasibleError, e.what(), "\nAC-SGD buffers",
+                  job.parallelism.dataParallelAuto() ? " with 1 replica" : "", ": ",
+                  config::describeStore(b), " (", config::describeTasklets(b), "). ",
+                  b.in_memory ? config::memoryFixes(b, b.stores_per_stage.size() > 2 ? 1 : 0, 0, 0)
+                              : std::string());
+  }
+  const AcsgdBufferMemory buffers = config::acsgdBufferMemory(job, p.d_dp);
+  // The planner skips shapes over the budget and the geopipe model charges
+  // in-memory stores; dtfm prices no memory, so check its shape here.
+  const std::string budget = config::budgetProblem(buffers);
+  if (!budget.empty()) GEOPIPE_THROW(InfeasibleError, budget);
+  if (p.cost_model != "geopipe") {
+    const std::string memory = config::deviceMemoryProblem(buffers, job.topology);
+    if (!memory.empty()) GEOPIPE_THROW(InfeasibleError, memory);
+  }
   if (o.json) {
-    printJson(job, p, out);
+    printJson(job, p, buffers, out);
   } else {
-    printText(job, p, out);
+    printText(job, p, buffers, out);
   }
   return 0;
 }

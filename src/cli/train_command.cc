@@ -11,12 +11,13 @@
 #include <nlohmann/json.hpp>
 
 #include "geopipe/error.h"
-#include "src/common/logging.h"
 #include "geopipe/trainer.h"
 #include "scheduler/planner.h"
 #include "src/cli/commands.h"
 #include "src/cli/progress_display.h"
+#include "src/common/logging.h"
 #include "src/common/svg_plot.h"
+#include "src/config/buffer_check.h"
 #include "src/config/job_parser.h"
 #include "src/runtime/placement.h"
 
@@ -48,7 +49,8 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
   if (job.parallelism.dataParallelAuto()) {
     // Let the scheduler pick the shape, then train that shape.
-    auto plan = scheduler::plan(job, scheduler::searchOptionsFromJob(job), false);
+    auto plan = scheduler::plan(job, scheduler::searchOptionsFromJob(job), false,
+                                config::plannerStores(job));
     job.parallelism.pipeline_stages = plan.d_pp;
     job.parallelism.data_parallel = plan.d_dp;
     out << "data_parallel: auto -> the scheduler chose " << plan.d_pp << " stages x " << plan.d_dp
@@ -63,7 +65,8 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   const int world = job.parallelism.pipeline_stages * job.parallelism.data_parallel;
   if (job.topology.numDevices() >= world && job.model.layers == model.bodyLayers()) {
     const JobSpec priced = runtime::effectiveNetworkJob(job);
-    auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), true);
+    auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), true,
+                                config::plannerStores(priced));
     if (plan.d_pp == job.parallelism.pipeline_stages && plan.d_dp == job.parallelism.data_parallel) {
       const auto& a = plan.ours.allocation;
       opt.device_of_rank.assign(static_cast<size_t>(world), 0);

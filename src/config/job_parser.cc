@@ -8,6 +8,7 @@
 #include <memory>
 #include <sstream>
 
+#include "src/config/buffer_check.h"
 #include "src/config/hf_config.h"
 #include "src/config/topology_parser.h"
 #include "src/config/yaml_fields.h"
@@ -391,7 +392,10 @@ class JobReader {
         a.getEnum("buffer_store", s.buffer_store, {"memory", "mmap"});
         a.getString("buffer_dir", s.buffer_dir);
         a.getDouble("buffer_budget_gb", s.buffer_budget_gb, 0.0, kInf, true);
+        a.getEnum("buffer_format", s.buffer_format, {"fp16", "quantized"});
+        a.getInt("buffer_bits", s.buffer_bits, 1, 8);
         s.buffer_dir = resolvePath(base_dir_, s.buffer_dir);
+        refuseUnusedBufferFields(a, s);
         if (s.method == "acsgd" && s.buffer_store == "mmap" && s.buffer_dir.empty()) {
           a.error("buffer_store is 'mmap' but 'buffer_dir' is missing: name a "
                   "directory for the memory-mapped AC-SGD buffers");
@@ -411,6 +415,25 @@ class JobReader {
         g.getBool("error_feedback", s.error_feedback);
       });
     });
+  }
+
+  // buffer_format and buffer_bits shape AC-SGD's m(xi) stores; a value the
+  // runtime would not use is refused rather than ignored.
+  void refuseUnusedBufferFields(MapReader& a, const ActivationCompressionSpec& s) {
+    if (s.method != "acsgd") {
+      for (const char* key : {"buffer_format", "buffer_bits"}) {
+        if (a.has(key)) {
+          a.error(key, a.child(key),
+                  std::string(key) + " configures AC-SGD's buffers but method is '" + s.method +
+                      "': remove it or set method: acsgd");
+        }
+      }
+    } else if (a.has("buffer_bits") && s.buffer_format != "quantized") {
+      a.error("buffer_bits", a.child("buffer_bits"),
+              "buffer_bits sets the width of a quantized buffer but buffer_format is '" +
+                  s.buffer_format +
+                  "' (2 bytes per element): set buffer_format: quantized or remove buffer_bits");
+    }
   }
 
   void readScheduler(const YAML::Node& node) {
@@ -657,6 +680,19 @@ class JobReader {
                ": use evolutionary");
     }
     checkData();
+    checkActivationBuffers();
+  }
+
+  // AC-SGD's m(xi) stores against buffer_budget_gb and the topology's
+  // memory, before the run (src/config/buffer_check.h). With data_parallel:
+  // auto the stores depend on the shape `plan` picks, and plan checks them.
+  void checkActivationBuffers() {
+    if (job_.parallelism.dataParallelAuto() || !ctx_.diagnostics->empty()) return;
+    const AcsgdBufferMemory m = acsgdBufferMemory(job_, job_.parallelism.data_parallel);
+    const std::string budget = budgetProblem(m);
+    if (!budget.empty()) fail("compression.activations.buffer_budget_gb", budget);
+    const std::string memory = deviceMemoryProblem(m, job_.topology);
+    if (!memory.empty()) fail("compression.activations.buffer_store", memory);
   }
 
   // data.tokenizer: only for text, a folder holding a tokenizer whose ids

@@ -1,6 +1,8 @@
 // Human-readable summary of a job spec.
 #include "src/config/summary.h"
 
+#include "src/config/buffer_check.h"
+
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -14,6 +16,27 @@ std::string describeActivations(const ActivationCompressionSpec& a) {
   os << a.method << " " << a.bits << "-bit, per-" << a.granularity
      << (a.granularity == "group" ? " (" + std::to_string(a.group_size) + ")" : "")
      << ", " << a.rounding;
+  return os.str();
+}
+
+// AC-SGD's m(xi) stores per tasklet (buffer_check.h); "" without them.
+std::string describeBuffers(const JobSpec& job) {
+  const auto& a = job.compression.activations;
+  if (a.method != "acsgd" || job.parallelism.pipeline_stages < 2) return "";
+  std::ostringstream os;
+  os << "  AC-SGD buffers: ";
+  if (job.parallelism.dataParallelAuto()) {
+    os << "sized by data_parallel (auto): `geopipe plan` checks the shape it picks\n";
+    return os.str();
+  }
+  const AcsgdBufferMemory m = acsgdBufferMemory(job, job.parallelism.data_parallel);
+  if (!m.counted) {
+    os << "not counted before the data loads (" << m.samples_note
+       << "); the run checks them once it has\n";
+    return os.str();
+  }
+  os << describeStore(m) << "\n                  per tasklet: " << describeTasklets(m)
+     << "; budget " << formatBytes(double(m.budget_bytes)) << " per store\n";
   return os.str();
 }
 
@@ -48,6 +71,7 @@ std::string formatJobSummary(const JobSpec& job) {
      << (job.compression.backward.method == "quantize"
              ? " " + std::to_string(job.compression.backward.bits) + "-bit" : "")
      << "; gradients " << job.compression.gradients.method << "\n";
+  os << describeBuffers(job);
   os << "  scheduler:    " << job.scheduler.algorithm << ", cost model "
      << job.scheduler.cost_model << ", seed " << job.scheduler.seed << "\n";
   std::map<std::string, int> gpus;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -28,7 +29,20 @@ std::string readAll(const std::string& path) {
   return os.str();
 }
 
+// Samples synthetic data makes when data.num_samples is 0.
+constexpr int64_t kSyntheticSamples = 4096;
 
+// TokenDataset's cut: sample i is tokens [i*t, i*t + t + 1).
+int64_t samplesIn(int64_t tokens, int seq_len) {
+  return tokens < int64_t{seq_len} + 1 ? 0 : (tokens - 1) / seq_len;
+}
+
+// loadJobData's hold-out: the last max(1, floor(f x n)) samples.
+int64_t afterHoldOut(const DataSpec& data, int64_t n) {
+  if (!data.val_path.empty() || data.val_fraction <= 0) return n;
+  const int64_t held = std::max<int64_t>(1, static_cast<int64_t>(data.val_fraction * n));
+  return held >= n ? 0 : n - held;
+}
 }  // namespace
 
 TokenDataset::TokenDataset(std::vector<int32_t> tokens, int seq_len, int vocab,
@@ -40,7 +54,7 @@ TokenDataset::TokenDataset(std::vector<int32_t> tokens, int seq_len, int vocab,
                   " tokens, fewer than one sample needs (model.seq_len + 1 = ", seq_len_ + 1,
                   "): use more data or a shorter seq_len");
   }
-  num_samples_ = static_cast<int64_t>((tokens_.size() - 1) / seq_len_);
+  num_samples_ = samplesIn(static_cast<int64_t>(tokens_.size()), seq_len_);
 }
 
 void TokenDataset::sample(int64_t id, int32_t* inputs, int32_t* targets) const {
@@ -112,6 +126,59 @@ std::vector<int32_t> syntheticTokens(int64_t num_tokens, int vocab, uint64_t see
   return out;
 }
 
+SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model) {
+  SampleCount c;
+  const int t = model.seq_len;
+  int64_t tokens = 0;
+  std::error_code ec;
+  if (data.kind == "synthetic") {
+    tokens = (data.num_samples > 0 ? data.num_samples : kSyntheticSamples) * t + 1;
+    c.how = "synthetic data";
+  } else if (data.kind == "fortunes") {
+    try {
+      tokens = static_cast<int64_t>(readFortunes().size());
+      c.how = "the fortunes texts (" + std::to_string(tokens) + " bytes)";
+    } catch (const Error& e) {
+      c.known = false;
+      c.how = e.what();
+      return c;
+    }
+  } else if (data.kind == "text" && !data.tokenizer.empty()) {
+    if (data.num_samples <= 0) {
+      c.known = false;
+      c.how = "data.tokenizer: the sample count is known only once '" + data.path +
+              "' is tokenized (set data.num_samples to bound it)";
+      return c;
+    }
+    c.exact = false;
+    c.samples = afterHoldOut(data, data.num_samples);
+    c.how = "at most data.num_samples (" + std::to_string(data.num_samples) +
+            "; the tokenized text may hold fewer)";
+    return c;
+  } else if (data.kind == "text" || data.kind == "tokens") {
+    const auto bytes = std::filesystem::file_size(data.path, ec);
+    if (ec) {
+      c.known = false;
+      c.how = "cannot read the size of '" + data.path + "'";
+      return c;
+    }
+    const int64_t width = data.kind == "text" ? 1 : (data.token_dtype == "uint32" ? 4 : 2);
+    tokens = static_cast<int64_t>(bytes) / width;
+    c.how = "'" + data.path + "' (" + std::to_string(tokens) + " tokens)";
+  } else {
+    c.known = false;
+    c.how = "unknown data.kind '" + data.kind + "'";
+    return c;
+  }
+  int64_t n = samplesIn(tokens, t);
+  if (data.num_samples > 0 && data.num_samples < n) {
+    n = data.num_samples;
+    c.how = "data.num_samples";
+  }
+  c.samples = afterHoldOut(data, n);
+  return c;
+}
+
 TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t seed) {
   std::vector<int32_t> tokens;
   std::string source;
@@ -169,7 +236,7 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
     }
   } else if (data.kind == "synthetic") {
     source = "synthetic";
-    int64_t samples = data.num_samples > 0 ? data.num_samples : 4096;
+    int64_t samples = data.num_samples > 0 ? data.num_samples : kSyntheticSamples;
     tokens = syntheticTokens(samples * model.seq_len + 1, model.vocab, seed);
   } else {
     GEOPIPE_THROW(ConfigError, "unknown data.kind '", data.kind,
@@ -192,7 +259,7 @@ JobData loadJobData(const DataSpec& data, const ModelSpec& model, uint64_t seed)
   }
   if (data.val_fraction <= 0) return {std::move(all), std::nullopt};
   const int64_t n = all.numSamples();
-  const int64_t held = std::max<int64_t>(1, static_cast<int64_t>(data.val_fraction * n));
+  const int64_t held = n - afterHoldOut(data, n);
   if (held >= n) {
     GEOPIPE_THROW(ConfigError, "data.val_fraction ", data.val_fraction, " of ", n,
                   " samples leaves none to train on: lower val_fraction or add data");

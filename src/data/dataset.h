@@ -59,6 +59,22 @@ struct JobData {
 // would be left to train on.
 JobData loadJobData(const DataSpec& data, const ModelSpec& model, uint64_t seed);
 
+// How many training samples loadJobData would give, counted without
+// loading the tokens: the synthetic default or data.num_samples, a text
+// file's bytes, a token file's size / token_dtype, the fortunes texts; capped
+// at data.num_samples, less the data.val_fraction hold-out. With
+// data.tokenizer the tokens exist only after tokenizing: then `known` is
+// false, unless data.num_samples is set, which bounds the count (`exact`
+// false). A file that cannot be read is not known (its own check reports
+// it). Torch-free and cheap: `geopipe validate` calls it.
+struct SampleCount {
+  int64_t samples = 0;  // training samples (an upper bound when !exact)
+  bool known = true;    // false: not countable before the data loads
+  bool exact = true;    // false: `samples` is an upper bound
+  std::string how;      // where the number comes from, for messages
+};
+SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model);
+
 // The English texts of Debian's fortunes packages as one byte stream, from
 // `dir` (default /usr/share/games/fortunes); IoError if none are installed.
 std::string readFortunes(const std::string& dir = "/usr/share/games/fortunes");

@@ -82,4 +82,10 @@ std::vector<int> Sampler::lastReplicaOf(const std::vector<int64_t>& ids,
   return out;
 }
 
+int64_t acsgdSamplesPerReplica(int64_t num_samples, int replicas) {
+  GEOPIPE_CHECK(num_samples >= 0 && replicas >= 1, ConfigError, "acsgdSamplesPerReplica(",
+                num_samples, ", ", replicas, "): expected samples >= 0 and replicas >= 1");
+  return (num_samples + replicas - 1) / replicas;
+}
+
 }  // namespace geopipe::data

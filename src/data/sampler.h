@@ -43,4 +43,13 @@ class Sampler {
   uint64_t seed_;
 };
 
+// Samples whose AC-SGD buffers m(xi) one replica keeps over a whole run,
+// ceil(num_samples / replicas): every store of a tasklet holds one entry per
+// sample its replica processes. The sampler's AC-SGD binding -- each replica
+// owns a fixed shard of about N / R samples, so its stores stop growing at
+// that -- is what makes this true (without it a replica eventually visits,
+// and stores, every sample). The one place this number is computed: budget
+// checks before a run (config::acsgdBufferMemory) and the sharding use it.
+int64_t acsgdSamplesPerReplica(int64_t num_samples, int replicas);
+
 }  // namespace geopipe::data

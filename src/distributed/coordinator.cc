@@ -19,6 +19,7 @@
 #include "proto/coordinator.grpc.pb.h"
 #include "scheduler/planner.h"
 #include "src/common/strings.h"
+#include "src/config/buffer_check.h"
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/recovery.h"
 #include "src/distributed/request_checks.h"
@@ -112,7 +113,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
     runtime::checkComputeDtype(job_);
     if (job_.parallelism.dataParallelAuto()) {
-      auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false);
+      auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false,
+                                  config::plannerStores(job_));
       job_.parallelism.pipeline_stages = plan.d_pp;
       job_.parallelism.data_parallel = plan.d_dp;
       event(detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp, " stages x ",

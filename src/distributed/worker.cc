@@ -11,10 +11,11 @@
 #include <thread>
 
 #include "geopipe/error.h"
-#include "src/common/logging.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/common/blas_check.h"
+#include "src/common/logging.h"
+#include "src/config/buffer_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
 #include "src/distributed/job_bundle.h"
@@ -417,6 +418,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     common::setBlasThreads(threads);  // OpenBLAS's own pool, see blas_check.h
     const data::JobData job_data = data::loadJobData(job.data, job.model, job.training.seed);
     const data::TokenDataset& dataset = job_data.train;
+    config::checkBufferBudget(job, a.replicas(), dataset.numSamples());
     const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, a.replicas(),
                                 job.training.micro_batch, job.training.seed);
     runtime::Tasklet tasklet(model, job, placement, rank, *net, dataset, sampler,

@@ -7,6 +7,7 @@
 
 #include "geopipe/error.h"
 #include "scheduler/planner.h"
+#include "src/config/buffer_check.h"
 #include "src/transport/link_emulator.h"
 
 namespace geopipe::runtime {
@@ -76,7 +77,8 @@ Placement choosePlacement(const ModelDef& model, const JobSpec& job,
   } else if (n_devices >= world && job.model.layers == model.bodyLayers()) {
     const JobSpec priced = effectiveNetworkJob(job);
     scheduler::PlanResult plan =
-        scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), /*with_baselines=*/false);
+        scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), /*with_baselines=*/false,
+                        config::plannerStores(priced));
     const auto& alloc = plan.ours.allocation;
     if (alloc.d_pp == stages && alloc.d_dp == replicas) {
       p.device_of_rank.assign(static_cast<size_t>(world), 0);

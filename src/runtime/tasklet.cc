@@ -334,6 +334,17 @@ std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) co
   return files;
 }
 
+uint64_t Tasklet::acsgdBufferBytes() const {
+  uint64_t bytes = 0;
+  if (auto* enc = compute_->activationEncoderMut(); enc && enc->deltaSender()) {
+    bytes += enc->deltaSender()->store().bytesUsed();
+  }
+  if (auto* dec = compute_->activationDecoderMut(); dec && dec->deltaReceiver()) {
+    bytes += dec->deltaReceiver()->store().bytesUsed();
+  }
+  return bytes;
+}
+
 void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
                              int64_t next_step) {
   const int replicas = job_.parallelism.data_parallel;

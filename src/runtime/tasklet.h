@@ -77,6 +77,10 @@ class Tasklet {
   void loadCheckpoint(const std::string& step_dir, int saved_replicas = 0,
                       int64_t next_step = 0);
 
+  // Bytes this tasklet's AC-SGD stores hold (sender's and receiver's, as
+  // they charge them against their budgets); 0 without AC-SGD.
+  uint64_t acsgdBufferBytes() const;
+
   int rank() const { return rank_; }
   int stage() const { return stage_; }
   int replica() const { return replica_; }

@@ -12,13 +12,14 @@
 
 #include "geopipe/error.h"
 #include "src/common/blas_check.h"
+#include "src/config/buffer_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
 #include "src/pipeline/executor.h"
 #include "src/runtime/checkpoint.h"
-#include "src/runtime/precision.h"
 #include "src/runtime/gradient_sync.h"
 #include "src/runtime/placement.h"
+#include "src/runtime/precision.h"
 #include "src/runtime/tasklet.h"
 #include "src/runtime/torch_stage.h"
 #include "src/transport/inproc/inproc_transport.h"
@@ -126,6 +127,7 @@ TrainResult Trainer::train() {
   const data::JobData job_data = data::loadJobData(job_.data, job_.model, job_.training.seed);
   const data::TokenDataset& dataset = job_data.train;
   const data::TokenDataset* val = job_data.val ? &*job_data.val : nullptr;
+  config::checkBufferBudget(job_, replicas, dataset.numSamples());
   const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
                               job_.training.micro_batch, job_.training.seed);
 
@@ -192,6 +194,8 @@ TrainResult Trainer::train() {
   };
   result.first_step = first_step;
 
+  const bool acsgd = job_.compression.activations.method == "acsgd" && stages > 1;
+  if (acsgd) result.acsgd_buffer_bytes.assign(static_cast<size_t>(world), 0);
   auto tasklet = [&](int rank) {
     try {
       torch::set_num_threads(threads);
@@ -205,6 +209,7 @@ TrainResult Trainer::train() {
         if (checkpointAfter(step)) files = t.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
         board.report(step, ts.part, ts.loss, ts.has_loss, files);
       }
+      if (acsgd) result.acsgd_buffer_bytes[static_cast<size_t>(rank)] = t.acsgdBufferBytes();
     } catch (...) {
       board.fail(std::current_exception());
       hub->shutdown("tasklet " + std::to_string(rank) + " failed");

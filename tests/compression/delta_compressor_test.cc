@@ -33,6 +33,7 @@ struct InvariantCase {
   int bits;
   Granularity granularity;
   Rounding rounding;
+  int buffer_bits = 6;  // QUANTIZED buffers
 };
 
 class DeltaInvariant : public ::testing::TestWithParam<InvariantCase> {};
@@ -49,7 +50,7 @@ TEST_P(DeltaInvariant, SenderAndReceiverBuffersStayBitIdentical) {
   opt.quantizer.rounding = c.rounding;
   opt.quantizer.seed = 7;
   opt.buffer_format = c.format;
-  opt.buffer_bits = 6;
+  opt.buffer_bits = c.buffer_bits;
   DeltaSender tx(opt, makeBufferStore(storeOptions(c.kind, "tx")));
   DeltaReceiver rx(opt, makeBufferStore(storeOptions(c.kind, "rx")));
 
@@ -122,12 +123,21 @@ TEST_P(DeltaInvariant, SenderAndReceiverBuffersStayBitIdentical) {
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, DeltaInvariant,
-    ::testing::Values(
-        InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 2, Granularity::CHANNEL, Rounding::NEAREST},
-        InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 3, Granularity::TENSOR, Rounding::STOCHASTIC},
-        InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4, Granularity::GROUP, Rounding::NEAREST},
-        InvariantCase{StoreKind::MMAP, BufferFormat::FP16, 1, Granularity::CHANNEL, Rounding::STOCHASTIC},
-        InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 8, Granularity::CHANNEL, Rounding::NEAREST}));
+    ::testing::Values(InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 2, Granularity::CHANNEL,
+                                    Rounding::NEAREST},
+                      InvariantCase{StoreKind::MEMORY, BufferFormat::FP16, 3, Granularity::TENSOR,
+                                    Rounding::STOCHASTIC},
+                      InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4,
+                                    Granularity::GROUP, Rounding::NEAREST},
+                      InvariantCase{StoreKind::MMAP, BufferFormat::FP16, 1, Granularity::CHANNEL,
+                                    Rounding::STOCHASTIC},
+                      InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 8,
+                                    Granularity::CHANNEL, Rounding::NEAREST},
+                      // The buffer widths a job can choose (compression.activations.buffer_bits).
+                      InvariantCase{StoreKind::MEMORY, BufferFormat::QUANTIZED, 4,
+                                    Granularity::CHANNEL, Rounding::STOCHASTIC, 8},
+                      InvariantCase{StoreKind::MMAP, BufferFormat::QUANTIZED, 2,
+                                    Granularity::CHANNEL, Rounding::NEAREST, 4}));
 
 TEST(DeltaCompressor, FirstVisitIsFp16ThenDeltasAreSmall) {
   DeltaCompressorOptions opt;
@@ -204,6 +214,59 @@ TEST(BufferStore, BudgetExceededIsClear) {
     const int64_t id = 3;
     EXPECT_THROW(tx.encode(&id, a.data(), {1, 16, 64}), InfeasibleError);
   }
+}
+
+// bufferEntryBytes x storeChargedBytes is what checks made before a run
+// (config::acsgdBufferMemory) charge; a store filled by the real sender and
+// receiver with the same samples must hold exactly that, for both kinds and
+// formats, odd shapes and bit widths whose codes end mid-byte.
+TEST(BufferStore, ChargedBytesMatchAStoreFilledBySenderAndReceiver) {
+  struct Case {
+    StoreKind kind;
+    BufferFormat format;
+    int buffer_bits;
+    int64_t seq, hidden;
+  };
+  const Case cases[] = {{StoreKind::MEMORY, BufferFormat::FP16, 8, 16, 64},
+                        {StoreKind::MMAP, BufferFormat::FP16, 8, 5, 13},
+                        {StoreKind::MEMORY, BufferFormat::QUANTIZED, 8, 16, 64},
+                        {StoreKind::MMAP, BufferFormat::QUANTIZED, 4, 7, 24},
+                        {StoreKind::MEMORY, BufferFormat::QUANTIZED, 3, 5, 13},
+                        {StoreKind::MMAP, BufferFormat::QUANTIZED, 1, 9, 11}};
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  for (const Case& c : cases) {
+    DeltaCompressorOptions opt;
+    opt.quantizer.bits = 4;
+    opt.buffer_format = c.format;
+    opt.buffer_bits = c.buffer_bits;
+    DeltaSender tx(opt, makeBufferStore(storeOptions(c.kind, "charge_tx")));
+    DeltaReceiver rx(opt, makeBufferStore(storeOptions(c.kind, "charge_rx")));
+    const int64_t samples = 37, mb = 4;
+    std::vector<float> a(static_cast<size_t>(mb * c.seq * c.hidden)), out;
+    for (int epoch = 0; epoch < 2; ++epoch) {  // first visits, then deltas in place
+      for (int64_t first = 0; first < samples; first += mb) {
+        std::vector<int64_t> ids;
+        for (int64_t i = first; i < std::min(samples, first + mb); ++i) ids.push_back(i);
+        for (auto& v : a) v = nd(rng);
+        const std::vector<int64_t> shape = {static_cast<int64_t>(ids.size()), c.seq, c.hidden};
+        rx.decode(ids.data(), ids.size(), tx.encode(ids.data(), a.data(), shape), out);
+      }
+    }
+    const size_t entry = bufferEntryBytes(opt, {c.seq, c.hidden});
+    EXPECT_EQ(tx.store().find(5).size, entry);
+    const uint64_t want = storeChargedBytes(c.kind, entry, samples);
+    EXPECT_EQ(tx.store().bytesUsed(), want) << "kind " << int(c.kind) << " bits " << c.buffer_bits;
+    EXPECT_EQ(rx.store().bytesUsed(), want) << "kind " << int(c.kind) << " bits " << c.buffer_bits;
+    // The documented layout: 8-byte header + 8 per dim + data.
+    const int64_t n = c.seq * c.hidden;
+    const int64_t data =
+        c.format == BufferFormat::FP16 ? 2 * n : 4 * c.hidden + (n * c.buffer_bits + 7) / 8;
+    EXPECT_EQ(entry, static_cast<size_t>(8 + 16 + data));
+  }
+  EXPECT_EQ(storeChargedBytes(StoreKind::MMAP, 100, 0), 0u);
+  EXPECT_EQ(storeChargedBytes(StoreKind::MMAP, 100, 3), 128u * 2 + 100);
+  EXPECT_EQ(storeChargedBytes(StoreKind::MEMORY, 100, 3), 300u);
 }
 
 TEST(BufferStore, SaveLoadRoundTripAcrossKindsResumesAcsgd) {

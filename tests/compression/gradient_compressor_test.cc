@@ -245,6 +245,18 @@ TEST(Options, FromSpec) {
   EXPECT_EQ(ao.store.kind, StoreKind::MMAP);
   EXPECT_EQ(ao.store.path, "/tmp/x/s0_fwd.acsgd");
   EXPECT_EQ(ao.store.budget_bytes, 4ull << 30);
+  EXPECT_EQ(ao.delta.buffer_format, BufferFormat::FP16);
+  a.buffer_format = "quantized";
+  a.buffer_bits = 4;
+  ao = activationOptionsFromSpec(a, 5, "s0_fwd");
+  EXPECT_EQ(ao.delta.buffer_format, BufferFormat::QUANTIZED);
+  EXPECT_EQ(ao.delta.buffer_bits, 4);
+  a.buffer_bits = 9;
+  EXPECT_THROW(activationOptionsFromSpec(a), ConfigError);
+  a.buffer_bits = 8;
+  a.buffer_format = "int8";
+  EXPECT_THROW(activationOptionsFromSpec(a), ConfigError);
+  a.buffer_format = "fp16";
   a.buffer_dir.clear();
   EXPECT_THROW(activationOptionsFromSpec(a), ConfigError);
   a.method = "bogus";

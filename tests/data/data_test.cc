@@ -134,6 +134,83 @@ TEST(Dataset, SyntheticIsDeterministicAndLowEntropy) {
   for (const auto& [ctx, succ] : next) EXPECT_LE(succ.size(), 4u);
 }
 
+// The count validate makes before loading agrees with what loads, for every
+// kind of data, the num_samples cap and both kinds of validation set.
+TEST(Dataset, CountTrainSamplesIsWhatLoadJobDataGives) {
+  std::string text(10007, 'x');
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + i % 26);
+  std::string u16(2 * 3000, '\0');  // token 0 throughout: always below vocab
+  std::vector<DataSpec> specs;
+  DataSpec d;
+  specs.push_back(d);  // synthetic, default size
+  d.num_samples = 300;
+  specs.push_back(d);
+  d.val_fraction = 0.1;
+  specs.push_back(d);
+  d = DataSpec{};
+  d.kind = "text";
+  d.path = writeTemp("count.txt", text);
+  specs.push_back(d);
+  d.num_samples = 40;
+  specs.push_back(d);
+  d.num_samples = 100000;  // more than the file holds: no cap
+  specs.push_back(d);
+  d.num_samples = 0;
+  d.val_fraction = 0.25;
+  specs.push_back(d);
+  d.val_fraction = 0;
+  d.val_path = writeTemp("count-val.txt", text.substr(0, 500));
+  specs.push_back(d);
+  d = DataSpec{};
+  d.kind = "tokens";
+  d.path = writeTemp("count16.bin", u16);
+  specs.push_back(d);
+  d.token_dtype = "uint32";
+  specs.push_back(d);
+  d = DataSpec{};
+  d.kind = "fortunes";
+  d.val_fraction = 0.05;
+  specs.push_back(d);
+  for (int seq : {7, 64}) {
+    for (const DataSpec& spec : specs) {
+      const SampleCount c = countTrainSamples(spec, model(seq, 256));
+      ASSERT_TRUE(c.known) << spec.kind << ": " << c.how;
+      EXPECT_TRUE(c.exact);
+      EXPECT_EQ(c.samples, loadJobData(spec, model(seq, 256), 1).train.numSamples())
+          << spec.kind << " " << spec.path << " num_samples " << spec.num_samples << " seq " << seq
+          << " val_fraction " << spec.val_fraction << " (" << c.how << ")";
+    }
+  }
+  // With a tokenizer the tokens exist only after tokenizing: unknown, or
+  // bounded by num_samples.
+  d = DataSpec{};
+  d.kind = "text";
+  d.path = writeTemp("count-tok.txt", text);
+  d.tokenizer = "assets/tokenizers/gpt2";
+  SampleCount c = countTrainSamples(d, model(8, 50257));
+  EXPECT_FALSE(c.known);
+  EXPECT_NE(c.how.find("data.num_samples"), std::string::npos) << c.how;
+  d.num_samples = 50;
+  c = countTrainSamples(d, model(8, 50257));
+  EXPECT_TRUE(c.known);
+  EXPECT_FALSE(c.exact);
+  EXPECT_EQ(c.samples, 50);
+  EXPECT_GE(c.samples, loadJobData(d, model(8, 50257), 1).train.numSamples());
+  d = DataSpec{};
+  d.kind = "text";
+  d.path = "/nonexistent/count.txt";
+  EXPECT_FALSE(countTrainSamples(d, model(8, 256)).known);
+}
+
+TEST(Sampler, AcsgdSamplesPerReplicaIsTheCeiling) {
+  EXPECT_EQ(acsgdSamplesPerReplica(100, 1), 100);
+  EXPECT_EQ(acsgdSamplesPerReplica(100, 3), 34);
+  EXPECT_EQ(acsgdSamplesPerReplica(99, 3), 33);
+  EXPECT_EQ(acsgdSamplesPerReplica(2, 4), 1);
+  EXPECT_EQ(acsgdSamplesPerReplica(0, 4), 0);
+  EXPECT_THROW(acsgdSamplesPerReplica(10, 0), ConfigError);
+}
+
 TEST(Sampler, MicroBatchesPartitionTheGlobalBatch) {
   Sampler s(100, 12, 2, 3, 42);
   EXPECT_EQ(s.microBatchesPerReplica(), 2);

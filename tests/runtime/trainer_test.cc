@@ -120,6 +120,29 @@ TEST(Trainer, RejectsWhatItCannotRun) {
   EXPECT_THROW(Trainer(makeModel(job.model), job).train(), ConfigError);
 }
 
+// AC-SGD stores that break their budget fail when the data has loaded, before
+// the first step, with validate's message (jobs validate cannot count:
+// data.tokenizer, train --steps; here a budget set in C++ after parsing).
+TEST(Trainer, AcsgdBuffersOverTheBudgetFailBeforeTheFirstStep) {
+  JobSpec job = tinyJob(2, 1, "1f1b");
+  job.compression.activations.method = "acsgd";
+  job.compression.activations.buffer_budget_gb = 1e-6;  // 1073 B: 256 x 1048 B do not fit
+  TrainerOptions opt;
+  int steps = 0;
+  opt.on_step = [&](const StepMetrics&) { ++steps; };
+  try {
+    Trainer(makeModel(job.model), job, opt).train();
+    FAIL() << "expected InfeasibleError";
+  } catch (const InfeasibleError& e) {
+    EXPECT_NE(std::string(e.what()).find("AC-SGD buffer stores exceed buffer_budget_gb"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("160 samples per replica"), std::string::npos)
+        << e.what();  // 20 steps x 8: the run's steps bound the stores
+  }
+  EXPECT_EQ(steps, 0);
+}
+
 TEST(Model, CustomModelsAreRegisteredByName) {
   ModelSpec spec;
   spec.kind = "custom";

@@ -150,6 +150,91 @@ TEST(GeopipeModel, GpipeNeedsMoreMemoryThan1f1b) {
   EXPECT_TRUE(ef.make({0, 1, 2, 3}).eval.feasible);
 }
 
+// AC-SGD stores in memory count with the stage's weights: one store at
+// either end of the pipeline, two in the middle; on disk (mmap) none.
+TEST(GeopipeModel, ChargesInMemoryAcsgdStoresPerStage) {
+  const JobSpec job = gptJob(fastSite(4), 4, 1);
+  auto net = std::make_shared<const Network>(job.topology);
+  ModelProfile prof = ModelProfile::fromJob(job);
+  auto memory = [&](const ModelProfile& p) {
+    GeopipeCostModel model(net, p, 4, 1, "1f1b");
+    Evaluator ev(model);
+    return ev.make({0, 1, 2, 3}).eval.stage_memory_bytes;
+  };
+  const auto plain = memory(prof);
+  ASSERT_EQ(plain.size(), 4u);
+  prof.acsgd.store_bytes = 3e9;
+  prof.acsgd.in_memory = false;
+  EXPECT_EQ(memory(prof), plain);
+  prof.acsgd.in_memory = true;
+  const auto charged = memory(prof);
+  const std::vector<int> stores = {1, 2, 2, 1};
+  for (int s = 0; s < 4; ++s) EXPECT_DOUBLE_EQ(charged[s] - plain[s], stores[s] * 3e9) << s;
+  EXPECT_EQ(AcsgdStores::storesAt(0, 1), 0);
+}
+
+// Two devices with the memory for a middle stage's two stores, two without:
+// the plan puts the middle stages on the large ones; with no device large
+// enough it refuses, naming the buffers and their fixes.
+TEST(GeopipeModel, PlanPutsBufferHungryStagesWhereTheyFit) {
+  TopologySpec t = fastSite(4);
+  for (auto& d : t.devices) d.memory_gb = 4;
+  t.devices[0].memory_gb = t.devices[3].memory_gb = 64;  // in-order puts the ends here
+  JobSpec job = gptJob(t, 4, 1);
+  job.scheduler.budget_seconds = 0;
+  job.scheduler.budget_evaluations = 3000;
+  const double gib = 1024.0 * 1024 * 1024;
+  AcsgdStores stores;
+  stores.store_bytes = 3 * gib;  // middle stages: 6 GiB, over 4
+  stores.in_memory = true;
+  const auto fn = [&](int) { return stores; };
+  const PlanResult p = plan(job, searchOptionsFromJob(job), true, fn);
+  ASSERT_TRUE(p.ours.best.eval.feasible) << p.ours.best.eval.infeasible_reason;
+  for (int s : {1, 2}) {
+    EXPECT_EQ(t.devices[p.ours.allocation.stages[s][0]].memory_gb, 64) << "stage " << s;
+    EXPECT_GT(p.ours.best.eval.stage_memory_bytes[s], 6 * gib);
+  }
+  EXPECT_FALSE(p.in_order.best.eval.feasible);
+  stores.store_bytes = 40 * gib;
+  try {
+    plan(job, searchOptionsFromJob(job), false, fn);
+    FAIL() << "expected InfeasibleError";
+  } catch (const InfeasibleError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(" GiB, AC-SGD buffers "), std::string::npos) << msg;
+    EXPECT_NE(msg.find("buffer_store: mmap"), std::string::npos) << msg;
+  }
+}
+
+// data_parallel: auto never picks a shape whose stores break the budget.
+TEST(GeopipeModel, ShapesOverTheBufferBudgetAreNotTried) {
+  JobSpec job = gptJob(fastSite(8), 2, 0);
+  job.training.global_batch = 16;
+  job.scheduler.budget_seconds = 0;
+  job.scheduler.budget_evaluations = 2000;
+  // Stores shrink with replicas: 8 / d_dp GB each against a 2.5 GB budget.
+  const auto fn = [](int d_dp) {
+    AcsgdStores s;
+    s.store_bytes = 8e9 / d_dp;
+    s.budget_bytes = 2.5e9;
+    return s;
+  };
+  const PlanResult p = plan(job, searchOptionsFromJob(job), false, fn);
+  for (const ShapeTrial& s : p.shapes) {
+    if (s.d_pp >= 2) {
+      EXPECT_GE(s.d_dp, 4) << s.d_pp << "x" << s.d_dp;
+    }
+  }
+  EXPECT_TRUE(p.d_pp == 1 || p.d_dp >= 4) << p.d_pp << "x" << p.d_dp;
+  job.parallelism.data_parallel = 2;
+  try {
+    plan(job, searchOptionsFromJob(job), false, fn);
+    FAIL() << "expected InfeasibleError";
+  } catch (const InfeasibleError& e) {
+    EXPECT_NE(std::string(e.what()).find("buffer_budget_gb"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GeopipeModel, ShapeSearchLeavesASlowOutlierIdle) {
   // 5 devices: four fast ones in one site and one behind a terrible link.
   TopologySpec t = fastSite(4, 100, 100);

@@ -8,6 +8,8 @@
 #include "geopipe/error.h"
 #include "scheduler/scenarios.h"
 #include "src/cli/plan_command.h"
+#include "src/config/buffer_check.h"
+#include "src/config/job_parser.h"
 
 namespace geopipe::cli {
 namespace {
@@ -59,6 +61,74 @@ TEST(PlanCommand, TextAndOverrides) {
   EXPECT_NE(s.find("ohio"), std::string::npos);
   o.cost_model = "bogus";
   EXPECT_THROW(runPlan(job, o, out), ConfigError);
+}
+
+// An AC-SGD job: plan shows each tasklet's buffers (text and JSON) with the
+// numbers validate computes, and refuses a placement they do not fit with
+// those numbers and the fixes.
+TEST(PlanCommand, ShowsAndChecksAcsgdBuffers) {
+  JobSpec job = config::parseJobString(R"(
+model: {preset: none, layers: 4, hidden: 64, heads: 2, seq_len: 32, vocab: 256}
+data: {kind: synthetic, num_samples: 1000}
+training: {steps: 1000, global_batch: 8, micro_batch: 2}
+parallelism: {pipeline_stages: 2, data_parallel: 2}
+compression: {activations: {method: acsgd, bits: 4, buffer_format: quantized}}
+scheduler: {budget: {evaluations: 500, seconds: 0}}
+topology:
+  device_defaults: {gpu: cpu, tflops: 1, memory_gb: 8}
+  sites: [{name: a, devices: 4, intra: {latency_ms: 1, bandwidth_gbps: 1}}]
+)",
+                                       "j.yaml", "");
+  const config::AcsgdBufferMemory b = config::acsgdBufferMemory(job, 2);
+  ASSERT_TRUE(b.counted);
+  EXPECT_EQ(b.samples_per_replica, 500);
+  PlanOverrides o;
+  std::ostringstream text;
+  runPlan(job, o, text);
+  EXPECT_NE(text.str().find("AC-SGD buffers (compression.activations, buffer_store memory)"),
+            std::string::npos)
+      << text.str();
+  EXPECT_NE(text.str().find(config::describeStore(b)), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("device memory needed"), std::string::npos) << text.str();
+  o.json = true;
+  std::ostringstream js;
+  runPlan(job, o, js);
+  const auto j = nlohmann::json::parse(js.str());
+  ASSERT_TRUE(j.contains("acsgd_buffers")) << js.str();
+  const auto& a = j["acsgd_buffers"];
+  EXPECT_EQ(a["store_bytes"].get<uint64_t>(), b.store_bytes);
+  EXPECT_EQ(a["samples_per_replica"].get<int64_t>(), 500);
+  EXPECT_EQ(a["format"], "quantized 8-bit");
+  EXPECT_EQ(a["stages"].size(), 2u);
+  EXPECT_GT(a["stages"][0]["device_memory_bytes"].get<double>(), double(b.store_bytes));
+  for (const auto& t : j["allocation"]) {
+    EXPECT_EQ(t["acsgd_buffer_bytes"].get<uint64_t>(), b.store_bytes);
+  }
+  // Devices that hold the buffers but not the buffers and the weights.
+  for (auto& d : job.topology.devices) d.memory_gb = double(b.store_bytes) / (1 << 30) * 1.001;
+  o.json = false;
+  try {
+    runPlan(job, o, text);
+    FAIL() << "expected InfeasibleError";
+  } catch (const InfeasibleError& e) {
+    const std::string msg = e.what();
+    for (const std::string& want :
+         {std::string(" GiB, AC-SGD buffers "),  // the planner's share of the stage's memory
+          "AC-SGD buffers: " + config::describeStore(b),
+          std::string("buffer_store: mmap with a buffer_dir"),
+          std::string("buffer_format: quantized")}) {
+      EXPECT_NE(msg.find(want), std::string::npos) << "lacks: " << want << "\n" << msg;
+    }
+  }
+  // dtfm prices no memory: plan checks the buffers alone against the devices.
+  for (auto& d : job.topology.devices) d.memory_gb = double(b.store_bytes) / (1 << 30) * 0.9;
+  o.cost_model = "dtfm";
+  try {
+    runPlan(job, o, text);
+    FAIL() << "expected InfeasibleError";
+  } catch (const InfeasibleError& e) {
+    EXPECT_NE(std::string(e.what()).find("do not fit topology"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
