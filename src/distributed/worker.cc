@@ -418,7 +418,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     const data::JobData job_data = data::loadJobData(job.data, job.model, job.training.seed);
     const data::TokenDataset& dataset = job_data.train;
     const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, a.replicas(),
-                                job.training.micro_batch, job.training.seed);
+                                job.training.micro_batch, job.training.seed,
+                                data::sampleOrderFor(job));
     runtime::Tasklet tasklet(model, job, placement, rank, *net, dataset, sampler,
                              std::chrono::milliseconds(int64_t{opt.timeout_seconds} * 1000),
                              job_data.val ? &*job_data.val : nullptr);

@@ -127,7 +127,9 @@ TrainResult Trainer::train() {
   const data::TokenDataset& dataset = job_data.train;
   const data::TokenDataset* val = job_data.val ? &*job_data.val : nullptr;
   const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
-                              job_.training.micro_batch, job_.training.seed);
+                              job_.training.micro_batch, job_.training.seed,
+                              options_.bind_samples ? data::sampleOrderFor(job_)
+                                                    : data::SampleOrder::GLOBAL);
 
   runtime::Placement placement = runtime::choosePlacement(model_, job_, options_.device_of_rank,
                                                           options_.layers_per_stage);
@@ -250,7 +252,8 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
   const data::TokenDataset dataset =
       data::loadJobData(job.data, job.model, job.training.seed).train;
   const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, replicas,
-                              job.training.micro_batch, job.training.seed);
+                              job.training.micro_batch, job.training.seed,
+                              data::sampleOrderFor(job));
   const int micro_batches = sampler.microBatchesPerReplica();
   auto module = buildSlice(model, 0, model.num_layers, job.training.seed);
   auto params = uniqueParameters(*module);

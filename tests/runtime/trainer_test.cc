@@ -376,6 +376,77 @@ TEST(Checkpoint, ResumeWithFewerReplicasKeepsCompressedTrainingOnTrack) {
   }
   expectLockStep(full.checkpoint.dir + "/step-00000016", 2);
   expectLockStep(job.checkpoint.dir + "/step-00000016", 1);
+
+  // Growing back to 2 replicas deals the shards again: each replica keeps
+  // the buffers of the samples it owns now (half of the one replica's),
+  // its sender and receiver the same ones.
+  job.parallelism.data_parallel = 2;
+  job.training.steps = 20;
+  const TrainResult grown = Trainer(makeModel(job.model), job, resume).train();
+  EXPECT_EQ(grown.first_step, 16);
+  const std::string last = job.checkpoint.dir + "/step-00000020";
+  expectLockStep(last, 2);
+  for (int r = 0; r < 2; ++r) {
+    auto store = compression::makeBufferStore({});
+    store->load(last + "/tasklet-" + std::to_string(2 * r) + ".acsgd-send");
+    EXPECT_EQ(store->entryCount(), 12u) << "replica " << r;
+    for (int64_t id : store->ids()) EXPECT_EQ(id % 2, r) << "replica " << r;
+  }
 }
 
 }  // namespace
+
+namespace {
+
+// With AC-SGD each replica keeps the buffers of its own shard only (ids
+// r mod 2), and from the second epoch on every visit sends a delta: every
+// step then puts the same bytes on the wire, fewer than any step of the
+// first epoch. Without binding (the order before it) the buffers hold
+// samples of both shards and later epochs still send some samples whole.
+TEST(Binding, ReplicasKeepTheirShardAndSendOnlyDeltasAfterTheFirstEpoch) {
+  auto run = [](bool bind, std::vector<uint64_t>& wire) {
+    JobSpec job = tinyJob(2, 2, "1f1b");
+    job.data.num_samples = 48;  // 2 shards of 24: 6 steps of 4 per replica an epoch
+    job.training.steps = 18;
+    job.compression.activations.method = "acsgd";
+    job.compression.activations.bits = 4;
+    job.checkpoint.dir = freshDir(bind ? "bound" : "unbound");
+    TrainerOptions opt;
+    opt.threads_per_tasklet = 1;
+    opt.bind_samples = bind;
+    opt.on_step = [&](const StepMetrics& m) { wire.push_back(m.activation_wire_bytes); };
+    Trainer(makeModel(job.model), job, opt).train();
+    return job.checkpoint.dir + "/step-00000018";
+  };
+  std::vector<uint64_t> bound, unbound;
+  const std::string dir = run(true, bound);
+  expectLockStep(dir, 2);
+  for (int r = 0; r < 2; ++r) {
+    auto store = compression::makeBufferStore({});
+    store->load(dir + "/tasklet-" + std::to_string(2 * r) + ".acsgd-send");
+    EXPECT_EQ(store->entryCount(), 24u);
+    for (int64_t id : store->ids()) EXPECT_EQ(id % 2, r) << "replica " << r;
+  }
+  ASSERT_EQ(bound.size(), 18u);
+  for (size_t step = 6; step < 18; ++step) {
+    EXPECT_EQ(bound[step], bound[6]) << "step " << step;
+    for (size_t first = 0; first < 6; ++first) EXPECT_LT(bound[step], bound[first]);
+  }
+  const std::string unbound_dir = run(false, unbound);
+  uint64_t held = 0;
+  for (int r = 0; r < 2; ++r) {
+    auto store = compression::makeBufferStore({});
+    store->load(unbound_dir + "/tasklet-" + std::to_string(2 * r) + ".acsgd-send");
+    held += store->entryCount();
+  }
+  EXPECT_GT(held, 48u);  // the same samples buffered on both replicas
+  uint64_t later_bound = 0, later_unbound = 0;
+  for (size_t step = 6; step < 18; ++step) {
+    later_bound += bound[step];
+    later_unbound += unbound[step];
+  }
+  EXPECT_GT(later_unbound, later_bound);
+}
+
+}  // namespace
+
