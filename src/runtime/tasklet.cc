@@ -120,6 +120,9 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   so.device = taskletDevice(job.training.device, rank);
   so.dtype = job.model.dtype;
   checkComputeDtype(job);
+  if (stage_ == stages_ - 1 && (dataset.padded() || (val && val->padded()))) {
+    checkLossIgnoresPadding(model);
+  }
   compute_ = std::make_unique<TorchStage>(model, so, dataset, sampler, job.compression);
   params_ = compute_->parameters();
   optimizer_ = makeOptimizer(job.training.optimizer, params_);

@@ -255,6 +255,7 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
                               job.training.micro_batch, job.training.seed,
                               data::sampleOrderFor(job));
   const int micro_batches = sampler.microBatchesPerReplica();
+  if (dataset.padded()) runtime::checkLossIgnoresPadding(model);
   auto module = buildSlice(model, 0, model.num_layers, job.training.seed);
   auto params = uniqueParameters(*module);
   auto optimizer = runtime::makeOptimizer(job.training.optimizer, params);
@@ -275,10 +276,17 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
         optimizer->zero_grad();
         double replica_loss = 0;
         for (int m = 0; m < micro_batches; ++m) {
-          auto [inputs, targets] = runtime::tokenBatch(dataset, sampler.microBatch(step, r, m));
+          const std::vector<int64_t> ids = sampler.microBatch(step, r, m);
+          auto [inputs, targets] = runtime::tokenBatch(dataset, ids);
           auto loss = model.loss(module->forward(inputs), targets);
-          replica_loss += loss.item<double>();
-          (loss / micro_batches).backward();
+          if (dataset.padded()) {  // the staged engine's arithmetic (TorchStage::forward)
+            const double w = runtime::lossWeight(dataset, sampler, step, ids);
+            replica_loss += loss.item<double>() * w;
+            (loss * (w / micro_batches)).backward();
+          } else {
+            replica_loss += loss.item<double>();
+            (loss / micro_batches).backward();
+          }
         }
         loss_value += replica_loss / micro_batches / replicas;
         per_replica[r].clear();
