@@ -142,12 +142,12 @@ void TokenDataset::sample(int64_t id, int32_t* inputs, int32_t* targets) const {
   std::fill(targets + n, targets + seq_len_, kIgnoreTarget);
 }
 
-std::string readFortunes(const std::string& dir) {
+std::vector<std::string> fortuneFiles(const std::string& dir) {
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) {
-    GEOPIPE_THROW(IoError, "data.kind is 'fortunes' but '", dir,
-                  "' cannot be read: install the Debian packages fortunes-min and "
-                  "fortunes (scripts/install-deps does)");
+    GEOPIPE_THROW(IoError, "the fortunes folder '", dir,
+                  "' cannot be read (data.kind: fortunes reads it): install the Debian "
+                  "packages fortunes-min and fortunes (scripts/install-deps does)");
   }
   std::vector<std::string> names;
   while (dirent* e = readdir(d)) {
@@ -163,9 +163,15 @@ std::string readFortunes(const std::string& dir) {
   }
   closedir(d);
   std::sort(names.begin(), names.end());  // directory order is not stable
+  for (auto& name : names) name = dir + "/" + name;
+  return names;
+}
+
+std::string readFortunes(const std::string& dir) {
+  const std::vector<std::string> names = fortuneFiles(dir);
   std::string text;
   for (const auto& name : names) {
-    std::string body = readAll(dir + "/" + name);
+    std::string body = readAll(name);
     // Fortunes are separated by lines holding a single '%'.
     std::string cleaned;
     std::istringstream lines(body);

@@ -137,8 +137,13 @@ JobData loadJobData(const DataSpec& data, const ModelSpec& model, uint64_t seed)
 // the document ends must be known. Used by validate and by loadDataset.
 std::string unpackedDataProblem(const DataSpec& data, const ModelSpec& model);
 
-// The English texts of Debian's fortunes packages as one byte stream, from
-// `dir` (default /usr/share/games/fortunes); IoError if none are installed.
+// The fortune files of Debian's fortunes packages in `dir` (default
+// /usr/share/games/fortunes): its regular files but the .dat indexes and
+// .u8 copies, sorted by name. IoError if the folder cannot be read.
+std::vector<std::string> fortuneFiles(const std::string& dir = "/usr/share/games/fortunes");
+
+// The English texts of those files as one byte stream, each fortune's `%`
+// separator line made empty; IoError if none are installed.
 std::string readFortunes(const std::string& dir = "/usr/share/games/fortunes");
 
 // A learnable synthetic corpus: `num_tokens` tokens from a fixed random
