@@ -57,10 +57,10 @@ struct Row {
   int replicas = 1;
   bool bound = false;
   int64_t steps_per_epoch = 0;
-  int64_t shard_max = 0;        // the most samples a replica may meet (samplesPerReplica)
-  int64_t held_max = 0;         // AC-SGD entries of the boundary on one replica (max)
-  int64_t held_total = 0;       // over all replicas
-  uint64_t bytes_max = 0;       // their bytes (max over replicas)
+  int64_t shard_max = 0;   // the most samples a replica may meet (samplesPerReplica)
+  int64_t held_max = 0;    // AC-SGD entries of the boundary on one replica (max)
+  int64_t held_total = 0;  // over all replicas
+  uint64_t bytes_max = 0;  // their bytes (max over replicas)
   uint64_t bytes_total = 0;
   uint64_t raw_first = 0, wire_first = 0;  // activations, first epoch
   uint64_t raw_later = 0, wire_later = 0;  // activations, the epochs after it
@@ -75,7 +75,9 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
-std::string kib(uint64_t bytes) { return fixed(static_cast<double>(bytes) / 1024.0, 0) + " KiB"; }
+std::string kib(uint64_t bytes) {
+  return fixed(static_cast<double>(bytes) / 1024.0, 0) + " KiB";
+}
 
 double ratio(uint64_t raw, uint64_t wire) {
   return wire ? static_cast<double>(raw) / static_cast<double>(wire) : 0.0;
@@ -179,9 +181,9 @@ void verify(const Row& row, int64_t samples) {
                 row.shard_max, ")");
   const auto spe = static_cast<size_t>(row.steps_per_epoch);
   for (size_t s = spe; s < row.wire_per_step.size(); ++s) {
-    GEOPIPE_CHECK(row.wire_per_step[s] == row.wire_per_step[spe], Error,
-                  "bench binding: step ", s, " sent ", row.wire_per_step[s],
-                  " bytes, not the delta-only ", row.wire_per_step[spe], " of step ", spe);
+    GEOPIPE_CHECK(row.wire_per_step[s] == row.wire_per_step[spe], Error, "bench binding: step ", s,
+                  " sent ", row.wire_per_step[s], " bytes, not the delta-only ",
+                  row.wire_per_step[spe], " of step ", spe);
   }
 }
 
@@ -222,17 +224,17 @@ int runBindingBench(const BindingBenchArgs& args, std::ostream& out) {
                   args.samples);
   }
   out << "bench binding: gpt2 (2 layers, hidden 64, vocab 50257, seq_len 64) on " << data_note
-      << ", " << args.samples << " samples, global batch 8 in micro-batches of 2, "
-      << args.epochs << " epochs; 2 stages, the boundary over an emulated 1 Gbps / 10 ms link;"
+      << ", " << args.samples << " samples, global batch 8 in micro-batches of 2, " << args.epochs
+      << " epochs; 2 stages, the boundary over an emulated 1 Gbps / 10 ms link;"
       << " AC-SGD 4-bit activations, 8-bit backward\n"
       << std::flush;
 
   std::vector<Row> rows;
   for (int r : args.replicas) {
     for (bool bound : {false, true}) {
-      const std::string ckpt = (fs::path(args.out_dir) / ("ckpt-r" + std::to_string(r) +
-                                                          (bound ? "-bound" : "-global")))
-                                   .string();
+      const std::string ckpt =
+          (fs::path(args.out_dir) / ("ckpt-r" + std::to_string(r) + (bound ? "-bound" : "-global")))
+              .string();
       out << "  R = " << r << ", " << (bound ? "bound shards" : "global order") << " ..."
           << std::flush;
       rows.push_back(runOne(base, r, bound, args.epochs, ckpt));
@@ -254,13 +256,13 @@ int runBindingBench(const BindingBenchArgs& args, std::ostream& out) {
     << args.epochs << " | last-epoch loss | run (s) |\n"
     << "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Row& row : rows) {
-    t << "| " << row.replicas << " | " << (row.bound ? "bound shards" : "global (before)")
-      << " | " << row.held_max << " | "
+    t << "| " << row.replicas << " | " << (row.bound ? "bound shards" : "global (before)") << " | "
+      << row.held_max << " | "
       << fixed(100.0 * static_cast<double>(row.held_max) / static_cast<double>(args.samples), 0)
       << "% | " << kib(row.bytes_max) << " | " << kib(row.bytes_total) << " | "
       << fixed(ratio(row.raw_first, row.wire_first), 2) << "x | "
-      << fixed(ratio(row.raw_later, row.wire_later), 2) << "x | "
-      << fixed(row.last_epoch_loss, 3) << " | " << fixed(row.seconds, 1) << " |\n";
+      << fixed(ratio(row.raw_later, row.wire_later), 2) << "x | " << fixed(row.last_epoch_loss, 3)
+      << " | " << fixed(row.seconds, 1) << " |\n";
   }
   t << "\n";
   for (size_t i = 0; i + 1 < rows.size(); i += 2) {

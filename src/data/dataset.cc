@@ -83,8 +83,8 @@ TokenDataset::TokenDataset(std::shared_ptr<const TokenStream> stream, int64_t fi
       source_(std::move(source)) {
   GEOPIPE_CHECK(seq_len_ >= 1, ConfigError, "model.seq_len must be >= 1");
   GEOPIPE_CHECK(samples >= 1 && first >= 0 && first + samples * seq_len + 1 <= stream_->size(),
-                Error, "samples [", first, ", +", samples, " x ", seq_len,
-                ") outside a stream of ", stream_->size(), " ids");
+                Error, "samples [", first, ", +", samples, " x ", seq_len, ") outside a stream of ",
+                stream_->size(), " ids");
 }
 
 TokenDataset::TokenDataset(std::shared_ptr<const TokenStream> stream,
@@ -123,8 +123,8 @@ int64_t TokenDataset::startOf(int64_t id) const {
 }
 
 TokenDataset TokenDataset::slice(int64_t first, int64_t samples, std::string source) const {
-  GEOPIPE_CHECK(first >= 0 && samples >= 1 && first + samples <= num_samples_, Error,
-                "samples [", first, ", +", samples, ") of ", num_samples_);
+  GEOPIPE_CHECK(first >= 0 && samples >= 1 && first + samples <= num_samples_, Error, "samples [",
+                first, ", +", samples, ") of ", num_samples_);
   if (index_) {
     return TokenDataset(stream_, index_, first_ + first, samples, seq_len_, vocab_,
                         std::move(source));
@@ -236,9 +236,9 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
       GEOPIPE_THROW(ConfigError, what, " is read as bytes (256 symbols) but model.vocab is ",
                     model.vocab, ": set model.vocab to 256 or more");
     }
-    return std::vector<int32_t>(reinterpret_cast<const unsigned char*>(bytes.data()),
-                                reinterpret_cast<const unsigned char*>(bytes.data()) +
-                                    bytes.size());
+    return std::vector<int32_t>(
+        reinterpret_cast<const unsigned char*>(bytes.data()),
+        reinterpret_cast<const unsigned char*>(bytes.data()) + bytes.size());
   };
   if (!data.pack) {
     const std::string problem = unpackedDataProblem(data, model);

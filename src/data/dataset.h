@@ -71,9 +71,8 @@ class TokenDataset {
   TokenDataset(std::shared_ptr<const TokenStream> stream, int64_t first, int64_t samples,
                int seq_len, int vocab, std::string source);
   // Unpacked: samples [first_sample, first_sample + samples) of `index`.
-  TokenDataset(std::shared_ptr<const TokenStream> stream,
-               std::shared_ptr<const SampleIndex> index, int64_t first_sample, int64_t samples,
-               int seq_len, int vocab, std::string source);
+  TokenDataset(std::shared_ptr<const TokenStream> stream, std::shared_ptr<const SampleIndex> index,
+               int64_t first_sample, int64_t samples, int seq_len, int vocab, std::string source);
 
   int64_t numSamples() const { return num_samples_; }
   int seqLen() const { return seq_len_; }

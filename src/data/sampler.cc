@@ -8,8 +8,7 @@
 namespace geopipe::data {
 
 SampleOrder sampleOrderFor(const JobSpec& job) {
-  return job.compression.activations.method == "acsgd" ? SampleOrder::BOUND
-                                                       : SampleOrder::GLOBAL;
+  return job.compression.activations.method == "acsgd" ? SampleOrder::BOUND : SampleOrder::GLOBAL;
 }
 
 int64_t samplesPerReplica(int64_t num_samples, int replicas, SampleOrder order) {
@@ -106,18 +105,16 @@ std::vector<int64_t> Sampler::globalBatch(int64_t step) const {
 }
 
 std::vector<int64_t> Sampler::microBatch(int64_t step, int replica, int m) const {
-  GEOPIPE_CHECK(step >= 0 && replica >= 0 && replica < data_parallel_ && m >= 0 &&
-                    m < micro_batches_,
-                ConfigError, "micro-batch ", m, " of replica ", replica, " at step ", step,
-                " out of range");
+  GEOPIPE_CHECK(
+      step >= 0 && replica >= 0 && replica < data_parallel_ && m >= 0 && m < micro_batches_,
+      ConfigError, "micro-batch ", m, " of replica ", replica, " at step ", step, " out of range");
   std::vector<int64_t> out;
   out.reserve(static_cast<size_t>(micro_batch_));
   replicaSlice(step, replica, int64_t{m} * micro_batch_, micro_batch_, out);
   return out;
 }
 
-std::vector<int> Sampler::lastReplicaOf(const std::vector<int64_t>& ids,
-                                        int64_t next_step) const {
+std::vector<int> Sampler::lastReplicaOf(const std::vector<int64_t>& ids, int64_t next_step) const {
   std::vector<int> out(ids.size(), -1);
   if (next_step <= 0) return out;
   const int64_t last_epoch = (next_step - 1) / steps_per_epoch_;
@@ -134,7 +131,8 @@ std::vector<int> Sampler::lastReplicaOf(const std::vector<int64_t>& ids,
         continue;
       }
       const Permutation order(static_cast<uint64_t>(shardSize(r)), epochKey(0, r));
-      const auto p = static_cast<int64_t>(order.indexOf(static_cast<uint64_t>(id / data_parallel_)));
+      const auto p =
+          static_cast<int64_t>(order.indexOf(static_cast<uint64_t>(id / data_parallel_)));
       if (p < next_step * per_replica_) out[i] = r;
       continue;
     }

@@ -44,8 +44,8 @@ int64_t samplesPerReplica(int64_t num_samples, int replicas, SampleOrder order);
 // Feistel permutation (permutation.h), not a table. Immutable, thread-safe.
 class Sampler {
  public:
-  Sampler(int64_t num_samples, int global_batch, int data_parallel, int micro_batch,
-          uint64_t seed, SampleOrder order = SampleOrder::GLOBAL);
+  Sampler(int64_t num_samples, int global_batch, int data_parallel, int micro_batch, uint64_t seed,
+          SampleOrder order = SampleOrder::GLOBAL);
 
   // The same order for another replica count (a checkpoint written by
   // `replicas` replicas, resharded).

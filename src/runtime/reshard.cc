@@ -34,8 +34,10 @@ void mergeBufferStores(const std::vector<std::string>& paths, const NewestOwner&
                    std::back_inserter(merged));
     ids.swap(merged);
   }
-  if (keep) ids.erase(std::remove_if(ids.begin(), ids.end(), [&](int64_t id) { return !keep(id); }),
-                      ids.end());
+  if (keep) {
+    ids.erase(std::remove_if(ids.begin(), ids.end(), [&](int64_t id) { return !keep(id); }),
+              ids.end());
+  }
   const std::vector<int> owner = newest_owner(ids);
   GEOPIPE_CHECK(owner.size() == ids.size(), Error, "newest_owner answered ", owner.size(),
                 " ids of ", ids.size());

@@ -48,8 +48,7 @@ void checkLossIgnoresPadding(const ModelDef& model) {
   const std::vector<int64_t> shape = model.output_shape(model.num_layers - 1, 1, 2);
   int64_t numel = 1;
   for (int64_t d : shape) numel *= d;
-  const torch::Tensor out =
-      torch::arange(numel, torch::kFloat32).mul(0.37).sin().reshape(shape);
+  const torch::Tensor out = torch::arange(numel, torch::kFloat32).mul(0.37).sin().reshape(shape);
   std::string why;
   try {
     torch::NoGradGuard guard;
@@ -58,16 +57,15 @@ void checkLossIgnoresPadding(const ModelDef& model) {
     const double a = model.loss(out, padded).item<double>();
     const double b = model.loss(out.slice(1, 0, 1), first).item<double>();
     if (!(std::abs(a - b) <= 1e-6 * std::max(1.0, std::abs(b)))) {
-      why = "it gives " + std::to_string(a) + " with the padded position and " +
-            std::to_string(b) + " without";
+      why = "it gives " + std::to_string(a) + " with the padded position and " + std::to_string(b) +
+            " without";
     }
   } catch (const c10::Error& e) {
     why = std::string("it fails on them: ") + e.what_without_backtrace();
   }
   if (!why.empty()) {
-    GEOPIPE_THROW(ConfigError, "data.pack: false pads samples with target ",
-                  data::kIgnoreTarget, ", but model '", model.name,
-                  "''s loss does not leave them out (", why,
+    GEOPIPE_THROW(ConfigError, "data.pack: false pads samples with target ", data::kIgnoreTarget,
+                  ", but model '", model.name, "''s loss does not leave them out (", why,
                   "); give the loss ignore_index -100 (cross_entropy's default) or use "
                   "data.pack: true");
   }
@@ -144,10 +142,10 @@ transport::Bytes TorchStage::evalForward(int64_t step, int m, const std::vector<
     if (!targets.defined()) targets = tokenBatch(val, ids).second;
     // The model's loss is a mean over the predicted tokens, padding left
     // out (the same mask as training's).
-    const int64_t counted = val.padded() ? targets.ne(data::kIgnoreTarget).sum().item<int64_t>()
-                                         : targets.numel();
-    val_sum_ += model_.loss(out, targets.to(options_.device)).item<double>() *
-                static_cast<double>(counted);
+    const int64_t counted =
+        val.padded() ? targets.ne(data::kIgnoreTarget).sum().item<int64_t>() : targets.numel();
+    val_sum_ +=
+        model_.loss(out, targets.to(options_.device)).item<double>() * static_cast<double>(counted);
     val_tokens_ += static_cast<uint64_t>(counted);
     return {};
   }

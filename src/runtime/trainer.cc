@@ -126,10 +126,10 @@ TrainResult Trainer::train() {
   const data::JobData job_data = data::loadJobData(job_.data, job_.model, job_.training.seed);
   const data::TokenDataset& dataset = job_data.train;
   const data::TokenDataset* val = job_data.val ? &*job_data.val : nullptr;
-  const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
-                              job_.training.micro_batch, job_.training.seed,
-                              options_.bind_samples ? data::sampleOrderFor(job_)
-                                                    : data::SampleOrder::GLOBAL);
+  const data::Sampler sampler(
+      dataset.numSamples(), job_.training.global_batch, replicas, job_.training.micro_batch,
+      job_.training.seed,
+      options_.bind_samples ? data::sampleOrderFor(job_) : data::SampleOrder::GLOBAL);
 
   runtime::Placement placement = runtime::choosePlacement(model_, job_, options_.device_of_rank,
                                                           options_.layers_per_stage);

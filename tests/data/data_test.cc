@@ -115,8 +115,7 @@ TEST(Dataset, VocabCheckFindsTheFirstBadIdAnywhere) {
     loadDataset(d, model(8, 256), 1);
     FAIL();
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("token 300 at index 5330"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("token 300 at index 5330"), std::string::npos) << e.what();
   }
   EXPECT_EQ(TokenFile(d.path, "uint16").firstAtOrAbove(301), 3 * 4096 + 50);
   EXPECT_EQ(TokenFile(d.path, "uint16").firstAtOrAbove(401), -1);
@@ -364,7 +363,8 @@ TEST(Sampler, BoundShardsVisitEverySampleOfTheirReplicaEachEpoch) {
               ASSERT_LT(id, c.n);
               EXPECT_EQ(id % c.replicas, r) << "sample " << id << " left its replica";
               EXPECT_EQ(s.ownerOf(id), r);
-              EXPECT_TRUE(in_step.insert(id).second) << "sample " << id << " twice in step " << step;
+              EXPECT_TRUE(in_step.insert(id).second)
+                  << "sample " << id << " twice in step " << step;
               ++visits[id];
               order.push_back(id);
             }

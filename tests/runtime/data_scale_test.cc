@@ -71,7 +71,7 @@ struct Growth {
 // Trains 3 steps of a small GPT on `path` (2 stages x 2 replicas, AC-SGD
 // activations, so the bound sample order and its buffers are exercised).
 Growth train(const std::string& path) {
-  JobSpec job = config::parseJobString(R"(
+  const std::string yaml = R"(
 model: {preset: none, layers: 2, hidden: 64, heads: 2, seq_len: 64, vocab: 256}
 data: {kind: tokens, token_dtype: uint16, path: ")" + path + R"("}
 training: {steps: 3, global_batch: 8, micro_batch: 2, seed: 5}
@@ -81,7 +81,8 @@ compression:
 topology:
   sites: [{name: a, devices: 4, intra: {latency_ms: 0, bandwidth_gbps: 10}}]
 transport: {emulate_links: false}
-)", "scale.yaml", "");
+)";
+  JobSpec job = config::parseJobString(yaml, "scale.yaml", "");
   malloc_trim(0);
   Growth g;
   const int64_t anon0 = statusKb("RssAnon"), file0 = statusKb("RssFile");

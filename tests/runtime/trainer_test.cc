@@ -414,7 +414,8 @@ JobSpec unpackedJob(int stages, int replicas) {
     ids.push_back(15);
   }
   std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(2 * ids.size()));
+      .write(reinterpret_cast<const char*>(ids.data()),
+             static_cast<std::streamsize>(2 * ids.size()));
   JobSpec job = tinyJob(stages, replicas, "1f1b");
   job.model.kind = "gpt2";  // kind gpt has no end-of-text id
   job.data.kind = "tokens";
@@ -562,4 +563,3 @@ TEST(Binding, ReplicasKeepTheirShardAndSendOnlyDeltasAfterTheFirstEpoch) {
 }
 
 }  // namespace
-
