@@ -64,6 +64,7 @@ bench: build
 	$(GEOPIPE) bench scheduler
 	$(GEOPIPE) bench pipeline
 	$(GEOPIPE) bench e2e
+	$(GEOPIPE) bench binding
 
 format:
 	find include src scheduler compression tests benchmarks examples \

@@ -68,6 +68,10 @@ struct DataSpec {
   // (text | tokens), or the last whole samples of the data held out.
   std::string val_path;
   double val_fraction = 0.0;       // in [0, 1); 0 = none held out
+  // true: samples are cut from the stream across document boundaries (as
+  // nanoGPT). false: a sample never crosses a document's end; the last one
+  // of a document is padded, the padding left out of the loss (docs/data.md).
+  bool pack = true;
   bool hasValidation() const { return !val_path.empty() || val_fraction > 0; }
 };
 

@@ -80,6 +80,11 @@ struct TrainerOptions {
   // (corrupt or partial ones are skipped); ConfigError if there is none or it
   // was written by another stages x replicas layout.
   bool resume = false;
+  // With AC-SGD activations each replica owns a fixed shard of the samples
+  // (docs/data.md, "Sample order"). false: every replica draws from all
+  // samples as without AC-SGD, the order before shards were bound; for
+  // benchmarks that measure what binding changes (`geopipe bench binding`).
+  bool bind_samples = true;
 };
 
 // Trains `model` as `job` describes (training, parallelism, compression,

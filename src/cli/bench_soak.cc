@@ -137,22 +137,20 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
   const std::string& job_path = job_file.path();
 
   // Warm-up: a quarter of the run, and until the AC-SGD buffers are full.
-  // Each replica keeps one buffer per sample it has met, and every epoch
-  // deals it a fresh random 1/R of the samples, so after e epochs it holds
-  // a share 1 - (1 - 1/R)^e of them: e epochs for 99%.
+  // Each replica keeps one buffer per sample it has met; with AC-SGD each
+  // owns a fixed shard of the samples (data::SampleOrder::BOUND), which
+  // the first epoch visits whole: one epoch fills them.
   const int64_t batch = root["training"]["global_batch"].as<int64_t>(16);
   const int64_t samples = root["data"]["num_samples"].as<int64_t>(1024);
-  const int64_t epoch_steps = std::max<int64_t>(1, samples / batch);
-  int64_t fill_epochs = 1;
-  if (args.replicas > 1) {
-    fill_epochs = static_cast<int64_t>(
-        std::ceil(std::log(0.01) / std::log(1.0 - 1.0 / static_cast<double>(args.replicas))));
-  }
+  const int64_t per_replica = std::max<int64_t>(1, batch / args.replicas);
+  const int64_t shard = (samples + args.replicas - 1) / args.replicas;
+  const int64_t epoch_steps = std::max<int64_t>(1, (shard + per_replica - 1) / per_replica);
+  const int64_t fill_epochs = 1;
   const int64_t warmup = std::max<int64_t>(steps / 4, fill_epochs * epoch_steps + 5);
   GEOPIPE_CHECK(warmup < steps - 20, ConfigError, "bench soak: ", steps,
                 " steps leave no measured part after the warm-up of ", warmup, " steps (",
                 fill_epochs, " epochs of ", epoch_steps,
-                " steps fill 99% of the AC-SGD buffers); use more --steps");
+                " steps fill the AC-SGD buffers); use more --steps");
 
   std::atomic<int64_t> step{-1};
   std::atomic<bool> done{false};
@@ -220,7 +218,7 @@ int runSoakBench(const SoakBenchArgs& args, std::ostream& out) {
   out << "soak bench: " << root["name"].as<std::string>() << ", " << args.stages << " stages x "
       << args.replicas << " replicas (" << procs.size() - 1 << " worker processes over gRPC on "
       << "loopback), " << steps << " steps, warm-up " << warmup << " steps (" << fill_epochs
-      << " epochs of " << epoch_steps << " fill 99% of the AC-SGD buffers), RSS sampled every "
+      << " epochs of " << epoch_steps << " fill the AC-SGD buffers), RSS sampled every "
       << args.sample_ms << " ms\n\n";
   std::string head = "  time s    step";
   for (size_t i = 0; i < procs.size(); ++i) {

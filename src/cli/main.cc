@@ -11,6 +11,7 @@
 
 #include "geopipe/error.h"
 #include "geopipe/version.h"
+#include "src/cli/bench_binding.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/model_commands.h"
@@ -132,6 +133,8 @@ int main(int argc, char** argv) {
   geopipe::cli::addModelBenchOptions(*bench, model_bench_args);
   geopipe::cli::SoakBenchArgs soak_bench_args;
   geopipe::cli::addSoakBenchOptions(*bench, soak_bench_args);
+  geopipe::cli::BindingBenchArgs binding_bench_args;
+  geopipe::cli::addBindingBenchOptions(*bench, binding_bench_args);
 
   // version details
   auto* version = app.add_subcommand("version", "Print version, protocol and BLAS in use");
@@ -195,6 +198,9 @@ int main(int argc, char** argv) {
   }
   if (*bench && bench->got_subcommand("model")) {
     return guarded([&] { return geopipe::cli::runModelBench(model_bench_args, std::cout); });
+  }
+  if (*bench && bench->got_subcommand("binding")) {
+    return guarded([&] { return geopipe::cli::runBindingBench(binding_bench_args, std::cout); });
   }
   if (*bench && bench->got_subcommand("soak")) {
     return guarded([&] { return geopipe::cli::runSoakBench(soak_bench_args, std::cout); });

@@ -141,7 +141,7 @@ AcsgdBufferMemory acsgdBufferMemory(const JobSpec& job, int replicas,
     m.replicas = min_replicas;
     m.shrinkable = true;
   }
-  m.samples_per_replica = data::acsgdSamplesPerReplica(m.samples, m.replicas);
+  m.samples_per_replica = data::samplesPerReplica(m.samples, m.replicas, data::sampleOrderFor(job));
   // A replica processes global_batch / R samples a step, so a short run on a
   // large data set fills its stores only that far.
   const int64_t per_step = std::max(1, job.training.global_batch / m.replicas);

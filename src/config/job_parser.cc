@@ -12,6 +12,7 @@
 #include "src/config/hf_config.h"
 #include "src/config/topology_parser.h"
 #include "src/config/yaml_fields.h"
+#include "src/data/dataset.h"
 #include "src/security/pki.h"
 #include "src/security/token.h"
 #include "src/tokenizer/tokenizer.h"
@@ -302,6 +303,7 @@ class JobReader {
       r.getInt64("num_samples", d.num_samples, 0, INT64_MAX);
       r.getString("val_path", d.val_path);
       r.getDouble("val_fraction", d.val_fraction, 0.0, 0.5);
+      r.getBool("pack", d.pack);
       d.path = resolvePath(base_dir_, d.path);
       d.val_path = resolvePath(base_dir_, d.val_path);
       if (!d.val_path.empty() && d.val_fraction > 0) {
@@ -740,6 +742,13 @@ class JobReader {
   void checkData() {
     const DataSpec& d = job_.data;
     if (!checkTokenizer()) return;
+    if (!d.pack) {
+      const std::string problem = data::unpackedDataProblem(d, job_.model);
+      if (!problem.empty()) {
+        fail("data.pack", "pack: false cuts samples at document ends, but " + problem +
+                              "; or set data.pack: true");
+      }
+    }
     if (job_.training.eval_every > 0 && !d.hasValidation()) {
       fail("training.eval_every",
            "eval_every is " + std::to_string(job_.training.eval_every) +

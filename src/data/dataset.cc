@@ -45,32 +45,141 @@ int64_t afterHoldOut(const DataSpec& data, int64_t n) {
 }
 }  // namespace
 
-TokenDataset::TokenDataset(std::vector<int32_t> tokens, int seq_len, int vocab,
-                           std::string source)
-    : tokens_(std::move(tokens)), seq_len_(seq_len), vocab_(vocab), source_(std::move(source)) {
-  GEOPIPE_CHECK(seq_len_ >= 1, ConfigError, "model.seq_len must be >= 1");
-  if (tokens_.size() < static_cast<size_t>(seq_len_) + 1) {
-    GEOPIPE_THROW(ConfigError, "data '", source_, "' holds ", tokens_.size(),
-                  " tokens, fewer than one sample needs (model.seq_len + 1 = ", seq_len_ + 1,
-                  "): use more data or a shorter seq_len");
+TokenStream::TokenStream(TokenFile file) : file_(std::move(file)) {}
+
+TokenStream::TokenStream(std::vector<int32_t> ids) : ids_(std::move(ids)) {}
+
+void TokenStream::copy(int64_t first, int64_t n, int32_t* out) const {
+  if (!file_) {
+    std::memcpy(out, ids_.data() + first, sizeof(int32_t) * static_cast<size_t>(n));
+    return;
   }
-  num_samples_ = samplesIn(static_cast<int64_t>(tokens_.size()), seq_len_);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(file_->at(first + i));
+}
+
+int64_t TokenStream::firstAtOrAbove(int64_t vocab) const {
+  if (file_) return file_->firstAtOrAbove(vocab);
+  for (size_t i = 0; i < ids_.size(); ++i)
+    if (ids_[i] >= vocab) return static_cast<int64_t>(i);
+  return -1;
+}
+
+SampleIndex indexDocuments(const TokenStream& stream, int64_t first, int64_t count, int seq_len,
+                           const std::vector<int64_t>& end_ids) {
+  SampleIndex index;
+  const int64_t end = first + count;
+  int64_t doc = first;  // where the current document starts
+  for (int64_t p = first; p < end; ++p) {
+    bool ends = p + 1 == end;
+    if (!ends) {
+      const int64_t id = stream.at(p);
+      for (int64_t e : end_ids) ends = ends || id == e;
+    }
+    if (!ends) continue;
+    // The document is [doc, p]: a sample may start wherever one target
+    // (an id after it, up to p) is left.
+    for (int64_t s = doc; s < p; s += seq_len) {
+      index.start.push_back(s);
+      index.targets.push_back(static_cast<int32_t>(std::min<int64_t>(seq_len, p - s)));
+    }
+    doc = p + 1;
+  }
+  return index;
+}
+
+int64_t countDocumentSamples(const TokenStream& stream, int seq_len,
+                             const std::vector<int64_t>& end_ids) {
+  int64_t samples = 0;
+  int64_t doc = 0;
+  const int64_t end = stream.size();
+  for (int64_t p = 0; p < end; ++p) {
+    bool ends = p + 1 == end;
+    if (!ends) {
+      const int64_t id = stream.at(p);
+      for (int64_t e : end_ids) ends = ends || id == e;
+    }
+    if (!ends) continue;
+    samples += (p - doc + seq_len - 1) / seq_len;  // ceil((length - 1) / seq_len)
+    doc = p + 1;
+  }
+  return samples;
+}
+
+TokenDataset::TokenDataset(std::shared_ptr<const TokenStream> stream, int64_t first,
+                           int64_t samples, int seq_len, int vocab, std::string source)
+    : stream_(std::move(stream)),
+      first_(first),
+      num_samples_(samples),
+      seq_len_(seq_len),
+      vocab_(vocab),
+      source_(std::move(source)) {
+  GEOPIPE_CHECK(seq_len_ >= 1, ConfigError, "model.seq_len must be >= 1");
+  GEOPIPE_CHECK(samples >= 1 && first >= 0 && first + samples * seq_len + 1 <= stream_->size(),
+                Error, "samples [", first, ", +", samples, " x ", seq_len, ") outside a stream of ",
+                stream_->size(), " ids");
+}
+
+TokenDataset::TokenDataset(std::shared_ptr<const TokenStream> stream,
+                           std::shared_ptr<const SampleIndex> index, int64_t first_sample,
+                           int64_t samples, int seq_len, int vocab, std::string source)
+    : stream_(std::move(stream)),
+      index_(std::move(index)),
+      first_(first_sample),
+      num_samples_(samples),
+      seq_len_(seq_len),
+      vocab_(vocab),
+      source_(std::move(source)) {
+  GEOPIPE_CHECK(seq_len_ >= 1, ConfigError, "model.seq_len must be >= 1");
+  GEOPIPE_CHECK(samples >= 1 && first_sample >= 0 &&
+                    first_sample + samples <= static_cast<int64_t>(index_->start.size()),
+                Error, "samples [", first_sample, ", +", samples, ") outside an index of ",
+                index_->start.size());
+  for (int64_t i = 0; i < samples && !padded_; ++i) {
+    padded_ = index_->targets[static_cast<size_t>(first_ + i)] < seq_len_;
+  }
+}
+
+void TokenDataset::checkId(int64_t id) const {
+  GEOPIPE_CHECK(id >= 0 && id < num_samples_, ConfigError, "sample id ", id,
+                " outside the dataset's ", num_samples_, " samples");
+}
+
+int TokenDataset::targetsOf(int64_t id) const {
+  checkId(id);
+  return index_ ? index_->targets[static_cast<size_t>(first_ + id)] : seq_len_;
+}
+
+int64_t TokenDataset::startOf(int64_t id) const {
+  checkId(id);
+  return index_ ? index_->start[static_cast<size_t>(first_ + id)] : first_ + id * seq_len_;
+}
+
+TokenDataset TokenDataset::slice(int64_t first, int64_t samples, std::string source) const {
+  GEOPIPE_CHECK(first >= 0 && samples >= 1 && first + samples <= num_samples_, Error, "samples [",
+                first, ", +", samples, ") of ", num_samples_);
+  if (index_) {
+    return TokenDataset(stream_, index_, first_ + first, samples, seq_len_, vocab_,
+                        std::move(source));
+  }
+  return TokenDataset(stream_, first_ + first * seq_len_, samples, seq_len_, vocab_,
+                      std::move(source));
 }
 
 void TokenDataset::sample(int64_t id, int32_t* inputs, int32_t* targets) const {
-  GEOPIPE_CHECK(id >= 0 && id < num_samples_, ConfigError, "sample id ", id,
-                " outside the dataset's ", num_samples_, " samples");
-  const int32_t* base = tokens_.data() + id * seq_len_;
-  std::memcpy(inputs, base, sizeof(int32_t) * seq_len_);
-  std::memcpy(targets, base + 1, sizeof(int32_t) * seq_len_);
+  const int64_t start = startOf(id);
+  const int n = targetsOf(id);
+  stream_->copy(start, n, inputs);
+  stream_->copy(start + 1, n, targets);
+  std::fill(inputs + n, inputs + seq_len_, 0);
+  std::fill(targets + n, targets + seq_len_, kIgnoreTarget);
 }
 
-std::string readFortunes(const std::string& dir) {
+std::vector<std::string> fortuneFiles(const std::string& dir) {
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) {
-    GEOPIPE_THROW(IoError, "data.kind is 'fortunes' but '", dir,
-                  "' cannot be read: install the Debian packages fortunes-min and "
-                  "fortunes (scripts/install-deps does)");
+    GEOPIPE_THROW(IoError, "the fortunes folder '", dir,
+                  "' cannot be read (data.kind: fortunes reads it): install the Debian "
+                  "packages fortunes-min and fortunes (scripts/install-deps does)");
   }
   std::vector<std::string> names;
   while (dirent* e = readdir(d)) {
@@ -86,9 +195,15 @@ std::string readFortunes(const std::string& dir) {
   }
   closedir(d);
   std::sort(names.begin(), names.end());  // directory order is not stable
+  for (auto& name : names) name = dir + "/" + name;
+  return names;
+}
+
+std::string readFortunes(const std::string& dir) {
+  const std::vector<std::string> names = fortuneFiles(dir);
   std::string text;
   for (const auto& name : names) {
-    std::string body = readAll(dir + "/" + name);
+    std::string body = readAll(name);
     // Fortunes are separated by lines holding a single '%'.
     std::string cleaned;
     std::istringstream lines(body);
@@ -171,6 +286,24 @@ SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model) {
     return c;
   }
   int64_t n = samplesIn(tokens, t);
+  if (!data.pack && unpackedDataProblem(data, model).empty()) {
+    // Cut at document ends: byte-level text is one document; a token file's
+    // documents are found in one pass over the mapping (what loadDataset
+    // does, without keeping the index).
+    if (data.kind == "text") {
+      n = tokens < 2 ? 0 : (tokens - 1 + t - 1) / t;
+    } else {
+      try {
+        n = countDocumentSamples(TokenStream(TokenFile(data.path, data.token_dtype)), t,
+                                 model.eos_token_ids);
+      } catch (const Error& e) {
+        c.known = false;
+        c.how = e.what();
+        return c;
+      }
+    }
+    c.how += ", cut at document ends (data.pack: false)";
+  }
   if (data.num_samples > 0 && data.num_samples < n) {
     n = data.num_samples;
     c.how = "data.num_samples";
@@ -179,25 +312,47 @@ SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model) {
   return c;
 }
 
+std::string unpackedDataProblem(const DataSpec& data, const ModelSpec& model) {
+  if (data.kind == "fortunes") {
+    return "kind fortunes is read as one byte stream that keeps no fortune boundaries; "
+           "tokenize the fortune files (geopipe tokenize: one document per file or per "
+           ".jsonl line) and train on kind: tokens";
+  }
+  if (data.kind == "synthetic") return "synthetic data has no documents";
+  if (data.kind == "tokens" && model.kind == "gpt") {
+    return "the documents of a token file end at the model's end-of-text id "
+           "(model.eos_token_id), which kind gpt does not have: use kind gpt2, llama or "
+           "custom with model.eos_token_id";
+  }
+  if (data.kind == "tokens" && model.eos_token_ids.empty()) {
+    return "the documents of a token file end at the end-of-text id, and the job names "
+           "none: set model.eos_token_id (GPT-2: 50256, Llama 2: 2)";
+  }
+  return "";
+}
+
 TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t seed) {
-  std::vector<int32_t> tokens;
+  std::shared_ptr<const TokenStream> stream;
   std::string source;
   auto bytesToTokens = [&](const std::string& bytes, const std::string& what) {
     if (model.vocab < 256) {
       GEOPIPE_THROW(ConfigError, what, " is read as bytes (256 symbols) but model.vocab is ",
                     model.vocab, ": set model.vocab to 256 or more");
     }
-    tokens.assign(bytes.size(), 0);
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      tokens[i] = static_cast<unsigned char>(bytes[i]);
-    }
+    return std::vector<int32_t>(
+        reinterpret_cast<const unsigned char*>(bytes.data()),
+        reinterpret_cast<const unsigned char*>(bytes.data()) + bytes.size());
   };
+  if (!data.pack) {
+    const std::string problem = unpackedDataProblem(data, model);
+    if (!problem.empty()) GEOPIPE_THROW(ConfigError, "data.pack: false: ", problem);
+  }
   if (data.kind == "text") {
     source = data.path;
     std::string bytes = readAll(data.path);
     if (bytes.empty()) GEOPIPE_THROW(ConfigError, "data file '", data.path, "' is empty");
     if (data.tokenizer.empty()) {
-      bytesToTokens(bytes, "text data '" + data.path + "'");
+      stream = std::make_shared<TokenStream>(bytesToTokens(bytes, "text data '" + data.path + "'"));
     } else {
       // One file, one document: as `geopipe tokenize` writes it.
       const auto tok = tokenizer::loadTokenizer(data.tokenizer);
@@ -206,47 +361,63 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
                       " ids but model.vocab is ", model.vocab, ": set model.vocab to ",
                       tok->vocabSize(), " or more");
       }
-      tokens = tok->encodeDocument(bytes);
+      stream = std::make_shared<TokenStream>(tok->encodeDocument(bytes));
       source = data.path + " (" + tok->kind() + ")";
     }
   } else if (data.kind == "fortunes") {
     source = "fortunes";
-    bytesToTokens(readFortunes(), "fortunes data");
+    stream = std::make_shared<TokenStream>(bytesToTokens(readFortunes(), "fortunes data"));
   } else if (data.kind == "tokens") {
+    // Mapped, never read into memory: IoError when the file is missing,
+    // empty or not a whole number of ids of data.token_dtype.
     source = data.path;
-    std::string bytes = readAll(data.path);
-    const size_t width = data.token_dtype == "uint32" ? 4 : 2;
-    if (bytes.empty()) GEOPIPE_THROW(ConfigError, "token file '", data.path, "' is empty");
-    if (bytes.size() % width != 0) {
-      GEOPIPE_THROW(ConfigError, "token file '", data.path, "' has ", bytes.size(),
-                    " bytes, not a multiple of ", width, " (data.token_dtype ",
-                    data.token_dtype, "): is token_dtype right?");
+    auto file = std::make_shared<TokenStream>(TokenFile(data.path, data.token_dtype));
+    const int64_t bad = file->firstAtOrAbove(model.vocab);
+    if (bad >= 0) {
+      const int width = data.token_dtype == "uint32" ? 4 : 2;
+      GEOPIPE_THROW(ConfigError, "token file '", data.path, "': token ", file->at(bad),
+                    " at index ", bad, " (byte offset ", bad * width, ") is >= model.vocab (",
+                    model.vocab, "): raise model.vocab or check data.token_dtype");
     }
-    tokens.resize(bytes.size() / width);
-    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-    for (size_t i = 0; i < tokens.size(); ++i) {
-      uint64_t v = 0;
-      for (size_t k = 0; k < width; ++k) v |= static_cast<uint64_t>(p[i * width + k]) << (8 * k);
-      if (v >= static_cast<uint64_t>(model.vocab)) {
-        GEOPIPE_THROW(ConfigError, "token file '", data.path, "': token ", v, " at index ", i,
-                      " (byte offset ", i * width, ") is >= model.vocab (", model.vocab,
-                      "): raise model.vocab or check data.token_dtype");
-      }
-      tokens[i] = static_cast<int32_t>(v);
-    }
+    stream = std::move(file);
   } else if (data.kind == "synthetic") {
     source = "synthetic";
     int64_t samples = data.num_samples > 0 ? data.num_samples : kSyntheticSamples;
-    tokens = syntheticTokens(samples * model.seq_len + 1, model.vocab, seed);
+    stream = std::make_shared<TokenStream>(
+        syntheticTokens(samples * model.seq_len + 1, model.vocab, seed));
   } else {
     GEOPIPE_THROW(ConfigError, "unknown data.kind '", data.kind,
                   "': expected synthetic, text, tokens or fortunes");
   }
-  if (data.num_samples > 0) {
-    size_t keep = static_cast<size_t>(data.num_samples) * model.seq_len + 1;
-    if (keep < tokens.size()) tokens.resize(keep);
+  const int t = model.seq_len;
+  GEOPIPE_CHECK(t >= 1, ConfigError, "model.seq_len must be >= 1");
+  if (stream->size() < int64_t{t} + 1) {
+    GEOPIPE_THROW(ConfigError, "data '", source, "' holds ", stream->size(),
+                  " tokens, fewer than one sample needs (model.seq_len + 1 = ", t + 1,
+                  "): use more data or a shorter seq_len");
   }
-  return TokenDataset(std::move(tokens), model.seq_len, model.vocab, source);
+  if (data.pack) {
+    int64_t samples = (stream->size() - 1) / t;
+    if (data.num_samples > 0) samples = std::min(samples, data.num_samples);
+    return TokenDataset(std::move(stream), 0, samples, t, model.vocab, source);
+  }
+  // Text is one document (end_ids empty: it ends with the stream).
+  auto index = std::make_shared<SampleIndex>(
+      indexDocuments(*stream, 0, stream->size(), t,
+                     data.kind == "tokens" ? model.eos_token_ids : std::vector<int64_t>{}));
+  int64_t samples = static_cast<int64_t>(index->start.size());
+  if (samples == 0) {
+    GEOPIPE_THROW(ConfigError, "data '", source,
+                  "' has no document of two tokens or more: nothing to predict");
+  }
+  if (data.num_samples > 0 && data.num_samples < samples) {
+    samples = data.num_samples;
+    index->start.resize(static_cast<size_t>(samples));
+    index->targets.resize(static_cast<size_t>(samples));
+    index->start.shrink_to_fit();
+    index->targets.shrink_to_fit();
+  }
+  return TokenDataset(std::move(stream), std::move(index), 0, samples, t, model.vocab, source);
 }
 
 JobData loadJobData(const DataSpec& data, const ModelSpec& model, uint64_t seed) {
@@ -264,13 +435,9 @@ JobData loadJobData(const DataSpec& data, const ModelSpec& model, uint64_t seed)
     GEOPIPE_THROW(ConfigError, "data.val_fraction ", data.val_fraction, " of ", n,
                   " samples leaves none to train on: lower val_fraction or add data");
   }
-  const int t = model.seq_len;
-  const auto& tokens = all.tokens();
-  const size_t cut = static_cast<size_t>(n - held) * static_cast<size_t>(t);
-  std::vector<int32_t> train(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(cut) + 1);
-  std::vector<int32_t> val(tokens.begin() + static_cast<std::ptrdiff_t>(cut), tokens.end());
-  return {TokenDataset(std::move(train), t, model.vocab, all.source()),
-          TokenDataset(std::move(val), t, model.vocab, all.source() + " (validation)")};
+  TokenDataset train = all.slice(0, n - held, all.source());
+  TokenDataset val = all.slice(n - held, held, all.source() + " (validation)");
+  return {std::move(train), std::move(val)};
 }
 
 }  // namespace geopipe::data

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -74,14 +75,44 @@ void TokenFile::copy(int64_t first, int64_t n, int64_t* out) const {
   for (int64_t i = 0; i < n; ++i) out[i] = at(first + i);
 }
 
+namespace {
+
+// The first of n little-endian T at `data` that is >= limit, or -1: the max
+// of each 4096-id block first (a loop the compiler vectorises), the block
+// searched only when its max is too large.
+template <typename T>
+int64_t firstAtOrAboveIn(const uint8_t* data, int64_t n, uint64_t limit) {
+  constexpr int64_t kBlock = 4096;
+  auto load = [data](int64_t i) {
+    T v;
+    std::memcpy(&v, data + sizeof(T) * i, sizeof(T));
+    return v;
+  };
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    T most = 0;
+    for (int64_t i = b; i < e; ++i) most = std::max(most, load(i));
+    if (most < limit) continue;
+    for (int64_t i = b; i < e; ++i)
+      if (load(i) >= limit) return i;
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t TokenFile::firstAtOrAbove(int64_t vocab) const {
+  const uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(vocab, 0));
+  return width_ == 2 ? firstAtOrAboveIn<uint16_t>(data_, size_, limit)
+                     : firstAtOrAboveIn<uint32_t>(data_, size_, limit);
+}
+
 void TokenFile::checkBelow(int64_t vocab) const {
-  for (int64_t i = 0; i < size_; ++i) {
-    const int64_t t = at(i);
-    if (t >= vocab) {
-      GEOPIPE_THROW(IoError, "token file '", path_, "': token ", t, " at position ", i,
-                    " is not below the model's vocabulary of ", vocab,
-                    "; was the file made with this model's tokenizer?");
-    }
+  const int64_t i = firstAtOrAbove(vocab);
+  if (i >= 0) {
+    GEOPIPE_THROW(IoError, "token file '", path_, "': token ", at(i), " at position ", i,
+                  " is not below the model's vocabulary of ", vocab,
+                  "; was the file made with this model's tokenizer?");
   }
 }
 

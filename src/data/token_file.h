@@ -39,8 +39,10 @@ class TokenFile {
   // Copies tokens [first, first + n) into out as int64.
   void copy(int64_t first, int64_t n, int64_t* out) const;
 
-  // Streams the whole file once; IoError naming the file, the offset and
-  // the fix at the first token >= vocab.
+  // Streams the whole file once: the first position whose token is >=
+  // vocab, or -1.
+  int64_t firstAtOrAbove(int64_t vocab) const;
+  // firstAtOrAbove, as an IoError naming the file, the offset and the fix.
   void checkBelow(int64_t vocab) const;
 
  private:

@@ -420,7 +420,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     const data::TokenDataset& dataset = job_data.train;
     config::checkBufferBudget(job, a.replicas(), dataset.numSamples());
     const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, a.replicas(),
-                                job.training.micro_batch, job.training.seed);
+                                job.training.micro_batch, job.training.seed,
+                                data::sampleOrderFor(job));
     runtime::Tasklet tasklet(model, job, placement, rank, *net, dataset, sampler,
                              std::chrono::milliseconds(int64_t{opt.timeout_seconds} * 1000),
                              job_data.val ? &*job_data.val : nullptr);

@@ -21,7 +21,7 @@ ReshardSources reshardSources(int replica, int replicas, int saved_replicas) {
 }
 
 void mergeBufferStores(const std::vector<std::string>& paths, const NewestOwner& newest_owner,
-                       compression::ActivationBufferStore& into) {
+                       compression::ActivationBufferStore& into, const KeepSample& keep) {
   using Store = compression::ActivationBufferStore;
   // Pass 1, headers only: which ids each saved store holds, and their union.
   std::vector<std::vector<int64_t>> held;
@@ -33,6 +33,10 @@ void mergeBufferStores(const std::vector<std::string>& paths, const NewestOwner&
     std::set_union(ids.begin(), ids.end(), held.back().begin(), held.back().end(),
                    std::back_inserter(merged));
     ids.swap(merged);
+  }
+  if (keep) {
+    ids.erase(std::remove_if(ids.begin(), ids.end(), [&](int64_t id) { return !keep(id); }),
+              ids.end());
   }
   const std::vector<int> owner = newest_owner(ids);
   GEOPIPE_CHECK(owner.size() == ids.size(), Error, "newest_owner answered ", owner.size(),

@@ -33,14 +33,17 @@ ReshardSources reshardSources(int replica, int replicas, int saved_replicas);
 // replica by saved replica): the entry of the saved replica that
 // `newest_owner` names for the id (the one that processed the sample last,
 // so its buffer is the freshest), else of the lowest-numbered replica that
-// holds one. The sender's and the receiver's side of a boundary hold the
-// same ids per replica and are merged by the same rule, so they stay in
-// lock-step. Streams each saved file twice (ids, then the chosen entries):
-// only `into` is held, so it works within an mmap store's budget.
+// holds one. With `keep`, only the ids it accepts are taken (the samples
+// the new replica owns when shards are bound to replicas, data/sampler.h).
+// The sender's and the receiver's side of a boundary hold the same ids per
+// replica and are merged by the same rule, so they stay in lock-step.
+// Streams each saved file twice (ids, then the chosen entries): only `into`
+// is held, so it works within an mmap store's budget.
 // IoError / InfeasibleError as ActivationBufferStore::load (`into` is then
 // left empty).
 using NewestOwner = std::function<std::vector<int>(const std::vector<int64_t>& ids)>;
+using KeepSample = std::function<bool(int64_t id)>;
 void mergeBufferStores(const std::vector<std::string>& paths, const NewestOwner& newest_owner,
-                       compression::ActivationBufferStore& into);
+                       compression::ActivationBufferStore& into, const KeepSample& keep = {});
 
 }  // namespace geopipe::runtime

@@ -120,6 +120,9 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   so.device = taskletDevice(job.training.device, rank);
   so.dtype = job.model.dtype;
   checkComputeDtype(job);
+  if (stage_ == stages_ - 1 && (dataset.padded() || (val && val->padded()))) {
+    checkLossIgnoresPadding(model);
+  }
   compute_ = std::make_unique<TorchStage>(model, so, dataset, sampler, job.compression);
   params_ = compute_->parameters();
   optimizer_ = makeOptimizer(job.training.optimizer, params_);
@@ -389,11 +392,17 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
     }
     std::vector<std::string> paths;
     for (int r = 0; r < saved_replicas; ++r) paths.push_back(fileOfReplica(r, suffix));
-    const data::Sampler saved(sampler_.numSamples(), job_.training.global_batch, saved_replicas,
-                              job_.training.micro_batch, job_.training.seed);
+    const data::Sampler saved = sampler_.withReplicas(saved_replicas);
+    // Bound shards are dealt again for the new replica count: this replica
+    // keeps the buffers of the samples it owns now, and its peer across
+    // the boundary keeps the same ones.
+    KeepSample keep;
+    if (sampler_.order() == data::SampleOrder::BOUND) {
+      keep = [&](int64_t id) { return sampler_.ownerOf(id) == replica_; };
+    }
     mergeBufferStores(
         paths, [&](const std::vector<int64_t>& ids) { return saved.lastReplicaOf(ids, next_step); },
-        store);
+        store, keep);
   };
   if (auto* enc = compute_->activationEncoderMut(); enc && enc->deltaSender()) {
     restoreStore(enc->deltaSender()->store(), "acsgd-send");

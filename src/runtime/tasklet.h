@@ -72,8 +72,9 @@ class Tasklet {
   // job's data_parallel: the state is resharded (reshard.h): weights and
   // optimizer of one saved replica, error-feedback residuals of the saved
   // replicas this one takes over, and the AC-SGD buffers of every saved
-  // replica of this stage merged (freshest entry per sample, found by
-  // replaying the sample order of the steps before `next_step`).
+  // replica of this stage merged (freshest entry per sample, found from
+  // the sample order of the steps before `next_step`), keeping only the
+  // samples this replica owns when samples are bound to replicas.
   void loadCheckpoint(const std::string& step_dir, int saved_replicas = 0,
                       int64_t next_step = 0);
 

@@ -1,6 +1,9 @@
 // One tasklet's LibTorch compute for the stage executor.
 #include "src/runtime/torch_stage.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "geopipe/error.h"
 #include "src/runtime/precision.h"
 
@@ -27,6 +30,45 @@ std::pair<torch::Tensor, torch::Tensor> tokenBatch(const data::TokenDataset& dat
   auto inputs = torch::from_blob(in.data(), {n, t}, torch::kInt32).to(torch::kLong);
   auto targets = torch::from_blob(tgt.data(), {n, t}, torch::kInt32).to(torch::kLong);
   return {inputs, targets};
+}
+
+double lossWeight(const data::TokenDataset& dataset, const data::Sampler& sampler, int64_t step,
+                  const std::vector<int64_t>& ids) {
+  int64_t mine = 0, all = 0;
+  for (int64_t id : ids) mine += dataset.targetsOf(id);
+  for (int64_t id : sampler.globalBatch(step)) all += dataset.targetsOf(id);
+  return static_cast<double>(mine) * sampler.microBatchesPerReplica() * sampler.dataParallel() /
+         static_cast<double>(all);
+}
+
+void checkLossIgnoresPadding(const ModelDef& model) {
+  // One sample of two positions, the second padded: the loss must be the
+  // first position's alone. Made-up numbers, no RNG (training's streams
+  // stay untouched).
+  const std::vector<int64_t> shape = model.output_shape(model.num_layers - 1, 1, 2);
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  const torch::Tensor out = torch::arange(numel, torch::kFloat32).mul(0.37).sin().reshape(shape);
+  std::string why;
+  try {
+    torch::NoGradGuard guard;
+    const auto padded = torch::tensor({int64_t{0}, int64_t{data::kIgnoreTarget}}).reshape({1, 2});
+    const auto first = torch::zeros({1, 1}, torch::kLong);
+    const double a = model.loss(out, padded).item<double>();
+    const double b = model.loss(out.slice(1, 0, 1), first).item<double>();
+    if (!(std::abs(a - b) <= 1e-6 * std::max(1.0, std::abs(b)))) {
+      why = "it gives " + std::to_string(a) + " with the padded position and " + std::to_string(b) +
+            " without";
+    }
+  } catch (const c10::Error& e) {
+    why = std::string("it fails on them: ") + e.what_without_backtrace();
+  }
+  if (!why.empty()) {
+    GEOPIPE_THROW(ConfigError, "data.pack: false pads samples with target ", data::kIgnoreTarget,
+                  ", but model '", model.name, "''s loss does not leave them out (", why,
+                  "); give the loss ignore_index -100 (cross_entropy's default) or use "
+                  "data.pack: true");
+  }
 }
 
 torch::Device taskletDevice(const std::string& device, int rank) {
@@ -103,10 +145,13 @@ transport::Bytes TorchStage::evalForward(int64_t step, int m, const std::vector<
   }
   if (options_.stage == options_.num_stages - 1) {
     if (!targets.defined()) targets = tokenBatch(val, ids).second;
-    // The model's loss is a mean over the predicted tokens.
-    val_sum_ += model_.loss(out.to(torch::kFloat32), targets.to(options_.device)).item<double>() *
-                static_cast<double>(targets.numel());
-    val_tokens_ += static_cast<uint64_t>(targets.numel());
+    // The model's loss is a mean over the predicted tokens, padding left
+    // out (the same mask as training's).
+    const int64_t counted =
+        val.padded() ? targets.ne(data::kIgnoreTarget).sum().item<int64_t>() : targets.numel();
+    val_sum_ +=
+        model_.loss(out.to(torch::kFloat32), targets.to(options_.device)).item<double>() * static_cast<double>(counted);
+    val_tokens_ += static_cast<uint64_t>(counted);
     return {};
   }
   auto detached = out.to(torch::kCPU, torch::kFloat32).contiguous();
@@ -156,11 +201,18 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     // Mean over this replica's micro-batches; replicas average their
     // gradients, so the step's gradient is that of the global-batch mean.
     // The loss in fp32 whatever the compute dtype (autocast leaves some
-    // models' logits in 16 bits).
+    // models' logits in 16 bits). With padding, each micro-batch weighs by
+    // its real targets.
     auto loss = model_.loss(out.to(torch::kFloat32), targets.to(options_.device));
-    loss_sum_ += loss.item<double>();
-    stash.output = loss_scale_ == 1.0 ? loss / options_.num_micro_batches
-                                      : loss * (loss_scale_ / options_.num_micro_batches);
+    if (dataset_.padded()) {
+      const double w = lossWeight(dataset_, sampler_, step, ids);
+      loss_sum_ += loss.item<double>() * w;
+      stash.output = loss * (loss_scale_ * w / options_.num_micro_batches);
+    } else {
+      loss_sum_ += loss.item<double>();
+      stash.output = loss_scale_ == 1.0 ? loss / options_.num_micro_batches
+                                        : loss * (loss_scale_ / options_.num_micro_batches);
+    }
   } else {
     auto detached = out.detach().to(torch::kCPU, torch::kFloat32).contiguous();
     message = send_act_->encode(step, m, options_.num_micro_batches, ids,

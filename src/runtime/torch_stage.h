@@ -109,8 +109,25 @@ class TorchStage : public pipeline::StageCompute {
   std::vector<float> scratch_;
 };
 
-// Token ids and targets of `ids` as int64 [n, seq_len] tensors.
+// Token ids and targets of `ids` as int64 [n, seq_len] tensors (padded
+// positions: target data::kIgnoreTarget).
 std::pair<torch::Tensor, torch::Tensor> tokenBatch(const data::TokenDataset& dataset,
                                                    const std::vector<int64_t>& ids);
+
+// What a micro-batch's loss (a mean over its real targets) is multiplied by
+// before it is summed over the micro-batches of the step and averaged over
+// the replicas, so that the step's loss and gradient are those of the mean
+// over every real target of the global batch:
+//   (real targets of `ids`) x micro-batches per replica x replicas
+//   / (real targets of the step's global batch).
+// Exactly 1 when nothing is padded (data.pack: true), and then not applied.
+double lossWeight(const data::TokenDataset& dataset, const data::Sampler& sampler, int64_t step,
+                  const std::vector<int64_t>& ids);
+
+// Padded targets are data::kIgnoreTarget, which the model's loss must leave
+// out of its mean (PyTorch's cross_entropy does by default; every built-in
+// model's loss is one). Checked on a made-up output of the last layer:
+// ConfigError naming the model when its loss counts or refuses them.
+void checkLossIgnoresPadding(const ModelDef& model);
 
 }  // namespace geopipe::runtime

@@ -128,8 +128,10 @@ TrainResult Trainer::train() {
   const data::TokenDataset& dataset = job_data.train;
   const data::TokenDataset* val = job_data.val ? &*job_data.val : nullptr;
   config::checkBufferBudget(job_, replicas, dataset.numSamples());
-  const data::Sampler sampler(dataset.numSamples(), job_.training.global_batch, replicas,
-                              job_.training.micro_batch, job_.training.seed);
+  const data::Sampler sampler(
+      dataset.numSamples(), job_.training.global_batch, replicas, job_.training.micro_batch,
+      job_.training.seed,
+      options_.bind_samples ? data::sampleOrderFor(job_) : data::SampleOrder::GLOBAL);
 
   int64_t first_step = 0;
   int saved_replicas = replicas;
@@ -266,8 +268,10 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
   const data::TokenDataset dataset =
       data::loadJobData(job.data, job.model, job.training.seed).train;
   const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, replicas,
-                              job.training.micro_batch, job.training.seed);
+                              job.training.micro_batch, job.training.seed,
+                              data::sampleOrderFor(job));
   const int micro_batches = sampler.microBatchesPerReplica();
+  if (dataset.padded()) runtime::checkLossIgnoresPadding(model);
   auto module = buildSlice(model, 0, model.num_layers, job.training.seed);
   auto params = uniqueParameters(*module);
   auto optimizer = runtime::makeOptimizer(job.training.optimizer, params);
@@ -288,10 +292,17 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
         optimizer->zero_grad();
         double replica_loss = 0;
         for (int m = 0; m < micro_batches; ++m) {
-          auto [inputs, targets] = runtime::tokenBatch(dataset, sampler.microBatch(step, r, m));
+          const std::vector<int64_t> ids = sampler.microBatch(step, r, m);
+          auto [inputs, targets] = runtime::tokenBatch(dataset, ids);
           auto loss = model.loss(module->forward(inputs), targets);
-          replica_loss += loss.item<double>();
-          (loss / micro_batches).backward();
+          if (dataset.padded()) {  // the staged engine's arithmetic (TorchStage::forward)
+            const double w = runtime::lossWeight(dataset, sampler, step, ids);
+            replica_loss += loss.item<double>() * w;
+            (loss * (w / micro_batches)).backward();
+          } else {
+            replica_loss += loss.item<double>();
+            (loss / micro_batches).backward();
+          }
         }
         loss_value += replica_loss / micro_batches / replicas;
         per_replica[r].clear();

@@ -38,6 +38,15 @@ TEST(JobParser, DefaultsFillAnOmittedSection) {
   EXPECT_EQ(job.scheduler.cost_model, "geopipe");
 }
 
+TEST(JobParser, DataPackDefaultsToTrueAndFalseIsTakenWhereDocumentsEnd) {
+  EXPECT_TRUE(parseJobString(kTwoSites, "j.yaml", "").data.pack);
+  // Tests run in the source root.
+  const std::string text = std::string(kTwoSites) +
+                           "model: {preset: tiny, seq_len: 8}\n"
+                           "data: {kind: text, path: fixtures/data/short.txt, pack: false}\n";
+  EXPECT_FALSE(parseJobString(text, "tests/config/j.yaml", "tests/config").data.pack);
+}
+
 TEST(JobParser, PresetThenExplicitFieldsOverride) {
   std::string yaml = std::string(kTwoSites) + "model: {preset: gpt3-xl, layers: 12}\n";
   JobSpec job = parseJobString(yaml, "j.yaml", "");
