@@ -8,37 +8,16 @@
 
 #include "geopipe/trainer.h"
 #include "src/config/job_parser.h"
+#include "tests/runtime/convergence_job.h"
 
 using namespace geopipe;
+using geopipe::testing::convergenceJob;
+using geopipe::testing::finalLoss;
 
 namespace {
 
-JobSpec demoJob() {
-  return config::parseJobString(R"(
-model: {preset: tiny}
-data: {kind: fortunes, num_samples: 512}
-training:
-  steps: 300
-  global_batch: 8
-  micro_batch: 2
-  optimizer: {kind: adamw, lr: 2.0e-3, weight_decay: 0.01}
-  lr_schedule: {kind: cosine, warmup_steps: 20, min_lr: 2.0e-4}
-  grad_clip: 1.0
-  seed: 11
-parallelism: {pipeline_stages: 2, data_parallel: 1}
-topology:
-  sites: [{name: a, devices: 2, intra: {latency_ms: 0, bandwidth_gbps: 10}}]
-transport: {emulate_links: false}
-)", "demo.yaml", "");
-}
-
-// Mean of the last 20 steps' losses: one step's loss is noisy.
-double finalLoss(const TrainResult& r) {
-  return std::accumulate(r.losses.end() - 20, r.losses.end(), 0.0) / 20.0;
-}
-
 TEST(AcsgdConvergence, FourBitMatchesUncompressedWithin2Percent) {
-  JobSpec job = demoJob();
+  JobSpec job = convergenceJob(2);
   TrainResult fp32 = Trainer(makeModel(job.model), job).train();
   job.compression.activations.method = "acsgd";
   job.compression.activations.bits = 4;
