@@ -156,8 +156,8 @@ TEST(GenerateCommand, RefusesPromptsThatOutgrowTheModel) {
   GEOPIPE_SKIP_WITHOUT_PYTHON_TORCH();
   TempDir d;
   testing::python::run("make " + d.path + "/m --family llama --positions 16");
-  const CliRun r =
-      geopipe("generate --model " + d.path + "/m --prompt-ids 1,2,3 --max-new-tokens 14 --print-ids");
+  const CliRun r = geopipe("generate --model " + d.path +
+                           "/m --prompt-ids 1,2,3 --max-new-tokens 14 --print-ids");
   EXPECT_EQ(r.rc, 1) << r.out;
   EXPECT_NE(r.out.find("is 17 positions, beyond the model's maximum of 16"), std::string::npos)
       << r.out;
@@ -253,6 +253,80 @@ transport: {emulate_links: false}
             formats::DType::BF16);
 }
 
+// A Llama built from scratch (grouped-query attention, untied head) and
+// trained in two stages exports a folder the reference reads: its greedy
+// continuation is geopipe's, and the head is stored apart from the embedding.
+TEST(ExportCommand, LlamaUntiedGqaExportIsReadByTheReference) {
+  GEOPIPE_SKIP_WITHOUT_PYTHON_TORCH();
+  TempDir d;
+  std::ofstream(d.path + "/job.yaml") << R"(
+model: {kind: llama, preset: none, layers: 2, hidden: 32, heads: 4, num_key_value_heads: 2,
+        intermediate_size: 48, tie_embeddings: false, max_positions: 32, seq_len: 16, vocab: 64}
+data: {kind: synthetic, num_samples: 64}
+training: {steps: 3, global_batch: 4, micro_batch: 2, optimizer: {lr: 1.0e-2}}
+parallelism: {pipeline_stages: 2}
+checkpoint: {dir: ckpt}
+topology:
+  sites: [{name: a, devices: 2, intra: {latency_ms: 0, bandwidth_gbps: 10}}]
+transport: {emulate_links: false}
+)";
+  const CliRun train = geopipe("train " + d.path + "/job.yaml");
+  ASSERT_EQ(train.rc, 0) << train.out;
+  const CliRun exp = geopipe("export " + d.path + "/ckpt --out " + d.path + "/out");
+  ASSERT_EQ(exp.rc, 0) << exp.out;
+  std::ifstream cfg(d.path + "/out/config.json");
+  const auto config = nlohmann::json::parse(cfg);
+  EXPECT_EQ(config["model_type"], "llama");
+  EXPECT_EQ(config["num_key_value_heads"], 2);
+  EXPECT_EQ(config["tie_word_embeddings"], false);
+  const formats::SafetensorsFile out(d.path + "/out/model.safetensors");
+  ASSERT_NE(out.find("lm_head.weight"), nullptr);  // untied: stored
+  std::vector<float> head(64 * 32), embed(64 * 32);
+  out.readFloat("lm_head.weight", head.data(), head.size());
+  out.readFloat("model.embed_tokens.weight", embed.data(), embed.size());
+  EXPECT_NE(head, embed);
+  const CliRun ours = geopipe("generate --model " + d.path +
+                              "/out --prompt-ids 3,1,4,1,5 --max-new-tokens 12 --print-ids");
+  ASSERT_EQ(ours.rc, 0) << ours.out;
+  EXPECT_EQ(ids(ours.out), lastLine(testing::python::run(
+                               "greedy " + d.path + "/out --prompt-ids 3,1,4,1,5 --max-new 12")));
+}
+
+// A version 1 manifest (written before checkpoints recorded the model) is
+// refused by export with the way out, and resuming from it works and writes
+// a version 2 checkpoint that exports.
+TEST(ExportCommand, AVersionOneCheckpointResumesAndThenExports) {
+  TempDir d;
+  std::ofstream(d.path + "/job.yaml") << R"(
+model: {kind: gpt2, preset: none, layers: 2, hidden: 16, heads: 2, seq_len: 8, vocab: 32}
+data: {kind: synthetic, num_samples: 32}
+training: {steps: 2, global_batch: 2}
+parallelism: {pipeline_stages: 2}
+checkpoint: {dir: ckpt}
+topology:
+  sites: [{name: a, devices: 2, intra: {latency_ms: 0, bandwidth_gbps: 10}}]
+transport: {emulate_links: false}
+)";
+  ASSERT_EQ(geopipe("train " + d.path + "/job.yaml").rc, 0);
+  // Turn the manifest into what a version 1 build wrote.
+  const std::string manifest = runtime::stepDirectory(d.path + "/ckpt", 2) + "/manifest.json";
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(manifest));
+  j["version"] = 1;
+  j.erase("model");
+  j.erase("layers");
+  std::ofstream(manifest) << j.dump(2);
+  const CliRun refused = geopipe("export " + d.path + "/ckpt --out " + d.path + "/o");
+  EXPECT_EQ(refused.rc, 1) << refused.out;
+  EXPECT_NE(refused.out.find("version 1 manifest"), std::string::npos) << refused.out;
+  const CliRun resumed = geopipe("train " + d.path + "/job.yaml --steps 3 --resume");
+  ASSERT_EQ(resumed.rc, 0) << resumed.out;
+  EXPECT_NE(resumed.out.find("weights after step 3"), std::string::npos) << resumed.out;
+  const auto latest = runtime::findLatestCheckpoint(d.path + "/ckpt");
+  ASSERT_TRUE(latest && latest->version == 2 && latest->next_step == 3);
+  const CliRun exp = geopipe("export " + d.path + "/ckpt --out " + d.path + "/o");
+  EXPECT_EQ(exp.rc, 0) << exp.out;
+}
+
 TEST(ExportCommand, RefusesCheckpointsItCannotExport) {
   TempDir d;
   const CliRun none = geopipe("export " + d.path + "/nothing --out " + d.path + "/o");
@@ -291,17 +365,20 @@ TEST(GenerateCommand, TextThroughTheModelFoldersTokenizer) {
   }
   const std::string ref =
       lastLine(testing::python::run("greedy " + dir + " --prompt-ids 15496,995 --max-new 6"));
-  const CliRun ids_run = geopipe("generate --model " + dir +
-                                 " --prompt 'Hello world' --max-new-tokens 6 --print-ids");
+  const CliRun ids_run =
+      geopipe("generate --model " + dir + " --prompt 'Hello world' --max-new-tokens 6 --print-ids");
   ASSERT_EQ(ids_run.rc, 0) << ids_run.out;
   EXPECT_EQ(ids(ids_run.out), ref);
-  const CliRun text = geopipe("generate --model " + dir + " --prompt 'Hello world' --max-new-tokens 6");
+  const CliRun text =
+      geopipe("generate --model " + dir + " --prompt 'Hello world' --max-new-tokens 6");
   ASSERT_EQ(text.rc, 0) << text.out;
   EXPECT_EQ(text.out.rfind("Hello world", 0), 0u) << text.out;
   EXPECT_GT(text.out.size(), std::string("Hello world\n").size());
   // Without a tokenizer, text is refused with the way out.
-  const CliRun none = geopipe("generate --model " + dir + " --prompt hi --max-new-tokens 2 "
-                              "--tokenizer " + d.path);
+  const CliRun none = geopipe("generate --model " + dir +
+                              " --prompt hi --max-new-tokens 2 "
+                              "--tokenizer " +
+                              d.path);
   EXPECT_EQ(none.rc, 1) << none.out;
   EXPECT_NE(none.out.find("use --prompt-ids and --print-ids"), std::string::npos) << none.out;
 }
