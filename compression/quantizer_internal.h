@@ -12,6 +12,7 @@
 
 #include "compression/quantizer.h"
 #include "geopipe/error.h"
+#include "src/common/hash.h"
 
 namespace geopipe::compression::detail {
 
@@ -20,18 +21,7 @@ namespace geopipe::compression::detail {
 // (byte-aligned in the packed stream) that divides 2^32 (one RNG key per chunk).
 constexpr size_t kChunk = 4096;
 
-inline uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// Key for elements [hi * 2^32, (hi+1) * 2^32) of stream (seed, counter).
-inline uint32_t streamKey(uint64_t seed, uint64_t counter, uint64_t hi) {
-  return static_cast<uint32_t>(
-      splitmix64(seed ^ splitmix64(counter ^ splitmix64(hi + 0x632BE59BD9B4E019ull))));
-}
+using common::streamKey;
 
 // murmur3's fmix32 over (i * golden ^ key): a bijection on 32 bits with full
 // avalanche; 32-bit multiplies vectorise (vpmulld). Top 24 bits -> [0, 1).

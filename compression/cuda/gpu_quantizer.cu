@@ -18,6 +18,7 @@
 #include <mutex>
 
 #include "geopipe/error.h"
+#include "src/common/hash.h"
 
 namespace geopipe::compression::gpu {
 namespace {
@@ -35,17 +36,7 @@ void check(cudaError_t e, const char* what) {
 cudaStream_t asStream(void* s) { return static_cast<cudaStream_t>(s); }
 
 // --- the CPU's counter-based uniform variate (quantizer.cc), bit for bit ---
-__host__ __device__ inline uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-__host__ __device__ inline uint32_t streamKey(uint64_t seed, uint64_t counter, uint64_t hi) {
-  return static_cast<uint32_t>(
-      splitmix64(seed ^ splitmix64(counter ^ splitmix64(hi + 0x632BE59BD9B4E019ull))));
-}
+using common::streamKey;
 
 __device__ inline float uniformOf(uint32_t i, uint32_t key) {
   uint32_t h = (i * 0x9E3779B1u) ^ key;
