@@ -4,14 +4,13 @@
 //
 //   custom_model_example [job.yaml] [--steps N]
 #include <geopipe/error.h>
+#include <geopipe/job_file.h>
 #include <geopipe/model.h>
 #include <geopipe/trainer.h>
 
 #include <cstdio>
 #include <cstring>
 #include <string>
-
-#include "src/config/job_parser.h"
 
 namespace {
 

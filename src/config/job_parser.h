@@ -1,23 +1,12 @@
-// Reads a job YAML file into a JobSpec: typed fields with defaults, unknown
-// keys rejected, and cross-field checks (batch divisibility, enough devices,
-// connected topology, data present). Every problem is reported at once.
+// The job parser's internals beyond the public geopipe/job_file.h.
 #pragma once
 
 #include <string>
 
+#include "geopipe/job_file.h"  // loadJobFile, parseJobString
 #include "geopipe/job_spec.h"
 
 namespace geopipe::config {
-
-// Reads and checks a job file. Relative paths inside it (topology, data,
-// checkpoint dir) are resolved against the job file's directory. Throws
-// SpecError (a ConfigError) listing every problem, IoError if unreadable.
-JobSpec loadJobFile(const std::string& path);
-
-// Same from YAML text; `source` names it in messages and `base_dir` resolves
-// relative paths.
-JobSpec parseJobString(const std::string& yaml, const std::string& source,
-                       const std::string& base_dir);
 
 // The model presets `model.preset` accepts, in the order documented.
 const char* const* modelPresetNames();
