@@ -1,6 +1,6 @@
 // Versioned binary wire format of a compressed tensor: a fixed little-endian
 // header (method, bits, granularity, shape, dtype, scale count, CRCs) plus a
-// payload; the pair maps 1:1 onto proto geopipe.v1.CompressedTensor.
+// payload; a pipeline frame (src/runtime/boundary_codec.h) carries the pair.
 //
 // Header layout (all little-endian, 48 + 8*ndim bytes):
 //   off size field
@@ -87,7 +87,7 @@ struct WireHeader {
   QuantizerOptions quantizerOptions() const;
 };
 
-// A header and payload pair: proto CompressedTensor{header, payload}.
+// A header and payload pair, as a pipeline frame carries them.
 struct CompressedMessage {
   std::vector<uint8_t> header;
   std::vector<uint8_t> payload;
