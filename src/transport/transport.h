@@ -1,7 +1,7 @@
 // The transport interface: tagged, asynchronous point-to-point messages
 // between the ranks (tasklets) of a job. Implementations live one per folder
-// (inproc/, grpc/, nccl/); decorators (link emulation, metrics) wrap any of
-// them. No LibTorch here: payloads are bytes, encoded by the engine.
+// (inproc/, grpc/, nccl/); the link emulator (link_emulator.h) is a
+// decorator that wraps any of them. No LibTorch here: payloads are bytes, encoded by the engine.
 #pragma once
 
 #include <chrono>
@@ -34,7 +34,7 @@ enum class Channel : uint8_t {
   ACTIVATION = 1,       // forward, stage s -> s+1
   ACTIVATION_GRAD = 2,  // backward, stage s+1 -> s
   GRADIENT = 3,         // data-parallel gradient exchange
-  CONTROL = 4,          // barriers, metrics
+  CONTROL = 4,          // barriers (metrics go to the coordinator, not here)
 };
 
 // "ACTIVATION", "GRADIENT", ...
