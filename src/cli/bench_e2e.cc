@@ -17,6 +17,7 @@
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
 #include "src/cli/bench_common.h"
+#include "src/cli/bench_e2e.h"
 #include "src/cli/commands.h"
 #include "src/common/svg_plot.h"
 #include "src/config/job_parser.h"
@@ -157,6 +158,21 @@ double measuredCompute(const JobSpec& base, const std::vector<int>& devices,
   return median(compute);
 }
 
+// The cost model's step time for an allocation, calibrated to the measured
+// compute (calibratedEvaluation).
+double predictStep(const JobSpec& base, const scheduler::Allocation& alloc, double compute_s) {
+  return calibratedEvaluation(base, alloc, compute_s).total_s;
+}
+
+std::vector<int> deviceOfRank(const scheduler::Allocation& a) {
+  std::vector<int> out(static_cast<size_t>(a.d_pp * a.d_dp));
+  for (int s = 0; s < a.d_pp; ++s)
+    for (int r = 0; r < a.d_dp; ++r) out[static_cast<size_t>(r * a.d_pp + s)] = a.stages[s][r];
+  return out;
+}
+
+}  // namespace
+
 scheduler::Allocation allocationOf(const JobSpec& job, const std::vector<int>& device_of_rank,
                                    const std::vector<int>& layers) {
   const int S = job.parallelism.pipeline_stages, R = job.parallelism.data_parallel;
@@ -174,10 +190,8 @@ scheduler::Allocation allocationOf(const JobSpec& job, const std::vector<int>& d
   return a;
 }
 
-// The geopipe cost model's step time for an allocation on the network the
-// run sees, with every device's TFLOPS set so that the model's compute term
-// equals the measured compute (calibration: one number per shape).
-double predictStep(const JobSpec& base, const scheduler::Allocation& alloc, double compute_s) {
+scheduler::PathEval calibratedEvaluation(const JobSpec& base, const scheduler::Allocation& alloc,
+                                         double compute_s) {
   JobSpec job = runtime::effectiveNetworkJob(base);
   for (auto& d : job.topology.devices) d.tflops = 1.0;
   auto profile = scheduler::ModelProfile::fromJob(job);
@@ -188,17 +202,8 @@ double predictStep(const JobSpec& base, const scheduler::Allocation& alloc, doub
   for (auto& d : job.topology.devices) d.tflops = tflops;
   model = scheduler::makeCostModel("geopipe", std::make_shared<scheduler::Network>(job.topology),
                                    profile, job, alloc.d_pp, alloc.d_dp);
-  return model->evaluateAllocation(alloc).total_s;
+  return model->evaluateAllocation(alloc);
 }
-
-std::vector<int> deviceOfRank(const scheduler::Allocation& a) {
-  std::vector<int> out(static_cast<size_t>(a.d_pp * a.d_dp));
-  for (int s = 0; s < a.d_pp; ++s)
-    for (int r = 0; r < a.d_dp; ++r) out[static_cast<size_t>(r * a.d_pp + s)] = a.stages[s][r];
-  return out;
-}
-
-}  // namespace
 
 int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
   fs::create_directories(args.out_dir);

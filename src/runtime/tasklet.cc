@@ -6,6 +6,7 @@
 
 #include "compression/delta_compressor.h"
 #include "geopipe/error.h"
+#include "src/runtime/lr_schedule.h"
 #include "src/runtime/precision.h"
 #include "src/runtime/reshard.h"
 #include "src/transport/collectives.h"

@@ -15,62 +15,16 @@
 #include <sstream>
 
 #include "src/tokenizer/tokenizer.h"
+#include "tests/cli/cli_run.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
+using namespace cli_test;
+
 // Tests run from the source tree (tests/CMakeLists.txt).
 const std::string kGpt2Dir = fs::absolute("assets/tokenizers/gpt2").string();
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "geopipe-cli-test-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string readAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
-void writeFile(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-struct CommandResult {
-  int code;
-  std::string out, err;
-};
-
-// Runs `geopipe ARGS` with stdout and stderr to files (stderr is no
-// terminal, so progress comes as plain lines).
-CommandResult geopipe(const TempDir& dir, const std::vector<std::string>& args) {
-  std::string cmd = quote(GEOPIPE_BINARY);
-  for (const auto& a : args) cmd += " " + quote(a);
-  cmd += " >" + quote(dir.file("stdout")) + " 2>" + quote(dir.file("stderr"));
-  const int status = std::system(cmd.c_str());
-  CommandResult r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, readAll(dir.file("stdout")),
-                  readAll(dir.file("stderr"))};
-  fs::remove(dir.file("stdout"));
-  fs::remove(dir.file("stderr"));
-  return r;
-}
 
 std::string uint16le(const std::vector<int32_t>& ids) {
   std::string bytes;
@@ -110,8 +64,8 @@ TEST(TokenizeCommand, WritesNanoGptLayoutAndReportsThroughput) {
   TempDir dir;
   writeFile(dir.file("a.txt"), "Hello world");
   writeFile(dir.file("b.jsonl"), "{\"text\": \"one <|endoftext|> two\"}\n{\"text\": \"three\"}\n");
-  const CommandResult r = geopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt"),
-                                        dir.file("b.jsonl"), "--out", dir.file("train.bin")});
+  const CommandResult r = runGeopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt"),
+                                           dir.file("b.jsonl"), "--out", dir.file("train.bin")});
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string bytes = readAll(dir.file("train.bin"));
   EXPECT_EQ(bytes, uint16le(documents({"Hello world", "one <|endoftext|> two", "three"})));
@@ -135,7 +89,7 @@ TEST(TokenizeCommand, ValFractionSplitsAtWholeDocuments) {
   }
   args.insert(args.end(),
               {"--out", dir.file("o.bin"), "--val-fraction", "0.5", "--dtype", "uint32"});
-  const CommandResult r = geopipe(dir, args);
+  const CommandResult r = runGeopipe(dir, args);
   ASSERT_EQ(r.code, 0) << r.err;
   auto uint32le = [](const std::vector<int32_t>& ids) {
     std::string b;
@@ -161,37 +115,37 @@ TEST(TokenizeCommand, RefusalsNameTheProblemAndLeaveNoFiles) {
   fs::copy_file(kGpt2Dir + "/merges.txt", dir.file("big/merges.txt"));
   const std::vector<std::string> before = listing(dir);
 
-  CommandResult r = geopipe(dir, {"tokenize", "--tokenizer", dir.file("big"), dir.file("a.txt"),
-                                  "--out", dir.file("o.bin")});
+  CommandResult r = runGeopipe(dir, {"tokenize", "--tokenizer", dir.file("big"), dir.file("a.txt"),
+                                     "--out", dir.file("o.bin")});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "70001 ids: use --dtype uint32")) << r.err;
 
-  r = geopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("bad.jsonl"), "--out",
-                    dir.file("o.bin")});
+  r = runGeopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("bad.jsonl"), "--out",
+                       dir.file("o.bin")});
   EXPECT_EQ(r.code, 4) << r.err;
   EXPECT_TRUE(contains(r.err, dir.file("bad.jsonl") + ":2: no field \"text\"")) << r.err;
 
-  r = geopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("missing.txt"), "--out",
-                    dir.file("o.bin")});
+  r = runGeopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("missing.txt"), "--out",
+                       dir.file("o.bin")});
   EXPECT_EQ(r.code, 4) << r.err;
   EXPECT_TRUE(contains(r.err, "input '" + dir.file("missing.txt") + "' does not exist")) << r.err;
 
-  r = geopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt"), "--out",
-                    dir.file("no/such/dir/o.bin")});
+  r = runGeopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt"), "--out",
+                       dir.file("no/such/dir/o.bin")});
   EXPECT_EQ(r.code, 4) << r.err;
   EXPECT_TRUE(contains(r.err, "cannot write")) << r.err;
 
-  r = geopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt"), "--out",
-                    dir.file("o.bin"), "--val-fraction", "1"});
+  r = runGeopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt"), "--out",
+                       dir.file("o.bin"), "--val-fraction", "1"});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "outside [0, 1)")) << r.err;
 
-  r = geopipe(dir, {"tokenize", "--tokenizer", dir.file("a.txt"), dir.file("a.txt"), "--out",
-                    dir.file("o.bin")});
+  r = runGeopipe(dir, {"tokenize", "--tokenizer", dir.file("a.txt"), dir.file("a.txt"), "--out",
+                       dir.file("o.bin")});
   EXPECT_EQ(r.code, 4) << r.err;
   EXPECT_TRUE(contains(r.err, "is not a folder")) << r.err;
 
-  r = geopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt")});
+  r = runGeopipe(dir, {"tokenize", "--tokenizer", kGpt2Dir, dir.file("a.txt")});
   EXPECT_EQ(r.code, 2) << r.err;  // --out is required
 
   EXPECT_EQ(listing(dir), before);
@@ -204,8 +158,8 @@ TEST(TokenizeCommand, SentencePieceRunsInTheProcessThatHasGrpcAndLibTorch) {
   TempDir dir;
   writeFile(dir.file("a.txt"), "Hello world");
   const std::string spm = fs::absolute("tests/tokenizer/fixtures/spm").string();
-  const CommandResult r =
-      geopipe(dir, {"tokenize", "--tokenizer", spm, dir.file("a.txt"), "--out", dir.file("o.bin")});
+  const CommandResult r = runGeopipe(
+      dir, {"tokenize", "--tokenizer", spm, dir.file("a.txt"), "--out", dir.file("o.bin")});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto tok = geopipe::tokenizer::loadTokenizer(spm);
   EXPECT_EQ(readAll(dir.file("o.bin")), uint16le(tok->encodeDocument("Hello world")));
@@ -261,17 +215,17 @@ TEST(TokenizeCommand, TextDataWithATokenizerTrainsAStep) {
             "training: {steps: 1, global_batch: 2, micro_batch: 1}\n"
             "topology:\n"
             "  sites: [{name: local, devices: 1}]\n");
-  CommandResult r = geopipe(dir, {"validate", dir.file("job.yaml")});
+  CommandResult r = runGeopipe(dir, {"validate", dir.file("job.yaml")});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_TRUE(contains(r.out, "tokenizer " + dir.file("tok"))) << r.out;
-  r = geopipe(dir, {"train", dir.file("job.yaml")});
+  r = runGeopipe(dir, {"train", dir.file("job.yaml")});
   EXPECT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_TRUE(contains(r.out + r.err, "loss")) << r.out << r.err;
 
   // The same corpus through `geopipe tokenize` and data.kind tokens: the
   // same ids, so the two paths train on the same stream.
-  r = geopipe(dir, {"tokenize", "--tokenizer", dir.file("tok"), dir.file("corpus.txt"), "--out",
-                    dir.file("corpus.bin")});
+  r = runGeopipe(dir, {"tokenize", "--tokenizer", dir.file("tok"), dir.file("corpus.txt"), "--out",
+                       dir.file("corpus.bin")});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(readAll(dir.file("corpus.bin")), uint16le(gpt2().encodeDocument(text)));
 }

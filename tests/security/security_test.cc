@@ -1,14 +1,21 @@
 // Join tokens (constant-time comparison, files, environment), the TLS file
 // checks behind the job's security section, and certificates issued for
 // `geopipe certs` and launch.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "geopipe/error.h"
 #include "src/config/diagnostics.h"
@@ -197,6 +204,58 @@ TEST(Pki, EveryBadFileIsNamedWithItsFix) {
       messageOf([&] { loadTlsIdentity(filesIn(dir, "ca.pem", "text.pem", "text.pem")); });
   EXPECT_TRUE(contains(what, "security.cert")) << what;
   EXPECT_TRUE(contains(what, "security.key")) << what;
+}
+
+// The subject-alt-names of a PEM certificate, read back with OpenSSL, as
+// "DNS:name" and "IP:address" (inet_ntop's form), sorted.
+std::vector<std::string> subjectAltNames(const std::string& cert_pem) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())), BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(
+      PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr), X509_free);
+  if (!cert) return {"(not a PEM certificate)"};
+  std::unique_ptr<GENERAL_NAMES, void (*)(GENERAL_NAMES*)> names(
+      static_cast<GENERAL_NAMES*>(
+          X509_get_ext_d2i(cert.get(), NID_subject_alt_name, nullptr, nullptr)),
+      [](GENERAL_NAMES* n) { GENERAL_NAMES_free(n); });
+  std::vector<std::string> out;
+  for (int i = 0; names && i < sk_GENERAL_NAME_num(names.get()); ++i) {
+    const GENERAL_NAME* n = sk_GENERAL_NAME_value(names.get(), i);
+    if (n->type == GEN_DNS) {
+      const ASN1_IA5STRING* dns = n->d.dNSName;
+      out.push_back("DNS:" + std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(dns)),
+                                         static_cast<size_t>(ASN1_STRING_length(dns))));
+    } else if (n->type == GEN_IPADD) {
+      const int len = ASN1_STRING_length(n->d.iPAddress);
+      char text[INET6_ADDRSTRLEN] = {};
+      const int family = len == 4 ? AF_INET : len == 16 ? AF_INET6 : -1;
+      if (family < 0 ||
+          !inet_ntop(family, ASN1_STRING_get0_data(n->d.iPAddress), text, sizeof(text))) {
+        out.push_back("IP:(" + std::to_string(len) + " bytes)");
+      } else {
+        out.push_back(std::string("IP:") + text);
+      }
+    } else {
+      out.push_back("other:" + std::to_string(n->type));
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// What a client checks the peer against: the certificate names exactly the
+// hosts and addresses it was issued for, each with its type, and nothing else.
+TEST(Pki, IssuedCertificatesNameExactlyTheHostsAskedFor) {
+  const CertificateAuthority ca = createCertificateAuthority("test CA", 1);
+  EXPECT_EQ(subjectAltNames(issueHostCertificate(ca, {"localhost", "127.0.0.1"}, 1).cert_pem),
+            (std::vector<std::string>{"DNS:localhost", "IP:127.0.0.1"}));
+  const HostCertificate mixed =
+      issueHostCertificate(ca, {"node-1.example.org", "10.0.0.1", "::1", "fe80::1:2", "gpu-07"}, 1);
+  EXPECT_EQ(subjectAltNames(mixed.cert_pem),
+            (std::vector<std::string>{"DNS:gpu-07", "DNS:node-1.example.org", "IP:10.0.0.1",
+                                      "IP:::1", "IP:fe80::1:2"}));
+  EXPECT_EQ(subjectAltNames(issueHostCertificate(ca, {"10.1.2.3"}, 1).cert_pem),
+            (std::vector<std::string>{"IP:10.1.2.3"}));
 }
 
 TEST(Pki, HostNamesAndAddressesAreValidated) {

@@ -1,0 +1,123 @@
+// The common module: edit distance and "did you mean", joining, log levels,
+// and the values of mix64 / streamKey, which samplers, data generators and the
+// quantizer's stochastic rounding (CPU and CUDA) all depend on.
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <string>
+#include <vector>
+
+#include "geopipe/error.h"
+#include "src/common/hash.h"
+#include "src/common/logging.h"
+#include "src/common/strings.h"
+
+namespace geopipe::common {
+namespace {
+
+TEST(EditDistance, CountsInsertionsDeletionsSubstitutionsAndTranspositions) {
+  EXPECT_EQ(editDistance("", ""), 0);
+  EXPECT_EQ(editDistance("", "abc"), 3);
+  EXPECT_EQ(editDistance("abc", ""), 3);
+  EXPECT_EQ(editDistance("gpipe", "gpipe"), 0);
+  EXPECT_EQ(editDistance("gpipe", "gpip"), 1);    // deletion
+  EXPECT_EQ(editDistance("gpipe", "gpipes"), 1);  // insertion
+  EXPECT_EQ(editDistance("acsgd", "acsgb"), 1);   // substitution
+  EXPECT_EQ(editDistance("1fb1", "1f1b"), 1);     // adjacent transposition
+  EXPECT_EQ(editDistance("ab", "ba"), 1);
+  EXPECT_EQ(editDistance("kitten", "sitting"), 3);
+  // Optimal string alignment, not full Damerau: "ca" -> "abc" is 3, not 2.
+  EXPECT_EQ(editDistance("ca", "abc"), 3);
+  EXPECT_EQ(editDistance("abc", "ca"), 3);
+}
+
+TEST(ClosestMatch, SuggestsOnlyPlausibleTypos) {
+  const std::vector<std::string> schedules = {"gpipe", "1f1b"};
+  EXPECT_EQ(closestMatch("1fb1", schedules), "1f1b");
+  EXPECT_EQ(closestMatch("gpip", schedules), "gpipe");
+  EXPECT_EQ(closestMatch("pipedream", schedules), "");
+  // The limit is max(1, |word| / 3): one edit for short words...
+  const std::vector<std::string> methods = {"none", "fp16", "acsgd", "quantize"};
+  EXPECT_EQ(closestMatch("fp61", methods), "fp16");
+  EXPECT_EQ(closestMatch("fp", methods), "");  // two deletions from fp16
+  // ...two for words of 6 to 8 letters, three from 9.
+  EXPECT_EQ(closestMatch("quantiez", methods), "quantize");
+  EXPECT_EQ(closestMatch("qantiez", methods), "quantize");
+  EXPECT_EQ(closestMatch("qantez", methods), "");
+  // Ties go to the first candidate; no candidates, no suggestion.
+  EXPECT_EQ(closestMatch("ab", {"aa", "bb"}), "aa");
+  EXPECT_EQ(closestMatch("x", {}), "");
+}
+
+TEST(Join, ListsWithCommasAndOr) {
+  EXPECT_EQ(join({}, ", "), "");
+  EXPECT_EQ(join({"a"}, ", "), "a");
+  EXPECT_EQ(join({"a", "b", "c"}, " | "), "a | b | c");
+  EXPECT_EQ(joinOr({}), "");
+  EXPECT_EQ(joinOr({"none"}), "none");
+  EXPECT_EQ(joinOr({"none", "fp16"}), "none or fp16");
+  EXPECT_EQ(joinOr({"none", "fp16", "quantize"}), "none, fp16 or quantize");
+}
+
+TEST(LogLevel, ParsesTheDocumentedNamesAndRefusesOthers) {
+  const auto before = spdlog::get_level();
+  const std::vector<std::pair<std::string, spdlog::level::level_enum>> levels = {
+      {"trace", spdlog::level::trace}, {"debug", spdlog::level::debug},
+      {"info", spdlog::level::info},   {"warn", spdlog::level::warn},
+      {"error", spdlog::level::err},   {"off", spdlog::level::off}};
+  for (const auto& [name, level] : levels) {
+    setLogLevel(name);
+    EXPECT_EQ(spdlog::get_level(), level) << name;
+  }
+  for (const std::string bad : {"verbose", "", "INFO", "of"}) {
+    setLogLevel("debug");
+    try {
+      setLogLevel(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const ConfigError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("unknown log level '" + bad + "'"), std::string::npos) << what;
+      EXPECT_NE(what.find("trace, debug, info, warn, error or off"), std::string::npos) << what;
+    }
+    EXPECT_EQ(spdlog::get_level(), spdlog::level::debug) << "a refused name changes nothing";
+  }
+  spdlog::set_level(before);
+}
+
+TEST(LogLevel, TheCommandLineWinsOverTheJob) {
+  const auto before = spdlog::get_level();
+  ASSERT_EQ(pinnedLogLevel(), "") << "nothing pinned yet in this process";
+  applyJobLogLevel("error");
+  EXPECT_EQ(spdlog::get_level(), spdlog::level::err) << "nothing pinned: the job's level applies";
+  setLogLevel("warn");
+  pinLogLevel();
+  EXPECT_EQ(pinnedLogLevel(), "warn");
+  applyJobLogLevel("trace");
+  EXPECT_EQ(spdlog::get_level(), spdlog::level::warn) << "the pinned level stays";
+  spdlog::set_level(before);
+}
+
+// splitmix64's published outputs for seed 0 (its state advances by the golden
+// gamma, which mix64 adds first): mix64(k * gamma) is the (k+1)-th output.
+TEST(Mix64, IsSplitmix64) {
+  constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
+  EXPECT_EQ(mix64(0), 0xE220A8397B1DCDAFull);
+  EXPECT_EQ(mix64(kGamma), 0x6E789E6AA1B965F4ull);
+  EXPECT_EQ(mix64(2 * kGamma), 0x06C45D188009454Full);
+  EXPECT_EQ(mix64(1), 0x910A2DEC89025CC1ull);
+  EXPECT_EQ(mix64(~uint64_t{0}), 0xE4D971771B652C20ull);
+}
+
+// The stochastic-rounding keys are pinned: changing them changes every
+// stochastically quantized message, so a resumed run would no longer repeat
+// the uninterrupted one (values from an independent Python splitmix64).
+TEST(StreamKey, ValuesArePinned) {
+  EXPECT_EQ(streamKey(0, 0, 0), 0xFF8AF325u);
+  EXPECT_EQ(streamKey(1, 0, 0), 0x52F04317u);
+  EXPECT_EQ(streamKey(0, 1, 0), 0x722FC711u);
+  EXPECT_EQ(streamKey(0, 0, 1), 0x707C401Du);
+  EXPECT_EQ(streamKey(42, 7, 3), 0xFEFBF216u);
+}
+
+}  // namespace
+}  // namespace geopipe::common
