@@ -189,8 +189,13 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   // adjacent, so the ring crosses each site boundary once): 2(D−1) steps,
   // each moving G/D bytes over every ring hop at once, so each step costs the
   // slowest hop: 2(D−1)·(α_max + 8·(G/D)/β_min).
+  // Direct all-gather (allGatherBytes): every member sends its blob to every
+  // other at once, each on its own link (as the topology and the link
+  // emulator model links: per directed pair), so it lasts as long as the
+  // slowest ordered pair: α_max + 8·G/β_min over all pairs.
   GroupStats g;
   const int d = static_cast<int>(devices.size());
+  g.devices = devices;
   g.min_tflops = kInf;
   g.min_memory_gb = kInf;
   for (int i : devices) {
@@ -209,9 +214,80 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
       g.worst_device = (k & 1) ? i : j;  // either end; alternate
     }
   }
-  g.dp_lat_s = 2.0 * (d - 1) * lat;
-  g.dp_s_per_gb = 2.0 * (d - 1) / d * per_gb;
+  g.ring_lat_s = 2.0 * (d - 1) * lat;
+  g.ring_s_per_gb = 2.0 * (d - 1) / d * per_gb;
+  for (int i : devices)
+    for (int j : devices)
+      if (i != j) {
+        g.gather_lat_s = std::max(g.gather_lat_s, network_->latencyS(i, j));
+        g.gather_s_per_gb =
+            std::max(g.gather_s_per_gb, network_->transferS(i, j, 1.0) - network_->latencyS(i, j));
+      }
+  switch (profile_.grad_exchange) {
+    case GradExchange::RING_ALL_REDUCE:
+      g.dp_lat_s = g.ring_lat_s;
+      g.dp_s_per_gb = g.ring_s_per_gb;
+      break;
+    case GradExchange::ALL_GATHER:
+      g.dp_lat_s = g.gather_lat_s;
+      g.dp_s_per_gb = g.gather_s_per_gb;
+      break;
+    case GradExchange::POWERSGD:
+      g.dp_lat_s = g.ring_lat_s + 2 * g.gather_lat_s;
+      g.dp_s_per_gb = g.gather_s_per_gb;
+      break;
+  }
   return g;
+}
+
+std::pair<double, double> GeopipeCostModel::stageParams(int s, int p, int first, int last) const {
+  double params = profile_.params(first, last);
+  double vectors = profile_.vectorParams(first, last);
+  if (s == 0) params += profile_.embed_params;
+  if (s == p - 1) {
+    params += profile_.head_params;
+    vectors += profile_.head_vector_params;
+    // One stage: a tied head is the embedding's tensor, not a copy.
+    if (p == 1) params -= profile_.tied_params;
+  }
+  return {params, vectors};
+}
+
+double GeopipeCostModel::tiedSeconds(const GroupStats& first, const GroupStats& last, int p) const {
+  if (p < 2 || profile_.tied_params <= 0) return 0;
+  // allReduceSum over the two members {owner, user}: each sends half of the
+  // fp32 gradient (G/2), then the other half summed, as soon as the peer's
+  // first half arrives (1 MB chunks). Direction i -> j ends when i has
+  // serialised all G bytes or, later, when j's first half has reached i and
+  // i's second half follows it; then α_ij to arrive. The runtime pairs the
+  // replica's own devices; the model takes the slowest pair of the groups.
+  const double gb = 4 * profile_.tied_params / 1e9;
+  double t = 0;
+  for (int i : first.devices)
+    for (int j : last.devices) {
+      auto way = [&](int a, int b) {
+        return network_->latencyS(a, b) +
+               std::max(network_->transferS(a, b, gb) - network_->latencyS(a, b),
+                        network_->transferS(b, a, gb / 2));
+      };
+      t = std::max({t, way(i, j), way(j, i)});
+    }
+  return t;
+}
+
+GeopipeCostModel::StepBytes GeopipeCostModel::stepBytes(
+    const std::vector<std::pair<int, int>>& layers) const {
+  StepBytes b;
+  const int p = static_cast<int>(layers.size());
+  const double samples = static_cast<double>(micro_batches_) * profile_.micro_batch;
+  b.boundary_fwd = samples * profile_.act_fwd_wire_bytes;
+  b.boundary_bwd = samples * profile_.act_bwd_wire_bytes;
+  for (int s = 0; s < p; ++s) {
+    const auto [params, vectors] = stageParams(s, p, layers[s].first, layers[s].second);
+    b.dp.push_back(profile_.dpBytes(params, vectors));
+  }
+  if (p > 1) b.tied = 4 * profile_.tied_params;
+  return b;
 }
 
 Eigen::MatrixXd GeopipeCostModel::pathWeights(
@@ -277,9 +353,7 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     // Memory: weights + grads + optimizer state of the stage's parameters
     // (embedding on the first stage, head on the last), plus activations of
     // the micro-batches in flight: GPipe keeps all M, 1F1B at most p − s.
-    double params = profile_.params(first, first + count[s]);
-    if (s == 0) params += profile_.embed_params;
-    if (s == p - 1) params += profile_.head_params;
+    const auto [params, vector_params] = stageParams(s, p, first, first + count[s]);
     // AC-SGD stores kept in memory (buffer_store: memory) add theirs.
     const int in_flight = schedule_ == "gpipe" ? M : std::min(M, p - s);
     const double state = params * profile_.state_bytes_per_param;
@@ -301,10 +375,16 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
                            " store", stores > 1 ? "s" : "", ")");
       }
     }
-    // Data-parallel all-reduce of the stage's gradients, priced on the wire
-    // after compression. It starts when the stage's last backward is done.
-    const double gb = params * profile_.grad_wire_bytes_per_param / 1e9;
-    dp_stage[s] = stats[s].dp_lat_s + gb * stats[s].dp_s_per_gb;
+    // Data-parallel exchange of the stage's gradients as GradientSync runs
+    // it (ring all-reduce, all-gather(s) or both), priced on the wire after
+    // compression. It starts when the stage's last backward is done.
+    const DpBytes bytes = profile_.dpBytes(params, vector_params);
+    dp_stage[s] = 0;
+    if (bytes.ring_bytes > 0)
+      dp_stage[s] += stats[s].ring_lat_s + bytes.ring_bytes / 1e9 * stats[s].ring_s_per_gb;
+    if (bytes.gathers > 0)
+      dp_stage[s] += bytes.gathers * stats[s].gather_lat_s +
+                     bytes.gather_bytes / 1e9 * stats[s].gather_s_per_gb;
     t_stage[s] = t;
     first += count[s];
   }
@@ -319,11 +399,17 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   // overlaps that drain, so only what sticks out past the end of stage 0's
   // backward adds to the step (checked against the emulator: a plain
   // max_s DP_s overpredicted world-wide placements by up to 50%).
-  double drain = 0;
+  // A tied embedding's sum (first and last stage of each replica) starts
+  // when both stages have exchanged their gradients and holds both up.
+  double drain = 0, done_first = 0, done_last = 0;
   for (int s = 0; s < p; ++s) {
     dp = std::max(dp, dp_stage[s] - drain);
+    if (s == 0) done_first = dp_stage[s];
+    if (s == p - 1) done_last = dp_stage[s] - drain;
     if (s + 1 < p) drain += t_stage[s] * 2.0 / 3.0 + 0.5 * edges[s];
   }
+  const double tied = tiedSeconds(stats.front(), stats.back(), p);
+  if (tied > 0) dp = std::max(dp, std::max(done_first, done_last) + tied);
   // After the first micro-batch, each further one follows at the pace of
   // the slowest resource (checked against the link emulator, see
   // docs/scheduler.md "Step time"):
