@@ -25,6 +25,27 @@ std::vector<std::pair<int, int>> evenLayers(int layers, int p) {
   }
   return out;
 }
+// A lower bound of the bottleneck matching of f between two disjoint
+// groups given by one device per site (f set by the two sites):
+// max(max_i min_j f(i, j), max_j min_i f(i, j)). Every replica's device of
+// one group is paired with one of the other, so some pair costs at least
+// this; it is what the pairing costs when each device's partner is its
+// cheapest, as the scheduler's matchings of nearby replicas make it.
+template <typename F>
+double pairedBound(const std::vector<int>& a, const std::vector<int>& b, F f) {
+  double lb = 0;
+  for (int i : a) {
+    double m = kInf;
+    for (int j : b) m = std::min(m, f(i, j));
+    lb = std::max(lb, m);
+  }
+  for (int j : b) {
+    double m = kInf;
+    for (int i : a) m = std::min(m, f(i, j));
+    lb = std::max(lb, m);
+  }
+  return lb;
+}
 }  // namespace
 
 CostModel::CostModel(std::shared_ptr<const Network> network,
@@ -195,7 +216,11 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   // slowest ordered pair: α_max + 8·G/β_min over all pairs.
   GroupStats g;
   const int d = static_cast<int>(devices.size());
-  g.devices = devices;
+  for (int i : devices) {
+    bool seen = false;
+    for (int j : g.site_devices) seen = seen || network_->site(j) == network_->site(i);
+    if (!seen) g.site_devices.push_back(i);
+  }
   g.min_tflops = kInf;
   g.min_memory_gb = kInf;
   for (int i : devices) {
@@ -259,19 +284,39 @@ double GeopipeCostModel::tiedSeconds(const GroupStats& first, const GroupStats& 
   // fp32 gradient (G/2), then the other half summed, as soon as the peer's
   // first half arrives (1 MB chunks). Direction i -> j ends when i has
   // serialised all G bytes or, later, when j's first half has reached i and
-  // i's second half follows it; then α_ij to arrive. The runtime pairs the
-  // replica's own devices; the model takes the slowest pair of the groups.
+  // i's second half follows it; then α_ij to arrive. Each replica pairs its
+  // own two devices; the model takes pairedBound over the groups.
   const double gb = 4 * profile_.tied_params / 1e9;
+  auto way = [&](int a, int b) {
+    return network_->latencyS(a, b) +
+           std::max(network_->transferS(a, b, gb) - network_->latencyS(a, b),
+                    network_->transferS(b, a, gb / 2));
+  };
+  return pairedBound(first.site_devices, last.site_devices,
+                     [&](int i, int j) { return std::max(way(i, j), way(j, i)); });
+}
+
+double GeopipeCostModel::scalarSyncSeconds(const std::vector<GroupStats>& stats) const {
+  // A scalar all-reduce is a direct all-gather of 8 bytes: the slowest
+  // latency between two members. Over a replica's stages: pairedBound of
+  // the latency (both ways) for every two groups.
   double t = 0;
-  for (int i : first.devices)
-    for (int j : last.devices) {
-      auto way = [&](int a, int b) {
-        return network_->latencyS(a, b) +
-               std::max(network_->transferS(a, b, gb) - network_->latencyS(a, b),
-                        network_->transferS(b, a, gb / 2));
-      };
-      t = std::max({t, way(i, j), way(j, i)});
-    }
+  const int p = static_cast<int>(stats.size());
+  if (profile_.pp_scalar_syncs > 0 && p > 1) {
+    double lat = 0;
+    for (int a = 0; a < p; ++a)
+      for (int b = a + 1; b < p; ++b)
+        lat = std::max(lat,
+                       pairedBound(stats[a].site_devices, stats[b].site_devices, [&](int i, int j) {
+                         return std::max(network_->latencyS(i, j), network_->latencyS(j, i));
+                       }));
+    t += profile_.pp_scalar_syncs * lat;
+  }
+  if (profile_.dp_scalar_syncs > 0) {
+    double lat = 0;
+    for (const GroupStats& g : stats) lat = std::max(lat, g.gather_lat_s);
+    t += profile_.dp_scalar_syncs * lat;
+  }
   return t;
 }
 
@@ -410,6 +455,9 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   }
   const double tied = tiedSeconds(stats.front(), stats.back(), p);
   if (tied > 0) dp = std::max(dp, std::max(done_first, done_last) + tied);
+  // The scalar all-reduces (gradient norm, fp16's overflow flag) hold every
+  // tasklet up once per step, each one latency.
+  dp += scalarSyncSeconds(stats);
   // After the first micro-batch, each further one follows at the pace of
   // the slowest resource (checked against the link emulator, see
   // docs/scheduler.md "Step time"):

@@ -29,7 +29,9 @@ struct GroupStats {
   // gather_lat_s + G·gather_s_per_gb (the slowest ordered pair's α and 8/β).
   double ring_lat_s = 0, ring_s_per_gb = 0;
   double gather_lat_s = 0, gather_s_per_gb = 0;
-  std::vector<int> devices;  // geopipe: the group (tied-weight exchange)
+  // geopipe: one device of each site the group uses. Links are set by the
+  // two sites, so pairs of these give every link between two groups.
+  std::vector<int> site_devices;
   double min_tflops = 0;    // slowest device of the group
   double min_memory_gb = 0; // smallest device memory of the group (GiB)
   // The device that sets the group's data-parallel cost (dtfm: the i of the
@@ -186,6 +188,9 @@ class GeopipeCostModel : public CostModel {
   // Seconds of the tied-weight sum between the devices of the first and the
   // last stage (the slowest pair); 0 when untied or with one stage.
   double tiedSeconds(const GroupStats& first, const GroupStats& last, int p) const;
+  // Seconds of the per-step scalar all-reduces (ModelProfile::pp_scalar_syncs
+  // over a replica's stages, dp_scalar_syncs over a stage's replicas).
+  double scalarSyncSeconds(const std::vector<GroupStats>& stats) const;
 
   std::string schedule_;  // gpipe | 1f1b
   int micro_batches_;     // M per replica per step

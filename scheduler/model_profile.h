@@ -78,6 +78,12 @@ struct ModelProfile {
   // included; PowerSGD: the factors, per parameter of the matrices).
   GradExchange grad_exchange = GradExchange::RING_ALL_REDUCE;
   double grad_wire_bytes_per_param = 4;
+  // Scalar all-reduces every step (allReduceScalarSum: 8 bytes to every
+  // other member, one latency each): over a replica's stages, the global
+  // gradient norm (training.grad_clip > 0) and fp16's overflow flag; over a
+  // stage's replicas, fp16's overflow flag.
+  int pp_scalar_syncs = 0;
+  int dp_scalar_syncs = 0;
   // Bytes per value of model.dtype (fp32 4, bf16/fp16 2): what the runtime
   // computes in and, with method none, sends between stages.
   int dtype_bytes = 4;

@@ -101,6 +101,72 @@ TEST(GeopipeModel, CommunicationHidesBehindComputeUntilItDominates) {
   EXPECT_NEAR(c2.cost, c2.eval.breakdown.total(), 1e-12);
 }
 
+// One stage of 4 replicas on one site (α 5 ms, 1 Gbps): the dense
+// exchange is the ring all-reduce, a compressed one the direct all-gather
+// GradientSync runs (each member's blob to the 3 others, one hop), PowerSGD
+// the ring for 1-D tensors plus two all-gathers.
+TEST(GeopipeModel, PricesTheGradientExchangeEachMethodRuns) {
+  TopologySpec t = fastSite(4, 100, 1);
+  t.sites[0].intra = {5, 1};
+  t.site_links = {{t.sites[0].intra}};
+  auto dpOf = [&](const std::string& method) {
+    JobSpec job = gptJob(t, 1, 4);
+    job.compression.gradients.method = method;
+    job.compression.gradients.bits = 8;
+    auto net = std::make_shared<const Network>(job.topology);
+    const ModelProfile prof = ModelProfile::fromJob(job);
+    GeopipeCostModel model(net, prof, 1, 4, "1f1b");
+    Evaluator ev(model);
+    const double params = prof.params(0, prof.numLayers()) + prof.embed_params + prof.head_params;
+    const double vectors = prof.vectorParams(0, prof.numLayers()) + prof.head_vector_params;
+    return std::make_tuple(ev.make({0, 0, 0, 0}).eval.breakdown.dp_comm_s, params, vectors,
+                           prof.grad_wire_bytes_per_param);
+  };
+  const double a = 0.005, s_per_gb = 8.0;  // 1 Gbps
+  auto [dense, params, vectors, b_dense] = dpOf("none");
+  EXPECT_NEAR(dense, 2 * 3 * (a + s_per_gb * 4 * params / 4 / 1e9), 1e-9);
+  auto [quant, p2, v2, b_quant] = dpOf("quantize");
+  EXPECT_DOUBLE_EQ(b_quant, 1 + 4.0 / 256);
+  EXPECT_NEAR(quant, a + s_per_gb * b_quant * params / 1e9, 1e-9);
+  auto [power, p3, v3, b_power] = dpOf("powersgd");
+  EXPECT_NEAR(power,
+              2 * 3 * (a + s_per_gb * 4 * vectors / 4 / 1e9) + 2 * a +
+                  s_per_gb * b_power * (params - vectors) / 1e9,
+              1e-9);
+  // Bytes each member sends: 2(D-1)/D of the ring's, (D-1) blobs gathered.
+  ModelProfile prof;
+  prof.grad_exchange = GradExchange::ALL_GATHER;
+  prof.grad_wire_bytes_per_param = 1;
+  EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);
+  prof.grad_exchange = GradExchange::RING_ALL_REDUCE;
+  EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);  // 1.75 x 4 bytes
+}
+
+// Two sites, 50 ms and 1 Gbps apart: a tied model across two stages adds
+// the tied sum after the exchanges, gradient clipping one latency between
+// the stages; neither with one stage, nor untied / unclipped.
+TEST(GeopipeModel, PricesTheTiedSumAndTheScalarAllReduces) {
+  TopologySpec t = testing::randomTopology(2, 5);
+  for (auto& d : t.devices) d.memory_gb = 80;
+  t.site_links[0][1] = t.site_links[1][0] = {50, 1};
+  auto step = [&](const std::string& kind, double clip) {
+    JobSpec job = gptJob(t, 2, 1);
+    job.model.kind = kind;
+    job.model.vocab = 1000;
+    job.model.max_positions = job.model.seq_len;
+    job.training.grad_clip = clip;
+    auto net = std::make_shared<const Network>(job.topology);
+    GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 1, "1f1b");
+    Evaluator ev(model);
+    return ev.make({0, 1}).eval.breakdown.dp_comm_s;
+  };
+  EXPECT_EQ(step("gpt", 0), 0.0);
+  EXPECT_NEAR(step("gpt", 1.0), 0.050, 1e-12);
+  // 1000 x 256 fp32 = 1.024 MB each way: 50 ms + max(8.192 ms, 50 + 4.096 ms).
+  EXPECT_NEAR(step("gpt2", 0), 0.050 + 0.050 + 0.004096, 1e-9);
+  EXPECT_NEAR(step("gpt2", 1.0), 0.050 + 0.050 + 0.004096 + 0.050, 1e-9);
+}
+
 TEST(GeopipeModel, AsymmetricLinksPriceEachDirection) {
   TopologySpec t = testing::randomTopology(2, 3, /*symmetric=*/false);
   t.site_links[0][1] = {10, 10};  // forward fast
