@@ -402,7 +402,17 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     // AC-SGD stores kept in memory (buffer_store: memory) add theirs.
     const int in_flight = schedule_ == "gpipe" ? M : std::min(M, p - s);
     const double state = params * profile_.state_bytes_per_param;
-    const double acts = in_flight * mb * profile_.actMemPerSample(first, first + count[s]);
+    double acts = in_flight * mb * profile_.actMemPerSample(first, first + count[s]);
+    // 16-bit compute (model.dtype bf16/fp16): autocast casts the weights of
+    // every matrix product (the blocks' and the LM head's, not the embedding
+    // lookup) for each micro-batch's forward, and that micro-batch's graph
+    // keeps the copies until its backward: in_flight copies of them.
+    if (profile_.dtype_bytes < 4) {
+      double cast =
+          profile_.params(first, first + count[s]) - profile_.vectorParams(first, first + count[s]);
+      if (s == p - 1) cast += profile_.head_params - profile_.head_vector_params;
+      acts += in_flight * profile_.dtype_bytes * cast;
+    }
     const int stores = profile_.acsgd.in_memory ? AcsgdStores::storesAt(s, p) : 0;
     const double buffers = stores * profile_.acsgd.store_bytes;
     const double mem = state + acts + buffers;

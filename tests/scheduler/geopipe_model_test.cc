@@ -167,6 +167,32 @@ TEST(GeopipeModel, PricesTheTiedSumAndTheScalarAllReduces) {
   EXPECT_NEAR(step("gpt2", 1.0), 0.050 + 0.050 + 0.004096 + 0.050, 1e-9);
 }
 
+// Memory follows model.dtype: fp32 stores activations at twice the 16-bit
+// bytes; bf16 stores them at 16 bit but keeps, for each micro-batch in
+// flight, the 16-bit copies autocast made of the matrices' weights.
+TEST(GeopipeModel, MemoryFollowsTheComputeDtype) {
+  auto memoryOf = [&](const std::string& dtype) {
+    JobSpec job = gptJob(fastSite(2), 2, 1);
+    job.model.dtype = dtype;
+    auto net = std::make_shared<const Network>(job.topology);
+    const ModelProfile prof = ModelProfile::fromJob(job);
+    GeopipeCostModel model(net, prof, 2, 1, "1f1b");
+    Evaluator ev(model);
+    const Candidate c = ev.make({0, 1});
+    const auto [first, last] = c.eval.layers[0];
+    const double params = prof.params(first, last) + prof.embed_params;
+    const double matrices = prof.params(first, last) - prof.vectorParams(first, last);
+    const double in_flight = 2;  // 1F1B, stage 0 of 2
+    return std::make_tuple(c.eval.stage_memory_bytes[0], params * prof.state_bytes_per_param,
+                           in_flight * matrices, in_flight * prof.actMemPerSample(first, last));
+  };
+  auto [fp32, state32, mat32, act32] = memoryOf("fp32");
+  auto [bf16, state16, mat16, act16] = memoryOf("bf16");
+  EXPECT_DOUBLE_EQ(act32, 2 * act16);
+  EXPECT_NEAR(fp32, state32 + act32, 1e-6 * fp32);
+  EXPECT_NEAR(bf16, state16 + act16 + 2 * mat16, 1e-6 * bf16);
+}
+
 TEST(GeopipeModel, AsymmetricLinksPriceEachDirection) {
   TopologySpec t = testing::randomTopology(2, 3, /*symmetric=*/false);
   t.site_links[0][1] = {10, 10};  // forward fast
