@@ -296,28 +296,14 @@ double GeopipeCostModel::tiedSeconds(const GroupStats& first, const GroupStats& 
                      [&](int i, int j) { return std::max(way(i, j), way(j, i)); });
 }
 
-double GeopipeCostModel::scalarSyncSeconds(const std::vector<GroupStats>& stats) const {
-  // A scalar all-reduce is a direct all-gather of 8 bytes: the slowest
-  // latency between two members. Over a replica's stages: pairedBound of
-  // the latency (both ways) for every two groups.
-  double t = 0;
-  const int p = static_cast<int>(stats.size());
-  if (profile_.pp_scalar_syncs > 0 && p > 1) {
-    double lat = 0;
-    for (int a = 0; a < p; ++a)
-      for (int b = a + 1; b < p; ++b)
-        lat = std::max(lat,
-                       pairedBound(stats[a].site_devices, stats[b].site_devices, [&](int i, int j) {
-                         return std::max(network_->latencyS(i, j), network_->latencyS(j, i));
-                       }));
-    t += profile_.pp_scalar_syncs * lat;
+std::vector<double> GeopipeCostModel::latencyToFirst(const std::vector<GroupStats>& stats) const {
+  std::vector<double> lat(stats.size(), 0.0);
+  for (size_t s = 1; s < stats.size(); ++s) {
+    lat[s] = pairedBound(stats[s].site_devices, stats[0].site_devices, [&](int i, int j) {
+      return std::max(network_->latencyS(i, j), network_->latencyS(j, i));
+    });
   }
-  if (profile_.dp_scalar_syncs > 0) {
-    double lat = 0;
-    for (const GroupStats& g : stats) lat = std::max(lat, g.gather_lat_s);
-    t += profile_.dp_scalar_syncs * lat;
-  }
-  return t;
+  return lat;
 }
 
 GeopipeCostModel::StepBytes GeopipeCostModel::stepBytes(
@@ -454,20 +440,38 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   // overlaps that drain, so only what sticks out past the end of stage 0's
   // backward adds to the step (checked against the emulator: a plain
   // max_s DP_s overpredicted world-wide placements by up to 50%).
-  // A tied embedding's sum (first and last stage of each replica) starts
-  // when both stages have exchanged their gradients and holds both up.
-  double drain = 0, done_first = 0, done_last = 0;
+  // Each stage's exchange ends done[s] after stage 0's backward. A tied
+  // embedding's sum (first and last stage of each replica) starts when both
+  // have exchanged and holds both up.
+  double drain = 0;
+  std::vector<double> done(p), drained(p);
   for (int s = 0; s < p; ++s) {
-    dp = std::max(dp, dp_stage[s] - drain);
-    if (s == 0) done_first = dp_stage[s];
-    if (s == p - 1) done_last = dp_stage[s] - drain;
+    drained[s] = drain;
+    done[s] = dp_stage[s] - drain;
     if (s + 1 < p) drain += t_stage[s] * 2.0 / 3.0 + 0.5 * edges[s];
   }
   const double tied = tiedSeconds(stats.front(), stats.back(), p);
-  if (tied > 0) dp = std::max(dp, std::max(done_first, done_last) + tied);
-  // The scalar all-reduces (gradient norm, fp16's overflow flag) hold every
-  // tasklet up once per step, each one latency.
-  dp += scalarSyncSeconds(stats);
+  if (tied > 0) done[0] = done[p - 1] = std::max(done[0], done[p - 1]) + tied;
+  // Scalar all-reduces over a replica's stages (8 bytes to every other
+  // stage): each stage sends its value when it gets there, so the one that
+  // matters is stage 0's wait for the others' values, sent earlier by their
+  // drain; the others' wait for stage 0's hides behind the next step's first
+  // activations, which cross the same links after stage 0 has started it.
+  const std::vector<double> lat0 = (profile_.norm_sync || profile_.overflow_sync)
+                                       ? latencyToFirst(stats)
+                                       : std::vector<double>(p, 0.0);
+  double shift = 0;  // fp16's flags, before the exchanges
+  if (profile_.overflow_sync) {
+    for (int s = 1; s < p; ++s) shift = std::max(shift, lat0[s] - drained[s]);
+    double replicas = 0;  // then over each stage's replicas, at once
+    for (const GroupStats& g : stats) replicas = std::max(replicas, g.gather_lat_s);
+    shift += replicas;
+  }
+  for (int s = 0; s < p; ++s) {
+    dp = std::max(dp, shift + done[s]);
+    if (profile_.norm_sync && s > 0) dp = std::max(dp, shift + done[s] + lat0[s]);
+  }
+
   // After the first micro-batch, each further one follows at the pace of
   // the slowest resource (checked against the link emulator, see
   // docs/scheduler.md "Step time"):

@@ -153,8 +153,9 @@ class DtfmCostModel : public CostModel {
 // direction's share of the boundary bytes and W the schedule's in-flight
 // window (1F1B: D_pp, GPipe: M); each stage's gradient exchange (ring
 // all-reduce, all-gather or PowerSGD's, as GradientSync runs it) overlaps
-// the backward drain below it, and a tied embedding's two-stage sum follows
-// the first and last stage's exchanges.
+// the backward drain below it, a tied embedding's two-stage sum follows
+// the first and last stage's exchanges, and the per-step scalar all-reduces
+// (gradient norm, fp16's flags) add what their latency does not hide.
 // Layers are split unevenly to balance the stages' speeds; memory per device
 // (weights + optimizer state + in-flight activations of the schedule) must
 // fit or the candidate is infeasible.
@@ -188,9 +189,9 @@ class GeopipeCostModel : public CostModel {
   // Seconds of the tied-weight sum between the devices of the first and the
   // last stage (the slowest pair); 0 when untied or with one stage.
   double tiedSeconds(const GroupStats& first, const GroupStats& last, int p) const;
-  // Seconds of the per-step scalar all-reduces (ModelProfile::pp_scalar_syncs
-  // over a replica's stages, dp_scalar_syncs over a stage's replicas).
-  double scalarSyncSeconds(const std::vector<GroupStats>& stats) const;
+  // Latency between the devices of stage s and stage 0 of a replica
+  // (pairedBound of max(α_ij, α_ji) over the two groups), per stage.
+  std::vector<double> latencyToFirst(const std::vector<GroupStats>& stats) const;
 
   std::string schedule_;  // gpipe | 1f1b
   int micro_batches_;     // M per replica per step

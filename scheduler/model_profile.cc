@@ -187,11 +187,8 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
     p.grad_wire_bytes_per_param = 4;  // fp32 gradients, whatever the dtype
   }
   // Tasklet::runStep's scalar all-reduces.
-  if (job.training.grad_clip > 0) ++p.pp_scalar_syncs;
-  if (m.dtype == "fp16") {
-    ++p.pp_scalar_syncs;
-    ++p.dp_scalar_syncs;
-  }
+  p.norm_sync = job.training.grad_clip > 0;
+  p.overflow_sync = m.dtype == "fp16";
   // Weights + gradients + optimizer state. AdamW keeps fp32 master weights
   // and two moments: 16 bytes/param in mixed precision (2+2+12) and in fp32
   // (4+4+8). SGD: weights + grads (+ momentum).

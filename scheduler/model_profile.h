@@ -79,11 +79,11 @@ struct ModelProfile {
   GradExchange grad_exchange = GradExchange::RING_ALL_REDUCE;
   double grad_wire_bytes_per_param = 4;
   // Scalar all-reduces every step (allReduceScalarSum: 8 bytes to every
-  // other member, one latency each): over a replica's stages, the global
-  // gradient norm (training.grad_clip > 0) and fp16's overflow flag; over a
-  // stage's replicas, fp16's overflow flag.
-  int pp_scalar_syncs = 0;
-  int dp_scalar_syncs = 0;
+  // other member, one latency): the global gradient norm over a replica's
+  // stages after the exchanges (training.grad_clip > 0); fp16's overflow
+  // flag over the stages, then over the stage's replicas, before them.
+  bool norm_sync = false;
+  bool overflow_sync = false;
   // Bytes per value of model.dtype (fp32 4, bf16/fp16 2): what the runtime
   // computes in and, with method none, sends between stages.
   int dtype_bytes = 4;
