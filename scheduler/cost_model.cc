@@ -216,10 +216,15 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   // slowest ordered pair: α_max + 8·G/β_min over all pairs.
   GroupStats g;
   const int d = static_cast<int>(devices.size());
+  // Links are set by the two sites, so the group's pairs are priced from
+  // one device of each site plus a second one of each site holding two or
+  // more (their intra-site link): O(sites^2) instead of O(D^2).
+  std::vector<int> reps;
   for (int i : devices) {
-    bool seen = false;
-    for (int j : g.site_devices) seen = seen || network_->site(j) == network_->site(i);
-    if (!seen) g.site_devices.push_back(i);
+    int same = 0;
+    for (int j : reps) same += network_->site(j) == network_->site(i) ? 1 : 0;
+    if (same == 0) g.site_devices.push_back(i);
+    if (same < 2) reps.push_back(i);
   }
   g.min_tflops = kInf;
   g.min_memory_gb = kInf;
@@ -241,8 +246,8 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   }
   g.ring_lat_s = 2.0 * (d - 1) * lat;
   g.ring_s_per_gb = 2.0 * (d - 1) / d * per_gb;
-  for (int i : devices)
-    for (int j : devices)
+  for (int i : reps)
+    for (int j : reps)
       if (i != j) {
         g.gather_lat_s = std::max(g.gather_lat_s, network_->latencyS(i, j));
         g.gather_s_per_gb =

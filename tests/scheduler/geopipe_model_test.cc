@@ -2,11 +2,14 @@
 // asymmetric links and the shape search.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "geopipe/error.h"
 #include "scheduler/evaluator.h"
 #include "scheduler/planner.h"
+#include "scheduler/scenarios.h"
 #include "test_util.h"
 
 namespace geopipe::scheduler {
@@ -140,6 +143,33 @@ TEST(GeopipeModel, PricesTheGradientExchangeEachMethodRuns) {
   EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);
   prof.grad_exchange = GradExchange::RING_ALL_REDUCE;
   EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);  // 1.75 x 4 bytes
+}
+
+// GroupStats prices a group's pairs from one or two devices per site (links
+// are set by the sites): the same all-gather terms as every ordered pair.
+TEST(GeopipeModel, GatherStatsFromSitesEqualEveryPair) {
+  JobSpec job = paperJob(2);  // spot: machines of 1-4 GPUs at many sites
+  job.scheduler.cost_model = "geopipe";
+  auto net = std::make_shared<const Network>(job.topology);
+  GeopipeCostModel model(net, ModelProfile::fromJob(job), 8, 8, "1f1b");
+  std::mt19937_64 rng(5);
+  std::vector<int> all(net->size());
+  for (int i = 0; i < net->size(); ++i) all[i] = i;
+  for (int trial = 0; trial < 50; ++trial) {
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int> group(all.begin(), all.begin() + 2 + trial % 14);
+    std::sort(group.begin(), group.end());
+    const GroupStats g = model.groupStats(group);
+    double lat = 0, per_gb = 0;
+    for (int i : group)
+      for (int j : group)
+        if (i != j) {
+          lat = std::max(lat, net->latencyS(i, j));
+          per_gb = std::max(per_gb, net->transferS(i, j, 1.0) - net->latencyS(i, j));
+        }
+    EXPECT_DOUBLE_EQ(g.gather_lat_s, lat);
+    EXPECT_DOUBLE_EQ(g.gather_s_per_gb, per_gb);
+  }
 }
 
 // Two sites, 50 ms and 1 Gbps apart: a tied model across two stages adds
