@@ -10,7 +10,9 @@
 namespace geopipe::scheduler {
 
 // One tasklet: a slice [first_layer, last_layer) trained by `device` on
-// replica `replica`'s shard of the batch.
+// replica `replica`'s shard of the batch. The layers are the model's, as the
+// runtime numbers them (modelLayerRanges): layer 0 the embedding, then the
+// blocks, the LM head last, so `plan`, `train` and `launch` print the same.
 struct Tasklet {
   int stage = 0;
   int replica = 0;
@@ -39,11 +41,21 @@ struct Allocation {
   int d_pp = 0;
   int d_dp = 0;
   std::vector<std::vector<int>> stages;
-  std::vector<std::pair<int, int>> layers;  // [first, last) per stage
-  std::vector<int> idle;                    // devices left unused
+  // Blocks [first, last) per stage: indices into model.layers (the body),
+  // without the embedding and head that ride on the first and last stage.
+  std::vector<std::pair<int, int>> layers;
+  std::vector<int> idle;  // devices left unused
 
-  // Tasklets ordered by stage, then replica.
+  // Tasklets ordered by stage, then replica, with model-layer ranges.
   std::vector<Tasklet> tasklets(const TopologySpec& topology) const;
 };
+
+// Model-layer ranges [first, last) of the stages for their body-layer
+// counts, the runtime's numbering: the first `prologue` model layers (a
+// GPT's embedding) go with stage 0, the last `epilogue` ones (final norm and
+// LM head) with the last stage; every built-in model has one of each.
+// Example: 4 blocks over 2 stages are [0, 3) and [3, 6).
+std::vector<std::pair<int, int>> modelLayerRanges(const std::vector<int>& body_per_stage,
+                                                  int prologue = 1, int epilogue = 1);
 
 }  // namespace geopipe::scheduler

@@ -25,6 +25,27 @@ std::vector<std::pair<int, int>> evenLayers(int layers, int p) {
   }
   return out;
 }
+// A lower bound of the bottleneck matching of f between two disjoint
+// groups given by one device per site (f set by the two sites):
+// max(max_i min_j f(i, j), max_j min_i f(i, j)). Every replica's device of
+// one group is paired with one of the other, so some pair costs at least
+// this; it is what the pairing costs when each device's partner is its
+// cheapest, as the scheduler's matchings of nearby replicas make it.
+template <typename F>
+double pairedBound(const std::vector<int>& a, const std::vector<int>& b, F f) {
+  double lb = 0;
+  for (int i : a) {
+    double m = kInf;
+    for (int j : b) m = std::min(m, f(i, j));
+    lb = std::max(lb, m);
+  }
+  for (int j : b) {
+    double m = kInf;
+    for (int i : a) m = std::min(m, f(i, j));
+    lb = std::max(lb, m);
+  }
+  return lb;
+}
 }  // namespace
 
 CostModel::CostModel(std::shared_ptr<const Network> network,
@@ -189,8 +210,22 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   // adjacent, so the ring crosses each site boundary once): 2(D−1) steps,
   // each moving G/D bytes over every ring hop at once, so each step costs the
   // slowest hop: 2(D−1)·(α_max + 8·(G/D)/β_min).
+  // Direct all-gather (allGatherBytes): every member sends its blob to every
+  // other at once, each on its own link (as the topology and the link
+  // emulator model links: per directed pair), so it lasts as long as the
+  // slowest ordered pair: α_max + 8·G/β_min over all pairs.
   GroupStats g;
   const int d = static_cast<int>(devices.size());
+  // Links are set by the two sites, so the group's pairs are priced from
+  // one device of each site plus a second one of each site holding two or
+  // more (their intra-site link): O(sites^2) instead of O(D^2).
+  std::vector<int> reps;
+  for (int i : devices) {
+    int same = 0;
+    for (int j : reps) same += network_->site(j) == network_->site(i) ? 1 : 0;
+    if (same == 0) g.site_devices.push_back(i);
+    if (same < 2) reps.push_back(i);
+  }
   g.min_tflops = kInf;
   g.min_memory_gb = kInf;
   for (int i : devices) {
@@ -209,9 +244,86 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
       g.worst_device = (k & 1) ? i : j;  // either end; alternate
     }
   }
-  g.dp_lat_s = 2.0 * (d - 1) * lat;
-  g.dp_s_per_gb = 2.0 * (d - 1) / d * per_gb;
+  g.ring_lat_s = 2.0 * (d - 1) * lat;
+  g.ring_s_per_gb = 2.0 * (d - 1) / d * per_gb;
+  for (int i : reps)
+    for (int j : reps)
+      if (i != j) {
+        g.gather_lat_s = std::max(g.gather_lat_s, network_->latencyS(i, j));
+        g.gather_s_per_gb =
+            std::max(g.gather_s_per_gb, network_->transferS(i, j, 1.0) - network_->latencyS(i, j));
+      }
+  switch (profile_.grad_exchange) {
+    case GradExchange::RING_ALL_REDUCE:
+      g.dp_lat_s = g.ring_lat_s;
+      g.dp_s_per_gb = g.ring_s_per_gb;
+      break;
+    case GradExchange::ALL_GATHER:
+      g.dp_lat_s = g.gather_lat_s;
+      g.dp_s_per_gb = g.gather_s_per_gb;
+      break;
+    case GradExchange::POWERSGD:
+      g.dp_lat_s = g.ring_lat_s + 2 * g.gather_lat_s;
+      g.dp_s_per_gb = g.gather_s_per_gb;
+      break;
+  }
   return g;
+}
+
+std::pair<double, double> GeopipeCostModel::stageParams(int s, int p, int first, int last) const {
+  double params = profile_.params(first, last);
+  double vectors = profile_.vectorParams(first, last);
+  if (s == 0) params += profile_.embed_params;
+  if (s == p - 1) {
+    params += profile_.head_params;
+    vectors += profile_.head_vector_params;
+    // One stage: a tied head is the embedding's tensor, not a copy.
+    if (p == 1) params -= profile_.tied_params;
+  }
+  return {params, vectors};
+}
+
+double GeopipeCostModel::tiedSeconds(const GroupStats& first, const GroupStats& last, int p) const {
+  if (p < 2 || profile_.tied_params <= 0) return 0;
+  // allReduceSum over the two members {owner, user}: each sends half of the
+  // fp32 gradient (G/2), then the other half summed, as soon as the peer's
+  // first half arrives (1 MB chunks). Direction i -> j ends when i has
+  // serialised all G bytes or, later, when j's first half has reached i and
+  // i's second half follows it; then α_ij to arrive. Each replica pairs its
+  // own two devices; the model takes pairedBound over the groups.
+  const double gb = 4 * profile_.tied_params / 1e9;
+  auto way = [&](int a, int b) {
+    return network_->latencyS(a, b) +
+           std::max(network_->transferS(a, b, gb) - network_->latencyS(a, b),
+                    network_->transferS(b, a, gb / 2));
+  };
+  return pairedBound(first.site_devices, last.site_devices,
+                     [&](int i, int j) { return std::max(way(i, j), way(j, i)); });
+}
+
+std::vector<double> GeopipeCostModel::latencyToFirst(const std::vector<GroupStats>& stats) const {
+  std::vector<double> lat(stats.size(), 0.0);
+  for (size_t s = 1; s < stats.size(); ++s) {
+    lat[s] = pairedBound(stats[s].site_devices, stats[0].site_devices, [&](int i, int j) {
+      return std::max(network_->latencyS(i, j), network_->latencyS(j, i));
+    });
+  }
+  return lat;
+}
+
+GeopipeCostModel::StepBytes GeopipeCostModel::stepBytes(
+    const std::vector<std::pair<int, int>>& layers) const {
+  StepBytes b;
+  const int p = static_cast<int>(layers.size());
+  const double samples = static_cast<double>(micro_batches_) * profile_.micro_batch;
+  b.boundary_fwd = samples * profile_.act_fwd_wire_bytes;
+  b.boundary_bwd = samples * profile_.act_bwd_wire_bytes;
+  for (int s = 0; s < p; ++s) {
+    const auto [params, vectors] = stageParams(s, p, layers[s].first, layers[s].second);
+    b.dp.push_back(profile_.dpBytes(params, vectors));
+  }
+  if (p > 1) b.tied = 4 * profile_.tied_params;
+  return b;
 }
 
 Eigen::MatrixXd GeopipeCostModel::pathWeights(
@@ -277,13 +389,21 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     // Memory: weights + grads + optimizer state of the stage's parameters
     // (embedding on the first stage, head on the last), plus activations of
     // the micro-batches in flight: GPipe keeps all M, 1F1B at most p − s.
-    double params = profile_.params(first, first + count[s]);
-    if (s == 0) params += profile_.embed_params;
-    if (s == p - 1) params += profile_.head_params;
+    const auto [params, vector_params] = stageParams(s, p, first, first + count[s]);
     // AC-SGD stores kept in memory (buffer_store: memory) add theirs.
     const int in_flight = schedule_ == "gpipe" ? M : std::min(M, p - s);
     const double state = params * profile_.state_bytes_per_param;
-    const double acts = in_flight * mb * profile_.actMemPerSample(first, first + count[s]);
+    double acts = in_flight * mb * profile_.actMemPerSample(first, first + count[s]);
+    // 16-bit compute (model.dtype bf16/fp16): autocast casts the weights of
+    // every matrix product (the blocks' and the LM head's, not the embedding
+    // lookup) for each micro-batch's forward, and that micro-batch's graph
+    // keeps the copies until its backward: in_flight copies of them.
+    if (profile_.dtype_bytes < 4) {
+      double cast =
+          profile_.params(first, first + count[s]) - profile_.vectorParams(first, first + count[s]);
+      if (s == p - 1) cast += profile_.head_params - profile_.head_vector_params;
+      acts += in_flight * profile_.dtype_bytes * cast;
+    }
     const int stores = profile_.acsgd.in_memory ? AcsgdStores::storesAt(s, p) : 0;
     const double buffers = stores * profile_.acsgd.store_bytes;
     const double mem = state + acts + buffers;
@@ -301,10 +421,16 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
                            " store", stores > 1 ? "s" : "", ")");
       }
     }
-    // Data-parallel all-reduce of the stage's gradients, priced on the wire
-    // after compression. It starts when the stage's last backward is done.
-    const double gb = params * profile_.grad_wire_bytes_per_param / 1e9;
-    dp_stage[s] = stats[s].dp_lat_s + gb * stats[s].dp_s_per_gb;
+    // Data-parallel exchange of the stage's gradients as GradientSync runs
+    // it (ring all-reduce, all-gather(s) or both), priced on the wire after
+    // compression. It starts when the stage's last backward is done.
+    const DpBytes bytes = profile_.dpBytes(params, vector_params);
+    dp_stage[s] = 0;
+    if (bytes.ring_bytes > 0)
+      dp_stage[s] += stats[s].ring_lat_s + bytes.ring_bytes / 1e9 * stats[s].ring_s_per_gb;
+    if (bytes.gathers > 0)
+      dp_stage[s] += bytes.gathers * stats[s].gather_lat_s +
+                     bytes.gather_bytes / 1e9 * stats[s].gather_s_per_gb;
     t_stage[s] = t;
     first += count[s];
   }
@@ -319,11 +445,38 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   // overlaps that drain, so only what sticks out past the end of stage 0's
   // backward adds to the step (checked against the emulator: a plain
   // max_s DP_s overpredicted world-wide placements by up to 50%).
+  // Each stage's exchange ends done[s] after stage 0's backward. A tied
+  // embedding's sum (first and last stage of each replica) starts when both
+  // have exchanged and holds both up.
   double drain = 0;
+  std::vector<double> done(p), drained(p);
   for (int s = 0; s < p; ++s) {
-    dp = std::max(dp, dp_stage[s] - drain);
+    drained[s] = drain;
+    done[s] = dp_stage[s] - drain;
     if (s + 1 < p) drain += t_stage[s] * 2.0 / 3.0 + 0.5 * edges[s];
   }
+  const double tied = tiedSeconds(stats.front(), stats.back(), p);
+  if (tied > 0) done[0] = done[p - 1] = std::max(done[0], done[p - 1]) + tied;
+  // Scalar all-reduces over a replica's stages (8 bytes to every other
+  // stage): each stage sends its value when it gets there, so the one that
+  // matters is stage 0's wait for the others' values, sent earlier by their
+  // drain; the others' wait for stage 0's hides behind the next step's first
+  // activations, which cross the same links after stage 0 has started it.
+  const std::vector<double> lat0 = (profile_.norm_sync || profile_.overflow_sync)
+                                       ? latencyToFirst(stats)
+                                       : std::vector<double>(p, 0.0);
+  double shift = 0;  // fp16's flags, before the exchanges
+  if (profile_.overflow_sync) {
+    for (int s = 1; s < p; ++s) shift = std::max(shift, lat0[s] - drained[s]);
+    double replicas = 0;  // then over each stage's replicas, at once
+    for (const GroupStats& g : stats) replicas = std::max(replicas, g.gather_lat_s);
+    shift += replicas;
+  }
+  for (int s = 0; s < p; ++s) {
+    dp = std::max(dp, shift + done[s]);
+    if (profile_.norm_sync && s > 0) dp = std::max(dp, shift + done[s] + lat0[s]);
+  }
+
   // After the first micro-batch, each further one follows at the pace of
   // the slowest resource (checked against the link emulator, see
   // docs/scheduler.md "Step time"):

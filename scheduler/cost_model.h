@@ -21,8 +21,17 @@ namespace geopipe::scheduler {
 // cached by the Evaluator.
 struct GroupStats {
   double dp_s = 0;          // dtfm: the group's DataPCost term
-  double dp_lat_s = 0;      // geopipe: ring all-reduce latency part
-  double dp_s_per_gb = 0;   // geopipe: ring all-reduce seconds per GB
+  double dp_lat_s = 0;      // geopipe: the job's exchange, latency part
+  double dp_s_per_gb = 0;   // geopipe: the job's exchange, seconds per GB
+  // geopipe: the two collectives a data-parallel exchange can use (see
+  // GradExchange). Ring all-reduce of G bytes: ring_lat_s + G·ring_s_per_gb;
+  // direct all-gather of a G-byte blob from every member:
+  // gather_lat_s + G·gather_s_per_gb (the slowest ordered pair's α and 8/β).
+  double ring_lat_s = 0, ring_s_per_gb = 0;
+  double gather_lat_s = 0, gather_s_per_gb = 0;
+  // geopipe: one device of each site the group uses. Links are set by the
+  // two sites, so pairs of these give every link between two groups.
+  std::vector<int> site_devices;
   double min_tflops = 0;    // slowest device of the group
   double min_memory_gb = 0; // smallest device memory of the group (GiB)
   // The device that sets the group's data-parallel cost (dtfm: the i of the
@@ -142,8 +151,11 @@ class DtfmCostModel : public CostModel {
 // step = Σ t_s + Σ c_b + (min(M,W)−1)·pace + (M−W)⁺·max(pace, (Σ t_s + Σ c_b)/W)
 //        + exposed DP, with pace = max(t_max, ρ·c_max), ρ the busier link
 // direction's share of the boundary bytes and W the schedule's in-flight
-// window (1F1B: D_pp, GPipe: M); each stage's all-reduce overlaps the
-// backward drain below it.
+// window (1F1B: D_pp, GPipe: M); each stage's gradient exchange (ring
+// all-reduce, all-gather or PowerSGD's, as GradientSync runs it) overlaps
+// the backward drain below it, a tied embedding's two-stage sum follows
+// the first and last stage's exchanges, and the per-step scalar all-reduces
+// (gradient norm, fp16's flags) add what their latency does not hide.
 // Layers are split unevenly to balance the stages' speeds; memory per device
 // (weights + optimizer state + in-flight activations of the schedule) must
 // fit or the candidate is infeasible.
@@ -160,7 +172,27 @@ class GeopipeCostModel : public CostModel {
                         const std::vector<double>& edges) const override;
   int microBatches() const { return micro_batches_; }
 
+  // Bytes one training step puts on the wire as this model prices them, for
+  // a layer split (PathEval::layers). Tests compare them with the bytes the
+  // runtime's transport counts.
+  struct StepBytes {
+    double boundary_fwd = 0;  // activations over one boundary, one replica
+    double boundary_bwd = 0;  // their gradients, the reverse direction
+    std::vector<DpBytes> dp;  // per stage: one member's data-parallel exchange
+    double tied = 0;          // tied weight, each way between stage 0 and the last, per replica
+  };
+  StepBytes stepBytes(const std::vector<std::pair<int, int>>& layers) const;
+
  private:
+  // Parameters and 1-D parameters of stage s of p holding blocks [first, last).
+  std::pair<double, double> stageParams(int s, int p, int first, int last) const;
+  // Seconds of the tied-weight sum between the devices of the first and the
+  // last stage (the slowest pair); 0 when untied or with one stage.
+  double tiedSeconds(const GroupStats& first, const GroupStats& last, int p) const;
+  // Latency between the devices of stage s and stage 0 of a replica
+  // (pairedBound of max(α_ij, α_ji) over the two groups), per stage.
+  std::vector<double> latencyToFirst(const std::vector<GroupStats>& stats) const;
+
   std::string schedule_;  // gpipe | 1f1b
   int micro_batches_;     // M per replica per step
 };

@@ -26,6 +26,31 @@ double ModelProfile::actMemPerSample(int first, int last) const {
   return s;
 }
 
+double ModelProfile::vectorParams(int first, int last) const {
+  double s = 0;
+  for (int l = first; l < last; ++l) s += layers[l].vector_params;
+  return s;
+}
+
+DpBytes ModelProfile::dpBytes(double params, double vector_params) const {
+  DpBytes b;
+  switch (grad_exchange) {
+    case GradExchange::RING_ALL_REDUCE:
+      b.ring_bytes = 4 * params;
+      break;
+    case GradExchange::ALL_GATHER:
+      b.gather_bytes = grad_wire_bytes_per_param * params;
+      b.gathers = 1;
+      break;
+    case GradExchange::POWERSGD:
+      b.ring_bytes = 4 * vector_params;
+      b.gather_bytes = grad_wire_bytes_per_param * (params - vector_params);
+      b.gathers = 2;
+      break;
+  }
+  return b;
+}
+
 namespace {
 
 int dtypeBits(const std::string& dtype) {
@@ -61,6 +86,7 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
   const double heads = std::max(1, m.heads);
   const int bits = dtypeBits(m.dtype);
   ModelProfile p;
+  p.dtype_bytes = bits / 8;
   p.micro_batch = job.training.micro_batch;
   p.global_batch = job.training.global_batch;
   LayerProfile layer;
@@ -68,6 +94,7 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
     // Block: QKV + projection 4h^2+4h, MLP 2fh^2+fh+h, two layer norms 4h.
     const double matmul_params = (4 + 2 * f) * h * h;
     layer.params = matmul_params + (9 + f) * h;
+    layer.vector_params = (9 + f) * h;
     // Forward FLOPs per sample: 2 FLOPs per weight per token, plus attention
     // scores and weighted values 2 * 2 * s^2 * h. Backward is twice forward.
     layer.fwd_flops = 2 * s * matmul_params + 4 * s * s * h;
@@ -76,6 +103,7 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
     layer.act_mem_bytes = s * h * (34 + 5 * heads * s / h) * (bits / 16.0);
     p.embed_params = v * h + s * h;
     p.head_params = v * h + 2 * h;  // untied head + final norm
+    p.head_vector_params = 2 * h;
   } else {
     // The families' real blocks. F = MLP width, kv = key/value width
     // (grouped-query attention: kv_heads x head_dim).
@@ -86,7 +114,8 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
     // LayerNorms; llama: q, o h^2 each, k, v h*kv each, SwiGLU 3hF, two
     // RMSNorms, no biases.
     const double matmul_params = llama ? 2 * h * h + 2 * h * kv + 3 * h * F : 4 * h * h + 2 * h * F;
-    layer.params = matmul_params + (llama ? 2 * h : 3 * h + h + F + h + 4 * h);
+    layer.vector_params = llama ? 2 * h : 3 * h + h + F + h + 4 * h;
+    layer.params = matmul_params + layer.vector_params;
     layer.fwd_flops = 2 * s * matmul_params + 4 * s * s * h;
     // Stored activations per sample, 16-bit, in Korthikanti et al.'s terms
     // generalised to the MLP width and the key/value width: attention 2sh
@@ -104,6 +133,8 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
     // last stage still keeps a copy (summed with the embedding's gradient
     // every step), so it costs the same memory and data-parallel bytes.
     p.head_params = v * h + (llama ? h : 2 * h);
+    p.head_vector_params = llama ? h : 2 * h;
+    if (m.tiedEmbeddings()) p.tied_params = v * h;
   }
   layer.bwd_flops = 2 * layer.fwd_flops;
   p.layers.assign(m.layers, layer);
@@ -133,22 +164,31 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
   } else {
     p.act_bwd_wire_bytes = elems * bits / 8.0;
   }
+  // The data-parallel exchange as GradientSync runs it (see GradExchange).
   const auto& g = job.compression.gradients;
+  p.grad_exchange = g.method == "none"       ? GradExchange::RING_ALL_REDUCE
+                    : g.method == "powersgd" ? GradExchange::POWERSGD
+                                             : GradExchange::ALL_GATHER;
   if (g.method == "fp16") {
     p.grad_wire_bytes_per_param = 2;
   } else if (g.method == "quantize") {
-    p.grad_wire_bytes_per_param = g.bits / 8.0;
+    // b-bit codes and one fp32 scale per group of 256 (the gradient
+    // compressor's quantizer, compression/gradient_compressor.h).
+    p.grad_wire_bytes_per_param = g.bits / 8.0 + 4.0 / 256;
   } else if (g.method == "topk") {
-    // value (fp32) + index (int32) per kept entry.
+    // value (fp32) + index (u32) per kept entry.
     p.grad_wire_bytes_per_param = g.ratio * 8.0;
   } else if (g.method == "powersgd") {
     // Rank-r factors P (m x r) and Q (n x r) of an m x n block matrix
-    // (h x f*h): 4*r*(m+n)/(m*n) bytes per parameter.
+    // (h x f*h): 4*r*(m+n)/(m*n) bytes per parameter of the matrices.
     const double width = m.isFamily() ? m.ffnWidth() : f * h;
     p.grad_wire_bytes_per_param = std::min(4.0, 4.0 * g.rank * (h + width) / (width * h));
   } else {
-    p.grad_wire_bytes_per_param = 4;  // fp32 gradients
+    p.grad_wire_bytes_per_param = 4;  // fp32 gradients, whatever the dtype
   }
+  // Tasklet::runStep's scalar all-reduces.
+  p.norm_sync = job.training.grad_clip > 0;
+  p.overflow_sync = m.dtype == "fp16";
   // Weights + gradients + optimizer state. AdamW keeps fp32 master weights
   // and two moments: 16 bytes/param in mixed precision (2+2+12) and in fp32
   // (4+4+8). SGD: weights + grads (+ momentum).

@@ -18,6 +18,24 @@ constexpr int kShapesSearched = 3;
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 }  // namespace
 
+JobSpec effectiveNetworkJob(const JobSpec& job) {
+  JobSpec out = job;
+  if (!job.transport.emulate_links) return out;
+  for (auto& row : out.topology.site_links) {
+    for (auto& link : row) {
+      link.bandwidth_gbps *= job.transport.bandwidth_scale;
+      link.latency_ms *= job.transport.latency_scale;
+    }
+  }
+  for (auto& site : out.topology.sites) {
+    site.intra.bandwidth_gbps *= job.transport.bandwidth_scale;
+    site.intra.latency_ms *= job.transport.latency_scale;
+  }
+  out.transport.bandwidth_scale = 1.0;
+  out.transport.latency_scale = 1.0;
+  return out;
+}
+
 SearchOptions searchOptionsFromJob(const JobSpec& job) {
   SearchOptions o;
   o.algorithm = job.scheduler.algorithm;

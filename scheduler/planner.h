@@ -35,6 +35,14 @@ struct PlanResult {
   std::shared_ptr<const CostModel> model;  // the model of the chosen shape
 };
 
+// The job as its tasklets will experience the network: when
+// transport.emulate_links is on, every topology bandwidth is multiplied by
+// transport.bandwidth_scale and every latency by latency_scale (and the
+// scales reset to 1), as the link emulator will shape them. `plan`, `train`
+// and the runtime's placement (train and launch) all price this job, so
+// they predict the same step for the same placement.
+JobSpec effectiveNetworkJob(const JobSpec& job);
+
 // Search options from job.scheduler (algorithm, budgets, seed, threads).
 SearchOptions searchOptionsFromJob(const JobSpec& job);
 

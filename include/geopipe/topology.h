@@ -20,7 +20,7 @@ struct LinkSpec {
 struct DeviceSpec {
   std::string name;         // "<site>/<index>" unless the file names it
   std::string gpu = "V100"; // marketing name, informational
-  double tflops = 125.0;    // sustained dense fp16/bf16 TFLOPS used for compute
+  double tflops = 125.0;    // sustained dense TFLOPS in model.dtype (V100 fp16)
   double memory_gb = 32.0;  // device memory in GiB available to geopipe
   int site = 0;             // index into TopologySpec::sites
 };

@@ -192,7 +192,7 @@ scheduler::Allocation allocationOf(const JobSpec& job, const std::vector<int>& d
 
 scheduler::PathEval calibratedEvaluation(const JobSpec& base, const scheduler::Allocation& alloc,
                                          double compute_s) {
-  JobSpec job = runtime::effectiveNetworkJob(base);
+  JobSpec job = scheduler::effectiveNetworkJob(base);
   for (auto& d : job.topology.devices) d.tflops = 1.0;
   auto profile = scheduler::ModelProfile::fromJob(job);
   auto model = scheduler::makeCostModel("geopipe", std::make_shared<scheduler::Network>(job.topology),
@@ -265,7 +265,7 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
   JobSpec pj = placementJob(args.worldwide_topology, args.placement_scale);
   const std::vector<int> one_each = {1, 1, 1, 1};
   if (do_placement) {
-    JobSpec priced = runtime::effectiveNetworkJob(pj);
+    JobSpec priced = scheduler::effectiveNetworkJob(pj);
     scheduler::SearchOptions so = scheduler::searchOptionsFromJob(priced);
     scheduler::PlanResult plan = scheduler::plan(priced, so, /*with_baselines=*/true);
     const std::vector<std::pair<std::string, const scheduler::SearchResult*>> placements = {

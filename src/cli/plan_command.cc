@@ -210,7 +210,9 @@ void printText(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
 }  // namespace
 
 int runPlan(const JobSpec& job_in, const PlanOverrides& o, std::ostream& out) {
-  JobSpec job = job_in;
+  // The links the run will have (transport.bandwidth_scale, latency_scale
+  // when emulated): the same job `train` and the runtime's placement price.
+  JobSpec job = scheduler::effectiveNetworkJob(job_in);
   if (o.algorithm) job.scheduler.algorithm = *o.algorithm;
   if (o.cost_model) job.scheduler.cost_model = *o.cost_model;
   if (o.seed) job.scheduler.seed = *o.seed;

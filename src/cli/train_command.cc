@@ -49,8 +49,9 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
   if (job.parallelism.dataParallelAuto()) {
     // Let the scheduler pick the shape, then train that shape.
-    auto plan = scheduler::plan(job, scheduler::searchOptionsFromJob(job), false,
-                                config::plannerStores(job));
+    const JobSpec priced = scheduler::effectiveNetworkJob(job);
+    auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), false,
+                                config::plannerStores(priced));
     job.parallelism.pipeline_stages = plan.d_pp;
     job.parallelism.data_parallel = plan.d_dp;
     out << "data_parallel: auto -> the scheduler chose " << plan.d_pp << " stages x " << plan.d_dp
@@ -64,7 +65,7 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   std::string placement_note;
   const int world = job.parallelism.pipeline_stages * job.parallelism.data_parallel;
   if (job.topology.numDevices() >= world && job.model.layers == model.bodyLayers()) {
-    const JobSpec priced = runtime::effectiveNetworkJob(job);
+    const JobSpec priced = scheduler::effectiveNetworkJob(job);
     auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), true,
                                 config::plannerStores(priced));
     if (plan.d_pp == job.parallelism.pipeline_stages && plan.d_dp == job.parallelism.data_parallel) {

@@ -113,8 +113,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
     runtime::checkComputeDtype(job_);
     if (job_.parallelism.dataParallelAuto()) {
-      auto plan = scheduler::plan(job_, scheduler::searchOptionsFromJob(job_), false,
-                                  config::plannerStores(job_));
+      const JobSpec priced = scheduler::effectiveNetworkJob(job_);
+      auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), false,
+                                  config::plannerStores(priced));
       job_.parallelism.pipeline_stages = plan.d_pp;
       job_.parallelism.data_parallel = plan.d_dp;
       event(detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp, " stages x ",

@@ -20,39 +20,14 @@ std::vector<int> evenSplit(int layers, int stages) {
 
 std::vector<std::pair<int, int>> stageLayerRanges(const ModelDef& model,
                                                   const std::vector<int>& body_per_stage) {
-  std::vector<std::pair<int, int>> out;
-  int next = model.prologue_layers;
-  const int stages = static_cast<int>(body_per_stage.size());
   int total = 0;
-  for (int s = 0; s < stages; ++s) {
+  for (size_t s = 0; s < body_per_stage.size(); ++s) {
     GEOPIPE_CHECK(body_per_stage[s] >= 1, ConfigError, "stage ", s, " would hold no layer");
     total += body_per_stage[s];
-    int first = s == 0 ? 0 : next;
-    next += body_per_stage[s];
-    int last = s == stages - 1 ? next + model.epilogue_layers : next;
-    out.emplace_back(first, last);
   }
   GEOPIPE_CHECK_EQ(total, model.bodyLayers(), ConfigError,
                    "layers per stage must add up to the model's layers");
-  return out;
-}
-
-JobSpec effectiveNetworkJob(const JobSpec& job) {
-  JobSpec out = job;
-  if (!job.transport.emulate_links) return out;
-  for (auto& row : out.topology.site_links) {
-    for (auto& link : row) {
-      link.bandwidth_gbps *= job.transport.bandwidth_scale;
-      link.latency_ms *= job.transport.latency_scale;
-    }
-  }
-  for (auto& site : out.topology.sites) {
-    site.intra.bandwidth_gbps *= job.transport.bandwidth_scale;
-    site.intra.latency_ms *= job.transport.latency_scale;
-  }
-  out.transport.bandwidth_scale = 1.0;
-  out.transport.latency_scale = 1.0;
-  return out;
+  return scheduler::modelLayerRanges(body_per_stage, model.prologue_layers, model.epilogue_layers);
 }
 
 Placement choosePlacement(const ModelDef& model, const JobSpec& job,
@@ -75,7 +50,7 @@ Placement choosePlacement(const ModelDef& model, const JobSpec& job,
     p.device_of_rank = devices;
     p.source = "caller";
   } else if (n_devices >= world && job.model.layers == model.bodyLayers()) {
-    const JobSpec priced = effectiveNetworkJob(job);
+    const JobSpec priced = scheduler::effectiveNetworkJob(job);
     scheduler::PlanResult plan =
         scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), /*with_baselines=*/false,
                         config::plannerStores(priced));

@@ -23,18 +23,14 @@ struct Placement {
 std::vector<int> evenSplit(int layers, int stages);
 
 // Model-layer ranges for per-stage body-layer counts: stage 0 also holds the
-// prologue layers, the last stage the epilogue layers.
+// prologue layers, the last stage the epilogue layers
+// (scheduler::modelLayerRanges, after checking the counts).
 std::vector<std::pair<int, int>> stageLayerRanges(const ModelDef& model,
                                                   const std::vector<int>& body_per_stage);
 
-// The job as its tasklets will experience the network: when links are
-// emulated, every topology bandwidth is multiplied by
-// transport.bandwidth_scale and every latency by latency_scale (and the
-// scales reset to 1), so the scheduler prices the links the run will have.
-JobSpec effectiveNetworkJob(const JobSpec& job);
-
 // Chooses the placement: `devices` / `body_per_stage` when given (checked),
-// otherwise the scheduler's plan for job (when the topology has enough
+// otherwise the scheduler's plan for job on its links as emulated
+// (scheduler::effectiveNetworkJob; when the topology has enough
 // devices and the model's body matches job.model.layers), else in-order.
 Placement choosePlacement(const ModelDef& model, const JobSpec& job,
                           const std::vector<int>& devices, const std::vector<int>& body_per_stage);

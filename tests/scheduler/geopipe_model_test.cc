@@ -2,11 +2,14 @@
 // asymmetric links and the shape search.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "geopipe/error.h"
 #include "scheduler/evaluator.h"
 #include "scheduler/planner.h"
+#include "scheduler/scenarios.h"
 #include "test_util.h"
 
 namespace geopipe::scheduler {
@@ -99,6 +102,127 @@ TEST(GeopipeModel, CommunicationHidesBehindComputeUntilItDominates) {
   const auto c2 = e2.make({0, 1});
   EXPECT_GT(c2.eval.breakdown.pipeline_comm_s, c2.eval.breakdown.compute_s);
   EXPECT_NEAR(c2.cost, c2.eval.breakdown.total(), 1e-12);
+}
+
+// One stage of 4 replicas on one site (α 5 ms, 1 Gbps): the dense
+// exchange is the ring all-reduce, a compressed one the direct all-gather
+// GradientSync runs (each member's blob to the 3 others, one hop), PowerSGD
+// the ring for 1-D tensors plus two all-gathers.
+TEST(GeopipeModel, PricesTheGradientExchangeEachMethodRuns) {
+  TopologySpec t = fastSite(4, 100, 1);
+  t.sites[0].intra = {5, 1};
+  t.site_links = {{t.sites[0].intra}};
+  auto dpOf = [&](const std::string& method) {
+    JobSpec job = gptJob(t, 1, 4);
+    job.compression.gradients.method = method;
+    job.compression.gradients.bits = 8;
+    auto net = std::make_shared<const Network>(job.topology);
+    const ModelProfile prof = ModelProfile::fromJob(job);
+    GeopipeCostModel model(net, prof, 1, 4, "1f1b");
+    Evaluator ev(model);
+    const double params = prof.params(0, prof.numLayers()) + prof.embed_params + prof.head_params;
+    const double vectors = prof.vectorParams(0, prof.numLayers()) + prof.head_vector_params;
+    return std::make_tuple(ev.make({0, 0, 0, 0}).eval.breakdown.dp_comm_s, params, vectors,
+                           prof.grad_wire_bytes_per_param);
+  };
+  const double a = 0.005, s_per_gb = 8.0;  // 1 Gbps
+  auto [dense, params, vectors, b_dense] = dpOf("none");
+  EXPECT_NEAR(dense, 2 * 3 * (a + s_per_gb * 4 * params / 4 / 1e9), 1e-9);
+  auto [quant, p2, v2, b_quant] = dpOf("quantize");
+  EXPECT_DOUBLE_EQ(b_quant, 1 + 4.0 / 256);
+  EXPECT_NEAR(quant, a + s_per_gb * b_quant * params / 1e9, 1e-9);
+  auto [power, p3, v3, b_power] = dpOf("powersgd");
+  EXPECT_NEAR(power,
+              2 * 3 * (a + s_per_gb * 4 * vectors / 4 / 1e9) + 2 * a +
+                  s_per_gb * b_power * (params - vectors) / 1e9,
+              1e-9);
+  // Bytes each member sends: 2(D-1)/D of the ring's, (D-1) blobs gathered.
+  ModelProfile prof;
+  prof.grad_exchange = GradExchange::ALL_GATHER;
+  prof.grad_wire_bytes_per_param = 1;
+  EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);
+  prof.grad_exchange = GradExchange::RING_ALL_REDUCE;
+  EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);  // 1.75 x 4 bytes
+}
+
+// GroupStats prices a group's pairs from one or two devices per site (links
+// are set by the sites): the same all-gather terms as every ordered pair.
+TEST(GeopipeModel, GatherStatsFromSitesEqualEveryPair) {
+  JobSpec job = paperJob(2);  // spot: machines of 1-4 GPUs at many sites
+  job.scheduler.cost_model = "geopipe";
+  auto net = std::make_shared<const Network>(job.topology);
+  GeopipeCostModel model(net, ModelProfile::fromJob(job), 8, 8, "1f1b");
+  std::mt19937_64 rng(5);
+  std::vector<int> all(net->size());
+  for (int i = 0; i < net->size(); ++i) all[i] = i;
+  for (int trial = 0; trial < 50; ++trial) {
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int> group(all.begin(), all.begin() + 2 + trial % 14);
+    std::sort(group.begin(), group.end());
+    const GroupStats g = model.groupStats(group);
+    double lat = 0, per_gb = 0;
+    for (int i : group)
+      for (int j : group)
+        if (i != j) {
+          lat = std::max(lat, net->latencyS(i, j));
+          per_gb = std::max(per_gb, net->transferS(i, j, 1.0) - net->latencyS(i, j));
+        }
+    EXPECT_DOUBLE_EQ(g.gather_lat_s, lat);
+    EXPECT_DOUBLE_EQ(g.gather_s_per_gb, per_gb);
+  }
+}
+
+// Two sites, 50 ms and 1 Gbps apart: a tied model across two stages adds
+// the tied sum after the exchanges. Gradient clipping's norm crosses the
+// 50 ms once more, from the last stage to stage 0: hidden when the last
+// stage finished earlier by more (its drain: half a boundary round trip,
+// >= 50 ms here), exposed after the tied sum, which ends both at once.
+TEST(GeopipeModel, PricesTheTiedSumAndTheScalarAllReduces) {
+  TopologySpec t = testing::randomTopology(2, 5);
+  for (auto& d : t.devices) d.memory_gb = 80;
+  t.site_links[0][1] = t.site_links[1][0] = {50, 1};
+  auto step = [&](const std::string& kind, double clip) {
+    JobSpec job = gptJob(t, 2, 1);
+    job.model.kind = kind;
+    job.model.vocab = 1000;
+    job.model.max_positions = job.model.seq_len;
+    job.training.grad_clip = clip;
+    auto net = std::make_shared<const Network>(job.topology);
+    GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 1, "1f1b");
+    Evaluator ev(model);
+    return ev.make({0, 1}).eval.breakdown.dp_comm_s;
+  };
+  EXPECT_EQ(step("gpt", 0), 0.0);
+  EXPECT_EQ(step("gpt", 1.0), 0.0);
+  // 1000 x 256 fp32 = 1.024 MB each way: 50 ms + max(8.192 ms, 50 + 4.096 ms).
+  EXPECT_NEAR(step("gpt2", 0), 0.050 + 0.050 + 0.004096, 1e-9);
+  EXPECT_NEAR(step("gpt2", 1.0), 0.050 + 0.050 + 0.004096 + 0.050, 1e-9);
+}
+
+// Memory follows model.dtype: fp32 stores activations at twice the 16-bit
+// bytes; bf16 stores them at 16 bit but keeps, for each micro-batch in
+// flight, the 16-bit copies autocast made of the matrices' weights.
+TEST(GeopipeModel, MemoryFollowsTheComputeDtype) {
+  auto memoryOf = [&](const std::string& dtype) {
+    JobSpec job = gptJob(fastSite(2), 2, 1);
+    job.model.dtype = dtype;
+    auto net = std::make_shared<const Network>(job.topology);
+    const ModelProfile prof = ModelProfile::fromJob(job);
+    GeopipeCostModel model(net, prof, 2, 1, "1f1b");
+    Evaluator ev(model);
+    const Candidate c = ev.make({0, 1});
+    const auto [first, last] = c.eval.layers[0];
+    const double params = prof.params(first, last) + prof.embed_params;
+    const double matrices = prof.params(first, last) - prof.vectorParams(first, last);
+    const double in_flight = 2;  // 1F1B, stage 0 of 2
+    return std::make_tuple(c.eval.stage_memory_bytes[0], params * prof.state_bytes_per_param,
+                           in_flight * matrices, in_flight * prof.actMemPerSample(first, last));
+  };
+  auto [fp32, state32, mat32, act32] = memoryOf("fp32");
+  auto [bf16, state16, mat16, act16] = memoryOf("bf16");
+  EXPECT_DOUBLE_EQ(act32, 2 * act16);
+  EXPECT_NEAR(fp32, state32 + act32, 1e-6 * fp32);
+  EXPECT_NEAR(bf16, state16 + act16 + 2 * mat16, 1e-6 * bf16);
 }
 
 TEST(GeopipeModel, AsymmetricLinksPriceEachDirection) {

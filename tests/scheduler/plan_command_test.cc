@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "geopipe/error.h"
+#include "scheduler/allocation.h"
 #include "scheduler/scenarios.h"
 #include "src/cli/plan_command.h"
 #include "src/config/buffer_check.h"
@@ -33,8 +34,12 @@ TEST(PlanCommand, JsonHasTheDocumentedKeys) {
   std::vector<int> seen(64, 0);
   for (const auto& t : j["allocation"]) {
     ++seen[t["device"].get<int>()];
-    EXPECT_EQ(t["layers"].size(), 2u);
-    EXPECT_EQ(t["layers"][1].get<int>() - t["layers"][0].get<int>(), 3);
+    // Model layers as the runtime numbers them: 3 blocks a stage, the
+    // embedding (layer 0) on stage 0 and the head (layer 25) on stage 7.
+    const int stage = t["stage"].get<int>();
+    ASSERT_EQ(t["layers"].size(), 2u);
+    EXPECT_EQ(t["layers"][0].get<int>(), stage == 0 ? 0 : 1 + 3 * stage);
+    EXPECT_EQ(t["layers"][1].get<int>(), stage == 7 ? 26 : 1 + 3 * (stage + 1));
     EXPECT_TRUE(t["site"].is_string());
   }
   for (int c : seen) EXPECT_EQ(c, 1);
@@ -61,6 +66,50 @@ TEST(PlanCommand, TextAndOverrides) {
   EXPECT_NE(s.find("ohio"), std::string::npos);
   o.cost_model = "bogus";
   EXPECT_THROW(runPlan(job, o, out), ConfigError);
+}
+
+// plan prices the links the run will have: with emulated links it applies
+// transport.bandwidth_scale and latency_scale, as train and the runtime's
+// placement do (scheduler::effectiveNetworkJob), so it predicts the same
+// step as the plan of a topology scaled by hand.
+TEST(PlanCommand, PricesTheScaledLinksTrainEmulates) {
+  JobSpec job = scheduler::paperJob(5);
+  job.scheduler.cost_model = "geopipe";
+  job.parallelism.data_parallel = 8;
+  PlanOverrides o;
+  o.json = true;
+  o.algorithm = "in-order";
+  auto predicted = [&](const JobSpec& j) {
+    std::ostringstream out;
+    runPlan(j, o, out);
+    return nlohmann::json::parse(out.str())["predicted_step_s"].get<double>();
+  };
+  const double base = predicted(job);
+  JobSpec scaled = job;
+  scaled.transport.emulate_links = true;
+  scaled.transport.bandwidth_scale = 0.1;
+  scaled.transport.latency_scale = 2.0;
+  JobSpec by_hand = job;
+  for (auto& row : by_hand.topology.site_links)
+    for (auto& link : row) {
+      link.bandwidth_gbps *= 0.1;
+      link.latency_ms *= 2.0;
+    }
+  for (auto& site : by_hand.topology.sites) {
+    site.intra.bandwidth_gbps *= 0.1;
+    site.intra.latency_ms *= 2.0;
+  }
+  EXPECT_GT(predicted(scaled), base * 1.5);
+  EXPECT_DOUBLE_EQ(predicted(scaled), predicted(by_hand));
+  scaled.transport.emulate_links = false;  // real links: no scaling
+  EXPECT_DOUBLE_EQ(predicted(scaled), base);
+}
+
+TEST(PlanCommand, LayersAreNumberedAsTheRuntimeDoes) {
+  using Ranges = std::vector<std::pair<int, int>>;
+  EXPECT_EQ(scheduler::modelLayerRanges({2, 2}), (Ranges{{0, 3}, {3, 6}}));
+  EXPECT_EQ(scheduler::modelLayerRanges({4}), (Ranges{{0, 6}}));
+  EXPECT_EQ(scheduler::modelLayerRanges({1, 2, 1}, 1, 1), (Ranges{{0, 2}, {2, 4}, {4, 6}}));
 }
 
 // An AC-SGD job: plan shows each tasklet's buffers (text and JSON) with the
