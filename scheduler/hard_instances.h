@@ -45,7 +45,7 @@ struct HardInstance {
 // the shape of the family and size: clusters N = D_pp x D_dp (8: 4x2,
 // 12: 4x3, 16: 4x4, 32: 8x4, 64: 8x8, 256: 8x32, 1024: 8x128); sites about
 // N/8 devices idle (8: 3x2, 12: 3x3, 16: 4x3, 32: 8x3, 64: 8x7, 256: 8x28,
-// 1024: 8x120).
+// 1024: 8x112).
 HardInstance hardInstance(HardFamily family, int devices, uint64_t seed,
                           const std::string& cost_model = "dtfm");
 

@@ -134,6 +134,14 @@ int runHardSchedulerBench(const HardBenchOptions& options, std::ostream& out) {
       << std::setw(8) << "ours_s" << std::setw(20) << "stop" << std::setw(8) << "row_s"
       << "\n";
   int rc = 0;
+  // Evaluations / seconds to the best / seconds of every method, printed
+  // after the ratio table.
+  std::ostringstream effort;
+  effort << std::left << std::setw(18) << "instance" << std::right;
+  for (const auto& m : methods)
+    effort << std::setw(22)
+           << (m == "ours_long" ? "ours" + std::to_string(options.long_factor) + "x" : m);
+  effort << "\n";
   for (const scheduler::HardInstance& inst :
        scheduler::hardInstances(options.sizes, options.seed)) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -202,7 +210,18 @@ int runHardSchedulerBench(const HardBenchOptions& options, std::ostream& out) {
         << o.stop_reason << std::setw(8) << fmt(row_s, 1)
         << (lb > best * (1 + 1e-9) ? "  !bound" : "") << "\n";
     out.flush();
+    effort << std::left << std::setw(18) << inst.name << std::right;
+    for (const auto& m : methods) {
+      auto it = res.find(m);
+      effort << std::setw(22)
+             << (it == res.end() ? std::string("-")
+                                 : std::to_string(it->second.evaluations) + " " +
+                                       fmt(it->second.seconds_to_best, 2) + "/" +
+                                       fmt(it->second.seconds, 2) + "s");
+    }
+    effort << "\n";
   }
+  out << "\nEffort per method: evaluations, seconds to its best / seconds in all\n" << effort.str();
   out << "\nBaseline evaluations: random is full evaluations only, dtfm-ga and annealing "
          "mostly incremental like ours. Above "
       << options.full_max_devices
