@@ -62,6 +62,7 @@ test-fast: build
 
 bench: build
 	$(GEOPIPE) bench scheduler
+	$(GEOPIPE) bench scheduler --hard
 	$(GEOPIPE) bench pipeline
 	$(GEOPIPE) bench e2e
 	$(GEOPIPE) bench binding

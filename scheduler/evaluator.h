@@ -87,6 +87,10 @@ class Evaluator {
   int64_t pruned() const { return pruned_; }
 
   static constexpr int kPruneMaxGroups = 10;
+  // Pipelines up to this many stages get every order priced exactly when
+  // the model's path cost is not additive; beyond, a TSP on a surrogate
+  // picks the order (exhaustive search refuses such shapes).
+  static constexpr int kBruteForceOrders = 6;
 
  private:
   struct PairHash {
@@ -102,9 +106,6 @@ class Evaluator {
   PairValue pairOf(int a, int b, const Candidate& c, double hint = -1.0);
   void finish(Candidate& c);
   PathEval priceOrder(const Candidate& c, const std::vector<int>& order) const;
-  // Pipelines up to this many stages get every order priced exactly when
-  // the model's path cost is not additive.
-  static constexpr int kBruteForceOrders = 6;
 
   const CostModel& model_;
   int n_;

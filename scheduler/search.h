@@ -12,7 +12,9 @@
 namespace geopipe::scheduler {
 
 struct SearchOptions {
-  // evolutionary | in-order | random | exhaustive
+  // evolutionary | in-order | random | exhaustive | seeds | annealing |
+  // dtfm-ga (algorithmNames(); the last three are baselines for the
+  // benchmark, see docs/scheduler.md)
   std::string algorithm = "evolutionary";
   // Stop after this many candidate evaluations (each full or incremental
   // pricing of a partition counts one); 0 = no limit.
@@ -33,6 +35,13 @@ struct SearchOptions {
   int max_cycle = 3;
   // exhaustive refuses instances with more partitions than this.
   int64_t exhaustive_limit = 2'000'000;
+  // Adaptive stop (evolutionary, annealing, dtfm-ga): end the search once
+  // this many evaluations have passed without improving the best candidate
+  // (counted in evaluations, so an evaluation-budgeted run stays a pure
+  // function of the seed); 0 = run to the budget. The evolutionary search
+  // counts from the start of its GA phase (after the seeds and the
+  // annealing walk).
+  int64_t stall_evaluations = 6000;
 };
 
 // One algorithm's outcome.
@@ -44,6 +53,10 @@ struct SearchResult {
   double seconds = 0;               // wall-clock spent
   int64_t evaluations_to_best = 0;  // evaluations when best was first found
   double seconds_to_best = 0;       // seconds when best was first found
+  // Why the search ended: "budget_evaluations", "budget_seconds",
+  // "converged" (stall_evaluations without improvement), or "complete"
+  // (in-order, seeds, exhaustive: nothing left to try).
+  std::string stop_reason = "complete";
 };
 
 // The algorithm names accepted by runSearch.
@@ -68,6 +81,33 @@ SearchResult exhaustiveSearch(const CostModel& model,
 // The steady-state GA (see docs/scheduler.md).
 SearchResult evolutionarySearch(const CostModel& model,
                                 const SearchOptions& options);
+
+// Best of the structured partitions the evolutionary search starts from
+// (in-order, round-robin, site-spread, and the link-greedy pipeline-chain
+// and group seeds), each priced with its best order and matching: the
+// "seeds only" baseline.
+SearchResult seedSearch(const CostModel& model);
+
+// Simulated annealing from the best seed with the evolutionary search's
+// uniform cyclic moves; Metropolis acceptance at a temperature falling
+// geometrically from 2% to 0.01% of the seed's cost over the budget.
+SearchResult annealingSearch(const CostModel& model, const SearchOptions& options);
+
+// The DT-FM paper's hybrid genetic algorithm as the paper describes it (Yuan
+// et al. 2022, after Bui & Moon's GA for balanced graph partitioning):
+// random initial population, uniform crossover after relabelling parent B's
+// groups to agree most with parent A, balance repair, and a pairwise-swap
+// local search that keeps strict improvements; no structured seeds and no
+// targeted moves. A baseline for the benchmark.
+SearchResult dtfmGeneticSearch(const CostModel& model, const SearchOptions& options);
+
+// A sound lower bound of every candidate's cost under the dtfm model:
+// DataPCost >= the (D_pp·D_dp)-th smallest over devices of 2·(sum of the
+// D_dp − 1 cheapest data-parallel terms from that device) and each path
+// edge w(a,b) >= the largest cheapest outgoing (incoming) edge of a's (b's)
+// rows, which over the D_pp − 1 edges sums to at least the k·D_dp-th
+// smallest row minima, k = 1..D_pp−1. Returns 0 for other models.
+double costLowerBound(const CostModel& model);
 
 // Number of balanced partitions of n devices into `way` unlabelled groups of
 // d_dp plus a labelled idle set; saturates at INT64_MAX.

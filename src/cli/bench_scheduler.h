@@ -30,4 +30,25 @@ struct SchedulerBenchOptions {
 // otherwise (the table marks the offending rows).
 int runSchedulerBench(const SchedulerBenchOptions& options, std::ostream& out);
 
+// `geopipe bench scheduler --hard`: every method on the hard instances.
+struct HardBenchOptions {
+  // Instance sizes (devices); both families at each (hardInstances()).
+  std::vector<int> sizes = {8, 12, 16, 32, 64, 256, 1024};
+  uint64_t seed = 1;  // instance and search seed
+  // Our search at the default budget (SearchOptions: 20000 evaluations,
+  // 2 s, adaptive stop); the reference run gets `long_factor` times both
+  // budgets, another seed and no adaptive stop.
+  int long_factor = 20;
+  // Baselines (random, dtfm-ga, annealing) get the default evaluation
+  // budget, no adaptive stop, and at most this wall-clock.
+  double baseline_cap_seconds = 10.0;
+  // Above this many devices only ours, seeds and random run (the others
+  // would take minutes per row).
+  int full_max_devices = 256;
+};
+
+// Prints the table; returns 1 when a found cost is below the lower bound
+// (an unsound bound) or ours is worse than its own seeds, else 0.
+int runHardSchedulerBench(const HardBenchOptions& options, std::ostream& out);
+
 }  // namespace geopipe::cli

@@ -74,6 +74,8 @@ struct BenchArgs {
   double seconds = 2.0;            // scheduler: search budget per paper scenario
   double synthetic_seconds = 60.0; // scheduler: budget per synthetic topology
   bool quick = false;              // scheduler: skip the 1024-device topology
+                                   // (--hard: only 8 to 32 devices)
+  bool hard = false;               // scheduler: the hard-instance table
   uint64_t seed = 1;               // scheduler: search seed
   int threads = 1;                 // scheduler: search threads
   PipelineBenchArgs pipeline;      // pipeline: the staged engine vs one process

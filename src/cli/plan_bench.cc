@@ -45,7 +45,11 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
   sched->add_option("--synthetic-seconds", args.synthetic_seconds,
                     "search budget per synthetic topology")
       ->capture_default_str();
-  sched->add_flag("--quick", args.quick, "skip the 1024-device topology");
+  sched->add_flag("--quick", args.quick,
+                  "skip the 1024-device topology (with --hard: only 8 to 32 devices)");
+  sched->add_flag("--hard", args.hard,
+                  "hard instances (scheduler/hard_instances.h): ours vs seeds, random, the "
+                  "DT-FM paper's GA, annealing, exhaustive and a lower bound");
   sched->add_option("--seed", args.seed, "search seed")->capture_default_str();
   sched->add_option("--threads", args.threads, "search threads")->capture_default_str();
 
@@ -76,6 +80,12 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
 
 int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out) {
   if (bench.got_subcommand("scheduler")) {
+    if (args.hard) {
+      HardBenchOptions h;
+      if (args.quick) h.sizes = {8, 12, 16, 32};
+      h.seed = args.seed;
+      return runHardSchedulerBench(h, out);
+    }
     SchedulerBenchOptions o;
     o.scenario_budget_seconds = args.seconds;
     o.synthetic_budget_seconds = args.synthetic_seconds;

@@ -113,6 +113,9 @@ void printJson(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   j["evaluations"] = p.evaluations;
   j["evaluations_to_best"] = p.ours.evaluations_to_best;
   j["seconds_to_best"] = p.ours.seconds_to_best;
+  j["budget_seconds"] = job.scheduler.budget_seconds;
+  j["budget_evaluations"] = job.scheduler.budget_evaluations;
+  j["stop_reason"] = p.ours.stop_reason;
   out << j.dump(2) << "\n";
 }
 
@@ -168,10 +171,14 @@ void printText(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   line("bubble", b.bubble_s);
   line("pipeline comm", b.pipeline_comm_s);
   line("data parallel comm", b.dp_comm_s);
-  out << "search: " << p.evaluations << " evaluations in "
-      << fmt(p.search_seconds, 2) << " s (best after "
-      << p.ours.evaluations_to_best << " evaluations, "
-      << fmt(p.ours.seconds_to_best, 2) << " s)\n\n";
+  auto limit = [](auto v, const std::string& unit) {
+    return v > 0 ? fmt(double(v), unit == "s" ? 1 : 0) + " " + unit : "no " + unit + " limit";
+  };
+  out << "search: " << p.evaluations << " evaluations in " << fmt(p.search_seconds, 2)
+      << " s of a budget of " << limit(job.scheduler.budget_seconds, "s") << " / "
+      << limit(job.scheduler.budget_evaluations, "evaluations") << "; best after "
+      << p.ours.evaluations_to_best << " evaluations, " << fmt(p.ours.seconds_to_best, 2)
+      << " s; stopped: " << p.ours.stop_reason << "\n\n";
 
   out << "allocation:\n  stage  replica  device  " << std::left
       << std::setw(24) << "name" << std::setw(16) << "site" << "layers\n"

@@ -37,7 +37,7 @@ TEST_P(Optimality, EvolutionaryFindsTheExhaustiveOptimum) {
     auto model = modelFor(job, shape.pp, shape.dp);
     SearchOptions opt;
     opt.budget_seconds = 0;
-    opt.budget_evaluations = 5000;
+    opt.budget_evaluations = 20000;
     opt.seed = seed;
     const SearchResult exact = exhaustiveSearch(*model, opt);
     EXPECT_EQ(exact.evaluations,
