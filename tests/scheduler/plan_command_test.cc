@@ -58,7 +58,7 @@ TEST(PlanCommand, TextAndOverrides) {
   PlanOverrides o;
   o.algorithm = "in-order";
   std::ostringstream out;
-  runPlan(job, o, out);
+  ASSERT_EQ(runPlan(job, o, out), 0);
   const std::string s = out.str();
   EXPECT_NE(s.find("predicted step time"), std::string::npos) << s;
   EXPECT_NE(s.find("data parallel comm"), std::string::npos);
@@ -81,7 +81,7 @@ TEST(PlanCommand, PricesTheScaledLinksTrainEmulates) {
   o.algorithm = "in-order";
   auto predicted = [&](const JobSpec& j) {
     std::ostringstream out;
-    runPlan(j, o, out);
+    EXPECT_EQ(runPlan(j, o, out), 0);
     return nlohmann::json::parse(out.str())["predicted_step_s"].get<double>();
   };
   const double base = predicted(job);
@@ -133,7 +133,7 @@ topology:
   EXPECT_EQ(b.samples_per_replica, 500);
   PlanOverrides o;
   std::ostringstream text;
-  runPlan(job, o, text);
+  ASSERT_EQ(runPlan(job, o, text), 0);
   EXPECT_NE(text.str().find("AC-SGD buffers (compression.activations, buffer_store memory)"),
             std::string::npos)
       << text.str();
@@ -141,7 +141,7 @@ topology:
   EXPECT_NE(text.str().find("device memory needed"), std::string::npos) << text.str();
   o.json = true;
   std::ostringstream js;
-  runPlan(job, o, js);
+  ASSERT_EQ(runPlan(job, o, js), 0);
   const auto j = nlohmann::json::parse(js.str());
   ASSERT_TRUE(j.contains("acsgd_buffers")) << js.str();
   const auto& a = j["acsgd_buffers"];
@@ -157,7 +157,7 @@ topology:
   for (auto& d : job.topology.devices) d.memory_gb = double(b.store_bytes) / (1 << 30) * 1.001;
   o.json = false;
   try {
-    runPlan(job, o, text);
+    ASSERT_EQ(runPlan(job, o, text), 0);
     FAIL() << "expected InfeasibleError";
   } catch (const InfeasibleError& e) {
     const std::string msg = e.what();
@@ -173,7 +173,7 @@ topology:
   for (auto& d : job.topology.devices) d.memory_gb = double(b.store_bytes) / (1 << 30) * 0.9;
   o.cost_model = "dtfm";
   try {
-    runPlan(job, o, text);
+    ASSERT_EQ(runPlan(job, o, text), 0);
     FAIL() << "expected InfeasibleError";
   } catch (const InfeasibleError& e) {
     EXPECT_NE(std::string(e.what()).find("do not fit topology"), std::string::npos) << e.what();
