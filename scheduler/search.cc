@@ -557,6 +557,13 @@ std::vector<int> alignLabels(const std::vector<int>& a, const std::vector<int>& 
   return out;
 }
 
+// Every budgeted algorithm refuses to run without a budget.
+void requireBudget(const SearchOptions& options, const char* algorithm) {
+  GEOPIPE_CHECK(options.budget_evaluations > 0 || options.budget_seconds > 0, ConfigError,
+                algorithm, " needs a budget: set scheduler.budget_evaluations or "
+                "scheduler.budget_seconds");
+}
+
 }  // namespace
 
 std::vector<std::string> algorithmNames() {
@@ -607,10 +614,7 @@ SearchResult inOrderPlacement(const CostModel& model) {
 
 SearchResult randomSearch(const CostModel& model, const SearchOptions& options) {
   checkShape(model);
-  GEOPIPE_CHECK(options.budget_evaluations > 0 || options.budget_seconds > 0,
-                ConfigError,
-                "random search needs a budget: set scheduler.budget_evaluations "
-                "or scheduler.budget_seconds");
+  requireBudget(options, "random search");
   Tracker tr(options);
   Evaluator ev(model);
   std::mt19937_64 rng(options.seed ^ 0x5851f42d4c957f2dULL);
@@ -695,10 +699,7 @@ SearchResult exhaustiveSearch(const CostModel& model,
 SearchResult evolutionarySearch(const CostModel& model,
                                 const SearchOptions& options) {
   checkShape(model);
-  GEOPIPE_CHECK(options.budget_evaluations > 0 || options.budget_seconds > 0,
-                ConfigError,
-                "evolutionary search needs a budget: set "
-                "scheduler.budget_evaluations or scheduler.budget_seconds");
+  requireBudget(options, "evolutionary search");
   GEOPIPE_CHECK(options.population >= 2, ConfigError,
                 "population must be >= 2, got ", options.population);
   GEOPIPE_CHECK(options.threads >= 1, ConfigError,
@@ -852,9 +853,7 @@ SearchResult seedSearch(const CostModel& model) {
 
 SearchResult annealingSearch(const CostModel& model, const SearchOptions& options) {
   checkShape(model);
-  GEOPIPE_CHECK(options.budget_evaluations > 0 || options.budget_seconds > 0, ConfigError,
-                "annealing needs a budget: set scheduler.budget_evaluations "
-                "or scheduler.budget_seconds");
+  requireBudget(options, "annealing");
   Tracker tr(options, /*adaptive_stop=*/true);
   Evaluator ev(model);
   std::mt19937_64 rng(options.seed ^ 0x2545f4914f6cdd1dULL);
@@ -901,9 +900,7 @@ SearchResult annealingSearch(const CostModel& model, const SearchOptions& option
 
 SearchResult dtfmGeneticSearch(const CostModel& model, const SearchOptions& options) {
   checkShape(model);
-  GEOPIPE_CHECK(options.budget_evaluations > 0 || options.budget_seconds > 0, ConfigError,
-                "dtfm-ga needs a budget: set scheduler.budget_evaluations or "
-                "scheduler.budget_seconds");
+  requireBudget(options, "dtfm-ga");
   GEOPIPE_CHECK(options.population >= 2, ConfigError, "population must be >= 2, got ",
                 options.population);
   const int n = model.network().size(), way = model.dPp(), d_dp = model.dDp();
