@@ -64,9 +64,13 @@ int64_t TokenStream::firstAtOrAbove(int64_t vocab) const {
   return -1;
 }
 
-SampleIndex indexDocuments(const TokenStream& stream, int64_t first, int64_t count, int seq_len,
-                           const std::vector<int64_t>& end_ids) {
-  SampleIndex index;
+namespace {
+
+// Calls on_document(doc, p) for each document [doc, p] of ids [first, first
+// + count): a document ends at one of `end_ids` or at the window's end.
+template <typename F>
+void forEachDocument(const TokenStream& stream, int64_t first, int64_t count,
+                     const std::vector<int64_t>& end_ids, F&& on_document) {
   const int64_t end = first + count;
   int64_t doc = first;  // where the current document starts
   for (int64_t p = first; p < end; ++p) {
@@ -76,32 +80,33 @@ SampleIndex indexDocuments(const TokenStream& stream, int64_t first, int64_t cou
       for (int64_t e : end_ids) ends = ends || id == e;
     }
     if (!ends) continue;
-    // The document is [doc, p]: a sample may start wherever one target
-    // (an id after it, up to p) is left.
+    on_document(doc, p);
+    doc = p + 1;
+  }
+}
+
+}  // namespace
+
+SampleIndex indexDocuments(const TokenStream& stream, int64_t first, int64_t count, int seq_len,
+                           const std::vector<int64_t>& end_ids) {
+  SampleIndex index;
+  forEachDocument(stream, first, count, end_ids, [&](int64_t doc, int64_t p) {
+    // A sample may start wherever one target (an id after it, up to p) is
+    // left.
     for (int64_t s = doc; s < p; s += seq_len) {
       index.start.push_back(s);
       index.targets.push_back(static_cast<int32_t>(std::min<int64_t>(seq_len, p - s)));
     }
-    doc = p + 1;
-  }
+  });
   return index;
 }
 
 int64_t countDocumentSamples(const TokenStream& stream, int seq_len,
                              const std::vector<int64_t>& end_ids) {
   int64_t samples = 0;
-  int64_t doc = 0;
-  const int64_t end = stream.size();
-  for (int64_t p = 0; p < end; ++p) {
-    bool ends = p + 1 == end;
-    if (!ends) {
-      const int64_t id = stream.at(p);
-      for (int64_t e : end_ids) ends = ends || id == e;
-    }
-    if (!ends) continue;
+  forEachDocument(stream, 0, stream.size(), end_ids, [&](int64_t doc, int64_t p) {
     samples += (p - doc + seq_len - 1) / seq_len;  // ceil((length - 1) / seq_len)
-    doc = p + 1;
-  }
+  });
   return samples;
 }
 
