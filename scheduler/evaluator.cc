@@ -124,37 +124,71 @@ bool Evaluator::applyMoves(Candidate& c,
     }
   }
 
-  if (std::isfinite(prune_above) && model_.pathIsAdditive() &&
-      way <= kPruneMaxGroups) {
-    // Lower bound: the cost is monotone in every w(a,b) (a max of group
-    // terms plus 2·Σ w along the best order), so pricing the best order
-    // under w_lb <= w gives a bound. First the group terms alone (free).
-    auto reject = [&] {
-      ++evaluations_;
-      ++pruned_;
-      c.cost = std::numeric_limits<double>::infinity();
-      return false;
-    };
+  const bool prune =
+      std::isfinite(prune_above) && model_.pathIsAdditive() && way <= kPruneMaxGroups;
+  auto reject = [&] {
+    ++evaluations_;
+    ++pruned_;
+    c.cost = std::numeric_limits<double>::infinity();
+    return false;
+  };
+  // Lower bound: the cost is monotone in every w(a,b) (a max of group terms
+  // plus 2·Σ w along the best order), so pricing the best order under
+  // w_lb <= w gives a bound; Held–Karp cut at the path budget answers
+  // whether any order stays under the threshold.
+  Eigen::MatrixXd lb;
+  double budget = std::numeric_limits<double>::infinity();
+  auto noPathUnder = [&] {
+    return std::isinf(heldKarpOpenPath(model_.pathWeights(c.stats, lb), budget).cost);
+  };
+  const bool recheck = prune && way <= kHeldKarpMaxNodes && model_.dDp() >= kRecheckMinDp;
+  if (prune) {
+    // First the group terms alone (free).
     if (model_.evaluatePath(c.stats, {}).total_s > prune_above) return reject();
-    if (!todo.empty()) {
-      Eigen::MatrixXd lb = c.w;
-      for (const auto& [a, b] : todo)
-        lb(a, b) = model_.pairLowerBound(c.groups[a], c.groups[b]);
-      const OpenPath p = openTsp(model_.pathWeights(c.stats, lb));
-      std::vector<double> edges;
-      for (size_t s = 0; s + 1 < p.order.size(); ++s)
-        edges.push_back(lb(p.order[s], p.order[s + 1]));
-      if (model_.evaluatePath(c.stats, edges).total_s > prune_above)
-        return reject();
+    if (!todo.empty() && way <= kHeldKarpMaxNodes) {
+      lb = c.w;
+      for (const auto& [a, b] : todo) lb(a, b) = model_.pairLowerBound(c.groups[a], c.groups[b]);
+      budget = pathBudget(c.stats, prune_above);
+      if (noPathUnder()) return reject();
+      // Exact pairs, dearest bound first (the likeliest to close every
+      // path); at large D_dp each costs far more than a cut Held–Karp, so
+      // the bound is re-tried after each one that rose above its bound.
+      if (recheck)
+        std::stable_sort(todo.begin(), todo.end(), [&](const auto& x, const auto& y) {
+          return lb(x.first, x.second) > lb(y.first, y.second);
+        });
     }
   }
-  for (const auto& [a, b] : todo) {
+  for (size_t i = 0; i < todo.size(); ++i) {
+    const auto [a, b] = todo[i];
     const PairValue v = pairOf(a, b, c, c.w(a, b));
     c.w(a, b) = v.w;
     c.def(a, b) = v.deficiency;
+    if (recheck && i + 1 < todo.size() && v.w > lb(a, b)) {
+      lb(a, b) = v.w;
+      if (noPathUnder()) return reject();
+    }
   }
-  finish(c);
+  if (!finish(c, prune_above)) {
+    ++pruned_;
+    return false;
+  }
   return true;
+}
+
+double Evaluator::pathBudget(const std::vector<GroupStats>& stats, double total_bound) const {
+  // An additive model's total is its group terms plus a fixed multiple of
+  // the path's edge sum; read both off evaluatePath. A relative 1e-9 of
+  // slack keeps ties (plateau moves at equal cost) on the accepted side.
+  const int way = this->way();
+  if (!std::isfinite(total_bound) || way < 2) return std::numeric_limits<double>::infinity();
+  const double base = model_.evaluatePath(stats, {}).total_s;
+  std::vector<double> one(way - 1, 0.0);
+  one[0] = 1.0;
+  const double unit = model_.evaluatePath(stats, one).total_s - base;
+  if (!(unit > 0)) return std::numeric_limits<double>::infinity();
+  const double budget = (total_bound - base) / unit;
+  return budget + 1e-9 * std::max(1.0, std::abs(budget));
 }
 
 PathEval Evaluator::priceOrder(const Candidate& c,
@@ -168,7 +202,7 @@ PathEval Evaluator::priceOrder(const Candidate& c,
   return model_.evaluatePath(stats, edges);
 }
 
-void Evaluator::finish(Candidate& c) {
+bool Evaluator::finish(Candidate& c, double prune_above) {
   ++evaluations_;
   const int way = this->way();
   if (!model_.pathIsAdditive() && way <= kBruteForceOrders) {
@@ -185,6 +219,17 @@ void Evaluator::finish(Candidate& c) {
         first = false;
       }
     } while (std::next_permutation(order.begin(), order.end()));
+  } else if (model_.pathIsAdditive() && way <= kHeldKarpMaxNodes) {
+    // Exact order; cut at prune_above's path budget (a move that cannot
+    // price below it is rejected without its order).
+    OpenPath p = heldKarpOpenPath(model_.pathWeights(c.stats, c.w),
+                                  pathBudget(c.stats, prune_above));
+    if (std::isinf(p.cost)) {
+      c.cost = std::numeric_limits<double>::infinity();
+      return false;
+    }
+    c.order = std::move(p.order);
+    c.eval = priceOrder(c, c.order);
   } else {
     c.order = openTsp(model_.pathWeights(c.stats, c.w)).order;
     c.eval = priceOrder(c, c.order);
@@ -216,6 +261,7 @@ void Evaluator::finish(Candidate& c) {
   const size_t k = c.ties.size();
   for (int s = 0; s + 1 < way; ++s) c.ties.push_back(c.w(c.order[s], c.order[s + 1]));
   std::sort(c.ties.begin() + k, c.ties.end(), std::greater<double>());
+  return true;
 }
 
 bool tieBreakLess(const Candidate& a, const Candidate& b) {

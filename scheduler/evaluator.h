@@ -73,8 +73,9 @@ class Evaluator {
   // (bottleneckLowerBound), with an exact Held–Karp over them (a TSP on
   // smaller weights is no dearer). If that bound exceeds prune_above the
   // exact matchings are skipped and false is returned; `c` is then left
-  // half-updated (cost = +inf) and must be discarded. Returns true when `c`
-  // holds the exact new cost.
+  // half-updated (cost = +inf) and must be discarded. The same holds when
+  // the exact pipeline order (Held–Karp, cut at the threshold) cannot price
+  // at or below prune_above. Returns true when `c` holds the exact new cost.
   bool applyMoves(Candidate& c, const std::vector<std::pair<int, int>>& moves,
                   double prune_above = std::numeric_limits<double>::infinity());
 
@@ -87,6 +88,9 @@ class Evaluator {
   int64_t pruned() const { return pruned_; }
 
   static constexpr int kPruneMaxGroups = 10;
+  // From this D_dp on, the pruning bound is re-tried after each exact pair
+  // matching (one costs more than the cut Held–Karp there).
+  static constexpr int kRecheckMinDp = 16;
   // Pipelines up to this many stages get every order priced exactly when
   // the model's path cost is not additive; beyond, a TSP on a surrogate
   // picks the order (exhaustive search refuses such shapes).
@@ -104,7 +108,13 @@ class Evaluator {
     int deficiency;
   };
   PairValue pairOf(int a, int b, const Candidate& c, double hint = -1.0);
-  void finish(Candidate& c);
+  // Orders and prices c (one evaluation). False, with cost = +inf and c
+  // half-updated, when an additive model's exact order cannot price at or
+  // below prune_above.
+  bool finish(Candidate& c, double prune_above = std::numeric_limits<double>::infinity());
+  // The largest edge sum (of pathWeights) a pipeline order may have for an
+  // additive model's total to stay at or below total_bound; +inf if none.
+  double pathBudget(const std::vector<GroupStats>& stats, double total_bound) const;
   PathEval priceOrder(const Candidate& c, const std::vector<int>& order) const;
 
   const CostModel& model_;

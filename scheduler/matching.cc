@@ -126,40 +126,82 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match,
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < n; ++j)
       if (cost(i, j) > lb) values.push_back(cost(i, j));
-  std::sort(values.begin(), values.end());
-  values.erase(std::unique(values.begin(), values.end()), values.end());
-  // Invariant: threshold values[hi] admits a perfect matching (the largest
-  // value always does: the graph is then complete).
-  int lo = -1, hi = static_cast<int>(values.size()) - 1;
   // Matching size at the largest infeasible threshold probed (lo; lo = -1
   // stands for lb, probed above): n − it is the deficiency at the end.
   int size_at_lo = at_lb;
+  double lo_value = lb;
+  auto probe = [&](double t) {
+    const int size = HopcroftKarp(cost, t).run(match);
+    return size;
+  };
+  if (hint > lb) {
+    // Warm start (a move rarely shifts a pair's bottleneck far): probe the
+    // largest value <= hint, then its neighbour on the side the answer
+    // must lie, found by linear scans; when the two bracket the answer no
+    // sort is needed. Otherwise the bracket narrows what is sorted below.
+    double at = lb, above = std::numeric_limits<double>::infinity();
+    for (double v : values) {
+      if (v <= hint) at = std::max(at, v);
+      else above = std::min(above, v);
+    }
+    if (at > lb) {
+      const int size = probe(at);
+      if (size == n) {
+        double below = lb;  // the next value under `at`
+        for (double v : values)
+          if (v < at) below = std::max(below, v);
+        if (below <= lb) {
+          out.bottleneck = at;  // lb itself was infeasible
+          out.deficiency = n - size_at_lo;
+          if (want_match) out.match = std::move(match);
+          return out;
+        }
+        const int size_below = probe(below);
+        if (size_below < n) {
+          out.bottleneck = at;
+          out.deficiency = n - size_below;
+          if (want_match) {
+            HopcroftKarp(cost, at).run(match);
+            out.match = std::move(match);
+          }
+          return out;
+        }
+        // Answer <= below: keep values in (lb, below].
+        values.erase(std::remove_if(values.begin(), values.end(),
+                                    [&](double v) { return v > below; }),
+                     values.end());
+      } else {
+        size_at_lo = size;
+        lo_value = at;
+        if (std::isfinite(above)) {
+          const int size_above = probe(above);
+          if (size_above == n) {
+            out.bottleneck = above;
+            out.deficiency = n - size;
+            if (want_match) out.match = std::move(match);
+            return out;
+          }
+          size_at_lo = size_above;
+          lo_value = above;
+        }
+        values.erase(std::remove_if(values.begin(), values.end(),
+                                    [&](double v) { return v <= lo_value; }),
+                     values.end());
+      }
+    }
+  }
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  // Invariant: threshold values[hi] admits a perfect matching (the largest
+  // value always does: the graph is then complete); values[lo] does not
+  // (lo = -1: lo_value, probed above).
+  int lo = -1, hi = static_cast<int>(values.size()) - 1;
   auto feasible = [&](int k) {
-    const int size = HopcroftKarp(cost, values[k]).run(match);
+    const int size = probe(values[k]);
     if (size == n) return true;
     if (k > lo) size_at_lo = size;
     return false;
   };
-  if (hint > lb && hi > 0) {
-    // Warm start: k = the largest value <= hint. Probe k, then its
-    // neighbour on the side the answer must lie; each probe keeps the
-    // invariant lo infeasible < answer <= hi feasible.
-    const int k = static_cast<int>(
-        std::upper_bound(values.begin(), values.end(), hint) - values.begin()) - 1;
-    if (k >= 0 && k < hi) {
-      if (feasible(k)) {
-        hi = k;
-        if (k - 1 > lo) {
-          if (feasible(k - 1)) hi = k - 1; else lo = k - 1;
-        }
-      } else {
-        lo = k;
-        if (k + 1 < hi) {
-          if (feasible(k + 1)) hi = k + 1; else lo = k + 1;
-        }
-      }
-    }
-  }
   while (hi - lo > 1) {
     const int mid = (lo + hi) / 2;
     if (feasible(mid)) {

@@ -2,6 +2,7 @@
 // order visiting every group once (the paper's PipelinePCost).
 #pragma once
 
+#include <limits>
 #include <vector>
 
 #include <Eigen/Dense>
@@ -20,7 +21,13 @@ constexpr int kHeldKarpMaxNodes = 16;
 // subsets: dp[S][j] = cheapest path visiting S ending at j. O(2^n n^2) time,
 // O(2^n n) memory; throws for n > kHeldKarpMaxNodes. w may be asymmetric
 // (w(a,b) is the cost of stage a feeding stage b).
-OpenPath heldKarpOpenPath(const Eigen::MatrixXd& w);
+//
+// With a finite `bound` (and w >= 0; a negative weight disables it) partial
+// paths that reach `bound` are not extended: the result is the same when the
+// optimum is below `bound`, else cost = +inf and an empty order. For pricing
+// moves that are only wanted below a threshold (Evaluator::applyMoves).
+OpenPath heldKarpOpenPath(const Eigen::MatrixXd& w,
+                          double bound = std::numeric_limits<double>::infinity());
 
 // Heuristic open path for any n: nearest-neighbour paths from every start,
 // each improved to a local optimum by Or-opt (move a segment of 1..3 groups

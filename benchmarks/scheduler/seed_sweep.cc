@@ -4,6 +4,9 @@
 // over seeds and not by one seed (docs/benchmarks.md, "Hard instances").
 //
 //   scheduler_seed_sweep [algorithm=evolutionary] [seeds=3] [sizes=32,64,256]
+//                        [budget_evaluations] [budget_seconds] [stall_evaluations]
+//
+// The last three default to SearchOptions' defaults (the job's default budget).
 //
 // Prints each run's cost / the best known of the docs table (the best any
 // method found in the `bench scheduler --hard` run), its evaluations and
@@ -35,6 +38,10 @@ int main(int argc, char** argv) {
     std::stringstream ss(argv[3]);
     for (std::string t; std::getline(ss, t, ',');) sizes.push_back(std::stoi(t));
   }
+  scheduler::SearchOptions base;
+  if (argc > 4) base.budget_evaluations = std::atoll(argv[4]);
+  if (argc > 5) base.budget_seconds = std::atof(argv[5]);
+  if (argc > 6) base.stall_evaluations = std::atoll(argv[6]);
   // Best known (s) in docs/benchmarks.md's hard-instance table.
   const std::map<std::string, double> best_known = {{"clusters-32", 52.67},  {"sites-32", 36.66},
                                                     {"clusters-64", 72.42},  {"sites-64", 52.63},
@@ -51,7 +58,7 @@ int main(int argc, char** argv) {
     std::vector<double> ratios;
     std::printf("%-20s", inst.name.c_str());
     for (int s = 1; s <= seeds; ++s) {
-      scheduler::SearchOptions o;
+      scheduler::SearchOptions o = base;
       o.algorithm = algorithm;
       o.seed = static_cast<uint64_t>(s);
       const scheduler::SearchResult r = scheduler::runSearch(*model, o);

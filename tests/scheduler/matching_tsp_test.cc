@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 
@@ -34,6 +35,9 @@ TEST(BottleneckMatching, WarmStartIsExactForAnyHint) {
       EXPECT_DOUBLE_EQ(bottleneckValue(c, hint), exact.bottleneck);
       EXPECT_GE(w.deficiency, 1);
       EXPECT_LE(w.deficiency, n);
+      // The same count as the cold search (n − the matching just below).
+      EXPECT_EQ(w.deficiency, bottleneckValueAndDeficiency(c, -1.0).deficiency)
+          << "trial " << trial << " hint " << hint;
     }
     EXPECT_LE(bottleneckLowerBound(c), exact.bottleneck);
   }
@@ -111,6 +115,31 @@ TEST(OpenTsp, HeldKarpIsExact) {
     }
   }
   EXPECT_THROW(heldKarpOpenPath(Eigen::MatrixXd::Zero(17, 17)), Error);
+}
+
+// With a bound, Held-Karp returns the unbounded answer (cost and order)
+// when the optimum is below it, and +inf with no order otherwise; integer
+// weights make ties, where the order must still be the same one.
+TEST(OpenTsp, HeldKarpCutAtABoundIsExactBelowIt) {
+  std::mt19937_64 rng(13);
+  for (int n = 2; n <= 10; ++n) {
+    for (int trial = 0; trial < 20; ++trial) {
+      Eigen::MatrixXd w = randomWeights(n, rng);
+      if (trial % 2) w = w.array().floor();  // ties
+      const OpenPath free = heldKarpOpenPath(w);
+      for (double f : {0.5, 0.999, 1.0, 1.001, 2.0}) {
+        const double bound = free.cost * f + (f > 1 ? 1e-9 : 0.0);
+        const OpenPath cut = heldKarpOpenPath(w, bound);
+        if (free.cost < bound) {
+          EXPECT_EQ(cut.cost, free.cost) << "n=" << n << " f=" << f;
+          EXPECT_EQ(cut.order, free.order) << "n=" << n << " f=" << f;
+        } else {
+          EXPECT_TRUE(std::isinf(cut.cost)) << "n=" << n << " f=" << f;
+          EXPECT_TRUE(cut.order.empty());
+        }
+      }
+    }
+  }
 }
 
 TEST(OpenTsp, HeuristicIsCloseToExactWhereBothRun) {

@@ -158,18 +158,18 @@ TEST(Search, RespectsATinyTimeBudgetOn1024Devices) {
 // The lower-bound pruning in applyMoves never rejects a move whose exact
 // cost is within the bound, and when it accepts it yields the exact cost
 // (the same as a full evaluation of the moved labels).
-TEST(Search, PruningIsSoundAndIncrementalIsExact) {
-  const JobSpec job = smallJob(randomTopology(24, 11), 4, 6);
-  auto model = modelFor(job, 4, 6);
+void expectSoundPruning(int n, int pp, int dp, uint64_t seed) {
+  const JobSpec job = smallJob(randomTopology(n, seed), pp, dp);
+  auto model = modelFor(job, pp, dp);
   Evaluator ev(*model), reference(*model);  // separate caches
   std::mt19937_64 rng(3);
-  std::vector<int> label(24);
-  for (int d = 0; d < 24; ++d) label[d] = d % 4;
+  std::vector<int> label(n);
+  for (int d = 0; d < n; ++d) label[d] = d < pp * dp ? d % pp : pp;  // the rest idle
   Candidate c = ev.make(label);
   int pruned = 0;
   for (int t = 0; t < 400; ++t) {
-    const int a = static_cast<int>(rng() % 4), b = (a + 1 + rng() % 3) % 4;
-    const int da = c.groups[a][rng() % 6], db = c.groups[b][rng() % 6];
+    const int a = static_cast<int>(rng() % pp), b = (a + 1 + rng() % (pp - 1)) % pp;
+    const int da = c.groups[a][rng() % dp], db = c.groups[b][rng() % dp];
     const std::vector<std::pair<int, int>> moves = {{da, b}, {db, a}};
     Candidate full_labels = c;
     full_labels.label[da] = b;
@@ -188,6 +188,15 @@ TEST(Search, PruningIsSoundAndIncrementalIsExact) {
   }
   EXPECT_GT(pruned, 0);
   EXPECT_EQ(ev.pruned(), pruned);
+}
+
+TEST(Search, PruningIsSoundAndIncrementalIsExact) { expectSoundPruning(24, 4, 6, 11); }
+
+// From D_dp = Evaluator::kRecheckMinDp the bound is re-tried after each
+// exact pair matching; still sound.
+TEST(Search, PruningWithRecheckIsSound) {
+  static_assert(Evaluator::kRecheckMinDp <= 16);
+  expectSoundPruning(70, 4, 16, 5);
 }
 
 TEST(Search, IdleDevicesAreAllowed) {
