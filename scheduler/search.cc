@@ -23,12 +23,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// The evolutionary search's annealing walk (docs/scheduler.md, Search).
-constexpr double kWalkShare = 0.7;       // both walks, of budget_evaluations
-constexpr int64_t kWalkTrials = 14000;   // both walks at most, and without one
-constexpr int64_t kWalkPerDevice = 400;  // and at most this many per device
-constexpr double kWalkHot = 0.02;        // first walk's start temperature / cost
-constexpr double kWalkCold = 0.0001;     // end temperature / cost
+// The evolutionary search's annealing walks (docs/scheduler.md, Search).
+constexpr int kWalks = 3;                 // walks, one after the other
+constexpr double kWalkShare = 0.9;        // of the budget (evaluations and seconds)
+constexpr int64_t kWalkPerDevice = 5000;  // walks' evaluations at most, per device
+constexpr double kWalkHot = 0.02;         // first walk's start temperature / cost
+constexpr double kWalkReheat = 0.25;      // each next walk's start / the last's
+constexpr double kWalkCold = 0.0001;      // end temperature / cost
 
 double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -293,9 +294,13 @@ bool alignMove(const Evaluator& ev, const Candidate& c, std::mt19937_64& rng,
 // (e.g. the round-robin partition, whose eight groups all cost the same).
 // Each trial is one evaluation; moves whose lower bound already exceeds the
 // current cost are rejected without exact matchings (Evaluator::applyMoves).
+// A walk (temperature > 0, cooling to `cold`) cools with its share of
+// trials, or with its share of the time to walk_end when that is later, and
+// ends at walk_end.
 void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle, std::mt19937_64& rng,
                  const Clock::time_point* deadline, double temperature = 0.0, double cold = -1.0,
-                 const std::function<void(const Candidate&)>& on_best = {}) {
+                 const std::function<void(const Candidate&)>& on_best = {},
+                 const Clock::time_point* walk_end = nullptr) {
   const int way = ev.way();
   std::vector<int> parts;
   for (int g = 0; g < way; ++g) parts.push_back(g);
@@ -311,6 +316,9 @@ void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle, std::mt
   auto finish = [&] {
     if (best && best->cost < c.cost) c = std::move(*best);
   };
+  const Clock::time_point walk_start = Clock::now();
+  const double walk_span =
+      walk_end ? std::chrono::duration<double>(*walk_end - walk_start).count() : 0.0;
   for (int t = 0; t < trials; ++t) {
     // A trial costs up to ~2·way bottleneck matchings of D_dp x D_dp
     // (milliseconds at D_dp = 128), so look at the clock every 4.
@@ -345,8 +353,15 @@ void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle, std::mt
         moves.emplace_back(d, parts[(i + 1) % k]);
       }
     }
-    if (cold > 0 && temperature > 0)
-      temperature_now = temperature * std::pow(cold / temperature, double(t) / trials);
+    if (cold > 0 && temperature > 0) {
+      double progress = double(t) / trials;
+      if (walk_end) {
+        const double p = walk_span > 0 ? since(walk_start) / walk_span : 1.0;
+        if (p >= 1.0) return finish();
+        progress = std::max(progress, p);
+      }
+      temperature_now = temperature * std::pow(cold / temperature, progress);
+    }
     Candidate next = c;
     const double tol = 1e-12 * std::max(1.0, std::abs(c.cost));
     // Metropolis: a move is taken when new < cur − T·ln u.
@@ -752,26 +767,41 @@ SearchResult evolutionarySearch(const CostModel& model,
                 rng, dl);
     admit(std::move(c));
   }
-  // Two annealing walks, each from the best candidate so far: the first
-  // hot, the second reheated to a quarter of that (it refines the first's
-  // basin). Together min(kWalkShare · budget_evaluations, kWalkTrials)
-  // evaluations (kWalkTrials without an evaluation budget, so that a
-  // time-budgeted run still evaluates a prefix of the same trajectory);
-  // temperature falling geometrically to kWalkCold times the start cost.
-  // Uniform moves only. The adaptive stop does not cut them.
-  const int64_t walk_cap = std::min<int64_t>(kWalkTrials, kWalkPerDevice * n);
+  // Annealing walks, each from the best candidate so far: the first hot
+  // (kWalkHot of its cost), each next one reheated to kWalkReheat of the
+  // last's start (it refines that basin); temperature falling geometrically
+  // to kWalkCold of the start cost; uniform moves only; the adaptive stop
+  // does not cut them. Together min(kWalkShare · budget_evaluations,
+  // kWalkPerDevice · devices) evaluations (the second alone without an
+  // evaluation budget). A walk's temperature follows its share of trials;
+  // when the time budget would end the walks first (projected from the
+  // rate of the polishing descents above), it follows its share of
+  // kWalkShare · budget_seconds instead, so that a time-bound walk still
+  // cools down. Without that projection a run ending on its evaluation
+  // budget stays a pure function of the seed.
+  const int64_t walk_cap = kWalkPerDevice * n;
   const int64_t walks_total =
       options.budget_evaluations > 0
           ? std::min(walk_cap,
                      static_cast<int64_t>(kWalkShare * double(options.budget_evaluations)))
           : walk_cap;
-  for (const double hot : {kWalkHot, kWalkHot / 4}) {
+  const double polish_s = since(tr.t0);
+  const int64_t polish_evals = std::max<int64_t>(1, totalEvals());
+  const double walks_s = kWalkShare * options.budget_seconds;
+  const bool time_bound =
+      options.budget_seconds > 0 && double(walks_total) * polish_s / double(polish_evals) > walks_s;
+  double hot = kWalkHot;
+  for (int w = 0; w < kWalks; ++w, hot *= kWalkReheat) {
     if (tr.exhausted(totalEvals()) || !std::isfinite(tr.result.best.cost)) break;
     Candidate walker = tr.result.best;
-    const int64_t walk = std::min(tr.remaining(totalEvals()), walks_total / 2);
-    localSearch(*evs[0], walker, static_cast<int>(walk), options.max_cycle, rng, dl,
-                hot * walker.cost, kWalkCold * walker.cost,
-                [&](const Candidate& b) { tr.offer(b, totalEvals()); });
+    const int64_t walk = std::min(tr.remaining(totalEvals()), walks_total / kWalks);
+    const Clock::time_point walk_end =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(walks_s / kWalks));
+    localSearch(
+        *evs[0], walker, static_cast<int>(walk), options.max_cycle, rng, dl, hot * walker.cost,
+        kWalkCold * walker.cost, [&](const Candidate& b) { tr.offer(b, totalEvals()); },
+        time_bound ? &walk_end : nullptr);
     admit(std::move(walker));
   }
   tr.stall_from = totalEvals();

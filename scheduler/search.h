@@ -18,11 +18,11 @@ struct SearchOptions {
   std::string algorithm = "evolutionary";
   // Stop after this many candidate evaluations (each full or incremental
   // pricing of a partition counts one); 0 = no limit.
-  int64_t budget_evaluations = 20000;
+  int64_t budget_evaluations = 150000;
   // Stop after this much wall-clock time; 0 = no limit. With a time limit the
   // result depends on machine speed; with only an evaluation limit it is a
   // pure function of the seed (for any thread count).
-  double budget_seconds = 2.0;
+  double budget_seconds = 3.0;
   // Seed of every random choice.
   uint64_t seed = 1;
   // Children bred and improved concurrently (evolutionary only).

@@ -156,8 +156,8 @@ struct CompressionSpec {
 struct SchedulerSpec {
   std::string algorithm = "evolutionary";  // evolutionary | in-order | random | exhaustive
   std::string cost_model = "geopipe";      // geopipe | dtfm
-  int64_t budget_evaluations = 20000;      // candidate evaluations; 0 = unlimited
-  double budget_seconds = 2.0;             // wall-clock cap; 0 = unlimited
+  int64_t budget_evaluations = 150000;     // candidate evaluations; 0 = unlimited
+  double budget_seconds = 3.0;             // wall-clock cap; 0 = unlimited
   uint64_t seed = 1;                       // search seed (deterministic)
   int threads = 1;                         // worker threads for the search
   // Payload overrides for cost_model dtfm, in GB (the paper's c_grad and

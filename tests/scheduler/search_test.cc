@@ -35,9 +35,8 @@ TEST_P(Optimality, EvolutionaryFindsTheExhaustiveOptimum) {
     const JobSpec job =
         smallJob(randomTopology(shape.n, 100 + seed), shape.pp, shape.dp, cost_model);
     auto model = modelFor(job, shape.pp, shape.dp);
-    SearchOptions opt;
+    SearchOptions opt;  // the default evaluation budget, no time limit
     opt.budget_seconds = 0;
-    opt.budget_evaluations = 20000;
     opt.seed = seed;
     const SearchResult exact = exhaustiveSearch(*model, opt);
     EXPECT_EQ(exact.evaluations,
