@@ -24,14 +24,16 @@ constexpr const char* kPluginName = "libgeopipe_sentencepiece.so";
 
 using LoadFn = Tokenizer* (*)(const char*, char*, size_t);
 
-// Where the plugin may be: next to the running executable, then where the
-// build put it.
+// Where the plugin may be: next to the running executable, where the build
+// put it, then where `cmake --install` to the configured prefix put it (a
+// program built against an installed geopipe; docs/cpp-api.md).
 std::vector<std::string> pluginCandidates() {
   std::vector<std::string> out;
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) out.push_back((exe.parent_path() / kPluginName).string());
   out.push_back(GEOPIPE_SENTENCEPIECE_PLUGIN);
+  out.push_back(GEOPIPE_SENTENCEPIECE_PLUGIN_INSTALLED);
   return out;
 }
 
