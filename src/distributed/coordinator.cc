@@ -929,7 +929,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     // A broken link or a timeout is often the consequence of another
     // tasklet's death: hold it for failure_grace in case the root cause
     // arrives.
-    const bool primary = type != "IoError" && type != "TimeoutError";
+    ErrorKind kind;
+    const bool primary =
+        !kindFromName(type, &kind) || (kind != ErrorKind::IO && kind != ErrorKind::TIMEOUT);
     recordFailureLocked(
         rank,
         detail::concat(describeLocked(rank), " failed: ", type.empty() ? "" : type + ": ", error),
@@ -970,7 +972,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         describeLocked(suspect), " failed: no heartbeat for ", static_cast<int>(longest),
         " s, the process died or its host is gone (first noticed as: ", f.message, ")");
     f.rank = suspect;
-    f.type = "TimeoutError";
+    f.type = kindName(ErrorKind::TIMEOUT);
   }
 
   // A failure is final: ends the job, or (recoverable, restarts left, the
@@ -1081,7 +1083,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     const int old_replicas = replicas_;
     const Failure why{detail::concat("growing back from ", old_replicas, " to ", r,
                                      " replicas with idle spares"),
-                      "TimeoutError", -1, true, Clock::now()};
+                      kindName(ErrorKind::TIMEOUT), -1, true, Clock::now()};
     endGenerationLocked(why);
     ++grows_;
     replicas_before_grow_ = old_replicas;
@@ -1221,7 +1223,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                 detail::concat(describeLocked(r), " failed: no heartbeat for ",
                                static_cast<int>(silent), " s (last step done: ", s.last_step + 1,
                                "); the process died or hangs, or its host is gone or cut off"),
-                "TimeoutError", true);
+                kindName(ErrorKind::TIMEOUT), true);
           }
         }
         // The step barrier's deadline: the oldest incomplete step.
@@ -1235,7 +1237,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                   detail::concat(describeLocked(r), " failed: step ", step + 1,
                                  " not reported within ", opt_.step_deadline.count() / 1000,
                                  " s of the first tasklet's report"),
-                  "TimeoutError", true);
+                  kindName(ErrorKind::TIMEOUT), true);
               break;
             }
           }

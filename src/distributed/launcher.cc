@@ -14,6 +14,7 @@
 #include "src/common/logging.h"
 #include "src/config/job_parser.h"
 #include "src/distributed/process.h"
+#include "src/distributed/recovery.h"
 #include "src/distributed/security.h"
 
 namespace geopipe::distributed {
@@ -172,7 +173,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
           if (!failed_pid) failed_pid = c.pid();
           std::string cause = st->str();
           coordinator.reportFailure(c.pid(), -1, cause,
-                                    st->signaled ? "ProcessKilled" : "ProcessFailed");
+                                    st->signaled ? kProcessKilled : "ProcessFailed");
           if (opt.respawn && st->signaled && restarts < max_restarts) {
             ++restarts;
             SpawnOptions so = spawn_of[i];

@@ -8,8 +8,9 @@
 namespace geopipe::distributed {
 
 bool isRecoverableFailure(const std::string& error_type) {
-  return error_type == "ProcessKilled" || error_type == "TimeoutError" || error_type == "IoError" ||
-         error_type == "ProtocolError";
+  if (error_type == kProcessKilled) return true;
+  ErrorKind kind;
+  return kindFromName(error_type, &kind) && isLinkFailure(kind);
 }
 
 std::chrono::milliseconds heartbeatInterval(std::chrono::milliseconds timeout) {

@@ -10,9 +10,14 @@
 
 namespace geopipe::distributed {
 
+// The failure type a launcher reports for a worker killed by a signal (an
+// exit code gives "ProcessFailed").
+inline constexpr const char* kProcessKilled = "ProcessKilled";
+
 // Failures that a new generation can fix: a process killed or crashed by a
-// signal ("ProcessKilled"), a worker silent past its deadline
-// ("TimeoutError"), broken or garbled links ("IoError", "ProtocolError").
+// signal (kProcessKilled), and the link failures of geopipe/error.h
+// (isLinkFailure: a worker silent past its deadline "TimeoutError", broken
+// or garbled links "IoError", "ProtocolError").
 // Everything else (a bad job "ConfigError", "InfeasibleError", a worker
 // that exited with an error code "ProcessFailed", an interrupt) would fail
 // the same way again, so it ends the job.

@@ -50,16 +50,6 @@ std::string portPart(const std::string& address) {
   return colon == std::string::npos ? "" : address.substr(colon + 1);
 }
 
-std::string errorTypeName(const std::exception& e) {
-  if (dynamic_cast<const ConfigError*>(&e)) return "ConfigError";
-  if (dynamic_cast<const TimeoutError*>(&e)) return "TimeoutError";
-  if (dynamic_cast<const ProtocolError*>(&e)) return "ProtocolError";
-  if (dynamic_cast<const IoError*>(&e)) return "IoError";
-  if (dynamic_cast<const InfeasibleError*>(&e)) return "InfeasibleError";
-  if (dynamic_cast<const Error*>(&e)) return "Error";
-  return "InternalError";
-}
-
 // The worker's side of the Coordinator service: one channel, every call
 // with a deadline, every failure converted once.
 class CoordinatorClient {
@@ -501,7 +491,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
   } catch (const std::exception& e) {
     std::string reason;
     auto verdict = heartbeat ? heartbeat->verdict(&reason) : HeartbeatThread::Verdict::NONE;
-    const std::string type = errorTypeName(e);
+    const std::string type = kindName(kindOf(e));
     if (verdict == HeartbeatThread::Verdict::NONE && heartbeat && a.recoverable() &&
         isRecoverableFailure(type)) {
       // Maybe a peer died: say what happened here and wait for the

@@ -59,12 +59,8 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     // Keep the failure's type (timeout vs. a peer's garbage) and add where.
     try {
       work->wait(options_.timeout);
-    } catch (const TimeoutError& e) {
-      GEOPIPE_THROW(TimeoutError, what, ": ", e.what());
-    } catch (const ProtocolError& e) {
-      GEOPIPE_THROW(ProtocolError, what, ": ", e.what());
-    } catch (const IoError& e) {
-      GEOPIPE_THROW(IoError, what, ": ", e.what());
+    } catch (const Error& e) {
+      rethrowWithContext(e, what + ": ");
     }
     timing.wait_recv_s += secondsSince(t0);
     return work->takePayload();

@@ -46,8 +46,9 @@ std::string describeGroup(const std::vector<int>& group) {
   return s + "]";
 }
 
-// Runs body(); a transport error gets the collective's context prefixed and
-// keeps its type, so callers can still catch TimeoutError or IoError.
+// Runs body(); a geopipe error gets the collective's context prefixed and
+// keeps its kind (rethrowWithContext), so callers can still catch
+// TimeoutError or IoError.
 template <typename Body>
 void withContext(const Transport& transport, const std::vector<int>& group,
                  const CollectiveOptions& options, const char* op, Body&& body) {
@@ -57,12 +58,8 @@ void withContext(const Transport& transport, const std::vector<int>& group,
   };
   try {
     body();
-  } catch (const TimeoutError& e) {
-    GEOPIPE_THROW(TimeoutError, context(), e.what());
-  } catch (const IoError& e) {
-    GEOPIPE_THROW(IoError, context(), e.what());
-  } catch (const ProtocolError& e) {
-    GEOPIPE_THROW(ProtocolError, context(), e.what());
+  } catch (const Error& e) {
+    rethrowWithContext(e, context());
   }
 }
 

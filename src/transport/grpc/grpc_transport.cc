@@ -39,26 +39,16 @@ constexpr int kMaxFrameBytes = static_cast<int>(kMaxChunkBytes + (64 << 10));
 // replies larger than this are refused.
 constexpr int kMaxAckBytes = 64 << 10;
 
-// A failure as a type and a message, so that one link failure can be
+// A failure as a kind and a message, so that one link failure can be
 // reported to every later send with that send's own context.
-enum class ErrorKind { IO, PROTOCOL, TIMEOUT };
 struct Failure {
   ErrorKind kind = ErrorKind::IO;
   std::string message;
 };
 
 std::exception_ptr toException(const Failure& f) {
-  switch (f.kind) {
-    case ErrorKind::PROTOCOL:
-      return GEOPIPE_ERROR_PTR(ProtocolError, f.message);
-    case ErrorKind::TIMEOUT:
-      return GEOPIPE_ERROR_PTR(TimeoutError, f.message);
-    case ErrorKind::IO:
-      break;
-  }
-  return GEOPIPE_ERROR_PTR(IoError, f.message);
+  return makeError(f.kind, f.message, __FILE__ ":" GEOPIPE_STRINGIFY(__LINE__));
 }
-
 
 // The one place a grpc::Status becomes a geopipe error. `what` names the
 // operation, both ranks, the peer's address and the tag. Refusals by the
