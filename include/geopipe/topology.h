@@ -2,6 +2,7 @@
 // a topology YAML file (see docs/job-spec.md). Plain structs, no YAML here.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,11 @@ struct DeviceSpec {
   std::string name;         // "<site>/<index>" unless the file names it
   std::string gpu = "V100"; // marketing name, informational
   double tflops = 125.0;    // sustained dense TFLOPS in model.dtype (V100 fp16)
+  // A rate per compute dtype ("fp32", "fp16", "bf16"), when the topology
+  // gives `tflops` as a mapping; empty when it gives one rate. Reading a job
+  // sets `tflops` from it for the job's model.dtype (a dtype it lacks is a
+  // ConfigError).
+  std::map<std::string, double> tflops_by_dtype;
   double memory_gb = 32.0;  // device memory in GiB available to geopipe
   int site = 0;             // index into TopologySpec::sites
 };

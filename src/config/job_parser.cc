@@ -675,6 +675,7 @@ class JobReader {
                  std::to_string(t.global_batch / t.micro_batch) + ")");
       }
     }
+    resolveComputeRates();
     if (job_.scheduler.algorithm == "exhaustive" && devices > 12) {
       fail("scheduler.algorithm",
            "exhaustive search enumerates every allocation and is limited to 12 "
@@ -683,6 +684,36 @@ class JobReader {
     }
     checkData();
     checkActivationBuffers();
+  }
+
+  // A device whose topology gives tflops per dtype computes at the rate of
+  // the job's model.dtype; a dtype it lacks is an error naming the device,
+  // not a silent fallback to another dtype's rate.
+  void resolveComputeRates() {
+    const std::string& dtype = job_.model.dtype;
+    std::vector<std::string> lacking;
+    for (DeviceSpec& d : job_.topology.devices) {
+      if (d.tflops_by_dtype.empty()) continue;
+      const auto it = d.tflops_by_dtype.find(dtype);
+      if (it != d.tflops_by_dtype.end()) {
+        d.tflops = it->second;
+        continue;
+      }
+      if (lacking.size() < 3) {
+        std::string have;
+        for (const auto& [k, v] : d.tflops_by_dtype) have += (have.empty() ? "" : ", ") + k;
+        lacking.push_back("'" + d.name + "' (has " + have + ")");
+      } else if (lacking.size() == 3) {
+        lacking.push_back("...");
+      }
+    }
+    if (lacking.empty()) return;
+    std::string names;
+    for (const std::string& l : lacking) names += (names.empty() ? "" : ", ") + l;
+    fail("model.dtype", "the job computes in " + dtype + " but topology '" +
+                            job_.topology.source + "' gives no " + dtype +
+                            " tflops for device " + names + ": add " + dtype +
+                            ": <rate> to their tflops mapping, or change model.dtype");
   }
 
   // AC-SGD's m(xi) stores against buffer_budget_gb and the topology's

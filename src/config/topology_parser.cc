@@ -48,9 +48,37 @@ void readLink(const YAML::Node& node, const std::string& path,
   r.finish();
 }
 
+// `tflops`: one rate (the dtype the job computes in), or a rate per compute
+// dtype ({fp32: 19.5, bf16: 312}); either replaces what an outer level gave.
+void readTflops(MapReader& r, DeviceSpec& d) {
+  if (!r.has("tflops")) return;
+  const YAML::Node node = r.child("tflops");
+  if (!node.IsMap()) {
+    r.getDouble("tflops", d.tflops, 0.0, kInf, /*lo_exclusive=*/true);
+    d.tflops_by_dtype.clear();
+    return;
+  }
+  MapReader rates(node, r.fieldPath("tflops"), r.context());
+  std::map<std::string, double> by_dtype;
+  for (const char* dtype : {"fp32", "fp16", "bf16"}) {
+    if (!rates.has(dtype)) continue;
+    double v = 0;
+    rates.getDouble(dtype, v, 0.0, kInf, /*lo_exclusive=*/true);
+    by_dtype[dtype] = v;
+  }
+  rates.finish();
+  if (by_dtype.empty()) {
+    r.error("tflops", node,
+            "a tflops mapping needs a rate for at least one of fp32, fp16, bf16 "
+            "(e.g. tflops: {fp32: 19.5, bf16: 312}), or give one number");
+    return;
+  }
+  d.tflops_by_dtype = std::move(by_dtype);
+}
+
 void readDeviceFields(MapReader& r, DeviceSpec& d) {
   r.getString("gpu", d.gpu);
-  r.getDouble("tflops", d.tflops, 0.0, kInf, /*lo_exclusive=*/true);
+  readTflops(r, d);
   r.getDouble("memory_gb", d.memory_gb, 0.0, kInf, /*lo_exclusive=*/true);
 }
 

@@ -183,3 +183,59 @@ TEST(Strings, ClosestMatchSuggestsOnlyPlausibleTypos) {
 }
 
 }  // namespace
+
+namespace {
+
+// A topology whose devices give tflops per compute dtype: the site's
+// mapping, one device's own mapping, one device's single rate.
+std::string perDtypeJob(const std::string& dtype) {
+  return R"(
+model: {preset: tiny, dtype: )" +
+         dtype + R"(}
+topology:
+  sites:
+    - name: lab
+      intra: {latency_ms: 0.1, bandwidth_gbps: 100}
+      tflops: {fp32: 19.5, bf16: 312, fp16: 312}
+      devices:
+        - {name: a100}
+        - {name: v100, tflops: {fp32: 15.7, fp16: 125}}
+        - {name: cpu, tflops: 0.05}
+)";
+}
+
+TEST(TopologyParser, TflopsPerDtypeFollowsTheJobsComputeDtype) {
+  JobSpec fp32 = parseJobString(perDtypeJob("fp32"), "j.yaml", "");
+  EXPECT_DOUBLE_EQ(fp32.topology.devices[0].tflops, 19.5);
+  EXPECT_DOUBLE_EQ(fp32.topology.devices[1].tflops, 15.7);
+  EXPECT_DOUBLE_EQ(fp32.topology.devices[2].tflops, 0.05);  // one rate: any dtype
+  EXPECT_TRUE(fp32.topology.devices[2].tflops_by_dtype.empty());
+  JobSpec fp16 = parseJobString(perDtypeJob("fp16"), "j.yaml", "");
+  EXPECT_DOUBLE_EQ(fp16.topology.devices[0].tflops, 312);
+  EXPECT_DOUBLE_EQ(fp16.topology.devices[1].tflops, 125);
+}
+
+TEST(TopologyParser, ADtypeADeviceHasNoRateForIsRefusedNamingTheDevice) {
+  try {
+    parseJobString(perDtypeJob("bf16"), "j.yaml", "");
+    FAIL() << "a bf16 job on a device with only fp32 and fp16 rates was accepted";
+  } catch (const config::SpecError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("model.dtype"), std::string::npos) << m;
+    EXPECT_NE(m.find("'v100' (has fp16, fp32)"), std::string::npos) << m;
+    EXPECT_NE(m.find("add bf16: <rate>"), std::string::npos) << m;
+    EXPECT_EQ(m.find("'a100'"), std::string::npos) << m;
+  }
+}
+
+TEST(TopologyParser, TflopsMappingKeysAreCheckedAndNotEmpty) {
+  const std::string base = R"(
+sites:
+  - {name: s, devices: 1, tflops: )";
+  EXPECT_THROW(parseTopologyString(base + "{fp23: 1}}\n", "t.yaml"), config::SpecError);
+  EXPECT_THROW(parseTopologyString(base + "{}}\n", "t.yaml"), config::SpecError);
+  EXPECT_THROW(parseTopologyString(base + "{fp32: 0}}\n", "t.yaml"), config::SpecError);
+  EXPECT_NO_THROW(parseTopologyString(base + "{fp32: 1}}\n", "t.yaml"));
+}
+
+}  // namespace

@@ -10,6 +10,7 @@
 #include "scheduler/evaluator.h"
 #include "scheduler/planner.h"
 #include "scheduler/scenarios.h"
+#include "src/config/job_parser.h"
 #include "test_util.h"
 
 namespace geopipe::scheduler {
@@ -61,6 +62,34 @@ TEST(GeopipeModel, HomogeneousPipelineHasTheTextbookBubble) {
   int layers = 0;
   for (auto [f, l] : c.eval.layers) layers += l - f;
   EXPECT_EQ(layers, 12);
+}
+
+// A topology with tflops per dtype: the job's model.dtype picks the rate
+// the compute term uses (config's job parser resolves it; a 16x faster bf16
+// rate makes the compute term 16x smaller, the same layers and batches).
+TEST(GeopipeModel, ComputeFollowsTheJobsDtypeWhereTheTopologyGivesRatesPerDtype) {
+  auto computeS = [](const std::string& dtype) {
+    const std::string yaml = R"(
+model: {preset: tiny, layers: 4, dtype: )" + dtype + R"(}
+parallelism: {pipeline_stages: 2, data_parallel: 1}
+training: {global_batch: 4, micro_batch: 1}
+scheduler: {cost_model: geopipe}
+topology:
+  sites:
+    - name: lab
+      intra: {latency_ms: 0.1, bandwidth_gbps: 100}
+      tflops: {fp32: 19.5, bf16: 312}
+      devices: 2
+)";
+    const JobSpec job = config::parseJobString(yaml, "j.yaml", "");
+    auto net = std::make_shared<const Network>(job.topology);
+    GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 1, "1f1b");
+    Evaluator ev(model);
+    return ev.make({0, 1}).eval.breakdown.compute_s;
+  };
+  const double fp32 = computeS("fp32"), bf16 = computeS("bf16");
+  ASSERT_GT(bf16, 0);
+  EXPECT_NEAR(fp32 / bf16, 312 / 19.5, 1e-9 * 16);
 }
 
 TEST(GeopipeModel, SlowGpusGetFewerLayers) {
