@@ -51,13 +51,14 @@ class ByteReader {
     readArray(v.data(), count, field);
     return v;
   }
-  // The next n bytes, in place (valid while the underlying bytes are).
-  const uint8_t* bytes(size_t n, const char* field) { return take(n, field); }
-  std::vector<uint8_t> copyBytes(size_t n, const char* field) {
+  // The next n bytes, in place (valid while the underlying bytes are). n is
+  // 64-bit so that a peer's u64 size is checked before any narrowing.
+  const uint8_t* bytes(uint64_t n, const char* field) { return take(n, field); }
+  std::vector<uint8_t> copyBytes(uint64_t n, const char* field) {
     const uint8_t* p = take(n, field);
     return std::vector<uint8_t>(p, p + n);
   }
-  void skip(size_t n, const char* field) { take(n, field); }
+  void skip(uint64_t n, const char* field) { take(n, field); }
   // Everything not read yet (possibly nothing).
   std::vector<uint8_t> copyRest() { return copyBytes(remaining(), "rest"); }
 
@@ -76,8 +77,8 @@ class ByteReader {
   const std::string& message() const { return message_; }
 
  private:
-  const uint8_t* take(size_t n, const char* field) {
-    if (n > size_ - pos_) {
+  const uint8_t* take(uint64_t n, const char* field) {
+    if (n > uint64_t{size_ - pos_}) {
       GEOPIPE_THROW(ProtocolError, message_, " truncated reading ", field, " at offset ", pos_,
                     ": needs ", n, " bytes, ", size_ - pos_, " left of ", size_);
     }
