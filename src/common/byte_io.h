@@ -90,8 +90,7 @@ class ByteReader {
   void require(size_t count, size_t width, const char* field) const {
     if (count > (size_ - pos_) / width) {
       GEOPIPE_THROW(ProtocolError, message_, " truncated reading ", field, " at offset ", pos_,
-                    ": needs ", count, " x ", width, " bytes, ", size_ - pos_, " left of ",
-                    size_);
+                    ": needs ", count, " x ", width, " bytes, ", size_ - pos_, " left of ", size_);
     }
   }
   template <typename T>

@@ -32,8 +32,8 @@ TEST(ByteWriter, WritesLittleEndian) {
   w.write<uint32_t>(0x03040506u);
   w.write<int64_t>(-2);
   w.write<float>(1.0f);  // 0x3F800000
-  const std::vector<uint8_t> want = {0xAB, 0x02, 0x01, 0x06, 0x05, 0x04, 0x03, 0xFE, 0xFF,
-                                     0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x80, 0x3F};
+  const std::vector<uint8_t> want = {0xAB, 0x02, 0x01, 0x06, 0x05, 0x04, 0x03, 0xFE, 0xFF, 0xFF,
+                                     0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x80, 0x3F};
   EXPECT_EQ(w.bytes(), want);
 }
 
@@ -78,9 +78,9 @@ TEST(ByteReader, TruncatedReadNamesMessageFieldAndOffset) {
   ByteReader r(bytes, "pipeline frame");
   r.read<uint64_t>("magic");
   const std::string e = errorOf([&] { r.read<uint64_t>("step"); });
-  EXPECT_EQ(e.rfind("pipeline frame truncated reading step at offset 8: needs 8 bytes, 4 left of 12",
-                    0),
-            0u)
+  EXPECT_EQ(
+      e.rfind("pipeline frame truncated reading step at offset 8: needs 8 bytes, 4 left of 12", 0),
+      0u)
       << e;
   // The failed read consumed nothing.
   EXPECT_EQ(r.offset(), 8u);
@@ -115,8 +115,9 @@ TEST(ByteReader, HugeCountsAreRefusedBeforeAllocating) {
   const size_t huge = std::numeric_limits<size_t>::max() / 2;
   const std::string e = errorOf([&] { r.readVector<float>(huge, "values"); });
   EXPECT_NE(e.find("bundle truncated reading values at offset 0"), std::string::npos) << e;
-  EXPECT_NE(errorOf([&] { r.bytes(std::numeric_limits<size_t>::max(), "span"); })
-                .find("truncated reading span at offset 0"),
+  EXPECT_NE(errorOf([&] {
+              r.bytes(std::numeric_limits<size_t>::max(), "span");
+            }).find("truncated reading span at offset 0"),
             std::string::npos);
   EXPECT_EQ(r.remaining(), 16u);
 }
@@ -125,9 +126,9 @@ TEST(ByteReader, ExpectEndNamesTrailingBytes) {
   const std::vector<uint8_t> bytes(5, 0);
   ByteReader r(bytes, "gradient bundle");
   r.read<uint32_t>("count");
-  EXPECT_EQ(errorOf([&] { r.expectEnd(); }).rfind("gradient bundle has 1 trailing bytes at offset 4",
-                                                    0),
-            0u);
+  EXPECT_EQ(
+      errorOf([&] { r.expectEnd(); }).rfind("gradient bundle has 1 trailing bytes at offset 4", 0),
+      0u);
 }
 
 }  // namespace

@@ -29,17 +29,17 @@ TEST(NcclAnnouncement, LayoutIsTheSixtyFourByteHeader) {
   const Bytes b = encodeNcclAnnouncement(example());
   ASSERT_EQ(b.size(), 64u);
   Bytes want(64, 0);
-  const uint8_t head[] = {'N', 'C', 'C', 'L', 3, 0, 0, 0,           // magic, channel
+  const uint8_t head[] = {'N',  'C',  'C',  'L',  3,    0,    0,    0,     // magic, channel
                           0xFD, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,  // step -3
-                          7, 0, 0, 0, 2, 0, 0, 0,                   // micro-batch, index
-                          0, 0x10, 0, 0, 0, 0, 0, 0};               // size 4096
+                          7,    0,    0,    0,    2,    0,    0,    0,     // micro-batch, index
+                          0,    0x10, 0,    0,    0,    0,    0,    0};    // size 4096
   std::memcpy(want.data(), head, sizeof(head));
   EXPECT_EQ(b, want);
 }
 
 TEST(NcclAnnouncement, RoundTrips) {
-  const NcclAnnouncement a = decodeNcclAnnouncement(encodeNcclAnnouncement(example()), "rank 3",
-                                                    4096);
+  const NcclAnnouncement a =
+      decodeNcclAnnouncement(encodeNcclAnnouncement(example()), "rank 3", 4096);
   EXPECT_EQ(a.tag, example().tag);
   EXPECT_EQ(a.size, 4096u);
 }
