@@ -8,6 +8,7 @@
 #include "compression/bit_pack.h"
 #include "compression/half.h"
 #include "geopipe/error.h"
+#include "src/common/byte_io.h"
 
 #if defined(__SSE4_2__)
 #include <nmmintrin.h>
@@ -19,17 +20,10 @@ namespace {
 
 constexpr uint8_t kMagic[4] = {'G', 'P', 'C', 'T'};
 
-template <typename T>
-void put(std::vector<uint8_t>& out, T v) {
-  uint8_t b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));  // little-endian host
-  out.insert(out.end(), b, b + sizeof(T));
-}
-
-template <typename T>
-T get(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
+// Eight bytes for the crc32 instruction (the loops keep it in bounds).
+inline uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
   return v;
 }
 
@@ -117,15 +111,15 @@ uint32_t crc32c(const uint8_t* data, size_t n, uint32_t crc) {
       uint64_t c1 = 0, c2 = 0;
       const uint8_t* p = data + i;
       for (size_t k = 0; k < kCrcBlock; k += 8) {
-        c = _mm_crc32_u64(c, get<uint64_t>(p + k));
-        c1 = _mm_crc32_u64(c1, get<uint64_t>(p + kCrcBlock + k));
-        c2 = _mm_crc32_u64(c2, get<uint64_t>(p + 2 * kCrcBlock + k));
+        c = _mm_crc32_u64(c, load64(p + k));
+        c1 = _mm_crc32_u64(c1, load64(p + kCrcBlock + k));
+        c2 = _mm_crc32_u64(c2, load64(p + 2 * kCrcBlock + k));
       }
       c = z.apply(z.apply(static_cast<uint32_t>(c)) ^ static_cast<uint32_t>(c1)) ^
           static_cast<uint32_t>(c2);
     }
   }
-  for (; i + 8 <= n; i += 8) c = _mm_crc32_u64(c, get<uint64_t>(data + i));
+  for (; i + 8 <= n; i += 8) c = _mm_crc32_u64(c, load64(data + i));
   crc = static_cast<uint32_t>(c);
   for (; i < n; ++i) crc = _mm_crc32_u8(crc, data[i]);
 #else
@@ -157,66 +151,75 @@ QuantizerOptions WireHeader::quantizerOptions() const {
 std::vector<uint8_t> encodeHeader(const WireHeader& h) {
   GEOPIPE_CHECK(h.shape.size() <= kMaxDims, ConfigError, "tensor has ", h.shape.size(),
                 " dims; the wire format allows at most ", kMaxDims);
-  std::vector<uint8_t> out;
-  out.reserve(kHeaderFixedBytes + 8 * h.shape.size());
-  out.insert(out.end(), kMagic, kMagic + 4);
-  put<uint8_t>(out, kWireVersion);
-  put<uint8_t>(out, static_cast<uint8_t>(h.method));
-  put<uint8_t>(out, h.bits);
-  put<uint8_t>(out, static_cast<uint8_t>(h.granularity));
-  put<uint8_t>(out, static_cast<uint8_t>(h.rounding));
-  put<uint8_t>(out, static_cast<uint8_t>(h.dtype));
-  put<uint8_t>(out, static_cast<uint8_t>(h.shape.size()));
-  put<uint8_t>(out, 0);
-  put<uint32_t>(out, h.group_size);
-  put<uint64_t>(out, h.scale_count);
-  put<uint64_t>(out, h.aux);
-  put<uint64_t>(out, h.payload_bytes);
-  put<uint32_t>(out, h.payload_crc);
-  for (int64_t d : h.shape) put<int64_t>(out, d);
-  put<uint32_t>(out, crc32c(out.data(), out.size()));
-  return out;
+  common::ByteWriter w(kHeaderFixedBytes + 8 * h.shape.size());
+  w.writeBytes(kMagic, 4);
+  w.write<uint8_t>(kWireVersion);
+  w.write<uint8_t>(static_cast<uint8_t>(h.method));
+  w.write<uint8_t>(h.bits);
+  w.write<uint8_t>(static_cast<uint8_t>(h.granularity));
+  w.write<uint8_t>(static_cast<uint8_t>(h.rounding));
+  w.write<uint8_t>(static_cast<uint8_t>(h.dtype));
+  w.write<uint8_t>(static_cast<uint8_t>(h.shape.size()));
+  w.write<uint8_t>(0);  // reserved
+  w.write<uint32_t>(h.group_size);
+  w.write<uint64_t>(h.scale_count);
+  w.write<uint64_t>(h.aux);
+  w.write<uint64_t>(h.payload_bytes);
+  w.write<uint32_t>(h.payload_crc);
+  w.writeArray(h.shape.data(), h.shape.size());
+  w.write<uint32_t>(crc32c(w.bytes().data(), w.size()));
+  return w.take();
 }
 
 WireHeader decodeHeader(const uint8_t* p, size_t n) {
   GEOPIPE_CHECK(n >= kHeaderFixedBytes, ProtocolError, "compressed-tensor header truncated: ",
                 n, " bytes, need at least ", kHeaderFixedBytes);
-  GEOPIPE_CHECK(std::memcmp(p, kMagic, 4) == 0, ProtocolError,
+  common::ByteReader r(p, n, "compressed-tensor header");
+  GEOPIPE_CHECK(std::memcmp(r.bytes(4, "magic"), kMagic, 4) == 0, ProtocolError,
                 "compressed-tensor header has bad magic (not a geopipe compressed tensor)");
-  GEOPIPE_CHECK(p[4] == kWireVersion, ProtocolError, "compressed-tensor wire version ",
-                int(p[4]), " is not supported; this build speaks version ", int(kWireVersion));
-  const size_t ndim = p[10];
+  const uint8_t version = r.read<uint8_t>("version");
+  GEOPIPE_CHECK(version == kWireVersion, ProtocolError, "compressed-tensor wire version ",
+                int(version), " is not supported; this build speaks version ", int(kWireVersion));
+  const uint8_t method = r.read<uint8_t>("method");
+  const uint8_t bits = r.read<uint8_t>("bits");
+  const uint8_t granularity = r.read<uint8_t>("granularity");
+  const uint8_t rounding = r.read<uint8_t>("rounding");
+  const uint8_t dtype = r.read<uint8_t>("dtype");
+  const size_t ndim = r.read<uint8_t>("ndim");
+  const uint8_t reserved = r.read<uint8_t>("reserved");
   GEOPIPE_CHECK(ndim <= kMaxDims, ProtocolError, "header ndim ", ndim, " exceeds ", kMaxDims);
   const size_t expect = kHeaderFixedBytes + 8 * ndim;
   GEOPIPE_CHECK(n >= expect, ProtocolError, "compressed-tensor header truncated: ", n,
                 " bytes, ndim ", ndim, " needs ", expect);
   GEOPIPE_CHECK(n == expect, ProtocolError, "compressed-tensor header oversized: ", n,
                 " bytes, ndim ", ndim, " needs ", expect);
-  const uint32_t want_crc = get<uint32_t>(p + expect - 4);
+  WireHeader h;
+  h.group_size = r.read<uint32_t>("group_size");
+  h.scale_count = r.read<uint64_t>("scale_count");
+  h.aux = r.read<uint64_t>("aux");
+  h.payload_bytes = r.read<uint64_t>("payload_bytes");
+  h.payload_crc = r.read<uint32_t>("payload CRC");
+  const std::vector<int64_t> dims = r.readVector<int64_t>(ndim, "shape");
+  const uint32_t want_crc = r.read<uint32_t>("header CRC");
+  r.expectEnd();
   GEOPIPE_CHECK(crc32c(p, expect - 4) == want_crc, ProtocolError,
                 "compressed-tensor header corrupt (CRC-32C mismatch)");
-  GEOPIPE_CHECK(p[11] == 0, ProtocolError, "header reserved byte is ", int(p[11]), ", must be 0");
+  GEOPIPE_CHECK(reserved == 0, ProtocolError, "header reserved byte is ", int(reserved),
+                ", must be 0");
 
-  WireHeader h;
-  const uint8_t method = p[5];
   GEOPIPE_CHECK(method <= static_cast<uint8_t>(Method::BF16), ProtocolError,
                 "unknown compression method ", int(method));
   h.method = static_cast<Method>(method);
-  h.bits = p[6];
-  GEOPIPE_CHECK(p[7] <= 2, ProtocolError, "unknown granularity ", int(p[7]));
-  h.granularity = static_cast<Granularity>(p[7]);
-  GEOPIPE_CHECK(p[8] <= 1, ProtocolError, "unknown rounding ", int(p[8]));
-  h.rounding = static_cast<Rounding>(p[8]);
-  GEOPIPE_CHECK(p[9] >= 1 && p[9] <= 3, ProtocolError, "unknown dtype ", int(p[9]));
-  h.dtype = static_cast<DType>(p[9]);
-  h.group_size = get<uint32_t>(p + 12);
-  h.scale_count = get<uint64_t>(p + 16);
-  h.aux = get<uint64_t>(p + 24);
-  h.payload_bytes = get<uint64_t>(p + 32);
-  h.payload_crc = get<uint32_t>(p + 40);
+  h.bits = bits;
+  GEOPIPE_CHECK(granularity <= 2, ProtocolError, "unknown granularity ", int(granularity));
+  h.granularity = static_cast<Granularity>(granularity);
+  GEOPIPE_CHECK(rounding <= 1, ProtocolError, "unknown rounding ", int(rounding));
+  h.rounding = static_cast<Rounding>(rounding);
+  GEOPIPE_CHECK(dtype >= 1 && dtype <= 3, ProtocolError, "unknown dtype ", int(dtype));
+  h.dtype = static_cast<DType>(dtype);
   uint64_t numel = 1;
   for (size_t k = 0; k < ndim; ++k) {
-    const int64_t d = get<int64_t>(p + 44 + 8 * k);
+    const int64_t d = dims[k];
     GEOPIPE_CHECK(d >= 0 && static_cast<uint64_t>(d) <= kMaxNumel, ProtocolError,
                   "shape dim ", k, " is ", d, " (must be in 0..2^40)");
     h.shape.push_back(d);

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "geopipe/error.h"
+
 namespace geopipe::fuzz {
 
 class FuzzInput {
@@ -42,6 +44,20 @@ class FuzzInput {
   size_t size_;
   size_t pos_ = 0;
 };
+
+// The body of a target's LLVMFuzzerTestOneInput: run(in) on the input,
+// where a geopipe::Error is an accepted outcome (the parser refused the
+// bytes) and anything else (a crash, another exception, std::abort from a
+// broken invariant) reaches libFuzzer.
+template <typename Run>
+int runRefusingErrors(const uint8_t* data, size_t size, Run run) {
+  FuzzInput in(data, size);
+  try {
+    run(in);
+  } catch (const Error&) {
+  }
+  return 0;
+}
 
 // The encoding FuzzInput::part() reads, for the seed generator.
 inline std::string lengthPrefixed(const std::string& s) {

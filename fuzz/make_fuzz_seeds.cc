@@ -1,8 +1,9 @@
 // Writes the seed corpora of the fuzz targets into DIR/<target>/: the
 // example jobs and topologies, well-formed compressed tensors of every
 // method, valid peer-stream chunk sequences, one valid request of each
-// coordinator RPC and safetensors files of each dtype, an index and a
-// folder. Usage: make_fuzz_seeds DIR (normally fuzz/corpus).
+// coordinator RPC, safetensors files of each dtype, an index and a
+// folder, pipeline frames of each codec, gradient bundles and NCCL
+// announcements. Usage: make_fuzz_seeds DIR (normally fuzz/corpus).
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,9 @@
 #include "proto/coordinator.pb.h"
 #include "proto/peer.pb.h"
 #include "src/formats/safetensors.h"
+#include "src/runtime/boundary_codec.h"
+#include "src/runtime/gradient_bundle.h"
+#include "src/transport/nccl/announcement.h"
 
 namespace fs = std::filesystem;
 using namespace geopipe;
@@ -244,6 +248,58 @@ void safetensorsSeeds(const fs::path& out) {
                 lengthPrefixed("b") + std::string(1, 0) + floats);
 }
 
+// Inputs of fuzz/pipeline_frame_fuzzer.cc: a selector byte (0: the bare
+// decoder, 1..3: the receiver of that codec), then a frame for step 2,
+// micro-batch 1, samples {7, 9}, shape [2, 4], as the target expects.
+void pipelineFrameSeeds(const fs::path& out) {
+  namespace rt = geopipe::runtime;
+  std::vector<float> x(8);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.3f * static_cast<float>(i) - 1.0f;
+  ActivationCompressionSpec none, fp16;
+  fp16.method = "fp16";
+  BackwardCompressionSpec quantize;
+  quantize.method = "quantize";
+  quantize.bits = 8;
+  const std::vector<int64_t> ids = {7, 9};
+  auto frame = [&](std::unique_ptr<rt::BoundaryEncoder> enc) {
+    return str(enc->encode(2, 1, 4, ids, x.data(), {2, 4}));
+  };
+  const std::string raw = frame(rt::BoundaryEncoder::forActivations(none, 1, "seed"));
+  writeSeed(out, "frame-raw", std::string(1, 0) + raw);
+  writeSeed(out, "activations-none", std::string(1, 1) + raw);
+  writeSeed(out, "activations-fp16",
+            std::string(1, 2) + frame(rt::BoundaryEncoder::forActivations(fp16, 1, "seed")));
+  writeSeed(out, "gradients-quantize-8",
+            std::string(1, 3) + frame(rt::BoundaryEncoder::forGradients(quantize, 1)));
+}
+
+// Inputs of fuzz/gradient_bundle_fuzzer.cc: the expected message count,
+// then a bundle of that many compressed gradients (top-k, 8-bit, none).
+void gradientBundleSeeds(const fs::path& out) {
+  std::vector<float> g(6 * 4);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = 0.1f * static_cast<float>(i % 5) - 0.2f;
+  TensorCodecOptions q8;
+  q8.quantizer.bits = 8;
+  const std::vector<CompressedMessage> two = {encodeTopK(g.data(), {6, 4}, 0.25),
+                                              encodeTensor(q8, g.data(), {6, 4})};
+  writeSeed(out, "empty", std::string(1, 0) + str(geopipe::runtime::encodeGradientBundle({})));
+  writeSeed(out, "topk-and-q8",
+            std::string(1, 2) + str(geopipe::runtime::encodeGradientBundle(two)));
+}
+
+// Inputs of fuzz/nccl_announcement_fuzzer.cc: the limit byte (2^20), then
+// an announcement of each channel.
+void ncclAnnouncementSeeds(const fs::path& out) {
+  namespace tr = geopipe::transport;
+  const tr::Channel channels[] = {tr::Channel::ACTIVATION, tr::Channel::ACTIVATION_GRAD,
+                                  tr::Channel::GRADIENT, tr::Channel::CONTROL};
+  for (tr::Channel ch : channels) {
+    const tr::NcclAnnouncement a{tr::Tag{ch, 5, 1, 2}, 4096};
+    writeSeed(out, std::string("announce-") + tr::channelName(ch),
+              std::string(1, 20) + str(tr::encodeNcclAnnouncement(a)));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -257,6 +313,9 @@ int main(int argc, char** argv) {
   peerSeeds(out / "peer_chunks");
   coordinatorSeeds(out / "coordinator_requests");
   safetensorsSeeds(out / "safetensors");
+  pipelineFrameSeeds(out / "pipeline_frame");
+  gradientBundleSeeds(out / "gradient_bundle");
+  ncclAnnouncementSeeds(out / "nccl_announcement");
   std::cout << "seeds written under " << out << "\n";
   return 0;
 }

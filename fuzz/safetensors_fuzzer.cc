@@ -229,10 +229,5 @@ void run(FuzzInput& in) {
 }  // namespace geopipe::formats
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  geopipe::fuzz::FuzzInput in(data, size);
-  try {
-    geopipe::formats::run(in);
-  } catch (const geopipe::Error&) {
-  }
-  return 0;
+  return geopipe::fuzz::runRefusingErrors(data, size, geopipe::formats::run);
 }

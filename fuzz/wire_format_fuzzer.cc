@@ -149,10 +149,5 @@ void run(FuzzInput& in) {
 }  // namespace geopipe::compression
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  geopipe::fuzz::FuzzInput in(data, size);
-  try {
-    geopipe::compression::run(in);
-  } catch (const geopipe::Error&) {
-  }
-  return 0;
+  return geopipe::fuzz::runRefusingErrors(data, size, geopipe::compression::run);
 }

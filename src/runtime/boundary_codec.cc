@@ -1,10 +1,9 @@
 // Framing and compression of pipeline-boundary messages.
 #include "src/runtime/boundary_codec.h"
 
-#include <cstring>
-
 #include "compression/options.h"
 #include "geopipe/error.h"
+#include "src/common/byte_io.h"
 
 namespace geopipe::runtime {
 namespace {
@@ -12,33 +11,6 @@ namespace {
 constexpr uint32_t kFrameMagic = 0x4D425047;  // "GPBM" little-endian
 constexpr uint8_t kFrameVersion = 1;
 constexpr uint32_t kMaxSamples = 1u << 20;
-
-template <typename T>
-void put(transport::Bytes& out, T v) {
-  const auto* p = reinterpret_cast<const uint8_t*>(&v);
-  out.insert(out.end(), p, p + sizeof(T));
-}
-
-class Reader {
- public:
-  explicit Reader(const transport::Bytes& b) : b_(b) {}
-  template <typename T>
-  T get(const char* field) {
-    need(sizeof(T), field);
-    T v;
-    std::memcpy(&v, b_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  void need(size_t n, const char* field) {
-    if (b_.size() - pos_ < n) {
-      GEOPIPE_THROW(ProtocolError, "pipeline frame truncated at ", field, ": needs ", n,
-                    " more bytes at offset ", pos_, " of ", b_.size());
-    }
-  }
-  size_t pos_ = 0;
-  const transport::Bytes& b_;
-};
 
 std::string idsToString(const std::vector<int64_t>& ids) {
   std::string s;
@@ -55,49 +27,47 @@ int64_t numel(const std::vector<int64_t>& shape) {
 }  // namespace
 
 transport::Bytes encodeFrame(const Frame& f) {
-  transport::Bytes out;
-  out.reserve(32 + 8 * f.sample_ids.size() + f.message.wireBytes());
-  put<uint32_t>(out, kFrameMagic);
-  put<uint8_t>(out, kFrameVersion);
-  put<uint8_t>(out, f.direction);
-  put<uint16_t>(out, 0);
-  put<int64_t>(out, f.step);
-  put<int32_t>(out, f.micro_batch);
-  put<uint32_t>(out, static_cast<uint32_t>(f.sample_ids.size()));
-  for (int64_t id : f.sample_ids) put<int64_t>(out, id);
-  put<uint32_t>(out, static_cast<uint32_t>(f.message.header.size()));
-  out.insert(out.end(), f.message.header.begin(), f.message.header.end());
-  out.insert(out.end(), f.message.payload.begin(), f.message.payload.end());
-  return out;
+  common::ByteWriter w(32 + 8 * f.sample_ids.size() + f.message.wireBytes());
+  w.write<uint32_t>(kFrameMagic);
+  w.write<uint8_t>(kFrameVersion);
+  w.write<uint8_t>(f.direction);
+  w.write<uint16_t>(0);  // reserved
+  w.write<int64_t>(f.step);
+  w.write<int32_t>(f.micro_batch);
+  w.write<uint32_t>(static_cast<uint32_t>(f.sample_ids.size()));
+  w.writeArray(f.sample_ids.data(), f.sample_ids.size());
+  w.write<uint32_t>(static_cast<uint32_t>(f.message.header.size()));
+  w.writeBytes(f.message.header);
+  w.writeBytes(f.message.payload);
+  return w.take();
 }
 
 Frame decodeFrame(const transport::Bytes& bytes) {
-  Reader r(bytes);
+  common::ByteReader r(bytes, "pipeline frame");
   Frame f;
-  uint32_t magic = r.get<uint32_t>("magic");
+  const uint32_t magic = r.read<uint32_t>("magic");
   if (magic != kFrameMagic) {
     GEOPIPE_THROW(ProtocolError, "not a geopipe pipeline frame (magic 0x", std::hex, magic,
                   "): is the peer a geopipe worker of this job?");
   }
-  uint8_t version = r.get<uint8_t>("version");
+  const uint8_t version = r.read<uint8_t>("version");
   if (version != kFrameVersion) {
     GEOPIPE_THROW(ProtocolError, "pipeline frame version ", int(version), ", this build speaks ",
                   int(kFrameVersion), ": run the same geopipe version on every worker");
   }
-  f.direction = r.get<uint8_t>("direction");
+  f.direction = r.read<uint8_t>("direction");
   if (f.direction > 1) GEOPIPE_THROW(ProtocolError, "pipeline frame direction ", int(f.direction));
-  if (r.get<uint16_t>("reserved") != 0) GEOPIPE_THROW(ProtocolError, "pipeline frame reserved bits set");
-  f.step = r.get<int64_t>("step");
-  f.micro_batch = r.get<int32_t>("micro_batch");
-  uint32_t n = r.get<uint32_t>("sample count");
+  if (r.read<uint16_t>("reserved") != 0) {
+    GEOPIPE_THROW(ProtocolError, "pipeline frame reserved bits set");
+  }
+  f.step = r.read<int64_t>("step");
+  f.micro_batch = r.read<int32_t>("micro_batch");
+  const uint32_t n = r.read<uint32_t>("sample count");
   if (n > kMaxSamples) GEOPIPE_THROW(ProtocolError, "pipeline frame claims ", n, " samples");
-  r.need(size_t{8} * n, "sample ids");
-  f.sample_ids.resize(n);
-  for (uint32_t i = 0; i < n; ++i) f.sample_ids[i] = r.get<int64_t>("sample id");
-  uint32_t header_bytes = r.get<uint32_t>("header size");
-  r.need(header_bytes, "compressed-tensor header");
-  f.message.header.assign(bytes.begin() + r.pos_, bytes.begin() + r.pos_ + header_bytes);
-  f.message.payload.assign(bytes.begin() + r.pos_ + header_bytes, bytes.end());
+  f.sample_ids = r.readVector<int64_t>(n, "sample ids");
+  const uint32_t header_bytes = r.read<uint32_t>("header size");
+  f.message.header = r.copyBytes(header_bytes, "compressed-tensor header");
+  f.message.payload = r.copyRest();
   return f;
 }
 

@@ -8,64 +8,12 @@
 
 #include "compression/options.h"
 #include "geopipe/error.h"
+#include "src/common/byte_io.h"
+#include "src/runtime/gradient_bundle.h"
 #include "src/transport/collectives.h"
 
 namespace geopipe::runtime {
 namespace {
-
-// Several compressed messages in one blob, so a step needs one all-gather:
-// u32 count, then per message u32 header bytes, u64 payload bytes, header,
-// payload.
-transport::Bytes pack(const std::vector<compression::CompressedMessage>& msgs) {
-  transport::Bytes out;
-  auto put = [&](const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    out.insert(out.end(), b, b + n);
-  };
-  uint32_t count = static_cast<uint32_t>(msgs.size());
-  put(&count, 4);
-  for (const auto& m : msgs) {
-    uint32_t h = static_cast<uint32_t>(m.header.size());
-    uint64_t p = m.payload.size();
-    put(&h, 4);
-    put(&p, 8);
-    put(m.header.data(), h);
-    put(m.payload.data(), p);
-  }
-  return out;
-}
-
-std::vector<compression::CompressedMessage> unpack(const transport::Bytes& blob, size_t expected) {
-  size_t pos = 0;
-  auto get = [&](void* dst, size_t n, const char* what) {
-    if (blob.size() - pos < n) {
-      GEOPIPE_THROW(ProtocolError, "gradient blob truncated reading ", what, " at offset ", pos);
-    }
-    std::memcpy(dst, blob.data() + pos, n);
-    pos += n;
-  };
-  uint32_t count = 0;
-  get(&count, 4, "count");
-  if (count != expected) {
-    GEOPIPE_THROW(ProtocolError, "gradient blob holds ", count, " tensors, this stage has ",
-                  expected, ": do all replicas run the same model slice?");
-  }
-  std::vector<compression::CompressedMessage> out(count);
-  for (auto& m : out) {
-    uint32_t h = 0;
-    uint64_t p = 0;
-    get(&h, 4, "header size");
-    get(&p, 8, "payload size");
-    if (h > blob.size() - pos || p > blob.size() - pos - h) {
-      GEOPIPE_THROW(ProtocolError, "gradient blob: message sizes exceed the blob");
-    }
-    m.header.assign(blob.begin() + pos, blob.begin() + pos + h);
-    m.payload.assign(blob.begin() + pos + h, blob.begin() + pos + h + p);
-    pos += h + p;
-  }
-  if (pos != blob.size()) GEOPIPE_THROW(ProtocolError, "gradient blob has trailing bytes");
-  return out;
-}
 
 std::vector<int64_t> shapeOf(const torch::Tensor& t) {
   return std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
@@ -230,12 +178,12 @@ void GradientSync::averageCompressed(const std::vector<torch::Tensor>& params, i
       mine.push_back(compressors_[i]->compress(g.data_ptr<float>(), shapeOf(g),
                                                static_cast<uint64_t>(step)));
     }
-    transport::Bytes blob = pack(mine);
+    transport::Bytes blob = encodeGradientBundle(mine);
     wire_bytes_ += blob.size();
     opt.id = 1;
     auto all = transport::allGatherBytes(transport_, group_, blob, opt);
     std::vector<std::vector<compression::CompressedMessage>> per_rank;
-    for (const auto& b : all) per_rank.push_back(unpack(b, matrices.size()));
+    for (const auto& b : all) per_rank.push_back(decodeGradientBundle(b, matrices.size()));
     for (size_t i = 0; i < matrices.size(); ++i) {
       std::vector<compression::CompressedMessage> contributions;
       for (auto& r : per_rank) contributions.push_back(std::move(r[i]));
@@ -253,13 +201,13 @@ void GradientSync::averageCompressed(const std::vector<torch::Tensor>& params, i
     }
   }
   auto exchange = [&](std::vector<compression::CompressedMessage> mine, int id) {
-    transport::Bytes blob = pack(mine);
+    transport::Bytes blob = encodeGradientBundle(mine);
     wire_bytes_ += blob.size();
     opt.id = id;
     auto all = transport::allGatherBytes(transport_, group_, blob, opt);
     std::vector<std::vector<compression::CompressedMessage>> by_tensor(matrices.size());
     for (const auto& b : all) {
-      auto msgs = unpack(b, matrices.size());
+      auto msgs = decodeGradientBundle(b, matrices.size());
       for (size_t i = 0; i < msgs.size(); ++i) by_tensor[i].push_back(std::move(msgs[i]));
     }
     return by_tensor;
@@ -288,8 +236,9 @@ double allReduceScalarSum(transport::Transport& transport, const std::vector<int
   if (group.size() <= 1) return value;
   // Gather every member's double and add in group order: the same sum,
   // bit for bit, on every member.
-  transport::Bytes mine(sizeof(double));
-  std::memcpy(mine.data(), &value, sizeof(double));
+  common::ByteWriter w(sizeof(double));
+  w.write<double>(value);
+  const transport::Bytes mine = w.take();
   transport::CollectiveOptions opt;
   opt.step = step;
   opt.id = 1000 + index;
@@ -297,10 +246,9 @@ double allReduceScalarSum(transport::Transport& transport, const std::vector<int
   auto all = transport::allGatherBytes(transport, group, mine, opt);
   double sum = 0;
   for (const auto& b : all) {
-    GEOPIPE_CHECK_EQ(b.size(), sizeof(double), ProtocolError, "scalar all-reduce message size");
-    double v;
-    std::memcpy(&v, b.data(), sizeof(double));
-    sum += v;
+    common::ByteReader r(b, "scalar all-reduce message");
+    sum += r.read<double>("value");
+    r.expectEnd();
   }
   return sum;
 }
@@ -313,71 +261,36 @@ namespace {
 constexpr uint32_t kStateMagic = 0x53475047;  // "GPGS"
 constexpr uint32_t kStateVersion = 1;
 
-class StateWriter {
- public:
-  template <typename T>
-  void put(T v) {
-    const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    bytes.insert(bytes.end(), p, p + sizeof(T));
-  }
-  void floats(const std::vector<float>& v) {
-    put<uint64_t>(v.size());
-    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
-    bytes.insert(bytes.end(), p, p + v.size() * sizeof(float));
-  }
-  std::string bytes;
-};
+// A float vector of the state file: u64 count, then the values.
+void writeFloats(common::ByteWriter& w, const std::vector<float>& v) {
+  w.write<uint64_t>(v.size());
+  w.writeArray(v.data(), v.size());
+}
 
-class StateReader {
- public:
-  StateReader(std::string bytes, std::string path) : bytes_(std::move(bytes)), path_(std::move(path)) {}
-  template <typename T>
-  T get() {
-    need(sizeof(T));
-    T v;
-    std::memcpy(&v, bytes_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  std::vector<float> floats() {
-    const uint64_t n = get<uint64_t>();
-    if (n > (bytes_.size() - pos_) / sizeof(float)) need(n * sizeof(float));
-    std::vector<float> v(n);
-    std::memcpy(v.data(), bytes_.data() + pos_, n * sizeof(float));
-    pos_ += n * sizeof(float);
-    return v;
-  }
-  void need(uint64_t n) {
-    if (bytes_.size() - pos_ < n) {
-      GEOPIPE_THROW(ProtocolError, "gradient-sync state '", path_, "' is truncated");
-    }
-  }
-  bool atEnd() const { return pos_ == bytes_.size(); }
-
- private:
-  std::string bytes_, path_;
-  size_t pos_ = 0;
-};
+std::vector<float> readFloats(common::ByteReader& r, const char* field) {
+  return r.readVector<float>(r.read<uint64_t>(field), field);
+}
 
 }  // namespace
 
 void GradientSync::saveState(const std::string& path) const {
-  StateWriter w;
-  w.put<uint32_t>(kStateMagic);
-  w.put<uint32_t>(kStateVersion);
-  w.put<uint8_t>(static_cast<uint8_t>(spec_.method == "none" ? 0 : 1 + int(options_.method)));
-  w.put<uint32_t>(static_cast<uint32_t>(compressors_.size()));
-  for (const auto& c : compressors_) w.floats(c->residual());
-  w.put<uint32_t>(static_cast<uint32_t>(power_.size()));
+  common::ByteWriter w;
+  w.write<uint32_t>(kStateMagic);
+  w.write<uint32_t>(kStateVersion);
+  w.write<uint8_t>(static_cast<uint8_t>(spec_.method == "none" ? 0 : 1 + int(options_.method)));
+  w.write<uint32_t>(static_cast<uint32_t>(compressors_.size()));
+  for (const auto& c : compressors_) writeFloats(w, c->residual());
+  w.write<uint32_t>(static_cast<uint32_t>(power_.size()));
   for (const auto& p : power_) {
     auto st = p->state();
-    w.put<uint32_t>(static_cast<uint32_t>(st.shape.size()));
-    for (int64_t d : st.shape) w.put<int64_t>(d);
-    w.floats(st.residual);
-    w.floats(st.q);
+    w.write<uint32_t>(static_cast<uint32_t>(st.shape.size()));
+    w.writeArray(st.shape.data(), st.shape.size());
+    writeFloats(w, st.residual);
+    writeFloats(w, st.q);
   }
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(w.bytes.data(), static_cast<std::streamsize>(w.bytes.size()));
+  out.write(reinterpret_cast<const char*>(w.bytes().data()),
+            static_cast<std::streamsize>(w.size()));
   if (!out) GEOPIPE_THROW(IoError, "cannot write gradient-sync state '", path, "'");
 }
 
@@ -390,12 +303,13 @@ struct GradientSync::SavedState {
 GradientSync::SavedState GradientSync::readState(const std::string& path) const {
   std::ifstream in(path, std::ios::binary);
   if (!in) GEOPIPE_THROW(IoError, "cannot read gradient-sync state '", path, "'");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  StateReader r(std::move(bytes), path);
-  if (r.get<uint32_t>() != kStateMagic || r.get<uint32_t>() != kStateVersion) {
+  const std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                                   std::istreambuf_iterator<char>());
+  common::ByteReader r(bytes, "gradient-sync state '" + path + "'");
+  if (r.read<uint32_t>("magic") != kStateMagic || r.read<uint32_t>("version") != kStateVersion) {
     GEOPIPE_THROW(ProtocolError, "'", path, "' is not a gradient-sync state of this version");
   }
-  const uint8_t method = r.get<uint8_t>();
+  const uint8_t method = r.read<uint8_t>("method");
   const uint8_t expected = static_cast<uint8_t>(spec_.method == "none" ? 0 : 1 + int(options_.method));
   if (method != expected) {
     GEOPIPE_THROW(ProtocolError, "'", path, "' was written with another gradient compression "
@@ -403,19 +317,19 @@ GradientSync::SavedState GradientSync::readState(const std::string& path) const 
                   "': resume with the job's original compression settings");
   }
   SavedState st;
-  const uint32_t n = r.get<uint32_t>();
-  for (uint32_t i = 0; i < n; ++i) st.residuals.push_back(r.floats());
-  const uint32_t np = r.get<uint32_t>();
+  const uint32_t n = r.read<uint32_t>("residual count");
+  for (uint32_t i = 0; i < n; ++i) st.residuals.push_back(readFloats(r, "residual"));
+  const uint32_t np = r.read<uint32_t>("PowerSGD matrix count");
   for (uint32_t i = 0; i < np; ++i) {
     compression::PowerSgdCompressor::State p;
-    const uint32_t ndim = r.get<uint32_t>();
+    const uint32_t ndim = r.read<uint32_t>("PowerSGD ndim");
     if (ndim > 8) GEOPIPE_THROW(ProtocolError, "'", path, "': bad PowerSGD shape");
-    for (uint32_t d = 0; d < ndim; ++d) p.shape.push_back(r.get<int64_t>());
-    p.residual = r.floats();
-    p.q = r.floats();
+    p.shape = r.readVector<int64_t>(ndim, "PowerSGD shape");
+    p.residual = readFloats(r, "PowerSGD residual");
+    p.q = readFloats(r, "PowerSGD Q");
     st.power.push_back(std::move(p));
   }
-  if (!r.atEnd()) GEOPIPE_THROW(ProtocolError, "'", path, "' has trailing bytes");
+  r.expectEnd();
   return st;
 }
 

@@ -120,6 +120,13 @@ TEST(BoundaryCodec, MismatchesAreProtocolErrors) {
   expectError(garbage, 2, 0, {1, 2}, {2, 4}, "not a geopipe pipeline frame");
   transport::Bytes truncated(bytes.begin(), bytes.begin() + 20);
   expectError(truncated, 2, 0, {1, 2}, {2, 4}, "truncated");
+  // A short frame names the field it stopped in and where.
+  expectError(truncated, 2, 0, {1, 2}, {2, 4},
+              "pipeline frame truncated reading sample count at offset 20");
+  expectError(transport::Bytes(bytes.begin(), bytes.begin() + 30), 2, 0, {1, 2}, {2, 4},
+              "pipeline frame truncated reading sample ids at offset 24");
+  expectError(transport::Bytes(bytes.begin(), bytes.begin() + 44), 2, 0, {1, 2}, {2, 4},
+              "pipeline frame truncated reading compressed-tensor header at offset 44");
 }
 
 // A frame of each codec, corrupted every way a peer or a link can: every

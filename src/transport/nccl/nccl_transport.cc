@@ -23,11 +23,11 @@
 #include "src/transport/completion.h"
 #include "src/transport/factory.h"
 #include "src/transport/grpc/peer_inbox.h"
+#include "src/transport/nccl/announcement.h"
 
 namespace geopipe::transport {
 namespace {
 
-constexpr uint32_t kMagic = 0x4C43434Eu;  // "NCCL" little-endian
 constexpr int64_t kPairBootstrapStep = -1;
 constexpr int64_t kGroupBootstrapStep = -2;
 constexpr int64_t kAnnounceStep = -3;
@@ -36,18 +36,6 @@ constexpr int64_t kAnnounceStep = -3;
 Tag announceTag(int sender) { return Tag{Channel::CONTROL, kAnnounceStep, sender, 0}; }
 // Inbox budget: bytes of messages that arrived before their receive.
 constexpr uint64_t kMaxBufferedBytes = uint64_t{1} << 30;
-
-struct Header {
-  uint32_t magic = kMagic;
-  uint8_t channel = 0;
-  uint8_t reserved0[3] = {0, 0, 0};
-  int64_t step = 0;
-  int32_t micro_batch = 0;
-  int32_t index = 0;
-  uint64_t size = 0;
-  uint8_t reserved1[32] = {};
-};
-static_assert(sizeof(Header) == 64, "the NCCL message header is 64 bytes");
 
 void cudaCheck(cudaError_t e, const std::string& what) {
   if (e != cudaSuccess) {
@@ -217,15 +205,8 @@ struct NcclTransport::Impl {
         // The announcement (tag, size) over the inner transport, then the
         // payload over NCCL: the peer posts its receive only for a message
         // that is on its way, so no NCCL kernel waits idle on the GPU.
-        Header h;
-        h.channel = static_cast<uint8_t>(item.tag.channel);
-        h.step = item.tag.step;
-        h.micro_batch = item.tag.micro_batch;
-        h.index = item.tag.index;
-        h.size = item.payload.size();
-        Bytes announce(sizeof(h));
-        std::memcpy(announce.data(), &h, sizeof(h));
-        auto control = inner->send(c.peer, announceTag(rank), std::move(announce));
+        const NcclAnnouncement h{item.tag, item.payload.size()};
+        auto control = inner->send(c.peer, announceTag(rank), encodeNcclAnnouncement(h));
         if (h.size) {
           c.staging.reserve(h.size);
           cudaCheck(cudaMemcpyAsync(c.staging.dev, item.payload.data(), h.size,
@@ -262,19 +243,8 @@ struct NcclTransport::Impl {
           announce = work->takePayload();
           break;
         }
-        GEOPIPE_CHECK(announce.size() == sizeof(Header), ProtocolError, "nccl transport: ", from,
-                      " announced a message with a ", announce.size(),
-                      "-byte header, expected ", sizeof(Header));
-        Header h;
-        std::memcpy(&h, announce.data(), sizeof(h));
-        GEOPIPE_CHECK(h.magic == kMagic, ProtocolError, "nccl transport: ", from,
-                      " sent an announcement without the NCCL header magic");
-        GEOPIPE_CHECK(h.channel >= 1 && h.channel <= 4, ProtocolError, "nccl transport: ", from,
-                      " sent unknown channel ", int(h.channel));
-        GEOPIPE_CHECK(h.size <= opt.max_message_bytes, ProtocolError, "nccl transport: ", from,
-                      " announced a ", h.size, "-byte message, over the ", opt.max_message_bytes,
-                      "-byte limit");
-        const Tag tag{static_cast<Channel>(h.channel), h.step, h.micro_batch, h.index};
+        const NcclAnnouncement h = decodeNcclAnnouncement(announce, from, opt.max_message_bytes);
+        const Tag tag = h.tag;
         if (!inbox->admit(c.peer, tag, h.size, [this] { return stopping.load(); })) return;
         Bytes payload(h.size);
         if (h.size) {
