@@ -16,7 +16,7 @@ include(CMakePackageConfigHelpers)
 # their archives are static, so a consumer links the whole closure.
 set(_geopipe_export_targets
   geopipe_headers geopipe_common geopipe_security geopipe_tokenizer geopipe_data
-  geopipe_formats geopipe_compression geopipe_config)
+  geopipe_formats geopipe_compression geopipe_config geopipe_runtime_frames)
 if(GEOPIPE_WITH_TORCH)
   list(APPEND _geopipe_export_targets
     geopipe_scheduler geopipe_transport geopipe_pipeline geopipe_model geopipe_runtime)

@@ -51,8 +51,8 @@ void readLink(const YAML::Node& node, const std::string& path,
 // `tflops`: one rate (the dtype the job computes in), or a rate per compute
 // dtype ({fp32: 19.5, bf16: 312}); either replaces what an outer level gave.
 void readTflops(MapReader& r, DeviceSpec& d) {
-  if (!r.has("tflops")) return;
-  const YAML::Node node = r.child("tflops");
+  const YAML::Node node = r.child("tflops");  // known even when absent ("did you mean")
+  if (!node.IsDefined()) return;
   if (!node.IsMap()) {
     r.getDouble("tflops", d.tflops, 0.0, kInf, /*lo_exclusive=*/true);
     d.tflops_by_dtype.clear();
