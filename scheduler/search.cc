@@ -772,14 +772,17 @@ SearchResult evolutionarySearch(const CostModel& model,
   // last's start (it refines that basin); temperature falling geometrically
   // to kWalkCold of the start cost; uniform moves only; the adaptive stop
   // does not cut them. Together min(kWalkShare · budget_evaluations,
-  // kWalkPerDevice · devices) evaluations (the second alone without an
-  // evaluation budget). A walk's temperature follows its share of trials;
+  // kWalkPerDevice · devices, partitions) evaluations (the last two alone
+  // without an evaluation budget). A walk's temperature follows its share of trials;
   // when the time budget would end the walks first (projected from the
   // rate of the polishing descents above), it follows its share of
   // kWalkShare · budget_seconds instead, so that a time-bound walk still
   // cools down. Without that projection a run ending on its evaluation
   // budget stays a pure function of the seed.
-  const int64_t walk_cap = kWalkPerDevice * n;
+  // A walk longer than the space it walks is wasted: tiny instances (whose
+  // optimum the descents usually found already) walk at most as many moves
+  // as there are partitions.
+  const int64_t walk_cap = std::min(kWalkPerDevice * n, countPartitions(n, way, d_dp));
   const int64_t walks_total =
       options.budget_evaluations > 0
           ? std::min(walk_cap,

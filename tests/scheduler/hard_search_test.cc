@@ -157,9 +157,11 @@ TEST(AdaptiveStop, HaltsBeforeTheBudgetAndIsDeterministic) {
   o.stall_evaluations = 2000;
   const SearchResult a = evolutionarySearch(*model, o);
   EXPECT_EQ(a.stop_reason, "converged");
-  // Seeds and the annealing walks (at most 5000 per device), then the GA
-  // stops, far from the budget.
-  EXPECT_LT(a.evaluations, o.budget_evaluations / 3);
+  // Seeds and the annealing walks (at most 5000 per device, and no more
+  // than the 105 partitions there are), then the GA stops, far from the
+  // budget.
+  EXPECT_EQ(countPartitions(8, 4, 2), 105);
+  EXPECT_LT(a.evaluations, 105 + 5 * 256 + 4 * o.stall_evaluations);
   EXPECT_GE(a.evaluations - a.evaluations_to_best, o.stall_evaluations);
   const SearchResult b = evolutionarySearch(*model, o);
   EXPECT_EQ(a.evaluations, b.evaluations);
