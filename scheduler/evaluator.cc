@@ -137,18 +137,21 @@ bool Evaluator::applyMoves(Candidate& c,
   // w_lb <= w gives a bound; Held–Karp cut at the path budget answers
   // whether any order stays under the threshold.
   Eigen::MatrixXd lb;
+  // The path budget of the threshold, once per move (the groups' stats are
+  // final here): the bound below and finish() share it.
   double budget = std::numeric_limits<double>::infinity();
   auto noPathUnder = [&] {
     return std::isinf(heldKarpOpenPath(model_.pathWeights(c.stats, lb), budget).cost);
   };
   const bool recheck = prune && way <= kHeldKarpMaxNodes && model_.dDp() >= kRecheckMinDp;
+  // First the group terms alone (free).
+  if (prune && model_.evaluatePath(c.stats, {}).total_s > prune_above) return reject();
+  if (std::isfinite(prune_above) && model_.pathIsAdditive())
+    budget = pathBudget(c.stats, prune_above);
   if (prune) {
-    // First the group terms alone (free).
-    if (model_.evaluatePath(c.stats, {}).total_s > prune_above) return reject();
     if (!todo.empty() && way <= kHeldKarpMaxNodes) {
       lb = c.w;
       for (const auto& [a, b] : todo) lb(a, b) = model_.pairLowerBound(c.groups[a], c.groups[b]);
-      budget = pathBudget(c.stats, prune_above);
       if (noPathUnder()) return reject();
       // Exact pairs, dearest bound first (the likeliest to close every
       // path); at large D_dp each costs far more than a cut Held–Karp, so
@@ -169,7 +172,7 @@ bool Evaluator::applyMoves(Candidate& c,
       if (noPathUnder()) return reject();
     }
   }
-  if (!finish(c, prune_above)) {
+  if (!finish(c, budget)) {
     ++pruned_;
     return false;
   }
@@ -202,7 +205,7 @@ PathEval Evaluator::priceOrder(const Candidate& c,
   return model_.evaluatePath(stats, edges);
 }
 
-bool Evaluator::finish(Candidate& c, double prune_above) {
+bool Evaluator::finish(Candidate& c, double path_budget) {
   ++evaluations_;
   const int way = this->way();
   if (!model_.pathIsAdditive() && way <= kBruteForceOrders) {
@@ -220,10 +223,9 @@ bool Evaluator::finish(Candidate& c, double prune_above) {
       }
     } while (std::next_permutation(order.begin(), order.end()));
   } else if (model_.pathIsAdditive() && way <= kHeldKarpMaxNodes) {
-    // Exact order; cut at prune_above's path budget (a move that cannot
-    // price below it is rejected without its order).
-    OpenPath p = heldKarpOpenPath(model_.pathWeights(c.stats, c.w),
-                                  pathBudget(c.stats, prune_above));
+    // Exact order; cut at the path budget (a move that cannot price below
+    // it is rejected without its order).
+    OpenPath p = heldKarpOpenPath(model_.pathWeights(c.stats, c.w), path_budget);
     if (std::isinf(p.cost)) {
       c.cost = std::numeric_limits<double>::infinity();
       return false;

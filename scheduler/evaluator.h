@@ -109,9 +109,9 @@ class Evaluator {
   };
   PairValue pairOf(int a, int b, const Candidate& c, double hint = -1.0);
   // Orders and prices c (one evaluation). False, with cost = +inf and c
-  // half-updated, when an additive model's exact order cannot price at or
-  // below prune_above.
-  bool finish(Candidate& c, double prune_above = std::numeric_limits<double>::infinity());
+  // half-updated, when an additive model's exact order has an edge sum over
+  // path_budget (pathBudget of the move's threshold).
+  bool finish(Candidate& c, double path_budget = std::numeric_limits<double>::infinity());
   // The largest edge sum (of pathWeights) a pipeline order may have for an
   // additive model's total to stay at or below total_bound; +inf if none.
   double pathBudget(const std::vector<GroupStats>& stats, double total_bound) const;

@@ -130,9 +130,17 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match,
   // stands for lb, probed above): n − it is the deficiency at the end.
   int size_at_lo = at_lb;
   double lo_value = lb;
-  auto probe = [&](double t) {
-    const int size = HopcroftKarp(cost, t).run(match);
-    return size;
+  auto probe = [&](double t) { return HopcroftKarp(cost, t).run(match); };
+  // The answer: its bottleneck, the matching size one value below it (the
+  // deficiency), and whether `match` already holds the answer's matching.
+  auto answer = [&](double bottleneck, int size_below, bool match_is_answer) {
+    out.bottleneck = bottleneck;
+    out.deficiency = n - size_below;
+    if (want_match) {
+      if (!match_is_answer) HopcroftKarp(cost, bottleneck).run(match);
+      out.match = std::move(match);
+    }
+    return out;
   };
   if (hint > lb) {
     // Warm start (a move rarely shifts a pair's bottleneck far): probe the
@@ -150,22 +158,9 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match,
         double below = lb;  // the next value under `at`
         for (double v : values)
           if (v < at) below = std::max(below, v);
-        if (below <= lb) {
-          out.bottleneck = at;  // lb itself was infeasible
-          out.deficiency = n - size_at_lo;
-          if (want_match) out.match = std::move(match);
-          return out;
-        }
+        if (below <= lb) return answer(at, size_at_lo, true);  // lb itself was infeasible
         const int size_below = probe(below);
-        if (size_below < n) {
-          out.bottleneck = at;
-          out.deficiency = n - size_below;
-          if (want_match) {
-            HopcroftKarp(cost, at).run(match);
-            out.match = std::move(match);
-          }
-          return out;
-        }
+        if (size_below < n) return answer(at, size_below, false);
         // Answer <= below: keep values in (lb, below].
         values.erase(std::remove_if(values.begin(), values.end(),
                                     [&](double v) { return v > below; }),
@@ -175,12 +170,7 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match,
         lo_value = at;
         if (std::isfinite(above)) {
           const int size_above = probe(above);
-          if (size_above == n) {
-            out.bottleneck = above;
-            out.deficiency = n - size;
-            if (want_match) out.match = std::move(match);
-            return out;
-          }
+          if (size_above == n) return answer(above, size, true);
           size_at_lo = size_above;
           lo_value = above;
         }
@@ -210,13 +200,7 @@ BottleneckMatching solve(const Eigen::MatrixXd& cost, bool want_match,
       lo = mid;
     }
   }
-  out.bottleneck = values[hi];
-  out.deficiency = n - size_at_lo;
-  if (want_match) {
-    HopcroftKarp(cost, values[hi]).run(match);
-    out.match = std::move(match);
-  }
-  return out;
+  return answer(values[hi], size_at_lo, false);
 }
 
 }  // namespace

@@ -21,8 +21,8 @@ double pathCost(const Eigen::MatrixXd& w, const std::vector<int>& order) {
 namespace {
 
 // Held–Karp's table, dp[s·n + j] = cheapest path visiting subset s and
-// ending at j, in a per-thread buffer (the evaluator calls this twice per
-// move on 8-10 groups); wf = w row-major. States that cannot complete under
+// ending at j, in a per-thread buffer (the evaluator calls this at least
+// twice per move on 8-10 groups); wf = w row-major. States that cannot complete under
 // `bound` (their cost plus the cheapest way into each group still to visit)
 // are not extended: with w >= 0 every state on a path cheaper than `bound`
 // is kept and exact. The loops visit only the members (j) and non-members
