@@ -199,7 +199,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   void requestStop(bool checkpoint) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (ended_ || stop_after_ >= 0) return;
+    if (ended_ || stop_requested_) return;
     interrupted_ = true;
     if (!placed_) {
       finalFailureLocked(-1,
@@ -211,10 +211,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                          "Interrupted");
       return;
     }
-    stop_after_ = std::min<int64_t>(max_reported_ + 1, job_.training.steps - 1);
+    stop_requested_ = true;
     checkpoint_at_stop_ = checkpoint && !job_.checkpoint.dir.empty();
-    eventLocked(detail::concat("stopping after step ", stop_after_ + 1,
-                               checkpoint_at_stop_ ? " (with a checkpoint)" : ""));
+    eventLocked(
+        "stop requested: the workers switch to synchronous step reports to agree on "
+        "their last step");
+    maybeFixStopLocked();
     cv_.notify_all();
   }
 
@@ -423,7 +425,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
     const auto now = Clock::now();
     s->last_seen = now;
-    s->last_step = req->step();
+    s->last_step = std::max(s->last_step, req->step());  // reports may arrive out of order
+    s->synchronous = s->synchronous || req->synchronous();
     Row& row = rows_[req->step()];
     if (row.arrived == 0) {
       row.first_at = now;
@@ -453,6 +456,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       ++row.arrived;
     }
     max_reported_ = std::max(max_reported_, req->step());
+    maybeFixStopLocked();
     if (row.arrived == row.expected) cv_.notify_all();
     fillDirectiveLocked(out, req->generation());
     return grpc::Status::OK;
@@ -568,6 +572,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::string listen_host;  // what peers use to reach it
     Clock::time_point last_seen;
     int64_t last_step = -1;
+    bool synchronous = false;  // reports synchronously (phase 1 of a stop)
     bool gone = false;        // left before placement, or its generation ended
     int previous_rank = -1;   // its rank in the previous generation, if any
     int64_t generation = 0;   // the generation it was placed in
@@ -860,6 +865,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                ? job_.topology.devices[static_cast<size_t>(s.info.device)].name
                                : std::to_string(s.info.device);
       s.last_seen = Clock::now();
+      s.last_step = first_step_ - 1;
+      s.synchronous = false;
     }
     // The peers' job token: a secret only the workers placed here learn
     // (over the coordinator's TLS link), checked on every peer stream.
@@ -896,6 +903,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // The standing instructions for a worker of `generation`: regroup when
   // its generation has ended (and the job goes on).
   void fillDirectiveLocked(pb::Directive* d, int64_t generation) {
+    d->set_stop_requested(stop_requested_);
     d->set_stop_after_step(stop_after_);
     d->set_checkpoint_at_stop(checkpoint_at_stop_);
     d->set_abort(abort_);
@@ -906,6 +914,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       d->set_abort_reason(regroup_reason_);
     }
     d->set_complete(completeLocked());
+  }
+
+  // Phase 2 of a stop. Once every tasklet of the generation reports
+  // synchronously (it waits for each answer before its next step, and had
+  // every earlier one answered), or has reported its last step, no worker
+  // can be more than one step past the newest report: the step after it is
+  // one all workers can stop after.
+  void maybeFixStopLocked() {
+    if (!stop_requested_ || stop_after_ >= 0 || !placed_) return;
+    for (int r = 0; r < world_; ++r) {
+      const Slot* s = slotOfRankLocked(r);
+      if (!s->synchronous && s->last_step < job_.training.steps - 1) return;
+    }
+    stop_after_ = std::min<int64_t>(max_reported_ + 1, job_.training.steps - 1);
+    eventLocked(detail::concat("stopping after step ", stop_after_ + 1,
+                               checkpoint_at_stop_ ? " (with a checkpoint)" : ""));
   }
 
   // A call from a worker of an ended generation: answered with regroup.
@@ -1073,7 +1097,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   void maybeGrowLocked() {
     // Not while a failure is being decided or another commit runs (the
     // next commit tries again), nor at the end or a stop.
-    if (!placed_ || ended_ || abort_ || pending_ || commits_in_flight_ > 0 || stop_after_ >= 0 ||
+    if (!placed_ || ended_ || abort_ || pending_ || commits_in_flight_ > 0 || stop_requested_ ||
         replicas_ >= max_world_ / stages_ || committed_next_step_ >= job_.training.steps) {
       return;
     }
@@ -1361,6 +1385,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int commits_in_flight_ = 0;
   int64_t next_emit_ = 0;
   int64_t max_reported_ = -1;
+  bool stop_requested_ = false;  // phase 1 of a stop (see maybeFixStopLocked)
   int64_t stop_after_ = -1;
   bool checkpoint_at_stop_ = false;
   bool abort_ = false;

@@ -7,8 +7,13 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include "geopipe/error.h"
 #include "geopipe/model.h"
@@ -158,6 +163,23 @@ class CoordinatorClient {
     return out;
   }
 
+  // Starts ReportStep without waiting: `done` runs on a gRPC thread with
+  // the answer, or with the error the synchronous call would have thrown.
+  // `ctx`, `req` and `out` must live until then.
+  void reportStepAsync(grpc::ClientContext* ctx, const pb::StepReport* req, pb::Directive* out,
+                       std::function<void(std::exception_ptr)> done) {
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout_);
+    stub_->async()->ReportStep(ctx, req, out, [this, done = std::move(done)](grpc::Status st) {
+      std::exception_ptr error;
+      try {
+        throwIfFailed(st, peer_, "ReportStep");
+      } catch (...) {
+        error = std::current_exception();
+      }
+      done(error);
+    });
+  }
+
   void finish(const pb::FinishRequest& req) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -176,6 +198,113 @@ class CoordinatorClient {
   const JobSecurity& security_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::Coordinator::Stub> stub_;
+};
+
+// Sends the step reports off the critical path: each one leaves when its
+// step ends, without waiting (at most kMaxInFlight at once), and the answers
+// arrive in any order. directive() merges what they said (the coordinator's
+// instructions only ever get stronger within a generation), and rethrows
+// the first failed report. Once the coordinator asks for a stop, every
+// report is synchronous: flush() waits for all answers, so the coordinator
+// knows how far this worker can have got (phase 2 of a stop).
+class StepReporter {
+ public:
+  explicit StepReporter(CoordinatorClient& client) : client_(client) {}
+  // Cancels the reports still in flight (the worker leaves the generation).
+  ~StepReporter() {
+    std::vector<std::shared_ptr<Call>> calls;  // alive while cancelled
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [ptr, call] : in_flight_) calls.push_back(call);
+    }
+    // Unlocked: a cancelled call may be answered on this thread.
+    for (const auto& c : calls) c->ctx.TryCancel();
+    calls.clear();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_.empty(); });
+  }
+  StepReporter(const StepReporter&) = delete;
+  StepReporter& operator=(const StepReporter&) = delete;
+
+  // Sends `report`; synchronous once a stop was requested (then it also
+  // waits for the answer). Throws the error of an earlier report.
+  void post(pb::StepReport report) {
+    std::unique_lock<std::mutex> lock(mu_);
+    rethrowLocked();
+    cv_.wait(lock, [&] { return in_flight_.size() < kMaxInFlight || error_; });
+    rethrowLocked();
+    const bool sync = merged_.stop_requested();
+    if (sync) {
+      cv_.wait(lock, [&] { return in_flight_.empty(); });
+      report.set_synchronous(true);
+    }
+    auto call = std::make_shared<Call>();
+    call->req = std::move(report);
+    Call* raw = call.get();
+    in_flight_.emplace(raw, std::move(call));
+    lock.unlock();
+    client_.reportStepAsync(&raw->ctx, &raw->req, &raw->out,
+                            [this, raw](std::exception_ptr error) { answered(raw, error); });
+    if (sync) flush();
+  }
+  // Waits until every report sent is answered; throws the first error.
+  void flush() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_.empty(); });
+    rethrowLocked();
+  }
+  // What the answers so far said. Throws the error of a failed report.
+  pb::Directive directive() {
+    std::lock_guard<std::mutex> lock(mu_);
+    rethrowLocked();
+    return merged_;
+  }
+
+ private:
+  static constexpr size_t kMaxInFlight = 64;
+  struct Call {
+    grpc::ClientContext ctx;
+    pb::StepReport req;
+    pb::Directive out;
+  };
+
+  void answered(Call* call, std::exception_ptr error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error) {
+      if (!error_) error_ = error;
+    } else {
+      merge(call->out);
+    }
+    in_flight_.erase(call);  // frees it unless the destructor holds it
+    cv_.notify_all();
+  }
+  void merge(const pb::Directive& d) {
+    merged_.set_stop_requested(merged_.stop_requested() || d.stop_requested());
+    if (d.stop_after_step() >= 0) {
+      merged_.set_stop_after_step(d.stop_after_step());
+      merged_.set_checkpoint_at_stop(d.checkpoint_at_stop());
+    }
+    if ((d.abort() && !merged_.abort()) ||
+        (d.regroup() && !merged_.regroup() && !merged_.abort())) {
+      merged_.set_abort_reason(d.abort_reason());
+    }
+    merged_.set_abort(merged_.abort() || d.abort());
+    merged_.set_regroup(merged_.regroup() || d.regroup());
+  }
+  void rethrowLocked() {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  CoordinatorClient& client_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::unordered_map<Call*, std::shared_ptr<Call>> in_flight_;
+  pb::Directive merged_ = [] {
+    pb::Directive d;
+    d.set_stop_after_step(-1);
+    return d;
+  }();
+  std::exception_ptr error_;
 };
 
 // Sends heartbeats from its own thread and watches the directive. On an
@@ -421,6 +550,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
 
     const int64_t steps = a.steps();
     const std::string& ckpt_dir = job.checkpoint.dir;
+    StepReporter reporter(client);
     for (int64_t step = a.first_step(); step < steps; ++step) {
       runtime::TaskletStep ts = tasklet.runStep(step);
       if (runtime::evaluationDue(job, step, steps)) tasklet.evaluate(step, ts.part);
@@ -444,8 +574,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       rep.set_dp_wire_bytes(ts.part.dp_wire_bytes);
       rep.set_val_loss_sum(ts.part.val_loss_sum);
       rep.set_val_tokens(ts.part.val_tokens);
-      const pb::Directive d =
-          client.directiveCall(&pb::Coordinator::Stub::ReportStep, rep, "ReportStep");
+      reporter.post(std::move(rep));
+      const pb::Directive d = reporter.directive();
       if (d.abort()) GEOPIPE_THROW(IoError, "aborted by the coordinator: ", d.abort_reason());
       if (d.regroup()) return leave(d.abort_reason());
       const bool stop = d.stop_after_step() >= 0 && step >= d.stop_after_step();
@@ -454,6 +584,9 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       // stops the job early.
       const bool scheduled = runtime::checkpointDue(job.checkpoint, step, steps);
       if (scheduled || (stop && d.checkpoint_at_stop() && !ckpt_dir.empty())) {
+        // Every step report first: a commit means every tasklet's report
+        // of every earlier step has arrived.
+        reporter.flush();
         const auto files = tasklet.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
         pb::CheckpointReport cr;
         cr.set_rank(rank);
@@ -471,6 +604,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     }
     // Leave only once every tasklet is done: until then a failure of
     // another one may still need this worker in a new generation.
+    reporter.flush();
     heartbeat->stepsDone();
     std::string reason;
     switch (heartbeat->waitForVerdict(&reason)) {

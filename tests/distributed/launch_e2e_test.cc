@@ -25,6 +25,7 @@
 #include "src/distributed/launcher.h"
 #include "src/distributed/process.h"
 #include "src/distributed/security.h"
+#include "tests/distributed/delay_proxy.h"
 #include "tests/distributed/test_jobs.h"
 
 namespace geopipe::distributed {
@@ -260,6 +261,64 @@ TEST(Coordinator, WorkerKilledWithoutALauncherIsNamedByItsSilence) {
   EXPECT_NE(r->failure.find("tasklet rank 3 (stage 1, replica 1"), std::string::npos) << r->failure;
   stopAll(workers, std::chrono::seconds(10));
   for (auto& w : workers) EXPECT_FALSE(w.running());
+}
+
+// Seconds per step of a standalone coordinator's job whose workers reach
+// the coordinator through a DelayProxy adding `delay` each way (their peer
+// links stay direct): the time between the coordinator's rows of step
+// `from` and of the last step. The steps are paced by emulated link
+// latency, so the figure depends little on the machine's load.
+double secondsPerStepWithCoordinatorDelay(std::chrono::milliseconds delay, int steps, int from) {
+  TempDir dir;
+  CoordinatorOptions co;
+  // 25 ms of emulated latency between the four devices.
+  std::string yaml = tinyJobYaml(steps,
+                                 "transport: {emulate_links: true}\n"
+                                 "fault_tolerance: {max_restarts: 0}\n");
+  const std::string fast = "intra: {latency_ms: 0, bandwidth_gbps: 100}";
+  yaml.replace(yaml.find(fast), fast.size(), "intra: {latency_ms: 25, bandwidth_gbps: 100}");
+  co.job_path = writeJob(dir, "job.yaml", yaml);
+  co.listen_address = "127.0.0.1:0";
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  co.security = creds.security;
+  std::mutex mu;
+  std::vector<std::chrono::steady_clock::time_point> rows;
+  co.on_step = [&](const StepMetrics&) {
+    std::lock_guard<std::mutex> lock(mu);
+    rows.push_back(std::chrono::steady_clock::now());
+  };
+  Coordinator coordinator(co);
+  const std::string& address = coordinator.listeningAddress();
+  testing::DelayProxy proxy(std::stoi(address.substr(address.rfind(':') + 1)), delay);
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 4; ++i) {
+    workers.push_back(spawnWorker(proxy.address(), std::to_string(i), creds,
+                                  dir.file("worker-" + std::to_string(i) + ".log")));
+  }
+  auto r = coordinator.waitFor(std::chrono::seconds(120));
+  stopAll(workers, std::chrono::seconds(10));
+  EXPECT_TRUE(r.has_value() && r->ok) << (r ? r->failure : std::string("no end in 120 s"));
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(rows.size(), static_cast<size_t>(steps));
+  if (rows.size() != static_cast<size_t>(steps)) return 0;
+  const std::chrono::duration<double> span = rows.back() - rows[static_cast<size_t>(from)];
+  return span.count() / (steps - 1 - from);
+}
+
+TEST(Coordinator, DelayOnTheCoordinatorsLinksDoesNotSlowTheSteps) {
+  // Step reports are sent without waiting for the answer, so 200 ms each
+  // way to the coordinator (400 ms a round trip, several steps) leaves
+  // the step time alone. Reports that waited would add the round trip to
+  // every step.
+  const int steps = 60, from = 10;
+  const double direct =
+      secondsPerStepWithCoordinatorDelay(std::chrono::milliseconds(0), steps, from);
+  const double delayed =
+      secondsPerStepWithCoordinatorDelay(std::chrono::milliseconds(200), steps, from);
+  std::cout << "seconds per step: " << direct << " direct, " << delayed
+            << " with 200 ms each way to the coordinator (" << delayed / direct << "x)\n";
+  ASSERT_GT(direct, 0);
+  EXPECT_LT(delayed, direct * 1.05);
 }
 
 // --- recovery ---------------------------------------------------------------
