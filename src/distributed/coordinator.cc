@@ -23,6 +23,7 @@
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/recovery.h"
 #include "src/distributed/request_checks.h"
+#include "src/distributed/step_report.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/precision.h"
@@ -177,12 +178,13 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   ~Impl() override {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      Locked lock(*this);
       shutting_down_ = true;
     }
     cv_.notify_all();
     if (monitor_.joinable()) monitor_.join();
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    deliverEvents();
   }
 
   // --- public API ---------------------------------------------------------
@@ -198,7 +200,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   void requestStop(bool checkpoint) {
-    std::lock_guard<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (ended_ || stop_requested_) return;
     interrupted_ = true;
     if (!placed_) {
@@ -221,7 +223,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   void reportFailure(int64_t pid, int rank, const std::string& cause, const std::string& type) {
-    std::lock_guard<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (pid > 0 && rank < 0 && lost_pids_.count(pid)) {
       // Already declared dead and left out of the job: its end is no news.
       eventLocked(detail::concat("lost worker pid ", pid, " is gone: ", cause));
@@ -268,7 +270,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   std::optional<CoordinatorResult> waitFor(std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (!cv_.wait_for(lock, timeout, [&] { return ended_; })) return std::nullopt;
     // Deliver every finished step before returning.
     lock.unlock();
@@ -297,7 +299,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   bool waitForWorkersGone(std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
+    Locked lock(*this);
     return cv_.wait_for(lock, timeout, [&] {
       if (!placed_) return true;
       for (int s : slot_of_rank_)
@@ -310,7 +312,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status Register(grpc::ServerContext* ctx, const pb::RegisterRequest* req,
                         pb::Assignment* out) override {
-    std::unique_lock<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (grpc::Status st = checkRegisterRequest(*req); !st.ok()) return st;
     if (grpc::Status st = checkJoinTokenLocked(ctx, *req); !st.ok()) return st;
     // An idle spare calling again (it proves it lives once per heartbeat
@@ -377,7 +379,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status ReportAddress(grpc::ServerContext* ctx, const pb::AddressRequest* req,
                              pb::AddressTable* out) override {
-    std::unique_lock<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (grpc::Status st = checkAddressRequest(*req, boundsLocked()); !st.ok()) return st;
     const auto stale = [&] { return req->generation() != generation_ || !placed_; };
     if (stale() && !ended_) {
@@ -418,7 +420,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status ReportStep(grpc::ServerContext*, const pb::StepReport* req,
                           pb::Directive* out) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (grpc::Status st = checkStepReport(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
@@ -435,20 +437,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     if (!row.seen[static_cast<size_t>(req->rank())]) {
       row.seen[static_cast<size_t>(req->rank())] = true;
-      StepMetrics part;
-      part.activation_raw_bytes = req->activation_raw_bytes();
-      part.activation_wire_bytes = req->activation_wire_bytes();
-      part.gradient_raw_bytes = req->gradient_raw_bytes();
-      part.gradient_wire_bytes = req->gradient_wire_bytes();
-      part.dp_raw_bytes = req->dp_raw_bytes();
-      part.dp_wire_bytes = req->dp_wire_bytes();
-      part.seconds = req->seconds();
-      part.compute_seconds = req->compute_seconds();
-      part.comm_wait_seconds = req->comm_wait_seconds();
-      part.lr = req->lr();
-      part.val_loss_sum = req->val_loss_sum();
-      part.val_tokens = req->val_tokens();
-      runtime::mergeTaskletStep(row.metrics, part);
+      runtime::mergeTaskletStep(row.metrics, stepMetricsOf(*req));
       if (req->has_loss()) {
         row.loss_sum += req->loss();
         row.loss_parts += 1;
@@ -464,7 +453,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status ReportCheckpoint(grpc::ServerContext*, const pb::CheckpointReport* req,
                                 pb::Directive* out) override {
-    std::unique_lock<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (grpc::Status st = checkCheckpointReport(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
@@ -523,7 +512,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status SendHeartbeat(grpc::ServerContext*, const pb::Heartbeat* req,
                              pb::Directive* out) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (grpc::Status st = checkHeartbeat(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
@@ -539,7 +528,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status ReportFailure(grpc::ServerContext*, const pb::FailureReport* req,
                              pb::Directive* out) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
@@ -551,7 +540,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status Finish(grpc::ServerContext*, const pb::FinishRequest* req,
                       pb::FinishReply*) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    Locked lock(*this);
     if (grpc::Status st = checkFinishRequest(*req, boundsLocked()); !st.ok()) return st;
     // A worker of an ended generation leaving is no news: the failure that
     // ended it is already handled.
@@ -724,7 +713,43 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       spdlog::info("{}", line);
     }
   }
-  void eventLocked(const std::string& line) { event(line); }
+  // Queues `line` for on_event; the Locked that holds mu_ delivers it.
+  void eventLocked(const std::string& line) { events_.push_back(line); }
+
+  // Hands the queued events to on_event in order, outside mu_: a slow sink
+  // (the CLI's stdout) holds up no call, and one that calls back into the
+  // coordinator finds the lock free. One thread delivers at a time; a
+  // thread that finds another delivering leaves its events to it (the
+  // deliverer looks again after letting go), and a sink calling back in
+  // returns at once (its events follow when it returns).
+  void deliverEvents() {
+    thread_local const Impl* delivering = nullptr;
+    if (delivering == this) return;
+    while (true) {
+      std::unique_lock<std::mutex> order(deliver_mu_, std::try_to_lock);
+      if (!order.owns_lock()) return;
+      delivering = this;
+      while (true) {
+        std::vector<std::string> lines;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          lines.swap(events_);
+        }
+        if (lines.empty()) break;
+        for (const auto& line : lines) {
+          try {
+            event(line);
+          } catch (const std::exception& e) {
+            spdlog::warn("the coordinator's event sink failed: {} (event: {})", e.what(), line);
+          }
+        }
+      }
+      delivering = nullptr;
+      order.unlock();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (events_.empty()) return;
+    }
+  }
 
   void findResumePoint() {
     const std::string& dir = job_.checkpoint.dir;
@@ -1231,7 +1256,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   void monitorLoop() {
-    std::unique_lock<std::mutex> lock(mu_);
+    Locked lock(*this);
     while (!shutting_down_) {
       cv_.wait_for(lock, std::chrono::milliseconds(50));
       if (shutting_down_) break;
@@ -1315,6 +1340,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         }
       }
       lock.unlock();
+      deliverEvents();
       flushSteps();
       lock.lock();
     }
@@ -1351,6 +1377,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       for (const auto& m : ready) opt_.on_step(m);
   }
 
+  // Holds mu_. On release (the end of its scope) it delivers the events
+  // queued meanwhile, outside mu_ (deliverEvents).
+  class Locked : public std::unique_lock<std::mutex> {
+   public:
+    explicit Locked(Impl& impl) : std::unique_lock<std::mutex>(impl.mu_), impl_(impl) {}
+    ~Locked() {
+      if (owns_lock()) unlock();
+      impl_.deliverEvents();
+    }
+    Locked(const Locked&) = delete;
+    Locked& operator=(const Locked&) = delete;
+
+   private:
+    Impl& impl_;
+  };
+
   CoordinatorOptions opt_;
   JobBundle bundle_;
   JobSpec job_;
@@ -1371,6 +1413,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   mutable std::mutex mu_;
   std::mutex flush_mu_;
+  std::mutex deliver_mu_;            // one thread delivers events at a time
+  std::vector<std::string> events_;  // queued for on_event (mu_)
   std::condition_variable cv_;
   bool shutting_down_ = false;
   std::vector<Slot> slots_;

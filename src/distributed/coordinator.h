@@ -59,10 +59,12 @@ struct CoordinatorOptions {
   // cause (a process that died, reported by the launcher) is the one named.
   std::chrono::milliseconds failure_grace{2000};
   // Called with each finished step, in step order, from the coordinator's
-  // monitor thread.
+  // threads, outside its lock.
   std::function<void(const StepMetrics&)> on_step;
-  // Called with one-line events (placement, checkpoints, failures), from
-  // the coordinator's threads.
+  // Called with one-line events (placement, checkpoints, failures), in the
+  // order they happened, from the coordinator's threads, one call at a time
+  // and outside its lock: a slow sink delays no worker's call, and a sink
+  // may call the Coordinator (its own events then follow when it returns).
   std::function<void(const std::string&)> on_event;
 };
 

@@ -26,6 +26,7 @@
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/recovery.h"
 #include "src/distributed/rpc_status.h"
+#include "src/distributed/step_report.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/tasklet.h"
@@ -556,24 +557,10 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       if (runtime::evaluationDue(job, step, steps)) tasklet.evaluate(step, ts.part);
       last_step = step;
       ++result.steps_done;
-      pb::StepReport rep;
+      pb::StepReport rep = stepReportOf(ts.part, ts.has_loss, ts.loss);
       rep.set_rank(rank);
       rep.set_step(step);
       rep.set_generation(a.generation());
-      rep.set_has_loss(ts.has_loss);
-      rep.set_loss(ts.loss);
-      rep.set_lr(ts.part.lr);
-      rep.set_seconds(ts.part.seconds);
-      rep.set_compute_seconds(ts.part.compute_seconds);
-      rep.set_comm_wait_seconds(ts.part.comm_wait_seconds);
-      rep.set_activation_raw_bytes(ts.part.activation_raw_bytes);
-      rep.set_activation_wire_bytes(ts.part.activation_wire_bytes);
-      rep.set_gradient_raw_bytes(ts.part.gradient_raw_bytes);
-      rep.set_gradient_wire_bytes(ts.part.gradient_wire_bytes);
-      rep.set_dp_raw_bytes(ts.part.dp_raw_bytes);
-      rep.set_dp_wire_bytes(ts.part.dp_wire_bytes);
-      rep.set_val_loss_sum(ts.part.val_loss_sum);
-      rep.set_val_tokens(ts.part.val_tokens);
       reporter.post(std::move(rep));
       const pb::Directive d = reporter.directive();
       if (d.abort()) GEOPIPE_THROW(IoError, "aborted by the coordinator: ", d.abort_reason());

@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/rpc_status.h"
 #include "src/distributed/security.h"
+#include "src/distributed/step_report.h"
 #include "src/distributed/worker.h"
 #include "src/security/pki.h"
 #include "src/security/token.h"
@@ -110,11 +113,12 @@ struct Fixture {
 
 TEST(Coordinator, RefusesAnotherProtocolVersionNamingBoth) {
   Fixture f;
-  // A worker of the release before the model families speaks version 1.
-  grpc::Status st = f.registerAs(1, "any");
+  // A worker of the release before asynchronous step reports speaks
+  // version 2: it would never answer the two-phase stop.
+  grpc::Status st = f.registerAs(2, "any");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(st.error_message().find("version 2"), std::string::npos) << st.error_message();
-  EXPECT_NE(st.error_message().find("version 1"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("version 3"), std::string::npos) << st.error_message();
   EXPECT_THROW(throwIfFailed(st, "coordinator", "Register"), ProtocolError);
 }
 
@@ -373,6 +377,77 @@ TEST(Coordinator, StopBeforeAnyWorkerEndsTheJob) {
   ASSERT_TRUE(r.has_value());
   EXPECT_FALSE(r->ok);
   EXPECT_TRUE(r->interrupted);
+}
+
+TEST(Coordinator, AnEventSinkMayCallBackIn) {
+  // Events reach on_event outside the coordinator's lock: a sink that asks
+  // the coordinator something (here on the event of the stop that ends the
+  // job) gets its answer instead of deadlocking every call.
+  TempDir dir;
+  CoordinatorOptions opt;
+  opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5, "transport: {emulate_links: false}\n"));
+  opt.listen_address = "127.0.0.1:0";
+  opt.security = tlsSecurity();
+  std::atomic<Coordinator*> self{nullptr};
+  std::atomic<int> answers{0};
+  opt.on_event = [&](const std::string&) {
+    if (Coordinator* c = self.load()) {
+      answers += c->generation() >= 0 ? 1 : 0;
+      c->requestStop(false);  // again: ignored, but it takes the lock
+    }
+  };
+  // Leaked if the sink deadlocks (its destructor would wait forever).
+  auto* coordinator = new Coordinator(opt);
+  self = coordinator;
+  std::packaged_task<bool()> stop([&] {
+    coordinator->requestStop(false);
+    return coordinator->waitFor(std::chrono::seconds(5)).has_value();
+  });
+  auto ended = stop.get_future();
+  std::thread(std::move(stop)).detach();
+  ASSERT_EQ(ended.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+      << "the event sink deadlocked the coordinator";
+  EXPECT_TRUE(ended.get());
+  EXPECT_GE(answers.load(), 1);
+  self = nullptr;
+  delete coordinator;
+}
+
+TEST(StepReport, EveryFieldOfATaskletsStepSurvivesTheWire) {
+  // Distinct values in every field, so a field dropped or swapped in
+  // either direction shows.
+  StepMetrics part;
+  part.lr = 1.5e-3;
+  part.seconds = 0.25;
+  part.compute_seconds = 0.125;
+  part.comm_wait_seconds = 0.0625;
+  part.activation_raw_bytes = 1001;
+  part.activation_wire_bytes = 1002;
+  part.gradient_raw_bytes = 1003;
+  part.gradient_wire_bytes = 1004;
+  part.dp_raw_bytes = 1005;
+  part.dp_wire_bytes = 1006;
+  part.val_loss_sum = 7.75;
+  part.val_tokens = 1007;
+  pb::StepReport sent = stepReportOf(part, true, 2.5);
+  EXPECT_TRUE(sent.has_loss());
+  EXPECT_EQ(sent.loss(), 2.5);
+  pb::StepReport got;
+  ASSERT_TRUE(got.ParseFromString(sent.SerializeAsString()));
+  const StepMetrics back = stepMetricsOf(got);
+  EXPECT_EQ(back.lr, part.lr);
+  EXPECT_EQ(back.seconds, part.seconds);
+  EXPECT_EQ(back.compute_seconds, part.compute_seconds);
+  EXPECT_EQ(back.comm_wait_seconds, part.comm_wait_seconds);
+  EXPECT_EQ(back.activation_raw_bytes, part.activation_raw_bytes);
+  EXPECT_EQ(back.activation_wire_bytes, part.activation_wire_bytes);
+  EXPECT_EQ(back.gradient_raw_bytes, part.gradient_raw_bytes);
+  EXPECT_EQ(back.gradient_wire_bytes, part.gradient_wire_bytes);
+  EXPECT_EQ(back.dp_raw_bytes, part.dp_raw_bytes);
+  EXPECT_EQ(back.dp_wire_bytes, part.dp_wire_bytes);
+  EXPECT_EQ(back.val_loss_sum, part.val_loss_sum);
+  EXPECT_EQ(back.val_tokens, part.val_tokens);
+  EXPECT_FALSE(stepReportOf(part, false, 2.5).has_loss());
 }
 
 TEST(Certs, OutputValidatesAndCarriesATlsRegistration) {
