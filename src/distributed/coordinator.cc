@@ -39,12 +39,6 @@ namespace pb = geopipe::v1;
 
 constexpr uint32_t kProtocol = pb::COORDINATOR_PROTOCOL_CURRENT;
 constexpr auto kPoll = std::chrono::milliseconds(100);
-// Wrong join tokens from one host: more than kMaxBadTokens within
-// kBadTokenWindow and that host is refused without a check until the
-// window has passed again. At most kMaxTrackedHosts hosts are remembered.
-constexpr int kMaxBadTokens = 5;
-constexpr auto kBadTokenWindow = std::chrono::seconds(60);
-constexpr size_t kMaxTrackedHosts = 4096;
 
 double secondsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -153,6 +147,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     rejoin_timeout_ = std::chrono::milliseconds(static_cast<int64_t>(ft.rejoin_timeout * 1000));
     security_ = opt_.security ? *opt_.security : jobSecurity(job_, opt_.allow_insecure_remote);
     if (opt_.allow_insecure_remote) security_.link.allow_insecure_remote = true;
+    join_gate_.emplace(security_.token);
     transport::checkPlaintextAllowed(security_.link, opt_.listen_address,
                                      "the coordinator's --listen address");
     max_registrations_ =
@@ -584,10 +579,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     int arrived = 0;
     std::vector<std::string> files;
   };
-  struct BadTokens {
-    int count = 0;
-    Clock::time_point window_start;
-  };
   struct Failure {
     std::string message;
     std::string type;
@@ -673,37 +664,21 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // that keeps sending wrong tokens is throttled, and each host's first
   // refusal and each throttling are logged once with its address.
   grpc::Status checkJoinTokenLocked(grpc::ServerContext* ctx, const pb::RegisterRequest& req) {
-    if (security_.token.empty()) return grpc::Status::OK;
-    const std::string host = hostOfPeer(ctx->peer());
-    const auto now = Clock::now();
-    auto it = bad_tokens_.find(host);
-    if (it != bad_tokens_.end() && now - it->second.window_start > kBadTokenWindow) {
-      bad_tokens_.erase(it);
-      it = bad_tokens_.end();
+    const JoinGate::Outcome o =
+        join_gate_->check(hostOfPeer(ctx->peer()),
+                          detail::concat(ctx->peer(), " (host '", req.hostname().substr(0, 64),
+                                         "', pid ", req.pid(), ")"),
+                          req.join_token(), Clock::now());
+    for (const auto& line : o.events) eventLocked(line);
+    switch (o.verdict) {
+      case JoinGate::Verdict::ADMIT:
+        return grpc::Status::OK;
+      case JoinGate::Verdict::THROTTLED:
+        return {grpc::StatusCode::RESOURCE_EXHAUSTED, o.message};
+      case JoinGate::Verdict::WRONG_TOKEN:
+        break;
     }
-    if (it != bad_tokens_.end() && it->second.count >= kMaxBadTokens) {
-      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
-              detail::concat("too many wrong join tokens from ", host,
-                             "; this host is refused for up to ", kBadTokenWindow.count(), " s")};
-    }
-    if (security::constantTimeEquals(req.join_token(), security_.token.secret)) {
-      return grpc::Status::OK;
-    }
-    if (it == bad_tokens_.end()) {
-      if (bad_tokens_.size() >= kMaxTrackedHosts) bad_tokens_.clear();
-      it = bad_tokens_.emplace(host, BadTokens{0, now}).first;
-      eventLocked(detail::concat("refused a worker from ", ctx->peer(), " (host '",
-                                 req.hostname().substr(0, 64), "', pid ", req.pid(), "): ",
-                                 req.join_token().empty() ? "no join token" : "wrong join token"));
-    }
-    if (++it->second.count == kMaxBadTokens) {
-      eventLocked(detail::concat("throttling ", host, ": ", kMaxBadTokens,
-                                 " wrong join tokens within ", kBadTokenWindow.count(),
-                                 " s; its registrations are refused for the rest of that time"));
-    }
-    return {grpc::StatusCode::PERMISSION_DENIED,
-            req.join_token().empty() ? "no join token: this coordinator requires one"
-                                     : "wrong join token"};
+    return {grpc::StatusCode::PERMISSION_DENIED, o.message};
   }
 
   void event(const std::string& line) {
@@ -1405,7 +1380,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   JobSecurity security_;
   int registrations_ = 0;  // accepted Register calls (right token, known device)
   int max_registrations_ = 0;
-  std::map<std::string, BadTokens> bad_tokens_;  // by host
+  std::optional<JoinGate> join_gate_;  // from security_, set in the constructor
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string address_;

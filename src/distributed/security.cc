@@ -115,4 +115,38 @@ EphemeralSecurity makeEphemeralSecurity(const std::string& dir) {
   return out;
 }
 
+JoinGate::Outcome JoinGate::check(const std::string& host, const std::string& who,
+                                  const std::string& token, Clock::time_point now) {
+  Outcome out;
+  if (token_.empty()) return out;
+  auto it = bad_tokens_.find(host);
+  if (it != bad_tokens_.end() && now - it->second.window_start > kBadTokenWindow) {
+    bad_tokens_.erase(it);
+    it = bad_tokens_.end();
+  }
+  if (it != bad_tokens_.end() && it->second.count >= kMaxBadTokens) {
+    out.verdict = Verdict::THROTTLED;
+    out.message =
+        detail::concat("too many wrong join tokens from ", host,
+                       "; this host is refused for up to ", kBadTokenWindow.count(), " s");
+    return out;
+  }
+  if (security::constantTimeEquals(token, token_.secret)) return out;
+  if (it == bad_tokens_.end()) {
+    if (bad_tokens_.size() >= kMaxTrackedHosts) bad_tokens_.clear();
+    it = bad_tokens_.emplace(host, BadTokens{0, now}).first;
+    out.events.push_back(detail::concat("refused a worker from ", who, ": ",
+                                        token.empty() ? "no join token" : "wrong join token"));
+  }
+  if (++it->second.count == kMaxBadTokens) {
+    out.events.push_back(detail::concat("throttling ", host, ": ", kMaxBadTokens,
+                                        " wrong join tokens within ", kBadTokenWindow.count(),
+                                        " s; its registrations are refused for the rest of that "
+                                        "time"));
+  }
+  out.verdict = Verdict::WRONG_TOKEN;
+  out.message = token.empty() ? "no join token: this coordinator requires one" : "wrong join token";
+  return out;
+}
+
 }  // namespace geopipe::distributed

@@ -5,7 +5,11 @@
 // See docs/operations.md#security-model. Torch-free, gRPC-free header.
 #pragma once
 
+#include <chrono>
+#include <cstddef>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "geopipe/job_spec.h"
 #include "src/security/token.h"
@@ -46,5 +50,41 @@ struct EphemeralSecurity {
   WorkerSecurityArgs worker_args;
 };
 EphemeralSecurity makeEphemeralSecurity(const std::string& dir);
+
+// The coordinator's join gate: the join-token check, with a throttle. A
+// host that sends kMaxBadTokens wrong (or missing) tokens within
+// kBadTokenWindow is refused without a check for the rest of that window;
+// at most kMaxTrackedHosts hosts are remembered (then the tally restarts).
+// Without a token every registration is admitted. Not thread-safe: the
+// coordinator asks under its lock.
+class JoinGate {
+ public:
+  static constexpr int kMaxBadTokens = 5;
+  static constexpr std::chrono::seconds kBadTokenWindow{60};
+  static constexpr size_t kMaxTrackedHosts = 4096;
+  using Clock = std::chrono::steady_clock;
+
+  enum class Verdict { ADMIT, WRONG_TOKEN, THROTTLED };
+  struct Outcome {
+    Verdict verdict = Verdict::ADMIT;
+    std::string message;              // for the refused caller (no secret in it)
+    std::vector<std::string> events;  // one-line events for the operator
+  };
+
+  explicit JoinGate(security::JoinToken token) : token_(std::move(token)) {}
+
+  // `host` the caller's address without port, `who` how events name the
+  // caller (address, hostname, pid), `token` what it sent.
+  Outcome check(const std::string& host, const std::string& who, const std::string& token,
+                Clock::time_point now);
+
+ private:
+  struct BadTokens {
+    int count = 0;
+    Clock::time_point window_start;
+  };
+  security::JoinToken token_;
+  std::map<std::string, BadTokens> bad_tokens_;  // by host
+};
 
 }  // namespace geopipe::distributed

@@ -450,6 +450,36 @@ TEST(StepReport, EveryFieldOfATaskletsStepSurvivesTheWire) {
   EXPECT_FALSE(stepReportOf(part, false, 2.5).has_loss());
 }
 
+TEST(JoinGate, ThrottlesAHostForItsWindowAndNeverEchoesATokenOnAClock) {
+  security::JoinToken token;
+  token.secret = kToken;
+  JoinGate gate(token);
+  using S = std::chrono::seconds;
+  const JoinGate::Clock::time_point t0{};
+  EXPECT_EQ(gate.check("10.0.0.1", "a", kToken, t0).verdict, JoinGate::Verdict::ADMIT);
+  std::vector<std::string> events;
+  for (int k = 1; k <= JoinGate::kMaxBadTokens; ++k) {
+    const auto o =
+        gate.check("10.0.0.2", "b", k == 1 ? "" : "wrong-token-" + std::to_string(k), t0 + S(k));
+    EXPECT_EQ(o.verdict, JoinGate::Verdict::WRONG_TOKEN) << k;
+    events.insert(events.end(), o.events.begin(), o.events.end());
+  }
+  ASSERT_EQ(events.size(), 2u);  // the first refusal and the throttle, not every try
+  EXPECT_NE(events[0].find("no join token"), std::string::npos) << events[0];
+  EXPECT_NE(events[1].find("throttling 10.0.0.2"), std::string::npos) << events[1];
+  for (const auto& e : events) EXPECT_EQ(e.find("wrong-token"), std::string::npos) << e;
+  // Throttled for the window since the first wrong token, even with the
+  // right one; other hosts are not.
+  EXPECT_EQ(gate.check("10.0.0.2", "b", kToken, t0 + S(30)).verdict, JoinGate::Verdict::THROTTLED);
+  EXPECT_EQ(gate.check("10.0.0.3", "c", kToken, t0 + S(30)).verdict, JoinGate::Verdict::ADMIT);
+  EXPECT_EQ(
+      gate.check("10.0.0.2", "b", kToken, t0 + S(1) + JoinGate::kBadTokenWindow + S(1)).verdict,
+      JoinGate::Verdict::ADMIT);
+  // A job without a token admits everyone.
+  JoinGate open{security::JoinToken{}};
+  EXPECT_EQ(open.check("10.0.0.4", "d", "anything", t0).verdict, JoinGate::Verdict::ADMIT);
+}
+
 TEST(Certs, OutputValidatesAndCarriesATlsRegistration) {
   TempDir dir;
   std::ostringstream out;
