@@ -425,23 +425,18 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     s->last_step = std::max(s->last_step, req->step());  // reports may arrive out of order
     s->synchronous = s->synchronous || req->synchronous();
     Row& row = rows_[req->step()];
-    if (row.arrived == 0) {
+    if (row.tally.arrived == 0) {
       row.first_at = now;
       row.expected = world_;
       row.seen.assign(static_cast<size_t>(world_), false);
     }
     if (!row.seen[static_cast<size_t>(req->rank())]) {
       row.seen[static_cast<size_t>(req->rank())] = true;
-      runtime::mergeTaskletStep(row.metrics, stepMetricsOf(*req));
-      if (req->has_loss()) {
-        row.loss_sum += req->loss();
-        row.loss_parts += 1;
-      }
-      ++row.arrived;
+      row.tally.add(stepMetricsOf(*req), req->has_loss(), req->loss());
     }
     max_reported_ = std::max(max_reported_, req->step());
     maybeFixStopLocked();
-    if (row.arrived == row.expected) cv_.notify_all();
+    if (row.tally.arrived == row.expected) cv_.notify_all();
     fillDirectiveLocked(out, req->generation());
     return grpc::Status::OK;
   }
@@ -566,10 +561,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     uint64_t ticket = 0;      // a spare's proof of identity when it calls again
   };
   struct Row {
-    StepMetrics metrics;
-    double loss_sum = 0;
-    int loss_parts = 0;
-    int arrived = 0;
+    runtime::StepTally tally;
     int expected = 0;  // tasklets of the generation that ran the step
     std::vector<bool> seen;
     Clock::time_point first_at;
@@ -1252,7 +1244,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         }
         // The step barrier's deadline: the oldest incomplete step.
         for (auto& [step, row] : rows_) {
-          if (row.arrived == row.expected) continue;
+          if (row.tally.arrived == row.expected) continue;
           if (secondsBetween(row.first_at, now) * 1000 > opt_.step_deadline.count()) {
             for (int r = 0; r < world_; ++r) {
               if (row.seen[static_cast<size_t>(r)]) continue;
@@ -1329,15 +1321,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       std::lock_guard<std::mutex> lock(mu_);
       while (true) {
         auto it = rows_.find(next_emit_);
-        if (it == rows_.end() || it->second.arrived < it->second.expected) break;
-        StepMetrics m = it->second.metrics;
-        m.step = next_emit_;
-        m.loss = it->second.loss_parts ? it->second.loss_sum / it->second.loss_parts : 0;
-        m.tokens_per_second = m.seconds > 0 ? tokensPerStep(job_) / m.seconds : 0;
-        result_.losses.push_back(m.loss);
-        if (m.hasValLoss()) result_.val_losses.emplace_back(m.step, m.valLoss());
-        result_.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
-        result_.raw_bytes += m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
+        if (it == rows_.end() || it->second.tally.arrived < it->second.expected) break;
+        const StepMetrics m = it->second.tally.finished(next_emit_, job_);
+        runtime::recordStep(result_, m);
         last_step_at_ = Clock::now();
         rows_.erase(it);
         ++next_emit_;

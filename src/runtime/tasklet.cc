@@ -94,6 +94,31 @@ void mergeTaskletStep(StepMetrics& m, const StepMetrics& part) {
   m.val_tokens += part.val_tokens;
 }
 
+void StepTally::add(const StepMetrics& part, bool has_loss, double loss) {
+  mergeTaskletStep(metrics, part);
+  if (has_loss) {
+    loss_sum += loss;
+    loss_parts += 1;
+  }
+  ++arrived;
+}
+
+StepMetrics StepTally::finished(int64_t step, const JobSpec& job) const {
+  StepMetrics m = metrics;
+  m.step = step;
+  m.loss = loss_parts ? loss_sum / loss_parts : 0;
+  const double tokens = double(job.training.global_batch) * double(job.model.seq_len);
+  m.tokens_per_second = m.seconds > 0 ? tokens / m.seconds : 0;
+  return m;
+}
+
+void recordStep(TrainResult& result, const StepMetrics& m) {
+  result.losses.push_back(m.loss);
+  if (m.hasValLoss()) result.val_losses.emplace_back(m.step, m.valLoss());
+  result.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
+  result.raw_bytes += m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
+}
+
 Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,
                  transport::Transport& transport, const data::TokenDataset& dataset,
                  const data::Sampler& sampler, std::chrono::milliseconds timeout,

@@ -42,6 +42,26 @@ bool evaluationDue(const JobSpec& job, int64_t step, int64_t steps);
 // coordinator, so both report the same numbers.
 void mergeTaskletStep(StepMetrics& step, const StepMetrics& part);
 
+// One step's ledger row: the tasklets' shares as they arrive, and the
+// finished step they make. The in-process Trainer's step board and the
+// coordinator's step ledger are both made of these, so both report the same
+// numbers by construction.
+struct StepTally {
+  StepMetrics metrics;  // mergeTaskletStep of the shares so far
+  double loss_sum = 0;  // losses of the shares that carry one (last stages)
+  int loss_parts = 0;
+  int arrived = 0;
+
+  void add(const StepMetrics& part, bool has_loss, double loss);
+  // The finished step: its number, the mean loss over the replicas, tokens/s
+  // of the global batch at the slowest tasklet's time.
+  StepMetrics finished(int64_t step, const JobSpec& job) const;
+};
+
+// Adds a finished step to a run's totals: its loss, its validation loss if
+// any, and its bytes.
+void recordStep(TrainResult& result, const StepMetrics& step);
+
 // Not thread-safe: one thread drives a tasklet. The transport, dataset and
 // sampler must outlive it. Ranks: rank = replica * stages + stage.
 class Tasklet {

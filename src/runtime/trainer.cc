@@ -41,19 +41,16 @@ int tokensPerStep(const JobSpec& job) { return job.training.global_batch * job.m
 // the caller's thread, which calls on_step in order.
 class StepBoard {
  public:
-  StepBoard(int tasklets, int steps) : tasklets_(tasklets), rows_(steps) {}
+  StepBoard(int tasklets, int steps, const JobSpec& job)
+      : tasklets_(tasklets), rows_(steps), job_(job) {}
 
-  void report(int64_t step, const StepMetrics& part, double loss_sum, bool has_loss,
+  void report(int64_t step, const StepMetrics& part, double loss, bool has_loss,
               const std::vector<std::string>& files) {
     std::lock_guard<std::mutex> lock(mu_);
     Row& row = rows_[static_cast<size_t>(step)];
     row.files.insert(row.files.end(), files.begin(), files.end());
-    runtime::mergeTaskletStep(row.metrics, part);
-    if (has_loss) {
-      row.loss_sum += loss_sum;
-      row.loss_parts += 1;
-    }
-    if (++row.arrived == tasklets_) cv_.notify_all();
+    row.tally.add(part, has_loss, loss);
+    if (row.tally.arrived == tasklets_) cv_.notify_all();
   }
 
   void fail(std::exception_ptr e) {
@@ -66,27 +63,22 @@ class StepBoard {
   StepMetrics wait(int64_t step, std::vector<std::string>* files = nullptr) {
     std::unique_lock<std::mutex> lock(mu_);
     Row& row = rows_[static_cast<size_t>(step)];
-    cv_.wait(lock, [&] { return error_ || row.arrived == tasklets_; });
+    cv_.wait(lock, [&] { return error_ || row.tally.arrived == tasklets_; });
     if (error_) std::rethrow_exception(error_);
     if (files) *files = row.files;
-    StepMetrics m = row.metrics;
-    m.step = step;
-    m.loss = row.loss_parts ? row.loss_sum / row.loss_parts : 0;
-    return m;
+    return row.tally.finished(step, job_);
   }
 
  private:
   struct Row {
-    StepMetrics metrics;
-    double loss_sum = 0;
-    int loss_parts = 0;
-    int arrived = 0;
+    runtime::StepTally tally;
     std::vector<std::string> files;  // checkpoint files written after this step
   };
   std::mutex mu_;
   std::condition_variable cv_;
   int tasklets_;
   std::vector<Row> rows_;
+  const JobSpec& job_;
   std::exception_ptr error_;
 };
 
@@ -173,7 +165,7 @@ TrainResult Trainer::train() {
   common::setBlasThreads(threads);
 
   const int steps = job_.training.steps;
-  StepBoard board(world, steps);
+  StepBoard board(world, steps, job_);
   const auto timeout = std::chrono::milliseconds(int64_t{options_.timeout_seconds} * 1000);
   // Checkpoints: written after step k when (k + 1) is a multiple of
   // checkpoint.every_steps (and after the last step); committed by this
@@ -225,11 +217,7 @@ TrainResult Trainer::train() {
         for (const auto& f : files) manifest.files.push_back({f, 0, 0});
         runtime::commitCheckpoint(ckpt_dir, manifest, job_.checkpoint.keep);
       }
-      m.tokens_per_second = m.seconds > 0 ? tokensPerStep(job_) / m.seconds : 0;
-      result.losses.push_back(m.loss);
-      if (m.hasValLoss()) result.val_losses.emplace_back(step, m.valLoss());
-      result.wire_bytes += m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
-      result.raw_bytes += m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
+      runtime::recordStep(result, m);
       if (options_.on_step) options_.on_step(m);
       if (options_.should_stop && options_.should_stop() && step + 1 < steps) {
         result.interrupted = true;
