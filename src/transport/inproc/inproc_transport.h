@@ -33,7 +33,7 @@ namespace geopipe::transport {
 // already in a socket buffer would be); sends from or to r fail. shutdown()
 // fails every pending and future operation. Both throw IoError with the
 // reason given here.
-class InprocHub : public std::enable_shared_from_this<InprocHub> {
+class InprocHub {
  public:
   explicit InprocHub(int world_size);
   ~InprocHub();
