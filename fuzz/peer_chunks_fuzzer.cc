@@ -1,5 +1,5 @@
 // Fuzz target: the gRPC peer service's receiving side without a network:
-// PeerStreamAssembler (chunk checks and reassembly) feeding a PeerInbox,
+// PeerStreamAssembler (chunk checks and reassembly) feeding the rank's Mailbox,
 // with the application's receives in between. Input: a selector byte (the
 // receiving rank's limits), then operations:
 //   0: a frame (u16 length + bytes) parsed as a PeerChunk; bytes that do not
@@ -20,8 +20,8 @@
 #include "fuzz/fuzz_input.h"
 #include "geopipe/error.h"
 #include "proto/peer.pb.h"
-#include "src/transport/grpc/peer_inbox.h"
 #include "src/transport/grpc/peer_stream.h"
+#include "src/transport/mailbox.h"
 
 namespace geopipe::transport {
 namespace {
@@ -43,9 +43,15 @@ void run(fuzz::FuzzInput& in) {
   // A small budget makes admit() refuse (the call reads as cancelled, so it
   // never blocks); a large one lets messages queue.
   const uint64_t budget = (limits & 0x80) ? uint64_t{1} << 30 : 64;
-  auto inbox = std::make_shared<PeerInbox>(kRank, kWorld, budget, describe);
+  Mailbox::Options options;
+  options.transport = "grpc";
+  options.rank = kRank;
+  options.world_size = kWorld;
+  options.max_buffered_bytes = budget;
+  options.describe_peer = describe;
+  auto mailbox = std::make_shared<Mailbox>(std::move(options));
   auto assembler =
-      std::make_unique<PeerStreamAssembler>(config, inbox, describe, [] { return true; });
+      std::make_unique<PeerStreamAssembler>(config, mailbox, describe, [] { return true; });
   bool open = true;
   std::deque<std::shared_ptr<RecvWork>> posted;
   geopipe::v1::PeerChunk chunk;
@@ -65,7 +71,7 @@ void run(fuzz::FuzzInput& in) {
       case 1:
         if (open) assembler->onEnd();
         assembler =
-            std::make_unique<PeerStreamAssembler>(config, inbox, describe, [] { return true; });
+            std::make_unique<PeerStreamAssembler>(config, mailbox, describe, [] { return true; });
         open = true;
         break;
       case 2: {
@@ -73,7 +79,7 @@ void run(fuzz::FuzzInput& in) {
         tag.channel = static_cast<Channel>(1 + in.byte() % 4);
         tag.step = in.byte() % 4;
         tag.micro_batch = in.byte() % 4;
-        posted.push_back(inbox->post(in.byte() % kWorld, tag));
+        posted.push_back(mailbox->post(in.byte() % kWorld, tag));
         break;
       }
       case 3:
@@ -89,7 +95,7 @@ void run(fuzz::FuzzInput& in) {
   }
   if (open) assembler->onEnd();
   assembler.reset();
-  inbox->close("fuzz input done");
+  mailbox->close("fuzz input done");
 }
 
 }  // namespace

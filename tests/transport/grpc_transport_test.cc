@@ -1,7 +1,9 @@
 // GrpcTransport over loopback: ranks as threads, each with its own peer
-// service on a free 127.0.0.1 port; matching, chunking, backpressure,
-// collectives against inproc, and the failure paths (timeouts, a peer that
-// shuts down, a foreign job, garbage from a raw client).
+// service on a free 127.0.0.1 port; what only gRPC has: backpressure,
+// collectives against inproc, TLS, addresses, and its failure paths (a peer
+// that shuts down, a foreign job, garbage from a raw client). The
+// point-to-point contract (matching, timeouts, failures) is tested once for
+// every transport in p2p_contract_test.cc.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -18,6 +20,7 @@
 #include "src/transport/grpc/grpc_transport.h"
 #include "src/transport/grpc/peer_test_client.h"
 #include "tests/support/raw_tcp.h"
+#include "tests/transport/grpc_world.h"
 #include "tests/transport/world.h"
 
 namespace geopipe::transport::testing {
@@ -25,44 +28,6 @@ namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-
-// Options small enough to exercise multi-chunk messages and quick failure
-// detection without slowing the suite.
-GrpcTransportOptions testOptions() {
-  GrpcTransportOptions o;
-  o.chunk_bytes = 64 << 10;
-  o.connect_timeout = seconds(2);
-  o.close_timeout = seconds(2);
-  return o;
-}
-
-// n ranks, each listening on a free port; the address tables are filled in
-// after every server is up. `tokens[r]` overrides rank r's job token.
-std::vector<std::shared_ptr<GrpcTransport>> makeGrpcWorld(int n,
-                                                          GrpcTransportOptions base = testOptions(),
-                                                          std::vector<std::string> tokens = {}) {
-  std::vector<std::shared_ptr<GrpcTransport>> ranks;
-  for (int r = 0; r < n; ++r) {
-    GrpcTransportOptions o = base;
-    o.rank = r;
-    o.addresses.assign(static_cast<size_t>(n), "");
-    o.listen_address = "127.0.0.1:0";
-    o.job_token = r < static_cast<int>(tokens.size()) ? tokens[r] : "test-job";
-    ranks.push_back(std::make_shared<GrpcTransport>(o));
-  }
-  for (int r = 0; r < n; ++r) {
-    for (int p = 0; p < n; ++p) {
-      if (p != r) ranks[r]->setPeerAddress(p, ranks[p]->listeningAddress());
-    }
-  }
-  return ranks;
-}
-
-World asWorld(const std::vector<std::shared_ptr<GrpcTransport>>& ranks) {
-  World world;
-  for (auto& r : ranks) world.ranks.push_back(r);
-  return world;
-}
 
 std::string messageOf(const std::function<void()>& fn) {
   try {
@@ -88,74 +53,6 @@ Bytes pattern(size_t n, uint32_t seed) {
 }
 
 class GrpcWorldTest : public ::testing::TestWithParam<int> {};
-
-TEST_P(GrpcWorldTest, DeliversInSendOrderPerPeerAndTag) {
-  auto ranks = makeGrpcWorld(GetParam());
-  World world = asWorld(ranks);
-  const int kMessages = 12;
-  const Tag tag = tagOf(Channel::ACTIVATION, 1);
-  spawn(world, [&](Transport& t) {
-    std::vector<std::shared_ptr<Work>> sends;
-    for (int p = 0; p < t.worldSize(); ++p) {
-      if (p == t.rank()) continue;
-      // Sizes cross the 64 KiB chunk boundary: 8 B .. ~220 KiB.
-      for (int i = 0; i < kMessages; ++i)
-        sends.push_back(t.send(p, tag, stamp(t.rank(), i, i * 18000)));
-    }
-    for (int p = 0; p < t.worldSize(); ++p) {
-      if (p == t.rank()) continue;
-      for (int i = 0; i < kMessages; ++i) {
-        Bytes b = recvNow(t, p, tag);
-        EXPECT_EQ(unstamp(b), std::make_pair(p, i));
-        ASSERT_EQ(b.size(), 8u + static_cast<size_t>(i) * 18000);
-        if (i > 0) EXPECT_EQ(b.back(), static_cast<uint8_t>(i * 7 + p));
-      }
-    }
-    for (auto& s : sends) s->wait(seconds(10));
-  });
-  for (auto& r : ranks) {
-    const TransportStats s = r->stats();
-    EXPECT_EQ(s.messages_sent, static_cast<uint64_t>((GetParam() - 1) * kMessages));
-    EXPECT_EQ(s.messages_received, s.messages_sent);
-  }
-}
-
-TEST_P(GrpcWorldTest, ReceivesPostedBeforeTheSend) {
-  auto ranks = makeGrpcWorld(GetParam());
-  World world = asWorld(ranks);
-  ThreadBarrier posted(GetParam());
-  spawn(world, [&](Transport& t) {
-    std::vector<std::shared_ptr<RecvWork>> recvs;
-    for (int p = 0; p < t.worldSize(); ++p) recvs.push_back(t.recv(p, tagOf(Channel::CONTROL, 7)));
-    posted.arriveAndWait();
-    for (int p = 0; p < t.worldSize(); ++p)
-      t.send(p, tagOf(Channel::CONTROL, 7), stamp(t.rank(), 0));
-    for (int p = 0; p < t.worldSize(); ++p) {
-      recvs[p]->wait(seconds(10));
-      EXPECT_EQ(unstamp(recvs[p]->takePayload()), std::make_pair(p, 0));
-    }
-  });
-}
-
-TEST_P(GrpcWorldTest, MatchesManyTagsInAnyOrder) {
-  auto ranks = makeGrpcWorld(GetParam());
-  World world = asWorld(ranks);
-  const int kTags = 40;
-  spawn(world, [&](Transport& t) {
-    const int next = (t.rank() + 1) % t.worldSize();
-    const int prev = (t.rank() + t.worldSize() - 1) % t.worldSize();
-    for (int i = 0; i < kTags; ++i) {
-      Tag tag = tagOf(i % 2 ? Channel::GRADIENT : Channel::ACTIVATION_GRAD, i / 3, i);
-      tag.micro_batch = i % 5;
-      t.send(next, tag, stamp(t.rank(), i, i));
-    }
-    for (int i = kTags - 1; i >= 0; --i) {  // reverse order: all but the last are queued
-      Tag tag = tagOf(i % 2 ? Channel::GRADIENT : Channel::ACTIVATION_GRAD, i / 3, i);
-      tag.micro_batch = i % 5;
-      EXPECT_EQ(unstamp(recvNow(t, prev, tag)), std::make_pair(prev, i));
-    }
-  });
-}
 
 TEST_P(GrpcWorldTest, CollectivesAreBitIdenticalToInproc) {
   const int n = GetParam();
@@ -205,52 +102,8 @@ INSTANTIATE_TEST_SUITE_P(WorldSizes, GrpcWorldTest, ::testing::Values(2, 3, 4),
                            return "n" + std::to_string(info.param);
                          });
 
-TEST(GrpcTransport, ChunksA64MBPayload) {
-  GrpcTransportOptions o = testOptions();
-  o.chunk_bytes = 1 << 20;
-  auto ranks = makeGrpcWorld(2, o);
-  const size_t size = size_t{64} << 20;
-  Bytes payload = pattern(size, 9);
-  const Bytes expected = payload;
-  auto s = ranks[0]->send(1, tagOf(Channel::ACTIVATION, 0), std::move(payload));
-  Bytes got = recvNow(*ranks[1], 0, tagOf(Channel::ACTIVATION, 0), seconds(30));
-  s->wait(seconds(30));
-  EXPECT_TRUE(got == expected);
-  EXPECT_EQ(ranks[1]->stats().bytes_received, size);
-  EXPECT_EQ(ranks[0]->stats().bytes_sent, size);
-  EXPECT_EQ(ranks[1]->bufferedBytes(), 0u);
-}
-
-TEST(GrpcTransport, SendsToItselfAndEmptyMessages) {
-  auto ranks = makeGrpcWorld(2);
-  ranks[0]->send(0, tagOf(Channel::CONTROL, 1), stamp(0, 5))->wait(seconds(1));
-  EXPECT_EQ(unstamp(recvNow(*ranks[0], 0, tagOf(Channel::CONTROL, 1))), std::make_pair(0, 5));
-  ranks[0]->send(1, tagOf(Channel::CONTROL, 2), Bytes{})->wait(seconds(10));
-  EXPECT_TRUE(recvNow(*ranks[1], 0, tagOf(Channel::CONTROL, 2)).empty());
-}
-
-TEST(GrpcTransport, ReceiveTimeoutNamesPeerTagAndOperation) {
-  auto ranks = makeGrpcWorld(2);
-  auto r = ranks[0]->recv(1, tagOf(Channel::GRADIENT, 4, 2));
-  const auto start = Clock::now();
-  std::string what;
-  try {
-    r->wait(milliseconds(150));
-    FAIL() << "no timeout";
-  } catch (const TimeoutError& e) {
-    what = e.what();
-  }
-  EXPECT_GE(Clock::now() - start, milliseconds(150));
-  EXPECT_TRUE(contains(what, "recv on rank 0 from rank 1 (127.0.0.1:")) << what;
-  EXPECT_TRUE(contains(what, "GRADIENT/step=4/mb=0/idx=2")) << what;
-  // Withdrawn: the next message goes to the next receive.
-  ranks[1]->send(0, tagOf(Channel::GRADIENT, 4, 2), stamp(1, 1))->wait(seconds(10));
-  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::GRADIENT, 4, 2))), std::make_pair(1, 1));
-  EXPECT_THROW(r->wait(milliseconds(1)), TimeoutError);
-}
-
 TEST(GrpcTransport, BackpressureBoundsTheReceiversBuffer) {
-  GrpcTransportOptions o = testOptions();
+  GrpcTransportOptions o = grpcTestOptions();
   o.chunk_bytes = 1 << 20;
   o.max_buffered_bytes = 4 << 20;
   auto ranks = makeGrpcWorld(2, o);
@@ -272,7 +125,7 @@ TEST(GrpcTransport, BackpressureBoundsTheReceiversBuffer) {
 }
 
 TEST(GrpcTransport, AwaitedMessagePassesAStalledBuffer) {
-  GrpcTransportOptions o = testOptions();
+  GrpcTransportOptions o = grpcTestOptions();
   o.max_buffered_bytes = 1 << 20;
   auto ranks = makeGrpcWorld(3, o);
   // Rank 1 fills rank 0's budget with a message nobody receives yet; rank
@@ -325,7 +178,7 @@ TEST(GrpcTransport, PeerThatShutsDownFailsReceivesAndSendsNamingIt) {
 }
 
 TEST(GrpcTransport, RefusesAPeerOfAnotherJob) {
-  auto ranks = makeGrpcWorld(2, testOptions(), {"job-A", "job-B"});
+  auto ranks = makeGrpcWorld(2, grpcTestOptions(), {"job-A", "job-B"});
   std::string what;
   const auto deadline = Clock::now() + seconds(10);
   while (what.empty() && Clock::now() < deadline) {
@@ -364,7 +217,7 @@ std::shared_ptr<const security::TlsIdentity> loopbackIdentity(
 std::string sendBetween(const LinkSecurity& a, const LinkSecurity& b) {
   std::vector<std::shared_ptr<GrpcTransport>> ranks;
   for (int r = 0; r < 2; ++r) {
-    GrpcTransportOptions o = testOptions();
+    GrpcTransportOptions o = grpcTestOptions();
     o.rank = r;
     o.addresses = {"", ""};
     o.listen_address = "127.0.0.1:0";
@@ -420,7 +273,7 @@ TEST(GrpcTransportTls, TlsSenderToAPlaintextPeerIsRefused) {
 }
 
 TEST(GrpcTransportTls, PlaintextOnlyOnLoopbackUnlessForced) {
-  GrpcTransportOptions o = testOptions();
+  GrpcTransportOptions o = grpcTestOptions();
   o.addresses = {"", ""};
   o.listen_address = "0.0.0.0:0";
   const std::string what = messageOf([&] { GrpcTransport t(o); });
@@ -438,7 +291,7 @@ TEST(GrpcTransportTls, PlaintextOnlyOnLoopbackUnlessForced) {
 }
 
 TEST(GrpcTransport, ServerSurvivesGarbageAndInvalidChunkSequences) {
-  GrpcTransportOptions o = testOptions();
+  GrpcTransportOptions o = grpcTestOptions();
   o.max_message_bytes = 1 << 20;
   auto ranks = makeGrpcWorld(3, o);
   const std::string addr0 = ranks[0]->listeningAddress();
@@ -566,7 +419,7 @@ TEST(GrpcTransport, CloseDrainsQueuedSends) {
 }
 
 TEST(GrpcTransport, DestructorIsBoundedWhenThePeerNeverReads) {
-  GrpcTransportOptions o = testOptions();
+  GrpcTransportOptions o = grpcTestOptions();
   o.max_buffered_bytes = 1 << 20;
   o.close_timeout = milliseconds(300);
   auto ranks = makeGrpcWorld(2, o);

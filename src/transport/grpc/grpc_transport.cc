@@ -20,8 +20,8 @@
 #include "src/security/token.h"
 #include "src/transport/completion.h"
 #include "src/transport/factory.h"
-#include "src/transport/grpc/peer_inbox.h"
 #include "src/transport/grpc/peer_stream.h"
+#include "src/transport/mailbox.h"
 
 namespace geopipe::transport {
 
@@ -98,7 +98,7 @@ std::string hostOf(const std::string& address) {
 // ---------------------------------------------------------------------------
 // The receiving side: one handler call per incoming stream, on a thread of
 // the gRPC server. It validates every chunk, reassembles messages and hands
-// them to the inbox; admit() blocking here is the backpressure.
+// them to the mailbox; admit() blocking here is the backpressure.
 
 class PeerServiceImpl final : public PeerService::Service {
  public:
@@ -108,10 +108,10 @@ class PeerServiceImpl final : public PeerService::Service {
     std::string job_token;
     uint64_t max_message_bytes = 0;
   };
-  PeerServiceImpl(Config config, std::shared_ptr<PeerInbox> inbox,
+  PeerServiceImpl(Config config, std::shared_ptr<Mailbox> mailbox,
                   std::function<std::string(int)> describe_peer)
       : config_(std::move(config)),
-        inbox_(std::move(inbox)),
+        mailbox_(std::move(mailbox)),
         describe_peer_(std::move(describe_peer)) {}
 
   grpc::Status Stream(grpc::ServerContext* context,
@@ -135,7 +135,7 @@ class PeerServiceImpl final : public PeerService::Service {
     config.world_size = config_.world_size;
     config.job_token = config_.job_token;
     config.max_message_bytes = config_.max_message_bytes;
-    PeerStreamAssembler assembler(config, inbox_, describe_peer_,
+    PeerStreamAssembler assembler(config, mailbox_, describe_peer_,
                                   [context] { return context->IsCancelled(); });
     PeerChunk chunk;
     while (stream->Read(&chunk)) {
@@ -146,7 +146,7 @@ class PeerServiceImpl final : public PeerService::Service {
   }
 
   const Config config_;
-  const std::shared_ptr<PeerInbox> inbox_;
+  const std::shared_ptr<Mailbox> mailbox_;
   const std::function<std::string(int)> describe_peer_;
 };
 
@@ -484,14 +484,19 @@ class GrpcTransport::Impl {
       }
     }
 
-    inbox_ = std::make_shared<PeerInbox>(options_.rank, world_size_, options_.max_buffered_bytes,
-                                         [this](int src) { return describePeer(src); });
+    Mailbox::Options mailbox;
+    mailbox.transport = "grpc";
+    mailbox.rank = options_.rank;
+    mailbox.world_size = world_size_;
+    mailbox.max_buffered_bytes = options_.max_buffered_bytes;
+    mailbox.describe_peer = [this](int src) { return describePeer(src); };
+    mailbox_ = std::make_shared<Mailbox>(std::move(mailbox));
     PeerServiceImpl::Config config;
     config.rank = options_.rank;
     config.world_size = world_size_;
     config.job_token = options_.job_token;
     config.max_message_bytes = options_.max_message_bytes;
-    service_ = std::make_unique<PeerServiceImpl>(config, inbox_,
+    service_ = std::make_unique<PeerServiceImpl>(config, mailbox_,
                                                  [this](int src) { return describePeer(src); });
 
     grpc::ServerBuilder builder;
@@ -541,7 +546,7 @@ class GrpcTransport::Impl {
     messages_sent_ += 1;
     bytes_sent_ += payload.size();
     if (peer == options_.rank) {
-      inbox_->deliverLocal(tag, std::move(payload));
+      mailbox_->deliver(options_.rank, tag, std::move(payload));
       return std::make_shared<FinishedWork>();
     }
     PeerLink* link = nullptr;
@@ -574,15 +579,15 @@ class GrpcTransport::Impl {
     GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: recv on rank ", options_.rank,
                   " from rank ", peer, " (tag ", tag.str(), "): peer is outside the world [0, ",
                   world_size_, ")");
-    return inbox_->post(peer, tag);
+    return mailbox_->post(peer, tag);
   }
 
   TransportStats stats() const {
     TransportStats s;
     s.messages_sent = messages_sent_.load();
     s.bytes_sent = bytes_sent_.load();
-    s.messages_received = inbox_->messagesReceived();
-    s.bytes_received = inbox_->bytesReceived();
+    s.messages_received = mailbox_->messagesReceived();
+    s.bytes_received = mailbox_->bytesReceived();
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& link : links_) {
       if (!link) continue;
@@ -622,13 +627,14 @@ class GrpcTransport::Impl {
     for (PeerLink* l : links) l->join();
     // 2. Stop receiving: release handlers blocked on the budget, fail the
     //    pending receives, cancel the incoming streams.
-    inbox_->close(detail::concat("rank ", options_.rank, " closed its transport"));
+    mailbox_->close(
+        detail::concat("the transport was closed (rank ", options_.rank, " closed its transport)"));
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     server_->Wait();
   }
 
   std::string listeningAddress() const { return listening_address_; }
-  uint64_t bufferedBytes() const { return inbox_->bufferedBytes(); }
+  uint64_t bufferedBytes() const { return mailbox_->bufferedBytes(); }
   int rank() const { return options_.rank; }
   int worldSize() const { return world_size_; }
 
@@ -643,7 +649,7 @@ class GrpcTransport::Impl {
   std::mutex close_mu_;
   std::atomic<bool> closed_{false};
   std::string listening_address_;
-  std::shared_ptr<PeerInbox> inbox_;
+  std::shared_ptr<Mailbox> mailbox_;
   std::unique_ptr<PeerServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;  // destroyed first: stops the handlers
 };

@@ -75,8 +75,8 @@ struct GrpcTransportOptions {
 // send order, in chunks of chunk_bytes. send() returns at once; its Work
 // completes when the last chunk has been written to the stream (handed to
 // gRPC within the HTTP/2 flow-control window), not when the receiver has it.
-// Received chunks are reassembled and delivered to per-(source, tag) FIFO
-// mailboxes with the same matching semantics as inproc; see
+// Received chunks are reassembled and delivered to the rank's Mailbox
+// (mailbox.h: per-(source, tag) FIFO, the matching inproc uses); see
 // GrpcTransportOptions::max_buffered_bytes for the backpressure.
 //
 // Errors: a stream that breaks (peer died, refused a chunk, shut down)

@@ -30,11 +30,11 @@ Tag tagFromWire(const geopipe::v1::PeerTag& t) {
 
 }  // namespace
 
-PeerStreamAssembler::PeerStreamAssembler(Config config, std::shared_ptr<PeerInbox> inbox,
+PeerStreamAssembler::PeerStreamAssembler(Config config, std::shared_ptr<Mailbox> mailbox,
                                          std::function<std::string(int)> describe_peer,
                                          std::function<bool()> cancelled)
     : config_(std::move(config)),
-      inbox_(std::move(inbox)),
+      mailbox_(std::move(mailbox)),
       describe_peer_(std::move(describe_peer)),
       cancelled_(std::move(cancelled)),
       // The job token is a secret: never part of a message.
@@ -43,18 +43,19 @@ PeerStreamAssembler::PeerStreamAssembler(Config config, std::shared_ptr<PeerInbo
 PeerStreamAssembler::~PeerStreamAssembler() {
   // A stream abandoned mid-message (an exception in the handler) gives its
   // admitted bytes back.
-  if (in_message_) inbox_->release(total_);
+  if (in_message_) mailbox_->release(total_);
 }
 
 // Ends the stream with `code`; when the sender's identity was already
 // established, its receives fail with ProtocolError too.
 grpc::Status PeerStreamAssembler::refuse(grpc::StatusCode code, const std::string& why) {
-  if (in_message_) inbox_->release(total_);
+  if (in_message_) mailbox_->release(total_);
   in_message_ = false;
   finished_ = true;
   if (src_ >= 0) {
-    inbox_->streamEnded(
-        src_, true, detail::concat(describe_peer_(src_), " sent a chunk that was refused: ", why));
+    mailbox_->failSource(
+        src_, ErrorKind::PROTOCOL,
+        detail::concat(describe_peer_(src_), " sent a chunk that was refused: ", why));
   }
   return grpc::Status(code, detail::concat(self_, " refused the stream: ", why));
 }
@@ -89,7 +90,7 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
   }
   if (src_ < 0) {
     src_ = claimed;
-    inbox_->streamOpened(src_);
+    mailbox_->clearSource(src_);
   } else if (claimed != src_) {
     return refuse(
         grpc::StatusCode::INVALID_ARGUMENT,
@@ -133,11 +134,11 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
     }
     tag_ = tagFromWire(chunk.tag());
     total_ = chunk.total_size();
-    if (!inbox_->admit(src_, tag_, total_, cancelled_)) {
+    if (!mailbox_->admit(src_, tag_, total_, cancelled_)) {
       const bool cancelled = cancelled_ && cancelled_();
       finished_ = true;
-      inbox_->streamEnded(
-          src_, false,
+      mailbox_->failSource(
+          src_, ErrorKind::IO,
           detail::concat(describe_peer_(src_), "'s stream ended while waiting for buffer space"));
       return grpc::Status(
           grpc::StatusCode::UNAVAILABLE,
@@ -192,7 +193,7 @@ grpc::Status PeerStreamAssembler::onChunk(const geopipe::v1::PeerChunk& chunk) {
   }
   if (buffer_.size() == total_) {
     in_message_ = false;
-    inbox_->deliver(src_, tag_, std::move(buffer_));
+    mailbox_->deliver(src_, tag_, std::move(buffer_), /*admitted=*/true);
     buffer_ = Bytes();
     ++expected_seq_;
   }
@@ -205,12 +206,13 @@ grpc::Status PeerStreamAssembler::onEnd() {
   // The stream ended: after the sender's goodbye (a clean close), or broken
   // (cancelled, connection lost), or on a frame gRPC could not parse — the
   // last two look the same here.
-  if (in_message_) inbox_->release(total_);
+  if (in_message_) mailbox_->release(total_);
   in_message_ = false;
   if (said_goodbye_) {
     if (src_ >= 0) {
-      inbox_->streamEnded(
-          src_, false, detail::concat(describe_peer_(src_), " closed its stream (it shut down)"));
+      mailbox_->failSource(
+          src_, ErrorKind::IO,
+          detail::concat(describe_peer_(src_), " closed its stream (it shut down)"));
     }
     return grpc::Status::OK;
   }
@@ -222,7 +224,7 @@ grpc::Status PeerStreamAssembler::onEnd() {
                 : detail::concat("the stream from ", where,
                                  " ended without end_of_stream (an unparsable frame, or the "
                                  "connection was lost)");
-  if (src_ >= 0) inbox_->streamEnded(src_, false, why);
+  if (src_ >= 0) mailbox_->failSource(src_, ErrorKind::IO, why);
   return grpc::Status(grpc::StatusCode::DATA_LOSS, detail::concat(self_, ": ", why));
 }
 

@@ -1,6 +1,6 @@
 // The receiving side of one incoming peer stream, without the gRPC server:
 // checks every PeerChunk (identity, sequence, sizes), reassembles messages
-// and hands them to the PeerInbox. The peer service feeds it the chunks it
+// and hands them to the rank's Mailbox. The peer service feeds it the chunks it
 // reads; fuzz/peer_chunks_fuzzer.cc feeds it random ones.
 #pragma once
 
@@ -12,7 +12,7 @@
 #include <string>
 
 #include "proto/peer.pb.h"
-#include "src/transport/grpc/peer_inbox.h"
+#include "src/transport/mailbox.h"
 #include "src/transport/transport.h"
 
 namespace geopipe::transport {
@@ -38,7 +38,7 @@ class PeerStreamAssembler {
   };
   // describe_peer(src) names a sender; cancelled() tells whether the call
   // was cancelled (admit() gives up waiting for buffer space then).
-  PeerStreamAssembler(Config config, std::shared_ptr<PeerInbox> inbox,
+  PeerStreamAssembler(Config config, std::shared_ptr<Mailbox> mailbox,
                       std::function<std::string(int)> describe_peer,
                       std::function<bool()> cancelled);
   ~PeerStreamAssembler();
@@ -59,7 +59,7 @@ class PeerStreamAssembler {
   grpc::Status refuse(grpc::StatusCode code, const std::string& why);
 
   const Config config_;
-  const std::shared_ptr<PeerInbox> inbox_;
+  const std::shared_ptr<Mailbox> mailbox_;
   const std::function<std::string(int)> describe_peer_;
   const std::function<bool()> cancelled_;
   const std::string self_;     // "rank R (job 'J')"

@@ -8,83 +8,23 @@
 
 namespace geopipe::transport {
 
-// A receive posted on the hub. Completed (with its payload) or failed by
-// the hub under the destination shard's mutex; withdrawn by wait() on
-// timeout. It holds the hub weakly: the hub's mailboxes hold pending
-// receives, so a strong pointer would make a cycle and leak every hub that
-// still has an abandoned receive.
-class InprocRecvWork : public RecvWork {
- public:
-  InprocRecvWork(std::weak_ptr<InprocHub> hub, int dst, int src, const Tag& tag)
-      : hub_(std::move(hub)), dst_(dst), src_(src), tag_(tag) {}
-
-  void wait(Duration timeout) override {
-    if (!completion_.waitUntil(deadlineAfter(timeout))) {
-      auto error = GEOPIPE_ERROR_PTR(TimeoutError, describe(), ": timed out after ",
-                                     timeout.count(), " ms (no matching send arrived)");
-      if (auto hub = hub_.lock()) {
-        hub->withdraw(*this, error);
-      } else {
-        completion_.fail(error);  // the hub is gone: nothing can match it any more
-      }
-    }
-    completion_.rethrowIfFailed();
-  }
-  bool done() const override { return completion_.finished(); }
-
-  Bytes takePayload() override {
-    GEOPIPE_CHECK(completion_.finished(), Error, describe(),
-                  ": takePayload() before the receive completed; call wait() first");
-    completion_.rethrowIfFailed();
-    GEOPIPE_CHECK(!taken_, Error, describe(), ": takePayload() called twice");
-    taken_ = true;
-    return std::move(payload_);
-  }
-
-  // Called by the hub with the shard's mutex held.
-  void complete(Bytes payload) {
-    payload_ = std::move(payload);
-    completion_.succeed();
-  }
-  void fail(std::exception_ptr error) { completion_.fail(std::move(error)); }
-
-  std::string describe() const {
-    return detail::concat("inproc: recv on rank ", dst_, " from rank ", src_, ", tag ", tag_.str());
-  }
-  int dst() const { return dst_; }
-  int src() const { return src_; }
-  const Tag& tag() const { return tag_; }
-
- private:
-  std::weak_ptr<InprocHub> hub_;
-  const int dst_;
-  const int src_;
-  const Tag tag_;
-  Completion completion_;
-  Bytes payload_;
-  bool taken_ = false;
-};
-
 InprocHub::InprocHub(int world_size)
     : world_size_(world_size),
-      shards_(static_cast<size_t>(std::max(world_size, 0))),
       counters_(static_cast<size_t>(std::max(world_size, 0))),
-      failed_reason_(static_cast<size_t>(std::max(world_size, 0))),
       failed_(new std::atomic<bool>[static_cast<size_t>(std::max(world_size, 0))]) {
   GEOPIPE_CHECK(world_size >= 1, Error, "InprocHub: world size must be >= 1, got ", world_size);
-  for (int r = 0; r < world_size; ++r) failed_[r] = false;
+  for (int r = 0; r < world_size; ++r) {
+    failed_[r] = false;
+    Mailbox::Options options;
+    options.transport = "inproc";
+    options.rank = r;
+    options.world_size = world_size;
+    mailboxes_.push_back(std::make_shared<Mailbox>(std::move(options)));
+  }
 }
 
 InprocHub::~InprocHub() {
-  for (Shard& shard : shards_) {
-    std::lock_guard<std::mutex> lock(shard.mu);
-    for (auto& [key, box] : shard.boxes) {
-      for (auto& waiter : box.waiters) {
-        waiter->fail(
-            GEOPIPE_ERROR_PTR(IoError, waiter->describe(), " failed: the hub was destroyed"));
-      }
-    }
-  }
+  for (auto& mailbox : mailboxes_) mailbox->close("the hub was destroyed");
 }
 
 void InprocHub::checkRank(int rank, const char* what) const {
@@ -97,138 +37,52 @@ bool InprocHub::isFailed(int rank) const {
   return failed_[rank].load();
 }
 
-std::exception_ptr InprocHub::failureLocked(int dst, int src, const Tag& tag) const {
-  if (!shut_down_.load() && !failed_[src].load() && !failed_[dst].load()) return nullptr;
-  std::lock_guard<std::mutex> lock(failure_mu_);
-  const std::string what =
-      detail::concat("inproc: recv on rank ", dst, " from rank ", src, ", tag ", tag.str());
-  if (shut_down_.load()) {
-    return GEOPIPE_ERROR_PTR(IoError, what, " failed: the hub was shut down (", shutdown_reason_,
-                             ")");
-  }
-  if (failed_[src].load()) {
-    return GEOPIPE_ERROR_PTR(IoError, what, " failed: peer rank ", src, " has failed (",
-                             failed_reason_[src], ")");
-  }
-  return GEOPIPE_ERROR_PTR(IoError, what, " failed: this rank ", dst, " is marked failed (",
-                           failed_reason_[dst], ")");
-}
-
 void InprocHub::markFailed(int rank, const std::string& reason) {
   checkRank(rank, "markFailed:");
-  {
-    std::lock_guard<std::mutex> lock(failure_mu_);
-    if (failed_[rank].load()) return;
-    failed_reason_[rank] = reason;
-    failed_[rank] = true;
-  }
-  // Fail the receives already waiting on or for the dead rank. A receive
-  // posted after this sweep sees the flag in post().
-  for (int dst = 0; dst < world_size_; ++dst) {
-    Shard& shard = shards_[dst];
-    std::lock_guard<std::mutex> lock(shard.mu);
-    for (auto it = shard.boxes.begin(); it != shard.boxes.end();) {
-      const int src = std::get<0>(it->first);
-      if (src == rank || dst == rank) {
-        for (auto& waiter : it->second.waiters) {
-          waiter->fail(failureLocked(dst, src, std::get<1>(it->first)));
-        }
-        it->second.waiters.clear();
-      }
-      it = it->second.messages.empty() && it->second.waiters.empty() ? shard.boxes.erase(it)
-                                                                     : std::next(it);
-    }
+  std::lock_guard<std::mutex> lock(failure_mu_);
+  if (failed_[rank].load()) return;
+  failed_[rank] = true;
+  // Receives from the dead rank, on every rank (itself included) ...
+  const std::string peer_failed = detail::concat("peer rank ", rank, " has failed (", reason, ")");
+  for (auto& mailbox : mailboxes_) mailbox->failSource(rank, ErrorKind::IO, peer_failed);
+  // ... and its own receives from the living; a dead source keeps its reason.
+  const std::string self_failed =
+      detail::concat("this rank ", rank, " is marked failed (", reason, ")");
+  for (int src = 0; src < world_size_; ++src) {
+    if (!failed_[src].load()) mailboxes_[rank]->failSource(src, ErrorKind::IO, self_failed);
   }
 }
 
 void InprocHub::shutdown(const std::string& reason) {
-  {
-    std::lock_guard<std::mutex> lock(failure_mu_);
-    if (shut_down_.load()) return;
-    shutdown_reason_ = reason;
-    shut_down_ = true;
-  }
-  for (int dst = 0; dst < world_size_; ++dst) {
-    Shard& shard = shards_[dst];
-    std::lock_guard<std::mutex> lock(shard.mu);
-    for (auto& [key, box] : shard.boxes) {
-      for (auto& waiter : box.waiters) {
-        waiter->fail(failureLocked(dst, std::get<0>(key), std::get<1>(key)));
-      }
-      box.waiters.clear();
-    }
-  }
+  std::lock_guard<std::mutex> lock(failure_mu_);
+  if (shut_down_.exchange(true)) return;
+  const std::string why = detail::concat("the hub was shut down (", reason, ")");
+  for (auto& mailbox : mailboxes_) mailbox->close(why);
 }
 
 void InprocHub::deliver(int src, int dst, const Tag& tag, Bytes payload) {
   checkRank(src, "send from");
   checkRank(dst, "send to");
-  const uint64_t size = payload.size();
-  // Count before completing anything, so that a receiver woken by this
-  // message already sees it in the stats.
+  // Count before delivering, so that a receiver woken by this message
+  // already sees it in the sender's stats.
   counters_[src].messages_sent += 1;
-  counters_[src].bytes_sent += size;
-  Shard& shard = shards_[dst];
-  std::lock_guard<std::mutex> lock(shard.mu);
-  auto it = shard.boxes.find(Key(src, tag));
-  if (it != shard.boxes.end() && !it->second.waiters.empty()) {
-    std::shared_ptr<InprocRecvWork> waiter = std::move(it->second.waiters.front());
-    it->second.waiters.pop_front();
-    if (it->second.waiters.empty() && it->second.messages.empty()) shard.boxes.erase(it);
-    counters_[dst].messages_received += 1;
-    counters_[dst].bytes_received += size;
-    waiter->complete(std::move(payload));
-  } else {
-    shard.boxes[Key(src, tag)].messages.push_back(std::move(payload));
-  }
+  counters_[src].bytes_sent += payload.size();
+  mailboxes_[dst]->deliver(src, tag, std::move(payload));
 }
 
 std::shared_ptr<RecvWork> InprocHub::post(int dst, int src, const Tag& tag) {
   checkRank(dst, "recv on");
   checkRank(src, "recv from");
-  auto work = std::make_shared<InprocRecvWork>(weak_from_this(), dst, src, tag);
-  Shard& shard = shards_[dst];
-  std::lock_guard<std::mutex> lock(shard.mu);
-  auto it = shard.boxes.find(Key(src, tag));
-  if (it != shard.boxes.end() && !it->second.messages.empty()) {
-    // Messages that arrived before a failure stay receivable.
-    counters_[dst].messages_received += 1;
-    counters_[dst].bytes_received += it->second.messages.front().size();
-    work->complete(std::move(it->second.messages.front()));
-    it->second.messages.pop_front();
-    if (it->second.messages.empty() && it->second.waiters.empty()) shard.boxes.erase(it);
-  } else if (auto error = failureLocked(dst, src, tag)) {
-    work->fail(std::move(error));
-  } else {
-    shard.boxes[Key(src, tag)].waiters.push_back(work);
-  }
-  return work;
-}
-
-bool InprocHub::withdraw(const InprocRecvWork& work, std::exception_ptr error) {
-  Shard& shard = shards_[work.dst()];
-  std::lock_guard<std::mutex> lock(shard.mu);
-  auto it = shard.boxes.find(Key(work.src(), work.tag()));
-  if (it == shard.boxes.end()) return false;
-  auto& waiters = it->second.waiters;
-  auto pos =
-      std::find_if(waiters.begin(), waiters.end(),
-                   [&](const std::shared_ptr<InprocRecvWork>& w) { return w.get() == &work; });
-  if (pos == waiters.end()) return false;
-  (*pos)->fail(std::move(error));
-  waiters.erase(pos);
-  if (waiters.empty() && it->second.messages.empty()) shard.boxes.erase(it);
-  return true;
+  return mailboxes_[dst]->post(src, tag);
 }
 
 TransportStats InprocHub::stats(int rank) const {
   checkRank(rank, "stats of");
-  const Counters& c = counters_[rank];
   TransportStats s;
-  s.messages_sent = c.messages_sent.load();
-  s.bytes_sent = c.bytes_sent.load();
-  s.messages_received = c.messages_received.load();
-  s.bytes_received = c.bytes_received.load();
+  s.messages_sent = counters_[rank].messages_sent.load();
+  s.bytes_sent = counters_[rank].bytes_sent.load();
+  s.messages_received = mailboxes_[rank]->messagesReceived();
+  s.bytes_received = mailboxes_[rank]->bytesReceived();
   return s;
 }
 

@@ -3,42 +3,37 @@
 #pragma once
 
 #include <atomic>
-#include <deque>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <tuple>
 #include <vector>
 
+#include "src/transport/mailbox.h"
 #include "src/transport/transport.h"
 
 namespace geopipe::transport {
 
-class InprocRecvWork;
-
-// The mailboxes of every rank of one process. A mailbox is keyed by
-// (destination, source, tag) and holds the messages that arrived before
-// their receive (FIFO) or the receives posted before their message (FIFO);
-// never both. Payloads are moved, never copied, so a 64 MB message costs
-// nothing but the allocation the sender already made.
+// The mailboxes of every rank of one process: one transport::Mailbox
+// (mailbox.h) per destination rank, which matches messages and receives per
+// (source, tag), FIFO, and withdraws timed-out receives. Payloads are moved,
+// never copied, so a 64 MB message costs nothing but the allocation the
+// sender already made.
 //
-// Ownership: create one hub per process with std::make_shared (it must be
-// owned by a shared_ptr) for the job's world size and give it to every
-// InprocTransport, which keeps it alive. Receive handles hold it weakly
-// (the hub holds pending receives); receives still pending when the hub is
-// destroyed fail with IoError.
-// Thread-safety: every method may be called from any thread; the mailboxes
-// are sharded by destination rank, each shard behind its own mutex. No
-// method blocks except on those short critical sections.
+// Ownership: create one hub per process with std::make_shared for the job's
+// world size and give it to every InprocTransport, which keeps it alive.
+// Receive handles hold their mailbox weakly; receives still pending when the
+// hub is destroyed fail with IoError.
+// Thread-safety: every method may be called from any thread; each
+// destination's mailbox has its own mutex. No method blocks except on short
+// critical sections.
 //
 // Failure injection (for testing a dead peer): markFailed(r) fails every
-// pending receive from r and every later receive from r that finds no
-// message already queued (messages r sent before it failed stay
-// receivable, as bytes already in a socket buffer would be); sends from or
-// to r fail. shutdown() fails every pending and future operation. Both
-// throw IoError with the reason given here.
-class InprocHub : public std::enable_shared_from_this<InprocHub> {
+// pending receive from (or on) r and every later one that finds no message
+// already queued (messages r sent before it failed stay receivable, as bytes
+// already in a socket buffer would be); sends from or to r fail. shutdown()
+// fails every pending and future operation. Both throw IoError with the
+// reason given here.
+class InprocHub {
  public:
   explicit InprocHub(int world_size);
   ~InprocHub();
@@ -60,42 +55,25 @@ class InprocHub : public std::enable_shared_from_this<InprocHub> {
   void deliver(int src, int dst, const Tag& tag, Bytes payload);
   // Used by InprocTransport: post a receive on dst for a message from src.
   std::shared_ptr<RecvWork> post(int dst, int src, const Tag& tag);
-  // Used by InprocRecvWork on timeout: withdraws the receive if it is still
-  // waiting; false when a message was matched to it first.
-  bool withdraw(const InprocRecvWork& work, std::exception_ptr error);
   // Counters of one rank.
   TransportStats stats(int rank) const;
 
  private:
-  // (source, tag) within a destination's shard.
-  using Key = std::tuple<int, Tag>;
-  struct Mailbox {
-    std::deque<Bytes> messages;                           // arrived, not yet received
-    std::deque<std::shared_ptr<InprocRecvWork>> waiters;  // posted, not yet matched
-  };
-  struct Shard {
-    mutable std::mutex mu;
-    std::map<Key, Mailbox> boxes;
-  };
-  struct Counters {
+  struct SendCounters {
     std::atomic<uint64_t> messages_sent{0};
     std::atomic<uint64_t> bytes_sent{0};
-    std::atomic<uint64_t> messages_received{0};
-    std::atomic<uint64_t> bytes_received{0};
   };
 
   void checkRank(int rank, const char* what) const;
-  // The error a receive on dst from src gets now, or null; caller holds
-  // the shard's mutex.
-  std::exception_ptr failureLocked(int dst, int src, const Tag& tag) const;
 
   const int world_size_;
-  std::vector<Shard> shards_;       // one per destination rank
-  std::vector<Counters> counters_;  // one per rank
+  std::vector<std::shared_ptr<Mailbox>> mailboxes_;  // one per destination rank
+  std::vector<SendCounters> counters_;               // one per rank
   std::atomic<bool> shut_down_{false};
-  mutable std::mutex failure_mu_;  // guards the reasons below
-  std::string shutdown_reason_;
-  std::vector<std::string> failed_reason_;  // empty: alive
+  // Serializes markFailed() and shutdown(), whose sweeps over several
+  // mailboxes must not interleave (a failed source's reason wins over the
+  // receiving rank's own failure).
+  mutable std::mutex failure_mu_;
   std::unique_ptr<std::atomic<bool>[]> failed_;
 };
 

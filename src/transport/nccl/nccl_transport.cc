@@ -1,5 +1,5 @@
 // NCCL transport: per-ordered-pair communicators, sender and receiver threads,
-// the PeerInbox for tag matching, and NCCL all-reduce on device memory.
+// the transport Mailbox for tag matching, and NCCL all-reduce on device memory.
 #include "src/transport/nccl/nccl_transport.h"
 
 #include <cuda_runtime.h>
@@ -22,7 +22,7 @@
 #include "geopipe/error.h"
 #include "src/transport/completion.h"
 #include "src/transport/factory.h"
-#include "src/transport/grpc/peer_inbox.h"
+#include "src/transport/mailbox.h"
 #include "src/transport/nccl/announcement.h"
 
 namespace geopipe::transport {
@@ -34,7 +34,7 @@ constexpr int64_t kAnnounceStep = -3;
 
 // The inner transport's tag for rank `sender`'s announcements (FIFO).
 Tag announceTag(int sender) { return Tag{Channel::CONTROL, kAnnounceStep, sender, 0}; }
-// Inbox budget: bytes of messages that arrived before their receive.
+// Mailbox budget: bytes of messages that arrived before their receive.
 constexpr uint64_t kMaxBufferedBytes = uint64_t{1} << 30;
 
 void cudaCheck(cudaError_t e, const std::string& what) {
@@ -112,7 +112,7 @@ struct NcclTransport::Impl {
   std::shared_ptr<Transport> inner;
   NcclTransportOptions opt;
   int rank = 0, world = 0, device = 0;
-  std::shared_ptr<PeerInbox> inbox;
+  std::shared_ptr<Mailbox> mailbox;
   std::map<int, std::unique_ptr<Link>> out, in;
   std::mutex group_mu;
   std::map<std::vector<int>, ncclComm_t> groups;
@@ -228,7 +228,7 @@ struct NcclTransport::Impl {
   void receiverLoop(Link& c) {
     cudaSetDevice(device);
     const std::string from = "rank " + std::to_string(c.peer);
-    inbox->streamOpened(c.peer);
+    mailbox->clearSource(c.peer);
     try {
       for (;;) {
         Bytes announce;
@@ -245,7 +245,7 @@ struct NcclTransport::Impl {
         }
         const NcclAnnouncement h = decodeNcclAnnouncement(announce, from, opt.max_message_bytes);
         const Tag tag = h.tag;
-        if (!inbox->admit(c.peer, tag, h.size, [this] { return stopping.load(); })) return;
+        if (!mailbox->admit(c.peer, tag, h.size, [this] { return stopping.load(); })) return;
         Bytes payload(h.size);
         if (h.size) {
           c.staging.reserve(h.size);
@@ -255,12 +255,12 @@ struct NcclTransport::Impl {
                     "download");
           waitStream(c.stream, c.comm, "receive from " + from);
         }
-        inbox->deliver(c.peer, tag, std::move(payload));
+        mailbox->deliver(c.peer, tag, std::move(payload), /*admitted=*/true);
       }
     } catch (const ProtocolError& e) {
-      inbox->streamEnded(c.peer, true, e.what());
+      mailbox->failSource(c.peer, ErrorKind::PROTOCOL, e.what());
     } catch (const std::exception& e) {
-      if (!stopping.load()) inbox->streamEnded(c.peer, false, e.what());
+      if (!stopping.load()) mailbox->failSource(c.peer, ErrorKind::IO, e.what());
     }
   }
 };
@@ -303,8 +303,12 @@ NcclTransport::NcclTransport(std::shared_ptr<Transport> inner, NcclTransportOpti
   GEOPIPE_CHECK(m.device < devices, ConfigError, "nccl transport: CUDA device ", m.device,
                 " requested, ", devices, " visible");
   cudaCheck(cudaSetDevice(m.device), "cudaSetDevice");
-  m.inbox = std::make_shared<PeerInbox>(m.rank, m.world, kMaxBufferedBytes,
-                                        [](int r) { return "rank " + std::to_string(r); });
+  Mailbox::Options mailbox;
+  mailbox.transport = "nccl";
+  mailbox.rank = m.rank;
+  mailbox.world_size = m.world;
+  mailbox.max_buffered_bytes = kMaxBufferedBytes;
+  m.mailbox = std::make_shared<Mailbox>(std::move(mailbox));
   m.makeChannels();
   spdlog::debug("nccl transport: rank {} on cuda:{}, {} NCCL links out, {} in", m.rank, m.device,
                 m.out.size(), m.in.size());
@@ -317,7 +321,7 @@ NcclTransport::~NcclTransport() {
     std::lock_guard<std::mutex> lock(ch->mu);
     ch->cv.notify_all();
   }
-  m.inbox->close("nccl transport shut down");
+  m.mailbox->close("the transport was closed (nccl transport shut down)");
   for (auto* side : {&m.out, &m.in}) {
     for (auto& [peer, ch] : *side) {
       if (ch->thread.joinable()) ch->thread.join();
@@ -369,15 +373,15 @@ std::shared_ptr<RecvWork> NcclTransport::recv(int peer, const Tag& tag) {
   GEOPIPE_CHECK(peer >= 0 && peer < m.world, Error, "nccl transport: recv from rank ", peer,
                 " outside [0, ", m.world, ")");
   if (peer == m.rank || m.in.count(peer) == 0) return m.inner->recv(peer, tag);
-  return m.inbox->post(peer, tag);
+  return m.mailbox->post(peer, tag);
 }
 
 TransportStats NcclTransport::stats() const {
   TransportStats s = impl_->inner->stats();
   s.messages_sent += impl_->messages_sent.load();
   s.bytes_sent += impl_->bytes_sent.load();
-  s.messages_received += impl_->inbox->messagesReceived();
-  s.bytes_received += impl_->inbox->bytesReceived();
+  s.messages_received += impl_->mailbox->messagesReceived();
+  s.bytes_received += impl_->mailbox->bytesReceived();
   return s;
 }
 
