@@ -23,6 +23,7 @@
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/recovery.h"
 #include "src/distributed/request_checks.h"
+#include "src/distributed/step_ledger.h"
 #include "src/distributed/step_report.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
@@ -137,9 +138,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     if (opt_.resume) findResumePoint();
     committed_replicas_ = resume_replicas_;
-    next_emit_ = first_step_;
+    ledger_.emplace(job_, first_step_);
     max_reported_ = first_step_ - 1;
-    initial_first_step_ = first_step_;
     committed_next_step_ = first_step_;
     const FaultToleranceSpec& ft = job_.fault_tolerance;
     heartbeat_timeout_ = opt_.heartbeat_timeout.value_or(
@@ -196,16 +196,17 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   void requestStop(bool checkpoint) {
     Locked lock(*this);
-    if (ended_ || stop_requested_) return;
+    if (phase_ == Phase::ENDED || stop_requested_) return;
     interrupted_ = true;
     if (!placed_) {
-      finalFailureLocked(-1,
-                         regrouping_ ? detail::concat("the job was stopped while it regrouped (",
-                                                      regroup_reason_,
-                                                      "); restart it with --resume from the "
-                                                      "last checkpoint")
-                                     : std::string("the job was stopped before every worker joined"),
-                         "Interrupted");
+      finalFailureLocked(
+          -1,
+          phase_ == Phase::REGROUPING
+              ? detail::concat("the job was stopped while it regrouped (", regroup_reason_,
+                               "); restart it with --resume from the "
+                               "last checkpoint")
+              : std::string("the job was stopped before every worker joined"),
+          "Interrupted");
       return;
     }
     stop_requested_ = true;
@@ -266,7 +267,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   std::optional<CoordinatorResult> waitFor(std::chrono::milliseconds timeout) {
     Locked lock(*this);
-    if (!cv_.wait_for(lock, timeout, [&] { return ended_; })) return std::nullopt;
+    if (!cv_.wait_for(lock, timeout, [&] { return phase_ == Phase::ENDED; })) return std::nullopt;
     // Deliver every finished step before returning.
     lock.unlock();
     flushSteps();
@@ -286,8 +287,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     r.train.first_step = first_step_;
     r.train.interrupted = interrupted_;
     const double done = static_cast<double>(result_.losses.size());
-    if (train_started_ && last_step_at_ > start_at_) {
-      r.train.seconds = secondsBetween(start_at_, last_step_at_);
+    const auto last_step_at = ledger_->lastTaken();
+    if (train_started_ && last_step_at && *last_step_at > start_at_) {
+      r.train.seconds = secondsBetween(start_at_, *last_step_at);
       r.train.tokens_per_second = tokensPerStep(job_) * done / r.train.seconds;
     }
     return r;
@@ -319,7 +321,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
             !slots_[i].gone)
           id = i;
     }
-    if (ended_) {
+    if (phase_ == Phase::ENDED) {
       if (id == slots_.size() || !slots_[id].spare)
         return {grpc::StatusCode::ABORTED, "the job has already ended"};
       slots_[id].gone = true;
@@ -336,7 +338,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     maybePlaceLocked();
     const auto call_start = Clock::now();
     const auto spare_poll = heartbeatInterval(heartbeat_timeout_);
-    while (!(placed_ && slots_[id].info.rank >= 0) && !ended_ && !shutting_down_) {
+    while (!(placed_ && slots_[id].info.rank >= 0) && phase_ != Phase::ENDED && !shutting_down_) {
       if (ctx->IsCancelled()) {
         slots_[id].gone = true;
         slots_[id].waiting = false;
@@ -357,13 +359,13 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       cv_.wait_for(lock, kPoll);
     }
     slots_[id].waiting = false;
-    if (slots_[id].spare && ended_) {
+    if (slots_[id].spare && phase_ == Phase::ENDED) {
       slots_[id].gone = true;
       out->set_protocol_version(kProtocol);
       out->set_job_over(true);
       return grpc::Status::OK;
     }
-    if (!placed_ || ended_ || slots_[id].info.rank < 0) {
+    if (!placed_ || phase_ == Phase::ENDED || slots_[id].info.rank < 0) {
       return {grpc::StatusCode::ABORTED,
               failure_ ? failure_->message : std::string("the coordinator is shutting down")};
     }
@@ -377,7 +379,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     Locked lock(*this);
     if (grpc::Status st = checkAddressRequest(*req, boundsLocked()); !st.ok()) return st;
     const auto stale = [&] { return req->generation() != generation_ || !placed_; };
-    if (stale() && !ended_) {
+    if (stale() && phase_ != Phase::ENDED) {
       out->set_regroup(true);
       return grpc::Status::OK;
     }
@@ -387,15 +389,15 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     s->last_seen = Clock::now();
     ++addresses_;
     cv_.notify_all();
-    while (addresses_ < world_ && !ended_ && !shutting_down_ && !stale()) {
+    while (addresses_ < world_ && phase_ != Phase::ENDED && !shutting_down_ && !stale()) {
       if (ctx->IsCancelled()) return {grpc::StatusCode::CANCELLED, "worker left"};
       cv_.wait_for(lock, kPoll);
     }
-    if (stale() && !ended_) {
+    if (stale() && phase_ != Phase::ENDED) {
       out->set_regroup(true);
       return grpc::Status::OK;
     }
-    if (ended_ || shutting_down_) {
+    if (phase_ == Phase::ENDED || shutting_down_) {
       return {grpc::StatusCode::ABORTED,
               failure_ ? failure_->message : std::string("the coordinator is shutting down")};
     }
@@ -424,19 +426,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     s->last_seen = now;
     s->last_step = std::max(s->last_step, req->step());  // reports may arrive out of order
     s->synchronous = s->synchronous || req->synchronous();
-    Row& row = rows_[req->step()];
-    if (row.tally.arrived == 0) {
-      row.first_at = now;
-      row.expected = world_;
-      row.seen.assign(static_cast<size_t>(world_), false);
-    }
-    if (!row.seen[static_cast<size_t>(req->rank())]) {
-      row.seen[static_cast<size_t>(req->rank())] = true;
-      row.tally.add(stepMetricsOf(*req), req->has_loss(), req->loss());
-    }
+    const bool complete = ledger_->add(req->rank(), world_, req->step(), stepMetricsOf(*req),
+                                       req->has_loss(), req->loss(), now);
     max_reported_ = std::max(max_reported_, req->step());
     maybeFixStopLocked();
-    if (row.tally.arrived == row.expected) cv_.notify_all();
+    if (complete) cv_.notify_all();
     fillDirectiveLocked(out, req->generation());
     return grpc::Status::OK;
   }
@@ -559,12 +553,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     bool spare = false;       // an idle spare: not placed until promoted
     bool waiting = false;     // inside its Register call (alive while it lasts)
     uint64_t ticket = 0;      // a spare's proof of identity when it calls again
-  };
-  struct Row {
-    runtime::StepTally tally;
-    int expected = 0;  // tasklets of the generation that ran the step
-    std::vector<bool> seen;
-    Clock::time_point first_at;
   };
   struct PendingCheckpoint {
     std::set<int> ranks;  // tasklets that reported
@@ -783,8 +771,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // Places the job once every tasklet has a worker and no checkpoint is
   // being committed (a new generation resumes from the newest commit).
   void maybePlaceLocked() {
-    if (!placed_ && !ended_) promoteSparesLocked();
-    if (placed_ || ended_ || activeSlotsLocked() != world_ || commits_in_flight_ > 0) return;
+    if (!placed_ && phase_ != Phase::ENDED) promoteSparesLocked();
+    if (placed_ || phase_ == Phase::ENDED || activeSlotsLocked() != world_ ||
+        commits_in_flight_ > 0)
+      return;
     try {
       placeLocked();
     } catch (const Error& e) {
@@ -867,6 +857,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     result_.layers_of_stage = placement_.layers_of_stage;
     result_.placement_source = placement_.source;
     placed_ = true;
+    phase_ = Phase::RUNNING;
     std::string line = detail::concat(
         generation_ > 1 ? detail::concat("generation ", generation_, " ") : std::string(),
         "placement (", placement_.source, reuse ? ", unchanged" : "", "):");
@@ -956,7 +947,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   void recordFailureLocked(int rank, const std::string& message, const std::string& type,
                            bool primary) {
-    if (ended_ && failure_) return;
+    if (phase_ == Phase::ENDED && failure_) return;
     if (abort_) return;  // later failures are consequences of the abort
     if (!pending_ || (primary && !pending_->primary)) {
       pending_ = Failure{message, type, rank, primary, Clock::now(), generation_};
@@ -1008,7 +999,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       return;
     }
     const int max_restarts = job_.fault_tolerance.max_restarts;
-    if (!isRecoverableFailure(f.type) || (!placed_ && !regrouping_)) {
+    if (!isRecoverableFailure(f.type) || (!placed_ && phase_ != Phase::REGROUPING)) {
       finalFailureLocked(f.rank, f.message, f.type);
       return;
     }
@@ -1063,7 +1054,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     const int64_t redo = max_reported_ + 1 - committed_next_step_;
     ++generation_;
-    regrouping_ = true;
+    phase_ = Phase::REGROUPING;
     regroup_since_ = Clock::now();
     regroup_failure_ = why;
     regroup_reason_ = detail::concat("generation ", generation_ - 1, " ended: ", why.message);
@@ -1074,7 +1065,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     addresses_ = 0;
     // Steps past the last commit are recomputed; earlier ones are complete
     // (a commit needs every tasklet's report) and still to be emitted.
-    rows_.erase(rows_.lower_bound(committed_next_step_), rows_.end());
+    ledger_->dropFrom(committed_next_step_);
     checkpoints_.clear();
     return redo;
   }
@@ -1089,8 +1080,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   void maybeGrowLocked() {
     // Not while a failure is being decided or another commit runs (the
     // next commit tries again), nor at the end or a stop.
-    if (!placed_ || ended_ || abort_ || pending_ || commits_in_flight_ > 0 || stop_requested_ ||
-        replicas_ >= max_world_ / stages_ || committed_next_step_ >= job_.training.steps) {
+    if (phase_ != Phase::RUNNING || abort_ || pending_ || commits_in_flight_ > 0 ||
+        stop_requested_ || replicas_ >= max_world_ / stages_ ||
+        committed_next_step_ >= job_.training.steps) {
       return;
     }
     const int r = grownReplicas(liveSparesLocked(), stages_, replicas_, max_world_ / stages_,
@@ -1126,7 +1118,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       awaited_pids_.clear();
     }
     maybePlaceLocked();
-    return placed_ || ended_ || shrinkLocked();
+    return placed_ || phase_ == Phase::ENDED || shrinkLocked();
   }
 
   // The job runs `r` replicas from the next placement on (a shrink or a
@@ -1200,15 +1192,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       if (replicas_ > replicas_before_grow_) ++grown_;
       replicas_before_grow_ = 0;
     }
-    regrouping_ = false;
     first_step_ = committed_next_step_;
     resume_replicas_ = committed_replicas_;
     resume_dir_ =
         first_step_ > 0 ? runtime::stepDirectory(job_.checkpoint.dir, first_step_) : std::string();
-    if (next_emit_ > first_step_) {
-      next_emit_ = first_step_;
-      result_.losses.resize(static_cast<size_t>(first_step_ - initial_first_step_));
-    }
+    ledger_->restartAt(first_step_, result_);
     for (auto& s : slots_) s.steps_done = false;
   }
 
@@ -1217,7 +1205,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     failure_ = Failure{message, type, rank, true, Clock::now()};
     abort_ = true;
     abort_reason_ = message;
-    ended_ = true;
+    phase_ = Phase::ENDED;
     eventLocked("job failed: " + message);
     cv_.notify_all();
   }
@@ -1228,7 +1216,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       cv_.wait_for(lock, std::chrono::milliseconds(50));
       if (shutting_down_) break;
       const auto now = Clock::now();
-      if (placed_ && !ended_) {
+      if (phase_ == Phase::RUNNING) {
         for (int r = 0; r < world_; ++r) {
           const Slot& s = *slotOfRankLocked(r);
           if (s.info.finished) continue;
@@ -1243,27 +1231,19 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           }
         }
         // The step barrier's deadline: the oldest incomplete step.
-        for (auto& [step, row] : rows_) {
-          if (row.tally.arrived == row.expected) continue;
-          if (secondsBetween(row.first_at, now) * 1000 > opt_.step_deadline.count()) {
-            for (int r = 0; r < world_; ++r) {
-              if (row.seen[static_cast<size_t>(r)]) continue;
-              recordFailureLocked(
-                  r,
-                  detail::concat(describeLocked(r), " failed: step ", step + 1,
-                                 " not reported within ", opt_.step_deadline.count() / 1000,
-                                 " s of the first tasklet's report"),
-                  kindName(ErrorKind::TIMEOUT), true);
-              break;
-            }
-          }
-          break;
+        if (const auto late = ledger_->overdue(now, opt_.step_deadline)) {
+          const auto [step, r] = *late;
+          recordFailureLocked(
+              r,
+              detail::concat(describeLocked(r), " failed: step ", step + 1, " not reported within ",
+                             opt_.step_deadline.count() / 1000, " s of the first tasklet's report"),
+              kindName(ErrorKind::TIMEOUT), true);
         }
         // Done: every tasklet finished cleanly and every checkpoint committed.
         bool all_finished = true;
         for (int r = 0; r < world_; ++r) all_finished &= slotOfRankLocked(r)->info.finished;
-        if (all_finished && !pending_ && commits_in_flight_ == 0 && !ended_) {
-          ended_ = true;
+        if (all_finished && !pending_ && commits_in_flight_ == 0 && phase_ != Phase::ENDED) {
+          phase_ = Phase::ENDED;
           cv_.notify_all();
         }
       }
@@ -1286,7 +1266,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                      " s and no longer a spare"));
         }
       }
-      if (regrouping_ && !placed_ && !ended_) {
+      if (phase_ == Phase::REGROUPING) {
         maybePlaceLocked();  // waits for commits that were in flight
         if (!placed_ && now - regroup_since_ > rejoin_timeout_ && commits_in_flight_ == 0 &&
             !giveUpWaitingLocked()) {
@@ -1319,20 +1299,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::vector<StepMetrics> ready;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      while (true) {
-        auto it = rows_.find(next_emit_);
-        if (it == rows_.end() || it->second.tally.arrived < it->second.expected) break;
-        const StepMetrics m = it->second.tally.finished(next_emit_, job_);
-        runtime::recordStep(result_, m);
-        last_step_at_ = Clock::now();
-        rows_.erase(it);
-        ++next_emit_;
-        // A step recomputed after a recovery is reported once, the first
-        // time (with the same devices its numbers are the same).
-        if (m.step < emitted_upto_) continue;
-        emitted_upto_ = m.step + 1;
-        ready.push_back(m);
-      }
+      ready = ledger_->takeFinished(result_);
     }
     if (opt_.on_step)
       for (const auto& m : ready) opt_.on_step(m);
@@ -1381,14 +1348,21 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::vector<Slot> slots_;
   std::vector<int> slot_of_rank_;
   runtime::Placement placement_;
+  // Where the job is: JOINING until the first placement, RUNNING while a
+  // generation trains, REGROUPING from the end of a generation (a failure,
+  // a grow back) until the next placement, ENDED (complete, failed or
+  // stopped before it ran) for good.
+  enum class Phase { JOINING, RUNNING, REGROUPING, ENDED };
+  Phase phase_ = Phase::JOINING;
+  // The current generation has a placement (ranks, addresses): from
+  // RUNNING on, kept when the job ends while running.
   bool placed_ = false;
   int addresses_ = 0;
   bool train_started_ = false;
-  Clock::time_point start_at_, last_step_at_;
-  std::map<int64_t, Row> rows_;
+  Clock::time_point start_at_;
+  std::optional<StepLedger> ledger_;  // set in the constructor
   std::map<int64_t, PendingCheckpoint> checkpoints_;
   int commits_in_flight_ = 0;
-  int64_t next_emit_ = 0;
   int64_t max_reported_ = -1;
   bool stop_requested_ = false;  // phase 1 of a stop (see maybeFixStopLocked)
   int64_t stop_after_ = -1;
@@ -1396,7 +1370,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   bool abort_ = false;
   std::string abort_reason_;
   bool interrupted_ = false;
-  bool ended_ = false;
   std::optional<Failure> pending_;
   std::optional<Failure> failure_;
   TrainResult result_;
@@ -1406,7 +1379,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::chrono::milliseconds rejoin_timeout_{60000};
   int64_t generation_ = 1;            // +1 per recovery or grow back
   int64_t announced_generation_ = 0;  // generation whose start was logged
-  int64_t initial_first_step_ = 0;    // first step of generation 1
   int64_t committed_next_step_ = 0;   // the newest committed checkpoint's step
   std::vector<int> resume_body_split_;  // --resume: the checkpoint's body layers per stage
   int committed_replicas_ = 1;        // replicas that wrote it
@@ -1415,8 +1387,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int64_t grows_ = 0;                 // generations started to grow back after a shrink
   int64_t grown_ = 0;                 // of those, placed with more replicas
   int replicas_before_grow_ = 0;      // > 0 while a grow back waits for its workers
-  int64_t emitted_upto_ = 0;          // steps before this went to on_step
-  bool regrouping_ = false;           // waiting for workers to rejoin
   Clock::time_point regroup_since_;
   Failure regroup_failure_;         // what ended the last generation
   std::string regroup_reason_;      // told to the workers
