@@ -264,6 +264,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::lock_guard<std::mutex> lock(mu_);
     return generation_;
   }
+  int recoveries() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int>(restartsLocked());
+  }
 
   std::optional<CoordinatorResult> waitFor(std::chrono::milliseconds timeout) {
     Locked lock(*this);
@@ -1422,6 +1426,9 @@ std::vector<int64_t> Coordinator::lostWorkers() const {
 }
 int64_t Coordinator::generation() const {
   return impl_->generation();
+}
+int Coordinator::recoveries() const {
+  return impl_->recoveries();
 }
 std::optional<CoordinatorResult> Coordinator::waitFor(std::chrono::milliseconds timeout) {
   return impl_->waitFor(timeout);

@@ -131,6 +131,9 @@ class Coordinator {
   // The current generation: 1 for the first attempt, +1 per recovery or
   // grow back.
   int64_t generation() const;
+  // Recoveries so far (generations started by a failure; what
+  // fault_tolerance.max_restarts bounds).
+  int recoveries() const;
 
   // Waits up to `timeout` for the job to end: every worker finished, or a
   // failure is final (and the workers have been told to abort). nullopt if

@@ -83,10 +83,12 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   co.on_event = opt.on_event;
   GEOPIPE_CHECK(opt.spares >= 0, ConfigError, "--spares is ", opt.spares, "; give 0 or more");
   if (opt.spares > 0) {
-    // Every spare registers once, besides the tasklets and the restarts.
-    co.spare_registrations =
-        opt.spares + std::max(0, spec.fault_tolerance.max_restarts) +
+    // Every spare registers once, besides the tasklets and the workers
+    // started again (up to every tasklet in each recovery, see below).
+    const int tasklets =
         spec.parallelism.pipeline_stages * std::max(1, spec.parallelism.data_parallel);
+    co.spare_registrations =
+        opt.spares + (1 + std::max(0, spec.fault_tolerance.max_restarts)) * tasklets;
   }
   Coordinator coordinator(co);
   const int world = coordinator.worldSize();
@@ -148,10 +150,14 @@ LaunchResult launchJob(const LaunchOptions& opt) {
     throw;
   }
   // A worker killed by a signal (kill -9, OOM killer, a crash) is started
-  // again, up to fault_tolerance.max_restarts times; the coordinator has
-  // the survivors regroup with it. One that exits with an error code is
-  // not: it would fail the same way.
+  // again; the coordinator has the survivors regroup with it. The job's
+  // fault_tolerance.max_restarts counts the coordinator's recoveries, not
+  // processes: one event (a host lost) may kill every worker and costs one
+  // recovery, so up to every tasklet per recovery is started again, and the
+  // coordinator ends the job when its recoveries run out. One that exits
+  // with an error code is not started again: it would fail the same way.
   const int max_restarts = coordinator.job().fault_tolerance.max_restarts;
+  const int max_respawns = std::max(0, max_restarts) * world;
   int restarts = 0;
 
   // Watch: children that exit, Ctrl-C, and the coordinator's verdict.
@@ -174,7 +180,8 @@ LaunchResult launchJob(const LaunchOptions& opt) {
           std::string cause = st->str();
           coordinator.reportFailure(c.pid(), -1, cause,
                                     st->signaled ? kProcessKilled : "ProcessFailed");
-          if (opt.respawn && st->signaled && restarts < max_restarts) {
+          if (opt.respawn && st->signaled && restarts < max_respawns &&
+              coordinator.recoveries() <= max_restarts) {
             ++restarts;
             SpawnOptions so = spawn_of[i];
             so.process_group = group;  // the first worker's group outlives it
@@ -183,8 +190,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
                               .string();
             if (opt.on_event) {
               opt.on_event(detail::concat("restarting worker ", i, " (pid ", c.pid(), " ", cause,
-                                          "), restart ", restarts, " of ", max_restarts, "; log ",
-                                          so.log_file));
+                                          "), worker restart ", restarts, "; log ", so.log_file));
             }
             ChildProcess fresh = ChildProcess::spawn(so);
             log_of[fresh.pid()] = so.log_file;

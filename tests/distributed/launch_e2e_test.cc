@@ -396,6 +396,36 @@ TEST(Recovery, KilledRandomWorkerIsReplacedAndTheLossesEqualAnUninterruptedRun) 
   expectSameLosses(want, r.job.train.losses);
 }
 
+TEST(Recovery, OneEventKillingEveryWorkerCostsOneRecoveryNotFour) {
+  // A host lost takes all its workers at once: that is one recovery
+  // (fault_tolerance.max_restarts counts the coordinator's recoveries), so
+  // a job allowed one restarts all four workers and finishes.
+  TempDir dir;
+  const std::string job =
+      writeJob(dir, "job.yaml",
+               tinyJobYaml(40, std::string(kRecoveryJob) + "fault_tolerance: {max_restarts: 1}\n"));
+  const std::vector<double> want = inProcessLosses(job);
+  std::filesystem::remove_all(dir.file("ckpt"));
+
+  EventLog events;
+  LaunchOptions o = launchOptions(job, dir);
+  std::atomic<int64_t> done{0};
+  o.on_event = events.sink();
+  o.on_step = [&](const StepMetrics& m) { done = m.step + 1; };
+  std::thread killer([&done] {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (done.load() < 12 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    for (pid_t p : childrenOf(::getpid())) ::kill(p, SIGKILL);
+  });
+  LaunchResult r = launchJob(o);
+  killer.join();
+  ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
+  EXPECT_EQ(r.restarts, 4) << "every worker started again";
+  EXPECT_EQ(r.job.recoveries, 1);
+  expectSameLosses(want, r.job.train.losses);
+}
+
 TEST(Recovery, AnIdleSpareTakesAKilledWorkersPlaceWithTheLossesOfAnUninterruptedRun) {
   TempDir dir;
   const std::string job = writeJob(dir, "job.yaml", tinyJobYaml(40, kRecoveryJob));
