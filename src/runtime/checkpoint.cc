@@ -194,6 +194,18 @@ CheckpointManifest readAndVerify(const std::string& step_dir) {
     GEOPIPE_THROW(IoError, "checkpoint manifest '", path, "' has version ", m.version,
                   "; this build reads versions 1 and 2");
   }
+  // The directory's name is the step it resumes at; a manifest that says
+  // otherwise (copied or edited by hand) would resume the wrong step, and
+  // every restart of the job would hit the same error.
+  fs::path where = fs::path(step_dir);
+  if (where.filename().empty()) where = where.parent_path();  // "dir/step-00000008/"
+  const std::string dir_name = where.filename().string();
+  const std::string expected = fs::path(stepDirectory("", m.next_step)).filename().string();
+  if (m.next_step < 0 || dir_name != expected) {
+    GEOPIPE_THROW(IoError, "checkpoint manifest '", path, "' says next_step ", m.next_step,
+                  " but lives in '", dir_name, "' (step ", m.next_step, "'s directory is '",
+                  expected, "'): the manifest does not belong to its directory");
+  }
   for (const auto& f : m.files) {
     CheckpointFile actual;
     try {

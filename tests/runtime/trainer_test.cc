@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <tuple>
 
@@ -19,6 +21,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 using namespace geopipe;
 
@@ -278,6 +281,37 @@ TEST(Checkpoint, CorruptLatestFallsBackToThePreviousOne) {
   resume.resume = true;
   TrainResult r = Trainer(makeModel(job.model), job, resume).train();
   EXPECT_EQ(r.first_step, 4);
+}
+
+TEST(Checkpoint, AManifestThatDisagreesWithItsDirectoryIsSkipped) {
+  // A manifest copied into another step's directory (or edited) would
+  // resume the wrong step: it is skipped as corrupt, like a bad file.
+  JobSpec job = checkpointJob(freshDir("misplaced"));
+  job.training.steps = 8;  // commits after steps 4 and 8
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  Trainer(makeModel(job.model), job, opt).train();
+  const std::string newest = job.checkpoint.dir + "/step-00000008/manifest.json";
+  std::string text;
+  {
+    std::ifstream in(newest);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const std::string field = "\"next_step\": 8";
+  ASSERT_NE(text.find(field), std::string::npos) << text;
+  text.replace(text.find(field), field.size(), "\"next_step\": 7");
+  std::ofstream(newest) << text;
+  try {
+    runtime::readAndVerify(job.checkpoint.dir + "/step-00000008/");
+    FAIL();
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("says next_step 7 but lives in 'step-00000008'"),
+              std::string::npos)
+        << e.what();
+  }
+  auto found = runtime::findLatestCheckpoint(job.checkpoint.dir);
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->next_step, 4);
 }
 
 TEST(Checkpoint, ResumeRefusesAnotherLayoutOrNothing) {
