@@ -24,7 +24,8 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
                "plaintext gRPC, for a job with security.insecure (loopback addresses only)");
   app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
                "with --insecure: allow plaintext on addresses that are not loopback");
-  app.add_option("--threads", args.threads, "LibTorch threads (0: every core)")
+  app.add_option("--threads", args.threads,
+                 "LibTorch threads (0: the host's cores / the tasklets placed on this host)")
       ->capture_default_str();
   app.add_option("--timeout", args.timeout, "seconds to wait for a peer's message")
       ->capture_default_str();

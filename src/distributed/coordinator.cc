@@ -5,6 +5,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -106,6 +107,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     bundle_ = bundleJobFile(opt_.job_path);
     job_ = parseBundle(bundle_);
     job_.security = bundle_.security;
+    resolveEmulateLinks();
     if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
     runtime::checkComputeDtype(job_);
     if (job_.parallelism.dataParallelAuto()) {
@@ -642,6 +644,33 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     out->set_resume_replicas(resume_replicas_);
     out->set_job_token(job_token_);
     out->set_listen_host(s.listen_host);
+    out->set_emulate_links(job_.transport.emulate_links);
+    int on_host = 0;
+    for (int r = 0; r < static_cast<int>(slot_of_rank_.size()); ++r)
+      on_host += slotOfRankLocked(r)->info.hostname == s.info.hostname ? 1 : 0;
+    out->set_workers_on_host(std::max(1, on_host));
+  }
+
+  // transport.emulate_links: the job's, or when it does not say, the
+  // default of how the job runs (CoordinatorOptions). Said loudly either
+  // way, since emulated links on real hosts throttle every transfer to
+  // numbers someone typed into a topology.
+  void resolveEmulateLinks() {
+    const YAML::Node root = YAML::Load(bundle_.yaml);
+    const bool set = root.IsMap() && root["transport"] && root["transport"].IsMap() &&
+                     root["transport"]["emulate_links"];
+    if (!set) job_.transport.emulate_links = opt_.emulate_links_by_default;
+    if (job_.transport.emulate_links && !opt_.emulate_links_by_default) {
+      event(detail::concat(
+          "links are EMULATED (transport.emulate_links: true): every transfer between workers is "
+          "slowed to the topology's bandwidth and latency, as on one machine; for real hosts set "
+          "transport.emulate_links: false"));
+    } else if (!set) {
+      event(job_.transport.emulate_links
+                ? "links are emulated (transport.emulate_links not set; the default on one machine)"
+                : "links are real, not emulated (transport.emulate_links not set; the default "
+                  "across hosts)");
+    }
   }
 
   // The join token check of Register: constant-time, never logged; a host

@@ -46,6 +46,10 @@ struct CoordinatorOptions {
   // tasklets. Further ones are refused (RESOURCE_EXHAUSTED), so a client
   // cannot grow the coordinator's memory without bound.
   int spare_registrations = -1;
+  // transport.emulate_links when the job does not set it: true for
+  // `geopipe launch` (every worker on this machine, links shaped to the
+  // topology), false for `geopipe coordinator` (real hosts, real links).
+  bool emulate_links_by_default = false;
   // A placed worker that sends nothing (heartbeat or report) for this long
   // has failed and is named. Unset: the job's
   // fault_tolerance.heartbeat_timeout (10 s by default). Workers stop on

@@ -79,6 +79,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   co.steps = opt.steps;
   co.resume = opt.resume;
   co.heartbeat_timeout = opt.heartbeat_timeout;
+  co.emulate_links_by_default = true;  // one machine: the topology's links are emulated
   co.on_step = opt.on_step;
   co.on_event = opt.on_event;
   GEOPIPE_CHECK(opt.spares >= 0, ConfigError, "--spares is ", opt.spares, "; give 0 or more");

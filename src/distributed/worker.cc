@@ -476,6 +476,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
   };
   try {
     JobSpec job = parseBundle({a.job_yaml(), a.job_source(), a.base_dir()});
+    job.transport.emulate_links = a.emulate_links();  // the coordinator's resolution
     common::applyJobLogLevel(job.logging.level);
     job.training.steps = static_cast<int>(a.steps());
     job.parallelism.pipeline_stages = a.stages();
@@ -531,9 +532,16 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     }
     heartbeat = std::make_unique<HeartbeatThread>(client, a, *grpc_transport, last_step);
 
-    const int threads = opt.threads > 0
-                            ? opt.threads
-                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    // --threads 0: this host's cores shared by the tasklets placed on it.
+    const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int on_host = std::max(1, a.workers_on_host());
+    const int threads = opt.threads > 0 ? opt.threads : std::max(1, cores / on_host);
+    if (opt.threads > 0 && opt.threads * on_host > cores) {
+      spdlog::warn(
+          "{} workers on this host with --threads {} each oversubscribe its {} cores (two workers "
+          "on 2 cores ran 20x slower than with --threads 1); use --threads 0 to share them",
+          on_host, opt.threads, cores);
+    }
     torch::set_num_threads(threads);
     common::setBlasThreads(threads);  // OpenBLAS's own pool, see blas_check.h
     const data::JobData job_data = data::loadJobData(job.data, job.model, job.training.seed);

@@ -480,6 +480,82 @@ TEST(JoinGate, ThrottlesAHostForItsWindowAndNeverEchoesATokenOnAClock) {
   EXPECT_EQ(open.check("10.0.0.4", "d", "anything", t0).verdict, JoinGate::Verdict::ADMIT);
 }
 
+// Registers four workers (hostnames `hosts`) with a coordinator of the
+// tiny 2x2 job `yaml`; returns their assignments and the coordinator's
+// events.
+std::pair<std::vector<pb::Assignment>, std::vector<std::string>> joinFour(
+    const std::string& yaml, bool emulate_links_by_default, const std::vector<std::string>& hosts) {
+  TempDir dir;
+  CoordinatorOptions opt;
+  opt.job_path = writeJob(dir, "job.yaml", yaml);
+  opt.listen_address = "127.0.0.1:0";
+  opt.security = tlsSecurity();
+  opt.emulate_links_by_default = emulate_links_by_default;
+  std::mutex mu;
+  std::vector<std::string> events;
+  opt.on_event = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(mu);
+    events.push_back(line);
+  };
+  Coordinator coordinator(opt);
+  auto stub = pb::Coordinator::NewStub(grpc::CreateChannel(
+      coordinator.listeningAddress(), transport::channelCredentials(tlsSecurity().link)));
+  std::vector<pb::Assignment> out(4);
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      pb::RegisterRequest req;
+      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+      req.set_device("any");
+      req.set_join_token(kToken);
+      req.set_hostname(hosts[static_cast<size_t>(w)]);
+      req.set_pid(1000 + w);
+      EXPECT_TRUE(stub->Register(&ctx, req, &out[static_cast<size_t>(w)]).ok());
+    });
+  }
+  for (auto& t : workers) t.join();
+  coordinator.requestStop(false);
+  std::lock_guard<std::mutex> lock(mu);
+  return {out, events};
+}
+
+bool anyContains(const std::vector<std::string>& lines, const std::string& part) {
+  for (const auto& l : lines)
+    if (l.find(part) != std::string::npos) return true;
+  return false;
+}
+
+TEST(Coordinator, WorkersLearnTheirShareOfTheHostAndWhetherLinksAreEmulated) {
+  // Across hosts a job that does not set transport.emulate_links runs on
+  // real links, and the workers are told so (their own parse would say
+  // true); three tasklets on host "a" share its cores.
+  {
+    const auto [assigned, events] = joinFour(tinyJobYaml(5), false, {"a", "b", "a", "a"});
+    for (size_t w = 0; w < 4; ++w) {
+      EXPECT_FALSE(assigned[w].emulate_links()) << w;
+      EXPECT_EQ(assigned[w].workers_on_host(), w == 1 ? 1 : 3) << w;
+    }
+    EXPECT_TRUE(anyContains(events, "links are real, not emulated"));
+  }
+  // Under launch (one machine) the same job emulates its links.
+  {
+    const auto [assigned, events] = joinFour(tinyJobYaml(5), true, {"h", "h", "h", "h"});
+    for (size_t w = 0; w < 4; ++w) {
+      EXPECT_TRUE(assigned[w].emulate_links()) << w;
+      EXPECT_EQ(assigned[w].workers_on_host(), 4) << w;
+    }
+  }
+  // A job that asks for emulation across hosts gets it, and a loud warning.
+  {
+    const auto [assigned, events] =
+        joinFour(tinyJobYaml(5, "transport: {emulate_links: true}\n"), false, {"a", "b", "c", "d"});
+    EXPECT_TRUE(assigned[0].emulate_links());
+    EXPECT_TRUE(anyContains(events, "links are EMULATED"));
+  }
+}
+
 TEST(Certs, OutputValidatesAndCarriesATlsRegistration) {
   TempDir dir;
   std::ostringstream out;
