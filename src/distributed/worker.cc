@@ -51,6 +51,28 @@ std::string hostPart(const std::string& address) {
   return colon == std::string::npos ? address : address.substr(0, colon);
 }
 
+// A worker that cannot reach its coordinator says why after this long, and
+// again this often, while it keeps trying.
+constexpr auto kFirstUnreachableWarning = std::chrono::seconds(5);
+constexpr auto kUnreachableWarningEvery = std::chrono::seconds(15);
+
+// What a failed connection attempt to the coordinator most likely means.
+std::string whyUnreachable(const std::string& grpc_message) {
+  const auto has = [&](const char* s) { return grpc_message.find(s) != std::string::npos; };
+  if (has("onnection refused")) {
+    return "connection refused: nothing listens on that port yet (the coordinator is not started, "
+           "or the host or port is wrong)";
+  }
+  if (has("DNS resolution failed")) return "the host name does not resolve (check --coordinator)";
+  if (has("No route to host") || has("Network is unreachable")) {
+    return "no route to that host (a wrong address, or a firewall that rejects)";
+  }
+  if (has("Deadline Exceeded") || has("imed out") || has("Timeout")) {
+    return "no answer: a firewall drops the packets, or the host is down";
+  }
+  return "the connection failed";
+}
+
 std::string portPart(const std::string& address) {
   const auto colon = address.rfind(':');
   return colon == std::string::npos ? "" : address.substr(colon + 1);
@@ -62,8 +84,16 @@ class CoordinatorClient {
  public:
   CoordinatorClient(const std::string& address, std::chrono::milliseconds timeout,
                     const JobSecurity& security)
-      : peer_("coordinator at " + address), timeout_(timeout), security_(security) {
+      : address_(address),
+        peer_("coordinator at " + address),
+        timeout_(timeout),
+        security_(security) {
     transport::checkPlaintextAllowed(security.link, address, "the --coordinator address");
+    connect();
+  }
+
+  // A new channel to the coordinator (and a new connection when used).
+  void connect() {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     // A coordinator that starts after this worker is found within 2 s.
@@ -71,7 +101,7 @@ class CoordinatorClient {
     args.SetMaxSendMessageSize(transport::kMaxCoordinatorRequestBytes);
     args.SetMaxReceiveMessageSize(transport::kMaxCoordinatorReplyBytes);
     channel_ =
-        grpc::CreateCustomChannel(address, transport::channelCredentials(security.link), args);
+        grpc::CreateCustomChannel(address_, transport::channelCredentials(security_.link), args);
     stub_ = pb::Coordinator::NewStub(channel_);
   }
 
@@ -91,6 +121,9 @@ class CoordinatorClient {
     auto deadline = std::chrono::system_clock::now() + wait_for;
     int closed_in_setup = 0;  // connections the coordinator closed during set-up
     bool said_spare = false;
+    const auto started = std::chrono::steady_clock::now();
+    auto next_warning = started + kFirstUnreachableWarning;
+    auto last_connect = started;
     while (true) {
       grpc::ClientContext ctx;
       ctx.set_deadline(deadline);
@@ -137,6 +170,23 @@ class CoordinatorClient {
       }
       if (!advice.empty()) {
         GEOPIPE_THROW(ConfigError, "cannot join: ", advice, " [gRPC: ", msg, "]");
+      }
+      const auto now = std::chrono::steady_clock::now();
+      // A fresh channel every 2 s while the coordinator is away: a channel
+      // whose first attempts were refused stalled in the TLS handshake once
+      // the coordinator came up, until gRPC's 20 s connect deadline (a
+      // worker started before its coordinator joined ~20 s late; measured
+      // by the e2e test below, Coordinator.WorkersStartedBefore..., which needs this to join within
+      // 5 s).
+      if (now - last_connect > std::chrono::seconds(2)) {
+        connect();
+        last_connect = now;
+      }
+      if (now >= next_warning) {
+        spdlog::warn("still cannot reach the {} after {} s: {}; retrying [gRPC: {}]", peer_,
+                     std::chrono::duration_cast<std::chrono::seconds>(now - started).count(),
+                     whyUnreachable(msg), msg);
+        next_warning = now + kUnreachableWarningEvery;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
@@ -194,6 +244,7 @@ class CoordinatorClient {
   std::chrono::milliseconds timeout() const { return timeout_; }
 
  private:
+  std::string address_;
   std::string peer_;
   std::chrono::milliseconds timeout_;
   const JobSecurity& security_;

@@ -3,9 +3,12 @@
 // killed worker that ends the job naming its tasklet without orphans (no
 // restarts allowed), and recovery: a killed or hung worker replaced with
 // the losses of an uninterrupted run, a killed coordinator resumed.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -343,6 +347,72 @@ struct EventLog {
     return std::nullopt;
   }
 };
+
+// A free loopback port below the ephemeral range (bound, released): a
+// client retrying a connect to an ephemeral port where nothing listens can
+// connect to itself (TCP self-connect) and then hang in its own handshake.
+int freeLoopbackPort() {
+  std::random_device rd;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const int port = 20000 + static_cast<int>(rd() % 10000);
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    if (free) return port;
+  }
+  return 0;
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(Coordinator, WorkersStartedBeforeTheirCoordinatorSayWhyTheyWaitAndJoinWithinSeconds) {
+  TempDir dir;
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  const std::string address = "127.0.0.1:" + std::to_string(freeLoopbackPort());
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 4; ++i) {
+    workers.push_back(spawnWorker(address, std::to_string(i), creds,
+                                  dir.file("worker-" + std::to_string(i) + ".log")));
+  }
+  // Nothing listens yet: within 15 s each worker says so (the first
+  // warning comes after 5 s) and keeps trying.
+  const auto said = [&] {
+    return readFile(dir.file("worker-0.log")).find("still cannot reach the coordinator") !=
+           std::string::npos;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!said() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string log = readFile(dir.file("worker-0.log"));
+  EXPECT_NE(log.find("still cannot reach the coordinator at " + address), std::string::npos) << log;
+  EXPECT_NE(log.find("connection refused: nothing listens on that port"), std::string::npos) << log;
+  for (auto& w : workers) EXPECT_TRUE(w.running());
+
+  CoordinatorOptions co;
+  co.job_path = writeJob(dir, "job.yaml", tinyJobYaml(3, "transport: {emulate_links: false}\n"));
+  co.listen_address = address;
+  co.security = creds.security;
+  EventLog events;
+  co.on_event = events.sink();
+  const auto t0 = std::chrono::steady_clock::now();
+  Coordinator coordinator(co);
+  auto r = coordinator.waitFor(std::chrono::seconds(60));
+  stopAll(workers, std::chrono::seconds(10));
+  ASSERT_TRUE(r.has_value() && r->ok)
+      << (r ? r->failure : std::string("no end in 60 s")) << "\nworker 0:\n"
+      << readFile(dir.file("worker-0.log"));
+  const auto connected = events.find("every worker is connected");
+  ASSERT_TRUE(connected.has_value());
+  EXPECT_LT(connected->first - t0, std::chrono::seconds(5))
+      << "the workers' reconnect backoff stays short";
+}
 
 // Waits (up to 60 s) until `done` reaches `steps`; then `act` on one
 // worker process chosen at random among this process's children.
