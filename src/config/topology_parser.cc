@@ -303,6 +303,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
   // and plans name a device, so two devices may not share one.
   std::map<std::string, int> site_index;
   std::map<std::string, int> device_index;
+  std::set<std::string> reported_names;
   for (auto& draft : drafts) {
     if (draft.site.name.empty()) continue;
     if (site_index.count(draft.site.name)) {
@@ -319,7 +320,8 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
       d.site = s;
       if (d.name.empty()) d.name = site.name + "/" + std::to_string(k);
       const auto [it, fresh] = device_index.emplace(d.name, topo.numDevices());
-      if (!fresh) {
+      // Once per name: a repeated site of 64 copies is one mistake.
+      if (!fresh && reported_names.insert(d.name).second) {
         const YAML::Node& dn = draft.device_nodes[k];
         ctx.diagnostics->add(diagnosticAt(
             ctx, dn, root.fieldPath("sites"),

@@ -35,6 +35,7 @@ struct Row {
   // Substrings of the message; empty: the text is accepted.
   std::vector<std::string> expect;
   bool topology_file = false;  // parse as a topology file, not a job
+  size_t problems = 0;         // > 0: exactly this many diagnostics
 };
 
 const std::vector<Row>& rows() {
@@ -111,9 +112,11 @@ const std::vector<Row>& rows() {
        "bandwidth_gbps: 1}\n",
        {"duplicate device name 'a/1' (devices 1 and 2)"}},
       {"NamedDevicesInARepeatedSite",
-       "topology:\n  sites:\n    - {name: m, repeat: 2, devices: [{name: gpu0}]}\n"
+       "topology:\n  sites:\n    - {name: m, repeat: 3, devices: [{name: gpu0}]}\n"
        "  inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
-       {"duplicate device name 'gpu0'", "a site with repeat gives every copy the same names"}},
+       {"duplicate device name 'gpu0'", "a site with repeat gives every copy the same names"},
+       false,
+       1},  // once, not once per copy
       {"TwoEntriesForOneLink",
        kTwoSites + "  links:\n    - {sites: [a, b], latency_ms: 5, bandwidth_gbps: 1}\n"
                    "    - {sites: [b, a], latency_ms: 7, bandwidth_gbps: 2}\n",
@@ -255,6 +258,9 @@ TEST_P(HostileInput, HasItsVerdict) {
                                                    << msg;
     }
     for (const auto& d : e.diagnostics()) EXPECT_FALSE(d.file.empty());
+    if (row.problems > 0) {
+      EXPECT_EQ(e.diagnostics().size(), row.problems) << msg;
+    }
   }
 }
 
