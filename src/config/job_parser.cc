@@ -324,6 +324,11 @@ class JobReader {
                 "give one validation set: data.val_path or data.val_fraction, not both");
       }
       d.tokenizer = resolvePath(base_dir_, d.tokenizer);
+      if (r.has("token_dtype") && d.kind != "tokens") {
+        r.error("token_dtype", r.child("token_dtype"),
+                "token_dtype gives the width of a token file's ids, but data.kind '" + d.kind +
+                    "' reads no token file: remove data.token_dtype, or set data.kind: tokens");
+      }
     });
   }
 

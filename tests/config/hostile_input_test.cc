@@ -138,6 +138,10 @@ const std::vector<Row>& rows() {
       {"DataPathWithFortunes",
        kTopo + "data: {kind: fortunes, path: corpus.txt}\n",
        {"data.path: data.kind 'fortunes' reads no file"}},
+      {"TokenDtypeWithoutATokenFile",
+       kTopo + "data: {kind: synthetic, token_dtype: uint16}\n",
+       {"data.token_dtype: token_dtype gives the width of a token file's ids, but data.kind "
+        "'synthetic' reads no token file"}},
       {"NulByteInAPath",
        kTopo + "data: {kind: text, path: \"corpus\\0.txt\"}\n",
        {"data.path: contains a NUL byte"}},
