@@ -74,7 +74,10 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
       ->capture_default_str();
   e2e->add_option("--timed-steps", args.e2e.timed_steps, "timed steps per step-time run")
       ->capture_default_str();
-  e2e->add_option("--mbps", args.e2e.mbps, "emulated WAN bandwidths (Mbps)")->capture_default_str();
+  e2e->add_option("--mbps", args.e2e.mbps, "emulated WAN bandwidths (Mbps), comma-separated")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(finiteNumberIn(0.0, 1e6, /*lo_exclusive=*/true));
   e2e->add_option("--parts", args.e2e.parts, "compression, placement or both (comma-separated)")
       ->capture_default_str();
   e2e->add_option("--worldwide", args.e2e.worldwide_topology,

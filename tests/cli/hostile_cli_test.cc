@@ -48,6 +48,8 @@ TEST(NumericOptions, NanInfinityAndOutOfRangeAreRefusedNamingTheFlag) {
       {{"coordinator", j, "--heartbeat-timeout", "1e9"},
        "--heartbeat-timeout: expected a number in [1, 3600], found '1e9'"},
       {{"train", j, "--steps", "0"}, "--steps: expected an integer >= 1, found '0'"},
+      {{"bench", "e2e", "--mbps", "5,nan"},
+       "--mbps: expected a finite number in (0, 1e6], found 'nan'"},
   };
   for (const Case& c : cases) {
     const auto r = runGeopipe(dir, c.args);
@@ -57,6 +59,9 @@ TEST(NumericOptions, NanInfinityAndOutOfRangeAreRefusedNamingTheFlag) {
     EXPECT_FALSE(contains(r.err, "179769313486")) << r.err;
     EXPECT_LT(r.err.size(), 400u) << r.err;
   }
+  // A list written as the docs write it is one value per item (--help:
+  // parsed and checked, nothing run).
+  EXPECT_EQ(runGeopipe(dir, {"bench", "e2e", "--mbps", "5,20", "--help"}).code, 0);
 }
 
 TEST(ValidateCommand, ImpossibleNumbersAreRefusedNamingTheField) {
