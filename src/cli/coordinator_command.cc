@@ -5,10 +5,11 @@
 #include <iostream>
 
 #include "geopipe/error.h"
-#include "src/common/logging.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
+#include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
+#include "src/common/logging.h"
 #include "src/distributed/coordinator.h"
 
 namespace geopipe::cli {
@@ -29,7 +30,7 @@ void onSignal(int) {
 void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
   app.add_option("JOB", args.job, "job YAML file")->required();
   app.add_option("--listen", args.listen, "host:port workers connect to")->capture_default_str();
-  app.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
+  app.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   app.add_flag("--resume", args.resume,
                "continue from the newest committed checkpoint in checkpoint.dir");
   app.add_option("--metrics", args.metrics_file,
@@ -40,7 +41,7 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
   app.add_option("--heartbeat-timeout", args.heartbeat_timeout,
                  "seconds without word from a worker before it counts as dead (default: "
                  "fault_tolerance.heartbeat_timeout of the job, 10)")
-      ->check(CLI::Range(1.0, 3600.0));
+      ->check(finiteNumberIn(1.0, 3600.0));  // fault_tolerance.heartbeat_timeout's range
 }
 
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {

@@ -8,6 +8,7 @@
 
 #include "geopipe/error.h"
 #include "src/cli/model_commands.h"
+#include "src/cli/option_checks.h"
 #include "src/model/causal_lm.h"
 #include "src/tokenizer/tokenizer.h"
 
@@ -23,10 +24,10 @@ void addEvalOptions(CLI::App& app, EvalArgs& a) {
   app.add_option("--seq-len", a.seq_len,
                  "tokens predicted per window (default: the model's "
                  "maximum positions)")
-      ->check(CLI::PositiveNumber);
+      ->check(integerAtLeast(1));
   app.add_option("--batch", a.batch, "windows per forward pass")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(integerAtLeast(1));
 }
 
 int runEvalCommand(const EvalArgs& a, std::ostream& out) {
@@ -54,9 +55,10 @@ void addGenerateOptions(CLI::App& app, GenerateArgs& a) {
   text->excludes(ids);
   app.add_option("--max-new-tokens", a.max_new_tokens, "tokens to generate at most")
       ->required()
-      ->check(CLI::PositiveNumber);
+      ->check(integerAtLeast(1));
   auto* greedy = app.add_flag("--greedy", a.greedy, "argmax decoding (the default)");
-  auto* temp = app.add_option("--temperature", a.temperature, "sampling temperature (> 0)");
+  auto* temp = app.add_option("--temperature", a.temperature, "sampling temperature (> 0)")
+                   ->check(finiteNumberIn(0.0, 1000.0, /*lo_exclusive=*/true));
   auto* topk = app.add_option("--top-k", a.top_k, "sample among the k most likely ids");
   greedy->excludes(temp)->excludes(topk);
   app.add_option("--seed", a.seed, "sampling seed (default 0)");

@@ -6,10 +6,11 @@
 #include <iostream>
 
 #include "geopipe/error.h"
-#include "src/common/logging.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
+#include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
+#include "src/common/logging.h"
 #include "src/distributed/launcher.h"
 
 namespace geopipe::cli {
@@ -44,7 +45,7 @@ void printReplicaChanges(std::ostream& out, const distributed::CoordinatorResult
 
 void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   app.add_option("JOB", args.job, "job YAML file")->required();
-  app.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
+  app.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   app.add_flag("--resume", args.resume,
                "continue from the newest committed checkpoint in checkpoint.dir");
   app.add_option("--metrics", args.metrics_file,
@@ -55,7 +56,7 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   app.add_option("--heartbeat-timeout", args.heartbeat_timeout,
                  "seconds without word from a worker before it counts as dead (default: "
                  "fault_tolerance.heartbeat_timeout of the job, 10)")
-      ->check(CLI::Range(1.0, 3600.0));
+      ->check(finiteNumberIn(1.0, 3600.0));  // fault_tolerance.heartbeat_timeout's range
   app.add_option("--spares", args.spares,
                  "idle spare worker processes to start besides one per tasklet; a spare "
                  "takes a failed tasklet's place in the next generation")

@@ -2,6 +2,7 @@
 // plan and benchmark functions.
 #include "src/cli/bench_scheduler.h"
 #include "src/cli/commands.h"
+#include "src/cli/option_checks.h"
 #include "src/cli/plan_command.h"
 #include "src/config/job_parser.h"
 
@@ -17,10 +18,10 @@ void addPlanOptions(CLI::App& plan, PlanArgs& args) {
   plan.add_option("--seed", args.seed, "search seed (overrides scheduler.seed)");
   plan.add_option("--budget", args.budget_seconds,
                   "search time limit in seconds (overrides scheduler.budget.seconds)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(finiteNumberIn(0.0, 86400.0));  // scheduler.budget.seconds' range
   plan.add_option("--evaluations", args.budget_evaluations,
                   "search evaluation limit (overrides scheduler.budget.evaluations)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integerAtLeast(0));
 }
 
 int runPlanCommand(const PlanArgs& args, std::ostream& out) {
@@ -41,10 +42,13 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
       "The search on the DT-FM paper's five scenarios (cost model dtfm) and on synthetic "
       "256- and 1024-device world-wide topologies, against in-order and random placement");
   sched->add_option("--seconds", args.seconds, "search budget per paper scenario")
-      ->capture_default_str();
-  sched->add_option("--synthetic-seconds", args.synthetic_seconds,
-                    "search budget per synthetic topology")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(finiteNumberIn(0.0, 86400.0));
+  sched
+      ->add_option("--synthetic-seconds", args.synthetic_seconds,
+                   "search budget per synthetic topology")
+      ->capture_default_str()
+      ->check(finiteNumberIn(0.0, 86400.0));
   sched->add_flag("--quick", args.quick,
                   "skip the 1024-device topology (with --hard: only 8 to 32 devices)");
   sched->add_flag("--hard", args.hard,
@@ -70,7 +74,10 @@ void addBenchSubcommands(CLI::App& bench, BenchArgs& args) {
       ->capture_default_str();
   e2e->add_option("--timed-steps", args.e2e.timed_steps, "timed steps per step-time run")
       ->capture_default_str();
-  e2e->add_option("--mbps", args.e2e.mbps, "emulated WAN bandwidths (Mbps)")->capture_default_str();
+  e2e->add_option("--mbps", args.e2e.mbps, "emulated WAN bandwidths (Mbps), comma-separated")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(finiteNumberIn(0.0, 1e6, /*lo_exclusive=*/true));
   e2e->add_option("--parts", args.e2e.parts, "compression, placement or both (comma-separated)")
       ->capture_default_str();
   e2e->add_option("--worldwide", args.e2e.worldwide_topology,

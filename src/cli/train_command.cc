@@ -14,6 +14,7 @@
 #include "geopipe/trainer.h"
 #include "scheduler/planner.h"
 #include "src/cli/commands.h"
+#include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
 #include "src/common/svg_plot.h"
@@ -35,7 +36,7 @@ void onSignal(int) { g_interrupted = true; }
 
 void addTrainOptions(CLI::App& train, TrainArgs& args) {
   train.add_option("JOB", args.job, "job YAML file")->required();
-  train.add_option("--steps", args.steps, "override training.steps")->check(CLI::PositiveNumber);
+  train.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   train.add_option("--metrics", args.metrics_file, "write JSON lines here (overrides logging.metrics_file)");
   train.add_option("--plot", args.plot_file, "write the loss curve as SVG here");
   train.add_flag("--resume", args.resume,

@@ -23,6 +23,14 @@ namespace {
 namespace fs = std::filesystem;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kBig = 1 << 30;
+constexpr int64_t kMaxSamples = 1000000000000;  // data.num_samples
+// transport scales: beyond them a link is a typo, not a network.
+constexpr double kMinBandwidthScale = 1e-6, kMaxBandwidthScale = 1e6;
+constexpr double kMaxLatencyScale = 1e6;
+// One tensor of a micro-batch (activations, MLP, logits) in elements: 2^48
+// (1 PiB of fp32) is beyond any device, and keeps byte counts far from
+// int64 overflow.
+constexpr int64_t kMaxTensorElements = int64_t{1} << 48;
 
 const char* const kPresets[] = {"tiny", "gpt2-small", "gpt3-xl", "none", nullptr};
 
@@ -177,13 +185,16 @@ class JobReader {
     if (!n.IsDefined() || n.IsNull()) return;
     std::vector<int64_t> ids;
     auto one = [&](const YAML::Node& e) {
-      const std::string s = e.IsScalar() ? e.Scalar() : "";
-      if (s.empty() || s.size() > 12 || s.find_first_not_of("0123456789") != std::string::npos) {
-        r.error(key, e, "expected a token id (a non-negative integer) or a list of them, found " +
-                            describeNode(e));
+      int64_t id = -1;
+      std::string problem;
+      if (!e.IsScalar() || !parseDecimalInteger(e.Scalar(), id, problem) || id < 0 ||
+          id >= (int64_t{1} << 40)) {
+        r.error(key, e,
+                "expected a token id (a non-negative integer) or a list of them, found " +
+                    describeNode(e) + (problem.empty() ? "" : ": " + problem));
         return false;
       }
-      ids.push_back(std::stoll(s));
+      ids.push_back(id);
       return true;
     };
     if (n.IsSequence()) {
@@ -300,7 +311,9 @@ class JobReader {
       r.getString("path", d.path);
       r.getString("tokenizer", d.tokenizer);
       r.getEnum("token_dtype", d.token_dtype, {"uint16", "uint32"});
-      r.getInt64("num_samples", d.num_samples, 0, INT64_MAX);
+      // 10^12 samples is beyond any corpus; more is a typo, and products
+      // such as num_samples x seq_len must not overflow.
+      r.getInt64("num_samples", d.num_samples, 0, kMaxSamples);
       r.getString("val_path", d.val_path);
       r.getDouble("val_fraction", d.val_fraction, 0.0, 0.5);
       r.getBool("pack", d.pack);
@@ -311,6 +324,11 @@ class JobReader {
                 "give one validation set: data.val_path or data.val_fraction, not both");
       }
       d.tokenizer = resolvePath(base_dir_, d.tokenizer);
+      if (r.has("token_dtype") && d.kind != "tokens") {
+        r.error("token_dtype", r.child("token_dtype"),
+                "token_dtype gives the width of a token file's ids, but data.kind '" + d.kind +
+                    "' reads no token file: remove data.token_dtype, or set data.kind: tokens");
+      }
     });
   }
 
@@ -360,14 +378,14 @@ class JobReader {
       if (dp.IsDefined() && dp.IsScalar() && dp.Scalar() == "auto") {
         p.data_parallel = 0;
       } else if (dp.IsDefined() && !dp.IsNull()) {
+        // The integers of every other field (parseDecimalInteger), or auto.
         int64_t v = 0;
-        bool is_int = dp.IsScalar() && !dp.Scalar().empty() &&
-                      dp.Scalar().find_first_not_of("0123456789") == std::string::npos;
-        if (is_int) v = std::stoll(dp.Scalar().substr(0, 9));
+        std::string problem;
+        const bool is_int = dp.IsScalar() && parseDecimalInteger(dp.Scalar(), v, problem);
         if (!is_int || v < 1 || v > 65536) {
           r.error("data_parallel", dp,
-                  "expected an integer in 1..65536 or 'auto', found " +
-                      describeNode(dp));
+                  "expected an integer in 1..65536 or 'auto', found " + describeNode(dp) +
+                      (problem.empty() ? "" : ": " + problem));
         } else {
           p.data_parallel = static_cast<int>(v);
         }
@@ -455,8 +473,9 @@ class JobReader {
       r.getUint64("seed", s.seed);
       r.getInt("threads", s.threads, 1, 256);
       section(r.child("payloads"), "scheduler.payloads", [&](MapReader& p) {
-        p.getOptionalDouble("grad_gb", s.grad_payload_gb, 0.0, kInf, true);
-        p.getOptionalDouble("act_gb", s.act_payload_gb, 0.0, kInf, true);
+        // Up to 1 PB per message: more is a typo that prints 300-digit times.
+        p.getOptionalDouble("grad_gb", s.grad_payload_gb, 0.0, 1e6, true);
+        p.getOptionalDouble("act_gb", s.act_payload_gb, 0.0, 1e6, true);
       });
     });
   }
@@ -466,6 +485,10 @@ class JobReader {
     if (!t.IsDefined() || t.IsNull()) {
       r.error("missing required key 'topology': a path to a topology file "
               "(e.g. topology: ../topologies/local-4.yaml) or an inline mapping");
+      return;
+    }
+    if (t.IsScalar() && t.Scalar().find('\0') != std::string::npos) {
+      r.error("topology", t, kNulByteMessage);
       return;
     }
     if (t.IsScalar()) {
@@ -494,8 +517,9 @@ class JobReader {
       TransportSpec& t = job_.transport;
       r.getEnum("kind", t.kind, {"inproc", "grpc", "nccl"});
       r.getBool("emulate_links", t.emulate_links);
-      r.getDouble("bandwidth_scale", t.bandwidth_scale, 0.0, 1e9, true);
-      r.getDouble("latency_scale", t.latency_scale, 0.0, 1e9);
+      r.getDouble("bandwidth_scale", t.bandwidth_scale, kMinBandwidthScale, kMaxBandwidthScale,
+                  /*lo_exclusive=*/true);
+      r.getDouble("latency_scale", t.latency_scale, 0.0, kMaxLatencyScale);
     });
   }
 
@@ -682,8 +706,124 @@ class JobReader {
            "devices; this topology has " + std::to_string(devices) +
                ": use evolutionary");
     }
+    checkLearningRates();
+    checkScaledLinks();
+    checkTensorSizes();
     checkData();
     checkActivationBuffers();
+  }
+
+  // The schedule decays from the peak lr down to min_lr: a floor above the
+  // peak is a slip (1e-3 for 1e-5), never a schedule.
+  void checkLearningRates() {
+    const TrainingSpec& t = job_.training;
+    if (t.lr_schedule.min_lr > t.optimizer.lr) {
+      fail("training.lr_schedule.min_lr",
+           "min_lr (" + formatNumber(t.lr_schedule.min_lr) +
+               ") is above the peak learning rate training.optimizer.lr (" +
+               formatNumber(t.optimizer.lr) +
+               "); the schedule decays from lr down to min_lr: lower min_lr or raise lr");
+    }
+  }
+
+  // The link emulator waits latency x latency_scale and sends at bandwidth x
+  // bandwidth_scale, so the scaled links must stay within the topology's
+  // ranges too: a bandwidth_scale of 1e-300 used to pass and make `train`
+  // wait forever on its first message.
+  void checkScaledLinks() {
+    const TransportSpec& tr = job_.transport;
+    const TopologySpec& topo = job_.topology;
+    if (!tr.emulate_links) return;
+    int slow_a = -1, slow_b = -1, far_a = -1, far_b = -1;
+    for (int a = 0; a < topo.numSites(); ++a) {
+      for (int b = 0; b < topo.numSites(); ++b) {
+        if (a == b && topo.sites[a].devices.size() < 2) continue;  // no intra link in use
+        const LinkSpec& l = topo.site_links[a][b];
+        if (slow_a < 0 || l.bandwidth_gbps < topo.site_links[slow_a][slow_b].bandwidth_gbps) {
+          slow_a = a, slow_b = b;
+        }
+        if (far_a < 0 || l.latency_ms > topo.site_links[far_a][far_b].latency_ms) {
+          far_a = a, far_b = b;
+        }
+      }
+    }
+    if (slow_a < 0) return;  // one device: no link
+    auto name = [&](int a, int b) {
+      return a == b ? "inside site " + topo.sites[a].name
+                    : topo.sites[a].name + " -> " + topo.sites[b].name;
+    };
+    const double gbps = topo.site_links[slow_a][slow_b].bandwidth_gbps;
+    if (gbps * tr.bandwidth_scale < kMinBandwidthGbps) {
+      fail("transport.bandwidth_scale",
+           "bandwidth_scale " + formatNumber(tr.bandwidth_scale) + " makes the slowest link (" +
+               name(slow_a, slow_b) + ", " + formatNumber(gbps) + " Gbps) " +
+               formatNumber(gbps * tr.bandwidth_scale) + " Gbps, below the " +
+               formatNumber(kMinBandwidthGbps) +
+               " Gbps (1 kbit/s) an emulated link needs: use a bandwidth_scale of at least " +
+               formatNumber(kMinBandwidthGbps / gbps) + ", or emulate_links: false");
+    }
+    const double ms = topo.site_links[far_a][far_b].latency_ms;
+    if (ms * tr.latency_scale > kMaxLatencyMs) {
+      fail("transport.latency_scale",
+           "latency_scale " + formatNumber(tr.latency_scale) + " makes the longest link (" +
+               name(far_a, far_b) + ", " + formatNumber(ms) + " ms) wait " +
+               formatNumber(ms * tr.latency_scale / 60000.0) +
+               " minutes one way, over the 10 minutes an emulated link may take: use a "
+               "latency_scale of at most " +
+               formatNumber(kMaxLatencyMs / ms) + ", or emulate_links: false");
+    }
+  }
+
+  // Sizes the runtime multiplies and allocates: one micro-batch's tensors
+  // and the embedding table. Refused here, naming the fields, rather than
+  // overflowing or failing to allocate in the run.
+  void checkTensorSizes() {
+    const ModelSpec& m = job_.model;
+    const int64_t mb = job_.training.micro_batch;
+    struct Product {
+      const char* field;  // the field the diagnostic names
+      const char* what;
+      const char* formula;
+      const char* fix;
+      std::vector<int64_t> factors;
+    };
+    const Product products[] = {
+        {"training.micro_batch",
+         "the activations of one micro-batch",
+         "micro_batch x seq_len x hidden",
+         "lower training.micro_batch, model.seq_len or model.hidden",
+         {mb, m.seq_len, m.hidden}},
+        {"training.micro_batch",
+         "the MLP activations of one micro-batch",
+         "micro_batch x seq_len x MLP width",
+         "lower training.micro_batch, model.seq_len or the MLP width (ffn_mult, "
+         "intermediate_size)",
+         {mb, m.seq_len, m.ffnWidth()}},
+        {"training.micro_batch",
+         "the logits of one micro-batch",
+         "micro_batch x seq_len x vocab",
+         "lower training.micro_batch, model.seq_len or model.vocab",
+         {mb, m.seq_len, m.vocab}},
+        {"model.vocab",
+         "the token embedding",
+         "vocab x hidden",
+         "lower model.vocab or model.hidden",
+         {m.vocab, m.hidden}},
+    };
+    for (const Product& p : products) {
+      int64_t elements = 1;
+      bool overflow = false;
+      std::string values;
+      for (int64_t f : p.factors) {
+        overflow = overflow || __builtin_mul_overflow(elements, f, &elements);
+        values += (values.empty() ? "" : " x ") + std::to_string(f);
+      }
+      if (!overflow && elements <= kMaxTensorElements) continue;
+      fail(p.field, std::string(p.what) + ", " + p.formula + " = " + values + " = " +
+                        (overflow ? std::string("more than 2^63") : std::to_string(elements)) +
+                        " elements, is over the 2^48 (1 PiB of fp32) a tensor may hold: " + p.fix);
+      return;
+    }
   }
 
   // A device whose topology gives tflops per dtype computes at the rate of
@@ -772,6 +912,20 @@ class JobReader {
 
   void checkData() {
     const DataSpec& d = job_.data;
+    if ((d.kind == "synthetic" || d.kind == "fortunes") && !d.path.empty()) {
+      fail("data.path", "data.kind '" + d.kind + "' reads no file (" +
+                            (d.kind == "synthetic" ? "it generates its samples"
+                                                   : "it reads the installed fortunes texts") +
+                            "), so data.path would be ignored: remove data.path, or set "
+                            "data.kind: text (a text file) or tokens (a token file)");
+    }
+    if (d.kind == "synthetic") {
+      try {
+        data::countTrainSamples(d, job_.model);  // the size check of the generator itself
+      } catch (const ConfigError& e) {
+        fail("data.num_samples", e.what());
+      }
+    }
     if (!checkTokenizer()) return;
     if (!d.pack) {
       const std::string problem = data::unpackedDataProblem(d, job_.model);

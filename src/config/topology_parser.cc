@@ -8,7 +8,10 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <set>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "src/common/strings.h"
 
@@ -21,22 +24,25 @@ constexpr int kMaxDevices = 1 << 16;
 // devices; the DT-FM spot scenario has 40.
 constexpr int kMaxSites = 1024;
 constexpr uintmax_t kMaxTextFileBytes = uintmax_t{64} << 20;
+// A device's rates and memory: 1 MFLOP/s to 1 ZFLOP/s, 1 KB to 1 EB. Beyond
+// them a number is a typo that would reach `plan` as a step time of 10^300 s.
+constexpr double kMinTflops = 1e-6, kMaxTflops = 1e9;
+constexpr double kMinMemoryGb = 1e-6, kMaxMemoryGb = 1e9;
 
-// Reads {latency_ms, bandwidth_gbps}: latency >= 0, bandwidth > 0. Both keys
+// Reads {latency_ms, bandwidth_gbps} within their physical ranges. Both keys
 // are required when `required`.
 bool readLinkFields(MapReader& r, LinkSpec& link, bool required) {
   if (required) {
     for (const char* key : {"latency_ms", "bandwidth_gbps"}) {
       if (!r.has(key)) {
         r.error(std::string("missing required key '") + key +
-                "' (links need latency_ms >= 0 and bandwidth_gbps > 0)");
+                "' (links need latency_ms in [0, 600000] and bandwidth_gbps in [1e-6, 1e6])");
       }
     }
   }
   size_t before = r.context().diagnostics->size();
-  r.getDouble("latency_ms", link.latency_ms, 0.0, kInf);
-  r.getDouble("bandwidth_gbps", link.bandwidth_gbps, 0.0, kInf,
-              /*lo_exclusive=*/true);
+  r.getDouble("latency_ms", link.latency_ms, 0.0, kMaxLatencyMs);
+  r.getDouble("bandwidth_gbps", link.bandwidth_gbps, kMinBandwidthGbps, kMaxBandwidthGbps);
   return r.context().diagnostics->size() == before;
 }
 
@@ -54,7 +60,7 @@ void readTflops(MapReader& r, DeviceSpec& d) {
   const YAML::Node node = r.child("tflops");  // known even when absent ("did you mean")
   if (!node.IsDefined()) return;
   if (!node.IsMap()) {
-    r.getDouble("tflops", d.tflops, 0.0, kInf, /*lo_exclusive=*/true);
+    r.getDouble("tflops", d.tflops, kMinTflops, kMaxTflops);
     d.tflops_by_dtype.clear();
     return;
   }
@@ -63,7 +69,7 @@ void readTflops(MapReader& r, DeviceSpec& d) {
   for (const char* dtype : {"fp32", "fp16", "bf16"}) {
     if (!rates.has(dtype)) continue;
     double v = 0;
-    rates.getDouble(dtype, v, 0.0, kInf, /*lo_exclusive=*/true);
+    rates.getDouble(dtype, v, kMinTflops, kMaxTflops);
     by_dtype[dtype] = v;
   }
   rates.finish();
@@ -79,12 +85,14 @@ void readTflops(MapReader& r, DeviceSpec& d) {
 void readDeviceFields(MapReader& r, DeviceSpec& d) {
   r.getString("gpu", d.gpu);
   readTflops(r, d);
-  r.getDouble("memory_gb", d.memory_gb, 0.0, kInf, /*lo_exclusive=*/true);
+  r.getDouble("memory_gb", d.memory_gb, kMinMemoryGb, kMaxMemoryGb);
 }
 
 struct SiteDraft {
   SiteSpec site;
   std::vector<DeviceSpec> devices;
+  std::vector<YAML::Node> device_nodes;  // each device's entry (the site's when counted)
+  bool repeated = false;                 // one of the copies of a site with repeat
   bool has_intra = false;
   YAML::Node node;
 };
@@ -114,17 +122,70 @@ std::string readTextFile(const std::string& path, const std::string& what) {
   return os.str();
 }
 
+namespace {
+
+// yaml-cpp keeps both pairs of a repeated key but every lookup finds the
+// first, so the second value would be dropped without a word: refuse it,
+// in every mapping of the document, naming both lines.
+void checkDuplicateKeys(const YAML::Node& node, const std::string& path, const ReadContext& ctx,
+                        std::set<std::pair<int, int>>& walked) {
+  if (!node.IsMap() && !node.IsSequence()) return;
+  // An alias is its anchor's node again: walk each node once, or a document
+  // of aliases of aliases ("billion laughs") would take exponential time.
+  if (!walked.emplace(node.Mark().line, node.Mark().column).second) return;
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) {
+      checkDuplicateKeys(node[i], path + "[" + std::to_string(i) + "]", ctx, walked);
+    }
+    return;
+  }
+  std::map<std::string, int> first_line;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;  // a copy: it-> returns a temporary
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) continue;
+    const std::string field = path.empty() ? key.Scalar() : path + "." + key.Scalar();
+    const int line = key.Mark().line + 1;
+    const auto [first, fresh] = first_line.emplace(key.Scalar(), line);
+    if (!fresh) {
+      const bool section = path.empty() && value.IsMap();
+      ctx.diagnostics->add(diagnosticAt(
+          ctx, key, field,
+          std::string("duplicate ") + (section ? "section" : "key") + " '" + key.Scalar() +
+              "' (first at line " + std::to_string(first->second) + ", again at line " +
+              std::to_string(line) + "): YAML would silently keep only the first; " +
+              (section ? "merge the two into one" : "remove one of them")));
+      continue;
+    }
+    checkDuplicateKeys(value, field, ctx, walked);
+  }
+}
+
+}  // namespace
+
 YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
   try {
-    YAML::Node root = YAML::Load(text);
-    if (!root.IsDefined() || root.IsNull()) {
+    // LoadAll, not Load: Load reads the first document and ignores the rest.
+    const std::vector<YAML::Node> documents = YAML::LoadAll(text);
+    for (size_t i = 1; i < documents.size(); ++i) {
+      if (!documents[i].IsDefined() || documents[i].IsNull()) continue;  // a bare '---'
+      ctx.diagnostics->add(diagnosticAt(
+          ctx, documents[i], "",
+          "a second YAML document (after a '---' line) starts here, but a job or topology file "
+          "holds one document: remove the '---' line and merge what follows into the first "
+          "document, or move it to a file of its own"));
+      break;
+    }
+    if (documents.empty() || !documents[0].IsDefined() || documents[0].IsNull()) {
       Diagnostic d;
       d.file = ctx.file;
       d.message = "the file is empty; expected a YAML mapping (see docs/job-spec.md)";
       ctx.diagnostics->add(d);
       return YAML::Node(YAML::NodeType::Undefined);
     }
-    return root;
+    std::set<std::pair<int, int>> walked;
+    checkDuplicateKeys(documents[0], "", ctx, walked);
+    return documents[0];
   } catch (const YAML::Exception& e) {
     Diagnostic d;
     d.file = ctx.file;
@@ -189,7 +250,10 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
       } else if (dev.IsScalar()) {
         int count = 0;
         r.getInt("devices", count, 1, kMaxDevices);
-        for (int k = 0; k < count; ++k) draft.devices.push_back(site_defaults);
+        for (int k = 0; k < count; ++k) {
+          draft.devices.push_back(site_defaults);
+          draft.device_nodes.push_back(dev);
+        }
       } else if (dev.IsSequence() && dev.size() > 0) {
         for (size_t k = 0; k < dev.size(); ++k) {
           std::string dpath = spath + ".devices[" + std::to_string(k) + "]";
@@ -200,6 +264,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
           readDeviceFields(dr, d);
           dr.finish();
           draft.devices.push_back(d);
+          draft.device_nodes.push_back(dev[k]);
         }
       } else {
         r.error("devices", dev,
@@ -227,14 +292,18 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
         for (int k = 0; k < repeat; ++k) {
           SiteDraft copy = draft;
           copy.site.name = draft.site.name + "-" + std::to_string(k);
+          copy.repeated = true;
           drafts.push_back(copy);
         }
       }
     }
   }
 
-  // Index sites and devices in listing order.
+  // Index sites and devices in listing order. Device names are how workers
+  // and plans name a device, so two devices may not share one.
   std::map<std::string, int> site_index;
+  std::map<std::string, int> device_index;
+  std::set<std::string> reported_names;
   for (auto& draft : drafts) {
     if (draft.site.name.empty()) continue;
     if (site_index.count(draft.site.name)) {
@@ -250,6 +319,20 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
       DeviceSpec d = draft.devices[k];
       d.site = s;
       if (d.name.empty()) d.name = site.name + "/" + std::to_string(k);
+      const auto [it, fresh] = device_index.emplace(d.name, topo.numDevices());
+      // Once per name: a repeated site of 64 copies is one mistake.
+      if (!fresh && reported_names.insert(d.name).second) {
+        const YAML::Node& dn = draft.device_nodes[k];
+        ctx.diagnostics->add(diagnosticAt(
+            ctx, dn, root.fieldPath("sites"),
+            "duplicate device name '" + d.name + "' (devices " + std::to_string(it->second) +
+                " and " + std::to_string(topo.numDevices()) +
+                "); device names must be unique: rename one" +
+                (draft.repeated
+                     ? " (a site with repeat gives every copy the same names: omit 'name' and "
+                       "the devices are called <site>-<copy>/<index>)"
+                     : "")));
+      }
       site.devices.push_back(topo.numDevices());
       topo.devices.push_back(d);
     }
@@ -307,7 +390,11 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
   if (links.IsDefined() && !links.IsSequence()) {
     root.error("links", links, "expected a list of links, found " + describeNode(links));
   } else if (links.IsDefined()) {
+    // The entry that set each direction in this pass: a second one would
+    // silently replace the first's numbers (one value per link).
+    std::vector<std::vector<int>> set_by;
     for (int pass = 0; pass < 2; ++pass) {
+      set_by.assign(n, std::vector<int>(n, -1));
       for (size_t i = 0; i < links.size(); ++i) {
         std::string lpath = root.fieldPath("links") + "[" + std::to_string(i) + "]";
         const YAML::Node& ln = links[i];
@@ -345,6 +432,17 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
           r.error("a link joins two different sites; set a site's own link with its 'intra' key");
           continue;
         }
+        if (const int j = set_by[a][b]; j >= 0) {
+          const std::string what = directed ? "the link " + names[a] + " -> " + names[b]
+                                            : "the link between " + names[a] + " and " + names[b];
+          r.error(what + " is already given by links[" + std::to_string(j) + "] (line " +
+                  std::to_string(links[j].Mark().line + 1) +
+                  "): give each pair of sites one entry (a from/to entry may override one "
+                  "direction of a sites: [A, B] entry); remove or merge one of them");
+          continue;
+        }
+        set_by[a][b] = static_cast<int>(i);
+        if (!directed) set_by[b][a] = static_cast<int>(i);
         // A link with a bad value still counts as present, so that its
         // error is not repeated as a "no link" error.
         have[a][b] = true;

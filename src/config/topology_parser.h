@@ -11,6 +11,14 @@
 
 namespace geopipe::config {
 
+// The physical range of a link (and of an emulated link after the job's
+// transport scales): beyond it a number is a typo that would reach the cost
+// model as a 300-digit step time, or the link emulator as a send that never
+// ends. One-way latency: at most 10 minutes. Bandwidth: 1 kbit/s to 1 Pbit/s.
+inline constexpr double kMaxLatencyMs = 600000.0;
+inline constexpr double kMinBandwidthGbps = 1e-6;
+inline constexpr double kMaxBandwidthGbps = 1e6;
+
 // Reads a topology file. Throws SpecError listing every problem, or IoError
 // when the file cannot be read.
 TopologySpec loadTopologyFile(const std::string& path);

@@ -2,6 +2,7 @@
 #include "src/config/yaml_fields.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -73,40 +74,99 @@ namespace {
 
 bool isScalar(const YAML::Node& n) { return n.IsDefined() && n.IsScalar(); }
 
-// Parses a whole-string integer; rejects "1.5", "12abc", "".
-bool parseInt64(const std::string& s, int64_t& out) {
-  if (s.empty()) return false;
-  errno = 0;
-  char* end = nullptr;
-  long long v = std::strtoll(s.c_str(), &end, 0);
-  if (errno != 0 || end != s.c_str() + s.size()) return false;
-  out = v;
-  return true;
-}
-
+// A decimal number as YAML 1.2 writes it (strtod alone would also take hex
+// "0x10" and leading blanks). Out of double's range (ERANGE), an underflow
+// keeps its tiny value and an overflow is infinite: the callers' range and
+// finiteness checks then name the field.
 bool parseDouble(const std::string& s, double& out) {
-  if (s.empty()) return false;
-  errno = 0;
+  if (s.empty() || s.find_first_of("xXpP \t") != std::string::npos) return false;
   char* end = nullptr;
-  double v = std::strtod(s.c_str(), &end);
-  if (errno != 0 || end != s.c_str() + s.size()) return false;
+  const double v = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size()) return false;
   out = v;
   return true;
 }
 
-std::string fmt(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
+// "nan", ".inf", "-Infinity": the spellings of a number that is not one
+// (YAML's and strtod's).
+bool spellsNonFinite(const std::string& s) {
+  std::string lower;
+  for (char c : s) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  size_t i = !lower.empty() && (lower[0] == '+' || lower[0] == '-') ? 1 : 0;
+  if (i < lower.size() && lower[i] == '.') ++i;
+  const std::string word = lower.substr(i);
+  return word == "nan" || word == "inf" || word == "infinity";
 }
 
 }  // namespace
+
+// 1e-06 -> 1e-6, 1e+06 -> 1e6: bounds in messages read as written.
+std::string formatNumber(double v) {
+  std::ostringstream os;
+  os << v;
+  std::string s = os.str();
+  const size_t e = s.find('e');
+  if (e == std::string::npos) return s;
+  std::string mantissa = s.substr(0, e), exponent = s.substr(e + 1);
+  const bool negative = exponent[0] == '-';
+  exponent = exponent.substr(exponent[0] == '-' || exponent[0] == '+' ? 1 : 0);
+  exponent.erase(0, std::min(exponent.find_first_not_of('0'), exponent.size() - 1));
+  return mantissa + "e" + (negative ? "-" : "") + exponent;
+}
+
+bool parseDecimalInteger(const std::string& s, int64_t& out, std::string& problem) {
+  problem.clear();
+  const size_t sign = !s.empty() && (s[0] == '+' || s[0] == '-') ? 1 : 0;
+  const std::string digits = s.substr(sign);
+  if (digits.empty()) return false;
+  if (digits.size() > 1 && digits[0] == '0' &&
+      std::string("xXoObB").find(digits[1]) != std::string::npos) {
+    problem = "hexadecimal, octal and binary forms are not read here: write the number in decimal";
+    errno = 0;
+    char* end = nullptr;
+    const int base = digits[1] == 'x' || digits[1] == 'X'   ? 16
+                     : digits[1] == 'b' || digits[1] == 'B' ? 2
+                                                            : 8;
+    const long long v = std::strtoll(digits.c_str() + 2, &end, base);
+    if (errno == 0 && *end == '\0' && digits.size() > 2) {
+      problem += " (" + s.substr(0, sign) + std::to_string(v) + ")";
+    }
+    return false;
+  }
+  if (digits.find_first_not_of("0123456789") != std::string::npos) {
+    double d = 0;
+    if (parseDouble(s, d) && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e18) {
+      problem = "write an integer in digits: " + std::to_string(static_cast<int64_t>(d));
+    }
+    return false;
+  }
+  if (digits.size() > 1 && digits[0] == '0') {
+    const std::string decimal =
+        digits.substr(std::min(digits.find_first_not_of('0'), digits.size() - 1));
+    problem = "a leading zero is ambiguous (YAML 1.1 reads '" + s +
+              "' as octal, YAML 1.2 as decimal): write " + s.substr(0, sign) + decimal;
+    if (digits.find_first_not_of("01234567") == std::string::npos && digits.size() <= 20) {
+      problem += " (or " + s.substr(0, sign) +
+                 std::to_string(std::strtoll(digits.c_str(), nullptr, 8)) + " if you meant octal)";
+    }
+    return false;
+  }
+  errno = 0;
+  const long long v = std::strtoll(s.c_str(), nullptr, 10);
+  // Beyond int64: clamped, so the caller's range check names the field.
+  out = errno == ERANGE ? (sign && s[0] == '-' ? INT64_MIN : INT64_MAX) : v;
+  return true;
+}
 
 void MapReader::getString(const std::string& key, std::string& out) {
   YAML::Node n = child(key);
   if (!n.IsDefined() || n.IsNull()) return;
   if (!isScalar(n)) {
     error(key, n, "expected a string, found " + describeNode(n));
+    return;
+  }
+  if (n.Scalar().find('\0') != std::string::npos) {
+    error(key, n, std::string(kNulByteMessage));
     return;
   }
   out = n.Scalar();
@@ -151,15 +211,20 @@ void MapReader::getInt64(const std::string& key, int64_t& out, int64_t lo,
   YAML::Node n = child(key);
   if (!n.IsDefined() || n.IsNull()) return;
   int64_t v = 0;
-  if (!isScalar(n) || !parseInt64(n.Scalar(), v)) {
-    error(key, n, "expected an integer, found " + describeNode(n));
+  std::string problem;
+  if (!isScalar(n) || !parseDecimalInteger(n.Scalar(), v, problem)) {
+    error(
+        key, n,
+        "expected an integer, found " + describeNode(n) + (problem.empty() ? "" : ": " + problem));
     return;
   }
   if (v < lo || v > hi) {
-    std::string range = hi >= (int64_t{1} << 30)
+    // "in 1..65536"; ">= 1" when the top is only a guard against overflow
+    // and the number is below the bottom.
+    std::string range = v < lo && hi >= (int64_t{1} << 30)
                             ? ">= " + std::to_string(lo)
                             : "in " + std::to_string(lo) + ".." + std::to_string(hi);
-    error(key, n, "expected an integer " + range + ", found " + std::to_string(v));
+    error(key, n, "expected an integer " + range + ", found " + n.Scalar());
     return;
   }
   out = v;
@@ -190,7 +255,14 @@ void MapReader::getOptionalDouble(const std::string& key,
   YAML::Node n = child(key);
   if (!n.IsDefined() || n.IsNull()) return;
   double v = 0;
-  if (!isScalar(n) || !parseDouble(n.Scalar(), v) || !std::isfinite(v)) {
+  if (isScalar(n) &&
+      (spellsNonFinite(n.Scalar()) || (parseDouble(n.Scalar(), v) && !std::isfinite(v)))) {
+    error(key, n,
+          "expected a finite number, found " + describeNode(n) +
+              ": NaN and infinity are not accepted here");
+    return;
+  }
+  if (!isScalar(n) || !parseDouble(n.Scalar(), v)) {
     error(key, n, "expected a number, found " + describeNode(n));
     return;
   }
@@ -198,10 +270,10 @@ void MapReader::getOptionalDouble(const std::string& key,
   if (below || v > hi) {
     std::string range;
     if (std::isinf(hi)) {
-      range = (lo_exclusive ? "> " : ">= ") + fmt(lo);
+      range = (lo_exclusive ? "> " : ">= ") + formatNumber(lo);
     } else {
-      range = std::string("in ") + (lo_exclusive ? "(" : "[") + fmt(lo) + ", " +
-              fmt(hi) + "]";
+      range = std::string("in ") + (lo_exclusive ? "(" : "[") + formatNumber(lo) + ", " +
+              formatNumber(hi) + "]";
     }
     error(key, n, "expected a number " + range + ", found " + n.Scalar());
     return;

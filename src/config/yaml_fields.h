@@ -72,6 +72,22 @@ class MapReader {
   std::vector<std::string> known_;
 };
 
+// Reads an integer as every field does: decimal digits with an optional
+// sign (YAML 1.2's core schema). A leading zero ("010": octal 8 in YAML 1.1,
+// 10 in YAML 1.2), 0x / 0o / 0b forms and exponents ("1e6") are refused, and
+// `problem` then says how to write the number ("" when the text is no
+// number at all). Beyond int64 the value is clamped, so the caller's range
+// check names the field.
+bool parseDecimalInteger(const std::string& text, int64_t& out, std::string& problem);
+
+// A number as messages show it: 0.0003, 1e-6, 1e6.
+std::string formatNumber(double v);
+
+// A string field (a path, a name) holding a NUL byte: "\0" in a quoted YAML
+// string. No file name can hold one, and C APIs would cut the string there.
+inline constexpr char kNulByteMessage[] =
+    "contains a NUL byte (\\0 in a quoted string), which no path or name can hold: remove it";
+
 // A diagnostic positioned at `node` (1-based line and column).
 Diagnostic diagnosticAt(const ReadContext& ctx, const YAML::Node& node,
                         const std::string& field, const std::string& message);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <new>
 #include <sstream>
 
 #include "geopipe/error.h"
@@ -31,6 +32,25 @@ std::string readAll(const std::string& path) {
 
 // Samples synthetic data makes when data.num_samples is 0.
 constexpr int64_t kSyntheticSamples = 4096;
+// Synthetic ids are held in memory (4 bytes each): at most 2^30 (4 GiB).
+constexpr int64_t kMaxSyntheticTokens = int64_t{1} << 30;
+
+// The ids synthetic data makes, samples x seq_len + 1, checked for overflow
+// and against kMaxSyntheticTokens: no data.num_samples may end in an
+// overflow ("holds 1 tokens") or bad_alloc.
+int64_t syntheticTokenCount(const DataSpec& data, const ModelSpec& model) {
+  const int64_t samples = data.num_samples > 0 ? data.num_samples : kSyntheticSamples;
+  int64_t tokens = 0;
+  if (__builtin_mul_overflow(samples, int64_t{model.seq_len}, &tokens) ||
+      tokens >= kMaxSyntheticTokens) {
+    GEOPIPE_THROW(ConfigError, "synthetic data is generated in memory, at most 2^30 ids (4 GiB), ",
+                  "but ", samples, " samples", data.num_samples > 0 ? "" : " (the default)",
+                  " x model.seq_len ", model.seq_len, " is more: set data.num_samples to at most ",
+                  (kMaxSyntheticTokens - 1) / std::max(1, model.seq_len),
+                  ", or train on a token file (kind: tokens) for more data");
+  }
+  return tokens + 1;
+}
 
 // TokenDataset's cut: sample i is tokens [i*t, i*t + t + 1).
 int64_t samplesIn(int64_t tokens, int seq_len) {
@@ -231,7 +251,13 @@ std::vector<int32_t> syntheticTokens(int64_t num_tokens, int vocab, uint64_t see
   // by a hash of (b, k), with probabilities 1/2, 1/4, 1/8, 1/8. Entropy is
   // 1.75 bits per token, far below log2(vocab), and a model starts learning
   // it within a few steps (a bigram table), so short tests see progress.
-  std::vector<int32_t> out(static_cast<size_t>(num_tokens));
+  std::vector<int32_t> out;
+  try {
+    out.resize(static_cast<size_t>(num_tokens));
+  } catch (const std::bad_alloc&) {
+    GEOPIPE_THROW(InfeasibleError, "synthetic data of ", num_tokens, " ids (",
+                  num_tokens / (1 << 18), " MiB) does not fit in memory: lower data.num_samples");
+  }
   uint64_t state = common::mix64(seed ^ 0xD1B54A32D192ED03ull);
   int32_t b = 1 % vocab;
   for (int64_t i = 0; i < num_tokens; ++i) {
@@ -252,7 +278,7 @@ SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model) {
   int64_t tokens = 0;
   std::error_code ec;
   if (data.kind == "synthetic") {
-    tokens = (data.num_samples > 0 ? data.num_samples : kSyntheticSamples) * t + 1;
+    tokens = syntheticTokenCount(data, model);
     c.how = "synthetic data";
   } else if (data.kind == "fortunes") {
     try {
@@ -387,9 +413,8 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
     stream = std::move(file);
   } else if (data.kind == "synthetic") {
     source = "synthetic";
-    int64_t samples = data.num_samples > 0 ? data.num_samples : kSyntheticSamples;
     stream = std::make_shared<TokenStream>(
-        syntheticTokens(samples * model.seq_len + 1, model.vocab, seed));
+        syntheticTokens(syntheticTokenCount(data, model), model.vocab, seed));
   } else {
     GEOPIPE_THROW(ConfigError, "unknown data.kind '", data.kind,
                   "': expected synthetic, text, tokens or fortunes");

@@ -1,0 +1,58 @@
+// Checks of numeric command-line options: finite numbers and integers in a
+// range, with the bounds written as a person would. CLI11's own Range lets
+// NaN through (every comparison with NaN is false) and prints its bounds
+// with std::to_string: PositiveNumber's top is a 309-digit number.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "src/config/yaml_fields.h"
+
+namespace geopipe::cli {
+
+// A finite number in [lo, hi] ((lo, hi] with lo_exclusive). CLI11 prefixes
+// the message with the flag: "--budget: expected a number in [0, 86400],
+// found 'nan' ...".
+inline CLI::Validator finiteNumberIn(double lo, double hi, bool lo_exclusive = false) {
+  const std::string range = std::string(lo_exclusive ? "(" : "[") + config::formatNumber(lo) +
+                            ", " + config::formatNumber(hi) + "]";
+  return CLI::Validator(
+      [=](std::string& input) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(input.c_str(), &end);
+        const bool parsed = !input.empty() && end == input.c_str() + input.size();
+        if (parsed && !std::isfinite(v)) {
+          return "expected a finite number in " + range + ", found '" + input +
+                 "' (NaN and infinity are not accepted)";
+        }
+        if (!parsed || (lo_exclusive ? v <= lo : v < lo) || v > hi) {
+          return "expected a number in " + range + ", found '" + input + "'";
+        }
+        return std::string();
+      },
+      "NUMBER in " + range);
+}
+
+// A decimal integer of at least lo ("--steps: expected an integer >= 1,
+// found '0'").
+inline CLI::Validator integerAtLeast(int64_t lo) {
+  return CLI::Validator(
+      [=](std::string& input) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const long long v = std::strtoll(input.c_str(), &end, 10);
+        if (input.empty() || end != input.c_str() + input.size() || errno != 0 || v < lo) {
+          return "expected an integer >= " + std::to_string(lo) + ", found '" + input + "'";
+        }
+        return std::string();
+      },
+      "INT >= " + std::to_string(lo));
+}
+
+}  // namespace geopipe::cli

@@ -1,0 +1,276 @@
+// Hostile and careless input, one row per mistake: a small job (or topology)
+// text and its verdict, refused with a message that names the field and the
+// fix, or accepted where a stricter rule must not reach. Issue 18.
+#include <gtest/gtest.h>
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "src/config/diagnostics.h"
+#include "src/config/job_parser.h"
+#include "src/config/topology_parser.h"
+
+using geopipe::config::parseJobString;
+using geopipe::config::parseTopologyString;
+using geopipe::config::SpecError;
+
+namespace {
+
+// One site of two devices, on line 1, so a row's own lines start at 2.
+const std::string kTopo =
+    "topology: {sites: [{name: a, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: 10}}]}\n";
+
+// Two sites, for link rows.
+const std::string kTwoSites = R"(topology:
+  sites:
+    - {name: a, devices: 1}
+    - {name: b, devices: 1}
+  inter_site_default: {latency_ms: 10, bandwidth_gbps: 1}
+)";
+
+struct Row {
+  const char* name;
+  std::string yaml;
+  // Substrings of the message; empty: the text is accepted.
+  std::vector<std::string> expect;
+  bool topology_file = false;  // parse as a topology file, not a job
+  size_t problems = 0;         // > 0: exactly this many diagnostics
+};
+
+const std::vector<Row>& rows() {
+  static const std::vector<Row> kRows = {
+      // --- A. Strict YAML dialect ---
+      {"DuplicateKey",
+       kTopo + "training:\n  steps: 10\n  steps: 20\n",
+       {"hostile.yaml:4:3: training.steps: duplicate key 'steps' (first at line 3, again at "
+        "line 4)",
+        "remove one of them"}},
+      {"DuplicateKeyInAFlowMapping",
+       kTopo + "training: {optimizer: {lr: 1.0e-3, lr: 1.0e-4}}\n",
+       {"training.optimizer.lr: duplicate key 'lr' (first at line 2, again at line 2)"}},
+      {"DuplicateSection",
+       kTopo + "training: {steps: 10}\nmodel: {layers: 2}\ntraining: {seed: 3}\n",
+       {"hostile.yaml:4:1: training: duplicate section 'training' (first at line 2, again at "
+        "line 4)",
+        "merge the two into one"}},
+      {"DuplicateTopologySection",
+       kTopo + kTopo,
+       {"duplicate section 'topology' (first at line 1, again at line 2)"}},
+      {"DuplicateKeyInAListEntry",
+       "topology: {sites: [{name: a, name: b, devices: 1}]}\n",
+       {"topology.sites[0].name: duplicate key 'name'"}},
+      {"DuplicateKeyInATopologyFile",
+       "sites:\n  - name: a\n    devices: 1\n    devices: 2\n",
+       {"t.yaml:4:5: sites[0].devices: duplicate key 'devices' (first at line 3, again at line 4)"},
+       true},
+      {"SecondDocument",
+       kTopo + "training: {steps: 10}\n---\ntraining: {steps: 20}\n",
+       {"hostile.yaml:4:1:", "a second YAML document (after a '---' line) starts here",
+        "remove the '---' line"}},
+      {"EmptySecondDocumentIsAccepted", kTopo + "training: {steps: 10}\n---\n", {}},
+      {"LeadingDocumentMarkerIsAccepted", "---\n" + kTopo, {}},
+      {"OctalLookingInteger",
+       kTopo + "training: {steps: 010}\n",
+       {"training.steps: expected an integer, found '010': a leading zero is ambiguous",
+        "write 10 (or 8 if you meant octal)"}},
+      {"LeadingZeroWithoutOctalMeaning",
+       kTopo + "training: {steps: 08}\n",
+       {"training.steps: expected an integer, found '08': a leading zero", "write 8"}},
+      {"OctalLookingDataParallel",
+       kTopo + "parallelism: {data_parallel: 02}\n",
+       {"parallelism.data_parallel: expected an integer in 1..65536 or 'auto', found '02'",
+        "write 2"}},
+      {"HexInteger",
+       kTopo + "training: {seed: 0x10}\n",
+       {"training.seed: expected an integer, found '0x10': hexadecimal", "decimal (16)"}},
+      {"OctalPrefixInteger",
+       kTopo + "training: {steps: 0o17}\n",
+       {"training.steps:", "write the number in decimal (15)"}},
+      {"ExponentInteger",
+       kTopo + "data: {num_samples: 1e3}\n",
+       {"data.num_samples: expected an integer, found '1e3': write an integer in digits: 1000"}},
+      {"OctalLookingTokenId",
+       kTopo + "model: {kind: gpt2, eos_token_id: [07]}\n",
+       {"model.eos_token_id:", "found '07': a leading zero"}},
+      {"PlainZeroAndSignedIntegersAreAccepted", kTopo + "training: {seed: 0, steps: +5}\n", {}},
+      {"MinLrAboveLr",
+       kTopo +
+           "training:\n  optimizer: {lr: 1.0e-5}\n  lr_schedule: {kind: cosine, min_lr: 1.0e-3}\n",
+       {"hostile.yaml:4:", "training.lr_schedule.min_lr: min_lr (0.001) is above the peak",
+        "lower min_lr or raise lr"}},
+      {"MinLrEqualToLrIsAccepted",
+       kTopo + "training: {optimizer: {lr: 1.0e-4}, lr_schedule: {kind: linear, min_lr: 1.0e-4}}\n",
+       {}},
+      {"DuplicateDeviceName",
+       "topology:\n  sites:\n    - name: a\n      intra: {latency_ms: 1, bandwidth_gbps: 10}\n"
+       "      devices: [{name: x}, {name: x}]\n",
+       {"hostile.yaml:5:", "duplicate device name 'x' (devices 0 and 1)", "rename one"}},
+      {"DeviceNameTakingADefaultName",
+       "topology:\n  sites:\n    - {name: a, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: "
+       "10}}\n    - {name: b, devices: [{name: a/1}]}\n  inter_site_default: {latency_ms: 5, "
+       "bandwidth_gbps: 1}\n",
+       {"duplicate device name 'a/1' (devices 1 and 2)"}},
+      {"NamedDevicesInARepeatedSite",
+       "topology:\n  sites:\n    - {name: m, repeat: 3, devices: [{name: gpu0}]}\n"
+       "  inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
+       {"duplicate device name 'gpu0'", "a site with repeat gives every copy the same names"},
+       false,
+       1},  // once, not once per copy
+      {"TwoEntriesForOneLink",
+       kTwoSites + "  links:\n    - {sites: [a, b], latency_ms: 5, bandwidth_gbps: 1}\n"
+                   "    - {sites: [b, a], latency_ms: 7, bandwidth_gbps: 2}\n",
+       {"hostile.yaml:8:",
+        "topology.links[1]: the link between b and a is already given by "
+        "links[0] (line 7)"}},
+      {"TwoDirectedEntriesForOneDirection",
+       kTwoSites + "  links:\n    - {from: a, to: b, latency_ms: 5, bandwidth_gbps: 1}\n"
+                   "    - {from: a, to: b, latency_ms: 5, bandwidth_gbps: 1}\n",
+       {"topology.links[1]: the link a -> b is already given by links[0]"}},
+      {"DirectedEntryOverridingASymmetricOneIsAccepted",
+       kTwoSites + "  links:\n    - {sites: [a, b], latency_ms: 5, bandwidth_gbps: 1}\n"
+                   "    - {from: b, to: a, latency_ms: 5, bandwidth_gbps: 0.3}\n",
+       {}},
+      {"DataPathWithSyntheticData",
+       kTopo + "data: {kind: synthetic, path: corpus.txt}\n",
+       {"hostile.yaml:2:", "data.path: data.kind 'synthetic' reads no file",
+        "remove data.path, or set data.kind: text"}},
+      {"DataPathWithFortunes",
+       kTopo + "data: {kind: fortunes, path: corpus.txt}\n",
+       {"data.path: data.kind 'fortunes' reads no file"}},
+      {"TokenDtypeWithoutATokenFile",
+       kTopo + "data: {kind: synthetic, token_dtype: uint16}\n",
+       {"data.token_dtype: token_dtype gives the width of a token file's ids, but data.kind "
+        "'synthetic' reads no token file"}},
+      {"NulByteInAPath",
+       kTopo + "data: {kind: text, path: \"corpus\\0.txt\"}\n",
+       {"data.path: contains a NUL byte"}},
+      {"NulByteInTheTopologyPath",
+       "topology: \"../topologies\\0/local-4.yaml\"\n",
+       {"topology: contains a NUL byte"}},
+      {"NulByteInACheckpointDir",
+       kTopo + "checkpoint: {dir: \"ck\\0pt\"}\n",
+       {"checkpoint.dir: contains a NUL byte"}},
+
+      // --- B. Physical ranges ---
+      {"TinyBandwidthScale",
+       kTopo + "transport: {bandwidth_scale: 1e-300}\n",
+       {"transport.bandwidth_scale: expected a number in (1e-6, 1e6], found 1e-300"}},
+      {"HugeLatencyScale",
+       kTopo + "transport: {latency_scale: 1e9}\n",
+       {"transport.latency_scale: expected a number in [0, 1e6], found 1e9"}},
+      {"ScaledLatencyOverTenMinutes",
+       kTopo + "transport: {latency_scale: 1e6}\n",
+       {"transport.latency_scale: latency_scale 1e6 makes the longest link (inside site a, 1 ms) "
+        "wait 16.6667 minutes",
+        "use a latency_scale of at most 600000"}},
+      {"ScaledBandwidthBelowOneKbit",
+       kTwoSites + "  links: [{from: b, to: a, latency_ms: 10, bandwidth_gbps: 0.5}]\n" +
+           "transport: {bandwidth_scale: 1.5e-6}\n",
+       {"transport.bandwidth_scale: bandwidth_scale 1.5e-6 makes the slowest link (b -> a, 0.5 "
+        "Gbps) 7.5e-7 Gbps, below the 1e-6 Gbps",
+        "use a bandwidth_scale of at least 2e-6"}},
+      {"ScalesWithoutEmulatedLinksAreAccepted",
+       kTopo + "transport: {emulate_links: false, latency_scale: 1e6}\n",
+       {}},
+      {"TinyTopologyBandwidth",
+       "topology: {sites: [{name: a, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: "
+       "1e-300}}]}\n",
+       {"topology.sites[0].intra.bandwidth_gbps: expected a number in [1e-6, 1e6], found 1e-300"}},
+      {"HugeTopologyLatency",
+       kTwoSites + "  links: [{sites: [a, b], latency_ms: 1e9, bandwidth_gbps: 1}]\n",
+       {"topology.links[0].latency_ms: expected a number in [0, 600000], found 1e9"}},
+      {"TinyTflops",
+       "sites: [{name: a, devices: 1, tflops: 1e-300}]\n",
+       {"sites[0].tflops: expected a number in [1e-6, 1e9], found 1e-300"},
+       true},
+      {"NanLearningRate",
+       kTopo + "training: {optimizer: {lr: .nan}}\n",
+       {"training.optimizer.lr: expected a finite number, found '.nan'"}},
+      {"NanSpelledForStrtod",
+       kTopo + "training: {grad_clip: nan}\n",
+       {"training.grad_clip: expected a finite number, found 'nan'"}},
+      {"InfiniteGradClip",
+       kTopo + "training: {grad_clip: .inf}\n",
+       {"training.grad_clip: expected a finite number, found '.inf'"}},
+      {"OverflowingNumber",
+       kTopo + "fault_tolerance: {heartbeat_timeout: 1e400}\n",
+       {"fault_tolerance.heartbeat_timeout: expected a finite number, found '1e400'"}},
+      {"NegativeInfiniteLatency",
+       "topology: {sites: [{name: a, devices: 2, intra: {latency_ms: -.inf, bandwidth_gbps: "
+       "1}}]}\n",
+       {"latency_ms: expected a finite number, found '-.inf'"}},
+      {"HexFloat",
+       kTopo + "training: {grad_clip: 0x1p3}\n",
+       {"training.grad_clip: expected a number, found '0x1p3'"}},
+      {"HugePayload",
+       kTopo + "scheduler: {cost_model: dtfm, payloads: {grad_gb: 1e300}}\n",
+       {"scheduler.payloads.grad_gb: expected a number in (0, 1e6], found 1e300"}},
+
+      // --- C. Sizes ---
+      {"NumSamplesOf1e15",
+       kTopo + "data: {num_samples: 1000000000000000}\n",
+       {"data.num_samples: expected an integer in 0..1000000000000, found 1000000000000000"}},
+      {"NumSamplesNear2To62",
+       kTopo + "data: {num_samples: 4611686018427387904}\n",
+       {"data.num_samples: expected an integer in 0..1000000000000"}},
+      {"NumSamplesBeyondInt64",
+       kTopo + "data: {num_samples: 99999999999999999999999}\n",
+       {"data.num_samples: expected an integer in 0..1000000000000, found "
+        "99999999999999999999999"}},
+      {"SyntheticDataTooLargeForMemory",
+       kTopo + "data: {num_samples: 100000000}\n",
+       {"data.num_samples: synthetic data is generated in memory, at most 2^30 ids",
+        "100000000 samples x model.seq_len 128", "set data.num_samples to at most 8388607"}},
+      {"SyntheticDefaultWithAHugeSeqLen",
+       kTopo + "model: {seq_len: 16777216}\n",
+       {"data.num_samples: synthetic data", "4096 samples (the default) x model.seq_len 16777216",
+        "at most 63"}},
+      {"MicroBatchTensorsOverflow",
+       kTopo + "model: {seq_len: 16777216, vocab: 67108864}\n"
+               "data: {num_samples: 8}\n"
+               "training: {global_batch: 1073741824, micro_batch: 1073741824}\n",
+       {"training.micro_batch: the activations of one micro-batch, micro_batch x seq_len x "
+        "hidden = 1073741824 x 16777216 x 128",
+        "lower training.micro_batch, model.seq_len or model.hidden"}},
+  };
+  return kRows;
+}
+
+// gtest names a row by its name, not its bytes.
+void PrintTo(const Row& row, std::ostream* os) {
+  *os << row.name;
+}
+
+class HostileInput : public testing::TestWithParam<Row> {};
+
+TEST_P(HostileInput, HasItsVerdict) {
+  const Row& row = GetParam();
+  try {
+    if (row.topology_file) {
+      parseTopologyString(row.yaml, "t.yaml");
+    } else {
+      // A base directory beside the examples, so relative topology paths resolve.
+      parseJobString(row.yaml, "hostile.yaml", "examples/jobs");
+    }
+    EXPECT_TRUE(row.expect.empty()) << "accepted, but should be refused:\n" << row.yaml;
+  } catch (const SpecError& e) {
+    const std::string msg = e.what();
+    EXPECT_FALSE(row.expect.empty()) << "refused, but should be accepted:\n" << msg;
+    for (const std::string& want : row.expect) {
+      EXPECT_NE(msg.find(want), std::string::npos) << "message lacks: " << want << "\n--- got:\n"
+                                                   << msg;
+    }
+    for (const auto& d : e.diagnostics()) EXPECT_FALSE(d.file.empty());
+    if (row.problems > 0) {
+      EXPECT_EQ(e.diagnostics().size(), row.problems) << msg;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Rows, HostileInput, testing::ValuesIn(rows()),
+                         [](const testing::TestParamInfo<Row>& info) {
+                           return std::string(info.param.name);
+                         });
+
+}  // namespace
