@@ -161,6 +161,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     builder.RegisterService(this);
     builder.SetMaxReceiveMessageSize(transport::kMaxCoordinatorRequestBytes);
     builder.SetMaxSendMessageSize(transport::kMaxCoordinatorReplyBytes);
+    builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                               static_cast<int>(opt_.handshake_timeout.count()));
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0) {
       GEOPIPE_THROW(IoError, "coordinator cannot listen on '", opt_.listen_address,

@@ -62,6 +62,9 @@ struct CoordinatorOptions {
   // death (IoError, TimeoutError) are held this long, so that the root
   // cause (a process that died, reported by the launcher) is the one named.
   std::chrono::milliseconds failure_grace{2000};
+  // A connection that has not completed its TLS set-up this long after it
+  // was accepted is closed (before authentication nothing else bounds it).
+  std::chrono::milliseconds handshake_timeout{transport::kServerHandshakeTimeoutMs};
   // Called with each finished step, in step order, from the coordinator's
   // threads, outside its lock.
   std::function<void(const StepMetrics&)> on_step;

@@ -1,6 +1,11 @@
 // The coordinator's refusals and the job bundle, over a real gRPC channel.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -554,6 +559,78 @@ TEST(Coordinator, WorkersLearnTheirShareOfTheHostAndWhetherLinksAreEmulated) {
     EXPECT_TRUE(assigned[0].emulate_links());
     EXPECT_TRUE(anyContains(events, "links are EMULATED"));
   }
+}
+
+// Opens a TCP connection to 127.0.0.1:`port` and sends nothing.
+int idleConnection(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// True once the server closed `fd` (a read returns 0 or an error), waiting
+// up to `wait`.
+bool closedByServer(int fd, std::chrono::milliseconds wait) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(wait.count())) <= 0) return false;
+  char c;
+  return ::recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreClosedAndWorkersStillJoin) {
+  // Connections that never start TLS are closed after the handshake
+  // timeout (gRPC's default held them 120 s, until the coordinator ran out
+  // of file descriptors), and while they are held real workers join.
+  TempDir dir;
+  CoordinatorOptions opt;
+  opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5, "transport: {emulate_links: false}\n"));
+  opt.listen_address = "127.0.0.1:0";
+  opt.security = tlsSecurity();
+  opt.handshake_timeout = std::chrono::milliseconds(1000);
+  Coordinator coordinator(opt);
+  const std::string address = coordinator.listeningAddress();
+  const int port = std::stoi(address.substr(address.rfind(':') + 1));
+  std::vector<int> idle;
+  for (int k = 0; k < 200; ++k) {
+    const int fd = idleConnection(port);
+    ASSERT_GE(fd, 0) << k;
+    idle.push_back(fd);
+  }
+  auto stub = pb::Coordinator::NewStub(
+      grpc::CreateChannel(address, transport::channelCredentials(tlsSecurity().link)));
+  std::vector<std::thread> workers;
+  std::vector<int> ranks(4, -1);
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+      pb::RegisterRequest req;
+      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+      req.set_device("any");
+      req.set_join_token(kToken);
+      req.set_hostname("worker-" + std::to_string(w));
+      req.set_pid(1000 + w);
+      pb::Assignment out;
+      if (stub->Register(&ctx, req, &out).ok()) ranks[static_cast<size_t>(w)] = out.rank();
+    });
+  }
+  for (auto& t : workers) t.join();
+  std::sort(ranks.begin(), ranks.end());
+  EXPECT_EQ(ranks, (std::vector<int>{0, 1, 2, 3}));
+  int closed = 0;
+  for (int fd : idle) {
+    closed += closedByServer(fd, std::chrono::milliseconds(3000)) ? 1 : 0;
+    ::close(fd);
+  }
+  EXPECT_EQ(closed, 200) << "idle connections outlived the 1 s handshake timeout";
+  coordinator.requestStop(false);
 }
 
 TEST(Certs, OutputValidatesAndCarriesATlsRegistration) {

@@ -24,6 +24,11 @@ constexpr int kMaxCoordinatorRequestBytes = 4 << 20;
 // Largest coordinator reply (the assignment carries the job's YAML with its
 // topology inlined: a 1024-device topology is well under this).
 constexpr int kMaxCoordinatorReplyBytes = 64 << 20;
+// A connection that has not finished its TCP + TLS + HTTP/2 set-up in this
+// long is closed by the coordinator and peer servers (gRPC's default is
+// 120 s, which let idle connections before authentication pile up until
+// the process ran out of file descriptors).
+constexpr int kServerHandshakeTimeoutMs = 10000;
 
 // A link's security. Copyable; the identity is shared.
 struct LinkSecurity {
