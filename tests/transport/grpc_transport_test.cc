@@ -256,6 +256,52 @@ TEST(GrpcTransportTls, RefusesACertificateOfAnotherCa) {
       << "a handshake failure must not wait out connect_timeout";
 }
 
+TEST(GrpcTransportTls, ACertificateWithoutTheDialledNameFailsAtOnceNamingIt) {
+  // Rank 0's certificate names only "otherhost" while rank 1 dials
+  // 127.0.0.1: a configuration error (retrying cannot fix it), reported
+  // within seconds with both ends and the missing subjectAltName (it used
+  // to stall the job until the 300 s receive timeout, blamed on a waiter).
+  const auto ca = security::createCertificateAuthority("test CA", 1);
+  const security::HostCertificate host = security::issueHostCertificate(ca, {"otherhost"}, 1);
+  auto id = std::make_shared<security::TlsIdentity>();
+  id->ca_pem = ca.cert_pem;
+  id->cert_pem = host.cert_pem;
+  id->key_pem = host.key_pem;
+  id->origin = "test";
+  LinkSecurity server, client;
+  server.tls = id;
+  client.tls = loopbackIdentity(ca);
+  const auto start = Clock::now();
+  std::string what;
+  bool config_error = false;
+  try {
+    std::vector<std::shared_ptr<GrpcTransport>> ranks;
+    for (int r = 0; r < 2; ++r) {
+      GrpcTransportOptions o = grpcTestOptions();
+      o.rank = r;
+      o.addresses = {"", ""};
+      o.listen_address = "127.0.0.1:0";
+      o.job_token = "tls-test-job";
+      o.security = r == 0 ? server : client;
+      o.connect_timeout = seconds(30);
+      ranks.push_back(std::make_shared<GrpcTransport>(o));
+    }
+    ranks[1]->setPeerAddress(0, ranks[0]->listeningAddress());
+    ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(30));
+  } catch (const ConfigError& e) {
+    config_error = true;
+    what = e.what();
+  } catch (const std::exception& e) {
+    what = e.what();
+  }
+  EXPECT_TRUE(config_error) << what;
+  EXPECT_TRUE(contains(what, "rank 1")) << what;
+  EXPECT_TRUE(contains(what, "rank 0")) << what;
+  EXPECT_TRUE(contains(what, "subjectAltName")) << what;
+  EXPECT_TRUE(contains(what, "'127.0.0.1'")) << what;
+  EXPECT_LT(Clock::now() - start, seconds(8));
+}
+
 TEST(GrpcTransportTls, PlaintextSenderToATlsPeerIsRefused) {
   const auto ca = security::createCertificateAuthority("test CA", 1);
   LinkSecurity server, plain;

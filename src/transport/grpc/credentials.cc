@@ -72,6 +72,19 @@ std::string explainHandshakeFailure(const std::string& message, const LinkSecuri
     }
     return "";
   }
+  // gRPC: "Peer name 127.0.0.1 is not in peer certificate".
+  const std::string kNameMissing = "Peer name ";
+  if (const auto at = message.find(kNameMissing); at != std::string::npos) {
+    const auto from = at + kNameMissing.size();
+    const auto end = message.find(" is not in peer certificate", from);
+    if (end != std::string::npos) {
+      const std::string dialled = message.substr(from, end - from);
+      return detail::concat(peer, "'s certificate does not name '", dialled,
+                            "', the address dialled, in its subjectAltName: reissue it with "
+                            "`geopipe certs DIR --host NAME,",
+                            dialled, "`, or have that host advertise a name its certificate has");
+    }
+  }
   if (contains(message, "WRONG_VERSION_NUMBER") || contains(message, "wrong version number") ||
       contains(message, "packet length too long") || contains(message, "record layer failure")) {
     return detail::concat(peer,

@@ -332,7 +332,9 @@ class PeerLink {
         last_error = probeConnectError(channel);
         const std::string advice = explainHandshakeFailure(last_error, config_.security, peer_name);
         if (!advice.empty()) {
-          failAll(Failure{ErrorKind::PROTOCOL,
+          // Set-up (certificates, TLS on one side only): no retry or
+          // recovery can fix it, so it is a configuration error.
+          failAll(Failure{ErrorKind::CONFIG,
                           detail::concat("grpc: connect from rank ", config_.rank, " to rank ",
                                          config_.peer, " (", config_.address, ") failed: ", advice,
                                          " [", last_error, "]")},
