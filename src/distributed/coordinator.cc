@@ -574,6 +574,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     bool primary = true;
     Clock::time_point at;
     int64_t generation = 0;  // when it was reported (its rank is of that generation)
+    // The worker's own error ("Type: what"); empty for what the coordinator
+    // observed (silence, a process death, a late step).
+    std::string cause;
   };
 
   // A new worker's registration (token checked): a slot, as a worker the
@@ -974,18 +977,17 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     ErrorKind kind;
     const bool primary =
         !kindFromName(type, &kind) || (kind != ErrorKind::IO && kind != ErrorKind::TIMEOUT);
-    recordFailureLocked(
-        rank,
-        detail::concat(describeLocked(rank), " failed: ", type.empty() ? "" : type + ": ", error),
-        type, primary);
+    const std::string cause = (type.empty() ? "" : type + ": ") + error;
+    recordFailureLocked(rank, detail::concat(describeLocked(rank), " failed: ", cause), type,
+                        primary, cause);
   }
 
   void recordFailureLocked(int rank, const std::string& message, const std::string& type,
-                           bool primary) {
+                           bool primary, const std::string& cause = "") {
     if (phase_ == Phase::ENDED && failure_) return;
     if (abort_) return;  // later failures are consequences of the abort
     if (!pending_ || (primary && !pending_->primary)) {
-      pending_ = Failure{message, type, rank, primary, Clock::now(), generation_};
+      pending_ = Failure{message, type, rank, primary, Clock::now(), generation_, cause};
       spdlog::debug("failure candidate: {}", message);
     }
     cv_.notify_all();
@@ -1053,7 +1055,26 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                          f.type);
       return;
     }
+    if (!f.cause.empty() && f.cause == regroup_failure_.cause && noStepThisGenerationLocked()) {
+      // The error that ended the last generation, again before this one
+      // completed a step: deterministic (a bad file every restart reads),
+      // so another restart would only end the same way.
+      finalFailureLocked(
+          f.rank,
+          detail::concat(f.message, "; generation ", generation_ - 1,
+                         " ended with the same error before this generation completed a step: it "
+                         "would end every restart the same way, so the job is not recovered again"),
+          f.type);
+      return;
+    }
     regroupLocked(f);
+  }
+
+  // No tasklet of the current generation has reported a step yet.
+  bool noStepThisGenerationLocked() {
+    for (int r = 0; r < world_; ++r)
+      if (slotOfRankLocked(r)->last_step >= first_step_) return false;
+    return true;
   }
 
   // Ends the current generation: the failed worker is left out (a launcher

@@ -633,6 +633,71 @@ TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreClosedAndWorkersStillJoi
   coordinator.requestStop(false);
 }
 
+// Registers the four workers `pids` (previous ranks when given) with the
+// fixture's coordinator; returns the rank each got (-1: refused).
+std::vector<int> registerFour(Fixture& f, const std::vector<int64_t>& pids,
+                              const std::vector<int>& previous = {}) {
+  std::vector<int> ranks(4, -1);
+  std::vector<std::thread> workers;
+  for (size_t w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+      pb::RegisterRequest req;
+      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+      req.set_device("any");
+      req.set_join_token(kToken);
+      req.set_hostname("worker");
+      req.set_pid(pids[w]);
+      if (!previous.empty() && previous[w] >= 0) req.set_previous_rank(previous[w]);
+      pb::Assignment out;
+      if (f.stub->Register(&ctx, req, &out).ok()) ranks[w] = out.rank();
+    });
+  }
+  for (auto& t : workers) t.join();
+  return ranks;
+}
+
+// Rank `rank` of `generation` reports that its step failed with `error`.
+void reportFailure(Fixture& f, int rank, int64_t generation, const std::string& error) {
+  grpc::ClientContext ctx;
+  pb::FailureReport req;
+  req.set_rank(rank);
+  req.set_generation(generation);
+  req.set_error(error);
+  req.set_error_type("ProtocolError");
+  pb::Directive d;
+  ASSERT_TRUE(f.stub->ReportFailure(&ctx, req, &d).ok());
+}
+
+TEST(Coordinator, TheSameErrorBeforeAnyStepOfTheNextGenerationIsNotRetried) {
+  // A recoverable error that ends generation 1 and then generation 2 again
+  // before any step of it: deterministic, so the job ends instead of
+  // spending all of fault_tolerance.max_restarts on it.
+  Fixture f;
+  const std::vector<int64_t> pids = {1001, 1002, 1003, 1004};
+  const std::vector<int> first = registerFour(f, pids);
+  ASSERT_EQ(std::count(first.begin(), first.end(), -1), 0);
+  const std::string error = "shard 7 of the data has a bad header";
+  reportFailure(f, first[0], 1, error);
+  for (int k = 0; k < 100 && f.coordinator->generation() < 2; ++k)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(f.coordinator->generation(), 2);
+  // The failed worker's place goes to a new process; the others rejoin.
+  std::vector<int64_t> again = pids;
+  again[0] = 2001;
+  const std::vector<int> second = registerFour(f, again, {-1, first[1], first[2], first[3]});
+  ASSERT_EQ(std::count(second.begin(), second.end(), -1), 0) << f.allEvents();
+  reportFailure(f, second[0], 2, error);
+  auto r = f.coordinator->waitFor(std::chrono::seconds(10));
+  ASSERT_TRUE(r.has_value()) << f.allEvents();
+  EXPECT_FALSE(r->ok);
+  EXPECT_NE(r->failure.find("would end every restart the same way"), std::string::npos)
+      << r->failure;
+  EXPECT_NE(r->failure.find(error), std::string::npos) << r->failure;
+  EXPECT_EQ(f.coordinator->generation(), 2);
+}
+
 TEST(Certs, OutputValidatesAndCarriesATlsRegistration) {
   TempDir dir;
   std::ostringstream out;
