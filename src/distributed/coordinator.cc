@@ -32,6 +32,7 @@
 #include "src/runtime/tasklet.h"
 #include "src/security/token.h"
 #include "src/transport/grpc/credentials.h"
+#include "src/transport/grpc/grpc_log.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -155,6 +156,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     max_registrations_ =
         world_ + (opt_.spare_registrations < 0 ? world_ : opt_.spare_registrations);
 
+    transport::installGrpcLogging();
     grpc::ServerBuilder builder;
     builder.AddListeningPort(opt_.listen_address, transport::serverCredentials(security_.link),
                              &port_);

@@ -32,6 +32,7 @@
 #include "src/runtime/tasklet.h"
 #include "src/transport/factory.h"
 #include "src/transport/grpc/credentials.h"
+#include "src/transport/grpc/grpc_log.h"
 #include "src/transport/grpc/grpc_transport.h"
 
 namespace geopipe::distributed {
@@ -94,6 +95,7 @@ class CoordinatorClient {
 
   // A new channel to the coordinator (and a new connection when used).
   void connect() {
+    transport::installGrpcLogging();
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     // A coordinator that starts after this worker is found within 2 s.

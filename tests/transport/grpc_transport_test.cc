@@ -4,19 +4,27 @@
 // that shuts down, a foreign job, garbage from a raw client). The
 // point-to-point contract (matching, timeouts, failures) is tested once for
 // every transport in p2p_contract_test.cc.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "geopipe/error.h"
 #include "src/security/pki.h"
 #include "src/transport/collectives.h"
 #include "src/transport/factory.h"
+#include "src/transport/grpc/grpc_log.h"
 #include "src/transport/grpc/grpc_transport.h"
 #include "src/transport/grpc/peer_test_client.h"
 #include "tests/support/raw_tcp.h"
@@ -476,6 +484,69 @@ TEST(GrpcTransport, DestructorIsBoundedWhenThePeerNeverReads) {
   ranks[0].reset();
   EXPECT_LT(Clock::now() - start, seconds(3));
   EXPECT_THROW(stuck->wait(seconds(1)), IoError);
+}
+
+// --- gRPC's own log lines ---------------------------------------------------
+
+std::ostringstream& captured() {
+  static std::ostringstream out;
+  return out;
+}
+
+TEST(GrpcLog, OneLinePerSiteAndWindowThenSaysHowManyWereSuppressed) {
+  using std::chrono::seconds;
+  LogThrottle t(seconds(10));
+  const auto t0 = std::chrono::steady_clock::time_point{};
+  EXPECT_EQ(t.admit("ssl.cc:1501", "Handshake failed", t0), "Handshake failed");
+  for (int k = 1; k <= 999; ++k)
+    EXPECT_EQ(t.admit("ssl.cc:1501", "Handshake failed", t0 + std::chrono::milliseconds(k)), "");
+  EXPECT_EQ(t.admit("other.cc:7", "another line", t0 + seconds(1)), "another line");
+  EXPECT_EQ(t.admit("ssl.cc:1501", "Handshake failed", t0 + seconds(11)),
+            "Handshake failed (and 999 more like it in the last 11 s)");
+}
+
+TEST(GrpcLog, AFloodOfFailedHandshakesLogsAFewLinesNotOneEach) {
+  // 200 garbage connections, each a failed TLS handshake that gRPC logs at
+  // ERROR: through geopipe's sink they become at most a line per gRPC site.
+  installGrpcLogging();
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(captured());
+  auto logger = std::make_shared<spdlog::logger>("capture", sink);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(logger);
+  const auto ca = security::createCertificateAuthority("test CA", 1);
+  GrpcTransportOptions o = grpcTestOptions();
+  o.rank = 0;
+  o.addresses = {""};
+  o.listen_address = "127.0.0.1:0";
+  o.job_token = "log-test";
+  o.security.tls = loopbackIdentity(ca);
+  // gRPC writes to stderr itself unless a sink is installed: count both.
+  const std::string err_file =
+      (std::filesystem::temp_directory_path() / ("geopipe-grpclog-" + std::to_string(::getpid())))
+          .string();
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  const int tmp = ::open(err_file.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+  ::dup2(tmp, 2);
+  {
+    GrpcTransport server(o);
+    for (int k = 0; k < 200; ++k)
+      geopipe::testing::sendRawTcp(server.listeningAddress(), "garbage", milliseconds(50));
+  }
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  ::close(tmp);
+  spdlog::set_default_logger(previous);
+  std::ifstream in(err_file);
+  const std::string text = captured().str() + std::string(std::istreambuf_iterator<char>(in),
+                                                          std::istreambuf_iterator<char>());
+  std::filesystem::remove(err_file);
+  size_t lines = 0;
+  for (size_t at = text.find("Handshake failed"); at != std::string::npos;
+       at = text.find("Handshake failed", at + 1))
+    ++lines;
+  EXPECT_LT(lines, 10u) << text.substr(0, 2000);
 }
 
 TEST(GrpcTransport, FactoryBuildsGrpc) {

@@ -2,6 +2,7 @@
 // (sending side), and the single conversion of grpc::Status to geopipe
 // errors. The only translation unit of the transport that sees gRPC.
 #include "src/transport/grpc/grpc_transport.h"
+#include "src/transport/grpc/grpc_log.h"
 #include "src/transport/grpc/grpc_status.h"
 
 #include <grpcpp/grpcpp.h>
@@ -658,7 +659,7 @@ class GrpcTransport::Impl {
 };
 
 GrpcTransport::GrpcTransport(GrpcTransportOptions options)
-    : impl_(std::make_unique<Impl>(std::move(options))) {}
+    : impl_((installGrpcLogging(), std::make_unique<Impl>(std::move(options)))) {}
 GrpcTransport::~GrpcTransport() = default;
 
 int GrpcTransport::rank() const {
