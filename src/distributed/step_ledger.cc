@@ -43,6 +43,8 @@ std::vector<StepMetrics> StepLedger::takeFinished(TrainResult& result) {
     if (it == rows_.end() || it->second.tally.arrived < it->second.expected) break;
     const StepMetrics m = it->second.tally.finished(next_take_, job_);
     runtime::recordStep(result, m);
+    bytes_of_step_[m.step] = {m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes,
+                              m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes};
     last_taken_ = Clock::now();
     rows_.erase(it);
     ++next_take_;
@@ -61,6 +63,13 @@ void StepLedger::restartAt(int64_t step, TrainResult& result) {
   if (next_take_ > step) {
     next_take_ = step;
     result.losses.resize(static_cast<size_t>(step - initial_first_step_));
+    while (!result.val_losses.empty() && result.val_losses.back().first >= step)
+      result.val_losses.pop_back();
+    for (auto it = bytes_of_step_.lower_bound(step); it != bytes_of_step_.end();) {
+      result.wire_bytes -= it->second.first;
+      result.raw_bytes -= it->second.second;
+      it = bytes_of_step_.erase(it);
+    }
   }
 }
 

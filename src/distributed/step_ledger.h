@@ -43,7 +43,8 @@ class StepLedger {
   // steps will be recomputed).
   void dropFrom(int64_t step);
   // The next generation starts at `step`: taking starts again there (if
-  // past it), and `result`'s losses are cut back to the steps before it.
+  // past it), and `result` is cut back to the steps before it (losses,
+  // validation losses and bytes), so recomputed steps count once.
   void restartAt(int64_t step, TrainResult& result);
 
   // When the last step was taken (nullopt before any).
@@ -62,6 +63,8 @@ class StepLedger {
   int64_t next_take_;
   int64_t handed_on_upto_;  // steps before this went to the caller
   std::optional<Clock::time_point> last_taken_;
+  // Bytes recorded per taken step (wire, raw), to take back on a restart.
+  std::map<int64_t, std::pair<uint64_t, uint64_t>> bytes_of_step_;
 };
 
 }  // namespace geopipe::distributed

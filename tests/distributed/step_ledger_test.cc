@@ -86,6 +86,8 @@ TEST(StepLedger, StepsRecomputedAfterARecoveryAreRecordedAgainButHandedOnOnce) {
   ASSERT_EQ(steps.size(), 2u);  // 14 and 15: 12 and 13 went on before
   EXPECT_EQ(steps[0].step, 14);
   EXPECT_EQ(result.losses, (std::vector<double>{1.0, 1.0, 3.0, 3.0, 3.0, 3.0}));
+  // Bytes count each step once: six steps of 1 raw byte (0 on the wire).
+  EXPECT_EQ(result.raw_bytes, 6u);
 }
 
 }  // namespace
