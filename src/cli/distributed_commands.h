@@ -45,6 +45,7 @@ struct WorkerArgs {
   std::string coordinator;             // "host:port" of the coordinator
   std::string device = "any";          // topology device name or index, or any
   std::string listen = "0.0.0.0:0";    // peer service address; port 0 = a free port
+  std::string advertise;               // what peers dial, when not --listen's address
   std::string ca;                      // PEM CA certificate (the job's security.ca)
   std::string cert;                    // this host's certificate, PEM
   std::string key;                     // its private key, PEM, mode 600

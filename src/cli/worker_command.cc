@@ -15,6 +15,9 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
                  "host:port of this worker's peer service (port 0: a free port; host 0.0.0.0: "
                  "peers use the address the coordinator sees)")
       ->capture_default_str();
+  app.add_option("--advertise", args.advertise,
+                 "HOST or HOST:PORT peers dial to reach this worker, when not --listen's (a NAT "
+                 "port forward, another interface); --listen may give a port range LOW-HIGH");
   app.add_option("--ca", args.ca, "PEM CA certificate the job's hosts are signed by (security.ca)");
   app.add_option("--cert", args.cert, "this host's PEM certificate (from geopipe certs)");
   app.add_option("--key", args.key, "its PEM private key (mode 600)");
@@ -36,6 +39,7 @@ int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
   opt.coordinator = args.coordinator;
   opt.device = args.device;
   opt.listen = args.listen;
+  opt.advertise = args.advertise;
   distributed::WorkerSecurityArgs sec;
   sec.ca = args.ca;
   sec.cert = args.cert;

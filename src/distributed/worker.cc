@@ -556,12 +556,27 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     transport::GrpcTransportOptions to;
     to.rank = rank;
     to.addresses.assign(static_cast<size_t>(world), "");
-    to.listen_address = opt.listen;
     to.job_token = a.job_token();
     to.security = opt.security.link;
-    grpc_transport = std::make_shared<transport::GrpcTransport>(to);
+    // The first free port of --listen's range.
+    const ListenPorts ports = parseListen(opt.listen);
+    for (int port = ports.low; !grpc_transport; ++port) {
+      to.listen_address = detail::concat(ports.host, ":", port);
+      try {
+        grpc_transport = std::make_shared<transport::GrpcTransport>(to);
+      } catch (const IoError& e) {
+        if (port >= ports.high) {
+          GEOPIPE_THROW(IoError, "no free port in --listen ", opt.listen, ": ", e.what());
+        }
+      }
+    }
+    const auto [advertise_host, advertise_port] = parseAdvertise(opt.advertise);
     const std::string advertised =
-        a.listen_host() + ":" + portPart(grpc_transport->listeningAddress());
+        detail::concat(a.listen_host(), ":",
+                       advertise_port > 0 ? std::to_string(advertise_port)
+                                          : portPart(grpc_transport->listeningAddress()));
+    event(detail::concat("tasklet rank ", rank, " listens on ", grpc_transport->listeningAddress(),
+                         "; peers dial ", advertised));
     pb::AddressRequest ar;
     ar.set_rank(rank);
     ar.set_address(advertised);
@@ -712,6 +727,60 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
 
 }  // namespace
 
+namespace {
+
+// A port number of `flag`'s value `text`, in [lowest, 65535].
+int portNumber(const std::string& text, const char* flag, const std::string& value, int lowest) {
+  size_t used = 0;
+  int port = -1;
+  try {
+    port = std::stoi(text, &used);
+  } catch (const std::exception&) {
+  }
+  if (used != text.size() || port < lowest || port > 65535) {
+    GEOPIPE_THROW(ConfigError, flag, " '", value, "': '", text, "' is not a port number (", lowest,
+                  "..65535)");
+  }
+  return port;
+}
+
+}  // namespace
+
+ListenPorts parseListen(const std::string& listen) {
+  const auto colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    GEOPIPE_THROW(ConfigError, "--listen '", listen,
+                  "': give HOST:PORT, HOST:0 for a free port, or HOST:LOW-HIGH for a range");
+  }
+  ListenPorts p;
+  p.host = listen.substr(0, colon);
+  const std::string ports = listen.substr(colon + 1);
+  const auto dash = ports.find('-');
+  if (dash == std::string::npos) {
+    p.low = p.high = portNumber(ports, "--listen", listen, 0);
+    return p;
+  }
+  p.low = portNumber(ports.substr(0, dash), "--listen", listen, 1);
+  p.high = portNumber(ports.substr(dash + 1), "--listen", listen, 1);
+  if (p.low > p.high) {
+    GEOPIPE_THROW(ConfigError, "--listen '", listen, "': the range ", p.low, "-", p.high,
+                  " is empty; write LOW-HIGH with LOW <= HIGH");
+  }
+  return p;
+}
+
+std::pair<std::string, int> parseAdvertise(const std::string& advertise) {
+  if (advertise.empty()) return {"", 0};
+  const auto colon = advertise.rfind(':');
+  // "HOST" alone, or an IPv6 literal without a port ("[::1]").
+  if (colon == std::string::npos || advertise.back() == ']') return {advertise, 0};
+  const std::string host = advertise.substr(0, colon);
+  if (host.empty()) {
+    GEOPIPE_THROW(ConfigError, "--advertise '", advertise, "': give HOST or HOST:PORT");
+  }
+  return {host, portNumber(advertise.substr(colon + 1), "--advertise", advertise, 1)};
+}
+
 WorkerResult runWorker(const WorkerOptions& opt) {
   auto event = [&](const std::string& line) {
     spdlog::info("{}", line);
@@ -726,7 +795,9 @@ WorkerResult runWorker(const WorkerOptions& opt) {
   reg.set_join_token(opt.security.token.secret);
   reg.set_hostname(hostName());
   reg.set_pid(::getpid());
-  reg.set_listen_host(hostPart(opt.listen));
+  const ListenPorts ports = parseListen(opt.listen);  // refuses a bad --listen before joining
+  const std::string advertise_host = parseAdvertise(opt.advertise).first;
+  reg.set_listen_host(advertise_host.empty() ? ports.host : advertise_host);
   event("joining " + client.peer() + " as device " + reg.device());
   WorkerResult result;
   std::chrono::milliseconds rejoin_wait{0};

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 
 #include "src/distributed/security.h"
 
@@ -23,6 +24,12 @@ struct WorkerOptions {
   // free one). A specific host is what peers connect to; with 0.0.0.0 peers
   // use the address the coordinator sees this worker connect from.
   std::string listen = "0.0.0.0:0";
+  // Where peers reach this worker when that is not where it listens (a NAT
+  // port forward, another interface): "HOST" (with the bound port) or
+  // "HOST:PORT". Empty: --listen's host (or the address the coordinator
+  // sees) and the bound port. The listen port may be a range "LOW-HIGH"
+  // (the first free one), so a firewall can be opened for it beforehand.
+  std::string advertise;
   // How the links to the coordinator and the peers are secured (mutual TLS
   // with this host's certificate, or loopback plaintext) and the job's join
   // token (workerSecurity reads both from the worker's flags).
@@ -64,5 +71,16 @@ struct WorkerResult {
 // when it stops answering, and IoError "aborted by the coordinator: ..."
 // when another tasklet failed and the job ends.
 WorkerResult runWorker(const WorkerOptions& options);
+
+// --listen "HOST:PORT" or "HOST:LOW-HIGH": the host and the ports to try, in
+// order. ConfigError naming --listen for anything else.
+struct ListenPorts {
+  std::string host;
+  int low = 0, high = 0;
+};
+ListenPorts parseListen(const std::string& listen);
+// --advertise "HOST" or "HOST:PORT" (port 0: none given). ConfigError naming
+// --advertise for anything else.
+std::pair<std::string, int> parseAdvertise(const std::string& advertise);
 
 }  // namespace geopipe::distributed

@@ -698,6 +698,32 @@ TEST(Coordinator, TheSameErrorBeforeAnyStepOfTheNextGenerationIsNotRetried) {
   EXPECT_EQ(f.coordinator->generation(), 2);
 }
 
+TEST(WorkerFlags, ListenTakesAPortOrARangeAndAdvertiseAHostWithAnOptionalPort) {
+  const ListenPorts one = parseListen("0.0.0.0:0");
+  EXPECT_EQ(one.host, "0.0.0.0");
+  EXPECT_EQ(one.low, 0);
+  EXPECT_EQ(one.high, 0);
+  const ListenPorts range = parseListen("10.0.0.5:29500-29507");
+  EXPECT_EQ(range.host, "10.0.0.5");
+  EXPECT_EQ(range.low, 29500);
+  EXPECT_EQ(range.high, 29507);
+  for (const char* bad : {"29500", ":29500", "h:29507-29500", "h:0-5", "h:x", "h:70000", "h:1-"}) {
+    try {
+      parseListen(bad);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("--listen"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(parseAdvertise(""), (std::pair<std::string, int>{"", 0}));
+  EXPECT_EQ(parseAdvertise("gw.example.org"), (std::pair<std::string, int>{"gw.example.org", 0}));
+  EXPECT_EQ(parseAdvertise("203.0.113.7:40000"),
+            (std::pair<std::string, int>{"203.0.113.7", 40000}));
+  EXPECT_EQ(parseAdvertise("[::1]"), (std::pair<std::string, int>{"[::1]", 0}));
+  EXPECT_THROW(parseAdvertise("host:0"), ConfigError);
+  EXPECT_THROW(parseAdvertise(":5"), ConfigError);
+}
+
 TEST(Certs, OutputValidatesAndCarriesATlsRegistration) {
   TempDir dir;
   std::ostringstream out;

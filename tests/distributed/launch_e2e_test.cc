@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -20,6 +21,7 @@
 #include <iterator>
 #include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -203,7 +205,8 @@ TEST(Launch, KilledWorkerEndsTheJobNamingItsTaskletWithoutOrphans) {
 // A `geopipe worker` of a standalone coordinator, on loopback with the
 // coordinator's TLS files and join token.
 ChildProcess spawnWorker(const std::string& coordinator, const std::string& device,
-                         const EphemeralSecurity& creds, const std::string& log_file) {
+                         const EphemeralSecurity& creds, const std::string& log_file,
+                         const std::vector<std::string>& extra = {}) {
   SpawnOptions so;
   so.program = GEOPIPE_BINARY;
   so.argv = {GEOPIPE_BINARY,  "worker",
@@ -215,6 +218,11 @@ ChildProcess spawnWorker(const std::string& coordinator, const std::string& devi
              "--cert",        creds.worker_args.cert,
              "--key",         creds.worker_args.key,
              "--token-file",  creds.worker_args.token_file};
+  if (std::find(extra.begin(), extra.end(), "--listen") != extra.end()) {
+    const auto at = std::find(so.argv.begin(), so.argv.end(), std::string("--listen"));
+    so.argv.erase(at, at + 2);  // the caller's --listen replaces the default
+  }
+  so.argv.insert(so.argv.end(), extra.begin(), extra.end());
   so.log_file = log_file;
   return ChildProcess::spawn(so);
 }
@@ -370,6 +378,55 @@ int freeLoopbackPort() {
 std::string readFile(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(Coordinator, WorkersListenOnAPortRangeAndAdvertiseAnAddress) {
+  // Four workers on one host share a range of exactly four ports (a
+  // firewall opened for it beforehand): each takes the first free one. They
+  // advertise "localhost" (their certificate's name), not --listen's host.
+  TempDir dir;
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  int base = 0;
+  for (int attempt = 0; attempt < 20 && base == 0; ++attempt) {
+    const int p = freeLoopbackPort();
+    bool all = p > 0 && p + 3 < 30000;
+    for (int k = 0; all && k < 4; ++k) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<uint16_t>(p + k));
+      all = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      ::close(fd);
+    }
+    if (all) base = p;
+  }
+  ASSERT_GT(base, 0);
+  CoordinatorOptions co;
+  co.job_path = writeJob(dir, "job.yaml", tinyJobYaml(3, "transport: {emulate_links: false}\n"));
+  co.listen_address = "127.0.0.1:0";
+  co.security = creds.security;
+  Coordinator coordinator(co);
+  const std::string range = "127.0.0.1:" + std::to_string(base) + "-" + std::to_string(base + 3);
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 4; ++i) {
+    workers.push_back(spawnWorker(coordinator.listeningAddress(), std::to_string(i), creds,
+                                  dir.file("worker-" + std::to_string(i) + ".log"),
+                                  {"--listen", range, "--advertise", "localhost"}));
+  }
+  auto r = coordinator.waitFor(std::chrono::seconds(60));
+  stopAll(workers, std::chrono::seconds(10));
+  ASSERT_TRUE(r.has_value() && r->ok)
+      << (r ? r->failure : std::string("no end in 60 s")) << "\nworker 0:\n"
+      << readFile(dir.file("worker-0.log"));
+  std::set<int> ports;
+  for (int i = 0; i < 4; ++i) {
+    const std::string log = readFile(dir.file("worker-" + std::to_string(i) + ".log"));
+    const auto at = log.find("; peers dial localhost:");
+    ASSERT_NE(at, std::string::npos) << log;
+    ports.insert(std::stoi(log.substr(at + std::string("; peers dial localhost:").size())));
+  }
+  EXPECT_EQ(ports, (std::set<int>{base, base + 1, base + 2, base + 3}));
 }
 
 TEST(Coordinator, WorkersStartedBeforeTheirCoordinatorSayWhyTheyWaitAndJoinWithinSeconds) {
