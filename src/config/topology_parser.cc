@@ -1,6 +1,10 @@
 // Reads topology YAML into a TopologySpec (format: docs/job-spec.md#topology).
 #include "src/config/topology_parser.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -13,7 +17,9 @@
 #include <utility>
 #include <vector>
 
+#include "src/common/file_kind.h"
 #include "src/common/strings.h"
+#include "src/common/text.h"
 
 namespace geopipe::config {
 namespace {
@@ -100,26 +106,58 @@ struct SiteDraft {
 }  // namespace
 
 std::string readTextFile(const std::string& path, const std::string& what) {
-  // A device or a FIFO (topology: /dev/zero) would be read forever.
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (!ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
-    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path,
-                  "': not a regular file (name a YAML file)");
+  // Say what the path is when it is no file to read (a directory, /dev/zero,
+  // a FIFO): "no such file" would send the user looking for a typo.
+  const std::string problem = common::regularFileProblem(path);
+  if (!problem.empty()) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path), "': it ", problem,
+                  " (name a YAML file)");
   }
-  if (!ec && std::filesystem::is_regular_file(status) &&
-      std::filesystem::file_size(path, ec) > kMaxTextFileBytes) {
-    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path, "': larger than ",
-                  kMaxTextFileBytes >> 20, " MiB; a job or topology file is a few KiB");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path,
+  // O_NONBLOCK: a FIFO swapped in after the check above must not block the
+  // open; fstat then checks what was really opened.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
                   "': ", std::strerror(errno));
   }
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
+  struct stat st {};
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  std::string text;
+  bool too_large = regular && static_cast<uintmax_t>(st.st_size) > kMaxTextFileBytes;
+  int read_errno = 0;
+  if (regular && !too_large) {
+    // Read at most one byte past the limit, whatever st_size said (a file
+    // that grows while it is read).
+    char buf[1 << 16];
+    for (;;) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        read_errno = errno;
+        break;
+      }
+      if (n == 0) break;
+      text.append(buf, static_cast<size_t>(n));
+      if (text.size() > kMaxTextFileBytes) {
+        too_large = true;
+        break;
+      }
+    }
+  }
+  ::close(fd);
+  if (!regular) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
+                  "': it is not a regular file (name a YAML file)");
+  }
+  if (too_large) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path), "': larger than ",
+                  kMaxTextFileBytes >> 20, " MiB; a job or topology file is a few KiB");
+  }
+  if (read_errno != 0) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
+                  "': ", std::strerror(read_errno));
+  }
+  return text;
 }
 
 namespace {
@@ -161,6 +199,24 @@ void checkDuplicateKeys(const YAML::Node& node, const std::string& path, const R
   }
 }
 
+// The first line, up to `last_line` (1-based; 0: any), whose indentation
+// holds a tab, and the tab's column: {0, 0} when there is none. Only called
+// once yaml-cpp failed: a tab inside a flow collection or a block scalar
+// parses, so a tab alone is no error.
+std::pair<int, int> firstTabIndentation(const std::string& text, int last_line) {
+  int line = 1;
+  for (size_t start = 0; start < text.size(); ++line) {
+    if (last_line > 0 && line > last_line) break;
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    for (size_t i = start; i < end && (text[i] == ' ' || text[i] == '\t'); ++i) {
+      if (text[i] == '\t') return {line, static_cast<int>(i - start) + 1};
+    }
+    start = end + 1;
+  }
+  return {0, 0};
+}
+
 }  // namespace
 
 YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
@@ -192,6 +248,16 @@ YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
     d.line = e.mark.line >= 0 ? e.mark.line + 1 : 0;
     d.column = e.mark.column >= 0 ? e.mark.column + 1 : 0;
     d.message = "YAML syntax error: " + e.msg;
+    // yaml-cpp says "illegal map value" for a tab in the indentation, which
+    // names neither the tab nor its line: name both.
+    if (const auto [line, column] = firstTabIndentation(text, d.line); line > 0) {
+      d.line = line;
+      d.column = column;
+      d.message =
+          "a tab in the indentation: YAML does not allow tabs for indentation; use spaces "
+          "(yaml-cpp: " +
+          e.msg + ")";
+    }
     ctx.diagnostics->add(d);
     return YAML::Node(YAML::NodeType::Undefined);
   }
