@@ -25,11 +25,15 @@ namespace geopipe::config {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr int kMaxDevices = 1 << 16;
+// The scheduler keeps devices x devices matrices: `plan` of 4096 devices
+// takes about 0.7 GB and 3 s, of 16384 8.5 GB and 90 s, and of 65536 ended
+// in bad_alloc (exit 70). scheduler/network.cc checks the same limit.
+constexpr int kMaxDevices = 4096;
 // Site pairs cost a link each (sites^2), so sites are capped well below
 // devices; the DT-FM spot scenario has 40.
 constexpr int kMaxSites = 1024;
 constexpr uintmax_t kMaxTextFileBytes = uintmax_t{64} << 20;
+constexpr size_t kMaxNameBytes = 255;
 // A device's rates and memory: 1 MFLOP/s to 1 ZFLOP/s, 1 KB to 1 EB. Beyond
 // them a number is a typo that would reach `plan` as a step time of 10^300 s.
 constexpr double kMinTflops = 1e-6, kMaxTflops = 1e9;
@@ -88,8 +92,22 @@ void readTflops(MapReader& r, DeviceSpec& d) {
   d.tflops_by_dtype = std::move(by_dtype);
 }
 
+// A name (of the topology, a site, a device, a GPU kind) of at most
+// kMaxNameBytes: each is copied to every device of a site and printed in
+// plans, so a 30 KB gpu name under `repeat` once made validate take 4.4 GB.
+// A longer one is refused and kept cut, so the copies stay small.
+void getName(MapReader& r, const std::string& key, std::string& out) {
+  r.getString(key, out);
+  if (out.size() > kMaxNameBytes) {
+    r.error(key, r.child(key),
+            "is " + std::to_string(out.size()) + " bytes long; a name holds at most " +
+                std::to_string(kMaxNameBytes) + " bytes");
+    out.resize(kMaxNameBytes);
+  }
+}
+
 void readDeviceFields(MapReader& r, DeviceSpec& d) {
-  r.getString("gpu", d.gpu);
+  getName(r, "gpu", d.gpu);
   readTflops(r, d);
   r.getDouble("memory_gb", d.memory_gb, kMinMemoryGb, kMaxMemoryGb);
 }
@@ -269,7 +287,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
   topo.source = ctx.file;
   MapReader root(node, path, ctx);
   if (!root.ok()) return topo;
-  root.getString("name", topo.name);
+  getName(root, "name", topo.name);
   root.getString("description", topo.description);
 
   DeviceSpec defaults;
@@ -298,7 +316,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
       if (!r.ok()) continue;
       SiteDraft draft;
       draft.node = sites[i];
-      r.getString("name", draft.site.name);
+      getName(r, "name", draft.site.name);
       if (draft.site.name.empty()) {
         r.error("missing required key 'name' (a unique site name)");
       }
@@ -311,11 +329,32 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
         draft.has_intra = true;
       }
       YAML::Node dev = r.child("devices");
+      // Count before expanding: a few bytes of YAML (repeat: 4096, devices:
+      // 65536) must not allocate billions of devices, nor a name copied to
+      // each of them gigabytes.
+      int count = 0;
+      if (dev.IsDefined() && dev.IsScalar()) r.getInt("devices", count, 1, kMaxDevices);
+      if (dev.IsDefined() && dev.IsSequence()) {
+        count = static_cast<int>(std::min<size_t>(dev.size(), kMaxDevices + size_t{1}));
+      }
+      const size_t total = draft_devices + static_cast<size_t>(repeat) * count;
+      if (drafts.size() + static_cast<size_t>(repeat) > static_cast<size_t>(kMaxSites) ||
+          total > static_cast<size_t>(kMaxDevices)) {
+        const bool sites_over = drafts.size() + static_cast<size_t>(repeat) > kMaxSites;
+        r.error(repeat > 1 ? "repeat" : "devices", r.child(repeat > 1 ? "repeat" : "devices"),
+                sites_over
+                    ? "this site takes the topology to " + std::to_string(drafts.size() + repeat) +
+                          " sites (with its repeat), " + "over the " + std::to_string(kMaxSites) +
+                          " supported"
+                    : "this site takes the topology to " + std::to_string(total) + " devices (" +
+                          std::to_string(draft_devices) + " before it + " + std::to_string(repeat) +
+                          " x " + std::to_string(count) + "), over the " +
+                          std::to_string(kMaxDevices) + " supported: lower repeat or devices");
+        break;
+      }
       if (!dev.IsDefined()) {
         r.error("missing required key 'devices' (a count, or a list of devices)");
       } else if (dev.IsScalar()) {
-        int count = 0;
-        r.getInt("devices", count, 1, kMaxDevices);
         for (int k = 0; k < count; ++k) {
           draft.devices.push_back(site_defaults);
           draft.device_nodes.push_back(dev);
@@ -326,7 +365,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
           MapReader dr(dev[k], dpath, ctx);
           if (!dr.ok()) continue;
           DeviceSpec d = site_defaults;
-          dr.getString("name", d.name);
+          getName(dr, "name", d.name);
           readDeviceFields(dr, d);
           dr.finish();
           draft.devices.push_back(d);
@@ -343,15 +382,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
                 "between two devices of this site, which has " +
                 std::to_string(draft.devices.size()) + " devices)");
       }
-      // Stop expanding at the limits: a few bytes of YAML (repeat: 4096,
-      // devices: 65536) must not allocate billions of devices.
       draft_devices += static_cast<size_t>(repeat) * draft.devices.size();
-      if (drafts.size() + static_cast<size_t>(repeat) > static_cast<size_t>(kMaxSites) ||
-          draft_devices > static_cast<size_t>(kMaxDevices)) {
-        r.error("this site takes the topology past " + std::to_string(kMaxSites) + " sites or " +
-                std::to_string(kMaxDevices) + " devices (with its repeat), the most supported");
-        break;
-      }
       if (repeat == 1) {
         drafts.push_back(draft);
       } else {

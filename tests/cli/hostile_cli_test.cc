@@ -187,4 +187,38 @@ TEST(CertsCommand, ARejectedHostWritesNothing) {
   EXPECT_EQ(readAll(out + "/ca.pem"), ca);
 }
 
+// Memory and the device limit: a 32 KB topology once took 4.3 GB to
+// validate, and 65536 devices ended `plan` in bad_alloc (exit 70). Both are
+// refused as spec errors (exit 1), within a 1.5 GB address space.
+TEST(ValidateCommand, SizesAreBoundedBeforeExpanding) {
+  TempDir dir;
+  writeFile(dir.file("fat.yaml"),
+            "device_defaults: {gpu: " + std::string(32000, 'g') +
+                "}\nsites:\n  - {name: m, repeat: 1024, devices: 64, intra: {latency_ms: 1, "
+                "bandwidth_gbps: 10}}\ninter_site_default: {latency_ms: 10, bandwidth_gbps: 1}\n");
+  writeFile(dir.file("wide.yaml"),
+            job("", "data: {kind: synthetic, num_samples: 32}\n")
+                .replace(job().find("  sites:"), std::string::npos,
+                         "  sites: [{name: m, repeat: 1024, devices: 64, intra: {latency_ms: 1, "
+                         "bandwidth_gbps: 10}}]\n  inter_site_default: {latency_ms: 10, "
+                         "bandwidth_gbps: 1}\n"));
+  struct Case {
+    std::string verb, file, expect;
+  };
+  const Case cases[] = {
+      {"validate", dir.file("fat.yaml"), "device_defaults.gpu: is 32000 bytes long"},
+      {"validate", dir.file("wide.yaml"),
+       "topology.sites[0].repeat: this site takes the topology to 65536 devices"},
+      {"plan", dir.file("wide.yaml"), "over the 4096 supported"},
+  };
+  for (const Case& c : cases) {
+    const std::string cmd = "ulimit -v 1500000; " + quote(GEOPIPE_BINARY) + " " + c.verb + " " +
+                            quote(c.file) + " >" + quote(dir.file("out")) + " 2>&1";
+    const int status = std::system(("bash -c " + quote(cmd)).c_str());
+    const std::string out = readAll(dir.file("out"));
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << c.verb << "\n" << out;
+    EXPECT_TRUE(contains(out, c.expect)) << out;
+  }
+}
+
 }  // namespace

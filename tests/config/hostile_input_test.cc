@@ -311,6 +311,55 @@ const std::vector<Row>& rows() {
        kTopo + "\"train\\e]0;pwned\\aing\": {steps: 1}\n",
        {"train\\x1b]0;pwned\\x07ing: unknown key 'train\\x1b]0;pwned\\x07ing'"}},
 
+      // --- F. Memory bounded by the input's size (issue 18 item 2) ---
+      // A 32 KB gpu name under repeat: 1024 x devices: 64 made validate take
+      // 4.3 GB (a copy per device): names are capped, and counted first.
+      {"GpuNameCopiedToEveryDevice",
+       "device_defaults: {gpu: " + std::string(300, 'g') +
+           "}\nsites: [{name: m, repeat: 4, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: "
+           "1}}]\ninter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
+       {"t.yaml:1:24: device_defaults.gpu: is 300 bytes long; a name holds at most 255 bytes"},
+       true,
+       1},
+      {"LongSiteName",
+       "sites: [{name: " + std::string(256, 's') + ", devices: 1}]\n",
+       {"sites[0].name: is 256 bytes long; a name holds at most 255 bytes"},
+       true},
+      {"LongDeviceName",
+       "topology: {sites: [{name: a, devices: [{name: " + std::string(1000, 'd') + "}]}]}\n",
+       {"topology.sites[0].devices[0].name: is 1000 bytes long"}},
+      {"RepeatPastTheDeviceLimit",
+       "sites:\n  - {name: a, devices: 8, intra: {latency_ms: 1, bandwidth_gbps: 1}}\n"
+       "  - {name: m, repeat: 512, devices: 8, intra: {latency_ms: 1, bandwidth_gbps: 1}}\n"
+       "inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
+       {"t.yaml:3:23: sites[1].repeat: this site takes the topology to 4104 devices (8 before it + "
+        "512 x 8), over the 4096 supported: lower repeat or devices"},
+       true,
+       1},
+      {"RepeatPastTheSiteLimit",
+       "sites: [{name: m, repeat: 1025, devices: 1}]\n",
+       {"sites[0].repeat: this site takes the topology to 1025 sites (with its repeat), over the "
+        "1024 supported"},
+       true},
+      {"SixtyFiveThousandDevices",
+       "sites: [{name: m, devices: 65536, intra: {latency_ms: 1, bandwidth_gbps: 1}}]\n",
+       {"sites[0].devices: expected an integer in 1..4096, found 65536"},
+       true},
+      {"DeviceListPastTheLimit",
+       "sites: [{name: m, intra: {latency_ms: 1, bandwidth_gbps: 1}, devices: [" +
+           [] {
+             std::string list;
+             for (int i = 0; i < 4097; ++i) list += i ? ", {}" : "{}";
+             return list;
+           }() +
+           "]}]\n",
+       {"sites[0].devices: this site takes the topology to 4097 devices (0 before it + 1 x 4097)"},
+       true},
+      {"FourThousandNinetySixDevicesAreAccepted",
+       "sites: [{name: m, repeat: 1024, devices: 4, intra: {latency_ms: 1, bandwidth_gbps: 1}}]\n"
+       "inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
+       {},
+       true},
   };
   return kRows;
 }
