@@ -38,7 +38,7 @@ int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream&
   int unreadable = 0;
   for (const auto& file : files) {
     try {
-      const std::string text = config::readTextFile(file, "file");
+      const std::string text = config::readTextFile(file, "job or topology file");
       if (isTopologyText(text)) {
         const TopologySpec topo = config::parseTopologyString(text, file);
         if (!quiet) out << config::formatTopologySummary(topo) << "  OK\n";
