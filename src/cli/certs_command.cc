@@ -5,9 +5,11 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <set>
 
 #include "geopipe/error.h"
 #include "src/cli/commands.h"
+#include "src/common/text.h"
 #include "src/security/pki.h"
 #include "src/security/token.h"
 
@@ -51,19 +53,23 @@ void addCertsOptions(CLI::App& app, CertsArgs& args) {
 }
 
 int runCertsCommand(const CertsArgs& args, std::ostream& out) {
+  // Everything that can refuse the command runs before the first file is
+  // written (the directory included): a rejected --host used to leave a new
+  // CA and token behind.
   const fs::path dir = args.dir;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) GEOPIPE_THROW(IoError, "cannot create '", dir.string(), "': ", ec.message());
   const fs::path ca_pem = dir / "ca.pem", ca_key = dir / "ca-key.pem", token = dir / "token";
   std::vector<std::vector<std::string>> hosts;
+  std::set<std::string> first_names;
   for (const auto& h :
        args.hosts.empty() ? std::vector<std::string>{"localhost,127.0.0.1,::1"} : args.hosts) {
     hosts.push_back(splitNames(h));
-    GEOPIPE_CHECK(!hosts.back().empty(), ConfigError, "--host '", h,
+    GEOPIPE_CHECK(!hosts.back().empty(), ConfigError, "--host '", common::printable(h),
                   "' names no host: give NAME[,ALT...]");
+    GEOPIPE_CHECK(first_names.insert(hosts.back().front()).second, ConfigError, "--host '",
+                  common::printable(h), "': two --host options name files '",
+                  common::printable(hosts.back().front()),
+                  ".pem': give each host its own first name");
   }
-  // Refuse before writing anything.
   for (const auto& names : hosts) {
     for (const char* suffix : {".pem", "-key.pem"}) {
       const fs::path p = dir / (names.front() + suffix);
@@ -78,33 +84,50 @@ int runCertsCommand(const CertsArgs& args, std::ostream& out) {
                   fileExists(ca_pem) ? "ca.pem but no ca-key.pem" : "ca-key.pem but no ca.pem",
                   ": restore the missing half, or use a new directory for a new CA");
   }
+  const bool new_ca = !fileExists(ca_pem);
+  const bool new_token = !fileExists(token);
+  if (!new_token) {
+    const std::string problem = security::tokenFileProblem(token.string());
+    if (!problem.empty()) GEOPIPE_THROW(ConfigError, problem, " (or delete it for a new one)");
+  }
+  const security::CertificateAuthority ca =
+      new_ca ? security::createCertificateAuthority("geopipe CA", kCaDays)
+             : security::loadCertificateAuthority(ca_pem.string(), ca_key.string());
+  // Issued in memory first: a name that is neither a host name nor an IP
+  // address is refused here, with nothing written yet.
+  std::vector<security::HostCertificate> issued;
+  for (const auto& names : hosts) {
+    try {
+      issued.push_back(security::issueHostCertificate(ca, names, args.days));
+    } catch (const ConfigError& e) {
+      GEOPIPE_THROW(ConfigError, "--host: ", common::printable(e.what()), "; nothing was written");
+    }
+  }
 
-  security::CertificateAuthority ca;
-  if (fileExists(ca_pem)) {
-    ca = security::loadCertificateAuthority(ca_pem.string(), ca_key.string());
-    out << "using the CA in " << ca_pem.string() << "\n";
-  } else {
-    ca = security::createCertificateAuthority("geopipe CA", kCaDays);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) GEOPIPE_THROW(IoError, "cannot create '", dir.string(), "': ", ec.message());
+  if (new_ca) {
     security::writePublicFile(ca_pem.string(), ca.cert_pem);
     security::writePrivateFile(ca_key.string(), ca.key_pem);
     out << "wrote " << ca_pem.string() << " (CA certificate: copy to every host)\n"
         << "wrote " << ca_key.string()
         << " (CA key, mode 600: keep it here, it can issue certificates)\n";
-  }
-  if (fileExists(token)) {
-    const std::string problem = security::tokenFileProblem(token.string());
-    if (!problem.empty()) GEOPIPE_THROW(ConfigError, problem, " (or delete it for a new one)");
-    out << "using the join token in " << token.string() << "\n";
   } else {
+    out << "using the CA in " << ca_pem.string() << "\n";
+  }
+  if (new_token) {
     security::writePrivateFile(token.string(), security::randomToken() + "\n");
     out << "wrote " << token.string() << " (join token, mode 600: copy to every host)\n";
+  } else {
+    out << "using the join token in " << token.string() << "\n";
   }
-  for (const auto& names : hosts) {
-    const security::HostCertificate c = security::issueHostCertificate(ca, names, args.days);
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    const auto& names = hosts[i];
     const fs::path cert = dir / (names.front() + ".pem");
     const fs::path key = dir / (names.front() + "-key.pem");
-    security::writePublicFile(cert.string(), c.cert_pem);
-    security::writePrivateFile(key.string(), c.key_pem);
+    security::writePublicFile(cert.string(), issued[i].cert_pem);
+    security::writePrivateFile(key.string(), issued[i].key_pem);
     out << "wrote " << cert.string() << " and " << key.string() << " (for";
     for (const auto& n : names) out << " " << n;
     out << ", " << args.days << " days)\n";

@@ -67,8 +67,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> validate_files;
   bool validate_quiet = false;
   auto* validate = app.add_subcommand(
-      "validate", "Check job specs and their topologies; list every problem");
-  validate->add_option("JOB", validate_files, "job YAML file(s)")->required();
+      "validate", "Check job specs and their topologies, or topology files; list every problem");
+  validate
+      ->add_option("FILE", validate_files,
+                   "job YAML file(s), or topology file(s) (a top level with sites and no "
+                   "model)")
+      ->required();
   validate->add_flag("-q,--quiet", validate_quiet, "print only problems");
 
   // plan

@@ -25,11 +25,17 @@ inline CLI::Validator finiteNumberIn(double lo, double hi, bool lo_exclusive = f
   return CLI::Validator(
       [=](std::string& input) -> std::string {
         char* end = nullptr;
+        errno = 0;
         const double v = std::strtod(input.c_str(), &end);
         const bool parsed = !input.empty() && end == input.c_str() + input.size();
         if (parsed && !std::isfinite(v)) {
           return "expected a finite number in " + range + ", found '" + input +
                  "' (NaN and infinity are not accepted)";
+        }
+        // 1e-400 reads as 0 (ERANGE): "--budget 1e-400" would mean "no limit".
+        if (parsed && errno == ERANGE && std::fabs(v) < 2.3e-308) {
+          return "expected a number in " + range + ", found '" + input +
+                 "', which underflows (too small to represent: it would read as 0)";
         }
         if (!parsed || (lo_exclusive ? v <= lo : v < lo) || v > hi) {
           return "expected a number in " + range + ", found '" + input + "'";

@@ -1,33 +1,66 @@
-// `geopipe validate`: check job specs and explain every problem.
+// `geopipe validate`: check job specs and topology files and explain every
+// problem.
+#include <yaml-cpp/yaml.h>
+
 #include <exception>
+#include <filesystem>
 
 #include "src/cli/commands.h"
 #include "src/config/diagnostics.h"
 #include "src/config/job_parser.h"
 #include "src/config/summary.h"
+#include "src/config/topology_parser.h"
 
 namespace geopipe::cli {
+namespace {
 
-int runValidate(const std::vector<std::string>& files, bool quiet,
-                std::ostream& out, std::ostream& err) {
+// A topology file, not a job: its top level lists `sites` (or `devices`,
+// a topology written without sites) and has neither `model` nor
+// `topology`, which every job has or may have. A file that does not parse
+// is read as a job, whose parser reports the syntax error.
+bool isTopologyText(const std::string& text) {
+  try {
+    const YAML::Node root = YAML::Load(text);
+    if (!root.IsMap()) return false;
+    const YAML::Node& c = root;
+    return (c["sites"].IsDefined() || c["devices"].IsDefined()) && !c["model"].IsDefined() &&
+           !c["topology"].IsDefined();
+  } catch (const YAML::Exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream& out,
+                std::ostream& err) {
   int invalid = 0;
+  int unreadable = 0;
   for (const auto& file : files) {
     try {
-      JobSpec job = config::loadJobFile(file);
-      if (!quiet) out << config::formatJobSummary(job) << "  OK\n";
+      const std::string text = config::readTextFile(file, "job or topology file");
+      if (isTopologyText(text)) {
+        const TopologySpec topo = config::parseTopologyString(text, file);
+        if (!quiet) out << config::formatTopologySummary(topo) << "  OK\n";
+      } else {
+        const std::string base = std::filesystem::path(file).parent_path().string();
+        const JobSpec job = config::parseJobString(text, file, base);
+        if (!quiet) out << config::formatJobSummary(job) << "  OK\n";
+      }
     } catch (const config::SpecError& e) {
       ++invalid;
       err << e.what() << "\n";
     } catch (const IoError& e) {
-      ++invalid;
+      // As every command: a file that cannot be read is exit 4, not 1.
+      ++unreadable;
       err << "error: " << e.what() << "\n";
     }
   }
   if (files.size() > 1 && !quiet) {
-    out << files.size() - invalid << " of " << files.size() << " job(s) valid\n";
+    out << files.size() - invalid - unreadable << " of " << files.size() << " file(s) valid\n";
   }
-  return invalid == 0 ? static_cast<int>(ExitCode::OK)
-                      : static_cast<int>(ExitCode::INVALID_SPEC);
+  if (unreadable > 0) return static_cast<int>(ExitCode::IO_ERROR);
+  return invalid == 0 ? static_cast<int>(ExitCode::OK) : static_cast<int>(ExitCode::INVALID_SPEC);
 }
 
 }  // namespace geopipe::cli

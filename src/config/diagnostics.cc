@@ -3,15 +3,19 @@
 
 #include <sstream>
 
+#include "src/common/text.h"
+
 namespace geopipe::config {
 
 std::string Diagnostic::format() const {
+  // One line per problem whatever the file holds: a key or value with a
+  // newline or an escape sequence is shown escaped, never printed raw.
   std::ostringstream os;
-  os << (file.empty() ? "<spec>" : file);
+  os << (file.empty() ? "<spec>" : common::printable(file));
   if (line > 0) os << ":" << line << ":" << column;
   os << ": ";
-  if (!field.empty()) os << field << ": ";
-  os << message;
+  if (!field.empty()) os << common::printable(field) << ": ";
+  os << common::printable(message);
   return os.str();
 }
 

@@ -8,6 +8,8 @@
 #include <memory>
 #include <sstream>
 
+#include "src/common/file_kind.h"
+#include "src/common/text.h"
 #include "src/config/buffer_check.h"
 #include "src/config/hf_config.h"
 #include "src/config/topology_parser.h"
@@ -492,14 +494,17 @@ class JobReader {
       return;
     }
     if (t.IsScalar()) {
+      if (const std::string problem = common::utf8Problem(t.Scalar()); !problem.empty()) {
+        r.error("topology", t, kNotUtf8Message + problem);
+        return;
+      }
       std::string path = resolvePath(base_dir_, t.Scalar());
       std::string text;
       try {
         text = readTextFile(path, "topology file");
       } catch (const IoError& e) {
         r.error("topology", t,
-                "cannot read topology file '" + path + "' (" + e.what() +
-                    "); paths are relative to the job file's directory");
+                std::string(e.what()) + "; paths are relative to the job file's directory");
         return;
       }
       ReadContext tctx{path, ctx_.diagnostics};
@@ -964,8 +969,15 @@ class JobReader {
   void checkDataFile(const std::string& field, const std::string& path) {
     const DataSpec& d = job_.data;
     std::error_code ec;
-    if (!fs::is_regular_file(path, ec)) {
-      fail(field, "no such file '" + path + "'; paths are relative to the job file's directory");
+    if (const std::string problem = common::regularFileProblem(path); !problem.empty()) {
+      // Say what is there: "no such file" for /dev/zero or a directory sent
+      // users looking for a typo.
+      const std::string file = d.kind == "text" ? "a text file" : "a token file";
+      fail(field, problem == "does not exist"
+                      ? "no such file '" + common::printable(path) +
+                            "'; paths are relative to the job file's directory"
+                      : "'" + common::printable(path) + "' " + problem + ": name " + file +
+                            " (paths are relative to the job file's directory)");
       return;
     }
     const uint64_t bytes = fs::file_size(path, ec);

@@ -7,6 +7,8 @@
 #include <map>
 #include <sstream>
 
+#include "src/common/text.h"
+
 namespace geopipe::config {
 namespace {
 
@@ -47,7 +49,7 @@ std::string formatJobSummary(const JobSpec& job) {
   const ModelSpec& m = job.model;
   const TopologySpec& t = job.topology;
   const ParallelismSpec& p = job.parallelism;
-  os << "job '" << job.name << "' (" << job.source << ")\n";
+  os << "job '" << common::printable(job.name) << "' (" << common::printable(job.source) << ")\n";
   os << "  model:        " << m.kind << (m.kind == "custom" ? " " + m.name : "")
      << ", " << m.layers << " layers, hidden " << m.hidden << ", " << m.heads
      << " heads, seq " << m.seq_len << ", vocab " << m.vocab << ", " << m.dtype
@@ -76,11 +78,11 @@ std::string formatJobSummary(const JobSpec& job) {
      << job.scheduler.cost_model << ", seed " << job.scheduler.seed << "\n";
   std::map<std::string, int> gpus;
   for (const auto& d : t.devices) gpus[d.gpu]++;
-  os << "  topology:     '" << t.name << "' (" << t.source << "): " << t.numDevices()
-     << " devices in " << t.numSites() << " sites (";
+  os << "  topology:     '" << common::printable(t.name) << "' (" << common::printable(t.source)
+     << "): " << t.numDevices() << " devices in " << t.numSites() << " sites (";
   bool first = true;
   for (const auto& [gpu, count] : gpus) {
-    os << (first ? "" : ", ") << count << "x " << gpu;
+    os << (first ? "" : ", ") << count << "x " << common::printable(gpu);
     first = false;
   }
   os << ")\n";
@@ -98,6 +100,43 @@ std::string formatJobSummary(const JobSpec& job) {
   } else {
     os << "mutual TLS (ca " << sec.ca << ", cert " << sec.cert << "), join token "
        << (sec.token_file.empty() ? "from $GEOPIPE_JOB_TOKEN" : "in " + sec.token_file) << "\n";
+  }
+  return os.str();
+}
+
+std::string formatTopologySummary(const TopologySpec& t) {
+  std::ostringstream os;
+  std::map<std::string, int> gpus;
+  for (const auto& d : t.devices) gpus[d.gpu]++;
+  os << "topology '" << common::printable(t.name) << "' (" << common::printable(t.source)
+     << "): " << t.numDevices() << " devices in " << t.numSites() << " sites (";
+  bool first = true;
+  for (const auto& [gpu, count] : gpus) {
+    os << (first ? "" : ", ") << count << "x " << common::printable(gpu);
+    first = false;
+  }
+  os << ")\n";
+  // The links a plan can use: between sites, and inside a site of two or
+  // more devices.
+  int slow_a = -1, slow_b = -1, far_a = -1, far_b = -1;
+  for (int a = 0; a < t.numSites(); ++a) {
+    for (int b = 0; b < t.numSites(); ++b) {
+      if (a == b && t.sites[a].devices.size() < 2) continue;
+      const LinkSpec& l = t.site_links[a][b];
+      if (slow_a < 0 || l.bandwidth_gbps < t.site_links[slow_a][slow_b].bandwidth_gbps) {
+        slow_a = a, slow_b = b;
+      }
+      if (far_a < 0 || l.latency_ms > t.site_links[far_a][far_b].latency_ms) far_a = a, far_b = b;
+    }
+  }
+  if (slow_a >= 0) {
+    auto name = [&](int a, int b) {
+      return common::printable(a == b ? "inside " + t.sites[a].name
+                                      : t.sites[a].name + " -> " + t.sites[b].name);
+    };
+    os << "  links:        slowest " << t.site_links[slow_a][slow_b].bandwidth_gbps << " Gbps ("
+       << name(slow_a, slow_b) << "), longest " << t.site_links[far_a][far_b].latency_ms << " ms ("
+       << name(far_a, far_b) << ")\n";
   }
   return os.str();
 }

@@ -5,9 +5,14 @@
 #include <string>
 
 #include "geopipe/job_spec.h"
+#include "geopipe/topology.h"
 
 namespace geopipe::config {
 
 std::string formatJobSummary(const JobSpec& job);
+
+// What `geopipe validate TOPOLOGY.yaml` prints: the name, devices per GPU
+// kind, sites, and the slowest and the longest link.
+std::string formatTopologySummary(const TopologySpec& topology);
 
 }  // namespace geopipe::config

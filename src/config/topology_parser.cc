@@ -1,6 +1,10 @@
 // Reads topology YAML into a TopologySpec (format: docs/job-spec.md#topology).
 #include "src/config/topology_parser.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -13,17 +17,23 @@
 #include <utility>
 #include <vector>
 
+#include "src/common/file_kind.h"
 #include "src/common/strings.h"
+#include "src/common/text.h"
 
 namespace geopipe::config {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr int kMaxDevices = 1 << 16;
+// The scheduler keeps devices x devices matrices: `plan` of 4096 devices
+// takes about 0.7 GB and 3 s, of 16384 8.5 GB and 90 s, and of 65536 ended
+// in bad_alloc (exit 70). scheduler/network.cc checks the same limit.
+constexpr int kMaxDevices = 4096;
 // Site pairs cost a link each (sites^2), so sites are capped well below
 // devices; the DT-FM spot scenario has 40.
 constexpr int kMaxSites = 1024;
 constexpr uintmax_t kMaxTextFileBytes = uintmax_t{64} << 20;
+constexpr size_t kMaxNameBytes = 255;
 // A device's rates and memory: 1 MFLOP/s to 1 ZFLOP/s, 1 KB to 1 EB. Beyond
 // them a number is a typo that would reach `plan` as a step time of 10^300 s.
 constexpr double kMinTflops = 1e-6, kMaxTflops = 1e9;
@@ -82,8 +92,22 @@ void readTflops(MapReader& r, DeviceSpec& d) {
   d.tflops_by_dtype = std::move(by_dtype);
 }
 
+// A name (of the topology, a site, a device, a GPU kind) of at most
+// kMaxNameBytes: each is copied to every device of a site and printed in
+// plans, so a 30 KB gpu name under `repeat` once made validate take 4.4 GB.
+// A longer one is refused and kept cut, so the copies stay small.
+void getName(MapReader& r, const std::string& key, std::string& out) {
+  r.getString(key, out);
+  if (out.size() > kMaxNameBytes) {
+    r.error(key, r.child(key),
+            "is " + std::to_string(out.size()) + " bytes long; a name holds at most " +
+                std::to_string(kMaxNameBytes) + " bytes");
+    out.resize(kMaxNameBytes);
+  }
+}
+
 void readDeviceFields(MapReader& r, DeviceSpec& d) {
-  r.getString("gpu", d.gpu);
+  getName(r, "gpu", d.gpu);
   readTflops(r, d);
   r.getDouble("memory_gb", d.memory_gb, kMinMemoryGb, kMaxMemoryGb);
 }
@@ -100,26 +124,58 @@ struct SiteDraft {
 }  // namespace
 
 std::string readTextFile(const std::string& path, const std::string& what) {
-  // A device or a FIFO (topology: /dev/zero) would be read forever.
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (!ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
-    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path,
-                  "': not a regular file (name a YAML file)");
+  // Say what the path is when it is no file to read (a directory, /dev/zero,
+  // a FIFO): "no such file" would send the user looking for a typo.
+  const std::string problem = common::regularFileProblem(path);
+  if (!problem.empty()) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path), "': it ", problem,
+                  " (name a YAML file)");
   }
-  if (!ec && std::filesystem::is_regular_file(status) &&
-      std::filesystem::file_size(path, ec) > kMaxTextFileBytes) {
-    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path, "': larger than ",
-                  kMaxTextFileBytes >> 20, " MiB; a job or topology file is a few KiB");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path,
+  // O_NONBLOCK: a FIFO swapped in after the check above must not block the
+  // open; fstat then checks what was really opened.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
                   "': ", std::strerror(errno));
   }
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
+  struct stat st {};
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  std::string text;
+  bool too_large = regular && static_cast<uintmax_t>(st.st_size) > kMaxTextFileBytes;
+  int read_errno = 0;
+  if (regular && !too_large) {
+    // Read at most one byte past the limit, whatever st_size said (a file
+    // that grows while it is read).
+    char buf[1 << 16];
+    for (;;) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        read_errno = errno;
+        break;
+      }
+      if (n == 0) break;
+      text.append(buf, static_cast<size_t>(n));
+      if (text.size() > kMaxTextFileBytes) {
+        too_large = true;
+        break;
+      }
+    }
+  }
+  ::close(fd);
+  if (!regular) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
+                  "': it is not a regular file (name a YAML file)");
+  }
+  if (too_large) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path), "': larger than ",
+                  kMaxTextFileBytes >> 20, " MiB; a job or topology file is a few KiB");
+  }
+  if (read_errno != 0) {
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
+                  "': ", std::strerror(read_errno));
+  }
+  return text;
 }
 
 namespace {
@@ -161,6 +217,24 @@ void checkDuplicateKeys(const YAML::Node& node, const std::string& path, const R
   }
 }
 
+// The first line, up to `last_line` (1-based; 0: any), whose indentation
+// holds a tab, and the tab's column: {0, 0} when there is none. Only called
+// once yaml-cpp failed: a tab inside a flow collection or a block scalar
+// parses, so a tab alone is no error.
+std::pair<int, int> firstTabIndentation(const std::string& text, int last_line) {
+  int line = 1;
+  for (size_t start = 0; start < text.size(); ++line) {
+    if (last_line > 0 && line > last_line) break;
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    for (size_t i = start; i < end && (text[i] == ' ' || text[i] == '\t'); ++i) {
+      if (text[i] == '\t') return {line, static_cast<int>(i - start) + 1};
+    }
+    start = end + 1;
+  }
+  return {0, 0};
+}
+
 }  // namespace
 
 YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
@@ -192,6 +266,16 @@ YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
     d.line = e.mark.line >= 0 ? e.mark.line + 1 : 0;
     d.column = e.mark.column >= 0 ? e.mark.column + 1 : 0;
     d.message = "YAML syntax error: " + e.msg;
+    // yaml-cpp says "illegal map value" for a tab in the indentation, which
+    // names neither the tab nor its line: name both.
+    if (const auto [line, column] = firstTabIndentation(text, d.line); line > 0) {
+      d.line = line;
+      d.column = column;
+      d.message =
+          "a tab in the indentation: YAML does not allow tabs for indentation; use spaces "
+          "(yaml-cpp: " +
+          e.msg + ")";
+    }
     ctx.diagnostics->add(d);
     return YAML::Node(YAML::NodeType::Undefined);
   }
@@ -203,7 +287,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
   topo.source = ctx.file;
   MapReader root(node, path, ctx);
   if (!root.ok()) return topo;
-  root.getString("name", topo.name);
+  getName(root, "name", topo.name);
   root.getString("description", topo.description);
 
   DeviceSpec defaults;
@@ -232,7 +316,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
       if (!r.ok()) continue;
       SiteDraft draft;
       draft.node = sites[i];
-      r.getString("name", draft.site.name);
+      getName(r, "name", draft.site.name);
       if (draft.site.name.empty()) {
         r.error("missing required key 'name' (a unique site name)");
       }
@@ -245,11 +329,32 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
         draft.has_intra = true;
       }
       YAML::Node dev = r.child("devices");
+      // Count before expanding: a few bytes of YAML (repeat: 4096, devices:
+      // 65536) must not allocate billions of devices, nor a name copied to
+      // each of them gigabytes.
+      int count = 0;
+      if (dev.IsDefined() && dev.IsScalar()) r.getInt("devices", count, 1, kMaxDevices);
+      if (dev.IsDefined() && dev.IsSequence()) {
+        count = static_cast<int>(std::min<size_t>(dev.size(), kMaxDevices + size_t{1}));
+      }
+      const size_t total = draft_devices + static_cast<size_t>(repeat) * count;
+      if (drafts.size() + static_cast<size_t>(repeat) > static_cast<size_t>(kMaxSites) ||
+          total > static_cast<size_t>(kMaxDevices)) {
+        const bool sites_over = drafts.size() + static_cast<size_t>(repeat) > kMaxSites;
+        r.error(repeat > 1 ? "repeat" : "devices", r.child(repeat > 1 ? "repeat" : "devices"),
+                sites_over
+                    ? "this site takes the topology to " + std::to_string(drafts.size() + repeat) +
+                          " sites (with its repeat), " + "over the " + std::to_string(kMaxSites) +
+                          " supported"
+                    : "this site takes the topology to " + std::to_string(total) + " devices (" +
+                          std::to_string(draft_devices) + " before it + " + std::to_string(repeat) +
+                          " x " + std::to_string(count) + "), over the " +
+                          std::to_string(kMaxDevices) + " supported: lower repeat or devices");
+        break;
+      }
       if (!dev.IsDefined()) {
         r.error("missing required key 'devices' (a count, or a list of devices)");
       } else if (dev.IsScalar()) {
-        int count = 0;
-        r.getInt("devices", count, 1, kMaxDevices);
         for (int k = 0; k < count; ++k) {
           draft.devices.push_back(site_defaults);
           draft.device_nodes.push_back(dev);
@@ -260,7 +365,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
           MapReader dr(dev[k], dpath, ctx);
           if (!dr.ok()) continue;
           DeviceSpec d = site_defaults;
-          dr.getString("name", d.name);
+          getName(dr, "name", d.name);
           readDeviceFields(dr, d);
           dr.finish();
           draft.devices.push_back(d);
@@ -277,15 +382,7 @@ TopologySpec readTopology(const YAML::Node& node, const std::string& path,
                 "between two devices of this site, which has " +
                 std::to_string(draft.devices.size()) + " devices)");
       }
-      // Stop expanding at the limits: a few bytes of YAML (repeat: 4096,
-      // devices: 65536) must not allocate billions of devices.
       draft_devices += static_cast<size_t>(repeat) * draft.devices.size();
-      if (drafts.size() + static_cast<size_t>(repeat) > static_cast<size_t>(kMaxSites) ||
-          draft_devices > static_cast<size_t>(kMaxDevices)) {
-        r.error("this site takes the topology past " + std::to_string(kMaxSites) + " sites or " +
-                std::to_string(kMaxDevices) + " devices (with its repeat), the most supported");
-        break;
-      }
       if (repeat == 1) {
         drafts.push_back(draft);
       } else {

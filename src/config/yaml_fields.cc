@@ -6,9 +6,11 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <sstream>
 
 #include "src/common/strings.h"
+#include "src/common/text.h"
 
 namespace geopipe::config {
 
@@ -29,7 +31,7 @@ std::string describeNode(const YAML::Node& node) {
   if (!node.IsDefined() || node.IsNull()) return "nothing";
   if (node.IsMap()) return "a mapping";
   if (node.IsSequence()) return "a list";
-  return "'" + node.Scalar() + "'";
+  return "'" + common::printable(node.Scalar()) + "'";
 }
 
 MapReader::MapReader(const YAML::Node& node, std::string path, ReadContext ctx)
@@ -85,6 +87,17 @@ bool parseDouble(const std::string& s, double& out) {
   if (end != s.c_str() + s.size()) return false;
   out = v;
   return true;
+}
+
+// A number written in range of strtod's syntax but below the smallest
+// normal double (1e-400): strtod gives 0 or a denormal with ERANGE, and the
+// field would silently read 0 (grad_clip: 1e-400 turning clipping off).
+bool underflows(const std::string& s) {
+  double v = 0;
+  if (!parseDouble(s, v)) return false;
+  errno = 0;
+  v = std::strtod(s.c_str(), nullptr);
+  return errno == ERANGE && std::fabs(v) < std::numeric_limits<double>::min();
 }
 
 // "nan", ".inf", "-Infinity": the spellings of a number that is not one
@@ -167,6 +180,10 @@ void MapReader::getString(const std::string& key, std::string& out) {
   }
   if (n.Scalar().find('\0') != std::string::npos) {
     error(key, n, std::string(kNulByteMessage));
+    return;
+  }
+  if (const std::string problem = common::utf8Problem(n.Scalar()); !problem.empty()) {
+    error(key, n, std::string(kNotUtf8Message) + problem);
     return;
   }
   out = n.Scalar();
@@ -266,16 +283,23 @@ void MapReader::getOptionalDouble(const std::string& key,
     error(key, n, "expected a number, found " + describeNode(n));
     return;
   }
+  std::string range;
+  if (std::isinf(hi)) {
+    range = (lo_exclusive ? "> " : ">= ") + formatNumber(lo);
+  } else {
+    range = std::string("in ") + (lo_exclusive ? "(" : "[") + formatNumber(lo) + ", " +
+            formatNumber(hi) + "]";
+  }
+  if (underflows(n.Scalar())) {
+    error(key, n,
+          "expected a number " + range + ", found " + describeNode(n) +
+              ", which underflows: it is too small to represent (below about 2.2e-308) and "
+              "would read as 0; write 0 if you mean zero, or a number in the range");
+    return;
+  }
   bool below = lo_exclusive ? v <= lo : v < lo;
   if (below || v > hi) {
-    std::string range;
-    if (std::isinf(hi)) {
-      range = (lo_exclusive ? "> " : ">= ") + formatNumber(lo);
-    } else {
-      range = std::string("in ") + (lo_exclusive ? "(" : "[") + formatNumber(lo) + ", " +
-              formatNumber(hi) + "]";
-    }
-    error(key, n, "expected a number " + range + ", found " + n.Scalar());
+    error(key, n, "expected a number " + range + ", found " + common::printable(n.Scalar()));
     return;
   }
   out = v;

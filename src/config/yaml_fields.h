@@ -88,6 +88,11 @@ std::string formatNumber(double v);
 inline constexpr char kNulByteMessage[] =
     "contains a NUL byte (\\0 in a quoted string), which no path or name can hold: remove it";
 
+// A string field (a path, a name) that is not UTF-8; the problem
+// (common::utf8Problem: the byte and its offset) follows.
+inline constexpr char kNotUtf8Message[] =
+    "names and paths must be UTF-8 text (save the file as UTF-8), but ";
+
 // A diagnostic positioned at `node` (1-based line and column).
 Diagnostic diagnosticAt(const ReadContext& ctx, const YAML::Node& node,
                         const std::string& field, const std::string& message);

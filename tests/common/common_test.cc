@@ -3,14 +3,18 @@
 // quantizer's stochastic rounding (CPU and CUDA) all depend on.
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <string>
 #include <vector>
 
 #include "geopipe/error.h"
+#include "src/common/file_kind.h"
 #include "src/common/hash.h"
 #include "src/common/logging.h"
 #include "src/common/strings.h"
+#include "src/common/text.h"
 
 namespace geopipe::common {
 namespace {
@@ -117,6 +121,63 @@ TEST(StreamKey, ValuesArePinned) {
   EXPECT_EQ(streamKey(0, 1, 0), 0x722FC711u);
   EXPECT_EQ(streamKey(0, 0, 1), 0x707C401Du);
   EXPECT_EQ(streamKey(42, 7, 3), 0xFEFBF216u);
+}
+
+TEST(Utf8Problem, NamesTheFirstBadByteAndItsOffset) {
+  EXPECT_EQ(utf8Problem(""), "");
+  EXPECT_EQ(utf8Problem("plain ascii"), "");
+  EXPECT_EQ(utf8Problem("\xc3\xa9t\xc3\xa9 \xe6\xb5\x8b \xf0\x9f\x9a\x80"), "");  // été 测 🚀
+  EXPECT_EQ(utf8Problem(std::string("a\0b", 3)), "");  // NUL is UTF-8; fields refuse it apart
+  EXPECT_EQ(utf8Problem("ab\xff"), "byte 0xff at offset 2 is not valid UTF-8");
+  EXPECT_EQ(utf8Problem("x\xc0\xaf"), "byte 0xc0 at offset 1 is not valid UTF-8");  // overlong '/'
+  EXPECT_EQ(utf8Problem("\xe0\x80\xaf"), "byte 0xe0 at offset 0 is not valid UTF-8");  // overlong
+  EXPECT_EQ(utf8Problem("\xed\xa0\x80"), "byte 0xed at offset 0 is not valid UTF-8");  // surrogate
+  EXPECT_EQ(utf8Problem("\xf4\x90\x80\x80"),
+            "byte 0xf4 at offset 0 is not valid UTF-8");                         // > U+10FFFF
+  EXPECT_EQ(utf8Problem("ok\xc3"), "byte 0xc3 at offset 2 is not valid UTF-8");  // truncated
+  EXPECT_EQ(utf8Problem("\x80"), "byte 0x80 at offset 0 is not valid UTF-8");  // lone continuation
+}
+
+TEST(Printable, EscapesControlCharactersAndBadBytesKeepsUtf8) {
+  EXPECT_EQ(printable("gpu-0 \xc3\xa9"), "gpu-0 \xc3\xa9");
+  EXPECT_EQ(printable("a\nb\tc\rd"), "a\\nb\\tc\\rd");
+  EXPECT_EQ(printable("\x1b[2J"), "\\x1b[2J");
+  EXPECT_EQ(printable(std::string("a\0b", 3)), "a\\x00b");
+  EXPECT_EQ(printable("\x7f"), "\\x7f");
+  EXPECT_EQ(printable("\xc2\x9b"
+                      "31m"),
+            "\\u009b31m");  // C1 CSI
+  EXPECT_EQ(printable("ab\xff"), "ab\\xff");
+  EXPECT_EQ(printable("\xc3"), "\\xc3");
+  // Idempotent: its output has nothing left to escape.
+  EXPECT_EQ(printable(printable("\x1b\n\xff")), printable("\x1b\n\xff"));
+}
+
+TEST(RegularFileProblem, SaysWhatThePathIsInstead) {
+  char tmpl[] = "/tmp/geopipe-file-kind-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  const std::string file = dir + "/job.yaml", fifo = dir + "/fifo", link = dir + "/zero",
+                    dangling = dir + "/dangling";
+  {
+    FILE* f = std::fopen(file.c_str(), "w");
+    std::fclose(f);
+  }
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink("/dev/zero", link.c_str()), 0);
+  ASSERT_EQ(::symlink("/nonexistent-geopipe", dangling.c_str()), 0);
+  EXPECT_EQ(regularFileProblem(file), "");
+  EXPECT_EQ(regularFileProblem(dir + "/missing"), "does not exist");
+  EXPECT_EQ(regularFileProblem(file + "/x"),
+            "does not exist (a part of the path is not a directory)");
+  EXPECT_EQ(regularFileProblem(dir), "is a directory, not a regular file");
+  EXPECT_EQ(regularFileProblem("/dev/zero"), "is a device, not a regular file");
+  EXPECT_EQ(regularFileProblem(fifo), "is a FIFO (named pipe), not a regular file");
+  EXPECT_EQ(regularFileProblem(link),
+            "is a symbolic link to '/dev/zero', a device, not a regular file");
+  EXPECT_EQ(regularFileProblem(dangling),
+            "is a symbolic link to '/nonexistent-geopipe', which does not exist");
+  for (const auto& p : {file, fifo, link, dangling}) ::unlink(p.c_str());
+  ::rmdir(dir.c_str());
 }
 
 }  // namespace

@@ -233,6 +233,133 @@ const std::vector<Row>& rows() {
        {"training.micro_batch: the activations of one micro-batch, micro_batch x seq_len x "
         "hidden = 1073741824 x 16777216 x 128",
         "lower training.micro_batch, model.seq_len or model.hidden"}},
+
+      // --- D. Messages that name the real cause (issue 18 item 7) ---
+      {"TabIndentation",
+       kTopo + "model:\n\tlayers: 2\n",
+       {"hostile.yaml:3:1: a tab in the indentation: YAML does not allow tabs for indentation; "
+        "use spaces (yaml-cpp: illegal map value)"}},
+      {"TabAfterSpaces",
+       kTopo + "training:\n  steps: 2\n  optimizer:\n  \tlr: 1.0e-3\n",
+       {"hostile.yaml:5:3: a tab in the indentation"}},
+      {"TabInATopologyFile",
+       "sites:\n  - {name: a, devices: 1}\n\t- {name: b, devices: 1}\n",
+       {"t.yaml:3:1: a tab in the indentation: YAML does not allow tabs"},
+       true},
+      {"TabInsideAFlowMappingIsAccepted", kTopo + "training: {steps: 2,\n\tseed: 3}\n", {}},
+      {"UnderflowingNumber",
+       kTopo + "training: {grad_clip: 1e-400}\n",
+       {"training.grad_clip: expected a number >= 0, found '1e-400', which underflows: it is too "
+        "small to represent",
+        "would read as 0"}},
+      {"UnderflowingLearningRate",
+       kTopo + "training: {optimizer: {lr: 1e-400}}\n",
+       {"training.optimizer.lr: expected a number in (0, 10], found '1e-400', which underflows"}},
+      {"DenormalNumber",
+       kTopo + "transport: {latency_scale: 1e-310}\n",
+       {"transport.latency_scale: expected a number in [0, 1e6], found '1e-310', which "
+        "underflows"}},
+      {"SmallestNormalNumberIsAccepted", kTopo + "training: {grad_clip: 2.3e-308}\n", {}},
+      {"TopologyPathIsADirectory",
+       "topology: /tmp\n",
+       {"topology: cannot read topology file '/tmp': it is a directory, not a regular file"}},
+      {"TopologyPathIsADevice",
+       "topology: /dev/null\n",
+       {"topology: cannot read topology file '/dev/null': it is a device, not a regular file"}},
+      {"DataPathIsADevice",
+       kTopo + "data: {kind: text, path: /dev/zero}\n",
+       {"data.path: '/dev/zero' is a device, not a regular file: name a text file"}},
+      {"DataPathIsADirectory",
+       kTopo + "data: {kind: tokens, path: /tmp}\n",
+       {"data.path: '/tmp' is a directory, not a regular file: name a token file"}},
+      {"ValPathIsADirectory",
+       kTopo + "data: {kind: text, path: ../../README.md, val_path: /tmp}\n",
+       {"data.val_path: '/tmp' is a directory, not a regular file"}},
+      {"MissingDataFileIsStillNoSuchFile",
+       kTopo + "data: {kind: text, path: no-such-corpus.txt}\n",
+       {"data.path: no such file 'examples/jobs/no-such-corpus.txt'"}},
+
+      // --- E. Text: UTF-8 and control characters (issue 18 item 5) ---
+      {"JobNameNotUtf8",
+       kTopo + "name: ab\xff"
+               "cd\n",
+       {"hostile.yaml:2:7: name: names and paths must be UTF-8 text (save the file as UTF-8), but "
+        "byte 0xff at offset 2 is not valid UTF-8"}},
+      {"DeviceNameNotUtf8",
+       "topology:\n  sites:\n    - {name: a, devices: [{name: \"gpu\xc3\"}]}\n",
+       {"topology.sites[0].devices[0].name: names and paths must be UTF-8",
+        "byte 0xc3 at offset 3"}},
+      {"TopologyDescriptionOverlongUtf8",
+       "description: x\xc0\xaf\nsites: [{name: a, devices: 1}]\n",
+       {"t.yaml:1:14: description:", "byte 0xc0 at offset 1 is not valid UTF-8"},
+       true},
+      {"DataPathNotUtf8",
+       kTopo + "data: {kind: text, path: \"corpus\xed\xa0\x80.txt\"}\n",
+       {"data.path: names and paths must be UTF-8", "byte 0xed at offset 6"}},
+      {"TopologyPathNotUtf8",
+       "topology: topo\xfe.yaml\n",
+       {"topology: names and paths must be UTF-8", "byte 0xfe at offset 4"}},
+      {"Utf8NamesAreAccepted",
+       "name: \xc3\xa9t\xc3\xa9-\xe6\xb5\x8b\xe8\xaf\x95\n"
+       "topology: {description: \"\xf0\x9f\x9a\x80 fast\", sites: [{name: z\xc3\xbcrich, "
+       "devices: 1}]}\n",
+       {}},
+      {"ControlCharactersInAnEchoedValueAreEscaped",
+       kTopo + "parallelism: {schedule: \"1f1b\\n\\e[31mOK\\r\"}\n",
+       {"parallelism.schedule: expected one of gpipe or 1f1b, found '1f1b\\n\\x1b[31mOK\\r'"}},
+      {"ControlCharactersInAnUnknownKeyAreEscaped",
+       kTopo + "\"train\\e]0;pwned\\aing\": {steps: 1}\n",
+       {"train\\x1b]0;pwned\\x07ing: unknown key 'train\\x1b]0;pwned\\x07ing'"}},
+
+      // --- F. Memory bounded by the input's size (issue 18 item 2) ---
+      // A 32 KB gpu name under repeat: 1024 x devices: 64 made validate take
+      // 4.3 GB (a copy per device): names are capped, and counted first.
+      {"GpuNameCopiedToEveryDevice",
+       "device_defaults: {gpu: " + std::string(300, 'g') +
+           "}\nsites: [{name: m, repeat: 4, devices: 2, intra: {latency_ms: 1, bandwidth_gbps: "
+           "1}}]\ninter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
+       {"t.yaml:1:24: device_defaults.gpu: is 300 bytes long; a name holds at most 255 bytes"},
+       true,
+       1},
+      {"LongSiteName",
+       "sites: [{name: " + std::string(256, 's') + ", devices: 1}]\n",
+       {"sites[0].name: is 256 bytes long; a name holds at most 255 bytes"},
+       true},
+      {"LongDeviceName",
+       "topology: {sites: [{name: a, devices: [{name: " + std::string(1000, 'd') + "}]}]}\n",
+       {"topology.sites[0].devices[0].name: is 1000 bytes long"}},
+      {"RepeatPastTheDeviceLimit",
+       "sites:\n  - {name: a, devices: 8, intra: {latency_ms: 1, bandwidth_gbps: 1}}\n"
+       "  - {name: m, repeat: 512, devices: 8, intra: {latency_ms: 1, bandwidth_gbps: 1}}\n"
+       "inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
+       {"t.yaml:3:23: sites[1].repeat: this site takes the topology to 4104 devices (8 before it + "
+        "512 x 8), over the 4096 supported: lower repeat or devices"},
+       true,
+       1},
+      {"RepeatPastTheSiteLimit",
+       "sites: [{name: m, repeat: 1025, devices: 1}]\n",
+       {"sites[0].repeat: this site takes the topology to 1025 sites (with its repeat), over the "
+        "1024 supported"},
+       true},
+      {"SixtyFiveThousandDevices",
+       "sites: [{name: m, devices: 65536, intra: {latency_ms: 1, bandwidth_gbps: 1}}]\n",
+       {"sites[0].devices: expected an integer in 1..4096, found 65536"},
+       true},
+      {"DeviceListPastTheLimit",
+       "sites: [{name: m, intra: {latency_ms: 1, bandwidth_gbps: 1}, devices: [" +
+           [] {
+             std::string list;
+             for (int i = 0; i < 4097; ++i) list += i ? ", {}" : "{}";
+             return list;
+           }() +
+           "]}]\n",
+       {"sites[0].devices: this site takes the topology to 4097 devices (0 before it + 1 x 4097)"},
+       true},
+      {"FourThousandNinetySixDevicesAreAccepted",
+       "sites: [{name: m, repeat: 1024, devices: 4, intra: {latency_ms: 1, bandwidth_gbps: 1}}]\n"
+       "inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
+       {},
+       true},
   };
   return kRows;
 }
@@ -261,7 +388,13 @@ TEST_P(HostileInput, HasItsVerdict) {
       EXPECT_NE(msg.find(want), std::string::npos) << "message lacks: " << want << "\n--- got:\n"
                                                    << msg;
     }
-    for (const auto& d : e.diagnostics()) EXPECT_FALSE(d.file.empty());
+    for (const auto& d : e.diagnostics()) {
+      EXPECT_FALSE(d.file.empty());
+      // One line per problem, and nothing a terminal would act on.
+      for (char c : d.format()) {
+        EXPECT_TRUE(static_cast<unsigned char>(c) >= 0x20 && c != 0x7f) << d.format();
+      }
+    }
     if (row.problems > 0) {
       EXPECT_EQ(e.diagnostics().size(), row.problems) << msg;
     }

@@ -411,5 +411,36 @@ TEST(GeopipeModel, ShapeSearchLeavesASlowOutlierIdle) {
   EXPECT_GT(p.shapes.size(), 3u);
 }
 
+// Network keeps devices x devices matrices: a TopologySpec built in C++ past
+// the parser's 4096 devices is a ConfigError naming the limit, not the
+// bad_alloc (exit 70) that 65536 devices gave `plan` (issue 18).
+TEST(Network, RefusesMoreDevicesThanItCanHoldAsAConfigError) {
+  TopologySpec t;
+  t.name = "wide";
+  SiteSpec s;
+  s.name = "m";
+  s.intra = {0.1, 100};
+  for (int d = 0; d < 4097; ++d) {
+    DeviceSpec dev;
+    dev.name = "m/" + std::to_string(d);
+    t.devices.push_back(dev);
+    s.devices.push_back(d);
+  }
+  t.sites.push_back(s);
+  t.site_links.assign(1, std::vector<LinkSpec>(1, s.intra));
+  try {
+    Network net(t);
+    FAIL() << "4097 devices accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("has 4097 devices; the scheduler places jobs on at most "
+                                         "4096"),
+              std::string::npos)
+        << e.what();
+  }
+  t.devices.pop_back();
+  t.sites[0].devices.pop_back();
+  EXPECT_EQ(Network(t).size(), 4096);
+}
+
 }  // namespace
 }  // namespace geopipe::scheduler
