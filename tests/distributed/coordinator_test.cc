@@ -116,6 +116,43 @@ struct Fixture {
   }
 };
 
+// Registers one worker per entry of `hosts` at once (pid 1000 + i, or
+// `pids[i]`; previous rank `previous[i]` when >= 0), as concurrent Register
+// calls on `stub`; returns the assignments (rank -1: refused).
+std::vector<pb::Assignment> registerWorkers(pb::Coordinator::Stub& stub,
+                                            const std::vector<std::string>& hosts,
+                                            const std::vector<int64_t>& pids = {},
+                                            const std::vector<int>& previous = {}) {
+  std::vector<pb::Assignment> out(hosts.size());
+  std::vector<std::thread> workers;
+  for (size_t w = 0; w < hosts.size(); ++w) {
+    workers.emplace_back([&, w] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      pb::RegisterRequest req;
+      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+      req.set_device("any");
+      req.set_join_token(kToken);
+      req.set_hostname(hosts[w]);
+      req.set_pid(pids.empty() ? 1000 + static_cast<int64_t>(w) : pids[w]);
+      if (!previous.empty() && previous[w] >= 0) req.set_previous_rank(previous[w]);
+      if (!stub.Register(&ctx, req, &out[w]).ok()) out[w].set_rank(-1);
+    });
+  }
+  for (auto& t : workers) t.join();
+  return out;
+}
+
+// The sorted ranks of `assigned`.
+std::vector<int> sortedRanks(const std::vector<pb::Assignment>& assigned) {
+  std::vector<int> ranks;
+  for (const auto& a : assigned) ranks.push_back(a.rank());
+  std::sort(ranks.begin(), ranks.end());
+  return ranks;
+}
+
+const std::vector<std::string> kFourHosts = {"worker-0", "worker-1", "worker-2", "worker-3"};
+
 TEST(Coordinator, RefusesAnotherProtocolVersionNamingBoth) {
   Fixture f;
   // A worker of the release before asynchronous step reports speaks
@@ -353,25 +390,7 @@ TEST(Coordinator, LivePortSurvivesGarbageAndOversizedRequests) {
   EXPECT_TRUE(f.coordinator->tasklets().empty());
 
   // Four well-formed workers still join and are placed.
-  std::vector<std::thread> workers;
-  std::vector<int> ranks(4, -1);
-  for (int w = 0; w < 4; ++w) {
-    workers.emplace_back([&, w] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-      pb::RegisterRequest req;
-      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
-      req.set_device("any");
-      req.set_join_token(kToken);
-      req.set_hostname("worker-" + std::to_string(w));
-      req.set_pid(1000 + w);
-      pb::Assignment out;
-      if (f.stub->Register(&ctx, req, &out).ok()) ranks[static_cast<size_t>(w)] = out.rank();
-    });
-  }
-  for (auto& t : workers) t.join();
-  std::sort(ranks.begin(), ranks.end());
-  EXPECT_EQ(ranks, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(sortedRanks(registerWorkers(*f.stub, kFourHosts)), (std::vector<int>{0, 1, 2, 3}));
   f.coordinator->requestStop(false);
 }
 
@@ -505,22 +524,8 @@ std::pair<std::vector<pb::Assignment>, std::vector<std::string>> joinFour(
   Coordinator coordinator(opt);
   auto stub = pb::Coordinator::NewStub(grpc::CreateChannel(
       coordinator.listeningAddress(), transport::channelCredentials(tlsSecurity().link)));
-  std::vector<pb::Assignment> out(4);
-  std::vector<std::thread> workers;
-  for (int w = 0; w < 4; ++w) {
-    workers.emplace_back([&, w] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-      pb::RegisterRequest req;
-      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
-      req.set_device("any");
-      req.set_join_token(kToken);
-      req.set_hostname(hosts[static_cast<size_t>(w)]);
-      req.set_pid(1000 + w);
-      EXPECT_TRUE(stub->Register(&ctx, req, &out[static_cast<size_t>(w)]).ok());
-    });
-  }
-  for (auto& t : workers) t.join();
+  const std::vector<pb::Assignment> out = registerWorkers(*stub, hosts);
+  EXPECT_EQ(sortedRanks(out), (std::vector<int>{0, 1, 2, 3}));
   coordinator.requestStop(false);
   std::lock_guard<std::mutex> lock(mu);
   return {out, events};
@@ -605,25 +610,7 @@ TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreClosedAndWorkersStillJoi
   }
   auto stub = pb::Coordinator::NewStub(
       grpc::CreateChannel(address, transport::channelCredentials(tlsSecurity().link)));
-  std::vector<std::thread> workers;
-  std::vector<int> ranks(4, -1);
-  for (int w = 0; w < 4; ++w) {
-    workers.emplace_back([&, w] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-      pb::RegisterRequest req;
-      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
-      req.set_device("any");
-      req.set_join_token(kToken);
-      req.set_hostname("worker-" + std::to_string(w));
-      req.set_pid(1000 + w);
-      pb::Assignment out;
-      if (stub->Register(&ctx, req, &out).ok()) ranks[static_cast<size_t>(w)] = out.rank();
-    });
-  }
-  for (auto& t : workers) t.join();
-  std::sort(ranks.begin(), ranks.end());
-  EXPECT_EQ(ranks, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(sortedRanks(registerWorkers(*stub, kFourHosts)), (std::vector<int>{0, 1, 2, 3}));
   int closed = 0;
   for (int fd : idle) {
     closed += closedByServer(fd, std::chrono::milliseconds(3000)) ? 1 : 0;
@@ -637,24 +624,9 @@ TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreClosedAndWorkersStillJoi
 // fixture's coordinator; returns the rank each got (-1: refused).
 std::vector<int> registerFour(Fixture& f, const std::vector<int64_t>& pids,
                               const std::vector<int>& previous = {}) {
-  std::vector<int> ranks(4, -1);
-  std::vector<std::thread> workers;
-  for (size_t w = 0; w < 4; ++w) {
-    workers.emplace_back([&, w] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-      pb::RegisterRequest req;
-      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
-      req.set_device("any");
-      req.set_join_token(kToken);
-      req.set_hostname("worker");
-      req.set_pid(pids[w]);
-      if (!previous.empty() && previous[w] >= 0) req.set_previous_rank(previous[w]);
-      pb::Assignment out;
-      if (f.stub->Register(&ctx, req, &out).ok()) ranks[w] = out.rank();
-    });
-  }
-  for (auto& t : workers) t.join();
+  std::vector<int> ranks;
+  for (const auto& a : registerWorkers(*f.stub, kFourHosts, pids, previous))
+    ranks.push_back(a.rank());
   return ranks;
 }
 

@@ -220,9 +220,10 @@ std::shared_ptr<const security::TlsIdentity> loopbackIdentity(
   return id;
 }
 
-// Two ranks whose links are secured by `a` and `b`; rank 1 sends to rank 0
-// and the first failure's message is returned ("" when the message arrived).
-std::string sendBetween(const LinkSecurity& a, const LinkSecurity& b) {
+// Two ranks whose links are secured by `a` and `b`; rank 1 knows rank 0's
+// address.
+std::vector<std::shared_ptr<GrpcTransport>> twoRanks(const LinkSecurity& a, const LinkSecurity& b,
+                                                     seconds connect_timeout) {
   std::vector<std::shared_ptr<GrpcTransport>> ranks;
   for (int r = 0; r < 2; ++r) {
     GrpcTransportOptions o = grpcTestOptions();
@@ -231,10 +232,17 @@ std::string sendBetween(const LinkSecurity& a, const LinkSecurity& b) {
     o.listen_address = "127.0.0.1:0";
     o.job_token = "tls-test-job";
     o.security = r == 0 ? a : b;
-    o.connect_timeout = seconds(10);
+    o.connect_timeout = connect_timeout;
     ranks.push_back(std::make_shared<GrpcTransport>(o));
   }
   ranks[1]->setPeerAddress(0, ranks[0]->listeningAddress());
+  return ranks;
+}
+
+// Rank 1 sends to rank 0 over `b` / `a`; the first failure's message is
+// returned ("" when the message arrived).
+std::string sendBetween(const LinkSecurity& a, const LinkSecurity& b) {
+  auto ranks = twoRanks(a, b, seconds(10));
   return messageOf([&] {
     ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(15));
     auto work = ranks[0]->recv(1, tagOf(Channel::CONTROL, 0));
@@ -283,18 +291,7 @@ TEST(GrpcTransportTls, ACertificateWithoutTheDialledNameFailsAtOnceNamingIt) {
   std::string what;
   bool config_error = false;
   try {
-    std::vector<std::shared_ptr<GrpcTransport>> ranks;
-    for (int r = 0; r < 2; ++r) {
-      GrpcTransportOptions o = grpcTestOptions();
-      o.rank = r;
-      o.addresses = {"", ""};
-      o.listen_address = "127.0.0.1:0";
-      o.job_token = "tls-test-job";
-      o.security = r == 0 ? server : client;
-      o.connect_timeout = seconds(30);
-      ranks.push_back(std::make_shared<GrpcTransport>(o));
-    }
-    ranks[1]->setPeerAddress(0, ranks[0]->listeningAddress());
+    auto ranks = twoRanks(server, client, seconds(30));
     ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(30));
   } catch (const ConfigError& e) {
     config_error = true;
