@@ -235,21 +235,60 @@ std::pair<int, int> firstTabIndentation(const std::string& text, int last_line) 
   return {0, 0};
 }
 
+// The first line of a second document: content after a document marker
+// ('---' or '...' at column 0) that follows the first document's content
+// (0: none). A marker before any content, or one with only
+// blank lines and comments after it, is fine. Inside the first document no
+// line can start with such a marker (block scalars are indented; YAML ends
+// quoted scalars at a marker).
+int secondDocumentLine(const std::string& text) {
+  const auto isMarker = [](const std::string& l) {
+    return (l.rfind("---", 0) == 0 || l.rfind("...", 0) == 0) &&
+           (l.size() == 3 || l[3] == ' ' || l[3] == '\t' || l[3] == '\r');
+  };
+  const auto hasContent = [](const std::string& l, size_t from) {
+    const size_t first = l.find_first_not_of(" \t\r", from);
+    return first != std::string::npos && l[first] != '#';
+  };
+  bool content = false;
+  int marker_line = 0;
+  int line = 1;
+  for (size_t start = 0; start <= text.size(); ++line) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string l = text.substr(start, end - start);
+    start = end + 1;
+    if (isMarker(l)) {
+      if (content && marker_line == 0) marker_line = line;
+      if (marker_line > 0 && hasContent(l, 3)) return line;
+      continue;
+    }
+    if (!hasContent(l, 0)) continue;
+    if (marker_line > 0) return line;
+    content = true;
+  }
+  return 0;
+}
+
 }  // namespace
 
 YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
   try {
-    // LoadAll, not Load: Load reads the first document and ignores the rest.
-    const std::vector<YAML::Node> documents = YAML::LoadAll(text);
-    for (size_t i = 1; i < documents.size(); ++i) {
-      if (!documents[i].IsDefined() || documents[i].IsNull()) continue;  // a bare '---'
-      ctx.diagnostics->add(diagnosticAt(
-          ctx, documents[i], "",
+    // Load reads the first document and ignores the rest, so a second one
+    // is found in the text (yaml-cpp's LoadAll never returns on some
+    // malformed inputs: the config fuzzer found two).
+    if (const int line = secondDocumentLine(text); line > 0) {
+      Diagnostic d;
+      d.file = ctx.file;
+      d.line = line;
+      d.column = 1;
+      d.message =
           "a second YAML document (after a '---' line) starts here, but a job or topology file "
           "holds one document: remove the '---' line and merge what follows into the first "
-          "document, or move it to a file of its own"));
-      break;
+          "document, or move it to a file of its own";
+      ctx.diagnostics->add(d);
     }
+    const std::vector<YAML::Node> documents = {YAML::Load(text)};
     if (documents.empty() || !documents[0].IsDefined() || documents[0].IsNull()) {
       Diagnostic d;
       d.file = ctx.file;
