@@ -42,6 +42,23 @@ std::string describeBuffers(const JobSpec& job) {
   return os.str();
 }
 
+// "'NAME' (SOURCE): N devices in M sites (2x A100, 4x V100)", the
+// topology line of both summaries.
+std::string topologyShape(const TopologySpec& t) {
+  std::map<std::string, int> gpus;
+  for (const auto& d : t.devices) gpus[d.gpu]++;
+  std::ostringstream os;
+  os << "'" << common::printable(t.name) << "' (" << common::printable(t.source)
+     << "): " << t.numDevices() << " devices in " << t.numSites() << " sites (";
+  bool first = true;
+  for (const auto& [gpu, count] : gpus) {
+    os << (first ? "" : ", ") << count << "x " << common::printable(gpu);
+    first = false;
+  }
+  os << ")";
+  return os.str();
+}
+
 }  // namespace
 
 std::string formatJobSummary(const JobSpec& job) {
@@ -76,16 +93,7 @@ std::string formatJobSummary(const JobSpec& job) {
   os << describeBuffers(job);
   os << "  scheduler:    " << job.scheduler.algorithm << ", cost model "
      << job.scheduler.cost_model << ", seed " << job.scheduler.seed << "\n";
-  std::map<std::string, int> gpus;
-  for (const auto& d : t.devices) gpus[d.gpu]++;
-  os << "  topology:     '" << common::printable(t.name) << "' (" << common::printable(t.source)
-     << "): " << t.numDevices() << " devices in " << t.numSites() << " sites (";
-  bool first = true;
-  for (const auto& [gpu, count] : gpus) {
-    os << (first ? "" : ", ") << count << "x " << common::printable(gpu);
-    first = false;
-  }
-  os << ")\n";
+  os << "  topology:     " << topologyShape(t) << "\n";
   os << "  transport:    " << job.transport.kind
      << (job.transport.emulate_links ? ", links emulated" : "") << "\n";
   const SecuritySpec& sec = job.security;
@@ -106,16 +114,7 @@ std::string formatJobSummary(const JobSpec& job) {
 
 std::string formatTopologySummary(const TopologySpec& t) {
   std::ostringstream os;
-  std::map<std::string, int> gpus;
-  for (const auto& d : t.devices) gpus[d.gpu]++;
-  os << "topology '" << common::printable(t.name) << "' (" << common::printable(t.source)
-     << "): " << t.numDevices() << " devices in " << t.numSites() << " sites (";
-  bool first = true;
-  for (const auto& [gpu, count] : gpus) {
-    os << (first ? "" : ", ") << count << "x " << common::printable(gpu);
-    first = false;
-  }
-  os << ")\n";
+  os << "topology " << topologyShape(t) << "\n";
   // The links a plan can use: between sites, and inside a site of two or
   // more devices.
   int slow_a = -1, slow_b = -1, far_a = -1, far_b = -1;

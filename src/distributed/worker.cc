@@ -90,12 +90,12 @@ class CoordinatorClient {
         timeout_(timeout),
         security_(security) {
     transport::checkPlaintextAllowed(security.link, address, "the --coordinator address");
+    transport::installGrpcLogging();
     connect();
   }
 
   // A new channel to the coordinator (and a new connection when used).
   void connect() {
-    transport::installGrpcLogging();
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     // A coordinator that starts after this worker is found within 2 s.
@@ -177,9 +177,9 @@ class CoordinatorClient {
       // A fresh channel every 2 s while the coordinator is away: a channel
       // whose first attempts were refused stalled in the TLS handshake once
       // the coordinator came up, until gRPC's 20 s connect deadline (a
-      // worker started before its coordinator joined ~20 s late; measured
-      // by the e2e test below, Coordinator.WorkersStartedBefore..., which needs this to join within
-      // 5 s).
+      // worker started before its coordinator joined ~20 s late; the e2e
+      // test Coordinator.WorkersStartedBeforeTheirCoordinator... needs it
+      // to join within 5 s).
       if (now - last_connect > std::chrono::seconds(2)) {
         connect();
         last_connect = now;
@@ -747,14 +747,13 @@ int portNumber(const std::string& text, const char* flag, const std::string& val
 }  // namespace
 
 ListenPorts parseListen(const std::string& listen) {
-  const auto colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0) {
+  ListenPorts p;
+  p.host = hostPart(listen);
+  if (p.host.empty() || p.host == listen) {
     GEOPIPE_THROW(ConfigError, "--listen '", listen,
                   "': give HOST:PORT, HOST:0 for a free port, or HOST:LOW-HIGH for a range");
   }
-  ListenPorts p;
-  p.host = listen.substr(0, colon);
-  const std::string ports = listen.substr(colon + 1);
+  const std::string ports = portPart(listen);
   const auto dash = ports.find('-');
   if (dash == std::string::npos) {
     p.low = p.high = portNumber(ports, "--listen", listen, 0);
@@ -771,14 +770,13 @@ ListenPorts parseListen(const std::string& listen) {
 
 std::pair<std::string, int> parseAdvertise(const std::string& advertise) {
   if (advertise.empty()) return {"", 0};
-  const auto colon = advertise.rfind(':');
+  const std::string host = hostPart(advertise);
   // "HOST" alone, or an IPv6 literal without a port ("[::1]").
-  if (colon == std::string::npos || advertise.back() == ']') return {advertise, 0};
-  const std::string host = advertise.substr(0, colon);
+  if (host == advertise || advertise.back() == ']') return {advertise, 0};
   if (host.empty()) {
     GEOPIPE_THROW(ConfigError, "--advertise '", advertise, "': give HOST or HOST:PORT");
   }
-  return {host, portNumber(advertise.substr(colon + 1), "--advertise", advertise, 1)};
+  return {host, portNumber(portPart(advertise), "--advertise", advertise, 1)};
 }
 
 WorkerResult runWorker(const WorkerOptions& opt) {

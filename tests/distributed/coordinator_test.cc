@@ -67,6 +67,18 @@ JobSecurity tlsSecurity(const std::string& token = kToken) {
   return s;
 }
 
+// A coordinator of `yaml` (by default the tiny 2 x 2 job on real links)
+// on a free loopback port over mutual TLS with the join token kToken.
+CoordinatorOptions tlsCoordinatorOptions(
+    const TempDir& dir,
+    const std::string& yaml = tinyJobYaml(5, "transport: {emulate_links: false}\n")) {
+  CoordinatorOptions opt;
+  opt.job_path = writeJob(dir, "job.yaml", yaml);
+  opt.listen_address = "127.0.0.1:0";
+  opt.security = tlsSecurity();
+  return opt;
+}
+
 // A coordinator of the tiny 2 x 2 job over mutual TLS with the join token
 // kToken, and a raw TLS client of its service.
 struct Fixture {
@@ -76,10 +88,7 @@ struct Fixture {
   std::unique_ptr<Coordinator> coordinator;
   std::unique_ptr<pb::Coordinator::Stub> stub;
   explicit Fixture(int spare_registrations = -1) {
-    CoordinatorOptions opt;
-    opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5, "transport: {emulate_links: false}\n"));
-    opt.listen_address = "127.0.0.1:0";
-    opt.security = tlsSecurity();
+    CoordinatorOptions opt = tlsCoordinatorOptions(dir);
     opt.spare_registrations = spare_registrations;
     opt.on_event = [this](const std::string& line) {
       std::lock_guard<std::mutex> lock(events_mu);
@@ -408,10 +417,7 @@ TEST(Coordinator, AnEventSinkMayCallBackIn) {
   // the coordinator something (here on the event of the stop that ends the
   // job) gets its answer instead of deadlocking every call.
   TempDir dir;
-  CoordinatorOptions opt;
-  opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5, "transport: {emulate_links: false}\n"));
-  opt.listen_address = "127.0.0.1:0";
-  opt.security = tlsSecurity();
+  CoordinatorOptions opt = tlsCoordinatorOptions(dir);
   std::atomic<Coordinator*> self{nullptr};
   std::atomic<int> answers{0};
   opt.on_event = [&](const std::string&) {
@@ -510,10 +516,7 @@ TEST(JoinGate, ThrottlesAHostForItsWindowAndNeverEchoesATokenOnAClock) {
 std::pair<std::vector<pb::Assignment>, std::vector<std::string>> joinFour(
     const std::string& yaml, bool emulate_links_by_default, const std::vector<std::string>& hosts) {
   TempDir dir;
-  CoordinatorOptions opt;
-  opt.job_path = writeJob(dir, "job.yaml", yaml);
-  opt.listen_address = "127.0.0.1:0";
-  opt.security = tlsSecurity();
+  CoordinatorOptions opt = tlsCoordinatorOptions(dir, yaml);
   opt.emulate_links_by_default = emulate_links_by_default;
   std::mutex mu;
   std::vector<std::string> events;
@@ -594,10 +597,7 @@ TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreClosedAndWorkersStillJoi
   // timeout (gRPC's default held them 120 s, until the coordinator ran out
   // of file descriptors), and while they are held real workers join.
   TempDir dir;
-  CoordinatorOptions opt;
-  opt.job_path = writeJob(dir, "job.yaml", tinyJobYaml(5, "transport: {emulate_links: false}\n"));
-  opt.listen_address = "127.0.0.1:0";
-  opt.security = tlsSecurity();
+  CoordinatorOptions opt = tlsCoordinatorOptions(dir);
   opt.handshake_timeout = std::chrono::milliseconds(1000);
   Coordinator coordinator(opt);
   const std::string address = coordinator.listeningAddress();
