@@ -322,11 +322,17 @@ TEST(Coordinator, DelayOnTheCoordinatorsLinksDoesNotSlowTheSteps) {
   // way to the coordinator (400 ms a round trip, several steps) leaves
   // the step time alone. Reports that waited would add the round trip to
   // every step.
+  // Each case runs twice, interleaved, and the faster run counts: under
+  // ctest -j2 another test's burst of CPU can slow one run by 5% (seen
+  // once in CI: 1.055x), which is the machine's noise, not the reports.
   const int steps = 60, from = 10;
-  const double direct =
-      secondsPerStepWithCoordinatorDelay(std::chrono::milliseconds(0), steps, from);
-  const double delayed =
-      secondsPerStepWithCoordinatorDelay(std::chrono::milliseconds(200), steps, from);
+  double direct = 1e9, delayed = 1e9;
+  for (int round = 0; round < 2; ++round) {
+    direct = std::min(
+        direct, secondsPerStepWithCoordinatorDelay(std::chrono::milliseconds(0), steps, from));
+    delayed = std::min(
+        delayed, secondsPerStepWithCoordinatorDelay(std::chrono::milliseconds(200), steps, from));
+  }
   std::cout << "seconds per step: " << direct << " direct, " << delayed
             << " with 200 ms each way to the coordinator (" << delayed / direct << "x)\n";
   ASSERT_GT(direct, 0);
