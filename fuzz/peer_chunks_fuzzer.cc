@@ -50,8 +50,17 @@ void run(fuzz::FuzzInput& in) {
   options.max_buffered_bytes = budget;
   options.describe_peer = describe;
   auto mailbox = std::make_shared<Mailbox>(std::move(options));
-  auto assembler =
-      std::make_unique<PeerStreamAssembler>(config, mailbox, describe, [] { return true; });
+  // Resumable streams (a stream that breaks waits for its resume) when the
+  // selector says so: resume frames and superseded streams are fuzzed too.
+  config.resumable = (limits & 0x40) != 0;
+  config.incarnation = 7;
+  auto sessions = std::make_shared<PeerSessions>(kWorld);
+  auto open_stream = [&] {
+    return std::make_unique<PeerStreamAssembler>(
+        config, mailbox, sessions, describe, [] { return true; },
+        [](const geopipe::v1::PeerAck&) {});
+  };
+  auto assembler = open_stream();
   bool open = true;
   std::deque<std::shared_ptr<RecvWork>> posted;
   geopipe::v1::PeerChunk chunk;
@@ -70,8 +79,7 @@ void run(fuzz::FuzzInput& in) {
       }
       case 1:
         if (open) assembler->onEnd();
-        assembler =
-            std::make_unique<PeerStreamAssembler>(config, mailbox, describe, [] { return true; });
+        assembler = open_stream();
         open = true;
         break;
       case 2: {

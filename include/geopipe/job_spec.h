@@ -189,6 +189,11 @@ struct FaultToleranceSpec {
   // worker is not replaced within rejoin_timeout (the global batch stays
   // the same, split over fewer replicas). 0 (the default): never shrink.
   int min_replicas = 0;
+  // Seconds a broken connection between two workers may take to come back:
+  // the sender reconnects and resends what the receiver has not
+  // acknowledged, so a shorter blip costs no restart and changes no result.
+  // 0: a broken connection fails the generation at once.
+  double link_grace = 30.0;
 };
 
 struct LoggingSpec {

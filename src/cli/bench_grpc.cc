@@ -66,6 +66,13 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
     root["transport"]["kind"] = "nccl";
     nccl_job = std::make_unique<TempJobFile>(bench.dir, "bench-nccl", root);
   }
+  // The same gRPC job without resumable links (no acknowledgements, no
+  // retained messages): what resuming a broken link costs while none breaks.
+  std::unique_ptr<TempJobFile> no_grace_job;
+  if (!gpu) {
+    root["fault_tolerance"]["link_grace"] = 0;
+    no_grace_job = std::make_unique<TempJobFile>(bench.dir, "bench-grpc-no-grace", root);
+  }
 
   JobSpec job = config::loadJobFile(job_path);
   job.transport.kind = "inproc";
@@ -117,6 +124,7 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   };
   launched("gRPC worker processes", job_path);
   if (gpu) launched("NCCL worker processes", nccl_job->path());
+  if (no_grace_job) launched("gRPC, link_grace 0", no_grace_job->path());
   // Verify before timing matters: the same job must give the same losses
   // (on a GPU, to 1e-4: kernels may sum in another order across processes).
   const double tolerance = gpu ? 1e-4 : 1e-6;
@@ -152,7 +160,8 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   }
   out << "\n'tokens/s' from the median step time (slowest tasklet); 'run tok/s' from the "
          "wall-clock of the timed steps as the coordinator saw them; 'vs inproc' = in-process "
-         "median step time / this run's (target >= 0.8x).\n";
+         "median step time / this run's (target >= 0.8x). 'gRPC, link_grace 0': the same "
+         "processes without resumable links (no acknowledgements or retained messages).\n";
   return worst <= tolerance ? 0 : static_cast<int>(5);
 }
 

@@ -561,6 +561,7 @@ class JobReader {
       r.getInt("max_restarts", f.max_restarts, 0, 1000);
       r.getDouble("rejoin_timeout", f.rejoin_timeout, 1.0, 86400.0);
       r.getInt("min_replicas", f.min_replicas, 0, kBig);
+      r.getDouble("link_grace", f.link_grace, 0.0, 3600.0);
     });
   }
 

@@ -558,6 +558,8 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     to.addresses.assign(static_cast<size_t>(world), "");
     to.job_token = a.job_token();
     to.security = opt.security.link;
+    to.link_grace =
+        std::chrono::milliseconds(static_cast<int64_t>(job.fault_tolerance.link_grace * 1000));
     // The first free port of --listen's range.
     const ListenPorts ports = parseListen(opt.listen);
     for (int port = ports.low; !grpc_transport; ++port) {

@@ -86,6 +86,8 @@ std::shared_ptr<Transport> wrapTransport(const std::string& kind, std::shared_pt
 std::shared_ptr<Transport> makeTransportForJob(const JobSpec& spec, const TransportOptions& options,
                                                const std::vector<int>& rank_to_device) {
   TransportOptions opts = options;
+  opts.link_grace =
+      std::chrono::milliseconds(static_cast<int64_t>(spec.fault_tolerance.link_grace * 1000));
   if (opts.site_of_rank.empty() && spec.transport.kind == "nccl") {
     const int world = static_cast<int>(rank_to_device.empty() ? spec.topology.devices.size()
                                                               : rank_to_device.size());

@@ -33,6 +33,10 @@ struct TransportOptions {
   // grpc: the job's token; a peer with a different one is refused ("peer X
   // belongs to job Y"). Empty is a valid token, shared by every empty one.
   std::string job_token;
+  // grpc: how long a broken link may take to resume (GrpcTransportOptions::
+  // link_grace); zero: it fails at once. makeTransportForJob sets it from
+  // fault_tolerance.link_grace.
+  Duration link_grace{0};
   // nccl: this rank's CUDA device (-1: rank % visible devices) and every
   // rank's site (ranks of one site talk NCCL; empty: one site).
   // makeTransportForJob fills site_of_rank from the topology.

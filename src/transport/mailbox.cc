@@ -159,7 +159,14 @@ bool Mailbox::admit(int src, const Tag& tag, uint64_t bytes, const std::function
       buffered_ += bytes;
       return true;
     }
-    if (abandon && abandon()) return false;
+    if (abandon) {
+      // Asked without mu_: the caller's test may take its own locks, which
+      // are held elsewhere while delivering here.
+      lock.unlock();
+      const bool give_up = abandon();
+      lock.lock();
+      if (give_up) return false;
+    }
     budget_cv_.wait_for(lock, std::chrono::milliseconds(50));
   }
 }

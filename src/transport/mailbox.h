@@ -83,7 +83,7 @@ class Mailbox : public std::enable_shared_from_this<Mailbox> {
 
   // Blocks until `bytes` of a message (src, tag) may be buffered, then
   // counts them; false (nothing counted) when the mailbox is closed or
-  // abandon() returns true (polled every 50 ms).
+  // abandon() returns true (polled every 50 ms, without the mailbox's lock).
   bool admit(int src, const Tag& tag, uint64_t bytes, const std::function<bool()>& abandon);
   // Uncounts admitted bytes of a message that will never be delivered.
   void release(uint64_t bytes);

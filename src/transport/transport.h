@@ -96,12 +96,15 @@ struct TransportStats {
   uint64_t bytes_sent = 0;
   uint64_t messages_received = 0;
   uint64_t bytes_received = 0;
-  // gRPC: 100 ms waits for a peer's first connection past the first one
-  // (a peer not up yet, or unreachable). No transport resends a message: a
-  // broken gRPC link fails every later send instead (docs/transport.md).
+  // gRPC: 100 ms waits for a peer's connection past the first one (a peer
+  // not up yet, unreachable, or a broken link reconnecting).
   uint64_t connect_retries = 0;
   // Sends that failed (a broken or refused link, a transport closing).
   uint64_t sends_failed = 0;
+  // gRPC with a link grace: broken streams resumed, and the messages
+  // written again on them (docs/transport.md "Resumable links").
+  uint64_t links_resumed = 0;
+  uint64_t messages_resent = 0;
 };
 
 // One rank's view of the job's network. All methods are thread-safe: the

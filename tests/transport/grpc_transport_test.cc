@@ -27,8 +27,10 @@
 #include "src/transport/factory.h"
 #include "src/transport/grpc/grpc_log.h"
 #include "src/transport/grpc/grpc_transport.h"
+#include "src/transport/grpc/peer_stream.h"
 #include "src/transport/grpc/peer_test_client.h"
 #include "tests/support/raw_tcp.h"
+#include "tests/support/tcp_proxy.h"
 #include "tests/transport/grpc_world.h"
 #include "tests/transport/world.h"
 
@@ -207,6 +209,170 @@ TEST(GrpcTransport, RefusesAPeerOfAnotherJob) {
 }
 
 // --- TLS ---------------------------------------------------------------------
+
+// --- resumable links ---------------------------------------------------------
+
+// Rank 1 reaches rank 0 through a proxy that can cut the connection (rank 0
+// reaches rank 1 directly), both with a link grace.
+struct ProxiedPair {
+  std::vector<std::shared_ptr<GrpcTransport>> ranks;
+  std::unique_ptr<geopipe::testing::TcpProxy> proxy;
+};
+ProxiedPair proxiedPair(Duration grace) {
+  GrpcTransportOptions o = grpcTestOptions();
+  o.link_grace = grace;
+  o.chunk_bytes = 4 << 10;  // messages of many chunks, so cuts land mid-message
+  ProxiedPair p;
+  p.ranks = makeGrpcWorld(2, o);
+  const std::string a0 = p.ranks[0]->listeningAddress();
+  p.proxy = std::make_unique<geopipe::testing::TcpProxy>(std::stoi(a0.substr(a0.rfind(':') + 1)));
+  p.ranks[1]->setPeerAddress(0, p.proxy->address());
+  return p;
+}
+
+TEST(GrpcTransportResume, CutConnectionsResumeWithoutLosingOrRepeatingAMessage) {
+  ProxiedPair p = proxiedPair(seconds(10));
+  constexpr int kMessages = 80;
+  auto payload = [](int i) { return pattern(20000 + 997 * static_cast<size_t>(i), i); };
+  std::vector<std::shared_ptr<Work>> sends;
+  for (int i = 0; i < kMessages; ++i)
+    sends.push_back(p.ranks[1]->send(0, tagOf(Channel::ACTIVATION, i), payload(i)));
+  // The receiver cuts the connection after every tenth message (the rest
+  // are on their way or queued), then waits for the link to resume.
+  int cut = 0;
+  std::string failed;
+  for (int i = 0; i < kMessages && failed.empty(); ++i) {
+    auto work = p.ranks[0]->recv(1, tagOf(Channel::ACTIVATION, i));
+    failed = messageOf([&] { work->wait(seconds(20)); });
+    if (failed.empty() && work->takePayload() != payload(i))
+      failed = "message " + std::to_string(i) + " differs";
+    if (i % 10 == 5) {
+      cut += p.proxy->cutAll();
+      const auto deadline = Clock::now() + seconds(10);
+      while (p.ranks[1]->stats().links_resumed < static_cast<uint64_t>(cut) &&
+             Clock::now() < deadline)
+        std::this_thread::sleep_for(milliseconds(5));
+    }
+  }
+  ASSERT_EQ(failed, "");
+  for (auto& w : sends) w->wait(seconds(10));
+  const TransportStats sent = p.ranks[1]->stats();
+  std::cout << cut << " connections cut, " << sent.links_resumed << " resumes, "
+            << sent.messages_resent << " messages sent again\n";
+  EXPECT_EQ(cut, 8);
+  EXPECT_EQ(sent.links_resumed, 8u);
+  EXPECT_EQ(sent.sends_failed, 0u);
+  // Nothing delivered twice: every message was taken by its one receive.
+  EXPECT_EQ(p.ranks[0]->stats().messages_received, static_cast<uint64_t>(kMessages));
+  EXPECT_EQ(p.ranks[0]->bufferedBytes(), 0u);
+}
+
+TEST(GrpcTransportResume, ALinkDownLongerThanItsGraceFailsBothSidesNamingIt) {
+  ProxiedPair p = proxiedPair(seconds(2));
+  p.ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*p.ranks[0], 1, tagOf(Channel::CONTROL, 0))), std::make_pair(1, 0));
+  auto pending = p.ranks[0]->recv(1, tagOf(Channel::CONTROL, 1));
+  p.proxy->setRefusing(true);
+  const auto t0 = Clock::now();
+  EXPECT_EQ(p.proxy->cutAll(), 1);
+  // A send may still complete (it was written before the writer saw the
+  // break; completion means written, not received); once the grace is
+  // over, the receive and later sends fail.
+  p.ranks[1]->send(0, tagOf(Channel::CONTROL, 1), stamp(1, 1));
+  std::string recv_error, sent_error;
+  try {
+    pending->wait(seconds(15));
+  } catch (const IoError& e) {
+    recv_error = e.what();
+  }
+  const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto deadline = Clock::now() + seconds(10);
+  for (int i = 2; sent_error.empty() && Clock::now() < deadline; ++i) {
+    try {
+      p.ranks[1]->send(0, tagOf(Channel::CONTROL, i), stamp(1, i))->wait(seconds(15));
+      std::this_thread::sleep_for(milliseconds(20));
+    } catch (const IoError& e) {
+      sent_error = e.what();
+    }
+  }
+  EXPECT_TRUE(contains(recv_error, "was not resumed within 2 s")) << recv_error;
+  EXPECT_TRUE(contains(sent_error, "did not come back within 2 s (fault_tolerance.link_grace)"))
+      << sent_error;
+  EXPECT_TRUE(contains(sent_error, "from rank 1 to rank 0")) << sent_error;
+  EXPECT_GE(waited, 1.9);
+  EXPECT_LT(waited, 8.0);
+}
+
+TEST(GrpcTransportResume, AReceiverThatRestartedIsNotResumed) {
+  ProxiedPair p = proxiedPair(seconds(10));
+  p.ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*p.ranks[0], 1, tagOf(Channel::CONTROL, 0))), std::make_pair(1, 0));
+  // Rank 0 comes back as a new transport on the same port: what rank 1
+  // had in flight to the old one is lost, so its link must not resume.
+  const std::string a0 = p.ranks[0]->listeningAddress();
+  p.ranks[0]->close();
+  GrpcTransportOptions o = grpcTestOptions();
+  o.link_grace = seconds(10);
+  o.rank = 0;
+  o.addresses = {"", ""};
+  o.listen_address = a0;
+  o.job_token = "test-job";
+  p.ranks[0] = std::make_shared<GrpcTransport>(o);
+  p.proxy->cutAll();
+  std::string what;
+  const auto deadline = Clock::now() + seconds(15);
+  for (int i = 1; what.empty() && Clock::now() < deadline; ++i) {
+    try {
+      p.ranks[1]->send(0, tagOf(Channel::CONTROL, i), stamp(1, i))->wait(seconds(15));
+      std::this_thread::sleep_for(milliseconds(20));
+    } catch (const Error& e) {
+      what = e.what();
+    }
+  }
+  EXPECT_TRUE(contains(what, "asked to resume a link")) << what;
+  EXPECT_TRUE(contains(what, "holds no link state")) << what;
+  EXPECT_EQ(p.ranks[1]->stats().links_resumed, 0u);
+}
+
+TEST(PeerSessions, OnlyTheSameIncarnationResumesAndTheNewestStreamDelivers) {
+  PeerSessions sessions(2);
+  PeerSessions::Attached first, second;
+  std::string why;
+  EXPECT_FALSE(sessions.attach(1, 7, /*resume=*/true, /*oldest=*/3, &first, &why));
+  EXPECT_TRUE(contains(why, "holds no link state")) << why;
+  ASSERT_TRUE(sessions.attach(1, 7, false, 0, &first, &why));
+  EXPECT_EQ(first.next_seq, 0u);
+  uint64_t next = 0;
+  int delivered = 0;
+  EXPECT_TRUE(sessions.deliverIf(
+      1, first.epoch, [&] { ++delivered; }, &next));
+  EXPECT_EQ(next, 1u);
+  const auto t0 = PeerSessions::Clock::now();
+  EXPECT_TRUE(sessions.detach(1, first.epoch, /*broken=*/true, t0));
+  // Another process claiming rank 1 is not its resume.
+  EXPECT_FALSE(sessions.attach(1, 8, true, 1, &second, &why));
+  EXPECT_TRUE(contains(why, "another process")) << why;
+  ASSERT_TRUE(sessions.attach(1, 7, true, 1, &second, &why));
+  EXPECT_EQ(second.next_seq, 1u);
+  EXPECT_NE(second.epoch, first.epoch);
+  // The old stream is superseded: it neither delivers nor ends the session.
+  EXPECT_FALSE(sessions.current(1, first.epoch));
+  EXPECT_FALSE(sessions.deliverIf(
+      1, first.epoch, [&] { ++delivered; }, &next));
+  EXPECT_FALSE(sessions.detach(1, first.epoch, true, t0));
+  EXPECT_EQ(delivered, 1);
+  // A broken session expires after the grace, not before.
+  EXPECT_TRUE(sessions.detach(1, second.epoch, true, t0));
+  EXPECT_TRUE(sessions.expire(t0 + std::chrono::seconds(1), std::chrono::seconds(2)).empty());
+  EXPECT_EQ(sessions.expire(t0 + std::chrono::seconds(2), std::chrono::seconds(2)),
+            std::vector<int>{1});
+  EXPECT_FALSE(sessions.attach(1, 7, true, 1, &second, &why));
+  // A sender that holds every message from the first (nothing was
+  // acknowledged: its first stream broke before this side saw it) starts a
+  // new session.
+  ASSERT_TRUE(sessions.attach(1, 7, true, 0, &second, &why));
+  EXPECT_EQ(second.next_seq, 0u);
+}
 
 // A CA and a 127.0.0.1 certificate it signed, as one rank's identity.
 std::shared_ptr<const security::TlsIdentity> loopbackIdentity(
@@ -391,7 +557,7 @@ TEST(GrpcTransport, ServerSurvivesGarbageAndInvalidChunkSequences) {
   const std::string addr0 = ranks[0]->listeningAddress();
   auto chunk = [](uint64_t seq, uint64_t offset, uint64_t total, size_t n) {
     geopipe::v1::PeerChunk c;
-    c.set_protocol_version(1);
+    c.set_protocol_version(geopipe::v1::PEER_PROTOCOL_CURRENT);
     c.set_source_rank(2);
     c.set_destination_rank(0);
     c.set_job_token("test-job");
@@ -486,7 +652,7 @@ double rssMib() {
 TEST(GrpcTransport, AnnouncedSizeIsNotAllocatedUpFront) {
   auto ranks = makeGrpcWorld(2);
   geopipe::v1::PeerChunk c;
-  c.set_protocol_version(1);
+  c.set_protocol_version(geopipe::v1::PEER_PROTOCOL_CURRENT);
   c.set_source_rank(1);
   c.set_destination_rank(0);
   c.set_job_token("test-job");

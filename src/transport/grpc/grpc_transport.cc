@@ -6,6 +6,7 @@
 #include "src/transport/grpc/grpc_status.h"
 
 #include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <thread>
 
 #include "geopipe/error.h"
@@ -36,8 +38,8 @@ constexpr uint32_t kProtocolVersion = geopipe::v1::PEER_PROTOCOL_CURRENT;
 constexpr size_t kMaxChunkBytes = size_t{16} << 20;
 // Room for a chunk's header fields on top of its data.
 constexpr int kMaxFrameBytes = static_cast<int>(kMaxChunkBytes + (64 << 10));
-// Peer streams carry no acknowledgements in protocol v1 (PeerAck is tiny);
-// replies larger than this are refused.
+// Acknowledgements (PeerAck) are a few bytes; replies larger than this are
+// refused.
 constexpr int kMaxAckBytes = 64 << 10;
 
 // A failure as a kind and a message, so that one link failure can be
@@ -103,16 +105,12 @@ std::string hostOf(const std::string& address) {
 
 class PeerServiceImpl final : public PeerService::Service {
  public:
-  struct Config {
-    int rank = 0;
-    int world_size = 0;
-    std::string job_token;
-    uint64_t max_message_bytes = 0;
-  };
-  PeerServiceImpl(Config config, std::shared_ptr<Mailbox> mailbox,
+  PeerServiceImpl(PeerStreamAssembler::Config config, std::shared_ptr<Mailbox> mailbox,
+                  std::shared_ptr<PeerSessions> sessions,
                   std::function<std::string(int)> describe_peer)
       : config_(std::move(config)),
         mailbox_(std::move(mailbox)),
+        sessions_(std::move(sessions)),
         describe_peer_(std::move(describe_peer)) {}
 
   grpc::Status Stream(grpc::ServerContext* context,
@@ -131,13 +129,10 @@ class PeerServiceImpl final : public PeerService::Service {
   // which checks them, reassembles messages and tells how the stream ends.
   grpc::Status serve(grpc::ServerContext* context,
                      grpc::ServerReaderWriter<PeerAck, PeerChunk>* stream) {
-    PeerStreamAssembler::Config config;
-    config.rank = config_.rank;
-    config.world_size = config_.world_size;
-    config.job_token = config_.job_token;
-    config.max_message_bytes = config_.max_message_bytes;
-    PeerStreamAssembler assembler(config, mailbox_, describe_peer_,
-                                  [context] { return context->IsCancelled(); });
+    PeerStreamAssembler assembler(
+        config_, mailbox_, sessions_, describe_peer_, [context] { return context->IsCancelled(); },
+        // A sender that is gone cannot read it; its resume asks again.
+        [stream](const PeerAck& ack) { stream->Write(ack); });
     PeerChunk chunk;
     while (stream->Read(&chunk)) {
       grpc::Status status = assembler.onChunk(chunk);
@@ -146,14 +141,17 @@ class PeerServiceImpl final : public PeerService::Service {
     return assembler.onEnd();
   }
 
-  const Config config_;
+  const PeerStreamAssembler::Config config_;
   const std::shared_ptr<Mailbox> mailbox_;
+  const std::shared_ptr<PeerSessions> sessions_;
   const std::function<std::string(int)> describe_peer_;
 };
 
 // ---------------------------------------------------------------------------
 // The sending side towards one peer: a queue of messages and the thread
 // that connects, opens the stream and writes them, in order, in chunks.
+// With a link grace, a stream that breaks is replaced by one that resumes
+// it: the messages the receiver has not acknowledged are written again.
 
 class PeerLink {
  public:
@@ -165,6 +163,8 @@ class PeerLink {
     size_t chunk_bytes = 0;
     Duration connect_timeout{0};
     Duration keepalive{0};
+    Duration link_grace{0};
+    uint64_t incarnation = 0;
     LinkSecurity security;
   };
   explicit PeerLink(Config config) : config_(std::move(config)) {}
@@ -192,7 +192,7 @@ class PeerLink {
           GEOPIPE_ERROR_PTR(IoError, describeSend(tag), " failed: the transport is closing"));
     }
     auto work = std::make_shared<PendingWork>(describeSend(tag));
-    queue_.push_back(Outgoing{tag, std::move(payload), work});
+    queue_.push_back(Outgoing{tag, std::move(payload), work, 0});
     if (!started_) {
       started_ = true;
       writer_ = std::thread([this] { run(); });
@@ -229,7 +229,15 @@ class PeerLink {
   struct Outgoing {
     Tag tag;
     Bytes payload;
-    std::shared_ptr<PendingWork> work;
+    std::shared_ptr<PendingWork> work;  // null once completed
+    uint64_t sequence = 0;              // set when first written
+  };
+  // How one stream ended: drained and closed cleanly, or broken.
+  struct StreamEnd {
+    bool drained = false;
+    Failure failure;         // when broken
+    bool resumable = false;  // a broken connection, not a refusal
+    bool was_up = false;     // it carried messages (a resume was accepted)
   };
 
   std::shared_ptr<grpc::Channel> makeChannel() const {
@@ -239,6 +247,11 @@ class PeerLink {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetMaxSendMessageSize(kMaxFrameBytes);
     args.SetMaxReceiveMessageSize(kMaxAckBytes);
+    // Reconnect attempts at most 1 s apart (gRPC's default backoff grows to
+    // 2 minutes), so a resumed link or a late peer is reached in seconds.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     if (config_.keepalive.count() > 0) {
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(config_.keepalive.count()));
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(config_.keepalive.count()));
@@ -264,21 +277,43 @@ class PeerLink {
     return stream->Finish().error_message();
   }
 
-  // Fails the message being written (if any) and every queued one; later
-  // sends fail in enqueue().
-  void failAll(const Failure& failure, Outgoing* current) {
+  std::string linkName() const {
+    return detail::concat("rank ", config_.rank, " to rank ", config_.peer, " (", config_.address,
+                          ")");
+  }
+
+  // Cancelled (close() gave up waiting): a broken link is not resumed. A
+  // link that breaks while close() drains it still is, within close_timeout.
+  bool cancelledNow() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_;
+  }
+
+  // Fails the messages not yet written (or written on a stream that broke)
+  // and every queued one; later sends fail in enqueue().
+  void failAll(const Failure& failure, std::deque<Outgoing>& unacked) {
     std::deque<Outgoing> queued;
     {
       std::lock_guard<std::mutex> lock(mu_);
       failure_ = failure;
       queued.swap(queue_);
     }
-    sends_failed_ += queued.size() + (current ? 1 : 0);
-    if (current) current->work->completion().fail(toException(failure));
-    for (auto& m : queued) {
-      m.work->completion().fail(toException(Failure{
-          failure.kind, detail::concat(describeSend(m.tag), " failed: ", failure.message)}));
+    bool first = true;
+    for (auto* list : {&unacked, &queued}) {
+      for (auto& m : *list) {
+        if (!m.work) continue;
+        sends_failed_ += 1;
+        // The message being written gets the failure as is; the others
+        // their own context.
+        m.work->completion().fail(
+            first && list == &unacked
+                ? toException(failure)
+                : toException(Failure{failure.kind, detail::concat(describeSend(m.tag),
+                                                                   " failed: ", failure.message)}));
+        first = false;
+      }
     }
+    unacked.clear();
   }
 
   void finish() {
@@ -287,15 +322,20 @@ class PeerLink {
     cv_.notify_all();
   }
 
-  bool writeMessage(grpc::ClientReaderWriter<PeerChunk, PeerAck>* stream, const Outgoing& m,
-                    uint64_t sequence) {
+  PeerChunk header() const {
     PeerChunk chunk;
     chunk.set_protocol_version(kProtocolVersion);
     chunk.set_source_rank(config_.rank);
     chunk.set_destination_rank(config_.peer);
     chunk.set_job_token(config_.job_token);
+    chunk.set_incarnation(config_.incarnation);
+    return chunk;
+  }
+
+  bool writeMessage(grpc::ClientReaderWriter<PeerChunk, PeerAck>* stream, const Outgoing& m) {
+    PeerChunk chunk = header();
     tagToWire(m.tag, chunk.mutable_tag());
-    chunk.set_sequence(sequence);
+    chunk.set_sequence(m.sequence);
     const uint64_t total = m.payload.size();
     chunk.set_total_size(total);
     uint64_t offset = 0;
@@ -309,10 +349,14 @@ class PeerLink {
     return true;
   }
 
-  void run() {
-    auto channel = makeChannel();
-    // Connect, retrying until connect_timeout (the peer may not be up yet).
-    const auto deadline = deadlineAfter(config_.connect_timeout);
+  enum class Connect { CONNECTED, TIMED_OUT, CANCELLED, FAILED };
+  // Waits until the channel is connected, retrying until `deadline` (the
+  // peer may not be up yet, or the network is down). TIMED_OUT: `why` holds
+  // gRPC's last error (may be empty); FAILED: a set-up error no retry can
+  // fix, the link has failed already. A link that worked before (`again`)
+  // has no set-up error: whatever fails its reconnects is the network.
+  Connect connect(const std::shared_ptr<grpc::Channel>& channel, Clock::time_point deadline,
+                  bool again, std::deque<Outgoing>& unacked, std::string* why) {
     const std::string peer_name =
         detail::concat("rank ", config_.peer, "'s peer service at ", config_.address);
     std::string last_error;  // gRPC's reason for the last failed attempt
@@ -331,48 +375,57 @@ class PeerLink {
           Clock::now() >= next_probe) {
         next_probe = Clock::now() + std::chrono::seconds(1);
         last_error = probeConnectError(channel);
-        const std::string advice = explainHandshakeFailure(last_error, config_.security, peer_name);
+        const std::string advice =
+            again ? std::string()
+                  : explainHandshakeFailure(last_error, config_.security, peer_name);
         if (!advice.empty()) {
           // Set-up (certificates, TLS on one side only): no retry or
           // recovery can fix it, so it is a configuration error.
           failAll(Failure{ErrorKind::CONFIG,
-                          detail::concat("grpc: connect from rank ", config_.rank, " to rank ",
-                                         config_.peer, " (", config_.address, ") failed: ", advice,
+                          detail::concat("grpc: connect from ", linkName(), " failed: ", advice,
                                          " [", last_error, "]")},
-                  nullptr);
-          finish();
-          return;
+                  unacked);
+          return Connect::FAILED;
         }
       }
-      if (cancelled || Clock::now() >= deadline) {
-        const std::string why =
-            cancelled ? "the transport was closed before the peer accepted a connection"
-                      : detail::concat("no connection within ", config_.connect_timeout.count(),
-                                       " ms (connect_timeout); is the peer running?",
-                                       last_error.empty() ? "" : " Last error: " + last_error);
-        failAll(
-            failureFromStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, why),
-                              detail::concat("grpc: connect from rank ", config_.rank, " to rank ",
-                                             config_.peer, " (", config_.address, ")")),
-            nullptr);
-        finish();
-        return;
+      if (cancelled) return Connect::CANCELLED;
+      if (Clock::now() >= deadline) {
+        *why = last_error;
+        return Connect::TIMED_OUT;
       }
     }
+    return Connect::CONNECTED;
+  }
+
+  // One stream: resumes the broken one before it when `resume` (a resume
+  // frame, the receiver's acknowledgement, the unacknowledged messages
+  // again), then writes queued messages until the transport closes (a
+  // goodbye, drained) or the stream breaks.
+  StreamEnd runStream(const std::shared_ptr<grpc::Channel>& channel, bool resume,
+                      std::deque<Outgoing>& unacked, uint64_t& next_seq) {
     auto stub = PeerService::NewStub(channel);
     {
       std::lock_guard<std::mutex> lock(mu_);
       context_ = std::make_unique<grpc::ClientContext>();
       if (cancelled_) context_->TryCancel();
+      server_ended_ = false;
+      stream_acked_ = false;
     }
     auto stream = stub->Stream(context_.get());
-    // The server sends no acks in protocol v1, so Read() returns only when
+    // The server acknowledges delivered messages; Read() also returns when
     // the server ends the call (a refusal, its shutdown, a broken
-    // connection): that wakes the writer, which then reports the status
-    // even while it has nothing to write.
+    // connection), which wakes the writer even while it has nothing to write.
     std::thread reader([this, &stream] {
       PeerAck ack;
       while (stream->Read(&ack)) {
+        std::lock_guard<std::mutex> lock(mu_);
+        acked_ = std::max(acked_, ack.sequence());
+        if (receiver_incarnation_ == 0) receiver_incarnation_ = ack.incarnation();
+        if (!stream_acked_) {
+          stream_acked_ = true;
+          first_ack_ = ack;
+        }
+        cv_.notify_all();
       }
       std::lock_guard<std::mutex> lock(mu_);
       server_ended_ = true;
@@ -383,57 +436,183 @@ class PeerLink {
       reader.join();
       return stream->Finish();
     };
-    uint64_t sequence = 0;
-    while (true) {
-      Outgoing m;
-      bool ended = false;
+    bool up = false;
+    auto broken = [&](const std::string& what) {
+      const grpc::Status status = finishCall();
+      StreamEnd end;
+      end.was_up = up;
+      end.failure = failureFromStatus(
+          status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "the peer ended the stream")
+                      : status,
+          what);
+      end.resumable = end.failure.kind == ErrorKind::IO || end.failure.kind == ErrorKind::TIMEOUT;
+      return end;
+    };
+    auto refused = [&](const std::string& why) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        context_->TryCancel();
+      }
+      finishCall();
+      StreamEnd end;
+      end.failure = Failure{ErrorKind::IO, detail::concat("grpc: resuming the link from ",
+                                                          linkName(), " failed: ", why)};
+      return end;
+    };
+    const std::string stream_name = detail::concat("grpc: stream from ", linkName());
+    up = !resume;
+    if (resume) {
+      PeerChunk hello = header();
+      hello.set_resume(true);
+      // The oldest message this side still holds: 0 when the receiver has
+      // acknowledged nothing (the first stream may have broken before the
+      // receiver saw it; then it starts the session afresh).
+      hello.set_sequence(unacked.empty() ? next_seq : unacked.front().sequence);
+      if (!stream->Write(hello)) return broken(stream_name);
+      PeerAck ack;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return !queue_.empty() || closing_ || server_ended_; });
-        if (server_ended_) {
-          ended = true;
-        } else if (queue_.empty()) {
-          break;  // closing, drained
-        } else {
-          m = std::move(queue_.front());
-          queue_.pop_front();
+        cv_.wait_for(lock, std::chrono::seconds(10),
+                     [&] { return stream_acked_ || server_ended_ || cancelled_; });
+        if (!stream_acked_) {
+          lock.unlock();
+          if (server_ended_ || cancelled_) return broken(stream_name);
+          return refused("no answer to the resume frame within 10 s");
+        }
+        ack = first_ack_;
+      }
+      if (ack.incarnation() != receiver_incarnation_) {
+        // (the first acknowledgement of the link fixed receiver_incarnation_)
+        return refused(detail::concat("rank ", config_.peer,
+                                      " restarted (its transport is a new one); the messages "
+                                      "in flight are lost"));
+      }
+      const uint64_t oldest = unacked.empty() ? next_seq : unacked.front().sequence;
+      if (ack.sequence() < oldest || ack.sequence() > next_seq) {
+        return refused(detail::concat("rank ", config_.peer, " expects message ", ack.sequence(),
+                                      ", this rank holds messages ", oldest, " to ", next_seq));
+      }
+      while (!unacked.empty() && unacked.front().sequence < ack.sequence()) unacked.pop_front();
+      for (Outgoing& m : unacked) {
+        if (!writeMessage(stream.get(), m)) return broken(describeSend(m.tag));
+        if (m.work) {
+          m.work->completion().succeed();
+          m.work.reset();
         }
       }
-      if (ended || !writeMessage(stream.get(), m, sequence)) {
-        const grpc::Status status = finishCall();
-        const std::string what =
-            ended ? detail::concat("grpc: stream from rank ", config_.rank, " to rank ",
-                                   config_.peer, " (", config_.address, ")")
-                  : describeSend(m.tag);
-        failAll(failureFromStatus(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                                             "the peer ended the stream")
-                                              : status,
-                                  what),
-                ended ? nullptr : &m);
-        finish();
-        return;
+      messages_resent_ += unacked.size();
+      resumes_ += 1;
+      spdlog::info("grpc: the link from {} resumed after {:.1f} s; {} message(s) sent again",
+                   linkName(), std::chrono::duration<double>(Clock::now() - broken_at_).count(),
+                   unacked.size());
+      up = true;
+    }
+    while (true) {
+      bool ended = false;
+      bool drained = false;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] {
+          return !queue_.empty() || closing_ || server_ended_ ||
+                 (!unacked.empty() && acked_ > unacked.front().sequence);
+        });
+        while (!unacked.empty() && unacked.front().sequence < acked_) unacked.pop_front();
+        if (server_ended_) {
+          ended = true;
+        } else if (!queue_.empty()) {
+          unacked.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+          unacked.back().sequence = next_seq++;
+        } else if (closing_) {
+          drained = true;
+        } else {
+          continue;  // an acknowledgement freed retained messages
+        }
       }
-      ++sequence;
-      m.payload = Bytes();
+      if (ended) return broken(stream_name);
+      if (drained) break;
+      Outgoing& m = unacked.back();
+      if (!writeMessage(stream.get(), m)) return broken(describeSend(m.tag));
       m.work->completion().succeed();
+      m.work.reset();
+      // A resumable link keeps the message until the receiver acknowledges it.
+      if (!resumable()) unacked.pop_back();
     }
     // Drained: half-close and wait until the peer has read everything (or
     // close() cancels us after close_timeout).
-    PeerChunk goodbye;
-    goodbye.set_protocol_version(kProtocolVersion);
-    goodbye.set_source_rank(config_.rank);
-    goodbye.set_destination_rank(config_.peer);
-    goodbye.set_job_token(config_.job_token);
+    PeerChunk goodbye = header();
     goodbye.set_end_of_stream(true);
     if (stream->Write(goodbye)) stream->WritesDone();
     const grpc::Status status = finishCall();
     if (!status.ok()) {
       std::lock_guard<std::mutex> lock(mu_);
-      failure_ = failureFromStatus(
-          status, detail::concat("grpc: closing the stream from rank ", config_.rank, " to rank ",
-                                 config_.peer, " (", config_.address, ")"));
+      failure_ = failureFromStatus(status, "grpc: closing the stream from " + linkName());
+    }
+    StreamEnd end;
+    end.drained = true;
+    return end;
+  }
+
+  // Whether a broken stream is resumed (the receiver acknowledges what it
+  // delivered, so unacknowledged messages are kept for a resend).
+  bool resumable() const { return config_.incarnation != 0 && config_.link_grace.count() > 0; }
+
+  void run() {
+    auto channel = makeChannel();
+    std::deque<Outgoing> unacked;  // written (in whole or in part), not acknowledged
+    uint64_t next_seq = 0;         // the next new message's sequence
+    std::string why;
+    // Connect, retrying until connect_timeout (the peer may not be up yet).
+    const Connect first =
+        connect(channel, deadlineAfter(config_.connect_timeout), false, unacked, &why);
+    if (first != Connect::CONNECTED) {
+      if (first != Connect::FAILED) {
+        const std::string reason =
+            first == Connect::CANCELLED
+                ? std::string("the transport was closed before the peer accepted a connection")
+                : detail::concat("no connection within ", config_.connect_timeout.count(),
+                                 " ms (connect_timeout); is the peer running?",
+                                 why.empty() ? "" : " Last error: " + why);
+        failAll(failureFromStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, reason),
+                                  "grpc: connect from " + linkName()),
+                unacked);
+      }
+      finish();
+      return;
+    }
+    bool resume = false;
+    std::string first_break;  // what broke the link, while it is down
+    while (true) {
+      StreamEnd end = runStream(channel, resume, unacked, next_seq);
+      if (end.drained) break;
+      if (!end.resumable || !resumable() || cancelledNow()) {
+        failAll(end.failure, unacked);
+        break;
+      }
+      if (end.was_up || first_break.empty()) {
+        broken_at_ = Clock::now();
+        first_break = end.failure.message;
+        spdlog::warn("{}; reconnecting for up to {} s (fault_tolerance.link_grace)",
+                     end.failure.message, seconds(config_.link_grace));
+      }
+      const Connect again = connect(channel, broken_at_ + config_.link_grace, true, unacked, &why);
+      if (again == Connect::TIMED_OUT || again == Connect::CANCELLED) {
+        failAll(
+            Failure{ErrorKind::IO,
+                    detail::concat("grpc: the link from ", linkName(), " broke (", first_break,
+                                   ") and did not come back within ", seconds(config_.link_grace),
+                                   " s (fault_tolerance.link_grace)",
+                                   why.empty() ? "" : "; last error: " + why)},
+            unacked);
+      }
+      if (again != Connect::CONNECTED) break;
+      resume = true;
     }
     finish();
+  }
+
+  static int64_t seconds(Duration d) {
+    return std::chrono::duration_cast<std::chrono::seconds>(d).count();
   }
 
   const Config config_;
@@ -444,7 +623,12 @@ class PeerLink {
   bool closing_ = false;
   bool cancelled_ = false;
   bool finished_ = false;
-  bool server_ended_ = false;  // the reader saw the call end
+  bool server_ended_ = false;          // the reader saw the current call end
+  uint64_t acked_ = 0;                 // every message before it was delivered
+  bool stream_acked_ = false;          // the current stream carried an acknowledgement
+  PeerAck first_ack_;                  // its first
+  uint64_t receiver_incarnation_ = 0;  // the receiver's, from the link's first ack
+  Clock::time_point broken_at_;        // when the link last broke (writer thread)
   std::optional<Failure> failure_;
   std::unique_ptr<grpc::ClientContext> context_;  // set by the writer
   std::thread writer_;
@@ -453,6 +637,8 @@ class PeerLink {
   // For TransportStats.
   std::atomic<uint64_t> connect_retries_{0};
   std::atomic<uint64_t> sends_failed_{0};
+  std::atomic<uint64_t> resumes_{0};
+  std::atomic<uint64_t> messages_resent_{0};
 };
 
 // ---------------------------------------------------------------------------
@@ -494,12 +680,19 @@ class GrpcTransport::Impl {
     mailbox.max_buffered_bytes = options_.max_buffered_bytes;
     mailbox.describe_peer = [this](int src) { return describePeer(src); };
     mailbox_ = std::make_shared<Mailbox>(std::move(mailbox));
-    PeerServiceImpl::Config config;
+    sessions_ = std::make_shared<PeerSessions>(world_size_);
+    std::random_device entropy;
+    while (incarnation_ == 0)
+      incarnation_ = (uint64_t{entropy()} << 32) ^ entropy() ^
+                     static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+    PeerStreamAssembler::Config config;
     config.rank = options_.rank;
     config.world_size = world_size_;
     config.job_token = options_.job_token;
     config.max_message_bytes = options_.max_message_bytes;
-    service_ = std::make_unique<PeerServiceImpl>(config, mailbox_,
+    config.incarnation = incarnation_;
+    config.resumable = options_.link_grace.count() > 0;
+    service_ = std::make_unique<PeerServiceImpl>(config, mailbox_, sessions_,
                                                  [this](int src) { return describePeer(src); });
 
     grpc::ServerBuilder builder;
@@ -525,6 +718,7 @@ class GrpcTransport::Impl {
     }
     listening_address_ = detail::concat(hostOf(listen), ":", port);
     if (addresses_[options_.rank].empty()) addresses_[options_.rank] = listening_address_;
+    if (options_.link_grace.count() > 0) grace_timer_ = std::thread([this] { expireLinks(); });
   }
 
   ~Impl() { close(); }
@@ -571,6 +765,8 @@ class GrpcTransport::Impl {
         config.chunk_bytes = options_.chunk_bytes;
         config.connect_timeout = options_.connect_timeout;
         config.keepalive = options_.keepalive;
+        config.link_grace = options_.link_grace;
+        config.incarnation = options_.link_grace.count() > 0 ? incarnation_ : 0;
         config.security = options_.security;
         links_[peer] = std::make_unique<PeerLink>(std::move(config));
       }
@@ -597,6 +793,8 @@ class GrpcTransport::Impl {
       if (!link) continue;
       s.connect_retries += link->connect_retries_.load();
       s.sends_failed += link->sends_failed_.load();
+      s.links_resumed += link->resumes_.load();
+      s.messages_resent += link->messages_resent_.load();
     }
     return s;
   }
@@ -633,12 +831,35 @@ class GrpcTransport::Impl {
     //    pending receives, cancel the incoming streams.
     mailbox_->close(
         detail::concat("the transport was closed (rank ", options_.rank, " closed its transport)"));
+    {
+      std::lock_guard<std::mutex> lock(grace_mu_);
+      grace_cv_.notify_all();
+    }
+    if (grace_timer_.joinable()) grace_timer_.join();
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     server_->Wait();
   }
 
   std::string listeningAddress() const { return listening_address_; }
   uint64_t bufferedBytes() const { return mailbox_->bufferedBytes(); }
+
+  // The receiving side's half of the link grace: a sender whose stream
+  // broke and did not resume within link_grace is given up; its receives
+  // fail.
+  void expireLinks() {
+    std::unique_lock<std::mutex> lock(grace_mu_);
+    while (!closed_.load()) {
+      grace_cv_.wait_for(lock, std::chrono::milliseconds(200));
+      for (int src : sessions_->expire(Clock::now(), options_.link_grace)) {
+        mailbox_->failSource(
+            src, ErrorKind::IO,
+            detail::concat(
+                "the stream from ", describePeer(src), " broke and was not resumed within ",
+                std::chrono::duration_cast<std::chrono::seconds>(options_.link_grace).count(),
+                " s (fault_tolerance.link_grace): the peer died or its network is down"));
+      }
+    }
+  }
   int rank() const { return options_.rank; }
   int worldSize() const { return world_size_; }
 
@@ -654,6 +875,11 @@ class GrpcTransport::Impl {
   std::atomic<bool> closed_{false};
   std::string listening_address_;
   std::shared_ptr<Mailbox> mailbox_;
+  std::shared_ptr<PeerSessions> sessions_;
+  uint64_t incarnation_ = 0;  // this transport's random identity
+  std::mutex grace_mu_;
+  std::condition_variable grace_cv_;
+  std::thread grace_timer_;  // expireLinks(), with a link grace only
   std::unique_ptr<PeerServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;  // destroyed first: stops the handlers
 };
@@ -697,6 +923,7 @@ void registerGrpcTransport() {
     grpc_options.addresses = options.addresses;
     grpc_options.listen_address = options.listen_address;
     grpc_options.job_token = options.job_token;
+    grpc_options.link_grace = options.link_grace;
     return std::make_shared<GrpcTransport>(std::move(grpc_options));
   });
 }

@@ -65,6 +65,16 @@ struct GrpcTransportOptions {
   // HTTP/2 keepalive ping interval on idle connections, so a peer whose host
   // vanished (no FIN/RST) is detected; zero disables.
   Duration keepalive = std::chrono::seconds(10);
+  // How long a broken link may take to come back. Zero (the default here;
+  // jobs use fault_tolerance.link_grace, 30 s): a stream that breaks fails
+  // the sends and receives of that link at once. Positive: the sender
+  // keeps every message until the receiver acknowledges it, reconnects
+  // (attempts at most 1 s apart) and resumes the stream, writing the
+  // unacknowledged messages again, so a blip shorter than this loses and
+  // reorders nothing; the receiver's receives from that sender wait
+  // meanwhile. Past it, both sides fail the link as with zero. A peer that
+  // restarted (a new transport) is never resumed.
+  Duration link_grace{0};
 };
 
 // One rank's endpoint of the gRPC transport. The constructor starts this
@@ -80,10 +90,11 @@ struct GrpcTransportOptions {
 // GrpcTransportOptions::max_buffered_bytes for the backpressure.
 //
 // Errors: a stream that breaks (peer died, refused a chunk, shut down)
-// fails the send being written and every later send to that peer (the link
-// is not reopened, so per-tag FIFO order can never silently skip a
-// message); receives waiting on a sender whose stream ended fail, as do
-// later ones that find no queued message. Failures are IoError (connection,
+// fails the send being written and every later send to that peer, unless
+// link_grace allows it to resume (then messages are resent in order, so
+// per-tag FIFO order can never silently skip a message); receives waiting
+// on a sender whose stream ended (for good) fail, as do later ones that
+// find no queued message. Failures are IoError (connection,
 // peer gone) or ProtocolError (refused traffic) naming both ranks, the
 // peer's address, the operation, the tag and the gRPC status code.
 //

@@ -1,6 +1,7 @@
-// A TCP forwarder on loopback that delays every byte by a fixed time in
-// each direction: added latency without netem, for one link only (the
-// workers dial the coordinator through it; their peer links stay direct).
+// A TCP forwarder on loopback for one link of a test: it delays every byte
+// by a fixed time in each direction (added latency without netem), and it
+// can cut the connections it carries and refuse new ones for a while (a
+// network blip or an outage between two processes that stay alive).
 #pragma once
 
 #include <arpa/inet.h>
@@ -20,13 +21,14 @@
 #include <thread>
 #include <vector>
 
-namespace geopipe::distributed::testing {
+namespace geopipe::testing {
 
-class DelayProxy {
+class TcpProxy {
  public:
   // Forwards 127.0.0.1:port() to 127.0.0.1:`upstream_port`, each chunk
   // `delay` after it was read.
-  DelayProxy(int upstream_port, std::chrono::milliseconds delay)
+  explicit TcpProxy(int upstream_port,
+                    std::chrono::milliseconds delay = std::chrono::milliseconds(0))
       : upstream_port_(upstream_port), delay_(delay) {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
@@ -36,12 +38,12 @@ class DelayProxy {
     if (listen_fd_ < 0 || ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), len) != 0 ||
         ::listen(listen_fd_, 64) != 0 ||
         ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-      throw std::runtime_error("DelayProxy: cannot listen on loopback");
+      throw std::runtime_error("TcpProxy: cannot listen on loopback");
     }
     port_ = ntohs(a.sin_port);
     accept_ = std::thread([this] { acceptLoop(); });
   }
-  ~DelayProxy() {
+  ~TcpProxy() {
     stop_ = true;
     accept_.join();
     for (auto& p : pipes_) p->wake();
@@ -49,11 +51,29 @@ class DelayProxy {
     for (int fd : fds_) ::close(fd);
     ::close(listen_fd_);
   }
-  DelayProxy(const DelayProxy&) = delete;
-  DelayProxy& operator=(const DelayProxy&) = delete;
+  TcpProxy(const TcpProxy&) = delete;
+  TcpProxy& operator=(const TcpProxy&) = delete;
 
   int port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  // Breaks every connection carried so far (both ends see it closed); new
+  // ones are forwarded as before. Returns how many it cut.
+  int cutAll() {
+    std::lock_guard<std::mutex> lock(fds_mu_);
+    for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+    const int n = static_cast<int>(fds_.size()) / 2 - cut_;
+    cut_ = static_cast<int>(fds_.size()) / 2;
+    return n;
+  }
+  // While refusing, a new connection is closed as soon as it is accepted
+  // (a host that cannot be reached).
+  void setRefusing(bool refusing) { refusing_ = refusing; }
+  // Connections accepted and forwarded so far.
+  int connections() const {
+    std::lock_guard<std::mutex> lock(fds_mu_);
+    return static_cast<int>(fds_.size()) / 2;
+  }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -93,13 +113,16 @@ class DelayProxy {
       if (!readable(listen_fd_)) continue;
       const int client = ::accept(listen_fd_, nullptr, nullptr);
       if (client < 0) continue;
-      const int server = connectTo(upstream_port_);
+      const int server = refusing_ ? -1 : connectTo(upstream_port_);
       if (server < 0) {
         ::close(client);
         continue;
       }
-      fds_.push_back(client);
-      fds_.push_back(server);
+      {
+        std::lock_guard<std::mutex> lock(fds_mu_);
+        fds_.push_back(client);
+        fds_.push_back(server);
+      }
       forward(client, server);
       forward(server, client);
     }
@@ -157,11 +180,14 @@ class DelayProxy {
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> refusing_{false};
   std::thread accept_;
   // Touched by the accept thread only, and by the destructor once it ended.
   std::vector<std::unique_ptr<Pipe>> pipes_;
-  std::vector<int> fds_;
+  mutable std::mutex fds_mu_;  // fds_ is also read by cutAll()
+  std::vector<int> fds_;       // client, server of each connection
+  int cut_ = 0;                // connections cut already
   std::vector<std::thread> threads_;
 };
 
-}  // namespace geopipe::distributed::testing
+}  // namespace geopipe::testing
