@@ -5,12 +5,9 @@
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <condition_variable>
-#include <limits>
-#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -18,17 +15,19 @@
 #include "geopipe/error.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
-#include "scheduler/planner.h"
 #include "src/common/strings.h"
-#include "src/config/buffer_check.h"
+#include "src/distributed/checkpoint_collector.h"
+#include "src/distributed/coordinator_job.h"
+#include "src/distributed/event_queue.h"
+#include "src/distributed/generation_plan.h"
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/recovery.h"
 #include "src/distributed/request_checks.h"
+#include "src/distributed/roster.h"
 #include "src/distributed/step_ledger.h"
 #include "src/distributed/step_report.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
-#include "src/runtime/precision.h"
 #include "src/runtime/tasklet.h"
 #include "src/security/token.h"
 #include "src/transport/grpc/credentials.h"
@@ -63,39 +62,6 @@ std::string hostOfPeer(const std::string& peer) {
   return s.empty() ? "127.0.0.1" : s;
 }
 
-// The topology restricted to `keep` (global device indices, sorted): sites
-// without a kept device are dropped; device k of the result is keep[k].
-TopologySpec subTopology(const TopologySpec& t, const std::vector<int>& keep) {
-  TopologySpec s;
-  s.name = t.name;
-  s.description = t.description;
-  s.source = t.source;
-  std::vector<int> new_site(static_cast<size_t>(t.numSites()), -1);
-  std::vector<int> old_site;
-  for (int d : keep) {
-    const int site = t.devices[static_cast<size_t>(d)].site;
-    if (new_site[static_cast<size_t>(site)] < 0) {
-      new_site[static_cast<size_t>(site)] = static_cast<int>(old_site.size());
-      old_site.push_back(site);
-      SiteSpec ss = t.sites[static_cast<size_t>(site)];
-      ss.devices.clear();
-      s.sites.push_back(ss);
-    }
-  }
-  for (size_t k = 0; k < keep.size(); ++k) {
-    DeviceSpec dev = t.devices[static_cast<size_t>(keep[k])];
-    dev.site = new_site[static_cast<size_t>(dev.site)];
-    s.sites[static_cast<size_t>(dev.site)].devices.push_back(static_cast<int>(k));
-    s.devices.push_back(dev);
-  }
-  s.site_links.assign(old_site.size(), std::vector<LinkSpec>(old_site.size()));
-  for (size_t a = 0; a < old_site.size(); ++a)
-    for (size_t b = 0; b < old_site.size(); ++b)
-      s.site_links[a][b] =
-          t.site_links[static_cast<size_t>(old_site[a])][static_cast<size_t>(old_site[b])];
-  return s;
-}
-
 int tokensPerStep(const JobSpec& job) {
   return job.training.global_batch * job.model.seq_len;
 }
@@ -103,43 +69,24 @@ int tokensPerStep(const JobSpec& job) {
 }  // namespace
 
 class Coordinator::Impl final : public pb::Coordinator::Service {
+  // Holds mu_; on release delivers the events queued meanwhile, outside it.
+  using Locked = EventQueue::Lock;
+
  public:
   explicit Impl(CoordinatorOptions options) : opt_(std::move(options)) {
-    bundle_ = bundleJobFile(opt_.job_path);
-    job_ = parseBundle(bundle_);
-    job_.security = bundle_.security;
-    resolveEmulateLinks();
-    if (opt_.steps) job_.training.steps = static_cast<int>(*opt_.steps);
-    runtime::checkComputeDtype(job_);
-    if (job_.parallelism.dataParallelAuto()) {
-      const JobSpec priced = scheduler::effectiveNetworkJob(job_);
-      auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), false,
-                                  config::plannerStores(priced));
-      job_.parallelism.pipeline_stages = plan.d_pp;
-      job_.parallelism.data_parallel = plan.d_dp;
-      event(detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp, " stages x ",
-                           plan.d_dp, " replicas"));
-    }
+    CoordinatorJob cj =
+        readCoordinatorJob(opt_, &model_, [this](const std::string& line) { event(line); });
+    bundle_ = std::move(cj.bundle);
+    job_ = std::move(cj.job);
     stages_ = job_.parallelism.pipeline_stages;
     replicas_ = job_.parallelism.data_parallel;
     world_ = stages_ * replicas_;
     max_world_ = world_;
-    model_ = makeModel(job_.model);
-    GEOPIPE_CHECK(model_.bodyLayers() >= stages_, ConfigError, "model '", model_.name, "' has ",
-                  model_.bodyLayers(), " layers to split but parallelism.pipeline_stages is ",
-                  stages_);
-    resume_replicas_ = replicas_;
-    const FaultToleranceSpec& ft0 = job_.fault_tolerance;
-    min_replicas_ = ft0.min_replicas > 0 ? std::min(ft0.min_replicas, replicas_) : replicas_;
-    if (ft0.min_replicas > 0 && (ft0.max_restarts == 0 || ft0.min_replicas >= replicas_)) {
-      event(detail::concat("note: fault_tolerance.min_replicas ", ft0.min_replicas,
-                           " has no effect: ",
-                           ft0.max_restarts == 0
-                               ? std::string("max_restarts is 0, so a failure ends the job")
-                               : detail::concat("the job has ", replicas_,
-                                                " replica(s), it cannot shrink below that")));
-    }
-    if (opt_.resume) findResumePoint();
+    min_replicas_ = cj.min_replicas;
+    first_step_ = cj.first_step;
+    resume_dir_ = std::move(cj.resume_dir);
+    resume_replicas_ = cj.resume_replicas;
+    resume_body_split_ = std::move(cj.resume_body_split);
     committed_replicas_ = resume_replicas_;
     ledger_.emplace(job_, first_step_);
     max_reported_ = first_step_ - 1;
@@ -179,13 +126,13 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   ~Impl() override {
     {
-      Locked lock(*this);
+      Locked lock(events_);
       shutting_down_ = true;
     }
     cv_.notify_all();
     if (monitor_.joinable()) monitor_.join();
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    deliverEvents();
+    events_.deliver();
   }
 
   // --- public API ---------------------------------------------------------
@@ -201,7 +148,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   void requestStop(bool checkpoint) {
-    Locked lock(*this);
+    Locked lock(events_);
     if (phase_ == Phase::ENDED || stop_requested_) return;
     interrupted_ = true;
     if (!placed_) {
@@ -225,7 +172,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   void reportFailure(int64_t pid, int rank, const std::string& cause, const std::string& type) {
-    Locked lock(*this);
+    Locked lock(events_);
     if (pid > 0 && rank < 0 && lost_pids_.count(pid)) {
       // Already declared dead and left out of the job: its end is no news.
       eventLocked(detail::concat("lost worker pid ", pid, " is gone: ", cause));
@@ -233,7 +180,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     awaited_pids_.erase(pid);  // a survivor that died while the others rejoin
     if (rank < 0) {
-      for (auto& s : slots_) {
+      for (auto& s : roster_.slots()) {
         if (s.info.pid != pid || s.gone) continue;
         if (s.spare) {
           // An idle spare that died is dropped; the job never used it.
@@ -256,9 +203,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<TaskletInfo> out;
     if (!placed_) return out;
-    for (int r = 0; r < static_cast<int>(slot_of_rank_.size()); ++r)
-      out.push_back(slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(r)])].info);
-    return out;
+    return roster_.tasklets();
   }
 
   std::vector<int64_t> lostWorkers() const {
@@ -276,7 +221,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   std::optional<CoordinatorResult> waitFor(std::chrono::milliseconds timeout) {
-    Locked lock(*this);
+    Locked lock(events_);
     if (!cv_.wait_for(lock, timeout, [&] { return phase_ == Phase::ENDED; })) return std::nullopt;
     // Deliver every finished step before returning.
     lock.unlock();
@@ -306,12 +251,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   bool waitForWorkersGone(std::chrono::milliseconds timeout) {
-    Locked lock(*this);
+    Locked lock(events_);
     return cv_.wait_for(lock, timeout, [&] {
-      if (!placed_) return true;
-      for (int s : slot_of_rank_)
-        if (!slots_[static_cast<size_t>(s)].info.finished) return false;
-      return true;
+      return !placed_ || roster_.everyPlaced([](const Slot& s) { return s.info.finished; });
     });
   }
 
@@ -319,74 +261,68 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status Register(grpc::ServerContext* ctx, const pb::RegisterRequest* req,
                         pb::Assignment* out) override {
-    Locked lock(*this);
+    Locked lock(events_);
     if (grpc::Status st = checkRegisterRequest(*req); !st.ok()) return st;
     if (grpc::Status st = checkJoinTokenLocked(ctx, *req); !st.ok()) return st;
     // An idle spare calling again (it proves it lives once per heartbeat
     // interval): its slot, not a new registration.
-    size_t id = slots_.size();
-    if (req->spare_ticket() != 0) {
-      for (size_t i = 0; i < slots_.size(); ++i)
-        if (slots_[i].ticket == req->spare_ticket() && slots_[i].info.pid == req->pid() &&
-            !slots_[i].gone)
-          id = i;
-    }
+    size_t id = req->spare_ticket() != 0 ? roster_.findSpare(req->spare_ticket(), req->pid())
+                                         : roster_.size();
     if (phase_ == Phase::ENDED) {
-      if (id == slots_.size() || !slots_[id].spare)
+      if (id == roster_.size() || !roster_[id].spare)
         return {grpc::StatusCode::ABORTED, "the job has already ended"};
-      slots_[id].gone = true;
+      roster_[id].gone = true;
       out->set_protocol_version(kProtocol);
       out->set_job_over(true);
       return grpc::Status::OK;
     }
-    if (id == slots_.size()) {
+    if (id == roster_.size()) {
       if (grpc::Status st = registerNewLocked(ctx, req); !st.ok()) return st;
-      id = slots_.size() - 1;
+      id = roster_.size() - 1;
     }
-    slots_[id].last_seen = Clock::now();
-    slots_[id].waiting = true;
+    roster_[id].last_seen = Clock::now();
+    roster_[id].waiting = true;
     maybePlaceLocked();
     const auto call_start = Clock::now();
     const auto spare_poll = heartbeatInterval(heartbeat_timeout_);
-    while (!(placed_ && slots_[id].info.rank >= 0) && phase_ != Phase::ENDED && !shutting_down_) {
+    while (!(placed_ && roster_[id].info.rank >= 0) && phase_ != Phase::ENDED && !shutting_down_) {
       if (ctx->IsCancelled()) {
-        slots_[id].gone = true;
-        slots_[id].waiting = false;
-        eventLocked(detail::concat(slots_[id].spare ? "spare " : "worker ", req->hostname(),
+        roster_[id].gone = true;
+        roster_[id].waiting = false;
+        eventLocked(detail::concat(roster_[id].spare ? "spare " : "worker ", req->hostname(),
                                    " pid ", req->pid(), " left before it was placed"));
         cv_.notify_all();
         return {grpc::StatusCode::CANCELLED, "worker left"};
       }
-      if (slots_[id].spare && Clock::now() - call_start >= spare_poll) {
+      if (roster_[id].spare && Clock::now() - call_start >= spare_poll) {
         // Still idle: the spare calls again with its ticket.
-        slots_[id].waiting = false;
-        slots_[id].last_seen = Clock::now();
+        roster_[id].waiting = false;
+        roster_[id].last_seen = Clock::now();
         out->set_protocol_version(kProtocol);
         out->set_spare(true);
-        out->set_spare_ticket(slots_[id].ticket);
+        out->set_spare_ticket(roster_[id].ticket);
         return grpc::Status::OK;
       }
       cv_.wait_for(lock, kPoll);
     }
-    slots_[id].waiting = false;
-    if (slots_[id].spare && phase_ == Phase::ENDED) {
-      slots_[id].gone = true;
+    roster_[id].waiting = false;
+    if (roster_[id].spare && phase_ == Phase::ENDED) {
+      roster_[id].gone = true;
       out->set_protocol_version(kProtocol);
       out->set_job_over(true);
       return grpc::Status::OK;
     }
-    if (!placed_ || phase_ == Phase::ENDED || slots_[id].info.rank < 0) {
+    if (!placed_ || phase_ == Phase::ENDED || roster_[id].info.rank < 0) {
       return {grpc::StatusCode::ABORTED,
               failure_ ? failure_->message : std::string("the coordinator is shutting down")};
     }
-    const Slot& s = slots_[id];
-    fillAssignmentLocked(s, out);
+    fillAssignmentLocked(roster_[id], out);
     return grpc::Status::OK;
   }
 
   grpc::Status ReportAddress(grpc::ServerContext* ctx, const pb::AddressRequest* req,
                              pb::AddressTable* out) override {
-    Locked lock(*this);
+    Locked lock(events_);
     if (grpc::Status st = checkAddressRequest(*req, boundsLocked()); !st.ok()) return st;
     const auto stale = [&] { return req->generation() != generation_ || !placed_; };
     if (stale() && phase_ != Phase::ENDED) {
@@ -427,7 +363,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status ReportStep(grpc::ServerContext*, const pb::StepReport* req,
                           pb::Directive* out) override {
-    Locked lock(*this);
+    Locked lock(events_);
     if (grpc::Status st = checkStepReport(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
@@ -447,7 +383,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status ReportCheckpoint(grpc::ServerContext*, const pb::CheckpointReport* req,
                                 pb::Directive* out) override {
-    Locked lock(*this);
+    Locked lock(events_);
     if (grpc::Status st = checkCheckpointReport(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
@@ -458,30 +394,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       fillDirectiveLocked(out, req->generation());
       return grpc::Status::OK;
     }
-    auto& pending = checkpoints_[req->next_step()];
-    if (!pending.ranks.insert(req->rank()).second) {
-      // A repeated report (a retried call) counts once: the commit waits
-      // for every tasklet's files, not for world_ reports.
-      fillDirectiveLocked(out, req->generation());
-      return grpc::Status::OK;
-    }
-    pending.arrived += 1;
-    for (const auto& f : req->files()) pending.files.push_back(f);
-    if (pending.arrived == world_) {
-      runtime::CheckpointManifest manifest;
-      manifest.job = job_.name;
-      manifest.next_step = req->next_step();
-      manifest.stages = stages_;
-      manifest.replicas = replicas_;
-      manifest.model_json = runtime::checkpointModelJson(job_.model, job_.data.tokenizer);
-      manifest.layers_of_stage = placement_.layers_of_stage;
-      for (const auto& f : pending.files) manifest.files.push_back({f, 0, 0});
-      checkpoints_.erase(req->next_step());
+    // Once every tasklet's files are in: commit the manifest (outside mu_).
+    if (auto manifest = checkpoints_.add(req->next_step(), req->rank(),
+                                         {req->files().begin(), req->files().end()})) {
       ++commits_in_flight_;
       lock.unlock();
       std::string error;
       try {
-        runtime::commitCheckpoint(job_.checkpoint.dir, manifest, job_.checkpoint.keep);
+        runtime::commitCheckpoint(job_.checkpoint.dir, *manifest, job_.checkpoint.keep);
       } catch (const Error& e) {
         error = e.what();
       }
@@ -490,7 +410,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       if (error.empty()) {
         if (req->next_step() >= committed_next_step_) {
           committed_next_step_ = req->next_step();
-          committed_replicas_ = manifest.replicas;
+          committed_replicas_ = manifest->replicas;
         }
         eventLocked(detail::concat("checkpoint committed: ",
                                    runtime::stepDirectory(job_.checkpoint.dir, req->next_step())));
@@ -506,7 +426,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status SendHeartbeat(grpc::ServerContext*, const pb::Heartbeat* req,
                              pb::Directive* out) override {
-    Locked lock(*this);
+    Locked lock(events_);
     if (grpc::Status st = checkHeartbeat(*req, boundsLocked()); !st.ok()) return st;
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
@@ -522,7 +442,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status ReportFailure(grpc::ServerContext*, const pb::FailureReport* req,
                              pb::Directive* out) override {
-    Locked lock(*this);
+    Locked lock(events_);
     if (staleLocked(req->generation(), out)) return grpc::Status::OK;
     Slot* s = slotOfRankLocked(req->rank());
     if (!s) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown rank"};
@@ -534,7 +454,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   grpc::Status Finish(grpc::ServerContext*, const pb::FinishRequest* req,
                       pb::FinishReply*) override {
-    Locked lock(*this);
+    Locked lock(events_);
     if (grpc::Status st = checkFinishRequest(*req, boundsLocked()); !st.ok()) return st;
     // A worker of an ended generation leaving is no news: the failure that
     // ended it is already handled.
@@ -549,38 +469,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
  private:
-  struct Slot {
-    TaskletInfo info;
-    int device = -1;          // requested device, -1 = any
-    std::string listen_host;  // what peers use to reach it
-    Clock::time_point last_seen;
-    int64_t last_step = -1;
-    bool synchronous = false;  // reports synchronously (phase 1 of a stop)
-    bool gone = false;        // left before placement, or its generation ended
-    int previous_rank = -1;   // its rank in the previous generation, if any
-    int64_t generation = 0;   // the generation it was placed in
-    bool steps_done = false;  // ran its last step and reported its checkpoint
-    bool spare = false;       // an idle spare: not placed until promoted
-    bool waiting = false;     // inside its Register call (alive while it lasts)
-    uint64_t ticket = 0;      // a spare's proof of identity when it calls again
-  };
-  struct PendingCheckpoint {
-    std::set<int> ranks;  // tasklets that reported
-    int arrived = 0;
-    std::vector<std::string> files;
-  };
-  struct Failure {
-    std::string message;
-    std::string type;
-    int rank = -1;
-    bool primary = true;
-    Clock::time_point at;
-    int64_t generation = 0;  // when it was reported (its rank is of that generation)
-    // The worker's own error ("Type: what"); empty for what the coordinator
-    // observed (silence, a process death, a late step).
-    std::string cause;
-  };
-
+  using Slot = Roster::Slot;
   // A new worker's registration (token checked): a slot, as a worker the
   // job waits for or as an idle spare.
   grpc::Status registerNewLocked(grpc::ServerContext* ctx, const pb::RegisterRequest* req) {
@@ -598,7 +487,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                              "coordinator")};
     }
     int device = -1;
-    if (grpc::Status st = resolveDeviceLocked(req->device(), &device); !st.ok()) return st;
+    if (grpc::Status st =
+            resolveDevice(req->device(), job_.topology, roster_.deviceClaims(), &device);
+        !st.ok())
+      return st;
     if (!awaited) ++registrations_;
     Slot slot;
     slot.device = device;
@@ -609,19 +501,18 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     slot.last_seen = Clock::now();
     slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
     awaited_pids_.erase(req->pid());
-    slot.spare = joinsAsSpare(placed_, activeSlotsLocked(), static_cast<int>(awaited_pids_.size()),
+    slot.spare = joinsAsSpare(placed_, roster_.active(), static_cast<int>(awaited_pids_.size()),
                               world_, awaited);
-    slot.ticket = ++last_ticket_;
-    slots_.push_back(slot);
+    roster_.add(slot);
     if (slot.spare) {
       eventLocked(detail::concat("spare joined: ", req->hostname(), " pid ", req->pid(),
                                  ", device ", req->device().empty() ? "any" : req->device(),
-                                 " (idle; ", idleSparesLocked(), " spare(s))"));
+                                 " (idle; ", roster_.idleSpares(), " spare(s))"));
     } else {
       eventLocked(detail::concat(
           req->has_previous_rank() ? "worker rejoined: " : "worker joined: ", req->hostname(),
           " pid ", req->pid(), ", device ", req->device().empty() ? "any" : req->device(), " (",
-          activeSlotsLocked(), "/", world_, ")"));
+          roster_.active(), "/", world_, ")"));
     }
     return grpc::Status::OK;
   }
@@ -652,32 +543,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     out->set_job_token(job_token_);
     out->set_listen_host(s.listen_host);
     out->set_emulate_links(job_.transport.emulate_links);
-    int on_host = 0;
-    for (int r = 0; r < static_cast<int>(slot_of_rank_.size()); ++r)
-      on_host += slotOfRankLocked(r)->info.hostname == s.info.hostname ? 1 : 0;
-    out->set_workers_on_host(std::max(1, on_host));
-  }
-
-  // transport.emulate_links: the job's, or when it does not say, the
-  // default of how the job runs (CoordinatorOptions). Said loudly either
-  // way, since emulated links on real hosts throttle every transfer to
-  // numbers someone typed into a topology.
-  void resolveEmulateLinks() {
-    const YAML::Node root = YAML::Load(bundle_.yaml);
-    const bool set = root.IsMap() && root["transport"] && root["transport"].IsMap() &&
-                     root["transport"]["emulate_links"];
-    if (!set) job_.transport.emulate_links = opt_.emulate_links_by_default;
-    if (job_.transport.emulate_links && !opt_.emulate_links_by_default) {
-      event(detail::concat(
-          "links are EMULATED (transport.emulate_links: true): every transfer between workers is "
-          "slowed to the topology's bandwidth and latency, as on one machine; for real hosts set "
-          "transport.emulate_links: false"));
-    } else if (!set) {
-      event(job_.transport.emulate_links
-                ? "links are emulated (transport.emulate_links not set; the default on one machine)"
-                : "links are real, not emulated (transport.emulate_links not set; the default "
-                  "across hosts)");
-    }
+    out->set_workers_on_host(std::max(1, roster_.placedOn(s.info.hostname)));
   }
 
   // The join token check of Register: constant-time, never logged; a host
@@ -709,111 +575,23 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
   }
   // Queues `line` for on_event; the Locked that holds mu_ delivers it.
-  void eventLocked(const std::string& line) { events_.push_back(line); }
-
-  // Hands the queued events to on_event in order, outside mu_: a slow sink
-  // (the CLI's stdout) holds up no call, and one that calls back into the
-  // coordinator finds the lock free. One thread delivers at a time; a
-  // thread that finds another delivering leaves its events to it (the
-  // deliverer looks again after letting go), and a sink calling back in
-  // returns at once (its events follow when it returns).
-  void deliverEvents() {
-    thread_local const Impl* delivering = nullptr;
-    if (delivering == this) return;
-    while (true) {
-      std::unique_lock<std::mutex> order(deliver_mu_, std::try_to_lock);
-      if (!order.owns_lock()) return;
-      delivering = this;
-      while (true) {
-        std::vector<std::string> lines;
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          lines.swap(events_);
-        }
-        if (lines.empty()) break;
-        for (const auto& line : lines) {
-          try {
-            event(line);
-          } catch (const std::exception& e) {
-            spdlog::warn("the coordinator's event sink failed: {} (event: {})", e.what(), line);
-          }
-        }
-      }
-      delivering = nullptr;
-      order.unlock();
-      std::lock_guard<std::mutex> lock(mu_);
-      if (events_.empty()) return;
-    }
+  void eventLocked(const std::string& line) { events_.push(line); }
+  void eventsLocked(const std::vector<std::string>& lines) {
+    for (const auto& line : lines) events_.push(line);
   }
 
-  void findResumePoint() {
-    const std::string& dir = job_.checkpoint.dir;
-    const runtime::CheckpointManifest manifest = runtime::resumePoint(dir, stages_, replicas_);
-    resume_replicas_ = manifest.replicas;
-    first_step_ = manifest.next_step;
-    // Keep the layer split the checkpoint was written with (version 2).
-    resume_body_split_ =
-        runtime::savedBodySplit(manifest, model_.prologue_layers, model_.epilogue_layers);
-    resume_dir_ = runtime::stepDirectory(dir, first_step_);
-    GEOPIPE_CHECK(first_step_ < job_.training.steps, ConfigError, "the checkpoint in '", dir,
-                  "' is at step ", first_step_, " but the job has only ", job_.training.steps,
-                  " steps: nothing left to train");
-    event(detail::concat("resuming from '", resume_dir_, "' at step ", first_step_));
-  }
-
-  // Workers the next placement uses: joined, not gone, not spares.
-  int activeSlotsLocked() const {
-    int n = 0;
-    for (const auto& s : slots_) n += s.gone || s.spare ? 0 : 1;
-    return n;
-  }
-  int idleSparesLocked() const {
-    int n = 0;
-    for (const auto& s : slots_) n += !s.gone && s.spare ? 1 : 0;
-    return n;
-  }
-  // Idle spares heard from within two of their calling intervals (a dead
-  // one is dropped only after heartbeat_timeout; a grow should not count it).
+  // Idle spares heard from within two of their calling intervals.
   int liveSparesLocked() const {
-    const auto now = Clock::now();
-    const auto recent = 2 * heartbeatInterval(heartbeat_timeout_);
-    int n = 0;
-    for (const auto& s : slots_)
-      n += !s.gone && s.spare && (s.waiting || now - s.last_seen <= recent) ? 1 : 0;
-    return n;
-  }
-
-  // While the job waits for placement: idle spares (the longest waiting
-  // first) take the places no joined worker or awaited survivor fills.
-  void promoteSparesLocked() {
-    int n = sparesToPromote(activeSlotsLocked(), static_cast<int>(awaited_pids_.size()), world_,
-                            idleSparesLocked());
-    for (auto& s : slots_) {
-      if (n == 0) break;
-      if (s.gone || !s.spare) continue;
-      s.spare = false;
-      s.previous_rank = -1;
-      --n;
-      eventLocked(detail::concat("spare ", s.info.hostname, " pid ", s.info.pid,
-                                 replicas_before_grow_ > 0 ? " takes a place of a new replica ("
-                                                           : " takes a lost tasklet's place (",
-                                 activeSlotsLocked(), "/", world_, ")"));
-    }
-  }
-
-  grpc::Status resolveDeviceLocked(const std::string& name, int* device) {
-    std::vector<DeviceClaim> taken;
-    for (const auto& s : slots_)
-      if (!s.gone && s.device >= 0) taken.push_back({s.device, s.info.hostname, s.info.pid});
-    return resolveDevice(name, job_.topology, taken, device);
+    return roster_.liveSpares(Clock::now(), 2 * heartbeatInterval(heartbeat_timeout_));
   }
 
   // Places the job once every tasklet has a worker and no checkpoint is
   // being committed (a new generation resumes from the newest commit).
   void maybePlaceLocked() {
-    if (!placed_ && phase_ != Phase::ENDED) promoteSparesLocked();
-    if (placed_ || phase_ == Phase::ENDED || activeSlotsLocked() != world_ ||
-        commits_in_flight_ > 0)
+    if (!placed_ && phase_ != Phase::ENDED)
+      eventsLocked(roster_.promoteSpares(static_cast<int>(awaited_pids_.size()), world_,
+                                         replicas_before_grow_ > 0));
+    if (placed_ || phase_ == Phase::ENDED || roster_.active() != world_ || commits_in_flight_ > 0)
       return;
     try {
       placeLocked();
@@ -833,63 +611,31 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // generation over the same devices reuses the previous plan, so the
   // recovered run computes exactly what the uninterrupted one would.
   void placeLocked() {
-    std::vector<size_t> active;
-    std::set<int> named;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      if (slots_[i].gone || slots_[i].spare) continue;
-      active.push_back(i);
-      if (slots_[i].device >= 0) named.insert(slots_[i].device);
-    }
-    const int n_devices = job_.topology.numDevices();
     const auto previous_layers = placement_.layers_of_stage;
-    const bool reuse = generation_ > 1 &&
-                       static_cast<int>(placement_.device_of_rank.size()) == world_ &&
-                       std::all_of(named.begin(), named.end(), [&](int d) {
-                         return std::count(placement_.device_of_rank.begin(),
-                                           placement_.device_of_rank.end(), d) > 0;
-                       });
-    if (reuse) {
+    const DevicePlan plan = planDevices(roster_.namedDevices(), job_.topology.numDevices(), world_,
+                                        generation_ > 1 ? &placement_.device_of_rank : nullptr);
+    if (plan.reuse) {
       // The same plan: every named device is one the previous plan used.
-    } else if (named.empty() || n_devices == 0) {
+    } else if (plan.devices.empty()) {
       placement_ = runtime::choosePlacement(model_, job_, {}, resume_body_split_);
     } else {
       // Named devices (fewer than the topology's when the job shrank).
-      std::vector<int> keep(named.begin(), named.end());
-      for (int d = 0; d < n_devices && static_cast<int>(keep.size()) < world_; ++d)
-        if (!named.count(d)) keep.push_back(d);
-      std::sort(keep.begin(), keep.end());
       JobSpec sub = job_;
-      sub.topology = subTopology(job_.topology, keep);
+      sub.topology = subTopology(job_.topology, plan.devices);
       placement_ = runtime::choosePlacement(model_, sub, {}, resume_body_split_);
-      for (int& d : placement_.device_of_rank) d = keep[static_cast<size_t>(d)];
+      for (int& d : placement_.device_of_rank) d = plan.devices[static_cast<size_t>(d)];
     }
     if (generation_ > 1 && placement_.layers_of_stage != previous_layers) {
       // The checkpoint holds each stage's layers: a new generation keeps the cut.
       placement_.layers_of_stage = previous_layers;
     }
-    std::vector<RankClaim> claims;
-    for (size_t i : active) claims.push_back({slots_[i].device, slots_[i].previous_rank});
-    const std::vector<int> worker_of_rank = assignRanks(placement_.device_of_rank, claims);
-    slot_of_rank_.assign(static_cast<size_t>(world_), -1);
-    for (int r = 0; r < world_; ++r)
-      slot_of_rank_[static_cast<size_t>(r)] =
-          static_cast<int>(active[static_cast<size_t>(worker_of_rank[static_cast<size_t>(r)])]);
+    const std::vector<int> worker_of_rank =
+        assignRanks(placement_.device_of_rank, roster_.claims());
     startGenerationLocked();
-    for (int r = 0; r < world_; ++r) {
-      Slot& s = slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(r)])];
-      GEOPIPE_CHECK(s.info.rank < 0, Error, "rank assigned twice");
-      s.generation = generation_;
-      s.info.rank = r;
-      s.info.stage = r % stages_;
-      s.info.replica = r / stages_;
-      s.info.device = placement_.device_of_rank[static_cast<size_t>(r)];
-      s.info.device_name = n_devices > 0
-                               ? job_.topology.devices[static_cast<size_t>(s.info.device)].name
-                               : std::to_string(s.info.device);
-      s.last_seen = Clock::now();
-      s.last_step = first_step_ - 1;
-      s.synchronous = false;
-    }
+    roster_.assign(worker_of_rank,
+                   {generation_, stages_, placement_.device_of_rank, &job_.topology, first_step_},
+                   Clock::now());
+    checkpoints_.startGeneration(stages_, replicas_, placement_.layers_of_stage);
     // The peers' job token: a secret only the workers placed here learn
     // (over the coordinator's TLS link), checked on every peer stream.
     job_token_ = security::randomToken();
@@ -900,7 +646,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     phase_ = Phase::RUNNING;
     std::string line = detail::concat(
         generation_ > 1 ? detail::concat("generation ", generation_, " ") : std::string(),
-        "placement (", placement_.source, reuse ? ", unchanged" : "", "):");
+        "placement (", placement_.source, plan.reuse ? ", unchanged" : "", "):");
     for (int r = 0; r < world_; ++r) {
       const auto& l = placement_.layers_of_stage[static_cast<size_t>(r % stages_)];
       line += detail::concat(" rank ", r, "->device ",
@@ -910,17 +656,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     eventLocked(line);
   }
 
-  Slot* slotOfRankLocked(int rank) {
-    if (!placed_ || rank < 0 || rank >= world_) return nullptr;
-    return &slots_[static_cast<size_t>(slot_of_rank_[static_cast<size_t>(rank)])];
-  }
-
+  // The worker of `rank` in the current generation (nullptr if none).
+  Slot* slotOfRankLocked(int rank) { return placed_ ? roster_.ofRank(rank) : nullptr; }
   std::string describeLocked(int rank) {
-    const Slot* s = slotOfRankLocked(rank);
-    if (!s) return detail::concat("tasklet ", rank);
-    return detail::concat("tasklet rank ", rank, " (stage ", s->info.stage, ", replica ",
-                          s->info.replica, ", device '", s->info.device_name, "', host ",
-                          s->info.hostname, " pid ", s->info.pid, ")");
+    return placed_ ? roster_.describe(rank) : detail::concat("tasklet ", rank);
   }
 
   // The standing instructions for a worker of `generation`: regroup when
@@ -946,10 +685,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // one all workers can stop after.
   void maybeFixStopLocked() {
     if (!stop_requested_ || stop_after_ >= 0 || !placed_) return;
-    for (int r = 0; r < world_; ++r) {
-      const Slot* s = slotOfRankLocked(r);
-      if (!s->synchronous && s->last_step < job_.training.steps - 1) return;
-    }
+    const int64_t last = job_.training.steps - 1;
+    if (!roster_.everyPlaced([&](const Slot& s) { return s.synchronous || s.last_step >= last; }))
+      return;
     stop_after_ = std::min<int64_t>(max_reported_ + 1, job_.training.steps - 1);
     eventLocked(detail::concat("stopping after step ", stop_after_ + 1,
                                checkpoint_at_stop_ ? " (with a checkpoint)" : ""));
@@ -966,9 +704,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // commit ran inside the last report): workers may leave.
   bool completeLocked() const {
     if (!placed_ || abort_ || commits_in_flight_ > 0) return false;
-    for (int s : slot_of_rank_)
-      if (!slots_[static_cast<size_t>(s)].steps_done) return false;
-    return true;
+    return roster_.everyPlaced([](const Slot& s) { return s.steps_done; });
   }
 
   // A worker's own report that its step failed.
@@ -1000,17 +736,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // (heartbeats come every second) is the root cause, not the reporter.
   void blameSilentTaskletLocked(Failure& f, Clock::time_point now) {
     if (!placed_) return;
-    int suspect = -1;
-    double longest = 0;
-    for (int r = 0; r < world_; ++r) {
-      const Slot& s = *slotOfRankLocked(r);
-      if (s.info.finished || r == f.rank) continue;
-      const double silent = secondsBetween(s.last_seen, now);
-      if (silent > longest) {
-        longest = silent;
-        suspect = r;
-      }
-    }
+    const auto [suspect, longest] = roster_.mostSilent(f.rank, now);
     const double threshold =
         std::max(1.5, 0.75 * std::chrono::duration<double>(opt_.failure_grace).count());
     if (suspect < 0 || longest < threshold) return;
@@ -1025,58 +751,29 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // job placed) ends only this generation.
   void decideFailureLocked(const Failure& f) {
     pending_.reset();
-    if (f.rank >= 0 && f.generation != generation_) {
-      // Its generation ended meanwhile (a grow back): the rank names
-      // another worker now, and whoever is gone is missed at the rejoin.
-      eventLocked(detail::concat("after generation ", f.generation, " ended: ", f.message));
-      return;
+    const FailureDecision d =
+        decideFailure(f, {generation_, completeLocked(), placed_, phase_ == Phase::REGROUPING,
+                          restartsLocked(), job_.fault_tolerance.max_restarts,
+                          regroup_failure_.cause, noStepThisGenerationLocked()});
+    switch (d.action) {
+      case FailureAction::NOTE:
+      case FailureAction::NOTE_FINISHED:
+        eventLocked(d.message);
+        if (d.action == FailureAction::NOTE_FINISHED && f.rank >= 0)
+          slotOfRankLocked(f.rank)->info.finished = true;
+        return;
+      case FailureAction::END_JOB:
+        finalFailureLocked(f.rank, d.message, f.type);
+        return;
+      case FailureAction::REGROUP:
+        regroupLocked(f);
+        return;
     }
-    if (completeLocked()) {
-      // Every step is done and committed; the others may have left already.
-      eventLocked("after the job completed: " + f.message);
-      if (f.rank >= 0) slotOfRankLocked(f.rank)->info.finished = true;
-      return;
-    }
-    const int max_restarts = job_.fault_tolerance.max_restarts;
-    if (!isRecoverableFailure(f.type) || (!placed_ && phase_ != Phase::REGROUPING)) {
-      finalFailureLocked(f.rank, f.message, f.type);
-      return;
-    }
-    if (!placed_) {
-      // A worker died while the others rejoin: rejoin_timeout bounds the
-      // wait for its replacement.
-      eventLocked(detail::concat("while regrouping: ", f.message));
-      return;
-    }
-    if (restartsLocked() >= max_restarts) {
-      finalFailureLocked(f.rank,
-                         max_restarts == 0
-                             ? f.message
-                             : detail::concat(f.message, "; no restart left (", max_restarts,
-                                              " done, fault_tolerance.max_restarts)"),
-                         f.type);
-      return;
-    }
-    if (!f.cause.empty() && f.cause == regroup_failure_.cause && noStepThisGenerationLocked()) {
-      // The error that ended the last generation, again before this one
-      // completed a step: deterministic (a bad file every restart reads),
-      // so another restart would only end the same way.
-      finalFailureLocked(
-          f.rank,
-          detail::concat(f.message, "; generation ", generation_ - 1,
-                         " ended with the same error before this generation completed a step: it "
-                         "would end every restart the same way, so the job is not recovered again"),
-          f.type);
-      return;
-    }
-    regroupLocked(f);
   }
 
   // No tasklet of the current generation has reported a step yet.
   bool noStepThisGenerationLocked() {
-    for (int r = 0; r < world_; ++r)
-      if (slotOfRankLocked(r)->last_step >= first_step_) return false;
-    return true;
+    return roster_.everyPlaced([&](const Slot& s) { return s.last_step < first_step_; });
   }
 
   // Ends the current generation: the failed worker is left out (a launcher
@@ -1106,20 +803,16 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int64_t endGenerationLocked(const Failure& why) {
     // The survivors' places are kept for them; a spare takes the others.
     awaited_pids_.clear();
-    for (int r = 0; r < static_cast<int>(slot_of_rank_.size()); ++r) {
-      const int64_t pid = slotOfRankLocked(r)->info.pid;
+    for (const int64_t pid : roster_.placedPids())
       if (!lost_pids_.count(pid)) awaited_pids_.insert(pid);
-    }
     const int64_t redo = max_reported_ + 1 - committed_next_step_;
     ++generation_;
     phase_ = Phase::REGROUPING;
     regroup_since_ = Clock::now();
     regroup_failure_ = why;
     regroup_reason_ = detail::concat("generation ", generation_ - 1, " ended: ", why.message);
-    for (auto& s : slots_)
-      if (!s.spare) s.gone = true;
+    roster_.endGeneration();
     placed_ = false;
-    slot_of_rank_.clear();
     addresses_ = 0;
     // Steps past the last commit are recomputed; earlier ones are complete
     // (a commit needs every tasklet's report) and still to be emitted.
@@ -1194,35 +887,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // resharding the checkpoint); workers beyond them wait as idle spares.
   // False when it cannot.
   bool shrinkLocked() {
-    const int active = activeSlotsLocked();
-    const int r = shrunkReplicas(active, stages_, replicas_, min_replicas_,
+    const int r = shrunkReplicas(roster_.active(), stages_, replicas_, min_replicas_,
                                  job_.training.global_batch, job_.training.micro_batch);
     if (r == 0) return false;
     const int old_replicas = replicas_;
     setReplicasLocked(r);
-    // Keep the survivors of whole replicas first (in rank order), then the
-    // others by previous rank, newcomers last; the rest become idle spares.
-    std::vector<size_t> order;
-    std::map<int, int> survivors_of_replica;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      if (slots_[i].gone || slots_[i].spare) continue;
-      order.push_back(i);
-      if (slots_[i].previous_rank >= 0) ++survivors_of_replica[slots_[i].previous_rank / stages_];
-    }
-    auto key = [&](size_t i) {
-      const int prev = slots_[i].previous_rank;
-      if (prev < 0) return std::make_pair(2, 0);
-      return std::make_pair(survivors_of_replica[prev / stages_] == stages_ ? 0 : 1, prev);
-    };
-    std::stable_sort(order.begin(), order.end(),
-                     [&](size_t a, size_t b) { return key(a) < key(b); });
-    for (size_t k = static_cast<size_t>(world_); k < order.size(); ++k) {
-      Slot& s = slots_[order[k]];
-      s.spare = true;
-      s.previous_rank = -1;
-      eventLocked(detail::concat("worker ", s.info.hostname, " pid ", s.info.pid,
-                                 " waits as an idle spare: the job continues with fewer replicas"));
-    }
+    eventsLocked(roster_.keepForShrink(world_, stages_));
     eventLocked(detail::concat(
         "no replacement within ", rejoin_timeout_.count() / 1000,
         " s (fault_tolerance.rejoin_timeout): continuing with ", r, " of ", old_replicas,
@@ -1255,7 +925,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     resume_dir_ =
         first_step_ > 0 ? runtime::stepDirectory(job_.checkpoint.dir, first_step_) : std::string();
     ledger_->restartAt(first_step_, result_);
-    for (auto& s : slots_) s.steps_done = false;
+    for (auto& s : roster_.slots()) s.steps_done = false;
   }
 
   void finalFailureLocked(int rank, const std::string& message, const std::string& type) {
@@ -1269,7 +939,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   void monitorLoop() {
-    Locked lock(*this);
+    Locked lock(events_);
     while (!shutting_down_) {
       cv_.wait_for(lock, std::chrono::milliseconds(50));
       if (shutting_down_) break;
@@ -1298,8 +968,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
               kindName(ErrorKind::TIMEOUT), true);
         }
         // Done: every tasklet finished cleanly and every checkpoint committed.
-        bool all_finished = true;
-        for (int r = 0; r < world_; ++r) all_finished &= slotOfRankLocked(r)->info.finished;
+        const bool all_finished =
+            roster_.everyPlaced([](const Slot& s) { return s.info.finished; });
         if (all_finished && !pending_ && commits_in_flight_ == 0 && phase_ != Phase::ENDED) {
           phase_ = Phase::ENDED;
           cv_.notify_all();
@@ -1314,38 +984,20 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       // for heartbeat_timeout (dead, hung, cut off) is dropped. So is a
       // spare promoted for a lost place that did not call again (another
       // spare is promoted in its stead).
-      for (auto& s : slots_) {
-        if (s.gone || s.waiting || s.info.rank >= 0) continue;
-        const double silent = secondsBetween(s.last_seen, now);
-        if (silent * 1000 > heartbeat_timeout_.count()) {
-          s.gone = true;
-          eventLocked(detail::concat("spare ", s.info.hostname, " pid ", s.info.pid,
-                                     " is silent for ", static_cast<int>(silent),
-                                     " s and no longer a spare"));
-        }
-      }
+      eventsLocked(roster_.dropSilentSpares(now, heartbeat_timeout_));
       if (phase_ == Phase::REGROUPING) {
         maybePlaceLocked();  // waits for commits that were in flight
         if (!placed_ && now - regroup_since_ > rejoin_timeout_ && commits_in_flight_ == 0 &&
             !giveUpWaitingLocked()) {
           const Failure& f = regroup_failure_;
-          finalFailureLocked(
-              f.rank,
-              detail::concat(f.message, "; recovery gave up: ", activeSlotsLocked(), " of ", world_,
-                             " workers rejoined within ", rejoin_timeout_.count() / 1000,
-                             " s (fault_tolerance.rejoin_timeout)",
-                             min_replicas_ < replicas_
-                                 ? detail::concat(", too few for ", min_replicas_,
-                                                  " replica(s) (fault_tolerance.min_replicas)")
-                                 : std::string(),
-                             ". Start a worker for the lost tasklet sooner, ",
-                             min_replicas_ < replicas_ ? "lower" : "set",
-                             " fault_tolerance.min_replicas, or restart the job with --resume"),
-              f.type);
+          finalFailureLocked(f.rank,
+                             recoveryGaveUp(f, roster_.active(), world_, rejoin_timeout_,
+                                            min_replicas_, replicas_),
+                             f.type);
         }
       }
       lock.unlock();
-      deliverEvents();
+      events_.deliver();
       flushSteps();
       lock.lock();
     }
@@ -1362,22 +1014,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (opt_.on_step)
       for (const auto& m : ready) opt_.on_step(m);
   }
-
-  // Holds mu_. On release (the end of its scope) it delivers the events
-  // queued meanwhile, outside mu_ (deliverEvents).
-  class Locked : public std::unique_lock<std::mutex> {
-   public:
-    explicit Locked(Impl& impl) : std::unique_lock<std::mutex>(impl.mu_), impl_(impl) {}
-    ~Locked() {
-      if (owns_lock()) unlock();
-      impl_.deliverEvents();
-    }
-    Locked(const Locked&) = delete;
-    Locked& operator=(const Locked&) = delete;
-
-   private:
-    Impl& impl_;
-  };
 
   CoordinatorOptions opt_;
   JobBundle bundle_;
@@ -1399,12 +1035,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   mutable std::mutex mu_;
   std::mutex flush_mu_;
-  std::mutex deliver_mu_;            // one thread delivers events at a time
-  std::vector<std::string> events_;  // queued for on_event (mu_)
+  // Events for on_event, delivered outside mu_ (Locked).
+  EventQueue events_{mu_, [this](const std::string& line) { event(line); },
+                     "the coordinator's event sink"};
   std::condition_variable cv_;
   bool shutting_down_ = false;
-  std::vector<Slot> slots_;
-  std::vector<int> slot_of_rank_;
+  Roster roster_;
   runtime::Placement placement_;
   // Where the job is: JOINING until the first placement, RUNNING while a
   // generation trains, REGROUPING from the end of a generation (a failure,
@@ -1419,7 +1055,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   bool train_started_ = false;
   Clock::time_point start_at_;
   std::optional<StepLedger> ledger_;  // set in the constructor
-  std::map<int64_t, PendingCheckpoint> checkpoints_;
+  CheckpointCollector checkpoints_{job_};
   int commits_in_flight_ = 0;
   int64_t max_reported_ = -1;
   bool stop_requested_ = false;  // phase 1 of a stop (see maybeFixStopLocked)
@@ -1450,7 +1086,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::string regroup_reason_;      // told to the workers
   std::set<int64_t> lost_pids_;     // declared dead, left out
   std::set<int64_t> awaited_pids_;  // survivors of the ended generation not yet rejoined
-  uint64_t last_ticket_ = 0;        // spare tickets handed out
 };
 
 Coordinator::Coordinator(CoordinatorOptions options)

@@ -13,6 +13,54 @@ bool isRecoverableFailure(const std::string& error_type) {
   return kindFromName(error_type, &kind) && isLinkFailure(kind);
 }
 
+FailureDecision decideFailure(const Failure& f, const JobState& job) {
+  if (f.rank >= 0 && f.generation != job.generation) {
+    // Its generation ended meanwhile (a grow back): the rank names another
+    // worker now, and whoever is gone is missed at the rejoin.
+    return {FailureAction::NOTE,
+            detail::concat("after generation ", f.generation, " ended: ", f.message)};
+  }
+  if (job.complete) {
+    // Every step is done and committed; the others may have left already.
+    return {FailureAction::NOTE_FINISHED, "after the job completed: " + f.message};
+  }
+  if (!isRecoverableFailure(f.type) || (!job.placed && !job.regrouping))
+    return {FailureAction::END_JOB, f.message};
+  if (!job.placed) {
+    // A worker died while the others rejoin: rejoin_timeout bounds the wait
+    // for its replacement.
+    return {FailureAction::NOTE, detail::concat("while regrouping: ", f.message)};
+  }
+  if (job.restarts >= job.max_restarts) {
+    return {FailureAction::END_JOB,
+            job.max_restarts == 0
+                ? f.message
+                : detail::concat(f.message, "; no restart left (", job.max_restarts,
+                                 " done, fault_tolerance.max_restarts)")};
+  }
+  if (!f.cause.empty() && f.cause == job.last_cause && job.no_step_yet) {
+    return {FailureAction::END_JOB,
+            detail::concat(f.message, "; generation ", job.generation - 1,
+                           " ended with the same error before this generation completed a step: "
+                           "it would end every restart the same way, so the job is not recovered "
+                           "again")};
+  }
+  return {FailureAction::REGROUP, ""};
+}
+
+std::string recoveryGaveUp(const Failure& f, int rejoined, int world,
+                           std::chrono::milliseconds rejoin_timeout, int min_replicas,
+                           int replicas) {
+  return detail::concat(
+      f.message, "; recovery gave up: ", rejoined, " of ", world, " workers rejoined within ",
+      rejoin_timeout.count() / 1000, " s (fault_tolerance.rejoin_timeout)",
+      min_replicas < replicas ? detail::concat(", too few for ", min_replicas,
+                                               " replica(s) (fault_tolerance.min_replicas)")
+                              : std::string(),
+      ". Start a worker for the lost tasklet sooner, ", min_replicas < replicas ? "lower" : "set",
+      " fault_tolerance.min_replicas, or restart the job with --resume");
+}
+
 std::chrono::milliseconds heartbeatInterval(std::chrono::milliseconds timeout) {
   return std::clamp(timeout / 5, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
 }

@@ -1,10 +1,11 @@
 // The pure rules of failure handling, apart from the coordinator's threads
 // and RPCs so they can be unit-tested: which failures a job recovers from,
-// how often workers send heartbeats, and how the workers of a new
-// generation get their ranks. Torch-free, gRPC-free.
+// what a final failure ends, how often workers send heartbeats, and how the
+// workers of a new generation get their ranks. Torch-free, gRPC-free.
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,57 @@ inline constexpr const char* kProcessKilled = "ProcessKilled";
 // that exited with an error code "ProcessFailed", an interrupt) would fail
 // the same way again, so it ends the job.
 bool isRecoverableFailure(const std::string& error_type);
+
+// A failure the coordinator observed or a worker reported.
+struct Failure {
+  std::string message;  // what failed, naming the tasklet
+  std::string type;     // the error type ("IoError", kProcessKilled, ...)
+  int rank = -1;        // the tasklet `message` names, -1 if none
+  // A root cause, not a broken link or timeout that may be the consequence
+  // of another tasklet's death (held for failure_grace).
+  bool primary = true;
+  std::chrono::steady_clock::time_point at;  // when it was recorded
+  int64_t generation = 0;  // when it was reported (its rank is of that generation)
+  // The worker's own error ("Type: what"); empty for what the coordinator
+  // observed (silence, a process death, a late step).
+  std::string cause;
+};
+
+// What a final failure (one held past failure_grace, or a primary one)
+// does.
+enum class FailureAction {
+  NOTE,           // logged only: its generation ended, or the job regroups already
+  NOTE_FINISHED,  // logged, its tasklet counted as finished: the job had completed
+  END_JOB,        // the job fails
+  REGROUP,        // the generation ends and a new one recovers
+};
+struct FailureDecision {
+  FailureAction action = FailureAction::END_JOB;
+  std::string message;  // the event (NOTE*), the job's failure (END_JOB); REGROUP: none
+};
+// Where the job is when a failure is final.
+struct JobState {
+  int64_t generation = 1;    // the current generation
+  bool complete = false;     // every step run, every checkpoint committed
+  bool placed = false;       // the current generation has a placement
+  bool regrouping = false;   // waiting for the workers of the next generation
+  int64_t restarts = 0;      // generations started by failures so far
+  int max_restarts = 0;      // fault_tolerance.max_restarts
+  std::string last_cause;    // Failure::cause of what ended the previous generation
+  bool no_step_yet = false;  // no tasklet of this generation has reported a step
+};
+// Ends the job when the failure is not recoverable, struck before the job
+// was placed, has no restart left, or repeats the worker error that ended
+// the previous generation before this one completed a step (deterministic:
+// every restart would end the same way); otherwise the generation regroups.
+FailureDecision decideFailure(const Failure& f, const JobState& job);
+
+// The job's failure when `world` workers were not back within
+// `rejoin_timeout` of the end of the generation `f` ended (only `rejoined`
+// were) and too few for `min_replicas` of `replicas` replicas.
+std::string recoveryGaveUp(const Failure& f, int rejoined, int world,
+                           std::chrono::milliseconds rejoin_timeout, int min_replicas,
+                           int replicas);
 
 // Workers send a heartbeat five times per timeout, at most once a second
 // and at least every 100 ms, so one late heartbeat is never a death.

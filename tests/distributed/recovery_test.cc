@@ -112,6 +112,73 @@ TEST(RecoveryRules, SparesFillOnlyThePlacesNoSurvivorWillTake) {
   EXPECT_EQ(sparesToPromote(5, 0, 4, 1), 0);
 }
 
+TEST(RecoveryRules, AFinalFailureRegroupsOnlyARecoverablePlacedJobWithRestartsLeft) {
+  Failure f;
+  f.message = "tasklet rank 1 failed: IoError: link broken";
+  f.type = "IoError";
+  f.rank = 1;
+  f.generation = 2;
+  f.cause = "IoError: link broken";
+  JobState job;
+  job.generation = 2;
+  job.placed = true;
+  job.restarts = 1;
+  job.max_restarts = 3;
+  job.last_cause = "TimeoutError: silent";
+  EXPECT_EQ(decideFailure(f, job).action, FailureAction::REGROUP);
+  // Not recoverable, or before the first placement: the job ends as is.
+  Failure config = f;
+  config.type = "ConfigError";
+  EXPECT_EQ(decideFailure(config, job).action, FailureAction::END_JOB);
+  EXPECT_EQ(decideFailure(config, job).message, f.message);
+  JobState joining = job;
+  joining.placed = false;
+  EXPECT_EQ(decideFailure(f, joining).action, FailureAction::END_JOB);
+  // While the others regroup it is only noted (rejoin_timeout bounds it).
+  JobState regrouping = joining;
+  regrouping.regrouping = true;
+  EXPECT_EQ(decideFailure(f, regrouping).action, FailureAction::NOTE);
+  EXPECT_EQ(decideFailure(f, regrouping).message, "while regrouping: " + f.message);
+  // A failure of an ended generation, or after the job completed.
+  Failure old = f;
+  old.generation = 1;
+  EXPECT_EQ(decideFailure(old, job).action, FailureAction::NOTE);
+  EXPECT_EQ(decideFailure(old, job).message, "after generation 1 ended: " + f.message);
+  JobState complete = job;
+  complete.complete = true;
+  EXPECT_EQ(decideFailure(f, complete).action, FailureAction::NOTE_FINISHED);
+  // No restart left.
+  JobState spent = job;
+  spent.restarts = 3;
+  EXPECT_EQ(decideFailure(f, spent).action, FailureAction::END_JOB);
+  EXPECT_EQ(decideFailure(f, spent).message,
+            f.message + "; no restart left (3 done, fault_tolerance.max_restarts)");
+  spent.max_restarts = spent.restarts = 0;
+  EXPECT_EQ(decideFailure(f, spent).message, f.message);
+  // The worker error that ended the last generation, before a step: again.
+  JobState again = job;
+  again.last_cause = f.cause;
+  EXPECT_EQ(decideFailure(f, again).action, FailureAction::REGROUP);  // a step was done
+  again.no_step_yet = true;
+  EXPECT_EQ(decideFailure(f, again).action, FailureAction::END_JOB);
+  EXPECT_NE(decideFailure(f, again).message.find("generation 1 ended with the same error"),
+            std::string::npos);
+}
+
+TEST(RecoveryRules, AGivenUpRecoverySaysHowManyCameBackAndWhatToChange) {
+  Failure f;
+  f.message = "tasklet rank 0 failed: killed";
+  EXPECT_EQ(recoveryGaveUp(f, 3, 4, 60s, 2, 2),
+            "tasklet rank 0 failed: killed; recovery gave up: 3 of 4 workers rejoined within 60 s "
+            "(fault_tolerance.rejoin_timeout). Start a worker for the lost tasklet sooner, set "
+            "fault_tolerance.min_replicas, or restart the job with --resume");
+  EXPECT_EQ(recoveryGaveUp(f, 1, 4, 5s, 1, 2),
+            "tasklet rank 0 failed: killed; recovery gave up: 1 of 4 workers rejoined within 5 s "
+            "(fault_tolerance.rejoin_timeout), too few for 1 replica(s) "
+            "(fault_tolerance.min_replicas). Start a worker for the lost tasklet sooner, lower "
+            "fault_tolerance.min_replicas, or restart the job with --resume");
+}
+
 // A coordinator of a 2 x 2 job (checkpoints every 5 steps) and fake
 // workers that speak its protocol.
 struct FakeJob {
