@@ -45,10 +45,12 @@ struct TrainArgs {
   std::optional<int> steps;        // overrides training.steps
   std::string metrics_file;        // overrides logging.metrics_file
   bool resume = false;             // continue from the newest committed checkpoint
+  bool overwrite = false;          // clear an earlier run's checkpoints in checkpoint.dir
   std::string plot_file;           // loss curve as SVG; empty = none
 };
 void addTrainOptions(CLI::App& train, TrainArgs& args);
-// Exit code 130 when interrupted by Ctrl-C (the steps done are reported).
+// Exit code 130 when interrupted by Ctrl-C or SIGTERM (the steps done are
+// reported; with checkpoint.dir a checkpoint after the last of them).
 int runTrainCommand(const TrainArgs& args, std::ostream& out);
 
 struct PipelineBenchArgs {

@@ -748,16 +748,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   void findResumePoint() {
     const std::string& dir = job_.checkpoint.dir;
-    const runtime::CheckpointManifest manifest = runtime::resumePoint(dir, stages_, replicas_);
+    const runtime::CheckpointManifest manifest =
+        runtime::resumePoint(dir, stages_, replicas_, job_.training.steps);
     resume_replicas_ = manifest.replicas;
     first_step_ = manifest.next_step;
     // Keep the layer split the checkpoint was written with (version 2).
     resume_body_split_ =
         runtime::savedBodySplit(manifest, model_.prologue_layers, model_.epilogue_layers);
     resume_dir_ = runtime::stepDirectory(dir, first_step_);
-    GEOPIPE_CHECK(first_step_ < job_.training.steps, ConfigError, "the checkpoint in '", dir,
-                  "' is at step ", first_step_, " but the job has only ", job_.training.steps,
-                  " steps: nothing left to train");
     event(detail::concat("resuming from '", resume_dir_, "' at step ", first_step_));
   }
 
