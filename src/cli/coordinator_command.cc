@@ -5,12 +5,12 @@
 #include <iostream>
 
 #include "geopipe/error.h"
-#include "geopipe/job_file.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
+#include "src/config/job_overrides.h"
 #include "src/distributed/coordinator.h"
 
 namespace geopipe::cli {
@@ -38,6 +38,7 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
                "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
                "removing them (its LATEST and step-NNNNNNNN directories only)")
       ->excludes(resume);
+  addSetOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
   app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
@@ -52,9 +53,12 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   // Before the service starts (workers may be waiting to join): a fresh
   // run's checkpoint.dir must not hold an earlier run's checkpoints.
-  if (!args.resume) claimCheckpointDir(out, config::loadJobFile(args.job), args.overwrite);
+  if (!args.resume) {
+    claimCheckpointDir(out, config::loadJobFile(args.job, args.overrides), args.overwrite);
+  }
   distributed::CoordinatorOptions opt;
   opt.job_path = args.job;
+  opt.overrides = args.overrides;
   opt.listen_address = args.listen;
   if (args.steps) opt.steps = *args.steps;
   opt.resume = args.resume;

@@ -17,6 +17,7 @@ struct LaunchArgs {
   std::optional<int> steps;  // overrides training.steps
   bool resume = false;       // continue from the newest committed checkpoint
   bool overwrite = false;    // clear an earlier run's checkpoints in checkpoint.dir
+  std::vector<std::string> overrides;  // --set path=value, applied before checking
   std::string metrics_file;  // overrides logging.metrics_file
   std::string log_dir;       // workers' logs; empty = a temp directory
   int threads = 0;           // LibTorch threads per worker; 0 = cores / tasklets
@@ -35,6 +36,7 @@ struct CoordinatorArgs {
   std::optional<int> steps;             // overrides training.steps
   bool resume = false;                  // continue from the newest committed checkpoint
   bool overwrite = false;               // clear an earlier run's checkpoints in checkpoint.dir
+  std::vector<std::string> overrides;   // --set path=value, applied before checking
   std::string metrics_file;             // overrides logging.metrics_file
   bool allow_insecure_remote = false;   // plaintext (insecure: true) off loopback
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).

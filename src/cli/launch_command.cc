@@ -6,12 +6,12 @@
 #include <iostream>
 
 #include "geopipe/error.h"
-#include "geopipe/job_file.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
+#include "src/config/job_overrides.h"
 #include "src/distributed/launcher.h"
 
 namespace geopipe::cli {
@@ -53,6 +53,7 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
                "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
                "removing them (its LATEST and step-NNNNNNNN directories only)")
       ->excludes(resume);
+  addSetOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
   app.add_option("--log-dir", args.log_dir, "workers' logs (default: a new temp directory)");
@@ -75,9 +76,12 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
 int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   // Before anything starts (log directory, TLS files, workers): a fresh
   // run's checkpoint.dir must not hold an earlier run's checkpoints.
-  if (!args.resume) claimCheckpointDir(out, config::loadJobFile(args.job), args.overwrite);
+  if (!args.resume) {
+    claimCheckpointDir(out, config::loadJobFile(args.job, args.overrides), args.overwrite);
+  }
   distributed::LaunchOptions opt;
   opt.job_path = args.job;
+  opt.overrides = args.overrides;
   if (args.steps) opt.steps = *args.steps;
   opt.resume = args.resume;
   opt.log_dir = args.log_dir;

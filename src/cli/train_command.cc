@@ -19,6 +19,7 @@
 #include "src/common/logging.h"
 #include "src/common/svg_plot.h"
 #include "src/config/buffer_check.h"
+#include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
 #include "src/runtime/placement.h"
 
@@ -50,10 +51,11 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
                 "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
                 "removing them (its LATEST and step-NNNNNNNN directories only)")
       ->excludes(resume);
+  addSetOption(train, args.overrides);
 }
 
 int runTrainCommand(const TrainArgs& args, std::ostream& out) {
-  JobSpec job = config::loadJobFile(args.job);
+  JobSpec job = config::loadJobFile(args.job, args.overrides);
   common::applyJobLogLevel(job.logging.level);
   if (args.steps) job.training.steps = *args.steps;
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;

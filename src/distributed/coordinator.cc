@@ -105,7 +105,7 @@ int tokensPerStep(const JobSpec& job) {
 class Coordinator::Impl final : public pb::Coordinator::Service {
  public:
   explicit Impl(CoordinatorOptions options) : opt_(std::move(options)) {
-    bundle_ = bundleJobFile(opt_.job_path);
+    bundle_ = bundleJobFile(opt_.job_path, opt_.overrides);
     job_ = parseBundle(bundle_);
     job_.security = bundle_.security;
     resolveEmulateLinks();

@@ -221,4 +221,84 @@ TEST(TrainCommand, CtrlCCommitsACheckpointWhereTheRunStopped) {
   }
 }
 
+TEST(CommandLine, AMistypedCommandGetsASuggestion) {
+  TempDir dir;
+  auto r = runGeopipe(dir, {"trian", "job.yaml"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_TRUE(contains(r.err, "unknown command 'trian'; did you mean 'train'?")) << r.err;
+  r = runGeopipe(dir, {"--log-level", "warn", "valdate", "job.yaml"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_TRUE(contains(r.err, "unknown command 'valdate'; did you mean 'validate'?")) << r.err;
+  r = runGeopipe(dir, {"bench", "pipline"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_TRUE(contains(r.err, "unknown command 'bench pipline'; did you mean 'bench pipeline'?"))
+      << r.err;
+  r = runGeopipe(dir, {"xyzzy"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_TRUE(contains(r.err, "unknown command 'xyzzy'; the commands are validate, plan, train"))
+      << r.err;
+}
+
+TEST(CommandLine, GlobalOptionsAreTakenAfterTheCommand) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), tinyJob());
+  auto r = runGeopipe(dir, {"validate", dir.file("job.yaml"), "--log-level", "warn"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = runGeopipe(dir, {"validate", dir.file("job.yaml"), "--log-level", "loud"});
+  EXPECT_EQ(r.code, 2) << r.err;
+}
+
+// --set edits the job before it is checked, in every verb that reads one,
+// and a problem it causes names it.
+TEST(CommandLine, SetOverridesTheJobInEveryVerbThatReadsOne) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), tinyJob(50));
+  auto r = runGeopipe(
+      dir, {"train", dir.file("job.yaml"), "--set", "training.steps=2", "--set", "name=edited"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "training 'edited': 1 stages x 1 replicas, 2 steps")) << r.out;
+  for (const char* verb : {"validate", "plan", "train", "launch", "coordinator"}) {
+    r = runGeopipe(dir, {verb, dir.file("job.yaml"), "--set", "training.optimizer.lr=abc"});
+    EXPECT_EQ(r.code, 1) << verb << "\n" << r.err;
+    EXPECT_TRUE(contains(r.err, "--set training.optimizer.lr=abc: training.optimizer.lr: "))
+        << verb << "\n"
+        << r.err;
+    r = runGeopipe(dir, {verb, dir.file("job.yaml"), "--set", "training.stpes=2"});
+    EXPECT_EQ(r.code, 1) << verb << "\n" << r.err;
+    EXPECT_TRUE(contains(r.err, "--set training.stpes=2: training.stpes: ") &&
+                contains(r.err, "did you mean 'steps'"))
+        << verb << "\n"
+        << r.err;
+  }
+  // An override reaches the checkpoint rules too.
+  fs::create_directories(dir.file("ckpt"));
+  writeFile(dir.file("ckpt/LATEST"), "step-00000001\n");
+  for (const char* verb : {"train", "launch", "coordinator"}) {
+    r = runGeopipe(dir,
+                   {verb, dir.file("job.yaml"), "--set", "checkpoint.dir=" + dir.file("ckpt")});
+    EXPECT_EQ(r.code, 1) << verb << "\n" << r.err;
+    EXPECT_TRUE(contains(r.err, "checkpoint.dir '" + dir.file("ckpt") + "' holds")) << r.err;
+  }
+}
+
+// validate --print: the job with every default filled in and the overrides
+// applied, as YAML that validates again and prints the same.
+TEST(CommandLine, ValidatePrintsTheResolvedJobWhichValidatesAgain) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), tinyJob(50));
+  auto r =
+      runGeopipe(dir, {"validate", dir.file("job.yaml"), "--print", "--set", "training.steps=7"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string printed = r.out;
+  EXPECT_TRUE(contains(printed, "steps: 7")) << printed;
+  EXPECT_TRUE(contains(printed, "beta2: 0.95")) << printed;  // a default the file omits
+  EXPECT_TRUE(contains(printed, "keep: 2")) << printed;
+  writeFile(dir.file("printed.yaml"), printed);
+  r = runGeopipe(dir, {"validate", dir.file("printed.yaml")});
+  EXPECT_EQ(r.code, 0) << r.err << printed;
+  r = runGeopipe(dir, {"validate", "--print", dir.file("printed.yaml")});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, printed);
+}
+
 }  // namespace
