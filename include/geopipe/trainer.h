@@ -76,6 +76,14 @@ struct TrainerOptions {
   // returns true every tasklet is stopped and train() returns the steps done
   // so far with TrainResult::interrupted set (Ctrl-C in the CLI).
   std::function<bool()> should_stop;
+  // What a stop does when the job has a checkpoint.dir. false: the tasklets
+  // stop at once, as a crash would; the newest periodic checkpoint stays the
+  // newest. true: every tasklet finishes the steps any of them has begun
+  // (tasklets run ahead of the thread that polls should_stop), all write a
+  // checkpoint after that same step and it is committed before train()
+  // returns, so `resume` continues from where the run stopped (Ctrl-C in
+  // `geopipe train`, like `launch`).
+  bool checkpoint_at_stop = false;
   // Continue from the newest committed checkpoint in job.checkpoint.dir
   // (corrupt or partial ones are skipped); ConfigError if there is none or it
   // was written by another stages x replicas layout.

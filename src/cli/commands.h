@@ -25,8 +25,12 @@ enum class ExitCode : int {
 
 // `geopipe validate JOB...`: prints a summary per valid job and every
 // problem of each invalid one. Returns INVALID_SPEC if any job is invalid.
-int runValidate(const std::vector<std::string>& files, bool quiet,
-                std::ostream& out, std::ostream& err);
+// `overrides` (--set path=value) apply to every job file; with `print`, a
+// valid job is printed as the YAML it resolves to (every default filled in,
+// config::resolvedJobYaml) instead of its summary.
+int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream& out,
+                std::ostream& err, const std::vector<std::string>& overrides = {},
+                bool print = false);
 
 struct PlanArgs {
   std::string job;                         // job YAML file
@@ -36,6 +40,7 @@ struct PlanArgs {
   std::optional<uint64_t> seed;            // overrides scheduler.seed
   std::optional<double> budget_seconds;    // overrides scheduler.budget.seconds
   std::optional<int64_t> budget_evaluations;  // overrides scheduler.budget.evaluations
+  std::vector<std::string> overrides;         // --set path=value, applied before checking
 };
 void addPlanOptions(CLI::App& plan, PlanArgs& args);
 int runPlanCommand(const PlanArgs& args, std::ostream& out);
@@ -45,10 +50,13 @@ struct TrainArgs {
   std::optional<int> steps;        // overrides training.steps
   std::string metrics_file;        // overrides logging.metrics_file
   bool resume = false;             // continue from the newest committed checkpoint
+  bool overwrite = false;          // clear an earlier run's checkpoints in checkpoint.dir
   std::string plot_file;           // loss curve as SVG; empty = none
+  std::vector<std::string> overrides;  // --set path=value, applied before checking
 };
 void addTrainOptions(CLI::App& train, TrainArgs& args);
-// Exit code 130 when interrupted by Ctrl-C (the steps done are reported).
+// Exit code 130 when interrupted by Ctrl-C or SIGTERM (the steps done are
+// reported; with checkpoint.dir a checkpoint after the last of them).
 int runTrainCommand(const TrainArgs& args, std::ostream& out);
 
 struct PipelineBenchArgs {

@@ -10,6 +10,7 @@
 #include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
+#include "src/config/job_overrides.h"
 #include "src/distributed/coordinator.h"
 
 namespace geopipe::cli {
@@ -31,8 +32,13 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
   app.add_option("JOB", args.job, "job YAML file")->required();
   app.add_option("--listen", args.listen, "host:port workers connect to")->capture_default_str();
   app.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
-  app.add_flag("--resume", args.resume,
-               "continue from the newest committed checkpoint in checkpoint.dir");
+  auto* resume = app.add_flag("--resume", args.resume,
+                              "continue from the newest committed checkpoint in checkpoint.dir");
+  app.add_flag("--overwrite", args.overwrite,
+               "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
+               "removing them (its LATEST and step-NNNNNNNN directories only)")
+      ->excludes(resume);
+  addSetOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
   app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
@@ -45,8 +51,14 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
 }
 
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
+  // Before the service starts (workers may be waiting to join): a fresh
+  // run's checkpoint.dir must not hold an earlier run's checkpoints.
+  if (!args.resume) {
+    claimCheckpointDir(out, config::loadJobFile(args.job, args.overrides), args.overwrite);
+  }
   distributed::CoordinatorOptions opt;
   opt.job_path = args.job;
+  opt.overrides = args.overrides;
   opt.listen_address = args.listen;
   if (args.steps) opt.steps = *args.steps;
   opt.resume = args.resume;

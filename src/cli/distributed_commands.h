@@ -16,6 +16,8 @@ struct LaunchArgs {
   std::string job;           // job YAML file
   std::optional<int> steps;  // overrides training.steps
   bool resume = false;       // continue from the newest committed checkpoint
+  bool overwrite = false;    // clear an earlier run's checkpoints in checkpoint.dir
+  std::vector<std::string> overrides;  // --set path=value, applied before checking
   std::string metrics_file;  // overrides logging.metrics_file
   std::string log_dir;       // workers' logs; empty = a temp directory
   int threads = 0;           // LibTorch threads per worker; 0 = cores / tasklets
@@ -33,6 +35,8 @@ struct CoordinatorArgs {
   std::string listen = "0.0.0.0:7420";  // where workers reach the coordinator
   std::optional<int> steps;             // overrides training.steps
   bool resume = false;                  // continue from the newest committed checkpoint
+  bool overwrite = false;               // clear an earlier run's checkpoints in checkpoint.dir
+  std::vector<std::string> overrides;   // --set path=value, applied before checking
   std::string metrics_file;             // overrides logging.metrics_file
   bool allow_insecure_remote = false;   // plaintext (insecure: true) off loopback
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).

@@ -11,6 +11,7 @@
 #include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
+#include "src/config/job_overrides.h"
 #include "src/distributed/launcher.h"
 
 namespace geopipe::cli {
@@ -46,8 +47,13 @@ void printReplicaChanges(std::ostream& out, const distributed::CoordinatorResult
 void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   app.add_option("JOB", args.job, "job YAML file")->required();
   app.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
-  app.add_flag("--resume", args.resume,
-               "continue from the newest committed checkpoint in checkpoint.dir");
+  auto* resume = app.add_flag("--resume", args.resume,
+                              "continue from the newest committed checkpoint in checkpoint.dir");
+  app.add_flag("--overwrite", args.overwrite,
+               "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
+               "removing them (its LATEST and step-NNNNNNNN directories only)")
+      ->excludes(resume);
+  addSetOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
   app.add_option("--log-dir", args.log_dir, "workers' logs (default: a new temp directory)");
@@ -68,8 +74,14 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
 }
 
 int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
+  // Before anything starts (log directory, TLS files, workers): a fresh
+  // run's checkpoint.dir must not hold an earlier run's checkpoints.
+  if (!args.resume) {
+    claimCheckpointDir(out, config::loadJobFile(args.job, args.overrides), args.overwrite);
+  }
   distributed::LaunchOptions opt;
   opt.job_path = args.job;
+  opt.overrides = args.overrides;
   if (args.steps) opt.steps = *args.steps;
   opt.resume = args.resume;
   opt.log_dir = args.log_dir;

@@ -15,8 +15,10 @@
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/model_commands.h"
+#include "src/cli/option_checks.h"
 #include "src/common/blas_check.h"
 #include "src/common/logging.h"
+#include "src/common/strings.h"
 #include "src/config/diagnostics.h"
 
 namespace {
@@ -51,11 +53,49 @@ int guarded(Fn fn) {
   }
 }
 
+// The first word of the command line where a command (or a `bench`
+// benchmark) belongs when it names none, as "unknown command 'trian'; did
+// you mean 'train'?"; "" when the words are commands (the parse failed for
+// another reason).
+std::string unknownCommand(CLI::App& app, int argc, char** argv) {
+  CLI::App* at = &app;
+  std::string said;  // the commands so far, "bench "
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    if (word == "--") return "";
+    if (word.rfind('-', 0) == 0) {  // an option of `at`; skip its value
+      const CLI::Option* option = at->get_option_no_throw(word);
+      if (option && option->get_type_size() > 0 && word.find('=') == std::string::npos) ++i;
+      continue;
+    }
+    std::vector<std::string> names;
+    CLI::App* next = nullptr;
+    for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; })) {
+      names.push_back(sub->get_name());
+      if (sub->get_name() == word) next = sub;
+    }
+    if (next == nullptr) {
+      if (at->get_require_subcommand_min() == 0) return "";  // a positional argument
+      const std::string close = geopipe::common::closestMatch(word, names);
+      return "unknown command '" + said + word + "'; " +
+             (close.empty() ? "the commands are " + geopipe::common::join(names, ", ")
+                            : "did you mean '" + said + close + "'?");
+    }
+    if (next->get_require_subcommand_min() == 0) return "";
+    said += word + " ";
+    at = next;
+  }
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"geopipe: pipeline-parallel LLM training over slow, uneven networks"};
   app.require_subcommand(1);
+  // Global options (--log-level) are taken after the command too: every
+  // subcommand passes what it does not know to its parent.
+  app.fallthrough();
   std::string log_level = "info";
   auto* log_level_option = app.add_option(
       "--log-level", log_level, "trace, debug, info, warn, error or off (wins over the job's "
@@ -74,6 +114,12 @@ int main(int argc, char** argv) {
                    "model)")
       ->required();
   validate->add_flag("-q,--quiet", validate_quiet, "print only problems");
+  std::vector<std::string> validate_overrides;
+  geopipe::cli::addSetOption(*validate, validate_overrides);
+  bool validate_print = false;
+  validate->add_flag("--print", validate_print,
+                     "print each valid job as the YAML it resolves to (every default filled "
+                     "in, --set applied), which validates again");
 
   // plan
   geopipe::cli::PlanArgs plan_args;
@@ -146,6 +192,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (const std::string unknown = unknownCommand(app, argc, argv); !unknown.empty()) {
+      std::cerr << "error: " << unknown << "\n";
+      return static_cast<int>(ExitCode::USAGE);
+    }
     int rc = app.exit(e);
     return rc == 0 ? 0 : static_cast<int>(ExitCode::USAGE);
   }
@@ -159,8 +209,8 @@ int main(int argc, char** argv) {
 
   if (*validate) {
     return guarded([&] {
-      return geopipe::cli::runValidate(validate_files, validate_quiet, std::cout,
-                                       std::cerr);
+      return geopipe::cli::runValidate(validate_files, validate_quiet, std::cout, std::cerr,
+                                       validate_overrides, validate_print);
     });
   }
   if (*plan) {

@@ -11,10 +11,22 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "src/config/yaml_fields.h"
 
 namespace geopipe::cli {
+
+// `--set path.to.field=value`, repeatable: an edit of the job's YAML made
+// before it is read and checked like the file (src/config/job_overrides.h).
+inline CLI::Option* addSetOption(CLI::App& app, std::vector<std::string>& overrides) {
+  return app
+      .add_option("--set", overrides,
+                  "override a field of the job: path.to.field=value (YAML, e.g. "
+                  "training.optimizer.lr=1e-3); repeatable, checked like the file")
+      ->allow_extra_args(false)
+      ->type_name("PATH=VALUE");
+}
 
 // A finite number in [lo, hi] ((lo, hi] with lo_exclusive). CLI11 prefixes
 // the message with the flag: "--budget: expected a number in [0, 86400],

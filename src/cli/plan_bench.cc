@@ -4,6 +4,7 @@
 #include "src/cli/commands.h"
 #include "src/cli/option_checks.h"
 #include "src/cli/plan_command.h"
+#include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
 
 namespace geopipe::cli {
@@ -22,10 +23,11 @@ void addPlanOptions(CLI::App& plan, PlanArgs& args) {
   plan.add_option("--evaluations", args.budget_evaluations,
                   "search evaluation limit (overrides scheduler.budget.evaluations)")
       ->check(integerAtLeast(0));
+  addSetOption(plan, args.overrides);
 }
 
 int runPlanCommand(const PlanArgs& args, std::ostream& out) {
-  JobSpec job = config::loadJobFile(args.job);
+  JobSpec job = config::loadJobFile(args.job, args.overrides);
   PlanOverrides o;
   o.algorithm = args.algorithm;
   o.cost_model = args.cost_model;

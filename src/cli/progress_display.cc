@@ -88,6 +88,14 @@ void ProgressDisplay::summary(const TrainResult& r, bool interrupted) {
   printFinalWeights(out_, job_, r.first_step + static_cast<int64_t>(r.losses.size()));
 }
 
+void claimCheckpointDir(std::ostream& out, const JobSpec& job, bool overwrite) {
+  const int removed = runtime::prepareFreshCheckpointDir(job.checkpoint.dir, overwrite);
+  if (removed > 0) {
+    out << "--overwrite: removed " << removed << " checkpoint director"
+        << (removed == 1 ? "y" : "ies") << " and LATEST from '" << job.checkpoint.dir << "'\n";
+  }
+}
+
 void printFinalWeights(std::ostream& out, const JobSpec& job, int64_t last_step) {
   const std::string& dir = job.checkpoint.dir;
   if (dir.empty()) {

@@ -35,6 +35,12 @@ class ProgressDisplay {
 // that checkpoint is not of `last_step` (the run's last step, 1-based).
 void printFinalWeights(std::ostream& out, const JobSpec& job, int64_t last_step);
 
+// Before a run that does not --resume (train, launch, coordinator): refuses
+// a job.checkpoint.dir holding an earlier run's checkpoints (ConfigError
+// naming --resume and --overwrite), or with `overwrite` removes them and says
+// so on `out` (runtime::prepareFreshCheckpointDir).
+void claimCheckpointDir(std::ostream& out, const JobSpec& job, bool overwrite);
+
 // "12.3 MB".
 std::string humanBytesDecimal(double bytes);
 

@@ -19,6 +19,7 @@
 #include "src/common/logging.h"
 #include "src/common/svg_plot.h"
 #include "src/config/buffer_check.h"
+#include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
 #include "src/runtime/placement.h"
 
@@ -29,8 +30,12 @@ namespace {
 
 std::atomic<bool> g_interrupted{false};
 
-void onSignal(int) { g_interrupted = true; }
-
+// The first SIGINT or SIGTERM asks for a stop (with a checkpoint); the
+// handler then steps aside, so a second one ends the process at once.
+void onSignal(int signal) {
+  g_interrupted = true;
+  std::signal(signal, SIG_DFL);
+}
 
 }  // namespace
 
@@ -39,12 +44,18 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
   train.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   train.add_option("--metrics", args.metrics_file, "write JSON lines here (overrides logging.metrics_file)");
   train.add_option("--plot", args.plot_file, "write the loss curve as SVG here");
-  train.add_flag("--resume", args.resume,
-                 "continue from the newest committed checkpoint in checkpoint.dir");
+  auto* resume = train.add_flag("--resume", args.resume,
+                                "continue from the newest committed checkpoint in checkpoint.dir");
+  train
+      .add_flag("--overwrite", args.overwrite,
+                "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
+                "removing them (its LATEST and step-NNNNNNNN directories only)")
+      ->excludes(resume);
+  addSetOption(train, args.overrides);
 }
 
 int runTrainCommand(const TrainArgs& args, std::ostream& out) {
-  JobSpec job = config::loadJobFile(args.job);
+  JobSpec job = config::loadJobFile(args.job, args.overrides);
   common::applyJobLogLevel(job.logging.level);
   if (args.steps) job.training.steps = *args.steps;
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
@@ -58,6 +69,7 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
     out << "data_parallel: auto -> the scheduler chose " << plan.d_pp << " stages x " << plan.d_dp
         << " replicas\n";
   }
+  if (!args.resume) claimCheckpointDir(out, job, args.overwrite);
   ModelDef model = makeModel(job.model);
   // Place the tasklets with the scheduler here (rather than inside the
   // Trainer) so the summary can say what the placement gains over Megatron's
@@ -97,7 +109,9 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
       << "\n";
   g_interrupted = false;
   auto previous = std::signal(SIGINT, onSignal);
+  auto previous_term = std::signal(SIGTERM, onSignal);
   opt.should_stop = [] { return g_interrupted.load(); };
+  opt.checkpoint_at_stop = true;  // as `launch` does: --resume continues from the stop
   opt.resume = args.resume;
   std::vector<std::pair<int64_t, double>> losses;
   opt.on_step = [&](const StepMetrics& m) {
@@ -109,9 +123,11 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
     r = Trainer(model, job, opt).train();
   } catch (...) {
     std::signal(SIGINT, previous);
+    std::signal(SIGTERM, previous_term);
     throw;
   }
   std::signal(SIGINT, previous);
+  std::signal(SIGTERM, previous_term);
   if (!placement_note.empty()) out << placement_note << "\n";
   if (!args.plot_file.empty() && !losses.empty()) {
     common::Series series{job.name, {}};

@@ -7,7 +7,9 @@
 
 #include "src/cli/commands.h"
 #include "src/config/diagnostics.h"
+#include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
+#include "src/config/resolved_job.h"
 #include "src/config/summary.h"
 #include "src/config/topology_parser.h"
 
@@ -33,19 +35,29 @@ bool isTopologyText(const std::string& text) {
 }  // namespace
 
 int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream& out,
-                std::ostream& err) {
+                std::ostream& err, const std::vector<std::string>& overrides, bool print) {
   int invalid = 0;
   int unreadable = 0;
   for (const auto& file : files) {
     try {
       const std::string text = config::readTextFile(file, "job or topology file");
-      if (isTopologyText(text)) {
+      if (isTopologyText(text) && (!overrides.empty() || print)) {
+        ++invalid;
+        err << file << ": " << (print ? "--print" : "--set")
+            << " is for job files, but this is a topology file (its sites at the top level, "
+            << "no model): validate it without " << (print ? "--print" : "--set") << "\n";
+      } else if (isTopologyText(text)) {
         const TopologySpec topo = config::parseTopologyString(text, file);
         if (!quiet) out << config::formatTopologySummary(topo) << "  OK\n";
       } else {
         const std::string base = std::filesystem::path(file).parent_path().string();
-        const JobSpec job = config::parseJobString(text, file, base);
-        if (!quiet) out << config::formatJobSummary(job) << "  OK\n";
+        const JobSpec job = config::parseJobString(text, file, base, overrides);
+        if (print) {
+          if (files.size() > 1) out << "# " << file << "\n";
+          out << config::resolvedJobYaml(job);
+        } else if (!quiet) {
+          out << config::formatJobSummary(job) << "  OK\n";
+        }
       }
     } catch (const config::SpecError& e) {
       ++invalid;
@@ -56,7 +68,7 @@ int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream&
       err << "error: " << e.what() << "\n";
     }
   }
-  if (files.size() > 1 && !quiet) {
+  if (files.size() > 1 && !quiet && !print) {
     out << files.size() - invalid - unreadable << " of " << files.size() << " file(s) valid\n";
   }
   if (unreadable > 0) return static_cast<int>(ExitCode::IO_ERROR);

@@ -3,15 +3,20 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <sstream>
 
 #include "src/common/file_kind.h"
+#include "src/common/strings.h"
 #include "src/common/text.h"
 #include "src/config/buffer_check.h"
 #include "src/config/hf_config.h"
+#include "src/config/job_overrides.h"
+#include "src/config/resolved_job.h"
 #include "src/config/topology_parser.h"
 #include "src/config/yaml_fields.h"
 #include "src/data/dataset.h"
@@ -1026,6 +1031,184 @@ JobSpec loadJobFile(const std::string& path) {
   std::string text = readTextFile(path, "job file");
   std::string base = fs::path(path).parent_path().string();
   return parseJobString(text, path, base);
+}
+
+namespace {
+
+// "training.optimizer.lr=1e-3" -> path and value; SpecError when malformed.
+struct Override {
+  std::string text;  // as given, for messages
+  std::vector<std::string> path;
+  std::string dotted;
+  std::string value;
+};
+
+[[noreturn]] void refuseOverride(const std::string& text, const std::string& message) {
+  Diagnostic d;
+  d.file = "--set " + text;
+  d.message = message;
+  throw SpecError({d});
+}
+
+Override splitOverride(const std::string& text) {
+  Override o;
+  o.text = text;
+  const size_t eq = text.find('=');
+  if (eq == std::string::npos) {
+    refuseOverride(text, "expected path.to.field=value, e.g. --set training.steps=200");
+  }
+  o.dotted = text.substr(0, eq);
+  o.value = text.substr(eq + 1);
+  size_t start = 0;
+  while (true) {
+    const size_t dot = o.dotted.find('.', start);
+    const std::string part = o.dotted.substr(start, dot == std::string::npos ? dot : dot - start);
+    if (part.empty()) {
+      refuseOverride(text, "the path '" + o.dotted +
+                               "' has an empty part: name the field as in the job file, "
+                               "sections joined by '.', e.g. training.optimizer.lr");
+    }
+    o.path.push_back(part);
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return o;
+}
+
+// Whether a diagnostic of `field` is about what override `o` wrote: the
+// field itself, inside it, or a section on its path that is unknown.
+bool concerns(const Override& o, const std::string& field) {
+  if (field.empty()) return false;
+  auto under = [](const std::string& a, const std::string& b) {  // a inside b
+    return a.size() > b.size() && a.compare(0, b.size(), b) == 0 && a[b.size()] == '.';
+  };
+  return field == o.dotted || under(field, o.dotted) || under(o.dotted, field);
+}
+
+// Every field path a job can have ("training.optimizer.lr"), from the
+// resolved YAML of jobs that together print every field.
+std::vector<std::string> knownFieldPaths() {
+  std::vector<JobSpec> jobs(3);
+  jobs[1].model.kind = "llama";
+  jobs[1].model.bos_token_id = 0;
+  jobs[1].model.eos_token_ids = {0};
+  jobs[1].data = {"tokens", "p", "t", "uint16", 0, "v", 0.0, true};
+  jobs[1].compression.activations.method = "acsgd";
+  jobs[1].compression.activations.buffer_format = "quantized";
+  jobs[1].compression.activations.buffer_dir = "d";
+  jobs[1].scheduler.grad_payload_gb = jobs[1].scheduler.act_payload_gb = 1.0;
+  jobs[1].checkpoint.dir = "c";
+  jobs[1].logging.metrics_file = "m";
+  jobs[1].security = {true, "a", "b", "c", "d", false, false};
+  jobs[0].model.from = "f";
+  jobs[2].model.kind = "custom";  // the shape fields and name
+  jobs[2].model.name = "n";
+  std::vector<std::string> paths;
+  std::function<void(const YAML::Node&, const std::string&)> walk = [&](const YAML::Node& n,
+                                                                        const std::string& at) {
+    if (!n.IsMap()) return;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      const std::string path = at.empty() ? it->first.Scalar() : at + "." + it->first.Scalar();
+      if (std::find(paths.begin(), paths.end(), path) == paths.end()) paths.push_back(path);
+      if (path != "topology") walk(it->second, path);
+    }
+  };
+  for (const JobSpec& job : jobs) walk(YAML::Load(resolvedJobYaml(job)), "");
+  return paths;
+}
+
+// For an override of a field that does not exist: the field path it most
+// likely means, whole ("training.lr" -> "training.optimizer.lr"): one that
+// ends the same way (the closest of those), else the closest; "" when none
+// is close.
+std::string closestFieldPath(const std::string& dotted) {
+  static const std::vector<std::string> kPaths = knownFieldPaths();
+  const std::string last = "." + dotted.substr(dotted.rfind('.') + 1);
+  std::string best;
+  for (const std::string& p : kPaths) {
+    if (p != dotted && p.size() > last.size() &&
+        p.compare(p.size() - last.size(), std::string::npos, last) == 0 &&
+        (best.empty() || common::editDistance(dotted, p) < common::editDistance(dotted, best))) {
+      best = p;
+    }
+  }
+  if (!best.empty()) return best;
+  const std::string close = common::closestMatch(dotted, kPaths);
+  return close == dotted ? "" : close;
+}
+
+}  // namespace
+
+void applyOverrides(YAML::Node& root, const std::vector<std::string>& overrides) {
+  if (overrides.empty()) return;
+  if (!root.IsDefined() || root.IsNull()) root.reset(YAML::Node(YAML::NodeType::Map));
+  for (const std::string& text : overrides) {
+    const Override o = splitOverride(text);
+    YAML::Node value;
+    try {
+      value = o.value.empty() ? YAML::Node(YAML::NodeType::Null) : YAML::Load(o.value);
+    } catch (const YAML::Exception& e) {
+      refuseOverride(text, "the value '" + o.value + "' is not YAML (" + e.msg +
+                               "): quote it for the shell, e.g. --set 'name=my job'");
+    }
+    if (!root.IsMap()) refuseOverride(text, "the job's top level is not a mapping");
+    YAML::Node node = root;
+    std::string walked;
+    for (size_t i = 0; i + 1 < o.path.size(); ++i) {
+      walked += (walked.empty() ? "" : ".") + o.path[i];
+      YAML::Node next = node[o.path[i]];
+      if (!next.IsDefined() || next.IsNull()) {
+        node[o.path[i]] = YAML::Node(YAML::NodeType::Map);
+        next.reset(node[o.path[i]]);
+      } else if (!next.IsMap()) {
+        refuseOverride(text, walked + " is " + describeNode(next) +
+                                 " in the job, not a section with fields: set " + walked +
+                                 " itself, e.g. --set " + walked + "=...");
+      }
+      node.reset(next);
+    }
+    node[o.path.back()] = value;
+  }
+}
+
+JobSpec parseJobString(const std::string& yaml, const std::string& source,
+                       const std::string& base_dir, const std::vector<std::string>& overrides) {
+  if (overrides.empty()) return parseJobString(yaml, source, base_dir);
+  Diagnostics diags;
+  ReadContext ctx{source, &diags};
+  YAML::Node root = parseYamlDocument(yaml, ctx);
+  diags.throwIfAny();
+  applyOverrides(root, overrides);
+  JobSpec job = JobReader(root, ctx, base_dir).read();
+  if (diags.empty()) {
+    job.source = source;
+    return job;
+  }
+  // Name the override that wrote a field instead of a line of the file.
+  std::vector<Diagnostic> items = diags.items();
+  for (Diagnostic& d : items) {
+    for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {  // the last one wins
+      const Override o = splitOverride(*it);
+      if (concerns(o, d.field)) {
+        d.file = "--set " + *it;
+        d.line = 0;
+        d.column = 0;
+        if (d.message.rfind("unknown key", 0) == 0) {
+          if (const std::string path = closestFieldPath(o.dotted); !path.empty()) {
+            d.message += "; the field is probably " + path + ": --set " + path + "=" + o.value;
+          }
+        }
+        break;
+      }
+    }
+  }
+  throw SpecError(items);
+}
+
+JobSpec loadJobFile(const std::string& path, const std::vector<std::string>& overrides) {
+  std::string text = readTextFile(path, "job file");
+  std::string base = fs::path(path).parent_path().string();
+  return parseJobString(text, path, base, overrides);
 }
 
 }  // namespace geopipe::config

@@ -25,6 +25,9 @@ struct CoordinatorOptions {
   // The job YAML file (read on this host; its topology is inlined and sent
   // to the workers, relative paths resolve against its directory).
   std::string job_path;
+  // `--set path=value` edits of the job, applied before it is checked
+  // (src/config/job_overrides.h); the workers get the edited job.
+  std::vector<std::string> overrides;
   // Where the Coordinator service listens ("host:port"; port 0 picks one).
   std::string listen_address = "0.0.0.0:7420";
   // Overrides training.steps when set.

@@ -45,16 +45,14 @@ void findResumePoint(const ModelDef& model, CoordinatorJob& cj, const Event& eve
   const JobSpec& job = cj.job;
   const std::string& dir = job.checkpoint.dir;
   const runtime::CheckpointManifest manifest =
-      runtime::resumePoint(dir, job.parallelism.pipeline_stages, job.parallelism.data_parallel);
+      runtime::resumePoint(dir, job.parallelism.pipeline_stages, job.parallelism.data_parallel,
+                           job.training.steps);
   cj.resume_replicas = manifest.replicas;
   cj.first_step = manifest.next_step;
   // Keep the layer split the checkpoint was written with (version 2).
   cj.resume_body_split =
       runtime::savedBodySplit(manifest, model.prologue_layers, model.epilogue_layers);
   cj.resume_dir = runtime::stepDirectory(dir, cj.first_step);
-  GEOPIPE_CHECK(cj.first_step < job.training.steps, ConfigError, "the checkpoint in '", dir,
-                "' is at step ", cj.first_step, " but the job has only ", job.training.steps,
-                " steps: nothing left to train");
   event(detail::concat("resuming from '", cj.resume_dir, "' at step ", cj.first_step));
 }
 
@@ -63,7 +61,7 @@ void findResumePoint(const ModelDef& model, CoordinatorJob& cj, const Event& eve
 CoordinatorJob readCoordinatorJob(const CoordinatorOptions& opt, ModelDef* model,
                                   const Event& event) {
   CoordinatorJob cj;
-  cj.bundle = bundleJobFile(opt.job_path);
+  cj.bundle = bundleJobFile(opt.job_path, opt.overrides);
   JobSpec& job = cj.job;
   job = parseBundle(cj.bundle);
   job.security = cj.bundle.security;

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "geopipe/error.h"
+#include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
 
 namespace geopipe::distributed {
@@ -27,7 +28,7 @@ std::string readText(const std::string& path, const char* what) {
 
 }  // namespace
 
-JobBundle bundleJobFile(const std::string& path) {
+JobBundle bundleJobFile(const std::string& path, const std::vector<std::string>& overrides) {
   JobBundle b;
   b.source = path;
   std::error_code ec;
@@ -36,8 +37,9 @@ JobBundle bundleJobFile(const std::string& path) {
   const std::string text = readText(path, "job file");
   // Check the job as loadJobFile would (every problem at once, with lines
   // and columns of the original file) before rewriting it.
-  b.security = config::loadJobFile(path).security;
+  b.security = config::loadJobFile(path, overrides).security;
   YAML::Node root = YAML::Load(text);
+  config::applyOverrides(root, overrides);
   YAML::Node topo = root["topology"];
   if (topo && topo.IsScalar()) {
     fs::path tpath = topo.Scalar();

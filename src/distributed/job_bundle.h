@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "geopipe/job_spec.h"
 
@@ -23,7 +24,9 @@ struct JobBundle {
 
 // Reads the job file; IoError if unreadable, SpecError if its YAML or its
 // topology file cannot be read.
-JobBundle bundleJobFile(const std::string& path);
+// `overrides` (--set path=value) are applied to the job first and travel in
+// the bundle's YAML.
+JobBundle bundleJobFile(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // Parses a bundle back into a JobSpec (the same checks as loadJobFile).
 JobSpec parseBundle(const JobBundle& bundle);

@@ -12,6 +12,7 @@
 
 #include "geopipe/error.h"
 #include "src/common/logging.h"
+#include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
 #include "src/distributed/process.h"
 #include "src/distributed/recovery.h"
@@ -54,7 +55,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   // TLS for every link even here: the job's own files, or (the zero-set-up
   // default) a CA, certificate and token made for this run in its log
   // directory. Workers get file paths, never the token itself, on argv.
-  const JobSpec spec = config::loadJobFile(opt.job_path);
+  const JobSpec spec = config::loadJobFile(opt.job_path, opt.overrides);
   common::applyJobLogLevel(spec.logging.level);
   JobSecurity security;
   WorkerSecurityArgs worker_security;
@@ -74,6 +75,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
 
   CoordinatorOptions co;
   co.job_path = opt.job_path;
+  co.overrides = opt.overrides;
   co.security = security;
   co.listen_address = "127.0.0.1:0";
   co.steps = opt.steps;

@@ -13,6 +13,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "src/distributed/coordinator.h"
 
@@ -21,6 +22,9 @@ namespace geopipe::distributed {
 struct LaunchOptions {
   // The job YAML file.
   std::string job_path;
+  // `--set path=value` edits of the job, applied before it is checked
+  // (src/config/job_overrides.h); the workers get the edited job.
+  std::vector<std::string> overrides;
   // Overrides training.steps when set.
   std::optional<int64_t> steps;
   // Continue from the newest committed checkpoint in checkpoint.dir.

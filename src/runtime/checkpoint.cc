@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "src/config/hf_config.h"
 #include <sstream>
@@ -36,15 +37,45 @@ std::string readAll(const std::string& path) {
   return os.str();
 }
 
+// The step of a name stepDirectory() makes ("step-" and at least 8 digits),
+// or -1 for any other name: a folder geopipe did not make is never pruned
+// or overwritten.
+int64_t stepOfName(const std::string& name) {
+  const size_t prefix = std::strlen(kStepPrefix);
+  if (name.rfind(kStepPrefix, 0) != 0 || name.size() < prefix + 8 || name.size() > prefix + 18) {
+    return -1;
+  }
+  int64_t step = 0;
+  for (size_t i = prefix; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+// The step directories in `dir`, newest first.
 std::vector<std::string> stepDirectories(const std::string& dir) {
   std::vector<std::string> out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
-    if (e.is_directory() && name.rfind(kStepPrefix, 0) == 0) out.push_back(name);
+    if (e.is_directory() && stepOfName(name) >= 0) out.push_back(name);
   }
-  std::sort(out.rbegin(), out.rend());  // newest first (zero-padded names)
+  std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) {
+    return stepOfName(a) > stepOfName(b);
+  });
   return out;
+}
+
+// The names tasklets and the committer write into a step directory.
+bool isCheckpointFileName(std::string name) {
+  static const std::regex kFile(
+      "manifest\\.json|tasklet-[0-9]+\\.(pt|gradsync|acsgd-send|acsgd-recv)");
+  const std::string tmp = ".tmp";
+  if (name.size() > tmp.size() && name.compare(name.size() - tmp.size(), tmp.size(), tmp) == 0) {
+    name.resize(name.size() - tmp.size());
+  }
+  return std::regex_match(name, kFile);
 }
 
 }  // namespace
@@ -107,20 +138,84 @@ void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int k
   writeFileAtomic((fs::path(step_dir) / kManifest).string(), j.dump(2) + "\n");
   writeFileAtomic((fs::path(dir) / kLatest).string(),
                   fs::path(step_dir).filename().string() + "\n");
-  // Keep the newest `keep` committed checkpoints; uncommitted (no manifest)
-  // directories older than this one are leftovers of a crash.
+  // Keep this checkpoint and the newest `keep` - 1 committed ones before
+  // it; uncommitted (no manifest) directories older than this one are
+  // leftovers of a crash. Later steps are skipped, not counted: tasklets
+  // may be writing them, and a committed one can only be an earlier run's,
+  // which must not push out the checkpoint LATEST now names.
   int kept = 0;
   for (const auto& name : stepDirectories(dir)) {
+    const int64_t step = stepOfName(name);
+    if (step > manifest.next_step) continue;
     const fs::path p = fs::path(dir) / name;
-    const bool committed = fs::exists(p / kManifest);
-    if (committed && kept < keep) {
+    if (step == manifest.next_step || (fs::exists(p / kManifest) && kept < keep)) {
       ++kept;
       continue;
     }
-    if (name > fs::path(step_dir).filename().string()) continue;  // newer, being written
     std::error_code ec;
     fs::remove_all(p, ec);
   }
+}
+
+int prepareFreshCheckpointDir(const std::string& dir, bool overwrite) {
+  std::error_code ec;
+  if (dir.empty() || !fs::is_directory(dir, ec)) return 0;
+  const fs::path latest = fs::path(dir) / kLatest;
+  const fs::path latest_tmp = fs::path(dir) / (std::string(kLatest) + ".tmp");
+  const bool has_latest = fs::exists(latest, ec) || fs::exists(latest_tmp, ec);
+  const std::vector<std::string> steps = stepDirectories(dir);
+  if (!has_latest && steps.empty()) return 0;
+  if (!overwrite) {
+    std::string named;
+    if (fs::exists(latest, ec)) {
+      try {
+        named = readAll(latest.string());
+        named.erase(named.find_last_not_of(" \n\r\t") + 1);
+      } catch (const IoError&) {
+      }
+    }
+    std::ostringstream what;
+    if (!named.empty()) what << "LATEST names " << named << ", ";
+    what << steps.size() << " step director" << (steps.size() == 1 ? "y" : "ies");
+    if (!steps.empty()) what << ", the newest " << steps.front();
+    GEOPIPE_THROW(ConfigError, "checkpoint.dir '", dir,
+                  "' holds the checkpoints of an earlier run (", what.str(),
+                  "); a run from step 0 would write its own beside them. Continue that run with "
+                  "--resume, or start over with --overwrite (removes LATEST and the "
+                  "step-NNNNNNNN directories, nothing else), or set checkpoint.dir to another "
+                  "directory");
+  }
+  // Check everything before removing anything: a file geopipe did not write
+  // stops the whole overwrite.
+  for (const auto& name : steps) {
+    for (const auto& e : fs::directory_iterator(fs::path(dir) / name, ec)) {
+      const std::string file = e.path().filename().string();
+      if (!e.is_regular_file() || !isCheckpointFileName(file)) {
+        GEOPIPE_THROW(ConfigError, "--overwrite: '", e.path().string(),
+                      "' is not a checkpoint file geopipe writes, so nothing was removed; move "
+                      "it out of checkpoint.dir '",
+                      dir, "' and run again");
+      }
+    }
+  }
+  // LATEST first: from here on no reader resumes from what is being removed.
+  for (const fs::path& p : {latest, latest_tmp}) {
+    if (fs::exists(p, ec) && !fs::remove(p, ec)) {
+      GEOPIPE_THROW(IoError, "--overwrite: cannot remove '", p.string(), "': ", ec.message());
+    }
+  }
+  for (const auto& name : steps) {
+    const fs::path step_dir = fs::path(dir) / name;
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(step_dir, ec)) files.push_back(e.path());
+    files.push_back(step_dir);  // empty by then
+    for (const auto& p : files) {
+      if (!fs::remove(p, ec)) {
+        GEOPIPE_THROW(IoError, "--overwrite: cannot remove '", p.string(), "': ", ec.message());
+      }
+    }
+  }
+  return static_cast<int>(steps.size());
 }
 
 std::string checkpointModelJson(const ModelSpec& m, const std::string& tokenizer_dir) {
@@ -247,7 +342,7 @@ std::optional<CheckpointManifest> findLatestCheckpoint(const std::string& dir) {
   return std::nullopt;
 }
 
-CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas) {
+CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas, int64_t steps) {
   GEOPIPE_CHECK(!dir.empty(), ConfigError,
                 "resume needs checkpoint.dir in the job, where the checkpoints are");
   std::optional<CheckpointManifest> found = findLatestCheckpoint(dir);
@@ -261,6 +356,15 @@ CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas)
                   " pipeline stages x ", manifest.replicas, " replicas, the job has ", stages,
                   " stages: resume with parallelism.pipeline_stages: ", manifest.stages,
                   " (the replica count may differ)");
+  }
+  if (manifest.next_step >= steps) {
+    const bool last = manifest.next_step == steps;
+    GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' is at step ", manifest.next_step,
+                  last ? ", the job's last" : ", past the job's last", " (training.steps: ", steps,
+                  "): nothing left to train; raise training.steps (or "
+                  "--steps) above ",
+                  manifest.next_step,
+                  " to train on from it, or start over with --overwrite instead of --resume");
   }
   if (manifest.replicas != replicas) {
     spdlog::info("the checkpoint in '{}' was written by {} replicas, the job has {}: resharding "

@@ -57,9 +57,26 @@ std::string stepDirectory(const std::string& dir, int64_t next_step);
 CheckpointFile describeFile(const std::string& step_dir, const std::string& name);
 
 // Writes manifest.json into the step directory (every file of every tasklet
-// listed, checksummed now), then atomically updates <dir>/LATEST, then removes
-// committed checkpoints beyond the newest `keep`.
+// listed, checksummed now), then atomically updates <dir>/LATEST, then keeps
+// this checkpoint and the `keep` - 1 committed ones before it, removing older
+// ones (and uncommitted leftovers older than this one). Directories of later
+// steps are left alone: tasklets may be writing them, and the one LATEST
+// names is never removed, so --resume finds the checkpoint LATEST names.
 void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int keep);
+
+// What a run that does not resume does with its checkpoint.dir `dir`: when
+// `dir` holds what an earlier run wrote there (LATEST, step-NNNNNNNN
+// directories), a new run would mix its checkpoints with those and a later
+// --resume could pick either, so it is refused (ConfigError naming the
+// directory, its newest checkpoint and the two ways out: --resume or
+// --overwrite). With `overwrite` those are removed instead: LATEST first,
+// then every step directory's checkpoint files; only names geopipe writes
+// (manifest.json, tasklet-<rank>.<kind>, their .tmp), and nothing at all when
+// a step directory holds anything else (ConfigError naming it). Other files
+// in `dir` are never touched. Does nothing for an empty `dir` (no
+// checkpoint.dir) or one that does not exist. Returns the number of step
+// directories removed.
+int prepareFreshCheckpointDir(const std::string& dir, bool overwrite);
 
 // The newest committed checkpoint whose files all match their manifest,
 // trying LATEST first and then older step directories; corrupt or partial
@@ -75,8 +92,10 @@ CheckpointManifest readAndVerify(const std::string& step_dir);
 // resharded when the tasklets load (Tasklet::loadCheckpoint), so it only
 // needs the global batch to split over the new replicas, which the job's
 // own checks ensure. ConfigError when `dir` is empty, holds no committed
-// checkpoint, or the stages differ (naming both shapes).
-CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas);
+// checkpoint, the stages differ (naming both shapes), or the checkpoint is
+// at or past the job's last step `steps` (nothing left to train; the
+// message says how to train on).
+CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas, int64_t steps);
 
 // The body layers per stage a version 2 checkpoint was written with (its
 // layer ranges less the prologue on the first stage and the epilogue on the

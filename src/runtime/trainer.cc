@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <exception>
@@ -82,6 +83,45 @@ class StepBoard {
   std::exception_ptr error_;
 };
 
+// Where a stop that writes a checkpoint ends (TrainerOptions::
+// checkpoint_at_stop): after the newest step any tasklet has begun when the
+// first tasklet hears of the stop, so that every tasklet stops after the
+// same step and the checkpoint is whole. Each tasklet asks at the end of each
+// step whether to go on; the thread that polls should_stop requests the stop.
+class StopGate {
+ public:
+  StopGate(int tasklets, int64_t first_step) : begun_(static_cast<size_t>(tasklets), first_step) {}
+
+  void request() {
+    std::lock_guard<std::mutex> lock(mu_);
+    requested_ = true;
+  }
+
+  // Called by tasklet `rank` after step `done`: false when it stops there.
+  bool goOn(int rank, int64_t done) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (requested_ && stop_after_ < 0)
+      stop_after_ = *std::max_element(begun_.begin(), begun_.end());
+    if (stop_after_ >= 0 && done >= stop_after_) return false;
+    begun_[static_cast<size_t>(rank)] = done + 1;
+    return true;
+  }
+
+  // The step every tasklet stops after; -1 while undecided. Decided before
+  // any tasklet reports that step, so the committing thread sees it when it
+  // has the step's reports.
+  int64_t stopAfter() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stop_after_;
+  }
+
+ private:
+  std::mutex mu_;
+  bool requested_ = false;
+  int64_t stop_after_ = -1;
+  std::vector<int64_t> begun_;  // by rank: the newest step it has begun
+};
+
 }  // namespace
 
 Trainer::Trainer(ModelDef model, JobSpec job, TrainerOptions options)
@@ -120,7 +160,8 @@ TrainResult Trainer::train() {
   std::vector<int> layers_per_stage = options_.layers_per_stage;
   if (options_.resume) {
     const std::string& dir = job_.checkpoint.dir;
-    const runtime::CheckpointManifest manifest = runtime::resumePoint(dir, stages, replicas);
+    const runtime::CheckpointManifest manifest =
+        runtime::resumePoint(dir, stages, replicas, job_.training.steps);
     saved_replicas = manifest.replicas;
     first_step = manifest.next_step;
     resume_from = runtime::stepDirectory(dir, first_step);
@@ -175,6 +216,10 @@ TrainResult Trainer::train() {
     return runtime::checkpointDue(job_.checkpoint, step, steps);
   };
   result.first_step = first_step;
+  // A stop that writes a checkpoint ends where the gate says; one that does
+  // not ends at once (the hub is shut down under the tasklets).
+  const bool stop_commits = options_.checkpoint_at_stop && !ckpt_dir.empty();
+  StopGate gate(world, first_step);
 
   const bool acsgd = job_.compression.activations.method == "acsgd" && stages > 1;
   if (acsgd) result.acsgd_buffer_bytes.assign(static_cast<size_t>(world), 0);
@@ -187,9 +232,13 @@ TrainResult Trainer::train() {
       for (int64_t step = first_step; step < steps; ++step) {
         runtime::TaskletStep ts = t.runStep(step);
         if (runtime::evaluationDue(job_, step, steps)) t.evaluate(step, ts.part);
+        const bool stop_here = stop_commits && !gate.goOn(rank, step);
         std::vector<std::string> files;
-        if (checkpointAfter(step)) files = t.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
+        if (checkpointAfter(step) || stop_here) {
+          files = t.saveCheckpoint(runtime::stepDirectory(ckpt_dir, step + 1));
+        }
         board.report(step, ts.part, ts.loss, ts.has_loss, files);
+        if (stop_here) break;
       }
       if (acsgd) result.acsgd_buffer_bytes[static_cast<size_t>(rank)] = t.acsgdBufferBytes();
     } catch (...) {
@@ -206,7 +255,8 @@ TrainResult Trainer::train() {
     for (int64_t step = first_step; step < steps; ++step) {
       std::vector<std::string> files;
       StepMetrics m = board.wait(step, &files);
-      if (checkpointAfter(step)) {
+      const bool stop_here = stop_commits && gate.stopAfter() == step;
+      if (checkpointAfter(step) || stop_here) {
         runtime::CheckpointManifest manifest;
         manifest.job = job_.name;
         manifest.next_step = step + 1;
@@ -219,7 +269,15 @@ TrainResult Trainer::train() {
       }
       runtime::recordStep(result, m);
       if (options_.on_step) options_.on_step(m);
+      if (stop_here) {
+        result.interrupted = step + 1 < steps;
+        break;
+      }
       if (options_.should_stop && options_.should_stop() && step + 1 < steps) {
+        if (stop_commits) {
+          gate.request();  // the tasklets stop at a common step, committed above
+          continue;
+        }
         result.interrupted = true;
         hub->shutdown("training stopped at step " + std::to_string(step + 1));
         break;

@@ -3,6 +3,7 @@
 // one process with the same model, seed and global batch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -253,6 +254,74 @@ TEST(Checkpoint, ResumeContinuesExactlyLikeAnUninterruptedRun) {
   }
 }
 
+// A stop (Ctrl-C in `geopipe train`) commits a checkpoint after the step
+// where every tasklet stops, and --resume continues from exactly there.
+TEST(Checkpoint, AStopCommitsACheckpointWhereEveryTaskletStopped) {
+  JobSpec full = checkpointJob(freshDir("stop-full"));
+  full.checkpoint.every_steps = 0;  // only the last step's: any other one comes from the stop
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  TrainResult uninterrupted = Trainer(makeModel(full.model), full, opt).train();
+
+  JobSpec job = checkpointJob(freshDir("stop"));
+  job.checkpoint.every_steps = 0;
+  TrainerOptions stop = opt;
+  int done = 0;
+  stop.on_step = [&](const StepMetrics&) { ++done; };
+  stop.should_stop = [&] { return done >= 3; };
+  stop.checkpoint_at_stop = true;
+  TrainResult first = Trainer(makeModel(job.model), job, stop).train();
+  EXPECT_TRUE(first.interrupted);
+  const int64_t stopped = static_cast<int64_t>(first.losses.size());
+  ASSERT_GE(stopped, 3);
+  ASSERT_LT(stopped, 12);
+  auto found = runtime::findLatestCheckpoint(job.checkpoint.dir);
+  ASSERT_TRUE(found.has_value()) << "no checkpoint at the stop";
+  EXPECT_EQ(found->next_step, stopped);
+  std::ifstream latest(job.checkpoint.dir + "/LATEST");
+  std::string named;
+  latest >> named;
+  EXPECT_EQ(named, "step-" + std::string(8 - std::to_string(stopped).size(), '0') +
+                       std::to_string(stopped));
+
+  TrainerOptions resume = opt;
+  resume.resume = true;
+  TrainResult second = Trainer(makeModel(job.model), job, resume).train();
+  EXPECT_EQ(second.first_step, stopped);
+  ASSERT_EQ(static_cast<int64_t>(second.losses.size()), 12 - stopped);
+  for (size_t i = 0; i < second.losses.size(); ++i) {
+    EXPECT_EQ(second.losses[i], uninterrupted.losses[stopped + i]) << "step " << stopped + i;
+  }
+  // The run is finished now: resuming it again says so.
+  try {
+    Trainer(makeModel(job.model), job, resume).train();
+    FAIL() << "resumed a finished run";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("is at step 12, the job's last (training.steps: 12): "
+                                         "nothing left to train"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// checkpoint.keep prunes in the Trainer's commits: every_steps 2 over 8
+// steps commits 4 checkpoints, keep 2 leaves the last two.
+TEST(Checkpoint, TheTrainerKeepsOnlyTheNewestCheckpoints) {
+  JobSpec job = checkpointJob(freshDir("keep"));
+  job.training.steps = 8;
+  job.checkpoint.every_steps = 2;
+  job.checkpoint.keep = 2;
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  Trainer(makeModel(job.model), job, opt).train();
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(job.checkpoint.dir)) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"LATEST", "step-00000006", "step-00000008"}));
+}
+
 TEST(Checkpoint, CorruptLatestFallsBackToThePreviousOne) {
   JobSpec job = checkpointJob(freshDir("corrupt"));
   job.training.steps = 8;  // commits after steps 4 and 8
@@ -361,6 +430,7 @@ TEST(Checkpoint, ResumeKeepsTheSavedLayerSplit) {
   ASSERT_EQ(rest.losses.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(rest.losses[i], full.losses[4 + i]) << "step " << 4 + i;
   // Asking for another split than the saved one is refused, naming it.
+  job.training.steps = 12;  // the run above finished its 8
   resume.layers_per_stage = {2, 2};
   try {
     Trainer(makeModel(job.model), job, resume).train();
