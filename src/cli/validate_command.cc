@@ -54,7 +54,14 @@ int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream&
         const JobSpec job = config::parseJobString(text, file, base, overrides);
         if (print) {
           if (files.size() > 1) out << "# " << file << "\n";
-          out << config::resolvedJobYaml(job);
+          // transport.emulate_links' default depends on the verb: printed
+          // only when the job or an override set it.
+          const YAML::Node root = YAML::Load(text);
+          const YAML::Node transport = root.IsMap() ? root["transport"] : YAML::Node();
+          bool emulate_set = transport && transport.IsMap() && transport["emulate_links"];
+          for (const auto& o : overrides)
+            emulate_set = emulate_set || o.rfind("transport.emulate_links=", 0) == 0;
+          out << config::resolvedJobYaml(job, emulate_set);
         } else if (!quiet) {
           out << config::formatJobSummary(job) << "  OK\n";
         }

@@ -3,6 +3,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -12,6 +13,11 @@ namespace {
 // The shortest decimal that strtod reads back as `v`.
 std::string number(double v) {
   char buf[40];
+  if (v == std::floor(v) && std::fabs(v) < 1e15) {
+    // Whole numbers as written by hand ("30", not "3e+01").
+    std::snprintf(buf, sizeof(buf), "%.0f", v);
+    return buf;
+  }
   for (int precision = 1; precision <= 17; ++precision) {
     std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
     if (std::strtod(buf, nullptr) == v) break;
@@ -234,7 +240,7 @@ void topology(YAML::Emitter& out, const TopologySpec& t) {
 
 }  // namespace
 
-std::string resolvedJobYaml(const JobSpec& job) {
+std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
   YAML::Emitter out;
   out << YAML::BeginMap;
   text(out, "name", job.name);
@@ -255,7 +261,12 @@ std::string resolvedJobYaml(const JobSpec& job) {
   topology(out, job.topology);
   beginSection(out, "transport");
   field(out, "kind", job.transport.kind);
-  flag(out, "emulate_links", job.transport.emulate_links);
+  if (emulate_links_set) {
+    flag(out, "emulate_links", job.transport.emulate_links);
+  } else {
+    out << YAML::Comment(
+        "emulate_links not set: emulated under train and launch, real under coordinator");
+  }
   real(out, "bandwidth_scale", job.transport.bandwidth_scale);
   real(out, "latency_scale", job.transport.latency_scale);
   out << YAML::EndMap;
@@ -275,6 +286,7 @@ std::string resolvedJobYaml(const JobSpec& job) {
   field(out, "max_restarts", f.max_restarts);
   real(out, "rejoin_timeout", f.rejoin_timeout);
   field(out, "min_replicas", f.min_replicas);
+  real(out, "link_grace", f.link_grace);
   out << YAML::EndMap;
   if (job.security.configured) {
     const SecuritySpec& s = job.security;

@@ -15,6 +15,9 @@ namespace geopipe::config {
 // or compression method does not take left out (the parser refuses them),
 // and the topology inline with every site, device and directed link. Numbers
 // print in their shortest form that reads back exactly.
-std::string resolvedJobYaml(const JobSpec& job);
+// `emulate_links_set`: whether the job (or an override) set
+// transport.emulate_links; when it did not, the field is left out (with a
+// comment), since its default depends on the verb that runs the job.
+std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set = true);
 
 }  // namespace geopipe::config

@@ -293,6 +293,20 @@ TEST(CommandLine, ValidatePrintsTheResolvedJobWhichValidatesAgain) {
   EXPECT_TRUE(contains(printed, "steps: 7")) << printed;
   EXPECT_TRUE(contains(printed, "beta2: 0.95")) << printed;  // a default the file omits
   EXPECT_TRUE(contains(printed, "keep: 2")) << printed;
+  EXPECT_TRUE(contains(printed, "link_grace: 30")) << printed;
+  EXPECT_TRUE(contains(printed, "emulate_links: false")) << printed;  // the job sets it
+  // transport.emulate_links' default depends on the verb (emulated under
+  // train and launch, real under coordinator): printed only when set.
+  std::string unset = tinyJob(50);
+  const std::string line = "transport: {emulate_links: false}\n";
+  unset.erase(unset.find(line), line.size());
+  writeFile(dir.file("unset.yaml"), unset);
+  auto u = runGeopipe(dir, {"validate", dir.file("unset.yaml"), "--print"});
+  EXPECT_FALSE(contains(u.out, "emulate_links:")) << u.out << u.err;
+  EXPECT_TRUE(contains(u.out, "# emulate_links not set")) << u.out;
+  u = runGeopipe(dir, {"validate", dir.file("unset.yaml"), "--print", "--set",
+                       "transport.emulate_links=true"});
+  EXPECT_TRUE(contains(u.out, "emulate_links: true")) << u.out << u.err;
   writeFile(dir.file("printed.yaml"), printed);
   r = runGeopipe(dir, {"validate", dir.file("printed.yaml")});
   EXPECT_EQ(r.code, 0) << r.err << printed;
