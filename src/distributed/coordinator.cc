@@ -474,9 +474,13 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // job waits for or as an idle spare.
   grpc::Status registerNewLocked(grpc::ServerContext* ctx, const pb::RegisterRequest* req) {
     // A survivor rejoining its place after a failure is not counted: the
-    // cap is on newcomers (replacements, spares).
+    // cap is on newcomers (replacements, spares). Nor is, once per failure
+    // it was blamed for, a worker that was left out but lives on (it
+    // reported the failure itself, a broken link, and registers again):
+    // recoveries must not use up the cap.
     const bool awaited = awaited_pids_.count(req->pid()) > 0;
-    if (!awaited && registrations_ >= max_registrations_) {
+    const bool returning = !awaited && blamed_alive_.count(req->pid()) > 0;
+    if (!awaited && !returning && registrations_ >= max_registrations_) {
       eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ", registrations_,
                                  " registrations accepted already"));
       return {grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -491,7 +495,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
             resolveDevice(req->device(), job_.topology, roster_.deviceClaims(), &device);
         !st.ok())
       return st;
-    if (!awaited) ++registrations_;
+    if (returning) {
+      blamed_alive_.erase(blamed_alive_.find(req->pid()));
+    } else if (!awaited) {
+      ++registrations_;
+    }
     Slot slot;
     slot.device = device;
     slot.info.hostname = req->hostname();
@@ -782,7 +790,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // has a worker, within rejoin_timeout.
   void regroupLocked(const Failure& f) {
     eventLocked("failure detected: " + f.message);
-    if (f.rank >= 0) lost_pids_.insert(slotOfRankLocked(f.rank)->info.pid);
+    if (f.rank >= 0) {
+      const int64_t pid = slotOfRankLocked(f.rank)->info.pid;
+      lost_pids_.insert(pid);
+      blamed_alive_.insert(pid);
+    }
     const int64_t redo = endGenerationLocked(f);
     eventLocked(detail::concat(
         "recovering (restart ", restartsLocked(), " of ", job_.fault_tolerance.max_restarts,
@@ -1085,6 +1097,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   Failure regroup_failure_;         // what ended the last generation
   std::string regroup_reason_;      // told to the workers
   std::set<int64_t> lost_pids_;     // declared dead, left out
+  // Workers blamed for a failure, once per failure: one that lives on may
+  // register again that often without counting against the cap.
+  std::multiset<int64_t> blamed_alive_;
   std::set<int64_t> awaited_pids_;  // survivors of the ended generation not yet rejoined
 };
 

@@ -188,8 +188,11 @@ struct FakeJob {
   std::mutex mu;
   std::vector<std::string> events;
 
+  int spare_registrations = -1;  // CoordinatorOptions::spare_registrations
+
   explicit FakeJob(const std::string& fault_tolerance,
-                   std::chrono::milliseconds heartbeat_timeout = 30s) {
+                   std::chrono::milliseconds heartbeat_timeout = 30s, int spare_registrations = -1)
+      : spare_registrations(spare_registrations) {
     start(fault_tolerance, heartbeat_timeout, false);
   }
 
@@ -209,6 +212,7 @@ struct FakeJob {
                                             fault_tolerance + "\n"));
     opt.listen_address = "127.0.0.1:0";
     opt.heartbeat_timeout = heartbeat_timeout;  // the fake workers send none unless told
+    opt.spare_registrations = spare_registrations;
     opt.on_event = [this](const std::string& line) {
       std::lock_guard<std::mutex> lock(mu);
       events.push_back(line);
@@ -785,6 +789,37 @@ TEST(Recovery, NoGrowBackWhileAFailureIsBeingDecided) {
   EXPECT_TRUE(job.sawEvent("recovering (restart 2 of 2): generation 3 resumes from the "
                            "checkpoint at step 10"));
   EXPECT_FALSE(job.sawEvent("growing back"));
+}
+
+TEST(Recovery, AWorkerBlamedForAFailureRejoinsWithoutUsingUpTheRegistrationCap) {
+  // No room for newcomers (spare_registrations 0): the four workers are all
+  // the job may register. Rank 1's worker reports a refused link three
+  // times, a failure it is blamed for and outlives; each time it registers
+  // again with the survivors, and each time the job takes it back.
+  FakeJob job("{max_restarts: 3, rejoin_timeout: 10}", 30s, /*spare_registrations=*/0);
+  job.runFirstGeneration();
+  const auto pid = job.pid_of_rank;
+  for (int64_t g = 1; g <= 3; ++g) {
+    {
+      grpc::ClientContext ctx;
+      pb::FailureReport req;
+      req.set_rank(1);
+      req.set_generation(g);
+      req.set_error("rank 0 refused the stream");
+      req.set_error_type("ProtocolError");
+      pb::Directive d;
+      ASSERT_TRUE(job.stub->ReportFailure(&ctx, req, &d).ok());
+    }
+    ASSERT_TRUE(job.waitForGeneration(g + 1));
+    std::vector<pb::Assignment> as;
+    for (const auto& st : job.registerAll(pid, {0, 1, 2, 3}, &as))
+      ASSERT_TRUE(st.ok()) << "generation " << g + 1 << ": " << st.error_message();
+    job.exchangeAddresses(as);
+    // A step done, so the next failure is not "the same error again".
+    for (int r = 0; r < 4; ++r) job.reportStep(r, g + 1, 5);
+  }
+  EXPECT_EQ(job.coordinator->recoveries(), 3);
+  EXPECT_FALSE(job.sawEvent("refused a registration"));
 }
 
 TEST(Recovery, GivesUpNamingTheDeadTaskletWhenTooFewWorkersRejoin) {
