@@ -9,6 +9,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace geopipe::cli {
 
@@ -61,6 +62,23 @@ struct WorkerArgs {
 };
 void addWorkerOptions(CLI::App& app, WorkerArgs& args);
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out);
+
+struct ProbeArgs {
+  int rank = -1;                       // this host's index in --peers
+  std::vector<std::string> peers;      // every host's host:port, the same list on every host
+  std::vector<std::string> names;      // site names; default host-<rank>
+  std::string listen;                  // empty: peers[rank]
+  std::string out = "-";               // rank 0 writes the topology here ("-": stdout)
+  double megabytes = 4;                // bulk bytes per direction per pair, MiB
+  int pings = 20;                      // round trips per direction per pair
+  int timeout = 120;                   // seconds per wait (peers start at different times)
+  std::string ca, cert, key;           // TLS, as `geopipe worker`
+  std::string token_file;              // the join token; empty: GEOPIPE_JOB_TOKEN
+  bool insecure = false;               // plaintext, loopback only
+  bool allow_insecure_remote = false;  // plaintext on any address
+};
+void addProbeOptions(CLI::App& app, ProbeArgs& args);
+int runProbeCommand(const ProbeArgs& args, std::ostream& out);
 
 struct GrpcBenchArgs {
   std::string job;             // job YAML; empty = a built-in tiny GPT job

@@ -145,6 +145,10 @@ int main(int argc, char** argv) {
   geopipe::cli::WorkerArgs worker_args;
   auto* worker = app.add_subcommand("worker", "Join a coordinator and run one tasklet");
   geopipe::cli::addWorkerOptions(*worker, worker_args);
+  geopipe::cli::ProbeArgs probe_args;
+  auto* probe = app.add_subcommand(
+      "probe", "Measure latency and bandwidth between hosts and write a topology for them");
+  geopipe::cli::addProbeOptions(*probe, probe_args);
 
   // model folders: eval, generate, export
   geopipe::cli::EvalArgs eval_args;
@@ -228,6 +232,9 @@ int main(int argc, char** argv) {
   }
   if (*worker) {
     return guarded([&] { return geopipe::cli::runWorkerCommand(worker_args, std::cout); });
+  }
+  if (*probe) {
+    return guarded([&] { return geopipe::cli::runProbeCommand(probe_args, std::cout); });
   }
   if (*eval) {
     return guarded([&] { return geopipe::cli::runEvalCommand(eval_args, std::cout); });
