@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "src/distributed/security.h"
+
 #include <cstdint>
 #include <optional>
 #include <ostream>
@@ -51,17 +53,14 @@ struct WorkerArgs {
   std::string device = "any";          // topology device name or index, or any
   std::string listen = "0.0.0.0:0";    // peer service address; port 0 = a free port
   std::string advertise;               // what peers dial, when not --listen's address
-  std::string ca;                      // PEM CA certificate (the job's security.ca)
-  std::string cert;                    // this host's certificate, PEM
-  std::string key;                     // its private key, PEM, mode 600
-  std::string token_file;              // the join token; empty: GEOPIPE_JOB_TOKEN
-  bool insecure = false;               // plaintext, loopback only
-  bool allow_insecure_remote = false;  // plaintext on any address
+  distributed::WorkerSecurityArgs security;  // --ca, --cert, --key, --token-file, --insecure
   int threads = 0;                     // LibTorch threads; 0 = every core
   int timeout = 300;                   // seconds to wait for a peer's message
 };
 void addWorkerOptions(CLI::App& app, WorkerArgs& args);
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out);
+// A host's TLS files and join token, as `worker` and `probe` take them.
+void addHostSecurityOptions(CLI::App& app, distributed::WorkerSecurityArgs& args);
 
 struct ProbeArgs {
   int rank = -1;                       // this host's index in --peers
@@ -72,10 +71,7 @@ struct ProbeArgs {
   double megabytes = 4;                // bulk bytes per direction per pair, MiB
   int pings = 20;                      // round trips per direction per pair
   int timeout = 120;                   // seconds per wait (peers start at different times)
-  std::string ca, cert, key;           // TLS, as `geopipe worker`
-  std::string token_file;              // the join token; empty: GEOPIPE_JOB_TOKEN
-  bool insecure = false;               // plaintext, loopback only
-  bool allow_insecure_remote = false;  // plaintext on any address
+  distributed::WorkerSecurityArgs security;  // as `geopipe worker`
 };
 void addProbeOptions(CLI::App& app, ProbeArgs& args);
 int runProbeCommand(const ProbeArgs& args, std::ostream& out);

@@ -41,14 +41,7 @@ void addProbeOptions(CLI::App& app, ProbeArgs& args) {
                  "seconds any wait may take (the hosts may start at different times)")
       ->check(CLI::Range(1, 86400))
       ->capture_default_str();
-  app.add_option("--ca", args.ca, "PEM CA certificate the job's hosts are signed by (security.ca)");
-  app.add_option("--cert", args.cert, "this host's PEM certificate (from geopipe certs)");
-  app.add_option("--key", args.key, "its PEM private key (mode 600)");
-  app.add_option("--token-file", args.token_file,
-                 "file holding the job's join token (default: $GEOPIPE_JOB_TOKEN)");
-  app.add_flag("--insecure", args.insecure, "plaintext gRPC (loopback addresses only)");
-  app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
-               "with --insecure: allow plaintext on addresses that are not loopback");
+  addHostSecurityOptions(app, args.security);
 }
 
 int runProbeCommand(const ProbeArgs& args, std::ostream& out) {
@@ -63,14 +56,7 @@ int runProbeCommand(const ProbeArgs& args, std::ostream& out) {
     GEOPIPE_CHECK(p.rfind(':') != std::string::npos && p.rfind(':') + 1 < p.size(), ConfigError,
                   "--peers entry '", p, "' is not HOST:PORT");
   }
-  distributed::WorkerSecurityArgs sec;
-  sec.ca = args.ca;
-  sec.cert = args.cert;
-  sec.key = args.key;
-  sec.token_file = args.token_file;
-  sec.insecure = args.insecure || args.allow_insecure_remote;
-  sec.allow_insecure_remote = args.allow_insecure_remote;
-  const distributed::JobSecurity security = distributed::workerSecurity(sec);
+  const distributed::JobSecurity security = distributed::workerSecurity(args.security);
 
   transport::GrpcTransportOptions to;
   to.rank = args.rank;

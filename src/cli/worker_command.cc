@@ -18,6 +18,15 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
   app.add_option("--advertise", args.advertise,
                  "HOST or HOST:PORT peers dial to reach this worker, when not --listen's (a NAT "
                  "port forward, another interface); --listen may give a port range LOW-HIGH");
+  addHostSecurityOptions(app, args.security);
+  app.add_option("--threads", args.threads,
+                 "LibTorch threads (0: the host's cores / the tasklets placed on this host)")
+      ->capture_default_str();
+  app.add_option("--timeout", args.timeout, "seconds to wait for a peer's message")
+      ->capture_default_str();
+}
+
+void addHostSecurityOptions(CLI::App& app, distributed::WorkerSecurityArgs& args) {
   app.add_option("--ca", args.ca, "PEM CA certificate the job's hosts are signed by (security.ca)");
   app.add_option("--cert", args.cert, "this host's PEM certificate (from geopipe certs)");
   app.add_option("--key", args.key, "its PEM private key (mode 600)");
@@ -27,11 +36,6 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
                "plaintext gRPC, for a job with security.insecure (loopback addresses only)");
   app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
                "with --insecure: allow plaintext on addresses that are not loopback");
-  app.add_option("--threads", args.threads,
-                 "LibTorch threads (0: the host's cores / the tasklets placed on this host)")
-      ->capture_default_str();
-  app.add_option("--timeout", args.timeout, "seconds to wait for a peer's message")
-      ->capture_default_str();
 }
 
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
@@ -40,14 +44,7 @@ int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
   opt.device = args.device;
   opt.listen = args.listen;
   opt.advertise = args.advertise;
-  distributed::WorkerSecurityArgs sec;
-  sec.ca = args.ca;
-  sec.cert = args.cert;
-  sec.key = args.key;
-  sec.token_file = args.token_file;
-  sec.insecure = args.insecure || args.allow_insecure_remote;
-  sec.allow_insecure_remote = args.allow_insecure_remote;
-  opt.security = distributed::workerSecurity(sec);
+  opt.security = distributed::workerSecurity(args.security);
   opt.threads = args.threads;
   opt.timeout_seconds = args.timeout;
   const distributed::WorkerResult r = distributed::runWorker(opt);

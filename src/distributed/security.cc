@@ -54,7 +54,8 @@ JobSecurity workerSecurity(const WorkerSecurityArgs& a) {
   out.link.allow_insecure_remote = a.allow_insecure_remote;
   out.token = readToken(a.token_file, "--token-file");
   const bool any_file = !a.ca.empty() || !a.cert.empty() || !a.key.empty();
-  if (a.insecure) {
+  // --allow-insecure-remote implies --insecure.
+  if (a.insecure || a.allow_insecure_remote) {
     GEOPIPE_CHECK(!any_file, ConfigError,
                   "--insecure (plaintext) and --ca/--cert/--key (TLS) exclude each other: drop "
                   "one");
