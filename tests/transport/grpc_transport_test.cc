@@ -303,6 +303,37 @@ TEST(GrpcTransportResume, ALinkDownLongerThanItsGraceFailsBothSidesNamingIt) {
   EXPECT_LT(waited, 8.0);
 }
 
+TEST(GrpcTransportResume, APeerWhoseHostRefusesConnectionsIsGoneWithoutWaitingOutTheGrace) {
+  // A killed process: its port is closed, so reconnecting is refused at
+  // once. That is no network blip, and its senders learn it in seconds, not
+  // after the 30 s grace (so the coordinator hears of the death at once).
+  GrpcTransportOptions o = grpcTestOptions();
+  o.link_grace = seconds(30);
+  auto ranks = makeGrpcWorld(2, o);
+  ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 0))), std::make_pair(1, 0));
+  // Rank 1 also waits for a message from rank 0, which never comes.
+  auto pending = ranks[1]->recv(0, tagOf(Channel::CONTROL, 99));
+  const auto t0 = Clock::now();
+  ranks[0]->close();
+  std::string what;
+  for (int i = 1; what.empty() && Clock::now() - t0 < seconds(20); ++i) {
+    try {
+      ranks[1]->send(0, tagOf(Channel::CONTROL, i), stamp(1, i))->wait(seconds(20));
+      std::this_thread::sleep_for(milliseconds(20));
+    } catch (const IoError& e) {
+      what = e.what();
+    }
+  }
+  const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_TRUE(contains(what, "now refuses connections: its process is gone")) << what;
+  EXPECT_LT(waited, 8.0) << what;
+  // The receive fails as soon as the link knows, not after the grace.
+  std::string recv_error = messageOf([&] { pending->wait(seconds(2)); });
+  EXPECT_TRUE(contains(recv_error, "rank 0 (")) << recv_error;
+  EXPECT_TRUE(contains(recv_error, "is gone")) << recv_error;
+}
+
 TEST(GrpcTransportResume, AReceiverThatRestartedIsNotResumed) {
   ProxiedPair p = proxiedPair(seconds(10));
   p.ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10));

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -166,6 +167,10 @@ class PeerLink {
     Duration link_grace{0};
     uint64_t incarnation = 0;
     LinkSecurity security;
+    // Told when the peer's process is known to be gone (its host refuses
+    // the reconnect): the transport fails the receives from it too, which
+    // would otherwise wait out the grace.
+    std::function<void(const std::string&)> on_peer_gone;
   };
   explicit PeerLink(Config config) : config_(std::move(config)) {}
   ~PeerLink() {
@@ -349,12 +354,14 @@ class PeerLink {
     return true;
   }
 
-  enum class Connect { CONNECTED, TIMED_OUT, CANCELLED, FAILED };
+  enum class Connect { CONNECTED, TIMED_OUT, CANCELLED, FAILED, REFUSED };
   // Waits until the channel is connected, retrying until `deadline` (the
   // peer may not be up yet, or the network is down). TIMED_OUT: `why` holds
   // gRPC's last error (may be empty); FAILED: a set-up error no retry can
   // fix, the link has failed already. A link that worked before (`again`)
-  // has no set-up error: whatever fails its reconnects is the network.
+  // has no set-up error: whatever fails its reconnects is the network, or
+  // (REFUSED, `why` says so) a peer host that refuses the connection: the
+  // peer's process is gone, which no grace brings back.
   Connect connect(const std::shared_ptr<grpc::Channel>& channel, Clock::time_point deadline,
                   bool again, std::deque<Outgoing>& unacked, std::string* why) {
     const std::string peer_name =
@@ -375,6 +382,11 @@ class PeerLink {
           Clock::now() >= next_probe) {
         next_probe = Clock::now() + std::chrono::seconds(1);
         last_error = probeConnectError(channel);
+        if (again && (last_error.find("Connection refused") != std::string::npos ||
+                      last_error.find("connection refused") != std::string::npos)) {
+          *why = last_error;
+          return Connect::REFUSED;
+        }
         const std::string advice =
             again ? std::string()
                   : explainHandshakeFailure(last_error, config_.security, peer_name);
@@ -596,7 +608,18 @@ class PeerLink {
                      end.failure.message, seconds(config_.link_grace));
       }
       const Connect again = connect(channel, broken_at_ + config_.link_grace, true, unacked, &why);
-      if (again == Connect::TIMED_OUT || again == Connect::CANCELLED) {
+      if (again == Connect::REFUSED) {
+        const std::string gone =
+            detail::concat("rank ", config_.peer, " (", config_.address,
+                           ") is gone: the link to it broke and its host now refuses connections");
+        failAll(Failure{ErrorKind::IO,
+                        detail::concat("grpc: the link from ", linkName(), " broke (", first_break,
+                                       ") and rank ", config_.peer,
+                                       "'s host now refuses connections: its process is gone [",
+                                       why, "]")},
+                unacked);
+        if (config_.on_peer_gone) config_.on_peer_gone(gone);
+      } else if (again == Connect::TIMED_OUT || again == Connect::CANCELLED) {
         failAll(
             Failure{ErrorKind::IO,
                     detail::concat("grpc: the link from ", linkName(), " broke (", first_break,
@@ -767,6 +790,9 @@ class GrpcTransport::Impl {
         config.keepalive = options_.keepalive;
         config.link_grace = options_.link_grace;
         config.incarnation = options_.link_grace.count() > 0 ? incarnation_ : 0;
+        config.on_peer_gone = [mailbox = mailbox_, peer](const std::string& why) {
+          mailbox->failSource(peer, ErrorKind::IO, why);
+        };
         config.security = options_.security;
         links_[peer] = std::make_unique<PeerLink>(std::move(config));
       }
