@@ -2,7 +2,9 @@
 // `geopipe launch` and `geopipe coordinator` (same fields as `train`).
 #pragma once
 
+#include <chrono>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 
@@ -11,12 +13,16 @@
 
 namespace geopipe::cli {
 
+// The progress line and metrics file of a run; onStep is
+// called from one thread (TrainerOptions::on_step / the coordinator's).
 class ProgressDisplay {
  public:
   // Keeps a copy of job. Opens job.logging.metrics_file (appending when `append`, for a resumed
   // run); IoError if it cannot be written.
   ProgressDisplay(const JobSpec& job, std::ostream& out, bool append);
-  // One step: a JSON line, and a progress line every logging.every_steps.
+  // One step: a JSON line (metricsRecord), and a progress line
+  // (progressLine) every logging.every_steps, after an evaluation and after
+  // the last step.
   void onStep(const StepMetrics& m);
   // "done after N steps in S s: final loss, tokens/s, wire vs raw".
   void summary(const TrainResult& r, bool interrupted);
@@ -24,11 +30,23 @@ class ProgressDisplay {
  private:
   JobSpec job_;
   std::ostream& out_;
+  using Clock = std::chrono::steady_clock;
   std::ofstream metrics_;
-  double elapsed_ = 0;
+  Clock::time_point start_ = Clock::now();  // the elapsed time counts from here
+  double step_seconds_ = 0;                 // this run's steps, for the ETA
   int64_t first_step_ = -1;
   uint64_t raw_ = 0, wire_ = 0;
 };
+
+// The progress line of step m of `steps` (docs/cli.md, "Progress line"):
+// step (1-based), loss, validation loss when evaluated, lr, global grad
+// norm, tokens/s, the busiest tasklet's share of the step blocked on the
+// network, peak RSS, elapsed and ETA as h:mm:ss. About 100 columns.
+std::string progressLine(const StepMetrics& m, int steps, double elapsed_seconds,
+                         double eta_seconds);
+
+// The JSON-lines record of step m (docs/operations.md; "step" is 0-based).
+nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point now);
 
 // Where the final weights are (the newest committed checkpoint of
 // job.checkpoint.dir), or a warning that none were saved; a warning too when

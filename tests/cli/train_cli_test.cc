@@ -68,6 +68,11 @@ TEST(TrainCommand, StepsMetricsAndPlotOverrideTheJob) {
   const auto lines = jsonLines(readAll(dir.file("m.jsonl")));
   ASSERT_EQ(lines.size(), 3u) << readAll(dir.file("m.jsonl"));
   for (size_t i = 0; i < lines.size(); ++i) EXPECT_EQ(lines[i].at("step"), i);
+  // The progress line: 1-based step, every field, elapsed and ETA as h:mm:ss.
+  for (const char* field : {"step 1/3  loss ", "step 3/3  loss ", "  lr 1.0e-02  gnorm ",
+                            " tok/s  net ", "%  rss ", "B  0:00:", " eta 0:00:00"}) {
+    EXPECT_TRUE(contains(r.out, field)) << field << "\n" << r.out;
+  }
   EXPECT_TRUE(contains(readAll(dir.file("loss.svg")), "<svg")) << "--plot";
   EXPECT_TRUE(contains(r.out, "loss curve: " + dir.file("loss.svg"))) << r.out;
 }
