@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 
@@ -43,6 +44,20 @@ std::string hms(double seconds) {
   return buf;
 }
 
+// "2026-12-06T19:31:27.123Z".
+std::string isoUtc(std::chrono::system_clock::time_point t) {
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  const std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms % 1000));
+  return buf;
+}
+
 }  // namespace
 
 std::string progressLine(const StepMetrics& m, int steps, double elapsed, double eta) {
@@ -63,10 +78,13 @@ std::string progressLine(const StepMetrics& m, int steps, double elapsed, double
   return buf;
 }
 
-nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point) {
-  nlohmann::json j = {{"step", m.step},
+nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point now) {
+  nlohmann::json j = {{"step", m.step + 1},
+                      {"time", isoUtc(now)},
+                      {"unix_time", std::chrono::duration<double>(now.time_since_epoch()).count()},
                       {"loss", m.loss},
                       {"lr", m.lr},
+                      {"grad_norm", m.grad_norm},
                       {"seconds", m.seconds},
                       {"tokens_per_second", m.tokens_per_second},
                       {"activation_raw_bytes", m.activation_raw_bytes},
@@ -75,8 +93,11 @@ nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::ti
                       {"gradient_wire_bytes", m.gradient_wire_bytes},
                       {"dp_raw_bytes", m.dp_raw_bytes},
                       {"dp_wire_bytes", m.dp_wire_bytes},
+                      {"sent_bytes_by_rank", m.sent_bytes_by_rank},
+                      {"received_bytes_by_rank", m.received_bytes_by_rank},
                       {"compute_seconds", m.compute_seconds},
-                      {"comm_wait_seconds", m.comm_wait_seconds}};
+                      {"comm_wait_seconds", m.comm_wait_seconds},
+                      {"peak_rss_bytes", m.peak_rss_bytes}};
   if (m.hasValLoss()) j["val_loss"] = m.valLoss();
   return j;
 }

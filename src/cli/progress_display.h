@@ -45,7 +45,9 @@ class ProgressDisplay {
 std::string progressLine(const StepMetrics& m, int steps, double elapsed_seconds,
                          double eta_seconds);
 
-// The JSON-lines record of step m (docs/operations.md; "step" is 0-based).
+// The JSON-lines record of step m (docs/cli.md, "Metrics file"): "step" is
+// 1-based like the progress line; "time" is `now` in ISO 8601 UTC with
+// milliseconds and "unix_time" the same instant in seconds.
 nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point now);
 
 // Where the final weights are (the newest committed checkpoint of

@@ -1,5 +1,5 @@
-// The progress line of one step, from fixed numbers: every field, its
-// format, and the width budget (docs/cli.md, "Progress line
+// The progress line and the metrics record of one step, from fixed numbers:
+// every field, its format, and the width budget (docs/cli.md, "Progress line
 // and metrics").
 #include <gtest/gtest.h>
 
@@ -36,6 +36,20 @@ TEST(ProgressLine, ShowsEveryFieldInAboutAHundredColumns) {
   const std::string with_val = cli::progressLine(m, 200, 83.4, 3723.0);
   EXPECT_NE(with_val.find("loss 3.4567  val 3.5000  lr"), std::string::npos) << with_val;
   EXPECT_LE(with_val.size(), 120u);
+}
+
+TEST(MetricsRecord, IsOneBasedWithWallClockGradNormAndBytesByRank) {
+  // 2026-12-06T19:31:27.123Z
+  const std::chrono::system_clock::time_point t{std::chrono::milliseconds(1796585487123)};
+  const nlohmann::json j = cli::metricsRecord(aStep(), t);
+  EXPECT_EQ(j.at("step"), 12);
+  EXPECT_EQ(j.at("time"), "2026-12-06T19:31:27.123Z");
+  EXPECT_DOUBLE_EQ(j.at("unix_time").get<double>(), 1796585487.123);
+  EXPECT_DOUBLE_EQ(j.at("grad_norm").get<double>(), 1.2345);
+  EXPECT_EQ(j.at("sent_bytes_by_rank"), nlohmann::json({10, 20}));
+  EXPECT_EQ(j.at("received_bytes_by_rank"), nlohmann::json({20, 10}));
+  EXPECT_EQ(j.at("peak_rss_bytes"), 1234567890);
+  EXPECT_FALSE(j.contains("val_loss"));
 }
 
 }  // namespace
