@@ -1,6 +1,7 @@
 // Progress lines and JSON-lines metrics for multi-process runs.
 #include "src/cli/progress_display.h"
 
+#include "src/cli/tensorboard_writer.h"
 #include "src/runtime/checkpoint.h"
 
 #include <algorithm>
@@ -31,6 +32,19 @@ ProgressDisplay::ProgressDisplay(const JobSpec& job, std::ostream& out, bool app
                     "' (logging.metrics_file)");
     }
   }
+  if (!job.logging.tensorboard_dir.empty()) {
+    tensorboard_ = std::make_unique<TensorBoardWriter>(job.logging.tensorboard_dir);
+  }
+}
+
+ProgressDisplay::~ProgressDisplay() = default;
+
+void refuseTensorBoardDir(const JobSpec& job, const std::string& verb) {
+  GEOPIPE_CHECK(job.logging.tensorboard_dir.empty(), ConfigError,
+                "logging.tensorboard_dir is set ('", job.logging.tensorboard_dir, "') but ", verb,
+                " does not write TensorBoard files (train, launch and coordinator do): remove it "
+                "from the job for ",
+                verb);
 }
 
 namespace {
@@ -110,6 +124,16 @@ void ProgressDisplay::onStep(const StepMetrics& m) {
   raw_ += step_raw;
   wire_ += step_wire;
   if (metrics_) metrics_ << metricsRecord(m, now).dump() << "\n" << std::flush;
+  if (tensorboard_) {
+    std::vector<std::pair<std::string, double>> scalars = {
+        {"loss", m.loss},
+        {"lr", m.lr},
+        {"grad_norm", m.grad_norm},
+        {"tokens_per_second", m.tokens_per_second},
+        {"step_seconds", m.seconds}};
+    if (m.hasValLoss()) scalars.emplace_back("val_loss", m.valLoss());
+    tensorboard_->scalars(m.step + 1, scalars);  // 1-based, as the metrics file
+  }
   const int steps = job_.training.steps;
   const int64_t done = m.step + 1;
   if (first_step_ < 0) first_step_ = m.step;

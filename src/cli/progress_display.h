@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
@@ -13,13 +14,18 @@
 
 namespace geopipe::cli {
 
-// The progress line and metrics file of a run; onStep is
+class TensorBoardWriter;
+
+// The progress line, metrics file and TensorBoard scalars of a run; onStep is
 // called from one thread (TrainerOptions::on_step / the coordinator's).
 class ProgressDisplay {
  public:
   // Keeps a copy of job. Opens job.logging.metrics_file (appending when `append`, for a resumed
   // run); IoError if it cannot be written.
+  // Opens a TensorBoard event file in job.logging.tensorboard_dir when set
+  // (a new file per run: TensorBoard reads every file of the directory).
   ProgressDisplay(const JobSpec& job, std::ostream& out, bool append);
+  ~ProgressDisplay();
   // One step: a JSON line (metricsRecord), and a progress line
   // (progressLine) every logging.every_steps, after an evaluation and after
   // the last step.
@@ -32,6 +38,7 @@ class ProgressDisplay {
   std::ostream& out_;
   using Clock = std::chrono::steady_clock;
   std::ofstream metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // scalars per step; null without
   Clock::time_point start_ = Clock::now();  // the elapsed time counts from here
   double step_seconds_ = 0;                 // this run's steps, for the ETA
   int64_t first_step_ = -1;
@@ -49,6 +56,11 @@ std::string progressLine(const StepMetrics& m, int steps, double elapsed_seconds
 // 1-based like the progress line; "time" is `now` in ISO 8601 UTC with
 // milliseconds and "unix_time" the same instant in seconds.
 nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point now);
+
+// For a verb that takes a job but shows no progress (the benchmarks):
+// ConfigError naming logging.tensorboard_dir when the job sets it, so the
+// field is never silently ignored.
+void refuseTensorBoardDir(const JobSpec& job, const std::string& verb);
 
 // Where the final weights are (the newest committed checkpoint of
 // job.checkpoint.dir), or a warning that none were saved; a warning too when
