@@ -200,6 +200,10 @@ struct LoggingSpec {
   std::string level = "info";  // trace | debug | info | warn | error | off
   std::string metrics_file;    // JSON lines, one per step; empty disables
   int every_steps = 1;         // progress line period
+  // TensorBoard event file directory (created if needed); empty disables.
+  // Written by the process that shows the progress line (train, launch,
+  // coordinator).
+  std::string tensorboard_dir;
 };
 
 // How the job's gRPC links (coordinator and peers) are secured; see

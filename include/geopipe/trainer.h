@@ -30,6 +30,25 @@ struct StepMetrics {
   uint64_t dp_wire_bytes = 0;          // and on the wire
   double compute_seconds = 0;  // busiest tasklet's compute time
   double comm_wait_seconds = 0;  // that tasklet's time blocked on communication
+  // Gradient norm before clipping. A tasklet reports the squared L2 norm of
+  // its averaged gradients (a weight tied across stages counted once);
+  // merged steps sum them, and the finished step's grad_norm is
+  // sqrt(sum / data_parallel): the global norm over every stage, the one
+  // training.grad_clip clips (replicas hold the same averaged gradients).
+  // Needs no exchange beyond the step reports.
+  double grad_sq_sum = 0;
+  double grad_norm = 0;
+  // Peak resident set size (getrusage ru_maxrss) of the process running the
+  // tasklet; merged steps keep the largest. Host memory: with several
+  // tasklets in one process (train) it is that process's, over gRPC the
+  // largest worker process's.
+  uint64_t peak_rss_bytes = 0;
+  // Bytes each tasklet handed to / took from its transport since its
+  // previous step, by rank (replica * stages + stage): pipeline, data-parallel
+  // and control traffic after compression. A tasklet's own share has its
+  // entry at its rank (zeros before); merged steps add element-wise.
+  std::vector<uint64_t> sent_bytes_by_rank;
+  std::vector<uint64_t> received_bytes_by_rank;
   // Validation after this step (training.eval_every): summed next-token
   // cross-entropy and predicted tokens over the whole validation set;
   // val_tokens == 0 when no evaluation ran.

@@ -44,6 +44,11 @@ BenchJob loadBenchJob(const std::string& job_file, const std::string& builtin, i
     job.dir = fs::absolute(job_file).parent_path().string();
   }
   job.root = YAML::Load(text);
+  // The benchmarks print their own tables, not the progress line.
+  GEOPIPE_CHECK(!job.root["logging"] || !job.root["logging"]["tensorboard_dir"], ConfigError,
+                "logging.tensorboard_dir is set in '", job_file,
+                "' but geopipe bench does not write TensorBoard files (train, launch and "
+                "coordinator do): remove it from the job for the benchmark");
   job.root["training"]["steps"] = steps;
   job.root["parallelism"]["pipeline_stages"] = stages;
   job.root["parallelism"]["data_parallel"] = replicas;

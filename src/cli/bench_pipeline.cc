@@ -6,9 +6,10 @@
 #include <thread>
 
 #include "geopipe/trainer.h"
-#include "src/common/blas_check.h"
 #include "src/cli/bench_common.h"
 #include "src/cli/commands.h"
+#include "src/cli/progress_display.h"
+#include "src/common/blas_check.h"
 #include "src/config/job_parser.h"
 
 namespace geopipe::cli {
@@ -29,6 +30,7 @@ int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out) {
   JobSpec job = args.job.empty() ? config::parseJobString(benchTinyJobYaml("bench-pipeline-tiny"),
                                                           "<bench pipeline>", "")
                                  : config::loadJobFile(args.job);
+  refuseTensorBoardDir(job, "geopipe bench pipeline");
   job.training.steps = args.steps + kWarmupSteps;
   job.parallelism.pipeline_stages = args.stages;
   job.parallelism.data_parallel = args.replicas;

@@ -1,9 +1,12 @@
 // Progress lines and JSON-lines metrics for multi-process runs.
 #include "src/cli/progress_display.h"
 
+#include "src/cli/tensorboard_writer.h"
 #include "src/runtime/checkpoint.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 
@@ -29,45 +32,115 @@ ProgressDisplay::ProgressDisplay(const JobSpec& job, std::ostream& out, bool app
                     "' (logging.metrics_file)");
     }
   }
+  if (!job.logging.tensorboard_dir.empty()) {
+    tensorboard_ = std::make_unique<TensorBoardWriter>(job.logging.tensorboard_dir);
+  }
+}
+
+ProgressDisplay::~ProgressDisplay() = default;
+
+void refuseTensorBoardDir(const JobSpec& job, const std::string& verb) {
+  GEOPIPE_CHECK(job.logging.tensorboard_dir.empty(), ConfigError,
+                "logging.tensorboard_dir is set ('", job.logging.tensorboard_dir, "') but ", verb,
+                " does not write TensorBoard files (train, launch and coordinator do): remove it "
+                "from the job for ",
+                verb);
+}
+
+namespace {
+
+// "1:02:03": hours unpadded, minutes and seconds two digits.
+std::string hms(double seconds) {
+  const int64_t s = seconds > 0 ? static_cast<int64_t>(seconds + 0.5) : 0;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+// "2026-12-06T19:31:27.123Z".
+std::string isoUtc(std::chrono::system_clock::time_point t) {
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  const std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms % 1000));
+  return buf;
+}
+
+}  // namespace
+
+std::string progressLine(const StepMetrics& m, int steps, double elapsed, double eta) {
+  const int64_t done = m.step + 1;
+  const int width = static_cast<int>(std::to_string(steps).size());
+  // The busiest tasklet's time blocked on the network, as a share of the step.
+  const double net = m.seconds > 0 ? std::min(1.0, m.comm_wait_seconds / m.seconds) : 0;
+  char buf[256];
+  int n = std::snprintf(buf, sizeof(buf), "step %*lld/%d  loss %.4f  ", width,
+                        static_cast<long long>(done), steps, m.loss);
+  if (m.hasValLoss()) n += std::snprintf(buf + n, sizeof(buf) - n, "val %.4f  ", m.valLoss());
+  std::string rss = humanBytesDecimal(double(m.peak_rss_bytes));
+  rss.erase(std::remove(rss.begin(), rss.end(), ' '), rss.end());
+  std::snprintf(buf + n, sizeof(buf) - n,
+                "lr %.1e  gnorm %.3g  %.0f tok/s  net %.0f%%  rss %s  %s eta %s", m.lr, m.grad_norm,
+                m.tokens_per_second, 100 * net, rss.c_str(), hms(elapsed).c_str(),
+                hms(eta).c_str());
+  return buf;
+}
+
+nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point now) {
+  nlohmann::json j = {{"step", m.step + 1},
+                      {"time", isoUtc(now)},
+                      {"unix_time", std::chrono::duration<double>(now.time_since_epoch()).count()},
+                      {"loss", m.loss},
+                      {"lr", m.lr},
+                      {"grad_norm", m.grad_norm},
+                      {"seconds", m.seconds},
+                      {"tokens_per_second", m.tokens_per_second},
+                      {"activation_raw_bytes", m.activation_raw_bytes},
+                      {"activation_wire_bytes", m.activation_wire_bytes},
+                      {"gradient_raw_bytes", m.gradient_raw_bytes},
+                      {"gradient_wire_bytes", m.gradient_wire_bytes},
+                      {"dp_raw_bytes", m.dp_raw_bytes},
+                      {"dp_wire_bytes", m.dp_wire_bytes},
+                      {"sent_bytes_by_rank", m.sent_bytes_by_rank},
+                      {"received_bytes_by_rank", m.received_bytes_by_rank},
+                      {"compute_seconds", m.compute_seconds},
+                      {"comm_wait_seconds", m.comm_wait_seconds},
+                      {"peak_rss_bytes", m.peak_rss_bytes}};
+  if (m.hasValLoss()) j["val_loss"] = m.valLoss();
+  return j;
 }
 
 void ProgressDisplay::onStep(const StepMetrics& m) {
-  elapsed_ += m.seconds;
+  const auto now = std::chrono::system_clock::now();
+  step_seconds_ += m.seconds;
   const uint64_t step_raw = m.activation_raw_bytes + m.gradient_raw_bytes + m.dp_raw_bytes;
   const uint64_t step_wire = m.activation_wire_bytes + m.gradient_wire_bytes + m.dp_wire_bytes;
   raw_ += step_raw;
   wire_ += step_wire;
-  if (metrics_) {
-    nlohmann::json j = {{"step", m.step},
-                        {"loss", m.loss},
-                        {"lr", m.lr},
-                        {"seconds", m.seconds},
-                        {"tokens_per_second", m.tokens_per_second},
-                        {"activation_raw_bytes", m.activation_raw_bytes},
-                        {"activation_wire_bytes", m.activation_wire_bytes},
-                        {"gradient_raw_bytes", m.gradient_raw_bytes},
-                        {"gradient_wire_bytes", m.gradient_wire_bytes},
-                        {"dp_raw_bytes", m.dp_raw_bytes},
-                        {"dp_wire_bytes", m.dp_wire_bytes},
-                        {"compute_seconds", m.compute_seconds},
-                        {"comm_wait_seconds", m.comm_wait_seconds}};
-    if (m.hasValLoss()) j["val_loss"] = m.valLoss();
-    metrics_ << j.dump() << "\n" << std::flush;
+  if (metrics_) metrics_ << metricsRecord(m, now).dump() << "\n" << std::flush;
+  if (tensorboard_) {
+    std::vector<std::pair<std::string, double>> scalars = {
+        {"loss", m.loss},
+        {"lr", m.lr},
+        {"grad_norm", m.grad_norm},
+        {"tokens_per_second", m.tokens_per_second},
+        {"step_seconds", m.seconds}};
+    if (m.hasValLoss()) scalars.emplace_back("val_loss", m.valLoss());
+    tensorboard_->scalars(m.step + 1, scalars);  // 1-based, as the metrics file
   }
   const int steps = job_.training.steps;
   const int64_t done = m.step + 1;
   if (first_step_ < 0) first_step_ = m.step;
   if (done % job_.logging.every_steps == 0 || done == steps || m.hasValLoss()) {
-    const double eta = elapsed_ / double(done - first_step_) * double(steps - done);
-    out_ << "step " << std::setw(5) << done << "/" << steps << "  loss " << std::fixed
-         << std::setprecision(4) << m.loss << "  ";
-    if (m.hasValLoss()) out_ << "val " << m.valLoss() << "  ";
-    out_ << std::setprecision(0) << m.tokens_per_second << " tok/s  wire "
-         << humanBytesDecimal(double(step_wire)) << " (raw " << humanBytesDecimal(double(step_raw))
-         << ")  ETA " << std::setprecision(0) << eta << " s\n"
-         << std::flush;
-    out_.unsetf(std::ios::fixed);
-    out_ << std::setprecision(6);
+    const double eta = step_seconds_ / double(done - first_step_) * double(steps - done);
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+    out_ << progressLine(m, steps, elapsed, eta) << "\n" << std::flush;
   }
 }
 

@@ -2,7 +2,10 @@
 // `geopipe launch` and `geopipe coordinator` (same fields as `train`).
 #pragma once
 
+#include <chrono>
 #include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 
@@ -11,12 +14,21 @@
 
 namespace geopipe::cli {
 
+class TensorBoardWriter;
+
+// The progress line, metrics file and TensorBoard scalars of a run; onStep is
+// called from one thread (TrainerOptions::on_step / the coordinator's).
 class ProgressDisplay {
  public:
   // Keeps a copy of job. Opens job.logging.metrics_file (appending when `append`, for a resumed
   // run); IoError if it cannot be written.
+  // Opens a TensorBoard event file in job.logging.tensorboard_dir when set
+  // (a new file per run: TensorBoard reads every file of the directory).
   ProgressDisplay(const JobSpec& job, std::ostream& out, bool append);
-  // One step: a JSON line, and a progress line every logging.every_steps.
+  ~ProgressDisplay();
+  // One step: a JSON line (metricsRecord), and a progress line
+  // (progressLine) every logging.every_steps, after an evaluation and after
+  // the last step.
   void onStep(const StepMetrics& m);
   // "done after N steps in S s: final loss, tokens/s, wire vs raw".
   void summary(const TrainResult& r, bool interrupted);
@@ -24,11 +36,31 @@ class ProgressDisplay {
  private:
   JobSpec job_;
   std::ostream& out_;
+  using Clock = std::chrono::steady_clock;
   std::ofstream metrics_;
-  double elapsed_ = 0;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // scalars per step; null without
+  Clock::time_point start_ = Clock::now();  // the elapsed time counts from here
+  double step_seconds_ = 0;                 // this run's steps, for the ETA
   int64_t first_step_ = -1;
   uint64_t raw_ = 0, wire_ = 0;
 };
+
+// The progress line of step m of `steps` (docs/cli.md, "Progress line"):
+// step (1-based), loss, validation loss when evaluated, lr, global grad
+// norm, tokens/s, the busiest tasklet's share of the step blocked on the
+// network, peak RSS, elapsed and ETA as h:mm:ss. About 100 columns.
+std::string progressLine(const StepMetrics& m, int steps, double elapsed_seconds,
+                         double eta_seconds);
+
+// The JSON-lines record of step m (docs/cli.md, "Metrics file"): "step" is
+// 1-based like the progress line; "time" is `now` in ISO 8601 UTC with
+// milliseconds and "unix_time" the same instant in seconds.
+nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point now);
+
+// For a verb that takes a job but shows no progress (the benchmarks):
+// ConfigError naming logging.tensorboard_dir when the job sets it, so the
+// field is never silently ignored.
+void refuseTensorBoardDir(const JobSpec& job, const std::string& verb);
 
 // Where the final weights are (the newest committed checkpoint of
 // job.checkpoint.dir), or a warning that none were saved; a warning too when

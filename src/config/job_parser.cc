@@ -554,6 +554,22 @@ class JobReader {
       r.getString("metrics_file", l.metrics_file);
       r.getInt("every_steps", l.every_steps, 1, kBig);
       l.metrics_file = resolvePath(base_dir_, l.metrics_file);
+      r.getString("tensorboard_dir", l.tensorboard_dir);
+      l.tensorboard_dir = resolvePath(base_dir_, l.tensorboard_dir);
+      // A missing directory is created when the run starts; a file in its
+      // place (or under a file) can never become one.
+      std::error_code ec;
+      for (fs::path p = l.tensorboard_dir; !p.empty(); p = p.parent_path()) {
+        if (fs::exists(p, ec)) {
+          if (!fs::is_directory(p, ec)) {
+            r.error("tensorboard_dir", r.child("tensorboard_dir"),
+                    "'" + p.string() + "' is a file, not a directory: name a directory for " +
+                        "the TensorBoard event files (created if missing)");
+          }
+          break;
+        }
+        if (p == p.parent_path()) break;
+      }
     });
   }
 

@@ -279,6 +279,7 @@ std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
   field(out, "level", job.logging.level);
   textIfSet(out, "metrics_file", job.logging.metrics_file);
   field(out, "every_steps", job.logging.every_steps);
+  textIfSet(out, "tensorboard_dir", job.logging.tensorboard_dir);
   out << YAML::EndMap;
   const FaultToleranceSpec& f = job.fault_tolerance;
   beginSection(out, "fault_tolerance");

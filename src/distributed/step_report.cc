@@ -18,6 +18,14 @@ geopipe::v1::StepReport stepReportOf(const StepMetrics& part, bool has_loss, dou
   r.set_dp_wire_bytes(part.dp_wire_bytes);
   r.set_val_loss_sum(part.val_loss_sum);
   r.set_val_tokens(part.val_tokens);
+  r.set_grad_sq_sum(part.grad_sq_sum);
+  r.set_peak_rss_bytes(part.peak_rss_bytes);
+  // A tasklet's share has one entry, at its rank (the report's rank field).
+  uint64_t sent = 0, received = 0;
+  for (uint64_t b : part.sent_bytes_by_rank) sent += b;
+  for (uint64_t b : part.received_bytes_by_rank) received += b;
+  r.set_sent_bytes(sent);
+  r.set_received_bytes(received);
   return r;
 }
 
@@ -35,6 +43,15 @@ StepMetrics stepMetricsOf(const geopipe::v1::StepReport& report) {
   m.dp_wire_bytes = report.dp_wire_bytes();
   m.val_loss_sum = report.val_loss_sum();
   m.val_tokens = report.val_tokens();
+  m.grad_sq_sum = report.grad_sq_sum();
+  m.peak_rss_bytes = report.peak_rss_bytes();
+  if (report.rank() >= 0) {
+    const size_t n = static_cast<size_t>(report.rank()) + 1;
+    m.sent_bytes_by_rank.assign(n, 0);
+    m.received_bytes_by_rank.assign(n, 0);
+    m.sent_bytes_by_rank.back() = report.sent_bytes();
+    m.received_bytes_by_rank.back() = report.received_bytes();
+  }
   return m;
 }
 

@@ -1,8 +1,12 @@
 // One tasklet: step execution and checkpoint state.
 #include "src/runtime/tasklet.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "compression/delta_compressor.h"
 #include "geopipe/error.h"
@@ -77,6 +81,21 @@ void clipTo(const std::vector<torch::Tensor>& params, double total_sq, double ma
   }
 }
 
+uint64_t peakRssBytes() {
+  struct rusage usage {};
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // Linux: kilobytes
+}
+
+namespace {
+
+void addByRank(std::vector<uint64_t>& into, const std::vector<uint64_t>& part) {
+  if (into.size() < part.size()) into.resize(part.size(), 0);
+  for (size_t i = 0; i < part.size(); ++i) into[i] += part[i];
+}
+
+}  // namespace
+
 void mergeTaskletStep(StepMetrics& m, const StepMetrics& part) {
   m.activation_raw_bytes += part.activation_raw_bytes;
   m.activation_wire_bytes += part.activation_wire_bytes;
@@ -92,6 +111,10 @@ void mergeTaskletStep(StepMetrics& m, const StepMetrics& part) {
   m.lr = part.lr;
   m.val_loss_sum += part.val_loss_sum;
   m.val_tokens += part.val_tokens;
+  m.grad_sq_sum += part.grad_sq_sum;
+  m.peak_rss_bytes = std::max(m.peak_rss_bytes, part.peak_rss_bytes);
+  addByRank(m.sent_bytes_by_rank, part.sent_bytes_by_rank);
+  addByRank(m.received_bytes_by_rank, part.received_bytes_by_rank);
 }
 
 void StepTally::add(const StepMetrics& part, bool has_loss, double loss) {
@@ -109,6 +132,7 @@ StepMetrics StepTally::finished(int64_t step, const JobSpec& job) const {
   m.loss = loss_parts ? loss_sum / loss_parts : 0;
   const double tokens = double(job.training.global_batch) * double(job.model.seq_len);
   m.tokens_per_second = m.seconds > 0 ? tokens / m.seconds : 0;
+  m.grad_norm = std::sqrt(m.grad_sq_sum / std::max(1, job.parallelism.data_parallel));
   return m;
 }
 
@@ -229,16 +253,20 @@ TaskletStep Tasklet::runStep(int64_t step) {
     apply = scaler_->update(flag > 0);
     compute_->setLossScale(scaler_->scale());
   }
+  // This stage's share of the squared global norm, before clipping; a tied
+  // weight counts once: its owner's copy. Reported with the step even when
+  // clipping is off (StepMetrics::grad_sq_sum); the step's reader sums it.
+  // An fp16 step skipped for a non-finite gradient reports infinity.
+  double local_sq = std::numeric_limits<double>::infinity();
   if (apply) {
   sync_->average(params_, step);
   sumTiedGradients(step);
+  local_sq = squaredGradNorm(params_);
+  for (const TiedCopy& c : tied_) {
+    if (c.is_user) local_sq -= squaredGradNorm({c.param});
+  }
   if (job_.training.grad_clip > 0) {
-    // A tied weight counts once in the global norm: its owner's copy.
-    double local = squaredGradNorm(params_);
-    for (const TiedCopy& c : tied_) {
-      if (c.is_user) local -= squaredGradNorm({c.param});
-    }
-    const double sq = allReduceScalarSum(transport_, pp_group_, local, step, 0, timeout_);
+    const double sq = allReduceScalarSum(transport_, pp_group_, local_sq, step, 0, timeout_);
     clipTo(params_, sq, job_.training.grad_clip);
   }
   }
@@ -263,6 +291,13 @@ TaskletStep Tasklet::runStep(int64_t step) {
   }
   part.dp_raw_bytes = takeDelta(sync_->rawBytes(), dp_raw_);
   part.dp_wire_bytes = takeDelta(sync_->wireBytes(), dp_wire_);
+  part.grad_sq_sum = local_sq;
+  part.peak_rss_bytes = peakRssBytes();
+  const transport::TransportStats ts = transport_.stats();
+  part.sent_bytes_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
+  part.received_bytes_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
+  part.sent_bytes_by_rank.back() = takeDelta(ts.bytes_sent, sent_);
+  part.received_bytes_by_rank.back() = takeDelta(ts.bytes_received, received_);
   if (stage_ == stages_ - 1) {
     out.has_loss = true;
     out.loss = compute_->takeLossSum() / micro_batches_;

@@ -54,9 +54,12 @@ struct StepTally {
 
   void add(const StepMetrics& part, bool has_loss, double loss);
   // The finished step: its number, the mean loss over the replicas, tokens/s
-  // of the global batch at the slowest tasklet's time.
+  // of the global batch at the slowest tasklet's time, the global grad norm.
   StepMetrics finished(int64_t step, const JobSpec& job) const;
 };
+
+// Peak resident set size of this process in bytes (getrusage ru_maxrss).
+uint64_t peakRssBytes();
 
 // Adds a finished step to a run's totals: its loss, its validation loss if
 // any, and its bytes.
@@ -135,6 +138,7 @@ class Tasklet {
   std::vector<TiedCopy> tied_;
   void sumTiedGradients(int64_t step);
   uint64_t act_raw_ = 0, act_wire_ = 0, grad_raw_ = 0, grad_wire_ = 0, dp_raw_ = 0, dp_wire_ = 0;
+  uint64_t sent_ = 0, received_ = 0;  // transport byte counters at the previous step
 };
 
 // Optimizer, learning rate and clipping helpers shared with the

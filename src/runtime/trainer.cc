@@ -350,9 +350,8 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
         params[i].mutable_grad() = replicas > 1 ? sum / static_cast<float>(replicas) : sum;
       }
     }
-    if (job.training.grad_clip > 0) {
-      runtime::clipTo(params, runtime::squaredGradNorm(params), job.training.grad_clip);
-    }
+    const double grad_sq = runtime::squaredGradNorm(params);
+    if (job.training.grad_clip > 0) runtime::clipTo(params, grad_sq, job.training.grad_clip);
     const double lr = learningRateAt(job.training, step);
     runtime::setLearningRate(*optimizer, lr);
     optimizer->step();
@@ -362,6 +361,9 @@ TrainResult trainSingleProcess(const ModelDef& model, const JobSpec& job, Refere
     m.lr = lr;
     m.seconds = seconds(t0, Clock::now());
     m.tokens_per_second = m.seconds > 0 ? tokensPerStep(job) / m.seconds : 0;
+    m.grad_sq_sum = grad_sq;
+    m.grad_norm = std::sqrt(grad_sq);
+    m.peak_rss_bytes = runtime::peakRssBytes();
     result.losses.push_back(m.loss);
     if (on_step) on_step(m);
   }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -63,11 +64,28 @@ TEST(TrainCommand, StepsMetricsAndPlotOverrideTheJob) {
                                   dir.file("m.jsonl"), "--plot", dir.file("loss.svg")});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_TRUE(contains(r.out, "training 'cli-tiny': 1 stages x 1 replicas, 3 steps")) << r.out;
-  // --metrics replaces logging.metrics_file: one line per step, steps 0..2.
+  // --metrics replaces logging.metrics_file: one line per step, steps 1..3
+  // as on the progress line, each with its wall-clock time, grad norm and
+  // the bytes of every tasklet (one here).
   EXPECT_FALSE(fs::exists(dir.file("from-job.jsonl")));
   const auto lines = jsonLines(readAll(dir.file("m.jsonl")));
   ASSERT_EQ(lines.size(), 3u) << readAll(dir.file("m.jsonl"));
-  for (size_t i = 0; i < lines.size(); ++i) EXPECT_EQ(lines[i].at("step"), i);
+  const double now = double(std::time(nullptr));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const auto& j = lines[i];
+    EXPECT_EQ(j.at("step"), i + 1);
+    EXPECT_NEAR(j.at("unix_time").get<double>(), now, 120) << j;
+    EXPECT_EQ(j.at("time").get<std::string>().size(), 24u) << j;  // 2026-12-06T19:31:27.123Z
+    EXPECT_EQ(j.at("time").get<std::string>().back(), 'Z') << j;
+    EXPECT_GT(j.at("grad_norm").get<double>(), 0) << j;
+    EXPECT_EQ(j.at("sent_bytes_by_rank").size(), 1u) << j;
+    EXPECT_GT(j.at("peak_rss_bytes").get<double>(), 0) << j;
+  }
+  // The progress line: 1-based step, every field, elapsed and ETA as h:mm:ss.
+  for (const char* field : {"step 1/3  loss ", "step 3/3  loss ", "  lr 1.0e-02  gnorm ",
+                            " tok/s  net ", "%  rss ", "B  0:00:", " eta 0:00:00"}) {
+    EXPECT_TRUE(contains(r.out, field)) << field << "\n" << r.out;
+  }
   EXPECT_TRUE(contains(readAll(dir.file("loss.svg")), "<svg")) << "--plot";
   EXPECT_TRUE(contains(r.out, "loss curve: " + dir.file("loss.svg"))) << r.out;
 }

@@ -4,7 +4,10 @@
 // job.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -172,6 +175,33 @@ topology:
   EXPECT_TRUE(contains(printed, "steps: 7")) << printed;
   EXPECT_TRUE(contains(printed, "dir: \"/tmp/ck\"")) << printed;
   expectRoundTrip(edited, "gpt2 with overrides");
+}
+
+}  // namespace
+
+namespace {
+
+// logging.tensorboard_dir: a directory that does not exist yet is taken
+// (the run creates it) and printed by validate --print; a file there, or
+// above it, is refused naming the field and the fix.
+TEST(JobParser, TensorBoardDirMustBeADirectoryOrMissing) {
+  namespace fs = std::filesystem;
+  const fs::path tmp = fs::temp_directory_path() / ("geopipe-tb-" + std::to_string(::getpid()));
+  fs::create_directories(tmp);
+  const std::string file = (tmp / "a-file").string();
+  { std::ofstream(file) << "x"; }
+  const JobSpec ok = parse({"logging.tensorboard_dir=" + (tmp / "new/tb").string()});
+  EXPECT_EQ(ok.logging.tensorboard_dir, (tmp / "new/tb").string());
+  EXPECT_TRUE(contains(config::resolvedJobYaml(ok),
+                       "tensorboard_dir: \"" + (tmp / "new/tb").string() + "\""))
+      << config::resolvedJobYaml(ok);
+  EXPECT_FALSE(contains(config::resolvedJobYaml(parse({})), "tensorboard_dir"));
+  for (const std::string& bad : {file, file + "/under"}) {
+    const std::string err = problems({"logging.tensorboard_dir=" + bad});
+    EXPECT_TRUE(contains(err, "logging.tensorboard_dir")) << err;
+    EXPECT_TRUE(contains(err, "'" + file + "' is a file, not a directory")) << err;
+  }
+  fs::remove_all(tmp);
 }
 
 }  // namespace

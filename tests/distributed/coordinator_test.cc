@@ -459,7 +459,12 @@ TEST(StepReport, EveryFieldOfATaskletsStepSurvivesTheWire) {
   part.dp_wire_bytes = 1006;
   part.val_loss_sum = 7.75;
   part.val_tokens = 1007;
+  part.grad_sq_sum = 3.125;
+  part.peak_rss_bytes = 1008;
+  part.sent_bytes_by_rank = {0, 0, 1009};  // a tasklet's share: its rank's entry
+  part.received_bytes_by_rank = {0, 0, 1010};
   pb::StepReport sent = stepReportOf(part, true, 2.5);
+  sent.set_rank(2);
   EXPECT_TRUE(sent.has_loss());
   EXPECT_EQ(sent.loss(), 2.5);
   pb::StepReport got;
@@ -477,6 +482,10 @@ TEST(StepReport, EveryFieldOfATaskletsStepSurvivesTheWire) {
   EXPECT_EQ(back.dp_wire_bytes, part.dp_wire_bytes);
   EXPECT_EQ(back.val_loss_sum, part.val_loss_sum);
   EXPECT_EQ(back.val_tokens, part.val_tokens);
+  EXPECT_EQ(back.grad_sq_sum, part.grad_sq_sum);
+  EXPECT_EQ(back.peak_rss_bytes, part.peak_rss_bytes);
+  EXPECT_EQ(back.sent_bytes_by_rank, part.sent_bytes_by_rank);
+  EXPECT_EQ(back.received_bytes_by_rank, part.received_bytes_by_rank);
   EXPECT_FALSE(stepReportOf(part, false, 2.5).has_loss());
 }
 

@@ -95,6 +95,47 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(std::get<1>(info.param)) + "_" + std::get<2>(info.param);
     });
 
+// The reported gradient norm is the global one: each tasklet reports its
+// stage's squared norm and the step sums them, so 2 stages x 2 replicas
+// report what one process computes over the whole model, with clipping on
+// (the norm before clipping) and off (no exchange for it at all). The bytes
+// each tasklet's transport sent and received are reported per rank, and
+// every byte sent was received.
+TEST(Trainer, ReportsGlobalGradNormAndBytesByRank) {
+  for (const double clip : {1.0, 0.0}) {
+    SCOPED_TRACE("grad_clip " + std::to_string(clip));
+    JobSpec job = tinyJob(2, 2, "1f1b");
+    job.training.steps = 6;
+    job.training.grad_clip = clip;
+    std::vector<double> staged, ref;
+    uint64_t sent = 0, received = 0;
+    TrainerOptions opt;
+    opt.threads_per_tasklet = 1;
+    opt.on_step = [&](const StepMetrics& m) {
+      staged.push_back(m.grad_norm);
+      ASSERT_EQ(m.sent_bytes_by_rank.size(), 4u);
+      ASSERT_EQ(m.received_bytes_by_rank.size(), 4u);
+      for (int r = 0; r < 4; ++r) {
+        EXPECT_GT(m.sent_bytes_by_rank[r], 0u) << "rank " << r;
+        sent += m.sent_bytes_by_rank[r];
+        received += m.received_bytes_by_rank[r];
+      }
+      EXPECT_GT(m.peak_rss_bytes, 1u << 20);
+    };
+    Trainer(makeModel(job.model), job, opt).train();
+    JobSpec one = job;
+    one.parallelism.pipeline_stages = 1;
+    trainSingleProcess(makeModel(one.model), one, ReferenceMode::ACCUMULATE_LIKE_JOB,
+                       [&](const StepMetrics& m) { ref.push_back(m.grad_norm); });
+    ASSERT_EQ(staged.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) {
+      EXPECT_GT(ref[i], 0);
+      EXPECT_NEAR(staged[i], ref[i], 1e-4 * ref[i]) << "step " << i;
+    }
+    EXPECT_EQ(sent, received);
+  }
+}
+
 TEST(Trainer, CompressedRunsTrainAndCountBytes) {
   JobSpec job = tinyJob(2, 2, "1f1b");
   job.compression.activations.method = "acsgd";
