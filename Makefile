@@ -1,6 +1,8 @@
 # Thin wrapper over CMake: the two commands of README.md and their parts.
-#   make demo   install missing Debian packages, build, run the main job
-#   make test   install missing Debian packages, build, run every test (ctest),
+#   make demo   install the missing Debian packages it needs, build only the
+#               `geopipe` binary (and what it links), run the main job
+#   make test   install missing Debian packages, build everything (tests,
+#               benchmarks, examples), run every test (ctest),
 #               then the hostile-input build: fuzzers + malformed-input tests
 #               under ASan/UBSan (clang, build-fuzz/; FUZZ=0 skips it)
 BUILD ?= build
@@ -11,14 +13,25 @@ BUILD_TYPE ?= Release
 CMAKE_FLAGS ?=
 GEOPIPE = $(BUILD)/src/cli/geopipe
 
-.PHONY: all deps configure build demo test test-fast fuzz-build fuzz-test bench format clean
+.PHONY: all deps demo-deps configure demo-configure build build-demo demo test test-fast \
+	fuzz-build fuzz-test bench format clean
 
 all: build
 
 deps:
 	@scripts/install-deps
 
+# The packages the build needs, without the test-only ones (clang for the
+# fuzz build, python3-torch and the SentencePiece tools for reference tests).
+demo-deps:
+	@scripts/install-deps --demo
+
 configure: deps
+	@if [ ! -f $(BUILD)/build.ninja ]; then \
+	  cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS); \
+	fi
+
+demo-configure: demo-deps
 	@if [ ! -f $(BUILD)/build.ninja ]; then \
 	  cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS); \
 	fi
@@ -26,10 +39,16 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# Only what the demo runs: the `geopipe` binary and the libraries (and the
+# SentencePiece plugin) it links; no test, benchmark or example binary.
+# `make test` (or `make build`) builds the rest into the same build/.
+build-demo: demo-configure
+	cmake --build $(BUILD) -j $(JOBS) --target geopipe
+
 # The main job: a tiny GPT trained over an emulated four-region network with
 # the scheduler's placement and AC-SGD (about two minutes), after a look at
 # the scheduler's plan for the paper's world-wide scenario.
-demo: build
+demo: build-demo
 	@mkdir -p bench-out/demo
 	$(GEOPIPE) plan examples/jobs/dtfm-worldwide.yaml --cost-model dtfm | tail -n 6
 	$(GEOPIPE) train examples/jobs/demo.yaml --plot bench-out/demo/loss.svg

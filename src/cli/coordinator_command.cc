@@ -11,6 +11,7 @@
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
 #include "src/config/job_overrides.h"
+#include "src/config/summary.h"
 #include "src/distributed/coordinator.h"
 
 namespace geopipe::cli {
@@ -79,6 +80,9 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   common::applyJobLogLevel(job.logging.level);
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
   display = std::make_unique<ProgressDisplay>(job, out, args.resume);
+  if (const std::string note = config::assumedTopologyNote(job.topology); !note.empty()) {
+    out << "topology: " << note << "\n";
+  }
   out << "coordinator of '" << job.name << "' listening on " << coordinator.listeningAddress()
       << ": waiting for " << coordinator.worldSize() << " workers ("
       << job.parallelism.pipeline_stages << " stages x " << job.parallelism.data_parallel

@@ -12,6 +12,7 @@
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
 #include "src/config/job_overrides.h"
+#include "src/config/summary.h"
 #include "src/distributed/launcher.h"
 
 namespace geopipe::cli {
@@ -103,6 +104,9 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
     replicas_at_start = job.parallelism.data_parallel;
     if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
     display = std::make_unique<ProgressDisplay>(job, out, args.resume);
+    if (const std::string note = config::assumedTopologyNote(job.topology); !note.empty()) {
+      out << "topology: " << note << "\n";
+    }
     out << "launching '" << job.name << "': " << job.parallelism.pipeline_stages << " stages x "
         << job.parallelism.data_parallel << " replicas as "
         << job.parallelism.pipeline_stages * job.parallelism.data_parallel

@@ -21,6 +21,7 @@
 #include "src/config/buffer_check.h"
 #include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
+#include "src/config/summary.h"
 #include "src/runtime/placement.h"
 
 #include <sstream>
@@ -100,6 +101,9 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   // a resumed run appends to the metrics of the run it continues.
   ProgressDisplay progress(job, out, args.resume);
   const int steps = job.training.steps;
+  if (const std::string note = config::assumedTopologyNote(job.topology); !note.empty()) {
+    out << "topology: " << note << "\n";
+  }
   out << "training '" << job.name << "': " << job.parallelism.pipeline_stages << " stages x "
       << job.parallelism.data_parallel << " replicas, " << steps << " steps, activations "
       << job.compression.activations.method << ", topology '" << job.topology.name << "'"

@@ -490,8 +490,7 @@ class JobReader {
   void readTopologyField(MapReader& r) {
     YAML::Node t = r.child("topology");
     if (!t.IsDefined() || t.IsNull()) {
-      r.error("missing required key 'topology': a path to a topology file "
-              "(e.g. topology: ../topologies/local-4.yaml) or an inline mapping");
+      assumeLocalTopology();
       return;
     }
     if (t.IsScalar() && t.Scalar().find('\0') != std::string::npos) {
@@ -520,6 +519,32 @@ class JobReader {
       job_.topology = readTopology(t, "topology", ctx_);
       job_.topology.source = ctx_.file + " (inline)";
     }
+  }
+
+  // No `topology:`: the job runs on this machine, one device per tasklet
+  // (assumedLocalTopology). data_parallel: auto would choose the replicas
+  // from the devices, which are sized by the replicas: it needs a topology.
+  void assumeLocalTopology() {
+    const ParallelismSpec& p = job_.parallelism;
+    if (p.dataParallelAuto()) {
+      fail("parallelism.data_parallel",
+           "data_parallel: auto lets the scheduler choose the replicas from the topology's "
+           "devices, but the job has no 'topology' (without one geopipe assumes a local "
+           "device per tasklet, which leaves nothing to choose): give data_parallel a number, "
+           "or add a topology (e.g. topology: ../topologies/local-4.yaml)");
+      return;
+    }
+    const int64_t tasklets = int64_t{p.pipeline_stages} * p.data_parallel;
+    if (tasklets > kMaxDevices) {
+      fail("parallelism",
+           "pipeline_stages x data_parallel = " + std::to_string(tasklets) +
+               " tasklets, and without a 'topology' geopipe assumes a local device per "
+               "tasklet, at most " +
+               std::to_string(kMaxDevices) +
+               ": lower data_parallel or pipeline_stages, or add a topology");
+      return;
+    }
+    job_.topology = assumedLocalTopology(static_cast<int>(tasklets));
   }
 
   void readTransport(const YAML::Node& node) {

@@ -258,6 +258,8 @@ std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
   out << YAML::EndMap;
   compression(out, job.compression);
   scheduler(out, job.scheduler);
+  // An assumed topology (the job gave none) too, so the printed job
+  // validates and runs as this one does; its description says it was assumed.
   topology(out, job.topology);
   beginSection(out, "transport");
   field(out, "kind", job.transport.kind);

@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "src/common/text.h"
+#include "src/config/topology_parser.h"
+#include "src/config/yaml_fields.h"
 
 namespace geopipe::config {
 namespace {
@@ -93,7 +95,8 @@ std::string formatJobSummary(const JobSpec& job) {
   os << describeBuffers(job);
   os << "  scheduler:    " << job.scheduler.algorithm << ", cost model "
      << job.scheduler.cost_model << ", seed " << job.scheduler.seed << "\n";
-  os << "  topology:     " << topologyShape(t) << "\n";
+  const std::string assumed = assumedTopologyNote(t);
+  os << "  topology:     " << (assumed.empty() ? topologyShape(t) : assumed) << "\n";
   os << "  transport:    " << job.transport.kind
      << (job.transport.emulate_links ? ", links emulated" : "") << "\n";
   const SecuritySpec& sec = job.security;
@@ -110,6 +113,16 @@ std::string formatJobSummary(const JobSpec& job) {
        << (sec.token_file.empty() ? "from $GEOPIPE_JOB_TOKEN" : "in " + sec.token_file) << "\n";
   }
   return os.str();
+}
+
+std::string assumedTopologyNote(const TopologySpec& t) {
+  if (!isAssumedTopology(t)) return "";
+  const LinkSpec& l = t.site_links[0][0];
+  const int n = t.numDevices();
+  return "none given; assuming a local one: " + std::to_string(n) +
+         (n == 1 ? " device" : " devices") + ", one site, a device per tasklet, links of " +
+         formatNumber(l.latency_ms) + " ms and " + formatNumber(l.bandwidth_gbps) +
+         " Gbps (the same machine); name a topology to describe a network";
 }
 
 std::string formatTopologySummary(const TopologySpec& t) {

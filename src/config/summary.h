@@ -15,4 +15,10 @@ std::string formatJobSummary(const JobSpec& job);
 // kind, sites, and the slowest and the longest link.
 std::string formatTopologySummary(const TopologySpec& topology);
 
+// For a job that names no topology, what geopipe assumes in its place
+// ("none given; assuming a local one: 4 devices, one site, ..."), which
+// `validate`, `train` and `launch` print after "topology: "; "" when the job
+// names a topology.
+std::string assumedTopologyNote(const TopologySpec& topology);
+
 }  // namespace geopipe::config

@@ -25,10 +25,6 @@ namespace geopipe::config {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// The scheduler keeps devices x devices matrices: `plan` of 4096 devices
-// takes about 0.7 GB and 3 s, of 16384 8.5 GB and 90 s, and of 65536 ended
-// in bad_alloc (exit 70). scheduler/network.cc checks the same limit.
-constexpr int kMaxDevices = 4096;
 // Site pairs cost a link each (sites^2), so sites are capped well below
 // devices; the DT-FM spot scenario has 40.
 constexpr int kMaxSites = 1024;
@@ -623,6 +619,32 @@ TopologySpec parseTopologyString(const std::string& yaml,
 
 TopologySpec loadTopologyFile(const std::string& path) {
   return parseTopologyString(readTextFile(path, "topology file"), path);
+}
+
+TopologySpec assumedLocalTopology(int devices) {
+  TopologySpec t;
+  t.name = "local";
+  t.description = "assumed: the job gives no topology (one machine, one device per tasklet)";
+  t.source = kAssumedTopologySource;
+  SiteSpec site;
+  site.name = "local";
+  site.intra = kSameMachineLink;
+  for (int k = 0; k < devices; ++k) {
+    DeviceSpec d;
+    d.name = site.name + "/" + std::to_string(k);
+    d.gpu = "cpu";
+    d.tflops = kAssumedDeviceTflops;
+    d.memory_gb = kAssumedDeviceMemoryGb;
+    site.devices.push_back(k);
+    t.devices.push_back(d);
+  }
+  t.sites.push_back(site);
+  t.site_links.assign(1, std::vector<LinkSpec>(1, site.intra));
+  return t;
+}
+
+bool isAssumedTopology(const TopologySpec& t) {
+  return t.source == kAssumedTopologySource;
 }
 
 }  // namespace geopipe::config

@@ -7,6 +7,8 @@
 #include "src/common/strings.h"
 #include "src/config/diagnostics.h"
 #include "src/config/job_parser.h"
+#include "src/config/resolved_job.h"
+#include "src/config/summary.h"
 #include "src/config/topology_parser.h"
 
 using namespace geopipe;
@@ -97,6 +99,76 @@ TEST(JobParser, DataTokenizerResolvesAgainstTheJobDirectoryAndSkipsTheByteCount)
                             "model: {preset: gpt2-small, seq_len: 4096}\n"
                             "data: {kind: text, path: tests/config/fixtures/data/short.txt}\n";
   EXPECT_THROW(parseJobString(bytes, root + "/j.yaml", root), config::SpecError);
+}
+
+// A job without `topology:` runs on one machine: a site of one device per
+// tasklet, joined by the same-machine link (docs/job-spec.md, "Without a
+// topology").
+TEST(JobParser, NoTopologyAssumesALocalDevicePerTasklet) {
+  const JobSpec job =
+      parseJobString("parallelism: {pipeline_stages: 3, data_parallel: 2}\n", "one-box.yaml", "");
+  const TopologySpec& t = job.topology;
+  EXPECT_TRUE(config::isAssumedTopology(t));
+  ASSERT_EQ(t.numDevices(), 6);
+  ASSERT_EQ(t.numSites(), 1);
+  EXPECT_EQ(t.devices[5].name, "local/5");
+  EXPECT_EQ(t.link(0, 5).latency_ms, 0.0);
+  EXPECT_EQ(t.link(5, 0).bandwidth_gbps, 100.0);
+  EXPECT_NE(config::formatJobSummary(job).find(
+                "topology:     none given; assuming a local one: 6 devices, one site, a device "
+                "per tasklet, links of 0 ms and 100 Gbps (the same machine)"),
+            std::string::npos)
+      << config::formatJobSummary(job);
+  // One tasklet: one device (and the summary says so in the singular).
+  const JobSpec one = parseJobString("name: one\n", "one.yaml", "");
+  EXPECT_EQ(one.topology.numDevices(), 1);
+  EXPECT_NE(config::assumedTopologyNote(one.topology).find(": 1 device, one site"),
+            std::string::npos);
+  // A job that names a topology is not assumed, whatever it holds.
+  EXPECT_FALSE(config::isAssumedTopology(parseJobString(kTwoSites, "j.yaml", "").topology));
+  EXPECT_EQ(config::assumedTopologyNote(parseJobString(kTwoSites, "j.yaml", "").topology), "");
+}
+
+// validate --print writes the assumed topology inline: the printed job
+// validates again, no longer assumes anything, and prints the same.
+TEST(JobParser, PrintedJobWithoutTopologyCarriesTheAssumedOneInline) {
+  const JobSpec job =
+      parseJobString("parallelism: {pipeline_stages: 2, data_parallel: 2}\n", "one-box.yaml", "");
+  const std::string printed = config::resolvedJobYaml(job);
+  EXPECT_NE(printed.find("description: \"assumed: the job gives no topology"), std::string::npos)
+      << printed;
+  const JobSpec again = parseJobString(printed, "printed.yaml", "");
+  EXPECT_FALSE(config::isAssumedTopology(again.topology));
+  EXPECT_EQ(again.topology.numDevices(), 4);
+  EXPECT_EQ(again.topology.link(0, 3).bandwidth_gbps, 100.0);
+  EXPECT_EQ(config::resolvedJobYaml(again), printed);
+}
+
+TEST(JobParser, NoTopologyRefusesWhatALocalDevicePerTaskletCannotGive) {
+  // data_parallel: auto chooses replicas from the devices.
+  try {
+    parseJobString("parallelism: {data_parallel: auto}\n", "auto.yaml", "");
+    FAIL() << "accepted";
+  } catch (const config::SpecError& e) {
+    ASSERT_EQ(e.diagnostics().size(), 1u);
+    EXPECT_EQ(e.diagnostics()[0].field, "parallelism.data_parallel");
+    EXPECT_EQ(e.diagnostics()[0].line, 1);
+    EXPECT_NE(std::string(e.what()).find("give data_parallel a number, or add a topology"),
+              std::string::npos)
+        << e.what();
+  }
+  // More tasklets than a topology may have devices.
+  try {
+    parseJobString(
+        "parallelism: {pipeline_stages: 64, data_parallel: 65}\n"
+        "model: {preset: tiny, layers: 64}\n",
+        "big.yaml", "");
+    FAIL() << "accepted";
+  } catch (const config::SpecError& e) {
+    ASSERT_EQ(e.diagnostics().size(), 1u);
+    EXPECT_EQ(e.diagnostics()[0].field, "parallelism");
+    EXPECT_NE(std::string(e.what()).find("= 4160 tasklets"), std::string::npos) << e.what();
+  }
 }
 
 TEST(TopologyParser, DevicesSitesAndDirectedLinks) {

@@ -1,0 +1,87 @@
+// A job without a topology, through the built binary (issue 20 item 5): it
+// validates saying which local topology it assumes, `validate --print`
+// writes that topology inline so the printed job validates again, it trains
+// in one process and launches as worker processes; a bad one still names
+// its fields. A 2-layer GPT on synthetic data, 2 stages, 3 steps: seconds.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "tests/cli/cli_run.h"
+
+namespace {
+
+using namespace cli_test;
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// Two stages, one replica, no topology.
+const char* const kJob =
+    "name: one-box\n"
+    "model: {preset: none, layers: 2, hidden: 16, heads: 2, seq_len: 8, vocab: 16}\n"
+    "data: {kind: synthetic, num_samples: 32}\n"
+    "training: {steps: 3, global_batch: 4, micro_batch: 2, seed: 3}\n"
+    "parallelism: {pipeline_stages: 2, data_parallel: 1}\n";
+
+const char* const kAssumed =
+    "none given; assuming a local one: 2 devices, one site, a device per tasklet, links of "
+    "0 ms and 100 Gbps (the same machine)";
+
+TEST(OneBox, JobWithoutTopologyValidatesSayingWhatItAssumes) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), kJob);
+  const CommandResult r = runGeopipe(dir, {"validate", dir.file("job.yaml")});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, std::string("topology:     ") + kAssumed)) << r.out;
+}
+
+TEST(OneBox, PrintedJobHasTheTopologyInlineAndValidatesAgain) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), kJob);
+  const CommandResult printed = runGeopipe(dir, {"validate", "--print", dir.file("job.yaml")});
+  ASSERT_EQ(printed.code, 0) << printed.err;
+  EXPECT_TRUE(contains(printed.out, "{name: \"local/1\", gpu: \"cpu\"")) << printed.out;
+  writeFile(dir.file("printed.yaml"), printed.out);
+  const CommandResult again = runGeopipe(dir, {"validate", dir.file("printed.yaml")});
+  EXPECT_EQ(again.code, 0) << again.out << again.err;
+  // Now a topology of the job's own, no longer assumed.
+  EXPECT_FALSE(contains(again.out, "none given")) << again.out;
+  EXPECT_TRUE(contains(again.out, "2 devices in 1 sites")) << again.out;
+}
+
+TEST(OneBox, TrainsInOneProcess) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), kJob);
+  const CommandResult r = runGeopipe(dir, {"train", dir.file("job.yaml")});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, std::string("topology: ") + kAssumed)) << r.out;
+  EXPECT_TRUE(contains(r.out, "2 stages x 1 replicas, 3 steps")) << r.out;
+}
+
+TEST(OneBox, LaunchesWorkerProcesses) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), kJob);
+  const CommandResult r = runGeopipe(
+      dir, {"launch", dir.file("job.yaml"), "--threads", "1", "--log-dir", dir.file("logs")});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, std::string("topology: ") + kAssumed)) << r.out;
+  EXPECT_TRUE(contains(r.out, "as 2 worker processes on 127.0.0.1, 3 steps")) << r.out;
+}
+
+TEST(OneBox, BadJobWithoutTopologyNamesItsFields) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), std::string(kJob) + "transport: {bandwidth_scale: 0}\n");
+  CommandResult r = runGeopipe(dir, {"validate", dir.file("job.yaml")});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out + r.err, "job.yaml:6:30: transport.bandwidth_scale:"))
+      << r.out << r.err;
+  writeFile(dir.file("auto.yaml"), "parallelism: {data_parallel: auto}\n");
+  r = runGeopipe(dir, {"train", dir.file("auto.yaml")});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out + r.err, "auto.yaml:1:30: parallelism.data_parallel: "))
+      << r.out << r.err;
+}
+
+}  // namespace
