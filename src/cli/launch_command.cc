@@ -48,12 +48,7 @@ void printReplicaChanges(std::ostream& out, const distributed::CoordinatorResult
 void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   app.add_option("JOB", args.job, "job YAML file")->required();
   app.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
-  auto* resume = app.add_flag("--resume", args.resume,
-                              "continue from the newest committed checkpoint in checkpoint.dir");
-  app.add_flag("--overwrite", args.overwrite,
-               "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
-               "removing them (its LATEST and step-NNNNNNNN directories only)")
-      ->excludes(resume);
+  addCheckpointStartOptions(app, args.resume, args.overwrite);
   addSetOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");

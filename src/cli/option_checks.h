@@ -28,6 +28,17 @@ inline CLI::Option* addSetOption(CLI::App& app, std::vector<std::string>& overri
       ->type_name("PATH=VALUE");
 }
 
+// --resume and --overwrite (which exclude each other), as every verb that
+// trains takes them.
+inline void addCheckpointStartOptions(CLI::App& app, bool& resume, bool& overwrite) {
+  auto* r = app.add_flag("--resume", resume,
+                         "continue from the newest committed checkpoint in checkpoint.dir");
+  app.add_flag("--overwrite", overwrite,
+               "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
+               "removing them (its LATEST and step-NNNNNNNN directories only)")
+      ->excludes(r);
+}
+
 // A finite number in [lo, hi] ((lo, hi] with lo_exclusive). CLI11 prefixes
 // the message with the flag: "--budget: expected a number in [0, 86400],
 // found 'nan' ...".

@@ -45,13 +45,7 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
   train.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   train.add_option("--metrics", args.metrics_file, "write JSON lines here (overrides logging.metrics_file)");
   train.add_option("--plot", args.plot_file, "write the loss curve as SVG here");
-  auto* resume = train.add_flag("--resume", args.resume,
-                                "continue from the newest committed checkpoint in checkpoint.dir");
-  train
-      .add_flag("--overwrite", args.overwrite,
-                "start over in a checkpoint.dir that holds an earlier run's checkpoints, "
-                "removing them (its LATEST and step-NNNNNNNN directories only)")
-      ->excludes(resume);
+  addCheckpointStartOptions(train, args.resume, args.overwrite);
   addSetOption(train, args.overrides);
 }
 
