@@ -17,9 +17,10 @@ struct ProbeOptions {
   // Round trips of a small message per pair; the latency is half the
   // median round trip.
   int pings = 20;
-  // Bytes sent each way per pair to time the bandwidth, in one message; the
-  // bandwidth is bytes / (time until the receiver's acknowledgement - one
-  // round trip). The probe sends at most pairs x 2 x bulk_bytes in all.
+  // Bytes sent each way per pair to time the bandwidth, in one message, twice
+  // (the better counts); the bandwidth is bytes / (time until the receiver's
+  // acknowledgement - the fastest ping's round trip). The probe sends at
+  // most pairs x 4 x bulk_bytes in all.
   uint64_t bulk_bytes = uint64_t{4} << 20;
   // Each wait of the probe (a ping, a bulk transfer, a result) gives up
   // after this: TimeoutError naming the pair.

@@ -27,7 +27,7 @@ TEST(Probe, MeasuresEveryDirectedLinkOfTheEmulatorWithinTenPercent) {
   World world = makeWorld(Kind::EMULATED, 3, knownLink);
   ProbeOptions o;
   o.pings = 5;
-  o.bulk_bytes = 512 << 10;
+  o.bulk_bytes = 2 << 20;
   std::mutex mu;
   std::vector<LinkMeasurement> found;
   spawn(world, [&](Transport& t) {
