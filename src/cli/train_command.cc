@@ -54,16 +54,9 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   common::applyJobLogLevel(job.logging.level);
   if (args.steps) job.training.steps = *args.steps;
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
-  if (job.parallelism.dataParallelAuto()) {
-    // Let the scheduler pick the shape, then train that shape.
-    const JobSpec priced = scheduler::effectiveNetworkJob(job);
-    auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), false,
-                                config::plannerStores(priced));
-    job.parallelism.pipeline_stages = plan.d_pp;
-    job.parallelism.data_parallel = plan.d_dp;
-    out << "data_parallel: auto -> the scheduler chose " << plan.d_pp << " stages x " << plan.d_dp
-        << " replicas\n";
-  }
+  // data_parallel: auto: the scheduler picks the shape, then train that shape.
+  if (const std::string chosen = runtime::resolveAutoDataParallel(job); !chosen.empty())
+    out << chosen << "\n";
   if (!args.resume) claimCheckpointDir(out, job, args.overwrite);
   ModelDef model = makeModel(job.model);
   // Place the tasklets with the scheduler here (rather than inside the

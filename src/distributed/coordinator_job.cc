@@ -7,9 +7,8 @@
 
 #include "geopipe/error.h"
 #include "geopipe/model.h"
-#include "scheduler/planner.h"
-#include "src/config/buffer_check.h"
 #include "src/runtime/checkpoint.h"
+#include "src/runtime/placement.h"
 #include "src/runtime/precision.h"
 
 namespace geopipe::distributed {
@@ -68,15 +67,8 @@ CoordinatorJob readCoordinatorJob(const CoordinatorOptions& opt, ModelDef* model
   resolveEmulateLinks(opt, cj.bundle, job, event);
   if (opt.steps) job.training.steps = static_cast<int>(*opt.steps);
   runtime::checkComputeDtype(job);
-  if (job.parallelism.dataParallelAuto()) {
-    const JobSpec priced = scheduler::effectiveNetworkJob(job);
-    auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), false,
-                                config::plannerStores(priced));
-    job.parallelism.pipeline_stages = plan.d_pp;
-    job.parallelism.data_parallel = plan.d_dp;
-    event(detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp, " stages x ",
-                         plan.d_dp, " replicas"));
-  }
+  if (const std::string chosen = runtime::resolveAutoDataParallel(job); !chosen.empty())
+    event(chosen);
   const int stages = job.parallelism.pipeline_stages;
   const int replicas = job.parallelism.data_parallel;
   *model = makeModel(job.model);

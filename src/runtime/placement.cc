@@ -7,6 +7,7 @@
 
 #include "geopipe/error.h"
 #include "scheduler/planner.h"
+#include "src/common/strings.h"
 #include "src/config/buffer_check.h"
 #include "src/transport/link_emulator.h"
 
@@ -28,6 +29,17 @@ std::vector<std::pair<int, int>> stageLayerRanges(const ModelDef& model,
   GEOPIPE_CHECK_EQ(total, model.bodyLayers(), ConfigError,
                    "layers per stage must add up to the model's layers");
   return scheduler::modelLayerRanges(body_per_stage, model.prologue_layers, model.epilogue_layers);
+}
+
+std::string resolveAutoDataParallel(JobSpec& job) {
+  if (!job.parallelism.dataParallelAuto()) return "";
+  const JobSpec priced = scheduler::effectiveNetworkJob(job);
+  const auto plan = scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), false,
+                                    config::plannerStores(priced));
+  job.parallelism.pipeline_stages = plan.d_pp;
+  job.parallelism.data_parallel = plan.d_dp;
+  return detail::concat("data_parallel: auto -> the scheduler chose ", plan.d_pp, " stages x ",
+                        plan.d_dp, " replicas");
 }
 
 Placement choosePlacement(const ModelDef& model, const JobSpec& job,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -27,6 +28,12 @@ std::vector<int> evenSplit(int layers, int stages);
 // (scheduler::modelLayerRanges, after checking the counts).
 std::vector<std::pair<int, int>> stageLayerRanges(const ModelDef& model,
                                                   const std::vector<int>& body_per_stage);
+
+// data_parallel: auto: the scheduler picks stages x replicas over the job's
+// network (as `plan` would) and writes them into `job`. Returns the line
+// saying what it chose; empty when the job names its shape. Used by `train`
+// and the coordinator, so both pick the same shape.
+std::string resolveAutoDataParallel(JobSpec& job);
 
 // Chooses the placement: `devices` / `body_per_stage` when given (checked),
 // otherwise the scheduler's plan for job on its links as emulated
