@@ -380,7 +380,7 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   }
   int first = 0;
   double t_sum = 0, t_max = 0, c_sum = 0, c_max = 0, dp = 0;
-  std::vector<double> dp_stage(p), t_stage(p);
+  std::vector<double> dp_stage(p), t_stage(p), outer(p);
   for (int s = 0; s < p; ++s) {
     e.layers.emplace_back(first, first + count[s]);
     const double t = stageTime(s, count[s]);
@@ -426,11 +426,14 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     // compression. It starts when the stage's last backward is done.
     const DpBytes bytes = profile_.dpBytes(params, vector_params);
     dp_stage[s] = 0;
+    outer[s] = 0;
     if (bytes.ring_bytes > 0)
       dp_stage[s] += stats[s].ring_lat_s + bytes.ring_bytes / 1e9 * stats[s].ring_s_per_gb;
     if (bytes.gathers > 0)
       dp_stage[s] += bytes.gathers * stats[s].gather_lat_s +
                      bytes.gather_bytes / 1e9 * stats[s].gather_s_per_gb;
+    // DiLoCo: the same exchange, but once a round after the optimizer step.
+    if (profile_.outer_every > 0) std::swap(outer[s], dp_stage[s]);
     t_stage[s] = t;
     first += count[s];
   }
@@ -470,7 +473,7 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     for (int s = 1; s < p; ++s) shift = std::max(shift, lat0[s] - drained[s]);
     double replicas = 0;  // then over each stage's replicas, at once
     for (const GroupStats& g : stats) replicas = std::max(replicas, g.gather_lat_s);
-    shift += replicas;
+    if (profile_.outer_every == 0) shift += replicas;  // DiLoCo: the replica alone
   }
   for (int s = 0; s < p; ++s) {
     dp = std::max(dp, shift + done[s]);
@@ -501,6 +504,17 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   e.breakdown.bubble_s = t_sum - t_max;
   e.breakdown.pipeline_comm_s = c_sum + std::max(0.0, follow - (M - 1) * t_max);
   e.breakdown.dp_comm_s = dp;
+  // DiLoCo: every stage group exchanges its pseudo-gradient at once after a
+  // round's last step, so a round waits for the slowest group: that wait
+  // spread over the round's H steps. With overlap the exchange runs behind
+  // the next round, which hides it up to H steps of the rest.
+  if (profile_.outer_every > 0) {
+    const double round = *std::max_element(outer.begin(), outer.end());
+    const double H = profile_.outer_every;
+    const double hidden = profile_.outer_overlap ? H * e.breakdown.total() : 0.0;
+    e.outer_exchange_s = round;
+    e.breakdown.dp_comm_s += std::max(0.0, round - hidden) / H;
+  }
   e.total_s = e.feasible ? e.breakdown.total() : kInf;
   return e;
 }
@@ -513,6 +527,10 @@ std::unique_ptr<CostModel> makeCostModel(
     const std::string& name, std::shared_ptr<const Network> network,
     const ModelProfile& profile, const JobSpec& job, int d_pp, int d_dp) {
   if (name == "dtfm") {
+    GEOPIPE_CHECK(profile.outer_every == 0, ConfigError,
+                  "scheduler.cost_model dtfm prices the DT-FM paper's every-step gradient "
+                  "exchange, not parallelism.data_parallel_sync kind diloco: price it with "
+                  "cost_model geopipe (--cost-model geopipe)");
     const double c_grad =
         job.scheduler.grad_payload_gb.value_or(
             profile.params(0, profile.numLayers()) / d_pp *

@@ -52,6 +52,9 @@ struct PathEval {
   // geopipe: bytes each device of stage s must hold (weights, optimizer
   // state, in-flight activations, AC-SGD buffers in memory); empty for dtfm.
   std::vector<double> stage_memory_bytes;
+  // geopipe, DiLoCo: one outer exchange (every stage group's at once), in
+  // seconds; breakdown.dp_comm_s holds its exposed share per step.
+  double outer_exchange_s = 0;
 };
 
 // A CostModel prices candidates for one shape (D_pp groups of D_dp devices).

@@ -165,7 +165,10 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
     p.act_bwd_wire_bytes = elems * bits / 8.0;
   }
   // The data-parallel exchange as GradientSync runs it (see GradExchange).
-  const auto& g = job.compression.gradients;
+  const DataParallelSyncSpec& sync = job.parallelism.data_parallel_sync;
+  const auto& g = sync.diloco() ? sync.compression : job.compression.gradients;
+  p.outer_every = sync.diloco() ? sync.inner_steps : 0;
+  p.outer_overlap = sync.diloco() && sync.overlap;
   p.grad_exchange = g.method == "none"       ? GradExchange::RING_ALL_REDUCE
                     : g.method == "powersgd" ? GradExchange::POWERSGD
                                              : GradExchange::ALL_GATHER;
@@ -198,6 +201,13 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
     p.state_bytes_per_param = 8.0 + (job.training.optimizer.momentum != 0 ? 4 : 0);
   } else {
     p.state_bytes_per_param = 16;
+  }
+  // DiLoCo (OuterSync): the shared weights, their gradient (the exchanged
+  // pseudo-gradient) and the outer momentum; with overlap also the round's
+  // start and this round's progress.
+  if (sync.diloco()) {
+    p.state_bytes_per_param += 8.0 + (sync.outer_optimizer.momentum != 0 ? 4 : 0);
+    if (sync.overlap) p.state_bytes_per_param += 8.0;
   }
   return p;
 }

@@ -84,6 +84,13 @@ struct ModelProfile {
   // flag over the stages, then over the stage's replicas, before them.
   bool norm_sync = false;
   bool overflow_sync = false;
+  // parallelism.data_parallel_sync kind diloco: the exchange above carries
+  // the pseudo-gradient once every `outer_every` steps (H) after the
+  // optimizer step, not every step behind the backward drain; with
+  // `outer_overlap` it runs behind the next round's steps. fp16's flag then
+  // stays inside a replica. outer_every 0: every-step sync.
+  int outer_every = 0;
+  bool outer_overlap = false;
   // Bytes per value of model.dtype (fp32 4, bf16/fp16 2): what the runtime
   // computes in and, with method none, sends between stages.
   int dtype_bytes = 4;

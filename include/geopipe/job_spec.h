@@ -107,11 +107,45 @@ struct TrainingSpec {
   std::string device = "cpu";
 };
 
+// Data-parallel gradient exchange.
+struct GradientCompressionSpec {
+  std::string method = "none";  // none | fp16 | quantize | topk | powersgd
+  int bits = 8;                 // quantize: 1..8
+  double ratio = 0.01;          // topk: fraction of entries kept, (0, 1]
+  int rank = 4;                 // powersgd: rank r >= 1
+  bool error_feedback = true;   // carry the residual into the next step
+};
+
+// DiLoCo's outer optimizer: applied to the replicas' averaged
+// pseudo-gradient (parameters at the last sync minus now) every H steps.
+struct OuterOptimizerSpec {
+  std::string kind = "nesterov";  // nesterov | sgd (sgd: heavy-ball momentum, 0 = plain)
+  double lr = 0.7;
+  double momentum = 0.9;
+};
+
+// How the replicas of a stage keep their weights together.
+//   every_step: average the gradients every step (compression.gradients).
+//   diloco: H inner steps with the normal optimizer, each replica alone,
+//     then average the pseudo-gradient (compressed with `compression` and
+//     error feedback) and take one outer optimizer step; overlap applies
+//     each outer step one round late, so its exchange runs behind the next
+//     round's H inner steps (docs/job-spec.md "data_parallel_sync").
+struct DataParallelSyncSpec {
+  std::string kind = "every_step";  // every_step | diloco
+  int inner_steps = 100;            // H (diloco)
+  OuterOptimizerSpec outer_optimizer;
+  GradientCompressionSpec compression;  // of the pseudo-gradient (diloco)
+  bool overlap = false;
+  bool diloco() const { return kind == "diloco"; }
+};
+
 // How tasklets are laid out: D_pp stages x D_dp replicas.
 struct ParallelismSpec {
   int pipeline_stages = 1;         // D_pp
   int data_parallel = 1;           // D_dp; 0 means `auto` (the scheduler picks)
   std::string schedule = "1f1b";   // gpipe | 1f1b
+  DataParallelSyncSpec data_parallel_sync;
   bool dataParallelAuto() const { return data_parallel == 0; }
 };
 
@@ -136,15 +170,6 @@ struct BackwardCompressionSpec {
   std::string granularity = "channel"; // tensor | channel | group
   int group_size = 128;
   std::string rounding = "nearest";    // nearest | stochastic
-};
-
-// Data-parallel gradient exchange.
-struct GradientCompressionSpec {
-  std::string method = "none";  // none | fp16 | quantize | topk | powersgd
-  int bits = 8;                 // quantize: 1..8
-  double ratio = 0.01;          // topk: fraction of entries kept, (0, 1]
-  int rank = 4;                 // powersgd: rank r >= 1
-  bool error_feedback = true;   // carry the residual into the next step
 };
 
 struct CompressionSpec {

@@ -80,7 +80,7 @@ transport: {emulate_links: true}
 }
 
 // Eight single-device regions with the world-wide scenario's links.
-JobSpec placementJob(const std::string& worldwide_path, double scale) {
+JobSpec placementJobOf(const std::string& worldwide_path, double scale) {
   TopologySpec ww = config::loadTopologyFile(worldwide_path);
   TopologySpec topo;
   topo.name = "worldwide-8";
@@ -164,6 +164,8 @@ double predictStep(const JobSpec& base, const scheduler::Allocation& alloc, doub
   return calibratedEvaluation(base, alloc, compute_s).total_s;
 }
 
+}  // namespace
+
 std::vector<int> deviceOfRank(const scheduler::Allocation& a) {
   std::vector<int> out(static_cast<size_t>(a.d_pp * a.d_dp));
   for (int s = 0; s < a.d_pp; ++s)
@@ -171,7 +173,9 @@ std::vector<int> deviceOfRank(const scheduler::Allocation& a) {
   return out;
 }
 
-}  // namespace
+JobSpec worldwidePlacementJob(const std::string& worldwide_path, double scale) {
+  return placementJobOf(worldwide_path, scale);
+}
 
 scheduler::Allocation allocationOf(const JobSpec& job, const std::vector<int>& device_of_rank,
                                    const std::vector<int>& layers) {
@@ -262,7 +266,7 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
 
   // 3. Placement on eight world-wide regions: ours vs in-order vs random.
   out << "[3/3] placement: 8 regions, 4 stages x 2 replicas\n" << std::flush;
-  JobSpec pj = placementJob(args.worldwide_topology, args.placement_scale);
+  JobSpec pj = placementJobOf(args.worldwide_topology, args.placement_scale);
   const std::vector<int> one_each = {1, 1, 1, 1};
   if (do_placement) {
     JobSpec priced = scheduler::effectiveNetworkJob(pj);

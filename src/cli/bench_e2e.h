@@ -3,6 +3,7 @@
 // model calibrated to the compute measured on this machine.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "geopipe/job_spec.h"
@@ -21,5 +22,13 @@ scheduler::Allocation allocationOf(const JobSpec& job, const std::vector<int>& d
 // 1 TFLOPS).
 scheduler::PathEval calibratedEvaluation(const JobSpec& base, const scheduler::Allocation& alloc,
                                          double compute_s);
+
+// Eight single-device regions with the world-wide scenario's links (one
+// device of each region of `worldwide_path`) x `scale`, the tiny GPT on
+// fortunes, 4 stages x 2 replicas, links emulated: the placement grid's job.
+JobSpec worldwidePlacementJob(const std::string& worldwide_path, double scale);
+
+// The rank -> device table of an allocation (rank = replica x D_pp + stage).
+std::vector<int> deviceOfRank(const scheduler::Allocation& a);
 
 }  // namespace geopipe::cli

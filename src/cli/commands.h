@@ -78,6 +78,18 @@ struct E2eBenchArgs {
 };
 int runE2eBench(const E2eBenchArgs& args, std::ostream& out);
 
+struct DilocoBenchArgs {
+  bool quick = false;                            // H = 4 only, short loss runs
+  std::vector<int> inner_steps = {10, 50, 100};  // DiLoCo's H per row
+  int quality_steps = 400;                       // steps of each loss run (equal tokens)
+  int timed_steps = 8;                           // timed steps of the every-step rows
+  double scale = 0.02;                           // bandwidth scale of the world-wide links
+  std::string worldwide_topology = "examples/topologies/dtfm-worldwide.yaml";
+  std::string out_dir = "bench-out/diloco";
+};
+void addDilocoBenchOptions(CLI::App& bench, DilocoBenchArgs& args);
+int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out);
+
 struct BenchArgs {
   double seconds = 2.0;            // scheduler: search budget per paper scenario
   double synthetic_seconds = 60.0; // scheduler: budget per synthetic topology

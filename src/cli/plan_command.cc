@@ -4,11 +4,14 @@
 
 #include <cstdio>
 #include <iomanip>
+#include <memory>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "geopipe/error.h"
+#include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
 #include "src/config/buffer_check.h"
 
@@ -39,6 +42,34 @@ nlohmann::json baselineJson(const SearchResult& r, double ours) {
           {"breakdown", breakdownJson(r.best.eval.breakdown)},
           {"evaluations", r.evaluations},
           {"search_seconds", r.seconds}};
+}
+
+// DiLoCo's line of the plan: the chosen placement's step with every-step
+// sync (compression.gradients set to the pseudo-gradient's compression)
+// beside the DiLoCo step, so the two are priced on the same devices.
+struct DilocoPricing {
+  int inner_steps = 0;
+  bool overlap = false;
+  double outer_exchange_s = 0;  // one round's exchange
+  double every_step_s = 0;      // this placement with every-step sync
+};
+
+std::optional<DilocoPricing> dilocoPricing(const JobSpec& job, const PlanResult& p) {
+  const DataParallelSyncSpec& sync = job.parallelism.data_parallel_sync;
+  if (!sync.diloco()) return std::nullopt;
+  JobSpec every = job;
+  every.parallelism.data_parallel_sync = DataParallelSyncSpec{};
+  every.compression.gradients = sync.compression;
+  every.parallelism.data_parallel = p.d_dp;
+  const auto model =
+      scheduler::makeCostModel(p.cost_model, std::make_shared<scheduler::Network>(every.topology),
+                               scheduler::ModelProfile::fromJob(every), every, p.d_pp, p.d_dp);
+  DilocoPricing d;
+  d.inner_steps = sync.inner_steps;
+  d.overlap = sync.overlap;
+  d.outer_exchange_s = p.ours.best.eval.outer_exchange_s;
+  d.every_step_s = model->evaluateAllocation(p.ours.allocation).total_s;
+  return d;
 }
 
 // Bytes each device of stage s needs in the plan's memory model (geopipe;
@@ -87,6 +118,12 @@ void printJson(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   j["data_parallel"] = p.d_dp;
   j["predicted_step_s"] = ours;
   j["breakdown"] = breakdownJson(p.ours.best.eval.breakdown);
+  if (const auto d = dilocoPricing(job, p)) {
+    j["diloco"] = {{"inner_steps", d->inner_steps},
+                   {"overlap", d->overlap},
+                   {"outer_exchange_s", d->outer_exchange_s},
+                   {"every_step_sync_step_s", d->every_step_s}};
+  }
   nlohmann::json alloc = nlohmann::json::array();
   for (const auto& t : p.ours.allocation.tasklets(job.topology)) {
     alloc.push_back({{"stage", t.stage},
@@ -171,6 +208,13 @@ void printText(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   line("bubble", b.bubble_s);
   line("pipeline comm", b.pipeline_comm_s);
   line("data parallel comm", b.dp_comm_s);
+  if (const auto d = dilocoPricing(job, p)) {
+    out << "  DiLoCo: one outer exchange of " << fmt(d->outer_exchange_s) << " s every "
+        << d->inner_steps << " steps, "
+        << (d->overlap ? "behind the next round's steps" : "after the round's last step")
+        << "\n  every-step sync on this placement: " << fmt(d->every_step_s) << " s per step ("
+        << fmt(total > 0 ? d->every_step_s / total : 0, 2) << "x)\n";
+  }
   auto limit = [](auto v, const std::string& unit) {
     return v > 0 ? fmt(double(v), unit == "s" ? 1 : 0) + " " + unit : "no " + unit + " limit";
   };

@@ -398,7 +398,54 @@ class JobReader {
         }
       }
       r.getEnum("schedule", p.schedule, {"gpipe", "1f1b"});
+      readDataParallelSync(r.child("data_parallel_sync"));
     });
+  }
+
+  // parallelism.data_parallel_sync: every_step (the default) or DiLoCo's
+  // local steps with an outer optimizer. Its DiLoCo fields are refused
+  // under every_step, where nothing would read them.
+  void readDataParallelSync(const YAML::Node& node) {
+    const std::string path = "parallelism.data_parallel_sync";
+    section(node, path, [&](MapReader& d) {
+      DataParallelSyncSpec& s = job_.parallelism.data_parallel_sync;
+      d.getEnum("kind", s.kind, {"every_step", "diloco"});
+      if (!s.diloco()) {
+        for (const char* key : {"inner_steps", "outer_optimizer", "compression", "overlap"}) {
+          if (d.has(key)) {
+            d.error(key, d.child(key),
+                    std::string(key) + " configures DiLoCo's local steps but kind is '" + s.kind +
+                        "': set kind: diloco or remove it");
+          }
+        }
+        return;
+      }
+      d.getInt("inner_steps", s.inner_steps, 1, 1000000);
+      section(d.child("outer_optimizer"), path + ".outer_optimizer", [&](MapReader& o) {
+        OuterOptimizerSpec& opt = s.outer_optimizer;
+        o.getEnum("kind", opt.kind, {"nesterov", "sgd"});
+        o.getDouble("lr", opt.lr, 0.0, 10.0, /*lo_exclusive=*/true);
+        o.getDouble("momentum", opt.momentum, 0.0, 1.0);
+        if (opt.momentum >= 1.0) {
+          o.error("momentum", o.child("momentum"),
+                  "momentum must be below 1 (DiLoCo uses 0.9): at 1 the outer steps never decay");
+        } else if (opt.kind == "nesterov" && opt.momentum == 0.0 && o.has("momentum")) {
+          o.error("momentum", o.child("momentum"),
+                  "nesterov momentum needs momentum > 0: use kind: sgd for plain outer steps");
+        }
+      });
+      section(d.child("compression"), path + ".compression",
+              [&](MapReader& g) { readGradientCompression(g, s.compression); });
+      d.getBool("overlap", s.overlap);
+    });
+  }
+
+  void readGradientCompression(MapReader& g, GradientCompressionSpec& s) {
+    g.getEnum("method", s.method, {"none", "fp16", "quantize", "topk", "powersgd"});
+    g.getInt("bits", s.bits, 1, 8);
+    g.getDouble("ratio", s.ratio, 0.0, 1.0, /*lo_exclusive=*/true);
+    g.getInt("rank", s.rank, 1, 4096);
+    g.getBool("error_feedback", s.error_feedback);
   }
 
   void readQuantFields(MapReader& r, int& bits, std::string& granularity,
@@ -433,14 +480,8 @@ class JobReader {
         b.getEnum("method", s.method, {"none", "fp16", "quantize"});
         readQuantFields(b, s.bits, s.granularity, s.group_size, s.rounding);
       });
-      section(r.child("gradients"), "compression.gradients", [&](MapReader& g) {
-        auto& s = c.gradients;
-        g.getEnum("method", s.method, {"none", "fp16", "quantize", "topk", "powersgd"});
-        g.getInt("bits", s.bits, 1, 8);
-        g.getDouble("ratio", s.ratio, 0.0, 1.0, /*lo_exclusive=*/true);
-        g.getInt("rank", s.rank, 1, 4096);
-        g.getBool("error_feedback", s.error_feedback);
-      });
+      section(r.child("gradients"), "compression.gradients",
+              [&](MapReader& g) { readGradientCompression(g, c.gradients); });
     });
   }
 
@@ -690,6 +731,18 @@ class JobReader {
       fail("model.heads", "hidden (" + std::to_string(m.hidden) +
                               ") must be divisible by heads (" +
                               std::to_string(m.heads) + ")");
+    }
+    if (p.data_parallel_sync.diloco() && job_.compression.gradients.method != "none") {
+      fail("compression.gradients.method",
+           "'" + job_.compression.gradients.method +
+               "' compresses the every-step gradient exchange, which parallelism."
+               "data_parallel_sync kind diloco replaces: compress the pseudo-gradient with "
+               "parallelism.data_parallel_sync.compression instead");
+    }
+    if (p.data_parallel_sync.diloco() && job_.scheduler.cost_model == "dtfm") {
+      fail("scheduler.cost_model",
+           "dtfm prices the DT-FM paper's every-step gradient exchange, not "
+           "parallelism.data_parallel_sync kind diloco: use cost_model: geopipe");
     }
     if (m.layers < p.pipeline_stages) {
       fail("parallelism.pipeline_stages",

@@ -136,6 +136,33 @@ void quantization(YAML::Emitter& out, int bits, const std::string& granularity, 
   field(out, "rounding", rounding);
 }
 
+void gradientCompression(YAML::Emitter& out, const char* name, const GradientCompressionSpec& g) {
+  beginSection(out, name);
+  field(out, "method", g.method);
+  field(out, "bits", g.bits);
+  real(out, "ratio", g.ratio);
+  field(out, "rank", g.rank);
+  flag(out, "error_feedback", g.error_feedback);
+  out << YAML::EndMap;
+}
+
+// Every-step sync prints only its kind: the DiLoCo fields are refused there.
+void dataParallelSync(YAML::Emitter& out, const DataParallelSyncSpec& s) {
+  beginSection(out, "data_parallel_sync");
+  field(out, "kind", s.kind);
+  if (s.diloco()) {
+    field(out, "inner_steps", s.inner_steps);
+    beginSection(out, "outer_optimizer");
+    field(out, "kind", s.outer_optimizer.kind);
+    real(out, "lr", s.outer_optimizer.lr);
+    real(out, "momentum", s.outer_optimizer.momentum);
+    out << YAML::EndMap;
+    gradientCompression(out, "compression", s.compression);
+    flag(out, "overlap", s.overlap);
+  }
+  out << YAML::EndMap;
+}
+
 void compression(YAML::Emitter& out, const CompressionSpec& c) {
   beginSection(out, "compression");
   const auto& a = c.activations;
@@ -155,14 +182,7 @@ void compression(YAML::Emitter& out, const CompressionSpec& c) {
   field(out, "method", b.method);
   quantization(out, b.bits, b.granularity, b.group_size, b.rounding);
   out << YAML::EndMap;
-  const auto& g = c.gradients;
-  beginSection(out, "gradients");
-  field(out, "method", g.method);
-  field(out, "bits", g.bits);
-  real(out, "ratio", g.ratio);
-  field(out, "rank", g.rank);
-  flag(out, "error_feedback", g.error_feedback);
-  out << YAML::EndMap;
+  gradientCompression(out, "gradients", c.gradients);
   out << YAML::EndMap;
 }
 
@@ -255,6 +275,7 @@ std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
     field(out, "data_parallel", job.parallelism.data_parallel);
   }
   field(out, "schedule", job.parallelism.schedule);
+  dataParallelSync(out, job.parallelism.data_parallel_sync);
   out << YAML::EndMap;
   compression(out, job.compression);
   scheduler(out, job.scheduler);

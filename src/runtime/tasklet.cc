@@ -190,6 +190,10 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   for (int s = 0; s < stages_; ++s) pp_group_.push_back(replica_ * stages_ + s);
   sync_ = std::make_unique<GradientSync>(transport, dp_group_, job.compression.gradients,
                                          job.training.seed, timeout);
+  if (job.parallelism.data_parallel_sync.diloco()) {
+    outer_ = std::make_unique<OuterSync>(transport, dp_group_, job.parallelism.data_parallel_sync,
+                                         job.training.seed, timeout, params_);
+  }
   if (job.model.dtype == "fp16") {
     scaler_ = std::make_unique<LossScaler>();
     compute_->setLossScale(scaler_->scale());
@@ -246,10 +250,11 @@ TaskletStep Tasklet::runStep(int64_t step) {
     // fp16: unscale, and skip the step everywhere when any tasklet of the
     // job found a non-finite gradient (the flag crosses the replica's
     // stages, then each stage's replicas, so every tasklet sees the same).
+    // Under DiLoCo the replicas step alone: the flag stays in the replica.
     const bool sent_inf = compute_->takeFoundInf();
     double flag = unscaleAndCheck(params_, scaler_->scale()) || sent_inf ? 1.0 : 0.0;
     flag = allReduceScalarSum(transport_, pp_group_, flag, step, 1, timeout_);
-    flag = allReduceScalarSum(transport_, dp_group_, flag, step, 2, timeout_);
+    if (!outer_) flag = allReduceScalarSum(transport_, dp_group_, flag, step, 2, timeout_);
     apply = scaler_->update(flag > 0);
     compute_->setLossScale(scaler_->scale());
   }
@@ -259,11 +264,11 @@ TaskletStep Tasklet::runStep(int64_t step) {
   // An fp16 step skipped for a non-finite gradient reports infinity.
   double local_sq = std::numeric_limits<double>::infinity();
   if (apply) {
-  sync_->average(params_, step);
-  sumTiedGradients(step);
-  local_sq = squaredGradNorm(params_);
-  for (const TiedCopy& c : tied_) {
-    if (c.is_user) local_sq -= squaredGradNorm({c.param});
+    if (!outer_) sync_->average(params_, step);
+    sumTiedGradients(step);
+    local_sq = squaredGradNorm(params_);
+    for (const TiedCopy& c : tied_) {
+      if (c.is_user) local_sq -= squaredGradNorm({c.param});
   }
   if (job_.training.grad_clip > 0) {
     const double sq = allReduceScalarSum(transport_, pp_group_, local_sq, step, 0, timeout_);
@@ -273,6 +278,8 @@ TaskletStep Tasklet::runStep(int64_t step) {
   const double lr = learningRateAt(job_.training, step);
   setLearningRate(*optimizer_, lr);
   if (apply) optimizer_->step();
+  // DiLoCo: every replica takes part in a round's end, skipped step or not.
+  if (outer_) outer_->afterStep(step, job_.training.steps);
 
   TaskletStep out;
   StepMetrics& part = out.part;
@@ -289,8 +296,8 @@ TaskletStep Tasklet::runStep(int64_t step) {
     part.gradient_raw_bytes = takeDelta(e->stats().raw_bytes, grad_raw_);
     part.gradient_wire_bytes = takeDelta(e->stats().wire_bytes, grad_wire_);
   }
-  part.dp_raw_bytes = takeDelta(sync_->rawBytes(), dp_raw_);
-  part.dp_wire_bytes = takeDelta(sync_->wireBytes(), dp_wire_);
+  part.dp_raw_bytes = takeDelta(outer_ ? outer_->rawBytes() : sync_->rawBytes(), dp_raw_);
+  part.dp_wire_bytes = takeDelta(outer_ ? outer_->wireBytes() : sync_->wireBytes(), dp_wire_);
   part.grad_sq_sum = local_sq;
   part.peak_rss_bytes = peakRssBytes();
   const transport::TransportStats ts = transport_.stats();
@@ -384,6 +391,12 @@ std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) co
     sync_->saveState((fs::path(step_dir) / name).string());
     files.push_back(name);
   }
+  if (outer_) {
+    const std::string name = fileName("outer"), sync_name = fileName("outersync");
+    outer_->save((fs::path(step_dir) / name).string(), (fs::path(step_dir) / sync_name).string());
+    files.push_back(name);
+    files.push_back(sync_name);
+  }
   auto* self = const_cast<Tasklet*>(this);
   if (auto* enc = self->compute_->activationEncoderMut(); enc && enc->deltaSender()) {
     const std::string name = fileName("acsgd-send");
@@ -446,6 +459,7 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
     sync_->loadMergedState(fileOfReplica(src.model_replica, "gradsync"), residuals,
                            src.residual_scale);
   }
+  loadOuterState(step_dir, saved_replicas, src);
   auto restoreStore = [&](compression::ActivationBufferStore& store, const std::string& suffix) {
     if (saved_replicas == replicas) {
       store.load(fileOfReplica(replica_, suffix));
@@ -471,6 +485,40 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
   if (auto* dec = compute_->activationDecoderMut(); dec && dec->deltaReceiver()) {
     restoreStore(dec->deltaReceiver()->store(), "acsgd-recv");
   }
+}
+
+// DiLoCo's state beside the weights: the shared weights and the outer
+// optimizer are the same on every replica, so a resharded resume takes the
+// model replica's, with the residuals merged as for the gradient sync. A
+// checkpoint of an every-step job starts the first round at its weights;
+// one of a DiLoCo job cannot resume under every-step sync, whose replicas
+// would keep the different weights they hold mid-round.
+void Tasklet::loadOuterState(const std::string& step_dir, int saved_replicas,
+                             const ReshardSources& src) {
+  auto fileOfReplica = [&](int replica, const std::string& suffix) {
+    return (fs::path(step_dir) / fileNameOf(replica * stages_ + stage_, suffix)).string();
+  };
+  const std::string outer = fileOfReplica(src.model_replica, "outer");
+  const bool saved_outer = fs::exists(outer);
+  if (!outer_) {
+    GEOPIPE_CHECK(!saved_outer, ConfigError, "checkpoint '", step_dir,
+                  "' was written under parallelism.data_parallel_sync kind diloco, whose "
+                  "replicas hold different weights between outer steps: resume it with kind: "
+                  "diloco");
+    return;
+  }
+  if (!saved_outer) {
+    outer_->startFromWeights();
+    return;
+  }
+  if (saved_replicas == job_.parallelism.data_parallel) {
+    outer_->load(outer, fileOfReplica(replica_, "outersync"));
+    return;
+  }
+  std::vector<std::string> residuals;
+  for (int r : src.residual_replicas) residuals.push_back(fileOfReplica(r, "outersync"));
+  outer_->loadMerged(outer, fileOfReplica(src.model_replica, "outersync"), residuals,
+                     src.residual_scale);
 }
 
 }  // namespace geopipe::runtime

@@ -17,8 +17,10 @@
 #include "src/data/sampler.h"
 #include "src/pipeline/executor.h"
 #include "src/runtime/gradient_sync.h"
+#include "src/runtime/outer_sync.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/precision.h"
+#include "src/runtime/reshard.h"
 #include "src/runtime/torch_stage.h"
 
 namespace geopipe::runtime {
@@ -110,6 +112,7 @@ class Tasklet {
   int replica() const { return replica_; }
 
  private:
+  void loadOuterState(const std::string& step_dir, int saved_replicas, const ReshardSources& src);
   std::string fileName(const std::string& suffix) const;
   std::string fileNameOf(int rank, const std::string& suffix) const;
 
@@ -125,6 +128,7 @@ class Tasklet {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<pipeline::StageExecutor> executor_;
   std::unique_ptr<GradientSync> sync_;
+  std::unique_ptr<OuterSync> outer_;  // data_parallel_sync kind diloco
   std::vector<int> pp_group_, dp_group_;
   std::unique_ptr<LossScaler> scaler_;  // fp16 only
   // This stage's copy of a weight tied to a layer on another stage of the

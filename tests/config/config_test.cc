@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <tuple>
+#include <utility>
 
 #include "src/common/strings.h"
 #include "src/config/diagnostics.h"
@@ -311,3 +313,62 @@ sites:
 }
 
 }  // namespace
+
+// parallelism.data_parallel_sync: DiLoCo's fields, the defaults of the
+// issue's example, validate --print round-trips; what would be ignored is
+// refused with the field and the fix.
+TEST(JobParser, DataParallelSyncDilocoIsReadPrintedAndCheckedAcrossFields) {
+  const std::string yaml =
+      "parallelism:\n"
+      "  pipeline_stages: 2\n"
+      "  data_parallel: 2\n"
+      "  data_parallel_sync:\n"
+      "    kind: diloco\n"
+      "    inner_steps: 50\n"
+      "    compression: {method: quantize, bits: 8}\n"
+      "    overlap: true\n";
+  const JobSpec job = parseJobString(yaml, "diloco.yaml", "");
+  const DataParallelSyncSpec& s = job.parallelism.data_parallel_sync;
+  EXPECT_TRUE(s.diloco());
+  EXPECT_EQ(s.inner_steps, 50);
+  EXPECT_EQ(s.outer_optimizer.kind, "nesterov");
+  EXPECT_DOUBLE_EQ(s.outer_optimizer.lr, 0.7);
+  EXPECT_DOUBLE_EQ(s.outer_optimizer.momentum, 0.9);
+  EXPECT_EQ(s.compression.method, "quantize");
+  EXPECT_TRUE(s.overlap);
+  const std::string printed = config::resolvedJobYaml(job);
+  EXPECT_NE(printed.find("inner_steps: 50"), std::string::npos) << printed;
+  EXPECT_EQ(config::resolvedJobYaml(parseJobString(printed, "printed.yaml", "")), printed);
+  EXPECT_FALSE(parseJobString("name: x\n", "x.yaml", "").parallelism.data_parallel_sync.diloco());
+
+  auto refusal = [](const std::string& text) -> std::pair<std::string, std::string> {
+    try {
+      parseJobString(text, "bad.yaml", "");
+    } catch (const config::SpecError& e) {
+      return {e.diagnostics().empty() ? "" : e.diagnostics()[0].field, e.what()};
+    }
+    return {"(accepted)", ""};
+  };
+  auto [field, what] = refusal("parallelism: {data_parallel_sync: {inner_steps: 10}}\n");
+  EXPECT_EQ(field, "parallelism.data_parallel_sync.inner_steps");
+  EXPECT_NE(what.find("set kind: diloco or remove it"), std::string::npos) << what;
+  std::tie(field, what) = refusal(
+      "parallelism: {data_parallel: 2, data_parallel_sync: {kind: diloco}}\n"
+      "compression: {gradients: {method: topk}}\n");
+  EXPECT_EQ(field, "compression.gradients.method");
+  EXPECT_NE(what.find("parallelism.data_parallel_sync.compression instead"), std::string::npos)
+      << what;
+  std::tie(field, what) = refusal(
+      "parallelism: {data_parallel_sync: {kind: diloco, outer_optimizer: {momentum: 0}}}\n");
+  EXPECT_EQ(field, "parallelism.data_parallel_sync.outer_optimizer.momentum");
+  EXPECT_NE(what.find("use kind: sgd"), std::string::npos) << what;
+  std::tie(field, what) = refusal(
+      "parallelism: {data_parallel_sync: {kind: diloco, outer_optimizer: {momentum: 1}}}\n");
+  EXPECT_EQ(field, "parallelism.data_parallel_sync.outer_optimizer.momentum");
+  std::tie(field, what) =
+      refusal("parallelism: {data_parallel_sync: {kind: diloco}}\nscheduler: {cost_model: dtfm}\n");
+  EXPECT_EQ(field, "scheduler.cost_model");
+  std::tie(field, what) =
+      refusal("parallelism: {data_parallel_sync: {kind: diloco, inner_steps: 0}}\n");
+  EXPECT_EQ(field, "parallelism.data_parallel_sync.inner_steps");
+}

@@ -174,6 +174,61 @@ TEST(GeopipeModel, PricesTheGradientExchangeEachMethodRuns) {
   EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);  // 1.75 x 4 bytes
 }
 
+// DiLoCo: the exchange (priced like the every-step one, with the
+// pseudo-gradient's compression) happens once a round after the step: X / H
+// per step without overlap; with overlap, hidden up to H x the rest of the
+// step. The dtfm model refuses it.
+TEST(GeopipeModel, PricesDilocosExchangeOnceARound) {
+  TopologySpec t = fastSite(4, 100, 1);
+  t.sites[0].intra = {5, 1};
+  t.site_links = {{t.sites[0].intra}};
+  auto evalOf = [&](const std::string& kind, int h, bool overlap) {
+    JobSpec job = gptJob(t, 2, 2);
+    job.compression.gradients.method = "quantize";
+    if (kind == "diloco") {
+      job.compression.gradients.method = "none";
+      job.parallelism.data_parallel_sync.kind = "diloco";
+      job.parallelism.data_parallel_sync.inner_steps = h;
+      job.parallelism.data_parallel_sync.overlap = overlap;
+      job.parallelism.data_parallel_sync.compression.method = "quantize";
+    }
+    auto net = std::make_shared<const Network>(job.topology);
+    GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 2, "1f1b");
+    Allocation a;
+    a.d_pp = 2;
+    a.d_dp = 2;
+    a.stages = {{0, 1}, {2, 3}};
+    return model.evaluateAllocation(a);
+  };
+  const PathEval every = evalOf("every_step", 0, false);
+  const PathEval h1 = evalOf("diloco", 1, false);
+  const PathEval h10 = evalOf("diloco", 10, false);
+  const PathEval h10o = evalOf("diloco", 10, true);
+  ASSERT_GT(h1.outer_exchange_s, 0);
+  EXPECT_EQ(every.outer_exchange_s, 0);
+  // The same bytes and links: one round's exchange is every stage's
+  // every-step exchange, which the drain partly hides (so no less).
+  EXPECT_GE(h1.breakdown.dp_comm_s, every.breakdown.dp_comm_s);
+  EXPECT_DOUBLE_EQ(h10.outer_exchange_s, h1.outer_exchange_s);
+  const double rest = h10.total_s - h10.breakdown.dp_comm_s;
+  EXPECT_NEAR(h10.breakdown.dp_comm_s - (h1.breakdown.dp_comm_s - h1.outer_exchange_s),
+              h1.outer_exchange_s / 10, 1e-12);
+  const double exposed = std::max(0.0, h1.outer_exchange_s - 10 * rest) / 10;
+  EXPECT_NEAR(h10o.total_s, rest + exposed + (h10.breakdown.dp_comm_s - h1.outer_exchange_s / 10),
+              1e-9);
+  EXPECT_LT(h10o.total_s, h10.total_s);
+  // State: shared weights, pseudo-gradient, momentum; overlap: +start, progress.
+  JobSpec job = gptJob(t, 2, 2);
+  const double plain = ModelProfile::fromJob(job).state_bytes_per_param;
+  job.parallelism.data_parallel_sync.kind = "diloco";
+  EXPECT_DOUBLE_EQ(ModelProfile::fromJob(job).state_bytes_per_param, plain + 12);
+  job.parallelism.data_parallel_sync.overlap = true;
+  EXPECT_DOUBLE_EQ(ModelProfile::fromJob(job).state_bytes_per_param, plain + 20);
+  EXPECT_THROW(makeCostModel("dtfm", std::make_shared<const Network>(job.topology),
+                             ModelProfile::fromJob(job), job, 2, 2),
+               ConfigError);
+}
+
 // GroupStats prices a group's pairs from one or two devices per site (links
 // are set by the sites): the same all-gather terms as every ordered pair.
 TEST(GeopipeModel, GatherStatsFromSitesEqualEveryPair) {

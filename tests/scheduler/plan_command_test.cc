@@ -68,6 +68,34 @@ TEST(PlanCommand, TextAndOverrides) {
   EXPECT_THROW(runPlan(job, o, out), ConfigError);
 }
 
+// A DiLoCo job's plan shows one round's exchange and the same placement's
+// step under every-step sync, in text and JSON.
+TEST(PlanCommand, DilocoShowsTheEveryStepSyncStepBesideIt) {
+  JobSpec job = scheduler::paperJob(3);
+  job.scheduler.cost_model = "geopipe";
+  job.parallelism.data_parallel_sync.kind = "diloco";
+  job.parallelism.data_parallel_sync.inner_steps = 100;
+  PlanOverrides o;
+  o.algorithm = "in-order";
+  std::ostringstream out;
+  ASSERT_EQ(runPlan(job, o, out), 0);
+  const std::string s = out.str();
+  EXPECT_NE(s.find("DiLoCo: one outer exchange of "), std::string::npos) << s;
+  EXPECT_NE(s.find(" s every 100 steps, after the round's last step"), std::string::npos) << s;
+  EXPECT_NE(s.find("every-step sync on this placement: "), std::string::npos) << s;
+  o.json = true;
+  std::ostringstream js;
+  ASSERT_EQ(runPlan(job, o, js), 0);
+  const auto j = nlohmann::json::parse(js.str());
+  ASSERT_TRUE(j.contains("diloco")) << js.str();
+  EXPECT_EQ(j["diloco"]["inner_steps"], 100);
+  EXPECT_GT(j["diloco"]["every_step_sync_step_s"].get<double>(),
+            j["predicted_step_s"].get<double>());
+  EXPECT_GT(j["diloco"]["outer_exchange_s"].get<double>(), 0);
+  o.cost_model = "dtfm";
+  EXPECT_THROW(runPlan(job, o, out), ConfigError);
+}
+
 // plan prices the links the run will have: with emulated links it applies
 // transport.bandwidth_scale and latency_scale, as train and the runtime's
 // placement do (scheduler::effectiveNetworkJob), so it predicts the same
