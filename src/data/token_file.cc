@@ -16,9 +16,9 @@
 namespace geopipe::data {
 
 TokenFile::TokenFile(const std::string& path, const std::string& dtype) : path_(path) {
-  GEOPIPE_CHECK(dtype == "uint16" || dtype == "uint32", ConfigError, "token dtype '", dtype,
-                "' is not uint16 or uint32");
-  width_ = dtype == "uint16" ? 2 : 4;
+  GEOPIPE_CHECK(dtype == "uint8" || dtype == "uint16" || dtype == "uint32", ConfigError,
+                "token dtype '", dtype, "' is not uint16 or uint32");
+  width_ = dtype == "uint8" ? 1 : dtype == "uint16" ? 2 : 4;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) GEOPIPE_THROW(IoError, "cannot open token file '", path, "': ", std::strerror(errno));
   struct stat st {};
@@ -103,6 +103,7 @@ int64_t firstAtOrAboveIn(const uint8_t* data, int64_t n, uint64_t limit) {
 
 int64_t TokenFile::firstAtOrAbove(int64_t vocab) const {
   const uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(vocab, 0));
+  if (width_ == 1) return firstAtOrAboveIn<uint8_t>(data_, size_, limit);
   return width_ == 2 ? firstAtOrAboveIn<uint16_t>(data_, size_, limit)
                      : firstAtOrAboveIn<uint32_t>(data_, size_, limit);
 }

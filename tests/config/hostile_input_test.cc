@@ -3,6 +3,10 @@
 // fix, or accepted where a stricter rule must not reach. Issue 18.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -405,5 +409,31 @@ INSTANTIATE_TEST_SUITE_P(Rows, HostileInput, testing::ValuesIn(rows()),
                          [](const testing::TestParamInfo<Row>& info) {
                            return std::string(info.param.name);
                          });
+
+}  // namespace
+
+namespace {
+
+// Text read through data.tokenizer is tokenized in memory: validate refuses
+// a file over 256 MiB (a sparse one here) naming data.path and the fix,
+// before anything reads it.
+TEST(HostileInputFiles, TokenizedTextOverTheCapIsRefusedByValidate) {
+  const std::string path = testing::TempDir() + "hostile-big-text.txt";
+  std::ofstream(path).flush();
+  ASSERT_EQ(::truncate(path.c_str(), (int64_t{256} << 20) + 1), 0);
+  const std::string job = kTopo +
+                          "model: {preset: none, layers: 2, hidden: 64, heads: 2, seq_len: 16, "
+                          "vocab: 50257}\ndata: {kind: text, path: " +
+                          path + ", tokenizer: ../../assets/tokenizers/gpt2}\n";
+  try {
+    parseJobString(job, "hostile.yaml", "examples/jobs");
+    ADD_FAILURE() << "accepted a 256 MiB + 1 byte text file with data.tokenizer";
+  } catch (const SpecError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("data.path: '" + path + "' has 268435457 bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("tokenize it once with `geopipe tokenize"), std::string::npos) << msg;
+  }
+  std::remove(path.c_str());
+}
 
 }  // namespace
