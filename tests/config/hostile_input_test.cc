@@ -359,6 +359,32 @@ const std::vector<Row>& rows() {
            "]}]\n",
        {"sites[0].devices: this site takes the topology to 4097 devices (0 before it + 1 x 4097)"},
        true},
+      // A 50 MB flow list took 5.4 GB in YAML::Load (some 200 bytes a
+      // value) and ended in exit 70: values are counted before the tree.
+      {"FlowListPastTheValueLimit",
+       kTopo + "model: {eos_token_id: [" +
+           [] {
+             std::string list;
+             for (int i = 0; i < 1000000; ++i) list += "1,";
+             return list;
+           }() +
+           "1]}\n",
+       {"hostile.yaml:2:", "model.eos_token_id: the file holds more than 1000000 YAML values",
+        "Shorten it"},
+       false,
+       1},
+      {"DeviceListPastTheValueLimit",
+       "sites: [{name: m, devices: [" +
+           [] {
+             std::string list;
+             for (int i = 0; i < 500000; ++i) list += "{a: 1},";
+             return list;
+           }() +
+           "{}]}]\n",
+       {"t.yaml:1:", "sites[0].devices: the file holds more than 1000000 YAML values",
+        "give a site `devices: N` and `repeat: N`"},
+       true,
+       1},
       {"FourThousandNinetySixDevicesAreAccepted",
        "sites: [{name: m, repeat: 1024, devices: 4, intra: {latency_ms: 1, bandwidth_gbps: 1}}]\n"
        "inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
