@@ -23,7 +23,8 @@ namespace {
 std::string readAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    GEOPIPE_THROW(IoError, "cannot read data file '", path, "': ", std::strerror(errno),
+    GEOPIPE_THROW(IoError, "cannot read data file '", common::printable(path),
+                  "': ", std::strerror(errno),
                   " (data.path in the job; relative paths start at the job file's directory)");
   }
   std::ostringstream os;
@@ -407,7 +408,7 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
     if (!problem.empty()) GEOPIPE_THROW(ConfigError, "data.pack: false: ", problem);
   }
   if (data.kind == "text") {
-    source = data.path;
+    source = path;
     const std::string problem = tokenizedTextProblem(data);
     if (!problem.empty()) GEOPIPE_THROW(ConfigError, "data.path ", problem);
     TokenFile text = mapText(data.path);
@@ -424,7 +425,7 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
                       ": set model.vocab to ", tok->vocabSize(), " or more");
       }
       stream = std::make_shared<TokenStream>(tok->encodeDocument(text.bytes()));
-      source = data.path + " (" + tok->kind() + ")";
+      source = path + " (" + tok->kind() + ")";
     }
   } else if (data.kind == "fortunes") {
     source = "fortunes";
@@ -436,14 +437,14 @@ TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t 
   } else if (data.kind == "tokens") {
     // Mapped, never read into memory: IoError when the file is missing,
     // empty or not a whole number of ids of data.token_dtype.
-    source = data.path;
+    source = path;
     auto file = std::make_shared<TokenStream>(TokenFile(data.path, data.token_dtype));
     const int64_t bad = file->firstAtOrAbove(model.vocab);
     if (bad >= 0) {
       const int width = data.token_dtype == "uint32" ? 4 : 2;
-      GEOPIPE_THROW(ConfigError, "token file '", data.path, "': token ", file->at(bad),
-                    " at index ", bad, " (byte offset ", bad * width, ") is >= model.vocab (",
-                    model.vocab, "): raise model.vocab or check data.token_dtype");
+      GEOPIPE_THROW(ConfigError, "token file '", path, "': token ", file->at(bad), " at index ",
+                    bad, " (byte offset ", bad * width, ") is >= model.vocab (", model.vocab,
+                    "): raise model.vocab or check data.token_dtype");
     }
     stream = std::move(file);
   } else if (data.kind == "synthetic") {

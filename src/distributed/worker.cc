@@ -20,6 +20,7 @@
 #include "proto/coordinator.grpc.pb.h"
 #include "src/common/blas_check.h"
 #include "src/common/logging.h"
+#include "src/common/text.h"
 #include "src/config/buffer_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
@@ -798,7 +799,7 @@ WorkerResult runWorker(const WorkerOptions& opt) {
   const ListenPorts ports = parseListen(opt.listen);  // refuses a bad --listen before joining
   const std::string advertise_host = parseAdvertise(opt.advertise).first;
   reg.set_listen_host(advertise_host.empty() ? ports.host : advertise_host);
-  event("joining " + client.peer() + " as device " + reg.device());
+  event("joining " + client.peer() + " as device " + common::printable(reg.device()));
   WorkerResult result;
   std::chrono::milliseconds rejoin_wait{0};
   for (int64_t attempt = 0;; ++attempt) {

@@ -134,6 +134,27 @@ TEST(Dataset, TokenizedTextOverTheCapIsRefusedNamingTheFix) {
   std::remove(d.path.c_str());
 }
 
+// A data path a message echoes is escaped (issue 18, common::printable):
+// a control character or a byte that is not UTF-8 cannot drive the
+// terminal or forge a log line.
+TEST(Dataset, PathsInMessagesAreEscaped) {
+  const std::string hostile = ::testing::TempDir() + "no\n\x1b[2Jsuch\xff";
+  const std::string shown = ::testing::TempDir() + "no\\n\\x1b[2Jsuch\\xff";
+  for (const char* kind : {"text", "tokens"}) {
+    DataSpec d;
+    d.kind = kind;
+    d.path = hostile;
+    try {
+      loadDataset(d, model(8, 256), 1);
+      ADD_FAILURE() << "loaded a missing file";
+    } catch (const IoError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("'" + shown + "'"), std::string::npos) << kind << ": " << msg;
+      for (char c : msg) EXPECT_TRUE(static_cast<unsigned char>(c) >= 0x20) << kind << ": " << msg;
+    }
+  }
+}
+
 TEST(Dataset, TextIsBytesCutIntoOverlappingSamples) {
   DataSpec d;
   d.kind = "text";
