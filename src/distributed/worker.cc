@@ -604,15 +604,10 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     heartbeat = std::make_unique<HeartbeatThread>(client, a, *grpc_transport, last_step);
 
     // --threads 0: this host's cores shared by the tasklets placed on it.
-    const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-    const int on_host = std::max(1, a.workers_on_host());
-    const int threads = opt.threads > 0 ? opt.threads : std::max(1, cores / on_host);
-    if (opt.threads > 0 && opt.threads * on_host > cores) {
-      spdlog::warn(
-          "{} workers on this host with --threads {} each oversubscribe its {} cores (two workers "
-          "on 2 cores ran 20x slower than with --threads 1); use --threads 0 to share them",
-          on_host, opt.threads, cores);
-    }
+    const common::WorkerThreads wt = common::workerThreads(
+        opt.threads, a.workers_on_host(), static_cast<int>(std::thread::hardware_concurrency()));
+    if (!wt.warning.empty()) spdlog::warn("{}", wt.warning);
+    const int threads = wt.threads;
     torch::set_num_threads(threads);
     common::setBlasThreads(threads);  // OpenBLAS's own pool, see blas_check.h
     const data::JobData job_data = data::loadJobData(job.data, job.model, job.training.seed);
