@@ -5,10 +5,14 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <memory>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "src/config/diagnostics.h"
@@ -460,6 +464,24 @@ TEST(HostileInputFiles, TokenizedTextOverTheCapIsRefusedByValidate) {
     EXPECT_NE(msg.find("tokenize it once with `geopipe tokenize"), std::string::npos) << msg;
   }
   std::remove(path.c_str());
+}
+
+// Run only by ctest in the hostile-input build (tests/config/CMakeLists.txt,
+// hostile_limits.*), where ASan must stop each: memory touched past the
+// per-case limit, and one allocation past it. Elsewhere they are disabled.
+TEST(HostileInputLimits, DISABLED_TouchesMemoryPastTheLimit) {
+  std::vector<std::unique_ptr<char[]>> chunks;
+  for (int i = 0; i < 64; ++i) {  // 4 GiB at most, 64 MiB at a time
+    chunks.emplace_back(new char[size_t{64} << 20]);
+    std::memset(chunks.back().get(), 1, size_t{64} << 20);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // ASan checks every 100 ms
+  }
+  ADD_FAILURE() << "touched 4 GiB without being stopped";
+}
+
+TEST(HostileInputLimits, DISABLED_AllocatesPastTheLimit) {
+  std::unique_ptr<char[]> big(new char[size_t{16} << 30]);  // 16 GiB, never touched
+  ADD_FAILURE() << "allocated 16 GiB without being stopped";
 }
 
 }  // namespace
