@@ -17,6 +17,7 @@
 #include "compression/activation_buffer.h"
 #include "geopipe/error.h"
 #include "geopipe/trainer.h"
+#include "src/common/text.h"
 #include "src/config/job_parser.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
@@ -200,7 +201,8 @@ int runBindingBench(const BindingBenchArgs& args, std::ostream& out) {
   }
   std::error_code ec;
   fs::create_directories(args.out_dir, ec);
-  GEOPIPE_CHECK(!ec, IoError, "cannot create '", args.out_dir, "': ", ec.message());
+  GEOPIPE_CHECK(!ec, IoError, "cannot create '", common::printable(args.out_dir),
+                "': ", ec.message());
   std::string data = args.data;
   std::string data_note;
   if (data.empty()) {

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 
 namespace geopipe::cli {
 
@@ -39,7 +40,7 @@ BenchJob loadBenchJob(const std::string& job_file, const std::string& builtin, i
   job.dir = fs::temp_directory_path().string();
   if (!job_file.empty()) {
     std::ifstream in(job_file);
-    if (!in) GEOPIPE_THROW(IoError, "cannot read job file '", job_file, "'");
+    if (!in) GEOPIPE_THROW(IoError, "cannot read job file '", common::printable(job_file), "'");
     text.assign(std::istreambuf_iterator<char>(in), {});
     job.dir = fs::absolute(job_file).parent_path().string();
   }
@@ -65,7 +66,7 @@ TempJobFile::TempJobFile(const std::string& dir, const std::string& name,
   YAML::Emitter emit;
   emit << root;
   std::ofstream f(path_);
-  if (!f) GEOPIPE_THROW(IoError, "cannot write '", path_, "'");
+  if (!f) GEOPIPE_THROW(IoError, "cannot write '", common::printable(path_), "'");
   f << emit.c_str() << "\n";
 }
 

@@ -9,6 +9,7 @@
 #include "geopipe/error.h"
 #include "src/cli/model_commands.h"
 #include "src/cli/option_checks.h"
+#include "src/common/text.h"
 #include "src/model/causal_lm.h"
 #include "src/tokenizer/tokenizer.h"
 
@@ -108,7 +109,8 @@ int runGenerateCommand(const GenerateArgs& a, std::ostream& out) {
       tok = tokenizer::loadTokenizer(dir);
     } catch (const Error& e) {
       GEOPIPE_THROW(ConfigError, "text ", a.prompt.empty() ? "out" : "in",
-                    " needs a tokenizer, and none could be read from '", dir, "' (", e.what(),
+                    " needs a tokenizer, and none could be read from '", common::printable(dir),
+                    "' (", e.what(),
                     "): give --tokenizer DIR, or use --prompt-ids and --print-ids");
     }
   }

@@ -11,6 +11,7 @@
 #include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
+#include "src/common/text.h"
 #include "src/config/job_overrides.h"
 #include "src/config/summary.h"
 #include "src/distributed/launcher.h"
@@ -131,7 +132,7 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
     if (!r.failed_log_tail.empty()) {
       std::cerr << "last lines of its log:\n" << r.failed_log_tail;
     }
-    std::cerr << "worker logs: " << r.log_dir << "\n";
+    std::cerr << "worker logs: " << common::printable(r.log_dir) << "\n";
     return exitCodeForFailure(r.job);
   }
   if (display) display->summary(r.job.train, r.job.interrupted);

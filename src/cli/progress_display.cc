@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 
 namespace geopipe::cli {
 
@@ -41,7 +42,8 @@ ProgressDisplay::~ProgressDisplay() = default;
 
 void refuseTensorBoardDir(const JobSpec& job, const std::string& verb) {
   GEOPIPE_CHECK(job.logging.tensorboard_dir.empty(), ConfigError,
-                "logging.tensorboard_dir is set ('", job.logging.tensorboard_dir, "') but ", verb,
+                "logging.tensorboard_dir is set ('", common::printable(job.logging.tensorboard_dir),
+                "') but ", verb,
                 " does not write TensorBoard files (train, launch and coordinator do): remove it "
                 "from the job for ",
                 verb);

@@ -11,6 +11,7 @@
 #include "compression/wire_format.h"
 #include "geopipe/error.h"
 #include "proto/tensorboard_event.pb.h"
+#include "src/common/text.h"
 
 namespace geopipe::cli {
 namespace fs = std::filesystem;
@@ -36,7 +37,8 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
-    GEOPIPE_THROW(IoError, "cannot create '", dir, "' (logging.tensorboard_dir): ", ec.message(),
+    GEOPIPE_THROW(IoError, "cannot create '", common::printable(dir),
+                  "' (logging.tensorboard_dir): ", ec.message(),
                   "; name a directory this user can write");
   }
   char host[256] = {};
@@ -46,7 +48,8 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
               .string();
   out_.open(path_, std::ios::binary | std::ios::trunc);
   if (!out_) {
-    GEOPIPE_THROW(IoError, "cannot write '", path_, "' (logging.tensorboard_dir)");
+    GEOPIPE_THROW(IoError, "cannot write '", common::printable(path_),
+                  "' (logging.tensorboard_dir)");
   }
   tensorboard::Event version;
   version.set_wall_time(now);
@@ -78,7 +81,9 @@ void TensorBoardWriter::writeRecord(const std::string& data) {
   out_.write(data.data(), static_cast<std::streamsize>(data.size()));
   out_.write(reinterpret_cast<const char*>(footer), sizeof(footer));
   out_.flush();
-  if (!out_) GEOPIPE_THROW(IoError, "cannot write '", path_, "' (logging.tensorboard_dir)");
+  if (!out_)
+    GEOPIPE_THROW(IoError, "cannot write '", common::printable(path_),
+                  "' (logging.tensorboard_dir)");
 }
 
 }  // namespace geopipe::cli

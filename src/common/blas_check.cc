@@ -5,6 +5,8 @@
 #include <link.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <mutex>
 
 namespace geopipe::common {
@@ -65,6 +67,20 @@ BlasInfo warnIfSlowBlas() {
     }
   });
   return info;
+}
+
+WorkerThreads workerThreads(int requested, int workers_on_host, int cores) {
+  cores = std::max(1, cores);
+  workers_on_host = std::max(1, workers_on_host);
+  WorkerThreads out;
+  out.threads = requested > 0 ? requested : std::max(1, cores / workers_on_host);
+  if (requested > 0 && int64_t{requested} * workers_on_host > cores) {
+    out.warning = std::to_string(workers_on_host) + " workers on this host with --threads " +
+                  std::to_string(requested) + " each oversubscribe its " + std::to_string(cores) +
+                  " cores (two workers on 2 cores ran 20x slower than with --threads 1); use "
+                  "--threads 0 to share them";
+  }
+  return out;
 }
 
 }  // namespace geopipe::common

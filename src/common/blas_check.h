@@ -22,6 +22,17 @@ BlasInfo detectBlas();
 // tasklet. Returns false when the BLAS has no such control.
 bool setBlasThreads(int threads);
 
+// The LibTorch and BLAS threads of one worker process: `requested` (a
+// worker's --threads; 0: this host's `cores` shared by the
+// `workers_on_host` tasklets placed on it), and a warning ("" when none)
+// when requested threads x workers on the host exceed its cores: two
+// workers on 2 cores with 2 threads each ran 20x slower than with 1.
+struct WorkerThreads {
+  int threads = 1;
+  std::string warning;
+};
+WorkerThreads workerThreads(int requested, int workers_on_host, int cores);
+
 // Logs a loud warning (once per process) when the BLAS is the reference one.
 // Returns the detected info.
 BlasInfo warnIfSlowBlas();

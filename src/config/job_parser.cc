@@ -1032,6 +1032,8 @@ class JobReader {
       }
     }
     if (!checkTokenizer()) return;
+    const std::string text_problem = data::tokenizedTextProblem(d);
+    if (!text_problem.empty()) fail("data.path", text_problem);
     if (!d.pack) {
       const std::string problem = data::unpackedDataProblem(d, job_.model);
       if (!problem.empty()) {

@@ -14,8 +14,11 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 #include <vector>
+
+#include <yaml-cpp/eventhandler.h>
 
 #include "src/common/file_kind.h"
 #include "src/common/strings.h"
@@ -30,6 +33,11 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kMaxSites = 1024;
 constexpr uintmax_t kMaxTextFileBytes = uintmax_t{64} << 20;
 constexpr size_t kMaxNameBytes = 255;
+// YAML::Load keeps some 200 bytes per value (a 50 MB flow list `[1, 1, ...]`
+// took 5.4 GB), so a file's values are counted before the tree is built. The
+// largest topology (4096 devices of a dozen fields, 1024 sites) needs far
+// fewer.
+constexpr int64_t kMaxYamlValues = 1000000;
 // A device's rates and memory: 1 MFLOP/s to 1 ZFLOP/s, 1 KB to 1 EB. Beyond
 // them a number is a typo that would reach `plan` as a step time of 10^300 s.
 constexpr double kMinTflops = 1e-6, kMaxTflops = 1e9;
@@ -266,6 +274,129 @@ int secondDocumentLine(const std::string& text) {
   return 0;
 }
 
+// Counts a document's values (scalars, nulls, aliases, lists and mappings,
+// keys included) with yaml-cpp's event parser, which builds no tree and
+// holds only the nesting, and stops at the first value past kMaxYamlValues
+// by throwing TooManyValues: where it is and the longest list or mapping
+// open there (the one to shorten).
+class ValueCounter : public YAML::EventHandler {
+ public:
+  struct TooManyValues {
+    YAML::Mark mark;
+    std::string field;  // the longest open list or mapping ("" at the top)
+    int64_t entries;    // its entries so far
+  };
+
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { value(mark, "~"); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { value(mark, "*"); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                const std::string& scalar) override {
+    value(mark, scalar);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    start(mark, false);
+  }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    start(mark, true);
+  }
+  void OnSequenceEnd() override { end(); }
+  void OnMapEnd() override { end(); }
+
+ private:
+  // An open list or mapping: the key or index of the entry being filled.
+  struct Frame {
+    bool map = false;
+    bool at_key = true;  // a mapping's next value is a key
+    std::string key;     // a mapping's current key
+    int64_t entries = 0;
+  };
+
+  void count(const YAML::Mark& mark) {
+    if (++values_ <= kMaxYamlValues) return;
+    // Name the open list or mapping with the most entries: the long one.
+    size_t longest = 0;
+    for (size_t i = 0; i < frames_.size(); ++i) {
+      if (frames_[i].entries >= frames_[longest].entries) longest = i;
+    }
+    const int64_t entries = frames_.empty() ? 0 : frames_[longest].entries;
+    std::string field;
+    for (size_t i = 0; i < longest; ++i) {
+      const Frame& f = frames_[i];
+      field += f.map ? (field.empty() ? "" : ".") + f.key : "[" + std::to_string(f.entries) + "]";
+    }
+    throw TooManyValues{mark, field, entries};
+  }
+  // A scalar's text becomes the current key when it is one.
+  void value(const YAML::Mark& mark, const std::string& text) {
+    count(mark);
+    if (frames_.empty()) return;
+    Frame& f = frames_.back();
+    if (f.map && f.at_key) {
+      f.key = common::printable(text);
+      f.at_key = false;
+      return;
+    }
+    filled(f);
+  }
+  void start(const YAML::Mark& mark, bool map) {
+    count(mark);
+    if (!frames_.empty() && frames_.back().map && frames_.back().at_key) {
+      frames_.back().key = "?";  // a complex key
+    }
+    frames_.push_back(Frame{map});
+  }
+  void end() {
+    frames_.pop_back();
+    if (frames_.empty()) return;
+    Frame& f = frames_.back();
+    if (f.map && f.at_key) {
+      f.at_key = false;  // the collection was a key
+      return;
+    }
+    filled(f);
+  }
+  static void filled(Frame& f) {
+    ++f.entries;
+    f.at_key = true;
+  }
+
+  int64_t values_ = 0;
+  std::vector<Frame> frames_;
+};
+
+// False, with a diagnostic naming the longest list open at the limit, when `text` holds
+// more than kMaxYamlValues values; true otherwise, also when it is no valid
+// YAML (YAML::Load then reports that, having built fewer values).
+bool valuesWithinLimit(const std::string& text, const ReadContext& ctx) {
+  std::istringstream in(text);
+  ValueCounter counter;
+  try {
+    YAML::Parser parser(in);
+    parser.HandleNextDocument(counter);
+  } catch (const ValueCounter::TooManyValues& over) {
+    Diagnostic d;
+    d.file = ctx.file;
+    d.line = over.mark.line + 1;
+    d.column = over.mark.column + 1;
+    d.field = over.field;
+    d.message = "the file holds more than " + std::to_string(kMaxYamlValues) +
+                " YAML values (this " + (over.field.empty() ? "document" : "list or mapping") +
+                " has " + std::to_string(over.entries) +
+                " entries so far), the most a job or topology file may hold: each takes some "
+                "200 bytes in memory once read. Shorten it: give a site `devices: N` and "
+                "`repeat: N` instead of listing devices, and put token ids in a token file "
+                "(data.kind: tokens)";
+    ctx.diagnostics->add(d);
+    return false;
+  } catch (const YAML::Exception&) {
+  }
+  return true;
+}
+
 }  // namespace
 
 YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
@@ -284,6 +415,7 @@ YAML::Node parseYamlDocument(const std::string& text, const ReadContext& ctx) {
           "document, or move it to a file of its own";
       ctx.diagnostics->add(d);
     }
+    if (!valuesWithinLimit(text, ctx)) return YAML::Node(YAML::NodeType::Undefined);
     const std::vector<YAML::Node> documents = {YAML::Load(text)};
     if (documents.empty() || !documents[0].IsDefined() || documents[0].IsNull()) {
       Diagnostic d;

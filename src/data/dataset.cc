@@ -14,6 +14,7 @@
 
 #include "geopipe/error.h"
 #include "src/common/hash.h"
+#include "src/common/text.h"
 #include "src/tokenizer/tokenizer.h"
 
 namespace geopipe::data {
@@ -22,12 +23,29 @@ namespace {
 std::string readAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    GEOPIPE_THROW(IoError, "cannot read data file '", path, "': ", std::strerror(errno),
+    GEOPIPE_THROW(IoError, "cannot read data file '", common::printable(path),
+                  "': ", std::strerror(errno),
                   " (data.path in the job; relative paths start at the job file's directory)");
   }
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();
+}
+
+// Text data mapped as one id per byte: never read into memory. An empty
+// file is a ConfigError (nothing to train on), an unreadable one an IoError
+// naming data.path.
+TokenFile mapText(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    GEOPIPE_THROW(IoError, "cannot read data file '", common::printable(path),
+                  "': ", std::strerror(errno),
+                  " (data.path in the job; relative paths start at the job file's directory)");
+  }
+  if (S_ISREG(st.st_mode) && st.st_size == 0) {
+    GEOPIPE_THROW(ConfigError, "data file '", common::printable(path), "' is empty");
+  }
+  return TokenFile(path, "uint8");
 }
 
 // Samples synthetic data makes when data.num_samples is 0.
@@ -343,6 +361,19 @@ SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model) {
   return c;
 }
 
+std::string tokenizedTextProblem(const DataSpec& data) {
+  if (data.kind != "text" || data.tokenizer.empty()) return "";
+  std::error_code ec;
+  const auto bytes = std::filesystem::file_size(data.path, ec);
+  if (ec || static_cast<int64_t>(bytes) <= kMaxTokenizedTextBytes) return "";
+  return "'" + common::printable(data.path) + "' has " + std::to_string(bytes) +
+         " bytes, but text read through data.tokenizer is tokenized in memory at every start, "
+         "at most " +
+         std::to_string(kMaxTokenizedTextBytes >> 20) +
+         " MiB: tokenize it once with `geopipe tokenize --tokenizer DIR FILE --out FILE.bin` "
+         "and train on data.kind: tokens, path: FILE.bin (docs/data.md)";
+}
+
 std::string unpackedDataProblem(const DataSpec& data, const ModelSpec& model) {
   if (data.kind == "fortunes") {
     return "kind fortunes is read as one byte stream that keeps no fortune boundaries; "
@@ -365,50 +396,55 @@ std::string unpackedDataProblem(const DataSpec& data, const ModelSpec& model) {
 TokenDataset loadDataset(const DataSpec& data, const ModelSpec& model, uint64_t seed) {
   std::shared_ptr<const TokenStream> stream;
   std::string source;
-  auto bytesToTokens = [&](const std::string& bytes, const std::string& what) {
+  const std::string path = common::printable(data.path);
+  auto checkByteVocab = [&](const std::string& what) {
     if (model.vocab < 256) {
       GEOPIPE_THROW(ConfigError, what, " is read as bytes (256 symbols) but model.vocab is ",
                     model.vocab, ": set model.vocab to 256 or more");
     }
-    return std::vector<int32_t>(
-        reinterpret_cast<const unsigned char*>(bytes.data()),
-        reinterpret_cast<const unsigned char*>(bytes.data()) + bytes.size());
   };
   if (!data.pack) {
     const std::string problem = unpackedDataProblem(data, model);
     if (!problem.empty()) GEOPIPE_THROW(ConfigError, "data.pack: false: ", problem);
   }
   if (data.kind == "text") {
-    source = data.path;
-    std::string bytes = readAll(data.path);
-    if (bytes.empty()) GEOPIPE_THROW(ConfigError, "data file '", data.path, "' is empty");
+    source = path;
+    const std::string problem = tokenizedTextProblem(data);
+    if (!problem.empty()) GEOPIPE_THROW(ConfigError, "data.path ", problem);
+    TokenFile text = mapText(data.path);
     if (data.tokenizer.empty()) {
-      stream = std::make_shared<TokenStream>(bytesToTokens(bytes, "text data '" + data.path + "'"));
+      // Each byte is an id below 256 <= model.vocab: nothing else to check.
+      checkByteVocab("text data '" + path + "'");
+      stream = std::make_shared<TokenStream>(std::move(text));
     } else {
       // One file, one document: as `geopipe tokenize` writes it.
       const auto tok = tokenizer::loadTokenizer(data.tokenizer);
       if (tok->vocabSize() > model.vocab) {
-        GEOPIPE_THROW(ConfigError, "data.tokenizer '", data.tokenizer, "' has ", tok->vocabSize(),
-                      " ids but model.vocab is ", model.vocab, ": set model.vocab to ",
-                      tok->vocabSize(), " or more");
+        GEOPIPE_THROW(ConfigError, "data.tokenizer '", common::printable(data.tokenizer), "' has ",
+                      tok->vocabSize(), " ids but model.vocab is ", model.vocab,
+                      ": set model.vocab to ", tok->vocabSize(), " or more");
       }
-      stream = std::make_shared<TokenStream>(tok->encodeDocument(bytes));
-      source = data.path + " (" + tok->kind() + ")";
+      stream = std::make_shared<TokenStream>(tok->encodeDocument(text.bytes()));
+      source = path + " (" + tok->kind() + ")";
     }
   } else if (data.kind == "fortunes") {
     source = "fortunes";
-    stream = std::make_shared<TokenStream>(bytesToTokens(readFortunes(), "fortunes data"));
+    checkByteVocab("fortunes data");
+    const std::string text = readFortunes();
+    stream = std::make_shared<TokenStream>(
+        std::vector<int32_t>(reinterpret_cast<const unsigned char*>(text.data()),
+                             reinterpret_cast<const unsigned char*>(text.data()) + text.size()));
   } else if (data.kind == "tokens") {
     // Mapped, never read into memory: IoError when the file is missing,
     // empty or not a whole number of ids of data.token_dtype.
-    source = data.path;
+    source = path;
     auto file = std::make_shared<TokenStream>(TokenFile(data.path, data.token_dtype));
     const int64_t bad = file->firstAtOrAbove(model.vocab);
     if (bad >= 0) {
       const int width = data.token_dtype == "uint32" ? 4 : 2;
-      GEOPIPE_THROW(ConfigError, "token file '", data.path, "': token ", file->at(bad),
-                    " at index ", bad, " (byte offset ", bad * width, ") is >= model.vocab (",
-                    model.vocab, "): raise model.vocab or check data.token_dtype");
+      GEOPIPE_THROW(ConfigError, "token file '", path, "': token ", file->at(bad), " at index ",
+                    bad, " (byte offset ", bad * width, ") is >= model.vocab (", model.vocab,
+                    "): raise model.vocab or check data.token_dtype");
     }
     stream = std::move(file);
   } else if (data.kind == "synthetic") {

@@ -20,10 +20,10 @@ namespace geopipe::data {
 // out of its mean.
 constexpr int32_t kIgnoreTarget = -100;
 
-// The ids a dataset is cut from: a token file mapped read-only (never copied
-// or widened: its pages belong to the page cache, not to the process's
-// anonymous memory), or ids held in memory once (text, fortunes, synthetic;
-// small corpora). A job's training and validation sets share one stream.
+// The ids a dataset is cut from: a token file or byte-level text mapped
+// read-only (never copied or widened: its pages belong to the page cache, not
+// to the process's anonymous memory), or ids held in memory once (tokenized
+// text, fortunes, synthetic; small corpora). A job's training and validation sets share one stream.
 // Immutable, thread-safe.
 class TokenStream {
  public:
@@ -157,6 +157,20 @@ SampleCount countTrainSamples(const DataSpec& data, const ModelSpec& model);
 // Why data.pack: false cannot be honored for this data ("" when it can):
 // the document ends must be known. Used by validate and by loadDataset.
 std::string unpackedDataProblem(const DataSpec& data, const ModelSpec& model);
+
+// Text data (data.kind: text) is mapped, never read into memory: byte-level
+// text is its own stream (one id per byte, read from the mapping), and a
+// tokenizer encodes the mapped bytes as one document. Only the ids of
+// tokenized text are held in memory (4 bytes each, one or more per few
+// bytes), so a text file read through data.tokenizer may hold at most this
+// many bytes; larger ones are tokenized once with `geopipe tokenize`.
+constexpr int64_t kMaxTokenizedTextBytes = int64_t{256} << 20;
+
+// Why data.path cannot be tokenized as it loads ("" when it can, or when it
+// is no tokenized text or its size cannot be read): over
+// kMaxTokenizedTextBytes ("'PATH' has N bytes, but ...: tokenize it once with
+// `geopipe tokenize` ..."). Used by validate and by loadDataset.
+std::string tokenizedTextProblem(const DataSpec& data);
 
 // The fortune files of Debian's fortunes packages in `dir` (default
 // /usr/share/games/fortunes): its regular files but the .dat indexes and

@@ -12,31 +12,35 @@
 #include <utility>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 
 namespace geopipe::data {
 
 TokenFile::TokenFile(const std::string& path, const std::string& dtype) : path_(path) {
-  GEOPIPE_CHECK(dtype == "uint16" || dtype == "uint32", ConfigError, "token dtype '", dtype,
-                "' is not uint16 or uint32");
-  width_ = dtype == "uint16" ? 2 : 4;
+  GEOPIPE_CHECK(dtype == "uint8" || dtype == "uint16" || dtype == "uint32", ConfigError,
+                "token dtype '", dtype, "' is not uint16 or uint32");
+  width_ = dtype == "uint8" ? 1 : dtype == "uint16" ? 2 : 4;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) GEOPIPE_THROW(IoError, "cannot open token file '", path, "': ", std::strerror(errno));
+  if (fd < 0)
+    GEOPIPE_THROW(IoError, "cannot open token file '", common::printable(path),
+                  "': ", std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    GEOPIPE_THROW(IoError, "token file '", path, "' is not a regular file");
+    GEOPIPE_THROW(IoError, "token file '", common::printable(path), "' is not a regular file");
   }
   const uint64_t bytes = static_cast<uint64_t>(st.st_size);
   if (bytes == 0 || bytes % width_ != 0) {
     ::close(fd);
-    GEOPIPE_THROW(IoError, "token file '", path, "' has ", bytes, " bytes, ",
+    GEOPIPE_THROW(IoError, "token file '", common::printable(path), "' has ", bytes, " bytes, ",
                   bytes == 0 ? "none" : "not a multiple of " + std::to_string(width_),
                   bytes == 0 ? "" : " (" + dtype + "); is the dtype right?");
   }
   void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (p == MAP_FAILED) {
-    GEOPIPE_THROW(IoError, "cannot map token file '", path, "': ", std::strerror(errno));
+    GEOPIPE_THROW(IoError, "cannot map token file '", common::printable(path),
+                  "': ", std::strerror(errno));
   }
   data_ = static_cast<const uint8_t*>(p);
   mapped_ = bytes;
@@ -103,6 +107,7 @@ int64_t firstAtOrAboveIn(const uint8_t* data, int64_t n, uint64_t limit) {
 
 int64_t TokenFile::firstAtOrAbove(int64_t vocab) const {
   const uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(vocab, 0));
+  if (width_ == 1) return firstAtOrAboveIn<uint8_t>(data_, size_, limit);
   return width_ == 2 ? firstAtOrAboveIn<uint16_t>(data_, size_, limit)
                      : firstAtOrAboveIn<uint32_t>(data_, size_, limit);
 }
@@ -110,8 +115,8 @@ int64_t TokenFile::firstAtOrAbove(int64_t vocab) const {
 void TokenFile::checkBelow(int64_t vocab) const {
   const int64_t i = firstAtOrAbove(vocab);
   if (i >= 0) {
-    GEOPIPE_THROW(IoError, "token file '", path_, "': token ", at(i), " at position ", i,
-                  " is not below the model's vocabulary of ", vocab,
+    GEOPIPE_THROW(IoError, "token file '", common::printable(path_), "': token ", at(i),
+                  " at position ", i, " is not below the model's vocabulary of ", vocab,
                   "; was the file made with this model's tokenizer?");
   }
 }

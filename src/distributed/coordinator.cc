@@ -16,6 +16,7 @@
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "src/common/strings.h"
+#include "src/common/text.h"
 #include "src/distributed/checkpoint_collector.h"
 #include "src/distributed/coordinator_job.h"
 #include "src/distributed/event_queue.h"
@@ -484,8 +485,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       eventLocked(detail::concat("refused a registration from ", ctx->peer(), ": ", registrations_,
                                  " registrations accepted already"));
       return {grpc::StatusCode::RESOURCE_EXHAUSTED,
-              detail::concat("job '", job_.name, "' has accepted ", registrations_,
-                             " registrations already (", world_, " tasklets plus ",
+              detail::concat("job '", common::printable(job_.name), "' has accepted ",
+                             registrations_, " registrations already (", world_, " tasklets plus ",
                              max_registrations_ - world_,
                              " for spares and replacements); restart the "
                              "coordinator")};

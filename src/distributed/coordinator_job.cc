@@ -7,6 +7,7 @@
 
 #include "geopipe/error.h"
 #include "geopipe/model.h"
+#include "src/common/text.h"
 #include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 #include "src/runtime/precision.h"
@@ -52,7 +53,8 @@ void findResumePoint(const ModelDef& model, CoordinatorJob& cj, const Event& eve
   cj.resume_body_split =
       runtime::savedBodySplit(manifest, model.prologue_layers, model.epilogue_layers);
   cj.resume_dir = runtime::stepDirectory(dir, cj.first_step);
-  event(detail::concat("resuming from '", cj.resume_dir, "' at step ", cj.first_step));
+  event(detail::concat("resuming from '", common::printable(cj.resume_dir), "' at step ",
+                       cj.first_step));
 }
 
 }  // namespace

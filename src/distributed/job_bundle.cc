@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 #include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
 
@@ -20,7 +21,9 @@ namespace {
 
 std::string readText(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) GEOPIPE_THROW(IoError, "cannot read ", what, " '", path, "': ", std::strerror(errno));
+  if (!in)
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
+                  "': ", std::strerror(errno));
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();

@@ -12,6 +12,7 @@
 
 #include "geopipe/error.h"
 #include "src/common/logging.h"
+#include "src/common/text.h"
 #include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
 #include "src/distributed/process.h"
@@ -41,7 +42,9 @@ std::string makeLogDir(const std::string& requested) {
   }
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) GEOPIPE_THROW(IoError, "cannot create log directory '", dir, "': ", ec.message());
+  if (ec)
+    GEOPIPE_THROW(IoError, "cannot create log directory '", common::printable(dir),
+                  "': ", ec.message());
   return dir;
 }
 

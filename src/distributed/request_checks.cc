@@ -7,6 +7,7 @@
 
 #include "geopipe/error.h"
 #include "src/common/strings.h"
+#include "src/common/text.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -193,10 +194,12 @@ grpc::Status resolveDevice(const std::string& name, const TopologySpec& t,
     std::string hint =
         numeric || name.size() > kMaxNameBytes ? "" : common::closestMatch(name, names);
     return invalid(
-        detail::concat("device '", shown(name), "' is not in topology '", t.name, "' (",
-                       t.numDevices(), " devices: indices 0..", t.numDevices() - 1,
-                       names.empty() ? "" : ", names " + names.front() + " .. " + names.back(), ")",
-                       hint.empty() ? "" : "; did you mean '" + hint + "'?",
+        detail::concat("device '", shown(name), "' is not in topology '", common::printable(t.name),
+                       "' (", t.numDevices(), " devices: indices 0..", t.numDevices() - 1,
+                       names.empty() ? ""
+                                     : ", names " + common::printable(names.front()) + " .. " +
+                                           common::printable(names.back()),
+                       ")", hint.empty() ? "" : "; did you mean '" + common::printable(hint) + "'?",
                        " Use --device any to let the coordinator choose."));
   }
   for (const auto& claim : taken) {

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 #include "src/security/pki.h"
 
 namespace geopipe::distributed {
@@ -89,7 +90,7 @@ JobSecurity workerSecurity(const WorkerSecurityArgs& a) {
 EphemeralSecurity makeEphemeralSecurity(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) GEOPIPE_THROW(IoError, "cannot create '", dir, "': ", ec.message());
+  if (ec) GEOPIPE_THROW(IoError, "cannot create '", common::printable(dir), "': ", ec.message());
   fs::permissions(dir, fs::perms::owner_all, ec);
   const security::CertificateAuthority ca =
       security::createCertificateAuthority("geopipe launch CA (ephemeral)", 7);

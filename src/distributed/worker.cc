@@ -20,6 +20,7 @@
 #include "proto/coordinator.grpc.pb.h"
 #include "src/common/blas_check.h"
 #include "src/common/logging.h"
+#include "src/common/text.h"
 #include "src/config/buffer_check.h"
 #include "src/data/dataset.h"
 #include "src/data/sampler.h"
@@ -603,15 +604,10 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     heartbeat = std::make_unique<HeartbeatThread>(client, a, *grpc_transport, last_step);
 
     // --threads 0: this host's cores shared by the tasklets placed on it.
-    const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-    const int on_host = std::max(1, a.workers_on_host());
-    const int threads = opt.threads > 0 ? opt.threads : std::max(1, cores / on_host);
-    if (opt.threads > 0 && opt.threads * on_host > cores) {
-      spdlog::warn(
-          "{} workers on this host with --threads {} each oversubscribe its {} cores (two workers "
-          "on 2 cores ran 20x slower than with --threads 1); use --threads 0 to share them",
-          on_host, opt.threads, cores);
-    }
+    const common::WorkerThreads wt = common::workerThreads(
+        opt.threads, a.workers_on_host(), static_cast<int>(std::thread::hardware_concurrency()));
+    if (!wt.warning.empty()) spdlog::warn("{}", wt.warning);
+    const int threads = wt.threads;
     torch::set_num_threads(threads);
     common::setBlasThreads(threads);  // OpenBLAS's own pool, see blas_check.h
     const data::JobData job_data = data::loadJobData(job.data, job.model, job.training.seed);
@@ -798,7 +794,7 @@ WorkerResult runWorker(const WorkerOptions& opt) {
   const ListenPorts ports = parseListen(opt.listen);  // refuses a bad --listen before joining
   const std::string advertise_host = parseAdvertise(opt.advertise).first;
   reg.set_listen_host(advertise_host.empty() ? ports.host : advertise_host);
-  event("joining " + client.peer() + " as device " + reg.device());
+  event("joining " + client.peer() + " as device " + common::printable(reg.device()));
   WorkerResult result;
   std::chrono::milliseconds rejoin_wait{0};
   for (int64_t attempt = 0;; ++attempt) {

@@ -16,6 +16,7 @@
 
 #include "geopipe/error.h"
 #include "src/common/hash.h"
+#include "src/common/text.h"
 #include "src/tokenizer/gpt2_pretokenizer.h"
 
 namespace geopipe::tokenizer {
@@ -28,7 +29,8 @@ constexpr const char* kEndOfText = "<|endoftext|>";
 std::string readFile(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    GEOPIPE_THROW(IoError, "cannot read ", what, " '", path, "': ", std::strerror(errno));
+    GEOPIPE_THROW(IoError, "cannot read ", what, " '", common::printable(path),
+                  "': ", std::strerror(errno));
   }
   std::ostringstream os;
   os << in.rdbuf();
@@ -40,7 +42,7 @@ json parseJson(const std::string& path, const char* what) {
   try {
     return json::parse(text);
   } catch (const json::exception& e) {
-    GEOPIPE_THROW(IoError, what, " '", path, "' is not valid JSON: ", e.what());
+    GEOPIPE_THROW(IoError, what, " '", common::printable(path), "' is not valid JSON: ", e.what());
   }
 }
 
@@ -271,7 +273,8 @@ ByteLevelBpe::ByteLevelBpe(const BpeVocabulary& v) : source_(v.source), serial_(
   int64_t size = 0;
   auto addId = [&](const std::string& token, int32_t id, bool special) {
     if (id < 0) {
-      GEOPIPE_THROW(IoError, "tokenizer '", source_, "': token '", token, "' has negative id ", id);
+      GEOPIPE_THROW(IoError, "tokenizer '", common::printable(source_), "': token '",
+                    common::printable(token), "' has negative id ", id);
     }
     if (static_cast<size_t>(id) >= id_bytes_.size()) {
       id_bytes_.resize(static_cast<size_t>(id) + 1);
@@ -282,8 +285,9 @@ ByteLevelBpe::ByteLevelBpe(const BpeVocabulary& v) : source_(v.source), serial_(
       // tokenizer.json lists its special tokens both in the vocabulary and
       // in added_tokens: the same token twice is fine, two tokens are not.
       if (id_bytes_[id] == bytes) return;
-      GEOPIPE_THROW(IoError, "tokenizer '", source_, "': id ", id, " is given to two tokens ('",
-                    id_bytes_[id], "' and '", bytes, "'): the files are inconsistent");
+      GEOPIPE_THROW(IoError, "tokenizer '", common::printable(source_), "': id ", id,
+                    " is given to two tokens ('", common::printable(id_bytes_[id]), "' and '",
+                    common::printable(bytes), "'): the files are inconsistent");
     }
     id_bytes_[id] = bytes;
     id_known_[id] = true;
@@ -294,14 +298,15 @@ ByteLevelBpe::ByteLevelBpe(const BpeVocabulary& v) : source_(v.source), serial_(
     ids.emplace(token, id);
   }
   for (const auto& [text, id] : v.specials) addId(text, id, true);
-  if (size == 0) GEOPIPE_THROW(IoError, "tokenizer '", source_, "' has an empty vocabulary");
+  if (size == 0)
+    GEOPIPE_THROW(IoError, "tokenizer '", common::printable(source_), "' has an empty vocabulary");
 
   for (int b = 0; b < 256; ++b) {
     auto it = ids.find(byteToUnicode()[b]);
     if (it == ids.end()) {
-      GEOPIPE_THROW(IoError, "tokenizer '", source_, "' is not a byte-level BPE: byte 0x",
-                    "0123456789abcdef"[b >> 4], "0123456789abcdef"[b & 15], " ('",
-                    byteToUnicode()[b], "') has no token");
+      GEOPIPE_THROW(IoError, "tokenizer '", common::printable(source_),
+                    "' is not a byte-level BPE: byte 0x", "0123456789abcdef"[b >> 4],
+                    "0123456789abcdef"[b & 15], " ('", byteToUnicode()[b], "') has no token");
     }
     byte_ids_[b] = it->second;
   }
@@ -314,8 +319,9 @@ ByteLevelBpe::ByteLevelBpe(const BpeVocabulary& v) : source_(v.source), serial_(
     auto l = ids.find(left), r = ids.find(right), m = ids.find(left + right);
     if (l == ids.end() || r == ids.end() || m == ids.end()) {
       const std::string& missing = l == ids.end() ? left : r == ids.end() ? right : left + right;
-      GEOPIPE_THROW(IoError, "tokenizer '", source_, "': merge ", rank + 1, " ('", left, " ", right,
-                    "') uses '", missing,
+      GEOPIPE_THROW(IoError, "tokenizer '", common::printable(source_), "': merge ", rank + 1,
+                    " ('", common::printable(left), " ", common::printable(right), "') uses '",
+                    missing,
                     "', which is not in the vocabulary: the vocabulary and merges do not belong "
                     "together");
     }
@@ -426,7 +432,8 @@ std::string ByteLevelBpe::decode(const std::vector<int32_t>& ids) const {
     const int32_t id = ids[k];
     if (id < 0 || static_cast<size_t>(id) >= id_bytes_.size() || !id_known_[id]) {
       GEOPIPE_THROW(ConfigError, "cannot decode id ", id, " (position ", k, "): tokenizer '",
-                    source_, "' has no token with that id (vocabulary size ", vocabSize(), ")");
+                    common::printable(source_), "' has no token with that id (vocabulary size ",
+                    vocabSize(), ")");
     }
     out += id_bytes_[id];
   }
@@ -438,14 +445,14 @@ BpeVocabulary readVocabAndMerges(const std::string& vocab_json, const std::strin
   v.source = vocab_json + " + " + merges_txt;
   const json vocab = parseJson(vocab_json, "vocabulary");
   if (!vocab.is_object()) {
-    GEOPIPE_THROW(IoError, "vocabulary '", vocab_json,
+    GEOPIPE_THROW(IoError, "vocabulary '", common::printable(vocab_json),
                   "' is not a JSON object of token -> id (GPT-2's vocab.json / encoder.json)");
   }
   v.tokens.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it.value().is_number_integer()) {
-      GEOPIPE_THROW(IoError, "vocabulary '", vocab_json, "': token '", it.key(),
-                    "' has a value that is not an integer id");
+      GEOPIPE_THROW(IoError, "vocabulary '", common::printable(vocab_json), "': token '",
+                    common::printable(it.key()), "' has a value that is not an integer id");
     }
     v.tokens.emplace_back(it.key(), it.value().get<int32_t>());
   }
@@ -461,7 +468,7 @@ BpeVocabulary readVocabAndMerges(const std::string& vocab_json, const std::strin
     const size_t space = line.find(' ');
     if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
         line.find(' ', space + 1) != std::string::npos) {
-      GEOPIPE_THROW(IoError, merges_txt, ":", line_no,
+      GEOPIPE_THROW(IoError, common::printable(merges_txt), ":", line_no,
                     ": expected two tokens separated by one "
                     "space, found '",
                     line, "' (is this GPT-2's merges.txt / vocab.bpe?)");
@@ -475,7 +482,7 @@ TokenizerJson readTokenizerJson(const std::string& path) {
   const json root = parseJson(path, "tokenizer.json");
   TokenizerJson out;
   if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) {
-    GEOPIPE_THROW(IoError, "tokenizer.json '", path,
+    GEOPIPE_THROW(IoError, "tokenizer.json '", common::printable(path),
                   "' has no 'model' object: is it a Hugging Face tokenizer.json?");
   }
   out.unsupported = unsupportedReason(root);
@@ -486,13 +493,13 @@ TokenizerJson readTokenizerJson(const std::string& path) {
   v.source = path;
   if (!model.contains("vocab") || !model["vocab"].is_object() || !model.contains("merges") ||
       !model["merges"].is_array()) {
-    GEOPIPE_THROW(IoError, "tokenizer.json '", path,
+    GEOPIPE_THROW(IoError, "tokenizer.json '", common::printable(path),
                   "': model needs a 'vocab' object and a 'merges' array");
   }
   for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
     if (!it.value().is_number_integer()) {
-      GEOPIPE_THROW(IoError, "tokenizer.json '", path, "': model.vocab['", it.key(),
-                    "'] is not an integer id");
+      GEOPIPE_THROW(IoError, "tokenizer.json '", common::printable(path), "': model.vocab['",
+                    common::printable(it.key()), "'] is not an integer id");
     }
     v.tokens.emplace_back(it.key(), it.value().get<int32_t>());
   }
@@ -506,14 +513,14 @@ TokenizerJson readTokenizerJson(const std::string& path) {
       const size_t space = s.find(' ');
       if (space == std::string::npos || space == 0 || space + 1 == s.size() ||
           s.find(' ', space + 1) != std::string::npos) {
-        GEOPIPE_THROW(IoError, "tokenizer.json '", path, "': model.merges[", k, "] is '", s,
-                      "', not two tokens separated by one space");
+        GEOPIPE_THROW(IoError, "tokenizer.json '", common::printable(path), "': model.merges[", k,
+                      "] is '", common::printable(s), "', not two tokens separated by one space");
       }
       v.merges.emplace_back(s.substr(0, space), s.substr(space + 1));
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       v.merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
     } else {
-      GEOPIPE_THROW(IoError, "tokenizer.json '", path, "': model.merges[", k,
+      GEOPIPE_THROW(IoError, "tokenizer.json '", common::printable(path), "': model.merges[", k,
                     "] is neither \"left right\" nor [\"left\", \"right\"]");
     }
   }
@@ -521,7 +528,7 @@ TokenizerJson readTokenizerJson(const std::string& path) {
     for (const json& t : root["added_tokens"]) {
       if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() ||
           !t.contains("content") || !t["content"].is_string()) {
-        GEOPIPE_THROW(IoError, "tokenizer.json '", path,
+        GEOPIPE_THROW(IoError, "tokenizer.json '", common::printable(path),
                       "': an added_tokens entry lacks an integer 'id' or a string 'content'");
       }
       const std::string content = t["content"].get<std::string>();

@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 #include "src/tokenizer/sentencepiece_tokenizer.h"
 
 namespace geopipe::tokenizer {
@@ -66,12 +67,14 @@ LoadFn plugin() {
     // Never closed: tokenizers made by it may live until the process ends.
     void* handle = ::dlopen(path.c_str(), openFlags());
     if (handle == nullptr) {
-      GEOPIPE_THROW(IoError, "cannot load the SentencePiece plugin '", path, "': ", ::dlerror(),
+      GEOPIPE_THROW(IoError, "cannot load the SentencePiece plugin '", common::printable(path),
+                    "': ", ::dlerror(),
                     " (it needs Debian's libsentencepiece0: scripts/install-deps installs it)");
     }
     load = reinterpret_cast<LoadFn>(::dlsym(handle, "geopipe_sentencepiece_load"));
     if (load == nullptr) {
-      GEOPIPE_THROW(IoError, "'", path, "' is not geopipe's SentencePiece plugin: ", ::dlerror());
+      GEOPIPE_THROW(IoError, "'", common::printable(path),
+                    "' is not geopipe's SentencePiece plugin: ", ::dlerror());
     }
     return load;
   }

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 
 namespace geopipe::tokenizer {
 namespace {
@@ -36,7 +37,8 @@ class PendingFile {
       : path_(std::move(path)), tmp_(path_ + ".tmp-" + std::to_string(::getpid())) {
     fd_ = ::open(tmp_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd_ < 0) {
-      GEOPIPE_THROW(IoError, "cannot write '", path_, "': ", std::strerror(errno),
+      GEOPIPE_THROW(IoError, "cannot write '", common::printable(path_),
+                    "': ", std::strerror(errno),
                     " (does its folder exist, and may it be written?)");
     }
   }
@@ -86,8 +88,8 @@ class PendingFile {
 
  private:
   [[noreturn]] void fail(const char* what) {
-    GEOPIPE_THROW(IoError, "cannot ", what, " '", path_, "' (temporary '", tmp_,
-                  "'): ", std::strerror(errno), " (is the disk full?)");
+    GEOPIPE_THROW(IoError, "cannot ", what, " '", common::printable(path_), "' (temporary '",
+                  common::printable(tmp_), "'): ", std::strerror(errno), " (is the disk full?)");
   }
 
   std::string path_, tmp_;
@@ -112,7 +114,9 @@ bool isJsonLines(const std::string& path) {
 
 std::string readAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) GEOPIPE_THROW(IoError, "cannot read input '", path, "': ", std::strerror(errno));
+  if (!in)
+    GEOPIPE_THROW(IoError, "cannot read input '", common::printable(path),
+                  "': ", std::strerror(errno));
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();
@@ -147,10 +151,10 @@ TokenizeResult tokenizeFiles(const Tokenizer& tok, const std::vector<std::string
   for (const std::string& in : inputs) {
     std::error_code ec;
     if (!fs::exists(in, ec)) {
-      GEOPIPE_THROW(IoError, "input '", in, "' does not exist: check the path");
+      GEOPIPE_THROW(IoError, "input '", common::printable(in), "' does not exist: check the path");
     }
     if (!fs::is_regular_file(in, ec)) {
-      GEOPIPE_THROW(IoError, "input '", in,
+      GEOPIPE_THROW(IoError, "input '", common::printable(in),
                     "' is not a regular file: give text or .jsonl "
                     "files (a folder's files: DIR/*)");
     }
@@ -191,7 +195,9 @@ TokenizeResult tokenizeFiles(const Tokenizer& tok, const std::vector<std::string
       continue;
     }
     std::ifstream lines(in, std::ios::binary);
-    if (!lines) GEOPIPE_THROW(IoError, "cannot read input '", in, "': ", std::strerror(errno));
+    if (!lines)
+      GEOPIPE_THROW(IoError, "cannot read input '", common::printable(in),
+                    "': ", std::strerror(errno));
     std::string line;
     int64_t line_no = 0;
     while (std::getline(lines, line)) {
@@ -218,7 +224,8 @@ TokenizeResult tokenizeFiles(const Tokenizer& tok, const std::vector<std::string
       addDocument(doc["text"].get_ref<const std::string&>());
       report();
     }
-    if (lines.bad()) GEOPIPE_THROW(IoError, "cannot read input '", in, "': read error");
+    if (lines.bad())
+      GEOPIPE_THROW(IoError, "cannot read input '", common::printable(in), "': read error");
   }
   train.write(buf.data(), buf.size());
   buf.clear();

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "geopipe/error.h"
+#include "src/common/text.h"
 #include "src/tokenizer/byte_level_bpe.h"
 #include "src/tokenizer/sentencepiece_tokenizer.h"
 
@@ -29,7 +30,7 @@ bool isFile(const fs::path& p) {
 Choice choose(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
-    GEOPIPE_THROW(IoError, "tokenizer folder '", dir, "' ",
+    GEOPIPE_THROW(IoError, "tokenizer folder '", common::printable(dir), "' ",
                   fs::exists(dir, ec) ? "is not a folder" : "does not exist",
                   ": give the folder that holds tokenizer.json, vocab.json + merges.txt, or "
                   "tokenizer.model (e.g. assets/tokenizers/gpt2)");
@@ -48,11 +49,12 @@ Choice choose(const std::string& dir) {
   }
   if (isFile(model)) return {Format::SENTENCEPIECE, {model.string()}, {}};
   if (!skipped.empty()) {
-    GEOPIPE_THROW(ConfigError, "tokenizer '", json.string(), "' is not supported: ", skipped,
+    GEOPIPE_THROW(ConfigError, "tokenizer '", common::printable(json.string()),
+                  "' is not supported: ", skipped,
                   ". geopipe implements GPT-2's byte-level BPE (tokenizer.json, or vocab.json + "
                   "merges.txt) and SentencePiece (tokenizer.model): add the model's "
                   "tokenizer.model to '",
-                  dir, "' if it has one");
+                  common::printable(dir), "' if it has one");
   }
   std::string half;
   if (isFile(vocab) != isFile(merges)) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "geopipe/error.h"
+#include "src/common/blas_check.h"
 #include "src/common/file_kind.h"
 #include "src/common/hash.h"
 #include "src/common/logging.h"
@@ -182,3 +183,29 @@ TEST(RegularFileProblem, SaysWhatThePathIsInstead) {
 
 }  // namespace
 }  // namespace geopipe::common
+
+// A worker's --threads: 0 shares the host's cores among the tasklets placed
+// on it; an explicit count that oversubscribes them is warned about, naming
+// the numbers and --threads 0 (issue 18; the worker logs this warning).
+TEST(WorkerThreads, OversubscriptionIsWarnedNamingTheFix) {
+  using geopipe::common::workerThreads;
+  auto w = workerThreads(2, 2, 2);
+  EXPECT_EQ(w.threads, 2);
+  EXPECT_NE(
+      w.warning.find("2 workers on this host with --threads 2 each oversubscribe its 2 cores"),
+      std::string::npos)
+      << w.warning;
+  EXPECT_NE(w.warning.find("use --threads 0 to share them"), std::string::npos) << w.warning;
+  EXPECT_NE(workerThreads(3, 1, 2).warning, "");        // one worker, more threads than cores
+  EXPECT_NE(workerThreads(1 << 30, 4, 8).warning, "");  // no int overflow hides it
+  // Within the cores, or --threads 0: no warning.
+  EXPECT_EQ(workerThreads(1, 2, 2).warning, "");
+  EXPECT_EQ(workerThreads(4, 2, 8).warning, "");
+  w = workerThreads(0, 2, 8);
+  EXPECT_EQ(w.threads, 4);
+  EXPECT_EQ(w.warning, "");
+  w = workerThreads(0, 16, 8);  // more tasklets than cores: one thread each
+  EXPECT_EQ(w.threads, 1);
+  EXPECT_EQ(w.warning, "");
+  EXPECT_EQ(workerThreads(0, 0, 0).threads, 1);  // unknown counts read as 1
+}

@@ -3,8 +3,16 @@
 // fix, or accepted where a stricter rule must not reach. Issue 18.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "src/config/diagnostics.h"
@@ -355,6 +363,32 @@ const std::vector<Row>& rows() {
            "]}]\n",
        {"sites[0].devices: this site takes the topology to 4097 devices (0 before it + 1 x 4097)"},
        true},
+      // A 50 MB flow list took 5.4 GB in YAML::Load (some 200 bytes a
+      // value) and ended in exit 70: values are counted before the tree.
+      {"FlowListPastTheValueLimit",
+       kTopo + "model: {eos_token_id: [" +
+           [] {
+             std::string list;
+             for (int i = 0; i < 1000000; ++i) list += "1,";
+             return list;
+           }() +
+           "1]}\n",
+       {"hostile.yaml:2:", "model.eos_token_id: the file holds more than 1000000 YAML values",
+        "Shorten it"},
+       false,
+       1},
+      {"DeviceListPastTheValueLimit",
+       "sites: [{name: m, devices: [" +
+           [] {
+             std::string list;
+             for (int i = 0; i < 500000; ++i) list += "{a: 1},";
+             return list;
+           }() +
+           "{}]}]\n",
+       {"t.yaml:1:", "sites[0].devices: the file holds more than 1000000 YAML values",
+        "give a site `devices: N` and `repeat: N`"},
+       true,
+       1},
       {"FourThousandNinetySixDevicesAreAccepted",
        "sites: [{name: m, repeat: 1024, devices: 4, intra: {latency_ms: 1, bandwidth_gbps: 1}}]\n"
        "inter_site_default: {latency_ms: 5, bandwidth_gbps: 1}\n",
@@ -405,5 +439,49 @@ INSTANTIATE_TEST_SUITE_P(Rows, HostileInput, testing::ValuesIn(rows()),
                          [](const testing::TestParamInfo<Row>& info) {
                            return std::string(info.param.name);
                          });
+
+}  // namespace
+
+namespace {
+
+// Text read through data.tokenizer is tokenized in memory: validate refuses
+// a file over 256 MiB (a sparse one here) naming data.path and the fix,
+// before anything reads it.
+TEST(HostileInputFiles, TokenizedTextOverTheCapIsRefusedByValidate) {
+  const std::string path = testing::TempDir() + "hostile-big-text.txt";
+  std::ofstream(path).flush();
+  ASSERT_EQ(::truncate(path.c_str(), (int64_t{256} << 20) + 1), 0);
+  const std::string job = kTopo +
+                          "model: {preset: none, layers: 2, hidden: 64, heads: 2, seq_len: 16, "
+                          "vocab: 50257}\ndata: {kind: text, path: " +
+                          path + ", tokenizer: ../../assets/tokenizers/gpt2}\n";
+  try {
+    parseJobString(job, "hostile.yaml", "examples/jobs");
+    ADD_FAILURE() << "accepted a 256 MiB + 1 byte text file with data.tokenizer";
+  } catch (const SpecError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("data.path: '" + path + "' has 268435457 bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("tokenize it once with `geopipe tokenize"), std::string::npos) << msg;
+  }
+  std::remove(path.c_str());
+}
+
+// Run only by ctest in the hostile-input build (tests/config/CMakeLists.txt,
+// hostile_limits.*), where ASan must stop each: memory touched past the
+// per-case limit, and one allocation past it. Elsewhere they are disabled.
+TEST(HostileInputLimits, DISABLED_TouchesMemoryPastTheLimit) {
+  std::vector<std::unique_ptr<char[]>> chunks;
+  for (int i = 0; i < 64; ++i) {  // 4 GiB at most, 64 MiB at a time
+    chunks.emplace_back(new char[size_t{64} << 20]);
+    std::memset(chunks.back().get(), 1, size_t{64} << 20);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // ASan checks every 100 ms
+  }
+  ADD_FAILURE() << "touched 4 GiB without being stopped";
+}
+
+TEST(HostileInputLimits, DISABLED_AllocatesPastTheLimit) {
+  std::unique_ptr<char[]> big(new char[size_t{16} << 30]);  // 16 GiB, never touched
+  ADD_FAILURE() << "allocated 16 GiB without being stopped";
+}
 
 }  // namespace

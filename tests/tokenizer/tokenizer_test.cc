@@ -654,6 +654,22 @@ TEST(TokenFile, BadJsonLinesNameFileAndLineAndLeaveNoFiles) {
   EXPECT_THROW(tokenizeFiles(gpt2(), {(dir.path / "bad.jsonl").string()}, out, {}), ConfigError);
 }
 
+// A path a message echoes is escaped: a control character or a byte that is
+// not UTF-8 in a tokenizer folder or an input path cannot drive the
+// terminal or forge a line (issue 18, common::printable).
+TEST(Loader, PathsInMessagesAreEscaped) {
+  TempDir dir;
+  const std::string hostile = dir.str() + "/no\n\x1b[2Jsuch\xff";
+  std::string msg = errorOf([&] { loadTokenizer(hostile); });
+  EXPECT_NE(msg.find(dir.str() + "/no\\n\\x1b[2Jsuch\\xff' does not exist"), std::string::npos)
+      << msg;
+  msg = errorOf([&] { tokenizeFiles(gpt2(), {hostile}, (dir.path / "o").string(), {}); });
+  EXPECT_NE(msg.find("input '" + dir.str() + "/no\\n\\x1b[2Jsuch\\xff' does not exist"),
+            std::string::npos)
+      << msg;
+  for (char c : msg) EXPECT_TRUE(static_cast<unsigned char>(c) >= 0x20 && c != 0x7f) << msg;
+}
+
 TEST(TokenFile, MissingInputOrUnwritableOutputIsAnIoErrorNamingIt) {
   TempDir dir;
   writeFile(dir.path / "a.txt", "x");
