@@ -109,6 +109,27 @@ def value(families, name, labels=""):
     fail("no sample %s%s in %s" % (name, labels, sorted(families)))
 
 
+def check_plot(plot, steps):
+    """The --plot SVG: two panels, the loss and the step time's parts."""
+    svg = ET.parse(plot).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    panels = svg.findall(ns + "svg")
+    if len(panels) != 2:
+        fail("expected 2 panels, found %d" % len(panels))
+    texts = [[t.text for t in p.iter(ns + "text")] for p in panels]
+    lines = [len(p.findall(ns + "polyline")) for p in panels]
+    if "loss" not in texts[0] or lines[0] < 1:
+        fail("no loss series: %s" % texts[0])
+    for series in ("step", "compute", "bubble", "network wait"):
+        if series not in texts[1]:
+            fail("no %s series in the step-time panel: %s" % (series, texts[1]))
+    if lines[1] != 4:
+        fail("step-time panel has %d lines" % lines[1])
+    for p in panels[1].findall(ns + "polyline"):
+        if len(p.get("points").split()) != steps:
+            fail("a step-time series without a point per step")
+
+
 def main():
     geopipe, verb = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,24 +201,7 @@ def main():
         elif "geopipe_workers_alive" in last:
             fail("train has no workers")
 
-        # The plot: two panels, the loss and the step time's parts.
-        svg = ET.parse(plot).getroot()
-        ns = "{http://www.w3.org/2000/svg}"
-        panels = svg.findall(ns + "svg")
-        if len(panels) != 2:
-            fail("expected 2 panels, found %d" % len(panels))
-        texts = [[t.text for t in p.iter(ns + "text")] for p in panels]
-        lines = [len(p.findall(ns + "polyline")) for p in panels]
-        if "loss" not in texts[0] or lines[0] < 1:
-            fail("no loss series: %s" % texts[0])
-        for series in ("step", "compute", "bubble", "network wait"):
-            if series not in texts[1]:
-                fail("no %s series in the step-time panel: %s" % (series, texts[1]))
-        if lines[1] != 4:
-            fail("step-time panel has %d lines" % lines[1])
-        for p in panels[1].findall(ns + "polyline"):
-            if len(p.get("points").split()) != STEPS:
-                fail("a step-time series without a point per step")
+        check_plot(plot, STEPS)
 
         # A port in use: refused, naming the field.
         with socket.socket() as busy:
