@@ -30,10 +30,10 @@ struct ClusterStatus {
   int recoveries = 0;     // failures recovered from
 };
 
-// The time of a step's busiest tasklet (the most compute) split for the
-// plot and the endpoint: compute, pipeline bubble (fill and drain: the other
-// stages' compute of one micro-batch, capped at the time it waited), and the
-// rest of its time blocked on communication (network wait).
+// A tasklet's step time split for the plot and the endpoint: compute,
+// pipeline bubble (fill and drain: the other stages' compute of one
+// micro-batch, capped at the time it waited), and the rest of its time
+// blocked on communication (network wait).
 struct StepBreakdown {
   double compute = 0, bubble = 0, wait = 0;
 };
