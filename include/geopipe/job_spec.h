@@ -229,6 +229,12 @@ struct LoggingSpec {
   // Written by the process that shows the progress line (train, launch,
   // coordinator).
   std::string tensorboard_dir;
+  // Prometheus text endpoint (GET /metrics) of the process that shows the
+  // progress line (train, launch, coordinator); 0 disables, else 1..65535.
+  int metrics_port = 0;
+  // Address the endpoint binds: loopback unless the job says otherwise (the
+  // coordinator may be reachable from the internet).
+  std::string metrics_host = "127.0.0.1";
 };
 
 // How the job's gRPC links (coordinator and peers) are secured; see

@@ -49,6 +49,12 @@ struct StepMetrics {
   // entry at its rank (zeros before); merged steps add element-wise.
   std::vector<uint64_t> sent_bytes_by_rank;
   std::vector<uint64_t> received_bytes_by_rank;
+  // Each tasklet's compute time and time blocked on communication (the
+  // compute_seconds / comm_wait_seconds it reported) and its step's
+  // wall-clock, by rank as above: the per-stage shares of the live endpoint.
+  std::vector<double> compute_seconds_by_rank;
+  std::vector<double> comm_wait_seconds_by_rank;
+  std::vector<double> seconds_by_rank;
   // Validation after this step (training.eval_every): summed next-token
   // cross-entropy and predicted tokens over the whole validation set;
   // val_tokens == 0 when no evaluation ran.

@@ -50,6 +50,10 @@ BenchJob loadBenchJob(const std::string& job_file, const std::string& builtin, i
                 "logging.tensorboard_dir is set in '", job_file,
                 "' but geopipe bench does not write TensorBoard files (train, launch and "
                 "coordinator do): remove it from the job for the benchmark");
+  GEOPIPE_CHECK(!job.root["logging"] || !job.root["logging"]["metrics_port"], ConfigError,
+                "logging.metrics_port is set in '", job_file,
+                "' but geopipe bench serves no metrics endpoint (train, launch and coordinator "
+                "do): remove it from the job for the benchmark");
   job.root["training"]["steps"] = steps;
   job.root["parallelism"]["pipeline_stages"] = stages;
   job.root["parallelism"]["data_parallel"] = replicas;

@@ -37,6 +37,8 @@ void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
   addSetOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
+  app.add_option("--plot", args.plot_file,
+                 "write the loss and the step-time breakdown as SVG here");
   app.add_flag("--allow-insecure-remote", args.allow_insecure_remote,
                "with security.insecure: allow plaintext on a --listen address that is not "
                "loopback (like insecure: force)");
@@ -64,13 +66,19 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
         std::chrono::milliseconds(static_cast<int64_t>(*args.heartbeat_timeout * 1000));
   }
   std::unique_ptr<ProgressDisplay> display;
+  std::atomic<const distributed::Coordinator*> coordinator_of_steps{nullptr};
   opt.on_step = [&](const StepMetrics& m) {
-    if (display) display->onStep(m);
+    if (!display) return;
+    if (const distributed::Coordinator* c = coordinator_of_steps.load()) {
+      display->setClusterStatus({static_cast<int>(c->tasklets().size()), c->recoveries()});
+    }
+    display->onStep(m);
   };
   opt.on_event = [&](const std::string& line) {
     out << "[coordinator] " << line << "\n" << std::flush;
   };
   distributed::Coordinator coordinator(opt);
+  coordinator_of_steps = &coordinator;
   JobSpec job = coordinator.job();
   common::applyJobLogLevel(job.logging.level);
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
@@ -110,6 +118,7 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
     std::cerr << "error: " << r->failure << "\n";
     return exitCodeForFailure(*r);
   }
+  if (!args.plot_file.empty()) display->writePlot(args.plot_file);
   display->summary(r->train, r->interrupted);
   if (r->recoveries > 0) out << "recovered from " << r->recoveries << " failure(s)\n";
   printReplicaChanges(out, *r, job.parallelism.data_parallel);

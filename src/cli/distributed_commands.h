@@ -22,6 +22,7 @@ struct LaunchArgs {
   bool overwrite = false;    // clear an earlier run's checkpoints in checkpoint.dir
   std::vector<std::string> overrides;  // --set path=value, applied before checking
   std::string metrics_file;  // overrides logging.metrics_file
+  std::string plot_file;     // loss and step-time breakdown as SVG; empty = none
   std::string log_dir;       // workers' logs; empty = a temp directory
   int threads = 0;           // LibTorch threads per worker; 0 = cores / tasklets
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
@@ -41,6 +42,7 @@ struct CoordinatorArgs {
   bool overwrite = false;               // clear an earlier run's checkpoints in checkpoint.dir
   std::vector<std::string> overrides;   // --set path=value, applied before checking
   std::string metrics_file;             // overrides logging.metrics_file
+  std::string plot_file;                // loss and step-time breakdown as SVG; empty = none
   bool allow_insecure_remote = false;   // plaintext (insecure: true) off loopback
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
   std::optional<double> heartbeat_timeout;

@@ -53,6 +53,8 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   addSetOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
+  app.add_option("--plot", args.plot_file,
+                 "write the loss and the step-time breakdown as SVG here");
   app.add_option("--log-dir", args.log_dir, "workers' logs (default: a new temp directory)");
   app.add_option("--threads", args.threads, "LibTorch threads per worker (0: cores / tasklets)")
       ->capture_default_str();
@@ -112,8 +114,14 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
   opt.on_event = [&](const std::string& line) {
     out << "[coordinator] " << line << "\n" << std::flush;
   };
+  std::atomic<const distributed::Coordinator*> coordinator{nullptr};  // set before any step
+  opt.on_coordinator = [&](const distributed::Coordinator& c) { coordinator = &c; };
   opt.on_step = [&](const StepMetrics& m) {
-    if (display) display->onStep(m);
+    if (!display) return;
+    if (const distributed::Coordinator* c = coordinator.load()) {
+      display->setClusterStatus({static_cast<int>(c->tasklets().size()), c->recoveries()});
+    }
+    display->onStep(m);
   };
   auto prev_int = std::signal(SIGINT, onSignal);
   auto prev_term = std::signal(SIGTERM, onSignal);
@@ -135,6 +143,7 @@ int runLaunchCommand(const LaunchArgs& args, std::ostream& out) {
     std::cerr << "worker logs: " << common::printable(r.log_dir) << "\n";
     return exitCodeForFailure(r.job);
   }
+  if (display && !args.plot_file.empty()) display->writePlot(args.plot_file);
   if (display) display->summary(r.job.train, r.job.interrupted);
   if (r.job.recoveries > 0) {
     out << "recovered from " << r.job.recoveries << " failure(s), " << r.restarts

@@ -17,7 +17,6 @@
 #include "src/cli/option_checks.h"
 #include "src/cli/progress_display.h"
 #include "src/common/logging.h"
-#include "src/common/svg_plot.h"
 #include "src/config/buffer_check.h"
 #include "src/config/job_overrides.h"
 #include "src/config/job_parser.h"
@@ -44,7 +43,8 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
   train.add_option("JOB", args.job, "job YAML file")->required();
   train.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   train.add_option("--metrics", args.metrics_file, "write JSON lines here (overrides logging.metrics_file)");
-  train.add_option("--plot", args.plot_file, "write the loss curve as SVG here");
+  train.add_option("--plot", args.plot_file,
+                   "write the loss and the step-time breakdown as SVG here");
   addCheckpointStartOptions(train, args.resume, args.overwrite);
   addSetOption(train, args.overrides);
 }
@@ -104,11 +104,7 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   opt.should_stop = [] { return g_interrupted.load(); };
   opt.checkpoint_at_stop = true;  // as `launch` does: --resume continues from the stop
   opt.resume = args.resume;
-  std::vector<std::pair<int64_t, double>> losses;
-  opt.on_step = [&](const StepMetrics& m) {
-    progress.onStep(m);
-    losses.emplace_back(m.step + 1, m.loss);
-  };
+  opt.on_step = [&](const StepMetrics& m) { progress.onStep(m); };
   TrainResult r;
   try {
     r = Trainer(model, job, opt).train();
@@ -120,13 +116,7 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   std::signal(SIGINT, previous);
   std::signal(SIGTERM, previous_term);
   if (!placement_note.empty()) out << placement_note << "\n";
-  if (!args.plot_file.empty() && !losses.empty()) {
-    common::Series series{job.name, {}};
-    for (const auto& [step, loss] : losses) series.points.emplace_back(double(step), loss);
-    common::writeTextFile(args.plot_file,
-                          common::lineChartSvg({series}, {"Training loss: " + job.name, "step", "loss"}));
-    out << "loss curve: " << args.plot_file << "\n";
-  }
+  if (!args.plot_file.empty()) progress.writePlot(args.plot_file);
   if (!opt.device_of_rank.empty()) r.placement_source = "scheduler";
   progress.summary(r, r.interrupted);
   return r.interrupted ? 130 : 0;

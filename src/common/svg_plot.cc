@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -117,6 +118,27 @@ std::string barChartSvg(const std::vector<std::pair<std::string, double>>& bars,
   }
   os << "<text x=\"" << left + pw / 2 << "\" y=\"" << sized.height - 10
      << "\" text-anchor=\"middle\">" << escape(o.x_label) << "</text>\n</svg>\n";
+  return os.str();
+}
+
+std::string stackedSvg(const std::vector<std::string>& charts) {
+  // Each chart starts with header()'s <svg ... width="W" height="H" ...>.
+  const auto attribute = [](const std::string& svg, const std::string& name) {
+    const std::string key = " " + name + "=\"";
+    const size_t at = svg.find(key);
+    return at == std::string::npos ? 0 : std::atoi(svg.c_str() + at + key.size());
+  };
+  int width = 0, height = 0;
+  std::ostringstream body;
+  for (const std::string& chart : charts) {
+    body << "<svg y=\"" << height << "\"" << chart.substr(std::string("<svg").size());
+    width = std::max(width, attribute(chart, "width"));
+    height += attribute(chart, "height");
+  }
+  std::ostringstream os;
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+     << "\">\n"
+     << body.str() << "</svg>\n";
   return os.str();
 }
 

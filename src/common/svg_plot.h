@@ -28,6 +28,10 @@ std::string lineChartSvg(const std::vector<Series>& series, const ChartOptions& 
 std::string barChartSvg(const std::vector<std::pair<std::string, double>>& bars,
                         const ChartOptions& options);
 
+// Charts of lineChartSvg / barChartSvg one above the other in one SVG
+// (each a nested <svg> placed at its y offset).
+std::string stackedSvg(const std::vector<std::string>& charts);
+
 // Writes text to path; IoError naming the path on failure.
 void writeTextFile(const std::string& path, const std::string& text);
 

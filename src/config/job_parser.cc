@@ -636,6 +636,20 @@ class JobReader {
         }
         if (p == p.parent_path()) break;
       }
+      // The live endpoint (docs/cli.md, "Live metrics endpoint"): 0 is off.
+      r.getInt("metrics_port", l.metrics_port, 0, 65535);
+      r.getString("metrics_host", l.metrics_host);
+      if (r.has("metrics_host")) {
+        if (l.metrics_host.empty()) {
+          r.error("metrics_host", r.child("metrics_host"),
+                  "is empty: name the address the metrics endpoint binds (127.0.0.1, the "
+                  "default, keeps it on this machine; 0.0.0.0 serves every interface)");
+        } else if (l.metrics_port == 0) {
+          r.error("metrics_host", r.child("metrics_host"),
+                  "is set but logging.metrics_port is 0 (no endpoint): set metrics_port to a "
+                  "port in 1..65535, or remove metrics_host");
+        }
+      }
     });
   }
 

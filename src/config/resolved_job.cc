@@ -303,6 +303,10 @@ std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
   textIfSet(out, "metrics_file", job.logging.metrics_file);
   field(out, "every_steps", job.logging.every_steps);
   textIfSet(out, "tensorboard_dir", job.logging.tensorboard_dir);
+  if (job.logging.metrics_port != 0) {
+    field(out, "metrics_port", job.logging.metrics_port);
+    field(out, "metrics_host", job.logging.metrics_host);
+  }
   out << YAML::EndMap;
   const FaultToleranceSpec& f = job.fault_tolerance;
   beginSection(out, "fault_tolerance");

@@ -99,6 +99,7 @@ LaunchResult launchJob(const LaunchOptions& opt) {
   Coordinator coordinator(co);
   const int world = coordinator.worldSize();
   out.workers = world + opt.spares;
+  if (opt.on_coordinator) opt.on_coordinator(coordinator);
   if (opt.on_start) opt.on_start(coordinator.job());
   int threads = opt.threads_per_worker;
   if (threads <= 0) {

@@ -65,6 +65,9 @@ struct LaunchOptions {
   // The display's job must outlive the run (ProgressDisplay keeps a
   // reference), so it is copied by the callee.
   std::function<void(const JobSpec&)> on_start;
+  // Called once the coordinator is constructed, before on_start: it lives
+  // until launchJob returns, and on_step may ask it about the workers.
+  std::function<void(const Coordinator&)> on_coordinator;
   // Called with each finished step, in order (coordinator's thread).
   std::function<void(const StepMetrics&)> on_step;
   // One-line events: placement, checkpoints, failures.

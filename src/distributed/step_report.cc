@@ -51,6 +51,12 @@ StepMetrics stepMetricsOf(const geopipe::v1::StepReport& report) {
     m.received_bytes_by_rank.assign(n, 0);
     m.sent_bytes_by_rank.back() = report.sent_bytes();
     m.received_bytes_by_rank.back() = report.received_bytes();
+    m.compute_seconds_by_rank.assign(n, 0);
+    m.comm_wait_seconds_by_rank.assign(n, 0);
+    m.seconds_by_rank.assign(n, 0);
+    m.compute_seconds_by_rank.back() = report.compute_seconds();
+    m.comm_wait_seconds_by_rank.back() = report.comm_wait_seconds();
+    m.seconds_by_rank.back() = report.seconds();
   }
   return m;
 }

@@ -89,7 +89,8 @@ uint64_t peakRssBytes() {
 
 namespace {
 
-void addByRank(std::vector<uint64_t>& into, const std::vector<uint64_t>& part) {
+template <typename T>
+void addByRank(std::vector<T>& into, const std::vector<T>& part) {
   if (into.size() < part.size()) into.resize(part.size(), 0);
   for (size_t i = 0; i < part.size(); ++i) into[i] += part[i];
 }
@@ -115,6 +116,9 @@ void mergeTaskletStep(StepMetrics& m, const StepMetrics& part) {
   m.peak_rss_bytes = std::max(m.peak_rss_bytes, part.peak_rss_bytes);
   addByRank(m.sent_bytes_by_rank, part.sent_bytes_by_rank);
   addByRank(m.received_bytes_by_rank, part.received_bytes_by_rank);
+  addByRank(m.compute_seconds_by_rank, part.compute_seconds_by_rank);
+  addByRank(m.comm_wait_seconds_by_rank, part.comm_wait_seconds_by_rank);
+  addByRank(m.seconds_by_rank, part.seconds_by_rank);
 }
 
 void StepTally::add(const StepMetrics& part, bool has_loss, double loss) {
@@ -305,6 +309,12 @@ TaskletStep Tasklet::runStep(int64_t step) {
   part.received_bytes_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
   part.sent_bytes_by_rank.back() = takeDelta(ts.bytes_sent, sent_);
   part.received_bytes_by_rank.back() = takeDelta(ts.bytes_received, received_);
+  part.compute_seconds_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
+  part.comm_wait_seconds_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
+  part.seconds_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
+  part.compute_seconds_by_rank.back() = part.compute_seconds;
+  part.comm_wait_seconds_by_rank.back() = part.comm_wait_seconds;
+  part.seconds_by_rank.back() = part.seconds;
   if (stage_ == stages_ - 1) {
     out.has_loss = true;
     out.loss = compute_->takeLossSum() / micro_batches_;

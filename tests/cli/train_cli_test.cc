@@ -87,7 +87,7 @@ TEST(TrainCommand, StepsMetricsAndPlotOverrideTheJob) {
     EXPECT_TRUE(contains(r.out, field)) << field << "\n" << r.out;
   }
   EXPECT_TRUE(contains(readAll(dir.file("loss.svg")), "<svg")) << "--plot";
-  EXPECT_TRUE(contains(r.out, "loss curve: " + dir.file("loss.svg"))) << r.out;
+  EXPECT_TRUE(contains(r.out, "plot (loss and step time): " + dir.file("loss.svg"))) << r.out;
 }
 
 TEST(TrainCommand, WithoutOverridesTheJobDecides) {

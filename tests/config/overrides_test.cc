@@ -205,3 +205,39 @@ TEST(JobParser, TensorBoardDirMustBeADirectoryOrMissing) {
 }
 
 }  // namespace
+
+namespace {
+
+// logging.metrics_port: 0 (off) by default, else 1..65535, printed by
+// validate --print with the bind address only when set (and the printed
+// job reads back the same); metrics_host without a port, or empty, is
+// refused rather than ignored.
+TEST(JobParser, MetricsPortIsARangeCheckedPortAndItsHostNeedsIt) {
+  EXPECT_EQ(parse({}).logging.metrics_port, 0);
+  EXPECT_FALSE(contains(config::resolvedJobYaml(parse({})), "metrics_port"));
+  const JobSpec ok = parse({"logging.metrics_port=9400"});
+  EXPECT_EQ(ok.logging.metrics_port, 9400);
+  EXPECT_EQ(ok.logging.metrics_host, "127.0.0.1");
+  const std::string printed = config::resolvedJobYaml(ok);
+  EXPECT_TRUE(contains(printed, "metrics_port: 9400")) << printed;
+  EXPECT_TRUE(contains(printed, "metrics_host: 127.0.0.1")) << printed;
+  const JobSpec again = config::parseJobString(printed, "printed.yaml", "");
+  EXPECT_EQ(again.logging.metrics_port, 9400);
+  EXPECT_EQ(again.logging.metrics_host, "127.0.0.1");
+  EXPECT_EQ(parse({"logging.metrics_port=1", "logging.metrics_host=0.0.0.0"}).logging.metrics_host,
+            "0.0.0.0");
+  for (const char* bad : {"-1", "65536", "http", "9400.5"}) {
+    const std::string err = problems({std::string("logging.metrics_port=") + bad});
+    EXPECT_TRUE(contains(err, "logging.metrics_port")) << err;
+    EXPECT_TRUE(contains(err, bad[0] == '-' || bad[0] == '6' ? "65535" : "expected an integer"))
+        << err;
+  }
+  std::string err = problems({"logging.metrics_host=0.0.0.0"});
+  EXPECT_TRUE(contains(err, "logging.metrics_host")) << err;
+  EXPECT_TRUE(contains(err, "metrics_port is 0")) << err;
+  err = problems({"logging.metrics_port=9400", "logging.metrics_host=''"});
+  EXPECT_TRUE(contains(err, "logging.metrics_host")) << err;
+  EXPECT_TRUE(contains(err, "is empty")) << err;
+}
+
+}  // namespace
