@@ -193,6 +193,10 @@ GeopipeCostModel::GeopipeCostModel(std::shared_ptr<const Network> network,
                 ") x micro_batch (", profile_.micro_batch,
                 "); change global_batch or micro_batch");
   micro_batches_ = profile_.global_batch / per_step;
+  for (const LayerProfile& l : profile_.layers) {
+    uniform_layers_ = uniform_layers_ && l.fwd_flops == profile_.layers[0].fwd_flops &&
+                      l.bwd_flops == profile_.layers[0].bwd_flops;
+  }
   const int n = network_->size();
   const double mb = profile_.micro_batch;
   const double fwd_gb = mb * profile_.act_fwd_wire_bytes / 1e9;
@@ -346,6 +350,48 @@ Eigen::MatrixXd GeopipeCostModel::pathWeights(
   return out;
 }
 
+// A bound T on every stage's compute is reachable when each stage in turn
+// takes as many blocks as fit under T (leaving one for each later stage) and
+// the last stage's rest fits too; bisection on T finds the smallest, and
+// the split that reaches it. O(p log L) per try.
+std::vector<int> GeopipeCostModel::contiguousSplit(const std::vector<GroupStats>& stats) const {
+  const int p = static_cast<int>(stats.size());
+  const int L = profile_.numLayers();
+  const double mb = profile_.micro_batch;
+  std::vector<double> prefix(static_cast<size_t>(L) + 1, 0.0);
+  for (int l = 0; l < L; ++l) prefix[l + 1] = prefix[l] + profile_.flopsPerSample(l, l + 1);
+  auto time = [&](int s, int from, int to) {
+    double f = prefix[to] - prefix[from];
+    if (s == p - 1) f += profile_.head_flops;
+    return mb * f / (stats[s].min_tflops * 1e12);
+  };
+  std::vector<int> count(p, 1);
+  auto fits = [&](double bound) {
+    int from = 0;
+    for (int s = 0; s < p - 1; ++s) {
+      if (time(s, from, from + 1) > bound) return false;
+      // The last `to` in [from + 1, L - (p - 1 - s)] with time(s, from, to) <= bound.
+      const double most = prefix[from] + bound * stats[s].min_tflops * 1e12 / mb;
+      const auto end = prefix.begin() + (L - (p - 1 - s)) + 1;
+      const int to = static_cast<int>(std::upper_bound(prefix.begin() + from + 1, end, most) -
+                                      prefix.begin()) -
+                     1;
+      count[s] = std::max(to, from + 1) - from;
+      from += count[s];
+    }
+    count[p - 1] = L - from;
+    return time(p - 1, from, L) <= bound;
+  };
+  double lo = 0, hi = 0;
+  for (int s = 0; s < p; ++s) hi = std::max(hi, time(s, 0, L));  // any split fits under it
+  for (int i = 0; i < 64; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (fits(mid) ? hi : lo) = mid;
+  }
+  fits(hi);
+  return count;
+}
+
 PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
                                         const std::vector<double>& edges) const {
   PathEval e;
@@ -366,24 +412,36 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
     if (s == p - 1) f += profile_.head_flops;
     return mb * f / (stats[s].min_tflops * 1e12);
   };
-  for (int l = p; l < L; ++l) {
-    int best = 0;
-    double best_t = kInf;
-    for (int s = 0; s < p; ++s) {
-      const double t = stageTime(s, count[s] + 1);
-      if (t < best_t) {
-        best_t = t;
-        best = s;
+  if (uniform_layers_) {
+    for (int l = p; l < L; ++l) {
+      int best = 0;
+      double best_t = kInf;
+      for (int s = 0; s < p; ++s) {
+        const double t = stageTime(s, count[s] + 1);
+        if (t < best_t) {
+          best_t = t;
+          best = s;
+        }
       }
+      ++count[best];
     }
-    ++count[best];
+  } else {
+    count = contiguousSplit(stats);
   }
+  // A stage's time for the layers [first, first + n): the blocks' own
+  // FLOPs when they differ (a model's own cost), n x one block's otherwise.
+  auto stageTimeAt = [&](int s, int from, int n) {
+    if (uniform_layers_) return stageTime(s, n);
+    double f = profile_.flopsPerSample(from, from + n);
+    if (s == p - 1) f += profile_.head_flops;
+    return mb * f / (stats[s].min_tflops * 1e12);
+  };
   int first = 0;
   double t_sum = 0, t_max = 0, c_sum = 0, c_max = 0, dp = 0;
   std::vector<double> dp_stage(p), t_stage(p), outer(p);
   for (int s = 0; s < p; ++s) {
     e.layers.emplace_back(first, first + count[s]);
-    const double t = stageTime(s, count[s]);
+    const double t = stageTimeAt(s, first, count[s]);
     t_sum += t;
     t_max = std::max(t_max, t);
     // Memory: weights + grads + optimizer state of the stage's parameters

@@ -196,8 +196,14 @@ class GeopipeCostModel : public CostModel {
   // (pairedBound of max(α_ij, α_ji) over the two groups), per stage.
   std::vector<double> latencyToFirst(const std::vector<GroupStats>& stats) const;
 
+  // Body layers per stage, contiguous, minimising the slowest stage's
+  // compute when the blocks differ in cost (a model's own, ModelDef::cost).
+  std::vector<int> contiguousSplit(const std::vector<GroupStats>& stats) const;
+
   std::string schedule_;  // gpipe | 1f1b
   int micro_batches_;     // M per replica per step
+  // Every block costs the same (any GPT): the split is by counts alone.
+  bool uniform_layers_ = true;
 };
 
 // The cost model names accepted by makeCostModel.

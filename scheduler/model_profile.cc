@@ -138,7 +138,29 @@ ModelProfile ModelProfile::fromJob(const JobSpec& job) {
   }
   layer.bwd_flops = 2 * layer.fwd_flops;
   p.layers.assign(m.layers, layer);
-  p.head_flops = 3 * 2 * s * h * v;
+  if (!m.cost.empty()) {
+    // The model's own cost (ModelDef::cost) replaces the GPT's: its body
+    // layers one by one, its prologue as the embedding, its epilogue as the
+    // head. The wire bytes at a boundary stay seq_len x hidden per sample.
+    if (static_cast<int>(m.cost.body.size()) != m.layers) {
+      GEOPIPE_THROW(ConfigError, "model '", m.name, "' gives the cost of ", m.cost.body.size(),
+                    " body layers but model.layers is ", m.layers);
+    }
+    p.layers.clear();
+    for (const LayerCost& c : m.cost.body) {
+      LayerProfile l;
+      l.params = c.params;
+      l.fwd_flops = c.fwd_flops;
+      l.bwd_flops = 2 * c.fwd_flops;
+      l.act_mem_bytes = c.act_bytes;
+      p.layers.push_back(l);
+    }
+    p.embed_params = m.cost.prologue.params;
+    p.head_params = m.cost.epilogue.params;
+    p.head_vector_params = 0;
+    p.tied_params = 0;
+  }
+  p.head_flops = m.cost.empty() ? 3 * 2 * s * h * v : 3 * m.cost.epilogue.fwd_flops;
 
   // Wire bytes per sample at a stage boundary: s*h elements.
   const double elems = s * h;

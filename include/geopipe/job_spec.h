@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +12,24 @@
 #include "geopipe/topology.h"
 
 namespace geopipe {
+
+// The scheduler's price of one layer of a model that gives its own
+// (ModelDef::cost) instead of being priced as a GPT.
+struct LayerCost {
+  double params = 0;     // parameters (weights, gradients, optimizer state priced from them)
+  double fwd_flops = 0;  // forward FLOPs per sample; backward is priced at twice this
+  double act_bytes = 0;  // activation bytes kept for backward, per sample
+};
+
+// A model's own cost, as the scheduler reads it: the body layers it
+// balances across stages, and the prologue and epilogue layers (summed)
+// pinned to the first and the last stage.
+struct ModelCost {
+  std::vector<LayerCost> body;  // one per body layer; empty: priced as a GPT
+  LayerCost prologue;
+  LayerCost epilogue;
+  bool empty() const { return body.empty(); }
+};
 
 // The network to train. `kind: gpt` is the built-in GPT (byte-level by
 // default, untied head, exact GELU, positions sized by seq_len); `gpt2` and
@@ -21,6 +40,17 @@ struct ModelSpec {
   std::string kind = "gpt";     // gpt | gpt2 | llama | custom
   std::string preset = "tiny";  // tiny | gpt2-small | gpt3-xl | none
   std::string name;             // registered model name when kind == custom
+  // kind custom: a model plugin, a shared library that registers models
+  // (docs/cpp-api.md, "Model plugins"), loaded before the model is built.
+  // The parser makes it absolute (relative to the job file's directory).
+  std::string plugin;
+  // kind custom: free-form settings for the model's factory, each the text
+  // of a YAML scalar (the factory parses what it reads).
+  std::map<std::string, std::string> options;
+  // Not read from YAML: a custom model's own cost (ModelDef::cost), set by
+  // the runtime from the model before it plans (runtime::applyModelCost).
+  // Empty: the scheduler prices the model as a GPT of the fields above.
+  ModelCost cost;
   // A Hugging Face model folder (config.json + model.safetensors, or shards
   // and model.safetensors.index.json) whose shape and weights the job uses
   // (gpt2 | llama). With it, config.json supplies the shape.

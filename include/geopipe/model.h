@@ -61,6 +61,10 @@ struct ModelDef {
   // (model.from); buildSlice calls it after the seeded initialisation.
   // Empty: the seeded initialisation stands.
   std::function<void(torch::nn::Sequential& slice, int first, int last)> load_weights;
+  // The scheduler's price of each layer (num_layers entries, prologue and
+  // epilogue included): parameters, forward FLOPs and activation bytes per
+  // sample. Empty: the model is priced as a GPT of the job's model fields.
+  std::vector<LayerCost> cost;
 
   // Layers the scheduler balances across stages.
   int bodyLayers() const { return num_layers - prologue_layers - epilogue_layers; }
@@ -89,6 +93,12 @@ torch::Tensor layerParameter(torch::nn::Module& module, const std::string& dotte
 // The slice's trainable parameters, each once (a bound tied weight appears
 // under two names but is one tensor), in the order of named_parameters.
 std::vector<torch::Tensor> uniqueParameters(torch::nn::Module& module);
+
+// model.cost in the form the scheduler reads (ModelSpec::cost): the body
+// layers one by one, the prologue and the epilogue layers summed. Empty when
+// the model gives no cost; ConfigError when it gives one of another length
+// than num_layers, or a negative or non-finite entry.
+ModelCost modelCost(const ModelDef& model);
 
 // Registers a model factory under `name`, so jobs can say
 // `model: {kind: custom, name: NAME}`. Thread-safe; a later registration of

@@ -58,6 +58,7 @@ struct WorkerArgs {
   distributed::WorkerSecurityArgs security;  // --ca, --cert, --key, --token-file, --insecure
   int threads = 0;                     // LibTorch threads; 0 = every core
   int timeout = 300;                   // seconds to wait for a peer's message
+  std::string plugin;                  // this host's copy of the job's model plugin
 };
 void addWorkerOptions(CLI::App& app, WorkerArgs& args);
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out);

@@ -51,6 +51,7 @@ void addLaunchOptions(CLI::App& app, LaunchArgs& args) {
   app.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   addCheckpointStartOptions(app, args.resume, args.overwrite);
   addSetOption(app, args.overrides);
+  addPluginOption(app, args.overrides);
   app.add_option("--metrics", args.metrics_file,
                  "write JSON lines here (overrides logging.metrics_file)");
   app.add_option("--plot", args.plot_file,

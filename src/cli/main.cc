@@ -116,6 +116,7 @@ int main(int argc, char** argv) {
   validate->add_flag("-q,--quiet", validate_quiet, "print only problems");
   std::vector<std::string> validate_overrides;
   geopipe::cli::addSetOption(*validate, validate_overrides);
+  geopipe::cli::addPluginOption(*validate, validate_overrides);
   bool validate_print = false;
   validate->add_flag("--print", validate_print,
                      "print each valid job as the YAML it resolves to (every default filled "

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,26 @@ inline CLI::Option* addSetOption(CLI::App& app, std::vector<std::string>& overri
                   "training.optimizer.lr=1e-3); repeatable, checked like the file")
       ->allow_extra_args(false)
       ->type_name("PATH=VALUE");
+}
+
+// `--plugin PATH`: model.plugin from the command line (relative to the
+// current directory), added as one more override after --set's (so it
+// travels with the job to every worker). Add it after addSetOption: CLI11
+// assigns --set's vector before this option's callback appends to it.
+inline CLI::Option* addPluginOption(CLI::App& app, std::vector<std::string>& overrides) {
+  return app
+      .add_option_function<std::string>(
+          "--plugin",
+          [&overrides](const std::string& path) {
+            const std::string abs = std::filesystem::absolute(path).lexically_normal().string();
+            std::string quoted = "\"";
+            for (char c : abs)
+              quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+            overrides.push_back("model.plugin=" + quoted + "\"");
+          },
+          "load a model plugin (a shared library registering models; sets model.plugin, "
+          "docs/cpp-api.md)")
+      ->type_name("PATH");
 }
 
 // --resume and --overwrite (which exclude each other), as every verb that

@@ -47,6 +47,7 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
                    "write the loss and the step-time breakdown as SVG here");
   addCheckpointStartOptions(train, args.resume, args.overwrite);
   addSetOption(train, args.overrides);
+  addPluginOption(train, args.overrides);
 }
 
 int runTrainCommand(const TrainArgs& args, std::ostream& out) {
@@ -54,11 +55,14 @@ int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   common::applyJobLogLevel(job.logging.level);
   if (args.steps) job.training.steps = *args.steps;
   if (!args.metrics_file.empty()) job.logging.metrics_file = args.metrics_file;
+  // Built (a plugin loaded) before any planning: a model that gives its own
+  // cost is priced by it.
+  ModelDef model = makeModel(job.model);
+  job.model.cost = modelCost(model);
   // data_parallel: auto: the scheduler picks the shape, then train that shape.
   if (const std::string chosen = runtime::resolveAutoDataParallel(job); !chosen.empty())
     out << chosen << "\n";
   if (!args.resume) claimCheckpointDir(out, job, args.overwrite);
-  ModelDef model = makeModel(job.model);
   // Place the tasklets with the scheduler here (rather than inside the
   // Trainer) so the summary can say what the placement gains over Megatron's
   // in-order one on the links this run has.

@@ -1,5 +1,6 @@
 // `geopipe worker --coordinator HOST:PORT`: one tasklet of a multi-process
 // job (started by `geopipe launch`, or by hand / srun on each host).
+#include <filesystem>
 #include <iostream>
 
 #include "src/cli/distributed_commands.h"
@@ -19,6 +20,9 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
                  "HOST or HOST:PORT peers dial to reach this worker, when not --listen's (a NAT "
                  "port forward, another interface); --listen may give a port range LOW-HIGH");
   addHostSecurityOptions(app, args.security);
+  app.add_option("--plugin", args.plugin,
+                 "this host's copy of the job's model plugin, when it is not at the job's "
+                 "model.plugin path");
   app.add_option("--threads", args.threads,
                  "LibTorch threads (0: the host's cores / the tasklets placed on this host)")
       ->capture_default_str();
@@ -47,6 +51,9 @@ int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
   opt.security = distributed::workerSecurity(args.security);
   opt.threads = args.threads;
   opt.timeout_seconds = args.timeout;
+  if (!args.plugin.empty()) {
+    opt.plugin = std::filesystem::absolute(args.plugin).lexically_normal().string();
+  }
   const distributed::WorkerResult r = distributed::runWorker(opt);
   if (r.spare_unused) {
     out << "idle spare: the job ended without needing this worker\n";

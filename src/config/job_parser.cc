@@ -150,6 +150,9 @@ class JobReader {
       }
       const ModelSpec base = m;
       r.getString("name", m.name);
+      r.getString("plugin", m.plugin);
+      m.plugin = resolvePath(base_dir_, m.plugin);
+      readModelOptions(r, m.options);
       r.getInt("layers", m.layers, 1, 4096);
       r.getInt("hidden", m.hidden, 1, 1 << 20);
       r.getInt("heads", m.heads, 1, 4096);
@@ -179,6 +182,29 @@ class JobReader {
       refuseFieldsOfOtherKinds(r, m);
       if (from && m.isFamily()) compareWithConfig(r, base, m);
     });
+  }
+
+  // model.options: a mapping of scalars for the custom model's factory.
+  void readModelOptions(MapReader& r, std::map<std::string, std::string>& out) {
+    const YAML::Node n = r.child("options");
+    if (!n.IsDefined() || n.IsNull()) return;
+    if (!n.IsMap()) {
+      r.error("options", n,
+              "expected a mapping of names to scalars (options: {width: 64}), found " +
+                  describeNode(n));
+      return;
+    }
+    for (const auto& kv : n) {
+      const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "";
+      if (key.empty() || !kv.second.IsScalar()) {
+        r.error("options", kv.second.IsDefined() ? kv.second : n,
+                "model.options." + (key.empty() ? std::string("?") : key) +
+                    ": expected a scalar (a number, a string or a boolean), found " +
+                    describeNode(kv.second));
+        continue;
+      }
+      out[key] = kv.second.Scalar();
+    }
   }
 
   static ModelSpec withFrom(ModelSpec m, const std::string& from) {
@@ -233,6 +259,10 @@ class JobReader {
     }
     if (m.kind != "custom") {
       refuse("name", "takes no name (name selects a registered model with kind: custom)");
+      refuse("plugin", "loads no plugin (a plugin's models are kind: custom, with model.name)");
+      refuse("options",
+             "takes no options (options are for a plugin's or a registered model, kind: "
+             "custom); set this model's own fields instead");
     }
     if (m.isFamily()) {
       if (r.has("ffn_mult") && r.has("intermediate_size")) {

@@ -60,7 +60,15 @@ void model(YAML::Emitter& out, const ModelSpec& m) {
     return;
   }
   field(out, "preset", "none");
-  if (m.kind == "custom") text(out, "name", m.name);
+  if (m.kind == "custom") {
+    text(out, "name", m.name);
+    textIfSet(out, "plugin", m.plugin);
+    if (!m.options.empty()) {
+      beginSection(out, "options");
+      for (const auto& [key, value] : m.options) text(out, key.c_str(), value);
+      out << YAML::EndMap;
+    }
+  }
   field(out, "layers", m.layers);
   field(out, "hidden", m.hidden);
   field(out, "heads", m.heads);

@@ -69,11 +69,14 @@ CoordinatorJob readCoordinatorJob(const CoordinatorOptions& opt, ModelDef* model
   resolveEmulateLinks(opt, cj.bundle, job, event);
   if (opt.steps) job.training.steps = static_cast<int>(*opt.steps);
   runtime::checkComputeDtype(job);
+  // Built (a plugin loaded) before any planning: a model that gives its own
+  // cost is priced by it.
+  *model = makeModel(job.model);
+  job.model.cost = modelCost(*model);
   if (const std::string chosen = runtime::resolveAutoDataParallel(job); !chosen.empty())
     event(chosen);
   const int stages = job.parallelism.pipeline_stages;
   const int replicas = job.parallelism.data_parallel;
-  *model = makeModel(job.model);
   GEOPIPE_CHECK(model->bodyLayers() >= stages, ConfigError, "model '", model->name, "' has ",
                 model->bodyLayers(), " layers to split but parallelism.pipeline_stages is ",
                 stages);

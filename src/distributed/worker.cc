@@ -535,6 +535,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     job.training.steps = static_cast<int>(a.steps());
     job.parallelism.pipeline_stages = a.stages();
     job.parallelism.data_parallel = a.replicas();
+    if (!opt.plugin.empty()) job.model.plugin = opt.plugin;
     ModelDef model = makeModel(job.model);
     runtime::Placement placement;
     placement.device_of_rank.assign(a.device_of_rank().begin(), a.device_of_rank().end());

@@ -34,6 +34,10 @@ struct WorkerOptions {
   // with this host's certificate, or loopback plaintext) and the job's join
   // token (workerSecurity reads both from the worker's flags).
   JobSecurity security;
+  // This host's copy of the job's model plugin (model.plugin), when it is
+  // not at the job's path (resolved against the job file's directory, as
+  // data.path). Empty: the job's.
+  std::string plugin;
   // LibTorch intra-op threads; 0 = every core of this host.
   int threads = 0;
   // The coordinator unreachable for this long (no reply to a heartbeat or

@@ -1,13 +1,16 @@
 // The model API's machinery: building layers and slices deterministically,
 // tied weights, and the registry of models jobs can name.
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <unordered_set>
 
 #include "geopipe/error.h"
 #include "geopipe/model.h"
+#include "src/common/strings.h"
 #include "src/model/hf_import.h"
 #include "src/model/layers.h"
+#include "src/model/model_plugin.h"
 
 namespace geopipe {
 namespace {
@@ -20,6 +23,12 @@ std::mutex& registryMutex() {
 std::map<std::string, std::function<ModelDef(const ModelSpec&)>>& registry() {
   static std::map<std::string, std::function<ModelDef(const ModelSpec&)>> r;
   return r;
+}
+
+// Every registration's name in order (model_plugin.h: registrationLog).
+std::vector<std::string>& registrations() {
+  static std::vector<std::string> log;
+  return log;
 }
 
 // LibTorch's default generator is process-global; layers are built under
@@ -145,25 +154,92 @@ std::vector<torch::Tensor> uniqueParameters(torch::nn::Module& module) {
   return out;
 }
 
+ModelCost modelCost(const ModelDef& model) {
+  ModelCost out;
+  if (model.cost.empty()) return out;
+  if (static_cast<int>(model.cost.size()) != model.num_layers) {
+    GEOPIPE_THROW(ConfigError, "model '", model.name, "' gives the cost of ", model.cost.size(),
+                  " layers but has ", model.num_layers,
+                  ": ModelDef::cost needs one entry per layer, prologue and epilogue included");
+  }
+  for (int i = 0; i < model.num_layers; ++i) {
+    const LayerCost& c = model.cost[i];
+    for (double v : {c.params, c.fwd_flops, c.act_bytes}) {
+      if (!std::isfinite(v) || v < 0) {
+        GEOPIPE_THROW(ConfigError, "model '", model.name, "' gives layer ", i,
+                      " a cost that is negative or not finite (params ", c.params, ", fwd_flops ",
+                      c.fwd_flops, ", act_bytes ", c.act_bytes, ")");
+      }
+    }
+    LayerCost* into = i < model.prologue_layers                       ? &out.prologue
+                      : i >= model.num_layers - model.epilogue_layers ? &out.epilogue
+                                                                      : nullptr;
+    if (into == nullptr) {
+      out.body.push_back(c);
+    } else {
+      into->params += c.params;
+      into->fwd_flops += c.fwd_flops;
+      into->act_bytes += c.act_bytes;
+    }
+  }
+  return out;
+}
+
 void registerModel(const std::string& name, std::function<ModelDef(const ModelSpec&)> factory) {
   std::lock_guard<std::mutex> lock(registryMutex());
   registry()[name] = std::move(factory);
+  registrations().push_back(name);
 }
 
+namespace model {
+
+std::vector<std::string> registeredModelNames() {
+  std::lock_guard<std::mutex> lock(registryMutex());
+  std::vector<std::string> names;
+  for (const auto& [name, f] : registry()) names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> registrationLog() {
+  std::lock_guard<std::mutex> lock(registryMutex());
+  return registrations();
+}
+
+}  // namespace model
+
 ModelDef makeModel(const ModelSpec& spec) {
+  if (spec.kind != "custom" && (!spec.options.empty() || !spec.plugin.empty())) {
+    GEOPIPE_THROW(ConfigError, "model.kind ", spec.kind,
+                  " takes no model.options or model.plugin: they are for kind custom (a "
+                  "registered or a plugin's model)");
+  }
   if (spec.kind == "gpt") return makeGpt(spec);
   if (spec.kind == "gpt2") return makeGpt2(spec);
   if (spec.kind == "llama") return makeLlama(spec);
-  std::lock_guard<std::mutex> lock(registryMutex());
-  auto it = registry().find(spec.name);
-  if (it == registry().end()) {
-    std::string known;
-    for (const auto& [name, f] : registry()) known += (known.empty() ? "" : ", ") + name;
-    GEOPIPE_THROW(ConfigError, "model.name '", spec.name,
-                  "' is not a registered model (registered: ", known.empty() ? "none" : known,
-                  "); call geopipe::registerModel before building the Trainer");
+  std::vector<std::string> from_plugin;
+  if (!spec.plugin.empty()) from_plugin = model::loadModelPlugin(spec.plugin);
+  std::function<ModelDef(const ModelSpec&)> factory;
+  {
+    std::lock_guard<std::mutex> lock(registryMutex());
+    if (auto it = registry().find(spec.name); it != registry().end()) factory = it->second;
   }
-  ModelDef def = it->second(spec);
+  if (!factory) {
+    const std::vector<std::string> known = model::registeredModelNames();
+    const std::string guess = common::closestMatch(spec.name, known);
+    const std::string registered = known.empty() ? "none" : common::join(known, ", ");
+    if (!spec.plugin.empty()) {
+      GEOPIPE_THROW(ConfigError, "model.name '", spec.name, "' is not a model of the plugin '",
+                    spec.plugin, "' (it registered: ", common::join(from_plugin, ", "),
+                    "; registered in all: ", registered, ")",
+                    guess.empty() ? "" : "; did you mean '" + guess + "'?");
+    }
+    GEOPIPE_THROW(ConfigError, "model.name '", spec.name,
+                  "' is not a registered model (registered: ", registered, ")",
+                  guess.empty() ? "" : "; did you mean '" + guess + "'?",
+                  "; load a plugin with model.plugin or --plugin, or call "
+                  "geopipe::registerModel before building the Trainer");
+  }
+  ModelDef def = factory(spec);
   GEOPIPE_CHECK(def.num_layers >= 1 && def.make_layer && def.output_shape && def.loss, ConfigError,
                 "custom model '", spec.name,
                 "' is incomplete: num_layers, make_layer, output_shape and loss are required");

@@ -62,7 +62,9 @@ Placement choosePlacement(const ModelDef& model, const JobSpec& job,
     p.device_of_rank = devices;
     p.source = "caller";
   } else if (n_devices >= world && job.model.layers == model.bodyLayers()) {
-    const JobSpec priced = scheduler::effectiveNetworkJob(job);
+    JobSpec priced = scheduler::effectiveNetworkJob(job);
+    // A model that gives its own cost is priced by it, not as a GPT.
+    if (priced.model.cost.empty()) priced.model.cost = modelCost(model);
     scheduler::PlanResult plan =
         scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), /*with_baselines=*/false,
                         config::plannerStores(priced));

@@ -127,6 +127,35 @@ TEST(ModelSpec, Gpt2RefusesLlamaOnlyFields) {
   EXPECT_NE(errorOf("{kind: llama, name: x}").find("takes no name"), std::string::npos);
 }
 
+// model.plugin is resolved like data.path; model.options keeps each
+// scalar's text; both belong to kind custom only.
+TEST(ModelSpec, PluginAndOptionsOfACustomModel) {
+  const JobSpec job = parse(
+      "{kind: custom, name: m, plugin: lib/libm.so, options: {width: 64, act: gelu, gated: true}}",
+      "/jobs/here");
+  EXPECT_EQ(job.model.plugin, "/jobs/here/lib/libm.so");
+  const std::map<std::string, std::string> expected = {
+      {"width", "64"}, {"act", "gelu"}, {"gated", "true"}};
+  EXPECT_EQ(job.model.options, expected);
+  EXPECT_EQ(parse("{kind: custom, name: m, plugin: /abs/libm.so}", "/jobs").model.plugin,
+            "/abs/libm.so");
+  EXPECT_NE(errorOf("{kind: custom, name: m, options: {widths: [1, 2]}}")
+                .find("model.options.widths: expected a scalar"),
+            std::string::npos);
+  EXPECT_NE(errorOf("{kind: custom, name: m, options: [1, 2]}").find("expected a mapping"),
+            std::string::npos);
+  for (const char* kind : {"gpt", "gpt2", "llama"}) {
+    EXPECT_NE(errorOf(std::string("{kind: ") + kind + ", options: {width: 3}}")
+                  .find(std::string("model.kind ") + kind + " takes no options"),
+              std::string::npos)
+        << kind;
+    EXPECT_NE(errorOf(std::string("{kind: ") + kind + ", plugin: libm.so}")
+                  .find(std::string("model.kind ") + kind + " loads no plugin"),
+              std::string::npos)
+        << kind;
+  }
+}
+
 TEST(ModelSpec, ShapeRulesOfTheFamilies) {
   EXPECT_NE(errorOf("{kind: llama, heads: 4, num_key_value_heads: 3}").find("multiple of"),
             std::string::npos);

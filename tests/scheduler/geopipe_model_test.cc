@@ -469,6 +469,35 @@ TEST(GeopipeModel, ShapeSearchLeavesASlowOutlierIdle) {
 // Network keeps devices x devices matrices: a TopologySpec built in C++ past
 // the parser's 4096 devices is a ConfigError naming the limit, not the
 // bad_alloc (exit 70) that 65536 devices gave `plan` (issue 18).
+// A model that gives its own cost (ModelDef::cost -> ModelSpec::cost) is
+// priced by it: its body layers one by one, its prologue as the embedding
+// and its epilogue as the head; a first block 16x as costly as the other
+// three gets a stage of its own, where the GPT pricing splits 2 + 2.
+TEST(GeopipeModel, AModelsOwnCostReplacesTheGptPricing) {
+  JobSpec job = gptJob(fastSite(2), 2, 1);
+  job.model.layers = 4;
+  const PlanResult as_gpt = plan(job, searchOptionsFromJob(job));
+
+  job.model.cost.prologue = {1000, 0, 0};
+  job.model.cost.epilogue = {2000, 3e6, 0};
+  for (double f : {16e9, 1e9, 1e9, 1e9}) job.model.cost.body.push_back({5e6, f, 1e4});
+  const ModelProfile prof = ModelProfile::fromJob(job);
+  ASSERT_EQ(prof.numLayers(), 4);
+  EXPECT_EQ(prof.layers[0].fwd_flops, 16e9);
+  EXPECT_EQ(prof.layers[0].bwd_flops, 32e9);
+  EXPECT_EQ(prof.layers[1].params, 5e6);
+  EXPECT_EQ(prof.layers[1].act_mem_bytes, 1e4);
+  EXPECT_EQ(prof.embed_params, 1000);
+  EXPECT_EQ(prof.head_params, 2000);
+  EXPECT_EQ(prof.head_flops, 9e6);
+  const PlanResult own = plan(job, searchOptionsFromJob(job));
+  EXPECT_EQ(own.ours.allocation.layers, (std::vector<std::pair<int, int>>{{0, 1}, {1, 4}}));
+  EXPECT_NE(as_gpt.ours.allocation.layers, own.ours.allocation.layers);
+
+  job.model.cost.body.pop_back();
+  EXPECT_THROW(ModelProfile::fromJob(job), ConfigError);
+}
+
 TEST(Network, RefusesMoreDevicesThanItCanHoldAsAConfigError) {
   TopologySpec t;
   t.name = "wide";
