@@ -7,12 +7,14 @@
 // training and validation loss at an equal number of tokens without link
 // emulation (the arithmetic does not depend on link speed).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
+#include <utility>
 
 #include "geopipe/error.h"
 #include "geopipe/trainer.h"
@@ -30,6 +32,7 @@ void addDilocoBenchOptions(CLI::App& bench, DilocoBenchArgs& a) {
       "Every-step data-parallel sync vs DiLoCo local steps on the emulated world-wide network "
       "(4 stages x 2 replicas), side by side in one run");
   d->add_option("--inner-steps", a.inner_steps, "DiLoCo's H values to compare")
+      ->delimiter(',')
       ->capture_default_str();
   d->add_option("--quality-steps", a.quality_steps,
                 "steps of each loss run (links not emulated; equal tokens for every row)")
@@ -64,6 +67,7 @@ struct Row {
   double cross_bytes = 0;  // per step, both replicas
   double final_loss = 0, val_loss = 0;
   std::vector<double> losses;
+  std::vector<double> step_seconds;  // the timed run's, every step
 };
 
 void applyRow(JobSpec& job, const Row& row) {
@@ -84,43 +88,45 @@ void applyRow(JobSpec& job, const Row& row) {
   s.inner_steps = row.inner_steps > 0 ? row.inner_steps : 1000000;
 }
 
-// Step time and cross-replica bytes per step on the emulated links. Every
-// step: the median of `timed` steps after the warm-up. DiLoCo at H: one
-// round of H steps, its only exchange on the last (step H - 1), with the
-// cold first step replaced by the median of the others' inner steps; the
-// mean over the round is the step time, its exchange / H the bytes.
+// Step time and cross-replica bytes per step on the emulated links, as
+// wall time between the ends of steps (the slowest tasklet's, when the
+// step's row is complete): between syncs the replicas run apart, and the
+// faster one then waits at the next sync, which per-step times would not
+// show. Every step: `timed` steps after the warm-up. No exchange: the same,
+// without the last step (the run's closing average). DiLoCo at H: one
+// round of H steps, its only exchange after step H - 1: from the end of
+// the first step to the end of the last, over H - 1 steps; bytes: the
+// round's exchange / H.
 void timeRow(const JobSpec& base, const std::vector<int>& devices, int timed, Row& row) {
   JobSpec job = base;
   applyRow(job, row);
   const bool round = row.inner_steps > 0;
-  job.training.steps = round ? row.inner_steps : kWarmup + timed;
+  job.training.steps = round ? row.inner_steps : kWarmup + timed + (row.inner_steps < 0 ? 1 : 0);
   job.data.num_samples = 2 * job.training.global_batch;
-  std::vector<double> secs;
+  using Clock = std::chrono::steady_clock;
+  std::vector<Clock::time_point> ends;
   std::vector<double> dp_bytes;
   TrainerOptions opt;
   opt.device_of_rank = devices;
   opt.layers_per_stage = {1, 1, 1, 1};
   opt.on_step = [&](const StepMetrics& m) {
-    secs.push_back(m.seconds);
+    ends.push_back(Clock::now());
+    row.step_seconds.push_back(m.seconds);
     dp_bytes.push_back(double(m.dp_wire_bytes));
   };
   Trainer(makeModel(job.model), job, opt).train();
-  if (!round) {
-    secs.erase(secs.begin(), secs.begin() + std::min<long>(kWarmup, long(secs.size())));
-    dp_bytes.erase(dp_bytes.begin(),
-                   dp_bytes.begin() + std::min<long>(kWarmup, long(dp_bytes.size())));
-    row.step_s = median(secs);
-    row.cross_bytes = dp_bytes.empty() ? 0
-                                       : std::accumulate(dp_bytes.begin(), dp_bytes.end(), 0.0) /
-                                             double(dp_bytes.size());
-    if (row.inner_steps < 0) row.cross_bytes = 0;  // the one closing average is not a step's
+  auto wall = [&](size_t from, size_t to) {  // step ends, inclusive indices
+    return std::chrono::duration<double>(ends[to] - ends[from]).count() / double(to - from);
+  };
+  if (round) {
+    row.step_s = wall(0, ends.size() - 1);
+    row.cross_bytes = std::accumulate(dp_bytes.begin(), dp_bytes.end(), 0.0) / row.inner_steps;
     return;
   }
-  const int H = row.inner_steps;
-  std::vector<double> inner(secs.begin() + 1, secs.end() - 1);
-  secs[0] = inner.empty() ? secs[0] : median(inner);
-  row.step_s = std::accumulate(secs.begin(), secs.end(), 0.0) / H;
-  row.cross_bytes = std::accumulate(dp_bytes.begin(), dp_bytes.end(), 0.0) / H;
+  const size_t last = kWarmup + timed - 1;  // the no-exchange run has one more
+  row.step_s = wall(kWarmup - 1, last);
+  row.cross_bytes =
+      std::accumulate(dp_bytes.begin() + kWarmup, dp_bytes.begin() + long(last) + 1, 0.0) / timed;
 }
 
 // Losses without link emulation, `steps` steps of the same global batch
@@ -165,10 +171,17 @@ int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out) {
       scheduler::plan(priced, scheduler::searchOptionsFromJob(priced), false);
   const std::vector<int> devices = deviceOfRank(plan.ours.allocation);
 
-  std::vector<Row> rows = {{"every step, fp32", 0, "none"},
-                           {"every step, 8-bit + EF", 0, "quantize"}};
-  for (int h : hs) rows.push_back({"DiLoCo H=" + std::to_string(h) + ", 8-bit", h, "quantize"});
-  rows.push_back({"no exchange", -1, "none"});
+  auto row = [](std::string name, int inner_steps, std::string method) {
+    Row r;
+    r.name = std::move(name);
+    r.inner_steps = inner_steps;
+    r.grad_method = std::move(method);
+    return r;
+  };
+  std::vector<Row> rows = {row("every step, fp32", 0, "none"),
+                           row("every step, 8-bit + EF", 0, "quantize")};
+  for (int h : hs) rows.push_back(row("DiLoCo H=" + std::to_string(h) + ", 8-bit", h, "quantize"));
+  rows.push_back(row("no exchange", -1, "none"));
 
   out << "[1/2] loss at equal tokens: " << rows.size() << " runs x " << quality_steps
       << " steps (links not emulated)\n"
@@ -209,8 +222,11 @@ int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out) {
   md << "\nLoss runs: " << quality_steps
      << " steps each, the same global batch (equal tokens); final loss = mean of the last 20 "
         "training losses, validation loss after the last step (5% of the samples held out). "
-        "DiLoCo's step time: the mean over one round of H steps (the cold first step replaced "
-        "by the median inner step); bytes: the round's exchange / H.\n";
+        "Step time: wall time between the ends of steps (every step: "
+     << timed
+     << " timed steps after 2 warm-up; DiLoCo: from the end of step 1 to the end of step H, the "
+        "round's exchange "
+        "included); bytes: per timed step (DiLoCo: the round's exchange / H).\n";
   common::writeTextFile((fs::path(args.out_dir) / "results.md").string(), md.str());
   out << "\n" << md.str();
 
@@ -223,7 +239,8 @@ int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out) {
                             {"cross_replica_bytes_per_step", r.cross_bytes},
                             {"final_loss", r.final_loss},
                             {"val_loss", r.val_loss},
-                            {"losses", r.losses}});
+                            {"losses", r.losses},
+                            {"step_seconds", r.step_seconds}});
     common::Series s{r.name, {}};
     for (size_t i = 0; i < r.losses.size(); ++i) s.points.emplace_back(double(i + 1), r.losses[i]);
     series.push_back(s);

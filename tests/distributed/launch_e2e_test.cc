@@ -322,9 +322,11 @@ TEST(Coordinator, DelayOnTheCoordinatorsLinksDoesNotSlowTheSteps) {
   // way to the coordinator (400 ms a round trip, several steps) leaves
   // the step time alone. Reports that waited would add the round trip to
   // every step.
-  // Each case runs twice, interleaved, and the faster run counts: under
-  // ctest -j2 another test's burst of CPU can slow one run by 5% (seen
-  // once in CI: 1.055x), which is the machine's noise, not the reports.
+  // Each case runs twice, interleaved, and the faster run counts. The bound
+  // is 25%: under ctest -j2 on a machine that also compiles, the delayed
+  // runs came out 1.055x, 1.06x and 1.11x (three CI runs), the machine's
+  // noise, while reports that waited would add the 400 ms round trip to
+  // every ~120 ms step (about 4x).
   const int steps = 60, from = 10;
   double direct = 1e9, delayed = 1e9;
   for (int round = 0; round < 2; ++round) {
@@ -336,7 +338,7 @@ TEST(Coordinator, DelayOnTheCoordinatorsLinksDoesNotSlowTheSteps) {
   std::cout << "seconds per step: " << direct << " direct, " << delayed
             << " with 200 ms each way to the coordinator (" << delayed / direct << "x)\n";
   ASSERT_GT(direct, 0);
-  EXPECT_LT(delayed, direct * 1.05);
+  EXPECT_LT(delayed, direct * 1.25);
 }
 
 // --- resumable links --------------------------------------------------------

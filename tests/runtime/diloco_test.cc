@@ -98,7 +98,9 @@ TEST(DiLoCo, ReplicasExchangeOnlyAtTheEndOfARound) {
     const bool round_end = (i + 1) % 4 == 0 || i + 1 == 10;
     EXPECT_EQ(dp_wire[i] > 0, round_end) << "step " << i;
     // 8-bit: about a quarter of the fp32 bytes.
-    if (round_end) EXPECT_LT(dp_wire[i] * 3, dp_raw[i]) << "step " << i;
+    if (round_end) {
+      EXPECT_LT(dp_wire[i] * 3, dp_raw[i]) << "step " << i;
+    }
   }
   EXPECT_LT(r.losses.back(), r.losses.front() - 0.3);
 }
