@@ -84,6 +84,7 @@ bench: build
 	$(GEOPIPE) bench scheduler --hard
 	$(GEOPIPE) bench pipeline
 	$(GEOPIPE) bench e2e
+	$(GEOPIPE) bench diloco
 	$(GEOPIPE) bench binding
 
 format:
