@@ -1,6 +1,8 @@
 // Shared pieces of the benchmark commands.
 #include "src/cli/bench_common.h"
 
+#include <cstdio>
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +26,12 @@ topology:
   sites: [{name: local, devices: 8, intra: {latency_ms: 0, bandwidth_gbps: 100}}]
 transport: {emulate_links: false}
 )";
+}
+
+std::string formatNumber(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), format, v);
+  return buf;
 }
 
 double median(std::vector<double> v) {

@@ -17,6 +17,9 @@ std::string benchTinyJobYaml(const std::string& name);
 // Median of v (the upper one for an even count); 0 for an empty v.
 double median(std::vector<double> v);
 
+// One number through a printf format ("%.3f"), for the benchmark tables.
+std::string formatNumber(const char* format, double v);
+
 // The job a launched benchmark runs, as a YAML tree: the user's file
 // `job_file` when given, else `builtin`; with the bench's steps, stages and
 // replicas, and no checkpoints or log files. `dir` is where a copy must be

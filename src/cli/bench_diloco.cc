@@ -53,12 +53,6 @@ namespace {
 namespace fs = std::filesystem;
 constexpr int kWarmup = 2;
 
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), f, v);
-  return buf;
-}
-
 struct Row {
   std::string name;
   int inner_steps = 0;  // 0: every step; -1: no exchange
@@ -188,15 +182,15 @@ int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out) {
       << std::flush;
   for (Row& r : rows) {
     lossRow(base, quality_steps, r);
-    out << "  " << r.name << ": final loss " << fmt("%.4f", r.final_loss) << ", validation "
-        << fmt("%.4f", r.val_loss) << "\n"
+    out << "  " << r.name << ": final loss " << formatNumber("%.4f", r.final_loss)
+        << ", validation " << formatNumber("%.4f", r.val_loss) << "\n"
         << std::flush;
   }
   out << "[2/2] step time on the world-wide links x " << args.scale << "\n" << std::flush;
   for (Row& r : rows) {
     timeRow(base, devices, timed, r);
-    out << "  " << r.name << ": " << fmt("%.3f", r.step_s) << " s/step, "
-        << fmt("%.0f", r.cross_bytes / 1e3) << " KB cross-replica per step\n"
+    out << "  " << r.name << ": " << formatNumber("%.3f", r.step_s) << " s/step, "
+        << formatNumber("%.0f", r.cross_bytes / 1e3) << " KB cross-replica per step\n"
         << std::flush;
   }
 
@@ -210,14 +204,16 @@ int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out) {
         "final loss | vs fp32 | validation loss |\n"
      << "|---|---|---|---|---|---|---|---|\n";
   for (const Row& r : rows) {
-    md << "| " << r.name << " | " << fmt("%.3f", r.step_s) << " | "
-       << fmt("%.2fx", none.step_s > 0 ? r.step_s / none.step_s : 0) << " | "
-       << fmt("%.0f KB", r.cross_bytes / 1e3) << " | "
-       << (r.cross_bytes > 0 ? fmt("%.0fx", fp32.cross_bytes / r.cross_bytes) : std::string("-"))
-       << " | " << fmt("%.4f", r.final_loss) << " | "
-       << fmt("%+.2f%%",
-              fp32.final_loss > 0 ? 100 * (r.final_loss - fp32.final_loss) / fp32.final_loss : 0)
-       << " | " << fmt("%.4f", r.val_loss) << " |\n";
+    md << "| " << r.name << " | " << formatNumber("%.3f", r.step_s) << " | "
+       << formatNumber("%.2fx", none.step_s > 0 ? r.step_s / none.step_s : 0) << " | "
+       << formatNumber("%.0f KB", r.cross_bytes / 1e3) << " | "
+       << (r.cross_bytes > 0 ? formatNumber("%.0fx", fp32.cross_bytes / r.cross_bytes)
+                             : std::string("-"))
+       << " | " << formatNumber("%.4f", r.final_loss) << " | "
+       << formatNumber("%+.2f%%", fp32.final_loss > 0
+                                      ? 100 * (r.final_loss - fp32.final_loss) / fp32.final_loss
+                                      : 0)
+       << " | " << formatNumber("%.4f", r.val_loss) << " |\n";
   }
   md << "\nLoss runs: " << quality_steps
      << " steps each, the same global batch (equal tokens); final loss = mean of the last 20 "

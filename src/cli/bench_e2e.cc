@@ -35,12 +35,6 @@ double tailMean(const std::vector<double>& v, size_t n) {
   return n ? std::accumulate(v.end() - static_cast<long>(n), v.end(), 0.0) / double(n) : 0;
 }
 
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), f, v);
-  return buf;
-}
-
 // One compression setting of the grid.
 struct Method {
   std::string name;
@@ -236,7 +230,8 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
     job.transport.emulate_links = false;
     job.training.steps = quality_steps;
     losses[m.name] = Trainer(makeModel(job.model), job).train().losses;
-    out << "  " << m.name << ": final loss " << fmt("%.4f", tailMean(losses[m.name], 20)) << "\n"
+    out << "  " << m.name << ": final loss " << formatNumber("%.4f", tailMean(losses[m.name], 20))
+        << "\n"
         << std::flush;
   }
 
@@ -257,8 +252,8 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
       r.losses = losses[m.name];
       r.final_loss = tailMean(r.losses, 20);
       r.predicted_s = predictStep(job, allocationOf(job, pair, even), compute_2x1);
-      out << "  " << mbps << " Mbps " << m.name << ": " << fmt("%.3f", r.step_s) << " s/step (predicted "
-          << fmt("%.3f", r.predicted_s) << ")\n"
+      out << "  " << mbps << " Mbps " << m.name << ": " << formatNumber("%.3f", r.step_s)
+          << " s/step (predicted " << formatNumber("%.3f", r.predicted_s) << ")\n"
           << std::flush;
       runs.push_back(r);
     }
@@ -283,8 +278,8 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
       r.name = name;
       r.mbps = args.placement_scale * 1000;
       r.predicted_s = predictStep(pj, allocationOf(pj, devices, one_each), compute_4x2);
-      out << "  " << name << ": " << fmt("%.3f", r.step_s) << " s/step (predicted "
-          << fmt("%.3f", r.predicted_s) << ")\n"
+      out << "  " << name << ": " << formatNumber("%.3f", r.step_s) << " s/step (predicted "
+          << formatNumber("%.3f", r.predicted_s) << ")\n"
           << std::flush;
       runs.push_back(r);
     }
@@ -304,13 +299,13 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
     const double err = r.step_s > 0 ? (r.predicted_s - r.step_s) / r.step_s : 0;
     worst_error = std::max(worst_error, std::abs(err));
     const double fp32_loss = tailMean(losses["fp32"], 20);
-    md << "| " << r.mbps << " Mbps | " << r.name << " | " << fmt("%.3f", r.step_s) << " | "
-       << fmt("%.3f", r.predicted_s) << " | " << fmt("%+.0f%%", 100 * err) << " | "
-       << fmt("%.2fx", base && r.step_s > 0 ? base->step_s / r.step_s : 0) << " | "
-       << fmt("%.0f KB", r.wire / 1e3) << " | "
-       << fmt("%.1fx", r.wire ? double(r.raw) / double(r.wire) : 1.0) << " | "
-       << fmt("%.4f", r.final_loss) << " | " << fmt("%+.2f%%", 100 * (r.final_loss - fp32_loss) / fp32_loss)
-       << " |\n";
+    md << "| " << r.mbps << " Mbps | " << r.name << " | " << formatNumber("%.3f", r.step_s) << " | "
+       << formatNumber("%.3f", r.predicted_s) << " | " << formatNumber("%+.0f%%", 100 * err)
+       << " | " << formatNumber("%.2fx", base && r.step_s > 0 ? base->step_s / r.step_s : 0)
+       << " | " << formatNumber("%.0f KB", r.wire / 1e3) << " | "
+       << formatNumber("%.1fx", r.wire ? double(r.raw) / double(r.wire) : 1.0) << " | "
+       << formatNumber("%.4f", r.final_loss) << " | "
+       << formatNumber("%+.2f%%", 100 * (r.final_loss - fp32_loss) / fp32_loss) << " |\n";
   }
   md << "\n## Placement (8 single-device regions with the world-wide scenario's links x "
      << args.placement_scale << "; 4 stages x 2 replicas, fp32)\n\n"
@@ -322,11 +317,11 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
     if (r.group != "placement") continue;
     const double err = r.step_s > 0 ? (r.predicted_s - r.step_s) / r.step_s : 0;
     worst_error = std::max(worst_error, std::abs(err));
-    md << "| " << r.name << " | " << fmt("%.3f", r.step_s) << " | " << fmt("%.3f", r.predicted_s)
-       << " | " << fmt("%+.0f%%", 100 * err) << " | "
-       << fmt("%.2fx", scheduled > 0 ? r.step_s / scheduled : 0) << " |\n";
+    md << "| " << r.name << " | " << formatNumber("%.3f", r.step_s) << " | "
+       << formatNumber("%.3f", r.predicted_s) << " | " << formatNumber("%+.0f%%", 100 * err)
+       << " | " << formatNumber("%.2fx", scheduled > 0 ? r.step_s / scheduled : 0) << " |\n";
   }
-  md << "\nWorst prediction error: " << fmt("%.0f%%", 100 * worst_error) << "\n";
+  md << "\nWorst prediction error: " << formatNumber("%.0f%%", 100 * worst_error) << "\n";
   common::writeTextFile((fs::path(args.out_dir) / "results.md").string(), md.str());
   out << "\n" << md.str();
 
@@ -363,11 +358,13 @@ int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {
                         common::lineChartSvg(by_step, {"Training loss per step", "step", "loss"}));
   common::writeTextFile(
       (fs::path(args.out_dir) / "loss_vs_time.svg").string(),
-      common::lineChartSvg(by_time, {"Training loss vs wall time at " + fmt("%g", slow) + " Mbps",
-                                     "seconds (steps x measured step time)", "loss"}));
+      common::lineChartSvg(by_time,
+                           {"Training loss vs wall time at " + formatNumber("%g", slow) + " Mbps",
+                            "seconds (steps x measured step time)", "loss"}));
   std::vector<std::pair<std::string, double>> bars;
   for (const Run& r : runs) {
-    bars.emplace_back(r.group == "compression" ? fmt("%g Mbps ", r.mbps) + r.name : "placement " + r.name,
+    bars.emplace_back(r.group == "compression" ? formatNumber("%g Mbps ", r.mbps) + r.name
+                                               : "placement " + r.name,
                       r.step_s > 0 ? 8.0 * 128 / r.step_s : 0);
   }
   common::writeTextFile((fs::path(args.out_dir) / "throughput.svg").string(),
