@@ -117,6 +117,8 @@ void printJson(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   j["pipeline_stages"] = p.d_pp;
   j["data_parallel"] = p.d_dp;
   j["predicted_step_s"] = ours;
+  // A custom model's own cost is not known here (plan builds no model).
+  j["model_priced_as"] = job.model.kind == "custom" ? std::string("gpt") : job.model.kind;
   j["breakdown"] = breakdownJson(p.ours.best.eval.breakdown);
   if (const auto d = dilocoPricing(job, p)) {
     j["diloco"] = {{"inner_steps", d->inner_steps},
@@ -198,6 +200,11 @@ void printText(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   out << "cost model " << p.cost_model << ", algorithm " << p.algorithm
       << ", shape " << p.d_pp << " stages x " << p.d_dp << " replicas";
   if (idle > 0) out << ", " << idle << " devices idle";
+  if (job.model.kind == "custom") {
+    out << "\nnote: plan does not build custom models (nor load model.plugin: it is built "
+           "without LibTorch): the model is priced as a GPT of its shape; train, launch and "
+           "coordinator place it with the cost its ModelDef gives";
+  }
   out << "\n\npredicted step time: " << fmt(total) << " s\n";
   auto line = [&](const char* name, double v) {
     out << "  " << std::left << std::setw(22) << name << std::right

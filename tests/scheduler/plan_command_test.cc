@@ -96,6 +96,26 @@ TEST(PlanCommand, DilocoShowsTheEveryStepSyncStepBesideIt) {
   EXPECT_THROW(runPlan(job, o, out), ConfigError);
 }
 
+// plan builds no model: a custom one (a plugin's, or the user's program's)
+// is priced as a GPT of its shape, and plan says so.
+TEST(PlanCommand, SaysACustomModelIsPricedAsAGpt) {
+  JobSpec job = scheduler::paperJob(3);
+  PlanOverrides o;
+  o.algorithm = "in-order";
+  std::ostringstream plain;
+  ASSERT_EQ(runPlan(job, o, plain), 0);
+  EXPECT_EQ(plain.str().find("priced as a GPT"), std::string::npos);
+  job.model.kind = "custom";
+  std::ostringstream out;
+  ASSERT_EQ(runPlan(job, o, out), 0);
+  EXPECT_NE(out.str().find("the model is priced as a GPT of its shape"), std::string::npos)
+      << out.str();
+  o.json = true;
+  std::ostringstream js;
+  ASSERT_EQ(runPlan(job, o, js), 0);
+  EXPECT_EQ(nlohmann::json::parse(js.str())["model_priced_as"], "gpt");
+}
+
 // plan prices the links the run will have: with emulated links it applies
 // transport.bandwidth_scale and latency_scale, as train and the runtime's
 // placement do (scheduler::effectiveNetworkJob), so it predicts the same
