@@ -49,19 +49,19 @@ void OuterSync::exchange(int64_t step) {
   sync_->average(anchor_, step);
 }
 
-void OuterSync::wait() {
-  if (!running_.valid()) return;
-  running_.get();  // rethrows the exchange's error
+void OuterSync::settle() {
+  if (running_.valid()) running_.get();  // rethrows the exchange's error
+  // Nothing runs now: the sync's counters are this thread's to read.
   raw_bytes_ = sync_->rawBytes();
   wire_bytes_ = sync_->wireBytes();
 }
 
-void OuterSync::settle() {
-  wait();
-}
-
-void OuterSync::applyOuterStep() {
+void OuterSync::stepSharedWeights() {
   outer_->step();
+  for (size_t i = 0; i < anchor_.size(); ++i) {
+    params_[i].copy_(anchor_[i]);
+    if (!start_.empty()) start_[i].copy_(anchor_[i]);
+  }
 }
 
 bool OuterSync::afterStep(int64_t step, int64_t steps) {
@@ -72,18 +72,16 @@ bool OuterSync::afterStep(int64_t step, int64_t steps) {
       anchor_[i].mutable_grad() = anchor_[i].detach() - params_[i].detach();
     }
     exchange(step);
-    raw_bytes_ = sync_->rawBytes();
-    wire_bytes_ = sync_->wireBytes();
-    applyOuterStep();
-    for (size_t i = 0; i < anchor_.size(); ++i) params_[i].copy_(anchor_[i]);
+    settle();
+    stepSharedWeights();
     return true;
   }
   // This round's progress, kept on top of the shared weights until its
   // average replaces it one round later.
   std::vector<torch::Tensor> progress;
   for (size_t i = 0; i < anchor_.size(); ++i) progress.push_back(start_[i] - params_[i].detach());
-  wait();
-  if (averaged_) applyOuterStep();
+  settle();
+  if (averaged_) outer_->step();
   for (size_t i = 0; i < anchor_.size(); ++i) {
     params_[i].copy_(anchor_[i] - progress[i]);
     start_[i].copy_(params_[i]);
@@ -93,13 +91,9 @@ bool OuterSync::afterStep(int64_t step, int64_t steps) {
   running_ = std::async(std::launch::async, [this, step] { exchange(step); });
   if (step + 1 == steps) {
     // The run ends here: apply the last round's average now.
-    wait();
-    applyOuterStep();
+    settle();
+    stepSharedWeights();
     averaged_ = false;
-    for (size_t i = 0; i < anchor_.size(); ++i) {
-      params_[i].copy_(anchor_[i]);
-      start_[i].copy_(anchor_[i]);
-    }
   }
   return true;
 }

@@ -45,7 +45,8 @@ class OuterSync {
   // and applies the previous round's). Returns whether a round ended.
   bool afterStep(int64_t step, int64_t steps);
 
-  // Waits for an exchange still running (a checkpoint stores its result).
+  // Waits for an exchange still running (a checkpoint stores its result)
+  // and takes the bytes of the finished ones.
   void settle();
 
   // Shared weights, outer optimizer state, the round's start (overlap) and
@@ -69,9 +70,13 @@ class OuterSync {
   uint64_t wireBytes() const { return wire_bytes_; }
 
  private:
-  void applyOuterStep();  // anchor_ grads hold the average
+  // Averages anchor_'s grads (the pseudo-gradients) over the group, in
+  // place; on the background thread with overlap. settle() reads its byte
+  // counts once nothing runs.
   void exchange(int64_t step);
-  void wait();
+  // One outer step (anchor_'s grads hold the average), then every replica
+  // goes on from the new shared weights.
+  void stepSharedWeights();
   void loadArchive(const std::string& path);
 
   DataParallelSyncSpec spec_;

@@ -305,16 +305,17 @@ TaskletStep Tasklet::runStep(int64_t step) {
   part.grad_sq_sum = local_sq;
   part.peak_rss_bytes = peakRssBytes();
   const transport::TransportStats ts = transport_.stats();
-  part.sent_bytes_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
-  part.received_bytes_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
-  part.sent_bytes_by_rank.back() = takeDelta(ts.bytes_sent, sent_);
-  part.received_bytes_by_rank.back() = takeDelta(ts.bytes_received, received_);
-  part.compute_seconds_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
-  part.comm_wait_seconds_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
-  part.seconds_by_rank.assign(static_cast<size_t>(rank_) + 1, 0);
-  part.compute_seconds_by_rank.back() = part.compute_seconds;
-  part.comm_wait_seconds_by_rank.back() = part.comm_wait_seconds;
-  part.seconds_by_rank.back() = part.seconds;
+  // This tasklet's entry of the by-rank tables (mergeTaskletStep adds them).
+  auto atRank = [&](auto value) {
+    std::vector<decltype(value)> v(static_cast<size_t>(rank_) + 1, 0);
+    v.back() = value;
+    return v;
+  };
+  part.sent_bytes_by_rank = atRank(takeDelta(ts.bytes_sent, sent_));
+  part.received_bytes_by_rank = atRank(takeDelta(ts.bytes_received, received_));
+  part.compute_seconds_by_rank = atRank(part.compute_seconds);
+  part.comm_wait_seconds_by_rank = atRank(part.comm_wait_seconds);
+  part.seconds_by_rank = atRank(part.seconds);
   if (stage_ == stages_ - 1) {
     out.has_loss = true;
     out.loss = compute_->takeLossSum() / micro_batches_;
@@ -366,6 +367,11 @@ void Tasklet::evaluate(int64_t step, StepMetrics& into) {
 
 std::string Tasklet::fileName(const std::string& suffix) const {
   return fileNameOf(rank_, suffix);
+}
+
+std::string Tasklet::savedFileOf(const std::string& step_dir, int replica,
+                                 const std::string& suffix) const {
+  return (fs::path(step_dir) / fileNameOf(replica * stages_ + stage_, suffix)).string();
 }
 
 std::string Tasklet::fileNameOf(int rank, const std::string& suffix) const {
@@ -441,7 +447,7 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
                 " replicas needs the checkpoint's next_step");
   const ReshardSources src = reshardSources(replica_, replicas, saved_replicas);
   auto fileOfReplica = [&](int replica, const std::string& suffix) {
-    return (fs::path(step_dir) / fileNameOf(replica * stages_ + stage_, suffix)).string();
+    return savedFileOf(step_dir, replica, suffix);
   };
   const std::string path = fileOfReplica(src.model_replica, "pt");
   try {
@@ -506,7 +512,7 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
 void Tasklet::loadOuterState(const std::string& step_dir, int saved_replicas,
                              const ReshardSources& src) {
   auto fileOfReplica = [&](int replica, const std::string& suffix) {
-    return (fs::path(step_dir) / fileNameOf(replica * stages_ + stage_, suffix)).string();
+    return savedFileOf(step_dir, replica, suffix);
   };
   const std::string outer = fileOfReplica(src.model_replica, "outer");
   const bool saved_outer = fs::exists(outer);

@@ -114,6 +114,9 @@ class Tasklet {
  private:
   void loadOuterState(const std::string& step_dir, int saved_replicas, const ReshardSources& src);
   std::string fileName(const std::string& suffix) const;
+  // Path in step_dir of this stage's file of saved replica `replica`.
+  std::string savedFileOf(const std::string& step_dir, int replica,
+                          const std::string& suffix) const;
   std::string fileNameOf(int rank, const std::string& suffix) const;
 
   const JobSpec& job_;
