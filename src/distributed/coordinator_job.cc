@@ -49,9 +49,13 @@ void findResumePoint(const ModelDef& model, CoordinatorJob& cj, const Event& eve
                            job.training.steps);
   cj.resume_replicas = manifest.replicas;
   cj.first_step = manifest.next_step;
-  // Keep the layer split the checkpoint was written with (version 2).
-  cj.resume_body_split =
-      runtime::savedBodySplit(manifest, model.prologue_layers, model.epilogue_layers);
+  // Keep the layer split the checkpoint was written with (version 2) when
+  // the stage count is the same; another count is planned afresh, and the
+  // workers gather their layers from the saved stages.
+  if (manifest.stages == job.parallelism.pipeline_stages) {
+    cj.resume_body_split =
+        runtime::savedBodySplit(manifest, model.prologue_layers, model.epilogue_layers);
+  }
   cj.resume_dir = runtime::stepDirectory(dir, cj.first_step);
   event(detail::concat("resuming from '", common::printable(cj.resume_dir), "' at step ",
                        cj.first_step));

@@ -621,7 +621,14 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
                              std::chrono::milliseconds(int64_t{opt.timeout_seconds} * 1000),
                              job_data.val ? &*job_data.val : nullptr);
     if (!a.resume_dir().empty()) {
-      tasklet.loadCheckpoint(a.resume_dir(), a.resume_replicas(), a.first_step());
+      // The coordinator verified the checkpoint; its manifest says the
+      // shape and the layers of each stage that wrote it.
+      const runtime::CheckpointManifest m = runtime::readManifest(a.resume_dir());
+      GEOPIPE_CHECK(m.replicas == a.resume_replicas(), ProtocolError, "checkpoint '",
+                    common::printable(a.resume_dir()), "' was written by ", m.replicas,
+                    " replicas, the coordinator said ", a.resume_replicas());
+      tasklet.loadCheckpoint({a.resume_dir(), m.stages, m.replicas, m.layers_of_stage},
+                             a.first_step());
     }
 
     const int64_t steps = a.steps();

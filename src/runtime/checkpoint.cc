@@ -116,6 +116,17 @@ void writeFileAtomic(const std::string& path, const std::string& content) {
   }
 }
 
+namespace {
+
+// The rank in "tasklet-<rank>.<kind>", -1 for another name.
+int taskletRankOf(const std::string& name) {
+  static const std::regex re(R"(tasklet-([0-9]{1,9})\..+)");
+  std::smatch m;
+  return std::regex_match(name, m, re) ? std::stoi(m[1].str()) : -1;
+}
+
+}  // namespace
+
 void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int keep) {
   const std::string step_dir = stepDirectory(dir, manifest.next_step);
   nlohmann::json j;
@@ -127,7 +138,20 @@ void commitCheckpoint(const std::string& dir, CheckpointManifest manifest, int k
   j["files"] = nlohmann::json::array();
   for (auto& f : manifest.files) {
     f = describeFile(step_dir, f.name);
-    j["files"].push_back({{"name", f.name}, {"bytes", f.bytes}, {"crc32c", f.crc32c}});
+    nlohmann::json entry = {{"name", f.name}, {"bytes", f.bytes}, {"crc32c", f.crc32c}};
+    // Which tasklet wrote it, and the global layers [first, last) it holds
+    // (informational: readers find a file from the stage's layer range).
+    const int rank = taskletRankOf(f.name);
+    if (rank >= 0 && manifest.stages > 0) {
+      const int stage = rank % manifest.stages;
+      entry["stage"] = stage;
+      entry["replica"] = rank / manifest.stages;
+      if (stage < static_cast<int>(manifest.layers_of_stage.size())) {
+        const auto [first, last] = manifest.layers_of_stage[static_cast<size_t>(stage)];
+        entry["layers"] = {first, last};
+      }
+    }
+    j["files"].push_back(std::move(entry));
   }
   if (manifest.version >= 2) {
     j["model"] = manifest.model_json.empty() ? nlohmann::json::object()
@@ -252,12 +276,18 @@ std::vector<int> savedBodySplit(const CheckpointManifest& m, int prologue_layers
   return out;
 }
 
+bool holdsOuterState(const CheckpointManifest& m) {
+  return std::any_of(m.files.begin(), m.files.end(), [](const CheckpointFile& f) {
+    return fs::path(f.name).extension() == ".outer";
+  });
+}
+
 bool checkpointDue(const CheckpointSpec& c, int64_t step, int64_t steps) {
   if (c.dir.empty()) return false;
   return step + 1 == steps || (c.every_steps > 0 && (step + 1) % c.every_steps == 0);
 }
 
-CheckpointManifest readAndVerify(const std::string& step_dir) {
+CheckpointManifest readManifest(const std::string& step_dir) {
   const std::string path = (fs::path(step_dir) / kManifest).string();
   nlohmann::json j;
   try {
@@ -301,6 +331,11 @@ CheckpointManifest readAndVerify(const std::string& step_dir) {
                   " but lives in '", dir_name, "' (step ", m.next_step, "'s directory is '",
                   expected, "'): the manifest does not belong to its directory");
   }
+  return m;
+}
+
+CheckpointManifest readAndVerify(const std::string& step_dir) {
+  CheckpointManifest m = readManifest(step_dir);
   for (const auto& f : m.files) {
     CheckpointFile actual;
     try {
@@ -352,10 +387,28 @@ CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas,
   }
   const CheckpointManifest& manifest = *found;
   if (manifest.stages != stages) {
-    GEOPIPE_THROW(ConfigError, "the checkpoint in '", dir, "' was written by ", manifest.stages,
-                  " pipeline stages x ", manifest.replicas, " replicas, the job has ", stages,
-                  " stages: resume with parallelism.pipeline_stages: ", manifest.stages,
-                  " (the replica count may differ)");
+    // Another stage count: the tasklets gather their layers from the saved
+    // stages' files (Tasklet::loadCheckpoint), which needs the layer ranges
+    // (version 2) and weights that are the same on every saved replica.
+    GEOPIPE_CHECK(!manifest.layers_of_stage.empty(), ConfigError, "the checkpoint in '", dir,
+                  "' was written by ", manifest.stages, " pipeline stages x ", manifest.replicas,
+                  " replicas, the job has ", stages,
+                  " stages, and its manifest (version 1) does not say which layers each stage "
+                  "held: resume with parallelism.pipeline_stages: ",
+                  manifest.stages);
+    GEOPIPE_CHECK(!holdsOuterState(manifest), ConfigError, "the checkpoint in '", dir,
+                  "' was written by ", manifest.stages,
+                  " pipeline stages under "
+                  "parallelism.data_parallel_sync kind diloco, the job has ",
+                  stages,
+                  " stages: a DiLoCo checkpoint resumes only with its own layer split; "
+                  "resume with parallelism.pipeline_stages: ",
+                  manifest.stages);
+    spdlog::info(
+        "the checkpoint in '{}' was written by {} stages, the job has {}: every tasklet "
+        "gathers its layers from the saved stages (docs/operations.md, \"Resuming with "
+        "another shape\")",
+        dir, manifest.stages, stages);
   }
   if (manifest.next_step >= steps) {
     const bool last = manifest.next_step == steps;

@@ -85,16 +85,25 @@ std::optional<CheckpointManifest> findLatestCheckpoint(const std::string& dir);
 
 // Checks one committed checkpoint; throws IoError naming the bad file.
 CheckpointManifest readAndVerify(const std::string& step_dir);
+// Its manifest only (parsed, its next_step checked against the directory's
+// name), for a worker told to resume from a checkpoint the coordinator has
+// verified. IoError as readAndVerify.
+CheckpointManifest readManifest(const std::string& step_dir);
+
+// Whether the checkpoint was written under DiLoCo (it holds outer state).
+bool holdsOuterState(const CheckpointManifest& manifest);
 
 // What `--resume` of a job of `stages` x `replicas` continues from: the
-// newest committed checkpoint in checkpoint.dir `dir`. The stages must
-// match (each stage's files hold its layers); another replica count is
-// resharded when the tasklets load (Tasklet::loadCheckpoint), so it only
-// needs the global batch to split over the new replicas, which the job's
-// own checks ensure. ConfigError when `dir` is empty, holds no committed
-// checkpoint, the stages differ (naming both shapes), or the checkpoint is
-// at or past the job's last step `steps` (nothing left to train; the
-// message says how to train on).
+// newest committed checkpoint in checkpoint.dir `dir`. Another replica
+// count, stage count or layer split is resharded when the tasklets load
+// (Tasklet::loadCheckpoint: every layer is found by its global index in the
+// saved stage that held it), so it only needs the global batch to split
+// over the new replicas, which the job's own checks ensure. ConfigError
+// when `dir` is empty, holds no committed checkpoint, the stages differ and
+// the manifest is version 1 (no layer ranges) or the checkpoint is DiLoCo's
+// (its outer state resumes only with its own split), or the checkpoint is at
+// or past the job's last step `steps` (nothing left to train; the message
+// says how to train on).
 CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas, int64_t steps);
 
 // The body layers per stage a version 2 checkpoint was written with (its

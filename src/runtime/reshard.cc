@@ -2,12 +2,40 @@
 #include "src/runtime/reshard.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <iterator>
 #include <memory>
 
 #include "geopipe/error.h"
 
 namespace geopipe::runtime {
+
+std::string SavedLayout::file(int stage, int replica, const std::string& suffix) const {
+  return (std::filesystem::path(step_dir) /
+          ("tasklet-" + std::to_string(replica * stages + stage) + "." + suffix))
+      .string();
+}
+
+int SavedLayout::stageWithLayers(int first, int last) const {
+  for (int s = 0; s < static_cast<int>(layers_of_stage.size()); ++s) {
+    if (layers_of_stage[static_cast<size_t>(s)] == std::make_pair(first, last)) return s;
+  }
+  return -1;
+}
+
+int SavedLayout::stageStartingAt(int layer) const {
+  for (int s = 1; s < static_cast<int>(layers_of_stage.size()); ++s) {
+    if (layers_of_stage[static_cast<size_t>(s)].first == layer) return s;
+  }
+  return -1;
+}
+
+int SavedLayout::stageEndingAt(int layer) const {
+  for (int s = 0; s + 1 < static_cast<int>(layers_of_stage.size()); ++s) {
+    if (layers_of_stage[static_cast<size_t>(s)].second == layer) return s;
+  }
+  return -1;
+}
 
 ReshardSources reshardSources(int replica, int replicas, int saved_replicas) {
   GEOPIPE_CHECK(replicas >= 1 && saved_replicas >= 1 && replica >= 0 && replica < replicas,

@@ -7,11 +7,37 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "compression/activation_buffer.h"
 
 namespace geopipe::runtime {
+
+// A committed checkpoint as a resuming tasklet reads it: the shape that
+// wrote it and the global layers [first, last) each saved stage held. A
+// tasklet whose layers are exactly one saved stage's takes that stage's
+// files; another split gathers every layer from the saved stage that held
+// it (Tasklet::loadCheckpoint).
+struct SavedLayout {
+  std::string step_dir;
+  int stages = 0;
+  int replicas = 0;
+  std::vector<std::pair<int, int>> layers_of_stage;
+
+  // Path of the file of saved stage `stage`, replica `replica`:
+  // "<step_dir>/tasklet-<replica * stages + stage>.<suffix>".
+  std::string file(int stage, int replica, const std::string& suffix) const;
+  // The saved stage that held exactly the layers [first, last); -1 if none.
+  int stageWithLayers(int first, int last) const;
+  // The saved stage whose input boundary is the cut before `layer` (it
+  // starts there and is not the first); -1 when the saved split had no cut
+  // there. stageEndingAt: the saved stage whose output boundary is that
+  // cut (it ends there and is not the last). A boundary is kept across a
+  // new split, with its AC-SGD buffers, exactly when both exist.
+  int stageStartingAt(int layer) const;
+  int stageEndingAt(int layer) const;
+};
 
 // Where new replica `replica` of `replicas` finds its state in a checkpoint
 // written by `saved_replicas` replicas (of the same stages).

@@ -151,11 +151,13 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
                  transport::Transport& transport, const data::TokenDataset& dataset,
                  const data::Sampler& sampler, std::chrono::milliseconds timeout,
                  const data::TokenDataset* val)
-    : job_(job),
+    : model_(model),
+      job_(job),
       sampler_(sampler),
       val_(val),
       rank_(rank),
       stages_(job.parallelism.pipeline_stages),
+      layers_of_stage_(placement.layers_of_stage),
       micro_batches_(sampler.microBatchesPerReplica()),
       transport_(transport),
       timeout_(timeout) {
@@ -166,8 +168,8 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   so.stage = stage_;
   so.num_stages = stages_;
   so.replica = replica_;
-  so.first_layer = placement.layers_of_stage[stage_].first;
-  so.last_layer = placement.layers_of_stage[stage_].second;
+  so.first_layer = first_layer_ = placement.layers_of_stage[stage_].first;
+  so.last_layer = last_layer_ = placement.layers_of_stage[stage_].second;
   so.micro_batch = job.training.micro_batch;
   so.num_micro_batches = micro_batches_;
   so.seed = job.training.seed;
@@ -366,16 +368,7 @@ void Tasklet::evaluate(int64_t step, StepMetrics& into) {
 }
 
 std::string Tasklet::fileName(const std::string& suffix) const {
-  return fileNameOf(rank_, suffix);
-}
-
-std::string Tasklet::savedFileOf(const std::string& step_dir, int replica,
-                                 const std::string& suffix) const {
-  return (fs::path(step_dir) / fileNameOf(replica * stages_ + stage_, suffix)).string();
-}
-
-std::string Tasklet::fileNameOf(int rank, const std::string& suffix) const {
-  return "tasklet-" + std::to_string(rank) + "." + suffix;
+  return "tasklet-" + std::to_string(rank_) + "." + suffix;
 }
 
 std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) const {
@@ -438,18 +431,42 @@ uint64_t Tasklet::acsgdBufferBytes() const {
   return bytes;
 }
 
-void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
-                             int64_t next_step) {
+void Tasklet::loadCheckpoint(const SavedLayout& given, int64_t next_step) {
+  SavedLayout saved = given;
+  if (saved.stages <= 0) saved.stages = stages_;
+  if (saved.replicas <= 0) saved.replicas = job_.parallelism.data_parallel;
+  if (saved.layers_of_stage.empty()) saved.layers_of_stage = layers_of_stage_;  // version 1
   const int replicas = job_.parallelism.data_parallel;
-  if (saved_replicas <= 0) saved_replicas = replicas;
-  GEOPIPE_CHECK(saved_replicas == replicas || next_step > 0, Error,
-                "loadCheckpoint: resharding from ", saved_replicas,
+  GEOPIPE_CHECK(saved.replicas == replicas || next_step > 0, Error,
+                "loadCheckpoint: resharding from ", saved.replicas,
                 " replicas needs the checkpoint's next_step");
-  const ReshardSources src = reshardSources(replica_, replicas, saved_replicas);
-  auto fileOfReplica = [&](int replica, const std::string& suffix) {
-    return savedFileOf(step_dir, replica, suffix);
-  };
-  const std::string path = fileOfReplica(src.model_replica, "pt");
+  const ReshardSources src = reshardSources(replica_, replicas, saved.replicas);
+  const int same = saved.stageWithLayers(first_layer_, last_layer_);
+  if (same < 0) {
+    GEOPIPE_CHECK(!fs::exists(saved.file(0, src.model_replica, "outer")), ConfigError,
+                  "checkpoint '", saved.step_dir,
+                  "' was written under parallelism.data_parallel_sync kind diloco with another "
+                  "split of the layers; a DiLoCo checkpoint resumes only with its own split");
+    loadLayers(saved, src.model_replica);
+    // The residuals and PowerSGD's Q are per stage: they start afresh.
+    if (outer_) outer_->startFromWeights();
+    restoreBuffers(saved, next_step);
+    return;
+  }
+  loadStageWeights(saved.file(same, src.model_replica, "pt"));
+  if (saved.replicas == replicas) {
+    sync_->loadState(saved.file(same, replica_, "gradsync"));
+  } else {
+    std::vector<std::string> residuals;
+    for (int r : src.residual_replicas) residuals.push_back(saved.file(same, r, "gradsync"));
+    sync_->loadMergedState(saved.file(same, src.model_replica, "gradsync"), residuals,
+                           src.residual_scale);
+  }
+  loadOuterState(saved, same, src);
+  restoreBuffers(saved, next_step);
+}
+
+void Tasklet::loadStageWeights(const std::string& path) {
   try {
     torch::serialize::InputArchive archive, model_archive, optim_archive;
     archive.load_from(path);
@@ -467,23 +484,108 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
     GEOPIPE_THROW(IoError, "checkpoint '", path, "' does not fit tasklet ", rank_, " (stage ",
                   stage_, ", replica ", replica_, "): ", e.what_without_backtrace());
   }
-  if (saved_replicas == replicas) {
-    sync_->loadState(fileOfReplica(replica_, "gradsync"));
-  } else {
-    std::vector<std::string> residuals;
-    for (int r : src.residual_replicas) residuals.push_back(fileOfReplica(r, "gradsync"));
-    sync_->loadMergedState(fileOfReplica(src.model_replica, "gradsync"), residuals,
-                           src.residual_scale);
+}
+
+namespace {
+
+// The optimizer's key of a parameter (LibTorch's own: its TensorImpl).
+std::string stateKey(const torch::Tensor& p) {
+  return c10::guts::to_string(p.unsafeGetTensorImpl());
+}
+
+// A copy of one parameter's optimizer state on `device`.
+std::unique_ptr<torch::optim::OptimizerParamState> copyState(
+    const torch::optim::OptimizerParamState& s, const torch::Device& device) {
+  auto to = [&](const torch::Tensor& t) {
+    return t.defined() ? t.to(device, /*non_blocking=*/false, /*copy=*/true) : t;
+  };
+  if (const auto* a = dynamic_cast<const torch::optim::AdamWParamState*>(&s)) {
+    auto c = std::make_unique<torch::optim::AdamWParamState>();
+    c->step(a->step());
+    c->exp_avg(to(a->exp_avg()));
+    c->exp_avg_sq(to(a->exp_avg_sq()));
+    c->max_exp_avg_sq(to(a->max_exp_avg_sq()));
+    return c;
   }
-  loadOuterState(step_dir, saved_replicas, src);
-  auto restoreStore = [&](compression::ActivationBufferStore& store, const std::string& suffix) {
-    if (saved_replicas == replicas) {
-      store.load(fileOfReplica(replica_, suffix));
+  if (const auto* m = dynamic_cast<const torch::optim::SGDParamState*>(&s)) {
+    auto c = std::make_unique<torch::optim::SGDParamState>();
+    c->momentum_buffer(to(m->momentum_buffer()));
+    return c;
+  }
+  GEOPIPE_THROW(Error, "an optimizer state of unknown kind (makeOptimizer makes adamw or sgd)");
+}
+
+}  // namespace
+
+// Another split: each saved stage that held some of this stage's layers is
+// rebuilt as it was (its slice of the model, its optimizer), loaded from its
+// file, and those layers' weights and optimizer state are copied over, by
+// global layer index and parameter name.
+void Tasklet::loadLayers(const SavedLayout& saved, int replica) {
+  torch::NoGradGuard no_grad;
+  ModelDef plain = model_;
+  plain.load_weights = nullptr;  // the checkpoint's weights replace any pretrained ones
+  auto& state = optimizer_->state();
+  bool scale_read = false;
+  for (int s = 0; s < saved.stages; ++s) {
+    const auto [saved_first, saved_last] = saved.layers_of_stage[static_cast<size_t>(s)];
+    const int from = std::max(saved_first, first_layer_), to = std::min(saved_last, last_layer_);
+    if (from >= to) continue;
+    const std::string path = saved.file(s, replica, "pt");
+    try {
+      torch::nn::Sequential slice = buildSlice(plain, saved_first, saved_last, job_.training.seed);
+      torch::serialize::InputArchive archive, model_archive, optim_archive;
+      archive.load_from(path, torch::kCPU);
+      archive.read("model", model_archive);
+      archive.read("optimizer", optim_archive);
+      slice->load(model_archive);
+      bindTiedWeights(plain, slice, saved_first, saved_last);
+      auto saved_opt = makeOptimizer(job_.training.optimizer, uniqueParameters(*slice));
+      saved_opt->load(optim_archive);
+      for (int layer = from; layer < to; ++layer) {
+        const auto held = slice->ptr(layer - saved_first)->named_parameters();
+        for (const auto& p : compute_->module()->ptr(layer - first_layer_)->named_parameters()) {
+          const torch::Tensor* q = held.find(p.key());
+          GEOPIPE_CHECK(q != nullptr && q->sizes() == p.value().sizes(), IoError, "checkpoint '",
+                        path, "' holds no parameter '", p.key(), "' of layer ", layer,
+                        " of the shape tasklet ", rank_, " has");
+          p.value().copy_(*q);
+          const auto it = saved_opt->state().find(stateKey(*q));
+          if (it != saved_opt->state().end()) {
+            state[stateKey(p.value())] = copyState(*it->second, p.value().device());
+          }
+        }
+      }
+      torch::Tensor scale;
+      if (scaler_ && !scale_read && from == first_layer_ && archive.try_read("loss_scale", scale)) {
+        scaler_->restore(scale[0].item<double>(), static_cast<int>(scale[1].item<double>()));
+        compute_->setLossScale(scaler_->scale());
+        scale_read = true;
+      }
+    } catch (const c10::Error& e) {
+      GEOPIPE_THROW(IoError, "checkpoint '", path, "' does not fit tasklet ", rank_, " (layers ",
+                    from, " to ", to - 1, " of saved stage ", s, "): ", e.what_without_backtrace());
+    }
+  }
+}
+
+// The AC-SGD buffer stores of this stage's two boundaries: each from the
+// saved stage on the same side of the same cut (merged over the saved
+// replicas when their count differs); a cut the saved split did not have
+// starts empty, on both of its sides.
+void Tasklet::restoreBuffers(const SavedLayout& saved, int64_t next_step) {
+  const int replicas = job_.parallelism.data_parallel;
+  auto restore = [&](compression::ActivationBufferStore& store, int stage,
+                     const std::string& suffix) {
+    store.clear();
+    if (stage < 0) return;
+    if (saved.replicas == replicas) {
+      store.load(saved.file(stage, replica_, suffix));
       return;
     }
     std::vector<std::string> paths;
-    for (int r = 0; r < saved_replicas; ++r) paths.push_back(fileOfReplica(r, suffix));
-    const data::Sampler saved = sampler_.withReplicas(saved_replicas);
+    for (int r = 0; r < saved.replicas; ++r) paths.push_back(saved.file(stage, r, suffix));
+    const data::Sampler saved_sampler = sampler_.withReplicas(saved.replicas);
     // Bound shards are dealt again for the new replica count: this replica
     // keeps the buffers of the samples it owns now, and its peer across
     // the boundary keeps the same ones.
@@ -492,14 +594,17 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
       keep = [&](int64_t id) { return sampler_.ownerOf(id) == replica_; };
     }
     mergeBufferStores(
-        paths, [&](const std::vector<int64_t>& ids) { return saved.lastReplicaOf(ids, next_step); },
+        paths,
+        [&](const std::vector<int64_t>& ids) {
+          return saved_sampler.lastReplicaOf(ids, next_step);
+        },
         store, keep);
   };
   if (auto* enc = compute_->activationEncoderMut(); enc && enc->deltaSender()) {
-    restoreStore(enc->deltaSender()->store(), "acsgd-send");
+    restore(enc->deltaSender()->store(), saved.stageEndingAt(last_layer_), "acsgd-send");
   }
   if (auto* dec = compute_->activationDecoderMut(); dec && dec->deltaReceiver()) {
-    restoreStore(dec->deltaReceiver()->store(), "acsgd-recv");
+    restore(dec->deltaReceiver()->store(), saved.stageStartingAt(first_layer_), "acsgd-recv");
   }
 }
 
@@ -509,15 +614,11 @@ void Tasklet::loadCheckpoint(const std::string& step_dir, int saved_replicas,
 // checkpoint of an every-step job starts the first round at its weights;
 // one of a DiLoCo job cannot resume under every-step sync, whose replicas
 // would keep the different weights they hold mid-round.
-void Tasklet::loadOuterState(const std::string& step_dir, int saved_replicas,
-                             const ReshardSources& src) {
-  auto fileOfReplica = [&](int replica, const std::string& suffix) {
-    return savedFileOf(step_dir, replica, suffix);
-  };
-  const std::string outer = fileOfReplica(src.model_replica, "outer");
+void Tasklet::loadOuterState(const SavedLayout& saved, int stage, const ReshardSources& src) {
+  const std::string outer = saved.file(stage, src.model_replica, "outer");
   const bool saved_outer = fs::exists(outer);
   if (!outer_) {
-    GEOPIPE_CHECK(!saved_outer, ConfigError, "checkpoint '", step_dir,
+    GEOPIPE_CHECK(!saved_outer, ConfigError, "checkpoint '", saved.step_dir,
                   "' was written under parallelism.data_parallel_sync kind diloco, whose "
                   "replicas hold different weights between outer steps: resume it with kind: "
                   "diloco");
@@ -527,13 +628,13 @@ void Tasklet::loadOuterState(const std::string& step_dir, int saved_replicas,
     outer_->startFromWeights();
     return;
   }
-  if (saved_replicas == job_.parallelism.data_parallel) {
-    outer_->load(outer, fileOfReplica(replica_, "outersync"));
+  if (saved.replicas == job_.parallelism.data_parallel) {
+    outer_->load(outer, saved.file(stage, replica_, "outersync"));
     return;
   }
   std::vector<std::string> residuals;
-  for (int r : src.residual_replicas) residuals.push_back(fileOfReplica(r, "outersync"));
-  outer_->loadMerged(outer, fileOfReplica(src.model_replica, "outersync"), residuals,
+  for (int r : src.residual_replicas) residuals.push_back(saved.file(stage, r, "outersync"));
+  outer_->loadMerged(outer, saved.file(stage, src.model_replica, "outersync"), residuals,
                      src.residual_scale);
 }
 

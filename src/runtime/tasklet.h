@@ -91,17 +91,28 @@ class Tasklet {
   // returns their names: weights and optimizer state (LibTorch archive),
   // error-feedback state, AC-SGD buffer stores.
   std::vector<std::string> saveCheckpoint(const std::string& step_dir) const;
-  // Restores what saveCheckpoint wrote. IoError / ProtocolError naming the
-  // file when something does not match this tasklet. `saved_replicas`: the
-  // replicas that wrote the checkpoint (its manifest's), when not this
-  // job's data_parallel: the state is resharded (reshard.h): weights and
-  // optimizer of one saved replica, error-feedback residuals of the saved
-  // replicas this one takes over, and the AC-SGD buffers of every saved
-  // replica of this stage merged (freshest entry per sample, found from
-  // the sample order of the steps before `next_step`), keeping only the
-  // samples this replica owns when samples are bound to replicas.
-  void loadCheckpoint(const std::string& step_dir, int saved_replicas = 0,
-                      int64_t next_step = 0);
+  // Restores what saveCheckpoint wrote in the checkpoint `saved` (its
+  // layer ranges empty: a version 1 checkpoint of this job's split), whose
+  // next step is `next_step`. IoError / ProtocolError naming the file when
+  // something does not match this tasklet.
+  //
+  // Another replica count is resharded (reshard.h): weights and optimizer
+  // of one saved replica, error-feedback residuals of the saved replicas
+  // this one takes over, and the AC-SGD buffers of every saved replica of
+  // the stage merged (freshest entry per sample, found from the sample
+  // order of the steps before `next_step`), keeping only the samples this
+  // replica owns when samples are bound to replicas.
+  //
+  // Another stage count or split: every layer's weights and optimizer state
+  // come from the saved stage that held that global layer (the loss scale
+  // from the one that held this stage's first layer). What is kept per
+  // stage and not per layer starts afresh: the error-feedback residuals of
+  // the data-parallel exchange (and PowerSGD's Q). The AC-SGD buffers of a
+  // boundary whose cut existed in the saved split are kept, those of a
+  // moved boundary dropped (its next visit of each sample is a first
+  // visit). A DiLoCo checkpoint resumes only with its own split
+  // (ConfigError).
+  void loadCheckpoint(const SavedLayout& saved, int64_t next_step = 0);
 
   // Bytes this tasklet's AC-SGD stores hold (sender's and receiver's, as
   // they charge them against their budgets); 0 without AC-SGD.
@@ -112,17 +123,19 @@ class Tasklet {
   int replica() const { return replica_; }
 
  private:
-  void loadOuterState(const std::string& step_dir, int saved_replicas, const ReshardSources& src);
+  void loadStageWeights(const std::string& path);
+  void loadLayers(const SavedLayout& saved, int replica);
+  void loadOuterState(const SavedLayout& saved, int stage, const ReshardSources& src);
+  void restoreBuffers(const SavedLayout& saved, int64_t next_step);
   std::string fileName(const std::string& suffix) const;
-  // Path in step_dir of this stage's file of saved replica `replica`.
-  std::string savedFileOf(const std::string& step_dir, int replica,
-                          const std::string& suffix) const;
-  std::string fileNameOf(int rank, const std::string& suffix) const;
 
+  const ModelDef& model_;
   const JobSpec& job_;
   const data::Sampler& sampler_;
   const data::TokenDataset* val_ = nullptr;
   int rank_, stage_, replica_, stages_;
+  int first_layer_, last_layer_;                      // this stage's layers [first, last)
+  std::vector<std::pair<int, int>> layers_of_stage_;  // the placement's, every stage
   int micro_batches_;
   transport::Transport& transport_;
   std::chrono::milliseconds timeout_;

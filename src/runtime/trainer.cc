@@ -154,26 +154,24 @@ TrainResult Trainer::train() {
       options_.bind_samples ? data::sampleOrderFor(job_) : data::SampleOrder::GLOBAL);
 
   int64_t first_step = 0;
-  int saved_replicas = replicas;
-  std::string resume_from;
+  runtime::SavedLayout resume_from;
   // A resumed run keeps the layer split its checkpoint was written with.
   std::vector<int> layers_per_stage = options_.layers_per_stage;
   if (options_.resume) {
     const std::string& dir = job_.checkpoint.dir;
     const runtime::CheckpointManifest manifest =
         runtime::resumePoint(dir, stages, replicas, job_.training.steps);
-    saved_replicas = manifest.replicas;
     first_step = manifest.next_step;
-    resume_from = runtime::stepDirectory(dir, first_step);
-    spdlog::info("resuming from '{}' at step {}", resume_from, first_step);
+    resume_from = {runtime::stepDirectory(dir, first_step), manifest.stages, manifest.replicas,
+                   manifest.layers_of_stage};
+    spdlog::info("resuming from '{}' at step {}", resume_from.step_dir, first_step);
+    // The saved split stands unless the caller names one or the stage count
+    // changed; either way every tasklet finds its layers (loadCheckpoint).
     const std::vector<int> saved =
         runtime::savedBodySplit(manifest, model_.prologue_layers, model_.epilogue_layers);
-    if (!saved.empty() && !layers_per_stage.empty() && saved != layers_per_stage) {
-      GEOPIPE_THROW(ConfigError, "the checkpoint in '", resume_from,
-                    "' holds another split of the layers over the stages than "
-                    "TrainerOptions::layers_per_stage; resume without it, or with the saved one");
+    if (layers_per_stage.empty() && static_cast<int>(saved.size()) == stages) {
+      layers_per_stage = saved;
     }
-    if (layers_per_stage.empty()) layers_per_stage = saved;
   }
   runtime::Placement placement = runtime::choosePlacement(model_, job_, options_.device_of_rank,
                                                           layers_per_stage);
@@ -228,7 +226,7 @@ TrainResult Trainer::train() {
       torch::set_num_threads(threads);
       runtime::Tasklet t(model_, job_, placement, rank, *transports[static_cast<size_t>(rank)],
                          dataset, sampler, timeout, val);
-      if (!resume_from.empty()) t.loadCheckpoint(resume_from, saved_replicas, first_step);
+      if (!resume_from.step_dir.empty()) t.loadCheckpoint(resume_from, first_step);
       for (int64_t step = first_step; step < steps; ++step) {
         runtime::TaskletStep ts = t.runStep(step);
         if (runtime::evaluationDue(job_, step, steps)) t.evaluate(step, ts.part);

@@ -245,6 +245,32 @@ std::vector<std::pair<std::string, torch::Tensor>> savedWeights(const std::strin
 // With overlap, the exchange runs behind the next round and its outer step
 // lands one round late; the run's last step applies it, so the replicas
 // finish with the same weights. Mid-round they differ.
+// The outer state (shared weights, momentum) is kept per stage, not per
+// layer: a DiLoCo checkpoint resumed with another stage count is refused
+// before any tasklet starts, naming the saved shape; with its own shape it
+// resumes.
+TEST(DiLoCo, ACheckpointResumesOnlyWithItsOwnLayerSplit) {
+  JobSpec job = dilocoJob(4);
+  job.checkpoint.dir = freshDir("relayout");
+  job.training.steps = 4;
+  Trainer(makeModel(job.model), job, oneThread()).train();
+  job.training.steps = 6;
+  job.parallelism.pipeline_stages = 1;
+  TrainerOptions resume = oneThread();
+  resume.resume = true;
+  try {
+    Trainer(makeModel(job.model), job, resume).train();
+    FAIL() << "resumed a DiLoCo checkpoint with another stage count";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("a DiLoCo checkpoint resumes only with its own layer "
+                                         "split; resume with parallelism.pipeline_stages: 2"),
+              std::string::npos)
+        << e.what();
+  }
+  job.parallelism.pipeline_stages = 2;
+  EXPECT_EQ(Trainer(makeModel(job.model), job, resume).train().first_step, 4);
+}
+
 TEST(DiLoCo, OverlapTrainsAndEndsWithOneModel) {
   JobSpec job = dilocoJob(3);
   job.training.steps = 11;

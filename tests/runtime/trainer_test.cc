@@ -3,6 +3,8 @@
 // one process with the same model, seed and global batch.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -424,7 +426,7 @@ TEST(Checkpoint, AManifestThatDisagreesWithItsDirectoryIsSkipped) {
   EXPECT_EQ(found->next_step, 4);
 }
 
-TEST(Checkpoint, ResumeRefusesAnotherLayoutOrNothing) {
+TEST(Checkpoint, ResumeRefusesNothingToResumeAndVersion1ShapeChanges) {
   JobSpec job = checkpointJob(freshDir("layout"));
   job.training.steps = 4;
   TrainerOptions opt;
@@ -433,15 +435,23 @@ TEST(Checkpoint, ResumeRefusesAnotherLayoutOrNothing) {
   EXPECT_THROW(Trainer(makeModel(job.model), job, opt).train(), ConfigError);  // nothing yet
   opt.resume = false;
   Trainer(makeModel(job.model), job, opt).train();
-  job.parallelism.pipeline_stages = 1;  // another replica count would be resharded
+  // A version 1 manifest does not say which layers each stage held: another
+  // stage count is refused, naming the saved one.
+  const std::string manifest = job.checkpoint.dir + "/step-00000004/manifest.json";
+  nlohmann::json m = nlohmann::json::parse(std::ifstream(manifest));
+  m["version"] = 1;
+  m.erase("layers");
+  m.erase("model");
+  std::ofstream(manifest) << m.dump(2);  // the files' checksums stand
+  job.parallelism.pipeline_stages = 1;
+  job.training.steps = 8;
   opt.resume = true;
   try {
     Trainer(makeModel(job.model), job, opt).train();
     FAIL();
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("written by 2 pipeline stages x 2 replicas, the job "
-                                         "has 1 stages: resume with "
-                                         "parallelism.pipeline_stages: 2"),
+    EXPECT_NE(std::string(e.what()).find("(version 1) does not say which layers each stage held: "
+                                         "resume with parallelism.pipeline_stages: 2"),
               std::string::npos)
         << e.what();
   }
@@ -470,15 +480,12 @@ TEST(Checkpoint, ResumeKeepsTheSavedLayerSplit) {
   EXPECT_EQ(rest.layers_of_stage, full.layers_of_stage);
   ASSERT_EQ(rest.losses.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(rest.losses[i], full.losses[4 + i]) << "step " << 4 + i;
-  // Asking for another split than the saved one is refused, naming it.
+  // Asking for another split than the saved one gets it.
   job.training.steps = 12;  // the run above finished its 8
   resume.layers_per_stage = {2, 2};
-  try {
-    Trainer(makeModel(job.model), job, resume).train();
-    FAIL();
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("another split of the layers"), std::string::npos);
-  }
+  const TrainResult moved = Trainer(makeModel(job.model), job, resume).train();
+  EXPECT_EQ(moved.first_step, 8);
+  EXPECT_EQ(moved.layers_of_stage, (std::vector<std::pair<int, int>>{{0, 3}, {3, 6}}));
 }
 
 // A checkpoint of 2 replicas resumed with 1 (what recovery with fewer
@@ -523,6 +530,105 @@ TEST(Checkpoint, ResumeWithAnotherReplicaCountFollowsTheUninterruptedRun) {
   for (size_t i = 0; i < resumed.size(); ++i) {
     EXPECT_NEAR(resumed[i], uninterrupted.losses[4 + i], 1e-4 * uninterrupted.losses[4 + i])
         << "step " << 4 + i;
+  }
+}
+
+// Checkpoints by layer: one written by 2 stages x 2 replicas resumed by 4
+// stages x 1 replica, whose checkpoint is resumed by 3 stages (another
+// split) x 2 replicas. Every tasklet gathers its layers, weights and AdamW
+// state, from the saved stages that held them; the tied embedding and LM
+// head move between bound and two copies. Uncompressed, the global batch is
+// the same, so the losses follow the uninterrupted run up to the order of
+// float sums.
+TEST(Checkpoint, ResumeWithAnotherStageCountAndSplitFollowsTheUninterruptedRun) {
+  auto job_for = [](const std::string& dir, int stages, int replicas) {
+    JobSpec job = tinyJob(stages, replicas, "1f1b");
+    job.training.steps = 12;
+    job.checkpoint.dir = dir;
+    job.checkpoint.every_steps = 4;
+    return job;
+  };
+  auto stopAfter = [](TrainerOptions o, int steps) {
+    auto done = std::make_shared<int>(0);
+    o.on_step = [done](const StepMetrics&) { ++*done; };
+    o.should_stop = [done, steps] { return *done == steps; };
+    return o;
+  };
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  JobSpec full = job_for(freshDir("relayout-full"), 2, 2);
+  const TrainResult uninterrupted = Trainer(makeModel(full.model), full, opt).train();
+
+  const std::string dir = freshDir("relayout");
+  JobSpec two = job_for(dir, 2, 2);
+  Trainer(makeModel(two.model), two, stopAfter(opt, 4)).train();
+  TrainerOptions resume = opt;
+  resume.resume = true;
+  JobSpec four = job_for(dir, 4, 1);
+  const TrainResult deep = Trainer(makeModel(four.model), four, stopAfter(resume, 4)).train();
+  EXPECT_EQ(deep.first_step, 4);
+  EXPECT_EQ(deep.layers_of_stage,
+            (std::vector<std::pair<int, int>>{{0, 2}, {2, 3}, {3, 4}, {4, 6}}));
+  const auto saved = runtime::findLatestCheckpoint(dir);
+  ASSERT_TRUE(saved.has_value());
+  EXPECT_EQ(saved->stages, 4);
+  JobSpec three = job_for(dir, 3, 2);
+  TrainerOptions uneven = resume;
+  uneven.layers_per_stage = {2, 1, 1};
+  const TrainResult rest = Trainer(makeModel(three.model), three, uneven).train();
+  EXPECT_EQ(rest.first_step, 8);
+  EXPECT_EQ(rest.layers_of_stage, (std::vector<std::pair<int, int>>{{0, 3}, {3, 4}, {4, 6}}));
+  std::vector<double> resumed = deep.losses;
+  resumed.insert(resumed.end(), rest.losses.begin(), rest.losses.end());
+  ASSERT_EQ(resumed.size(), 8u);
+  for (size_t i = 0; i < resumed.size(); ++i) {
+    EXPECT_NEAR(resumed[i], uninterrupted.losses[4 + i], 1e-4 * uninterrupted.losses[4 + i])
+        << "step " << 4 + i;
+  }
+}
+
+// AC-SGD across a new split: 2 stages (cut before layer 3) resumed by 4
+// (cuts before 2, 3 and 4). The kept cut's buffers come back, on both of
+// its sides; the two new cuts start empty. In the first resumed step the
+// kept boundary's sender (stage 1) sends deltas for every sample, fewer
+// bytes than the new boundary's sender (stage 2, the same shapes), and the
+// checkpoint the resumed run writes holds every boundary in lock-step.
+TEST(Checkpoint, ANewSplitKeepsTheBuffersOfCutsThatStayAndDropsTheOthers) {
+  JobSpec job = checkpointJob(freshDir("relayout-acsgd"));
+  job.data.num_samples = 16;  // two steps per epoch: every sample has a buffer by step 4
+  job.parallelism.data_parallel = 1;
+  job.training.global_batch = 8;
+  job.training.steps = 4;
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  Trainer(makeModel(job.model), job, opt).train();
+  job.parallelism.pipeline_stages = 4;
+  job.training.steps = 8;
+  TrainerOptions resume = opt;
+  resume.resume = true;
+  std::vector<std::vector<uint64_t>> sent;
+  resume.on_step = [&](const StepMetrics& m) { sent.push_back(m.sent_bytes_by_rank); };
+  const TrainResult r = Trainer(makeModel(job.model), job, resume).train();
+  EXPECT_EQ(r.first_step, 4);
+  EXPECT_EQ(r.layers_of_stage, (std::vector<std::pair<int, int>>{{0, 2}, {2, 3}, {3, 4}, {4, 6}}));
+  ASSERT_EQ(sent.size(), 4u);
+  ASSERT_EQ(sent[0].size(), 4u);
+  EXPECT_LT(sent[0][1], sent[0][2]) << "the kept cut's sender sends deltas, the new cut's not";
+  // One step later both new cuts have a buffer for the samples they saw.
+  EXPECT_NEAR(static_cast<double>(sent[3][1]), static_cast<double>(sent[3][2]),
+              0.2 * static_cast<double>(sent[3][2]));
+  const std::string step_dir = runtime::stepDirectory(job.checkpoint.dir, 8);
+  for (int s = 0; s + 1 < 4; ++s) {
+    auto send = compression::makeBufferStore({}), recv = compression::makeBufferStore({});
+    send->load(step_dir + "/tasklet-" + std::to_string(s) + ".acsgd-send");
+    recv->load(step_dir + "/tasklet-" + std::to_string(s + 1) + ".acsgd-recv");
+    ASSERT_EQ(send->ids(), recv->ids()) << "cut after stage " << s;
+    for (int64_t id : send->ids()) {
+      const auto a = send->find(id), b = recv->find(id);
+      ASSERT_EQ(a.size, b.size);
+      ASSERT_EQ(std::memcmp(a.data, b.data, a.size), 0)
+          << "cut after stage " << s << " sample " << id;
+    }
   }
 }
 
