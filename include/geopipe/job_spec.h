@@ -249,6 +249,14 @@ struct FaultToleranceSpec {
   // acknowledged, so a shorter blip costs no restart and changes no result.
   // 0: a broken connection fails the generation at once.
   double link_grace = 30.0;
+  // Elastic re-planning (coordinator): when the live devices change (a lost
+  // worker nobody replaces within rejoin_timeout, or idle spares at a
+  // checkpoint commit), run the scheduler on the devices that are there and
+  // commit a new shape and placement when its predicted step beats the
+  // degraded plan's by replan_margin; every tasklet reshards by layer.
+  bool replan = false;
+  double replan_margin = 0.10;  // 0..0.9: the new plan must be this much faster
+  double replan_budget = 5.0;   // seconds the re-plan's search may take
 };
 
 struct LoggingSpec {

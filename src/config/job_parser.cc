@@ -693,6 +693,15 @@ class JobReader {
       r.getDouble("rejoin_timeout", f.rejoin_timeout, 1.0, 86400.0);
       r.getInt("min_replicas", f.min_replicas, 0, kBig);
       r.getDouble("link_grace", f.link_grace, 0.0, 3600.0);
+      r.getBool("replan", f.replan);
+      for (const char* key : {"replan_margin", "replan_budget"}) {
+        if (r.has(key) && !f.replan) {
+          r.error(key, r.child(key),
+                  "is read only with fault_tolerance.replan: true; set replan: true or remove it");
+        }
+      }
+      r.getDouble("replan_margin", f.replan_margin, 0.0, 0.9);
+      r.getDouble("replan_budget", f.replan_budget, 0.1, 600.0);
     });
   }
 
@@ -782,6 +791,12 @@ class JobReader {
                "' compresses the every-step gradient exchange, which parallelism."
                "data_parallel_sync kind diloco replaces: compress the pseudo-gradient with "
                "parallelism.data_parallel_sync.compression instead");
+    }
+    if (p.data_parallel_sync.diloco() && job_.fault_tolerance.replan) {
+      fail("fault_tolerance.replan",
+           "a re-plan reshards the checkpoint by layer, and parallelism.data_parallel_sync kind "
+           "diloco keeps its outer state per stage: remove replan (recovery then keeps the "
+           "plan, shrinks or takes spares) or use kind: every_step");
     }
     if (p.data_parallel_sync.diloco() && job_.scheduler.cost_model == "dtfm") {
       fail("scheduler.cost_model",

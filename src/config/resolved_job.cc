@@ -323,6 +323,11 @@ std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
   real(out, "rejoin_timeout", f.rejoin_timeout);
   field(out, "min_replicas", f.min_replicas);
   real(out, "link_grace", f.link_grace);
+  field(out, "replan", f.replan);
+  if (f.replan) {
+    real(out, "replan_margin", f.replan_margin);
+    real(out, "replan_budget", f.replan_budget);
+  }
   out << YAML::EndMap;
   if (job.security.configured) {
     const SecuritySpec& s = job.security;

@@ -15,8 +15,11 @@
 #include "geopipe/error.h"
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
+#include "scheduler/planner.h"
+#include "scheduler/replan.h"
 #include "src/common/strings.h"
 #include "src/common/text.h"
+#include "src/config/buffer_check.h"
 #include "src/distributed/checkpoint_collector.h"
 #include "src/distributed/coordinator_job.h"
 #include "src/distributed/event_queue.h"
@@ -89,6 +92,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     resume_replicas_ = cj.resume_replicas;
     resume_body_split_ = std::move(cj.resume_body_split);
     committed_replicas_ = resume_replicas_;
+    replan_ = job_.fault_tolerance.replan;
     ledger_.emplace(job_, first_step_);
     max_reported_ = first_step_ - 1;
     committed_next_step_ = first_step_;
@@ -233,7 +237,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     r.interrupted = interrupted_;
     r.recoveries = static_cast<int>(restartsLocked());
     r.grows = static_cast<int>(grown_);
+    r.replans = replans_;
     r.replicas = replicas_;
+    r.stages = stages_;
     if (failure_) {
       r.failure = failure_->message;
       r.failure_type = failure_->type;
@@ -600,8 +606,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     if (!placed_ && phase_ != Phase::ENDED)
       eventsLocked(roster_.promoteSpares(static_cast<int>(awaited_pids_.size()), world_,
                                          replicas_before_grow_ > 0));
-    if (placed_ || phase_ == Phase::ENDED || roster_.active() != world_ || commits_in_flight_ > 0)
-      return;
+    if (placed_ || phase_ == Phase::ENDED || commits_in_flight_ > 0) return;
+    if (replanned_ ? !replannedDevicesHeldLocked() : roster_.active() != world_) return;
     try {
       placeLocked();
     } catch (const Error& e) {
@@ -621,9 +627,32 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // recovered run computes exactly what the uninterrupted one would.
   void placeLocked() {
     const auto previous_layers = placement_.layers_of_stage;
-    const DevicePlan plan = planDevices(roster_.namedDevices(), job_.topology.numDevices(), world_,
-                                        generation_ > 1 ? &placement_.device_of_rank : nullptr);
-    if (plan.reuse) {
+    if (replanned_) {
+      // A re-plan: every worker goes to the device it is on (survivors
+      // keep theirs, spares the ones the plan gave them); workers on a
+      // device the plan leaves out wait as idle spares.
+      const std::set<int> chosen(replanned_->device_of_rank.begin(),
+                                 replanned_->device_of_rank.end());
+      for (auto& s : roster_.slots()) {
+        if (s.gone || s.spare) continue;
+        s.device = deviceOfLocked(s);
+        if (!chosen.count(s.device)) {
+          s.spare = true;
+          s.previous_rank = -1;
+          eventLocked(detail::concat("worker ", s.info.hostname, " pid ", s.info.pid,
+                                     " waits as an idle spare: the new plan leaves its device ",
+                                     s.device, " out"));
+        }
+      }
+    }
+    const DevicePlan plan =
+        replanned_ ? DevicePlan{}
+                   : planDevices(roster_.namedDevices(), job_.topology.numDevices(), world_,
+                                 generation_ > 1 ? &placement_.device_of_rank : nullptr);
+    if (replanned_) {
+      placement_ = *replanned_;
+      replanned_.reset();
+    } else if (plan.reuse) {
       // The same plan: every named device is one the previous plan used.
     } else if (plan.devices.empty()) {
       placement_ = runtime::choosePlacement(model_, job_, {}, resume_body_split_);
@@ -634,7 +663,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       placement_ = runtime::choosePlacement(model_, sub, {}, resume_body_split_);
       for (int& d : placement_.device_of_rank) d = plan.devices[static_cast<size_t>(d)];
     }
-    if (generation_ > 1 && placement_.layers_of_stage != previous_layers) {
+    if (generation_ > 1 && placement_.source != "re-plan" &&
+        placement_.layers_of_stage != previous_layers) {
       // The checkpoint holds each stage's layers: a new generation keeps the cut.
       placement_.layers_of_stage = previous_layers;
     }
@@ -842,13 +872,13 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // failure, no restart counted), the spares take the new places, and every
   // tasklet reshards from that checkpoint.
   void maybeGrowLocked() {
-    // Not while a failure is being decided or another commit runs (the
-    // next commit tries again), nor at the end or a stop.
-    if (phase_ != Phase::RUNNING || abort_ || pending_ || commits_in_flight_ > 0 ||
-        stop_requested_ || replicas_ >= max_world_ / stages_ ||
-        committed_next_step_ >= job_.training.steps) {
+    if (replan_) {
+      grow_due_ = true;  // the monitor prices a re-plan with the idle spares
       return;
     }
+    // Not while a failure is being decided or another commit runs (the
+    // next commit tries again), nor at the end or a stop.
+    if (!growPossibleLocked() || replicas_ >= max_world_ / stages_) return;
     const int r = grownReplicas(liveSparesLocked(), stages_, replicas_, max_world_ / stages_,
                                 job_.training.global_batch, job_.training.micro_batch);
     if (r == 0) return;
@@ -869,11 +899,168 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     cv_.notify_all();
   }
 
+  // A grow (or a re-plan for growth) may end the generation now: a
+  // checkpoint has just been committed, no failure is being decided, no
+  // other commit runs, no stop, steps are left.
+  bool growPossibleLocked() const {
+    return phase_ == Phase::RUNNING && !abort_ && !pending_ && commits_in_flight_ == 0 &&
+           !stop_requested_ && committed_next_step_ < job_.training.steps;
+  }
+
+  // The topology device a worker is on: the one it named, the one its rank
+  // runs on, or (a survivor rejoining) the one its previous rank ran on;
+  // -1 when it has none yet (it said "any" and was never placed).
+  int deviceOfLocked(const Slot& s) const {
+    if (s.device >= 0) return s.device;
+    if (placed_ && s.info.rank >= 0) return s.info.device;
+    const auto& prev = placement_.device_of_rank;
+    if (s.previous_rank >= 0 && s.previous_rank < static_cast<int>(prev.size()))
+      return prev[static_cast<size_t>(s.previous_rank)];
+    return -1;
+  }
+
+  // Every device of the re-planned placement has an active worker on it.
+  bool replannedDevicesHeldLocked() const {
+    std::set<int> held;
+    for (const auto& s : roster_.slots())
+      if (!s.gone && !s.spare) held.insert(deviceOfLocked(s));
+    for (int d : replanned_->device_of_rank)
+      if (!held.count(d)) return false;
+    return true;
+  }
+
+  // Elastic re-planning (fault_tolerance.replan). The live devices: every
+  // active worker's, and with `growing` every live idle spare's; a worker
+  // without a device takes a free one of the topology (never a lost one).
+  // The scheduler runs with mu_ released (its budget may be seconds); the
+  // answer is applied only if the job is where it was. Returns whether a
+  // new plan was committed: then the next placement is the re-plan's, and
+  // with `growing` the current generation has ended.
+  bool replanLocked(Locked& lock, bool growing) {
+    const int64_t generation = generation_;
+    const Phase phase = phase_;
+    std::vector<std::pair<size_t, int>> device_of_slot;  // slot id -> device
+    std::set<int> held;
+    const auto recent = 2 * heartbeatInterval(heartbeat_timeout_);
+    const auto now = Clock::now();
+    std::vector<size_t> spares;
+    for (size_t id = 0; id < roster_.size(); ++id) {
+      const Slot& s = roster_[id];
+      if (s.gone) continue;
+      if (s.spare) {
+        if (!growing || !(s.waiting || now - s.last_seen <= recent)) continue;
+        spares.push_back(id);
+      }
+      const int d = deviceOfLocked(s);
+      device_of_slot.emplace_back(id, d);
+      if (d >= 0) held.insert(d);
+    }
+    if (growing && (spares.empty() || spares == grow_priced_spares_)) return false;
+    // Devices of the current plan nobody holds now were lost with their workers.
+    if (!growing)
+      for (int d : placement_.device_of_rank)
+        if (!held.count(d)) lost_devices_.insert(d);
+    int next_free = 0;
+    for (auto& [id, d] : device_of_slot) {
+      if (d >= 0) continue;
+      while (next_free < job_.topology.numDevices() &&
+             (held.count(next_free) || lost_devices_.count(next_free)))
+        ++next_free;
+      if (next_free >= job_.topology.numDevices()) break;
+      d = next_free;
+      held.insert(d);
+    }
+    device_of_slot.erase(
+        std::remove_if(device_of_slot.begin(), device_of_slot.end(),
+                       [](const std::pair<size_t, int>& e) { return e.second < 0; }),
+        device_of_slot.end());
+    const std::vector<int> live(held.begin(), held.end());
+    scheduler::CurrentPlan current;
+    current.stages = stages_;
+    current.replicas = replicas_;
+    current.device_of_rank = placement_.device_of_rank;
+    for (const auto& [first, last] : placement_.layers_of_stage) {
+      current.body_per_stage.push_back(last - first);
+    }
+    current.body_per_stage.front() -= model_.prologue_layers;
+    current.body_per_stage.back() -= model_.epilogue_layers;
+    const FaultToleranceSpec& ft = job_.fault_tolerance;
+    scheduler::ReplanOptions ro;
+    ro.budget_seconds = ft.replan_budget;
+    ro.margin = ft.replan_margin;
+    ro.seed = job_.scheduler.seed;
+    const JobSpec priced = scheduler::effectiveNetworkJob(job_);
+    if (growing) grow_priced_spares_ = spares;
+    std::optional<scheduler::ReplanResult> rr;
+    std::string error;
+    lock.unlock();
+    try {
+      rr = scheduler::replan(priced, live, current, ro, config::plannerStores(priced));
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    lock.lock();
+    if (generation_ != generation || phase_ != phase || placed_ != (phase == Phase::RUNNING) ||
+        abort_ || (growing && !growPossibleLocked())) {
+      return false;  // the job moved on meanwhile
+    }
+    if (!rr) {
+      eventLocked(detail::concat("re-plan on ", live.size(), " devices failed: ", error));
+      return false;
+    }
+    eventLocked(detail::concat("re-plan on ", live.size(), " devices (",
+                               growing ? detail::concat(spares.size(), " idle spare(s) live")
+                                       : std::string("devices lost"),
+                               "): ", rr->summary));
+    if (!rr->commit) return false;
+    if (growing) {
+      const Failure why{detail::concat("re-planning with ", spares.size(), " idle spare(s)"),
+                        kindName(ErrorKind::TIMEOUT), -1, true, Clock::now()};
+      endGenerationLocked(why);
+      ++grows_;  // not a failure: no restart counted
+    }
+    const std::set<int> chosen(rr->device_of_rank.begin(), rr->device_of_rank.end());
+    for (const auto& [id, d] : device_of_slot) {
+      Slot& s = roster_[id];
+      if (s.gone) continue;  // a placed worker of the generation just ended: rejoins
+      s.device = d;
+      if (s.spare && chosen.count(d)) {
+        s.spare = false;
+        s.previous_rank = -1;
+      } else if (!s.spare && !chosen.count(d)) {
+        s.spare = true;
+        s.previous_rank = -1;
+        eventLocked(detail::concat("worker ", s.info.hostname, " pid ", s.info.pid,
+                                   " waits as an idle spare: the new plan leaves its device ", d,
+                                   " out"));
+      }
+    }
+    stages_ = rr->stages;
+    setReplicasLocked(rr->replicas);
+    job_.parallelism.pipeline_stages = stages_;
+    max_world_ = std::max(max_world_, world_);
+    runtime::Placement p;
+    p.device_of_rank = rr->device_of_rank;
+    p.layers_of_stage = runtime::stageLayerRanges(model_, rr->body_per_stage);
+    p.source = "re-plan";
+    replanned_ = std::move(p);
+    ++replans_;
+    grow_priced_spares_.clear();
+    eventLocked(detail::concat("re-planned: generation ", generation_, " runs ", stages_,
+                               " stages x ", replicas_, " replicas on ", world_,
+                               " devices, resharded by layer from the checkpoint at step ",
+                               committed_next_step_));
+    if (growing) regroup_since_ = Clock::now();
+    maybePlaceLocked();
+    cv_.notify_all();
+    return true;
+  }
+
   // rejoin_timeout has passed (no commit in flight) without a worker for
   // every tasklet. Survivors that have not rejoined by now are counted as
   // lost, so idle spares may take their places too; then the job is placed
   // if it can be, or shrinks (min_replicas). False: neither, the job fails.
-  bool giveUpWaitingLocked() {
+  bool giveUpWaitingLocked(Locked& lock) {
     if (!awaited_pids_.empty()) {
       eventLocked(detail::concat(awaited_pids_.size(), " survivor(s) did not rejoin within ",
                                  rejoin_timeout_.count() / 1000,
@@ -882,6 +1069,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       awaited_pids_.clear();
     }
     maybePlaceLocked();
+    if (placed_ || phase_ == Phase::ENDED) return true;
+    if (replan_ && replanLocked(lock, /*growing=*/false)) return true;
     return placed_ || phase_ == Phase::ENDED || shrinkLocked();
   }
 
@@ -998,10 +1187,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       // spare promoted for a lost place that did not call again (another
       // spare is promoted in its stead).
       eventsLocked(roster_.dropSilentSpares(now, heartbeat_timeout_));
+      if (grow_due_ && replan_) {
+        grow_due_ = false;
+        if (growPossibleLocked()) replanLocked(lock, /*growing=*/true);
+      }
       if (phase_ == Phase::REGROUPING) {
         maybePlaceLocked();  // waits for commits that were in flight
         if (!placed_ && now - regroup_since_ > rejoin_timeout_ && commits_in_flight_ == 0 &&
-            !giveUpWaitingLocked()) {
+            !giveUpWaitingLocked(lock)) {
           const Failure& f = regroup_failure_;
           finalFailureLocked(f.rank,
                              recoveryGaveUp(f, roster_.active(), world_, rejoin_timeout_,
@@ -1102,6 +1295,20 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // register again that often without counting against the cap.
   std::multiset<int64_t> blamed_alive_;
   std::set<int64_t> awaited_pids_;  // survivors of the ended generation not yet rejoined
+
+  // Elastic re-planning (fault_tolerance.replan).
+  bool replan_ = false;
+  // The next generation's placement, chosen by a re-plan (placeLocked uses
+  // it once every device it names has a worker).
+  std::optional<runtime::Placement> replanned_;
+  // Devices whose workers were lost: a worker without a device of its own
+  // is never given one of these.
+  std::set<int> lost_devices_;
+  int replans_ = 0;        // re-plans committed
+  bool grow_due_ = false;  // a checkpoint was committed: price a re-plan with the spares
+  // The idle spares (slot ids) the last re-plan for growth priced without
+  // committing: the same spares are not priced again at every commit.
+  std::vector<size_t> grow_priced_spares_;
 };
 
 Coordinator::Coordinator(CoordinatorOptions options)

@@ -96,7 +96,9 @@ struct CoordinatorResult {
   bool interrupted = false;  // requestStop ended the run early
   int recoveries = 0;        // failures recovered from
   int grows = 0;             // times a shrunk job grew back with idle spares
+  int replans = 0;           // new plans committed (fault_tolerance.replan)
   int replicas = 0;          // data-parallel replicas at the end (fewer after a shrink)
+  int stages = 0;            // pipeline stages at the end (another after a re-plan)
   std::string failure;       // what failed, naming the tasklet; empty when ok
   std::string failure_type;  // the error type of the root cause ("IoError", ...)
   int failed_rank = -1;      // the tasklet named by `failure`, -1 if none

@@ -982,5 +982,259 @@ TEST(Recovery, WorkersOfAVanishedCoordinatorStopWithinTheTimeout) {
   stopAll(workers, std::chrono::seconds(1));
 }
 
+// Elastic re-planning (fault_tolerance.replan). A job of 4 stages x 2
+// replicas on 8 devices in 4 sites (2 each) over a standalone coordinator;
+// the devices' speed (tflops) is about this machine's per core, so the
+// cost model weighs compute and links as the run does.
+std::string replanJobYaml(int steps, const std::string& parallelism, int layers,
+                          const std::string& topology, const std::string& extra,
+                          const std::string& margin = "") {
+  return "name: replan\n"
+         "model: {preset: none, layers: " +
+         std::to_string(layers) +
+         ", hidden: 32, heads: 2, seq_len: 16, vocab: 16}\n"
+         "data: {kind: synthetic, num_samples: 256}\n"
+         "training:\n"
+         "  steps: " +
+         std::to_string(steps) +
+         "\n"
+         "  global_batch: 8\n"
+         "  micro_batch: 2\n"
+         "  optimizer: {kind: adamw, lr: 1.0e-2}\n"
+         "  seed: 7\n"
+         "parallelism: " +
+         parallelism +
+         "\n"
+         "checkpoint: {dir: ckpt, every_steps: 4}\n"
+         "fault_tolerance: {rejoin_timeout: 3, replan: true" +
+         (margin.empty() ? "" : ", replan_margin: " + margin) + "}\n" + topology + extra;
+}
+
+// Losses of the in-process Trainer: the job up to the checkpoint at
+// `commit` (stopped there), then resumed from that checkpoint with
+// `stages` x `replicas` and the split `layers`: what a re-planned job
+// computes.
+std::vector<double> inProcessReplannedLosses(const std::string& job_path, int64_t commit,
+                                             const std::string& ckpt_dir, int stages, int replicas,
+                                             const std::vector<std::pair<int, int>>& layers) {
+  JobSpec job = config::loadJobFile(job_path);
+  job.checkpoint.dir = ckpt_dir;
+  job.transport.emulate_links = false;
+  TrainerOptions opt;
+  opt.threads_per_tasklet = 1;
+  TrainerOptions first = opt;
+  int64_t done = 0;
+  first.on_step = [&](const StepMetrics&) { ++done; };
+  first.should_stop = [&] { return done == commit; };
+  std::vector<double> losses = Trainer(makeModel(job.model), job, first).train().losses;
+  job.parallelism.pipeline_stages = stages;
+  job.parallelism.data_parallel = replicas;
+  TrainerOptions resume = opt;
+  resume.resume = true;
+  for (const auto& [f, l] : layers) resume.layers_per_stage.push_back(l - f);
+  const ModelDef model = makeModel(job.model);
+  resume.layers_per_stage.front() -= model.prologue_layers;
+  resume.layers_per_stage.back() -= model.epilogue_layers;
+  const std::vector<double> rest = Trainer(model, job, resume).train().losses;
+  losses.insert(losses.end(), rest.begin(), rest.end());
+  return losses;
+}
+
+// The step a re-plan resumed from (its event names the checkpoint).
+int64_t replannedFrom(EventLog& events) {
+  const auto line = events.find("re-planned: generation");
+  if (!line) return -1;
+  const std::string& l = line->second;
+  return std::stoll(l.substr(l.find("at step ") + 8));
+}
+
+// Issue 22 (a): every worker of one site is killed and nobody replaces
+// them. After rejoin_timeout the coordinator re-plans on the 6 survivors
+// (the degraded 4 x 2 plan has lost both replicas or one; replan_margin 0,
+// as the site killed may leave a degraded plan the new one beats by less
+// than the default 10%: the margin is tested in replan_test), every tasklet
+// reshards by layer, and the losses continue within 1e-4 of the in-process
+// run resumed from the same commit with the new layout. The devices of the
+// killed site are not used again; no worker outlives the job.
+TEST(Replan, LosingASiteReplansOnTheSurvivorsAndFollowsTheInProcessRun) {
+  TempDir dir;
+  CoordinatorOptions co;
+  const std::string topology =
+      "topology:\n"
+      "  name: four-sites\n"
+      "  sites:\n"
+      "    - {name: a, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "    - {name: b, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "    - {name: c, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "    - {name: d, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "  inter_site_default: {latency_ms: 1, bandwidth_gbps: 1}\n"
+      "  links:\n"
+      "    - {sites: [a, b], latency_ms: 5, bandwidth_gbps: 0.5}\n"
+      "    - {sites: [c, d], latency_ms: 20, bandwidth_gbps: 0.1}\n";
+  co.job_path = writeJob(dir, "job.yaml",
+                         replanJobYaml(36, "{pipeline_stages: 4, data_parallel: 2}", 4, topology,
+                                       "transport: {emulate_links: false}\n", "0"));
+  co.listen_address = "127.0.0.1:0";
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  co.security = creds.security;
+  std::atomic<int64_t> done{0};
+  std::mutex step_mu;
+  std::vector<std::chrono::steady_clock::time_point> step_at;
+  co.on_step = [&](const StepMetrics& m) {
+    done = m.step + 1;
+    std::lock_guard<std::mutex> lock(step_mu);
+    step_at.push_back(std::chrono::steady_clock::now());
+  };
+  EventLog events;
+  co.on_event = events.sink();
+  Coordinator coordinator(co);
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 8; ++i) {
+    workers.push_back(spawnWorker(coordinator.listeningAddress(), "any", creds,
+                                  dir.file("worker-" + std::to_string(i) + ".log")));
+  }
+  const auto waitUntil = [](const std::function<bool()>& what) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+    while (!what() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return what();
+  };
+  ASSERT_TRUE(waitUntil([&] { return done.load() >= 10; }));
+  // The site of rank 0's device: kill every worker placed there.
+  const auto tasklets = coordinator.tasklets();
+  ASSERT_EQ(tasklets.size(), 8u);
+  const int site = tasklets[0].device / 2;
+  std::set<int> lost_devices;
+  std::set<int64_t> victims;
+  for (const auto& t : tasklets)
+    if (t.device / 2 == site) {
+      lost_devices.insert(t.device);
+      victims.insert(t.pid);
+    }
+  ASSERT_EQ(victims.size(), 2u);
+  const auto killed_at = std::chrono::steady_clock::now();
+  for (auto& w : workers)
+    if (victims.count(w.pid())) w.signal(SIGKILL);
+  auto r = coordinator.waitFor(std::chrono::seconds(180));
+  ASSERT_TRUE(r.has_value()) << "the job did not end";
+  ASSERT_TRUE(r->ok) << r->failure;
+  EXPECT_EQ(r->replans, 1);
+  EXPECT_EQ(r->recoveries, 1);
+  EXPECT_LE(r->stages * r->replicas, 6);
+  for (int d : r->train.device_of_rank) EXPECT_EQ(lost_devices.count(d), 0u) << "device " << d;
+  const int64_t commit = replannedFrom(events);
+  ASSERT_GT(commit, 0);
+  // The time from the kill to the first step of the new plan.
+  const auto replanned = events.find("re-planned: generation");
+  ASSERT_TRUE(replanned);
+  {
+    std::lock_guard<std::mutex> lock(step_mu);
+    const auto first =
+        std::find_if(step_at.begin(), step_at.end(), [&](auto t) { return t > replanned->first; });
+    ASSERT_NE(first, step_at.end());
+    const double took = std::chrono::duration<double>(*first - killed_at).count();
+    std::cout << "re-planned to " << r->stages << " stages x " << r->replicas
+              << " replicas; recovery " << took
+              << " s from the kill to the first step of the new plan (rejoin_timeout 3 s)\n";
+    EXPECT_LT(took, 30.0);
+  }
+  const std::vector<double> want = inProcessReplannedLosses(
+      co.job_path, commit, dir.file("reference"), r->stages, r->replicas, r->train.layers_of_stage);
+  expectSameLosses(want, r->train.losses, 0, 1e-4);
+  // No orphans: every worker not killed ends on its own (placed ones when
+  // the job completes, the survivors the new plan left out as spares told
+  // that the job is over).
+  EXPECT_TRUE(coordinator.waitForWorkersGone(std::chrono::seconds(20)));
+  for (auto& w : workers) {
+    if (victims.count(w.pid())) continue;
+    EXPECT_TRUE(w.waitFor(std::chrono::seconds(20)).has_value())
+        << "worker pid " << w.pid() << " outlived the job";
+  }
+  stopAll(workers, std::chrono::seconds(5));
+}
+
+// Issue 22 (b): a job of 2 stages x 2 replicas runs on sites a and b, a
+// slow link apart (emulated). Two workers join on site c, close to a: at
+// the next checkpoint commit the coordinator re-plans (no restart
+// counted), moves the job off the slow link, and the measured step time
+// falls.
+TEST(Replan, JoiningWorkersAreUsedByAReplanAndTheStepsGetFaster) {
+  TempDir dir;
+  CoordinatorOptions co;
+  const std::string topology =
+      "topology:\n"
+      "  name: three-sites\n"
+      "  sites:\n"
+      "    - {name: a, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "    - {name: b, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "    - {name: c, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "  inter_site_default: {latency_ms: 1, bandwidth_gbps: 1}\n"
+      "  links:\n"
+      "    - {sites: [a, b], latency_ms: 40, bandwidth_gbps: 0.002}\n"
+      "    - {sites: [b, c], latency_ms: 40, bandwidth_gbps: 0.002}\n";
+  co.job_path = writeJob(dir, "job.yaml",
+                         replanJobYaml(40, "{pipeline_stages: 2, data_parallel: 2}", 4, topology,
+                                       "transport: {emulate_links: true}\n"));
+  co.listen_address = "127.0.0.1:0";
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  co.security = creds.security;
+  std::atomic<int64_t> done{0};
+  std::mutex step_mu;
+  std::vector<double> seconds;  // by step
+  co.on_step = [&](const StepMetrics& m) {
+    done = m.step + 1;
+    std::lock_guard<std::mutex> lock(step_mu);
+    seconds.push_back(m.seconds);
+  };
+  EventLog events;
+  co.on_event = events.sink();
+  Coordinator coordinator(co);
+  std::vector<ChildProcess> workers;
+  auto startWorker = [&](const std::string& device) {
+    workers.push_back(spawnWorker(coordinator.listeningAddress(), device, creds,
+                                  dir.file("worker-" + std::to_string(workers.size()) + ".log")));
+  };
+  for (const char* d : {"a/0", "a/1", "b/0", "b/1"}) startWorker(d);
+  const auto waitUntil = [](const std::function<bool()>& what) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!what() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return what();
+  };
+  ASSERT_TRUE(waitUntil([&] { return done.load() >= 6; }));
+  startWorker("c/0");
+  startWorker("c/1");
+  auto r = coordinator.waitFor(std::chrono::seconds(240));
+  ASSERT_TRUE(r.has_value()) << "the job did not end";
+  ASSERT_TRUE(r->ok) << r->failure;
+  EXPECT_EQ(r->replans, 1);
+  EXPECT_EQ(r->recoveries, 0) << "growing is not a failure";
+  bool uses_c = false, uses_b = false;
+  for (int d : r->train.device_of_rank) {
+    uses_c |= d >= 4;
+    uses_b |= d == 2 || d == 3;
+  }
+  EXPECT_TRUE(uses_c) << "the new plan uses the workers that joined";
+  EXPECT_FALSE(uses_b) << "and leaves the slow link";
+  const int64_t commit = replannedFrom(events);
+  ASSERT_GT(commit, 0);
+  std::lock_guard<std::mutex> lock(step_mu);
+  ASSERT_EQ(seconds.size(), 40u);
+  auto mean = [&](size_t from, size_t to) {
+    double sum = 0;
+    for (size_t i = from; i < to; ++i) sum += seconds[i];
+    return sum / static_cast<double>(to - from);
+  };
+  const double before = mean(1, static_cast<size_t>(commit));
+  const double after = mean(static_cast<size_t>(commit) + 1, seconds.size());
+  std::cout << "step time " << before << " s before the re-plan, " << after << " s after\n";
+  EXPECT_LT(after, 0.7 * before) << "throughput rises";
+  EXPECT_TRUE(coordinator.waitForWorkersGone(std::chrono::seconds(20)));
+  for (auto& w : workers)
+    EXPECT_TRUE(w.waitFor(std::chrono::seconds(20)).has_value())
+        << "worker pid " << w.pid() << " outlived the job";
+  stopAll(workers, std::chrono::seconds(5));
+}
+
 }  // namespace
 }  // namespace geopipe::distributed
