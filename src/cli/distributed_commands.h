@@ -59,6 +59,7 @@ struct WorkerArgs {
   int threads = 0;                     // LibTorch threads; 0 = every core
   int timeout = 300;                   // seconds to wait for a peer's message
   std::string plugin;                  // this host's copy of the job's model plugin
+  std::string device_spec;             // gpu=NAME,tflops=T,memory_gb=G of the named device
 };
 void addWorkerOptions(CLI::App& app, WorkerArgs& args);
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out);

@@ -19,6 +19,10 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
   app.add_option("--advertise", args.advertise,
                  "HOST or HOST:PORT peers dial to reach this worker, when not --listen's (a NAT "
                  "port forward, another interface); --listen may give a port range LOW-HIGH");
+  app.add_option("--device-spec", args.device_spec,
+                 "gpu=NAME,tflops=T,memory_gb=G (each optional): this device's hardware, "
+                 "replacing the topology's entry for the --device named (its links stay the "
+                 "topology's)");
   addHostSecurityOptions(app, args.security);
   app.add_option("--plugin", args.plugin,
                  "this host's copy of the job's model plugin, when it is not at the job's "
@@ -48,6 +52,7 @@ int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
   opt.device = args.device;
   opt.listen = args.listen;
   opt.advertise = args.advertise;
+  opt.device_spec = args.device_spec;
   opt.security = distributed::workerSecurity(args.security);
   opt.threads = args.threads;
   opt.timeout_seconds = args.timeout;

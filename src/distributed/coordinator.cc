@@ -507,6 +507,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     } else if (!awaited) {
       ++registrations_;
     }
+    if (req->has_device_spec()) describeDeviceLocked(device, req->device_spec(), *req);
     Slot slot;
     slot.device = device;
     slot.info.hostname = req->hostname();
@@ -530,6 +531,24 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           roster_.active(), "/", world_, ")"));
     }
     return grpc::Status::OK;
+  }
+
+  // `worker --device-spec`: the worker's own description of the device it
+  // named replaces the topology's (its links stay the topology's); every
+  // later plan and re-plan prices it.
+  void describeDeviceLocked(int device, const pb::DeviceDescription& d,
+                            const pb::RegisterRequest& req) {
+    DeviceSpec& spec = job_.topology.devices[static_cast<size_t>(device)];
+    if (!d.gpu().empty()) spec.gpu = d.gpu();
+    if (d.tflops() > 0) {
+      spec.tflops = d.tflops();
+      spec.tflops_by_dtype.clear();
+    }
+    if (d.memory_gb() > 0) spec.memory_gb = d.memory_gb();
+    eventLocked(detail::concat("device '", common::printable(spec.name), "' described by worker ",
+                               common::printable(req.hostname()), " pid ", req.pid(), ": ",
+                               describeDeviceSpec(d), " (now ", common::printable(spec.gpu), ", ",
+                               spec.tflops, " TFLOPS, ", spec.memory_gb, " GB)"));
   }
 
   void fillAssignmentLocked(const Slot& s, pb::Assignment* out) {

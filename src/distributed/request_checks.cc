@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <vector>
 
 #include "geopipe/error.h"
 #include "src/common/strings.h"
@@ -94,7 +96,70 @@ grpc::Status checkRegisterRequest(const pb::RegisterRequest& req) {
   if (req.pid() < 0) {
     return invalid(detail::concat("RegisterRequest.pid is ", req.pid(), "; a process id is >= 0"));
   }
+  if (req.has_device_spec()) {
+    const pb::DeviceDescription& d = req.device_spec();
+    if (auto st = checkText("RegisterRequest.device_spec.gpu", d.gpu(), kMaxGpuNameBytes); !st.ok())
+      return st;
+    for (const auto& [field, v] : {std::pair<const char*, double>{"tflops", d.tflops()},
+                                   std::pair<const char*, double>{"memory_gb", d.memory_gb()}}) {
+      if (!(v >= 0 && v <= kMaxDeviceRate)) {
+        return invalid(detail::concat("RegisterRequest.device_spec.", field, " is ", v,
+                                      "; expected 0 (the topology's) or up to 1e6"));
+      }
+    }
+    if (req.device().empty() || req.device() == "any") {
+      return invalid(
+          "RegisterRequest.device_spec needs a named device (worker --device NAME): the links of "
+          "a device come from the topology file");
+    }
+  }
   return grpc::Status::OK;
+}
+
+pb::DeviceDescription parseDeviceSpec(const std::string& spec) {
+  pb::DeviceDescription d;
+  auto bad = [&](const std::string& part, const std::string& why) {
+    GEOPIPE_THROW(ConfigError, "--device-spec '", common::printable(spec), "': '",
+                  common::printable(part), "' ", why,
+                  "; expected gpu=NAME,tflops=T,memory_gb=G (each optional, T and G in (0, 1e6])");
+  };
+  size_t at = 0;
+  bool any = false;
+  while (at <= spec.size()) {
+    const size_t comma = std::min(spec.find(',', at), spec.size());
+    const std::string part = spec.substr(at, comma - at);
+    at = comma + 1;
+    const size_t eq = part.find('=');
+    if (eq == std::string::npos) bad(part, "is not key=value");
+    const std::string key = part.substr(0, eq), value = part.substr(eq + 1);
+    if (key == "gpu") {
+      if (value.empty() || value.size() > kMaxGpuNameBytes || hasControlByte(value) ||
+          !common::utf8Problem(value).empty())
+        bad(part, "names no GPU (1 to 64 bytes of UTF-8 text)");
+      d.set_gpu(value);
+    } else if (key == "tflops" || key == "memory_gb") {
+      char* end = nullptr;
+      const double v = std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0' || !(v > 0 && v <= kMaxDeviceRate))
+        bad(part, "is not a number in (0, 1e6]");
+      key == "tflops" ? d.set_tflops(v) : d.set_memory_gb(v);
+    } else {
+      bad(part, "has an unknown key (gpu, tflops, memory_gb)");
+    }
+    any = true;
+  }
+  if (!any) bad(spec, "is empty");
+  return d;
+}
+
+std::string describeDeviceSpec(const pb::DeviceDescription& d) {
+  std::vector<std::string> parts;
+  if (!d.gpu().empty()) parts.push_back(common::printable(d.gpu()));
+  if (d.tflops() > 0) parts.push_back(detail::concat(d.tflops(), " TFLOPS"));
+  if (d.memory_gb() > 0) parts.push_back(detail::concat(d.memory_gb(), " GB"));
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : ", ") + p;
+  return out;
 }
 
 grpc::Status checkAddressRequest(const pb::AddressRequest& req, const RequestBounds& bounds) {

@@ -26,6 +26,8 @@ constexpr size_t kMaxAddressBytes = 300;     // "host:port"
 constexpr size_t kMaxErrorBytes = 64 << 10;  // FinishRequest.error (what())
 constexpr size_t kMaxErrorTypeBytes = 64;    // FinishRequest.error_type
 constexpr int kMaxCheckpointFiles = 1024;    // files of one tasklet per checkpoint
+constexpr size_t kMaxGpuNameBytes = 64;      // DeviceDescription.gpu
+constexpr double kMaxDeviceRate = 1e6;       // DeviceDescription tflops, memory_gb
 
 // What the checks know of the job the coordinator runs.
 struct RequestBounds {
@@ -52,6 +54,15 @@ grpc::Status checkCheckpointReport(const geopipe::v1::CheckpointReport& req,
                                    const RequestBounds& bounds);
 grpc::Status checkHeartbeat(const geopipe::v1::Heartbeat& req, const RequestBounds& bounds);
 grpc::Status checkFinishRequest(const geopipe::v1::FinishRequest& req, const RequestBounds& bounds);
+
+// `worker --device-spec` "gpu=A100,tflops=312,memory_gb=80" (each key
+// optional, at least one): ConfigError naming the flag, the bad part and
+// the ranges (tflops and memory_gb in (0, 1e6], gpu printable, at most 64
+// bytes).
+geopipe::v1::DeviceDescription parseDeviceSpec(const std::string& spec);
+// What a DeviceDescription of a Register call says, as a line for the log
+// ("A100, 312 TFLOPS, 80 GB").
+std::string describeDeviceSpec(const geopipe::v1::DeviceDescription& d);
 
 // A RegisterRequest's device: "" or "any" (*device = -1), a topology device
 // index ("3") or name ("virginia/0"). INVALID_ARGUMENT when it is not in the

@@ -26,6 +26,7 @@
 #include "src/data/sampler.h"
 #include "src/distributed/job_bundle.h"
 #include "src/distributed/recovery.h"
+#include "src/distributed/request_checks.h"
 #include "src/distributed/rpc_status.h"
 #include "src/distributed/step_report.h"
 #include "src/runtime/checkpoint.h"
@@ -802,6 +803,12 @@ WorkerResult runWorker(const WorkerOptions& opt) {
   const ListenPorts ports = parseListen(opt.listen);  // refuses a bad --listen before joining
   const std::string advertise_host = parseAdvertise(opt.advertise).first;
   reg.set_listen_host(advertise_host.empty() ? ports.host : advertise_host);
+  if (!opt.device_spec.empty()) {
+    GEOPIPE_CHECK(reg.device() != "any", ConfigError,
+                  "--device-spec describes a device of the topology: name it with --device NAME "
+                  "(its links come from the topology file)");
+    *reg.mutable_device_spec() = parseDeviceSpec(opt.device_spec);
+  }
   event("joining " + client.peer() + " as device " + common::printable(reg.device()));
   WorkerResult result;
   std::chrono::milliseconds rejoin_wait{0};

@@ -34,6 +34,10 @@ struct WorkerOptions {
   // with this host's certificate, or loopback plaintext) and the job's join
   // token (workerSecurity reads both from the worker's flags).
   JobSecurity security;
+  // `--device-spec`: "gpu=NAME,tflops=T,memory_gb=G" (each optional), the
+  // hardware of the named device, replacing the topology's entry (the
+  // links stay the topology's). Empty: the topology's. Needs a named device.
+  std::string device_spec;
   // This host's copy of the job's model plugin (model.plugin), when it is
   // not at the job's path (resolved against the job file's directory, as
   // data.path). Empty: the job's.

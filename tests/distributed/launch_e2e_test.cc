@@ -1167,7 +1167,7 @@ TEST(Replan, JoiningWorkersAreUsedByAReplanAndTheStepsGetFaster) {
       "  sites:\n"
       "    - {name: a, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
       "    - {name: b, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
-      "    - {name: c, devices: 2, tflops: 0.002, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
+      "    - {name: c, devices: 2, tflops: 0.000001, intra: {latency_ms: 0, bandwidth_gbps: 10}}\n"
       "  inter_site_default: {latency_ms: 1, bandwidth_gbps: 1}\n"
       "  links:\n"
       "    - {sites: [a, b], latency_ms: 40, bandwidth_gbps: 0.002}\n"
@@ -1190,11 +1190,12 @@ TEST(Replan, JoiningWorkersAreUsedByAReplanAndTheStepsGetFaster) {
   co.on_event = events.sink();
   Coordinator coordinator(co);
   std::vector<ChildProcess> workers;
-  auto startWorker = [&](const std::string& device) {
+  auto startWorker = [&](const std::string& device, const std::vector<std::string>& extra) {
     workers.push_back(spawnWorker(coordinator.listeningAddress(), device, creds,
-                                  dir.file("worker-" + std::to_string(workers.size()) + ".log")));
+                                  dir.file("worker-" + std::to_string(workers.size()) + ".log"),
+                                  extra));
   };
-  for (const char* d : {"a/0", "a/1", "b/0", "b/1"}) startWorker(d);
+  for (const char* d : {"a/0", "a/1", "b/0", "b/1"}) startWorker(d, {});
   const auto waitUntil = [](const std::function<bool()>& what) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     while (!what() && std::chrono::steady_clock::now() < deadline)
@@ -1202,8 +1203,12 @@ TEST(Replan, JoiningWorkersAreUsedByAReplanAndTheStepsGetFaster) {
     return what();
   };
   ASSERT_TRUE(waitUntil([&] { return done.load() >= 6; }));
-  startWorker("c/0");
-  startWorker("c/1");
+  // The topology lists site c's devices as all but useless (1e-6 TFLOPS);
+  // the workers that join there describe their hardware, and only that
+  // makes them worth a re-plan.
+  const std::vector<std::string> spec = {"--device-spec", "gpu=cpu-core,tflops=0.002,memory_gb=8"};
+  startWorker("c/0", spec);
+  startWorker("c/1", spec);
   auto r = coordinator.waitFor(std::chrono::seconds(240));
   ASSERT_TRUE(r.has_value()) << "the job did not end";
   ASSERT_TRUE(r->ok) << r->failure;
@@ -1216,6 +1221,7 @@ TEST(Replan, JoiningWorkersAreUsedByAReplanAndTheStepsGetFaster) {
   }
   EXPECT_TRUE(uses_c) << "the new plan uses the workers that joined";
   EXPECT_FALSE(uses_b) << "and leaves the slow link";
+  EXPECT_TRUE(events.find("device 'c/0' described by worker"));
   const int64_t commit = replannedFrom(events);
   ASSERT_GT(commit, 0);
   std::lock_guard<std::mutex> lock(step_mu);

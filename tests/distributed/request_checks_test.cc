@@ -2,6 +2,7 @@
 // a coordinator: what each refuses, with which code and message, and that a
 // real worker's requests pass.
 #include "src/distributed/request_checks.h"
+#include "geopipe/error.h"
 
 #include <gtest/gtest.h>
 
@@ -92,6 +93,38 @@ TEST(RequestChecks, RegisterRefusesOtherVersionsAndOversizedOrControlFields) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(mentions(st, "'gpu0?FAKE LOG LINE' contains a control character"))
       << st.error_message();
+}
+
+TEST(RequestChecks, DeviceSpecsAreParsedCheckedAndNeedANamedDevice) {
+  const pb::DeviceDescription d = parseDeviceSpec("gpu=A100,tflops=312,memory_gb=80");
+  EXPECT_EQ(d.gpu(), "A100");
+  EXPECT_EQ(d.tflops(), 312);
+  EXPECT_EQ(d.memory_gb(), 80);
+  EXPECT_EQ(describeDeviceSpec(d), "A100, 312 TFLOPS, 80 GB");
+  EXPECT_EQ(parseDeviceSpec("tflops=0.5").tflops(), 0.5);
+  for (const char* bad : {"", "tflops", "tflops=0", "tflops=-1", "tflops=1e7", "tflops=nan",
+                          "memory_gb=12x", "speed=3", "gpu=", "tflops=1,"}) {
+    try {
+      parseDeviceSpec(bad);
+      ADD_FAILURE() << "accepted --device-spec '" << bad << "'";
+    } catch (const geopipe::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("--device-spec"), std::string::npos) << e.what();
+    }
+  }
+  pb::RegisterRequest req = goodRegister();
+  *req.mutable_device_spec() = d;
+  req.set_device("local/1");
+  EXPECT_TRUE(checkRegisterRequest(req).ok());
+  req.set_device("any");
+  EXPECT_NE(checkRegisterRequest(req).error_message().find("needs a named device"),
+            std::string::npos);
+  req.set_device("local/1");
+  req.mutable_device_spec()->set_tflops(-3);
+  EXPECT_NE(checkRegisterRequest(req).error_message().find("device_spec.tflops is -3"),
+            std::string::npos);
+  req.mutable_device_spec()->set_tflops(1);
+  req.mutable_device_spec()->set_gpu(std::string("A\n100"));
+  EXPECT_EQ(checkRegisterRequest(req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST(RequestChecks, ResolveDeviceByIndexOrNameAndNoOverflow) {
