@@ -74,7 +74,10 @@ WorkerThreads workerThreads(int requested, int workers_on_host, int cores) {
   workers_on_host = std::max(1, workers_on_host);
   WorkerThreads out;
   out.threads = requested > 0 ? requested : std::max(1, cores / workers_on_host);
-  if (requested > 0 && int64_t{requested} * workers_on_host > cores) {
+  // More workers than cores cannot be helped by fewer threads than one
+  // each (`launch` passes --threads 1 then): only a count above the fair
+  // share is worth a warning.
+  if (requested > 1 && int64_t{requested} * workers_on_host > cores) {
     out.warning = std::to_string(workers_on_host) + " workers on this host with --threads " +
                   std::to_string(requested) + " each oversubscribe its " + std::to_string(cores) +
                   " cores (two workers on 2 cores ran 20x slower than with --threads 1); use "

@@ -200,6 +200,9 @@ TEST(WorkerThreads, OversubscriptionIsWarnedNamingTheFix) {
   EXPECT_NE(workerThreads(1 << 30, 4, 8).warning, "");  // no int overflow hides it
   // Within the cores, or --threads 0: no warning.
   EXPECT_EQ(workerThreads(1, 2, 2).warning, "");
+  // More workers than cores with one thread each (what `launch` passes
+  // then): --threads 0 would give the same, so nothing to warn about.
+  EXPECT_EQ(workerThreads(1, 4, 2).warning, "");
   EXPECT_EQ(workerThreads(4, 2, 8).warning, "");
   w = workerThreads(0, 2, 8);
   EXPECT_EQ(w.threads, 4);
