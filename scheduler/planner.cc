@@ -90,6 +90,15 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options, bool with_base
         shapes.emplace_back(p, d);
       }
     }
+    // Warm-started shapes are always tried (re-planning's running shape may
+    // have a replica count that is neither a power of two nor N / D_pp).
+    for (const SearchOptions::WarmStart& w : options.warm_starts) {
+      const bool fits = w.d_pp >= 1 && w.d_pp <= layers && w.d_dp >= 1 && w.d_pp * w.d_dp <= n &&
+                        gb % (w.d_dp * mb) == 0;
+      if (fits &&
+          std::find(shapes.begin(), shapes.end(), std::make_pair(w.d_pp, w.d_dp)) == shapes.end())
+        shapes.emplace_back(w.d_pp, w.d_dp);
+    }
     GEOPIPE_CHECK(!shapes.empty(), InfeasibleError,
                   "no (pipeline_stages, data_parallel) shape divides "
                   "training.global_batch = ", gb, " by data_parallel x "
@@ -157,7 +166,17 @@ PlanResult plan(const JobSpec& job, const SearchOptions& options, bool with_base
     }
     std::stable_sort(scored.begin(), scored.end(),
                      [](const Scored& a, const Scored& b) { return a.cost < b.cost; });
-    if (scored.size() > kShapesSearched) scored.resize(kShapesSearched);
+    // The best few, and every warm-started shape: its search starts from a
+    // placement the screening did not see.
+    auto warm = [&](const Scored& s) {
+      return std::any_of(
+          options.warm_starts.begin(), options.warm_starts.end(),
+          [&](const SearchOptions::WarmStart& w) { return w.d_pp == s.p && w.d_dp == s.d; });
+    };
+    std::vector<Scored> searched;
+    for (size_t i = 0; i < scored.size(); ++i)
+      if (i < kShapesSearched || warm(scored[i])) searched.push_back(scored[i]);
+    scored = std::move(searched);
   } else {
     scored.push_back({shapes[0].first, shapes[0].second, 0,
                       makeCostModel(cm, network, profileFor(shapes[0].first, shapes[0].second), job,

@@ -572,6 +572,21 @@ std::vector<int> alignLabels(const std::vector<int>& a, const std::vector<int>& 
   return out;
 }
 
+// A warm start's label must be a balanced partition of the model's devices.
+void checkWarmLabel(const std::vector<int>& label, int n, int way, int d_dp) {
+  GEOPIPE_CHECK(static_cast<int>(label.size()) == n, ConfigError, "a warm start labels ",
+                label.size(), " devices but the topology has ", n);
+  std::vector<int> size(static_cast<size_t>(way) + 1, 0);
+  for (int g : label) {
+    GEOPIPE_CHECK(g >= 0 && g <= way, ConfigError, "a warm start's group ", g, " is outside [0, ",
+                  way, "]");
+    ++size[static_cast<size_t>(g)];
+  }
+  for (int g = 0; g < way; ++g)
+    GEOPIPE_CHECK(size[static_cast<size_t>(g)] == d_dp, ConfigError, "a warm start's group ", g,
+                  " holds ", size[static_cast<size_t>(g)], " devices, not D_dp = ", d_dp);
+}
+
 // Every budgeted algorithm refuses to run without a budget.
 void requireBudget(const SearchOptions& options, const char* algorithm) {
   GEOPIPE_CHECK(options.budget_evaluations > 0 || options.budget_seconds > 0, ConfigError,
@@ -588,6 +603,8 @@ std::vector<std::string> algorithmNames() {
 SearchResult runSearch(const CostModel& model, const SearchOptions& options) {
   const std::string& a = options.algorithm;
   if (a == "evolutionary") return evolutionarySearch(model, options);
+  GEOPIPE_CHECK(options.warm_starts.empty(), ConfigError, "the ", a,
+                " search does not support warm starts; use the evolutionary search");
   if (a == "in-order") return inOrderPlacement(model);
   if (a == "random") return randomSearch(model, options);
   if (a == "exhaustive") return exhaustiveSearch(model, options);
@@ -753,8 +770,15 @@ SearchResult evolutionarySearch(const CostModel& model,
     if (seen.insert(c.fingerprint()).second) pop.push_back(std::move(c));
   };
   std::vector<Candidate> polished;
+  for (const SearchOptions::WarmStart& w : options.warm_starts) {
+    if (w.d_pp != way || w.d_dp != d_dp) continue;
+    checkWarmLabel(w.label, n, way, d_dp);
+    if (!polished.empty() && tr.exhausted(totalEvals())) break;
+    polished.push_back(evs[0]->make(w.label));
+    admit(polished.back());
+  }
   for (int k = 0; k < kNumSeeds; ++k) {
-    if (k > 0 && tr.exhausted(totalEvals())) break;
+    if ((k > 0 || !polished.empty()) && tr.exhausted(totalEvals())) break;
     polished.push_back(evs[0]->make(seedLabel(model, k)));
     admit(polished.back());
   }

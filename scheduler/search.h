@@ -42,6 +42,18 @@ struct SearchOptions {
   // counts from the start of its GA phase (after the seeds and the
   // annealing walk).
   int64_t stall_evaluations = 6000;
+  // Warm starts (evolutionary only; runSearch refuses them for another
+  // algorithm): a search whose shape is a start's d_pp x d_dp evaluates its
+  // label first, ahead of the structured seeds, and polishes it by local
+  // search like them, so the result is never priced above it (re-planning
+  // starts from the running plan this way; plan() always searches their
+  // shapes). Labels as Candidate::label, on the model's devices.
+  struct WarmStart {
+    int d_pp = 0;
+    int d_dp = 0;
+    std::vector<int> label;
+  };
+  std::vector<WarmStart> warm_starts;
 };
 
 // One algorithm's outcome.
