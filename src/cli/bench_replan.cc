@@ -1,7 +1,8 @@
-// `geopipe bench replan`: elastic re-planning on synthetic world-wide
-// topologies when a site is lost and when 8 devices join: the re-plan's time
-// and predicted step against the degraded plan and a from-scratch plan with
-// six times the budget (predicted by the cost model, not measured).
+// `geopipe bench replan`: elastic re-planning on the DT-FM paper's 64-device
+// scenarios (their first 16, 32, 64 devices) when a site is lost and when 8
+// devices join: the re-plan's time and predicted step against the degraded
+// plan and a from-scratch plan with six times the budget (predicted by the
+// cost model, not measured).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,7 +22,7 @@ namespace geopipe::cli {
 void addReplanBenchOptions(CLI::App& bench, ReplanBenchArgs& a) {
   auto* r = bench.add_subcommand(
       "replan",
-      "Elastic re-planning on synthetic world-wide topologies (16, 32, 64 devices): a site "
+      "Elastic re-planning on a DT-FM paper scenario (its first 16, 32, 64 devices): a site "
       "lost, 8 devices joining; re-plan time and predicted step vs the degraded plan and a "
       "from-scratch plan with a larger budget");
   r->add_option("--devices", a.devices, "topology sizes")->delimiter(',')->capture_default_str();
@@ -30,6 +31,10 @@ void addReplanBenchOptions(CLI::App& bench, ReplanBenchArgs& a) {
   r->add_option("--scratch-factor", a.scratch_factor,
                 "the from-scratch plan's budget, in re-plan budgets")
       ->capture_default_str();
+  r->add_option("--scenario", a.scenario,
+                "the DT-FM paper's 64-device scenario (1 dc-ondemand .. 5 world-wide)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, scheduler::kNumPaperScenarios));
   r->add_option("--seed", a.seed, "search seed")->capture_default_str();
   r->add_flag("--quick", a.quick, "16 devices, a 1 s budget: a smoke test");
 }
@@ -38,8 +43,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The job: GPT-3 XL's shape (scheduler::paperJob) priced by the geopipe
-// model, every shape tried, on `topology`.
+// The job: the paper's (GPT-3 XL's shape, global batch 512) priced by the
+// geopipe model, every shape tried, on `topology`.
 JobSpec benchJob(const TopologySpec& topology) {
   JobSpec job = scheduler::paperJob(1);
   job.name = "replan-" + topology.name;
@@ -89,8 +94,9 @@ int runReplanBench(const ReplanBenchArgs& args, std::ostream& out) {
   }
   GEOPIPE_CHECK(a.seconds > 0 && a.scratch_factor > 0, ConfigError,
                 "bench replan needs --seconds > 0 and --scratch-factor > 0");
-  out << "Elastic re-planning (GPT-3 XL shape, geopipe cost model, synthetic world-wide "
-         "topologies of 8-device sites; steps predicted by the cost model). Re-plan: "
+  out << "Elastic re-planning (GPT-3 XL shape, geopipe cost model, paper scenario "
+      << scheduler::paperScenarioName(a.scenario)
+      << " cut to its first sites of 8 devices; steps predicted by the cost model). Re-plan: "
       << a.seconds << " s budget, warm-started from the degraded plan; from scratch: "
       << a.seconds * a.scratch_factor << " s, no warm start.\n\n";
   out << "| devices | event | live | degraded | degraded step s | re-plan | re-plan step s "
@@ -98,11 +104,12 @@ int runReplanBench(const ReplanBenchArgs& args, std::ostream& out) {
       << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   bool ok = true;
   for (int n : a.devices) {
-    GEOPIPE_CHECK(n >= 16 && n % 8 == 0, ConfigError, "bench replan: --devices ", n,
-                  " must be a multiple of 8, at least 16");
-    const JobSpec job = benchJob(scheduler::syntheticWorldwide(n));
+    GEOPIPE_CHECK(n >= 16 && n <= 64 && n % 8 == 0, ConfigError, "bench replan: --devices ", n,
+                  " must be a multiple of 8 from 16 to 64");
+    // The first n devices of the scenario: n / 8 of its 8-device sites.
     std::vector<int> all(static_cast<size_t>(n));
     std::iota(all.begin(), all.end(), 0);
+    const JobSpec job = benchJob(scheduler::subTopology(scheduler::paperScenario(a.scenario), all));
     struct Event {
       std::string name;
       scheduler::CurrentPlan current;

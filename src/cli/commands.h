@@ -91,7 +91,8 @@ void addDilocoBenchOptions(CLI::App& bench, DilocoBenchArgs& args);
 int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out);
 
 struct ReplanBenchArgs {
-  std::vector<int> devices = {16, 32, 64};  // synthetic world-wide topology sizes
+  int scenario = 1;                         // scheduler::paperScenario (8 sites of 8)
+  std::vector<int> devices = {16, 32, 64};  // its first 16, 32, 64 devices
   double seconds = 5.0;                     // re-plan budget (and the current plan's)
   double scratch_factor = 6.0;              // the from-scratch plan's budget / seconds
   uint64_t seed = 1;                        // search seed
