@@ -91,6 +91,19 @@ TopologySpec subTopology(const TopologySpec& t, const std::vector<int>& keep) {
   return s;
 }
 
+CurrentPlan globalPlan(const Allocation& allocation, const std::vector<int>& devices) {
+  CurrentPlan c;
+  c.stages = allocation.d_pp;
+  c.replicas = allocation.d_dp;
+  c.device_of_rank.assign(static_cast<size_t>(c.stages * c.replicas), -1);
+  for (int s = 0; s < c.stages; ++s)
+    for (int r = 0; r < c.replicas; ++r)
+      c.device_of_rank[static_cast<size_t>(r * c.stages + s)] = devices[static_cast<size_t>(
+          allocation.stages[static_cast<size_t>(s)][static_cast<size_t>(r)])];
+  for (const auto& [first, last] : allocation.layers) c.body_per_stage.push_back(last - first);
+  return c;
+}
+
 ReplanResult replan(const JobSpec& job, const std::vector<int>& live, const CurrentPlan& current,
                     const ReplanOptions& options, const AcsgdStoresFn& stores) {
   const auto t0 = Clock::now();
@@ -128,8 +141,10 @@ ReplanResult replan(const JobSpec& job, const std::vector<int>& live, const Curr
   search.algorithm = "evolutionary";
   search.seed = options.seed;
   search.budget_evaluations = options.budget_evaluations;
+  // The searches end on their budget after the move in progress, and plan()
+  // splits the time per shape: keep 5% in reserve for those overruns.
   search.budget_seconds =
-      options.budget_seconds > 0 ? std::max(0.01, options.budget_seconds - since(t0)) : 0;
+      options.budget_seconds > 0 ? std::max(0.01, 0.95 * options.budget_seconds - since(t0)) : 0;
   if (std::isfinite(out.degraded_s)) {
     // The degraded placement as its shape's first candidate: group s holds
     // stage s's devices (the search re-derives the order and the pairing,
@@ -152,15 +167,11 @@ ReplanResult replan(const JobSpec& job, const std::vector<int>& live, const Curr
         e, detail::concat("re-planning job '", job.name, "' on ", live.size(),
                           " live devices (degraded plan: ", stepText(out.degraded_s), "): "));
   }
-  const Allocation& alloc = planned.ours.allocation;
-  out.stages = planned.d_pp;
-  out.replicas = planned.d_dp;
-  out.device_of_rank.assign(static_cast<size_t>(out.stages * out.replicas), -1);
-  for (int s = 0; s < out.stages; ++s)
-    for (int r = 0; r < out.replicas; ++r)
-      out.device_of_rank[static_cast<size_t>(r * out.stages + s)] =
-          live[static_cast<size_t>(alloc.stages[static_cast<size_t>(s)][static_cast<size_t>(r)])];
-  for (const auto& [first, last] : alloc.layers) out.body_per_stage.push_back(last - first);
+  CurrentPlan found = globalPlan(planned.ours.allocation, live);
+  out.stages = found.stages;
+  out.replicas = found.replicas;
+  out.device_of_rank = std::move(found.device_of_rank);
+  out.body_per_stage = std::move(found.body_per_stage);
   out.predicted_s = planned.ours.best.cost;
   out.commit = std::isfinite(out.predicted_s) &&
                (!std::isfinite(out.degraded_s) ||

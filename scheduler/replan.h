@@ -77,4 +77,9 @@ ReplanResult replan(const JobSpec& job, const std::vector<int>& live, const Curr
 // without a kept device are dropped; device k of the result is keep[k].
 TopologySpec subTopology(const TopologySpec& t, const std::vector<int>& keep);
 
+// `allocation`, found on subTopology(t, devices), as a plan on t's global
+// device indices (device k of the sub-topology is devices[k]), body layers
+// per stage from its layer ranges.
+CurrentPlan globalPlan(const Allocation& allocation, const std::vector<int>& devices);
+
 }  // namespace geopipe::scheduler

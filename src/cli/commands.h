@@ -90,6 +90,17 @@ struct DilocoBenchArgs {
 void addDilocoBenchOptions(CLI::App& bench, DilocoBenchArgs& args);
 int runDilocoBench(const DilocoBenchArgs& args, std::ostream& out);
 
+struct ReplanBenchArgs {
+  int scenario = 1;                         // scheduler::paperScenario (8 sites of 8)
+  std::vector<int> devices = {16, 32, 64};  // its first 16, 32, 64 devices
+  double seconds = 5.0;                     // re-plan budget (and the current plan's)
+  double scratch_factor = 6.0;              // the from-scratch plan's budget / seconds
+  uint64_t seed = 1;                        // search seed
+  bool quick = false;                       // 16 devices, at most 1 s: a smoke test
+};
+void addReplanBenchOptions(CLI::App& bench, ReplanBenchArgs& args);
+int runReplanBench(const ReplanBenchArgs& args, std::ostream& out);
+
 struct BenchArgs {
   double seconds = 2.0;            // scheduler: search budget per paper scenario
   double synthetic_seconds = 60.0; // scheduler: budget per synthetic topology

@@ -192,6 +192,8 @@ int main(int argc, char** argv) {
   geopipe::cli::addBindingBenchOptions(*bench, binding_bench_args);
   geopipe::cli::DilocoBenchArgs diloco_bench_args;
   geopipe::cli::addDilocoBenchOptions(*bench, diloco_bench_args);
+  geopipe::cli::ReplanBenchArgs replan_bench_args;
+  geopipe::cli::addReplanBenchOptions(*bench, replan_bench_args);
 
   // version details
   auto* version = app.add_subcommand("version", "Print version, protocol and BLAS in use");
@@ -268,6 +270,9 @@ int main(int argc, char** argv) {
   }
   if (*bench && bench->got_subcommand("diloco")) {
     return guarded([&] { return geopipe::cli::runDilocoBench(diloco_bench_args, std::cout); });
+  }
+  if (*bench && bench->got_subcommand("replan")) {
+    return guarded([&] { return geopipe::cli::runReplanBench(replan_bench_args, std::cout); });
   }
   if (*bench && bench->got_subcommand("soak")) {
     return guarded([&] { return geopipe::cli::runSoakBench(soak_bench_args, std::cout); });

@@ -678,7 +678,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     } else {
       // Named devices (fewer than the topology's when the job shrank).
       JobSpec sub = job_;
-      sub.topology = subTopology(job_.topology, plan.devices);
+      sub.topology = scheduler::subTopology(job_.topology, plan.devices);
       placement_ = runtime::choosePlacement(model_, sub, {}, resume_body_split_);
       for (int& d : placement_.device_of_rank) d = plan.devices[static_cast<size_t>(d)];
     }

@@ -8,8 +8,6 @@
 #include <set>
 #include <vector>
 
-#include "geopipe/topology.h"
-
 namespace geopipe::distributed {
 
 struct DevicePlan {
@@ -17,7 +15,7 @@ struct DevicePlan {
   // so the recovered run computes exactly what the uninterrupted one would.
   bool reuse = false;
   // Otherwise plan over these devices (global indices, sorted; see
-  // subTopology); empty: over the whole topology.
+  // scheduler::subTopology); empty: over the whole topology.
   std::vector<int> devices;
 };
 
@@ -29,9 +27,5 @@ struct DevicePlan {
 // unnamed ones to `world`.
 DevicePlan planDevices(const std::set<int>& named, int n_devices, int world,
                        const std::vector<int>* previous);
-
-// The topology restricted to `keep` (global device indices, sorted): sites
-// without a kept device are dropped; device k of the result is keep[k].
-TopologySpec subTopology(const TopologySpec& t, const std::vector<int>& keep);
 
 }  // namespace geopipe::distributed
