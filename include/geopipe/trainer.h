@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,6 +50,11 @@ struct StepMetrics {
   // entry at its rank (zeros before); merged steps add element-wise.
   std::vector<uint64_t> sent_bytes_by_rank;
   std::vector<uint64_t> received_bytes_by_rank;
+  // The same sent bytes by directed link, keyed (from rank, to rank): what
+  // each tasklet's transport sent to each peer since its previous step (a
+  // send to itself under (r, r)). Only links with traffic have an entry;
+  // the entries from rank r sum to sent_bytes_by_rank[r]. Merged steps add.
+  std::map<std::pair<int, int>, uint64_t> link_sent_bytes;
   // Each tasklet's compute time and time blocked on communication (the
   // compute_seconds / comm_wait_seconds it reported) and its step's
   // wall-clock, by rank as above: the per-stage shares of the live endpoint.

@@ -5,10 +5,13 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
+
+#include "geopipe/job_spec.h"
 
 namespace geopipe::cli {
 
@@ -23,14 +26,28 @@ enum class ExitCode : int {
   INTERNAL_ERROR = 70, // a bug: an exception geopipe did not expect
 };
 
+// A check of a parsed job's model that needs LibTorch (the binary gives
+// pluginModelCost): throws ConfigError naming the field and the fix.
+using ModelCheck = std::function<void(const JobSpec&)>;
+
 // `geopipe validate JOB...`: prints a summary per valid job and every
 // problem of each invalid one. Returns INVALID_SPEC if any job is invalid.
 // `overrides` (--set path=value) apply to every job file; with `print`, a
 // valid job is printed as the YAML it resolves to (every default filled in,
-// config::resolvedJobYaml) instead of its summary.
+// config::resolvedJobYaml) instead of its summary. `check_model` runs on
+// every parsed job (the binary: model.plugin loaded as train loads it).
 int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream& out,
                 std::ostream& err, const std::vector<std::string>& overrides = {},
-                bool print = false);
+                bool print = false, const ModelCheck& check_model = {});
+
+// A job's model.plugin loaded and its model built as train builds it
+// (model.name looked up among the plugin's models, the ModelDef and its
+// cost checked); returns the cost the ModelDef gives (empty: none, so it is
+// priced as a GPT). A job without model.plugin builds nothing and gets an
+// empty cost: its custom model is registered by the user's own program.
+// ConfigError naming the plugin when it cannot be loaded (as train).
+// Needs LibTorch (plan_bench.cc).
+ModelCost pluginModelCost(const JobSpec& job);
 
 struct PlanArgs {
   std::string job;                         // job YAML file

@@ -218,8 +218,11 @@ int main(int argc, char** argv) {
 
   if (*validate) {
     return guarded([&] {
-      return geopipe::cli::runValidate(validate_files, validate_quiet, std::cout, std::cerr,
-                                       validate_overrides, validate_print);
+      // model.plugin loaded as train loads it: a plugin that cannot be
+      // loaded fails validate with train's error.
+      return geopipe::cli::runValidate(
+          validate_files, validate_quiet, std::cout, std::cerr, validate_overrides, validate_print,
+          [](const geopipe::JobSpec& job) { geopipe::cli::pluginModelCost(job); });
     });
   }
   if (*plan) {

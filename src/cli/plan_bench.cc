@@ -1,5 +1,6 @@
 // `geopipe plan` and `geopipe bench`: option parsing around the scheduler's
 // plan and benchmark functions.
+#include "geopipe/model.h"
 #include "src/cli/bench_scheduler.h"
 #include "src/cli/commands.h"
 #include "src/cli/option_checks.h"
@@ -24,10 +25,19 @@ void addPlanOptions(CLI::App& plan, PlanArgs& args) {
                   "search evaluation limit (overrides scheduler.budget.evaluations)")
       ->check(integerAtLeast(0));
   addSetOption(plan, args.overrides);
+  addPluginOption(plan, args.overrides);
+}
+
+ModelCost pluginModelCost(const JobSpec& job) {
+  if (job.model.plugin.empty()) return {};
+  return modelCost(makeModel(job.model));
 }
 
 int runPlanCommand(const PlanArgs& args, std::ostream& out) {
   JobSpec job = config::loadJobFile(args.job, args.overrides);
+  // A plugin's model is priced by the cost its ModelDef gives, as train
+  // and launch price it.
+  job.model.cost = pluginModelCost(job);
   PlanOverrides o;
   o.algorithm = args.algorithm;
   o.cost_model = args.cost_model;

@@ -29,6 +29,33 @@ std::string fmt(double v, int prec = 3) {
   return os.str();
 }
 
+// What the scheduler priced: "own_cost" (the cost a plugin's ModelDef
+// gives, ModelSpec::cost), "gpt" for a custom model without one, else the
+// built-in kind.
+std::string pricedAs(const ModelSpec& m) {
+  if (!m.cost.empty()) return "own_cost";
+  return m.kind == "custom" ? "gpt" : m.kind;
+}
+
+// Why a custom model is priced as it is; "" for a built-in one.
+std::string customModelNote(const ModelSpec& m) {
+  if (m.kind != "custom") return "";
+  if (!m.cost.empty()) {
+    return "model '" + m.name + "' is priced by the cost its ModelDef gives (" +
+           std::to_string(m.cost.body.size()) +
+           " body layers, each its own FLOPs, parameters "
+           "and activation bytes), as train and launch price it";
+  }
+  if (!m.plugin.empty()) {
+    return "model '" + m.name +
+           "' of model.plugin gives no cost (ModelDef::cost), so the model "
+           "is priced as a GPT of its shape";
+  }
+  return "model.kind custom without model.plugin: a model your own program registers is not "
+         "seen by plan, so the model is priced as a GPT of its shape; load it as a plugin "
+         "(model.plugin or --plugin) to price it by its own cost";
+}
+
 nlohmann::json breakdownJson(const scheduler::Breakdown& b) {
   return {{"compute_s", b.compute_s},
           {"bubble_s", b.bubble_s},
@@ -117,8 +144,8 @@ void printJson(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   j["pipeline_stages"] = p.d_pp;
   j["data_parallel"] = p.d_dp;
   j["predicted_step_s"] = ours;
-  // A custom model's own cost is not known here (plan builds no model).
-  j["model_priced_as"] = job.model.kind == "custom" ? std::string("gpt") : job.model.kind;
+  j["model_priced_as"] = pricedAs(job.model);
+  if (const std::string note = customModelNote(job.model); !note.empty()) j["model_note"] = note;
   j["breakdown"] = breakdownJson(p.ours.best.eval.breakdown);
   if (const auto d = dilocoPricing(job, p)) {
     j["diloco"] = {{"inner_steps", d->inner_steps},
@@ -200,10 +227,8 @@ void printText(const JobSpec& job, const PlanResult& p, const AcsgdBufferMemory&
   out << "cost model " << p.cost_model << ", algorithm " << p.algorithm
       << ", shape " << p.d_pp << " stages x " << p.d_dp << " replicas";
   if (idle > 0) out << ", " << idle << " devices idle";
-  if (job.model.kind == "custom") {
-    out << "\nnote: plan does not build custom models (nor load model.plugin: it is built "
-           "without LibTorch): the model is priced as a GPT of its shape; train, launch and "
-           "coordinator place it with the cost its ModelDef gives";
+  if (const std::string note = customModelNote(job.model); !note.empty()) {
+    out << "\nnote: " << note;
   }
   out << "\n\npredicted step time: " << fmt(total) << " s\n";
   auto line = [&](const char* name, double v) {

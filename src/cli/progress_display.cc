@@ -128,6 +128,10 @@ nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::ti
                       {"compute_seconds", m.compute_seconds},
                       {"comm_wait_seconds", m.comm_wait_seconds},
                       {"peak_rss_bytes", m.peak_rss_bytes}};
+  nlohmann::json links = nlohmann::json::array();
+  for (const auto& [link, bytes] : m.link_sent_bytes)
+    links.push_back({{"from", link.first}, {"to", link.second}, {"bytes", bytes}});
+  j["link_bytes"] = links;
   if (m.hasValLoss()) j["val_loss"] = m.valLoss();
   return j;
 }
@@ -173,6 +177,7 @@ void ProgressDisplay::onStep(const StepMetrics& m) {
   };
   addTo(sent_total_, m.sent_bytes_by_rank);
   addTo(received_total_, m.received_bytes_by_rank);
+  for (const auto& [link, bytes] : m.link_sent_bytes) link_sent_total_[link] += bytes;
   if (m.hasValLoss()) val_loss_ = m.valLoss();
   // The plot: the loss, and the busiest tasklet's step split.
   const double x = double(m.step + 1);
@@ -301,6 +306,24 @@ std::string ProgressDisplay::exposition(const StepMetrics* m) const {
   for (size_t rank = 0; rank < m->sent_bytes_by_rank.size(); ++rank) {
     const double secs = rank < m->seconds_by_rank.size() ? m->seconds_by_rank[rank] : m->seconds;
     t.sample(place(rank), secs > 0 ? double(m->sent_bytes_by_rank[rank]) * 8 / secs / 1e6 : 0);
+  }
+  // Per directed link (from rank, to rank): the same sent bytes by
+  // destination, and the newest step's rate on the link.
+  const auto link = [](const std::pair<int, int>& l) {
+    return common::MetricLabels{{"from", std::to_string(l.first)},
+                                {"to", std::to_string(l.second)}};
+  };
+  t.family("geopipe_link_sent_bytes_total", "counter",
+           "Bytes sent from one tasklet (rank) to another since the run started, after "
+           "compression; the links from a rank sum to its geopipe_tasklet_sent_bytes_total");
+  for (const auto& [l, bytes] : link_sent_total_) t.sample(link(l), double(bytes));
+  t.family("geopipe_link_send_mbps", "gauge",
+           "Effective rate of the link in the newest step: bytes sent on it x 8 / the sending "
+           "tasklet's step time, Mbit/s");
+  for (const auto& [l, bytes] : m->link_sent_bytes) {
+    const size_t from = static_cast<size_t>(l.first);
+    const double secs = from < m->seconds_by_rank.size() ? m->seconds_by_rank[from] : m->seconds;
+    t.sample(link(l), secs > 0 ? double(bytes) * 8 / secs / 1e6 : 0);
   }
   // Per kind of traffic: fp32 size, wire size and their ratio.
   const char* kinds[] = {"activations", "gradients", "data_parallel"};

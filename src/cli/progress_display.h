@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -81,6 +82,7 @@ class ProgressDisplay {
   // Totals since this run started, for the endpoint's counters.
   uint64_t raw_by_kind_[3] = {0, 0, 0}, wire_by_kind_[3] = {0, 0, 0};
   std::vector<uint64_t> sent_total_, received_total_;
+  std::map<std::pair<int, int>, uint64_t> link_sent_total_;  // (from, to) rank
   // The plot's series: (step, value).
   std::vector<std::pair<double, double>> loss_points_, val_points_;
   std::vector<std::pair<double, double>> compute_points_, bubble_points_, wait_points_,

@@ -5,6 +5,7 @@
 #include <exception>
 #include <filesystem>
 
+#include "geopipe/error.h"
 #include "src/cli/commands.h"
 #include "src/config/diagnostics.h"
 #include "src/config/job_overrides.h"
@@ -35,7 +36,8 @@ bool isTopologyText(const std::string& text) {
 }  // namespace
 
 int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream& out,
-                std::ostream& err, const std::vector<std::string>& overrides, bool print) {
+                std::ostream& err, const std::vector<std::string>& overrides, bool print,
+                const ModelCheck& check_model) {
   int invalid = 0;
   int unreadable = 0;
   for (const auto& file : files) {
@@ -52,6 +54,7 @@ int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream&
       } else {
         const std::string base = std::filesystem::path(file).parent_path().string();
         const JobSpec job = config::parseJobString(text, file, base, overrides);
+        if (check_model) check_model(job);
         if (print) {
           if (files.size() > 1) out << "# " << file << "\n";
           // transport.emulate_links' default depends on the verb: printed
@@ -69,6 +72,11 @@ int runValidate(const std::vector<std::string>& files, bool quiet, std::ostream&
     } catch (const config::SpecError& e) {
       ++invalid;
       err << e.what() << "\n";
+    } catch (const ConfigError& e) {
+      // The model's own check (a plugin that cannot be loaded): one line,
+      // as train prints it.
+      ++invalid;
+      err << file << ": error: " << e.what() << "\n";
     } catch (const IoError& e) {
       // As every command: a file that cannot be read is exit 4, not 1.
       ++unreadable;

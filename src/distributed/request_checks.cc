@@ -193,6 +193,32 @@ grpc::Status checkStepReport(const pb::StepReport& req, const RequestBounds& bou
   if (auto st = checkSeconds("seconds", req.seconds()); !st.ok()) return st;
   if (auto st = checkSeconds("compute_seconds", req.compute_seconds()); !st.ok()) return st;
   if (auto st = checkSeconds("comm_wait_seconds", req.comm_wait_seconds()); !st.ok()) return st;
+  // Per-link bytes: to a rank of the job, at most one entry per peer, and
+  // summing to sent_bytes (the metrics show both).
+  if (req.link_sent_bytes_size() > bounds.world_size) {
+    return invalid(detail::concat("StepReport.link_sent_bytes of rank ", req.rank(), " has ",
+                                  req.link_sent_bytes_size(), " entries for ", bounds.world_size,
+                                  " ranks"));
+  }
+  uint64_t link_sum = 0;
+  std::vector<bool> seen(static_cast<size_t>(std::max(bounds.world_size, 0)), false);
+  for (const pb::LinkBytes& l : req.link_sent_bytes()) {
+    if (l.to() < 0 || l.to() >= bounds.world_size || seen[static_cast<size_t>(l.to())]) {
+      return invalid(
+          detail::concat("StepReport.link_sent_bytes of rank ", req.rank(), " names rank ", l.to(),
+                         " twice or outside the job's ranks [0, ", bounds.world_size, ")"));
+    }
+    seen[static_cast<size_t>(l.to())] = true;
+    if (l.bytes() > req.sent_bytes() - link_sum) {
+      return invalid(detail::concat("StepReport.link_sent_bytes of rank ", req.rank(),
+                                    " sum to more than its sent_bytes ", req.sent_bytes()));
+    }
+    link_sum += l.bytes();
+  }
+  if (req.link_sent_bytes_size() > 0 && link_sum != req.sent_bytes()) {
+    return invalid(detail::concat("StepReport.link_sent_bytes of rank ", req.rank(), " sum to ",
+                                  link_sum, ", not its sent_bytes ", req.sent_bytes()));
+  }
   return grpc::Status::OK;
 }
 

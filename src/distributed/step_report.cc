@@ -26,6 +26,11 @@ geopipe::v1::StepReport stepReportOf(const StepMetrics& part, bool has_loss, dou
   for (uint64_t b : part.received_bytes_by_rank) received += b;
   r.set_sent_bytes(sent);
   r.set_received_bytes(received);
+  for (const auto& [link, bytes] : part.link_sent_bytes) {
+    geopipe::v1::LinkBytes* l = r.add_link_sent_bytes();
+    l->set_to(link.second);
+    l->set_bytes(bytes);
+  }
   return r;
 }
 
@@ -57,6 +62,8 @@ StepMetrics stepMetricsOf(const geopipe::v1::StepReport& report) {
     m.compute_seconds_by_rank.back() = report.compute_seconds();
     m.comm_wait_seconds_by_rank.back() = report.comm_wait_seconds();
     m.seconds_by_rank.back() = report.seconds();
+    for (const geopipe::v1::LinkBytes& l : report.link_sent_bytes())
+      m.link_sent_bytes[{report.rank(), l.to()}] += l.bytes();
   }
   return m;
 }

@@ -116,6 +116,7 @@ void mergeTaskletStep(StepMetrics& m, const StepMetrics& part) {
   m.peak_rss_bytes = std::max(m.peak_rss_bytes, part.peak_rss_bytes);
   addByRank(m.sent_bytes_by_rank, part.sent_bytes_by_rank);
   addByRank(m.received_bytes_by_rank, part.received_bytes_by_rank);
+  for (const auto& [link, bytes] : part.link_sent_bytes) m.link_sent_bytes[link] += bytes;
   addByRank(m.compute_seconds_by_rank, part.compute_seconds_by_rank);
   addByRank(m.comm_wait_seconds_by_rank, part.comm_wait_seconds_by_rank);
   addByRank(m.seconds_by_rank, part.seconds_by_rank);
@@ -315,6 +316,11 @@ TaskletStep Tasklet::runStep(int64_t step) {
   };
   part.sent_bytes_by_rank = atRank(takeDelta(ts.bytes_sent, sent_));
   part.received_bytes_by_rank = atRank(takeDelta(ts.bytes_received, received_));
+  sent_to_.resize(std::max(sent_to_.size(), ts.bytes_sent_to.size()), 0);
+  for (size_t peer = 0; peer < ts.bytes_sent_to.size(); ++peer) {
+    const uint64_t bytes = takeDelta(ts.bytes_sent_to[peer], sent_to_[peer]);
+    if (bytes > 0) part.link_sent_bytes[{rank_, static_cast<int>(peer)}] = bytes;
+  }
   part.compute_seconds_by_rank = atRank(part.compute_seconds);
   part.comm_wait_seconds_by_rank = atRank(part.comm_wait_seconds);
   part.seconds_by_rank = atRank(part.seconds);

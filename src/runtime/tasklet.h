@@ -159,6 +159,7 @@ class Tasklet {
   void sumTiedGradients(int64_t step);
   uint64_t act_raw_ = 0, act_wire_ = 0, grad_raw_ = 0, grad_wire_ = 0, dp_raw_ = 0, dp_wire_ = 0;
   uint64_t sent_ = 0, received_ = 0;  // transport byte counters at the previous step
+  std::vector<uint64_t> sent_to_;     // and the bytes sent to each peer rank
 };
 
 // Optimizer, learning rate and clipping helpers shared with the

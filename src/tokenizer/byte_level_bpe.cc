@@ -426,6 +426,14 @@ std::vector<int32_t> ByteLevelBpe::encode(std::string_view text) const {
   return ids;
 }
 
+size_t ByteLevelBpe::cutPoint(std::string_view text) const {
+  const auto printable = [](char c) { return c > ' ' && c < 0x7F; };
+  for (size_t i = text.size() >= 2 ? text.size() - 2 : 0; i >= 1; --i) {
+    if (text[i] == ' ' && printable(text[i - 1]) && printable(text[i + 1])) return i;
+  }
+  return 0;
+}
+
 std::string ByteLevelBpe::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   for (size_t k = 0; k < ids.size(); ++k) {

@@ -48,6 +48,11 @@ class ByteLevelBpe final : public Tokenizer {
   std::optional<int32_t> bosId() const override { return std::nullopt; }
   std::optional<int32_t> eosId() const override { return eos_; }
   std::string kind() const override { return "gpt2-bpe"; }
+  // Before a space between two printable ASCII characters ("a| b"): no
+  // piece of GPT-2's pattern crosses it (only runs of whitespace hold a
+  // space past their start, and this one starts there), and the pattern
+  // has no look-behind, so the rest is split into the same pieces.
+  size_t cutPoint(std::string_view text) const override;
 
  private:
   // A merge rule in an open-addressing table keyed by the (left, right) ids;

@@ -15,7 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <optional>
 
 #include "geopipe/error.h"
 #include "src/common/text.h"
@@ -27,6 +27,14 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kFlushBytes = 1 << 20;
+// A text file (one document) is read and encoded kTextPartBytes at a time,
+// never whole (issue 18: a 40 GB file ended in exit 70): each part ends at
+// the tokenizer's last cut point (Tokenizer::cutPoint) in what was read.
+// Text with none there (SentencePiece, which has none; GPT-2 text without a
+// space between printable characters) is cut at its end anyway, on a UTF-8
+// character boundary. A part is what the tokenizer holds in memory at once
+// (GPT-2's BPE of a 1 MiB piece takes about 12 bytes per byte).
+constexpr size_t kTextPartBytes = 1 << 20;
 
 // A file written under `path + ".tmp-PID"` and renamed to `path` by
 // commit(); removed if never committed (an error on the way), so a failed
@@ -112,15 +120,49 @@ bool isJsonLines(const std::string& path) {
   return fs::path(path).extension() == ".jsonl";
 }
 
-std::string readAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    GEOPIPE_THROW(IoError, "cannot read input '", common::printable(path),
-                  "': ", std::strerror(errno));
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
+// Where a text (not empty) with no cut point is cut: before the start of
+// the character its last bytes belong to (a UTF-8 lead byte or ASCII), or
+// its end when none of its last three bytes starts one (invalid UTF-8).
+size_t forcedCut(std::string_view text) {
+  for (size_t k = text.size() - 1; k > 0 && k + 4 > text.size(); --k) {
+    if ((static_cast<unsigned char>(text[k]) & 0xC0) != 0x80) return k;
+  }
+  return text.size();
 }
+
+// A file read a block at a time.
+class BlockReader {
+ public:
+  explicit BlockReader(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) fail();
+  }
+  BlockReader(const BlockReader&) = delete;
+  BlockReader& operator=(const BlockReader&) = delete;
+  ~BlockReader() { ::close(fd_); }
+
+  // Appends up to `n` bytes to `into`; 0 at the end of the file.
+  size_t readInto(std::string& into, size_t n) {
+    const size_t start = into.size();
+    into.resize(start + n);
+    ssize_t r;
+    do {
+      r = ::read(fd_, into.data() + start, n);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) fail();
+    into.resize(start + static_cast<size_t>(r));
+    return static_cast<size_t>(r);
+  }
+
+ private:
+  [[noreturn]] void fail() {
+    GEOPIPE_THROW(IoError, "cannot read input '", common::printable(path_),
+                  "': ", std::strerror(errno));
+  }
+
+  std::string path_;
+  int fd_ = -1;
+};
 
 }  // namespace
 
@@ -172,26 +214,60 @@ TokenizeResult tokenizeFiles(const Tokenizer& tok, const std::vector<std::string
   buf.reserve(kFlushBytes + (1 << 16));
   std::vector<int64_t> doc_ends;  // ids written after each document
   int64_t written = 0;
-  auto addDocument = [&](std::string_view text) {
-    const std::vector<int32_t> ids = tok.encodeDocument(text);
+  auto emit = [&](const std::vector<int32_t>& ids) {
     appendIds(ids, width, buf);
     if (buf.size() >= kFlushBytes) {
       train.write(buf.data(), buf.size());
       buf.clear();
     }
     written += static_cast<int64_t>(ids.size());
-    doc_ends.push_back(written);
-    result.text_bytes += static_cast<int64_t>(text.size());
-    ++p.documents;
     p.tokens = written;
+  };
+  auto endDocument = [&](int64_t text_bytes) {
+    doc_ends.push_back(written);
+    result.text_bytes += text_bytes;
+    ++p.documents;
+  };
+  auto addDocument = [&](std::string_view text) {
+    emit(tok.encodeDocument(text));
+    endDocument(static_cast<int64_t>(text.size()));
+  };
+  // A text file: encodeDocument's ids (begin token, the text's, end token),
+  // the text encoded a part at a time.
+  const std::optional<int32_t> bos = tok.bosId(), eos = tok.eosId();
+  auto addTextFile = [&](const std::string& in) {
+    if (!eos) tok.encodeDocument("");  // throws: the tokenizer cannot end documents
+    BlockReader reader(in);
+    if (bos) emit({*bos});
+    std::string text;  // read, not yet encoded
+    int64_t text_bytes = 0;
+    for (;;) {
+      const size_t got = reader.readInto(text, kTextPartBytes);
+      const bool end = got == 0;
+      text_bytes += static_cast<int64_t>(got);
+      p.input_bytes_done = std::min(p.input_bytes_total, p.input_bytes_done + int64_t(got));
+      // A file under a part is encoded whole, in one call.
+      if (!end && text.size() < kTextPartBytes) continue;
+      size_t cut = text.size();
+      if (!end) {
+        cut = tok.cutPoint(text);
+        if (cut == 0) cut = forcedCut(text);
+      }
+      if (cut > 0) {
+        emit(tok.encode(std::string_view(text).substr(0, cut)));
+        text.erase(0, cut);
+      }
+      if (end) break;
+      report();
+    }
+    emit({*eos});
+    endDocument(text_bytes);
+    report();
   };
 
   for (const std::string& in : inputs) {
     if (!isJsonLines(in)) {
-      const std::string text = readAll(in);
-      addDocument(text);
-      p.input_bytes_done += static_cast<int64_t>(text.size());
-      report();
+      addTextFile(in);
       continue;
     }
     std::ifstream lines(in, std::ios::binary);

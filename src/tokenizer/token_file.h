@@ -21,7 +21,8 @@ struct TokenizeOptions {
   double val_fraction = 0.0;
 };
 
-// Where a run stands; given to the progress callback after each document.
+// Where a run stands; given to the progress callback after each document,
+// and within a text file over 1 MiB after each part encoded.
 struct TokenizeProgress {
   int64_t input_bytes_done = 0;   // bytes of input files read so far
   int64_t input_bytes_total = 0;  // bytes of all input files
@@ -43,7 +44,10 @@ struct TokenizeResult {
 
 // Tokenizes `inputs` in order into the token file `out`. A `.jsonl` input
 // holds one document per line (a JSON object with a string field "text";
-// blank lines are skipped); any other file is one document. Each document
+// blank lines are skipped); any other file is one document, read and
+// encoded a part at a time in bounded memory (parts end at the tokenizer's
+// cut points, so the ids are those of encoding it whole; text with none in
+// 1 MiB, as SentencePiece has none, is cut there at a character boundary). Each document
 // becomes tok.encodeDocument(text): GPT-2 text + <|endoftext|>, the last
 // document's included (as nanoGPT); SentencePiece <s> text </s>.
 // `out` (and out.val) are written under a temporary name and renamed at the

@@ -40,6 +40,14 @@ class Tokenizer {
   virtual std::optional<int32_t> eosId() const = 0;
   // "gpt2-bpe" | "sentencepiece".
   virtual std::string kind() const = 0;
+  // Where a long text may be cut so that it can be encoded a part at a
+  // time: the largest n in [1, text.size()) such that encode(text[0, n))
+  // followed by encode(of the rest) gives encode's ids of the whole,
+  // whatever follows `text`; 0 when there is none. The default never cuts.
+  virtual size_t cutPoint(std::string_view text) const {
+    (void)text;
+    return 0;
+  }
 
   // The ids one document becomes in a token file: bosId() when the tokenizer
   // has one, encode(text), then eosId() (GPT-2: text + <|endoftext|>, as

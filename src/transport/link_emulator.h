@@ -128,8 +128,7 @@ class LinkEmulatingTransport : public Transport {
   Clock::time_point nic_free_;                                        // shared_nic
   std::map<int, std::exception_ptr> broken_;                          // peer -> inner send failure
   std::vector<std::pair<int, std::shared_ptr<Work>>> inner_pending_;  // (peer, inner send) not done
-  uint64_t messages_sent_ = 0;
-  uint64_t bytes_sent_ = 0;
+  SendTally sent_;
   bool stopping_ = false;
   std::thread thread_;
 };

@@ -1,6 +1,7 @@
 // Tag helpers, the Completion primitive and the shared Work handles.
 #include "src/transport/transport.h"
 
+#include <algorithm>
 #include <sstream>
 #include <tuple>
 
@@ -32,6 +33,28 @@ std::string Tag::str() const {
   std::ostringstream os;
   os << channelName(channel) << "/step=" << step << "/mb=" << micro_batch << "/idx=" << index;
   return os.str();
+}
+
+SendTally::SendTally(int world_size)
+    : world_size_(world_size),
+      bytes_to_(new std::atomic<uint64_t>[static_cast<size_t>(std::max(world_size, 0))]()) {}
+
+void SendTally::count(int peer, uint64_t bytes) {
+  GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "SendTally: peer ", peer,
+                " is outside the world [0, ", world_size_, ")");
+  messages_.fetch_add(1, std::memory_order_relaxed);
+  bytes_to_[peer].fetch_add(bytes, std::memory_order_relaxed);
+}
+
+void SendTally::addTo(TransportStats& into) const {
+  into.messages_sent += messages_.load(std::memory_order_relaxed);
+  if (into.bytes_sent_to.size() < static_cast<size_t>(world_size_))
+    into.bytes_sent_to.resize(static_cast<size_t>(world_size_), 0);
+  for (int peer = 0; peer < world_size_; ++peer) {
+    const uint64_t bytes = bytes_to_[peer].load(std::memory_order_relaxed);
+    into.bytes_sent_to[peer] += bytes;
+    into.bytes_sent += bytes;
+  }
 }
 
 bool Completion::succeed() {

@@ -4,6 +4,7 @@
 // decorator that wraps any of them. No LibTorch here: payloads are bytes, encoded by the engine.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -94,6 +95,9 @@ class RecvWork : public Work {
 struct TransportStats {
   uint64_t messages_sent = 0;
   uint64_t bytes_sent = 0;
+  // bytes_sent by destination rank (worldSize() entries; a send to oneself
+  // at this rank's own entry): the bytes of each outgoing link.
+  std::vector<uint64_t> bytes_sent_to;
   uint64_t messages_received = 0;
   uint64_t bytes_received = 0;
   // gRPC: 100 ms waits for a peer's connection past the first one (a peer
@@ -105,6 +109,24 @@ struct TransportStats {
   // written again on them (docs/transport.md "Resumable links").
   uint64_t links_resumed = 0;
   uint64_t messages_resent = 0;
+};
+
+// The send side of TransportStats, counted once for every transport (and
+// the link emulator): messages and bytes in all and by destination rank.
+// Lock-free; count() may be called from any thread.
+class SendTally {
+ public:
+  explicit SendTally(int world_size);
+  // One message of `bytes` to `peer` (in [0, world_size)).
+  void count(int peer, uint64_t bytes);
+  // Adds the counts to `into` (bytes_sent_to grown to world_size entries).
+  void addTo(TransportStats& into) const;
+
+ private:
+  const int world_size_;
+  std::atomic<uint64_t> messages_{0};
+  // By destination rank; bytes_sent is their sum, so the two always agree.
+  std::unique_ptr<std::atomic<uint64_t>[]> bytes_to_;
 };
 
 // One rank's view of the job's network. All methods are thread-safe: the

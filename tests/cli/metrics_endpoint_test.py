@@ -15,6 +15,7 @@ port already in use: refused naming logging.metrics_port.
 Usage: metrics_endpoint_test.py GEOPIPE_BINARY train|launch
 """
 import os
+import json
 import re
 import socket
 import subprocess
@@ -42,7 +43,7 @@ topology:
     - {name: west, devices: 1, intra: {latency_ms: 0, bandwidth_gbps: 100}}
     - {name: east, devices: 1, intra: {latency_ms: 0, bandwidth_gbps: 100}}
   links: [{sites: [west, east], latency_ms: 20, bandwidth_gbps: 1}]
-logging: {metrics_port: %d}
+logging: {metrics_port: %d, metrics_file: metrics.jsonl}
 """
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -190,6 +191,27 @@ def main():
                 fail("no send rate for rank %d" % rank)
         if last["geopipe_tasklet_sent_bytes_total"][0] != "counter":
             fail("bytes are not a counter")
+        # Per link: both directions of the pipeline carry bytes, the links
+        # from a rank sum to its sent bytes, and each has a rate.
+        links = {}
+        for labels, v in last["geopipe_link_sent_bytes_total"][1]:
+            m = re.match(r'^\{from="(\d+)",to="(\d+)"\}$', labels)
+            if not m:
+                fail("link labels " + labels)
+            links[(int(m.group(1)), int(m.group(2)))] = v
+        if last["geopipe_link_sent_bytes_total"][0] != "counter":
+            fail("link bytes are not a counter")
+        for rank in (0, 1):
+            labels = '{rank="%d",stage="%d",replica="0"}' % (rank, rank)
+            sent = value(last, "geopipe_tasklet_sent_bytes_total", labels)
+            on_links = sum(v for (f, _), v in links.items() if f == rank)
+            if on_links != sent:
+                fail("links from rank %d sum to %g, not its %g sent bytes" % (rank, on_links, sent))
+            other = 1 - rank
+            if not links.get((rank, other), 0) > 0:
+                fail("no bytes on the link %d -> %d: %s" % (rank, other, links))
+            if not value(last, "geopipe_link_send_mbps", '{from="%d",to="%d"}' % (rank, other)) > 0:
+                fail("no rate on the link %d -> %d" % (rank, other))
         act = '{kind="activations"}'
         raw, wire = value(last, "geopipe_raw_bytes_total", act), value(last, "geopipe_wire_bytes_total", act)
         if not raw > 0 or abs(value(last, "geopipe_compression_ratio", act) - raw / wire) > 1e-9 * raw:
@@ -202,6 +224,25 @@ def main():
             fail("train has no workers")
 
         check_plot(plot, STEPS)
+
+        # The metrics file: every step's link_bytes rows sum, by sender, to
+        # its sent_bytes_by_rank.
+        with open(os.path.join(tmp, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        if len(records) != STEPS:
+            fail("%d metrics lines for %d steps" % (len(records), STEPS))
+        for r in records:
+            by_rank = r["sent_bytes_by_rank"]
+            on_links = [0] * len(by_rank)
+            for row in r["link_bytes"]:
+                if set(row) != {"from", "to", "bytes"} or not row["bytes"] > 0:
+                    fail("link_bytes row %s" % row)
+                on_links[row["from"]] += row["bytes"]
+            if on_links != by_rank:
+                fail("step %d: link_bytes sum to %s by sender, sent_bytes_by_rank is %s"
+                     % (r["step"], on_links, by_rank))
+            if not any(row["from"] == 0 and row["to"] == 1 for row in r["link_bytes"]):
+                fail("step %d: no bytes on the link 0 -> 1: %s" % (r["step"], r["link_bytes"]))
 
         # A port in use: refused, naming the field.
         with socket.socket() as busy:

@@ -21,6 +21,7 @@ StepMetrics aStep() {
   m.peak_rss_bytes = 1234567890;
   m.sent_bytes_by_rank = {10, 20};
   m.received_bytes_by_rank = {20, 10};
+  m.link_sent_bytes = {{{0, 1}, 10}, {{1, 0}, 15}, {{1, 1}, 5}};
   return m;
 }
 
@@ -49,6 +50,10 @@ TEST(MetricsRecord, IsOneBasedWithWallClockGradNormAndBytesByRank) {
   EXPECT_EQ(j.at("sent_bytes_by_rank"), nlohmann::json({10, 20}));
   EXPECT_EQ(j.at("received_bytes_by_rank"), nlohmann::json({20, 10}));
   EXPECT_EQ(j.at("peak_rss_bytes"), 1234567890);
+  // Per link, in (from, to) order; a send to oneself is its own row.
+  EXPECT_EQ(j.at("link_bytes"), nlohmann::json::parse(R"([{"from": 0, "to": 1, "bytes": 10},
+                                                          {"from": 1, "to": 0, "bytes": 15},
+                                                          {"from": 1, "to": 1, "bytes": 5}])"));
   EXPECT_FALSE(j.contains("val_loss"));
 }
 

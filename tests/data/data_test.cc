@@ -1,10 +1,6 @@
 // Datasets (text, token files, fortunes, synthetic) and the sampler.
 #include <gtest/gtest.h>
 
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -16,6 +12,7 @@
 #include "src/data/permutation.h"
 #include "src/data/sampler.h"
 #include "src/tokenizer/tokenizer.h"
+#include "tests/support/memory_limit.h"
 
 using namespace geopipe;
 using namespace geopipe::data;
@@ -48,43 +45,12 @@ std::string uint16File(const std::string& name, const std::vector<uint16_t>& ids
 
 // A sparse file of `bytes` zero bytes: no disk, no time.
 std::string sparseFile(const std::string& name, int64_t bytes) {
-  const std::string path = writeTemp(name, "");
-  EXPECT_EQ(::truncate(path.c_str(), bytes), 0);
+  const std::string path = ::testing::TempDir() + name;
+  EXPECT_TRUE(test_support::makeSparseFile(path, bytes)) << path;
   return path;
 }
 
-// Runs `body` in a child process whose heap and other private writable
-// memory (RLIMIT_DATA; file mappings do not count) is capped at `limit`
-// bytes; the child's exit status (0: `body` returned true). A body that
-// reads a file whole into memory fails there with bad_alloc, whatever the
-// machine's RAM.
-int underDataLimit(int64_t limit, const std::function<bool()>& body) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    rlimit r{static_cast<rlim_t>(limit), static_cast<rlim_t>(limit)};
-    ::setrlimit(RLIMIT_DATA, &r);
-    bool ok = false;
-    try {
-      ok = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "under a %lld MiB data limit: %s\n", static_cast<long long>(limit >> 20),
-                   e.what());
-    }
-    std::fflush(stderr);
-    ::_exit(ok ? 0 : 1);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-#if defined(__SANITIZE_ADDRESS__)
-#define GEOPIPE_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define GEOPIPE_ASAN 1
-#endif
-#endif
+using test_support::underDataLimit;
 
 // Text is mapped, never read into memory: a 4 GiB text file loads and
 // samples in a process that may allocate 64 MiB (issue 18: a 40 GB text

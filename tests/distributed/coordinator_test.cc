@@ -463,6 +463,7 @@ TEST(StepReport, EveryFieldOfATaskletsStepSurvivesTheWire) {
   part.peak_rss_bytes = 1008;
   part.sent_bytes_by_rank = {0, 0, 1009};  // a tasklet's share: its rank's entry
   part.received_bytes_by_rank = {0, 0, 1010};
+  part.link_sent_bytes = {{{2, 0}, 9}, {{2, 3}, 1000}};
   pb::StepReport sent = stepReportOf(part, true, 2.5);
   sent.set_rank(2);
   EXPECT_TRUE(sent.has_loss());
@@ -486,6 +487,7 @@ TEST(StepReport, EveryFieldOfATaskletsStepSurvivesTheWire) {
   EXPECT_EQ(back.peak_rss_bytes, part.peak_rss_bytes);
   EXPECT_EQ(back.sent_bytes_by_rank, part.sent_bytes_by_rank);
   EXPECT_EQ(back.received_bytes_by_rank, part.received_bytes_by_rank);
+  EXPECT_EQ(back.link_sent_bytes, part.link_sent_bytes);
   EXPECT_FALSE(stepReportOf(part, false, 2.5).has_loss());
 }
 

@@ -56,6 +56,13 @@ TEST(RequestChecks, RealWorkerRequestsPass) {
   s.set_loss(std::numeric_limits<double>::quiet_NaN());  // a diverged model says so
   s.set_seconds(0.5);
   EXPECT_TRUE(checkStepReport(s, kBounds).ok());
+  s.set_sent_bytes(300);
+  for (const auto& [to, bytes] : {std::pair<int, uint64_t>{1, 200}, {0, 100}}) {
+    pb::LinkBytes* l = s.add_link_sent_bytes();
+    l->set_to(to);
+    l->set_bytes(bytes);
+  }
+  EXPECT_TRUE(checkStepReport(s, kBounds).ok());
   pb::CheckpointReport c;
   c.set_rank(1);
   c.set_next_step(100);
@@ -163,6 +170,31 @@ TEST(RequestChecks, RanksStepsAndDurationsOutOfRange) {
   s.set_seconds(1);
   s.set_lr(std::numeric_limits<double>::infinity());
   EXPECT_TRUE(mentions(checkStepReport(s, kBounds), "StepReport.lr")) << st.error_message();
+  s.set_lr(0.1);
+
+  // Per-link bytes: peers of the job, each once, summing to sent_bytes.
+  s.set_sent_bytes(30);
+  pb::LinkBytes* l = s.add_link_sent_bytes();
+  l->set_to(4);
+  l->set_bytes(30);
+  st = checkStepReport(s, kBounds);
+  EXPECT_TRUE(mentions(st,
+                       "StepReport.link_sent_bytes of rank 0 names rank 4 twice or outside "
+                       "the job's ranks [0, 4)"))
+      << st.error_message();
+  l->set_to(1);
+  l->set_bytes(20);
+  st = checkStepReport(s, kBounds);
+  EXPECT_TRUE(mentions(st, "sum to 20, not its sent_bytes 30")) << st.error_message();
+  l->set_bytes(uint64_t{1} << 63);
+  st = checkStepReport(s, kBounds);
+  EXPECT_TRUE(mentions(st, "sum to more than its sent_bytes 30")) << st.error_message();
+  l->set_bytes(15);
+  *s.add_link_sent_bytes() = *l;
+  st = checkStepReport(s, kBounds);
+  EXPECT_TRUE(mentions(st, "names rank 1 twice")) << st.error_message();
+  s.mutable_link_sent_bytes(1)->set_to(2);
+  EXPECT_TRUE(checkStepReport(s, kBounds).ok());
 
   pb::Heartbeat h;
   h.set_rank(-1);

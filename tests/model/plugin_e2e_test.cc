@@ -152,10 +152,14 @@ TEST(ModelPlugin, LoadFailuresSayWhatIsWrong) {
       {OLD_ABI_PLUGIN, "' was built for geopipe plugin ABI 0 but this geopipe has ABI 1"},
       {THROWING_PLUGIN, "': its register function failed: this plugin needs a GPU it cannot find"},
   };
-  for (const Case& c : cases) {
-    const CommandResult r = runGeopipe(dir, {"train", dir.file("job.yaml"), "--plugin", c.plugin});
-    EXPECT_EQ(r.code, 1) << c.plugin;
-    EXPECT_TRUE(contains(r.out + r.err, "model.plugin '" + c.plugin + c.says)) << r.out << r.err;
+  // validate and plan load the plugin as train does, with train's error.
+  for (const std::string verb : {"train", "validate", "plan"}) {
+    for (const Case& c : cases) {
+      const CommandResult r = runGeopipe(dir, {verb, dir.file("job.yaml"), "--plugin", c.plugin});
+      EXPECT_EQ(r.code, 1) << verb << " " << c.plugin;
+      EXPECT_TRUE(contains(r.out + r.err, "model.plugin '" + c.plugin + c.says))
+          << verb << ": " << r.out << r.err;
+    }
   }
   // Loaded, but the job names a model it did not register.
   writeFile(dir.file("typo.yaml"), job(", plugin: " + std::string(EXAMPLE_PLUGIN)));
@@ -164,13 +168,51 @@ TEST(ModelPlugin, LoadFailuresSayWhatIsWrong) {
     s.replace(s.find("shift-mlp"), 9, "shift-mpl");
     return s;
   }());
-  const CommandResult r = runGeopipe(dir, {"train", dir.file("typo.yaml")});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out + r.err, "model.name 'shift-mpl' is not a model of the plugin '" +
-                                          std::string(EXAMPLE_PLUGIN) +
-                                          "' (it registered: shift-mlp; registered in all: "))
-      << r.out << r.err;
-  EXPECT_TRUE(contains(r.out + r.err, "did you mean 'shift-mlp'?")) << r.out << r.err;
+  for (const std::string verb : {"train", "validate"}) {
+    const CommandResult r = runGeopipe(dir, {verb, dir.file("typo.yaml")});
+    EXPECT_EQ(r.code, 1) << verb;
+    EXPECT_TRUE(contains(r.out + r.err, "model.name 'shift-mpl' is not a model of the plugin '" +
+                                            std::string(EXAMPLE_PLUGIN) +
+                                            "' (it registered: shift-mlp; registered in all: "))
+        << verb << ": " << r.out << r.err;
+    EXPECT_TRUE(contains(r.out + r.err, "did you mean 'shift-mlp'?")) << r.out << r.err;
+  }
+  // The good plugin validates.
+  const CommandResult ok =
+      runGeopipe(dir, {"validate", dir.file("job.yaml"), "--plugin", EXAMPLE_PLUGIN});
+  EXPECT_EQ(ok.code, 0) << ok.out << ok.err;
+}
+
+// plan loads the plugin and prices its model by the cost its ModelDef
+// gives: the 16x wider first block gets a stage to itself with the
+// embedding, as launch splits it (TheModelsOwnCostMovesTheLayerSplit).
+// Without the plugin the same shape is priced as a GPT: an even split.
+TEST(ModelPlugin, PlanPricesThePluginsModelByItsOwnCost) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), job(", options: {expansions: \"64,4,4,4\"}"));
+  CommandResult r =
+      runGeopipe(dir, {"plan", dir.file("job.yaml"), "--json", "--plugin", EXAMPLE_PLUGIN});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["model_priced_as"], "own_cost") << r.out;
+  EXPECT_TRUE(contains(j["model_note"].get<std::string>(), "the cost its ModelDef gives")) << r.out;
+  auto layersOfStage0 = [](const nlohmann::json& plan) {
+    for (const auto& t : plan["allocation"])
+      if (t["stage"] == 0) return t["layers"].get<std::vector<int>>();
+    return std::vector<int>{};
+  };
+  EXPECT_EQ(layersOfStage0(j), (std::vector<int>{0, 2})) << r.out;
+  r = runGeopipe(dir, {"plan", dir.file("job.yaml"), "--plugin", EXAMPLE_PLUGIN});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "note: model 'shift-mlp' is priced by the cost its ModelDef gives"))
+      << r.out;
+  EXPECT_FALSE(contains(r.out, "GPT")) << r.out;
+
+  r = runGeopipe(dir, {"plan", dir.file("job.yaml"), "--json"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["model_priced_as"], "gpt") << r.out;
+  EXPECT_EQ(layersOfStage0(j), (std::vector<int>{0, 3})) << r.out;
 }
 
 // model.plugin and model.options belong to kind custom; the printed job

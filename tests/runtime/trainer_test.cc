@@ -117,8 +117,18 @@ TEST(Trainer, ReportsGlobalGradNormAndBytesByRank) {
       staged.push_back(m.grad_norm);
       ASSERT_EQ(m.sent_bytes_by_rank.size(), 4u);
       ASSERT_EQ(m.received_bytes_by_rank.size(), 4u);
+      std::vector<uint64_t> on_links(4, 0);
+      for (const auto& [link, bytes] : m.link_sent_bytes) {
+        ASSERT_TRUE(link.first >= 0 && link.first < 4 && link.second >= 0 && link.second < 4);
+        EXPECT_GT(bytes, 0u);
+        on_links[static_cast<size_t>(link.first)] += bytes;
+      }
+      // The pipeline's links (stage 0 -> 1 and back, replica r = ranks 2r, 2r+1).
+      for (const std::pair<int, int> link : {std::pair{0, 1}, {1, 0}, {2, 3}, {3, 2}})
+        EXPECT_GT(m.link_sent_bytes.count(link), 0u) << link.first << " -> " << link.second;
       for (int r = 0; r < 4; ++r) {
         EXPECT_GT(m.sent_bytes_by_rank[r], 0u) << "rank " << r;
+        EXPECT_EQ(on_links[r], m.sent_bytes_by_rank[r]) << "rank " << r;
         sent += m.sent_bytes_by_rank[r];
         received += m.received_bytes_by_rank[r];
       }

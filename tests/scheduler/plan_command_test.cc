@@ -116,6 +116,40 @@ TEST(PlanCommand, SaysACustomModelIsPricedAsAGpt) {
   EXPECT_EQ(nlohmann::json::parse(js.str())["model_priced_as"], "gpt");
 }
 
+// A custom model whose ModelDef gives its cost (a plugin's, which
+// runPlanCommand loads) is priced by it, and plan no longer says "GPT".
+TEST(PlanCommand, SaysACustomModelIsPricedByItsOwnCost) {
+  JobSpec job = scheduler::paperJob(3);
+  job.model.kind = "custom";
+  job.model.name = "mine";
+  job.model.plugin = "/plugins/libmine.so";
+  const LayerCost block{1e6, 1e9, 1e5};
+  job.model.cost.body.assign(static_cast<size_t>(job.model.layers), block);
+  job.model.cost.prologue = block;
+  job.model.cost.epilogue = block;
+  PlanOverrides o;
+  o.algorithm = "in-order";
+  std::ostringstream out;
+  ASSERT_EQ(runPlan(job, o, out), 0);
+  EXPECT_NE(out.str().find("note: model 'mine' is priced by the cost its ModelDef gives"),
+            std::string::npos)
+      << out.str();
+  EXPECT_EQ(out.str().find("GPT"), std::string::npos) << out.str();
+  o.json = true;
+  std::ostringstream js;
+  ASSERT_EQ(runPlan(job, o, js), 0);
+  EXPECT_EQ(nlohmann::json::parse(js.str())["model_priced_as"], "own_cost");
+  // The plugin's model gives no cost: priced as a GPT, and said so.
+  job.model.cost = {};
+  std::ostringstream none;
+  o.json = false;
+  ASSERT_EQ(runPlan(job, o, none), 0);
+  EXPECT_NE(none.str().find("of model.plugin gives no cost (ModelDef::cost), so the model is "
+                            "priced as a GPT of its shape"),
+            std::string::npos)
+      << none.str();
+}
+
 // plan prices the links the run will have: with emulated links it applies
 // transport.bandwidth_scale and latency_scale, as train and the runtime's
 // placement do (scheduler::effectiveNetworkJob), so it predicts the same

@@ -21,6 +21,7 @@
 #include "src/tokenizer/gpt2_pretokenizer.h"
 #include "src/tokenizer/token_file.h"
 #include "src/tokenizer/tokenizer.h"
+#include "tests/support/memory_limit.h"
 
 using namespace geopipe;
 using namespace geopipe::tokenizer;
@@ -243,6 +244,53 @@ TEST(Gpt2, PiecesTileTheInput) {
   EXPECT_EQ(joined, text);
   EXPECT_EQ(pieces, (std::vector<std::string>{"I", "'m", " here", "  \t\n", "\xFF", "caf\xC3\xA9",
                                               " 123", " !!"}));
+}
+
+// Text of every kind GPT-2's pattern tells apart: words, contractions,
+// numbers, punctuation, runs of spaces, tabs and newlines, non-ASCII letters
+// and spaces (U+00A0, U+3000), invalid bytes; `bytes` long, from `seed`.
+std::string mixedText(size_t bytes, uint32_t seed) {
+  const std::vector<std::string> parts = {
+      "the",   "quick", "brown",       "fox's",
+      "I'm",   "we'll", "caf\xC3\xA9", "\xE4\xB8\xAD\xE6\x96\x87",
+      "2026",  "3.14",  "!!",          "--",
+      "\"q\"", "\xFF",  "\xC2\xA0",    "\xE3\x80\x80",
+      "x"};
+  const std::vector<std::string> gaps = {" ", " ", " ", "  ", "\n", "\n\n", "\t", " \n ", ""};
+  std::mt19937 rng(seed);
+  std::string text;
+  while (text.size() < bytes) {
+    text += parts[rng() % parts.size()];
+    text += gaps[rng() % gaps.size()];
+  }
+  text.resize(bytes);
+  return text;
+}
+
+// A cut point splits the encoding exactly: the parts encoded one after the
+// other give the whole's ids, for prefixes of every length around it.
+TEST(Gpt2, CutPointsSplitTheEncodingExactly) {
+  const Tokenizer& t = gpt2();
+  const std::string text = mixedText(20000, 7);
+  const std::vector<int32_t> whole = t.encode(text);
+  int cuts = 0;
+  for (size_t window = 3; window < text.size(); window += 37) {
+    const size_t n = t.cutPoint(std::string_view(text).substr(0, window));
+    if (n == 0) continue;
+    ASSERT_LT(n, window);
+    ++cuts;
+    std::vector<int32_t> parts = t.encode(std::string_view(text).substr(0, n));
+    const std::vector<int32_t> rest = t.encode(std::string_view(text).substr(n));
+    parts.insert(parts.end(), rest.begin(), rest.end());
+    ASSERT_EQ(parts, whole) << "cut at " << n;
+  }
+  EXPECT_GT(cuts, 400);
+  // No space between printable characters: no cut (a run of spaces, a
+  // space before a newline or a non-ASCII letter).
+  for (const char* none : {"a  b", "a \nb", "a \xC3\xA9", "\xC2\xA0 a", "ab", ""})
+    EXPECT_EQ(t.cutPoint(none), 0u) << none;
+  EXPECT_EQ(t.cutPoint("ab cd ef"), 5u);
+  EXPECT_EQ(spm().cutPoint("ab cd ef"), 0u);  // SentencePiece: never
 }
 
 TEST(Gpt2, VeryLongWordsAndRunsEncodeAndRoundTrip) {
@@ -539,6 +587,47 @@ TEST(TokenFile, TextFilesAndJsonLinesBecomeDocumentsEndedByEndOfText) {
   ASSERT_EQ(seen.size(), 4u);
   EXPECT_EQ(seen.back().input_bytes_done, seen.back().input_bytes_total);
   EXPECT_EQ(listing(dir.path), (std::vector<std::string>{"a.txt", "b.jsonl", "c.md", "train.bin"}));
+}
+
+// A text file over a block is encoded a part at a time (progress is
+// reported within it), with the ids of encoding it whole.
+TEST(TokenFile, ALongTextFileIsEncodedInPartsWithTheIdsOfTheWhole) {
+  TempDir dir;
+  const std::string text = mixedText((size_t{7} << 20) / 2, 11);  // 3.5 MiB
+  writeFile(dir.path / "long.txt", text);
+  const fs::path out = dir.path / "long.bin";
+  int within = 0;
+  const TokenizeResult r = tokenizeFiles(gpt2(), {(dir.path / "long.txt").string()}, out.string(),
+                                         {}, [&](const TokenizeProgress& p) {
+                                           if (p.documents == 0) ++within;
+                                         });
+  EXPECT_GE(within, 3);
+  EXPECT_EQ(readIds(out, 2), documents(gpt2(), {text}));
+  EXPECT_EQ(r.documents, 1);
+  EXPECT_EQ(r.text_bytes, static_cast<int64_t>(text.size()));
+}
+
+// A text file is never read whole: 128 MiB of zero bytes (one piece of
+// GPT-2's pattern, so without a cut point: cut every 1 MiB, the most a part
+// holds) tokenize in a process that may allocate 96 MiB, about 60 of them
+// used (issue 18: a 40 GB file ended in exit 70).
+TEST(TokenFile, AHugeTextFileTokenizesInBoundedMemory) {
+#ifdef GEOPIPE_ASAN
+  GTEST_SKIP() << "ASan's shadow memory counts against RLIMIT_DATA";
+#endif
+  TempDir dir;
+  const int64_t bytes = int64_t{128} << 20;
+  const std::string in = (dir.path / "huge.txt").string();
+  ASSERT_TRUE(test_support::makeSparseFile(in, bytes));
+  const fs::path out = dir.path / "huge.bin";
+  const Tokenizer& t = gpt2();
+  const int status = test_support::underDataLimit(int64_t{96} << 20, [&] {
+    const TokenizeResult r = tokenizeFiles(t, {in}, out.string(), {});
+    // GPT-2 merges no zero bytes: an id each, then <|endoftext|>.
+    return r.tokens == bytes + 1 && r.text_bytes == bytes;
+  });
+  EXPECT_EQ(status, 0);
+  EXPECT_EQ(static_cast<int64_t>(fs::file_size(out)), 2 * (bytes + 1));
 }
 
 TEST(TokenFile, ValFractionHoldsOutTheLastWholeDocuments) {

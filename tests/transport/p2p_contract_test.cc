@@ -316,6 +316,34 @@ TEST_P(TransportContractTest, StatsCountMessagesAndBytes) {
   }
 }
 
+// Bytes are counted by destination rank too (the per-link bytes of the
+// metrics): rank r sends 10 * p + r + 1 bytes to every rank p, itself
+// included, and a second, empty message to the next rank.
+TEST_P(TransportContractTest, StatsCountBytesByDestination) {
+  ContractWorld cw(kind(), n());
+  spawn(cw.world, [&](Transport& t) {
+    const int me = t.rank();
+    for (int p = 0; p < n(); ++p) {
+      t.send(p, Tag{}, Bytes(static_cast<size_t>(10 * p + me + 1)))->wait(seconds(5));
+    }
+    t.send((me + 1) % n(), tagOf(Channel::CONTROL, 1, 1), Bytes{})->wait(seconds(5));
+    for (int p = 0; p < n(); ++p) recvNow(t, p, Tag{});
+    recvNow(t, (me + n() - 1) % n(), tagOf(Channel::CONTROL, 1, 1));
+  });
+  for (int r = 0; r < n(); ++r) {
+    const TransportStats s = cw[r].stats();
+    ASSERT_EQ(s.bytes_sent_to.size(), static_cast<size_t>(n())) << "rank " << r;
+    uint64_t sum = 0;
+    for (int p = 0; p < n(); ++p) {
+      EXPECT_EQ(s.bytes_sent_to[p], static_cast<uint64_t>(10 * p + r + 1))
+          << "rank " << r << " to " << p;
+      sum += s.bytes_sent_to[p];
+    }
+    EXPECT_EQ(s.bytes_sent, sum) << "rank " << r;
+    EXPECT_EQ(s.messages_sent, static_cast<uint64_t>(n() + 1)) << "rank " << r;
+  }
+}
+
 TEST_P(TransportContractTest, EmptyMessagesAndPayloadTakenOnceAfterCompletion) {
   ContractWorld cw(kind(), n());
   const int peer = n() - 1;

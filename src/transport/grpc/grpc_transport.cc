@@ -764,8 +764,7 @@ class GrpcTransport::Impl {
           IoError, "grpc: send from rank ", options_.rank, " to ", describePeer(peer), ", tag ",
           tag.str(), " failed: the transport was closed"));
     }
-    messages_sent_ += 1;
-    bytes_sent_ += payload.size();
+    sent_.count(peer, payload.size());
     if (peer == options_.rank) {
       mailbox_->deliver(options_.rank, tag, std::move(payload));
       return std::make_shared<FinishedWork>();
@@ -810,8 +809,7 @@ class GrpcTransport::Impl {
 
   TransportStats stats() const {
     TransportStats s;
-    s.messages_sent = messages_sent_.load();
-    s.bytes_sent = bytes_sent_.load();
+    sent_.addTo(s);
     s.messages_received = mailbox_->messagesReceived();
     s.bytes_received = mailbox_->bytesReceived();
     std::lock_guard<std::mutex> lock(mu_);
@@ -895,8 +893,7 @@ class GrpcTransport::Impl {
   mutable std::mutex mu_;  // guards addresses_ and links_
   std::vector<std::string> addresses_;
   std::vector<std::unique_ptr<PeerLink>> links_;  // by peer rank; created on first send
-  std::atomic<uint64_t> messages_sent_{0};
-  std::atomic<uint64_t> bytes_sent_{0};
+  SendTally sent_{world_size_};
   std::mutex close_mu_;
   std::atomic<bool> closed_{false};
   std::string listening_address_;

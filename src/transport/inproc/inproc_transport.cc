@@ -10,7 +10,6 @@ namespace geopipe::transport {
 
 InprocHub::InprocHub(int world_size)
     : world_size_(world_size),
-      counters_(static_cast<size_t>(std::max(world_size, 0))),
       failed_(new std::atomic<bool>[static_cast<size_t>(std::max(world_size, 0))]) {
   GEOPIPE_CHECK(world_size >= 1, Error, "InprocHub: world size must be >= 1, got ", world_size);
   for (int r = 0; r < world_size; ++r) {
@@ -20,6 +19,7 @@ InprocHub::InprocHub(int world_size)
     options.rank = r;
     options.world_size = world_size;
     mailboxes_.push_back(std::make_shared<Mailbox>(std::move(options)));
+    sent_.push_back(std::make_unique<SendTally>(world_size));
   }
 }
 
@@ -65,8 +65,7 @@ void InprocHub::deliver(int src, int dst, const Tag& tag, Bytes payload) {
   checkRank(dst, "send to");
   // Count before delivering, so that a receiver woken by this message
   // already sees it in the sender's stats.
-  counters_[src].messages_sent += 1;
-  counters_[src].bytes_sent += payload.size();
+  sent_[src]->count(dst, payload.size());
   mailboxes_[dst]->deliver(src, tag, std::move(payload));
 }
 
@@ -79,8 +78,7 @@ std::shared_ptr<RecvWork> InprocHub::post(int dst, int src, const Tag& tag) {
 TransportStats InprocHub::stats(int rank) const {
   checkRank(rank, "stats of");
   TransportStats s;
-  s.messages_sent = counters_[rank].messages_sent.load();
-  s.bytes_sent = counters_[rank].bytes_sent.load();
+  sent_[rank]->addTo(s);
   s.messages_received = mailboxes_[rank]->messagesReceived();
   s.bytes_received = mailboxes_[rank]->bytesReceived();
   return s;

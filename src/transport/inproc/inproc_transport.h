@@ -59,16 +59,11 @@ class InprocHub {
   TransportStats stats(int rank) const;
 
  private:
-  struct SendCounters {
-    std::atomic<uint64_t> messages_sent{0};
-    std::atomic<uint64_t> bytes_sent{0};
-  };
-
   void checkRank(int rank, const char* what) const;
 
   const int world_size_;
   std::vector<std::shared_ptr<Mailbox>> mailboxes_;  // one per destination rank
-  std::vector<SendCounters> counters_;               // one per rank
+  std::vector<std::unique_ptr<SendTally>> sent_;     // one per rank
   std::atomic<bool> shut_down_{false};
   // Serializes markFailed() and shutdown(), whose sweeps over several
   // mailboxes must not interleave (a failed source's reason wins over the

@@ -117,7 +117,7 @@ struct NcclTransport::Impl {
   std::mutex group_mu;
   std::map<std::vector<int>, ncclComm_t> groups;
   std::atomic<bool> stopping{false};
-  std::atomic<uint64_t> messages_sent{0}, bytes_sent{0};
+  std::unique_ptr<SendTally> sent;  // NCCL sends; the inner transport counts its own
 
   bool sameSite(int a, int b) const {
     if (opt.site_of_rank.empty()) return true;
@@ -273,6 +273,7 @@ NcclTransport::NcclTransport(std::shared_ptr<Transport> inner, NcclTransportOpti
   m.opt = std::move(options);
   m.rank = m.inner->rank();
   m.world = m.inner->worldSize();
+  m.sent = std::make_unique<SendTally>(m.world);
   GEOPIPE_CHECK(m.opt.site_of_rank.empty() ||
                     m.opt.site_of_rank.size() == static_cast<size_t>(m.world),
                 ConfigError, "nccl transport: site_of_rank has ", m.opt.site_of_rank.size(),
@@ -354,8 +355,7 @@ std::shared_ptr<Work> NcclTransport::send(int peer, const Tag& tag, Bytes payloa
   Link& c = *m.out.at(peer);
   auto work = std::make_shared<PendingWork>(detail::concat(
       "nccl: send from rank ", m.rank, " to rank ", peer, ", tag ", tag.str()));
-  m.messages_sent++;
-  m.bytes_sent += payload.size();
+  m.sent->count(peer, payload.size());
   {
     std::lock_guard<std::mutex> lock(c.mu);
     if (m.stopping.load()) {
@@ -378,8 +378,7 @@ std::shared_ptr<RecvWork> NcclTransport::recv(int peer, const Tag& tag) {
 
 TransportStats NcclTransport::stats() const {
   TransportStats s = impl_->inner->stats();
-  s.messages_sent += impl_->messages_sent.load();
-  s.bytes_sent += impl_->bytes_sent.load();
+  impl_->sent->addTo(s);
   s.messages_received += impl_->mailbox->messagesReceived();
   s.bytes_received += impl_->mailbox->bytesReceived();
   return s;
