@@ -173,9 +173,9 @@ ReplanResult replan(const JobSpec& job, const std::vector<int>& live, const Curr
   out.device_of_rank = std::move(found.device_of_rank);
   out.body_per_stage = std::move(found.body_per_stage);
   out.predicted_s = planned.ours.best.cost;
-  out.commit = std::isfinite(out.predicted_s) &&
-               (!std::isfinite(out.degraded_s) ||
-                out.predicted_s <= (1.0 - options.margin) * out.degraded_s);
+  out.commit =
+      std::isfinite(out.predicted_s) &&
+      (!std::isfinite(out.degraded_s) || out.predicted_s < (1.0 - options.margin) * out.degraded_s);
   out.evaluations = planned.evaluations + 1;  // + the degraded plan's pricing
   out.shapes = planned.shapes;
   out.seconds = since(t0);

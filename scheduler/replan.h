@@ -32,8 +32,9 @@ struct ReplanOptions {
   // Bound in candidate evaluations (with only this bound the result is a
   // pure function of the seed); 0 = none.
   int64_t budget_evaluations = 0;
-  // Commit when predicted_s <= (1 - margin) * degraded_s
-  // (fault_tolerance.replan_margin).
+  // Commit when predicted_s < (1 - margin) * degraded_s
+  // (fault_tolerance.replan_margin): strictly, so that a margin of 0 never
+  // commits a plan no faster than the running one (a reshard for nothing).
   double margin = 0.10;
   uint64_t seed = 1;
 };

@@ -130,6 +130,35 @@ TEST(Launch, StopWithCheckpointThenResumeEqualsAnUninterruptedRun) {
   expectSameLosses(want, b.job.train.losses, stopped_at);
 }
 
+// Checkpoints by layer through the worker processes: a 2 x 2 job stopped
+// after 6 steps (its commit at step 6) and resumed by `launch --resume` as
+// 4 stages x 1 replica. Every worker reads the manifest and gathers its
+// layers from the saved stages; uncompressed, the global batch the same,
+// the losses follow the uninterrupted 2 x 2 run up to the order of float
+// sums.
+TEST(Launch, ResumeWithAnotherStageAndReplicaCountFollowsTheUninterruptedRun) {
+  TempDir dir;
+  const std::string extra =
+      "transport: {emulate_links: false}\n"
+      "checkpoint: {dir: ckpt, every_steps: 3}\n";
+  const std::string job = writeJob(dir, "job.yaml", tinyJobYaml(12, extra));
+  const std::vector<double> want = inProcessLosses(job);
+  std::filesystem::remove_all(dir.file("ckpt"));
+  LaunchOptions first = launchOptions(job, dir);
+  first.steps = 6;
+  LaunchResult a = launchJob(first);
+  ASSERT_TRUE(a.job.ok) << a.job.failure << "\n" << a.failed_log_tail;
+  LaunchOptions second = launchOptions(job, dir);
+  second.resume = true;
+  second.overrides = {"parallelism.pipeline_stages=4", "parallelism.data_parallel=1"};
+  LaunchResult b = launchJob(second);
+  ASSERT_TRUE(b.job.ok) << b.job.failure << "\n" << b.failed_log_tail;
+  EXPECT_EQ(b.workers, 4);
+  EXPECT_EQ(b.job.train.first_step, 6);
+  EXPECT_EQ(b.job.train.layers_of_stage.size(), 4u);
+  expectSameLosses(want, b.job.train.losses, 6, 1e-4);
+}
+
 // Processes whose parent is `pid` (from /proc).
 std::vector<pid_t> childrenOf(pid_t pid) {
   std::vector<pid_t> out;
@@ -743,11 +772,13 @@ TEST(Recovery, WithMinReplicasAKilledWorkerNobodyReplacesLeavesOneReplicaOnTrack
   for (size_t i = 0; i < 10; ++i) EXPECT_NEAR(r.job.train.losses[i], want[i], 1e-6 * want[i]);
 }
 
-// The in-process Trainer's losses for the job run with its replicas up to
-// the checkpoint at `commit` (stopped there), then resumed on one replica:
-// what a job that shrank after that checkpoint computes.
-std::vector<double> inProcessShrunkLosses(const std::string& job_path, int64_t commit,
-                                          const std::string& ckpt_dir) {
+// The in-process Trainer's losses for the job run as written up to the
+// checkpoint at `commit` (stopped there), then resumed from it with the job
+// and options `reshape` makes: what a job that changed its shape after that
+// checkpoint computes.
+std::vector<double> inProcessResumedLosses(
+    const std::string& job_path, int64_t commit, const std::string& ckpt_dir,
+    const std::function<void(JobSpec&, TrainerOptions&)>& reshape) {
   JobSpec job = config::loadJobFile(job_path);
   job.checkpoint.dir = ckpt_dir;
   TrainerOptions opt;
@@ -757,12 +788,20 @@ std::vector<double> inProcessShrunkLosses(const std::string& job_path, int64_t c
   first.on_step = [&](const StepMetrics&) { ++done; };
   first.should_stop = [&] { return done == commit; };
   std::vector<double> losses = Trainer(makeModel(job.model), job, first).train().losses;
-  job.parallelism.data_parallel = 1;
   TrainerOptions resume = opt;
   resume.resume = true;
+  reshape(job, resume);
   const std::vector<double> rest = Trainer(makeModel(job.model), job, resume).train().losses;
   losses.insert(losses.end(), rest.begin(), rest.end());
   return losses;
+}
+
+// ... resumed on one replica: what a job that shrank computes.
+std::vector<double> inProcessShrunkLosses(const std::string& job_path, int64_t commit,
+                                          const std::string& ckpt_dir) {
+  return inProcessResumedLosses(job_path, commit, ckpt_dir, [](JobSpec& job, TrainerOptions&) {
+    job.parallelism.data_parallel = 1;
+  });
 }
 
 // The same with AC-SGD boundaries and top-k DP gradients with error
@@ -989,55 +1028,29 @@ TEST(Recovery, WorkersOfAVanishedCoordinatorStopWithinTheTimeout) {
 std::string replanJobYaml(int steps, const std::string& parallelism, int layers,
                           const std::string& topology, const std::string& extra,
                           const std::string& margin = "") {
-  return "name: replan\n"
-         "model: {preset: none, layers: " +
-         std::to_string(layers) +
-         ", hidden: 32, heads: 2, seq_len: 16, vocab: 16}\n"
-         "data: {kind: synthetic, num_samples: 256}\n"
-         "training:\n"
-         "  steps: " +
-         std::to_string(steps) +
-         "\n"
-         "  global_batch: 8\n"
-         "  micro_batch: 2\n"
-         "  optimizer: {kind: adamw, lr: 1.0e-2}\n"
-         "  seed: 7\n"
-         "parallelism: " +
-         parallelism +
+  return "name: replan\n" + testing::tinyModelAndTraining(steps, layers) +
+         "parallelism: " + parallelism +
          "\n"
          "checkpoint: {dir: ckpt, every_steps: 4}\n"
          "fault_tolerance: {rejoin_timeout: 3, replan: true" +
          (margin.empty() ? "" : ", replan_margin: " + margin) + "}\n" + topology + extra;
 }
 
-// Losses of the in-process Trainer: the job up to the checkpoint at
-// `commit` (stopped there), then resumed from that checkpoint with
-// `stages` x `replicas` and the split `layers`: what a re-planned job
-// computes.
+// ... resumed with `stages` x `replicas` and the split `layers`: what a
+// re-planned job computes.
 std::vector<double> inProcessReplannedLosses(const std::string& job_path, int64_t commit,
                                              const std::string& ckpt_dir, int stages, int replicas,
                                              const std::vector<std::pair<int, int>>& layers) {
-  JobSpec job = config::loadJobFile(job_path);
-  job.checkpoint.dir = ckpt_dir;
-  job.transport.emulate_links = false;
-  TrainerOptions opt;
-  opt.threads_per_tasklet = 1;
-  TrainerOptions first = opt;
-  int64_t done = 0;
-  first.on_step = [&](const StepMetrics&) { ++done; };
-  first.should_stop = [&] { return done == commit; };
-  std::vector<double> losses = Trainer(makeModel(job.model), job, first).train().losses;
-  job.parallelism.pipeline_stages = stages;
-  job.parallelism.data_parallel = replicas;
-  TrainerOptions resume = opt;
-  resume.resume = true;
-  for (const auto& [f, l] : layers) resume.layers_per_stage.push_back(l - f);
-  const ModelDef model = makeModel(job.model);
-  resume.layers_per_stage.front() -= model.prologue_layers;
-  resume.layers_per_stage.back() -= model.epilogue_layers;
-  const std::vector<double> rest = Trainer(model, job, resume).train().losses;
-  losses.insert(losses.end(), rest.begin(), rest.end());
-  return losses;
+  return inProcessResumedLosses(job_path, commit, ckpt_dir,
+                                [&](JobSpec& job, TrainerOptions& resume) {
+                                  job.parallelism.pipeline_stages = stages;
+                                  job.parallelism.data_parallel = replicas;
+                                  const ModelDef model = makeModel(job.model);
+                                  for (const auto& [f, l] : layers)
+                                    resume.layers_per_stage.push_back(l - f);
+                                  resume.layers_per_stage.front() -= model.prologue_layers;
+                                  resume.layers_per_stage.back() -= model.epilogue_layers;
+                                });
 }
 
 // The step a re-plan resumed from (its event names the checkpoint).

@@ -24,11 +24,12 @@ struct TempDir {
   std::string file(const std::string& name) const { return (path / name).string(); }
 };
 
-// 2 stages x 2 replicas of a 4-layer GPT (hidden 32), synthetic data, one
-// 4-device site; `extra` is appended (more top-level keys).
-inline std::string tinyJobYaml(int steps, const std::string& extra = "") {
-  return "name: dist-tiny\n"
-         "model: {preset: none, layers: 4, hidden: 32, heads: 2, seq_len: 16, vocab: 16}\n"
+// A `layers`-layer GPT (hidden 32), synthetic data, `steps` steps of a
+// global batch of 8 in micro-batches of 2: the model, data and training
+// sections of the tiny jobs.
+inline std::string tinyModelAndTraining(int steps, int layers = 4) {
+  return "model: {preset: none, layers: " + std::to_string(layers) +
+         ", hidden: 32, heads: 2, seq_len: 16, vocab: 16}\n"
          "data: {kind: synthetic, num_samples: 256}\n"
          "training:\n"
          "  steps: " +
@@ -37,7 +38,13 @@ inline std::string tinyJobYaml(int steps, const std::string& extra = "") {
          "  global_batch: 8\n"
          "  micro_batch: 2\n"
          "  optimizer: {kind: adamw, lr: 1.0e-2}\n"
-         "  seed: 7\n"
+         "  seed: 7\n";
+}
+
+// 2 stages x 2 replicas of a 4-layer GPT (hidden 32), synthetic data, one
+// 4-device site; `extra` is appended (more top-level keys).
+inline std::string tinyJobYaml(int steps, const std::string& extra = "") {
+  return "name: dist-tiny\n" + tinyModelAndTraining(steps) +
          "parallelism: {pipeline_stages: 2, data_parallel: 2}\n"
          "topology:\n"
          "  name: four\n"

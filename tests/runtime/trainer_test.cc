@@ -498,25 +498,43 @@ TEST(Checkpoint, ResumeKeepsTheSavedLayerSplit) {
   EXPECT_EQ(moved.layers_of_stage, (std::vector<std::pair<int, int>>{{0, 3}, {3, 6}}));
 }
 
+// A 12-step job of `stages` x `replicas` checkpointing every 4 steps into
+// `dir` (12 everywhere: the learning rate schedule depends on it).
+JobSpec reshardJob(const std::string& dir, int stages, int replicas) {
+  JobSpec job = tinyJob(stages, replicas, "1f1b");
+  job.training.steps = 12;
+  job.checkpoint.dir = dir;
+  job.checkpoint.every_steps = 4;
+  return job;
+}
+
+// Stops after `steps` steps of this run (the checkpoint there committed).
+TrainerOptions stopAfter(TrainerOptions o, int steps) {
+  auto done = std::make_shared<int>(0);
+  o.on_step = [done](const StepMetrics&) { ++*done; };
+  o.should_stop = [done, steps] { return *done == steps; };
+  return o;
+}
+
+// Steps 4.. of two resumed runs, one after the other, against the
+// uninterrupted run's: the same up to the order of float sums.
+void expectFollowsFromStep4(const TrainResult& uninterrupted, const TrainResult& first,
+                            const TrainResult& second) {
+  std::vector<double> resumed = first.losses;
+  resumed.insert(resumed.end(), second.losses.begin(), second.losses.end());
+  ASSERT_EQ(resumed.size(), 8u);
+  for (size_t i = 0; i < resumed.size(); ++i) {
+    EXPECT_NEAR(resumed[i], uninterrupted.losses[4 + i], 1e-4 * uninterrupted.losses[4 + i])
+        << "step " << 4 + i;
+  }
+}
+
 // A checkpoint of 2 replicas resumed with 1 (what recovery with fewer
 // replicas does), then that one's resumed with 2 again. Uncompressed, the
 // global batch is the same, so the losses follow the uninterrupted 2-replica
 // run up to the order of float sums.
 TEST(Checkpoint, ResumeWithAnotherReplicaCountFollowsTheUninterruptedRun) {
-  auto job_for = [](const std::string& dir, int replicas) {
-    JobSpec job = tinyJob(2, replicas, "1f1b");
-    job.training.steps = 12;  // the same everywhere: the learning rate schedule depends on it
-    job.checkpoint.dir = dir;
-    job.checkpoint.every_steps = 4;
-    return job;
-  };
-  // Stops after `steps` steps of this run (the checkpoint there committed).
-  auto stopAfter = [](TrainerOptions o, int steps) {
-    auto done = std::make_shared<int>(0);
-    o.on_step = [done](const StepMetrics&) { ++*done; };
-    o.should_stop = [done, steps] { return *done == steps; };
-    return o;
-  };
+  auto job_for = [](const std::string& dir, int replicas) { return reshardJob(dir, 2, replicas); };
   TrainerOptions opt;
   opt.threads_per_tasklet = 1;
   JobSpec full = job_for(freshDir("reshard-full"), 2);
@@ -534,13 +552,7 @@ TEST(Checkpoint, ResumeWithAnotherReplicaCountFollowsTheUninterruptedRun) {
   JobSpec again = job_for(dir, 2);
   const TrainResult grown = Trainer(makeModel(again.model), again, resume).train();
   EXPECT_EQ(grown.first_step, 8);
-  std::vector<double> resumed = shrunk.losses;
-  resumed.insert(resumed.end(), grown.losses.begin(), grown.losses.end());
-  ASSERT_EQ(resumed.size(), 8u);
-  for (size_t i = 0; i < resumed.size(); ++i) {
-    EXPECT_NEAR(resumed[i], uninterrupted.losses[4 + i], 1e-4 * uninterrupted.losses[4 + i])
-        << "step " << 4 + i;
-  }
+  expectFollowsFromStep4(uninterrupted, shrunk, grown);
 }
 
 // Checkpoints by layer: one written by 2 stages x 2 replicas resumed by 4
@@ -551,19 +563,7 @@ TEST(Checkpoint, ResumeWithAnotherReplicaCountFollowsTheUninterruptedRun) {
 // the same, so the losses follow the uninterrupted run up to the order of
 // float sums.
 TEST(Checkpoint, ResumeWithAnotherStageCountAndSplitFollowsTheUninterruptedRun) {
-  auto job_for = [](const std::string& dir, int stages, int replicas) {
-    JobSpec job = tinyJob(stages, replicas, "1f1b");
-    job.training.steps = 12;
-    job.checkpoint.dir = dir;
-    job.checkpoint.every_steps = 4;
-    return job;
-  };
-  auto stopAfter = [](TrainerOptions o, int steps) {
-    auto done = std::make_shared<int>(0);
-    o.on_step = [done](const StepMetrics&) { ++*done; };
-    o.should_stop = [done, steps] { return *done == steps; };
-    return o;
-  };
+  const auto job_for = reshardJob;
   TrainerOptions opt;
   opt.threads_per_tasklet = 1;
   JobSpec full = job_for(freshDir("relayout-full"), 2, 2);
@@ -588,13 +588,7 @@ TEST(Checkpoint, ResumeWithAnotherStageCountAndSplitFollowsTheUninterruptedRun) 
   const TrainResult rest = Trainer(makeModel(three.model), three, uneven).train();
   EXPECT_EQ(rest.first_step, 8);
   EXPECT_EQ(rest.layers_of_stage, (std::vector<std::pair<int, int>>{{0, 3}, {3, 4}, {4, 6}}));
-  std::vector<double> resumed = deep.losses;
-  resumed.insert(resumed.end(), rest.losses.begin(), rest.losses.end());
-  ASSERT_EQ(resumed.size(), 8u);
-  for (size_t i = 0; i < resumed.size(); ++i) {
-    EXPECT_NEAR(resumed[i], uninterrupted.losses[4 + i], 1e-4 * uninterrupted.losses[4 + i])
-        << "step " << 4 + i;
-  }
+  expectFollowsFromStep4(uninterrupted, deep, rest);
 }
 
 // AC-SGD across a new split: 2 stages (cut before layer 3) resumed by 4

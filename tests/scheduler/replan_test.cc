@@ -173,6 +173,22 @@ TEST(Replan, JoiningDevicesAreUsedWhenTheyBeatTheMargin) {
   EXPECT_FALSE(s.commit) << s.summary;
   EXPECT_LE(s.predicted_s, s.degraded_s);
   EXPECT_NE(s.summary.find("keep"), std::string::npos) << s.summary;
+
+  // Nothing joined and nothing lost: with margin 0 the best plan is the
+  // running one, and a plan no faster than it is not committed (a reshard
+  // for nothing, at every commit of a job with idle spares).
+  const std::vector<int> same = {0, 1, 2, 3, 4, 5};
+  ReplanOptions zero = evaluationsOnly(20000);
+  zero.margin = 0;
+  const ReplanResult best_on_six = replan(job, same, current, zero);
+  CurrentPlan running;
+  running.stages = best_on_six.stages;
+  running.replicas = best_on_six.replicas;
+  running.device_of_rank = best_on_six.device_of_rank;
+  running.body_per_stage = best_on_six.body_per_stage;
+  const ReplanResult again = replan(job, same, running, zero);
+  EXPECT_EQ(again.predicted_s, again.degraded_s) << again.summary;  // deterministic budget
+  EXPECT_FALSE(again.commit) << again.summary;
 }
 
 // Every device of the current plan lost: no degraded plan, so any plan that
