@@ -37,6 +37,9 @@ void addReplanBenchOptions(CLI::App& bench, ReplanBenchArgs& a) {
       ->check(CLI::Range(1, scheduler::kNumPaperScenarios));
   r->add_option("--seed", a.seed, "search seed")->capture_default_str();
   r->add_flag("--quick", a.quick, "16 devices, a 1 s budget: a smoke test");
+  r->add_flag("--measured", a.measured,
+              "instead: train the degraded plan, the re-plan and a from-scratch plan of a small "
+              "job (8 devices, a site lost) over emulated links and measure their steps");
 }
 
 namespace {
@@ -87,6 +90,7 @@ std::string step(double s) {
 }  // namespace
 
 int runReplanBench(const ReplanBenchArgs& args, std::ostream& out) {
+  if (args.measured) return runReplanMeasured(args, out);
   ReplanBenchArgs a = args;
   if (a.quick) {
     a.devices = {16};

@@ -114,9 +114,14 @@ struct ReplanBenchArgs {
   double scratch_factor = 6.0;              // the from-scratch plan's budget / seconds
   uint64_t seed = 1;                        // search seed
   bool quick = false;                       // 16 devices, at most 1 s: a smoke test
+  bool measured = false;                    // train the plans of one re-plan instead
 };
 void addReplanBenchOptions(CLI::App& bench, ReplanBenchArgs& args);
 int runReplanBench(const ReplanBenchArgs& args, std::ostream& out);
+// --measured: the degraded plan, the re-plan and a from-scratch plan of the
+// end-to-end test (a)'s job, trained in-process over emulated links
+// (bench_replan_measured.cc).
+int runReplanMeasured(const ReplanBenchArgs& args, std::ostream& out);
 
 struct BenchArgs {
   double seconds = 2.0;            // scheduler: search budget per paper scenario
