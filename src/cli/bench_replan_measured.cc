@@ -84,7 +84,7 @@ std::string devicesOf(const scheduler::CurrentPlan& p) {
 }  // namespace
 
 int runReplanMeasured(const ReplanBenchArgs& a, std::ostream& out) {
-  const JobSpec job = measuredJob(a.quick ? 6 : 30);
+  const JobSpec job = measuredJob(a.quick ? 6 : 300);
   const ModelDef model = makeModel(job.model);
   const JobSpec priced = scheduler::effectiveNetworkJob(job);
   const runtime::Placement running = runtime::choosePlacement(model, job, {}, {});
