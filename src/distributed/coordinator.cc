@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -867,6 +868,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     awaited_pids_.clear();
     for (const int64_t pid : roster_.placedPids())
       if (!lost_pids_.count(pid)) awaited_pids_.insert(pid);
+    // Where each placed worker ran: a survivor that rejoins (whenever it
+    // does) is still on that device, whatever the next plan is.
+    for (int r = 0; r < roster_.ranks(); ++r)
+      device_of_pid_[roster_.ofRank(r)->info.pid] =
+          placement_.device_of_rank[static_cast<size_t>(r)];
     const int64_t redo = max_reported_ + 1 - committed_next_step_;
     ++generation_;
     phase_ = Phase::REGROUPING;
@@ -927,15 +933,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   }
 
   // The topology device a worker is on: the one it named, the one its rank
-  // runs on, or (a survivor rejoining) the one its previous rank ran on;
-  // -1 when it has none yet (it said "any" and was never placed).
+  // runs on, or (a survivor rejoining) the one it ran on when its
+  // generation ended; -1 when it has none yet (it said "any" and was never
+  // placed).
   int deviceOfLocked(const Slot& s) const {
     if (s.device >= 0) return s.device;
     if (placed_ && s.info.rank >= 0) return s.info.device;
-    const auto& prev = placement_.device_of_rank;
-    if (s.previous_rank >= 0 && s.previous_rank < static_cast<int>(prev.size()))
-      return prev[static_cast<size_t>(s.previous_rank)];
-    return -1;
+    const auto it = device_of_pid_.find(s.info.pid);
+    return it == device_of_pid_.end() ? -1 : it->second;
   }
 
   // Every device of the re-planned placement has an active worker on it.
@@ -975,15 +980,19 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       if (d >= 0) held.insert(d);
     }
     if (growing && (spares.empty() || spares == grow_priced_spares_)) return false;
-    // Devices of the current plan nobody holds now were lost with their workers.
+    // The plan the job runs, or the re-plan still waiting for its workers
+    // (one of them never came): devices of it nobody holds now were lost
+    // with their workers.
+    const runtime::Placement& running = replanned_ ? *replanned_ : placement_;
+    std::set<int> lost = lost_devices_;
     if (!growing)
-      for (int d : placement_.device_of_rank)
-        if (!held.count(d)) lost_devices_.insert(d);
+      for (int d : running.device_of_rank)
+        if (!held.count(d)) lost.insert(d);
     int next_free = 0;
     for (auto& [id, d] : device_of_slot) {
       if (d >= 0) continue;
       while (next_free < job_.topology.numDevices() &&
-             (held.count(next_free) || lost_devices_.count(next_free)))
+             (held.count(next_free) || lost.count(next_free)))
         ++next_free;
       if (next_free >= job_.topology.numDevices()) break;
       d = next_free;
@@ -995,10 +1004,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         device_of_slot.end());
     const std::vector<int> live(held.begin(), held.end());
     scheduler::CurrentPlan current;
-    current.stages = stages_;
-    current.replicas = replicas_;
-    current.device_of_rank = placement_.device_of_rank;
-    for (const auto& [first, last] : placement_.layers_of_stage) {
+    current.stages = static_cast<int>(running.layers_of_stage.size());
+    current.replicas = static_cast<int>(running.device_of_rank.size()) / current.stages;
+    current.device_of_rank = running.device_of_rank;
+    for (const auto& [first, last] : running.layers_of_stage) {
       current.body_per_stage.push_back(last - first);
     }
     current.body_per_stage.front() -= model_.prologue_layers;
@@ -1009,7 +1018,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     ro.margin = ft.replan_margin;
     ro.seed = job_.scheduler.seed;
     const JobSpec priced = scheduler::effectiveNetworkJob(job_);
-    if (growing) grow_priced_spares_ = spares;
     std::optional<scheduler::ReplanResult> rr;
     std::string error;
     lock.unlock();
@@ -1031,7 +1039,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                growing ? detail::concat(spares.size(), " idle spare(s) live")
                                        : std::string("devices lost"),
                                "): ", rr->summary));
-    if (!rr->commit) return false;
+    if (!rr->commit) {
+      if (growing) grow_priced_spares_ = spares;  // priced: not again until the spares change
+      return false;
+    }
+    lost_devices_ = lost;
     if (growing) {
       const Failure why{detail::concat("re-planning with ", spares.size(), " idle spare(s)"),
                         kindName(ErrorKind::TIMEOUT), -1, true, Clock::now()};
@@ -1042,6 +1054,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     for (const auto& [id, d] : device_of_slot) {
       Slot& s = roster_[id];
       if (s.gone) continue;  // a placed worker of the generation just ended: rejoins
+      if (s.spare && !chosen.count(d)) continue;  // stays an idle spare, on no device
       s.device = d;
       if (s.spare && chosen.count(d)) {
         s.spare = false;
@@ -1063,13 +1076,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     p.layers_of_stage = runtime::stageLayerRanges(model_, rr->body_per_stage);
     p.source = "re-plan";
     replanned_ = std::move(p);
+    resume_body_split_.clear();  // the --resume checkpoint's split is for another shape
     ++replans_;
     grow_priced_spares_.clear();
     eventLocked(detail::concat("re-planned: generation ", generation_, " runs ", stages_,
                                " stages x ", replicas_, " replicas on ", world_,
                                " devices, resharded by layer from the checkpoint at step ",
                                committed_next_step_));
-    if (growing) regroup_since_ = Clock::now();
+    regroup_since_ = Clock::now();  // the workers of the new plan get rejoin_timeout
     maybePlaceLocked();
     cv_.notify_all();
     return true;
@@ -1108,6 +1122,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // resharding the checkpoint); workers beyond them wait as idle spares.
   // False when it cannot.
   bool shrinkLocked() {
+    replanned_.reset();  // a re-plan whose workers never came: the shrink decides now
     const int r = shrunkReplicas(roster_.active(), stages_, replicas_, min_replicas_,
                                  job_.training.global_batch, job_.training.micro_batch);
     if (r == 0) return false;
@@ -1323,6 +1338,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // Devices whose workers were lost: a worker without a device of its own
   // is never given one of these.
   std::set<int> lost_devices_;
+  // Where each worker of an ended generation ran, by pid (deviceOfLocked).
+  std::map<int64_t, int> device_of_pid_;
   int replans_ = 0;        // re-plans committed
   bool grow_due_ = false;  // a checkpoint was committed: price a re-plan with the spares
   // The idle spares (slot ids) the last re-plan for growth priced without

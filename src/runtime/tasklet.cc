@@ -441,7 +441,13 @@ void Tasklet::loadCheckpoint(const SavedLayout& given, int64_t next_step) {
   SavedLayout saved = given;
   if (saved.stages <= 0) saved.stages = stages_;
   if (saved.replicas <= 0) saved.replicas = job_.parallelism.data_parallel;
-  if (saved.layers_of_stage.empty()) saved.layers_of_stage = layers_of_stage_;  // version 1
+  if (saved.layers_of_stage.empty()) {
+    // Version 1: no layer ranges, so only this job's own split can read it.
+    GEOPIPE_CHECK(saved.stages == stages_, ConfigError, "checkpoint '", saved.step_dir,
+                  "' (manifest version 1) does not say which layers each of its ", saved.stages,
+                  " stages held: resume it with parallelism.pipeline_stages: ", saved.stages);
+    saved.layers_of_stage = layers_of_stage_;
+  }
   const int replicas = job_.parallelism.data_parallel;
   GEOPIPE_CHECK(saved.replicas == replicas || next_step > 0, Error,
                 "loadCheckpoint: resharding from ", saved.replicas,
