@@ -136,6 +136,13 @@ ReplanResult replan(const JobSpec& job, const std::vector<int>& live, const Curr
   const Degraded degraded = priceDegraded(sub, network, local, current, stores);
   out.degraded_replicas = degraded.allocation.d_dp;
   out.degraded_s = degraded.step_s;
+  out.degraded_device_of_rank.resize(static_cast<size_t>(degraded.allocation.d_pp) *
+                                     static_cast<size_t>(out.degraded_replicas));
+  for (int s = 0; s < degraded.allocation.d_pp; ++s)
+    for (int r = 0; r < out.degraded_replicas; ++r)
+      out.degraded_device_of_rank[static_cast<size_t>(r * degraded.allocation.d_pp + s)] =
+          live[static_cast<size_t>(
+              degraded.allocation.stages[static_cast<size_t>(s)][static_cast<size_t>(r)])];
 
   SearchOptions search = searchOptionsFromJob(sub);
   search.algorithm = "evolutionary";

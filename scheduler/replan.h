@@ -46,6 +46,9 @@ struct ReplanResult {
   // is left or the replicas left do not split the global batch into whole
   // micro-batches.
   int degraded_replicas = 0;
+  // Its ranks' global devices (degraded_replicas x the current stages;
+  // empty when no replica is left): what the runtime's shrink would run.
+  std::vector<int> degraded_device_of_rank;
   double degraded_s = std::numeric_limits<double>::infinity();
   // The best plan found on the live devices (every shape that splits the
   // global batch, as data_parallel: auto tries), warm-started from the

@@ -16,6 +16,7 @@
 #include "src/cli/bench_common.h"
 #include "src/cli/commands.h"
 #include "src/config/job_parser.h"
+#include "src/runtime/checkpoint.h"
 #include "src/runtime/placement.h"
 
 namespace geopipe::cli {
@@ -92,11 +93,8 @@ int runReplanMeasured(const ReplanBenchArgs& a, std::ostream& out) {
   current.stages = 4;
   current.replicas = 2;
   current.device_of_rank = running.device_of_rank;
-  for (const auto& [first, last] : running.layers_of_stage) {
-    current.body_per_stage.push_back(last - first);
-  }
-  current.body_per_stage.front() -= model.prologue_layers;
-  current.body_per_stage.back() -= model.epilogue_layers;
+  current.body_per_stage =
+      runtime::bodySplit(running.layers_of_stage, model.prologue_layers, model.epilogue_layers);
   // Site of rank 0 lost.
   const int lost_site = job.topology.devices[static_cast<size_t>(current.device_of_rank[0])].site;
   std::vector<int> live;
@@ -111,17 +109,8 @@ int runReplanMeasured(const ReplanBenchArgs& a, std::ostream& out) {
   if (std::isfinite(rr.degraded_s)) {
     // The replicas that kept every device, as the runtime's shrink runs them.
     scheduler::CurrentPlan degraded = current;
-    degraded.device_of_rank.clear();
-    degraded.replicas = 0;
-    for (int r = 0; r < current.replicas; ++r) {
-      const auto first = current.device_of_rank.begin() + r * current.stages;
-      const bool whole = std::all_of(first, first + current.stages, [&](int d) {
-        return std::find(live.begin(), live.end(), d) != live.end();
-      });
-      if (!whole) continue;
-      degraded.device_of_rank.insert(degraded.device_of_rank.end(), first, first + current.stages);
-      ++degraded.replicas;
-    }
+    degraded.replicas = rr.degraded_replicas;
+    degraded.device_of_rank = rr.degraded_device_of_rank;
     rows.push_back({"degraded (no re-plan)", degraded, rr.degraded_s, 0});
   }
   scheduler::CurrentPlan replanned;

@@ -1007,11 +1007,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     current.stages = static_cast<int>(running.layers_of_stage.size());
     current.replicas = static_cast<int>(running.device_of_rank.size()) / current.stages;
     current.device_of_rank = running.device_of_rank;
-    for (const auto& [first, last] : running.layers_of_stage) {
-      current.body_per_stage.push_back(last - first);
-    }
-    current.body_per_stage.front() -= model_.prologue_layers;
-    current.body_per_stage.back() -= model_.epilogue_layers;
+    current.body_per_stage =
+        runtime::bodySplit(running.layers_of_stage, model_.prologue_layers, model_.epilogue_layers);
     const FaultToleranceSpec& ft = job_.fault_tolerance;
     scheduler::ReplanOptions ro;
     ro.budget_seconds = ft.replan_budget;

@@ -262,18 +262,23 @@ std::string checkpointModelJson(const ModelSpec& m, const std::string& tokenizer
   return j.dump();
 }
 
-std::vector<int> savedBodySplit(const CheckpointManifest& m, int prologue_layers,
-                                int epilogue_layers) {
+std::vector<int> bodySplit(const std::vector<std::pair<int, int>>& layers_of_stage,
+                           int prologue_layers, int epilogue_layers) {
   std::vector<int> out;
-  const int n = static_cast<int>(m.layers_of_stage.size());
+  const int n = static_cast<int>(layers_of_stage.size());
   for (int s = 0; s < n; ++s) {
-    const auto [first, last] = m.layers_of_stage[static_cast<size_t>(s)];
+    const auto [first, last] = layers_of_stage[static_cast<size_t>(s)];
     int body = last - first;
     if (s == 0) body -= prologue_layers;
     if (s == n - 1) body -= epilogue_layers;
     out.push_back(body);
   }
   return out;
+}
+
+std::vector<int> savedBodySplit(const CheckpointManifest& m, int prologue_layers,
+                                int epilogue_layers) {
+  return bodySplit(m.layers_of_stage, prologue_layers, epilogue_layers);
 }
 
 bool holdsOuterState(const CheckpointManifest& m) {

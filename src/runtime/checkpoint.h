@@ -112,6 +112,10 @@ CheckpointManifest resumePoint(const std::string& dir, int stages, int replicas,
 // would now cut the model elsewhere; empty for a version 1 manifest.
 std::vector<int> savedBodySplit(const CheckpointManifest& manifest, int prologue_layers,
                                 int epilogue_layers);
+// The same for any layer ranges (a placement's layers_of_stage): the body
+// layers per stage, the inverse of scheduler::modelLayerRanges.
+std::vector<int> bodySplit(const std::vector<std::pair<int, int>>& layers_of_stage,
+                           int prologue_layers, int epilogue_layers);
 
 // Atomic small-file write: path + ".tmp", fsync, rename.
 void writeFileAtomic(const std::string& path, const std::string& content);

@@ -31,6 +31,7 @@
 #include "src/distributed/launcher.h"
 #include "src/distributed/process.h"
 #include "src/distributed/security.h"
+#include "src/runtime/checkpoint.h"
 #include "tests/distributed/test_jobs.h"
 #include "tests/support/tcp_proxy.h"
 
@@ -1046,10 +1047,8 @@ std::vector<double> inProcessReplannedLosses(const std::string& job_path, int64_
                                   job.parallelism.pipeline_stages = stages;
                                   job.parallelism.data_parallel = replicas;
                                   const ModelDef model = makeModel(job.model);
-                                  for (const auto& [f, l] : layers)
-                                    resume.layers_per_stage.push_back(l - f);
-                                  resume.layers_per_stage.front() -= model.prologue_layers;
-                                  resume.layers_per_stage.back() -= model.epilogue_layers;
+                                  resume.layers_per_stage = runtime::bodySplit(
+                                      layers, model.prologue_layers, model.epilogue_layers);
                                 });
 }
 

@@ -105,6 +105,7 @@ TEST(Replan, ASiteLostDropsItsReplicaAndReplansOnTheSurvivors) {
   const std::vector<int> live = {0, 1, 2, 3, 4, 5};  // site 3 (devices 6, 7) lost
   const ReplanResult r = replan(job, live, current, evaluationsOnly(20000));
   EXPECT_EQ(r.degraded_replicas, 1);
+  EXPECT_EQ(r.degraded_device_of_rank, (std::vector<int>{0, 1, 2, 3}));
   ASSERT_TRUE(std::isfinite(r.degraded_s));
   expectWellFormed(r, live, 12);
   EXPECT_LE(r.predicted_s, r.degraded_s);
