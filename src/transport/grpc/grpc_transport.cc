@@ -24,6 +24,7 @@
 #include "src/security/token.h"
 #include "src/transport/completion.h"
 #include "src/transport/factory.h"
+#include "src/transport/grpc/connection_gate.h"
 #include "src/transport/grpc/peer_stream.h"
 #include "src/transport/mailbox.h"
 
@@ -718,16 +719,18 @@ class GrpcTransport::Impl {
     service_ = std::make_unique<PeerServiceImpl>(config, mailbox_, sessions_,
                                                  [this](int src) { return describePeer(src); });
 
+    // Connections come through the gate, which bounds those still in their
+    // set-up before gRPC sees them. Its socket never shares a port with
+    // another process (no SO_REUSEPORT, which would split connections
+    // between two jobs' ranks).
+    gate_.emplace(listen, ConnectionLimits{},
+                  detail::concat("rank ", options_.rank, "'s peer service (", listen, ")"));
+    const int port = gate_->port();
     grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort(listen, serverCredentials(options_.security), &port);
+    gate_->serve(builder, serverCredentials(options_.security));
     builder.RegisterService(service_.get());
     builder.SetMaxReceiveMessageSize(kMaxFrameBytes);
     builder.SetMaxSendMessageSize(kMaxAckBytes);
-    // Never share a port with another process (SO_REUSEPORT would split
-    // connections between two jobs' ranks).
-    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-    builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, kServerHandshakeTimeoutMs);
     if (options_.keepalive.count() > 0) {
       builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
       builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
@@ -735,10 +738,11 @@ class GrpcTransport::Impl {
       builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
     }
     server_ = builder.BuildAndStart();
-    if (!server_ || port == 0) {
-      GEOPIPE_THROW(IoError, "grpc: rank ", options_.rank, " cannot listen on ", listen,
-                    " (address in use or not local?)");
+    if (!server_) {
+      GEOPIPE_THROW(IoError, "grpc: rank ", options_.rank, "'s peer server did not start on ",
+                    listen);
     }
+    gate_->start();
     listening_address_ = detail::concat(hostOf(listen), ":", port);
     if (addresses_[options_.rank].empty()) addresses_[options_.rank] = listening_address_;
     if (options_.link_grace.count() > 0) grace_timer_ = std::thread([this] { expireLinks(); });
@@ -860,6 +864,7 @@ class GrpcTransport::Impl {
       grace_cv_.notify_all();
     }
     if (grace_timer_.joinable()) grace_timer_.join();
+    if (gate_) gate_->stop();
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     server_->Wait();
   }
@@ -903,6 +908,7 @@ class GrpcTransport::Impl {
   std::mutex grace_mu_;
   std::condition_variable grace_cv_;
   std::thread grace_timer_;  // expireLinks(), with a link grace only
+  std::optional<ConnectionGate> gate_;  // accepts the server's connections
   std::unique_ptr<PeerServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;  // destroyed first: stops the handlers
 };
