@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -110,19 +111,22 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         world_ + (opt_.spare_registrations < 0 ? world_ : opt_.spare_registrations);
 
     transport::installGrpcLogging();
+    // Connections come through the gate, which bounds those still in their
+    // set-up before gRPC sees them.
+    gate_.emplace(opt_.listen_address, opt_.connections,
+                  "the coordinator (--listen " + opt_.listen_address + ")");
+    port_ = gate_->port();
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(opt_.listen_address, transport::serverCredentials(security_.link),
-                             &port_);
+    gate_->serve(builder, transport::serverCredentials(security_.link));
     builder.RegisterService(this);
     builder.SetMaxReceiveMessageSize(transport::kMaxCoordinatorRequestBytes);
     builder.SetMaxSendMessageSize(transport::kMaxCoordinatorReplyBytes);
-    builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
-                               static_cast<int>(opt_.handshake_timeout.count()));
     server_ = builder.BuildAndStart();
-    if (!server_ || port_ == 0) {
-      GEOPIPE_THROW(IoError, "coordinator cannot listen on '", opt_.listen_address,
-                    "' (address in use or not local?); choose another --listen address");
+    if (!server_) {
+      GEOPIPE_THROW(IoError, "the coordinator's gRPC server did not start on '",
+                    opt_.listen_address, "'; choose another --listen address");
     }
+    gate_->start();
     const auto colon = opt_.listen_address.rfind(':');
     std::string host = opt_.listen_address.substr(0, colon);
     if (isWildcardHost(host)) host = "0.0.0.0";
@@ -137,6 +141,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     cv_.notify_all();
     if (monitor_.joinable()) monitor_.join();
+    // A re-plan search in flight ends within its budget (replan_budget).
+    if (search_thread_.joinable()) search_thread_.join();
+    if (gate_) gate_->stop();
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     events_.deliver();
   }
@@ -877,6 +884,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     ++generation_;
     phase_ = Phase::REGROUPING;
     regroup_since_ = Clock::now();
+    regroup_searched_ = false;
     regroup_failure_ = why;
     regroup_reason_ = detail::concat("generation ", generation_ - 1, " ended: ", why.message);
     roster_.endGeneration();
@@ -908,9 +916,14 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                 job_.training.global_batch, job_.training.micro_batch);
     if (r == 0) return;
     const int old_replicas = replicas_;
-    const Failure why{detail::concat("growing back from ", old_replicas, " to ", r,
-                                     " replicas with idle spares"),
-                      kindName(ErrorKind::TIMEOUT), -1, true, Clock::now()};
+    const Failure why{
+        detail::concat("growing back from ", old_replicas, " to ", r, " replicas with idle spares"),
+        kindName(ErrorKind::TIMEOUT),
+        -1,
+        true,
+        Clock::now(),
+        0,
+        {}};
     endGenerationLocked(why);
     ++grows_;
     replicas_before_grow_ = old_replicas;
@@ -953,21 +966,26 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     return true;
   }
 
-  // Elastic re-planning (fault_tolerance.replan). The live devices: every
-  // active worker's, and with `growing` every live idle spare's; a worker
-  // without a device takes a free one of the topology (never a lost one).
-  // The scheduler runs with mu_ released (its budget may be seconds); the
-  // answer is applied only if the job is where it was. Returns whether a
-  // new plan was committed: then the next placement is the re-plan's, and
-  // with `growing` the current generation has ended.
-  bool replanLocked(Locked& lock, bool growing) {
-    const int64_t generation = generation_;
-    const Phase phase = phase_;
-    std::vector<std::pair<size_t, int>> device_of_slot;  // slot id -> device
+  // Elastic re-planning (fault_tolerance.replan). A search is prepared
+  // under mu_, runs on a thread of its own (its budget may be seconds, and
+  // the monitor goes on watching heartbeats and deadlines meanwhile), and
+  // its answer is applied by the monitor only if the job is where it was
+  // (ReplanSearch, below).
+
+  // Starts a re-plan search. The live devices: every active worker's, and
+  // with `growing` every live idle spare's; a worker without a device takes
+  // a free one of the topology (never a lost one). False when there is
+  // nothing to price (growing, and no spare the last search has not priced).
+  bool startSearchLocked(bool growing) {
+    auto search = std::make_shared<ReplanSearch>();
+    search->generation = generation_;
+    search->phase = phase_;
+    search->growing = growing;
+    auto& device_of_slot = search->device_of_slot;
     std::set<int> held;
     const auto recent = 2 * heartbeatInterval(heartbeat_timeout_);
     const auto now = Clock::now();
-    std::vector<size_t> spares;
+    std::vector<size_t>& spares = search->spares;
     for (size_t id = 0; id < roster_.size(); ++id) {
       const Slot& s = roster_[id];
       if (s.gone) continue;
@@ -984,7 +1002,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     // (one of them never came): devices of it nobody holds now were lost
     // with their workers.
     const runtime::Placement& running = replanned_ ? *replanned_ : placement_;
-    std::set<int> lost = lost_devices_;
+    std::set<int>& lost = search->lost;
+    lost = lost_devices_;
     if (!growing)
       for (int d : running.device_of_rank)
         if (!held.count(d)) lost.insert(d);
@@ -1002,30 +1021,49 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         std::remove_if(device_of_slot.begin(), device_of_slot.end(),
                        [](const std::pair<size_t, int>& e) { return e.second < 0; }),
         device_of_slot.end());
-    const std::vector<int> live(held.begin(), held.end());
-    scheduler::CurrentPlan current;
+    search->live.assign(held.begin(), held.end());
+    scheduler::CurrentPlan& current = search->current;
     current.stages = static_cast<int>(running.layers_of_stage.size());
     current.replicas = static_cast<int>(running.device_of_rank.size()) / current.stages;
     current.device_of_rank = running.device_of_rank;
     current.body_per_stage =
         runtime::bodySplit(running.layers_of_stage, model_.prologue_layers, model_.epilogue_layers);
     const FaultToleranceSpec& ft = job_.fault_tolerance;
-    scheduler::ReplanOptions ro;
+    scheduler::ReplanOptions& ro = search->options;
     ro.budget_seconds = ft.replan_budget;
     ro.margin = ft.replan_margin;
     ro.seed = job_.scheduler.seed;
-    const JobSpec priced = scheduler::effectiveNetworkJob(job_);
-    std::optional<scheduler::ReplanResult> rr;
-    std::string error;
-    lock.unlock();
-    try {
-      rr = scheduler::replan(priced, live, current, ro, config::plannerStores(priced));
-    } catch (const Error& e) {
-      error = e.what();
-    }
-    lock.lock();
-    if (generation_ != generation || phase_ != phase || placed_ != (phase == Phase::RUNNING) ||
-        abort_ || (growing && !growPossibleLocked())) {
+    search->priced = scheduler::effectiveNetworkJob(job_);
+    search_ = search;
+    search_thread_ = std::thread([search, before = opt_.before_replan_search] {
+      try {
+        if (before) before();
+        search->result = scheduler::replan(search->priced, search->live, search->current,
+                                           search->options, config::plannerStores(search->priced));
+      } catch (const std::exception& e) {
+        search->error = e.what();
+      }
+      search->done.store(true);
+    });
+    return true;
+  }
+
+  // Applies a finished search (the monitor, under mu_). Returns whether a
+  // new plan was committed: then the next placement is the re-plan's, and
+  // when growing the current generation has ended.
+  bool applySearchLocked() {
+    search_thread_.join();
+    const std::shared_ptr<ReplanSearch> done = std::move(search_);
+    search_.reset();
+    const ReplanSearch& sr = *done;
+    const bool growing = sr.growing;
+    const std::vector<size_t>& spares = sr.spares;
+    const std::vector<std::pair<size_t, int>>& device_of_slot = sr.device_of_slot;
+    const std::vector<int>& live = sr.live;
+    const std::optional<scheduler::ReplanResult>& rr = sr.result;
+    const std::string& error = sr.error;
+    if (generation_ != sr.generation || phase_ != sr.phase ||
+        placed_ != (sr.phase == Phase::RUNNING) || abort_ || (growing && !growPossibleLocked())) {
       return false;  // the job moved on meanwhile
     }
     if (!rr) {
@@ -1040,10 +1078,15 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       if (growing) grow_priced_spares_ = spares;  // priced: not again until the spares change
       return false;
     }
-    lost_devices_ = lost;
+    lost_devices_ = sr.lost;
     if (growing) {
       const Failure why{detail::concat("re-planning with ", spares.size(), " idle spare(s)"),
-                        kindName(ErrorKind::TIMEOUT), -1, true, Clock::now()};
+                        kindName(ErrorKind::TIMEOUT),
+                        -1,
+                        true,
+                        Clock::now(),
+                        0,
+                        {}};
       endGenerationLocked(why);
       ++grows_;  // not a failure: no restart counted
     }
@@ -1081,16 +1124,19 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                " devices, resharded by layer from the checkpoint at step ",
                                committed_next_step_));
     regroup_since_ = Clock::now();  // the workers of the new plan get rejoin_timeout
+    regroup_searched_ = false;      // and a search again if they do not all come
     maybePlaceLocked();
     cv_.notify_all();
     return true;
   }
 
-  // rejoin_timeout has passed (no commit in flight) without a worker for
-  // every tasklet. Survivors that have not rejoined by now are counted as
-  // lost, so idle spares may take their places too; then the job is placed
-  // if it can be, or shrinks (min_replicas). False: neither, the job fails.
-  bool giveUpWaitingLocked(Locked& lock) {
+  // rejoin_timeout has passed (no commit or search in flight) without a
+  // worker for every tasklet. Survivors that have not rejoined by now are
+  // counted as lost, so idle spares may take their places too; then the job
+  // is placed if it can be, or re-plans (once per wait: the monitor applies
+  // the search, and comes back here if it did not commit), or shrinks
+  // (min_replicas). False: none of these, the job fails.
+  bool giveUpWaitingLocked() {
     if (!awaited_pids_.empty()) {
       eventLocked(detail::concat(awaited_pids_.size(), " survivor(s) did not rejoin within ",
                                  rejoin_timeout_.count() / 1000,
@@ -1100,7 +1146,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     }
     maybePlaceLocked();
     if (placed_ || phase_ == Phase::ENDED) return true;
-    if (replan_ && replanLocked(lock, /*growing=*/false)) return true;
+    if (replan_ && !regroup_searched_) {
+      regroup_searched_ = true;
+      if (startSearchLocked(/*growing=*/false)) return true;
+    }
     return placed_ || phase_ == Phase::ENDED || shrinkLocked();
   }
 
@@ -1163,7 +1212,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
 
   void finalFailureLocked(int rank, const std::string& message, const std::string& type) {
     if (abort_) return;
-    failure_ = Failure{message, type, rank, true, Clock::now()};
+    failure_ = Failure{message, type, rank, true, Clock::now(), 0, {}};
     abort_ = true;
     abort_reason_ = message;
     phase_ = Phase::ENDED;
@@ -1218,14 +1267,15 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       // spare promoted for a lost place that did not call again (another
       // spare is promoted in its stead).
       eventsLocked(roster_.dropSilentSpares(now, heartbeat_timeout_));
-      if (grow_due_ && replan_) {
+      if (search_ && search_->done.load()) applySearchLocked();
+      if (grow_due_ && replan_ && !search_) {
         grow_due_ = false;
-        if (growPossibleLocked()) replanLocked(lock, /*growing=*/true);
+        if (growPossibleLocked()) startSearchLocked(/*growing=*/true);
       }
       if (phase_ == Phase::REGROUPING) {
         maybePlaceLocked();  // waits for commits that were in flight
         if (!placed_ && now - regroup_since_ > rejoin_timeout_ && commits_in_flight_ == 0 &&
-            !giveUpWaitingLocked(lock)) {
+            !search_ && !giveUpWaitingLocked()) {
           const Failure& f = regroup_failure_;
           finalFailureLocked(f.rank,
                              recoveryGaveUp(f, roster_.active(), world_, rejoin_timeout_,
@@ -1265,6 +1315,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   int registrations_ = 0;  // accepted Register calls (right token, known device)
   int max_registrations_ = 0;
   std::optional<JoinGate> join_gate_;  // from security_, set in the constructor
+  std::optional<transport::ConnectionGate> gate_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string address_;
@@ -1284,6 +1335,26 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // a grow back) until the next placement, ENDED (complete, failed or
   // stopped before it ran) for good.
   enum class Phase { JOINING, RUNNING, REGROUPING, ENDED };
+  // A re-plan search: its inputs, where the job was, and its answer.
+  struct ReplanSearch {
+    // Where the job was.
+    int64_t generation = 0;
+    Phase phase = Phase::REGROUPING;
+    bool growing = false;
+    // The inputs: slot id -> device, the idle spares priced, the devices
+    // lost, the live devices, the running plan.
+    std::vector<std::pair<size_t, int>> device_of_slot;
+    std::vector<size_t> spares;
+    std::set<int> lost;
+    std::vector<int> live;
+    scheduler::CurrentPlan current;
+    scheduler::ReplanOptions options;
+    JobSpec priced;
+    // The answer (set by the search thread before `done`).
+    std::optional<scheduler::ReplanResult> result;
+    std::string error;
+    std::atomic<bool> done{false};
+  };
   Phase phase_ = Phase::JOINING;
   // The current generation has a placement (ranks, addresses): from
   // RUNNING on, kept when the job ends while running.
@@ -1342,6 +1413,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // The idle spares (slot ids) the last re-plan for growth priced without
   // committing: the same spares are not priced again at every commit.
   std::vector<size_t> grow_priced_spares_;
+  // The re-plan search in flight or finished and not yet applied (the
+  // monitor applies it), and its thread.
+  std::shared_ptr<ReplanSearch> search_;
+  std::thread search_thread_;
+  // This wait for workers (regroup_since_) has started its search.
+  bool regroup_searched_ = false;
 };
 
 Coordinator::Coordinator(CoordinatorOptions options)

@@ -18,6 +18,7 @@
 
 #include "geopipe/trainer.h"
 #include "src/distributed/security.h"
+#include "src/transport/grpc/connection_gate.h"
 
 namespace geopipe::distributed {
 
@@ -65,9 +66,13 @@ struct CoordinatorOptions {
   // death (IoError, TimeoutError) are held this long, so that the root
   // cause (a process that died, reported by the launcher) is the one named.
   std::chrono::milliseconds failure_grace{2000};
-  // A connection that has not completed its TLS set-up this long after it
-  // was accepted is closed (before authentication nothing else bounds it).
-  std::chrono::milliseconds handshake_timeout{transport::kServerHandshakeTimeoutMs};
+  // Connections before authentication: how many may be in their TCP + TLS
+  // set-up at once, in total and per source address (more are closed at
+  // once), and how long a set-up may take (then it is closed).
+  transport::ConnectionLimits connections;
+  // For tests: runs on a re-plan search's own thread before the search (a
+  // sleep here stands for a search that takes its whole budget).
+  std::function<void()> before_replan_search;
   // Called with each finished step, in step order, from the coordinator's
   // threads, outside its lock.
   std::function<void(const StepMetrics&)> on_step;

@@ -530,7 +530,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     return GenerationEnd::REGROUP;
   };
   try {
-    JobSpec job = parseBundle({a.job_yaml(), a.job_source(), a.base_dir()});
+    JobSpec job = parseBundle({a.job_yaml(), a.job_source(), a.base_dir(), {}});
     job.transport.emulate_links = a.emulate_links();  // the coordinator's resolution
     common::applyJobLogLevel(job.logging.level);
     job.training.steps = static_cast<int>(a.steps());

@@ -26,6 +26,7 @@
 #include "src/distributed/security.h"
 #include "src/distributed/step_report.h"
 #include "src/distributed/worker.h"
+#include "src/runtime/checkpoint.h"
 #include "src/security/pki.h"
 #include "src/security/token.h"
 #include "src/transport/grpc/credentials.h"
@@ -580,14 +581,19 @@ TEST(Coordinator, WorkersLearnTheirShareOfTheHostAndWhetherLinksAreEmulated) {
   }
 }
 
-// Opens a TCP connection to 127.0.0.1:`port` and sends nothing.
-int idleConnection(int port) {
+// Opens a TCP connection from `source` (a loopback address: another "host")
+// to 127.0.0.1:`port` and sends nothing.
+int idleConnection(int port, const char* source) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  ::inet_pton(AF_INET, source, &local.sin_addr);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(static_cast<uint16_t>(port));
-  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
+      ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     if (fd >= 0) ::close(fd);
     return -1;
   }
@@ -603,32 +609,157 @@ bool closedByServer(int fd, std::chrono::milliseconds wait) {
   return ::recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
 }
 
-TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreClosedAndWorkersStillJoin) {
-  // Connections that never start TLS are closed after the handshake
-  // timeout (gRPC's default held them 120 s, until the coordinator ran out
-  // of file descriptors), and while they are held real workers join.
+TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreBoundedAndWorkersStillJoin) {
+  // One host opens 200 connections and never starts TLS. The coordinator
+  // holds 64 of them (its per-address limit of connections in set-up) and
+  // closes the rest at once; the 64 are closed at the handshake timeout
+  // (gRPC's default held them 120 s, until the coordinator ran out of file
+  // descriptors). Meanwhile workers from another address join.
   TempDir dir;
   CoordinatorOptions opt = tlsCoordinatorOptions(dir);
-  opt.handshake_timeout = std::chrono::milliseconds(1000);
+  opt.connections.handshake_timeout = std::chrono::milliseconds(3000);
+  opt.connections.max_pending_per_address = 64;
   Coordinator coordinator(opt);
   const std::string address = coordinator.listeningAddress();
   const int port = std::stoi(address.substr(address.rfind(':') + 1));
   std::vector<int> idle;
   for (int k = 0; k < 200; ++k) {
-    const int fd = idleConnection(port);
+    const int fd = idleConnection(port, "127.0.0.2");
     ASSERT_GE(fd, 0) << k;
     idle.push_back(fd);
   }
+  int closed_at_once = 0;
+  for (int fd : idle) closed_at_once += closedByServer(fd, std::chrono::milliseconds(5)) ? 1 : 0;
+  for (int k = 0; k < 100 && closed_at_once < 136; ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    closed_at_once = 0;
+    for (int fd : idle) closed_at_once += closedByServer(fd, std::chrono::milliseconds(0)) ? 1 : 0;
+  }
+  EXPECT_EQ(closed_at_once, 136) << "the per-address limit of 64 connections in set-up";
   auto stub = pb::Coordinator::NewStub(
       grpc::CreateChannel(address, transport::channelCredentials(tlsSecurity().link)));
   EXPECT_EQ(sortedRanks(registerWorkers(*stub, kFourHosts)), (std::vector<int>{0, 1, 2, 3}));
   int closed = 0;
   for (int fd : idle) {
-    closed += closedByServer(fd, std::chrono::milliseconds(3000)) ? 1 : 0;
+    closed += closedByServer(fd, std::chrono::milliseconds(5000)) ? 1 : 0;
     ::close(fd);
   }
-  EXPECT_EQ(closed, 200) << "idle connections outlived the 1 s handshake timeout";
+  EXPECT_EQ(closed, 200) << "idle connections outlived the 3 s handshake timeout";
   coordinator.requestStop(false);
+}
+
+// A re-plan's search runs beside the monitor. A growth re-plan (a checkpoint
+// committed while an idle spare lives) takes 3 s (a sleep before the
+// search stands for a search that takes its whole replan_budget); rank 0
+// falls silent as the search begins, and is named after the 1 s heartbeat
+// timeout, not after the search (the monitor used to wait for the search,
+// blind to heartbeats and deadlines).
+TEST(Coordinator, TheMonitorKeepsWatchingDuringAReplanSearch) {
+  TempDir dir;
+  const std::string yaml =
+      "name: dist-tiny\n" + testing::tinyModelAndTraining(50) +
+      "parallelism: {pipeline_stages: 2, data_parallel: 2}\n"
+      "topology:\n"
+      "  name: five\n"
+      "  sites: [{name: local, devices: 5, intra: {latency_ms: 0, bandwidth_gbps: 100}}]\n"
+      "transport: {emulate_links: false}\n"
+      "checkpoint: {dir: " +
+      dir.file("ckpt") +
+      ", every_steps: 2}\n"
+      "fault_tolerance: {heartbeat_timeout: 1, replan: true, replan_budget: 3}\n";
+  CoordinatorOptions opt = tlsCoordinatorOptions(dir, yaml);
+  opt.before_replan_search = [] { std::this_thread::sleep_for(std::chrono::seconds(3)); };
+  using Clock = std::chrono::steady_clock;
+  std::mutex mu;
+  std::vector<std::pair<Clock::time_point, std::string>> events;
+  opt.on_event = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(mu);
+    events.emplace_back(Clock::now(), line);
+  };
+  // The time of the first event containing `part` (up to `wait`).
+  auto when = [&](const std::string& part, std::chrono::milliseconds wait) {
+    const auto until = Clock::now() + wait;
+    while (Clock::now() < until) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        for (const auto& [t, line] : events)
+          if (line.find(part) != std::string::npos) return std::optional<Clock::time_point>(t);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return std::optional<Clock::time_point>();
+  };
+  Coordinator coordinator(opt);
+  auto stub = pb::Coordinator::NewStub(grpc::CreateChannel(
+      coordinator.listeningAddress(), transport::channelCredentials(tlsSecurity().link)));
+  const std::vector<pb::Assignment> assigned = registerWorkers(*stub, kFourHosts);
+  ASSERT_EQ(sortedRanks(assigned), (std::vector<int>{0, 1, 2, 3}));
+  const int64_t generation = assigned[0].generation();
+  // Every rank heartbeats (rank 0 until `rank0_alive` is cleared); an idle
+  // spare calls again whenever its call returns.
+  std::atomic<bool> stop{false}, rank0_alive{true};
+  std::thread heartbeats([&] {
+    while (!stop) {
+      for (int r = rank0_alive ? 0 : 1; r < 4; ++r) {
+        grpc::ClientContext ctx;
+        pb::Heartbeat hb;
+        hb.set_rank(r);
+        hb.set_step(-1);
+        hb.set_generation(generation);
+        pb::Directive d;
+        stub->SendHeartbeat(&ctx, hb, &d);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  std::thread spare([&] {
+    uint64_t ticket = 0;
+    while (!stop) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      pb::RegisterRequest req;
+      req.set_protocol_version(pb::COORDINATOR_PROTOCOL_CURRENT);
+      req.set_device("any");
+      req.set_join_token(kToken);
+      req.set_hostname("spare");
+      req.set_pid(2000);
+      req.set_spare_ticket(ticket);
+      pb::Assignment a;
+      if (!stub->Register(&ctx, req, &a).ok() || !a.spare()) break;
+      ticket = a.spare_ticket();
+    }
+  });
+  ASSERT_TRUE(when("spare joined", std::chrono::milliseconds(5000)));
+  // Every tasklet's checkpoint files for step 2: the commit prices a re-plan
+  // with the spare.
+  const std::string step_dir = runtime::stepDirectory(dir.file("ckpt"), 2);
+  std::filesystem::create_directories(step_dir);
+  for (int r = 0; r < 4; ++r) {
+    const std::string name = "tasklet-" + std::to_string(r) + ".bin";
+    std::ofstream(step_dir + "/" + name) << "weights of rank " << r;
+    grpc::ClientContext ctx;
+    pb::CheckpointReport req;
+    req.set_rank(r);
+    req.set_next_step(2);
+    req.add_files(name);
+    req.set_generation(generation);
+    pb::Directive d;
+    ASSERT_TRUE(stub->ReportCheckpoint(&ctx, req, &d).ok());
+  }
+  const auto committed = when("checkpoint committed", std::chrono::milliseconds(5000));
+  rank0_alive = false;
+  ASSERT_TRUE(committed);
+  const auto named = when("no heartbeat", std::chrono::milliseconds(10000));
+  stop = true;
+  coordinator.requestStop(false);
+  heartbeats.join();
+  spare.join();
+  std::string all;
+  for (const auto& [t, line] : events) all += line + "\n";
+  ASSERT_TRUE(named) << "rank 0 was never named; events:\n" << all;
+  const double seconds = std::chrono::duration<double>(*named - *committed).count();
+  EXPECT_LT(seconds, 2.5) << "rank 0 (silent from the commit, heartbeat_timeout 1 s) was named "
+                          << seconds << " s after the commit: the monitor waited for the search";
 }
 
 // Registers the four workers `pids` (previous ranks when given) with the

@@ -292,9 +292,10 @@ struct ConnectionGate::Shared {
           if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
             const auto now = Clock::now();
             if (!starved_logged || now - last_starved_log >= kRefusalLogWindow) {
-              spdlog::warn("{}: cannot accept a connection: {} (raise the file-descriptor "
-                           "limit, ulimit -n)",
-                           what, std::strerror(errno));
+              spdlog::warn(
+                  "{}: cannot accept a connection: {} (raise the file-descriptor "
+                  "limit, ulimit -n)",
+                  what, std::strerror(errno));
               last_starved_log = now;
               starved_logged = true;
             }
@@ -355,8 +356,8 @@ ConnectionGate::ConnectionGate(const std::string& address, ConnectionLimits limi
   shared_->what = std::move(what);
   shared_->limits = limits;
   const auto colon = address.rfind(':');
-  GEOPIPE_CHECK(colon != std::string::npos, IoError, shared_->what, " cannot listen on '",
-                address, "': expected host:port");
+  GEOPIPE_CHECK(colon != std::string::npos, IoError, shared_->what, " cannot listen on '", address,
+                "': expected host:port");
   const std::string host = stripBrackets(address.substr(0, colon));
   const std::string port_text = address.substr(colon + 1);
   int port = 0;
@@ -431,7 +432,9 @@ ConnectionGate::~ConnectionGate() {
   ::close(shared_->wake);
 }
 
-int ConnectionGate::port() const { return shared_->port; }
+int ConnectionGate::port() const {
+  return shared_->port;
+}
 
 void ConnectionGate::serve(grpc::ServerBuilder& builder,
                            std::shared_ptr<grpc::ServerCredentials> credentials) {
@@ -475,7 +478,9 @@ void ConnectionGate::stop() {
   shared_->listeners.clear();
 }
 
-void ConnectionGate::setUp(const std::string& peer) { shared_->setUp(peer); }
+void ConnectionGate::setUp(const std::string& peer) {
+  shared_->setUp(peer);
+}
 
 ConnectionGateStats ConnectionGate::stats() const {
   std::lock_guard<std::mutex> lock(shared_->mu);

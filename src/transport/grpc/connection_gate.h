@@ -40,10 +40,10 @@ struct ConnectionLimits {
 };
 
 struct ConnectionGateStats {
-  uint64_t admitted = 0;  // handed to the server
-  uint64_t refused_total = 0;  // closed at once: max_pending were in set-up
+  uint64_t admitted = 0;             // handed to the server
+  uint64_t refused_total = 0;        // closed at once: max_pending were in set-up
   uint64_t refused_per_address = 0;  // closed at once: the address had its limit
-  int pending = 0;  // in set-up now (as of the last count)
+  int pending = 0;                   // in set-up now (as of the last count)
 };
 
 class ConnectionGate {
