@@ -207,6 +207,12 @@ TEST(ConnectionGate, ListensOnEveryAddressForAWildcardHost) {
   Clients clients;
   ASSERT_GE(clients.open("127.0.0.2", gate.port()), 0);
   EXPECT_TRUE(sink.waitFor(1));
+  // A host name: every address it resolves to, on one port.
+  ConnectionGate named("localhost:0", {}, "test server");
+  Sink named_sink;
+  named.start(named_sink.handoff());
+  ASSERT_GE(clients.open("127.0.0.1", named.port()), 0);
+  EXPECT_TRUE(named_sink.waitFor(1));
 }
 
 TEST(ConnectionGate, KeysGrpcPeerStringsLikeAcceptedAddresses) {

@@ -370,32 +370,17 @@ ConnectionGate::ConnectionGate(const std::string& address, ConnectionLimits limi
                   port_text, "' is not a number in [0, 65535]");
   }
 
-  int first_errno = 0;
-  auto add = [&](sockaddr_storage a, socklen_t length, bool dual_stack) {
-    if (a.ss_family == AF_INET) reinterpret_cast<sockaddr_in&>(a).sin_port = htons(port);
-    if (a.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6&>(a).sin6_port = htons(port);
-    const int fd = listenOn(reinterpret_cast<const sockaddr*>(&a), length, dual_stack);
-    if (fd < 0) {
-      if (first_errno == 0) first_errno = errno;
-      return;
-    }
-    shared_->listeners.push_back(fd);
-    // The other addresses of the host share the first one's port.
-    if (port == 0) port = boundPort(fd);
-  };
+  // The addresses to listen on: a wildcard host's dual-stack [::] (or
+  // 0.0.0.0 without IPv6), else every address the host resolves to.
+  std::vector<std::pair<sockaddr_storage, socklen_t>> addresses;
+  bool dual_stack = false;
   if (isWildcard(host)) {
     sockaddr_storage a{};
     auto& v6 = reinterpret_cast<sockaddr_in6&>(a);
     v6.sin6_family = AF_INET6;
     v6.sin6_addr = in6addr_any;
-    add(a, sizeof(sockaddr_in6), true);
-    if (shared_->listeners.empty()) {
-      sockaddr_storage b{};
-      auto& v4 = reinterpret_cast<sockaddr_in&>(b);
-      v4.sin_family = AF_INET;
-      v4.sin_addr.s_addr = htonl(INADDR_ANY);
-      add(b, sizeof(sockaddr_in), false);
-    }
+    addresses.emplace_back(a, static_cast<socklen_t>(sizeof(sockaddr_in6)));
+    dual_stack = true;
   } else {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
@@ -412,12 +397,49 @@ ConnectionGate::ConnectionGate(const std::string& address, ConnectionLimits limi
       const std::string text = hostText(s);
       if (std::find(seen.begin(), seen.end(), text) != seen.end()) continue;
       seen.push_back(text);
-      add(s, a->ai_addrlen, false);
+      addresses.emplace_back(s, a->ai_addrlen);
     }
     ::freeaddrinfo(found);
   }
+  // Every address on one port. An address whose family this machine lacks
+  // is skipped; one whose port is taken fails the gate (a client dialling
+  // it would reach another process), except that with port 0 the search
+  // for a port free on every address starts again.
+  int error = 0;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    int chosen = port;
+    error = 0;
+    for (auto [a, length] : addresses) {
+      if (a.ss_family == AF_INET) reinterpret_cast<sockaddr_in&>(a).sin_port = htons(chosen);
+      if (a.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6&>(a).sin6_port = htons(chosen);
+      int fd = listenOn(reinterpret_cast<const sockaddr*>(&a), length, dual_stack);
+      if (fd < 0 && dual_stack && (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL)) {
+        sockaddr_storage b{};
+        auto& v4 = reinterpret_cast<sockaddr_in&>(b);
+        v4.sin_family = AF_INET;
+        v4.sin_addr.s_addr = htonl(INADDR_ANY);
+        v4.sin_port = htons(chosen);
+        fd = listenOn(reinterpret_cast<const sockaddr*>(&b), sizeof(sockaddr_in), false);
+      }
+      if (fd < 0) {
+        if (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL) continue;
+        error = errno;
+        break;
+      }
+      shared_->listeners.push_back(fd);
+      if (chosen == 0) chosen = boundPort(fd);  // the others share the first one's port
+    }
+    if (error == 0 && !shared_->listeners.empty()) {
+      port = chosen;
+      break;
+    }
+    for (int fd : shared_->listeners) ::close(fd);
+    shared_->listeners.clear();
+    if (error == 0) error = EADDRNOTAVAIL;
+    if (port != 0 || error != EADDRINUSE) break;
+  }
   GEOPIPE_CHECK(!shared_->listeners.empty() && port > 0, IoError, shared_->what,
-                " cannot listen on '", address, "': ", std::strerror(first_errno),
+                " cannot listen on '", address, "': ", std::strerror(error),
                 " (address in use or not local?); choose another address or port");
   shared_->port = port;
   shared_->wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
