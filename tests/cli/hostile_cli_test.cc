@@ -53,12 +53,13 @@ CommandResult runBinary(const TempDir& dir, const std::vector<std::string>& args
 }
 
 // Skips a case that needs an engine verb in geopipe-lite, which has none.
-#define SKIP_WITHOUT_ENGINE(verbs)                                                       \
-  do {                                                                                   \
-    if (kLite) {                                                                         \
-      GTEST_SKIP() << verbs << " need LibTorch: geopipe-lite (the hostile-input build) " \
-                   << "has no engine verbs; the normal build runs this case";            \
-    }                                                                                    \
+#define SKIP_WITHOUT_ENGINE(verbs)                                                     \
+  do {                                                                                 \
+    if (kLite) {                                                                       \
+      GTEST_SKIP() << "needs " << verbs << ", which geopipe-lite (the hostile-input "  \
+                   << "build, no LibTorch) does not have; the normal build runs this " \
+                   << "case against geopipe";                                          \
+    }                                                                                  \
   } while (0)
 
 // A two-device job; `data` and `extra` (more sections) replace or add.
