@@ -19,6 +19,7 @@
 #include "src/cli/bench_common.h"
 #include "src/cli/bench_e2e.h"
 #include "src/cli/commands.h"
+#include "src/cli/option_checks.h"
 #include "src/common/svg_plot.h"
 #include "src/config/job_parser.h"
 #include "src/config/topology_parser.h"
@@ -201,6 +202,28 @@ scheduler::PathEval calibratedEvaluation(const JobSpec& base, const scheduler::A
   model = scheduler::makeCostModel("geopipe", std::make_shared<scheduler::Network>(job.topology),
                                    profile, job, alloc.d_pp, alloc.d_dp);
   return model->evaluateAllocation(alloc);
+}
+
+void addE2eBenchOptions(CLI::App& bench, E2eBenchArgs& args) {
+  auto* e2e = bench.add_subcommand(
+      "e2e",
+      "Training over emulated links: compression x bandwidth, placement, predicted vs "
+      "measured step time; writes a markdown table, JSON and SVG plots");
+  e2e->add_flag("--quick", args.quick, "a smaller grid (about a third of the time)");
+  e2e->add_option("--out", args.out_dir, "output directory")->capture_default_str();
+  e2e->add_option("--quality-steps", args.quality_steps, "steps of each loss run")
+      ->capture_default_str();
+  e2e->add_option("--timed-steps", args.timed_steps, "timed steps per step-time run")
+      ->capture_default_str();
+  e2e->add_option("--mbps", args.mbps, "emulated WAN bandwidths (Mbps), comma-separated")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(finiteNumberIn(0.0, 1e6, /*lo_exclusive=*/true));
+  e2e->add_option("--parts", args.parts, "compression, placement or both (comma-separated)")
+      ->capture_default_str();
+  e2e->add_option("--worldwide", args.worldwide_topology,
+                  "topology whose links the placement runs use")
+      ->capture_default_str();
 }
 
 int runE2eBench(const E2eBenchArgs& args, std::ostream& out) {

@@ -26,6 +26,15 @@ struct Row {
 
 }  // namespace
 
+void addPipelineBenchOptions(CLI::App& bench, PipelineBenchArgs& args) {
+  auto* pipe = bench.add_subcommand(
+      "pipeline", "Tokens/s of the staged engine vs single-process training, same run");
+  pipe->add_option("--job", args.job, "job YAML (default: built-in tiny GPT)");
+  pipe->add_option("--steps", args.steps, "timed steps per run")->capture_default_str();
+  pipe->add_option("--stages", args.stages, "pipeline stages")->capture_default_str();
+  pipe->add_option("--replicas", args.replicas, "data-parallel replicas")->capture_default_str();
+}
+
 int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out) {
   JobSpec job = args.job.empty() ? config::parseJobString(benchTinyJobYaml("bench-pipeline-tiny"),
                                                           "<bench pipeline>", "")

@@ -30,6 +30,12 @@ enum class ExitCode : int {
 // pluginModelCost): throws ConfigError naming the field and the fix.
 using ModelCheck = std::function<void(const JobSpec&)>;
 
+// The cost of a parsed job's model as the binary prices it: `geopipe`
+// builds model.plugin's model (pluginModelCost); geopipe-lite, which has
+// no LibTorch, refuses a job with a plugin (command_line.h). Empty: priced
+// as a GPT of its shape.
+using ModelPricing = std::function<ModelCost(const JobSpec&)>;
+
 // `geopipe validate JOB...`: prints a summary per valid job and every
 // problem of each invalid one. Returns INVALID_SPEC if any job is invalid.
 // `overrides` (--set path=value) apply to every job file; with `print`, a
@@ -60,7 +66,9 @@ struct PlanArgs {
   std::vector<std::string> overrides;         // --set path=value, applied before checking
 };
 void addPlanOptions(CLI::App& plan, PlanArgs& args);
-int runPlanCommand(const PlanArgs& args, std::ostream& out);
+// The job's model is priced by `price_model` (a plugin's model by the cost
+// its ModelDef gives, as train and launch price it).
+int runPlanCommand(const PlanArgs& args, std::ostream& out, const ModelPricing& price_model);
 
 struct TrainArgs {
   std::string job;                 // job YAML file
@@ -123,20 +131,23 @@ int runReplanBench(const ReplanBenchArgs& args, std::ostream& out);
 // (bench_replan_measured.cc).
 int runReplanMeasured(const ReplanBenchArgs& args, std::ostream& out);
 
-struct BenchArgs {
-  double seconds = 2.0;            // scheduler: search budget per paper scenario
-  double synthetic_seconds = 60.0; // scheduler: budget per synthetic topology
-  bool quick = false;              // scheduler: skip the 1024-device topology
-                                   // (--hard: only 8 to 32 devices)
-  bool hard = false;               // scheduler: the hard-instance table
-  uint64_t seed = 1;               // scheduler: search seed
-  int threads = 1;                 // scheduler: search threads
-  PipelineBenchArgs pipeline;      // pipeline: the staged engine vs one process
-  E2eBenchArgs e2e;                // e2e: emulated-network grid
+struct SchedulerBenchArgs {
+  double seconds = 2.0;             // search budget per paper scenario
+  double synthetic_seconds = 60.0;  // budget per synthetic topology
+  bool quick = false;               // skip the 1024-device topology
+                                    // (--hard: only 8 to 32 devices)
+  bool hard = false;                // the hard-instance table
+  uint64_t seed = 1;                // search seed
+  int threads = 1;                  // search threads
 };
-void addBenchSubcommands(CLI::App& bench, BenchArgs& args);
+// `geopipe bench scheduler` as a subcommand of `bench` (no LibTorch).
+void addSchedulerBenchOptions(CLI::App& bench, SchedulerBenchArgs& args);
+int runSchedulerBenchCommand(const SchedulerBenchArgs& args, std::ostream& out);
+
+// `geopipe bench pipeline` and `geopipe bench e2e` as subcommands of `bench`.
+void addPipelineBenchOptions(CLI::App& bench, PipelineBenchArgs& args);
 int runPipelineBench(const PipelineBenchArgs& args, std::ostream& out);
-int runBenchCommand(const CLI::App& bench, const BenchArgs& args, std::ostream& out);
+void addE2eBenchOptions(CLI::App& bench, E2eBenchArgs& args);
 
 struct CertsArgs {
   std::string dir;                 // where ca.pem, ca-key.pem, token and host files go

@@ -50,6 +50,11 @@ void addTrainOptions(CLI::App& train, TrainArgs& args) {
   addPluginOption(train, args.overrides);
 }
 
+ModelCost pluginModelCost(const JobSpec& job) {
+  if (job.model.plugin.empty()) return {};
+  return modelCost(makeModel(job.model));
+}
+
 int runTrainCommand(const TrainArgs& args, std::ostream& out) {
   JobSpec job = config::loadJobFile(args.job, args.overrides);
   common::applyJobLogLevel(job.logging.level);
