@@ -47,6 +47,8 @@ namespace pb = geopipe::v1;
 
 constexpr uint32_t kProtocol = pb::COORDINATOR_PROTOCOL_CURRENT;
 constexpr auto kPoll = std::chrono::milliseconds(100);
+// A re-plan for growth waits until no idle spare has joined for this long.
+constexpr auto kGrowSettle = std::chrono::seconds(3);
 
 double secondsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -529,6 +531,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                               world_, awaited);
     roster_.add(slot);
     if (slot.spare) {
+      last_spare_joined_ = slot.last_seen;
       eventLocked(detail::concat("spare joined: ", req->hostname(), " pid ", req->pid(),
                                  ", device ", req->device().empty() ? "any" : req->device(),
                                  " (idle; ", roster_.idleSpares(), " spare(s))"));
@@ -1268,7 +1271,11 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       // spare is promoted in its stead).
       eventsLocked(roster_.dropSilentSpares(now, heartbeat_timeout_));
       if (search_ && search_->done.load()) applySearchLocked();
-      if (grow_due_ && replan_ && !search_) {
+      // Workers of a site tend to join together: a re-plan for growth waits
+      // until no spare has joined for kGrowSettle, so that it prices them
+      // all (a plan committed for the first would be kept, within the
+      // margin, when the rest arrive).
+      if (grow_due_ && replan_ && !search_ && now - last_spare_joined_ >= kGrowSettle) {
         grow_due_ = false;
         if (growPossibleLocked()) startSearchLocked(/*growing=*/true);
       }
@@ -1419,6 +1426,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::thread search_thread_;
   // This wait for workers (regroup_since_) has started its search.
   bool regroup_searched_ = false;
+  // When the newest idle spare joined (the growth re-plan's settle).
+  Clock::time_point last_spare_joined_{};
 };
 
 Coordinator::Coordinator(CoordinatorOptions options)

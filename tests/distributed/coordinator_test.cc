@@ -730,6 +730,9 @@ TEST(Coordinator, TheMonitorKeepsWatchingDuringAReplanSearch) {
     }
   });
   ASSERT_TRUE(when("spare joined", std::chrono::milliseconds(5000)));
+  // Past the growth re-plan's settle (3 s after the last spare joined), so
+  // the search starts at the commit.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3300));
   // Every tasklet's checkpoint files for step 2: the commit prices a re-plan
   // with the spare.
   const std::string step_dir = runtime::stepDirectory(dir.file("ckpt"), 2);
