@@ -267,6 +267,11 @@ struct LoggingSpec {
   // Written by the process that shows the progress line (train, launch,
   // coordinator).
   std::string tensorboard_dir;
+  // Chrome-trace timeline directory (created if needed); empty disables.
+  // Every tasklet writes trace-stage<S>-replica<R>.json there: the in-process
+  // Trainer's threads, and under launch / coordinator each worker process
+  // on its own host.
+  std::string trace_dir;
   // Prometheus text endpoint (GET /metrics) of the process that shows the
   // progress line (train, launch, coordinator); 0 disables, else 1..65535.
   int metrics_port = 0;

@@ -58,6 +58,10 @@ BenchJob loadBenchJob(const std::string& job_file, const std::string& builtin, i
                 "logging.tensorboard_dir is set in '", job_file,
                 "' but geopipe bench does not write TensorBoard files (train, launch and "
                 "coordinator do): remove it from the job for the benchmark");
+  GEOPIPE_CHECK(!job.root["logging"] || !job.root["logging"]["trace_dir"], ConfigError,
+                "logging.trace_dir is set in '", job_file,
+                "' but geopipe bench writes no timeline traces (train, launch and worker do): "
+                "remove it from the job for the benchmark");
   GEOPIPE_CHECK(!job.root["logging"] || !job.root["logging"]["metrics_port"], ConfigError,
                 "logging.metrics_port is set in '", job_file,
                 "' but geopipe bench serves no metrics endpoint (train, launch and coordinator "

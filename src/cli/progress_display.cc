@@ -56,6 +56,11 @@ void refuseTensorBoardDir(const JobSpec& job, const std::string& verb) {
                 " does not write TensorBoard files (train, launch and coordinator do): remove it "
                 "from the job for ",
                 verb);
+  GEOPIPE_CHECK(job.logging.trace_dir.empty(), ConfigError, "logging.trace_dir is set ('",
+                common::printable(job.logging.trace_dir), "') but ", verb,
+                " writes no timeline traces (train, launch and worker do): remove it from the "
+                "job for ",
+                verb);
   GEOPIPE_CHECK(job.logging.metrics_port == 0, ConfigError, "logging.metrics_port is set (",
                 job.logging.metrics_port, ") but ", verb,
                 " serves no metrics endpoint (train, launch and coordinator do): remove it from "

@@ -106,8 +106,9 @@ std::string progressLine(const StepMetrics& m, int steps, double elapsed_seconds
 nlohmann::json metricsRecord(const StepMetrics& m, std::chrono::system_clock::time_point now);
 
 // For a verb that takes a job but shows no progress (the benchmarks):
-// ConfigError naming logging.tensorboard_dir or logging.metrics_port when
-// the job sets it, so the field is never silently ignored.
+// ConfigError naming logging.tensorboard_dir, logging.trace_dir or
+// logging.metrics_port when the job sets it, so the field is never silently
+// ignored.
 void refuseTensorBoardDir(const JobSpec& job, const std::string& verb);
 
 // Where the final weights are (the newest committed checkpoint of

@@ -650,22 +650,26 @@ class JobReader {
       r.getString("metrics_file", l.metrics_file);
       r.getInt("every_steps", l.every_steps, 1, kBig);
       l.metrics_file = resolvePath(base_dir_, l.metrics_file);
-      r.getString("tensorboard_dir", l.tensorboard_dir);
-      l.tensorboard_dir = resolvePath(base_dir_, l.tensorboard_dir);
-      // A missing directory is created when the run starts; a file in its
-      // place (or under a file) can never become one.
-      std::error_code ec;
-      for (fs::path p = l.tensorboard_dir; !p.empty(); p = p.parent_path()) {
-        if (fs::exists(p, ec)) {
-          if (!fs::is_directory(p, ec)) {
-            r.error("tensorboard_dir", r.child("tensorboard_dir"),
-                    "'" + p.string() + "' is a file, not a directory: name a directory for " +
-                        "the TensorBoard event files (created if missing)");
+      // Output directories: a missing one is created when the run starts; a
+      // file in its place (or under a file) can never become one.
+      auto readDirectory = [&](const char* key, std::string& dir, const std::string& what) {
+        r.getString(key, dir);
+        dir = resolvePath(base_dir_, dir);
+        std::error_code ec;
+        for (fs::path p = dir; !p.empty(); p = p.parent_path()) {
+          if (fs::exists(p, ec)) {
+            if (!fs::is_directory(p, ec)) {
+              r.error(key, r.child(key),
+                      "'" + p.string() + "' is a file, not a directory: name a directory for " +
+                          what + " (created if missing)");
+            }
+            break;
           }
-          break;
+          if (p == p.parent_path()) break;
         }
-        if (p == p.parent_path()) break;
-      }
+      };
+      readDirectory("tensorboard_dir", l.tensorboard_dir, "the TensorBoard event files");
+      readDirectory("trace_dir", l.trace_dir, "the timeline traces");
       // The live endpoint (docs/cli.md, "Live metrics endpoint"): 0 is off.
       r.getInt("metrics_port", l.metrics_port, 0, 65535);
       r.getString("metrics_host", l.metrics_host);
@@ -1254,6 +1258,8 @@ std::vector<std::string> knownFieldPaths() {
   jobs[1].scheduler.grad_payload_gb = jobs[1].scheduler.act_payload_gb = 1.0;
   jobs[1].checkpoint.dir = "c";
   jobs[1].logging.metrics_file = "m";
+  jobs[1].logging.tensorboard_dir = "b";
+  jobs[1].logging.trace_dir = "t";
   jobs[1].security = {true, "a", "b", "c", "d", false, false};
   jobs[0].model.from = "f";
   jobs[2].model.kind = "custom";  // the shape fields and name

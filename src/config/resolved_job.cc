@@ -311,6 +311,7 @@ std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
   textIfSet(out, "metrics_file", job.logging.metrics_file);
   field(out, "every_steps", job.logging.every_steps);
   textIfSet(out, "tensorboard_dir", job.logging.tensorboard_dir);
+  textIfSet(out, "trace_dir", job.logging.trace_dir);
   if (job.logging.metrics_port != 0) {
     field(out, "metrics_port", job.logging.metrics_port);
     field(out, "metrics_host", job.logging.metrics_host);

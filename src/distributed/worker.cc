@@ -618,9 +618,13 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     const data::Sampler sampler(dataset.numSamples(), job.training.global_batch, a.replicas(),
                                 job.training.micro_batch, job.training.seed,
                                 data::sampleOrderFor(job));
+    // logging.trace_dir: this worker's timeline, on this host.
+    auto trace = runtime::openTrace(job, rank, a.generation());
+    if (trace)
+      event(detail::concat("tasklet rank ", rank, " writes its timeline to ", trace->path()));
     runtime::Tasklet tasklet(model, job, placement, rank, *net, dataset, sampler,
                              std::chrono::milliseconds(int64_t{opt.timeout_seconds} * 1000),
-                             job_data.val ? &*job_data.val : nullptr);
+                             job_data.val ? &*job_data.val : nullptr, trace);
     if (!a.resume_dir().empty()) {
       // The coordinator verified the checkpoint; its manifest says the
       // shape and the layers of each stage that wrote it.

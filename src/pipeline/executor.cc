@@ -32,24 +32,39 @@ StageExecutor::StageExecutor(transport::Transport& transport, ExecutorOptions op
 }
 
 StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
+  using common::TraceLane;
   StepTiming timing;
+  common::TraceWriter* const trace = options_.trace;
   const auto t_step = transport::Clock::now();
   // Post every receive of the step up front: the transport fills them while
   // this thread computes, so communication overlaps compute.
-  std::map<std::pair<int, int>, std::shared_ptr<transport::RecvWork>> recvs;
+  struct Posted {
+    std::shared_ptr<transport::RecvWork> work;
+    transport::Clock::time_point at;  // when it was posted (the trace's start)
+  };
+  std::map<std::pair<int, int>, Posted> recvs;
   for (const Action& a : actions_) {
-    if (a.type == ActionType::RECV_ACTIVATION) {
-      recvs[{0, a.micro_batch}] = transport_.recv(
-          options_.prev_rank, Tag{Channel::ACTIVATION, step, a.micro_batch, 0});
-    } else if (a.type == ActionType::RECV_GRADIENT) {
-      recvs[{1, a.micro_batch}] = transport_.recv(
-          options_.next_rank, Tag{Channel::ACTIVATION_GRAD, step, a.micro_batch, 0});
-    }
+    if (a.type != ActionType::RECV_ACTIVATION && a.type != ActionType::RECV_GRADIENT) continue;
+    const bool activation = a.type == ActionType::RECV_ACTIVATION;
+    const Tag tag{activation ? Channel::ACTIVATION : Channel::ACTIVATION_GRAD, step, a.micro_batch,
+                  0};
+    const auto at = transport::Clock::now();
+    recvs[{activation ? 0 : 1, a.micro_batch}] = {
+        transport_.recv(activation ? options_.prev_rank : options_.next_rank, tag), at};
   }
-  std::vector<std::shared_ptr<transport::Work>> sends;
+  // Sends in flight; waited for at the end of the step.
+  struct Sent {
+    std::shared_ptr<transport::Work> work;
+    transport::Clock::time_point at;
+    const char* what;  // the trace's name
+    int micro_batch;
+    int peer;
+    size_t bytes;
+  };
+  std::vector<Sent> sends;
   transport::Bytes pending_input, pending_grad, output, grad_out;
   auto waitFor = [&](int kind, int m) {
-    auto& work = recvs.at({kind, m});
+    const Posted& posted = recvs.at({kind, m});
     const auto t0 = transport::Clock::now();
     const std::string what = std::string("stage ") + std::to_string(options_.stage) +
                              " step " + std::to_string(step) + " micro-batch " +
@@ -58,12 +73,29 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
                              std::to_string(kind == 0 ? options_.stage - 1 : options_.stage + 1);
     // Keep the failure's type (timeout vs. a peer's garbage) and add where.
     try {
-      work->wait(options_.timeout);
+      posted.work->wait(options_.timeout);
     } catch (const Error& e) {
       rethrowWithContext(e, what + ": ");
     }
-    timing.wait_recv_s += secondsSince(t0);
-    return work->takePayload();
+    const auto t1 = transport::Clock::now();
+    timing.wait_recv_s += std::chrono::duration<double>(t1 - t0).count();
+    transport::Bytes payload = posted.work->takePayload();
+    if (trace) {
+      const common::TraceArgs args{step, m, kind == 0 ? options_.prev_rank : options_.next_rank,
+                                   static_cast<int64_t>(payload.size())};
+      trace->span(TraceLane::COMPUTE, kind == 0 ? "wait for activation" : "wait for gradient", t0,
+                  t1, args);
+      trace->span(TraceLane::RECV, kind == 0 ? "recv activation" : "recv gradient", posted.at,
+                  posted.work->finishedAt(), args);
+    }
+    return payload;
+  };
+  auto post = [&](const char* what, int peer, Channel channel, int m, transport::Bytes& payload) {
+    const auto at = transport::Clock::now();
+    const size_t bytes = payload.size();
+    sends.push_back({transport_.send(peer, Tag{channel, step, m, 0}, std::move(payload)), at, what,
+                     m, peer, bytes});
+    payload.clear();
   };
   for (const Action& a : actions_) {
     const int m = a.micro_batch;
@@ -77,34 +109,42 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
       case ActionType::FORWARD: {
         const auto t0 = transport::Clock::now();
         output = compute.forward(step, m, std::move(pending_input));
-        timing.compute_s += secondsSince(t0);
+        const auto t1 = transport::Clock::now();
+        timing.compute_s += std::chrono::duration<double>(t1 - t0).count();
+        if (trace) trace->span(TraceLane::COMPUTE, "forward", t0, t1, {step, m});
         pending_input.clear();
         break;
       }
       case ActionType::BACKWARD: {
         const auto t0 = transport::Clock::now();
         grad_out = compute.backward(step, m, std::move(pending_grad));
-        timing.compute_s += secondsSince(t0);
+        const auto t1 = transport::Clock::now();
+        timing.compute_s += std::chrono::duration<double>(t1 - t0).count();
+        if (trace) trace->span(TraceLane::COMPUTE, "backward", t0, t1, {step, m});
         pending_grad.clear();
         break;
       }
       case ActionType::SEND_ACTIVATION:
-        sends.push_back(transport_.send(options_.next_rank,
-                                        Tag{Channel::ACTIVATION, step, m, 0}, std::move(output)));
-        output.clear();
+        post("send activation", options_.next_rank, Channel::ACTIVATION, m, output);
         break;
       case ActionType::SEND_GRADIENT:
-        sends.push_back(transport_.send(options_.prev_rank,
-                                        Tag{Channel::ACTIVATION_GRAD, step, m, 0},
-                                        std::move(grad_out)));
-        grad_out.clear();
+        post("send gradient", options_.prev_rank, Channel::ACTIVATION_GRAD, m, grad_out);
         break;
     }
   }
   const auto t_send = transport::Clock::now();
-  for (auto& s : sends) s->wait(options_.timeout);
-  timing.wait_send_s = secondsSince(t_send);
+  for (auto& s : sends) s.work->wait(options_.timeout);
+  const auto t_end = transport::Clock::now();
+  timing.wait_send_s = std::chrono::duration<double>(t_end - t_send).count();
   timing.total_s = secondsSince(t_step);
+  if (trace) {
+    // In post order, so the writer packs them into the fewest send rows.
+    for (const Sent& s : sends) {
+      trace->span(TraceLane::SEND, s.what, s.at, s.work->finishedAt(),
+                  {step, s.micro_batch, s.peer, static_cast<int64_t>(s.bytes)});
+    }
+    if (!sends.empty()) trace->span(TraceLane::COMPUTE, "wait for sends", t_send, t_end, {step});
+  }
   return timing;
 }
 

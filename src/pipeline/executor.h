@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "src/common/trace_writer.h"
 #include "src/pipeline/schedule.h"
 #include "src/transport/transport.h"
 
@@ -35,6 +36,10 @@ struct ExecutorOptions {
   ScheduleKind schedule = ScheduleKind::ONE_F_ONE_B;
   // Longest wait for one message before the step fails with TimeoutError.
   std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+  // The timeline (logging.trace_dir), or null: each forward and backward,
+  // each wait of this thread, and each send and receive from its post to
+  // its completion (Work::finishedAt). Not owned; outlives the executor.
+  common::TraceWriter* trace = nullptr;
 };
 
 // Time one step spent, for the "outside compute" share of the critical path.

@@ -151,7 +151,7 @@ void recordStep(TrainResult& result, const StepMetrics& m) {
 Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,
                  transport::Transport& transport, const data::TokenDataset& dataset,
                  const data::Sampler& sampler, std::chrono::milliseconds timeout,
-                 const data::TokenDataset* val)
+                 const data::TokenDataset* val, std::shared_ptr<common::TraceWriter> trace)
     : model_(model),
       job_(job),
       sampler_(sampler),
@@ -161,7 +161,8 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
       layers_of_stage_(placement.layers_of_stage),
       micro_batches_(sampler.microBatchesPerReplica()),
       transport_(transport),
-      timeout_(timeout) {
+      timeout_(timeout),
+      trace_(std::move(trace)) {
   const int replicas = job.parallelism.data_parallel;
   stage_ = rank % stages_;
   replica_ = rank / stages_;
@@ -176,6 +177,7 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   so.seed = job.training.seed;
   so.device = taskletDevice(job.training.device, rank);
   so.dtype = job.model.dtype;
+  so.trace = trace_.get();
   checkComputeDtype(job);
   if (stage_ == stages_ - 1 && (dataset.padded() || (val && val->padded()))) {
     checkLossIgnoresPadding(model);
@@ -191,6 +193,7 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   eo.next_rank = stage_ < stages_ - 1 ? rank + 1 : -1;
   eo.schedule = pipeline::scheduleKindFromName(job.parallelism.schedule);
   eo.timeout = timeout;
+  eo.trace = trace_.get();
   executor_ = std::make_unique<pipeline::StageExecutor>(transport, eo, micro_batches_);
 
   for (int r = 0; r < replicas; ++r) dp_group_.push_back(r * stages_ + stage_);
@@ -248,6 +251,10 @@ void Tasklet::sumTiedGradients(int64_t step) {
 }
 
 TaskletStep Tasklet::runStep(int64_t step) {
+  using common::TraceLane;
+  using common::TraceSpan;
+  common::TraceWriter* const trace = trace_.get();
+  step_ = step;
   const auto t0 = Clock::now();
   optimizer_->zero_grad();
   pipeline::StepTiming timing = executor_->runStep(step, *compute_);
@@ -259,6 +266,7 @@ TaskletStep Tasklet::runStep(int64_t step) {
     // stages, then each stage's replicas, so every tasklet sees the same).
     // Under DiLoCo the replicas step alone: the flag stays in the replica.
     const bool sent_inf = compute_->takeFoundInf();
+    TraceSpan span(trace, TraceLane::SYNC, "fp16 overflow check", {step});
     double flag = unscaleAndCheck(params_, scaler_->scale()) || sent_inf ? 1.0 : 0.0;
     flag = allReduceScalarSum(transport_, pp_group_, flag, step, 1, timeout_);
     if (!outer_) flag = allReduceScalarSum(transport_, dp_group_, flag, step, 2, timeout_);
@@ -271,22 +279,37 @@ TaskletStep Tasklet::runStep(int64_t step) {
   // An fp16 step skipped for a non-finite gradient reports infinity.
   double local_sq = std::numeric_limits<double>::infinity();
   if (apply) {
-    if (!outer_) sync_->average(params_, step);
-    sumTiedGradients(step);
+    if (!outer_) {
+      TraceSpan span(trace, TraceLane::SYNC, "data-parallel exchange", {step});
+      const uint64_t wire = sync_->wireBytes();
+      sync_->average(params_, step);
+      span.args().bytes = static_cast<int64_t>(sync_->wireBytes() - wire);
+    }
+    if (!tied_.empty()) {
+      TraceSpan span(trace, TraceLane::SYNC, "tied-weight all-reduce", {step});
+      sumTiedGradients(step);
+    }
     local_sq = squaredGradNorm(params_);
     for (const TiedCopy& c : tied_) {
       if (c.is_user) local_sq -= squaredGradNorm({c.param});
   }
   if (job_.training.grad_clip > 0) {
+    TraceSpan span(trace, TraceLane::SYNC, "grad-norm all-reduce", {step});
     const double sq = allReduceScalarSum(transport_, pp_group_, local_sq, step, 0, timeout_);
     clipTo(params_, sq, job_.training.grad_clip);
   }
   }
   const double lr = learningRateAt(job_.training, step);
   setLearningRate(*optimizer_, lr);
-  if (apply) optimizer_->step();
+  if (apply) {
+    TraceSpan span(trace, TraceLane::COMPUTE, "optimizer step", {step});
+    optimizer_->step();
+  }
   // DiLoCo: every replica takes part in a round's end, skipped step or not.
-  if (outer_) outer_->afterStep(step, job_.training.steps);
+  if (outer_) {
+    TraceSpan span(trace, TraceLane::SYNC, "outer sync (DiLoCo)", {step});
+    outer_->afterStep(step, job_.training.steps);
+  }
 
   TaskletStep out;
   StepMetrics& part = out.part;
@@ -328,7 +351,40 @@ TaskletStep Tasklet::runStep(int64_t step) {
     out.has_loss = true;
     out.loss = compute_->takeLossSum() / micro_batches_;
   }
+  if (trace) {
+    trace->span(TraceLane::COMPUTE, "step", t0, Clock::now(), {step});
+    trace->flush();  // the file holds every finished step, even after a crash
+  }
   return out;
+}
+
+std::shared_ptr<common::TraceWriter> openTrace(const JobSpec& job, int rank, int generation) {
+  const std::string& dir = job.logging.trace_dir;
+  if (dir.empty()) return nullptr;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    GEOPIPE_THROW(IoError, "logging.trace_dir: cannot create the directory '", dir,
+                  "': ", ec.message());
+  }
+  const int stages = job.parallelism.pipeline_stages;
+  const int stage = rank % stages, replica = rank / stages;
+  std::string name = "trace-stage" + std::to_string(stage) + "-replica" + std::to_string(replica);
+  std::string process = "rank " + std::to_string(rank) + ": stage " + std::to_string(stage) +
+                        ", replica " + std::to_string(replica);
+  if (generation > 1) {
+    name += "-gen" + std::to_string(generation);
+    process += ", generation " + std::to_string(generation);
+  }
+  common::TraceWriterOptions o;
+  o.path = (fs::path(dir) / (name + ".json")).string();
+  o.pid = rank;
+  o.process_name = process;
+  try {
+    return std::make_shared<common::TraceWriter>(o);
+  } catch (const IoError& e) {
+    rethrowWithContext(e, "logging.trace_dir: ");
+  }
 }
 
 bool evaluationDue(const JobSpec& job, int64_t step, int64_t steps) {
@@ -339,6 +395,7 @@ bool evaluationDue(const JobSpec& job, int64_t step, int64_t steps) {
 
 void Tasklet::evaluate(int64_t step, StepMetrics& into) {
   if (!val_) return;
+  common::TraceSpan span(trace_.get(), common::TraceLane::COMPUTE, "evaluate", {step});
   const int replicas = job_.parallelism.data_parallel;
   const int mb = job_.training.micro_batch;
   std::vector<int64_t> mine;
@@ -378,6 +435,7 @@ std::string Tasklet::fileName(const std::string& suffix) const {
 }
 
 std::vector<std::string> Tasklet::saveCheckpoint(const std::string& step_dir) const {
+  common::TraceSpan span(trace_.get(), common::TraceLane::CHECKPOINT, "save checkpoint", {step_});
   std::error_code ec;
   fs::create_directories(step_dir, ec);
   if (ec) GEOPIPE_THROW(IoError, "cannot create checkpoint directory '", step_dir, "': ", ec.message());
@@ -438,6 +496,8 @@ uint64_t Tasklet::acsgdBufferBytes() const {
 }
 
 void Tasklet::loadCheckpoint(const SavedLayout& given, int64_t next_step) {
+  common::TraceSpan span(trace_.get(), common::TraceLane::CHECKPOINT, "load checkpoint",
+                         {next_step});
   SavedLayout saved = given;
   if (saved.stages <= 0) saved.stages = stages_;
   if (saved.replicas <= 0) saved.replicas = job_.parallelism.data_parallel;

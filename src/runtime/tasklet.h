@@ -71,11 +71,13 @@ void recordStep(TrainResult& result, const StepMetrics& step);
 // sampler must outlive it. Ranks: rank = replica * stages + stage.
 class Tasklet {
  public:
-  // `val`: the validation set (may be null: no evaluation).
+  // `val`: the validation set (may be null: no evaluation). `trace`: this
+  // tasklet's timeline (openTrace; null: none), flushed after every step.
   Tasklet(const ModelDef& model, const JobSpec& job, const Placement& placement, int rank,
           transport::Transport& transport, const data::TokenDataset& dataset,
           const data::Sampler& sampler, std::chrono::milliseconds timeout,
-          const data::TokenDataset* val = nullptr);
+          const data::TokenDataset* val = nullptr,
+          std::shared_ptr<common::TraceWriter> trace = nullptr);
 
   // Forward and backward of every micro-batch, gradient exchange with the
   // other replicas, global-norm clipping across the stages, optimizer step.
@@ -160,7 +162,16 @@ class Tasklet {
   uint64_t act_raw_ = 0, act_wire_ = 0, grad_raw_ = 0, grad_wire_ = 0, dp_raw_ = 0, dp_wire_ = 0;
   uint64_t sent_ = 0, received_ = 0;  // transport byte counters at the previous step
   std::vector<uint64_t> sent_to_;     // and the bytes sent to each peer rank
+  std::shared_ptr<common::TraceWriter> trace_;  // null: no timeline
+  int64_t step_ = -1;                           // the step last begun, for the trace
 };
+
+// The timeline of tasklet `rank` when job.logging.trace_dir is set, else
+// null: the directory is created, and the file is
+// trace-stage<S>-replica<R>.json there (a worker's generation > 1 adds
+// -gen<G>, so a regrouped job keeps every generation's timeline). IoError
+// naming the field when the directory or the file cannot be made.
+std::shared_ptr<common::TraceWriter> openTrace(const JobSpec& job, int rank, int generation = 0);
 
 // Optimizer, learning rate and clipping helpers shared with the
 // single-process reference, so both do the same arithmetic.

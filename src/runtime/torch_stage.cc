@@ -179,7 +179,11 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     targets = tgts;
   } else {
     const auto in_shape = model_.output_shape(options_.first_layer - 1, batch, dataset_.seqLen());
-    recv_act_->decode(input, step, m, ids, in_shape, scratch_);
+    {
+      common::TraceSpan span(options_.trace, common::TraceLane::COMPUTE, "decode activation",
+                             {step, m, -1, static_cast<int64_t>(input.size())});
+      recv_act_->decode(input, step, m, ids, in_shape, scratch_);
+    }
     auto in = torch::from_blob(scratch_.data(), in_shape, torch::kFloat32);
     stash.input = options_.device.is_cpu() ? in.clone() : in.to(options_.device);
     stash.input.set_requires_grad(true);
@@ -215,8 +219,11 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
     }
   } else {
     auto detached = out.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+    common::TraceSpan span(options_.trace, common::TraceLane::COMPUTE, "encode activation",
+                           {step, m});
     message = send_act_->encode(step, m, options_.num_micro_batches, ids,
                                 detached.data_ptr<float>(), shapeOf(detached));
+    span.args().bytes = static_cast<int64_t>(message.size());
     stash.output = out;
   }
   stash_[m] = std::move(stash);
@@ -234,7 +241,11 @@ transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad
   } else {
     const auto ids = sampleIds(step, m);
     const auto shape = shapeOf(stash.output);
-    recv_grad_->decode(grad, step, m, ids, shape, scratch_);
+    {
+      common::TraceSpan span(options_.trace, common::TraceLane::COMPUTE, "decode gradient",
+                             {step, m, -1, static_cast<int64_t>(grad.size())});
+      recv_grad_->decode(grad, step, m, ids, shape, scratch_);
+    }
     auto g = torch::from_blob(scratch_.data(), shape, torch::kFloat32);
     stash.output.backward(g.to(options_.device, stash.output.scalar_type()));
   }
@@ -247,8 +258,12 @@ transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad
     found_inf_ = true;
     g_in.zero_();
   }
-  return send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
-                            g_in.data_ptr<float>(), shapeOf(g_in));
+  common::TraceSpan span(options_.trace, common::TraceLane::COMPUTE, "encode gradient", {step, m});
+  transport::Bytes message =
+      send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
+                         g_in.data_ptr<float>(), shapeOf(g_in));
+  span.args().bytes = static_cast<int64_t>(message.size());
+  return message;
 }
 
 }  // namespace geopipe::runtime

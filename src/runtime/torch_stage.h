@@ -28,6 +28,10 @@ struct TorchStageOptions {
   uint64_t seed = 0;     // model init seed
   torch::Device device = torch::kCPU;  // where the layers compute
   std::string dtype = "fp32";          // model.dtype: fp32 | bf16 | fp16 (autocast)
+  // The timeline (logging.trace_dir), or null: the boundary codecs' encode
+  // and decode, nested in the executor's forward and backward spans. Not
+  // owned.
+  common::TraceWriter* trace = nullptr;
 };
 
 // The device of tasklet `rank` for job.training.device ("cpu", "cuda" =

@@ -219,13 +219,23 @@ TrainResult Trainer::train() {
   const bool stop_commits = options_.checkpoint_at_stop && !ckpt_dir.empty();
   StopGate gate(world, first_step);
 
+  // logging.trace_dir: every tasklet's timeline, opened before any thread
+  // starts, so a directory that cannot be made fails the run at once.
+  std::vector<std::shared_ptr<common::TraceWriter>> traces(static_cast<size_t>(world));
+  for (int rank = 0; rank < world; ++rank) {
+    traces[static_cast<size_t>(rank)] = runtime::openTrace(job_, rank);
+  }
+  if (!job_.logging.trace_dir.empty()) {
+    spdlog::info("timeline trace: {}/trace-stage*-replica*.json", job_.logging.trace_dir);
+  }
+
   const bool acsgd = job_.compression.activations.method == "acsgd" && stages > 1;
   if (acsgd) result.acsgd_buffer_bytes.assign(static_cast<size_t>(world), 0);
   auto tasklet = [&](int rank) {
     try {
       torch::set_num_threads(threads);
       runtime::Tasklet t(model_, job_, placement, rank, *transports[static_cast<size_t>(rank)],
-                         dataset, sampler, timeout, val);
+                         dataset, sampler, timeout, val, traces[static_cast<size_t>(rank)]);
       if (!resume_from.step_dir.empty()) t.loadCheckpoint(resume_from, first_step);
       for (int64_t step = first_step; step < steps; ++step) {
         runtime::TaskletStep ts = t.runStep(step);

@@ -30,11 +30,14 @@ class Completion {
   // Rethrows the stored failure; returns normally after succeed() or while
   // still pending.
   void rethrowIfFailed() const;
+  // When the first succeed()/fail() ran; Clock::time_point{} before.
+  Clock::time_point finishedAt() const;
 
  private:
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   bool finished_ = false;
+  Clock::time_point finished_at_{};
   std::exception_ptr error_;
 };
 
@@ -48,9 +51,11 @@ class FinishedWork : public Work {
     if (error_) std::rethrow_exception(error_);
   }
   bool done() const override { return true; }
+  Clock::time_point finishedAt() const override { return made_at_; }
 
  private:
   std::exception_ptr error_;
+  const Clock::time_point made_at_ = Clock::now();
 };
 
 // A Work completed later by whoever holds it (the link emulator's delivery
@@ -62,6 +67,7 @@ class PendingWork : public Work {
   explicit PendingWork(std::string what) : what_(std::move(what)) {}
   void wait(Duration timeout) override;
   bool done() const override { return completion_.finished(); }
+  Clock::time_point finishedAt() const override { return completion_.finishedAt(); }
   Completion& completion() { return completion_; }
 
  private:

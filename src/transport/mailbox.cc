@@ -30,6 +30,7 @@ class MailboxRecvWork : public RecvWork {
     completion_.rethrowIfFailed();
   }
   bool done() const override { return completion_.finished(); }
+  Clock::time_point finishedAt() const override { return completion_.finishedAt(); }
 
   Bytes takePayload() override {
     GEOPIPE_CHECK(completion_.finished(), Error, what_,

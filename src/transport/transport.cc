@@ -62,6 +62,7 @@ bool Completion::succeed() {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return false;
     finished_ = true;
+    finished_at_ = Clock::now();
   }
   cv_.notify_all();
   return true;
@@ -72,6 +73,7 @@ bool Completion::fail(std::exception_ptr error) {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return false;
     finished_ = true;
+    finished_at_ = Clock::now();
     error_ = std::move(error);
   }
   cv_.notify_all();
@@ -90,6 +92,11 @@ bool Completion::waitUntil(Clock::time_point deadline) const {
     return true;
   }
   return cv_.wait_until(lock, deadline, [&] { return finished_; });
+}
+
+Clock::time_point Completion::finishedAt() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return finished_at_;
 }
 
 void Completion::rethrowIfFailed() const {

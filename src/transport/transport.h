@@ -80,6 +80,13 @@ class Work {
   // Blocks until done; throws TimeoutError after `timeout`.
   virtual void wait(Duration timeout) = 0;
   virtual bool done() const = 0;
+  // When the operation finished (succeeded or failed), on Clock: a send when
+  // the transport handed its bytes off (see Transport), a receive when its
+  // message was matched to it. Clock::time_point{} while not done(). The
+  // timeline trace (logging.trace_dir) draws a send or receive from its post
+  // to this instant, which a waiter's own clock cannot tell: the waiter may
+  // look long after.
+  virtual Clock::time_point finishedAt() const = 0;
 };
 
 // A pending receive; after a successful wait(), takePayload() moves the

@@ -2,9 +2,12 @@
 // validates saying which local topology it assumes, `validate --print`
 // writes that topology inline so the printed job validates again, it trains
 // in one process and launches as worker processes; a bad one still names
-// its fields. A 2-layer GPT on synthetic data, 2 stages, 3 steps: seconds.
+// its fields; with logging.trace_dir it writes a timeline per tasklet. A
+// 2-layer GPT on synthetic data, 2 stages, 3 steps: seconds.
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "tests/cli/cli_run.h"
@@ -68,6 +71,30 @@ TEST(OneBox, LaunchesWorkerProcesses) {
   EXPECT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_TRUE(contains(r.out, std::string("topology: ") + kAssumed)) << r.out;
   EXPECT_TRUE(contains(r.out, "as 2 worker processes on 127.0.0.1, 3 steps")) << r.out;
+}
+
+// logging.trace_dir through the binary: `train` writes a timeline per
+// tasklet (a JSON object, closed), and the benchmarks that take --job
+// refuse the field rather than ignore it.
+TEST(OneBox, TrainWritesTimelinesAndTheBenchmarksRefuseThem) {
+  TempDir dir;
+  writeFile(dir.file("job.yaml"), std::string(kJob) + "logging: {trace_dir: traces}\n");
+  const CommandResult r = runGeopipe(dir, {"train", dir.file("job.yaml")});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  for (const char* name : {"trace-stage0-replica0.json", "trace-stage1-replica0.json"}) {
+    std::ifstream in(dir.file("traces/" + std::string(name)));
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_EQ(text.rfind("{\"displayTimeUnit\":\"ms\"", 0), 0u) << name << ": " << text;
+    EXPECT_TRUE(contains(text, "\"name\":\"forward\"")) << name;
+    EXPECT_TRUE(text.size() > 4 && text.compare(text.size() - 4, 4, "\n]}\n") == 0) << name;
+  }
+  for (const char* bench : {"pipeline", "grpc"}) {
+    const CommandResult b =
+        runGeopipe(dir, {"bench", bench, "--job", dir.file("job.yaml"), "--steps", "1"});
+    EXPECT_NE(b.code, 0) << bench;
+    EXPECT_TRUE(contains(b.out + b.err, "logging.trace_dir is set"))
+        << bench << ": " << b.out << b.err;
+  }
 }
 
 TEST(OneBox, BadJobWithoutTopologyNamesItsFields) {

@@ -208,6 +208,39 @@ TEST(JobParser, TensorBoardDirMustBeADirectoryOrMissing) {
 
 namespace {
 
+// logging.trace_dir: off by default and then not printed; a directory that
+// does not exist yet is taken, printed by validate --print, and the printed
+// job reads back the same; a file there, or above it, is refused naming the
+// field; a misspelling gets the field's name.
+TEST(JobParser, TraceDirMustBeADirectoryOrMissing) {
+  namespace fs = std::filesystem;
+  const fs::path tmp = fs::temp_directory_path() / ("geopipe-trace-" + std::to_string(::getpid()));
+  fs::create_directories(tmp);
+  const std::string file = (tmp / "a-file").string();
+  { std::ofstream(file) << "x"; }
+  EXPECT_EQ(parse({}).logging.trace_dir, "");
+  EXPECT_FALSE(contains(config::resolvedJobYaml(parse({})), "trace_dir"));
+  const std::string dir = (tmp / "new/traces").string();
+  const JobSpec ok = parse({"logging.trace_dir=" + dir});
+  EXPECT_EQ(ok.logging.trace_dir, dir);
+  const std::string printed = config::resolvedJobYaml(ok);
+  EXPECT_TRUE(contains(printed, "trace_dir: \"" + dir + "\"")) << printed;
+  EXPECT_EQ(config::parseJobString(printed, "printed.yaml", "").logging.trace_dir, dir);
+  EXPECT_FALSE(fs::exists(dir));  // validate creates nothing; the run does
+  for (const std::string& bad : {file, file + "/under"}) {
+    const std::string err = problems({"logging.trace_dir=" + bad});
+    EXPECT_TRUE(contains(err, "logging.trace_dir")) << err;
+    EXPECT_TRUE(contains(err, "'" + file + "' is a file, not a directory")) << err;
+  }
+  EXPECT_TRUE(contains(problems({"logging.trace_dri=x"}), "logging.trace_dir"))
+      << problems({"logging.trace_dri=x"});
+  fs::remove_all(tmp);
+}
+
+}  // namespace
+
+namespace {
+
 // logging.metrics_port: 0 (off) by default, else 1..65535, printed by
 // validate --print with the bind address only when set (and the printed
 // job reads back the same); metrics_host without a port, or empty, is

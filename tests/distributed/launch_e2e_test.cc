@@ -1,8 +1,9 @@
 // Jobs launched as worker processes of the real geopipe binary on loopback:
-// the same losses as the in-process Trainer, AC-SGD, stop + resume, a
-// killed worker that ends the job naming its tasklet without orphans (no
-// restarts allowed), and recovery: a killed or hung worker replaced with
-// the losses of an uninterrupted run, a killed coordinator resumed.
+// the same losses as the in-process Trainer, AC-SGD, each worker's timeline
+// trace, stop + resume, a killed worker that ends the job naming its
+// tasklet without orphans (no restarts allowed), and recovery: a killed or
+// hung worker replaced with the losses of an uninterrupted run, a killed
+// coordinator resumed.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -24,6 +25,8 @@
 #include <set>
 #include <sstream>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "geopipe/trainer.h"
 #include "src/config/job_parser.h"
@@ -97,6 +100,40 @@ TEST(Launch, AcsgdWithEmulatedLinksMatchesTheInProcessTrainer) {
   expectSameLosses(want, got);
   EXPECT_LT(got.back(), got.front());
   EXPECT_LT(r.job.train.wire_bytes, r.job.train.raw_bytes);
+}
+
+// logging.trace_dir under launch: each worker process writes its own
+// timeline (a relative directory resolved against the job file's, created
+// by the workers), valid JSON with its rank as pid and every micro-batch's
+// forward and backward.
+TEST(Launch, EveryWorkerWritesItsTimeline) {
+  TempDir dir;
+  const std::string job =
+      writeJob(dir, "job.yaml",
+               tinyJobYaml(3, "transport: {emulate_links: false}\nlogging: {trace_dir: traces}\n"));
+  LaunchResult r = launchJob(launchOptions(job, dir));
+  ASSERT_TRUE(r.job.ok) << r.job.failure << "\n" << r.failed_log_tail;
+  for (int rank = 0; rank < 4; ++rank) {
+    const int stage = rank % 2, replica = rank / 2;
+    const std::string path = dir.file("traces/trace-stage" + std::to_string(stage) + "-replica" +
+                                      std::to_string(replica) + ".json");
+    std::ifstream in(path);
+    ASSERT_TRUE(in.good()) << path;
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    const auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(j.is_discarded()) << path << ":\n" << text.substr(0, 2000);
+    int forwards = 0, backwards = 0, sends = 0;
+    for (const auto& e : j["traceEvents"]) {
+      EXPECT_EQ(e["pid"], rank) << e;
+      forwards += e["name"] == "forward";
+      backwards += e["name"] == "backward";
+      sends += e["name"] == (stage == 0 ? "send activation" : "send gradient");
+    }
+    // 3 steps of 2 micro-batches per replica.
+    EXPECT_EQ(forwards, 6) << path;
+    EXPECT_EQ(backwards, 6) << path;
+    EXPECT_EQ(sends, 6) << path;
+  }
 }
 
 TEST(Launch, StopWithCheckpointThenResumeEqualsAnUninterruptedRun) {
