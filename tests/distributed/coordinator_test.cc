@@ -581,34 +581,6 @@ TEST(Coordinator, WorkersLearnTheirShareOfTheHostAndWhetherLinksAreEmulated) {
   }
 }
 
-// Opens a TCP connection from `source` (a loopback address: another "host")
-// to 127.0.0.1:`port` and sends nothing.
-int idleConnection(int port, const char* source) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  ::inet_pton(AF_INET, source, &local.sin_addr);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
-      ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    if (fd >= 0) ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// True once the server closed `fd` (a read returns 0 or an error), waiting
-// up to `wait`.
-bool closedByServer(int fd, std::chrono::milliseconds wait) {
-  pollfd p{fd, POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(wait.count())) <= 0) return false;
-  char c;
-  return ::recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
-}
-
 TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreBoundedAndWorkersStillJoin) {
   // One host opens 200 connections and never starts TLS. The coordinator
   // holds 64 of them (its per-address limit of connections in set-up) and
@@ -624,16 +596,18 @@ TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreBoundedAndWorkersStillJo
   const int port = std::stoi(address.substr(address.rfind(':') + 1));
   std::vector<int> idle;
   for (int k = 0; k < 200; ++k) {
-    const int fd = idleConnection(port, "127.0.0.2");
+    const int fd = geopipe::testing::idleConnectionFrom("127.0.0.2", port);
     ASSERT_GE(fd, 0) << k;
     idle.push_back(fd);
   }
   int closed_at_once = 0;
-  for (int fd : idle) closed_at_once += closedByServer(fd, std::chrono::milliseconds(5)) ? 1 : 0;
+  for (int fd : idle)
+    closed_at_once += geopipe::testing::closedByServer(fd, std::chrono::milliseconds(5)) ? 1 : 0;
   for (int k = 0; k < 100 && closed_at_once < 136; ++k) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     closed_at_once = 0;
-    for (int fd : idle) closed_at_once += closedByServer(fd, std::chrono::milliseconds(0)) ? 1 : 0;
+    for (int fd : idle)
+      closed_at_once += geopipe::testing::closedByServer(fd, std::chrono::milliseconds(0)) ? 1 : 0;
   }
   EXPECT_EQ(closed_at_once, 136) << "the per-address limit of 64 connections in set-up";
   auto stub = pb::Coordinator::NewStub(
@@ -641,7 +615,7 @@ TEST(Coordinator, IdleConnectionsBeforeAuthenticationAreBoundedAndWorkersStillJo
   EXPECT_EQ(sortedRanks(registerWorkers(*stub, kFourHosts)), (std::vector<int>{0, 1, 2, 3}));
   int closed = 0;
   for (int fd : idle) {
-    closed += closedByServer(fd, std::chrono::milliseconds(5000)) ? 1 : 0;
+    closed += geopipe::testing::closedByServer(fd, std::chrono::milliseconds(5000)) ? 1 : 0;
     ::close(fd);
   }
   EXPECT_EQ(closed, 200) << "idle connections outlived the 3 s handshake timeout";

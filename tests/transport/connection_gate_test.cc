@@ -18,31 +18,13 @@
 
 #include "geopipe/error.h"
 #include "src/transport/grpc/connection_gate.h"
+#include "tests/support/raw_tcp.h"
 
 namespace geopipe::transport {
 namespace {
 
 using std::chrono::milliseconds;
-
-// A client socket from `source` (a loopback address) to 127.0.0.1:`port`;
-// -1 when it cannot connect.
-int connectFrom(const char* source, int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  ::inet_pton(AF_INET, source, &local.sin_addr);
-  sockaddr_in remote{};
-  remote.sin_family = AF_INET;
-  remote.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  remote.sin_port = htons(static_cast<uint16_t>(port));
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
-      ::connect(fd, reinterpret_cast<sockaddr*>(&remote), sizeof remote) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
+using testing::closedByServer;
 
 // gRPC's peer string for the client socket `fd` as the server sees it.
 std::string grpcPeerOf(int fd) {
@@ -52,14 +34,6 @@ std::string grpcPeerOf(int fd) {
   char text[INET_ADDRSTRLEN];
   ::inet_ntop(AF_INET, &a.sin_addr, text, sizeof text);
   return std::string("ipv4:") + text + ":" + std::to_string(ntohs(a.sin_port));
-}
-
-// True once the other side closed `fd`, waiting up to `wait`.
-bool closedByServer(int fd, milliseconds wait) {
-  pollfd p{fd, POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(wait.count())) <= 0) return false;
-  char c;
-  return ::recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
 }
 
 // Keeps what the gate admits, as a server would, and can close it.
@@ -95,7 +69,7 @@ struct Sink {
 struct Clients {
   std::vector<int> fds;
   int open(const char* source, int port) {
-    const int fd = connectFrom(source, port);
+    const int fd = testing::idleConnectionFrom(source, port);
     if (fd >= 0) fds.push_back(fd);
     return fd;
   }
