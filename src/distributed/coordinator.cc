@@ -54,10 +54,6 @@ double secondsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-bool isWildcardHost(const std::string& host) {
-  return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]";
-}
-
 // "ipv4:127.0.0.1:5555" / "ipv6:[::1]:5555" -> "127.0.0.1" / "[::1]".
 std::string hostOfPeer(const std::string& peer) {
   std::string s = peer;
@@ -131,7 +127,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     gate_->start();
     const auto colon = opt_.listen_address.rfind(':');
     std::string host = opt_.listen_address.substr(0, colon);
-    if (isWildcardHost(host)) host = "0.0.0.0";
+    if (transport::isWildcardHost(host)) host = "0.0.0.0";
     address_ = host + ":" + std::to_string(port_);
     monitor_ = std::thread([this] { monitorLoop(); });
   }
@@ -522,8 +518,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     slot.device = device;
     slot.info.hostname = req->hostname();
     slot.info.pid = req->pid();
-    slot.listen_host =
-        isWildcardHost(req->listen_host()) ? hostOfPeer(ctx->peer()) : req->listen_host();
+    slot.listen_host = transport::isWildcardHost(req->listen_host()) ? hostOfPeer(ctx->peer())
+                                                                     : req->listen_host();
     slot.last_seen = Clock::now();
     slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
     awaited_pids_.erase(req->pid());

@@ -38,10 +38,6 @@ constexpr auto kRefusalLogWindow = std::chrono::seconds(10);
 constexpr auto kRescan = std::chrono::milliseconds(100);
 constexpr auto kMinRescan = std::chrono::milliseconds(5);
 
-bool isWildcard(const std::string& host) {
-  return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || host == "*";
-}
-
 std::string stripBrackets(std::string host) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
     host = host.substr(1, host.size() - 2);
@@ -110,6 +106,10 @@ struct Pending {
 };
 
 }  // namespace
+
+bool isWildcardHost(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || host == "*";
+}
 
 std::string connectionKey(const std::string& grpc_peer) {
   const auto scheme = grpc_peer.find(':');
@@ -374,7 +374,7 @@ ConnectionGate::ConnectionGate(const std::string& address, ConnectionLimits limi
   // 0.0.0.0 without IPv6), else every address the host resolves to.
   std::vector<std::pair<sockaddr_storage, socklen_t>> addresses;
   bool dual_stack = false;
-  if (isWildcard(host)) {
+  if (isWildcardHost(host)) {
     sockaddr_storage a{};
     auto& v6 = reinterpret_cast<sockaddr_in6&>(a);
     v6.sin6_family = AF_INET6;

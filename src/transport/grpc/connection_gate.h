@@ -92,6 +92,10 @@ class ConnectionGate {
   std::shared_ptr<Shared> shared_;
 };
 
+// True for a host that means every address of this machine: "", "0.0.0.0",
+// "::", "[::]" or "*" (the gate listens dual-stack on it).
+bool isWildcardHost(const std::string& host);
+
 // "host|port" for gRPC's peer string or an accepted socket's address: an
 // IPv4-mapped IPv6 address is written as IPv4, brackets and their
 // percent-encodings are dropped. "" for anything else (unix sockets).
