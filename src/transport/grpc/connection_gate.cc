@@ -500,6 +500,13 @@ void ConnectionGate::stop() {
   shared_->listeners.clear();
 }
 
+void ConnectionGate::adopt(int fd) {
+  GEOPIPE_CHECK(shared_->thread.joinable() && !shared_->stopping.load(), Error, shared_->what,
+                ": ConnectionGate::adopt before start() or after stop()");
+  // gRPC only records the listener of an external connection: none here.
+  shared_->admit(-1, fd);
+}
+
 void ConnectionGate::setUp(const std::string& peer) {
   shared_->setUp(peer);
 }

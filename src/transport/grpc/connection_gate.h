@@ -80,6 +80,12 @@ class ConnectionGate {
   // handed over are the server's. Idempotent; the destructor calls it.
   void stop();
 
+  // Hands `fd`, a connection this process made or got some other way (a
+  // relayed connection, relay.h), to the server as if it had been
+  // accepted: counted and limited the same way. Owns `fd` from then on.
+  // Only after start().
+  void adopt(int fd);
+
   // The server saw a call from `peer` (gRPC's peer string, such as
   // "ipv4:127.0.0.1:5678" or "ipv6:[::1]:5678"): its connection is set up.
   void setUp(const std::string& peer);

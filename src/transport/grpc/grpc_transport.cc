@@ -19,6 +19,8 @@
 #include <random>
 #include <thread>
 
+#include <unistd.h>
+
 #include "geopipe/error.h"
 #include "proto/peer.grpc.pb.h"
 #include "src/security/token.h"
@@ -26,6 +28,7 @@
 #include "src/transport/factory.h"
 #include "src/transport/grpc/connection_gate.h"
 #include "src/transport/grpc/peer_stream.h"
+#include "src/transport/grpc/relay.h"
 #include "src/transport/mailbox.h"
 
 namespace geopipe::transport {
@@ -96,6 +99,15 @@ void tagToWire(const Tag& tag, geopipe::v1::PeerTag* t) {
 std::string hostOf(const std::string& address) {
   const auto colon = address.rfind(':');
   return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+// The plaintext policy for a peer address: the peer's, and the relay's when
+// it goes through one (both carry the stream).
+void checkRouteAllowed(const LinkSecurity& security, const std::string& address,
+                       const std::string& what) {
+  const PeerRoute route = parsePeerRoute(address);
+  checkPlaintextAllowed(security, route.target, what);
+  if (!route.relay.empty()) checkPlaintextAllowed(security, route.relay, what + " (its relay)");
 }
 
 }  // namespace
@@ -264,7 +276,17 @@ class PeerLink {
       args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
       args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
-    return grpc::CreateCustomChannel(config_.address, channelCredentials(config_.security), args);
+    // A relayed peer (relay.h): an HTTP CONNECT through the relay, TLS end
+    // to end with the peer's name. A direct peer never goes through a proxy,
+    // not even one named by http_proxy/https_proxy in the environment,
+    // which gRPC would otherwise use.
+    const PeerRoute route = parsePeerRoute(config_.address);
+    if (route.relay.empty()) {
+      args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
+    } else {
+      args.SetString(GRPC_ARG_HTTP_PROXY, "http://" + route.relay);
+    }
+    return grpc::CreateCustomChannel(route.target, channelCredentials(config_.security), args);
   }
 
   // gRPC's reason why the channel cannot connect: a fail-fast call on a
@@ -692,8 +714,8 @@ class GrpcTransport::Impl {
                           detail::concat("rank ", options_.rank, "'s peer service address"));
     for (int r = 0; r < world_size_; ++r) {
       if (!addresses_[r].empty() && r != options_.rank) {
-        checkPlaintextAllowed(options_.security, addresses_[r],
-                              detail::concat("rank ", r, "'s address"));
+        checkRouteAllowed(options_.security, addresses_[r],
+                          detail::concat("rank ", r, "'s address"));
       }
     }
 
@@ -830,11 +852,19 @@ class GrpcTransport::Impl {
   void setPeerAddress(int peer, const std::string& address) {
     GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: setPeerAddress: rank ", peer,
                   " is outside the world [0, ", world_size_, ")");
-    checkPlaintextAllowed(options_.security, address, detail::concat("rank ", peer, "'s address"));
+    checkRouteAllowed(options_.security, address, detail::concat("rank ", peer, "'s address"));
     std::lock_guard<std::mutex> lock(mu_);
     GEOPIPE_CHECK(!links_[peer], Error, "grpc: setPeerAddress(", peer, ", ", address,
                   ") after rank ", options_.rank, " already connected to it at ", addresses_[peer]);
     addresses_[peer] = address;
+  }
+
+  void adoptConnection(int fd) {
+    if (closed_.load()) {
+      ::close(fd);
+      return;
+    }
+    gate_->adopt(fd);
   }
 
   void close() {
@@ -935,6 +965,10 @@ TransportStats GrpcTransport::stats() const {
 std::string GrpcTransport::listeningAddress() const {
   return impl_->listeningAddress();
 }
+void GrpcTransport::adoptConnection(int fd) {
+  impl_->adoptConnection(fd);
+}
+
 void GrpcTransport::setPeerAddress(int peer, const std::string& address) {
   impl_->setPeerAddress(peer, address);
 }

@@ -21,7 +21,9 @@ namespace geopipe::transport {
 struct GrpcTransportOptions {
   // The rank of this endpoint, in [0, addresses.size()).
   int rank = 0;
-  // Every rank's peer-service address ("host:port"), indexed by rank; its
+  // Every rank's peer-service address ("host:port", or "NAME:ID via
+  // RELAYHOST:PORT" for a rank reached through a relay, relay.h), indexed
+  // by rank; its
   // size is the world size. An entry may be empty when the peer's address
   // is learned later (setPeerAddress) — sending to it before then fails.
   std::vector<std::string> addresses;
@@ -121,6 +123,11 @@ class GrpcTransport : public Transport {
   // Sets peer's address (a launcher that learns ports after binding). Only
   // before the first send to `peer`; throws Error afterwards.
   void setPeerAddress(int peer, const std::string& address);
+  // Hands `fd`, a connection to this rank's peer service that this process
+  // dialled out (a relayed peer's, see relay.h), to the peer service as if
+  // it had accepted it. Takes ownership; closes it when the transport is
+  // closed.
+  void adoptConnection(int fd);
   // Bytes held for messages no receive has claimed yet (for tests and
   // metrics); see max_buffered_bytes.
   uint64_t bufferedBytes() const;

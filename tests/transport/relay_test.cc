@@ -1,0 +1,186 @@
+// The relay (src/transport/grpc/relay.h): a rank that accepts no connection
+// of its own receives its peers' streams through an HTTP CONNECT relay it
+// dials back, with TLS end to end; and what the relay answers to requests it
+// cannot serve.
+#include "src/transport/grpc/relay.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "src/security/pki.h"
+#include "src/transport/grpc/grpc_transport.h"
+#include "tests/transport/grpc_world.h"
+
+namespace geopipe::transport::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+Bytes pattern(size_t n, uint32_t seed) {
+  Bytes b(n);
+  uint32_t x = seed * 2654435761u + 1;
+  for (auto& v : b) {
+    x = x * 1664525u + 1013904223u;
+    v = static_cast<uint8_t>(x >> 24);
+  }
+  return b;
+}
+
+LinkSecurity loopbackTls() {
+  const auto ca = security::createCertificateAuthority("relay test CA", 1);
+  const security::HostCertificate host =
+      security::issueHostCertificate(ca, {"localhost", "127.0.0.1"}, 1);
+  auto id = std::make_shared<security::TlsIdentity>();
+  id->ca_pem = ca.cert_pem;
+  id->cert_pem = host.cert_pem;
+  id->key_pem = host.key_pem;
+  id->origin = "test";
+  LinkSecurity s;
+  s.tls = id;
+  return s;
+}
+
+// Dial requests answered by a thread each, as a relayed worker does.
+struct DialBacks {
+  std::mutex mu;
+  std::vector<std::thread> threads;
+  std::atomic<int> requests{0};
+  ~DialBacks() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto& t : threads) t.join();
+  }
+};
+
+// Sends a request to the relay and returns the first line of its answer.
+std::string askRelay(int port, const std::string& request) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return "connect failed";
+  }
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+    ::close(fd);
+    return "send failed";
+  }
+  std::string answer;
+  char c = 0;
+  while (::recv(fd, &c, 1, 0) == 1 && c != '\r') answer.push_back(c);
+  ::close(fd);
+  return answer;
+}
+
+TEST(Relay, ARankThatAcceptsNothingReceivesThroughTheRelayOverTls) {
+  const LinkSecurity tls = loopbackTls();
+  std::vector<std::shared_ptr<GrpcTransport>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    GrpcTransportOptions o = grpcTestOptions();
+    o.rank = r;
+    o.addresses = {"", ""};
+    o.listen_address = "127.0.0.1:0";
+    o.job_token = "relay-test";
+    o.security = tls;
+    o.connect_timeout = seconds(10);
+    o.link_grace = seconds(5);
+    ranks.push_back(std::make_shared<GrpcTransport>(o));
+  }
+  DialBacks backs;
+  std::shared_ptr<Relay> relay;
+  relay = std::make_shared<Relay>("127.0.0.1:0", [&](int rank, const std::string& id) {
+    if (rank != 0) return false;
+    ++backs.requests;
+    const std::string at = "127.0.0.1:" + std::to_string(relay->port());
+    std::lock_guard<std::mutex> lock(backs.mu);
+    backs.threads.emplace_back(
+        [&ranks, at, id] { ranks[0]->adoptConnection(dialRelay(at, id, seconds(5))); });
+    return true;
+  });
+  const std::string via = "127.0.0.1:" + std::to_string(relay->port());
+  // Rank 1 reaches rank 0 only through the relay (its own port is never
+  // given out); rank 0 dials rank 1 directly.
+  ranks[1]->setPeerAddress(0, relayedAddress("127.0.0.1", 0, via));
+  ranks[0]->setPeerAddress(1, ranks[1]->listeningAddress());
+  constexpr int kMessages = 6;
+  std::vector<std::shared_ptr<Work>> sends;
+  for (int i = 0; i < kMessages; ++i) {
+    // 200 KiB .. 1.2 MiB: several chunks each.
+    sends.push_back(ranks[1]->send(0, tagOf(Channel::ACTIVATION, i), pattern(200000 * (i + 1), i)));
+    sends.push_back(ranks[0]->send(1, tagOf(Channel::GRADIENT, i), pattern(1000 + i, 100 + i)));
+  }
+  uint64_t relayed = 0;
+  for (int i = 0; i < kMessages; ++i) {
+    auto in0 = ranks[0]->recv(1, tagOf(Channel::ACTIVATION, i));
+    in0->wait(seconds(20));
+    EXPECT_EQ(in0->takePayload(), pattern(200000 * (i + 1), i)) << "message " << i;
+    relayed += 200000 * (i + 1);
+    auto in1 = ranks[1]->recv(0, tagOf(Channel::GRADIENT, i));
+    in1->wait(seconds(20));
+    EXPECT_EQ(in1->takePayload(), pattern(1000 + i, 100 + i));
+  }
+  for (auto& w : sends) w->wait(seconds(10));
+  const RelayStats s = relay->stats();
+  EXPECT_GE(backs.requests.load(), 1);
+  EXPECT_EQ(s.connected, 1u);
+  EXPECT_EQ(s.open, 1);
+  // Everything rank 1 sent crossed the relay (plus TLS and HTTP/2 framing);
+  // nothing rank 0 sent did.
+  EXPECT_GE(s.bytes_forwarded + (uint64_t{1} << 20), relayed);
+  EXPECT_LT(s.bytes_forwarded, relayed + relayed / 5);
+  for (auto& r : ranks) r->close();
+  relay->stop();
+  EXPECT_EQ(relay->stats().open, 0);
+}
+
+TEST(Relay, AnswersWhatItCannotServeAndNeverWaitsPastTheDialTimeout) {
+  std::atomic<int> asked{0};
+  RelayOptions o;
+  o.dial_timeout = milliseconds(400);
+  Relay relay(
+      "127.0.0.1:0",
+      [&](int rank, const std::string&) {
+        ++asked;
+        return rank == 4;  // rank 4 "waits" but never dials back
+      },
+      o);
+  EXPECT_EQ(askRelay(relay.port(), "GET / HTTP/1.1\r\n\r\n"), "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(askRelay(relay.port(), "CONNECT host:0 HTTP/1.1\r\n\r\n"), "HTTP/1.1 400 Bad Request");
+  EXPECT_EQ(askRelay(relay.port(), "CONNECT host:3 HTTP/1.1\r\nHost: host:3\r\n\r\n"),
+            "HTTP/1.1 503 Service Unavailable");
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(askRelay(relay.port(), "CONNECT host:5 HTTP/1.1\r\n\r\n"),
+            "HTTP/1.1 504 Gateway Timeout");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(3));
+  // A dial-back nobody asked for is closed.
+  EXPECT_EQ(askRelay(relay.port(), "GEOPIPE-RELAY 00ff\n"), "");
+  EXPECT_EQ(asked.load(), 2);
+  const RelayStats s = relay.stats();
+  EXPECT_EQ(s.connected, 0u);
+  EXPECT_EQ(s.timed_out, 1u);
+  EXPECT_EQ(s.refused, 4u);
+}
+
+TEST(Relay, PeerRoutesParseBothForms) {
+  EXPECT_EQ(parsePeerRoute("10.0.0.1:29500").target, "10.0.0.1:29500");
+  EXPECT_EQ(parsePeerRoute("10.0.0.1:29500").relay, "");
+  const std::string a = relayedAddress("gpu7.example.org", 2, "hub:7421");
+  EXPECT_EQ(a, "gpu7.example.org:3 via hub:7421");
+  EXPECT_EQ(parsePeerRoute(a).target, "gpu7.example.org:3");
+  EXPECT_EQ(parsePeerRoute(a).relay, "hub:7421");
+  EXPECT_EQ(relayedAddress("::1", 0, "[::1]:7421"), "[::1]:1 via [::1]:7421");
+}
+
+}  // namespace
+}  // namespace geopipe::transport::testing
