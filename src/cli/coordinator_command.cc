@@ -32,6 +32,12 @@ void onSignal(int) {
 void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args) {
   app.add_option("JOB", args.job, "job YAML file")->required();
   app.add_option("--listen", args.listen, "host:port workers connect to")->capture_default_str();
+  app.add_option("--relay", args.relay,
+                 "host:port of a relay for workers that accept no connections (worker --relay, "
+                 "behind NAT); their peers reach them through it");
+  app.add_option("--relay-site", args.relay_site,
+                 "with --relay: the topology site this coordinator runs in (relayed links are "
+                 "priced through it)");
   app.add_option("--steps", args.steps, "override training.steps")->check(integerAtLeast(1));
   addCheckpointStartOptions(app, args.resume, args.overwrite);
   addSetOption(app, args.overrides);
@@ -59,6 +65,8 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
   opt.job_path = args.job;
   opt.overrides = args.overrides;
   opt.listen_address = args.listen;
+  opt.relay_listen = args.relay;
+  opt.relay_site = args.relay_site;
   if (args.steps) opt.steps = *args.steps;
   opt.resume = args.resume;
   opt.allow_insecure_remote = args.allow_insecure_remote;
@@ -94,8 +102,12 @@ int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out) {
       << coordinator.listeningAddress().substr(coordinator.listeningAddress().rfind(':') + 1)
       << (job.security.insecure ? " --insecure" : " --ca CA.pem --cert HOST.pem --key HOST-key.pem")
       << (job.security.token_file.empty() ? "" : " --token-file TOKEN_FILE")
-      << " [--device NAME|INDEX]\n"
-      << std::flush;
+      << " [--device NAME|INDEX]\n";
+  if (const auto port = coordinator.relayPort()) {
+    out << "relay on port " << *port << ": a worker that accepts no connections joins with "
+        << "--relay --device NAME\n";
+  }
+  out << std::flush;
 
   g_signals = 0;
   auto prev_int = std::signal(SIGINT, onSignal);

@@ -46,6 +46,8 @@ struct CoordinatorArgs {
   bool allow_insecure_remote = false;   // plaintext (insecure: true) off loopback
   // Overrides fault_tolerance.heartbeat_timeout of the job (seconds).
   std::optional<double> heartbeat_timeout;
+  std::string relay;       // --relay HOST:PORT: the relay for workers that accept nothing
+  std::string relay_site;  // --relay-site SITE: the topology site the coordinator runs in
 };
 void addCoordinatorOptions(CLI::App& app, CoordinatorArgs& args);
 int runCoordinatorCommand(const CoordinatorArgs& args, std::ostream& out);
@@ -55,6 +57,7 @@ struct WorkerArgs {
   std::string device = "any";          // topology device name or index, or any
   std::string listen = "0.0.0.0:0";    // peer service address; port 0 = a free port
   std::string advertise;               // what peers dial, when not --listen's address
+  bool relay = false;                  // accepts no connections: peers come through the relay
   distributed::WorkerSecurityArgs security;  // --ca, --cert, --key, --token-file, --insecure
   int threads = 0;                     // LibTorch threads; 0 = every core
   int timeout = 300;                   // seconds to wait for a peer's message

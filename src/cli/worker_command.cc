@@ -19,6 +19,11 @@ void addWorkerOptions(CLI::App& app, WorkerArgs& args) {
   app.add_option("--advertise", args.advertise,
                  "HOST or HOST:PORT peers dial to reach this worker, when not --listen's (a NAT "
                  "port forward, another interface); --listen may give a port range LOW-HIGH");
+  app.add_flag("--relay", args.relay,
+               "this worker accepts no connections (NAT without a port forward): it dials out, "
+               "and its peers reach it through the coordinator's relay (coordinator --relay); "
+               "needs --device NAME; --advertise NAME: the name in its certificate (default: "
+               "the host name)");
   app.add_option("--device-spec", args.device_spec,
                  "gpu=NAME,tflops=T,memory_gb=G (each optional): this device's hardware, "
                  "replacing the topology's entry for the --device named (its links stay the "
@@ -52,6 +57,7 @@ int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
   opt.device = args.device;
   opt.listen = args.listen;
   opt.advertise = args.advertise;
+  opt.relay = args.relay;
   opt.device_spec = args.device_spec;
   opt.security = distributed::workerSecurity(args.security);
   opt.threads = args.threads;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -18,6 +19,7 @@
 #include "geopipe/model.h"
 #include "proto/coordinator.grpc.pb.h"
 #include "scheduler/planner.h"
+#include "scheduler/relayed_links.h"
 #include "scheduler/replan.h"
 #include "src/common/strings.h"
 #include "src/common/text.h"
@@ -109,6 +111,8 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
         world_ + (opt_.spare_registrations < 0 ? world_ : opt_.spare_registrations);
 
     transport::installGrpcLogging();
+    // Before the service: a bad --relay-site fails with nothing started.
+    startRelay();
     // Connections come through the gate, which bounds those still in their
     // set-up before gRPC sees them.
     gate_.emplace(opt_.listen_address, opt_.connections,
@@ -132,6 +136,52 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     monitor_ = std::thread([this] { monitorLoop(); });
   }
 
+  // --relay: the relay for workers that accept no connections, and the
+  // site their incoming links are priced through.
+  void startRelay() {
+    if (opt_.relay_listen.empty()) {
+      GEOPIPE_CHECK(opt_.relay_site.empty(), ConfigError, "--relay-site '",
+                    common::printable(opt_.relay_site),
+                    "' without --relay: give the relay's listen address too "
+                    "(--relay 0.0.0.0:7421), or drop --relay-site");
+      return;
+    }
+    std::string sites;
+    for (int i = 0; i < job_.topology.numSites(); ++i) {
+      const std::string& name = job_.topology.sites[static_cast<size_t>(i)].name;
+      if (name == opt_.relay_site) relay_site_ = i;
+      sites += (sites.empty() ? "" : ", ") + name;
+    }
+    GEOPIPE_CHECK(!opt_.relay_site.empty(), ConfigError,
+                  "--relay needs --relay-site SITE: the topology site this coordinator runs in, "
+                  "through which relayed workers' links are priced (the topology's sites: ",
+                  sites.empty() ? "none" : sites, ")");
+    GEOPIPE_CHECK(relay_site_ >= 0, ConfigError, "--relay-site '",
+                  common::printable(opt_.relay_site), "' is not a site of the topology '",
+                  common::printable(job_.topology.source),
+                  "' (its sites: ", sites.empty() ? "none" : sites, ")");
+    transport::checkPlaintextAllowed(security_.link, opt_.relay_listen,
+                                     "the coordinator's --relay address");
+    relay_ = std::make_unique<transport::Relay>(
+        opt_.relay_listen, [this](int rank, const std::string& id) { return askDial(rank, id); });
+    event(detail::concat("relay for workers that accept no connections listens on port ",
+                         relay_->port(), " (--relay ", opt_.relay_listen,
+                         "); relayed links are "
+                         "priced through site '",
+                         opt_.relay_site, "'"));
+  }
+
+  // The relay asks the worker of `rank` to dial back (its RelayDials stream
+  // writes `id`); false when no relayed worker of that rank listens.
+  bool askDial(int rank, const std::string& id) {
+    Locked lock(events_);
+    auto it = dial_queues_.find(rank);
+    if (it == dial_queues_.end()) return false;
+    it->second.ids.push_back(id);
+    cv_.notify_all();
+    return true;
+  }
+
   ~Impl() override {
     {
       Locked lock(events_);
@@ -142,6 +192,15 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     // A re-plan search in flight ends within its budget (replan_budget).
     if (search_thread_.joinable()) search_thread_.join();
     if (gate_) gate_->stop();
+    if (relay_) {
+      const transport::RelayStats rs = relay_->stats();
+      relay_->stop();
+      spdlog::info(
+          "relay: {} connection(s) relayed, {:.1f} MiB forwarded, {} refused, {} not "
+          "dialled back in time",
+          rs.connected, static_cast<double>(rs.bytes_forwarded) / (1 << 20), rs.refused,
+          rs.timed_out);
+    }
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     events_.deliver();
   }
@@ -149,6 +208,12 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   // --- public API ---------------------------------------------------------
 
   std::string listeningAddress() const { return address_; }
+  std::optional<int> relayPort() const {
+    return relay_ ? std::optional<int>(relay_->port()) : std::nullopt;
+  }
+  std::optional<transport::RelayStats> relayStats() const {
+    return relay_ ? std::optional<transport::RelayStats>(relay_->stats()) : std::nullopt;
+  }
   JobSpec job() const {
     std::lock_guard<std::mutex> lock(mu_);
     return job_;
@@ -370,7 +435,55 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                  first_step_ + 1));
     }
     announced_generation_ = generation_;
-    for (int r = 0; r < world_; ++r) out->add_addresses(slotOfRankLocked(r)->info.address);
+    for (int r = 0; r < world_; ++r) {
+      const Slot* slot = slotOfRankLocked(r);
+      out->add_addresses(slot->info.address);
+      out->add_relayed(slot->relayed);
+    }
+    if (relay_) out->set_relay_port(relay_->port());
+    return grpc::Status::OK;
+  }
+
+  // A relayed worker's standing request for dial-backs, for one generation:
+  // each CONNECT the relay gets for its rank becomes one RelayDial here.
+  grpc::Status RelayDials(grpc::ServerContext* ctx, const pb::RelayDialRequest* req,
+                          grpc::ServerWriter<pb::RelayDial>* writer) override {
+    Locked lock(events_);
+    if (!relay_) {
+      return {grpc::StatusCode::FAILED_PRECONDITION, "this coordinator runs no relay (--relay)"};
+    }
+    const auto stale = [&] {
+      return req->generation() != generation_ || !placed_ || phase_ == Phase::ENDED ||
+             shutting_down_;
+    };
+    Slot* s = stale() ? nullptr : slotOfRankLocked(req->rank());
+    if (!s || !s->relayed) {
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              detail::concat("rank ", req->rank(), " of generation ", req->generation(),
+                             " is not a relayed worker of the current generation")};
+    }
+    const uint64_t serial = ++dial_serial_;
+    DialQueue& mine = dial_queues_[req->rank()];
+    mine = DialQueue{serial, {}};  // a newer stream for the rank replaces an older one
+    const auto owned = [&] {
+      auto it = dial_queues_.find(req->rank());
+      return it != dial_queues_.end() && it->second.serial == serial;
+    };
+    while (!stale() && !ctx->IsCancelled() && owned()) {
+      auto& ids = dial_queues_[req->rank()].ids;
+      if (ids.empty()) {
+        cv_.wait_for(lock, kPoll);
+        continue;
+      }
+      pb::RelayDial dial;
+      dial.set_id(ids.front());
+      ids.pop_front();
+      lock.unlock();
+      const bool written = writer->Write(dial);
+      lock.lock();
+      if (!written) break;
+    }
+    if (owned()) dial_queues_.erase(req->rank());
     return grpc::Status::OK;
   }
 
@@ -508,6 +621,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
             resolveDevice(req->device(), job_.topology, roster_.deviceClaims(), &device);
         !st.ok())
       return st;
+    if (req->relayed()) {
+      if (grpc::Status st = checkRelayedLocked(*req); !st.ok()) return st;
+    }
     if (returning) {
       blamed_alive_.erase(blamed_alive_.find(req->pid()));
     } else if (!awaited) {
@@ -522,6 +638,16 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
                                                                      : req->listen_host();
     slot.last_seen = Clock::now();
     slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
+    slot.relayed = req->relayed();
+    if (slot.relayed && relayed_devices_.insert(device).second) {
+      // From now on every plan and re-plan prices the device's incoming
+      // links through the relay.
+      scheduler::relayIncomingLinks(job_.topology, device, relay_site_);
+      eventLocked(detail::concat(
+          "device '", common::printable(job_.topology.devices[static_cast<size_t>(device)].name),
+          "' is reached through the relay (worker ", req->hostname(), " pid ", req->pid(),
+          " accepts no connections)"));
+    }
     awaited_pids_.erase(req->pid());
     slot.spare = joinsAsSpare(placed_, roster_.active(), static_cast<int>(awaited_pids_.size()),
                               world_, awaited);
@@ -536,6 +662,30 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
           req->has_previous_rank() ? "worker rejoined: " : "worker joined: ", req->hostname(),
           " pid ", req->pid(), ", device ", req->device().empty() ? "any" : req->device(), " (",
           roster_.active(), "/", world_, ")"));
+    }
+    return grpc::Status::OK;
+  }
+
+  // `worker --relay`: refused unless this coordinator runs a relay, the
+  // worker names its device (its links are priced through the relay) and
+  // links are not emulated (the emulator shapes direct links only).
+  grpc::Status checkRelayedLocked(const pb::RegisterRequest& req) const {
+    if (!relay_) {
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              "this worker accepts no connections (--relay), but the coordinator runs no relay: "
+              "start it with --relay HOST:PORT --relay-site SITE, or give the worker a --listen "
+              "port its peers can reach"};
+    }
+    if (req.device().empty() || req.device() == "any") {
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              "a worker reached through the relay (--relay) must name its device "
+              "(--device NAME or INDEX), so that its links are priced through the relay"};
+    }
+    if (job_.transport.emulate_links) {
+      return {grpc::StatusCode::FAILED_PRECONDITION,
+              "transport.emulate_links is on, but a worker reached through the relay (--relay) "
+              "cannot have its links emulated (the emulator shapes direct links); set "
+              "transport.emulate_links: false"};
     }
     return grpc::Status::OK;
   }
@@ -585,6 +735,7 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     out->set_listen_host(s.listen_host);
     out->set_emulate_links(job_.transport.emulate_links);
     out->set_workers_on_host(std::max(1, roster_.placedOn(s.info.hostname)));
+    if (relay_) out->set_relay_port(relay_->port());
   }
 
   // The join token check of Register: constant-time, never logged; a host
@@ -1321,6 +1472,17 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::optional<transport::ConnectionGate> gate_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  // --relay: the relay, the site it is priced in, the devices priced as
+  // relayed, and each relayed rank's pending dial-backs (its RelayDials).
+  std::unique_ptr<transport::Relay> relay_;
+  int relay_site_ = -1;
+  std::set<int> relayed_devices_;
+  struct DialQueue {
+    uint64_t serial = 0;  // which RelayDials call owns it
+    std::deque<std::string> ids;
+  };
+  std::map<int, DialQueue> dial_queues_;
+  uint64_t dial_serial_ = 0;
   std::string address_;
   std::thread monitor_;
 
@@ -1431,6 +1593,12 @@ Coordinator::Coordinator(CoordinatorOptions options)
 Coordinator::~Coordinator() = default;
 std::string Coordinator::listeningAddress() const {
   return impl_->listeningAddress();
+}
+std::optional<int> Coordinator::relayPort() const {
+  return impl_->relayPort();
+}
+std::optional<transport::RelayStats> Coordinator::relayStats() const {
+  return impl_->relayStats();
 }
 JobSpec Coordinator::job() const {
   return impl_->job();

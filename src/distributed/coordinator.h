@@ -19,6 +19,7 @@
 #include "geopipe/trainer.h"
 #include "src/distributed/security.h"
 #include "src/transport/grpc/connection_gate.h"
+#include "src/transport/grpc/relay.h"
 
 namespace geopipe::distributed {
 
@@ -70,6 +71,15 @@ struct CoordinatorOptions {
   // set-up at once, in total and per source address (more are closed at
   // once), and how long a set-up may take (then it is closed).
   transport::ConnectionLimits connections;
+  // The relay for workers that accept no connections (`worker --relay`:
+  // behind NAT without a port forward; src/transport/grpc/relay.h): where it
+  // listens ("host:port"; port 0 picks one). Empty: no relay, and a worker
+  // that asks for one is refused.
+  std::string relay_listen;
+  // The topology site this coordinator (and so the relay) runs in: a
+  // relayed device's incoming links are priced through it
+  // (scheduler/relayed_links.h). Required with relay_listen.
+  std::string relay_site;
   // For tests: runs on a re-plan search's own thread before the search (a
   // sleep here stands for a search that takes its whole budget).
   std::function<void()> before_replan_search;
@@ -123,6 +133,9 @@ class Coordinator {
 
   // "host:port" the service is bound to.
   std::string listeningAddress() const;
+  // The relay's port and counters; nullopt without one (relay_listen).
+  std::optional<int> relayPort() const;
+  std::optional<transport::RelayStats> relayStats() const;
   // The job as the coordinator runs it now (stages and replicas resolved;
   // data_parallel lower after a shrink), and its tasklet count.
   JobSpec job() const;

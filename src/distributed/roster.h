@@ -41,6 +41,7 @@ class Roster {
     bool spare = false;        // an idle spare: not placed until promoted
     bool waiting = false;      // inside its Register call (alive while it lasts)
     uint64_t ticket = 0;       // a spare's proof of identity when it calls again
+    bool relayed = false;      // accepts no connections: peers reach it via the relay
   };
 
   // Every slot, in the order the workers joined.

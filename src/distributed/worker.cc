@@ -36,6 +36,7 @@
 #include "src/transport/grpc/credentials.h"
 #include "src/transport/grpc/grpc_log.h"
 #include "src/transport/grpc/grpc_transport.h"
+#include "src/transport/grpc/relay.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -195,6 +196,16 @@ class CoordinatorClient {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   }
+
+  // A relayed worker's stream of dial requests (RelayDials), open until the
+  // coordinator ends it or `ctx` is cancelled.
+  std::unique_ptr<grpc::ClientReader<pb::RelayDial>> relayDials(grpc::ClientContext* ctx,
+                                                                const pb::RelayDialRequest& req) {
+    return stub_->RelayDials(ctx, req);
+  }
+  // The coordinator's host as this worker dials it ("[::1]" keeps its
+  // brackets), for the relay's address.
+  std::string host() const { return hostPart(address_); }
 
   pb::AddressTable reportAddress(const pb::AddressRequest& req) {
     grpc::ClientContext ctx;
@@ -488,6 +499,79 @@ class HeartbeatThread {
 
 enum class GenerationEnd { DONE, REGROUP };
 
+// `worker --relay`: answers the coordinator's dial requests for one
+// generation. Each request is a peer waiting at the relay: connect to the
+// relay, say the request's id and hand the connection to the peer service,
+// which serves it as if it had accepted it.
+class RelayDialer {
+ public:
+  RelayDialer(CoordinatorClient& client, int rank, int64_t generation, std::string relay,
+              transport::GrpcTransport& transport)
+      : client_(client), relay_(std::move(relay)), transport_(transport) {
+    request_.set_rank(rank);
+    request_.set_generation(generation);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~RelayDialer() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      if (ctx_) ctx_->TryCancel();
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  RelayDialer(const RelayDialer&) = delete;
+  RelayDialer& operator=(const RelayDialer&) = delete;
+
+ private:
+  void run() {
+    for (;;) {
+      auto ctx = std::make_shared<grpc::ClientContext>();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) return;
+        ctx_ = ctx;
+      }
+      auto reader = client_.relayDials(ctx.get(), request_);
+      pb::RelayDial dial;
+      while (reader->Read(&dial)) {
+        try {
+          transport_.adoptConnection(
+              transport::dialRelay(relay_, dial.id(), std::chrono::seconds(10)));
+        } catch (const std::exception& e) {
+          spdlog::warn("tasklet rank {}: a peer waits at the relay, but {}", request_.rank(),
+                       e.what());
+        }
+      }
+      const grpc::Status st = reader->Finish();
+      std::unique_lock<std::mutex> lock(mu_);
+      ctx_.reset();
+      // OK: the generation ended; FAILED_PRECONDITION: this rank is not (or
+      // no longer) a relayed worker of the current generation.
+      if (stopping_ || st.ok() || st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+        if (!st.ok() && !stopping_)
+          spdlog::warn("tasklet rank {}: the coordinator stopped relaying: {}", request_.rank(),
+                       st.error_message());
+        return;
+      }
+      // The link to the coordinator broke: ask again (the heartbeat decides
+      // whether the coordinator is gone).
+      cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_; });
+    }
+  }
+
+  CoordinatorClient& client_;
+  const std::string relay_;
+  transport::GrpcTransport& transport_;
+  pb::RelayDialRequest request_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::shared_ptr<grpc::ClientContext> ctx_;
+  std::thread thread_;
+};
+
 // One generation of this worker: build the tasklet the Assignment
 // describes (restoring its checkpoint), train until the end, a stop, or
 // the generation's end. Returns REGROUP when the coordinator regroups the
@@ -506,6 +590,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
   // rethrown, so the launcher can name this tasklet and its cause.
   std::shared_ptr<transport::GrpcTransport> grpc_transport;
   std::unique_ptr<HeartbeatThread> heartbeat;
+  std::unique_ptr<RelayDialer> dialer;  // --relay: declared after the transport it feeds
   std::atomic<int64_t> last_step{a.first_step() - 1};
   auto finish = [&](bool ok, const std::string& error, const std::string& type) {
     pb::FinishRequest f;
@@ -524,6 +609,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
   // the scope that throws or returns).
   auto leave = [&](const std::string& reason) {
     heartbeat.reset();
+    dialer.reset();
     if (grpc_transport) grpc_transport->close();
     event(detail::concat("tasklet rank ", rank, " leaves generation ", a.generation(), " (", reason,
                          "); rejoining"));
@@ -563,8 +649,9 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     to.security = opt.security.link;
     to.link_grace =
         std::chrono::milliseconds(static_cast<int64_t>(job.fault_tolerance.link_grace * 1000));
-    // The first free port of --listen's range.
-    const ListenPorts ports = parseListen(opt.listen);
+    // The first free port of --listen's range; with --relay a loopback port
+    // nobody is told about (peers come through the relay).
+    const ListenPorts ports = parseListen(opt.relay ? std::string("127.0.0.1:0") : opt.listen);
     for (int port = ports.low; !grpc_transport; ++port) {
       to.listen_address = detail::concat(ports.host, ":", port);
       try {
@@ -576,20 +663,38 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       }
     }
     const auto [advertise_host, advertise_port] = parseAdvertise(opt.advertise);
-    const std::string advertised =
+    std::string advertised =
         detail::concat(a.listen_host(), ":",
                        advertise_port > 0 ? std::to_string(advertise_port)
                                           : portPart(grpc_transport->listeningAddress()));
-    event(detail::concat("tasklet rank ", rank, " listens on ", grpc_transport->listeningAddress(),
-                         "; peers dial ", advertised));
+    const std::string relay = detail::concat(client.host(), ":", a.relay_port());
+    if (opt.relay) {
+      GEOPIPE_CHECK(a.relay_port() > 0, ProtocolError, client.peer(),
+                    " accepted a relayed worker but named no relay port");
+      // Peers ask the relay for NAME:ID; TLS checks NAME against this
+      // worker's certificate.
+      advertised = transport::relayTarget(a.listen_host(), rank);
+      dialer = std::make_unique<RelayDialer>(client, rank, a.generation(), relay, *grpc_transport);
+      event(detail::concat("tasklet rank ", rank, " accepts no connections (--relay); peers reach ",
+                           advertised, " through the relay at ", relay));
+    } else {
+      event(detail::concat("tasklet rank ", rank, " listens on ",
+                           grpc_transport->listeningAddress(), "; peers dial ", advertised));
+    }
     pb::AddressRequest ar;
     ar.set_rank(rank);
     ar.set_address(advertised);
     ar.set_generation(a.generation());
     const pb::AddressTable table = client.reportAddress(ar);
     if (table.regroup()) return leave("the generation ended before training started");
-    for (int r = 0; r < world; ++r)
-      if (r != rank) grpc_transport->setPeerAddress(r, table.addresses(r));
+    for (int r = 0; r < world; ++r) {
+      if (r == rank) continue;
+      const bool relayed = r < table.relayed_size() && table.relayed(r);
+      grpc_transport->setPeerAddress(
+          r, relayed ? transport::viaRelay(table.addresses(r),
+                                           detail::concat(client.host(), ":", table.relay_port()))
+                     : table.addresses(r));
+    }
     std::shared_ptr<transport::Transport> net = grpc_transport;
     if (job.transport.kind == "nccl") {
       // NCCL between the ranks of a site, this gRPC endpoint across sites.
@@ -690,6 +795,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
         GEOPIPE_THROW(IoError, reason);
     }
     heartbeat.reset();
+    dialer.reset();
     const transport::TransportStats ts = grpc_transport->stats();
     event(detail::concat("tasklet rank ", rank, " transport: ", ts.messages_sent,
                          " messages sent, ", ts.messages_received, " received, ",
@@ -721,6 +827,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     }
     if (verdict == HeartbeatThread::Verdict::REGROUP) return leave(reason);
     heartbeat.reset();
+    dialer.reset();
     if (verdict == HeartbeatThread::Verdict::ABORT) {
       // Another tasklet failed; this one is collateral.
       finish(false, reason, "Aborted");
@@ -805,8 +912,25 @@ WorkerResult runWorker(const WorkerOptions& opt) {
   reg.set_hostname(hostName());
   reg.set_pid(::getpid());
   const ListenPorts ports = parseListen(opt.listen);  // refuses a bad --listen before joining
-  const std::string advertise_host = parseAdvertise(opt.advertise).first;
+  const auto [advertise_host, advertise_port] = parseAdvertise(opt.advertise);
   reg.set_listen_host(advertise_host.empty() ? ports.host : advertise_host);
+  if (opt.relay) {
+    GEOPIPE_CHECK(opt.listen == WorkerOptions{}.listen, ConfigError,
+                  "--relay: this worker accepts "
+                  "no connections, so --listen '",
+                  opt.listen,
+                  "' has no use; drop --listen, or "
+                  "drop --relay when peers can reach that port");
+    GEOPIPE_CHECK(advertise_port == 0, ConfigError, "--advertise '", opt.advertise,
+                  "' with --relay: peers reach this worker through the relay, not at a port; "
+                  "give only the name its certificate has (--advertise NAME)");
+    GEOPIPE_CHECK(reg.device() != "any", ConfigError,
+                  "--relay needs a named device (--device NAME or INDEX): the coordinator prices "
+                  "its links through the relay");
+    // The name peers check this worker's certificate for.
+    reg.set_listen_host(advertise_host.empty() ? hostName() : advertise_host);
+    reg.set_relayed(true);
+  }
   if (!opt.device_spec.empty()) {
     GEOPIPE_CHECK(reg.device() != "any", ConfigError,
                   "--device-spec describes a device of the topology: name it with --device NAME "

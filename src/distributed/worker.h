@@ -30,6 +30,14 @@ struct WorkerOptions {
   // sees) and the bound port. The listen port may be a range "LOW-HIGH"
   // (the first free one), so a firewall can be opened for it beforehand.
   std::string advertise;
+  // `--relay`: this worker accepts no connections (behind NAT without a port
+  // forward, or a firewall that lets nothing in). It dials out to its peers
+  // and its peers reach it through the coordinator's relay
+  // (src/transport/grpc/relay.h), which the coordinator must run (--relay).
+  // Needs a named device; `listen` must stay the default, and `advertise`
+  // may only give the name peers check its certificate for (default: this
+  // host's name).
+  bool relay = false;
   // How the links to the coordinator and the peers are secured (mutual TLS
   // with this host's certificate, or loopback plaintext) and the job's join
   // token (workerSecurity reads both from the worker's flags).

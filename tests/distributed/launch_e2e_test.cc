@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "geopipe/error.h"
 #include "geopipe/trainer.h"
 #include "src/config/job_parser.h"
 #include "src/distributed/coordinator.h"
@@ -285,9 +286,11 @@ ChildProcess spawnWorker(const std::string& coordinator, const std::string& devi
              "--cert",        creds.worker_args.cert,
              "--key",         creds.worker_args.key,
              "--token-file",  creds.worker_args.token_file};
-  if (std::find(extra.begin(), extra.end(), "--listen") != extra.end()) {
+  if (std::find(extra.begin(), extra.end(), "--listen") != extra.end() ||
+      std::find(extra.begin(), extra.end(), "--relay") != extra.end()) {
+    // The caller's --listen replaces the default; --relay takes none.
     const auto at = std::find(so.argv.begin(), so.argv.end(), std::string("--listen"));
-    so.argv.erase(at, at + 2);  // the caller's --listen replaces the default
+    so.argv.erase(at, at + 2);
   }
   so.argv.insert(so.argv.end(), extra.begin(), extra.end());
   so.log_file = log_file;
@@ -651,6 +654,109 @@ TEST(Coordinator, WorkersStartedBeforeTheirCoordinatorSayWhyTheyWaitAndJoinWithi
   ASSERT_TRUE(connected.has_value());
   EXPECT_LT(connected->first - t0, std::chrono::seconds(5))
       << "the workers' reconnect backoff stays short";
+}
+
+TEST(Coordinator, WorkersThatAcceptNoConnectionsAreReachedThroughTheRelay) {
+  // Devices 1 and 3 have workers that accept no connections (--relay: NAT
+  // without a port forward). Their own peer services listen on a loopback
+  // port nobody is told about; every stream to them goes through the
+  // coordinator's relay, TLS end to end, and the losses are those of the
+  // same job with every worker reachable.
+  TempDir dir;
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  const std::string yaml = tinyJobYaml(6, "transport: {emulate_links: false}\n");
+  auto run = [&](const std::string& name, bool relay, EventLog& events,
+                 std::optional<transport::RelayStats>* stats) {
+    CoordinatorOptions co;
+    co.job_path = writeJob(dir, name + ".yaml", yaml);
+    co.listen_address = "127.0.0.1:0";
+    co.security = creds.security;
+    co.on_event = events.sink();
+    if (relay) {
+      co.relay_listen = "127.0.0.1:0";
+      co.relay_site = "local";
+    }
+    Coordinator coordinator(co);
+    std::vector<ChildProcess> workers;
+    for (int i = 0; i < 4; ++i) {
+      std::vector<std::string> extra;
+      if (relay && i % 2 == 1) extra = {"--relay", "--advertise", "localhost"};
+      workers.push_back(spawnWorker(coordinator.listeningAddress(), std::to_string(i), creds,
+                                    dir.file(name + "-worker-" + std::to_string(i) + ".log"),
+                                    extra));
+    }
+    auto r = coordinator.waitFor(std::chrono::seconds(90));
+    *stats = coordinator.relayStats();
+    stopAll(workers, std::chrono::seconds(10));
+    EXPECT_TRUE(r.has_value() && r->ok)
+        << name << ": " << (r ? r->failure : std::string("no end in 90 s")) << "\nworker 1:\n"
+        << readFile(dir.file(name + "-worker-1.log"));
+    return r ? r->train.losses : std::vector<double>{};
+  };
+  EventLog direct_events, relay_events;
+  std::optional<transport::RelayStats> none, stats;
+  const std::vector<double> direct = run("direct", false, direct_events, &none);
+  const std::vector<double> relayed = run("relayed", true, relay_events, &stats);
+  EXPECT_FALSE(none.has_value());
+  ASSERT_TRUE(stats.has_value());
+  ASSERT_EQ(relayed.size(), 6u);
+  EXPECT_EQ(relayed, direct);
+  // Each relayed worker has a pipeline neighbour and a data-parallel peer
+  // sending to it: at least one relayed connection each, carrying data.
+  std::cout << "relay: " << stats->connected << " connections, " << stats->bytes_forwarded
+            << " bytes forwarded, " << stats->refused << " refused\n";
+  EXPECT_GE(stats->connected, 2u);
+  EXPECT_GT(stats->bytes_forwarded, 100000u);
+  EXPECT_TRUE(relay_events.find("is reached through the relay").has_value());
+  for (int i : {1, 3}) {
+    const std::string log = readFile(dir.file("relayed-worker-" + std::to_string(i) + ".log"));
+    EXPECT_NE(log.find("accepts no connections (--relay); peers reach localhost:"),
+              std::string::npos)
+        << log;
+  }
+}
+
+TEST(Coordinator, ARelayedWorkerIsRefusedWhereItCannotBeServed) {
+  TempDir dir;
+  const EphemeralSecurity creds = makeEphemeralSecurity(dir.file("tls"));
+  CoordinatorOptions co;
+  co.job_path = writeJob(dir, "job.yaml", tinyJobYaml(3, "transport: {emulate_links: false}\n"));
+  co.listen_address = "127.0.0.1:0";
+  co.security = creds.security;
+  // A relay needs the site it runs in, one of the topology's.
+  co.relay_listen = "127.0.0.1:0";
+  EXPECT_THROW(Coordinator{co}, geopipe::ConfigError);
+  co.relay_site = "elsewhere";
+  try {
+    Coordinator c(co);
+    ADD_FAILURE() << "a relay site outside the topology was accepted";
+  } catch (const geopipe::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("its sites: local"), std::string::npos) << e.what();
+  }
+  co.relay_listen.clear();
+  co.relay_site = "local";
+  EXPECT_THROW(Coordinator{co}, geopipe::ConfigError);
+  // A coordinator without a relay refuses a worker that needs one, saying
+  // how to start it; a relayed worker must name its device.
+  co.relay_site.clear();
+  Coordinator coordinator(co);
+  ChildProcess refused =
+      spawnWorker(coordinator.listeningAddress(), "1", creds, dir.file("refused.log"), {"--relay"});
+  ChildProcess unnamed = spawnWorker(coordinator.listeningAddress(), "any", creds,
+                                     dir.file("unnamed.log"), {"--relay"});
+  const auto a = refused.waitFor(std::chrono::seconds(20));
+  const auto b = unnamed.waitFor(std::chrono::seconds(20));
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(a->code, 0);
+  EXPECT_NE(b->code, 0);
+  EXPECT_NE(readFile(dir.file("refused.log"))
+                .find("the coordinator runs no relay: start it with "
+                      "--relay HOST:PORT --relay-site SITE"),
+            std::string::npos)
+      << readFile(dir.file("refused.log"));
+  EXPECT_NE(readFile(dir.file("unnamed.log")).find("--relay needs a named device"),
+            std::string::npos)
+      << readFile(dir.file("unnamed.log"));
 }
 
 // Waits (up to 60 s) until `done` reaches `steps`; then `act` on one

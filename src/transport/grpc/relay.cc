@@ -133,6 +133,7 @@ struct Relay::State {
   std::list<Handler> handlers;
   int active = 0;  // handlers running
   RelayStats counts;
+  std::atomic<uint64_t> bytes_forwarded{0};  // counted as they pass, not under `mu`
 
   void onConnection(int fd) {
     std::lock_guard<std::mutex> lock(mu);
@@ -266,12 +267,6 @@ struct Relay::State {
     std::vector<char> buffer(size_t{256} << 10);
     bool open_ab = true;  // a -> b still flows
     bool open_ba = true;
-    uint64_t unreported = 0;
-    auto report = [&] {
-      std::lock_guard<std::mutex> lock(mu);
-      counts.bytes_forwarded += unreported;
-      unreported = 0;
-    };
     while ((open_ab || open_ba) && !stopping.load()) {
       pollfd p[2] = {{a, static_cast<short>(open_ab ? POLLIN : 0), 0},
                      {b, static_cast<short>(open_ba ? POLLIN : 0), 0}};
@@ -294,8 +289,7 @@ struct Relay::State {
             failed = true;
             break;
           }
-          unreported += static_cast<uint64_t>(n);
-          if (unreported >= (uint64_t{1} << 20)) report();
+          bytes_forwarded.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
         } else if (n == 0) {
           ::shutdown(to, SHUT_WR);
           open = false;
@@ -305,7 +299,6 @@ struct Relay::State {
       }
       if (failed) break;
     }
-    report();
   }
 };
 
@@ -347,7 +340,9 @@ void Relay::stop() {
 
 RelayStats Relay::stats() const {
   std::lock_guard<std::mutex> lock(state_->mu);
-  return state_->counts;
+  RelayStats s = state_->counts;
+  s.bytes_forwarded = state_->bytes_forwarded.load();
+  return s;
 }
 
 namespace {
@@ -414,9 +409,17 @@ PeerRoute parsePeerRoute(const std::string& address) {
   return {address.substr(0, at), address.substr(at + via.size())};
 }
 
-std::string relayedAddress(const std::string& name, int rank, const std::string& relay) {
+std::string relayTarget(const std::string& name, int rank) {
   const bool v6 = name.find(':') != std::string::npos && name.front() != '[';
-  return (v6 ? "[" + name + "]" : name) + ":" + std::to_string(rank + 1) + " via " + relay;
+  return (v6 ? "[" + name + "]" : name) + ":" + std::to_string(rank + 1);
+}
+
+std::string viaRelay(const std::string& target, const std::string& relay) {
+  return target + " via " + relay;
+}
+
+std::string relayedAddress(const std::string& name, int rank, const std::string& relay) {
+  return viaRelay(relayTarget(name, rank), relay);
 }
 
 }  // namespace geopipe::transport

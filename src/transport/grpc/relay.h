@@ -89,7 +89,12 @@ struct PeerRoute {
   std::string relay;   // empty: direct
 };
 PeerRoute parsePeerRoute(const std::string& address);
-// "NAME:<rank + 1> via RELAY", the address of a relayed worker of `rank`.
+// "NAME:<rank + 1>": what peers ask the relay for to reach the relayed
+// worker of `rank` (an IPv6 literal NAME gets brackets).
+std::string relayTarget(const std::string& name, int rank);
+// "TARGET via RELAY".
+std::string viaRelay(const std::string& target, const std::string& relay);
+// viaRelay(relayTarget(name, rank), relay).
 std::string relayedAddress(const std::string& name, int rank, const std::string& relay);
 
 }  // namespace geopipe::transport
