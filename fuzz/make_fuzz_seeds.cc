@@ -287,6 +287,15 @@ void gradientBundleSeeds(const fs::path& out) {
             std::string(1, 2) + str(geopipe::runtime::encodeGradientBundle(two)));
 }
 
+// Inputs of fuzz/relay_request_fuzzer.cc: what gRPC's HTTP CONNECT
+// handshaker sends, with and without a Host line, and a dial-back.
+void relayRequestSeeds(const fs::path& out) {
+  writeSeed(out, "connect",
+            "CONNECT gpu7.example.org:3 HTTP/1.1\r\nHost: gpu7.example.org:3\r\n\r\n");
+  writeSeed(out, "connect-v6", "CONNECT [::1]:1 HTTP/1.1\r\n\r\n");
+  writeSeed(out, "dial-back", "GEOPIPE-RELAY 3f2a9c0d11e4b7a85c6d0e1f2a3b4c5d\n");
+}
+
 // Inputs of fuzz/nccl_announcement_fuzzer.cc: the limit byte (2^20), then
 // an announcement of each channel.
 void ncclAnnouncementSeeds(const fs::path& out) {
@@ -316,6 +325,7 @@ int main(int argc, char** argv) {
   pipelineFrameSeeds(out / "pipeline_frame");
   gradientBundleSeeds(out / "gradient_bundle");
   ncclAnnouncementSeeds(out / "nccl_announcement");
+  relayRequestSeeds(out / "relay_request");
   std::cout << "seeds written under " << out << "\n";
   return 0;
 }

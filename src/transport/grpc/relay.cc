@@ -94,25 +94,6 @@ bool writeAll(int fd, const std::string& s, Clock::time_point deadline,
   return writeAll(fd, s.data(), s.size(), deadline, stopping);
 }
 
-// The rank a CONNECT asks for: "CONNECT NAME:ID HTTP/1.x" with ID = rank + 1;
-// -1 for anything else.
-int rankOfConnect(const std::string& header, std::string* target) {
-  const std::string verb = "CONNECT ";
-  if (header.rfind(verb, 0) != 0) return -1;
-  const auto end = header.find(' ', verb.size());
-  if (end == std::string::npos) return -1;
-  *target = header.substr(verb.size(), end - verb.size());
-  const auto colon = target->rfind(':');
-  if (colon == std::string::npos || colon + 1 >= target->size()) return -1;
-  int id = 0;
-  for (size_t i = colon + 1; i < target->size(); ++i) {
-    const char c = (*target)[i];
-    if (c < '0' || c > '9' || id > 100000) return -1;
-    id = id * 10 + (c - '0');
-  }
-  return id >= 1 ? id - 1 : -1;
-}
-
 }  // namespace
 
 struct Relay::State {
@@ -187,12 +168,10 @@ struct Relay::State {
 
   void handle(int fd) {
     const auto deadline = Clock::now() + options.dial_timeout;
-    const std::string header = readHeader(fd, deadline, stopping);
-    if (header.rfind(kDialBackVerb, 0) == 0) {
-      const std::string id =
-          header.substr(std::strlen(kDialBackVerb), header.size() - std::strlen(kDialBackVerb) - 1);
+    const RelayRequest request = parseRelayRequest(readHeader(fd, deadline, stopping));
+    if (request.kind == RelayRequest::Kind::DIAL_BACK) {
       std::lock_guard<std::mutex> lock(mu);
-      auto it = waiting.find(id);
+      auto it = waiting.find(request.id);
       if (it == waiting.end() || it->second >= 0) {
         ++counts.refused;
         open_fds.erase(fd);
@@ -203,12 +182,12 @@ struct Relay::State {
       cv.notify_all();
       return;
     }
-    std::string target;
-    const int rank = rankOfConnect(header, &target);
-    if (rank < 0) {
+    if (request.kind != RelayRequest::Kind::CONNECT) {
       refuse(fd, "400 Bad Request");
       return;
     }
+    const int rank = request.rank;
+    const std::string& target = request.target;
     const std::string id = security::randomToken();
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -400,6 +379,39 @@ int dialRelay(const std::string& relay_address, const std::string& id,
   }
   ::freeaddrinfo(found);
   GEOPIPE_THROW(IoError, "cannot dial the relay at ", relay_address, ": ", last_error);
+}
+
+RelayRequest parseRelayRequest(const std::string& header) {
+  RelayRequest r;
+  const std::string dial_back = kDialBackVerb;
+  if (header.rfind(dial_back, 0) == 0) {
+    if (header.size() <= dial_back.size() + 1 || header.back() != '\n') return r;
+    r.id = header.substr(dial_back.size(), header.size() - dial_back.size() - 1);
+    if (r.id.find_first_of(" \r\n") != std::string::npos) return {};
+    r.kind = RelayRequest::Kind::DIAL_BACK;
+    return r;
+  }
+  // "CONNECT NAME:ID HTTP/1.x\r\n..." (gRPC's HTTP CONNECT handshaker).
+  const std::string verb = "CONNECT ";
+  if (header.rfind(verb, 0) != 0) return r;
+  const auto end = header.find(' ', verb.size());
+  if (end == std::string::npos || header.compare(end, 6, " HTTP/") != 0) return r;
+  const std::string target = header.substr(verb.size(), end - verb.size());
+  const auto colon = target.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= target.size() ||
+      target.size() - colon - 1 > 6)
+    return r;
+  int id = 0;
+  for (size_t i = colon + 1; i < target.size(); ++i) {
+    const char c = target[i];
+    if (c < '0' || c > '9') return r;
+    id = id * 10 + (c - '0');
+  }
+  if (id < 1 || id > 100000) return r;
+  r.kind = RelayRequest::Kind::CONNECT;
+  r.rank = id - 1;
+  r.target = target;
+  return r;
 }
 
 PeerRoute parsePeerRoute(const std::string& address) {

@@ -82,6 +82,21 @@ class Relay {
 int dialRelay(const std::string& relay_address, const std::string& id,
               std::chrono::milliseconds timeout);
 
+// What a connection to the relay asked for, from its first header (the
+// relay reads at most 8 KiB, up to "\r\n\r\n", or up to "\n" after
+// "GEOPIPE-RELAY "): an HTTP CONNECT for "NAME:ID" (rank = ID - 1, ID in
+// [1, 100000]), or a relayed worker's dial-back with the id it was given.
+// Anything else is INVALID (answered 400). Bytes from the network: no
+// input may crash it (fuzz/relay_request_fuzzer.cc).
+struct RelayRequest {
+  enum class Kind { INVALID, CONNECT, DIAL_BACK };
+  Kind kind = Kind::INVALID;
+  int rank = -1;       // CONNECT
+  std::string target;  // CONNECT: "NAME:ID"
+  std::string id;      // DIAL_BACK
+};
+RelayRequest parseRelayRequest(const std::string& header);
+
 // A peer address as GrpcTransport takes it: "HOST:PORT" dialled directly, or
 // "NAME:ID via RELAYHOST:RELAYPORT" through the relay.
 struct PeerRoute {
