@@ -39,7 +39,7 @@ Bytes pattern(size_t n, uint32_t seed) {
 LinkSecurity loopbackTls() {
   const auto ca = security::createCertificateAuthority("relay test CA", 1);
   const security::HostCertificate host =
-      security::issueHostCertificate(ca, {"localhost", "127.0.0.1"}, 1);
+      security::issueHostCertificate(ca, {"localhost", "127.0.0.1", "rank0.geopipe.invalid"}, 1);
   auto id = std::make_shared<security::TlsIdentity>();
   id->ca_pem = ca.cert_pem;
   id->cert_pem = host.cert_pem;
@@ -110,8 +110,9 @@ TEST(Relay, ARankThatAcceptsNothingReceivesThroughTheRelayOverTls) {
   });
   const std::string via = "127.0.0.1:" + std::to_string(relay->port());
   // Rank 1 reaches rank 0 only through the relay (its own port is never
-  // given out); rank 0 dials rank 1 directly.
-  ranks[1]->setPeerAddress(0, relayedAddress("127.0.0.1", 0, via));
+  // given out), by a name no resolver knows: only the relay's address is
+  // resolved, and TLS checks the name. Rank 0 dials rank 1 directly.
+  ranks[1]->setPeerAddress(0, relayedAddress("rank0.geopipe.invalid", 0, via));
   ranks[0]->setPeerAddress(1, ranks[1]->listeningAddress());
   constexpr int kMessages = 6;
   std::vector<std::shared_ptr<Work>> sends;
