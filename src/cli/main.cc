@@ -1,16 +1,55 @@
 // The `geopipe` command: the shared command line (command_line.h) with the
-// engine's verbs and benchmarks, which need LibTorch. geopipe-lite
-// (lite_main.cc) is the same command line without them.
-#include <iostream>
+// engine's verbs, which need LibTorch. geopipe-lite (lite_main.cc) is the
+// same command line without them. Built twice: geopipe-bench
+// (GEOPIPE_WITH_BENCHMARKS) also has the engine's benchmarks; `geopipe`
+// runs the geopipe-bench next to it for those, so that `make demo` need not
+// compile them.
+#include <limits.h>
+#include <unistd.h>
 
-#include "src/cli/bench_binding.h"
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+#include <string>
+
 #include "src/cli/command_line.h"
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/model_commands.h"
+#ifdef GEOPIPE_WITH_BENCHMARKS
+#include "src/cli/bench_binding.h"
+#endif
 
 namespace geopipe::cli {
 namespace {
+
+// The command line as given, for geopipe-bench.
+char** g_argv = nullptr;
+
+#ifndef GEOPIPE_WITH_BENCHMARKS
+// The benchmarks that live in geopipe-bench.
+constexpr const char* kEngineBenchmarks[] = {"pipeline", "e2e",     "grpc",   "model",
+                                             "soak",     "binding", "diloco", "replan"};
+
+// Runs the same command line with geopipe-bench from this binary's
+// directory (exec: its output and exit code are the command's).
+int runBenchBinary(const std::string& name) {
+  char self[PATH_MAX] = {0};
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
+  dir = dir.substr(0, dir.rfind('/') + 1);
+  const std::string bench = dir + "geopipe-bench";
+  if (::access(bench.c_str(), X_OK) != 0) {
+    std::cerr << "error: `geopipe bench " << name << "` runs " << bench
+              << ", which is not built: `make build` (or `cmake --build build --target "
+                 "geopipe-bench`) builds it; `make demo` builds only geopipe\n";
+    return 2;
+  }
+  ::execv(bench.c_str(), g_argv);
+  std::cerr << "error: cannot run " << bench << ": " << std::strerror(errno) << "\n";
+  return 1;
+}
+#endif
 
 // train, launch, coordinator, worker, probe, eval, generate, export, and
 // bench pipeline, e2e, grpc, model, soak, binding, diloco, replan.
@@ -46,6 +85,25 @@ class Engine final : public EngineVerbs {
     addExportOptions(*export_, export_args_);
   }
 
+#ifndef GEOPIPE_WITH_BENCHMARKS
+  // The engine benchmarks are listed in `geopipe bench --help`; main()
+  // hands their command lines to geopipe-bench before parsing.
+  void addBenchmarks(CLI::App& bench) override {
+    bench_ = &bench;
+    for (const char* name : kEngineBenchmarks) {
+      bench.add_subcommand(name, "a LibTorch benchmark, run by geopipe-bench (`geopipe bench " +
+                                     std::string(name) + " --help`)");
+    }
+  }
+
+  std::function<int()> parsedVerb() override {
+    if (std::function<int()> verb = engineVerb()) return verb;
+    if (!*bench_) return {};
+    for (const char* name : kEngineBenchmarks)
+      if (bench_->got_subcommand(name)) return [name] { return runBenchBinary(name); };
+    return {};
+  }
+#else
   void addBenchmarks(CLI::App& bench) override {
     bench_ = &bench;
     addPipelineBenchOptions(bench, pipeline_bench_args_);
@@ -59,15 +117,7 @@ class Engine final : public EngineVerbs {
   }
 
   std::function<int()> parsedVerb() override {
-    if (*train_) return [this] { return runTrainCommand(train_args_, std::cout); };
-    if (*launch_) return [this] { return runLaunchCommand(launch_args_, std::cout); };
-    if (*coordinator_)
-      return [this] { return runCoordinatorCommand(coordinator_args_, std::cout); };
-    if (*worker_) return [this] { return runWorkerCommand(worker_args_, std::cout); };
-    if (*probe_) return [this] { return runProbeCommand(probe_args_, std::cout); };
-    if (*eval_) return [this] { return runEvalCommand(eval_args_, std::cout); };
-    if (*generate_) return [this] { return runGenerateCommand(generate_args_, std::cout); };
-    if (*export_) return [this] { return runExportCommand(export_args_, std::cout); };
+    if (std::function<int()> verb = engineVerb()) return verb;
     if (!*bench_) return {};
     if (bench_->got_subcommand("pipeline"))
       return [this] { return runPipelineBench(pipeline_bench_args_, std::cout); };
@@ -87,10 +137,25 @@ class Engine final : public EngineVerbs {
       return [this] { return runReplanBench(replan_bench_args_, std::cout); };
     return {};
   }
+#endif
 
   ModelCost priceModel(const JobSpec& job) override { return pluginModelCost(job); }
 
  private:
+  // The engine verb the command line chose, if any.
+  std::function<int()> engineVerb() {
+    if (*train_) return [this] { return runTrainCommand(train_args_, std::cout); };
+    if (*launch_) return [this] { return runLaunchCommand(launch_args_, std::cout); };
+    if (*coordinator_)
+      return [this] { return runCoordinatorCommand(coordinator_args_, std::cout); };
+    if (*worker_) return [this] { return runWorkerCommand(worker_args_, std::cout); };
+    if (*probe_) return [this] { return runProbeCommand(probe_args_, std::cout); };
+    if (*eval_) return [this] { return runEvalCommand(eval_args_, std::cout); };
+    if (*generate_) return [this] { return runGenerateCommand(generate_args_, std::cout); };
+    if (*export_) return [this] { return runExportCommand(export_args_, std::cout); };
+    return {};
+  }
+
   // Each verb's subcommand (owned by the app) and the arguments it parses.
   CLI::App* train_ = nullptr;
   TrainArgs train_args_;
@@ -109,6 +174,7 @@ class Engine final : public EngineVerbs {
   CLI::App* export_ = nullptr;
   ExportArgs export_args_;
   CLI::App* bench_ = nullptr;  // `geopipe bench`, the shared command line's
+#ifdef GEOPIPE_WITH_BENCHMARKS
   PipelineBenchArgs pipeline_bench_args_;
   E2eBenchArgs e2e_bench_args_;
   GrpcBenchArgs grpc_bench_args_;
@@ -117,12 +183,23 @@ class Engine final : public EngineVerbs {
   BindingBenchArgs binding_bench_args_;
   DilocoBenchArgs diloco_bench_args_;
   ReplanBenchArgs replan_bench_args_;
+#endif
 };
 
 }  // namespace
 }  // namespace geopipe::cli
 
 int main(int argc, char** argv) {
+  geopipe::cli::g_argv = argv;
+#ifndef GEOPIPE_WITH_BENCHMARKS
+  // `geopipe [global options] bench NAME ...` for an engine benchmark.
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "bench") != 0) continue;
+    for (const char* name : geopipe::cli::kEngineBenchmarks)
+      if (std::strcmp(argv[i + 1], name) == 0) return geopipe::cli::runBenchBinary(name);
+    break;
+  }
+#endif
   geopipe::cli::Engine engine;
   return geopipe::cli::runCommandLine(argc, argv, &engine);
 }

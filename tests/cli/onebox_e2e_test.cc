@@ -97,6 +97,27 @@ TEST(OneBox, TrainWritesTimelinesAndTheBenchmarksRefuseThem) {
   }
 }
 
+// The engine's benchmarks live in geopipe-bench (`make demo` builds only
+// geopipe): `geopipe bench NAME` runs the one next to it, and a geopipe
+// without one says what to build.
+TEST(OneBox, EngineBenchmarksRunFromGeopipeBenchAndAreNamedWhenItIsMissing) {
+  TempDir dir;
+  const CommandResult help = runGeopipe(dir, {"bench", "pipeline", "--help"});
+  EXPECT_EQ(help.code, 0) << help.err;
+  EXPECT_TRUE(contains(help.out, "Tokens/s of the staged engine")) << help.out << help.err;
+  const CommandResult listed = runGeopipe(dir, {"bench", "--help"});
+  EXPECT_TRUE(contains(listed.out, "run by geopipe-bench")) << listed.out;
+  // A copy of geopipe alone in a folder.
+  const std::string alone = dir.file("geopipe");
+  fs::copy_file(GEOPIPE_BINARY, alone);
+  const std::string cmd = quote(alone) + " bench e2e --quick >" + quote(dir.file("out")) + " 2>&1";
+  const int status = std::system(cmd.c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << status;
+  const std::string said = readAll(dir.file("out"));
+  EXPECT_TRUE(contains(said, dir.file("geopipe-bench") + ", which is not built: `make build`"))
+      << said;
+}
+
 TEST(OneBox, BadJobWithoutTopologyNamesItsFields) {
   TempDir dir;
   writeFile(dir.file("job.yaml"), std::string(kJob) + "transport: {bandwidth_scale: 0}\n");
