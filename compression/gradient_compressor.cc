@@ -104,6 +104,7 @@ std::vector<float> decodeDense(const CompressedMessage& msg, WireHeader* header)
   switch (h.method) {
     case Method::RAW:
     case Method::FP16:
+    case Method::BF16:
     case Method::QUANTIZED:
       out = decodeTensor(msg).values;
       break;
