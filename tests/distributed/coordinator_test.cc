@@ -32,6 +32,7 @@
 #include "src/transport/grpc/credentials.h"
 #include "tests/distributed/test_jobs.h"
 #include "tests/support/raw_tcp.h"
+#include "tests/support/test_identity.h"
 
 namespace geopipe::distributed {
 namespace {
@@ -43,16 +44,10 @@ using testing::writeJob;
 
 constexpr const char* kToken = "the-right-join-token-0123456789";
 
-// A loopback identity (127.0.0.1 certificate) signed by `ca`.
+// A loopback identity (127.0.0.1 certificate) signed by `signer`, trusting `ca`.
 std::shared_ptr<const security::TlsIdentity> identityFrom(
     const security::CertificateAuthority& ca, const security::CertificateAuthority& signer) {
-  const auto host = security::issueHostCertificate(signer, {"localhost", "127.0.0.1"}, 1);
-  auto id = std::make_shared<security::TlsIdentity>();
-  id->ca_pem = ca.cert_pem;
-  id->cert_pem = host.cert_pem;
-  id->key_pem = host.key_pem;
-  id->origin = "test certificate";
-  return id;
+  return geopipe::testing::testIdentity(ca, signer);
 }
 
 const security::CertificateAuthority& testCa() {

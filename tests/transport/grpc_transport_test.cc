@@ -31,6 +31,7 @@
 #include "src/transport/grpc/peer_test_client.h"
 #include "tests/support/raw_tcp.h"
 #include "tests/support/tcp_proxy.h"
+#include "tests/support/test_identity.h"
 #include "tests/transport/grpc_world.h"
 #include "tests/transport/world.h"
 
@@ -408,31 +409,16 @@ TEST(PeerSessions, OnlyTheSameIncarnationResumesAndTheNewestStreamDelivers) {
 // A CA and a 127.0.0.1 certificate it signed, as one rank's identity.
 std::shared_ptr<const security::TlsIdentity> loopbackIdentity(
     const security::CertificateAuthority& ca) {
-  const security::HostCertificate host =
-      security::issueHostCertificate(ca, {"localhost", "127.0.0.1"}, 1);
-  auto id = std::make_shared<security::TlsIdentity>();
-  id->ca_pem = ca.cert_pem;
-  id->cert_pem = host.cert_pem;
-  id->key_pem = host.key_pem;
-  id->origin = "test";
-  return id;
+  return geopipe::testing::testIdentity(ca, ca);
 }
 
 // Two ranks whose links are secured by `a` and `b`; rank 1 knows rank 0's
 // address.
 std::vector<std::shared_ptr<GrpcTransport>> twoRanks(const LinkSecurity& a, const LinkSecurity& b,
                                                      seconds connect_timeout) {
-  std::vector<std::shared_ptr<GrpcTransport>> ranks;
-  for (int r = 0; r < 2; ++r) {
-    GrpcTransportOptions o = grpcTestOptions();
-    o.rank = r;
-    o.addresses = {"", ""};
-    o.listen_address = "127.0.0.1:0";
-    o.job_token = "tls-test-job";
-    o.security = r == 0 ? a : b;
-    o.connect_timeout = connect_timeout;
-    ranks.push_back(std::make_shared<GrpcTransport>(o));
-  }
+  GrpcTransportOptions o = grpcTestOptions();
+  o.connect_timeout = connect_timeout;
+  auto ranks = unconnectedRanks({a, b}, o, "tls-test-job");
   ranks[1]->setPeerAddress(0, ranks[0]->listeningAddress());
   return ranks;
 }

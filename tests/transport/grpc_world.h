@@ -42,6 +42,24 @@ inline std::vector<std::shared_ptr<GrpcTransport>> makeGrpcWorld(
   return ranks;
 }
 
+// One rank per entry of `security` (its links secured by it), each on a
+// free 127.0.0.1 port, no peer address known yet.
+inline std::vector<std::shared_ptr<GrpcTransport>> unconnectedRanks(
+    const std::vector<LinkSecurity>& security, GrpcTransportOptions base = grpcTestOptions(),
+    const std::string& job_token = "test-job") {
+  std::vector<std::shared_ptr<GrpcTransport>> ranks;
+  for (size_t r = 0; r < security.size(); ++r) {
+    GrpcTransportOptions o = base;
+    o.rank = static_cast<int>(r);
+    o.addresses.assign(security.size(), "");
+    o.listen_address = "127.0.0.1:0";
+    o.job_token = job_token;
+    o.security = security[r];
+    ranks.push_back(std::make_shared<GrpcTransport>(o));
+  }
+  return ranks;
+}
+
 inline World asWorld(const std::vector<std::shared_ptr<GrpcTransport>>& ranks) {
   World world;
   for (auto& r : ranks) world.ranks.push_back(r);

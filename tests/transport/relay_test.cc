@@ -18,6 +18,7 @@
 
 #include "src/security/pki.h"
 #include "src/transport/grpc/grpc_transport.h"
+#include "tests/support/test_identity.h"
 #include "tests/transport/grpc_world.h"
 
 namespace geopipe::transport::testing {
@@ -36,17 +37,13 @@ Bytes pattern(size_t n, uint32_t seed) {
   return b;
 }
 
+// Every rank's identity: a certificate for loopback and for the name the
+// relayed rank is dialled by.
 LinkSecurity loopbackTls() {
   const auto ca = security::createCertificateAuthority("relay test CA", 1);
-  const security::HostCertificate host =
-      security::issueHostCertificate(ca, {"localhost", "127.0.0.1", "rank0.geopipe.invalid"}, 1);
-  auto id = std::make_shared<security::TlsIdentity>();
-  id->ca_pem = ca.cert_pem;
-  id->cert_pem = host.cert_pem;
-  id->key_pem = host.key_pem;
-  id->origin = "test";
   LinkSecurity s;
-  s.tls = id;
+  s.tls =
+      geopipe::testing::testIdentity(ca, ca, {"localhost", "127.0.0.1", "rank0.geopipe.invalid"});
   return s;
 }
 
@@ -85,18 +82,10 @@ std::string askRelay(int port, const std::string& request) {
 
 TEST(Relay, ARankThatAcceptsNothingReceivesThroughTheRelayOverTls) {
   const LinkSecurity tls = loopbackTls();
-  std::vector<std::shared_ptr<GrpcTransport>> ranks;
-  for (int r = 0; r < 2; ++r) {
-    GrpcTransportOptions o = grpcTestOptions();
-    o.rank = r;
-    o.addresses = {"", ""};
-    o.listen_address = "127.0.0.1:0";
-    o.job_token = "relay-test";
-    o.security = tls;
-    o.connect_timeout = seconds(10);
-    o.link_grace = seconds(5);
-    ranks.push_back(std::make_shared<GrpcTransport>(o));
-  }
+  GrpcTransportOptions o = grpcTestOptions();
+  o.connect_timeout = seconds(10);
+  o.link_grace = seconds(5);
+  std::vector<std::shared_ptr<GrpcTransport>> ranks = unconnectedRanks({tls, tls}, o, "relay-test");
   DialBacks backs;
   std::shared_ptr<Relay> relay;
   relay = std::make_shared<Relay>("127.0.0.1:0", [&](int rank, const std::string& id) {
