@@ -47,6 +47,66 @@ constexpr int kMaxFrameBytes = static_cast<int>(kMaxChunkBytes + (64 << 10));
 // refused.
 constexpr int kMaxAckBytes = 64 << 10;
 
+// The sending side writes PeerChunks as wire bytes it puts together itself
+// (frameBytes, chunkBytes), so that a chunk's data goes to gRPC straight from
+// the payload; the receiving side parses them as PeerChunks.
+using PeerWriter = grpc::ClientReaderWriter<grpc::ByteBuffer, PeerAck>;
+
+// Opens PeerService.Stream on `channel` as the generated stub does, with
+// wire bytes as the request type.
+std::unique_ptr<PeerWriter> openPeerStream(const std::shared_ptr<grpc::Channel>& channel,
+                                           grpc::ClientContext* context) {
+  static const std::string name = detail::concat("/", PeerService::service_full_name(), "/Stream");
+  const grpc::internal::RpcMethod method(name.c_str(), grpc::internal::RpcMethod::BIDI_STREAMING,
+                                         channel);
+  return std::unique_ptr<PeerWriter>(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, PeerAck>::Create(
+          channel.get(), method, context));
+}
+
+// A frame without message data (a resume frame, the goodbye), a few bytes.
+grpc::ByteBuffer frameBytes(const PeerChunk& frame) {
+  grpc::Slice slice(frame.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+void appendVarint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+
+void releasePayload(void* payload) {
+  delete static_cast<std::shared_ptr<const Bytes>*>(payload);
+}
+
+// A chunk carrying bytes [offset, offset + n) of `payload`, without copying
+// them: protobuf's wire format lets fields come in any order and writes a
+// bytes field as its key, its length (a varint) and the bytes, so the chunk
+// is its header fields serialized as usual, then `data`'s key and length,
+// then a slice that points into the payload and keeps it alive until gRPC
+// has written it (it may still hold it after Write() returned). The
+// receiver parses the result as any PeerChunk. Copying each chunk into the
+// PeerChunk and gRPC serializing that into buffers of its own took two
+// copies and two fresh allocations of the chunk's size per chunk.
+grpc::ByteBuffer chunkBytes(const PeerChunk& header, const std::shared_ptr<const Bytes>& payload,
+                            uint64_t offset, uint64_t n) {
+  std::string head = header.SerializeAsString();
+  if (n == 0) {
+    grpc::Slice slice(head);
+    return grpc::ByteBuffer(&slice, 1);
+  }
+  // The key of field `data`: its number, then wire type 2 (length-delimited).
+  appendVarint(head, (uint64_t{PeerChunk::kDataFieldNumber} << 3) | 2);
+  appendVarint(head, n);
+  grpc::Slice slices[2] = {grpc::Slice(head),
+                           grpc::Slice(const_cast<uint8_t*>(payload->data()) + offset, n,
+                                       releasePayload, new std::shared_ptr<const Bytes>(payload))};
+  return grpc::ByteBuffer(slices, 2);
+}
+
 // A failure as a kind and a message, so that one link failure can be
 // reported to every later send with that send's own context.
 struct Failure {
@@ -210,7 +270,7 @@ class PeerLink {
           GEOPIPE_ERROR_PTR(IoError, describeSend(tag), " failed: the transport is closing"));
     }
     auto work = std::make_shared<PendingWork>(describeSend(tag));
-    queue_.push_back(Outgoing{tag, std::move(payload), work, 0});
+    queue_.push_back(Outgoing{tag, std::make_shared<const Bytes>(std::move(payload)), work, 0});
     if (!started_) {
       started_ = true;
       writer_ = std::thread([this] { run(); });
@@ -246,8 +306,8 @@ class PeerLink {
  private:
   struct Outgoing {
     Tag tag;
-    Bytes payload;
-    std::shared_ptr<PendingWork> work;  // null once completed
+    std::shared_ptr<const Bytes> payload;  // shared with gRPC while it writes it (chunkBytes)
+    std::shared_ptr<PendingWork> work;     // null once completed
     uint64_t sequence = 0;              // set when first written
   };
   // How one stream ended: drained and closed cleanly, or broken.
@@ -360,18 +420,17 @@ class PeerLink {
     return chunk;
   }
 
-  bool writeMessage(grpc::ClientReaderWriter<PeerChunk, PeerAck>* stream, const Outgoing& m) {
+  bool writeMessage(PeerWriter* stream, const Outgoing& m) {
     PeerChunk chunk = header();
     tagToWire(m.tag, chunk.mutable_tag());
     chunk.set_sequence(m.sequence);
-    const uint64_t total = m.payload.size();
+    const uint64_t total = m.payload->size();
     chunk.set_total_size(total);
     uint64_t offset = 0;
     do {
       const uint64_t n = std::min<uint64_t>(config_.chunk_bytes, total - offset);
       chunk.set_offset(offset);
-      chunk.set_data(reinterpret_cast<const char*>(m.payload.data()) + offset, n);
-      if (!stream->Write(chunk)) return false;
+      if (!stream->Write(chunkBytes(chunk, m.payload, offset, n))) return false;
       offset += n;
     } while (offset < total);
     return true;
@@ -438,7 +497,6 @@ class PeerLink {
   // goodbye, drained) or the stream breaks.
   StreamEnd runStream(const std::shared_ptr<grpc::Channel>& channel, bool resume,
                       std::deque<Outgoing>& unacked, uint64_t& next_seq) {
-    auto stub = PeerService::NewStub(channel);
     {
       std::lock_guard<std::mutex> lock(mu_);
       context_ = std::make_unique<grpc::ClientContext>();
@@ -446,7 +504,7 @@ class PeerLink {
       server_ended_ = false;
       stream_acked_ = false;
     }
-    auto stream = stub->Stream(context_.get());
+    std::unique_ptr<PeerWriter> stream = openPeerStream(channel, context_.get());
     // The server acknowledges delivered messages; Read() also returns when
     // the server ends the call (a refusal, its shutdown, a broken
     // connection), which wakes the writer even while it has nothing to write.
@@ -503,7 +561,7 @@ class PeerLink {
       // acknowledged nothing (the first stream may have broken before the
       // receiver saw it; then it starts the session afresh).
       hello.set_sequence(unacked.empty() ? next_seq : unacked.front().sequence);
-      if (!stream->Write(hello)) return broken(stream_name);
+      if (!stream->Write(frameBytes(hello))) return broken(stream_name);
       PeerAck ack;
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -577,7 +635,7 @@ class PeerLink {
     // close() cancels us after close_timeout).
     PeerChunk goodbye = header();
     goodbye.set_end_of_stream(true);
-    if (stream->Write(goodbye)) stream->WritesDone();
+    if (stream->Write(frameBytes(goodbye))) stream->WritesDone();
     const grpc::Status status = finishCall();
     if (!status.ok()) {
       std::lock_guard<std::mutex> lock(mu_);
