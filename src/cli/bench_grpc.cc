@@ -160,7 +160,7 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   }
   out << "\n'tokens/s' from the median step time (slowest tasklet); 'run tok/s' from the "
          "wall-clock of the timed steps as the coordinator saw them; 'vs inproc' = in-process "
-         "median step time / this run's (target >= 0.8x). 'gRPC, link_grace 0': the same "
+         "median step time / this run's (the target: >= 0.9x). 'gRPC, link_grace 0': the same "
          "processes without resumable links (no acknowledgements or retained messages).\n";
   return worst <= tolerance ? 0 : static_cast<int>(5);
 }

@@ -5,6 +5,7 @@
 // runs the geopipe-bench next to it for those, so that `make demo` need not
 // compile them.
 #include <limits.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,6 +26,20 @@ namespace {
 
 // The command line as given, for geopipe-bench.
 char** g_argv = nullptr;
+
+// Training allocates and frees the same large buffers every step (tensors,
+// messages of 100 KB to MBs, gRPC's frames). glibc's defaults give them back
+// to the kernel (mmap/munmap above a threshold that only adapts upwards, heap
+// tops trimmed past 2x that), so each step faults the same pages in again:
+// over a tenth of a gRPC worker's CPU in `bench grpc`, and of the in-process
+// engine's. Every geopipe process keeps its freed memory for the next step
+// instead: buffers up to 32 MiB (glibc's largest threshold) come from the
+// heap, and a heap top is trimmed only past 256 MiB free. RSS stays near its
+// peak (docs/operations.md).
+void keepFreedMemoryForNextStep() {
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
+}
 
 #ifndef GEOPIPE_WITH_BENCHMARKS
 // The benchmarks that live in geopipe-bench.
@@ -191,6 +206,7 @@ class Engine final : public EngineVerbs {
 
 int main(int argc, char** argv) {
   geopipe::cli::g_argv = argv;
+  geopipe::cli::keepFreedMemoryForNextStep();
 #ifndef GEOPIPE_WITH_BENCHMARKS
   // `geopipe [global options] bench NAME ...` for an engine benchmark.
   for (int i = 1; i + 1 < argc; ++i) {

@@ -1,7 +1,5 @@
 // `geopipe worker --coordinator HOST:PORT`: one tasklet of a multi-process
 // job (started by `geopipe launch`, or by hand / srun on each host).
-#include <malloc.h>
-
 #include <filesystem>
 #include <iostream>
 
@@ -53,25 +51,7 @@ void addHostSecurityOptions(CLI::App& app, distributed::WorkerSecurityArgs& args
                "with --insecure: allow plaintext on addresses that are not loopback");
 }
 
-namespace {
-
-// A worker allocates and frees the same large buffers every step (tensors,
-// messages of 100 KB to MBs, gRPC's frames). glibc's defaults give them back
-// to the kernel (mmap/munmap above a threshold that only adapts upwards,
-// heap tops trimmed past 2x that), so each step faults the same pages in
-// again: over a tenth of a worker's CPU in `bench grpc`. A worker is one
-// tasklet's process, so it keeps its freed memory for the next step instead:
-// buffers up to 32 MiB (glibc's largest threshold) come from the heap, and a
-// heap top is trimmed only past 256 MiB free. Its RSS stays at its peak.
-void keepFreedMemoryForNextStep() {
-  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
-}
-
-}  // namespace
-
 int runWorkerCommand(const WorkerArgs& args, std::ostream& out) {
-  keepFreedMemoryForNextStep();
   distributed::WorkerOptions opt;
   opt.coordinator = args.coordinator;
   opt.device = args.device;
