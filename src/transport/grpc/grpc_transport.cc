@@ -922,7 +922,12 @@ class GrpcTransport::Impl {
       ::close(fd);
       return;
     }
-    gate_->adopt(fd);
+    try {
+      gate_->adopt(fd);
+    } catch (...) {
+      ::close(fd);  // the gate stopped meanwhile (close() is under way)
+      throw;
+    }
   }
 
   void close() {
