@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -238,11 +237,9 @@ struct Relay::State {
   }
 
   // Copies bytes both ways until both directions ended (an end of stream is
-  // passed on as a half-close) or either side failed.
+  // passed on as a half-close) or either side failed. Both sockets came
+  // through the gate, which set TCP_NODELAY on them.
   void splice(int a, int b) {
-    const int one = 1;
-    ::setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    ::setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     std::vector<char> buffer(size_t{256} << 10);
     bool open_ab = true;  // a -> b still flows
     bool open_ba = true;
@@ -370,9 +367,7 @@ int dialRelay(const std::string& relay_address, const std::string& id,
     }
     if (connected && writeAll(fd, std::string(kDialBackVerb) + id + "\n", deadline, never)) {
       ::freeaddrinfo(found);
-      const int one = 1;
-      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      return fd;
+      return fd;  // the peer service's gate sets TCP_NODELAY when it adopts it
     }
     if (connected) last_error = "the relay closed the connection";
     ::close(fd);
