@@ -440,7 +440,6 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
       out->add_addresses(slot->info.address);
       out->add_relayed(slot->relayed);
     }
-    if (relay_) out->set_relay_port(relay_->port());
     return grpc::Status::OK;
   }
 

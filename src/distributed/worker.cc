@@ -691,9 +691,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
       if (r == rank) continue;
       const bool relayed = r < table.relayed_size() && table.relayed(r);
       grpc_transport->setPeerAddress(
-          r, relayed ? transport::viaRelay(table.addresses(r),
-                                           detail::concat(client.host(), ":", table.relay_port()))
-                     : table.addresses(r));
+          r, relayed ? transport::viaRelay(table.addresses(r), relay) : table.addresses(r));
     }
     std::shared_ptr<transport::Transport> net = grpc_transport;
     if (job.transport.kind == "nccl") {
