@@ -25,13 +25,13 @@ bool endsWith(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-void relayIncomingLinks(TopologySpec& t, int device, int relay_site) {
+bool relayIncomingLinks(TopologySpec& t, int device, int relay_site) {
   GEOPIPE_CHECK(device >= 0 && device < t.numDevices(), ConfigError, "relayed device ", device,
                 " is not in the topology's ", t.numDevices(), " devices");
   GEOPIPE_CHECK(relay_site >= 0 && relay_site < t.numSites(), ConfigError, "relay site ",
                 relay_site, " is not in the topology's ", t.numSites(), " sites");
   const int old_site = t.devices[static_cast<size_t>(device)].site;
-  if (endsWith(t.sites[static_cast<size_t>(old_site)].name, kRelayedSuffix)) return;
+  if (endsWith(t.sites[static_cast<size_t>(old_site)].name, kRelayedSuffix)) return false;
   const auto link = [&](int a, int b) -> LinkSpec& {
     return t.site_links[static_cast<size_t>(a)][static_cast<size_t>(b)];
   };
@@ -58,6 +58,7 @@ void relayIncomingLinks(TopologySpec& t, int device, int relay_site) {
   for (int y = 0; y < t.numSites(); ++y) {
     if (y != x) link(y, x) = chain(link(y, relay_site), relay_to_device);
   }
+  return true;
 }
 
 }  // namespace geopipe::scheduler

@@ -17,7 +17,8 @@ namespace geopipe::scheduler {
 // their indices, so plans on the result are plans on `t`. Applying it to
 // several devices one after another prices a link between two relayed
 // devices as sender -> relay -> receiver. ConfigError for an index out of
-// range; a device already alone in a relayed site is left as it is.
-void relayIncomingLinks(TopologySpec& t, int device, int relay_site);
+// range; a device already alone in a relayed site is left as it is. True
+// when `t` changed (the device was not relayed yet).
+bool relayIncomingLinks(TopologySpec& t, int device, int relay_site);
 
 }  // namespace geopipe::scheduler

@@ -638,10 +638,9 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
     slot.last_seen = Clock::now();
     slot.previous_rank = req->has_previous_rank() ? req->previous_rank() : -1;
     slot.relayed = req->relayed();
-    if (slot.relayed && relayed_devices_.insert(device).second) {
-      // From now on every plan and re-plan prices the device's incoming
-      // links through the relay.
-      scheduler::relayIncomingLinks(job_.topology, device, relay_site_);
+    // From now on every plan and re-plan prices the device's incoming links
+    // through the relay (once: a device relayed before is left as it is).
+    if (slot.relayed && scheduler::relayIncomingLinks(job_.topology, device, relay_site_)) {
       eventLocked(detail::concat(
           "device '", common::printable(job_.topology.devices[static_cast<size_t>(device)].name),
           "' is reached through the relay (worker ", req->hostname(), " pid ", req->pid(),
@@ -1471,11 +1470,10 @@ class Coordinator::Impl final : public pb::Coordinator::Service {
   std::optional<transport::ConnectionGate> gate_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  // --relay: the relay, the site it is priced in, the devices priced as
-  // relayed, and each relayed rank's pending dial-backs (its RelayDials).
+  // --relay: the relay, the site it is priced in, and each relayed rank's
+  // pending dial-backs (its RelayDials).
   std::unique_ptr<transport::Relay> relay_;
   int relay_site_ = -1;
-  std::set<int> relayed_devices_;
   struct DialQueue {
     uint64_t serial = 0;  // which RelayDials call owns it
     std::deque<std::string> ids;
