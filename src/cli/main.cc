@@ -4,7 +4,6 @@
 // (GEOPIPE_WITH_BENCHMARKS) also has the engine's benchmarks; `geopipe`
 // runs the geopipe-bench next to it for those, so that `make demo` need not
 // compile them.
-#include <limits.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include "src/cli/commands.h"
 #include "src/cli/distributed_commands.h"
 #include "src/cli/model_commands.h"
+#include "src/distributed/process.h"
 #ifdef GEOPIPE_WITH_BENCHMARKS
 #include "src/cli/bench_binding.h"
 #endif
@@ -49,11 +49,14 @@ constexpr const char* kEngineBenchmarks[] = {"pipeline", "e2e",     "grpc",   "m
 // Runs the same command line with geopipe-bench from this binary's
 // directory (exec: its output and exit code are the command's).
 int runBenchBinary(const std::string& name) {
-  char self[PATH_MAX] = {0};
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
-  dir = dir.substr(0, dir.rfind('/') + 1);
-  const std::string bench = dir + "geopipe-bench";
+  std::string self;
+  try {
+    self = distributed::selfExecutable("find geopipe-bench beside it");
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  const std::string bench = self.substr(0, self.rfind('/') + 1) + "geopipe-bench";
   if (::access(bench.c_str(), X_OK) != 0) {
     std::cerr << "error: `geopipe bench " << name << "` runs " << bench
               << ", which is not built: `make build` (or `cmake --build build --target "

@@ -1,7 +1,6 @@
 // The launcher: coordinator in-process, workers as child processes.
 #include "src/distributed/launcher.h"
 
-#include <limits.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -23,13 +22,6 @@ namespace geopipe::distributed {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string selfExecutable() {
-  char buf[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) GEOPIPE_THROW(IoError, "cannot resolve /proc/self/exe to start the workers");
-  return std::string(buf, static_cast<size_t>(n));
-}
 
 std::string makeLogDir(const std::string& requested) {
   std::string dir = requested;
@@ -53,7 +45,8 @@ std::string makeLogDir(const std::string& requested) {
 LaunchResult launchJob(const LaunchOptions& opt) {
   LaunchResult out;
   out.log_dir = makeLogDir(opt.log_dir);
-  const std::string exe = opt.executable.empty() ? selfExecutable() : opt.executable;
+  const std::string exe =
+      opt.executable.empty() ? selfExecutable("start the workers") : opt.executable;
 
   // TLS for every link even here: the job's own files, or (the zero-set-up
   // default) a CA, certificate and token made for this run in its log

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -132,6 +133,13 @@ std::string tailOfFile(const std::string& path, int lines) {
   std::string out;
   for (const auto& l : last) out += l + "\n";
   return out;
+}
+
+std::string selfExecutable(const std::string& purpose) {
+  char buf[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) GEOPIPE_THROW(IoError, "cannot resolve /proc/self/exe to ", purpose);
+  return std::string(buf, static_cast<size_t>(n));
 }
 
 }  // namespace geopipe::distributed

@@ -64,4 +64,8 @@ void stopAll(std::vector<ChildProcess>& children, std::chrono::milliseconds grac
 // The last `lines` lines of a text file ("" if unreadable).
 std::string tailOfFile(const std::string& path, int lines);
 
+// The path of this process's own executable (/proc/self/exe). IoError when
+// it cannot be resolved; `purpose` says what it was needed for.
+std::string selfExecutable(const std::string& purpose);
+
 }  // namespace geopipe::distributed
