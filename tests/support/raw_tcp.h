@@ -22,10 +22,11 @@ namespace geopipe::testing {
 inline const std::string kHttp2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // Connects to "127.0.0.1:PORT" (or "host:port" with a numeric IPv4 host),
-// writes `bytes`, then reads until the server closes or `linger` passes, and
-// closes. Returns the number of bytes the server sent back.
-inline size_t sendRawTcp(const std::string& address, const std::string& bytes,
-                         std::chrono::milliseconds linger = std::chrono::milliseconds(200)) {
+// writes `bytes`, then reads until the server closes or `linger` passes
+// without a byte, and closes. Returns what the server sent back.
+inline std::string exchangeRawTcp(
+    const std::string& address, const std::string& bytes,
+    std::chrono::milliseconds linger = std::chrono::milliseconds(200)) {
   const auto colon = address.rfind(':');
   const std::string host = address.substr(0, colon);
   const int port = std::stoi(address.substr(colon + 1));
@@ -46,13 +47,21 @@ inline size_t sendRawTcp(const std::string& address, const std::string& bytes,
     off += static_cast<size_t>(n);
   }
   timeval tv{};
-  tv.tv_usec = static_cast<suseconds_t>(linger.count() * 1000);
+  tv.tv_sec = static_cast<time_t>(linger.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>(linger.count() % 1000 * 1000);
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  size_t got = 0;
+  std::string got;
   char buf[4096];
-  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) got += static_cast<size_t>(n);
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+    got.append(buf, static_cast<size_t>(n));
   ::close(fd);
   return got;
+}
+
+// exchangeRawTcp's reply, counted.
+inline size_t sendRawTcp(const std::string& address, const std::string& bytes,
+                         std::chrono::milliseconds linger = std::chrono::milliseconds(200)) {
+  return exchangeRawTcp(address, bytes, linger).size();
 }
 
 // Opens a TCP connection from `source` (a loopback address such as

@@ -4,11 +4,7 @@
 // cannot serve.
 #include "src/transport/grpc/relay.h"
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -18,6 +14,7 @@
 
 #include "src/security/pki.h"
 #include "src/transport/grpc/grpc_transport.h"
+#include "tests/support/raw_tcp.h"
 #include "tests/support/test_identity.h"
 #include "tests/transport/grpc_world.h"
 
@@ -58,26 +55,12 @@ struct DialBacks {
   }
 };
 
-// Sends a request to the relay and returns the first line of its answer.
+// Sends a request to the relay and returns the first line of its answer
+// ("" when it closes without one).
 std::string askRelay(int port, const std::string& request) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return "connect failed";
-  }
-  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
-    ::close(fd);
-    return "send failed";
-  }
-  std::string answer;
-  char c = 0;
-  while (::recv(fd, &c, 1, 0) == 1 && c != '\r') answer.push_back(c);
-  ::close(fd);
-  return answer;
+  const std::string answer = geopipe::testing::exchangeRawTcp("127.0.0.1:" + std::to_string(port),
+                                                              request, std::chrono::seconds(3));
+  return answer.substr(0, answer.find('\r'));
 }
 
 TEST(Relay, ARankThatAcceptsNothingReceivesThroughTheRelayOverTls) {
