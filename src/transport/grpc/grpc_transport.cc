@@ -46,6 +46,9 @@ constexpr int kMaxFrameBytes = static_cast<int>(kMaxChunkBytes + (64 << 10));
 // Acknowledgements (PeerAck) are a few bytes; replies larger than this are
 // refused.
 constexpr int kMaxAckBytes = 64 << 10;
+// The longest one connection attempt may take (gRPC's own default, from its
+// connection-backoff spec): set-up over a slow or far link takes seconds.
+constexpr int kConnectAttemptMs = 20000;
 
 // The sending side writes PeerChunks as wire bytes it puts together itself
 // (frameBytes, chunkBytes), so that a chunk's data goes to gRPC straight from
@@ -328,8 +331,12 @@ class PeerLink {
     // Reconnect attempts at most 1 s apart (gRPC's default backoff grows to
     // 2 minutes), so a resumed link or a late peer is reached in seconds.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    // gRPC takes its "minimum reconnect backoff" as the time one attempt may
+    // take (TCP, TLS and HTTP/2 set-up, and the relay's dial-back), not as a
+    // pause: at 100 ms a far or busy peer's set-up was abandoned again and
+    // again. connect() bounds the whole wait.
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, kConnectAttemptMs);
     if (config_.keepalive.count() > 0) {
       args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(config_.keepalive.count()));
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(config_.keepalive.count()));

@@ -209,6 +209,10 @@ struct Relay::State {
       if (back < 0) ++counts.timed_out;
     }
     if (back < 0) {
+      if (stopping.load()) {
+        closeFd(fd);
+        return;
+      }
       spdlog::warn("relay: the worker of rank {} did not dial back within {} ms for {}", rank,
                    options.dial_timeout.count(), target);
       writeAll(fd, "HTTP/1.1 504 Gateway Timeout\r\n\r\n", Clock::now() + std::chrono::seconds(1),
