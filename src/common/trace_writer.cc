@@ -20,12 +20,13 @@ namespace {
 constexpr char kTail[] = "\n]}\n";
 // The sort key of metadata events: before every span.
 constexpr int64_t kMetadataTs = std::numeric_limits<int64_t>::min();
-constexpr size_t kLanes = 5;
+constexpr size_t kLanes = 6;
 
 // Row ids ("tid") and the order the viewers show the rows in: compute on
-// top, then receives, sends, collectives and checkpoints. A packed lane's
+// top, then receives, sends, collectives and checkpoints, with the codec
+// lane right under compute. A packed lane's
 // k-th row is base + k (at most kMaxRows rows; the last takes the rest).
-constexpr int kTidBase[kLanes] = {1, 100, 200, 300, 400};
+constexpr int kTidBase[kLanes] = {1, 100, 200, 300, 400, 50};
 constexpr int kMaxRows = 99;
 
 // `s` as a JSON string. The names are the runtime's own ASCII; any other
@@ -65,6 +66,8 @@ const char* traceLaneName(TraceLane lane) {
       return "data-parallel sync";
     case TraceLane::CHECKPOINT:
       return "checkpoint";
+    case TraceLane::CODEC:
+      return "codec";
   }
   return "unknown";
 }

@@ -21,14 +21,15 @@ using TraceClock = std::chrono::steady_clock;
 // that no two spans of a row overlap. The other lanes are one row each;
 // their spans must nest or follow one another (one thread records them).
 enum class TraceLane : uint8_t {
-  COMPUTE,     // forward, backward, codecs, optimizer step, waits of the compute thread
+  COMPUTE,     // forward, backward, decodes, optimizer step, waits of the compute thread
   RECV,        // a receive, from its post to the message's arrival
   SEND,        // a send, from its post to the transport handing its bytes off
   SYNC,        // collectives: data-parallel exchange, grad-norm and tied-weight all-reduces
   CHECKPOINT,  // saving and loading checkpoints
+  CODEC,       // boundary encodes on the executor's codec lane (executor.h, Outgoing)
 };
 
-// "compute", "recv", "send", "data-parallel sync", "checkpoint".
+// "compute", "recv", "send", "data-parallel sync", "checkpoint", "codec".
 const char* traceLaneName(TraceLane lane);
 
 // What an event carries in "args"; a field left at -1 is left out.

@@ -1,11 +1,13 @@
 // The stage executor: schedule actions over a transport.
 #include "src/pipeline/executor.h"
 
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
 
 #include "geopipe/error.h"
+#include "src/pipeline/codec_lane.h"
 
 namespace geopipe::pipeline {
 namespace {
@@ -31,6 +33,8 @@ StageExecutor::StageExecutor(transport::Transport& transport, ExecutorOptions op
                 " needs a next rank iff it is not the last");
 }
 
+StageExecutor::~StageExecutor() = default;
+
 StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
   using common::TraceLane;
   StepTiming timing;
@@ -52,7 +56,14 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     recvs[{activation ? 0 : 1, a.micro_batch}] = {
         transport_.recv(activation ? options_.prev_rank : options_.next_rank, tag), at};
   }
-  // Sends in flight; waited for at the end of the step.
+  // Sends in flight; waited for at the end of the step. A payload made on
+  // the codec lane is sent from there: `made` is the lane's job and `lane`
+  // what it filled in (the send, when it was posted, its bytes).
+  struct LaneSend {
+    std::shared_ptr<transport::Work> work;
+    transport::Clock::time_point at;
+    size_t bytes = 0;
+  };
   struct Sent {
     std::shared_ptr<transport::Work> work;
     transport::Clock::time_point at;
@@ -60,9 +71,21 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     int micro_batch;
     int peer;
     size_t bytes;
+    std::future<void> made;
+    std::shared_ptr<LaneSend> lane;
   };
   std::vector<Sent> sends;
-  transport::Bytes pending_input, pending_grad, output, grad_out;
+  // However the step ends, no job of it is left running on the lane: the
+  // stage's encoders are its own again once runStep returns or throws.
+  struct DrainLane {
+    std::vector<Sent>& sends;
+    ~DrainLane() {
+      for (auto& s : sends)
+        if (s.made.valid()) s.made.wait();
+    }
+  } drain{sends};
+  transport::Bytes pending_input, pending_grad;
+  Outgoing output, grad_out;
   auto waitFor = [&](int kind, int m) {
     const Posted& posted = recvs.at({kind, m});
     const auto t0 = transport::Clock::now();
@@ -90,12 +113,32 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     }
     return payload;
   };
-  auto post = [&](const char* what, int peer, Channel channel, int m, transport::Bytes& payload) {
+  auto post = [&](const char* what, int peer, Channel channel, int m, Outgoing& out) {
     const auto at = transport::Clock::now();
-    const size_t bytes = payload.size();
-    sends.push_back({transport_.send(peer, Tag{channel, step, m, 0}, std::move(payload)), at, what,
-                     m, peer, bytes});
-    payload.clear();
+    const Tag tag{channel, step, m, 0};
+    if (!out.make) {
+      const size_t bytes = out.payload.size();
+      sends.push_back({transport_.send(peer, tag, std::move(out.payload)),
+                       at,
+                       what,
+                       m,
+                       peer,
+                       bytes,
+                       {},
+                       nullptr});
+      out = Outgoing();
+      return;
+    }
+    if (!lane_) lane_ = std::make_unique<CodecLane>();
+    auto filled = std::make_shared<LaneSend>();
+    std::future<void> made = lane_->post([this, filled, peer, tag, make = std::move(out.make)] {
+      transport::Bytes payload = make();
+      filled->bytes = payload.size();
+      filled->at = transport::Clock::now();
+      filled->work = transport_.send(peer, tag, std::move(payload));
+    });
+    sends.push_back({nullptr, at, what, m, peer, 0, std::move(made), filled});
+    out = Outgoing();
   };
   for (const Action& a : actions_) {
     const int m = a.micro_batch;
@@ -132,7 +175,25 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
         break;
     }
   }
+  // First the payloads still being made on the codec lane (their sends are
+  // posted as they are done), then every send in flight.
+  const auto t_made = transport::Clock::now();
+  for (auto& s : sends) {
+    if (!s.made.valid()) continue;
+    try {
+      s.made.get();
+    } catch (const Error& e) {
+      rethrowWithContext(e, "stage " + std::to_string(options_.stage) + " step " +
+                                std::to_string(step) + " micro-batch " +
+                                std::to_string(s.micro_batch) + ": making the payload to rank " +
+                                std::to_string(s.peer) + " (" + s.what + "): ");
+    }
+    s.work = s.lane->work;
+    s.at = s.lane->at;
+    s.bytes = s.lane->bytes;
+  }
   const auto t_send = transport::Clock::now();
+  timing.wait_codec_s = std::chrono::duration<double>(t_send - t_made).count();
   for (auto& s : sends) s.work->wait(options_.timeout);
   const auto t_end = transport::Clock::now();
   timing.wait_send_s = std::chrono::duration<double>(t_end - t_send).count();
@@ -142,6 +203,9 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     for (const Sent& s : sends) {
       trace->span(TraceLane::SEND, s.what, s.at, s.work->finishedAt(),
                   {step, s.micro_batch, s.peer, static_cast<int64_t>(s.bytes)});
+    }
+    if (t_send > t_made + std::chrono::microseconds(1)) {
+      trace->span(TraceLane::COMPUTE, "wait for encodes", t_made, t_send, {step});
     }
     if (!sends.empty()) trace->span(TraceLane::COMPUTE, "wait for sends", t_send, t_end, {step});
   }

@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "src/common/trace_writer.h"
@@ -12,6 +14,29 @@
 #include "src/transport/transport.h"
 
 namespace geopipe::pipeline {
+
+class CodecLane;
+
+// What forward or backward hands to the neighbouring stage: the payload
+// itself, or a function that makes it (`make`, an encode). The executor runs
+// `make` on its codec lane (one thread per executor, functions in the order
+// they were handed over) and sends its bytes from there, so the compute
+// thread goes on with the next micro-batch meanwhile. A `make` may touch
+// state of the stage that nothing else touches during a step (an encoder);
+// runStep returns only after every `make` of the step has returned. What it
+// throws fails the step as a failed send does.
+struct Outgoing {
+  Outgoing() = default;
+  // NOLINTNEXTLINE(google-explicit-constructor): bytes are the common case
+  Outgoing(transport::Bytes bytes) : payload(std::move(bytes)) {}
+  static Outgoing deferred(std::function<transport::Bytes()> make) {
+    Outgoing o;
+    o.make = std::move(make);
+    return o;
+  }
+  transport::Bytes payload;
+  std::function<transport::Bytes()> make;
+};
 
 // The compute of one tasklet, implemented by the runtime (LibTorch) or by a
 // test. Called from the executor's thread only, in schedule order.
@@ -21,11 +46,11 @@ class StageCompute {
   // Forward of micro-batch m. `input` is the payload received from the
   // previous stage (empty on the first stage). Returns the payload for the
   // next stage (ignored on the last stage).
-  virtual transport::Bytes forward(int64_t step, int m, transport::Bytes input) = 0;
+  virtual Outgoing forward(int64_t step, int m, transport::Bytes input) = 0;
   // Backward of micro-batch m. `grad` is the payload from the next stage
   // (empty on the last stage). Returns the payload for the previous stage
   // (ignored on the first stage).
-  virtual transport::Bytes backward(int64_t step, int m, transport::Bytes grad) = 0;
+  virtual Outgoing backward(int64_t step, int m, transport::Bytes grad) = 0;
 };
 
 struct ExecutorOptions {
@@ -46,6 +71,8 @@ struct ExecutorOptions {
 struct StepTiming {
   double compute_s = 0;   // inside StageCompute::forward/backward
   double wait_recv_s = 0; // blocked on a receive the compute needed
+  double wait_codec_s = 0;  // blocked at the end of the step on payloads the
+                            // codec lane was still making
   double wait_send_s = 0; // blocked at the end of the step on sends in flight
   double total_s = 0;
 };
@@ -56,6 +83,7 @@ class StageExecutor {
  public:
   StageExecutor(transport::Transport& transport, ExecutorOptions options,
                 int num_micro_batches);
+  ~StageExecutor();
   // Runs every action of `step`; returns when all of this stage's sends have
   // completed. Rethrows transport failures (TimeoutError, ProtocolError)
   // with the stage, step and micro-batch added.
@@ -67,6 +95,7 @@ class StageExecutor {
   ExecutorOptions options_;
   int num_micro_batches_;
   std::vector<Action> actions_;
+  std::unique_ptr<CodecLane> lane_;  // made by the first deferred payload
 };
 
 }  // namespace geopipe::pipeline

@@ -1,8 +1,13 @@
 // One tasklet's LibTorch compute for the stage executor.
 #include "src/runtime/torch_stage.h"
 
+#include <c10/core/Event.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <thread>
 
 #include "geopipe/error.h"
 #include "src/runtime/precision.h"
@@ -88,7 +93,11 @@ torch::Device taskletDevice(const std::string& device, int rank) {
 TorchStage::TorchStage(const ModelDef& model, TorchStageOptions options,
                        const data::TokenDataset& dataset, const data::Sampler& sampler,
                        const CompressionSpec& compression)
-    : model_(model), options_(options), dataset_(dataset), sampler_(sampler) {
+    : model_(model),
+      options_(options),
+      dataset_(dataset),
+      sampler_(sampler),
+      staging_(options.device.is_cuda()) {
   GEOPIPE_CHECK(model.max_positions <= 0 || dataset.seqLen() <= model.max_positions, ConfigError,
                 "model.seq_len ", dataset.seqLen(), " exceeds model '", model.name, "''s ",
                 model.max_positions, " positions: lower model.seq_len");
@@ -168,7 +177,7 @@ double TorchStage::takeLossSum() {
   return s;
 }
 
-transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input) {
+pipeline::Outgoing TorchStage::forward(int64_t step, int m, transport::Bytes input) {
   const auto ids = sampleIds(step, m);
   const int64_t batch = static_cast<int64_t>(ids.size());
   Stash stash;
@@ -199,7 +208,6 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
                   " returned shape ", shapeString(shapeOf(out)), " but output_shape declares ",
                   shapeString(declared));
   }
-  transport::Bytes message;
   if (options_.stage == options_.num_stages - 1) {
     if (!targets.defined()) targets = tokenBatch(dataset_, ids).second;
     // Mean over this replica's micro-batches; replicas average their
@@ -217,20 +225,25 @@ transport::Bytes TorchStage::forward(int64_t step, int m, transport::Bytes input
       stash.output = loss_scale_ == 1.0 ? loss / options_.num_micro_batches
                                         : loss * (loss_scale_ / options_.num_micro_batches);
     }
-  } else {
-    auto detached = out.detach().to(torch::kCPU, torch::kFloat32).contiguous();
-    common::TraceSpan span(options_.trace, common::TraceLane::COMPUTE, "encode activation",
-                           {step, m});
-    message = send_act_->encode(step, m, options_.num_micro_batches, ids,
-                                detached.data_ptr<float>(), shapeOf(detached));
-    span.args().bytes = static_cast<int64_t>(message.size());
-    stash.output = out;
+    stash_[m] = std::move(stash);
+    return {};
   }
+  HostCopy copy = toHost(out.detach());
+  stash.output = out;
   stash_[m] = std::move(stash);
-  return message;
+  return pipeline::Outgoing::deferred([this, copy, step, m, ids] {
+    copy.wait();
+    common::TraceSpan span(options_.trace, common::TraceLane::CODEC, "encode activation",
+                           {step, m});
+    transport::Bytes message = send_act_->encode(step, m, options_.num_micro_batches, ids,
+                                                 copy.host.data_ptr<float>(), shapeOf(copy.host));
+    span.args().bytes = static_cast<int64_t>(message.size());
+    if (copy.staged) staging_.give(copy.host);
+    return message;
+  });
 }
 
-transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad) {
+pipeline::Outgoing TorchStage::backward(int64_t step, int m, transport::Bytes grad) {
   auto it = stash_.find(m);
   GEOPIPE_CHECK(it != stash_.end(), ConfigError, "stage ", options_.stage,
                 " backward of micro-batch ", m, " without its forward");
@@ -250,20 +263,50 @@ transport::Bytes TorchStage::backward(int64_t step, int m, transport::Bytes grad
     stash.output.backward(g.to(options_.device, stash.output.scalar_type()));
   }
   if (options_.stage == 0) return {};
-  auto g_in = stash.input.grad().to(torch::kCPU, torch::kFloat32).contiguous();
-  if (loss_scale_ != 1.0 && !torch::isfinite(g_in).all().item<bool>()) {
-    // fp16: the scaled gradient overflowed. The step will be skipped by every
-    // tasklet (Tasklet::runStep agrees on it); send zeros, which every codec
-    // can encode, rather than inf, which a quantizer refuses.
-    found_inf_ = true;
-    g_in.zero_();
+  HostCopy copy = toHost(stash.input.grad());
+  const bool scaled = loss_scale_ != 1.0;
+  return pipeline::Outgoing::deferred([this, copy, step, m, scaled] {
+    copy.wait();
+    torch::Tensor g_in = copy.host;
+    if (scaled && !torch::isfinite(g_in).all().item<bool>()) {
+      // fp16: the scaled gradient overflowed. The step will be skipped by
+      // every tasklet (Tasklet::runStep agrees on it); send zeros, which
+      // every codec can encode, rather than inf, which a quantizer refuses.
+      found_inf_ = true;
+      g_in = torch::zeros_like(g_in);
+    }
+    common::TraceSpan span(options_.trace, common::TraceLane::CODEC, "encode gradient", {step, m});
+    transport::Bytes message =
+        send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
+                           g_in.data_ptr<float>(), shapeOf(g_in));
+    span.args().bytes = static_cast<int64_t>(message.size());
+    if (copy.staged) staging_.give(copy.host);
+    return message;
+  });
+}
+
+TorchStage::HostCopy TorchStage::toHost(const torch::Tensor& t) {
+  HostCopy copy;
+  if (!t.is_cuda()) {
+    // A view of the tensor when it is fp32 and contiguous already: nothing
+    // writes it before the lane has encoded it (its backward, or the
+    // optimizer step, comes after the step's sends).
+    copy.host = t.to(torch::kFloat32).contiguous();
+    return copy;
   }
-  common::TraceSpan span(options_.trace, common::TraceLane::COMPUTE, "encode gradient", {step, m});
-  transport::Bytes message =
-      send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
-                         g_in.data_ptr<float>(), shapeOf(g_in));
-  span.args().bytes = static_cast<int64_t>(message.size());
-  return message;
+  copy.host = staging_.take(shapeOf(t));
+  copy.staged = true;
+  copy.host.copy_(t, /*non_blocking=*/true);
+  const c10::impl::DeviceGuardImplInterface* device =
+      c10::impl::getDeviceGuardImpl(t.device().type());
+  copy.ready = std::make_shared<c10::Event>(t.device().type());
+  copy.ready->record(device->getStream(t.device()));
+  return copy;
+}
+
+void TorchStage::HostCopy::wait() const {
+  if (!ready) return;
+  while (!ready->query()) std::this_thread::sleep_for(std::chrono::microseconds(20));
 }
 
 }  // namespace geopipe::runtime

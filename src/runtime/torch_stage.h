@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "src/data/sampler.h"
 #include "src/pipeline/executor.h"
 #include "src/runtime/boundary_codec.h"
+#include "src/runtime/staging_pool.h"
 
 namespace geopipe::runtime {
 
@@ -42,13 +44,22 @@ torch::Device taskletDevice(const std::string& device, int rank);
 // The StageCompute of one tasklet. Owns its layers and its boundary codecs;
 // the executor's thread is the only caller. Keeps each micro-batch's input
 // and output between forward and backward (1F1B bounds how many).
+//
+// Outgoing activations and gradients are encoded on the executor's codec
+// lane (pipeline::Outgoing::make), not on the compute thread: the thread
+// copies the tensor to the host and goes on with the next micro-batch. From
+// a CUDA device the copy goes into a pinned buffer of a StagingPool, posted
+// on the compute stream (non-blocking), and the lane waits for an event
+// recorded after it; only then does it encode. Each encoder is used by the
+// lane alone, in the order the micro-batches were handed over, so its bytes
+// and its AC-SGD buffers are those of encoding on the compute thread.
 class TorchStage : public pipeline::StageCompute {
  public:
   TorchStage(const ModelDef& model, TorchStageOptions options, const data::TokenDataset& dataset,
              const data::Sampler& sampler, const CompressionSpec& compression);
 
-  transport::Bytes forward(int64_t step, int m, transport::Bytes input) override;
-  transport::Bytes backward(int64_t step, int m, transport::Bytes grad) override;
+  pipeline::Outgoing forward(int64_t step, int m, transport::Bytes input) override;
+  pipeline::Outgoing backward(int64_t step, int m, transport::Bytes grad) override;
 
   // Forward of validation micro-batch `m` (samples `ids` of `val`) without
   // autograd, through plain codecs of their own (never AC-SGD buffers: the
@@ -69,11 +80,7 @@ class TorchStage : public pipeline::StageCompute {
   void setLossScale(double scale) { loss_scale_ = scale; }
   // fp16: whether a backward gradient this stage sent since the last call
   // overflowed (it was sent as zeros).
-  bool takeFoundInf() {
-    const bool f = found_inf_;
-    found_inf_ = false;
-    return f;
-  }
+  bool takeFoundInf() { return found_inf_.exchange(false); }
 
   // Trainable parameters, each once (a tied weight bound inside this stage
   // is one tensor).
@@ -84,6 +91,8 @@ class TorchStage : public pipeline::StageCompute {
   // Encoders of this stage, for byte accounting (may be null).
   const BoundaryEncoder* activationEncoder() const { return send_act_.get(); }
   const BoundaryEncoder* gradientEncoder() const { return send_grad_.get(); }
+  // The host buffers of tensors leaving a CUDA device.
+  const StagingPool& staging() const { return staging_; }
   // Mutable access for checkpoints (AC-SGD buffer stores).
   BoundaryEncoder* activationEncoderMut() { return send_act_.get(); }
   BoundaryDecoder* activationDecoderMut() { return recv_act_.get(); }
@@ -94,6 +103,15 @@ class TorchStage : public pipeline::StageCompute {
     torch::Tensor output;  // this stage's output, or the scaled loss
   };
   std::vector<int64_t> sampleIds(int64_t step, int m) const;
+  // `t` on the host in fp32 for an encoder on the codec lane; `wait()`
+  // returns once its bytes are there (at once on the CPU).
+  struct HostCopy {
+    torch::Tensor host;
+    std::shared_ptr<c10::Event> ready;  // CUDA: recorded after the copy
+    bool staged = false;                // host comes from staging_
+    void wait() const;
+  };
+  HostCopy toHost(const torch::Tensor& t);
 
   const ModelDef& model_;
   TorchStageOptions options_;
@@ -105,12 +123,13 @@ class TorchStage : public pipeline::StageCompute {
   std::unique_ptr<BoundaryEncoder> eval_send_;
   std::unique_ptr<BoundaryDecoder> eval_recv_;
   double loss_scale_ = 1.0;
-  bool found_inf_ = false;
+  std::atomic<bool> found_inf_{false};  // set on the codec lane
   double val_sum_ = 0;
   uint64_t val_tokens_ = 0;
   std::map<int, Stash> stash_;
   double loss_sum_ = 0;
   std::vector<float> scratch_;
+  StagingPool staging_;
 };
 
 // Token ids and targets of `ids` as int64 [n, seq_len] tensors (padded

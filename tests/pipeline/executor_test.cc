@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -28,33 +30,48 @@ Bytes text(const std::string& s) { return Bytes(s.begin(), s.end()); }
 std::string str(const Bytes& b) { return std::string(b.begin(), b.end()); }
 
 // Forward appends "F<stage>" to what it received; the last stage records the
-// chain. Backward does the same with "B<stage>" going the other way.
+// chain. Backward does the same with "B<stage>" going the other way. A
+// deferred stage hands its payloads over as functions that make them, which
+// run on the executor's codec lane and record their order in `made`.
 class TraceStage : public StageCompute {
  public:
-  TraceStage(int stage, int stages) : stage_(stage), stages_(stages) {}
-  Bytes forward(int64_t step, int m, Bytes input) override {
+  TraceStage(int stage, int stages, bool deferred = false)
+      : stage_(stage), stages_(stages), deferred_(deferred) {}
+  Outgoing forward(int64_t step, int m, Bytes input) override {
     std::string in = stage_ == 0 ? "s" + std::to_string(step) + "m" + std::to_string(m) : str(input);
     std::string out = in + ">F" + std::to_string(stage_);
     if (stage_ == stages_ - 1) forward_seen.push_back(out);
     order += "F" + std::to_string(m);
-    return text(out);
+    return hand(out, "F" + std::to_string(m));
   }
-  Bytes backward(int64_t step, int m, Bytes grad) override {
+  Outgoing backward(int64_t step, int m, Bytes grad) override {
     std::string in = stage_ == stages_ - 1 ? "g" + std::to_string(m) : str(grad);
     std::string out = in + "<B" + std::to_string(stage_);
     if (stage_ == 0) backward_seen.push_back(out);
     order += "B" + std::to_string(m);
-    return text(out);
+    return hand(out, "B" + std::to_string(m));
   }
   int stage_, stages_;
+  bool deferred_;
   std::vector<std::string> forward_seen, backward_seen;
-  std::string order;
+  std::string order, made;
+
+ private:
+  Outgoing hand(const std::string& payload, const std::string& what) {
+    if (!deferred_) return text(payload);
+    return Outgoing::deferred([this, payload, what] {
+      made += what;
+      return text(payload);
+    });
+  }
 };
 
-void runPipeline(int stages, int micro, ScheduleKind kind, std::vector<TraceStage>& computes) {
+void runPipeline(int stages, int micro, ScheduleKind kind, std::vector<TraceStage>& computes,
+                 bool deferred = false) {
   auto world = transport::makeInprocWorld(stages);
   std::vector<std::thread> threads;
-  for (int s = 0; s < stages; ++s) computes.emplace_back(s, stages);
+  computes.reserve(static_cast<size_t>(stages));
+  for (int s = 0; s < stages; ++s) computes.emplace_back(s, stages, deferred);
   for (int s = 0; s < stages; ++s) {
     threads.emplace_back([&, s] {
       ExecutorOptions o;
@@ -71,21 +88,36 @@ void runPipeline(int stages, int micro, ScheduleKind kind, std::vector<TraceStag
   for (auto& t : threads) t.join();
 }
 
+// Payloads handed over as bytes or made on the codec lane arrive alike.
 TEST(Executor, PayloadsCrossEveryStageInBothDirections) {
-  for (ScheduleKind kind : {ScheduleKind::GPIPE, ScheduleKind::ONE_F_ONE_B}) {
-    for (int stages : {1, 2, 3, 5}) {
-      const int micro = 4;
-      std::vector<TraceStage> c;
-      runPipeline(stages, micro, kind, c);
-      std::string fchain, bchain;
-      for (int s = 0; s < stages; ++s) fchain += ">F" + std::to_string(s);
-      for (int s = stages - 1; s >= 0; --s) bchain += "<B" + std::to_string(s);
-      ASSERT_EQ(c.back().forward_seen.size(), 2u * micro);
-      EXPECT_EQ(c.back().forward_seen[5], "s1m1" + fchain);
-      ASSERT_EQ(c.front().backward_seen.size(), 2u * micro);
-      EXPECT_EQ(c.front().backward_seen[3], "g3" + bchain);
+  for (bool deferred : {false, true}) {
+    for (ScheduleKind kind : {ScheduleKind::GPIPE, ScheduleKind::ONE_F_ONE_B}) {
+      for (int stages : {1, 2, 3, 5}) {
+        SCOPED_TRACE(std::string(deferred ? "deferred" : "bytes") + ", " + std::to_string(stages) +
+                     " stages");
+        const int micro = 4;
+        std::vector<TraceStage> c;
+        runPipeline(stages, micro, kind, c, deferred);
+        std::string fchain, bchain;
+        for (int s = 0; s < stages; ++s) fchain += ">F" + std::to_string(s);
+        for (int s = stages - 1; s >= 0; --s) bchain += "<B" + std::to_string(s);
+        ASSERT_EQ(c.back().forward_seen.size(), 2u * micro);
+        EXPECT_EQ(c.back().forward_seen[5], "s1m1" + fchain);
+        ASSERT_EQ(c.front().backward_seen.size(), 2u * micro);
+        EXPECT_EQ(c.front().backward_seen[3], "g3" + bchain);
+      }
     }
   }
+}
+
+// The codec lane makes a stage's payloads one at a time in the order the
+// compute handed them over (an AC-SGD encoder's buffers depend on it), and
+// every one of them before runStep returns.
+TEST(Executor, TheCodecLaneMakesPayloadsInComputeOrder) {
+  std::vector<TraceStage> c;
+  runPipeline(3, 4, ScheduleKind::ONE_F_ONE_B, c, /*deferred=*/true);
+  EXPECT_EQ(c[1].made, c[1].order);  // a middle stage sends after every forward and backward
+  EXPECT_EQ(c[1].made, "F0F1B0F2B1F3B2B3F0F1B0F2B1F3B2B3");
 }
 
 TEST(Executor, ComputeRunsInScheduleOrder) {
@@ -140,11 +172,11 @@ TEST(Executor, RejectsInconsistentRanks) {
 // A stage whose forward and backward take 2 ms and send 20 kB.
 class SlowStage : public StageCompute {
  public:
-  Bytes forward(int64_t, int, Bytes) override {
+  Outgoing forward(int64_t, int, Bytes) override {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
     return Bytes(20000, 1);
   }
-  Bytes backward(int64_t, int, Bytes) override {
+  Outgoing backward(int64_t, int, Bytes) override {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
     return Bytes(20000, 2);
   }
@@ -224,6 +256,138 @@ TEST(Executor, TraceShowsSendsOnTheWireWhileTheStageComputes) {
     }
   }
   EXPECT_GT(overlaps, 0) << "no send of stage 0 overlaps a later forward";
+}
+
+// A stage whose forward takes 20 ms and whose payload takes 20 ms to make
+// (an encode), on the codec lane, which records it on the trace's codec row.
+class EncodingStage : public StageCompute {
+ public:
+  explicit EncodingStage(common::TraceWriter* trace) : trace_(trace) {}
+  Outgoing forward(int64_t step, int m, Bytes) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return Outgoing::deferred([this, step, m] {
+      common::TraceSpan span(trace_, common::TraceLane::CODEC, "encode activation", {step, m});
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      return Bytes(100, static_cast<uint8_t>(m));
+    });
+  }
+  Outgoing backward(int64_t, int, Bytes) override { return Bytes(); }
+
+ private:
+  common::TraceWriter* trace_;
+};
+
+std::vector<nlohmann::json> completeEvents(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  const auto j = nlohmann::json::parse(text, nullptr, false);
+  std::vector<nlohmann::json> out;
+  if (j.is_discarded()) {
+    ADD_FAILURE() << "not JSON: " << text;
+    return out;
+  }
+  for (const auto& e : j["traceEvents"])
+    if (e["ph"] == "X") out.push_back(e);
+  return out;
+}
+
+// The compute thread does not wait for a payload to be made: the forward
+// of micro-batch m+1 starts while micro-batch m is still being encoded on
+// the codec lane, and the timeline shows it on a row of its own.
+TEST(Executor, PayloadsAreMadeOnTheCodecLaneWhileTheStageComputes) {
+  namespace fs = std::filesystem;
+  const fs::path file =
+      fs::temp_directory_path() / ("geopipe-codec-lane-" + std::to_string(::getpid()) + ".json");
+  auto world = transport::makeInprocWorld(2);
+  const int micro = 4;
+  std::thread receiver([&] {
+    for (int m = 0; m < micro; ++m) {
+      auto r = world[1]->recv(0, transport::Tag{transport::Channel::ACTIVATION, 0, m, 0});
+      r->wait(std::chrono::seconds(20));
+      EXPECT_EQ(r->takePayload(), Bytes(100, static_cast<uint8_t>(m)));
+    }
+    for (int m = 0; m < micro; ++m) {
+      world[1]->send(0, transport::Tag{transport::Channel::ACTIVATION_GRAD, 0, m, 0}, Bytes());
+    }
+  });
+  {
+    common::TraceWriterOptions to;
+    to.path = file.string();
+    common::TraceWriter trace(to);
+    ExecutorOptions o;
+    o.num_stages = 2;
+    o.next_rank = 1;
+    o.schedule = ScheduleKind::GPIPE;
+    o.timeout = std::chrono::seconds(20);
+    o.trace = &trace;
+    StageExecutor ex(*world[0], o, micro);
+    EncodingStage compute(&trace);
+    ex.runStep(0, compute);
+  }
+  receiver.join();
+  const auto spans = completeEvents(file);
+  fs::remove(file);
+  std::map<int64_t, std::pair<int64_t, int64_t>> forward, encode;  // by micro-batch
+  std::set<int64_t> encode_rows, compute_rows;
+  for (const auto& e : spans) {
+    const int64_t a = e["ts"], b = a + e["dur"].get<int64_t>();
+    if (e["name"] == "forward") {
+      forward[e["args"]["micro_batch"]] = {a, b};
+      compute_rows.insert(e["tid"].get<int64_t>());
+    }
+    if (e["name"] == "encode activation") {
+      encode[e["args"]["micro_batch"]] = {a, b};
+      encode_rows.insert(e["tid"].get<int64_t>());
+    }
+  }
+  ASSERT_EQ(forward.size(), size_t{micro});
+  ASSERT_EQ(encode.size(), size_t{micro});
+  ASSERT_EQ(encode_rows.size(), 1u);
+  EXPECT_EQ(compute_rows.count(*encode_rows.begin()), 0u) << "encodes drawn on the compute row";
+  for (int m = 0; m + 1 < micro; ++m) {
+    // Micro-batch m is encoded after its forward, and the next forward
+    // starts before that encode ends.
+    EXPECT_GE(encode[m].first, forward[m].second) << "micro-batch " << m;
+    EXPECT_LT(forward[m + 1].first, encode[m].second) << "micro-batch " << m;
+    // One at a time, in order.
+    EXPECT_GE(encode[m + 1].first, encode[m].second) << "micro-batch " << m;
+  }
+}
+
+// A payload that cannot be made (an encoder refusing its input) fails the
+// step with its own error type, saying where, and leaves nothing running.
+TEST(Executor, APayloadThatCannotBeMadeFailsTheStepSayingWhere) {
+  class Refusing : public StageCompute {
+   public:
+    Outgoing forward(int64_t, int m, Bytes) override {
+      return Outgoing::deferred([m]() -> Bytes {
+        if (m == 1) GEOPIPE_THROW(ProtocolError, "activation is not finite");
+        return Bytes(10, 1);
+      });
+    }
+    Outgoing backward(int64_t, int, Bytes) override { return Bytes(); }
+  };
+  auto world = transport::makeInprocWorld(2);
+  ExecutorOptions o;
+  o.num_stages = 2;
+  o.next_rank = 1;
+  o.schedule = ScheduleKind::GPIPE;
+  o.timeout = std::chrono::seconds(2);
+  StageExecutor ex(*world[0], o, 2);
+  for (int m = 0; m < 2; ++m) {
+    world[1]->send(0, transport::Tag{transport::Channel::ACTIVATION_GRAD, 0, m, 0}, Bytes());
+  }
+  Refusing compute;
+  try {
+    ex.runStep(0, compute);
+    FAIL() << "the step went through";
+  } catch (const ProtocolError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("stage 0 step 0 micro-batch 1: making the payload to rank 1 (send "
+                       "activation): activation is not finite"),
+              std::string::npos)
+        << msg;
+  }
 }
 
 }  // namespace

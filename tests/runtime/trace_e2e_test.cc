@@ -205,6 +205,31 @@ TEST_F(TraceE2E, EveryTaskletWritesItsTimeline) {
       EXPECT_TRUE(nested) << "decode of step " << d.step << " mb " << d.micro_batch;
     }
     EXPECT_EQ(decodes, kSteps * kMicro);
+    // The encodes run on the codec lane, not on the compute thread: on a row
+    // of their own, each after the forward that made its tensor, and each
+    // send posted once its encode is done, with the bytes it made.
+    int encodes = 0;
+    for (const Span& e : first) {
+      if (e.name != "encode activation") continue;
+      ++encodes;
+      int forwards = 0, posts = 0;
+      for (const Span& f : first) {
+        if (f.step != e.step || f.micro_batch != e.micro_batch) continue;
+        if (f.name == "forward") {
+          ++forwards;
+          EXPECT_NE(e.tid, f.tid) << "an encode on the compute row";
+          EXPECT_GE(e.ts, f.end) << "encode of step " << e.step << " mb " << e.micro_batch;
+        }
+        if (f.name == "send activation") {
+          ++posts;
+          EXPECT_GE(f.ts, e.end) << "send of step " << e.step << " mb " << e.micro_batch;
+          EXPECT_EQ(f.bytes, e.bytes);
+        }
+      }
+      EXPECT_EQ(forwards, 1);
+      EXPECT_EQ(posts, 1);
+    }
+    EXPECT_EQ(encodes, kSteps * kMicro);
     // The overlap issue 23 asks to see: a send of stage 0 still on the wire
     // (posted, not yet handed off) when a later forward or backward of the
     // same stage starts.
