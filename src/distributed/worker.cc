@@ -103,6 +103,10 @@ class CoordinatorClient {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     // A coordinator that starts after this worker is found within 2 s.
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    // Straight to the coordinator, never through a proxy named by
+    // grpc_proxy/https_proxy/http_proxy in the environment (set for package
+    // downloads, say), as the peer links (a worker behind NAT uses --relay).
+    args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
     args.SetMaxSendMessageSize(transport::kMaxCoordinatorRequestBytes);
     args.SetMaxReceiveMessageSize(transport::kMaxCoordinatorReplyBytes);
     channel_ =

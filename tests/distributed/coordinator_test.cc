@@ -265,6 +265,18 @@ TEST(Coordinator, WorkerWithAWrongTokenExitsSayingSo) {
   EXPECT_FALSE(contains(what, "the-wrong-join-token")) << what;
 }
 
+// A proxy in the environment (http_proxy for package downloads, say) is not
+// the way to the coordinator: a worker that followed it would never reach
+// the coordinator here, whose refusal proves the worker dialled it directly.
+TEST(Coordinator, WorkersDoNotFollowProxiesInTheirEnvironment) {
+  Fixture f;
+  const char* const kVars[] = {"grpc_proxy", "https_proxy", "http_proxy"};
+  for (const char* var : kVars) ::setenv(var, "http://127.0.0.1:9", 1);  // nothing listens
+  const std::string what = joinWith(f, tlsSecurity("the-wrong-join-token-000000"), "127.0.0.1:0");
+  for (const char* var : kVars) ::unsetenv(var);
+  EXPECT_TRUE(contains(what, "refused this worker: wrong join token (test token)")) << what;
+}
+
 TEST(Coordinator, WorkerWithACertificateOfAnotherCaIsRefused) {
   Fixture f;
   // The worker trusts the coordinator's CA but its own certificate was
