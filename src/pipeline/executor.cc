@@ -180,13 +180,18 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
   const auto t_made = transport::Clock::now();
   for (auto& s : sends) {
     if (!s.made.valid()) continue;
+    const auto where = [&] {
+      return "stage " + std::to_string(options_.stage) + " step " + std::to_string(step) +
+             " micro-batch " + std::to_string(s.micro_batch) + ": making the payload to rank " +
+             std::to_string(s.peer) + " (" + s.what + "): ";
+    };
     try {
       s.made.get();
     } catch (const Error& e) {
-      rethrowWithContext(e, "stage " + std::to_string(options_.stage) + " step " +
-                                std::to_string(step) + " micro-batch " +
-                                std::to_string(s.micro_batch) + ": making the payload to rank " +
-                                std::to_string(s.peer) + " (" + s.what + "): ");
+      rethrowWithContext(e, where());
+    } catch (const std::exception& e) {
+      // LibTorch's (c10::Error) or the allocator's: kept as an Error, with where.
+      GEOPIPE_THROW(Error, where(), e.what());
     }
     s.work = s.lane->work;
     s.at = s.lane->at;

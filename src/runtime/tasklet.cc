@@ -316,7 +316,9 @@ TaskletStep Tasklet::runStep(int64_t step) {
   part.step = step;
   part.lr = lr;
   part.seconds = seconds(t0, Clock::now());
-  part.compute_seconds = timing.compute_s;
+  // Waiting at the end of the step for encodes on the codec lane is the
+  // stage's own work, not the network's.
+  part.compute_seconds = timing.compute_s + timing.wait_codec_s;
   part.comm_wait_seconds = timing.wait_recv_s + timing.wait_send_s + seconds(t_sync, Clock::now());
   if (const auto* e = compute_->activationEncoder()) {
     part.activation_raw_bytes = takeDelta(e->stats().raw_bytes, act_raw_);

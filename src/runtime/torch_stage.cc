@@ -238,7 +238,6 @@ pipeline::Outgoing TorchStage::forward(int64_t step, int m, transport::Bytes inp
     transport::Bytes message = send_act_->encode(step, m, options_.num_micro_batches, ids,
                                                  copy.host.data_ptr<float>(), shapeOf(copy.host));
     span.args().bytes = static_cast<int64_t>(message.size());
-    if (copy.staged) staging_.give(copy.host);
     return message;
   });
 }
@@ -280,7 +279,6 @@ pipeline::Outgoing TorchStage::backward(int64_t step, int m, transport::Bytes gr
         send_grad_->encode(step, m, options_.num_micro_batches, sampleIds(step, m),
                            g_in.data_ptr<float>(), shapeOf(g_in));
     span.args().bytes = static_cast<int64_t>(message.size());
-    if (copy.staged) staging_.give(copy.host);
     return message;
   });
 }
@@ -288,14 +286,18 @@ pipeline::Outgoing TorchStage::backward(int64_t step, int m, transport::Bytes gr
 TorchStage::HostCopy TorchStage::toHost(const torch::Tensor& t) {
   HostCopy copy;
   if (!t.is_cuda()) {
-    // A view of the tensor when it is fp32 and contiguous already: nothing
-    // writes it before the lane has encoded it (its backward, or the
-    // optimizer step, comes after the step's sends).
+    // A view of the tensor when it is fp32 and contiguous already, which is
+    // safe because nothing ever writes a stage's output or an input's
+    // gradient in place (autograd makes new tensors; the optimizer step
+    // and the next step's micro-batches come after the lane is drained).
     copy.host = t.to(torch::kFloat32).contiguous();
     return copy;
   }
   copy.host = staging_.take(shapeOf(t));
-  copy.staged = true;
+  StagingPool* const pool = &staging_;
+  copy.lease = std::shared_ptr<void>(nullptr, [pool, buffer = copy.host](void*) {
+    pool->give(buffer);
+  });
   copy.host.copy_(t, /*non_blocking=*/true);
   const c10::impl::DeviceGuardImplInterface* device =
       c10::impl::getDeviceGuardImpl(t.device().type());
@@ -306,7 +308,14 @@ TorchStage::HostCopy TorchStage::toHost(const torch::Tensor& t) {
 
 void TorchStage::HostCopy::wait() const {
   if (!ready) return;
-  while (!ready->query()) std::this_thread::sleep_for(std::chrono::microseconds(20));
+  // The copy waits behind the kernels queued before it: poll from 20 us,
+  // backing off to 0.5 ms, so a long forward costs the lane's core little.
+  // (LibTorch 1.13's c10::Event has no blocking wait.)
+  auto pause = std::chrono::microseconds(20);
+  while (!ready->query()) {
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(500));
+  }
 }
 
 }  // namespace geopipe::runtime

@@ -108,7 +108,9 @@ class TorchStage : public pipeline::StageCompute {
   struct HostCopy {
     torch::Tensor host;
     std::shared_ptr<c10::Event> ready;  // CUDA: recorded after the copy
-    bool staged = false;                // host comes from staging_
+    // CUDA: gives host back to staging_ when the last holder lets go (the
+    // encode done, failed, or its payload dropped with a failed step).
+    std::shared_ptr<void> lease;
     void wait() const;
   };
   HostCopy toHost(const torch::Tensor& t);

@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -268,12 +270,42 @@ TEST(Coordinator, WorkerWithAWrongTokenExitsSayingSo) {
 // A proxy in the environment (http_proxy for package downloads, say) is not
 // the way to the coordinator: a worker that followed it would never reach
 // the coordinator here, whose refusal proves the worker dialled it directly.
+// Sets environment variables for a scope and restores what was there.
+class ScopedEnv {
+ public:
+  void set(const char* name, const char* value) {
+    const char* old = std::getenv(name);
+    saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+    if (value) {
+      ::setenv(name, value, 1);
+    } else {
+      ::unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
+      if (it->second) {
+        ::setenv(it->first.c_str(), it->second->c_str(), 1);
+      } else {
+        ::unsetenv(it->first.c_str());
+      }
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
 TEST(Coordinator, WorkersDoNotFollowProxiesInTheirEnvironment) {
   Fixture f;
-  const char* const kVars[] = {"grpc_proxy", "https_proxy", "http_proxy"};
-  for (const char* var : kVars) ::setenv(var, "http://127.0.0.1:9", 1);  // nothing listens
+  ScopedEnv env;
+  for (const char* var : {"grpc_proxy", "https_proxy", "http_proxy"}) {
+    env.set(var, "http://127.0.0.1:9");  // nothing listens there
+  }
+  // No exemption for loopback, which would let a worker that follows
+  // proxies pass.
+  for (const char* var : {"no_grpc_proxy", "no_proxy", "NO_PROXY"}) env.set(var, nullptr);
   const std::string what = joinWith(f, tlsSecurity("the-wrong-join-token-000000"), "127.0.0.1:0");
-  for (const char* var : kVars) ::unsetenv(var);
   EXPECT_TRUE(contains(what, "refused this worker: wrong join token (test token)")) << what;
 }
 

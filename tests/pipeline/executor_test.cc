@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -258,6 +259,17 @@ TEST(Executor, TraceShowsSendsOnTheWireWhileTheStageComputes) {
   EXPECT_GT(overlaps, 0) << "no send of stage 0 overlaps a later forward";
 }
 
+// Stage 0 of two (its next stage is rank 1), GPipe, waiting `timeout` for
+// each message.
+ExecutorOptions firstOfTwo(std::chrono::milliseconds timeout) {
+  ExecutorOptions o;
+  o.num_stages = 2;
+  o.next_rank = 1;
+  o.schedule = ScheduleKind::GPIPE;
+  o.timeout = timeout;
+  return o;
+}
+
 // A stage whose forward takes 20 ms and whose payload takes 20 ms to make
 // (an encode), on the codec lane, which records it on the trace's codec row.
 class EncodingStage : public StageCompute {
@@ -314,11 +326,7 @@ TEST(Executor, PayloadsAreMadeOnTheCodecLaneWhileTheStageComputes) {
     common::TraceWriterOptions to;
     to.path = file.string();
     common::TraceWriter trace(to);
-    ExecutorOptions o;
-    o.num_stages = 2;
-    o.next_rank = 1;
-    o.schedule = ScheduleKind::GPIPE;
-    o.timeout = std::chrono::seconds(20);
+    ExecutorOptions o = firstOfTwo(std::chrono::seconds(20));
     o.trace = &trace;
     StageExecutor ex(*world[0], o, micro);
     EncodingStage compute(&trace);
@@ -368,12 +376,7 @@ TEST(Executor, APayloadThatCannotBeMadeFailsTheStepSayingWhere) {
     Outgoing backward(int64_t, int, Bytes) override { return Bytes(); }
   };
   auto world = transport::makeInprocWorld(2);
-  ExecutorOptions o;
-  o.num_stages = 2;
-  o.next_rank = 1;
-  o.schedule = ScheduleKind::GPIPE;
-  o.timeout = std::chrono::seconds(2);
-  StageExecutor ex(*world[0], o, 2);
+  StageExecutor ex(*world[0], firstOfTwo(std::chrono::seconds(2)), 2);
   for (int m = 0; m < 2; ++m) {
     world[1]->send(0, transport::Tag{transport::Channel::ACTIVATION_GRAD, 0, m, 0}, Bytes());
   }
@@ -388,6 +391,30 @@ TEST(Executor, APayloadThatCannotBeMadeFailsTheStepSayingWhere) {
               std::string::npos)
         << msg;
   }
+}
+
+// A step that fails (here a receive that times out) still waits for the
+// payloads its codec lane is making: when runStep throws, the stage's
+// encoders are its own again (a checkpoint or a recovery may use them).
+TEST(Executor, AFailedStepLeavesNothingRunningOnTheCodecLane) {
+  class SlowMaker : public StageCompute {
+   public:
+    std::atomic<bool> made{false};
+    Outgoing forward(int64_t, int, Bytes) override {
+      return Outgoing::deferred([this] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(400));
+        made = true;
+        return Bytes(10, 1);
+      });
+    }
+    Outgoing backward(int64_t, int, Bytes) override { return Bytes(); }
+  };
+  auto world = transport::makeInprocWorld(2);
+  // The gradient never comes.
+  StageExecutor ex(*world[0], firstOfTwo(std::chrono::milliseconds(50)), 1);
+  SlowMaker compute;
+  EXPECT_THROW(ex.runStep(0, compute), TimeoutError);
+  EXPECT_TRUE(compute.made.load()) << "runStep returned while its payload was still being made";
 }
 
 }  // namespace

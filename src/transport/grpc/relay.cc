@@ -206,7 +206,7 @@ struct Relay::State {
       cv.wait_until(lock, deadline, [&] { return stopping.load() || waiting[id] >= 0; });
       back = waiting[id];
       waiting.erase(id);
-      if (back < 0) ++counts.timed_out;
+      if (back < 0 && !stopping.load()) ++counts.timed_out;
     }
     if (back < 0) {
       if (stopping.load()) {
