@@ -3,8 +3,9 @@
 `geopipe bench model`. Written from the published GPT-2 architecture with
 torch.nn (learned positions, pre-LayerNorm eps 1e-5, Conv1D projections as
 addmm, tanh GELU, LM head tied to the token embedding), trained with AdamW
-on random token ids. Prints one JSON object: the seconds of every timed step.
-Run with /usr/bin/python3 (Debian's python3-torch)."""
+on random token ids. Prints one JSON object: the seconds of every timed step
+(on a GPU, each step waits for its kernels). Run with /usr/bin/python3
+(Debian's python3-torch), or a GPU machine's PyTorch with --device cuda."""
 import argparse
 import json
 import math
@@ -43,7 +44,7 @@ class Block(nn.Module):
         q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
         q, k, v = (t.view(B, T, self.heads, hd).transpose(1, 2) for t in (q, k, v))
         a = q @ k.transpose(-2, -1) / math.sqrt(hd)
-        mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         a = torch.softmax(a.masked_fill(mask, float("-inf")), dim=-1, dtype=torch.float32).to(q.dtype)
         y = (a @ v).transpose(1, 2).reshape(B, T, d)
         x = x + self.c_proj(y)
@@ -61,7 +62,7 @@ class GPT2(nn.Module):
         nn.init.normal_(self.wpe.weight, std=0.02)
 
     def forward(self, ids):
-        x = self.wte(ids) + self.wpe(torch.arange(ids.size(1)))
+        x = self.wte(ids) + self.wpe(torch.arange(ids.size(1), device=ids.device))
         for b in self.h:
             x = b(x)
         return self.ln_f(x) @ self.wte.weight.t()  # tied head
@@ -73,21 +74,24 @@ def main():
                  ("seq-len", 256), ("batch", 4), ("steps", 8), ("warmup", 2), ("threads", 2)]:
         ap.add_argument("--" + k, type=int, default=v)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = GPT2(a.layers, a.hidden, a.heads, a.vocab, a.seq_len)
+    model = GPT2(a.layers, a.hidden, a.heads, a.vocab, a.seq_len).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
-    ids = torch.randint(0, a.vocab, (a.batch, a.seq_len + 1))
+    ids = torch.randint(0, a.vocab, (a.batch, a.seq_len + 1)).to(a.device)
     times = []
     for step in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
             logits = model(ids[:, :-1])
         loss = F.cross_entropy(logits.float().reshape(-1, a.vocab), ids[:, 1:].reshape(-1))
         loss.backward()
         opt.step()
+        if a.device == "cuda":
+            torch.cuda.synchronize()
         if step >= a.warmup:
             times.append(time.perf_counter() - t0)
     print(json.dumps({"seconds": times, "loss": float(loss)}))

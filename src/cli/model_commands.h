@@ -58,6 +58,10 @@ struct ModelBenchArgs {
   int threads = 0;                  // 0 = the cores
   std::string python = "/usr/bin/python3";
   std::vector<std::string> dtypes = {"fp32", "bf16"};
+  std::string device = "cpu";  // cpu | cuda (both sides on cuda:0)
+  double peak_tflops = 0;      // the device's peak for the MFU column (0: no column)
+  bool staged = false;         // also the staged engine: 2 stages x 1 replica, fp32 and AC-SGD
+  int micro_batch = 0;         // the staged rows' micro-batch (0: batch / 2)
 };
 // `geopipe bench model` as a subcommand of `bench`.
 void addModelBenchOptions(CLI::App& bench, ModelBenchArgs& args);

@@ -118,6 +118,41 @@ TEST(OneBox, EngineBenchmarksRunFromGeopipeBenchAndAreNamedWhenItIsMissing) {
       << said;
 }
 
+// `bench model --staged --peak-tflops`: the staged engine's two rows, AC-SGD's
+// share of the step and an MFU column whose FLOPs per token are the
+// formula's for this shape: 28,032 parameters (tied head counted once) x 6
+// + 12 x 2 layers x 32 hidden x 16 positions = 180,480.
+TEST(OneBox, ModelBenchAddsTheStagedEngineAndMfu) {
+  TempDir dir;
+  const CommandResult r = runGeopipe(dir, {"bench",     "model",
+                                           "--layers",  "2",
+                                           "--hidden",  "32",
+                                           "--heads",   "2",
+                                           "--vocab",   "64",
+                                           "--seq-len", "16",
+                                           "--batch",   "4",
+                                           "--steps",   "2",
+                                           "--threads", "1",
+                                           "--dtypes",  "fp32",
+                                           "--staged",  "--peak-tflops",
+                                           "1"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  for (const char* line : {"pytorch eager fp32", "geopipe fp32", "geopipe staged 2x1 fp32",
+                           "  with AC-SGD 4-bit", "AC-SGD's cost (encode, decode, buffers) in the",
+                           "MFU = tokens/s x 0.0001805 GFLOP a token"}) {
+    EXPECT_TRUE(contains(r.out, line)) << line << "\n" << r.out;
+  }
+  size_t mfu_rows = 0;
+  for (size_t at = r.out.find("%\n"); at != std::string::npos; at = r.out.find("%\n", at + 1)) {
+    ++mfu_rows;
+  }
+  EXPECT_EQ(mfu_rows, 4u) << r.out;
+  const CommandResult gpu = runGeopipe(dir, {"bench", "model", "--device", "cuda"});
+  if (gpu.code == 0) GTEST_SKIP() << "a CUDA device is visible";
+  EXPECT_TRUE(contains(gpu.out + gpu.err, "--device cuda, but LibTorch sees no CUDA device"))
+      << gpu.out << gpu.err;
+}
+
 TEST(OneBox, BadJobWithoutTopologyNamesItsFields) {
   TempDir dir;
   writeFile(dir.file("job.yaml"), std::string(kJob) + "transport: {bandwidth_scale: 0}\n");
