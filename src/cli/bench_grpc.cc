@@ -21,11 +21,14 @@ namespace {
 
 constexpr int kWarmupSteps = 2;
 
+// One kind of run over every round: its timed steps pooled, the losses of
+// each run, and each round's median.
 struct Row {
   std::string name;
-  std::vector<double> step_s;   // timed steps
-  std::vector<double> losses;   // every step
-  double run_tokens_per_s = 0;  // timed steps' tokens / their wall-clock
+  std::vector<double> step_s;               // timed steps, every round
+  std::vector<std::vector<double>> losses;  // every step, per round
+  std::vector<double> round_median_s;       // per round
+  double timed_s = 0;                       // wall-clock of the timed steps, every round
 };
 
 }  // namespace
@@ -42,6 +45,11 @@ void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args) {
   g->add_option("--device", args.device,
                 "training.device: cpu, or cuda to compare gRPC and NCCL worker processes on the "
                 "GPU(s), links not emulated")
+      ->capture_default_str();
+  g->add_option("--rounds", args.rounds,
+                "runs of each kind, interleaved (in-process, processes, in-process, ...), so "
+                "that drift of the machine hits every kind alike")
+      ->check(CLI::Range(1, 20))
       ->capture_default_str();
 }
 
@@ -82,37 +90,46 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   const double tokens = double(job.training.global_batch) * job.model.seq_len;
 
   std::vector<Row> rows;
+  rows.reserve(4);  // the callbacks of a run hold a reference to its row
+  auto rowNamed = [&](const std::string& name) -> Row& {
+    for (Row& r : rows)
+      if (r.name == name) return r;
+    rows.push_back(Row{name, {}, {}, {}, 0});
+    return rows.back();
+  };
   using Clock = std::chrono::steady_clock;
-  auto timedRow = [&](Row& row) {
-    // Wall-clock from the end of the last warm-up step to the last step.
+  // Callbacks that add one run to `row`: its timed steps, its losses, and
+  // the wall-clock from the end of the last warm-up step to the last step.
+  auto timedRun = [&](const std::string& name) {
+    Row& row = rowNamed(name);
+    row.losses.emplace_back();
+    const size_t first = row.step_s.size();
     auto t0 = std::make_shared<Clock::time_point>();
     auto t1 = std::make_shared<Clock::time_point>();
     auto on_step = [&row, t0, t1](const StepMetrics& m) {
-      row.losses.push_back(m.loss);
+      row.losses.back().push_back(m.loss);
       if (m.step == kWarmupSteps - 1) *t0 = Clock::now();
       if (m.step >= kWarmupSteps) {
         row.step_s.push_back(m.seconds);
         *t1 = Clock::now();
       }
     };
-    auto finish = [&row, t0, t1, tokens] {
-      const double s = std::chrono::duration<double>(*t1 - *t0).count();
-      row.run_tokens_per_s = s > 0 ? tokens * double(row.step_s.size()) / s : 0;
+    auto finish = [&row, t0, t1, first] {
+      row.timed_s += std::chrono::duration<double>(*t1 - *t0).count();
+      row.round_median_s.push_back(median(
+          std::vector<double>(row.step_s.begin() + static_cast<long>(first), row.step_s.end())));
     };
     return std::make_pair(on_step, finish);
   };
-  {
-    Row row{"in-process Trainer (threads)", {}, {}, 0};
-    auto [on_step, finish] = timedRow(row);
+  auto inProcess = [&] {
+    auto [on_step, finish] = timedRun("in-process Trainer (threads)");
     TrainerOptions opt;
     opt.on_step = on_step;
     Trainer(model, job, opt).train();
     finish();
-    rows.push_back(row);
-  }
+  };
   auto launched = [&](const std::string& name, const std::string& path) {
-    Row row{name, {}, {}, 0};
-    auto [on_step, finish] = timedRow(row);
+    auto [on_step, finish] = timedRun(name);
     distributed::LaunchOptions opt;
     opt.job_path = path;
     opt.on_step = on_step;
@@ -120,19 +137,25 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
     distributed::LaunchResult r = distributed::launchJob(opt);
     if (!r.job.ok) GEOPIPE_THROW(IoError, "the ", name, " run failed: ", r.job.failure);
     finish();
-    rows.push_back(row);
   };
-  launched("gRPC worker processes", job_path);
-  if (gpu) launched("NCCL worker processes", nccl_job->path());
-  if (no_grace_job) launched("gRPC, link_grace 0", no_grace_job->path());
-  // Verify before timing matters: the same job must give the same losses
-  // (on a GPU, to 1e-4: kernels may sum in another order across processes).
+  for (int round = 0; round < args.rounds; ++round) {
+    inProcess();
+    launched("gRPC worker processes", job_path);
+    if (gpu) launched("NCCL worker processes", nccl_job->path());
+    if (no_grace_job) launched("gRPC, link_grace 0", no_grace_job->path());
+  }
+  // Verify before timing matters: the same job must give the same losses in
+  // every run (on a GPU, to 1e-4: kernels may sum in another order across
+  // processes).
   const double tolerance = gpu ? 1e-4 : 1e-6;
+  const std::vector<double>& reference = rows[0].losses[0];
   double worst = 0;
-  for (size_t k = 1; k < rows.size(); ++k) {
-    for (size_t i = 0; i < rows[0].losses.size() && i < rows[k].losses.size(); ++i) {
-      worst = std::max(worst, std::abs(rows[0].losses[i] - rows[k].losses[i]) /
-                                  std::max(1e-12, std::abs(rows[0].losses[i])));
+  for (const Row& row : rows) {
+    for (const std::vector<double>& run : row.losses) {
+      for (size_t i = 0; i < reference.size() && i < run.size(); ++i) {
+        worst = std::max(worst,
+                         std::abs(reference[i] - run[i]) / std::max(1e-12, std::abs(reference[i])));
+      }
     }
   }
 
@@ -145,23 +168,33 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
       << " warm-up, " << cores << " cores, links "
       << (job.transport.emulate_links ? "emulated" : "not emulated") << ", device "
       << job.training.device << "\n";
-  out << "losses: max relative difference " << worst << " over " << rows[0].losses.size()
-      << " steps (" << (worst <= tolerance ? "same" : "DIFFERENT") << ")\n\n";
-  std::snprintf(line, sizeof(line), "%-30s %9s %9s %9s %12s %12s %9s\n", "run", "min s", "median s",
-                "max s", "tokens/s", "run tok/s", "vs inproc");
+  out << args.rounds << " round(s), each run of every kind in turn; losses: max relative "
+      << "difference " << worst << " over " << reference.size() << " steps of every run ("
+      << (worst <= tolerance ? "same" : "DIFFERENT") << ")\n\n";
+  std::snprintf(line, sizeof(line), "%-30s %9s %9s %9s %12s %12s %9s  %s\n", "run", "min s",
+                "median s", "max s", "tokens/s", "run tok/s", "vs inproc", "each round");
   out << line;
   for (const Row& row : rows) {
     const double med = median(row.step_s);
-    std::snprintf(line, sizeof(line), "%-30s %9.4f %9.4f %9.4f %12.0f %12.0f %8.2fx\n",
+    const double run_tokens_per_s =
+        row.timed_s > 0 ? tokens * double(row.step_s.size()) / row.timed_s : 0;
+    std::string rounds;
+    for (size_t k = 0; k < row.round_median_s.size(); ++k) {
+      rounds +=
+          formatNumber(k ? " %.2fx" : "%.2fx", rows[0].round_median_s[k] / row.round_median_s[k]);
+    }
+    std::snprintf(line, sizeof(line), "%-30s %9.4f %9.4f %9.4f %12.0f %12.0f %8.2fx  %s\n",
                   row.name.c_str(), *std::min_element(row.step_s.begin(), row.step_s.end()), med,
                   *std::max_element(row.step_s.begin(), row.step_s.end()), tokens / med,
-                  row.run_tokens_per_s, ref / med);
+                  run_tokens_per_s, ref / med, rounds.c_str());
     out << line;
   }
-  out << "\n'tokens/s' from the median step time (slowest tasklet); 'run tok/s' from the "
-         "wall-clock of the timed steps as the coordinator saw them; 'vs inproc' = in-process "
-         "median step time / this run's (the target: >= 0.9x). 'gRPC, link_grace 0': the same "
-         "processes without resumable links (no acknowledgements or retained messages).\n";
+  out << "\n'median s' and 'tokens/s' over the timed steps of every round (the slowest "
+         "tasklet's); 'run tok/s' from the wall-clock of the timed steps as the coordinator saw "
+         "them; 'vs inproc' = in-process median step time / this row's (the target: >= 0.9x); "
+         "'each round' = the same ratio against the in-process run of that round. 'gRPC, "
+         "link_grace 0': the same processes without resumable links (no acknowledgements or "
+         "retained messages).\n";
   return worst <= tolerance ? 0 : static_cast<int>(5);
 }
 

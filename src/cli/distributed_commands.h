@@ -89,6 +89,7 @@ struct GrpcBenchArgs {
   int stages = 2;              // pipeline stages
   int replicas = 2;            // data-parallel replicas
   std::string device = "cpu";  // training.device; cuda adds an NCCL row
+  int rounds = 2;              // every run this many times, interleaved
 };
 void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args);
 int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out);
