@@ -123,7 +123,7 @@ std::vector<double> geopipeSteps(const ModelBenchArgs& a, const std::string& dty
 // stages x 1 replica over synthetic data, links not emulated; the step times
 // of the timed steps. `activations`: none | acsgd (4 bits, 8-bit backward).
 std::vector<double> stagedSteps(const ModelBenchArgs& a, const std::string& dtype,
-                                const std::string& activations) {
+                                const std::string& activations, int threads) {
   const int micro = a.micro_batch > 0 ? a.micro_batch : std::max(1, a.batch / 2);
   GEOPIPE_CHECK(a.batch % micro == 0, ConfigError, "--micro-batch ", micro,
                 " does not divide --batch ", a.batch);
@@ -147,7 +147,7 @@ std::vector<double> stagedSteps(const ModelBenchArgs& a, const std::string& dtyp
   const JobSpec job = config::parseJobString(yaml, "<bench model --staged>", "");
   std::vector<double> times;
   TrainerOptions opt;
-  opt.threads_per_tasklet = std::max(1, a.threads / 2);
+  opt.threads_per_tasklet = std::max(1, threads / 2);  // the other rows' threads, shared
   opt.on_step = [&](const StepMetrics& s) {
     if (s.step >= kWarmup) times.push_back(s.seconds);
   };
@@ -243,8 +243,9 @@ int runModelBench(const ModelBenchArgs& a, std::ostream& out) {
     const double ref = row("pytorch eager " + dtype, eager, 0);
     const double med = row("geopipe " + dtype, ours, ref);
     if (a.staged) {
-      const double plain = row("geopipe staged 2x1 " + dtype, stagedSteps(a, dtype, "none"), ref);
-      const double acsgd = row("  with AC-SGD 4-bit", stagedSteps(a, dtype, "acsgd"), ref);
+      const double plain =
+          row("geopipe staged 2x1 " + dtype, stagedSteps(a, dtype, "none", threads), ref);
+      const double acsgd = row("  with AC-SGD 4-bit", stagedSteps(a, dtype, "acsgd", threads), ref);
       out << "  AC-SGD's cost (encode, decode, buffers) in the staged step: " << std::fixed
           << std::setprecision(1) << 100 * (1 - acsgd / plain) << "% of the step\n";
       out.unsetf(std::ios::fixed);

@@ -57,22 +57,19 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
         transport_.recv(activation ? options_.prev_rank : options_.next_rank, tag), at};
   }
   // Sends in flight; waited for at the end of the step. A payload made on
-  // the codec lane is sent from there: `made` is the lane's job and `lane`
-  // what it filled in (the send, when it was posted, its bytes).
-  struct LaneSend {
+  // the codec lane is sent from there: `made` is the lane's job, which fills
+  // in `posted` (the send, when it was posted, its bytes) once it has sent.
+  struct Posting {
     std::shared_ptr<transport::Work> work;
     transport::Clock::time_point at;
     size_t bytes = 0;
   };
   struct Sent {
-    std::shared_ptr<transport::Work> work;
-    transport::Clock::time_point at;
     const char* what;  // the trace's name
     int micro_batch;
     int peer;
-    size_t bytes;
+    std::shared_ptr<Posting> posted;
     std::future<void> made;
-    std::shared_ptr<LaneSend> lane;
   };
   std::vector<Sent> sends;
   // However the step ends, no job of it is left running on the lane: the
@@ -114,30 +111,23 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     return payload;
   };
   auto post = [&](const char* what, int peer, Channel channel, int m, Outgoing& out) {
-    const auto at = transport::Clock::now();
     const Tag tag{channel, step, m, 0};
+    auto posted = std::make_shared<Posting>();
+    std::future<void> made;
     if (!out.make) {
-      const size_t bytes = out.payload.size();
-      sends.push_back({transport_.send(peer, tag, std::move(out.payload)),
-                       at,
-                       what,
-                       m,
-                       peer,
-                       bytes,
-                       {},
-                       nullptr});
-      out = Outgoing();
-      return;
+      posted->at = transport::Clock::now();
+      posted->bytes = out.payload.size();
+      posted->work = transport_.send(peer, tag, std::move(out.payload));
+    } else {
+      if (!lane_) lane_ = std::make_unique<CodecLane>();
+      made = lane_->post([this, posted, peer, tag, make = std::move(out.make)] {
+        transport::Bytes payload = make();
+        posted->at = transport::Clock::now();
+        posted->bytes = payload.size();
+        posted->work = transport_.send(peer, tag, std::move(payload));
+      });
     }
-    if (!lane_) lane_ = std::make_unique<CodecLane>();
-    auto filled = std::make_shared<LaneSend>();
-    std::future<void> made = lane_->post([this, filled, peer, tag, make = std::move(out.make)] {
-      transport::Bytes payload = make();
-      filled->bytes = payload.size();
-      filled->at = transport::Clock::now();
-      filled->work = transport_.send(peer, tag, std::move(payload));
-    });
-    sends.push_back({nullptr, at, what, m, peer, 0, std::move(made), filled});
+    sends.push_back({what, m, peer, std::move(posted), std::move(made)});
     out = Outgoing();
   };
   for (const Action& a : actions_) {
@@ -193,21 +183,18 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
       // LibTorch's (c10::Error) or the allocator's: kept as an Error, with where.
       GEOPIPE_THROW(Error, where(), e.what());
     }
-    s.work = s.lane->work;
-    s.at = s.lane->at;
-    s.bytes = s.lane->bytes;
   }
   const auto t_send = transport::Clock::now();
   timing.wait_codec_s = std::chrono::duration<double>(t_send - t_made).count();
-  for (auto& s : sends) s.work->wait(options_.timeout);
+  for (auto& s : sends) s.posted->work->wait(options_.timeout);
   const auto t_end = transport::Clock::now();
   timing.wait_send_s = std::chrono::duration<double>(t_end - t_send).count();
   timing.total_s = secondsSince(t_step);
   if (trace) {
     // In post order, so the writer packs them into the fewest send rows.
     for (const Sent& s : sends) {
-      trace->span(TraceLane::SEND, s.what, s.at, s.work->finishedAt(),
-                  {step, s.micro_batch, s.peer, static_cast<int64_t>(s.bytes)});
+      trace->span(TraceLane::SEND, s.what, s.posted->at, s.posted->work->finishedAt(),
+                  {step, s.micro_batch, s.peer, static_cast<int64_t>(s.posted->bytes)});
     }
     if (t_send > t_made + std::chrono::microseconds(1)) {
       trace->span(TraceLane::COMPUTE, "wait for encodes", t_made, t_send, {step});

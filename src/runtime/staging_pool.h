@@ -31,7 +31,6 @@ class StagingPool {
   // Gives back a buffer take() returned; it must no longer be used.
   void give(torch::Tensor buffer);
   StagingStats stats() const;
-  bool pinned() const { return pinned_; }
 
  private:
   const bool pinned_;

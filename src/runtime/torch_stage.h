@@ -91,8 +91,6 @@ class TorchStage : public pipeline::StageCompute {
   // Encoders of this stage, for byte accounting (may be null).
   const BoundaryEncoder* activationEncoder() const { return send_act_.get(); }
   const BoundaryEncoder* gradientEncoder() const { return send_grad_.get(); }
-  // The host buffers of tensors leaving a CUDA device.
-  const StagingPool& staging() const { return staging_; }
   // Mutable access for checkpoints (AC-SGD buffer stores).
   BoundaryEncoder* activationEncoderMut() { return send_act_.get(); }
   BoundaryDecoder* activationDecoderMut() { return recv_act_.get(); }

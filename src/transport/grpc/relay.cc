@@ -201,15 +201,17 @@ struct Relay::State {
       return;
     }
     int back = -1;
+    bool stopped = false;
     {
       std::unique_lock<std::mutex> lock(mu);
       cv.wait_until(lock, deadline, [&] { return stopping.load() || waiting[id] >= 0; });
       back = waiting[id];
       waiting.erase(id);
-      if (back < 0 && !stopping.load()) ++counts.timed_out;
+      stopped = stopping.load();
+      if (back < 0 && !stopped) ++counts.timed_out;
     }
     if (back < 0) {
-      if (stopping.load()) {
+      if (stopped) {
         closeFd(fd);
         return;
       }
