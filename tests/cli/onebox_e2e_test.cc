@@ -6,6 +6,8 @@
 // 2-layer GPT on synthetic data, 2 stages, 3 steps: seconds.
 #include <gtest/gtest.h>
 
+#include <cctype>
+
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -151,6 +153,29 @@ TEST(OneBox, ModelBenchAddsTheStagedEngineAndMfu) {
   if (gpu.code == 0) GTEST_SKIP() << "a CUDA device is visible";
   EXPECT_TRUE(contains(gpu.out + gpu.err, "--device cuda, but LibTorch sees no CUDA device"))
       << gpu.out << gpu.err;
+}
+
+// `bench grpc --rounds 2`: each kind runs twice in turn, every run gives the
+// same losses, and each row shows one ratio per round beside the pooled one.
+TEST(OneBox, GrpcBenchRunsEveryKindInInterleavedRounds) {
+  TempDir dir;
+  const CommandResult r =
+      runGeopipe(dir, {"bench", "grpc", "--steps", "2", "--replicas", "1", "--rounds", "2"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "2 round(s), each run of every kind in turn")) << r.out;
+  EXPECT_TRUE(contains(r.out, "steps of every run (same)")) << r.out;
+  for (const char* row :
+       {"in-process Trainer (threads)", "gRPC worker processes", "gRPC, link_grace 0"}) {
+    const size_t at = r.out.find(row);
+    ASSERT_NE(at, std::string::npos) << row << "\n" << r.out;
+    const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+    // The pooled ratio and one per round.
+    size_t ratios = 0;
+    for (size_t x = line.find("x"); x != std::string::npos; x = line.find("x", x + 1)) {
+      ratios += x > 0 && std::isdigit(static_cast<unsigned char>(line[x - 1]));
+    }
+    EXPECT_EQ(ratios, 3u) << line;
+  }
 }
 
 TEST(OneBox, BadJobWithoutTopologyNamesItsFields) {
