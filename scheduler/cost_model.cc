@@ -213,7 +213,10 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   // Ring all-reduce over the group in listing order (devices of one site are
   // adjacent, so the ring crosses each site boundary once): 2(D−1) steps,
   // each moving G/D bytes over every ring hop at once, so each step costs the
-  // slowest hop: 2(D−1)·(α_max + 8·(G/D)/β_min).
+  // slowest hop: 2(D−1)·(α_max + 8·(G/D)/β_min). Every member sends and
+  // receives at once, so β is each link's duplex bandwidth (the rate it
+  // keeps while the reverse direction is busy; its bandwidth when not
+  // given), as for the all-gather.
   // Direct all-gather (allGatherBytes): every member sends its blob to every
   // other at once, each on its own link (as the topology and the link
   // emulator model links: per directed pair), so it lasts as long as the
@@ -240,11 +243,11 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   double lat = 0, per_gb = 0, worst_hop = -1;
   for (int k = 0; k < d; ++k) {
     const int i = devices[k], j = devices[(k + 1) % d];
+    const double hop = network_->exchangeTransferS(i, j, 1.0);
     lat = std::max(lat, network_->latencyS(i, j));
-    per_gb = std::max(per_gb, network_->transferS(i, j, 1.0) -
-                                  network_->latencyS(i, j));
-    if (network_->transferS(i, j, 1.0) > worst_hop) {
-      worst_hop = network_->transferS(i, j, 1.0);
+    per_gb = std::max(per_gb, hop - network_->latencyS(i, j));
+    if (hop > worst_hop) {
+      worst_hop = hop;
       g.worst_device = (k & 1) ? i : j;  // either end; alternate
     }
   }
@@ -254,8 +257,8 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
     for (int j : reps)
       if (i != j) {
         g.gather_lat_s = std::max(g.gather_lat_s, network_->latencyS(i, j));
-        g.gather_s_per_gb =
-            std::max(g.gather_s_per_gb, network_->transferS(i, j, 1.0) - network_->latencyS(i, j));
+        g.gather_s_per_gb = std::max(
+            g.gather_s_per_gb, network_->exchangeTransferS(i, j, 1.0) - network_->latencyS(i, j));
       }
   switch (profile_.grad_exchange) {
     case GradExchange::RING_ALL_REDUCE:
@@ -294,12 +297,13 @@ double GeopipeCostModel::tiedSeconds(const GroupStats& first, const GroupStats& 
   // first half arrives (1 MB chunks). Direction i -> j ends when i has
   // serialised all G bytes or, later, when j's first half has reached i and
   // i's second half follows it; then α_ij to arrive. Each replica pairs its
-  // own two devices; the model takes pairedBound over the groups.
+  // own two devices; the model takes pairedBound over the groups. Both
+  // directions are busy at once: duplex bandwidths.
   const double gb = 4 * profile_.tied_params / 1e9;
   auto way = [&](int a, int b) {
     return network_->latencyS(a, b) +
-           std::max(network_->transferS(a, b, gb) - network_->latencyS(a, b),
-                    network_->transferS(b, a, gb / 2));
+           std::max(network_->exchangeTransferS(a, b, gb) - network_->latencyS(a, b),
+                    network_->exchangeTransferS(b, a, gb / 2));
   };
   return pairedBound(first.site_devices, last.site_devices,
                      [&](int i, int j) { return std::max(way(i, j), way(j, i)); });

@@ -66,6 +66,9 @@ Network::Network(const TopologySpec& topology) : topology_(topology) {
                     l.bandwidth_gbps,
                     " Gbps, so these devices are disconnected; give it a "
                     "positive bandwidth_gbps or remove the site");
+      GEOPIPE_CHECK(std::isfinite(l.duplex_bandwidth_gbps) && l.duplex_bandwidth_gbps >= 0,
+                    ConfigError, where, ": ", what, " has duplex_bandwidth_gbps ",
+                    l.duplex_bandwidth_gbps, "; expected > 0 (or 0: the same as bandwidth_gbps)");
       GEOPIPE_CHECK(std::isfinite(l.latency_ms) && l.latency_ms >= 0,
                     ConfigError, where, ": ", what, " has latency ",
                     l.latency_ms, " ms; expected >= 0");
@@ -73,12 +76,14 @@ Network::Network(const TopologySpec& topology) : topology_(topology) {
   }
   latency_s_.setZero(n_, n_);
   inv_bw_.setZero(n_, n_);
+  inv_exchange_bw_.setZero(n_, n_);
   for (int i = 0; i < n_; ++i) {
     for (int j = 0; j < n_; ++j) {
       if (i == j) continue;
       const LinkSpec& l = topology_.link(i, j);
       latency_s_(i, j) = l.latency_ms / 1000.0;
       inv_bw_(i, j) = 1.0 / l.bandwidth_gbps;
+      inv_exchange_bw_(i, j) = 1.0 / l.exchangeGbps();
     }
   }
 }

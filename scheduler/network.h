@@ -36,12 +36,18 @@ class Network {
   double transferS(int i, int j, double gb) const {
     return latency_s_(i, j) + 8.0 * gb * inv_bw_(i, j);
   }
+  // The same for a data-parallel exchange, where j sends to i at the same
+  // time: the link's duplex_bandwidth_gbps (its bandwidth when not given).
+  double exchangeTransferS(int i, int j, double gb) const {
+    return latency_s_(i, j) + 8.0 * gb * inv_exchange_bw_(i, j);
+  }
 
  private:
   TopologySpec topology_;
   int n_ = 0;
   Eigen::MatrixXd latency_s_;  // n x n, seconds, zero diagonal
   Eigen::MatrixXd inv_bw_;     // n x n, seconds per Gbit, zero diagonal
+  Eigen::MatrixXd inv_exchange_bw_;  // the same at LinkSpec::exchangeGbps()
 };
 
 }  // namespace geopipe::scheduler

@@ -24,11 +24,13 @@ JobSpec effectiveNetworkJob(const JobSpec& job) {
   for (auto& row : out.topology.site_links) {
     for (auto& link : row) {
       link.bandwidth_gbps *= job.transport.bandwidth_scale;
+      link.duplex_bandwidth_gbps *= job.transport.bandwidth_scale;
       link.latency_ms *= job.transport.latency_scale;
     }
   }
   for (auto& site : out.topology.sites) {
     site.intra.bandwidth_gbps *= job.transport.bandwidth_scale;
+    site.intra.duplex_bandwidth_gbps *= job.transport.bandwidth_scale;
     site.intra.latency_ms *= job.transport.latency_scale;
   }
   out.transport.bandwidth_scale = 1.0;

@@ -15,6 +15,8 @@ LinkSpec chain(const LinkSpec& first, const LinkSpec& second) {
   LinkSpec l;
   l.latency_ms = first.latency_ms + second.latency_ms;
   l.bandwidth_gbps = std::min(first.bandwidth_gbps, second.bandwidth_gbps);
+  if (first.duplex_bandwidth_gbps > 0 || second.duplex_bandwidth_gbps > 0)
+    l.duplex_bandwidth_gbps = std::min(first.exchangeGbps(), second.exchangeGbps());
   return l;
 }
 

@@ -401,11 +401,13 @@ void localSearch(Evaluator& ev, Candidate& c, int trials, int max_cycle, std::mt
 
 // Cost of device i sending its share of a data-parallel exchange to j: the
 // dtfm DataPCost term 2·(α_ij + 8·c_grad/(β_ij·D_dp)), or, for other models,
-// the same with a 0.1 GB payload (only the ranking matters to the seeds).
+// the same with a 0.1 GB payload at the link's duplex bandwidth (only the
+// ranking matters to the seeds).
 double dpPairCost(const CostModel& model, int i, int j) {
   const auto* dtfm = dynamic_cast<const DtfmCostModel*>(&model);
   const double gb = (dtfm ? dtfm->cGradGb() : 0.1) / model.dDp();
-  return 2.0 * model.network().transferS(i, j, gb);
+  const Network& net = model.network();
+  return 2.0 * (dtfm ? net.transferS(i, j, gb) : net.exchangeTransferS(i, j, gb));
 }
 
 // Pipeline-chain seed: D_dp chains of D_pp devices built greedily along the

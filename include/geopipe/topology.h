@@ -13,6 +13,16 @@ namespace geopipe {
 struct LinkSpec {
   double latency_ms = 0.0;
   double bandwidth_gbps = 1.0;
+  // This direction's bandwidth while the reverse direction is busy too, as
+  // in a data-parallel exchange where both ends send at once (`geopipe
+  // probe` measures it; over TCP with a shallow shaped queue it can be well
+  // below bandwidth_gbps). 0: the same as bandwidth_gbps.
+  double duplex_bandwidth_gbps = 0.0;
+
+  // The rate a data-parallel exchange gets over this link.
+  double exchangeGbps() const {
+    return duplex_bandwidth_gbps > 0 ? duplex_bandwidth_gbps : bandwidth_gbps;
+  }
 };
 
 // One accelerator. Devices are numbered globally in the order the topology

@@ -74,7 +74,7 @@ int runProbeCommand(const ProbeArgs& args, std::ostream& out) {
   po.timeout = std::chrono::seconds(args.timeout);
   out << "probe: rank " << args.rank << " of " << n << ", listening on " << net.listeningAddress()
       << "; " << n * (n - 1) << " directed links, " << args.pings << " pings and 2 x "
-      << args.megabytes << " MiB each\n";
+      << args.megabytes << " MiB each, one way and both ways at once\n";
   const auto links = transport::probeLinks(net, po);
   net.close();
   if (args.rank != 0) {
@@ -92,15 +92,17 @@ int runProbeCommand(const ProbeArgs& args, std::ostream& out) {
       "\nlatency: half the median round trip of ", args.pings,
       " pings; bandwidth: the better of two ", args.megabytes,
       " MiB transfers over the hosts' gRPC links (with their TLS, if any, and HTTP/2 framing), "
-      "one pair at a time.\n"
+      "one pair at a time; duplex_bandwidth_gbps: the same while the reverse direction sends too "
+      "(how a data-parallel exchange uses the link).\n"
       "Devices get the defaults (no tflops or memory_gb): add device_defaults for your GPUs.");
   const std::string yaml = transport::topologyYamlFromProbe("probed", names, links, comment);
   char line[160];
-  out << "from -> to                      latency ms   bandwidth Mbit/s\n";
+  out << "from -> to                      latency ms   bandwidth Mbit/s   both ways Mbit/s\n";
   for (const auto& l : links) {
-    std::snprintf(line, sizeof line, "%-14s -> %-14s %10.2f %18.1f\n",
+    std::snprintf(line, sizeof line, "%-14s -> %-14s %10.2f %18.1f %18.1f\n",
                   names[static_cast<size_t>(l.from)].c_str(),
-                  names[static_cast<size_t>(l.to)].c_str(), l.latency_ms, l.bandwidth_gbps * 1000);
+                  names[static_cast<size_t>(l.to)].c_str(), l.latency_ms, l.bandwidth_gbps * 1000,
+                  l.duplex_bandwidth_gbps * 1000);
     out << line;
   }
   if (args.out == "-") {

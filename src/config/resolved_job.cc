@@ -216,6 +216,7 @@ void scheduler(YAML::Emitter& out, const SchedulerSpec& s) {
 void link(YAML::Emitter& out, const LinkSpec& l) {
   real(out, "latency_ms", l.latency_ms);
   real(out, "bandwidth_gbps", l.bandwidth_gbps);
+  if (l.duplex_bandwidth_gbps > 0) real(out, "duplex_bandwidth_gbps", l.duplex_bandwidth_gbps);
 }
 
 // Every site with its devices, and every directed link between two sites.

@@ -43,8 +43,8 @@ constexpr int64_t kMaxYamlValues = 1000000;
 constexpr double kMinTflops = 1e-6, kMaxTflops = 1e9;
 constexpr double kMinMemoryGb = 1e-6, kMaxMemoryGb = 1e9;
 
-// Reads {latency_ms, bandwidth_gbps} within their physical ranges. Both keys
-// are required when `required`.
+// Reads {latency_ms, bandwidth_gbps, duplex_bandwidth_gbps} within their
+// physical ranges. The first two are required when `required`.
 bool readLinkFields(MapReader& r, LinkSpec& link, bool required) {
   if (required) {
     for (const char* key : {"latency_ms", "bandwidth_gbps"}) {
@@ -57,6 +57,8 @@ bool readLinkFields(MapReader& r, LinkSpec& link, bool required) {
   size_t before = r.context().diagnostics->size();
   r.getDouble("latency_ms", link.latency_ms, 0.0, kMaxLatencyMs);
   r.getDouble("bandwidth_gbps", link.bandwidth_gbps, kMinBandwidthGbps, kMaxBandwidthGbps);
+  r.getDouble("duplex_bandwidth_gbps", link.duplex_bandwidth_gbps, kMinBandwidthGbps,
+              kMaxBandwidthGbps);
   return r.context().diagnostics->size() == before;
 }
 

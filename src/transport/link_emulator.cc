@@ -74,7 +74,12 @@ LinkEmulatingTransport::LinkEmulatingTransport(std::shared_ptr<Transport> inner,
     GEOPIPE_CHECK(spec.latency_ms >= 0 && std::isfinite(spec.latency_ms), ConfigError,
                   "link emulator: link ", me, " -> ", dst, " has latency ", spec.latency_ms,
                   " ms; it must be >= 0");
+    GEOPIPE_CHECK(spec.duplex_bandwidth_gbps >= 0 && std::isfinite(spec.duplex_bandwidth_gbps),
+                  ConfigError, "link emulator: link ", me, " -> ", dst, " has duplex bandwidth ",
+                  spec.duplex_bandwidth_gbps,
+                  " Gbps; it must be a positive number, or 0 for the link's bandwidth");
     links_[dst].bandwidth_gbps = spec.bandwidth_gbps * options_.bandwidth_scale;
+    links_[dst].duplex_bandwidth_gbps = spec.duplex_bandwidth_gbps * options_.bandwidth_scale;
     links_[dst].latency_ms = spec.latency_ms * options_.latency_scale;
   }
   const auto now = Clock::now();
@@ -98,8 +103,9 @@ LinkSpec LinkEmulatingTransport::link(int dst) const {
   return links_[dst];
 }
 
-double LinkEmulatingTransport::serializationSeconds(int dst, uint64_t bytes) const {
-  double gbps = link(dst).bandwidth_gbps;
+double LinkEmulatingTransport::serializationSeconds(int dst, const Tag& tag, uint64_t bytes) const {
+  const LinkSpec& l = link(dst);
+  double gbps = tag.channel == Channel::GRADIENT ? l.exchangeGbps() : l.bandwidth_gbps;
   if (options_.shared_nic && options_.nic_gbps > 0) {
     gbps = std::min(gbps, options_.nic_gbps * options_.bandwidth_scale);
   }
@@ -116,7 +122,7 @@ std::shared_ptr<Work> LinkEmulatingTransport::send(int peer, const Tag& tag, Byt
     sent_.count(peer, size);
     return inner_->send(peer, tag, std::move(payload));
   }
-  const double seconds = serializationSeconds(peer, size);
+  const double seconds = serializationSeconds(peer, tag, size);
   const auto serialization =
       std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   const auto latency = std::chrono::duration_cast<Clock::duration>(

@@ -66,6 +66,11 @@ struct LinkEmulatorOptions {
 //     transport then, so the receiver sees it at arrival. Arrivals on one
 //     link are in send order; ties are broken by send order.
 //
+// A collective's message (Channel::GRADIENT: the data-parallel exchange,
+// where both ends of a link send at once) serializes at the link's duplex
+// bandwidth instead of β (LinkSpec::exchangeGbps(); β when not given), as
+// the cost model prices the exchange.
+//
 // So n back-to-back messages of B bytes take  n·B·8/β + α  from the first
 // send to the last arrival: throughput β, latency α. The schedule is
 // computed from the send times, not from when the delivery thread woke up,
@@ -103,7 +108,7 @@ class LinkEmulatingTransport : public Transport {
   // The link this rank -> dst after scaling (bandwidth in Gbps, latency ms).
   LinkSpec link(int dst) const;
   // Seconds a message of `bytes` occupies the link to dst.
-  double serializationSeconds(int dst, uint64_t bytes) const;
+  double serializationSeconds(int dst, const Tag& tag, uint64_t bytes) const;
   const std::shared_ptr<Transport>& inner() const { return inner_; }
 
  private:

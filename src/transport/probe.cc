@@ -15,15 +15,25 @@
 namespace geopipe::transport {
 namespace {
 
-// Probe messages are CONTROL messages with negative steps, which training
-// never uses: step -(1 + pair) for a pair's exchanges, kResultsStep for the
-// results sent to rank 0. micro_batch tells the phase, index the round.
+// Probe messages are CONTROL messages (the duplex bulks GRADIENT ones) with
+// negative steps, which training never uses: step -(1 + pair) for a pair's
+// exchanges, kResultsStep for the results sent to rank 0. micro_batch tells
+// the phase, index the round.
 constexpr int64_t kResultsStep = -(int64_t{1} << 40);
-enum Phase : int32_t { PING = 0, PONG = 1, BULK = 2, BULK_ACK = 3, RESULTS = 4 };
+enum Phase : int32_t {
+  PING = 0,
+  PONG = 1,
+  BULK = 2,
+  BULK_ACK = 3,
+  RESULTS = 4,
+  DUPLEX_GO = 5,
+  DUPLEX_BULK = 6,
+  DUPLEX_RATE = 7
+};
 
-Tag probeTag(int64_t pair, Phase phase, int32_t index) {
+Tag probeTag(int64_t pair, Phase phase, int32_t index, Channel channel = Channel::CONTROL) {
   Tag t;
-  t.channel = Channel::CONTROL;
+  t.channel = channel;
   t.step = pair < 0 ? kResultsStep : -(1 + pair);
   t.micro_batch = phase;
   t.index = index;
@@ -43,7 +53,9 @@ Bytes waitRecv(Transport& t, int peer, const Tag& tag, Duration timeout) {
 // This rank (`self`) times `peer`: the median round trip of `pings` small
 // messages (after one untimed, which may pay for a connection), then the
 // best of two bulk transfers (the second runs on a warm connection).
-LinkMeasurement timeLink(Transport& t, int64_t pair, int peer, const ProbeOptions& o) {
+// `min_rtt` gets the fastest round trip.
+LinkMeasurement timeLink(Transport& t, int64_t pair, int peer, const ProbeOptions& o,
+                         double& min_rtt_out) {
   std::vector<double> rtt;
   for (int k = 0; k <= o.pings; ++k) {
     const auto t0 = Clock::now();
@@ -57,6 +69,7 @@ LinkMeasurement timeLink(Transport& t, int64_t pair, int peer, const ProbeOption
   // slowed by scheduling noise would take too much off and overstate the
   // bandwidth.
   const double min_rtt = rtt.empty() ? 0 : rtt.front();
+  min_rtt_out = min_rtt;
   double best = 0;
   for (int round = 0; round < 2; ++round) {
     const auto t0 = Clock::now();
@@ -85,6 +98,50 @@ void answerLink(Transport& t, int64_t pair, int peer, const ProbeOptions& o) {
   }
 }
 
+double rateOf(const Bytes& b) {
+  double v = 0;
+  GEOPIPE_CHECK(b.size() == sizeof v, ProtocolError, "probe: a duplex rate of ", b.size(),
+                " bytes, not ", sizeof v);
+  std::memcpy(&v, b.data(), sizeof v);
+  GEOPIPE_CHECK(std::isfinite(v) && v > 0, ProtocolError, "probe: a duplex rate of ", v);
+  return v;
+}
+
+// Both ends of the pair send `bulk_bytes` at once on the data-parallel
+// exchange's channel (GRADIENT; the link emulator serializes it at the
+// topology's duplex bandwidth), twice; each end times
+// the bulk it receives and tells the sender. Returns this rank's outgoing
+// rate in Gbps while the reverse direction is busy (the better round).
+// The initiator sends GO and its bulk right behind it; the responder
+// starts its clock when GO arrives, so its time is the transfer's. The
+// initiator's clock started one way earlier and the reverse bulk's last
+// byte needs one way back: it takes off `min_rtt`.
+double timeDuplex(Transport& t, int64_t pair, int peer, bool initiator, double min_rtt,
+                  const ProbeOptions& o) {
+  double best = 0;
+  for (int round = 0; round < 2; ++round) {
+    std::shared_ptr<Work> go;
+    if (initiator) {
+      go = t.send(peer, probeTag(pair, DUPLEX_GO, round), Bytes(1, 1));
+    } else {
+      waitRecv(t, peer, probeTag(pair, DUPLEX_GO, round), o.timeout);
+    }
+    const auto t0 = Clock::now();
+    const Tag bulk = probeTag(pair, DUPLEX_BULK, round, Channel::GRADIENT);
+    auto sent = t.send(peer, bulk, Bytes(o.bulk_bytes, 0xa5));
+    waitRecv(t, peer, bulk, o.timeout);
+    const double transfer = std::max(secondsSince(t0) - (initiator ? min_rtt : 0.0), 1e-9);
+    const double incoming = 8.0 * static_cast<double>(o.bulk_bytes) / transfer / 1e9;
+    if (go) go->wait(o.timeout);
+    sent->wait(o.timeout);
+    Bytes rate(sizeof incoming);
+    std::memcpy(rate.data(), &incoming, sizeof incoming);
+    t.send(peer, probeTag(pair, DUPLEX_RATE, round), std::move(rate))->wait(o.timeout);
+    best = std::max(best, rateOf(waitRecv(t, peer, probeTag(pair, DUPLEX_RATE, round), o.timeout)));
+  }
+  return best;
+}
+
 Bytes encode(const std::vector<LinkMeasurement>& ms) {
   Bytes out(ms.size() * sizeof(LinkMeasurement));
   if (!ms.empty()) std::memcpy(out.data(), ms.data(), out.size());
@@ -98,7 +155,8 @@ std::vector<LinkMeasurement> decode(const Bytes& b, int world, int sender) {
   if (!ms.empty()) std::memcpy(ms.data(), b.data(), b.size());
   for (const auto& m : ms) {
     GEOPIPE_CHECK(m.from == sender && m.to >= 0 && m.to < world && m.to != sender &&
-                      std::isfinite(m.latency_ms) && std::isfinite(m.bandwidth_gbps),
+                      std::isfinite(m.latency_ms) && std::isfinite(m.bandwidth_gbps) &&
+                      std::isfinite(m.duplex_bandwidth_gbps),
                   ProtocolError, "probe: rank ", sender, " sent a malformed measurement");
   }
   return ms;
@@ -119,17 +177,24 @@ std::vector<LinkMeasurement> probeLinks(Transport& t, const ProbeOptions& o) {
   const int self = t.rank();
   std::vector<LinkMeasurement> mine;
   // Pairs (a, b), a < b, in a fixed order; each is timed both ways, a
-  // first. Ranks not in a pair skip it: messages are tagged by pair.
+  // first, then both ways at once. Ranks not in a pair skip it: messages
+  // are tagged by pair.
   int64_t pair = 0;
   for (int a = 0; a < n; ++a) {
     for (int b = a + 1; b < n; ++b, ++pair) {
+      if (self != a && self != b) continue;
+      const int peer = self == a ? b : a;
+      double min_rtt = 0;
+      LinkMeasurement m;
       if (self == a) {
-        mine.push_back(timeLink(t, 2 * pair, b, o));
+        m = timeLink(t, 2 * pair, b, o, min_rtt);
         answerLink(t, 2 * pair + 1, b, o);
-      } else if (self == b) {
+      } else {
         answerLink(t, 2 * pair, a, o);
-        mine.push_back(timeLink(t, 2 * pair + 1, a, o));
+        m = timeLink(t, 2 * pair + 1, a, o, min_rtt);
       }
+      m.duplex_bandwidth_gbps = timeDuplex(t, 2 * pair, peer, self == a, min_rtt, o);
+      mine.push_back(m);
     }
   }
   if (self != 0) {
@@ -171,6 +236,10 @@ std::string topologyYamlFromProbe(const std::string& name, const std::vector<std
     out << YAML::Key << "latency_ms" << YAML::Value << latency;
     out << YAML::Key << "bandwidth_gbps" << YAML::Value
         << rounded(std::clamp(l.bandwidth_gbps, 1e-6, 1e6), 3);
+    if (l.duplex_bandwidth_gbps > 0) {
+      out << YAML::Key << "duplex_bandwidth_gbps" << YAML::Value
+          << rounded(std::clamp(l.duplex_bandwidth_gbps, 1e-6, 1e6), 3);
+    }
     out << YAML::EndMap;
   }
   out << YAML::EndSeq;

@@ -19,8 +19,10 @@ struct ProbeOptions {
   int pings = 20;
   // Bytes sent each way per pair to time the bandwidth, in one message, twice
   // (the better counts); the bandwidth is bytes / (time until the receiver's
-  // acknowledgement - the fastest ping's round trip). The probe sends at
-  // most pairs x 4 x bulk_bytes in all.
+  // acknowledgement - the fastest ping's round trip). Then both ends of the
+  // pair send that many bytes at once, twice, each timing the bulk it
+  // receives: the duplex bandwidth. The probe sends at most
+  // pairs x 8 x bulk_bytes in all.
   uint64_t bulk_bytes = uint64_t{4} << 20;
   // Each wait of the probe (a ping, a bulk transfer, a result) gives up
   // after this: TimeoutError naming the pair.
@@ -33,6 +35,9 @@ struct LinkMeasurement {
   int to = 0;
   double latency_ms = 0;      // one way (half the median round trip)
   double bandwidth_gbps = 0;  // 10^9 bit/s, the topology's unit
+  // This direction while the reverse one sends too (a data-parallel
+  // exchange's pattern); the topology's duplex_bandwidth_gbps.
+  double duplex_bandwidth_gbps = 0;
 };
 
 // Collective: every rank of `t` calls it with the same options. Pairs are
@@ -43,8 +48,8 @@ std::vector<LinkMeasurement> probeLinks(Transport& t, const ProbeOptions& option
 
 // A topology YAML (docs/job-spec.md "Topology") with one site per rank,
 // named `names[r]`, one device each, and a directed link for every
-// measured pair (latency rounded to 0.01 ms, bandwidth to 3 significant
-// digits). `comment` becomes the file's first lines.
+// measured pair (latency rounded to 0.01 ms, bandwidths to 3 significant
+// digits; duplex_bandwidth_gbps where measured). `comment` becomes the file's first lines.
 std::string topologyYamlFromProbe(const std::string& name, const std::vector<std::string>& names,
                                   const std::vector<LinkMeasurement>& links,
                                   const std::string& comment);

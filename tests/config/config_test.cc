@@ -203,6 +203,32 @@ links:
   EXPECT_DOUBLE_EQ(t.link(1, 0).bandwidth_gbps, 2);
 }
 
+TEST(TopologyParser, DuplexBandwidthIsOptionalPerLinkAndChecked) {
+  TopologySpec t = parseTopologyString(R"(
+sites: [{name: a, devices: 2, intra: {latency_ms: 0, bandwidth_gbps: 10, duplex_bandwidth_gbps: 7}},
+        {name: b, devices: 1}]
+links:
+  - {from: a, to: b, latency_ms: 5, bandwidth_gbps: 0.02, duplex_bandwidth_gbps: 0.013}
+  - {from: b, to: a, latency_ms: 5, bandwidth_gbps: 0.02}
+)",
+                                       "t.yaml");
+  EXPECT_DOUBLE_EQ(t.link(0, 1).exchangeGbps(), 7);
+  EXPECT_DOUBLE_EQ(t.link(0, 2).bandwidth_gbps, 0.02);
+  EXPECT_DOUBLE_EQ(t.link(0, 2).exchangeGbps(), 0.013);
+  EXPECT_DOUBLE_EQ(t.link(2, 0).duplex_bandwidth_gbps, 0) << "not given";
+  EXPECT_DOUBLE_EQ(t.link(2, 0).exchangeGbps(), 0.02) << "not given: the bandwidth";
+  try {
+    parseTopologyString(
+        "sites: [{name: a, devices: 2, intra: {latency_ms: 0, bandwidth_gbps: 1, "
+        "duplex_bandwidth_gbps: 0}}]\n",
+        "bad.yaml");
+    FAIL() << "a duplex bandwidth of 0 is refused";
+  } catch (const config::SpecError& e) {
+    ASSERT_EQ(e.diagnostics().size(), 1u);
+    EXPECT_EQ(e.diagnostics()[0].field, "sites[0].intra.duplex_bandwidth_gbps");
+  }
+}
+
 TEST(TopologyParser, RepeatExpandsSites) {
   TopologySpec t = parseTopologyString(R"(
 sites:

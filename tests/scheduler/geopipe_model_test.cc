@@ -174,6 +174,33 @@ TEST(GeopipeModel, PricesTheGradientExchangeEachMethodRuns) {
   EXPECT_DOUBLE_EQ(prof.dpBytes(1000, 10).sentBytes(8), 7000);  // 1.75 x 4 bytes
 }
 
+// A link's duplex bandwidth (its rate while the reverse direction sends
+// too) prices every exchange, where both ends send at once; the pipeline's
+// transfers keep the link's bandwidth.
+TEST(GeopipeModel, PricesExchangesAtTheDuplexBandwidthAndPipelinesAtTheLinks) {
+  auto price = [](double duplex_gbps, const std::string& method) {
+    TopologySpec t = fastSite(4, 100, 1);
+    t.sites[0].intra = {5, 1, duplex_gbps};
+    t.site_links = {{t.sites[0].intra}};
+    JobSpec job = gptJob(t, 2, 2);
+    job.compression.gradients.method = method;
+    job.compression.gradients.bits = 8;
+    auto net = std::make_shared<const Network>(job.topology);
+    GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 2, "1f1b");
+    const GroupStats g = model.groupStats({0, 1});
+    return std::make_tuple(g.ring_s_per_gb, g.gather_s_per_gb, g.ring_lat_s, model.edge(0, 2));
+  };
+  for (const std::string method : {"none", "quantize"}) {
+    auto [ring, gather, lat, edge] = price(0, method);
+    auto [ring_half, gather_half, lat_half, edge_half] = price(0.5, method);
+    EXPECT_DOUBLE_EQ(ring, 2.0 * (2 - 1) / 2 * 8.0) << "1 Gbps: 8 s per GB";
+    EXPECT_DOUBLE_EQ(ring_half, 2 * ring) << method;
+    EXPECT_DOUBLE_EQ(gather_half, 2 * gather) << method;
+    EXPECT_DOUBLE_EQ(lat_half, lat) << "latency is the link's";
+    EXPECT_DOUBLE_EQ(edge_half, edge) << "pipeline transfers keep bandwidth_gbps";
+  }
+}
+
 // DiLoCo: the exchange (priced like the every-step one, with the
 // pseudo-gradient's compression) happens once a round after the step: X / H
 // per step without overlap; with overlap, hidden up to H x the rest of the

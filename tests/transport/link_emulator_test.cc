@@ -232,13 +232,48 @@ TEST(LinkEmulator, ScalesMultiplyBandwidthAndLatency) {
   auto& e = static_cast<LinkEmulatingTransport&>(*world.ranks[0]);
   EXPECT_DOUBLE_EQ(e.link(1).bandwidth_gbps, 0.1);
   EXPECT_DOUBLE_EQ(e.link(1).latency_ms, 20.0);
-  EXPECT_DOUBLE_EQ(e.serializationSeconds(1, 125000), 0.01);
+  EXPECT_DOUBLE_EQ(e.serializationSeconds(1, Tag{}, 125000), 0.01);
   EXPECT_EQ(e.name(), "emulated(inproc)");
   expectTimings([&] {
     auto [sent, received] = streamOnce(world, 2, 500000);
     return std::vector<Timing>{{"2 x 500 KB at 200 Mbps x 0.5", sent, 0.080},
                                {"plus 10 ms x 2 latency", received, 0.100}};
   });
+}
+
+TEST(LinkEmulator, CollectivesRunAtTheDuplexBandwidthAndPipelineMessagesAtTheLinks) {
+  // 100 Mbps one way, 50 Mbps while the reverse direction sends too.
+  LinkEmulatorOptions options;
+  options.bandwidth_scale = 0.5;
+  World world = makeWorld(
+      Kind::EMULATED, 2,
+      [](int, int) {
+        return LinkSpec{1.0, 0.2, 0.1};
+      },
+      options);
+  auto& e = static_cast<LinkEmulatingTransport&>(*world.ranks[0]);
+  EXPECT_DOUBLE_EQ(e.link(1).duplex_bandwidth_gbps, 0.05);
+  Tag activation, gradient;
+  activation.channel = Channel::ACTIVATION;
+  gradient.channel = Channel::GRADIENT;
+  EXPECT_DOUBLE_EQ(e.serializationSeconds(1, activation, 125000), 0.01);
+  EXPECT_DOUBLE_EQ(e.serializationSeconds(1, gradient, 125000), 0.02);
+  auto arrival = [&](const Tag& tag) {
+    auto r = world.ranks[1]->recv(0, tag);
+    const auto t0 = Clock::now();
+    world.ranks[0]->send(1, tag, Bytes(500000));
+    r->wait(milliseconds(5000));
+    return secondsSince(t0);
+  };
+  expectTimings([&] {
+    // 500 KB: 40 ms at 100 Mbps, 80 ms at 50 Mbps, plus 1 ms.
+    return std::vector<Timing>{{"activation at 100 Mbps", arrival(activation), 0.041},
+                               {"gradient at 50 Mbps duplex", arrival(gradient), 0.081}};
+  });
+  // A link without a duplex bandwidth sends collectives at its bandwidth.
+  World plain = makeWorld(Kind::EMULATED, 2, uniform(1.0, 0.1));
+  auto& p = static_cast<LinkEmulatingTransport&>(*plain.ranks[0]);
+  EXPECT_DOUBLE_EQ(p.serializationSeconds(1, gradient, 125000), 0.01);
 }
 
 TEST(LinkEmulator, LinksComeFromTheTopologyAndPlacement) {

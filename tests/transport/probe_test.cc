@@ -1,6 +1,7 @@
 // probeLinks over the link emulator, whose links are known: the measured
-// latency and bandwidth of every directed link are the emulated ones, and
-// the topology written from them reads back with those links.
+// latency, bandwidth and duplex bandwidth of every directed link are the
+// emulated ones, and the topology written from them reads back with those
+// links.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,11 +15,13 @@ namespace geopipe::transport::testing {
 namespace {
 
 // Asymmetric links: 50 ms + 25 ms per hop of rank distance one way, and
-// 40 Mbit/s times (1 + source rank), so every direction differs. Latencies
-// this long keep a loaded machine's scheduling delay (a few ms per round
-// trip, seen in CI) inside the bounds.
+// 40 Mbit/s times (1 + source rank), so every direction differs; while the
+// reverse direction sends too, (1 + destination rank) x 30 Mbit/s (the
+// emulator sends the exchange's channel at that rate). Latencies this long
+// keep a loaded machine's scheduling delay (a few ms per round trip, seen
+// in CI) inside the bounds.
 LinkSpec knownLink(int src, int dst) {
-  return LinkSpec{50.0 + 25.0 * std::abs(src - dst), 0.04 * (1 + src)};
+  return LinkSpec{50.0 + 25.0 * std::abs(src - dst), 0.04 * (1 + src), 0.03 * (1 + dst)};
 }
 
 // Latency within 10%, bandwidth within 15%: on a loaded CI machine the
@@ -45,6 +48,9 @@ TEST(Probe, MeasuresEveryDirectedLinkOfTheEmulatorWithinItsBounds) {
     EXPECT_NEAR(m.latency_ms, want.latency_ms, 0.1 * want.latency_ms) << m.from << " -> " << m.to;
     EXPECT_NEAR(m.bandwidth_gbps, want.bandwidth_gbps, 0.15 * want.bandwidth_gbps)
         << m.from << " -> " << m.to;
+    EXPECT_NEAR(m.duplex_bandwidth_gbps, want.duplex_bandwidth_gbps,
+                0.15 * want.duplex_bandwidth_gbps)
+        << m.from << " -> " << m.to << " both ways at once";
   }
   // The topology it writes is one the scheduler reads, with those links.
   const std::string yaml = topologyYamlFromProbe("probed", {"a", "b", "c"}, found, "two\nlines");
@@ -55,6 +61,8 @@ TEST(Probe, MeasuresEveryDirectedLinkOfTheEmulatorWithinItsBounds) {
     const LinkSpec& l = topo.site_links[static_cast<size_t>(m.from)][static_cast<size_t>(m.to)];
     EXPECT_NEAR(l.latency_ms, m.latency_ms, 0.01) << yaml;
     EXPECT_NEAR(l.bandwidth_gbps, m.bandwidth_gbps, 0.01 * m.bandwidth_gbps) << yaml;
+    EXPECT_NEAR(l.duplex_bandwidth_gbps, m.duplex_bandwidth_gbps, 0.01 * m.duplex_bandwidth_gbps)
+        << yaml;
   }
 }
 
