@@ -51,16 +51,22 @@ TEST(StagingPool, TakesAndGivesFromTwoThreadsAtOnce) {
   StagingPool pool(false);
   constexpr int kRounds = 2000;
   std::vector<torch::Tensor> handed(kRounds);
-  std::atomic<int> ready{0};
+  std::atomic<int> ready{0}, given{0};
   std::thread lane([&] {
     for (int i = 0; i < kRounds; ++i) {
       while (ready.load() <= i) std::this_thread::yield();
       // Still holds what the taker wrote: nobody else had the buffer.
       EXPECT_EQ(handed[i].data_ptr<float>()[0], static_cast<float>(i));
       pool.give(std::move(handed[i]));
+      given.store(i + 1);
     }
   });
   for (int i = 0; i < kRounds; ++i) {
+    // At most 8 buffers out at once, as a pipeline's few in-flight
+    // payloads: then takes must reuse what the lane gave back, however the
+    // two threads are scheduled (a busy machine once ran every take before
+    // the lane's first give, so nothing was reused).
+    while (i - given.load() >= 8) std::this_thread::yield();
     torch::Tensor t = pool.take({64});
     t.data_ptr<float>()[0] = static_cast<float>(i);
     handed[i] = t;
