@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <openssl/bn.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -20,7 +21,16 @@
 #include "geopipe/error.h"
 
 namespace geopipe::security {
+
+void keepOpenSslUntilExit() {
+  static const bool kept = OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr) == 1;
+  (void)kept;
+}
+
 namespace {
+
+// Before main, so before anything in the process initialises OpenSSL.
+const bool kOpenSslKeptUntilExit = (keepOpenSslUntilExit(), true);
 
 struct BioFree {
   void operator()(BIO* b) const { BIO_free(b); }

@@ -5,6 +5,7 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include "geopipe/error.h"
+#include "src/security/pki.h"
 #include "src/security/token.h"
 
 namespace geopipe::transport {
@@ -15,6 +16,7 @@ std::string LinkSecurity::describe() const {
 
 std::shared_ptr<grpc::ServerCredentials> serverCredentials(const LinkSecurity& security) {
   if (security.plaintext()) return grpc::InsecureServerCredentials();
+  security::keepOpenSslUntilExit();
   grpc::SslServerCredentialsOptions options(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   options.pem_root_certs = security.tls->ca_pem;
@@ -24,6 +26,7 @@ std::shared_ptr<grpc::ServerCredentials> serverCredentials(const LinkSecurity& s
 
 std::shared_ptr<grpc::ChannelCredentials> channelCredentials(const LinkSecurity& security) {
   if (security.plaintext()) return grpc::InsecureChannelCredentials();
+  security::keepOpenSslUntilExit();
   grpc::SslCredentialsOptions options;
   options.pem_root_certs = security.tls->ca_pem;
   options.pem_private_key = security.tls->key_pem;
