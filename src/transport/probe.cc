@@ -109,16 +109,20 @@ double rateOf(const Bytes& b) {
 
 // Both ends of the pair send `bulk_bytes` at once on the data-parallel
 // exchange's channel (GRADIENT; the link emulator serializes it at the
-// topology's duplex bandwidth), twice; each end times
-// the bulk it receives and tells the sender. Returns this rank's outgoing
-// rate in Gbps while the reverse direction is busy (the better round).
+// topology's duplex bandwidth), twice, on connections the one-way probe has
+// warmed; each end times the bulk it receives and tells the sender.
+// Returns this rank's outgoing rate in Gbps while the reverse direction is
+// busy: both rounds' bytes over both rounds' time, not the better round,
+// because under some TCPs (bbr behind a shallow queue) this rate varies
+// widely and an exchange that runs every step gets its mean.
+//
 // The initiator sends GO and its bulk right behind it; the responder
 // starts its clock when GO arrives, so its time is the transfer's. The
 // initiator's clock started one way earlier and the reverse bulk's last
 // byte needs one way back: it takes off `min_rtt`.
 double timeDuplex(Transport& t, int64_t pair, int peer, bool initiator, double min_rtt,
                   const ProbeOptions& o) {
-  double best = 0;
+  double seconds_per_gbit = 0;  // summed over the rounds
   for (int round = 0; round < 2; ++round) {
     std::shared_ptr<Work> go;
     if (initiator) {
@@ -137,9 +141,10 @@ double timeDuplex(Transport& t, int64_t pair, int peer, bool initiator, double m
     Bytes rate(sizeof incoming);
     std::memcpy(rate.data(), &incoming, sizeof incoming);
     t.send(peer, probeTag(pair, DUPLEX_RATE, round), std::move(rate))->wait(o.timeout);
-    best = std::max(best, rateOf(waitRecv(t, peer, probeTag(pair, DUPLEX_RATE, round), o.timeout)));
+    seconds_per_gbit +=
+        1.0 / rateOf(waitRecv(t, peer, probeTag(pair, DUPLEX_RATE, round), o.timeout));
   }
-  return best;
+  return 2.0 / seconds_per_gbit;
 }
 
 Bytes encode(const std::vector<LinkMeasurement>& ms) {

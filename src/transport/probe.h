@@ -21,7 +21,7 @@ struct ProbeOptions {
   // (the better counts); the bandwidth is bytes / (time until the receiver's
   // acknowledgement - the fastest ping's round trip). Then both ends of the
   // pair send that many bytes at once, twice, each timing the bulk it
-  // receives: the duplex bandwidth. The probe sends at most
+  // receives: the duplex bandwidth is both rounds' bytes over their time. The probe sends at most
   // pairs x 8 x bulk_bytes in all.
   uint64_t bulk_bytes = uint64_t{4} << 20;
   // Each wait of the probe (a ping, a bulk transfer, a result) gives up
