@@ -216,7 +216,11 @@ GroupStats GeopipeCostModel::groupStats(const std::vector<int>& devices) const {
   // slowest hop: 2(D−1)·(α_max + 8·(G/D)/β_min). Every member sends and
   // receives at once, so β is each link's duplex bandwidth (the rate it
   // keeps while the reverse direction is busy; its bandwidth when not
-  // given), as for the all-gather.
+  // given), as for the all-gather. Exact in pattern for D = 2, where the
+  // two members send to each other; for D ≥ 3 the reverse of a hop carries
+  // no data, but each host's uplink still carries its data and the
+  // acknowledgements of what it receives, which is what slows TCP there
+  // (measured only at D = 2).
   // Direct all-gather (allGatherBytes): every member sends its blob to every
   // other at once, each on its own link (as the topology and the link
   // emulator model links: per directed pair), so it lasts as long as the

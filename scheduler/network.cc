@@ -68,7 +68,7 @@ Network::Network(const TopologySpec& topology) : topology_(topology) {
                     "positive bandwidth_gbps or remove the site");
       GEOPIPE_CHECK(std::isfinite(l.duplex_bandwidth_gbps) && l.duplex_bandwidth_gbps >= 0,
                     ConfigError, where, ": ", what, " has duplex_bandwidth_gbps ",
-                    l.duplex_bandwidth_gbps, "; expected > 0 (or 0: the same as bandwidth_gbps)");
+                    l.duplex_bandwidth_gbps, "; expected >= 0 (0: the same as bandwidth_gbps)");
       GEOPIPE_CHECK(std::isfinite(l.latency_ms) && l.latency_ms >= 0,
                     ConfigError, where, ": ", what, " has latency ",
                     l.latency_ms, " ms; expected >= 0");

@@ -31,7 +31,8 @@ void addProbeOptions(CLI::App& app, ProbeArgs& args) {
   app.add_option("--out", args.out, "rank 0: the topology YAML to write (-: standard output)")
       ->capture_default_str();
   app.add_option("--megabytes", args.megabytes,
-                 "MiB sent each way per pair, twice, to time the bandwidth")
+                 "MiB sent each way per pair, twice alone and twice with the reverse direction "
+                 "sending too, to time the bandwidth and the duplex bandwidth")
       ->check(CLI::Range(0.001, 1024.0))
       ->capture_default_str();
   app.add_option("--pings", args.pings, "round trips each way per pair to time the latency")
@@ -92,8 +93,8 @@ int runProbeCommand(const ProbeArgs& args, std::ostream& out) {
       "\nlatency: half the median round trip of ", args.pings,
       " pings; bandwidth: the better of two ", args.megabytes,
       " MiB transfers over the hosts' gRPC links (with their TLS, if any, and HTTP/2 framing), "
-      "one pair at a time; duplex_bandwidth_gbps: the same while the reverse direction sends too "
-      "(how a data-parallel exchange uses the link).\n"
+      "one pair at a time; duplex_bandwidth_gbps: both ends then send as much at once, twice, "
+      "both rounds' bytes over their time (how a data-parallel exchange uses the link).\n"
       "Devices get the defaults (no tflops or memory_gb): add device_defaults for your GPUs.");
   const std::string yaml = transport::topologyYamlFromProbe("probed", names, links, comment);
   char line[160];

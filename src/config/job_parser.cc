@@ -907,7 +907,8 @@ class JobReader {
       for (int b = 0; b < topo.numSites(); ++b) {
         if (a == b && topo.sites[a].devices.size() < 2) continue;  // no intra link in use
         const LinkSpec& l = topo.site_links[a][b];
-        if (slow_a < 0 || l.bandwidth_gbps < topo.site_links[slow_a][slow_b].bandwidth_gbps) {
+        // exchangeGbps() <= bandwidth_gbps: the duplex rate when given.
+        if (slow_a < 0 || l.exchangeGbps() < topo.site_links[slow_a][slow_b].exchangeGbps()) {
           slow_a = a, slow_b = b;
         }
         if (far_a < 0 || l.latency_ms > topo.site_links[far_a][far_b].latency_ms) {
@@ -920,13 +921,15 @@ class JobReader {
       return a == b ? "inside site " + topo.sites[a].name
                     : topo.sites[a].name + " -> " + topo.sites[b].name;
     };
-    const double gbps = topo.site_links[slow_a][slow_b].bandwidth_gbps;
+    const LinkSpec& slow = topo.site_links[slow_a][slow_b];
+    const double gbps = slow.exchangeGbps();
     if (gbps * tr.bandwidth_scale < kMinBandwidthGbps) {
       fail("transport.bandwidth_scale",
            "bandwidth_scale " + formatNumber(tr.bandwidth_scale) + " makes the slowest link (" +
-               name(slow_a, slow_b) + ", " + formatNumber(gbps) + " Gbps) " +
-               formatNumber(gbps * tr.bandwidth_scale) + " Gbps, below the " +
-               formatNumber(kMinBandwidthGbps) +
+               name(slow_a, slow_b) + ", " +
+               (slow.duplex_bandwidth_gbps > 0 ? "duplex_bandwidth_gbps " : "") +
+               formatNumber(gbps) + " Gbps) " + formatNumber(gbps * tr.bandwidth_scale) +
+               " Gbps, below the " + formatNumber(kMinBandwidthGbps) +
                " Gbps (1 kbit/s) an emulated link needs: use a bandwidth_scale of at least " +
                formatNumber(kMinBandwidthGbps / gbps) + ", or emulate_links: false");
     }

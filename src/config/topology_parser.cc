@@ -59,6 +59,14 @@ bool readLinkFields(MapReader& r, LinkSpec& link, bool required) {
   r.getDouble("bandwidth_gbps", link.bandwidth_gbps, kMinBandwidthGbps, kMaxBandwidthGbps);
   r.getDouble("duplex_bandwidth_gbps", link.duplex_bandwidth_gbps, kMinBandwidthGbps,
               kMaxBandwidthGbps);
+  if (r.context().diagnostics->size() == before &&
+      link.duplex_bandwidth_gbps > link.bandwidth_gbps) {
+    r.error("duplex_bandwidth_gbps", r.child("duplex_bandwidth_gbps"),
+            "duplex_bandwidth_gbps " + formatNumber(link.duplex_bandwidth_gbps) +
+                " is above this link's bandwidth_gbps " + formatNumber(link.bandwidth_gbps) +
+                ": a direction cannot get more while the reverse one sends too; give at most " +
+                formatNumber(link.bandwidth_gbps) + " or leave it out");
+  }
   return r.context().diagnostics->size() == before;
 }
 

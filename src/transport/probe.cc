@@ -239,11 +239,14 @@ std::string topologyYamlFromProbe(const std::string& name, const std::vector<std
     char latency[32];
     std::snprintf(latency, sizeof latency, "%.2f", std::max(l.latency_ms, 0.0));
     out << YAML::Key << "latency_ms" << YAML::Value << latency;
-    out << YAML::Key << "bandwidth_gbps" << YAML::Value
-        << rounded(std::clamp(l.bandwidth_gbps, 1e-6, 1e6), 3);
+    const double gbps = std::clamp(l.bandwidth_gbps, 1e-6, 1e6);
+    out << YAML::Key << "bandwidth_gbps" << YAML::Value << rounded(gbps, 3);
+    // At most the one-way rate (a topology refuses more): the one-way figure
+    // is the better of two rounds, the duplex one their mean, and on a link
+    // both ways do not slow the two are equal up to noise.
     if (l.duplex_bandwidth_gbps > 0) {
       out << YAML::Key << "duplex_bandwidth_gbps" << YAML::Value
-          << rounded(std::clamp(l.duplex_bandwidth_gbps, 1e-6, 1e6), 3);
+          << rounded(std::clamp(l.duplex_bandwidth_gbps, 1e-6, gbps), 3);
     }
     out << YAML::EndMap;
   }

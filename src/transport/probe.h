@@ -49,7 +49,8 @@ std::vector<LinkMeasurement> probeLinks(Transport& t, const ProbeOptions& option
 // A topology YAML (docs/job-spec.md "Topology") with one site per rank,
 // named `names[r]`, one device each, and a directed link for every
 // measured pair (latency rounded to 0.01 ms, bandwidths to 3 significant
-// digits; duplex_bandwidth_gbps where measured). `comment` becomes the file's first lines.
+// digits; duplex_bandwidth_gbps where measured, at most bandwidth_gbps). `comment` becomes the
+// file's first lines.
 std::string topologyYamlFromProbe(const std::string& name, const std::vector<std::string>& names,
                                   const std::vector<LinkMeasurement>& links,
                                   const std::string& comment);

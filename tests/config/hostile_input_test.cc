@@ -178,6 +178,19 @@ const std::vector<Row>& rows() {
        {"transport.bandwidth_scale: bandwidth_scale 1.5e-6 makes the slowest link (b -> a, 0.5 "
         "Gbps) 7.5e-7 Gbps, below the 1e-6 Gbps",
         "use a bandwidth_scale of at least 2e-6"}},
+      {"ScaledDuplexBandwidthBelowOneKbit",
+       kTwoSites +
+           "  links: [{from: b, to: a, latency_ms: 10, bandwidth_gbps: 0.5, "
+           "duplex_bandwidth_gbps: 0.001}]\n" +
+           "transport: {bandwidth_scale: 1.5e-4}\n",
+       {"transport.bandwidth_scale: bandwidth_scale 0.00015 makes the slowest link (b -> a, "
+        "duplex_bandwidth_gbps 0.001 Gbps) 1.5e-7 Gbps, below the 1e-6 Gbps"}},
+      {"DuplexBandwidthAboveTheLinks",
+       kTwoSites + "  links: [{from: b, to: a, latency_ms: 10, bandwidth_gbps: 0.5, "
+                   "duplex_bandwidth_gbps: 0.6}]\n",
+       {"topology.links[0].duplex_bandwidth_gbps: duplex_bandwidth_gbps 0.6 is above this "
+        "link's bandwidth_gbps 0.5",
+        "give at most 0.5 or leave it out"}},
       {"ScalesWithoutEmulatedLinksAreAccepted",
        kTopo + "transport: {emulate_links: false, latency_scale: 1e6}\n",
        {}},

@@ -76,7 +76,7 @@ TEST(StagingPool, TakesAndGivesFromTwoThreadsAtOnce) {
   const StagingStats s = pool.stats();
   EXPECT_EQ(s.lent, 0u);
   EXPECT_EQ(s.allocated + s.reused, uint64_t{kRounds});
-  EXPECT_GT(s.reused, 0u);
+  EXPECT_LE(s.allocated, 8u) << "only as many buffers as were out at once";
 }
 
 }  // namespace

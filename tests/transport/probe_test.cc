@@ -16,12 +16,14 @@ namespace {
 
 // Asymmetric links: 50 ms + 25 ms per hop of rank distance one way, and
 // 40 Mbit/s times (1 + source rank), so every direction differs; while the
-// reverse direction sends too, (1 + destination rank) x 30 Mbit/s (the
-// emulator sends the exchange's channel at that rate). Latencies this long
+// reverse direction sends too, (0.5 + 0.1 x destination rank) of that (the
+// emulator sends the exchange's channel at that rate; a topology allows at
+// most the one-way rate). Latencies this long
 // keep a loaded machine's scheduling delay (a few ms per round trip, seen
 // in CI) inside the bounds.
 LinkSpec knownLink(int src, int dst) {
-  return LinkSpec{50.0 + 25.0 * std::abs(src - dst), 0.04 * (1 + src), 0.03 * (1 + dst)};
+  const double gbps = 0.04 * (1 + src);
+  return LinkSpec{50.0 + 25.0 * std::abs(src - dst), gbps, gbps * (0.5 + 0.1 * dst)};
 }
 
 // Latency within 10%, bandwidth within 15%: on a loaded CI machine the
