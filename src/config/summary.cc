@@ -130,11 +130,16 @@ std::string formatTopologySummary(const TopologySpec& t) {
   os << "topology " << topologyShape(t) << "\n";
   // The links a plan can use: between sites, and inside a site of two or
   // more devices.
-  int slow_a = -1, slow_b = -1, far_a = -1, far_b = -1;
+  int slow_a = -1, slow_b = -1, far_a = -1, far_b = -1, duplex_a = -1, duplex_b = -1;
   for (int a = 0; a < t.numSites(); ++a) {
     for (int b = 0; b < t.numSites(); ++b) {
       if (a == b && t.sites[a].devices.size() < 2) continue;
       const LinkSpec& l = t.site_links[a][b];
+      if (l.duplex_bandwidth_gbps > 0 &&
+          (duplex_a < 0 ||
+           l.duplex_bandwidth_gbps < t.site_links[duplex_a][duplex_b].duplex_bandwidth_gbps)) {
+        duplex_a = a, duplex_b = b;
+      }
       if (slow_a < 0 || l.bandwidth_gbps < t.site_links[slow_a][slow_b].bandwidth_gbps) {
         slow_a = a, slow_b = b;
       }
@@ -149,6 +154,11 @@ std::string formatTopologySummary(const TopologySpec& t) {
     os << "  links:        slowest " << t.site_links[slow_a][slow_b].bandwidth_gbps << " Gbps ("
        << name(slow_a, slow_b) << "), longest " << t.site_links[far_a][far_b].latency_ms << " ms ("
        << name(far_a, far_b) << ")\n";
+    // What data-parallel exchanges are priced at, where the file gives it.
+    if (duplex_a >= 0) {
+      os << "  both ways:    slowest " << t.site_links[duplex_a][duplex_b].duplex_bandwidth_gbps
+         << " Gbps (" << name(duplex_a, duplex_b) << ", duplex_bandwidth_gbps)\n";
+    }
   }
   return os.str();
 }

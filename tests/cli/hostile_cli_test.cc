@@ -237,7 +237,19 @@ TEST(ValidateCommand, AcceptsATopologyFileAlone) {
                                   "): 3 devices in 2 sites (1x T4, 2x V100)"))
       << r.out;
   EXPECT_TRUE(contains(r.out, "slowest 0.5 Gbps (a -> b), longest 40 ms (a -> b)")) << r.out;
+  EXPECT_FALSE(contains(r.out, "both ways:")) << "no duplex rate given\n" << r.out;
   EXPECT_TRUE(contains(r.out, "  OK")) << r.out;
+  // Where links give a duplex rate, the slowest one (what exchanges get).
+  writeFile(dir.file("duplex.yaml"),
+            "sites:\n  - {name: a, devices: 1}\n  - {name: b, devices: 1}\n"
+            "links:\n  - {from: a, to: b, latency_ms: 1, bandwidth_gbps: 0.02, "
+            "duplex_bandwidth_gbps: 0.013}\n"
+            "  - {from: b, to: a, latency_ms: 1, bandwidth_gbps: 0.02, "
+            "duplex_bandwidth_gbps: 0.017}\n");
+  r = runBinary(dir, {"validate", dir.file("duplex.yaml")});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "both ways:    slowest 0.013 Gbps (a -> b, duplex_bandwidth_gbps)"))
+      << r.out;
   // Its problems are the topology parser's, with the topology's field paths.
   writeFile(dir.file("bad-topo.yaml"), "sites:\n  - {name: a, devices: 2}\n  - {name: b}\n");
   r = runBinary(dir, {"validate", dir.file("bad-topo.yaml"), dir.file("topo.yaml")});
