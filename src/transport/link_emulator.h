@@ -107,7 +107,8 @@ class LinkEmulatingTransport : public Transport {
 
   // The link this rank -> dst after scaling (bandwidth in Gbps, latency ms).
   LinkSpec link(int dst) const;
-  // Seconds a message of `bytes` occupies the link to dst.
+  // Seconds a message of `bytes` with `tag` occupies the link to dst (a
+  // GRADIENT message at the link's duplex bandwidth, others at β).
   double serializationSeconds(int dst, const Tag& tag, uint64_t bytes) const;
   const std::shared_ptr<Transport>& inner() const { return inner_; }
 
