@@ -323,6 +323,15 @@ std::vector<double> GeopipeCostModel::latencyToFirst(const std::vector<GroupStat
   return lat;
 }
 
+std::vector<double> GeopipeCostModel::receiptLatency(const std::vector<GroupStats>& stats) const {
+  std::vector<double> lat(stats.size(), 0.0);
+  for (size_t s = 1; s < stats.size(); ++s) {
+    lat[s] = pairedBound(stats[s - 1].site_devices, stats[s].site_devices,
+                         [&](int i, int j) { return network_->latencyS(i, j); });
+  }
+  return lat;
+}
+
 GeopipeCostModel::StepBytes GeopipeCostModel::stepBytes(
     const std::vector<std::pair<int, int>>& layers) const {
   StepBytes b;
@@ -517,11 +526,20 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   // Each stage's exchange ends done[s] after stage 0's backward. A tied
   // embedding's sum (first and last stage of each replica) starts when both
   // have exchanged and holds both up.
+  // With an exchange every step, stage s >= 1 starts its exchange only when
+  // stage s-1's receipt of its last gradient is back (the runtime's
+  // ExecutorOptions::send_receipt: the gradient and the exchange would
+  // otherwise share the sender's uplink), so it loses the last crossing
+  // (half of c_{s-1}) and the receipt's latency from its drain.
+  const bool receipts = d_dp_ > 1 && profile_.outer_every == 0;
+  const std::vector<double> receipt =
+      receipts ? receiptLatency(stats) : std::vector<double>(p, 0.0);
   double drain = 0;
   std::vector<double> done(p), drained(p);
   for (int s = 0; s < p; ++s) {
-    drained[s] = drain;
-    done[s] = dp_stage[s] - drain;
+    const double held = s > 0 && receipts ? 0.5 * edges[s - 1] + receipt[s] : 0.0;
+    drained[s] = drain - held;
+    done[s] = dp_stage[s] - drained[s];
     if (s + 1 < p) drain += t_stage[s] * 2.0 / 3.0 + 0.5 * edges[s];
   }
   const double tied = tiedSeconds(stats.front(), stats.back(), p);

@@ -195,6 +195,9 @@ class GeopipeCostModel : public CostModel {
   // Latency between the devices of stage s and stage 0 of a replica
   // (pairedBound of max(α_ij, α_ji) over the two groups), per stage.
   std::vector<double> latencyToFirst(const std::vector<GroupStats>& stats) const;
+  // Latency from the devices of stage s-1 to those of stage s (pairedBound
+  // of α over the two groups), per stage s >= 1: a receipt's way back.
+  std::vector<double> receiptLatency(const std::vector<GroupStats>& stats) const;
 
   // Body layers per stage, contiguous, minimising the slowest stage's
   // compute when the blocks differ in cost (a model's own, ModelDef::cost).

@@ -19,7 +19,15 @@ double secondsSince(transport::Clock::time_point t0) {
   return std::chrono::duration<double>(transport::Clock::now() - t0).count();
 }
 
+// Collectives number their CONTROL messages from 0 (CollectiveOptions::id);
+// the receipt keeps out of their way.
+constexpr int32_t kReceiptId = -1;
+
 }  // namespace
+
+Tag receiptTag(int64_t step) {
+  return Tag{Channel::CONTROL, step, kReceiptId, 0};
+}
 
 StageExecutor::StageExecutor(transport::Transport& transport, ExecutorOptions options,
                              int num_micro_batches)
@@ -31,6 +39,10 @@ StageExecutor::StageExecutor(transport::Transport& transport, ExecutorOptions op
   GEOPIPE_CHECK((options_.stage == options_.num_stages - 1) == (options_.next_rank < 0),
                 ConfigError, "stage ", options_.stage,
                 " needs a next rank iff it is not the last");
+  GEOPIPE_CHECK(!options_.send_receipt || options_.next_rank >= 0, ConfigError, "stage ",
+                options_.stage, " is the last: it has no next stage to send a receipt to");
+  GEOPIPE_CHECK(!options_.await_receipt || options_.prev_rank >= 0, ConfigError, "stage ",
+                options_.stage, " is the first: no previous stage sends it a receipt");
 }
 
 StageExecutor::~StageExecutor() = default;
@@ -56,6 +68,14 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     recvs[{activation ? 0 : 1, a.micro_batch}] = {
         transport_.recv(activation ? options_.prev_rank : options_.next_rank, tag), at};
   }
+  std::shared_ptr<transport::RecvWork> receipt;
+  if (options_.await_receipt) receipt = transport_.recv(options_.prev_rank, receiptTag(step));
+  // The action after which this stage holds the step's last gradient.
+  size_t last_grad_recv = actions_.size();
+  for (size_t i = 0; i < actions_.size(); ++i) {
+    if (actions_[i].type == ActionType::RECV_GRADIENT) last_grad_recv = i;
+  }
+  std::shared_ptr<transport::Work> receipt_sent;
   // Sends in flight; waited for at the end of the step. A payload made on
   // the codec lane is sent from there: `made` is the lane's job, which fills
   // in `posted` (the send, when it was posted, its bytes) once it has sent.
@@ -130,7 +150,8 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
     sends.push_back({what, m, peer, std::move(posted), std::move(made)});
     out = Outgoing();
   };
-  for (const Action& a : actions_) {
+  for (size_t i = 0; i < actions_.size(); ++i) {
+    const Action& a = actions_[i];
     const int m = a.micro_batch;
     switch (a.type) {
       case ActionType::RECV_ACTIVATION:
@@ -138,6 +159,9 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
         break;
       case ActionType::RECV_GRADIENT:
         pending_grad = waitFor(1, m);
+        if (options_.send_receipt && i == last_grad_recv) {
+          receipt_sent = transport_.send(options_.next_rank, receiptTag(step), {});
+        }
         break;
       case ActionType::FORWARD: {
         const auto t0 = transport::Clock::now();
@@ -187,8 +211,20 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
   const auto t_send = transport::Clock::now();
   timing.wait_codec_s = std::chrono::duration<double>(t_send - t_made).count();
   for (auto& s : sends) s.posted->work->wait(options_.timeout);
+  if (receipt_sent) receipt_sent->wait(options_.timeout);
   const auto t_end = transport::Clock::now();
   timing.wait_send_s = std::chrono::duration<double>(t_end - t_send).count();
+  if (receipt) {
+    try {
+      receipt->wait(options_.timeout);
+    } catch (const Error& e) {
+      rethrowWithContext(e, "stage " + std::to_string(options_.stage) + " step " +
+                                std::to_string(step) + ": waiting for stage " +
+                                std::to_string(options_.stage - 1) +
+                                "'s receipt of the last gradient: ");
+    }
+    timing.wait_receipt_s = secondsSince(t_end);
+  }
   timing.total_s = secondsSince(t_step);
   if (trace) {
     // In post order, so the writer packs them into the fewest send rows.
@@ -200,6 +236,9 @@ StepTiming StageExecutor::runStep(int64_t step, StageCompute& compute) {
       trace->span(TraceLane::COMPUTE, "wait for encodes", t_made, t_send, {step});
     }
     if (!sends.empty()) trace->span(TraceLane::COMPUTE, "wait for sends", t_send, t_end, {step});
+    if (receipt) {
+      trace->span(TraceLane::COMPUTE, "wait for receipt", t_end, transport::Clock::now(), {step});
+    }
   }
   return timing;
 }

@@ -61,11 +61,25 @@ struct ExecutorOptions {
   ScheduleKind schedule = ScheduleKind::ONE_F_ONE_B;
   // Longest wait for one message before the step fails with TimeoutError.
   std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+  // The delivery receipt, for a stage whose data-parallel exchange follows
+  // the step: a stage's last gradient to stage - 1 and the start of its
+  // exchange would otherwise leave its host at once and share its uplink,
+  // which slows the gradient that stage - 1 (and the step) waits for.
+  // send_receipt: once this stage has the step's last gradient from stage
+  // + 1, it tells stage + 1 so (an empty CONTROL message, receiptTag()).
+  // await_receipt: runStep returns only after stage - 1's receipt arrived.
+  // A pipeline sets both or neither on every stage (send_receipt on all
+  // but the last, await_receipt on all but the first).
+  bool send_receipt = false;
+  bool await_receipt = false;
   // The timeline (logging.trace_dir), or null: each forward and backward,
   // each wait of this thread, and each send and receive from its post to
   // its completion (Work::finishedAt). Not owned; outlives the executor.
   common::TraceWriter* trace = nullptr;
 };
+
+// The tag of step `step`'s delivery receipt (ExecutorOptions::send_receipt).
+transport::Tag receiptTag(int64_t step);
 
 // Time one step spent, for the "outside compute" share of the critical path.
 struct StepTiming {
@@ -74,6 +88,7 @@ struct StepTiming {
   double wait_codec_s = 0;  // blocked at the end of the step on payloads the
                             // codec lane was still making
   double wait_send_s = 0; // blocked at the end of the step on sends in flight
+  double wait_receipt_s = 0;  // then on stage - 1's delivery receipt
   double total_s = 0;
 };
 

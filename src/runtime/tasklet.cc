@@ -194,6 +194,11 @@ Tasklet::Tasklet(const ModelDef& model, const JobSpec& job, const Placement& pla
   eo.schedule = pipeline::scheduleKindFromName(job.parallelism.schedule);
   eo.timeout = timeout;
   eo.trace = trace_.get();
+  // Every step ends in a data-parallel exchange: each stage starts it once
+  // its last gradient has reached stage - 1 (ExecutorOptions::send_receipt).
+  const bool exchange_every_step = replicas > 1 && !job.parallelism.data_parallel_sync.diloco();
+  eo.send_receipt = exchange_every_step && eo.next_rank >= 0;
+  eo.await_receipt = exchange_every_step && eo.prev_rank >= 0;
   executor_ = std::make_unique<pipeline::StageExecutor>(transport, eo, micro_batches_);
 
   for (int r = 0; r < replicas; ++r) dp_group_.push_back(r * stages_ + stage_);
@@ -319,7 +324,8 @@ TaskletStep Tasklet::runStep(int64_t step) {
   // Waiting at the end of the step for encodes on the codec lane is the
   // stage's own work, not the network's.
   part.compute_seconds = timing.compute_s + timing.wait_codec_s;
-  part.comm_wait_seconds = timing.wait_recv_s + timing.wait_send_s + seconds(t_sync, Clock::now());
+  part.comm_wait_seconds = timing.wait_recv_s + timing.wait_send_s + timing.wait_receipt_s +
+                           seconds(t_sync, Clock::now());
   if (const auto* e = compute_->activationEncoder()) {
     part.activation_raw_bytes = takeDelta(e->stats().raw_bytes, act_raw_);
     part.activation_wire_bytes = takeDelta(e->stats().wire_bytes, act_wire_);

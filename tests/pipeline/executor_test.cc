@@ -170,6 +170,75 @@ TEST(Executor, RejectsInconsistentRanks) {
   EXPECT_THROW(StageExecutor(*world[1], o, 1), ConfigError);
 }
 
+// Stage 0 of two, whose backward takes 200 ms: it gets to the step's last
+// gradient (micro-batch 3 of 4) only after backward 2 has ended.
+class SlowBackwardStage : public TraceStage {
+ public:
+  SlowBackwardStage() : TraceStage(0, 2) {}
+  Outgoing backward(int64_t step, int m, Bytes grad) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (m == 2) before_last_gradient = transport::Clock::now();
+    return TraceStage::backward(step, m, std::move(grad));
+  }
+  transport::Clock::time_point before_last_gradient;
+};
+
+// With receipts, stage 1's step ends only once stage 0 holds its last
+// gradient (so its data-parallel exchange does not share the uplink with
+// that gradient); without, it ends when the gradient is handed off, here
+// about 200 ms earlier.
+TEST(Executor, AStageWaitsForTheReceiptOfItsLastGradientWhenAsked) {
+  for (bool receipts : {false, true}) {
+    SCOPED_TRACE(receipts ? "receipts" : "no receipts");
+    auto world = transport::makeInprocWorld(2);
+    SlowBackwardStage first;
+    TraceStage second(1, 2);
+    transport::Clock::time_point second_done;
+    StepTiming second_timing;
+    std::thread t0([&] {
+      ExecutorOptions o;
+      o.num_stages = 2;
+      o.next_rank = 1;
+      o.send_receipt = receipts;
+      o.timeout = std::chrono::seconds(20);
+      StageExecutor(*world[0], o, 4).runStep(0, first);
+    });
+    std::thread t1([&] {
+      ExecutorOptions o;
+      o.stage = 1;
+      o.num_stages = 2;
+      o.prev_rank = 0;
+      o.await_receipt = receipts;
+      o.timeout = std::chrono::seconds(20);
+      second_timing = StageExecutor(*world[1], o, 4).runStep(0, second);
+      second_done = transport::Clock::now();
+    });
+    t0.join();
+    t1.join();
+    ASSERT_EQ(first.backward_seen.size(), 4u);
+    if (receipts) {
+      EXPECT_GE(second_done, first.before_last_gradient);
+      EXPECT_GT(second_timing.wait_receipt_s, 0.05);
+    } else {
+      EXPECT_LT(second_done + std::chrono::milliseconds(50), first.before_last_gradient);
+      EXPECT_EQ(second_timing.wait_receipt_s, 0);
+    }
+  }
+  // Only a stage with a next (previous) stage can send (await) a receipt.
+  auto world = transport::makeInprocWorld(2);
+  ExecutorOptions last;
+  last.stage = 1;
+  last.num_stages = 2;
+  last.prev_rank = 0;
+  last.send_receipt = true;
+  EXPECT_THROW(StageExecutor(*world[1], last, 1), ConfigError);
+  ExecutorOptions first;
+  first.num_stages = 2;
+  first.next_rank = 1;
+  first.await_receipt = true;
+  EXPECT_THROW(StageExecutor(*world[0], first, 1), ConfigError);
+}
+
 // A stage whose forward and backward take 2 ms and send 20 kB.
 class SlowStage : public StageCompute {
  public:

@@ -234,8 +234,10 @@ TEST(GeopipeModel, PricesDilocosExchangeOnceARound) {
   ASSERT_GT(h1.outer_exchange_s, 0);
   EXPECT_EQ(every.outer_exchange_s, 0);
   // The same bytes and links: one round's exchange is every stage's
-  // every-step exchange, which the drain partly hides (so no less).
-  EXPECT_GE(h1.breakdown.dp_comm_s, every.breakdown.dp_comm_s);
+  // every-step exchange, which the drain partly hides (so no less), less
+  // the every-step exchange's wait for the last gradient's receipt (one 5 ms
+  // latency; DiLoCo exchanges after the step and needs none).
+  EXPECT_GE(h1.breakdown.dp_comm_s + 0.005 + 1e-12, every.breakdown.dp_comm_s);
   EXPECT_DOUBLE_EQ(h10.outer_exchange_s, h1.outer_exchange_s);
   const double rest = h10.total_s - h10.breakdown.dp_comm_s;
   EXPECT_NEAR(h10.breakdown.dp_comm_s - (h1.breakdown.dp_comm_s - h1.outer_exchange_s),
@@ -308,6 +310,38 @@ TEST(GeopipeModel, PricesTheTiedSumAndTheScalarAllReduces) {
   // 1000 x 256 fp32 = 1.024 MB each way: 50 ms + max(8.192 ms, 50 + 4.096 ms).
   EXPECT_NEAR(step("gpt2", 0), 0.050 + 0.050 + 0.004096, 1e-9);
   EXPECT_NEAR(step("gpt2", 1.0), 0.050 + 0.050 + 0.004096 + 0.050, 1e-9);
+}
+
+// With an exchange every step, stage 1 starts its exchange when stage 0's
+// receipt of its last gradient is back (the executor's send_receipt): the
+// last crossing no longer hides the exchange, the receipt's way back adds
+// to it. Stage 1's replicas are two sites apart (a slow exchange that
+// outlasts stage 0's), stage 0's in one site; the boundary's round trip c
+// is given. Its exchange then ends the same whatever c, and 40 ms later
+// when the sites of stage 0 are 40 ms further from stage 1's.
+TEST(GeopipeModel, AnExchangeStartsAfterTheReceiptOfTheStagesLastGradient) {
+  auto dpComm = [](double receipt_ms, double c) {
+    // Devices 0, 1: stage 0; 2, 3: stage 1 (every device its own site).
+    TopologySpec t = testing::randomTopology(4, 2);
+    for (auto& d : t.devices) d.memory_gb = 80;
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) {
+        const bool up = a < 2 && b >= 2, down = a >= 2 && b < 2;
+        t.site_links[a][b] = up      ? LinkSpec{receipt_ms, 1}
+                             : down  ? LinkSpec{5, 1}
+                             : a < 2 ? LinkSpec{0.1, 100}
+                                     : LinkSpec{10, 0.05};
+      }
+    JobSpec job = gptJob(t, 2, 2);
+    auto net = std::make_shared<const Network>(job.topology);
+    GeopipeCostModel model(net, ModelProfile::fromJob(job), 2, 2, "1f1b");
+    const std::vector<GroupStats> stats = {model.groupStats({0, 1}), model.groupStats({2, 3})};
+    return model.evaluatePath(stats, {c}).breakdown.dp_comm_s;
+  };
+  const double base = dpComm(40, 0.2);
+  EXPECT_GT(base, 0.1);
+  EXPECT_NEAR(dpComm(40, 0.6), base, 1e-12);
+  EXPECT_NEAR(dpComm(80, 0.2), base + 0.040, 1e-12);
 }
 
 // Memory follows model.dtype: fp32 stores activations at twice the 16-bit
