@@ -534,12 +534,14 @@ PathEval GeopipeCostModel::evaluatePath(const std::vector<GroupStats>& stats,
   const bool receipts = d_dp_ > 1 && profile_.outer_every == 0;
   const std::vector<double> receipt =
       receipts ? receiptLatency(stats) : std::vector<double>(p, 0.0);
+  // (fp16's flags below keep drained[] without the receipt: their shift is
+  // added to every stage's exchange, which would charge the receipt twice.)
   double drain = 0;
   std::vector<double> done(p), drained(p);
   for (int s = 0; s < p; ++s) {
     const double held = s > 0 && receipts ? 0.5 * edges[s - 1] + receipt[s] : 0.0;
-    drained[s] = drain - held;
-    done[s] = dp_stage[s] - drained[s];
+    drained[s] = drain;
+    done[s] = dp_stage[s] - drain + held;
     if (s + 1 < p) drain += t_stage[s] * 2.0 / 3.0 + 0.5 * edges[s];
   }
   const double tied = tiedSeconds(stats.front(), stats.back(), p);

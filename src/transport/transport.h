@@ -35,7 +35,7 @@ enum class Channel : uint8_t {
   ACTIVATION = 1,       // forward, stage s -> s+1
   ACTIVATION_GRAD = 2,  // backward, stage s+1 -> s
   GRADIENT = 3,         // data-parallel gradient exchange
-  CONTROL = 4,          // barriers (metrics go to the coordinator, not here)
+  CONTROL = 4,          // barriers, the executor's receipts (metrics go to the coordinator)
 };
 
 // "ACTIVATION", "GRADIENT", ...

@@ -80,11 +80,11 @@ TEST(RequestChecks, RealWorkerRequestsPass) {
 
 TEST(RequestChecks, RegisterRefusesOtherVersionsAndOversizedOrControlFields) {
   pb::RegisterRequest r = goodRegister();
-  r.set_protocol_version(3);  // a worker of the release before the relay
+  r.set_protocol_version(4);  // a worker of the release before the receipts
   grpc::Status st = checkRegisterRequest(r);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(mentions(st, "version 5")) << st.error_message();
   EXPECT_TRUE(mentions(st, "version 4")) << st.error_message();
-  EXPECT_TRUE(mentions(st, "version 3")) << st.error_message();
 
   r = goodRegister();
   r.set_hostname(std::string(4 << 20, 'h'));
