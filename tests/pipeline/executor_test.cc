@@ -68,7 +68,7 @@ class TraceStage : public StageCompute {
 };
 
 void runPipeline(int stages, int micro, ScheduleKind kind, std::vector<TraceStage>& computes,
-                 bool deferred = false) {
+                 bool deferred = false, bool receipts = false) {
   auto world = transport::makeInprocWorld(stages);
   std::vector<std::thread> threads;
   computes.reserve(static_cast<size_t>(stages));
@@ -82,6 +82,8 @@ void runPipeline(int stages, int micro, ScheduleKind kind, std::vector<TraceStag
       o.next_rank = s < stages - 1 ? s + 1 : -1;
       o.schedule = kind;
       o.timeout = std::chrono::seconds(20);
+      o.send_receipt = receipts && o.next_rank >= 0;
+      o.await_receipt = receipts && o.prev_rank >= 0;
       StageExecutor ex(*world[s], o, micro);
       for (int step = 0; step < 2; ++step) ex.runStep(step, computes[s]);
     });
@@ -222,6 +224,17 @@ TEST(Executor, AStageWaitsForTheReceiptOfItsLastGradientWhenAsked) {
     } else {
       EXPECT_LT(second_done + std::chrono::milliseconds(100), first.before_last_gradient);
       EXPECT_EQ(second_timing.wait_receipt_s, 0);
+    }
+  }
+  // Every stage count, schedule and micro-batch count with receipts: a middle
+  // stage both sends and awaits one; two steps in a row complete.
+  for (ScheduleKind kind : {ScheduleKind::GPIPE, ScheduleKind::ONE_F_ONE_B}) {
+    for (int stages : {2, 3, 5}) {
+      for (int micro : {1, 4}) {
+        std::vector<TraceStage> c;
+        runPipeline(stages, micro, kind, c, /*deferred=*/false, /*receipts=*/true);
+        EXPECT_EQ(c.front().backward_seen.size(), 2u * micro);
+      }
     }
   }
   // Only a stage with a next (previous) stage can send (await) a receipt.
