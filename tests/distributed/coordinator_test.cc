@@ -162,12 +162,13 @@ const std::vector<std::string> kFourHosts = {"worker-0", "worker-1", "worker-2",
 
 TEST(Coordinator, RefusesAnotherProtocolVersionNamingBoth) {
   Fixture f;
-  // A worker of the release before the relay speaks version 3: it would
-  // accept a relayed peer's address it cannot dial.
-  grpc::Status st = f.registerAs(3, "any");
+  // A worker of the release before the receipts speaks version 4: as stage
+  // s it would never wait for stage s-1's receipt, as stage s-1 never send
+  // one (its neighbour would time out).
+  grpc::Status st = f.registerAs(4, "any");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_NE(st.error_message().find("version 3"), std::string::npos) << st.error_message();
   EXPECT_NE(st.error_message().find("version 4"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("version 5"), std::string::npos) << st.error_message();
   EXPECT_THROW(throwIfFailed(st, "coordinator", "Register"), ProtocolError);
 }
 
