@@ -226,6 +226,10 @@ struct TransportSpec {
   bool emulate_links = true;     // shape each link to the topology
   double bandwidth_scale = 1.0;  // multiply every bandwidth (CPU-sized runs)
   double latency_scale = 1.0;    // multiply every latency
+  // How worker processes on one host reach each other: "unix" (a Unix
+  // socket, no TLS/HTTP2/TCP; docs/transport.md "Same-host path") or
+  // "grpc" (the same gRPC streams as between hosts).
+  std::string same_host = "unix";
 };
 
 struct CheckpointSpec {

@@ -67,6 +67,10 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
     root["transport"]["emulate_links"] = false;
   }
   root["transport"]["kind"] = "grpc";
+  // The processes of one host reach each other over Unix sockets (the
+  // default); a second job runs them over gRPC streams, as between hosts.
+  // On a GPU the rows compare gRPC and NCCL, both as between hosts.
+  root["transport"]["same_host"] = gpu ? "grpc" : "unix";
   const TempJobFile grpc_job(bench.dir, "bench-grpc", root);
   const std::string& job_path = grpc_job.path();
   std::unique_ptr<TempJobFile> nccl_job;
@@ -74,7 +78,12 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
     root["transport"]["kind"] = "nccl";
     nccl_job = std::make_unique<TempJobFile>(bench.dir, "bench-nccl", root);
   }
-  // The same gRPC job without resumable links (no acknowledgements, no
+  std::unique_ptr<TempJobFile> streams_job;
+  if (!gpu) {
+    root["transport"]["same_host"] = "grpc";
+    streams_job = std::make_unique<TempJobFile>(bench.dir, "bench-grpc-streams", root);
+  }
+  // The gRPC-streams job without resumable links (no acknowledgements, no
   // retained messages): what resuming a broken link costs while none breaks.
   std::unique_ptr<TempJobFile> no_grace_job;
   if (!gpu) {
@@ -140,8 +149,9 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   };
   for (int round = 0; round < args.rounds; ++round) {
     inProcess();
-    launched("gRPC worker processes", job_path);
+    launched(gpu ? "gRPC worker processes" : "processes, same_host unix", job_path);
     if (gpu) launched("NCCL worker processes", nccl_job->path());
+    if (streams_job) launched("processes, same_host grpc", streams_job->path());
     if (no_grace_job) launched("gRPC, link_grace 0", no_grace_job->path());
   }
   // Verify before timing matters: the same job must give the same losses in
@@ -192,9 +202,11 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   out << "\n'median s' and 'tokens/s' over the timed steps of every round (the slowest "
          "tasklet's); 'run tok/s' from the wall-clock of the timed steps as the coordinator saw "
          "them; 'vs inproc' = in-process median step time / this row's (the target: >= 0.9x); "
-         "'each round' = the same ratio against the in-process run of that round. 'gRPC, "
-         "link_grace 0': the same processes without resumable links (no acknowledgements or "
-         "retained messages).\n";
+         "'each round' = the same ratio against the in-process run of that round. 'same_host "
+         "unix': the worker processes reach each other over Unix sockets (the default on one "
+         "host); 'same_host grpc': over gRPC streams with TLS, as between hosts; 'gRPC, "
+         "link_grace 0': the latter without resumable links (no acknowledgements or retained "
+         "messages).\n";
   return worst <= tolerance ? 0 : static_cast<int>(5);
 }
 

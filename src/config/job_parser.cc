@@ -626,6 +626,7 @@ class JobReader {
       r.getDouble("bandwidth_scale", t.bandwidth_scale, kMinBandwidthScale, kMaxBandwidthScale,
                   /*lo_exclusive=*/true);
       r.getDouble("latency_scale", t.latency_scale, 0.0, kMaxLatencyScale);
+      r.getEnum("same_host", t.same_host, {"unix", "grpc"});
     });
   }
 

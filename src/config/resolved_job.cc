@@ -301,6 +301,7 @@ std::string resolvedJobYaml(const JobSpec& job, bool emulate_links_set) {
   }
   real(out, "bandwidth_scale", job.transport.bandwidth_scale);
   real(out, "latency_scale", job.transport.latency_scale);
+  field(out, "same_host", job.transport.same_host);
   out << YAML::EndMap;
   beginSection(out, "checkpoint");
   textIfSet(out, "dir", job.checkpoint.dir);

@@ -653,6 +653,7 @@ GenerationEnd runGeneration(CoordinatorClient& client, const WorkerOptions& opt,
     to.security = opt.security.link;
     to.link_grace =
         std::chrono::milliseconds(static_cast<int64_t>(job.fault_tolerance.link_grace * 1000));
+    to.same_host_sockets = job.transport.same_host == "unix";
     // The first free port of --listen's range; with --relay a loopback port
     // nobody is told about (peers come through the relay).
     const ListenPorts ports = parseListen(opt.relay ? std::string("127.0.0.1:0") : opt.listen);

@@ -143,6 +143,10 @@ TrainResult Trainer::train() {
                 job_.transport.kind,
                 "': the in-process Trainer runs tasklets as threads and supports only "
                 "inproc; use geopipe launch for grpc");
+  GEOPIPE_CHECK(job_.transport.same_host == "unix", ConfigError, "transport.same_host '",
+                job_.transport.same_host,
+                "': the in-process Trainer runs tasklets as threads of one process, with no "
+                "links between processes to choose for; remove it, or use geopipe launch");
 
   const data::JobData job_data = data::loadJobData(job_.data, job_.model, job_.training.seed);
   const data::TokenDataset& dataset = job_data.train;

@@ -116,6 +116,8 @@ struct TransportStats {
   // written again on them (docs/transport.md "Resumable links").
   uint64_t links_resumed = 0;
   uint64_t messages_resent = 0;
+  // gRPC: messages sent over the same-host path (Unix sockets), of messages_sent.
+  uint64_t same_host_messages = 0;
 };
 
 // The send side of TransportStats, counted once for every transport (and

@@ -164,8 +164,8 @@ TEST(OneBox, GrpcBenchRunsEveryKindInInterleavedRounds) {
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_TRUE(contains(r.out, "2 round(s), each run of every kind in turn")) << r.out;
   EXPECT_TRUE(contains(r.out, "steps of every run (same)")) << r.out;
-  for (const char* row :
-       {"in-process Trainer (threads)", "gRPC worker processes", "gRPC, link_grace 0"}) {
+  for (const char* row : {"in-process Trainer (threads)", "processes, same_host unix",
+                          "processes, same_host grpc", "gRPC, link_grace 0"}) {
     const size_t at = r.out.find(row);
     ASSERT_NE(at, std::string::npos) << row << "\n" << r.out;
     const std::string line = r.out.substr(at, r.out.find('\n', at) - at);

@@ -178,6 +178,16 @@ TEST(Trainer, RejectsWhatItCannotRun) {
   EXPECT_THROW(Trainer(makeModel(job.model), job).train(), ConfigError);
   job = tinyJob(8, 1, "1f1b");  // 4 layers cannot make 8 stages
   EXPECT_THROW(Trainer(makeModel(job.model), job).train(), ConfigError);
+  // Threads of one process have no same-host links to run over gRPC.
+  job = tinyJob(2, 1, "1f1b");
+  job.transport.same_host = "grpc";
+  try {
+    Trainer(makeModel(job.model), job).train();
+    FAIL() << "same_host: grpc was accepted by the in-process Trainer";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("transport.same_host 'grpc'"), std::string::npos)
+        << e.what();
+  }
 }
 
 // AC-SGD stores that break their budget fail when the data has loaded, before

@@ -8,10 +8,13 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -29,6 +32,7 @@
 #include "src/transport/grpc/grpc_transport.h"
 #include "src/transport/grpc/peer_stream.h"
 #include "src/transport/grpc/peer_test_client.h"
+#include "src/transport/grpc/same_host.h"
 #include "tests/support/raw_tcp.h"
 #include "tests/support/tcp_proxy.h"
 #include "tests/support/test_identity.h"
@@ -207,6 +211,305 @@ TEST(GrpcTransport, RefusesAPeerOfAnotherJob) {
   // The tokens are secrets: neither side's appears in the message.
   EXPECT_FALSE(contains(what, "job-A")) << what;
   EXPECT_FALSE(contains(what, "job-B")) << what;
+}
+
+// --- the same-host path (same_host.h) ---------------------------------------
+
+GrpcTransportOptions sameHostOptions() {
+  GrpcTransportOptions o = grpcTestOptions();
+  o.same_host_sockets = true;
+  return o;
+}
+
+// The abstract address of sameHostSocketName(port).
+sockaddr_un sameHostAddress(int port, socklen_t* len) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string name = sameHostSocketName(port);
+  std::memcpy(addr.sun_path + 1, name.data(), name.size());
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  return addr;
+}
+
+int portOf(const std::string& address) {
+  return std::stoi(address.substr(address.rfind(':') + 1));
+}
+
+// A raw client of a rank's same-host socket, speaking the wire of
+// same_host.h by hand: the handshake, then frames.
+struct RawSameHost {
+  int fd = -1;
+  explicit RawSameHost(const std::string& listening_address) {
+    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t len = 0;
+    const sockaddr_un addr = sameHostAddress(portOf(listening_address), &len);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), len), 0);
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  ~RawSameHost() { ::close(fd); }
+  void put(const void* p, size_t n) { ASSERT_EQ(::send(fd, p, n, MSG_NOSIGNAL), ssize_t(n)); }
+  template <typename T>
+  bool get(T& out) {
+    return ::recv(fd, &out, sizeof(out), MSG_WAITALL) == ssize_t(sizeof(out));
+  }
+  struct Outcome {
+    bool answered = false;  // the listener replied to the hello
+    bool proved = false;    // ... with a proof of `token`
+    bool accepted = false;  // and accepted this side's proof of `token`
+  };
+  // The handshake of rank `src` to rank `dst`, proving `token`.
+  Outcome hello(int src, int dst, const std::string& token) {
+    Outcome o;
+    SameHostHello h;
+    h.source = src;
+    h.destination = dst;
+    for (size_t i = 0; i < h.nonce.size(); ++i) h.nonce[i] = static_cast<uint8_t>(i * 7 + src);
+    put(&h, sizeof(h));
+    SameHostReply reply;
+    if (!get(reply) || reply.magic != kSameHostMagic || reply.rank != dst) return o;
+    o.answered = true;
+    o.proved = reply.mac == sameHostMac(token, true, src, dst, h.nonce, reply.nonce);
+    SameHostProof proof;
+    proof.mac = sameHostMac(token, false, src, dst, h.nonce, reply.nonce);
+    put(&proof, sizeof(proof));
+    SameHostAccepted accepted;
+    o.accepted = get(accepted) && accepted.magic == kSameHostMagic;
+    return o;
+  }
+  bool joined(int src, int dst, const std::string& token) {
+    const Outcome o = hello(src, dst, token);
+    return o.answered && o.proved && o.accepted;
+  }
+  void frame(uint32_t kind, const Tag& tag, uint64_t size) {
+    struct {
+      uint32_t kind, channel;
+      int64_t step;
+      int32_t micro_batch, index;
+      uint64_t size;
+    } h{kind, uint32_t(tag.channel), tag.step, tag.micro_batch, tag.index, size};
+    static_assert(sizeof(h) == kSameHostHeaderBytes);
+    put(&h, sizeof(h));
+  }
+};
+
+TEST(GrpcTransportSameHost, PeersOfThisHostTakeTheUnixSocketOthersGrpc) {
+  auto ranks = makeGrpcWorld(3, sameHostOptions());
+  // Rank 2 reaches rank 0 through a TCP proxy: a port with no same-host
+  // socket of this job behind it, so gRPC.
+  const std::string a0 = ranks[0]->listeningAddress();
+  geopipe::testing::TcpProxy proxy(std::stoi(a0.substr(a0.rfind(':') + 1)));
+  ranks[2]->setPeerAddress(0, proxy.address());
+  for (int src : {1, 2}) {
+    ranks[src]->send(0, tagOf(Channel::ACTIVATION, src), pattern(300000, src))->wait(seconds(10));
+    EXPECT_EQ(recvNow(*ranks[0], src, tagOf(Channel::ACTIVATION, src)), pattern(300000, src));
+  }
+  EXPECT_EQ(ranks[1]->stats().same_host_messages, 1u);
+  EXPECT_EQ(ranks[2]->stats().same_host_messages, 0u);
+  EXPECT_EQ(ranks[2]->stats().messages_sent, 1u);
+  // First sends to every peer from three threads while a fourth reads the
+  // stats: the handshakes and the stats share no lock in the wrong order.
+  auto four = makeGrpcWorld(4, sameHostOptions());
+  std::atomic<bool> sending{true};
+  std::thread reader([&] {
+    while (sending.load()) (void)four[1]->stats();
+  });
+  std::vector<std::thread> senders;
+  for (int p : {0, 2, 3}) {
+    senders.emplace_back(
+        [&, p] { four[1]->send(p, tagOf(Channel::CONTROL, p), stamp(1, p))->wait(seconds(10)); });
+  }
+  for (auto& t : senders) t.join();
+  sending = false;
+  reader.join();
+  for (int p : {0, 2, 3})
+    EXPECT_EQ(unstamp(recvNow(*four[p], 1, tagOf(Channel::CONTROL, p))), std::make_pair(1, p));
+  EXPECT_EQ(four[1]->stats().same_host_messages, 3u);
+  // Off (the default of GrpcTransportOptions): gRPC between the same ranks.
+  auto plain = makeGrpcWorld(2);
+  plain[1]->send(0, tagOf(Channel::ACTIVATION, 0), pattern(1000, 1))->wait(seconds(10));
+  EXPECT_EQ(recvNow(*plain[0], 1, tagOf(Channel::ACTIVATION, 0)), pattern(1000, 1));
+  EXPECT_EQ(plain[1]->stats().same_host_messages, 0u);
+}
+
+TEST(GrpcTransportSameHost, TheSocketCarriesNothingForAnotherJobOrRank) {
+  // Another job's token: the same-host socket refuses the hello, and gRPC
+  // refuses the stream (the test of the token is gRPC's, as before).
+  auto jobs = makeGrpcWorld(2, sameHostOptions(), {"job-A", "job-B"});
+  std::string what = messageOf(
+      [&] { jobs[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10)); });
+  const auto deadline = Clock::now() + seconds(10);
+  while (what.find("wrong job token") == std::string::npos && Clock::now() < deadline) {
+    what = messageOf(
+        [&] { jobs[1]->send(0, tagOf(Channel::CONTROL, 1), stamp(1, 1))->wait(seconds(10)); });
+  }
+  EXPECT_TRUE(contains(what, "wrong job token")) << what;
+  EXPECT_EQ(jobs[1]->stats().same_host_messages, 0u);
+  // A peer table that points rank 0 at rank 2's port: rank 2 answers the
+  // same-host hello only for itself, so the send goes to gRPC, which rank
+  // 2 refuses as misaddressed; nothing reaches the wrong rank's mailbox.
+  auto ranks = makeGrpcWorld(3, sameHostOptions());
+  GrpcTransportOptions o = sameHostOptions();
+  o.rank = 1;
+  o.addresses = {ranks[2]->listeningAddress(), "", ranks[2]->listeningAddress()};
+  o.listen_address = "127.0.0.1:0";
+  o.job_token = "test-job";
+  GrpcTransport wrong(o);
+  what =
+      messageOf([&] { wrong.send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10)); });
+  for (auto until = Clock::now() + seconds(10);
+       !contains(what, "addressed its chunks to rank 0") && Clock::now() < until;) {
+    what = messageOf(
+        [&] { wrong.send(0, tagOf(Channel::CONTROL, 1), stamp(1, 1))->wait(seconds(10)); });
+  }
+  EXPECT_TRUE(contains(what, "addressed its chunks to rank 0")) << what;
+  EXPECT_EQ(wrong.stats().same_host_messages, 0u);
+  EXPECT_EQ(ranks[2]->stats().messages_received, 0u);
+  // The raw wire: the listener proves its token and accepts only a proof
+  // of the same one; it does not answer for another rank or a source
+  // outside the world.
+  const std::string a0 = ranks[0]->listeningAddress();
+  const auto foreign = RawSameHost(a0).hello(1, 0, "not-the-job");
+  EXPECT_TRUE(foreign.answered);
+  EXPECT_FALSE(foreign.proved);
+  EXPECT_FALSE(foreign.accepted);
+  EXPECT_FALSE(RawSameHost(a0).hello(1, 2, "test-job").answered);
+  EXPECT_FALSE(RawSameHost(a0).hello(7, 0, "test-job").answered);
+  EXPECT_TRUE(RawSameHost(a0).joined(1, 0, "test-job"));
+}
+
+// A process of this user squatting the socket name of a peer's port: one
+// that never accepts, and one that answers without the job token. Neither
+// holds up the first send or sees a proof or a message; gRPC carries the
+// link.
+TEST(GrpcTransportSameHost, ASquatterOnTheSocketNameGetsNothingAndGrpcCarriesTheLink) {
+  auto ranks = makeGrpcWorld(3, sameHostOptions());
+  const int p0 = portOf(ranks[0]->listeningAddress());
+  geopipe::testing::TcpProxy full_proxy(p0), liar_proxy(p0);
+  ranks[1]->setPeerAddress(0, full_proxy.address());
+  ranks[2]->setPeerAddress(0, liar_proxy.address());
+  auto squat = [](int port, int backlog) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t len = 0;
+    const sockaddr_un addr = sameHostAddress(port, &len);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), len), 0);
+    EXPECT_EQ(::listen(fd, backlog), 0);
+    return fd;
+  };
+  // 1. A full backlog: nobody accepts, one connection already waits.
+  const int full = squat(portOf(full_proxy.address()), 0);
+  const int filler = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  {
+    socklen_t len = 0;
+    const sockaddr_un addr = sameHostAddress(portOf(full_proxy.address()), &len);
+    EXPECT_EQ(::connect(filler, reinterpret_cast<const sockaddr*>(&addr), len), 0);
+  }
+  auto start = Clock::now();
+  ranks[1]->send(0, tagOf(Channel::CONTROL, 1), stamp(1, 0))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 1))), std::make_pair(1, 0));
+  EXPECT_LT(Clock::now() - start, milliseconds(1500));  // not the 2 s handshake bound
+  EXPECT_EQ(ranks[1]->stats().same_host_messages, 0u);
+  // 2. A liar: accepts and answers for rank 0 with a proof of another token.
+  const int liar = squat(portOf(liar_proxy.address()), 8);
+  std::atomic<ssize_t> after_reply{-2};
+  std::thread lie([&] {
+    const int fd = ::accept(liar, nullptr, nullptr);
+    SameHostHello hello;
+    ::recv(fd, &hello, sizeof(hello), MSG_WAITALL);
+    SameHostReply reply;
+    reply.rank = 0;
+    reply.mac = sameHostMac("guessed-token", true, hello.source, 0, hello.nonce, reply.nonce);
+    ::send(fd, &reply, sizeof(reply), MSG_NOSIGNAL);
+    uint8_t byte = 0;
+    after_reply = ::recv(fd, &byte, 1, 0);  // the sender's proof, if it were fooled
+    ::close(fd);
+  });
+  ranks[2]->send(0, tagOf(Channel::CONTROL, 2), stamp(2, 0))->wait(seconds(10));
+  lie.join();
+  EXPECT_EQ(after_reply.load(), 0) << "the sender wrote to a listener without the token";
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 2, tagOf(Channel::CONTROL, 2))), std::make_pair(2, 0));
+  EXPECT_EQ(ranks[2]->stats().same_host_messages, 0u);
+  ::close(filler);
+  ::close(full);
+  ::close(liar);
+}
+
+TEST(GrpcTransportSameHost, ABrokenOrMalformedLinkFailsItsReceivesNamingThePeer) {
+  auto ranks = makeGrpcWorld(3, sameHostOptions());
+  const Tag tag = tagOf(Channel::ACTIVATION, 5);
+  {
+    // A sender that dies in the middle of a message.
+    RawSameHost raw(ranks[0]->listeningAddress());
+    ASSERT_TRUE(raw.joined(1, 0, "test-job"));
+    raw.frame(1, tagOf(Channel::ACTIVATION, 4), 3);
+    raw.put("abc", 3);
+    raw.frame(1, tag, 1000);
+    raw.put("only part", 9);
+  }
+  EXPECT_EQ(recvNow(*ranks[0], 1, tagOf(Channel::ACTIVATION, 4)), Bytes({'a', 'b', 'c'}));
+  std::string what = messageOf([&] { recvNow(*ranks[0], 1, tag); });
+  EXPECT_TRUE(contains(what, "the same-host link from rank 1 (")) << what;
+  EXPECT_TRUE(contains(what, "broke in the middle of a message")) << what;
+  EXPECT_EQ(ranks[0]->bufferedBytes(), 0u);
+  {
+    // A frame over max_message_bytes, or of an unknown channel: ProtocolError.
+    RawSameHost raw(ranks[0]->listeningAddress());
+    ASSERT_TRUE(raw.joined(2, 0, "test-job"));
+    Tag bad = tag;
+    bad.channel = static_cast<Channel>(9);
+    raw.frame(1, bad, 10);
+  }
+  try {
+    recvNow(*ranks[0], 2, tag);
+    FAIL() << "a receive from a sender of a refused frame completed";
+  } catch (const ProtocolError& e) {
+    EXPECT_TRUE(contains(e.what(), "sent a same-host frame that was refused")) << e.what();
+  }
+  // A new link from the sender clears the failure, as a new gRPC stream
+  // does, before its first send completes.
+  ranks[2]->send(0, tag, stamp(2, 0))->wait(seconds(10));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 2, tag)), std::make_pair(2, 0));
+  EXPECT_EQ(ranks[2]->stats().same_host_messages, 1u);
+}
+
+TEST(GrpcTransportSameHost, BackpressureHoldsTheSenderWithoutBlockingItsThread) {
+  GrpcTransportOptions o = sameHostOptions();
+  o.max_buffered_bytes = 1 << 20;
+  auto ranks = makeGrpcWorld(2, o);
+  // 40 MiB to a receiver that buffers 1 MiB and has not posted a receive:
+  // send() returns at once, the bytes wait in the socket and the writer.
+  std::vector<Bytes> payloads;
+  for (int i = 0; i < 40; ++i) payloads.push_back(pattern(1 << 20, i));
+  std::vector<std::shared_ptr<Work>> sends;
+  const auto start = Clock::now();
+  for (int i = 0; i < 40; ++i)
+    sends.push_back(ranks[1]->send(0, tagOf(Channel::GRADIENT, i), payloads[i]));
+  EXPECT_LT(Clock::now() - start, seconds(2));
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_LE(ranks[0]->bufferedBytes(), uint64_t{2} << 20);
+  EXPECT_FALSE(sends.back()->done());
+  for (int i = 0; i < 40; ++i)
+    EXPECT_EQ(recvNow(*ranks[0], 1, tagOf(Channel::GRADIENT, i)), pattern(1 << 20, i)) << i;
+  for (auto& w : sends) w->wait(seconds(10));
+  EXPECT_EQ(ranks[1]->stats().same_host_messages, 40u);
+}
+
+// close() with a receiver that never reads returns within close_timeout
+// and fails what was not written, saying so.
+TEST(GrpcTransportSameHost, ACloseWhoseReceiverNeverReadsIsBoundedAndSaysWhy) {
+  GrpcTransportOptions o = sameHostOptions();
+  o.max_buffered_bytes = 1 << 20;
+  o.close_timeout = seconds(1);
+  auto ranks = makeGrpcWorld(2, o);
+  std::vector<std::shared_ptr<Work>> sends;
+  for (int i = 0; i < 20; ++i)
+    sends.push_back(ranks[1]->send(0, tagOf(Channel::GRADIENT, i), Bytes(1 << 20)));
+  const auto start = Clock::now();
+  ranks[1]->close();
+  EXPECT_LT(Clock::now() - start, milliseconds(2500));
+  const std::string what = messageOf([&] { sends.back()->wait(seconds(1)); });
+  EXPECT_TRUE(contains(what, "over the same-host path")) << what;
+  EXPECT_TRUE(contains(what, "not written within close_timeout")) << what;
 }
 
 // --- TLS ---------------------------------------------------------------------

@@ -35,7 +35,9 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-enum class ContractKind { INPROC, EMULATED, GRPC };
+// SAME_HOST: gRPC transports with same_host_sockets, so every link between
+// them is a Unix socket (same_host.h).
+enum class ContractKind { INPROC, EMULATED, GRPC, SAME_HOST };
 
 const char* contractKindName(ContractKind kind) {
   switch (kind) {
@@ -45,6 +47,8 @@ const char* contractKindName(ContractKind kind) {
       return "emulated";
     case ContractKind::GRPC:
       return "grpc";
+    case ContractKind::SAME_HOST:
+      return "same_host";
   }
   return "unknown";
 }
@@ -53,23 +57,26 @@ const char* contractKindName(ContractKind kind) {
 struct ContractWorld {
   ContractKind kind;
   World world;                                       // every kind
-  std::vector<std::shared_ptr<GrpcTransport>> grpc;  // GRPC only
+  std::vector<std::shared_ptr<GrpcTransport>> grpc;  // GRPC and SAME_HOST only
 
   ContractWorld(ContractKind k, int n) : kind(k) {
-    if (kind == ContractKind::GRPC) {
-      grpc = makeGrpcWorld(n);
+    if (isGrpc()) {
+      GrpcTransportOptions o = grpcTestOptions();
+      o.same_host_sockets = kind == ContractKind::SAME_HOST;
+      grpc = makeGrpcWorld(n, o);
       world = asWorld(grpc);
     } else {
       world = makeWorld(kind == ContractKind::INPROC ? Kind::INPROC : Kind::EMULATED, n);
     }
   }
 
+  bool isGrpc() const { return kind == ContractKind::GRPC || kind == ContractKind::SAME_HOST; }
   Transport& operator[](int r) { return *world.ranks[r]; }
 
   // How the receiving side names the transport and a peer in its errors:
   // "<transport>: recv on rank R from <peer>".
   std::string recvFrom(int rank, int peer) const {
-    if (kind == ContractKind::GRPC) {
+    if (isGrpc()) {
       return detail::concat("grpc: recv on rank ", rank, " from rank ", peer, " (",
                             grpc[peer]->listeningAddress(), ")");
     }
@@ -80,10 +87,11 @@ struct ContractWorld {
   // Rank r dies (inproc: the hub marks it failed; gRPC: it shuts down);
   // returns what the receives from it then say.
   std::string kill(int r) {
-    if (kind == ContractKind::GRPC) {
+    if (isGrpc()) {
       const std::string address = grpc[r]->listeningAddress();
       grpc[r]->close();
-      return detail::concat("rank ", r, " (", address, ") closed its stream");
+      return detail::concat("rank ", r, " (", address, ") closed its ",
+                            kind == ContractKind::SAME_HOST ? "same-host link" : "stream");
     }
     world.hub->markFailed(r, "killed by test");
     return detail::concat("peer rank ", r, " has failed (killed by test)");
@@ -91,7 +99,7 @@ struct ContractWorld {
 
   // Every rank stops (inproc: the hub shuts down; gRPC: every rank closes).
   void shutDown() {
-    if (kind == ContractKind::GRPC) {
+    if (isGrpc()) {
       for (auto& t : grpc) t->close();
     } else {
       world.hub->shutdown("test over");
@@ -99,7 +107,7 @@ struct ContractWorld {
   }
   // What receives on rank r say after shutDown().
   std::string shutDownReason(int r) const {
-    if (kind == ContractKind::GRPC) {
+    if (isGrpc()) {
       return detail::concat("the transport was closed (rank ", r, " closed its transport)");
     }
     return "the hub was shut down (test over)";
@@ -313,6 +321,8 @@ TEST_P(TransportContractTest, StatsCountMessagesAndBytes) {
     EXPECT_EQ(s.bytes_sent, 1024u);
     EXPECT_EQ(s.messages_received, 2u);
     EXPECT_EQ(s.bytes_received, 1024u);
+    // Only the same-host world's messages to another rank take the Unix socket.
+    EXPECT_EQ(s.same_host_messages, kind() == ContractKind::SAME_HOST && n() > 1 ? 2u : 0u);
   }
 }
 
@@ -385,6 +395,7 @@ std::vector<std::tuple<ContractKind, int>> contractWorlds() {
   }
   // gRPC: a server per rank on two shared cores; 8 ranks adds time, not paths.
   for (int n : {1, 2, 3, 4}) worlds.emplace_back(ContractKind::GRPC, n);
+  for (int n : {1, 2, 4}) worlds.emplace_back(ContractKind::SAME_HOST, n);
   return worlds;
 }
 
@@ -422,7 +433,7 @@ TEST_P(TransportLargePayloadTest, SixtyFourMegabytesBothWays) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransportLargePayloadTest,
                          ::testing::Values(ContractKind::INPROC, ContractKind::EMULATED,
-                                           ContractKind::GRPC),
+                                           ContractKind::GRPC, ContractKind::SAME_HOST),
                          [](const ::testing::TestParamInfo<ContractKind>& info) {
                            return std::string(contractKindName(info.param));
                          });

@@ -29,6 +29,7 @@
 #include "src/transport/grpc/connection_gate.h"
 #include "src/transport/grpc/peer_stream.h"
 #include "src/transport/grpc/relay.h"
+#include "src/transport/grpc/same_host.h"
 #include "src/transport/mailbox.h"
 
 namespace geopipe::transport {
@@ -831,6 +832,10 @@ class GrpcTransport::Impl {
     }
     gate_->start();
     listening_address_ = detail::concat(hostOf(listen), ":", port);
+    if (options_.same_host_sockets) {
+      same_host_ = sameHostConfig();
+      same_host_listener_ = std::make_unique<SameHostListener>(same_host_, port);
+    }
     if (addresses_[options_.rank].empty()) addresses_[options_.rank] = listening_address_;
     if (options_.link_grace.count() > 0) grace_timer_ = std::thread([this] { expireLinks(); });
   }
@@ -859,6 +864,12 @@ class GrpcTransport::Impl {
     if (peer == options_.rank) {
       mailbox_->deliver(options_.rank, tag, std::move(payload));
       return std::make_shared<FinishedWork>();
+    }
+    if (SameHostLink* local = sameHostLink(peer)) {
+      return local->send(
+          tag, std::move(payload),
+          detail::concat("grpc: send from rank ", options_.rank, " to ", describePeer(peer),
+                         " over the same-host path, tag ", tag.str()));
     }
     PeerLink* link = nullptr;
     {
@@ -891,6 +902,53 @@ class GrpcTransport::Impl {
     return link->enqueue(tag, std::move(payload));
   }
 
+  // The same-host link to `peer`, looked for on the first send to it; null:
+  // gRPC (off, another host, a relayed peer, or nobody of this job answers).
+  // The handshake (at most about 2 s) holds only this peer's sends.
+  SameHostLink* sameHostLink(int peer) {
+    if (!options_.same_host_sockets) return nullptr;
+    std::lock_guard<std::mutex> deciding(same_host_deciding_[static_cast<size_t>(peer)]);
+    std::string address;
+    {
+      std::lock_guard<std::mutex> once(same_host_mu_);
+      if (same_host_tried_[peer]) return same_host_links_[peer].get();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (links_[peer]) return nullptr;  // gRPC already carries its messages
+      address = addresses_[peer];
+      if (address.empty()) return nullptr;  // send() reports it
+      same_host_tried_[peer] = true;
+    }
+    const PeerRoute route = parsePeerRoute(address);
+    if (!route.relay.empty()) return nullptr;
+    const auto colon = route.target.rfind(':');
+    int port = 0;
+    try {
+      port = colon == std::string::npos ? 0 : std::stoi(route.target.substr(colon + 1));
+    } catch (const std::exception&) {
+      return nullptr;
+    }
+    std::unique_ptr<SameHostLink> link = SameHostLink::connect(same_host_, peer, port);
+    if (!link) return nullptr;
+    spdlog::debug("grpc: rank {} reaches rank {} over the same-host path", options_.rank, peer);
+    std::lock_guard<std::mutex> once(same_host_mu_);
+    // close() went through the links meanwhile: this one closes now (its
+    // sends fail as the transport's do).
+    if (closed_.load()) link->close(Clock::now());
+    same_host_links_[peer] = std::move(link);
+    return same_host_links_[peer].get();
+  }
+
+  SameHostConfig sameHostConfig() {
+    SameHostConfig c;
+    c.rank = options_.rank;
+    c.world_size = world_size_;
+    c.job_token = options_.job_token;
+    c.max_message_bytes = options_.max_message_bytes;
+    c.mailbox = mailbox_;
+    c.describe_peer = [this](int src) { return describePeer(src); };
+    return c;
+  }
+
   std::shared_ptr<RecvWork> recv(int peer, const Tag& tag) {
     GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: recv on rank ", options_.rank,
                   " from rank ", peer, " (tag ", tag.str(), "): peer is outside the world [0, ",
@@ -903,13 +961,21 @@ class GrpcTransport::Impl {
     sent_.addTo(s);
     s.messages_received = mailbox_->messagesReceived();
     s.bytes_received = mailbox_->bytesReceived();
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& link : links_) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& link : links_) {
+        if (!link) continue;
+        s.connect_retries += link->connect_retries_.load();
+        s.sends_failed += link->sends_failed_.load();
+        s.links_resumed += link->resumes_.load();
+        s.messages_resent += link->messages_resent_.load();
+      }
+    }
+    std::lock_guard<std::mutex> once(same_host_mu_);  // never with mu_ held (lock order)
+    for (const auto& link : same_host_links_) {
       if (!link) continue;
-      s.connect_retries += link->connect_retries_.load();
-      s.sends_failed += link->sends_failed_.load();
-      s.links_resumed += link->resumes_.load();
-      s.messages_resent += link->messages_resent_.load();
+      s.same_host_messages += link->messagesSent();
+      s.sends_failed += link->sendsFailed();
     }
     return s;
   }
@@ -918,9 +984,11 @@ class GrpcTransport::Impl {
     GEOPIPE_CHECK(peer >= 0 && peer < world_size_, Error, "grpc: setPeerAddress: rank ", peer,
                   " is outside the world [0, ", world_size_, ")");
     checkRouteAllowed(options_.security, address, detail::concat("rank ", peer, "'s address"));
+    std::lock_guard<std::mutex> once(same_host_mu_);
     std::lock_guard<std::mutex> lock(mu_);
-    GEOPIPE_CHECK(!links_[peer], Error, "grpc: setPeerAddress(", peer, ", ", address,
-                  ") after rank ", options_.rank, " already connected to it at ", addresses_[peer]);
+    GEOPIPE_CHECK(!links_[peer] && !same_host_tried_[peer], Error, "grpc: setPeerAddress(", peer,
+                  ", ", address, ") after rank ", options_.rank, " already connected to it at ",
+                  addresses_[peer]);
     addresses_[peer] = address;
   }
 
@@ -951,6 +1019,14 @@ class GrpcTransport::Impl {
     //    ranks that close at the same time drain into each other.
     for (PeerLink* l : links) l->beginClose();
     const auto deadline = deadlineAfter(options_.close_timeout);
+    std::vector<SameHostLink*> same_host;  // never removed before ~Impl
+    {
+      std::lock_guard<std::mutex> once(same_host_mu_);
+      for (auto& l : same_host_links_) {
+        if (l) same_host.push_back(l.get());
+      }
+    }
+    for (SameHostLink* l : same_host) l->close(deadline);
     for (PeerLink* l : links) {
       if (!l->waitFinished(deadline)) l->cancel();
     }
@@ -964,6 +1040,7 @@ class GrpcTransport::Impl {
       grace_cv_.notify_all();
     }
     if (grace_timer_.joinable()) grace_timer_.join();
+    if (same_host_listener_) same_host_listener_->stop();
     if (gate_) gate_->stop();
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     server_->Wait();
@@ -1008,6 +1085,17 @@ class GrpcTransport::Impl {
   std::mutex grace_mu_;
   std::condition_variable grace_cv_;
   std::thread grace_timer_;  // expireLinks(), with a link grace only
+  // The same-host path (same_host_sockets): decided per peer on its first
+  // send (under that peer's same_host_deciding_). same_host_mu_ guards the
+  // two vectors and is taken before mu_, never after it.
+  SameHostConfig same_host_;
+  std::unique_ptr<SameHostListener> same_host_listener_;
+  std::unique_ptr<std::mutex[]> same_host_deciding_ =
+      std::make_unique<std::mutex[]>(static_cast<size_t>(world_size_));
+  mutable std::mutex same_host_mu_;
+  std::vector<bool> same_host_tried_ = std::vector<bool>(static_cast<size_t>(world_size_));
+  std::vector<std::unique_ptr<SameHostLink>> same_host_links_ =
+      std::vector<std::unique_ptr<SameHostLink>>(static_cast<size_t>(world_size_));
   std::optional<ConnectionGate> gate_;  // accepts the server's connections
   std::unique_ptr<PeerServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;  // destroyed first: stops the handlers

@@ -77,6 +77,15 @@ struct GrpcTransportOptions {
   // meanwhile. Past it, both sides fail the link as with zero. A peer that
   // restarted (a new transport) is never resumed.
   Duration link_grace{0};
+  // Peers whose peer service runs in this host's network namespace get
+  // their messages over a Unix socket instead of a gRPC stream
+  // (same_host.h): no TLS, HTTP/2, TCP or chunks. Found by the port of the
+  // peer's address and checked (same user, job token, rank), so any other
+  // peer, and one behind a relay or an --advertise port of its own, uses
+  // gRPC. Such a link is not resumed (link_grace): it breaks only with a
+  // process. Off here (the gRPC path's own tests); jobs set it with
+  // transport.same_host (`unix`, the default).
+  bool same_host_sockets = false;
 };
 
 // One rank's endpoint of the gRPC transport. The constructor starts this
