@@ -364,6 +364,12 @@ std::unique_ptr<SameHostLink> SameHostLink::connect(const SameHostConfig& config
     return refuse("the link was not accepted");
   }
   setTimeouts(fd, 0);
+  // A larger buffer than the default (about 208 KiB): a 128 KiB activation
+  // reaches the reader in fewer pieces (fewer wake-ups), and a message of a
+  // few MB goes without the writer thread. The kernel caps it at
+  // net.core.wmem_max; no error if it does.
+  const int sndbuf = 4 << 20;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
   return std::unique_ptr<SameHostLink>(new SameHostLink(fd, peer, config.describe_peer(peer)));
 }
 
