@@ -36,8 +36,8 @@ struct Row {
 void addGrpcBenchOptions(CLI::App& bench, GrpcBenchArgs& args) {
   auto* g = bench.add_subcommand(
       "grpc",
-      "Tokens/s of a job as gRPC worker processes on loopback vs the in-process "
-      "Trainer, same run");
+      "Tokens/s of a job as worker processes on loopback (over the same-host path and over "
+      "gRPC; on a GPU over gRPC and NCCL) vs the in-process Trainer, same run");
   g->add_option("--job", args.job, "job YAML (default: built-in tiny GPT)");
   g->add_option("--steps", args.steps, "timed steps per run")->capture_default_str();
   g->add_option("--stages", args.stages, "pipeline stages")->capture_default_str();
@@ -91,8 +91,11 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
     no_grace_job = std::make_unique<TempJobFile>(bench.dir, "bench-grpc-no-grace", root);
   }
 
+  // The in-process run of the same job: threads, no links between processes
+  // (the Trainer refuses a same_host other than its default).
   JobSpec job = config::loadJobFile(job_path);
   job.transport.kind = "inproc";
+  job.transport.same_host = "unix";
   ModelDef model = makeModel(job.model);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int world = args.stages * args.replicas;
@@ -202,11 +205,13 @@ int runGrpcBench(const GrpcBenchArgs& args, std::ostream& out) {
   out << "\n'median s' and 'tokens/s' over the timed steps of every round (the slowest "
          "tasklet's); 'run tok/s' from the wall-clock of the timed steps as the coordinator saw "
          "them; 'vs inproc' = in-process median step time / this row's (the target: >= 0.9x); "
-         "'each round' = the same ratio against the in-process run of that round. 'same_host "
-         "unix': the worker processes reach each other over Unix sockets (the default on one "
-         "host); 'same_host grpc': over gRPC streams with TLS, as between hosts; 'gRPC, "
-         "link_grace 0': the latter without resumable links (no acknowledgements or retained "
-         "messages).\n";
+         "'each round' = the same ratio against the in-process run of that round. "
+      << (gpu ? "The processes reach each other over gRPC streams, as between hosts (NCCL "
+                "inside its site).\n"
+              : "'same_host unix': the worker processes reach each other over Unix sockets "
+                "(the default on one host); 'same_host grpc': over gRPC streams with TLS, as "
+                "between hosts; 'gRPC, link_grace 0': the latter without resumable links (no "
+                "acknowledgements or retained messages).\n");
   return worst <= tolerance ? 0 : static_cast<int>(5);
 }
 

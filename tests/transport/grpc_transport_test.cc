@@ -6,6 +6,7 @@
 // every transport in p2p_contract_test.cc.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -221,16 +222,6 @@ GrpcTransportOptions sameHostOptions() {
   return o;
 }
 
-// The abstract address of sameHostSocketName(port).
-sockaddr_un sameHostAddress(int port, socklen_t* len) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const std::string name = sameHostSocketName(port);
-  std::memcpy(addr.sun_path + 1, name.data(), name.size());
-  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-  return addr;
-}
-
 int portOf(const std::string& address) {
   return std::stoi(address.substr(address.rfind(':') + 1));
 }
@@ -239,10 +230,11 @@ int portOf(const std::string& address) {
 // same_host.h by hand: the handshake, then frames.
 struct RawSameHost {
   int fd = -1;
-  explicit RawSameHost(const std::string& listening_address) {
+  int port = 0;
+  explicit RawSameHost(const std::string& listening_address) : port(portOf(listening_address)) {
     fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     socklen_t len = 0;
-    const sockaddr_un addr = sameHostAddress(portOf(listening_address), &len);
+    const sockaddr_un addr = sameHostSocketAddress(port, &len);
     EXPECT_EQ(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), len), 0);
     timeval tv{5, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -269,9 +261,9 @@ struct RawSameHost {
     SameHostReply reply;
     if (!get(reply) || reply.magic != kSameHostMagic || reply.rank != dst) return o;
     o.answered = true;
-    o.proved = reply.mac == sameHostMac(token, true, src, dst, h.nonce, reply.nonce);
+    o.proved = reply.mac == sameHostMac(token, true, src, dst, port, h.nonce, reply.nonce);
     SameHostProof proof;
-    proof.mac = sameHostMac(token, false, src, dst, h.nonce, reply.nonce);
+    proof.mac = sameHostMac(token, false, src, dst, port, h.nonce, reply.nonce);
     put(&proof, sizeof(proof));
     SameHostAccepted accepted;
     o.accepted = get(accepted) && accepted.magic == kSameHostMagic;
@@ -391,7 +383,7 @@ TEST(GrpcTransportSameHost, ASquatterOnTheSocketNameGetsNothingAndGrpcCarriesThe
   auto squat = [](int port, int backlog) {
     const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     socklen_t len = 0;
-    const sockaddr_un addr = sameHostAddress(port, &len);
+    const sockaddr_un addr = sameHostSocketAddress(port, &len);
     EXPECT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), len), 0);
     EXPECT_EQ(::listen(fd, backlog), 0);
     return fd;
@@ -401,7 +393,7 @@ TEST(GrpcTransportSameHost, ASquatterOnTheSocketNameGetsNothingAndGrpcCarriesThe
   const int filler = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   {
     socklen_t len = 0;
-    const sockaddr_un addr = sameHostAddress(portOf(full_proxy.address()), &len);
+    const sockaddr_un addr = sameHostSocketAddress(portOf(full_proxy.address()), &len);
     EXPECT_EQ(::connect(filler, reinterpret_cast<const sockaddr*>(&addr), len), 0);
   }
   auto start = Clock::now();
@@ -418,7 +410,8 @@ TEST(GrpcTransportSameHost, ASquatterOnTheSocketNameGetsNothingAndGrpcCarriesThe
     ::recv(fd, &hello, sizeof(hello), MSG_WAITALL);
     SameHostReply reply;
     reply.rank = 0;
-    reply.mac = sameHostMac("guessed-token", true, hello.source, 0, hello.nonce, reply.nonce);
+    reply.mac = sameHostMac("guessed-token", true, hello.source, 0, portOf(liar_proxy.address()),
+                            hello.nonce, reply.nonce);
     ::send(fd, &reply, sizeof(reply), MSG_NOSIGNAL);
     uint8_t byte = 0;
     after_reply = ::recv(fd, &byte, 1, 0);  // the sender's proof, if it were fooled
@@ -432,6 +425,49 @@ TEST(GrpcTransportSameHost, ASquatterOnTheSocketNameGetsNothingAndGrpcCarriesThe
   ::close(filler);
   ::close(full);
   ::close(liar);
+}
+
+// A process of this user that relays between the socket name of the port
+// a sender dials (a TCP proxy's) and the peer's own: both ends are genuine,
+// but their proofs name different ports, so the sender refuses the link
+// before it sends a proof or a message, and gRPC carries it.
+TEST(GrpcTransportSameHost, ARelayBetweenTwoSocketNamesGetsNoLink) {
+  auto ranks = makeGrpcWorld(2, sameHostOptions());
+  const int real = portOf(ranks[0]->listeningAddress());
+  geopipe::testing::TcpProxy proxy(real);
+  ranks[1]->setPeerAddress(0, proxy.address());
+  const int relay = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  socklen_t len = 0;
+  const sockaddr_un name = sameHostSocketAddress(portOf(proxy.address()), &len);
+  ASSERT_EQ(::bind(relay, reinterpret_cast<const sockaddr*>(&name), len), 0);
+  ASSERT_EQ(::listen(relay, 4), 0);
+  std::atomic<size_t> from_sender{0}, from_listener{0};
+  std::thread forward([&] {
+    const int in = ::accept(relay, nullptr, nullptr);
+    const int out = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t real_len = 0;
+    const sockaddr_un real_name = sameHostSocketAddress(real, &real_len);
+    ASSERT_EQ(::connect(out, reinterpret_cast<const sockaddr*>(&real_name), real_len), 0);
+    pollfd fds[2] = {{in, POLLIN, 0}, {out, POLLIN, 0}};
+    uint8_t buf[4096];
+    for (bool open = true; open && ::poll(fds, 2, 5000) > 0;) {
+      for (int i = 0; i < 2 && open; ++i) {
+        if (fds[i].revents == 0) continue;
+        const ssize_t n = ::recv(fds[i].fd, buf, sizeof(buf), 0);
+        if (n <= 0 || ::send(fds[1 - i].fd, buf, size_t(n), MSG_NOSIGNAL) != n) open = false;
+        if (n > 0) (i == 0 ? from_sender : from_listener) += size_t(n);
+      }
+    }
+    ::close(in);
+    ::close(out);
+  });
+  ranks[1]->send(0, tagOf(Channel::CONTROL, 0), stamp(1, 0))->wait(seconds(10));
+  forward.join();
+  EXPECT_EQ(from_sender.load(), sizeof(SameHostHello)) << "the sender sent more than its hello";
+  EXPECT_EQ(from_listener.load(), sizeof(SameHostReply));
+  EXPECT_EQ(unstamp(recvNow(*ranks[0], 1, tagOf(Channel::CONTROL, 0))), std::make_pair(1, 0));
+  EXPECT_EQ(ranks[1]->stats().same_host_messages, 0u);
+  ::close(relay);
 }
 
 TEST(GrpcTransportSameHost, ABrokenOrMalformedLinkFailsItsReceivesNamingThePeer) {

@@ -907,7 +907,12 @@ class GrpcTransport::Impl {
   // The handshake (at most about 2 s) holds only this peer's sends.
   SameHostLink* sameHostLink(int peer) {
     if (!options_.same_host_sockets) return nullptr;
-    std::lock_guard<std::mutex> deciding(same_host_deciding_[static_cast<size_t>(peer)]);
+    const auto p = static_cast<size_t>(peer);
+    // Decided (every send after the first): no lock.
+    if (same_host_decided_[p].load(std::memory_order_acquire)) {
+      return same_host_fast_[p].load(std::memory_order_acquire);
+    }
+    std::lock_guard<std::mutex> deciding(same_host_deciding_[p]);
     std::string address;
     {
       std::lock_guard<std::mutex> once(same_host_mu_);
@@ -918,6 +923,14 @@ class GrpcTransport::Impl {
       if (address.empty()) return nullptr;  // send() reports it
       same_host_tried_[peer] = true;
     }
+    SameHostLink* link = connectSameHost(peer, address);
+    same_host_fast_[p].store(link, std::memory_order_release);
+    same_host_decided_[p].store(true, std::memory_order_release);
+    return link;
+  }
+
+  // The handshake with `peer` at `address`; null: gRPC.
+  SameHostLink* connectSameHost(int peer, const std::string& address) {
     const PeerRoute route = parsePeerRoute(address);
     if (!route.relay.empty()) return nullptr;
     const auto colon = route.target.rfind(':');
@@ -1092,6 +1105,11 @@ class GrpcTransport::Impl {
   std::unique_ptr<SameHostListener> same_host_listener_;
   std::unique_ptr<std::mutex[]> same_host_deciding_ =
       std::make_unique<std::mutex[]>(static_cast<size_t>(world_size_));
+  // Set once per peer when decided, read without a lock by later sends.
+  std::unique_ptr<std::atomic<bool>[]> same_host_decided_ =
+      std::make_unique<std::atomic<bool>[]>(static_cast<size_t>(world_size_));
+  std::unique_ptr<std::atomic<SameHostLink*>[]> same_host_fast_ =
+      std::make_unique<std::atomic<SameHostLink*>[]>(static_cast<size_t>(world_size_));
   mutable std::mutex same_host_mu_;
   std::vector<bool> same_host_tried_ = std::vector<bool>(static_cast<size_t>(world_size_));
   std::vector<std::unique_ptr<SameHostLink>> same_host_links_ =

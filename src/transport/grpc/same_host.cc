@@ -44,16 +44,6 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == kSameHostHeaderBytes, "FrameHeader is the wire header");
 
-sockaddr_un abstractAddress(int port, socklen_t* len) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const std::string name = sameHostSocketName(port);
-  // A leading NUL: Linux's abstract namespace (no file, gone with the socket).
-  std::memcpy(addr.sun_path + 1, name.data(), name.size());
-  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-  return addr;
-}
-
 // Whether the process at the other end of `fd` runs as this process's user.
 bool sameUser(int fd) {
   ucred cred{};
@@ -73,6 +63,27 @@ bool readFull(int fd, void* out, size_t n) {
   auto* p = static_cast<uint8_t*>(out);
   while (n > 0) {
     const ssize_t got = ::recv(fd, p, n, MSG_WAITALL);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    p += got;
+    n -= static_cast<size_t>(got);
+  }
+  return true;
+}
+
+// readFull() for the handshake: the whole read ends by `deadline`, however
+// the bytes trickle in.
+bool readFullBy(int fd, void* out, size_t n, Clock::time_point deadline) {
+  auto* p = static_cast<uint8_t*>(out);
+  while (n > 0) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    timeval tv{};
+    tv.tv_sec = left / 1000000;
+    tv.tv_usec = static_cast<suseconds_t>(left % 1000000);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    const ssize_t got = ::recv(fd, p, n, 0);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return false;
     p += got;
@@ -115,11 +126,20 @@ std::string sameHostSocketName(int port) {
   return detail::concat("geopipe-peer-", port);
 }
 
+sockaddr_un sameHostSocketAddress(int port, socklen_t* len) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string name = sameHostSocketName(port);
+  std::memcpy(addr.sun_path + 1, name.data(), name.size());
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  return addr;
+}
+
 SameHostMac sameHostMac(const std::string& job_token, bool listener, int source, int destination,
-                        const std::array<uint8_t, kSameHostNonceBytes>& sender_nonce,
+                        int port, const std::array<uint8_t, kSameHostNonceBytes>& sender_nonce,
                         const std::array<uint8_t, kSameHostNonceBytes>& listener_nonce) {
   std::string data = listener ? "geopipe same-host listener" : "geopipe same-host sender";
-  data += detail::concat(" ", source, " ", destination, " ");
+  data += detail::concat(" ", source, " ", destination, " ", port, " ");
   data.append(reinterpret_cast<const char*>(sender_nonce.data()), sender_nonce.size());
   data.append(reinterpret_cast<const char*>(listener_nonce.data()), listener_nonce.size());
   SameHostMac mac{};
@@ -138,7 +158,8 @@ SameHostMac sameHostMac(const std::string& job_token, bool listener, int source,
 
 // --- SameHostListener --------------------------------------------------------
 
-SameHostListener::SameHostListener(SameHostConfig config, int port) : config_(std::move(config)) {
+SameHostListener::SameHostListener(SameHostConfig config, int port)
+    : config_(std::move(config)), port_(port) {
   // Without the path, gRPC carries every link: a warning, not a failure.
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
@@ -147,7 +168,7 @@ SameHostListener::SameHostListener(SameHostConfig config, int port) : config_(st
     return;
   }
   socklen_t len = 0;
-  const sockaddr_un addr = abstractAddress(port, &len);
+  const sockaddr_un addr = sameHostSocketAddress(port, &len);
   if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), len) != 0 || ::listen(fd, 64) != 0) {
     // Another transport of this namespace on the same port (another
     // address), or any process that took the name: senders that find it
@@ -165,7 +186,15 @@ SameHostListener::SameHostListener(SameHostConfig config, int port) : config_(st
     return;
   }
   listen_fd_ = fd;
-  acceptor_ = std::thread([this] { acceptLoop(); });
+  try {
+    acceptor_ = std::thread([this] { acceptLoop(); });
+  } catch (const std::system_error& e) {
+    spdlog::warn("grpc: rank {}: no same-host path (no thread: {}); peers of this host use gRPC",
+                 config_.rank, e.what());
+    ::close(listen_fd_);
+    ::close(wake_fd_);
+    listen_fd_ = wake_fd_ = -1;
+  }
 }
 
 SameHostListener::~SameHostListener() {
@@ -225,9 +254,10 @@ void SameHostListener::acceptLoop() {
 
 int SameHostListener::handshake(int fd) {
   if (!sameUser(fd)) return -1;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(kHandshakeMs);
   setTimeouts(fd, kHandshakeMs);
   SameHostHello hello;
-  if (!readFull(fd, &hello, sizeof(hello)) || hello.magic != kSameHostMagic ||
+  if (!readFullBy(fd, &hello, sizeof(hello), deadline) || hello.magic != kSameHostMagic ||
       hello.version != kSameHostVersion || hello.source < 0 || hello.source >= config_.world_size ||
       hello.source == config_.rank || hello.destination != config_.rank) {
     return -1;
@@ -235,12 +265,12 @@ int SameHostListener::handshake(int fd) {
   SameHostReply reply;
   reply.rank = config_.rank;
   if (!randomNonce(reply.nonce)) return -1;
-  reply.mac = sameHostMac(config_.job_token, true, hello.source, hello.destination, hello.nonce,
-                          reply.nonce);
+  reply.mac = sameHostMac(config_.job_token, true, hello.source, hello.destination, port_,
+                          hello.nonce, reply.nonce);
   SameHostProof proof;
-  if (!writeFull(fd, &reply, sizeof(reply)) || !readFull(fd, &proof, sizeof(proof)) ||
+  if (!writeFull(fd, &reply, sizeof(reply)) || !readFullBy(fd, &proof, sizeof(proof), deadline) ||
       !sameMac(proof.mac, sameHostMac(config_.job_token, false, hello.source, hello.destination,
-                                      hello.nonce, reply.nonce))) {
+                                      port_, hello.nonce, reply.nonce))) {
     return -1;
   }
   // Receives from the sender no longer fail for an earlier link before the
@@ -329,7 +359,7 @@ std::unique_ptr<SameHostLink> SameHostLink::connect(const SameHostConfig& config
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return nullptr;
   socklen_t len = 0;
-  const sockaddr_un addr = abstractAddress(port, &len);
+  const sockaddr_un addr = sameHostSocketAddress(port, &len);
   auto refuse = [&](const char* why) -> std::unique_ptr<SameHostLink> {
     spdlog::debug("grpc: rank {} to rank {}: no same-host path ({}: {}); using gRPC", config.rank,
                   peer, sameHostSocketName(port), why);
@@ -342,25 +372,27 @@ std::unique_ptr<SameHostLink> SameHostLink::connect(const SameHostConfig& config
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) return refuse("fcntl failed");
   if (!sameUser(fd)) return refuse("another user's process");
+  const auto deadline = Clock::now() + std::chrono::milliseconds(kHandshakeMs);
   setTimeouts(fd, kHandshakeMs);
   SameHostHello hello;
   hello.source = config.rank;
   hello.destination = peer;
   if (!randomNonce(hello.nonce)) return refuse("no random nonce");
   SameHostReply reply;
-  if (!writeFull(fd, &hello, sizeof(hello)) || !readFull(fd, &reply, sizeof(reply))) {
+  if (!writeFull(fd, &hello, sizeof(hello)) || !readFullBy(fd, &reply, sizeof(reply), deadline)) {
     return refuse("no answer (not this job's rank, or not a geopipe transport)");
   }
   if (reply.magic != kSameHostMagic || reply.rank != peer ||
-      !sameMac(reply.mac,
-               sameHostMac(config.job_token, true, config.rank, peer, hello.nonce, reply.nonce))) {
+      !sameMac(reply.mac, sameHostMac(config.job_token, true, config.rank, peer, port, hello.nonce,
+                                      reply.nonce))) {
     return refuse("an answer without proof of this job's token");
   }
   SameHostProof proof;
-  proof.mac = sameHostMac(config.job_token, false, config.rank, peer, hello.nonce, reply.nonce);
+  proof.mac =
+      sameHostMac(config.job_token, false, config.rank, peer, port, hello.nonce, reply.nonce);
   SameHostAccepted accepted;
-  if (!writeFull(fd, &proof, sizeof(proof)) || !readFull(fd, &accepted, sizeof(accepted)) ||
-      accepted.magic != kSameHostMagic) {
+  if (!writeFull(fd, &proof, sizeof(proof)) ||
+      !readFullBy(fd, &accepted, sizeof(accepted), deadline) || accepted.magic != kSameHostMagic) {
     return refuse("the link was not accepted");
   }
   setTimeouts(fd, 0);
@@ -511,12 +543,20 @@ void SameHostLink::close(Clock::time_point deadline) {
     // once instead of waiting for them.
     FrameHeader goodbye;
     goodbye.kind = kGoodbye;
-    // Within what is left of close_timeout (at least 50 ms).
+    // Within what is left of close_timeout; past it, only if the socket
+    // takes it at once.
     const auto left =
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    setTimeouts(fd_, std::max<int64_t>(50, left));
     const auto bytes = encodeHeader(goodbye);
-    if (!writeFull(fd_, bytes.data(), bytes.size())) failure_ = "the goodbye was not written";
+    bool said = false;
+    if (left > 0) {
+      setTimeouts(fd_, left);
+      said = writeFull(fd_, bytes.data(), bytes.size());
+    } else {
+      said = ::send(fd_, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL) ==
+             static_cast<ssize_t>(bytes.size());
+    }
+    if (!said) failure_ = "the goodbye was not written";
     ::shutdown(fd_, SHUT_WR);
   } else {
     // Wakes a writer blocked in sendmsg(); it fails the queue.

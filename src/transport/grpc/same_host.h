@@ -14,8 +14,10 @@
 //     own (the abstract name has no file permissions);
 //   - both prove that they hold the job token without sending it: each
 //     sends a random nonce and answers with HMAC-SHA256(token, its role,
-//     both ranks, both nonces), which the other checks; the listener answers
-//     only for its own rank.
+//     both ranks, the port, both nonces), which the other checks (the
+//     listener first); the listener answers only for its own rank. The
+//     port is the dialled one for the sender and the bound one for the
+//     listener, so a relay between two socket names fails.
 // Anything else (no socket, a full backlog, no answer within 2 s, another
 // user, job or rank, a relayed or advertised-elsewhere address) leaves the
 // peer to gRPC, so the path can only ever speed a link up. TLS is not used
@@ -31,6 +33,9 @@
 // frames of a 32-byte header {kind, channel, step, micro_batch, index,
 // size} and `size` payload bytes; kind 2 is the sender's goodbye.
 #pragma once
+
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <array>
 #include <atomic>
@@ -89,13 +94,18 @@ struct SameHostProof {
 struct SameHostAccepted {
   uint32_t magic = kSameHostMagic;
 };
-// HMAC-SHA256 under the job token over the role, both ranks and both nonces.
+// HMAC-SHA256 under the job token over the role, both ranks, the port whose
+// socket name joins them (the sender's dialled one, the listener's bound
+// one: a relay between two names fails) and both nonces.
 SameHostMac sameHostMac(const std::string& job_token, bool listener, int source, int destination,
-                        const std::array<uint8_t, kSameHostNonceBytes>& sender_nonce,
+                        int port, const std::array<uint8_t, kSameHostNonceBytes>& sender_nonce,
                         const std::array<uint8_t, kSameHostNonceBytes>& listener_nonce);
 
 // "geopipe-peer-PORT": the abstract socket name of the peer service on `port`.
 std::string sameHostSocketName(int port);
+// Its address (a leading NUL: Linux's abstract namespace, no file); *len is
+// the length to pass to bind() or connect().
+sockaddr_un sameHostSocketAddress(int port, socklen_t* len);
 
 // The receiving side: accepts same-host links on the abstract socket of
 // `port` and delivers their messages to the mailbox, one reader thread per
@@ -124,6 +134,7 @@ class SameHostListener {
   int handshake(int fd);
 
   const SameHostConfig config_;
+  const int port_;
   int listen_fd_ = -1;
   int wake_fd_ = -1;  // an eventfd that ends the accept loop
   std::atomic<bool> stopping_{false};
