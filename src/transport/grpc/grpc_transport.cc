@@ -865,12 +865,7 @@ class GrpcTransport::Impl {
       mailbox_->deliver(options_.rank, tag, std::move(payload));
       return std::make_shared<FinishedWork>();
     }
-    if (SameHostLink* local = sameHostLink(peer)) {
-      return local->send(
-          tag, std::move(payload),
-          detail::concat("grpc: send from rank ", options_.rank, " to ", describePeer(peer),
-                         " over the same-host path, tag ", tag.str()));
-    }
+    if (SameHostLink* local = sameHostLink(peer)) return local->send(tag, std::move(payload));
     PeerLink* link = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -908,10 +903,9 @@ class GrpcTransport::Impl {
   SameHostLink* sameHostLink(int peer) {
     if (!options_.same_host_sockets) return nullptr;
     const auto p = static_cast<size_t>(peer);
-    // Decided (every send after the first): no lock.
-    if (same_host_decided_[p].load(std::memory_order_acquire)) {
-      return same_host_fast_[p].load(std::memory_order_acquire);
-    }
+    // Decided (every send after the first): no lock. same_host_links_[p] is
+    // written before the flag is released and never again.
+    if (same_host_decided_[p].load(std::memory_order_acquire)) return same_host_links_[p].get();
     std::lock_guard<std::mutex> deciding(same_host_deciding_[p]);
     std::string address;
     {
@@ -924,7 +918,6 @@ class GrpcTransport::Impl {
       same_host_tried_[peer] = true;
     }
     SameHostLink* link = connectSameHost(peer, address);
-    same_host_fast_[p].store(link, std::memory_order_release);
     same_host_decided_[p].store(true, std::memory_order_release);
     return link;
   }
@@ -1108,8 +1101,6 @@ class GrpcTransport::Impl {
   // Set once per peer when decided, read without a lock by later sends.
   std::unique_ptr<std::atomic<bool>[]> same_host_decided_ =
       std::make_unique<std::atomic<bool>[]>(static_cast<size_t>(world_size_));
-  std::unique_ptr<std::atomic<SameHostLink*>[]> same_host_fast_ =
-      std::make_unique<std::atomic<SameHostLink*>[]>(static_cast<size_t>(world_size_));
   mutable std::mutex same_host_mu_;
   std::vector<bool> same_host_tried_ = std::vector<bool>(static_cast<size_t>(world_size_));
   std::vector<std::unique_ptr<SameHostLink>> same_host_links_ =

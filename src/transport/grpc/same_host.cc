@@ -59,31 +59,21 @@ void setTimeouts(int fd, int64_t ms) {
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
-bool readFull(int fd, void* out, size_t n) {
+// Reads n bytes. With a deadline (the handshake) the whole read ends by it,
+// however the bytes trickle in; without one it blocks until they are in.
+bool readFull(int fd, void* out, size_t n, Clock::time_point deadline = Clock::time_point::max()) {
   auto* p = static_cast<uint8_t*>(out);
   while (n > 0) {
+    if (deadline != Clock::time_point::max()) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return false;
+      timeval tv{};
+      tv.tv_sec = left / 1000000;
+      tv.tv_usec = static_cast<suseconds_t>(left % 1000000);
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    }
     const ssize_t got = ::recv(fd, p, n, MSG_WAITALL);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    p += got;
-    n -= static_cast<size_t>(got);
-  }
-  return true;
-}
-
-// readFull() for the handshake: the whole read ends by `deadline`, however
-// the bytes trickle in.
-bool readFullBy(int fd, void* out, size_t n, Clock::time_point deadline) {
-  auto* p = static_cast<uint8_t*>(out);
-  while (n > 0) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    timeval tv{};
-    tv.tv_sec = left / 1000000;
-    tv.tv_usec = static_cast<suseconds_t>(left % 1000000);
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    const ssize_t got = ::recv(fd, p, n, 0);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return false;
     p += got;
@@ -257,7 +247,7 @@ int SameHostListener::handshake(int fd) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(kHandshakeMs);
   setTimeouts(fd, kHandshakeMs);
   SameHostHello hello;
-  if (!readFullBy(fd, &hello, sizeof(hello), deadline) || hello.magic != kSameHostMagic ||
+  if (!readFull(fd, &hello, sizeof(hello), deadline) || hello.magic != kSameHostMagic ||
       hello.version != kSameHostVersion || hello.source < 0 || hello.source >= config_.world_size ||
       hello.source == config_.rank || hello.destination != config_.rank) {
     return -1;
@@ -268,7 +258,7 @@ int SameHostListener::handshake(int fd) {
   reply.mac = sameHostMac(config_.job_token, true, hello.source, hello.destination, port_,
                           hello.nonce, reply.nonce);
   SameHostProof proof;
-  if (!writeFull(fd, &reply, sizeof(reply)) || !readFullBy(fd, &proof, sizeof(proof), deadline) ||
+  if (!writeFull(fd, &reply, sizeof(reply)) || !readFull(fd, &proof, sizeof(proof), deadline) ||
       !sameMac(proof.mac, sameHostMac(config_.job_token, false, hello.source, hello.destination,
                                       port_, hello.nonce, reply.nonce))) {
     return -1;
@@ -379,7 +369,7 @@ std::unique_ptr<SameHostLink> SameHostLink::connect(const SameHostConfig& config
   hello.destination = peer;
   if (!randomNonce(hello.nonce)) return refuse("no random nonce");
   SameHostReply reply;
-  if (!writeFull(fd, &hello, sizeof(hello)) || !readFullBy(fd, &reply, sizeof(reply), deadline)) {
+  if (!writeFull(fd, &hello, sizeof(hello)) || !readFull(fd, &reply, sizeof(reply), deadline)) {
     return refuse("no answer (not this job's rank, or not a geopipe transport)");
   }
   if (reply.magic != kSameHostMagic || reply.rank != peer ||
@@ -392,7 +382,7 @@ std::unique_ptr<SameHostLink> SameHostLink::connect(const SameHostConfig& config
       sameHostMac(config.job_token, false, config.rank, peer, port, hello.nonce, reply.nonce);
   SameHostAccepted accepted;
   if (!writeFull(fd, &proof, sizeof(proof)) ||
-      !readFullBy(fd, &accepted, sizeof(accepted), deadline) || accepted.magic != kSameHostMagic) {
+      !readFull(fd, &accepted, sizeof(accepted), deadline) || accepted.magic != kSameHostMagic) {
     return refuse("the link was not accepted");
   }
   setTimeouts(fd, 0);
@@ -402,11 +392,17 @@ std::unique_ptr<SameHostLink> SameHostLink::connect(const SameHostConfig& config
   // net.core.wmem_max; no error if it does.
   const int sndbuf = 4 << 20;
   ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-  return std::unique_ptr<SameHostLink>(new SameHostLink(fd, peer, config.describe_peer(peer)));
+  return std::unique_ptr<SameHostLink>(
+      new SameHostLink(fd, config.rank, peer, config.describe_peer(peer)));
 }
 
-SameHostLink::SameHostLink(int fd, int peer, std::string peer_name)
-    : fd_(fd), peer_(peer), peer_name_(std::move(peer_name)) {}
+SameHostLink::SameHostLink(int fd, int rank, int peer, std::string peer_name)
+    : fd_(fd), rank_(rank), peer_(peer), peer_name_(std::move(peer_name)) {}
+
+std::string SameHostLink::describeSend(const Tag& tag) const {
+  return detail::concat("grpc: send from rank ", rank_, " to ", peer_name_,
+                        " over the same-host path, tag ", tag.str());
+}
 
 SameHostLink::~SameHostLink() {
   close(Clock::now());
@@ -447,7 +443,7 @@ ssize_t writeFrom(int fd, const Message& m, int flags) {
 }
 }  // namespace
 
-std::shared_ptr<Work> SameHostLink::send(const Tag& tag, Bytes payload, const std::string& what) {
+std::shared_ptr<Work> SameHostLink::send(const Tag& tag, Bytes payload) {
   FrameHeader h;
   h.channel = static_cast<uint32_t>(tag.channel);
   h.step = tag.step;
@@ -458,7 +454,7 @@ std::shared_ptr<Work> SameHostLink::send(const Tag& tag, Bytes payload, const st
   if (!failure_.empty() || closing_) {
     sends_failed_ += 1;
     return std::make_shared<FinishedWork>(GEOPIPE_ERROR_PTR(
-        IoError, what, " failed: ",
+        IoError, describeSend(tag), " failed: ",
         failure_.empty()
             ? std::string("the transport is closing")
             : detail::concat("the same-host link to ", peer_name_, " broke earlier: ", failure_)));
@@ -474,7 +470,8 @@ std::shared_ptr<Work> SameHostLink::send(const Tag& tag, Bytes payload, const st
           detail::concat("the same-host link to ", peer_name_, " broke: ", std::strerror(errno));
       failLocked(why);
       sends_failed_ += 1;
-      return std::make_shared<FinishedWork>(GEOPIPE_ERROR_PTR(IoError, what, " failed: ", why));
+      return std::make_shared<FinishedWork>(
+          GEOPIPE_ERROR_PTR(IoError, describeSend(tag), " failed: ", why));
     }
     if (n > 0) m.written = static_cast<size_t>(n);
     if (m.written == m.header.size() + m.payload.size()) {
@@ -482,8 +479,8 @@ std::shared_ptr<Work> SameHostLink::send(const Tag& tag, Bytes payload, const st
       return std::make_shared<FinishedWork>();
     }
   }
-  m.work = std::make_shared<PendingWork>(what);
-  m.what = what;
+  m.what = describeSend(tag);
+  m.work = std::make_shared<PendingWork>(m.what);
   auto work = m.work;
   queue_.push_back(std::move(m));
   if (!writer_started_) {

@@ -151,14 +151,14 @@ class SameHostListener {
 class SameHostLink {
  public:
   // Dials the peer service on `port` of this host and checks that it is
-  // rank `peer` of this job; null when it is not (use gRPC).
+  // rank `peer` of this job; null when it is not (use gRPC). Errors name
+  // the link as config.describe_peer(peer) did then.
   static std::unique_ptr<SameHostLink> connect(const SameHostConfig& config, int peer, int port);
   ~SameHostLink();
   SameHostLink(const SameHostLink&) = delete;
   SameHostLink& operator=(const SameHostLink&) = delete;
 
-  // `what` names the send in errors ("grpc: send from rank 0 to rank 1 (...), tag ...").
-  std::shared_ptr<Work> send(const Tag& tag, Bytes payload, const std::string& what);
+  std::shared_ptr<Work> send(const Tag& tag, Bytes payload);
   // Writes what is queued (until `deadline`), then the goodbye; past the
   // deadline, fails what is left with IoError. Later sends fail.
   void close(Clock::time_point deadline);
@@ -174,12 +174,16 @@ class SameHostLink {
     std::shared_ptr<PendingWork> work;
     std::string what;
   };
-  SameHostLink(int fd, int peer, std::string peer_name);
+  SameHostLink(int fd, int rank, int peer, std::string peer_name);
+  // "grpc: send from rank R to rank P (host:port) over the same-host path,
+  // tag T": built only for a send that is queued or fails.
+  std::string describeSend(const Tag& tag) const;
   void run();  // the writer thread
   // Marks the link broken; fails the queue (caller holds mu_).
   void failLocked(const std::string& why);
 
   const int fd_;
+  const int rank_;
   const int peer_;
   const std::string peer_name_;
   std::mutex mu_;
